@@ -1,0 +1,135 @@
+//! Config errors that name the file, the line and column, and the key.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    /// Dotted key path, e.g. `upstreams.crm.credential`.
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        if let Some(key) = &self.key {
+            write!(f, "`{key}`: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Finds positions in the TOML source so that errors found after parsing (a missing
+/// credential, a duplicate prefix) still point at the line the user must change.
+pub struct SourceMap<'a> {
+    file: &'a Path,
+    text: &'a str,
+    doc: Option<toml_edit::ImDocument<&'a str>>,
+}
+
+impl<'a> SourceMap<'a> {
+    pub fn new(file: &'a Path, text: &'a str) -> Self {
+        let doc = toml_edit::ImDocument::parse(text).ok();
+        SourceMap { file, text, doc }
+    }
+
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rfind('\n').map_or(offset, |nl| offset - nl - 1) + 1;
+        (line, column)
+    }
+
+    /// The span of the key (or, failing that, its table) at `path`.
+    fn span_of(&self, path: &[&str]) -> Option<Range<usize>> {
+        let doc = self.doc.as_ref()?;
+        let mut table: &dyn toml_edit::TableLike = doc.as_table();
+        let mut best = None;
+        for (i, part) in path.iter().enumerate() {
+            let (key, item) = table.get_key_value(part)?;
+            best = key.span().or_else(|| item.span()).or(best);
+            if i + 1 == path.len() {
+                break;
+            }
+            table = match item {
+                toml_edit::Item::Table(t) => t,
+                toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => t,
+                _ => break,
+            };
+        }
+        best
+    }
+
+    /// An error at the key `path` (dotted), or at the top of the file when it is absent.
+    pub fn error_at(&self, path: &str, message: impl Into<String>) -> ConfigError {
+        let parts: Vec<&str> = path.split('.').collect();
+        // Fall back to the nearest enclosing key that exists.
+        let span = (1..=parts.len())
+            .rev()
+            .find_map(|n| self.span_of(&parts[..n]));
+        let (line, column) = span.map_or((1, 1), |s| self.line_col(s.start));
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key: Some(path.to_string()),
+            message: message.into(),
+        }
+    }
+
+    /// Turns a serde/TOML error (unknown key, wrong type, syntax) into a located error.
+    pub fn from_toml(&self, err: &toml::de::Error) -> ConfigError {
+        let (line, column) = err.span().map_or((1, 1), |s| self.line_col(s.start));
+        let key = err.span().and_then(|s| self.key_path_at(s.start));
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key,
+            message: err.message().trim().to_string(),
+        }
+    }
+
+    /// The dotted path of the innermost key whose key or value contains `offset`.
+    fn key_path_at(&self, offset: usize) -> Option<String> {
+        fn walk(
+            table: &dyn toml_edit::TableLike,
+            offset: usize,
+            prefix: &mut Vec<String>,
+        ) -> Option<Vec<String>> {
+            for (key, _) in table.iter() {
+                let Some((k, item)) = table.get_key_value(key) else {
+                    continue;
+                };
+                let in_key = k.span().is_some_and(|s| s.contains(&offset));
+                let in_item = item.span().is_some_and(|s| s.contains(&offset));
+                let nested: Option<&dyn toml_edit::TableLike> = match item {
+                    toml_edit::Item::Table(t) => Some(t),
+                    toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => Some(t),
+                    _ => None,
+                };
+                prefix.push(k.get().to_string());
+                if let Some(t) = nested {
+                    if let Some(found) = walk(t, offset, prefix) {
+                        return Some(found);
+                    }
+                }
+                if in_key || in_item {
+                    return Some(prefix.clone());
+                }
+                prefix.pop();
+            }
+            None
+        }
+        let doc = self.doc.as_ref()?;
+        walk(doc.as_table(), offset, &mut Vec::new()).map(|p| p.join("."))
+    }
+}

@@ -1,0 +1,773 @@
+//! Configuration: the TOML schema (`raw`), lowered into the validated [`Config`] the rest of
+//! bearerd uses. Lowering is where every mistake is caught, with file, line and key.
+
+mod error;
+mod raw;
+mod secret;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::ConfigError;
+use error::SourceMap;
+use raw::{RawConfig, RawCredential, RawUpstream};
+pub use secret::{same_secret, SecretRef};
+
+/// The default config, used by `bearerd demo` and shown in the README.
+pub const DEFAULT_PROXY_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the config came from, for messages.
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub credentials: Vec<CredentialConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub proxy_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub threads: usize,
+    pub log_format: LogFormat,
+    pub access_log: bool,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMethod {
+    Basic,
+    Post,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientAuth {
+    pub client_id: String,
+    pub client_secret: Option<SecretRef>,
+    pub method: ClientAuthMethod,
+}
+
+/// What a token request asks for, shared by the OAuth grants.
+#[derive(Debug, Clone)]
+pub struct TokenRequestConfig {
+    pub token_url: url::Url,
+    pub client: ClientAuth,
+    pub scopes: Vec<String>,
+    pub resource: Option<String>,
+    pub params: BTreeMap<String, String>,
+    pub timeout: Duration,
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub enum GrantConfig {
+    ClientCredentials(TokenRequestConfig),
+    RefreshToken {
+        request: TokenRequestConfig,
+        seed: SecretRef,
+    },
+    Static {
+        token: SecretRef,
+    },
+}
+
+impl GrantConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GrantConfig::ClientCredentials(_) => "client_credentials",
+            GrantConfig::RefreshToken { .. } => "refresh_token",
+            GrantConfig::Static { .. } => "static",
+        }
+    }
+}
+
+/// When to refresh, how to back off, how long requests wait. See DESIGN §4.
+#[derive(Debug, Clone)]
+pub struct RefreshPolicy {
+    pub ratio: f64,
+    pub margin: Duration,
+    pub default_lifetime: Duration,
+    pub min_interval: Duration,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub wait_budget: Duration,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        RefreshPolicy {
+            ratio: 0.8,
+            margin: Duration::from_secs(60),
+            default_lifetime: Duration::from_secs(300),
+            min_interval: Duration::from_secs(5),
+            backoff_base: Duration::from_secs(2),
+            backoff_cap: Duration::from_secs(300),
+            wait_budget: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct CredentialConfig {
+    pub name: String,
+    pub grant: GrantConfig,
+    pub policy: RefreshPolicy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteConfig {
+    Prefix(String),
+    Listen(SocketAddr),
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub url: url::Url,
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// The base path without a trailing slash ("" for the root).
+    pub base_path: String,
+    /// The value for the `Host` header: host, plus the port when it is not the default.
+    pub authority: String,
+    pub route: RouteConfig,
+    /// Index into `Config::credentials`.
+    pub credential: usize,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            key: None,
+            message: format!("cannot read config: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates config text; `source` names it in errors.
+    pub fn parse(source: &Path, text: &str) -> Result<Config, ConfigError> {
+        let map = SourceMap::new(source, text);
+        let raw: RawConfig = toml::from_str(text).map_err(|e| map.from_toml(&e))?;
+        lower(source, &map, raw)
+    }
+
+    pub fn credential(&self, name: &str) -> Option<&CredentialConfig> {
+        self.credentials.iter().find(|c| c.name == name)
+    }
+
+    /// A human-readable list of the routes, for `bearerd check`.
+    pub fn describe_routes(&self) -> String {
+        let mut out = String::new();
+        for up in &self.upstreams {
+            let cred = &self.credentials[up.credential];
+            let from = match &up.route {
+                RouteConfig::Prefix(p) => format!("http://{}{}/…", self.server.proxy_listen, p),
+                RouteConfig::Listen(a) => format!("http://{a}/…"),
+            };
+            out.push_str(&format!(
+                "{:<12} {} -> {}{}/…  credential {} ({})\n",
+                up.name,
+                from,
+                up.url.origin().ascii_serialization(),
+                up.base_path,
+                cred.name,
+                cred.grant.kind()
+            ));
+        }
+        out
+    }
+}
+
+fn duration(
+    map: &SourceMap,
+    key: &str,
+    value: &Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(s) => humantime::parse_duration(s.trim()).map_err(|e| {
+            map.error_at(
+                key,
+                format!("invalid duration {s:?}: {e} (use e.g. \"500ms\", \"60s\", \"5m\")"),
+            )
+        }),
+    }
+}
+
+fn socket_addr(map: &SourceMap, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        map.error_at(
+            key,
+            format!("invalid listen address {value:?} (expected ip:port, e.g. \"127.0.0.1:8080\")"),
+        )
+    })
+}
+
+fn lower(source: &Path, map: &SourceMap, raw: RawConfig) -> Result<Config, ConfigError> {
+    let server = lower_server(map, &raw)?;
+
+    match raw.store.backend.as_deref() {
+        None | Some("memory") => {}
+        Some(other @ ("file" | "redis")) => {
+            return Err(map.error_at(
+                "store.backend",
+                format!("store backend {other:?} is not available in this build; use \"memory\""),
+            ))
+        }
+        Some(other) => {
+            return Err(map.error_at(
+                "store.backend",
+                format!("unknown store backend {other:?} (expected memory | file | redis)"),
+            ))
+        }
+    }
+
+    let mut credentials = Vec::new();
+    let mut index = HashMap::new();
+    for (name, rc) in &raw.credentials {
+        index.insert(name.clone(), credentials.len());
+        credentials.push(lower_credential(map, name, rc)?);
+    }
+
+    if raw.upstreams.is_empty() {
+        return Err(map.error_at(
+            "upstreams",
+            "no upstream is configured: add an [upstreams.NAME] table",
+        ));
+    }
+    let mut upstreams = Vec::new();
+    let mut prefixes: HashMap<String, String> = HashMap::new();
+    let mut ports: HashMap<SocketAddr, String> = HashMap::new();
+    ports.insert(server.proxy_listen, "server.proxy_listen".into());
+    if let Some(other) = ports.insert(server.admin_listen, "server.admin_listen".into()) {
+        return Err(map.error_at(
+            "server.admin_listen",
+            format!("the same address is already used by {other}"),
+        ));
+    }
+    for (name, ru) in &raw.upstreams {
+        let up = lower_upstream(map, name, ru, &index)?;
+        match &up.route {
+            RouteConfig::Prefix(p) => {
+                if let Some(other) = prefixes.insert(p.clone(), name.clone()) {
+                    return Err(map.error_at(
+                        &format!("upstreams.{name}.path_prefix"),
+                        format!("path prefix {p:?} is already used by upstream {other:?}"),
+                    ));
+                }
+            }
+            RouteConfig::Listen(a) => {
+                if let Some(other) = ports.insert(*a, format!("upstreams.{name}.listen")) {
+                    return Err(map.error_at(
+                        &format!("upstreams.{name}.listen"),
+                        format!("listen address {a} is already used by {other}"),
+                    ));
+                }
+            }
+        }
+        upstreams.push(up);
+    }
+
+    Ok(Config {
+        source: source.to_path_buf(),
+        server,
+        credentials,
+        upstreams,
+    })
+}
+
+fn lower_server(map: &SourceMap, raw: &RawConfig) -> Result<ServerConfig, ConfigError> {
+    let s = &raw.server;
+    let proxy_listen = socket_addr(
+        map,
+        "server.proxy_listen",
+        s.proxy_listen.as_deref().unwrap_or(DEFAULT_PROXY_LISTEN),
+    )?;
+    let admin_listen = socket_addr(
+        map,
+        "server.admin_listen",
+        s.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+    )?;
+    let threads = s.threads.unwrap_or(1);
+    if threads == 0 || threads > 256 {
+        return Err(map.error_at(
+            "server.threads",
+            format!("threads must be between 1 and 256, got {threads}"),
+        ));
+    }
+    let log_format = match s.log_format.as_deref() {
+        None | Some("pretty") => LogFormat::Pretty,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            return Err(map.error_at(
+                "server.log_format",
+                format!("unknown log format {other:?} (expected pretty | json)"),
+            ))
+        }
+    };
+    Ok(ServerConfig {
+        proxy_listen,
+        admin_listen,
+        threads,
+        log_format,
+        access_log: s.access_log.unwrap_or(false),
+        shutdown_grace: duration(
+            map,
+            "server.shutdown_grace",
+            &s.shutdown_grace,
+            Duration::from_secs(5),
+        )?,
+    })
+}
+
+fn lower_secret(
+    map: &SourceMap,
+    key: &str,
+    raw: &secret::RawSecretRef,
+) -> Result<SecretRef, ConfigError> {
+    SecretRef::lower(raw).map_err(|m| map.error_at(key, m))
+}
+
+fn lower_credential(
+    map: &SourceMap,
+    name: &str,
+    rc: &RawCredential,
+) -> Result<CredentialConfig, ConfigError> {
+    let key = |k: &str| format!("credentials.{name}.{k}");
+    let defaults = RefreshPolicy::default();
+    let ratio = rc.refresh_ratio.unwrap_or(defaults.ratio);
+    if !(ratio > 0.0 && ratio <= 1.0) {
+        return Err(map.error_at(
+            &key("refresh_ratio"),
+            format!("refresh_ratio must be in (0, 1], got {ratio}"),
+        ));
+    }
+    let policy = RefreshPolicy {
+        ratio,
+        margin: duration(
+            map,
+            &key("refresh_margin"),
+            &rc.refresh_margin,
+            defaults.margin,
+        )?,
+        default_lifetime: duration(
+            map,
+            &key("default_lifetime"),
+            &rc.default_lifetime,
+            defaults.default_lifetime,
+        )?,
+        min_interval: duration(
+            map,
+            &key("min_refresh_interval"),
+            &rc.min_refresh_interval,
+            defaults.min_interval,
+        )?,
+        backoff_base: duration(
+            map,
+            &key("backoff_base"),
+            &rc.backoff_base,
+            defaults.backoff_base,
+        )?,
+        backoff_cap: duration(
+            map,
+            &key("backoff_cap"),
+            &rc.backoff_cap,
+            defaults.backoff_cap,
+        )?,
+        wait_budget: duration(
+            map,
+            &key("wait_budget"),
+            &rc.wait_budget,
+            defaults.wait_budget,
+        )?,
+    };
+    if policy.default_lifetime.is_zero() {
+        return Err(map.error_at(
+            &key("default_lifetime"),
+            "default_lifetime must be more than zero",
+        ));
+    }
+    if policy.backoff_base.is_zero() || policy.backoff_cap < policy.backoff_base {
+        return Err(map.error_at(
+            &key("backoff_cap"),
+            "backoff_base must be more than zero and backoff_cap at least backoff_base",
+        ));
+    }
+
+    let only_for = |field: &str, present: bool, grants: &str| -> Result<(), ConfigError> {
+        if present {
+            Err(map.error_at(
+                &key(field),
+                format!(
+                    "`{field}` only applies to grant {grants}, not {:?}",
+                    rc.grant
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+
+    let grant = match rc.grant.as_str() {
+        "client_credentials" => {
+            only_for("refresh_token", rc.refresh_token.is_some(), "refresh_token")?;
+            only_for("token", rc.token.is_some(), "static")?;
+            GrantConfig::ClientCredentials(lower_token_request(map, name, rc)?)
+        }
+        "refresh_token" => {
+            only_for("token", rc.token.is_some(), "static")?;
+            let request = lower_token_request(map, name, rc)?;
+            let seed = match &rc.refresh_token {
+                Some(r) => lower_secret(map, &key("refresh_token"), r)?,
+                None => {
+                    return Err(map.error_at(
+                        &key("grant"),
+                        "grant \"refresh_token\" needs `refresh_token = { file = \"…\" }` (or { env = \"…\" }) to seed it",
+                    ))
+                }
+            };
+            GrantConfig::RefreshToken { request, seed }
+        }
+        "static" => {
+            for (field, present) in [
+                ("token_url", rc.token_url.is_some()),
+                ("client_id", rc.client_id.is_some()),
+                ("client_secret", rc.client_secret.is_some()),
+                ("refresh_token", rc.refresh_token.is_some()),
+            ] {
+                only_for(field, present, "client_credentials | refresh_token")?;
+            }
+            let token = match &rc.token {
+                Some(r) => lower_secret(map, &key("token"), r)?,
+                None => {
+                    return Err(map.error_at(
+                        &key("grant"),
+                        "grant \"static\" needs `token = { file = \"…\" }`",
+                    ))
+                }
+            };
+            GrantConfig::Static { token }
+        }
+        g @ ("token_exchange" | "jwt_bearer") => {
+            return Err(map.error_at(
+                &key("grant"),
+                format!("grant {g:?} is not available in this build"),
+            ))
+        }
+        other => return Err(map.error_at(
+            &key("grant"),
+            format!(
+                "unknown grant {other:?} (expected client_credentials | refresh_token | static)"
+            ),
+        )),
+    };
+    Ok(CredentialConfig {
+        name: name.to_string(),
+        grant,
+        policy,
+    })
+}
+
+fn lower_token_request(
+    map: &SourceMap,
+    name: &str,
+    rc: &RawCredential,
+) -> Result<TokenRequestConfig, ConfigError> {
+    let key = |k: &str| format!("credentials.{name}.{k}");
+    if rc.issuer.is_some() && rc.token_url.is_none() {
+        return Err(map.error_at(
+            &key("issuer"),
+            "issuer discovery is not available in this build; set token_url",
+        ));
+    }
+    let Some(token_url) = &rc.token_url else {
+        return Err(map.error_at(
+            &key("grant"),
+            format!("grant {:?} needs `token_url`", rc.grant),
+        ));
+    };
+    let token_url = http_url(map, &key("token_url"), token_url)?;
+    let Some(client_id) = rc.client_id.clone().filter(|c| !c.trim().is_empty()) else {
+        return Err(map.error_at(
+            &key("client_id"),
+            format!("grant {:?} needs a non-empty `client_id`", rc.grant),
+        ));
+    };
+    let client_secret = match &rc.client_secret {
+        Some(r) => Some(lower_secret(map, &key("client_secret"), r)?),
+        None => None,
+    };
+    let method = match rc.client_auth.as_deref() {
+        None | Some("basic") => ClientAuthMethod::Basic,
+        Some("post") => ClientAuthMethod::Post,
+        Some("private_key_jwt") => {
+            return Err(map.error_at(
+                &key("client_auth"),
+                "client_auth \"private_key_jwt\" is not available in this build",
+            ))
+        }
+        Some(other) => {
+            return Err(map.error_at(
+                &key("client_auth"),
+                format!("unknown client_auth {other:?} (expected basic | post)"),
+            ))
+        }
+    };
+    if method == ClientAuthMethod::Basic && client_secret.is_none() && rc.client_auth.is_some() {
+        return Err(map.error_at(
+            &key("client_auth"),
+            "client_auth \"basic\" needs `client_secret`",
+        ));
+    }
+    if let Some(r) = &rc.resource {
+        url::Url::parse(r).map_err(|e| {
+            map.error_at(
+                &key("resource"),
+                format!("resource must be an absolute URI: {e}"),
+            )
+        })?;
+    }
+    for reserved in ["grant_type", "client_secret", "refresh_token"] {
+        if rc.params.contains_key(reserved) {
+            return Err(map.error_at(
+                &key("params"),
+                format!("params may not set {reserved:?}; bearerd sets it"),
+            ));
+        }
+    }
+    if let Some(ca) = &rc.ca_file {
+        load_ca_file(ca).map_err(|m| map.error_at(&key("ca_file"), m))?;
+    }
+    Ok(TokenRequestConfig {
+        token_url,
+        client: ClientAuth {
+            client_id,
+            client_secret,
+            method,
+        },
+        scopes: rc.scopes.clone(),
+        resource: rc.resource.clone(),
+        params: rc.params.clone(),
+        timeout: duration(
+            map,
+            &key("token_timeout"),
+            &rc.token_timeout,
+            Duration::from_secs(10),
+        )?,
+        ca_file: rc.ca_file.clone(),
+    })
+}
+
+fn http_url(map: &SourceMap, key: &str, value: &str) -> Result<url::Url, ConfigError> {
+    let url = url::Url::parse(value)
+        .map_err(|e| map.error_at(key, format!("invalid URL {value:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(map.error_at(key, format!("URL {value:?} must use http or https")));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(map.error_at(key, format!("URL {value:?} has no host")));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(map.error_at(
+            key,
+            format!("URL {value:?} may not carry a query or fragment"),
+        ));
+    }
+    Ok(url)
+}
+
+fn lower_upstream(
+    map: &SourceMap,
+    name: &str,
+    ru: &RawUpstream,
+    credentials: &HashMap<String, usize>,
+) -> Result<UpstreamConfig, ConfigError> {
+    let key = |k: &str| format!("upstreams.{name}.{k}");
+    let url = http_url(map, &key("url"), &ru.url)?;
+    let tls = url.scheme() == "https";
+    let host = url
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
+    let authority = match url.port() {
+        Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_string(),
+    };
+    let base_path = url.path().trim_end_matches('/').to_string();
+
+    let route = match (&ru.path_prefix, &ru.listen) {
+        (Some(_), Some(_)) => {
+            return Err(map.error_at(&key("listen"), "set either `path_prefix` or `listen`, not both"))
+        }
+        (None, None) => {
+            return Err(map.error_at(
+                &key("url"),
+                "the upstream needs a route: `path_prefix = \"/name\"` or a dedicated `listen = \"127.0.0.1:PORT\"`",
+            ))
+        }
+        (Some(p), None) => {
+            let p = p.trim_end_matches('/');
+            if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
+                return Err(map.error_at(&key("path_prefix"), format!("path_prefix {p:?} must start with '/' and hold only a path")));
+            }
+            if p.is_empty() {
+                return Err(map.error_at(&key("path_prefix"), "path_prefix \"/\" would route everything; use a dedicated `listen` instead"));
+            }
+            RouteConfig::Prefix(p.to_string())
+        }
+        (None, Some(l)) => RouteConfig::Listen(socket_addr(map, &key("listen"), l)?),
+    };
+
+    let Some(&credential) = credentials.get(&ru.credential) else {
+        let known: Vec<&str> = credentials.keys().map(String::as_str).collect();
+        return Err(map.error_at(
+            &key("credential"),
+            format!(
+                "no credential named {:?} (defined: {})",
+                ru.credential,
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
+    };
+    if let Some(ca) = &ru.ca_file {
+        if !tls {
+            return Err(map.error_at(&key("ca_file"), "ca_file needs an https upstream url"));
+        }
+        load_ca_file(ca).map_err(|m| map.error_at(&key("ca_file"), m))?;
+    }
+    Ok(UpstreamConfig {
+        name: name.to_string(),
+        tls,
+        host,
+        port,
+        base_path,
+        authority,
+        route,
+        credential,
+        ca_file: ru.ca_file.clone(),
+        connect_timeout: duration(
+            map,
+            &key("connect_timeout"),
+            &ru.connect_timeout,
+            Duration::from_secs(5),
+        )?,
+        idle_timeout: duration(
+            map,
+            &key("idle_timeout"),
+            &ru.idle_timeout,
+            Duration::from_secs(4),
+        )?,
+        url,
+    })
+}
+
+/// Reads a PEM bundle and returns its certificates as DER, each one checked to parse, so a
+/// bad file is a config error rather than a failure (or a panic) at the first connection.
+pub fn load_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    let data =
+        std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+    let mut certs = Vec::new();
+    for item in rustls_pemfile::certs(&mut data.as_slice()) {
+        let der = item.map_err(|e| format!("CA file {} is not valid PEM: {e}", path.display()))?;
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| {
+            format!(
+                "CA file {} holds a certificate that does not parse: {e}",
+                path.display()
+            )
+        })?;
+        certs.push(der.as_ref().to_vec());
+    }
+    if certs.is_empty() {
+        return Err(format!(
+            "CA file {} holds no PEM certificate",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("t.toml"), text)
+    }
+
+    const GOOD: &str = r#"
+[credentials.crm]
+grant = "client_credentials"
+token_url = "http://127.0.0.1:1/token"
+client_id = "billing"
+client_secret = "s3cret"
+
+[upstreams.crm]
+url = "http://127.0.0.1:2/api/"
+path_prefix = "/crm"
+credential = "crm"
+"#;
+
+    #[test]
+    fn lowers_a_good_config() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.upstreams[0].base_path, "/api");
+        assert_eq!(c.upstreams[0].authority, "127.0.0.1:2");
+        assert_eq!(c.upstreams[0].route, RouteConfig::Prefix("/crm".into()));
+        assert_eq!(c.credentials[0].policy.ratio, 0.8);
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let text = GOOD.replace(
+            "client_id = \"billing\"",
+            "client_id = \"billing\"\nclient_secrte = \"x\"",
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.line, 7, "{e}");
+        assert!(e.to_string().contains("client_secrte"), "{e}");
+        assert!(e.to_string().starts_with("t.toml:7:"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let text = GOOD.replace(
+            "grant = \"client_credentials\"",
+            "grant = \"client_credentials\"\nrefresh_ratio = \"high\"",
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(
+            e.key.as_deref(),
+            Some("credentials.crm.refresh_ratio"),
+            "{e}"
+        );
+        assert_eq!(e.line, 4);
+    }
+}

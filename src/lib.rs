@@ -1,0 +1,319 @@
+//! bearerd: a sidecar reverse proxy that injects fresh OAuth2 bearer tokens.
+//!
+//! [`Sidecar::start`] builds the whole thing from a validated [`config::Config`]: the proxy
+//! listeners (Pingora), the admin listener and the control service that runs one refresher
+//! per credential. The binary and the black-box tests both start it this way.
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+pub mod logging;
+pub mod metrics;
+pub mod peers;
+pub mod proxy;
+pub mod token;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+
+use config::{Config, RouteConfig};
+use metrics::Metrics;
+use proxy::{BearerProxy, Routing, Upstream};
+use token::grant::Grant;
+use token::CredentialSlot;
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        addr: SocketAddr,
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("credential {name}: {message}")]
+    Credential { name: String, message: String },
+    #[error("upstream {name}: {message}")]
+    Upstream { name: String, message: String },
+    #[error("the proxy did not start listening within 10 s")]
+    NotListening,
+}
+
+/// The running parts shared by the services, and by tests through the handle.
+pub struct Shared {
+    pub credentials: Vec<Arc<CredentialSlot>>,
+    pub upstreams: Arc<Vec<Arc<Upstream>>>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub struct Sidecar;
+
+/// A running sidecar. Dropping it shuts the sidecar down (fast).
+pub struct SidecarHandle {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<ShutdownSignal>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SidecarHandle {
+    pub fn credential(&self, name: &str) -> Option<&Arc<CredentialSlot>> {
+        self.shared.credentials.iter().find(|c| &*c.name == name)
+    }
+
+    /// Stops the sidecar and waits for its threads.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(ShutdownSignal::FastShutdown);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Blocks until the server exits (for the binary).
+    pub fn wait(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.stop.take();
+    }
+}
+
+impl Drop for SidecarHandle {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// Shutdown from the handle, or from Unix signals for the binary.
+struct HandleShutdown(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<ShutdownSignal>>>);
+
+#[async_trait]
+impl ShutdownSignalWatch for HandleShutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        let rx = self.0.lock().await.take();
+        let from_handle = async {
+            match rx {
+                Some(rx) => rx.await.unwrap_or(ShutdownSignal::FastShutdown),
+                None => std::future::pending().await,
+            }
+        };
+        let from_signals = pingora::server::UnixShutdownSignalWatch.recv();
+        tokio::select! {
+            s = from_handle => s,
+            s = from_signals => s,
+        }
+    }
+}
+
+/// The control service: the refreshers and upstream re-resolution, on their own runtime so
+/// token traffic never competes with request threads.
+struct ControlService {
+    refreshers: std::sync::Mutex<Vec<(Arc<CredentialSlot>, Grant)>>,
+    upstreams: Arc<Vec<Arc<Upstream>>>,
+}
+
+#[async_trait]
+impl BackgroundService for ControlService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let refreshers =
+            std::mem::take(&mut *self.refreshers.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut tasks = Vec::new();
+        for (slot, grant) in refreshers {
+            tasks.push(tokio::spawn(token::refresher::run(
+                slot,
+                grant,
+                shutdown.clone(),
+            )));
+        }
+        for up in self.upstreams.iter().filter(|u| u.addr.needs_resolution()) {
+            let up = Arc::clone(up);
+            let mut shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    if let Err(e) = up.addr.resolve().await {
+                        tracing::warn!(upstream = &*up.name, "{e}");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(proxy::resolve::RERESOLVE_EVERY) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Sidecar {
+    /// Starts every service and returns once the proxy accepts connections.
+    pub fn start(config: Config) -> Result<SidecarHandle, StartError> {
+        // Bind-test every address first: Pingora exits the process on a bind failure, and
+        // this gives the user a clear message instead.
+        let mut addrs = vec![(
+            config.server.proxy_listen,
+            "server.proxy_listen".to_string(),
+        )];
+        addrs.push((
+            config.server.admin_listen,
+            "server.admin_listen".to_string(),
+        ));
+        for u in &config.upstreams {
+            if let RouteConfig::Listen(a) = u.route {
+                addrs.push((a, format!("upstreams.{}.listen", u.name)));
+            }
+        }
+        for (addr, what) in &addrs {
+            TcpListener::bind(addr).map_err(|source| StartError::Listen {
+                addr: *addr,
+                what: what.clone(),
+                source,
+            })?;
+        }
+
+        let metrics = Arc::new(Metrics::new(
+            config.credentials.iter().map(|c| c.name.as_str()),
+            config.upstreams.iter().map(|u| u.name.as_str()),
+        ));
+        let mut refreshers = Vec::new();
+        let mut credentials = Vec::new();
+        for c in &config.credentials {
+            let grant = Grant::new(&c.grant).map_err(|message| StartError::Credential {
+                name: c.name.clone(),
+                message,
+            })?;
+            let slot = CredentialSlot::new(c, Arc::clone(&metrics));
+            credentials.push(Arc::clone(&slot));
+            refreshers.push((slot, grant));
+        }
+        let mut upstreams = Vec::new();
+        for u in &config.upstreams {
+            let slot = Arc::clone(&credentials[u.credential]);
+            let up = Upstream::new(u.clone(), slot).map_err(|message| StartError::Upstream {
+                name: u.name.clone(),
+                message,
+            })?;
+            upstreams.push(Arc::new(up));
+        }
+        let upstreams = Arc::new(upstreams);
+        let shared = Arc::new(Shared {
+            credentials,
+            upstreams: Arc::clone(&upstreams),
+            metrics: Arc::clone(&metrics),
+        });
+
+        let conf = ServerConf {
+            threads: config.server.threads,
+            grace_period_seconds: Some(config.server.shutdown_grace.as_secs()),
+            graceful_shutdown_timeout_seconds: Some(config.server.shutdown_grace.as_secs().max(1)),
+            ..ServerConf::default()
+        };
+        let mut server = Server::new_with_opt_and_conf(None, conf);
+        server.bootstrap();
+        let server_conf = Arc::clone(&server.configuration);
+
+        let proxy_for = |routing: Routing| BearerProxy {
+            routing,
+            upstreams: Arc::clone(&upstreams),
+            metrics: Arc::clone(&metrics),
+            access_log: config.server.access_log,
+        };
+        let prefixes: Vec<(String, usize)> = config
+            .upstreams
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| match &u.route {
+                RouteConfig::Prefix(p) => Some((p.clone(), i)),
+                RouteConfig::Listen(_) => None,
+            })
+            .collect();
+        let mut main = pingora::proxy::http_proxy_service_with_name(
+            &server_conf,
+            proxy_for(Routing::Prefix(proxy::route::RouteTable::new(prefixes))),
+            "proxy",
+        );
+        main.add_tcp(&config.server.proxy_listen.to_string());
+        server.add_service(main);
+        for (i, u) in config.upstreams.iter().enumerate() {
+            if let RouteConfig::Listen(a) = u.route {
+                let mut svc = pingora::proxy::http_proxy_service_with_name(
+                    &server_conf,
+                    proxy_for(Routing::Dedicated(i)),
+                    &format!("proxy {}", u.name),
+                );
+                svc.add_tcp(&a.to_string());
+                server.add_service(svc);
+            }
+        }
+        let mut admin = Service::new(
+            "admin".to_string(),
+            admin::AdminApp {
+                credentials: shared.credentials.clone(),
+                upstreams: Arc::clone(&upstreams),
+                metrics: Arc::clone(&metrics),
+            },
+        );
+        admin.add_tcp(&config.server.admin_listen.to_string());
+        server.add_service(admin);
+        let mut control = background_service(
+            "control",
+            ControlService {
+                refreshers: std::sync::Mutex::new(refreshers),
+                upstreams: Arc::clone(&upstreams),
+            },
+        );
+        // Token requests are few; one thread keeps them off the request threads.
+        control.threads = Some(1);
+        server.add_service(control);
+
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let watch = HandleShutdown(tokio::sync::Mutex::new(Some(stop_rx)));
+        let thread = std::thread::Builder::new()
+            .name("bearerd-server".into())
+            .spawn(move || {
+                server.run(RunArgs {
+                    shutdown_signal: Box::new(watch),
+                })
+            })
+            .map_err(|source| StartError::Listen {
+                addr: config.server.proxy_listen,
+                what: "server thread".into(),
+                source,
+            })?;
+
+        let handle = SidecarHandle {
+            proxy_addr: config.server.proxy_listen,
+            admin_addr: config.server.admin_listen,
+            shared,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&config.server.proxy_listen, Duration::from_millis(200))
+            .is_err()
+            || TcpStream::connect_timeout(&config.server.admin_listen, Duration::from_millis(200))
+                .is_err()
+        {
+            if Instant::now() > deadline {
+                return Err(StartError::NotListening);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(handle)
+    }
+}

@@ -1,0 +1,174 @@
+//! Every metric bearerd exports, defined once. Each sidecar owns its registry (so several
+//! can run in one test process), and every series for a configured credential or upstream is
+//! created at startup so dashboards and alerts see zeros before the first event.
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+pub const TRIGGERS: [&str; 5] = ["startup", "scheduled", "on_demand", "on_401", "manual"];
+pub const RESULTS: [&str; 3] = ["success", "transient_error", "permanent_error"];
+pub const STATES: [&str; 6] = [
+    "valid",
+    "refreshing",
+    "retrying",
+    "expired",
+    "failed",
+    "logged_out",
+];
+pub const OUTCOMES_401: [&str; 4] = [
+    "replayed_ok",
+    "replayed_401",
+    "not_replayable",
+    "rate_limited",
+];
+/// Statuses whose series exist from startup; others appear when first seen.
+const INITIAL_STATUSES: [&str; 5] = ["200", "401", "502", "503", "504"];
+
+pub struct Metrics {
+    registry: Registry,
+    pub token_refresh_total: IntCounterVec,
+    pub token_refresh_duration_seconds: HistogramVec,
+    pub token_expires_in_seconds: GaugeVec,
+    pub credential_state: IntGaugeVec,
+    pub requests_total: IntCounterVec,
+    pub request_duration_seconds: HistogramVec,
+    pub upstream_401_total: IntCounterVec,
+    pub token_wait_seconds: HistogramVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("bearerd")
+}
+
+fn hopts(name: &str, help: &str, buckets: Vec<f64>) -> HistogramOpts {
+    HistogramOpts::new(name, help)
+        .namespace("bearerd")
+        .buckets(buckets)
+}
+
+impl Metrics {
+    pub fn new<'a>(
+        credentials: impl IntoIterator<Item = &'a str> + Clone,
+        upstreams: impl IntoIterator<Item = &'a str> + Clone,
+    ) -> Metrics {
+        let latency = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
+        ];
+        let m = Metrics {
+            registry: Registry::new(),
+            token_refresh_total: IntCounterVec::new(
+                opts(
+                    "token_refresh_total",
+                    "Token refresh attempts by trigger and result.",
+                ),
+                &["credential", "trigger", "result"],
+            )
+            .expect("metric definition"),
+            token_refresh_duration_seconds: HistogramVec::new(
+                hopts(
+                    "token_refresh_duration_seconds",
+                    "Duration of token requests.",
+                    latency.clone(),
+                ),
+                &["credential"],
+            )
+            .expect("metric definition"),
+            token_expires_in_seconds: GaugeVec::new(
+                opts(
+                    "token_expires_in_seconds",
+                    "Seconds until the current token expires (0 when there is none).",
+                ),
+                &["credential"],
+            )
+            .expect("metric definition"),
+            credential_state: IntGaugeVec::new(
+                opts(
+                    "credential_state",
+                    "1 for the state each credential is in, 0 for the others.",
+                ),
+                &["credential", "state"],
+            )
+            .expect("metric definition"),
+            requests_total: IntCounterVec::new(
+                opts(
+                    "requests_total",
+                    "Requests answered, by upstream and status.",
+                ),
+                &["upstream", "status"],
+            )
+            .expect("metric definition"),
+            request_duration_seconds: HistogramVec::new(
+                hopts(
+                    "request_duration_seconds",
+                    "Time from request to the response header.",
+                    latency.clone(),
+                ),
+                &["upstream"],
+            )
+            .expect("metric definition"),
+            upstream_401_total: IntCounterVec::new(
+                opts(
+                    "upstream_401_total",
+                    "401 answers from upstreams, by what bearerd did about them.",
+                ),
+                &["upstream", "outcome"],
+            )
+            .expect("metric definition"),
+            token_wait_seconds: HistogramVec::new(
+                hopts(
+                    "token_wait_seconds",
+                    "Time requests waited for a token.",
+                    latency,
+                ),
+                &["credential"],
+            )
+            .expect("metric definition"),
+        };
+        for c in [
+            Box::new(m.token_refresh_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.token_refresh_duration_seconds.clone()),
+            Box::new(m.token_expires_in_seconds.clone()),
+            Box::new(m.credential_state.clone()),
+            Box::new(m.requests_total.clone()),
+            Box::new(m.request_duration_seconds.clone()),
+            Box::new(m.upstream_401_total.clone()),
+            Box::new(m.token_wait_seconds.clone()),
+        ] {
+            m.registry.register(c).expect("metrics are registered once");
+        }
+        for cred in credentials {
+            for t in TRIGGERS {
+                for r in RESULTS {
+                    m.token_refresh_total.with_label_values(&[cred, t, r]);
+                }
+            }
+            m.token_refresh_duration_seconds.with_label_values(&[cred]);
+            m.token_expires_in_seconds.with_label_values(&[cred]);
+            m.token_wait_seconds.with_label_values(&[cred]);
+            for s in STATES {
+                m.credential_state.with_label_values(&[cred, s]);
+            }
+        }
+        for up in upstreams {
+            for s in INITIAL_STATUSES {
+                m.requests_total.with_label_values(&[up, s]);
+            }
+            m.request_duration_seconds.with_label_values(&[up]);
+            for o in OUTCOMES_401 {
+                m.upstream_401_total.with_label_values(&[up, o]);
+            }
+        }
+        m
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

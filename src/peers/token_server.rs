@@ -1,0 +1,277 @@
+//! An OAuth2 token endpoint for the demo and the tests: short-lived tokens, rotating refresh
+//! tokens with reuse detection (a reused refresh token revokes the whole grant, as real
+//! providers do), and failures on command. It counts every request.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::json;
+
+/// How the token endpoint misbehaves.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FailMode {
+    None,
+    /// Answer with this status and no body.
+    Status(u16),
+    /// Answer with this status, a `Retry-After` in seconds, and no body.
+    StatusRetryAfter(u16, u64),
+    /// Answer 400 with this OAuth error code.
+    OAuthError(String),
+    /// Answer 200 with a body that is not a token response.
+    Malformed,
+}
+
+struct Issued {
+    serial: u64,
+    expires: Instant,
+}
+
+#[derive(Default)]
+struct RefreshTokens {
+    active: HashSet<String>,
+    spent: HashSet<String>,
+}
+
+pub struct TokenServerState {
+    requests: AtomicUsize,
+    serial: AtomicU64,
+    lifetime_ms: AtomicU64,
+    delay_ms: AtomicU64,
+    fail: Mutex<FailMode>,
+    send_expires_in: std::sync::atomic::AtomicBool,
+    issued: Mutex<HashMap<String, Issued>>,
+    refresh: Mutex<RefreshTokens>,
+    reuse_detected: AtomicUsize,
+    client_id: String,
+    client_secret: String,
+    last_form: Mutex<Vec<(String, String)>>,
+}
+
+pub struct TokenServer {
+    pub addr: SocketAddr,
+    pub state: Arc<TokenServerState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub const CLIENT_ID: &str = "demo-client";
+pub const CLIENT_SECRET: &str = "demo-client-secret-9f3a";
+
+fn random_hex() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+impl TokenServer {
+    /// Starts on 127.0.0.1 with a random port; must be called inside a Tokio runtime.
+    pub async fn start(lifetime: Duration) -> std::io::Result<TokenServer> {
+        let state = Arc::new(TokenServerState {
+            requests: AtomicUsize::new(0),
+            serial: AtomicU64::new(0),
+            lifetime_ms: AtomicU64::new(lifetime.as_millis() as u64),
+            delay_ms: AtomicU64::new(0),
+            fail: Mutex::new(FailMode::None),
+            send_expires_in: std::sync::atomic::AtomicBool::new(true),
+            issued: Mutex::new(HashMap::new()),
+            refresh: Mutex::new(RefreshTokens::default()),
+            reuse_detected: AtomicUsize::new(0),
+            client_id: CLIENT_ID.to_string(),
+            client_secret: CLIENT_SECRET.to_string(),
+            last_form: Mutex::new(Vec::new()),
+        });
+        let app = Router::new()
+            .route("/token", post(token))
+            .with_state(Arc::clone(&state));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(TokenServer { addr, state, task })
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+}
+
+impl TokenServerState {
+    /// Token requests received so far (all of them, failed ones included).
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+    pub fn set_lifetime(&self, d: Duration) {
+        self.lifetime_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+    pub fn set_delay(&self, d: Duration) {
+        self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+    pub fn set_fail(&self, mode: FailMode) {
+        *self.fail.lock().unwrap() = mode;
+    }
+    /// Leave `expires_in` out of token responses.
+    pub fn omit_expires_in(&self, omit: bool) {
+        self.send_expires_in.store(!omit, Ordering::SeqCst);
+    }
+    /// Revokes every access token issued so far (an upstream-side revocation).
+    pub fn revoke_access_tokens(&self) {
+        self.issued.lock().unwrap().clear();
+    }
+    /// The serial number of a valid access token, or None when it is unknown, expired or revoked.
+    pub fn validate(&self, token: &str) -> Option<u64> {
+        let issued = self.issued.lock().unwrap();
+        issued
+            .get(token)
+            .filter(|i| Instant::now() < i.expires)
+            .map(|i| i.serial)
+    }
+    /// Issues a refresh token as a login would.
+    pub fn seed_refresh_token(&self) -> String {
+        let rt = format!("rt_{}", random_hex());
+        self.refresh.lock().unwrap().active.insert(rt.clone());
+        rt
+    }
+    /// How often a spent refresh token was presented again (each time revoked the grant).
+    pub fn reuse_detected(&self) -> usize {
+        self.reuse_detected.load(Ordering::SeqCst)
+    }
+    /// The refresh tokens still usable.
+    pub fn active_refresh_tokens(&self) -> usize {
+        self.refresh.lock().unwrap().active.len()
+    }
+    /// The form fields of the last token request, secrets included (tests only read it).
+    pub fn last_form(&self) -> Vec<(String, String)> {
+        self.last_form.lock().unwrap().clone()
+    }
+
+    fn issue(&self, with_refresh: bool) -> serde_json::Value {
+        let lifetime = Duration::from_millis(self.lifetime_ms.load(Ordering::SeqCst));
+        let serial = self.serial.fetch_add(1, Ordering::SeqCst) + 1;
+        let token = format!("tok_{}", random_hex());
+        self.issued.lock().unwrap().insert(
+            token.clone(),
+            Issued {
+                serial,
+                expires: Instant::now() + lifetime,
+            },
+        );
+        let mut body = json!({"access_token": token, "token_type": "Bearer", "scope": "demo.read"});
+        if self.send_expires_in.load(Ordering::SeqCst) {
+            body["expires_in"] = json!(lifetime.as_secs_f64());
+        }
+        if with_refresh {
+            let rt = self.seed_refresh_token();
+            body["refresh_token"] = json!(rt);
+        }
+        body
+    }
+}
+
+fn oauth_error(status: StatusCode, code: &str) -> Response {
+    (
+        status,
+        Json(json!({"error": code, "error_description": format!("test token server says {code}")})),
+    )
+        .into_response()
+}
+
+fn client_authenticated(
+    state: &TokenServerState,
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+) -> bool {
+    if let Some(basic) = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+    {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(basic) else {
+            return false;
+        };
+        let decoded = String::from_utf8_lossy(&decoded).to_string();
+        return decoded == format!("{}:{}", state.client_id, state.client_secret);
+    }
+    form.get("client_id") == Some(&state.client_id)
+        && form.get("client_secret") == Some(&state.client_secret)
+}
+
+async fn token(
+    State(state): State<Arc<TokenServerState>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    *state.last_form.lock().unwrap() = pairs.clone();
+    let form: HashMap<String, String> = pairs.into_iter().collect();
+    let delay = state.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let fail = state.fail.lock().unwrap().clone();
+    match fail {
+        FailMode::None => {}
+        FailMode::Status(s) => {
+            return StatusCode::from_u16(s)
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+                .into_response()
+        }
+        FailMode::StatusRetryAfter(s, secs) => {
+            let status = StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            return (status, [("retry-after", secs.to_string())]).into_response();
+        }
+        FailMode::OAuthError(code) => {
+            let status = if code == "invalid_client" {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return oauth_error(status, &code);
+        }
+        FailMode::Malformed => return (StatusCode::OK, "<html>surprise</html>").into_response(),
+    }
+    if !client_authenticated(&state, &headers, &form) {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
+    }
+    match form.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => Json(state.issue(false)).into_response(),
+        Some("refresh_token") => {
+            let Some(rt) = form.get("refresh_token") else {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
+            };
+            {
+                let mut r = state.refresh.lock().unwrap();
+                if r.spent.contains(rt) {
+                    // Reuse: assume theft and revoke the whole grant.
+                    state.reuse_detected.fetch_add(1, Ordering::SeqCst);
+                    r.active.clear();
+                    drop(r);
+                    state.revoke_access_tokens();
+                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+                }
+                if !r.active.remove(rt) {
+                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+                }
+                r.spent.insert(rt.clone());
+            }
+            Json(state.issue(true)).into_response()
+        }
+        _ => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+    }
+}

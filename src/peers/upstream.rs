@@ -1,0 +1,157 @@
+//! An API server for the demo and the tests. It accepts only tokens the token server issued
+//! and still considers valid, records every request (headers and body), can reject every
+//! token on command, and serves a slow SSE stream at `/sse`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::token_server::TokenServerState;
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The token's serial at the token server, when it was valid.
+    pub token_serial: Option<u64>,
+}
+
+pub struct UpstreamState {
+    tokens: Arc<TokenServerState>,
+    requests: AtomicUsize,
+    unauthorized: AtomicUsize,
+    reject_all: AtomicBool,
+    seen: Mutex<Vec<SeenRequest>>,
+    /// Delay between SSE events.
+    pub sse_gap: Mutex<Duration>,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub state: Arc<UpstreamState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Upstream {
+    /// Starts on 127.0.0.1 with a random port; must be called inside a Tokio runtime.
+    pub async fn start(tokens: Arc<TokenServerState>) -> std::io::Result<Upstream> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(UpstreamState::new(tokens));
+        let app = Upstream::router(Arc::clone(&state));
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Upstream { addr, state, task })
+    }
+
+    /// The router alone, for callers that serve it themselves (e.g. over TLS).
+    pub fn router(state: Arc<UpstreamState>) -> Router {
+        Router::new().fallback(handle).with_state(state)
+    }
+}
+
+impl UpstreamState {
+    pub fn new(tokens: Arc<TokenServerState>) -> Self {
+        UpstreamState {
+            tokens,
+            requests: AtomicUsize::new(0),
+            unauthorized: AtomicUsize::new(0),
+            reject_all: AtomicBool::new(false),
+            seen: Mutex::new(Vec::new()),
+            sse_gap: Mutex::new(Duration::from_secs(3)),
+        }
+    }
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+    pub fn unauthorized(&self) -> usize {
+        self.unauthorized.load(Ordering::SeqCst)
+    }
+    /// Answer 401 to every request, whatever its token.
+    pub fn reject_all(&self, on: bool) {
+        self.reject_all.store(on, Ordering::SeqCst);
+    }
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn handle(State(state): State<Arc<UpstreamState>>, req: Request) -> Response {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, 16 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let token = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    let serial = token.as_deref().and_then(|t| state.tokens.validate(t));
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/".to_string(), |p| p.to_string());
+    state.seen.lock().unwrap().push(SeenRequest {
+        method: parts.method.to_string(),
+        target: target.clone(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+        token_serial: serial,
+    });
+    let Some(serial) = serial.filter(|_| !state.reject_all.load(Ordering::SeqCst)) else {
+        state.unauthorized.fetch_add(1, Ordering::SeqCst);
+        return (
+            StatusCode::UNAUTHORIZED,
+            [("www-authenticate", "Bearer error=\"invalid_token\"")],
+            Json(json!({"error": "invalid_token"})),
+        )
+            .into_response();
+    };
+    if parts.uri.path().ends_with("/sse") {
+        let gap = *state.sse_gap.lock().unwrap();
+        let events = futures::stream::unfold(0u32, move |n| async move {
+            match n {
+                0 => Some((Ok::<_, std::io::Error>(Bytes::from("data: first\n\n")), 1)),
+                1 => {
+                    tokio::time::sleep(gap).await;
+                    Some((Ok(Bytes::from("data: second\n\n")), 2))
+                }
+                _ => None,
+            }
+        });
+        return Response::builder()
+            .header("content-type", "text/event-stream")
+            .header("cache-control", "no-cache")
+            .body(Body::from_stream(events))
+            .unwrap_or_default();
+    }
+    Json(json!({
+        "method": parts.method.as_str(),
+        "target": target,
+        "host": parts.headers.get("host").and_then(|v| v.to_str().ok()),
+        "token_serial": serial,
+        "body_bytes": body.len(),
+    }))
+    .into_response()
+}

@@ -1,0 +1,438 @@
+//! The data path: Pingora's `ProxyHttp` for bearerd. Route, take the token from the slot,
+//! rewrite the request, replay once after a 401, stream the response back untouched.
+
+pub mod problem;
+pub mod resolve;
+pub mod route;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use http::HeaderValue;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::protocols::tls::CaType;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::config::UpstreamConfig;
+use crate::metrics::Metrics;
+use crate::token::{CredentialSlot, ReplayDecision, TokenSnapshot};
+use problem::Problem;
+use resolve::ResolvedAddr;
+use route::RouteTable;
+
+/// The error type that asks Pingora to replay the request after a 401.
+const REPLAY_AFTER_401: ErrorType = ErrorType::Custom("bearerd: replay after 401");
+/// The error type for requests bearerd answered itself (already written).
+const ANSWERED: ErrorType = ErrorType::Custom("bearerd: answered");
+
+/// One upstream with everything the data path needs, built once at startup.
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    pub name: Arc<str>,
+    pub slot: Arc<CredentialSlot>,
+    pub addr: ResolvedAddr,
+    ca: Option<Arc<CaType>>,
+    authority: HeaderValue,
+}
+
+impl Upstream {
+    pub fn new(config: UpstreamConfig, slot: Arc<CredentialSlot>) -> Result<Self, String> {
+        let ca = match &config.ca_file {
+            Some(path) => {
+                let certs = crate::config::load_ca_file(path)?;
+                let wrapped: Vec<_> = certs
+                    .into_iter()
+                    .map(|der| {
+                        pingora::utils::tls::WrappedX509::new(der, pingora::utils::tls::parse_x509)
+                    })
+                    .collect();
+                Some(Arc::from(wrapped.into_boxed_slice()))
+            }
+            None => None,
+        };
+        let authority = HeaderValue::from_str(&config.authority).map_err(|e| e.to_string())?;
+        Ok(Upstream {
+            name: Arc::from(config.name.as_str()),
+            addr: ResolvedAddr::new(&config.host, config.port),
+            slot,
+            ca,
+            authority,
+            config,
+        })
+    }
+}
+
+/// How a listener picks the upstream.
+pub enum Routing {
+    Prefix(RouteTable),
+    Dedicated(usize),
+}
+
+pub struct BearerProxy {
+    pub routing: Routing,
+    pub upstreams: Arc<Vec<Arc<Upstream>>>,
+    pub metrics: Arc<Metrics>,
+    pub access_log: bool,
+}
+
+#[derive(Default)]
+pub struct RequestCtx {
+    started: Option<Instant>,
+    request_id: Option<HeaderValue>,
+    upstream: Option<Arc<Upstream>>,
+    target: Option<http::Uri>,
+    token: Option<Arc<TokenSnapshot>>,
+    replayed: bool,
+    outcome_401: Option<&'static str>,
+}
+
+impl RequestCtx {
+    fn request_id(&self) -> &str {
+        self.request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+    }
+}
+
+fn new_request_id() -> HeaderValue {
+    let n: u128 = rand::random();
+    // 32 hex digits: always a valid header value.
+    HeaderValue::from_str(&format!("{n:032x}")).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 200 && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+impl BearerProxy {
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        problem: Problem<'_>,
+    ) -> pingora::Result<bool> {
+        if let Err(e) = problem.send(session).await {
+            tracing::debug!(
+                request_id = ctx.request_id(),
+                "could not write the error response: {e}"
+            );
+        }
+        Ok(true)
+    }
+
+    fn route<'a>(&self, path: &'a str) -> Option<(Arc<Upstream>, &'a str)> {
+        match &self.routing {
+            Routing::Prefix(table) => table
+                .lookup(path)
+                .map(|(i, rest)| (Arc::clone(&self.upstreams[i]), rest)),
+            Routing::Dedicated(i) => Some((Arc::clone(&self.upstreams[*i]), path)),
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for BearerProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        ctx.started = Some(Instant::now());
+        let req = session.req_header();
+        ctx.request_id = Some(match req.headers.get("x-request-id") {
+            Some(v) if valid_request_id(v) => v.clone(),
+            _ => new_request_id(),
+        });
+        let rid = ctx.request_id().to_string();
+
+        // Never an open proxy: absolute-form targets and CONNECT are refused outright, so
+        // no request can name a host that is not a configured upstream.
+        if req.uri.authority().is_some() || req.method == http::Method::CONNECT {
+            let p = Problem::new(
+                "no-route",
+                "No route",
+                404,
+                "bearerd forwards only origin-form requests to configured upstreams; it is not a forward proxy",
+                &rid,
+            );
+            return self.answer(session, ctx, p).await;
+        }
+
+        let path = req.uri.path();
+        let Some((upstream, rest)) = self.route(path) else {
+            let detail = format!("no upstream is configured for path {path:?}");
+            return self
+                .answer(
+                    session,
+                    ctx,
+                    Problem::new("no-route", "No route", 404, detail, &rid),
+                )
+                .await;
+        };
+        let target = route::upstream_target(&upstream.config.base_path, rest, req.uri.query());
+        match http::Uri::try_from(target) {
+            Ok(uri) => ctx.target = Some(uri),
+            Err(_) => {
+                let p = Problem::new(
+                    "bad-request",
+                    "Bad request",
+                    400,
+                    "the request path cannot be forwarded",
+                    &rid,
+                );
+                return self.answer(session, ctx, p).await;
+            }
+        }
+        ctx.upstream = Some(Arc::clone(&upstream));
+
+        match upstream.slot.token_for_request().await {
+            Ok(t) => {
+                ctx.token = Some(t);
+                Ok(false)
+            }
+            Err(e) => {
+                let mut p = Problem::new(
+                    if e.permanent {
+                        "credential-failed"
+                    } else {
+                        "token-unavailable"
+                    },
+                    if e.permanent {
+                        "Credential needs re-authorization"
+                    } else {
+                        "No valid token"
+                    },
+                    503,
+                    e.message,
+                    &rid,
+                );
+                p.credential = Some(&upstream.slot.name);
+                p.upstream = Some(&upstream.name);
+                p.requires_reauth = e.permanent;
+                self.answer(session, ctx, p).await
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let up = ctx.upstream.as_ref().ok_or_else(|| Error::new(ANSWERED))?;
+        let addr = up
+            .addr
+            .get()
+            .await
+            .map_err(|m| Error::explain(ErrorType::ConnectNoRoute, m))?;
+        let mut peer = HttpPeer::new(addr, up.config.tls, up.config.host.clone());
+        peer.options.connection_timeout = Some(up.config.connect_timeout);
+        peer.options.idle_timeout = Some(up.config.idle_timeout);
+        peer.options.ca = up.ca.clone();
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let (Some(up), Some(token), Some(target)) = (&ctx.upstream, &ctx.token, &ctx.target) else {
+            // Unreachable by construction: never forward without a token.
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "no token for the upstream request",
+            );
+        };
+        req.set_uri(target.clone());
+        // insert, not append: these filters run again on the replay.
+        req.insert_header(http::header::HOST, up.authority.clone())?;
+        req.insert_header(http::header::AUTHORIZATION, token.header.clone())?;
+        if let Some(id) = &ctx.request_id {
+            req.insert_header("x-request-id", id.clone())?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if resp.status != http::StatusCode::UNAUTHORIZED {
+            if ctx.replayed && !resp.status.is_informational() {
+                ctx.outcome_401 = Some("replayed_ok");
+            }
+            return Ok(());
+        }
+        let (Some(up), Some(token)) = (&ctx.upstream, &ctx.token) else {
+            return Ok(());
+        };
+        if ctx.replayed {
+            ctx.outcome_401 = Some("replayed_401");
+            return Ok(());
+        }
+        let rejected = token.generation;
+        if session.as_ref().retry_buffer_truncated() {
+            // The body is too large to send again: pass the 401 through, but refresh now so
+            // the next request carries a good token.
+            up.slot.refresh_in_background(rejected);
+            ctx.outcome_401 = Some("not_replayable");
+            return Ok(());
+        }
+        match up.slot.refresh_if_generation(rejected).await {
+            ReplayDecision::Replay(fresh) => {
+                tracing::info!(
+                    request_id = ctx.request_id(),
+                    upstream = &*up.name,
+                    rejected_generation = rejected,
+                    replay_generation = fresh.generation,
+                    "upstream answered 401; replaying with a newer token"
+                );
+                ctx.token = Some(fresh);
+                ctx.replayed = true;
+                let mut e = Error::new(REPLAY_AFTER_401);
+                e.set_retry(true);
+                Err(e)
+            }
+            ReplayDecision::RateLimited => {
+                ctx.outcome_401 = Some("rate_limited");
+                Ok(())
+            }
+            ReplayDecision::NoNewerToken => {
+                ctx.outcome_401 = Some("not_replayable");
+                Ok(())
+            }
+        }
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(id) = &ctx.request_id {
+            resp.insert_header("x-request-id", id.clone())?;
+        }
+        Ok(())
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if e.etype() == &REPLAY_AFTER_401 {
+            // Our own replay: safe for any method, the body comes from the retry buffer.
+            return e;
+        }
+        // Pingora's default policy for everything else.
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let (status, slug, title) = match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                (504, "upstream-timeout", "Upstream timed out")
+            }
+            t if t == &ANSWERED => (0, "", ""),
+            _ if e.esource() == &ErrorSource::Downstream => (0, "", ""),
+            _ => (502, "upstream-unreachable", "Upstream unreachable"),
+        };
+        if status > 0 && session.response_written().is_none() {
+            let rid = ctx.request_id().to_string();
+            let mut p = Problem::new(slug, title, status, e.to_string(), &rid);
+            p.upstream = ctx.upstream.as_ref().map(|u| &*u.name);
+            p.credential = ctx.upstream.as_ref().map(|u| &*u.slot.name);
+            let _ = p.send(session).await;
+        }
+        tracing::warn!(
+            request_id = ctx.request_id(),
+            upstream = ctx.upstream.as_ref().map(|u| &*u.name),
+            status,
+            "request failed: {e}"
+        );
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let upstream = ctx.upstream.as_ref().map_or("unrouted", |u| &*u.name);
+        let elapsed = ctx.started.map_or(Duration::ZERO, |s| s.elapsed());
+        self.metrics
+            .requests_total
+            .with_label_values(&[upstream, status_label(status)])
+            .inc();
+        self.metrics
+            .request_duration_seconds
+            .with_label_values(&[upstream])
+            .observe(elapsed.as_secs_f64());
+        if let Some(outcome) = ctx.outcome_401 {
+            self.metrics
+                .upstream_401_total
+                .with_label_values(&[upstream, outcome])
+                .inc();
+        }
+        if self.access_log {
+            let req = session.req_header();
+            tracing::info!(
+                request_id = ctx.request_id(),
+                method = %req.method,
+                path = req.uri.path(),
+                upstream,
+                status,
+                generation = ctx.token.as_ref().map(|t| t.generation),
+                replayed = ctx.replayed,
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        // fail_to_proxy logs every failure with its request id; the replay is not an error.
+        let _ = e;
+        true
+    }
+}
+
+/// Status codes as label strings, built once so counting a request does not format one.
+fn status_label(status: u16) -> &'static str {
+    static LABELS: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| (0..600).map(|s: u16| s.to_string()).collect());
+    LABELS
+        .get(usize::from(status))
+        .map_or("other", String::as_str)
+}

@@ -1,0 +1,59 @@
+//! Upstream name resolution, done asynchronously and off the request path: Pingora's own
+//! resolution blocks and panics on failure. Addresses are cached and re-resolved by the
+//! control service; a request only resolves when nothing is cached yet.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+
+pub const RERESOLVE_EVERY: Duration = Duration::from_secs(30);
+
+pub struct ResolvedAddr {
+    host: String,
+    port: u16,
+    literal: bool,
+    addr: ArcSwapOption<SocketAddr>,
+}
+
+impl ResolvedAddr {
+    pub fn new(host: &str, port: u16) -> Self {
+        let literal = host.parse::<IpAddr>().ok();
+        ResolvedAddr {
+            host: host.to_string(),
+            port,
+            literal: literal.is_some(),
+            addr: ArcSwapOption::from(
+                literal.map(|ip| std::sync::Arc::new(SocketAddr::new(ip, port))),
+            ),
+        }
+    }
+
+    pub fn needs_resolution(&self) -> bool {
+        !self.literal
+    }
+
+    /// The cached address, or a fresh resolution when none is cached.
+    pub async fn get(&self) -> Result<SocketAddr, String> {
+        if let Some(a) = self.addr.load().as_ref() {
+            return Ok(**a);
+        }
+        self.resolve().await
+    }
+
+    /// Resolves now and caches the answer; IPv4 first, as loopback services usually bind it.
+    pub async fn resolve(&self) -> Result<SocketAddr, String> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| format!("cannot resolve {}: {e}", self.host))?
+            .collect();
+        let pick = addrs
+            .iter()
+            .find(|a| a.is_ipv4())
+            .or(addrs.first())
+            .copied()
+            .ok_or_else(|| format!("{} resolved to no address", self.host))?;
+        self.addr.store(Some(std::sync::Arc::new(pick)));
+        Ok(pick)
+    }
+}

@@ -1,0 +1,506 @@
+//! Grants: how a token is obtained. The OAuth grants POST to a token endpoint and classify
+//! the answer; the static grant reads a file. Nothing here knows about schedules or slots.
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use crate::config::{same_secret, ClientAuthMethod, GrantConfig, SecretRef, TokenRequestConfig};
+
+/// A token as the grant produced it.
+pub struct IssuedToken {
+    pub access_token: SecretString,
+    pub lifetime: Option<Duration>,
+    pub scopes: Vec<String>,
+}
+
+/// Why a grant failed, classified per DESIGN §4.
+#[derive(Debug, Clone)]
+pub struct GrantError {
+    /// Short machine-readable kind: an OAuth error code, `http_503`, `timeout`, `network`, …
+    pub kind: String,
+    pub message: String,
+    pub permanent: bool,
+    pub retry_after: Option<Duration>,
+}
+
+impl GrantError {
+    fn transient(kind: impl Into<String>, message: impl Into<String>) -> Self {
+        GrantError {
+            kind: kind.into(),
+            message: message.into(),
+            permanent: false,
+            retry_after: None,
+        }
+    }
+    fn permanent(kind: impl Into<String>, message: impl Into<String>) -> Self {
+        GrantError {
+            kind: kind.into(),
+            message: message.into(),
+            permanent: true,
+            retry_after: None,
+        }
+    }
+}
+
+/// What one grant attempt gave.
+pub enum GrantOutcome {
+    Issued(IssuedToken),
+    /// The static token file did not change since the last read.
+    Unchanged,
+}
+
+pub enum Grant {
+    ClientCredentials(TokenEndpoint),
+    RefreshToken {
+        endpoint: TokenEndpoint,
+        seed: SecretRef,
+        current: Mutex<Option<SecretString>>,
+    },
+    Static {
+        token: SecretRef,
+        last: Mutex<Option<SecretString>>,
+    },
+}
+
+impl Grant {
+    pub fn new(config: &GrantConfig) -> Result<Grant, String> {
+        Ok(match config {
+            GrantConfig::ClientCredentials(req) => {
+                Grant::ClientCredentials(TokenEndpoint::new(req)?)
+            }
+            GrantConfig::RefreshToken { request, seed } => Grant::RefreshToken {
+                endpoint: TokenEndpoint::new(request)?,
+                seed: seed.clone(),
+                current: Mutex::new(None),
+            },
+            GrantConfig::Static { token } => Grant::Static {
+                token: token.clone(),
+                last: Mutex::new(None),
+            },
+        })
+    }
+
+    /// Static tokens are watched by polling; OAuth tokens are refreshed on a schedule.
+    pub fn poll_interval(&self) -> Option<Duration> {
+        match self {
+            Grant::Static {
+                token: SecretRef::File(_),
+                ..
+            } => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    pub fn has_refresh_token(&self) -> bool {
+        matches!(self, Grant::RefreshToken { .. })
+    }
+
+    pub async fn obtain(&self) -> Result<GrantOutcome, GrantError> {
+        match self {
+            Grant::ClientCredentials(ep) => {
+                let form = vec![("grant_type", "client_credentials".to_string())];
+                ep.request(form).await.map(|(t, _)| GrantOutcome::Issued(t))
+            }
+            Grant::RefreshToken {
+                endpoint,
+                seed,
+                current,
+            } => {
+                // Held across the request: one use of a refresh token at a time, ever.
+                let mut current = current.lock().await;
+                let rt = match current.as_ref() {
+                    Some(rt) => rt.clone(),
+                    None => seed
+                        .resolve()
+                        .map_err(|m| GrantError::permanent("refresh_token_unavailable", m))?,
+                };
+                let form = vec![
+                    ("grant_type", "refresh_token".to_string()),
+                    ("refresh_token", rt.expose_secret().to_string()),
+                ];
+                match endpoint.request(form).await {
+                    Ok((token, rotated)) => {
+                        // Keep the old one when the provider does not rotate.
+                        *current = Some(rotated.unwrap_or(rt));
+                        Ok(GrantOutcome::Issued(token))
+                    }
+                    Err(e) => {
+                        if e.permanent {
+                            // The provider dropped the grant: forget the refresh token so it
+                            // is never sent again; a new seed or login is needed.
+                            *current = None;
+                        }
+                        Err(e)
+                    }
+                }
+            }
+            Grant::Static { token, last } => {
+                let value = token
+                    .resolve()
+                    .map_err(|m| GrantError::permanent("static_token_unavailable", m))?;
+                let mut last = last.lock().await;
+                if last.as_ref().is_some_and(|l| same_secret(l, &value)) {
+                    return Ok(GrantOutcome::Unchanged);
+                }
+                *last = Some(value.clone());
+                Ok(GrantOutcome::Issued(IssuedToken {
+                    access_token: value,
+                    lifetime: None,
+                    scopes: Vec::new(),
+                }))
+            }
+        }
+    }
+}
+
+/// A client for one OAuth token endpoint.
+pub struct TokenEndpoint {
+    http: reqwest::Client,
+    config: TokenRequestConfig,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: Option<String>,
+    token_type: Option<String>,
+    expires_in: Option<serde_json::Value>,
+    refresh_token: Option<String>,
+    scope: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorResponse {
+    error: String,
+    error_description: Option<String>,
+}
+
+const PERMANENT_CODES: [&str; 5] = [
+    "invalid_grant",
+    "invalid_client",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+];
+
+impl TokenEndpoint {
+    pub fn new(config: &TokenRequestConfig) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("bearerd/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &config.ca_file {
+            builder = builder.tls_built_in_root_certs(false);
+            for der in crate::config::load_ca_file(ca)? {
+                let cert = reqwest::Certificate::from_der(&der).map_err(|e| e.to_string())?;
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
+            .build()
+            .map_err(|e| format!("cannot build the token client: {e}"))?;
+        Ok(TokenEndpoint {
+            http,
+            config: config.clone(),
+        })
+    }
+
+    /// Sends one token request. Returns the token and, when the provider rotated it, the new
+    /// refresh token.
+    async fn request(
+        &self,
+        mut form: Vec<(&'static str, String)>,
+    ) -> Result<(IssuedToken, Option<SecretString>), GrantError> {
+        let c = &self.config;
+        if !c.scopes.is_empty() {
+            form.push(("scope", c.scopes.join(" ")));
+        }
+        if let Some(r) = &c.resource {
+            form.push(("resource", r.clone()));
+        }
+        let mut req = self
+            .http
+            .post(c.token_url.clone())
+            .header("accept", "application/json");
+        let secret = match &c.client.client_secret {
+            Some(s) => Some(
+                s.resolve()
+                    .map_err(|m| GrantError::permanent("client_secret_unavailable", m))?,
+            ),
+            None => None,
+        };
+        match (c.client.method, &secret) {
+            (ClientAuthMethod::Basic, Some(secret)) => {
+                // RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
+                let user = form_encode(&c.client.client_id);
+                let pass = form_encode(secret.expose_secret());
+                let b64 =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+                req = req.header("authorization", format!("Basic {b64}"));
+            }
+            (_, secret) => {
+                form.push(("client_id", c.client.client_id.clone()));
+                if let Some(s) = secret {
+                    form.push(("client_secret", s.expose_secret().to_string()));
+                }
+            }
+        }
+        let mut body: Vec<(String, String)> =
+            form.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        for (k, v) in &c.params {
+            body.push((k.clone(), v.clone()));
+        }
+        let resp = req.form(&body).send().await.map_err(|e| {
+            if e.is_timeout() {
+                GrantError::transient(
+                    "timeout",
+                    format!("token endpoint did not answer within {:?}", c.timeout),
+                )
+            } else {
+                // reqwest errors name the URL but never the form body.
+                GrantError::transient(
+                    "network",
+                    format!("token endpoint unreachable: {}", error_chain(&e)),
+                )
+            }
+        })?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(parse_retry_after);
+        let bytes = resp.bytes().await.map_err(|e| {
+            GrantError::transient(
+                "network",
+                format!("token response broke off: {}", error_chain(&e)),
+            )
+        })?;
+        if status.is_success() {
+            return parse_success(&bytes);
+        }
+        Err(classify_failure(status.as_u16(), &bytes, retry_after))
+    }
+}
+
+fn error_chain(e: &reqwest::Error) -> String {
+    // The URL is the token endpoint's (no secret); the form body is never in the message.
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+fn form_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn parse_retry_after(v: &http::HeaderValue) -> Option<Duration> {
+    let s = v.to_str().ok()?.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate_parse(s)?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+fn httpdate_parse(s: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(s).ok().or_else(|| {
+        // IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT"
+        let parts: Vec<&str> = s.split_whitespace().collect();
+        if parts.len() != 6 {
+            return None;
+        }
+        let months = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let month = months.iter().position(|m| *m == parts[2])? + 1;
+        let iso = format!("{}-{:02}-{:0>2}T{}Z", parts[3], month, parts[1], parts[4]);
+        humantime::parse_rfc3339(&iso).ok()
+    })
+}
+
+/// Parses a 2xx token response. A body that is not a usable bearer token is a transient
+/// error: the provider glitched, and the next attempt may well succeed.
+pub fn parse_success(body: &[u8]) -> Result<(IssuedToken, Option<SecretString>), GrantError> {
+    let r: TokenResponse = serde_json::from_slice(body).map_err(|e| {
+        GrantError::transient(
+            "malformed_response",
+            format!("token response is not a JSON object: {e}"),
+        )
+    })?;
+    let access = r.access_token.filter(|t| !t.is_empty()).ok_or_else(|| {
+        GrantError::transient("malformed_response", "token response has no access_token")
+    })?;
+    if access.bytes().any(|b| !(0x21..=0x7e).contains(&b)) {
+        return Err(GrantError::transient(
+            "malformed_response",
+            "access_token holds characters that cannot go in an Authorization header",
+        ));
+    }
+    if let Some(tt) = &r.token_type {
+        if !tt.eq_ignore_ascii_case("bearer") {
+            return Err(GrantError::permanent(
+                "unsupported_token_type",
+                format!("token_type {tt:?} is not Bearer"),
+            ));
+        }
+    }
+    let lifetime = match &r.expires_in {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => n
+            .as_f64()
+            .filter(|s| *s > 0.0 && s.is_finite())
+            .map(Duration::from_secs_f64),
+        Some(serde_json::Value::String(s)) => s
+            .trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| *s > 0.0 && s.is_finite())
+            .map(Duration::from_secs_f64),
+        Some(_) => None,
+    };
+    if lifetime.is_none() && r.expires_in.as_ref().is_some_and(|v| !v.is_null()) {
+        return Err(GrantError::transient(
+            "malformed_response",
+            "expires_in is not a positive number",
+        ));
+    }
+    let scopes = r
+        .scope
+        .map(|s| s.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default();
+    Ok((
+        IssuedToken {
+            access_token: SecretString::from(access),
+            lifetime,
+            scopes,
+        },
+        r.refresh_token
+            .filter(|t| !t.is_empty())
+            .map(SecretString::from),
+    ))
+}
+
+/// Classifies a non-2xx token response per DESIGN §4.
+pub fn classify_failure(status: u16, body: &[u8], retry_after: Option<Duration>) -> GrantError {
+    let parsed: Option<ErrorResponse> = serde_json::from_slice(body).ok();
+    let mut err = match (status, parsed) {
+        (429, _) => GrantError::transient("http_429", "token endpoint is rate limiting"),
+        (500..=599, p) => GrantError::transient(
+            format!("http_{status}"),
+            match p {
+                Some(p) => describe(&p),
+                None => format!("token endpoint answered {status}"),
+            },
+        ),
+        (_, Some(p)) => {
+            let permanent = PERMANENT_CODES.contains(&p.error.as_str())
+                || !matches!(
+                    p.error.as_str(),
+                    "temporarily_unavailable" | "server_error" | "slow_down"
+                );
+            GrantError {
+                kind: sanitize_kind(&p.error),
+                message: describe(&p),
+                permanent,
+                retry_after: None,
+            }
+        }
+        (408, None) => GrantError::transient("http_408", "token endpoint timed out the request"),
+        (_, None) => GrantError::permanent(
+            format!("http_{status}"),
+            format!("token endpoint answered {status} without an OAuth error body"),
+        ),
+    };
+    err.retry_after = retry_after;
+    err
+}
+
+fn describe(p: &ErrorResponse) -> String {
+    match &p.error_description {
+        Some(d) => format!("{}: {}", p.error, d.chars().take(200).collect::<String>()),
+        None => p.error.clone(),
+    }
+}
+
+/// Error codes become metric-free log and status fields; keep them short and printable.
+fn sanitize_kind(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(64)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_normal_response() {
+        let (t, rt) = parse_success(br#"{"access_token":"abc","token_type":"bearer","expires_in":"30","refresh_token":"r2","scope":"a b"}"#).unwrap();
+        assert_eq!(t.lifetime, Some(Duration::from_secs(30)));
+        assert_eq!(t.scopes, vec!["a", "b"]);
+        assert!(rt.is_some());
+    }
+
+    #[test]
+    fn rejects_bad_success_bodies_as_transient() {
+        for body in [
+            &b"not json"[..],
+            br#"{"token_type":"Bearer"}"#,
+            br#"{"access_token":"a b"}"#,
+            br#"{"access_token":"a","expires_in":-3}"#,
+        ] {
+            let e = parse_success(body).err().expect("must fail");
+            assert!(!e.permanent, "{}", e.message);
+            assert_eq!(e.kind, "malformed_response");
+        }
+        let e = parse_success(br#"{"access_token":"a","token_type":"mac"}"#)
+            .err()
+            .unwrap();
+        assert!(e.permanent);
+    }
+
+    #[test]
+    fn classifies_failures() {
+        for code in PERMANENT_CODES {
+            let body = format!(r#"{{"error":"{code}"}}"#);
+            assert!(
+                classify_failure(400, body.as_bytes(), None).permanent,
+                "{code}"
+            );
+        }
+        assert!(classify_failure(400, b"", None).permanent);
+        assert!(classify_failure(401, b"", None).permanent);
+        assert!(!classify_failure(503, b"", None).permanent);
+        assert!(!classify_failure(429, b"", None).permanent);
+        assert!(!classify_failure(400, br#"{"error":"temporarily_unavailable"}"#, None).permanent);
+        let e = classify_failure(503, b"", Some(Duration::from_secs(7)));
+        assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn parses_retry_after_forms() {
+        assert_eq!(
+            parse_retry_after(&http::HeaderValue::from_static("12")),
+            Some(Duration::from_secs(12))
+        );
+        assert_eq!(
+            parse_retry_after(&http::HeaderValue::from_static(
+                "Sun, 06 Nov 1994 08:49:37 GMT"
+            )),
+            Some(Duration::ZERO)
+        );
+    }
+}
