@@ -473,12 +473,14 @@ fn lower_credential(
                 format!("grant {g:?} is not available in this build"),
             ))
         }
-        other => return Err(map.error_at(
-            &key("grant"),
-            format!(
+        other => {
+            return Err(map.error_at(
+                &key("grant"),
+                format!(
                 "unknown grant {other:?} (expected client_credentials | refresh_token | static)"
             ),
-        )),
+            ))
+        }
     };
     Ok(CredentialConfig {
         name: name.to_string(),

@@ -158,7 +158,10 @@ impl ProxyHttp for BearerProxy {
 
         // Never an open proxy: absolute-form targets and CONNECT are refused outright, so
         // no request can name a host that is not a configured upstream.
-        if req.uri.authority().is_some() || req.method == http::Method::CONNECT {
+        if !req.raw_path().starts_with(b"/")
+            || req.uri.authority().is_some()
+            || req.method == http::Method::CONNECT
+        {
             let p = Problem::new(
                 "no-route",
                 "No route",

@@ -1,0 +1,383 @@
+//! The data path against the real sidecar: injection, routing limits, the 401 replay,
+//! streaming.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{metric, Harness, Options};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn injects_token_replaces_authorization_sets_host_and_keeps_path_and_query() {
+    let h = Harness::start(Options::default()).await;
+    let resp = h
+        .client
+        .get(h.url("/api/v1/items?limit=5&q=a%20b"))
+        .header("authorization", "Bearer app-supplied-must-not-leak")
+        .header("x-request-id", "trace-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-request-id"], "trace-123");
+
+    let seen = h.upstream.state.seen();
+    assert_eq!(seen.len(), 1);
+    let req = &seen[0];
+    let auth = req.headers["authorization"].to_str().unwrap();
+    assert!(auth.starts_with("Bearer tok_"), "{auth}");
+    assert!(
+        req.token_serial.is_some(),
+        "the upstream must have accepted the injected token"
+    );
+    assert_eq!(req.headers.get_all("authorization").iter().count(), 1);
+    assert_eq!(req.headers["host"], h.upstream.addr.to_string());
+    assert_eq!(req.target, "/base/v1/items?limit=5&q=a%20b");
+    assert_eq!(req.headers["x-request-id"], "trace-123");
+    assert_eq!(h.tokens.state.requests(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn generates_a_request_id_when_absent() {
+    let h = Harness::start(Options::default()).await;
+    let resp = h.client.get(h.url("/api/x")).send().await.unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert_eq!(id.len(), 32);
+    assert_eq!(
+        h.upstream.state.seen()[0].headers["x-request-id"],
+        id.as_str()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_routes_get_404_problem_json_and_reach_nothing() {
+    let h = Harness::start(Options::default()).await;
+    for path in ["/nope", "/apix/y", "/"] {
+        let resp = h.client.get(h.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 404, "{path}");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["status"], 404);
+        assert_eq!(body["requires_reauth"], false);
+        assert!(body["request_id"].as_str().is_some_and(|s| !s.is_empty()));
+        assert!(body["type"].as_str().unwrap().contains("no-route"));
+    }
+    assert_eq!(h.upstream.state.requests(), 0);
+}
+
+/// Sends raw HTTP/1.1 and returns the whole response text.
+async fn raw_request(addr: std::net::SocketAddr, request: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    String::from_utf8_lossy(&buf).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn absolute_form_and_connect_requests_are_proxied_nowhere() {
+    let h = Harness::start(Options::default()).await;
+    let evil = support::Upstream::start(h.tokens.state.clone())
+        .await
+        .unwrap();
+    let addr = h.sidecar().proxy_addr;
+    let abs = format!(
+        "GET http://{}/api/steal HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        evil.addr, evil.addr
+    );
+    let resp = raw_request(addr, &abs).await;
+    assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+    assert!(resp.contains("application/problem+json"));
+    let connect = format!(
+        "CONNECT {} HTTP/1.1\r\nHost: {}\r\n\r\n",
+        evil.addr, evil.addr
+    );
+    let resp = raw_request(addr, &connect).await;
+    assert!(!resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(evil.state.requests(), 0);
+    assert_eq!(h.upstream.state.requests(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dedicated_listener_routes_every_path_to_its_upstream() {
+    let listen = support::free_addr();
+    let tokens = support::TokenServer::start(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let upstream = support::Upstream::start(tokens.state.clone())
+        .await
+        .unwrap();
+    let extra = format!(
+        "\n[upstreams.direct]\nurl = \"http://{}/d\"\nlisten = \"{listen}\"\ncredential = \"api\"\n",
+        upstream.addr
+    );
+    let h = Harness::start_with(
+        tokens,
+        upstream,
+        Options {
+            upstream_extra: extra,
+            ..Default::default()
+        },
+    )
+    .await;
+    let resp = h
+        .client
+        .get(format!("http://{listen}/anything/here?x=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(h.upstream.state.seen()[0].target, "/d/anything/here?x=1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replays_a_post_once_with_the_identical_body_after_revocation() {
+    let h = Harness::start(Options::default()).await;
+    h.wait_ready().await;
+    assert_eq!(
+        h.client
+            .get(h.url("/api/warm"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let before = h.tokens.state.requests();
+    h.tokens.state.revoke_access_tokens();
+
+    let body = serde_json::json!({"order": 42, "items": ["a", "b"], "note": "é"}).to_string();
+    let resp = h
+        .client
+        .post(h.url("/api/orders"))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let posts: Vec<_> = h
+        .upstream
+        .state
+        .seen()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(posts.len(), 2, "one rejected attempt and one replay");
+    assert_eq!(posts[0].body, body.as_bytes());
+    assert_eq!(posts[1].body, body.as_bytes());
+    assert!(posts[0].token_serial.is_none() && posts[1].token_serial.is_some());
+    assert_eq!(
+        h.tokens.state.requests() - before,
+        1,
+        "exactly one token request"
+    );
+    let m = h.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"bearerd_upstream_401_total{outcome="replayed_ok",upstream="api"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_posts_after_revocation_share_one_refresh() {
+    let h = Harness::start(Options::default()).await;
+    h.wait_ready().await;
+    assert_eq!(
+        h.client
+            .get(h.url("/api/warm"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let before = h.tokens.state.requests();
+    h.tokens.state.revoke_access_tokens();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let c = h.client.clone();
+        let url = h.url("/api/orders");
+        tasks.push(tokio::spawn(async move {
+            c.post(url)
+                .body(format!("{{\"n\":{i}}}"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(
+        h.tokens.state.requests() - before,
+        1,
+        "exactly one token request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn large_body_401_passes_through_and_the_next_request_succeeds() {
+    let h = Harness::start(Options::default()).await;
+    h.wait_ready().await;
+    assert_eq!(
+        h.client
+            .get(h.url("/api/warm"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    h.tokens.state.revoke_access_tokens();
+    let big = vec![b'x'; 200 * 1024];
+    let resp = h
+        .client
+        .post(h.url("/api/upload"))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401, "the 401 passes through; not a 5xx");
+    // The background refresh runs; the next request gets the new token.
+    let mut ok = false;
+    for _ in 0..100 {
+        if h.client
+            .get(h.url("/api/after"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok);
+    let m = h.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"bearerd_upstream_401_total{outcome="not_replayable",upstream="api"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstream_rejecting_every_token_cannot_make_bearerd_hammer_the_provider() {
+    let h = Harness::start(Options {
+        credential_extra: "min_refresh_interval = \"1s\"".into(),
+        ..Default::default()
+    })
+    .await;
+    h.wait_ready().await;
+    h.upstream.state.reject_all(true);
+    let before = h.tokens.state.requests();
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    while started.elapsed() < Duration::from_secs(3) {
+        statuses.push(
+            h.client
+                .get(h.url("/api/x"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let made = h.tokens.state.requests() - before;
+    assert!(
+        statuses.iter().all(|s| *s == 401),
+        "401s pass through, no 5xx"
+    );
+    assert!(
+        statuses.len() > 20,
+        "enough requests to show the limit: {}",
+        statuses.len()
+    );
+    // At most one request-triggered refresh per interval (plus one at the window's start).
+    assert!(
+        made as f64 <= elapsed / 1.0 + 1.0,
+        "{made} token requests in {elapsed:.1}s"
+    );
+    assert!(made >= 1);
+    let m = h.metrics().await;
+    let limited = metric(
+        &m,
+        r#"bearerd_upstream_401_total{outcome="rate_limited",upstream="api"}"#,
+    )
+    .unwrap();
+    assert!(limited > 10.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sse_events_stream_through_unbuffered() {
+    let h = Harness::start(Options::default()).await;
+    *h.upstream.state.sse_gap.lock().unwrap() = Duration::from_secs(3);
+    let started = Instant::now();
+    let mut resp = h.client.get(h.url("/api/events/sse")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let first = resp.chunk().await.unwrap().unwrap();
+    let first_at = started.elapsed();
+    assert!(String::from_utf8_lossy(&first).contains("first"));
+    let mut rest = Vec::new();
+    while let Some(c) = resp.chunk().await.unwrap() {
+        rest.extend_from_slice(&c);
+    }
+    let end_at = started.elapsed();
+    assert!(String::from_utf8_lossy(&rest).contains("second"));
+    // Loose bound: the first event arrives long before the stream ends.
+    assert!(end_at >= Duration::from_secs(3));
+    assert!(
+        first_at < end_at - Duration::from_secs(2),
+        "first {first_at:?}, end {end_at:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunked_request_bodies_stream_to_the_upstream() {
+    let h = Harness::start(Options::default()).await;
+    let chunks =
+        futures::stream::iter((0..50).map(|i| Ok::<_, std::io::Error>(format!("chunk{i};"))));
+    let resp = h
+        .client
+        .post(h.url("/api/stream"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = h.upstream.state.seen();
+    let expected: String = (0..50).map(|i| format!("chunk{i};")).collect();
+    assert_eq!(seen[0].body, expected.as_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unreachable_upstream_gives_502_problem_json() {
+    let dead = support::free_addr();
+    let h = Harness::start(Options {
+        upstream_url: Some(format!("http://{dead}/x")),
+        ..Default::default()
+    })
+    .await;
+    let resp = h.client.get(h.url("/api/y")).send().await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["upstream"], "api");
+    assert_eq!(body["requires_reauth"], false);
+}

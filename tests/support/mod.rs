@@ -1,0 +1,211 @@
+//! Black-box harness: a test token server and upstream (real sockets, counting, failing on
+//! command), and the real sidecar between them, started through `Sidecar::start`.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bearerd::config::Config;
+#[allow(unused_imports)]
+pub use bearerd::peers::{
+    token_server, FailMode, TokenServer, TokenServerState, Upstream, UpstreamState,
+};
+use bearerd::{Sidecar, SidecarHandle};
+
+pub fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Options for one harness; `credential_extra` and `upstream_extra` are TOML lines added to
+/// the `[credentials.api]` and `[upstreams.api]` tables.
+pub struct Options {
+    pub lifetime: Duration,
+    pub grant: &'static str,
+    pub credential_extra: String,
+    pub upstream_extra: String,
+    pub server_extra: String,
+    /// Replace the upstream URL (e.g. a TLS upstream); `{upstream}` is the plain one.
+    pub upstream_url: Option<String>,
+    pub token_delay: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            lifetime: Duration::from_secs(60),
+            grant: "client_credentials",
+            credential_extra: String::new(),
+            upstream_extra: String::new(),
+            server_extra: String::new(),
+            upstream_url: None,
+            token_delay: Duration::ZERO,
+        }
+    }
+}
+
+pub struct Harness {
+    pub tokens: TokenServer,
+    pub upstream: Upstream,
+    pub sidecar: Option<SidecarHandle>,
+    pub client: reqwest::Client,
+    pub config_text: String,
+}
+
+impl Harness {
+    pub async fn start(opts: Options) -> Harness {
+        let tokens = TokenServer::start(opts.lifetime).await.unwrap();
+        tokens.state.set_delay(opts.token_delay);
+        let upstream = Upstream::start(Arc::clone(&tokens.state)).await.unwrap();
+        Harness::start_with(tokens, upstream, opts).await
+    }
+
+    pub async fn start_with(tokens: TokenServer, upstream: Upstream, opts: Options) -> Harness {
+        let mut grant_lines = String::new();
+        if opts.grant == "refresh_token" {
+            let rt = tokens.state.seed_refresh_token();
+            let dir = std::env::temp_dir().join(format!("bearerd-test-{}", rand_suffix()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("refresh_token");
+            std::fs::write(&path, rt).unwrap();
+            grant_lines = format!(
+                "refresh_token = {{ file = {:?} }}\n",
+                path.display().to_string()
+            );
+        }
+        let upstream_url = opts
+            .upstream_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}/base", upstream.addr));
+        let text = format!(
+            r#"
+[server]
+proxy_listen = "{proxy}"
+admin_listen = "{admin}"
+{server_extra}
+
+[credentials.api]
+grant = "{grant}"
+token_url = "{token_url}"
+client_id = "{client_id}"
+client_secret = "{client_secret}"
+scopes = ["demo.read"]
+backoff_base = "200ms"
+backoff_cap = "2s"
+{grant_lines}{credential_extra}
+
+[upstreams.api]
+url = "{upstream_url}"
+path_prefix = "/api"
+credential = "api"
+{upstream_extra}
+"#,
+            proxy = free_addr(),
+            admin = free_addr(),
+            server_extra = opts.server_extra,
+            grant = opts.grant,
+            token_url = tokens.token_url(),
+            client_id = token_server::CLIENT_ID,
+            client_secret = token_server::CLIENT_SECRET,
+            credential_extra = opts.credential_extra,
+            upstream_extra = opts.upstream_extra,
+        );
+        let config =
+            Config::parse(Path::new("test.toml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let sidecar = tokio::task::spawn_blocking(move || Sidecar::start(config))
+            .await
+            .unwrap()
+            .unwrap();
+        Harness {
+            tokens,
+            upstream,
+            sidecar: Some(sidecar),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .unwrap(),
+            config_text: text,
+        }
+    }
+
+    pub fn sidecar(&self) -> &SidecarHandle {
+        self.sidecar.as_ref().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.sidecar().proxy_addr, path)
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://{}{}", self.sidecar().admin_addr, path)
+    }
+
+    pub async fn status(&self) -> serde_json::Value {
+        self.client
+            .get(self.admin("/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.admin("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Waits (bounded) until the credential has a token, so a test starts from steady state.
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            let r = self.client.get(self.admin("/readyz")).send().await.unwrap();
+            if r.status() == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("sidecar never became ready: {}", self.status().await);
+    }
+
+    /// Stops the sidecar off the async runtime (its shutdown joins threads).
+    pub async fn stop(mut self) {
+        if let Some(s) = self.sidecar.take() {
+            tokio::task::spawn_blocking(move || s.shutdown())
+                .await
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(s) = self.sidecar.take() {
+            // Dropping joins the server thread; do it off the runtime thread.
+            std::thread::spawn(move || drop(s));
+        }
+    }
+}
+
+pub fn rand_suffix() -> String {
+    format!("{}-{:x}", std::process::id(), rand::random::<u64>())
+}
+
+/// The value of one sample line of the Prometheus text, e.g.
+/// `bearerd_upstream_401_total{upstream="api",outcome="rate_limited"}`.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}

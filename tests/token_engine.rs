@@ -1,0 +1,521 @@
+//! The token engine seen from outside: cold start, rotation, outages, permanent failures,
+//! rotating refresh tokens, static tokens. Tokens live seconds, so rotation happens here.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::{metric, FailMode, Harness, Options};
+
+/// Runs `clients` loops of GET requests for `duration`; returns (ok, non-2xx statuses).
+async fn load(h: &Harness, clients: usize, duration: Duration) -> (usize, Vec<u16>) {
+    let ok = Arc::new(AtomicUsize::new(0));
+    let bad = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..clients {
+        let c = h.client.clone();
+        let url = h.url(&format!("/api/load/{i}"));
+        let (ok, bad) = (ok.clone(), bad.clone());
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            while started.elapsed() < duration {
+                match c.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(r) => bad.lock().unwrap().push(r.status().as_u16()),
+                    Err(_) => bad.lock().unwrap().push(0),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let bad = bad.lock().unwrap().clone();
+    (ok.load(Ordering::SeqCst), bad)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cold_start_50_concurrent_requests_share_one_token_request() {
+    let h = Harness::start(Options {
+        token_delay: Duration::from_secs(1),
+        ..Default::default()
+    })
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let c = h.client.clone();
+        let url = h.url(&format!("/api/cold/{i}"));
+        tasks.push(tokio::spawn(async move {
+            c.get(url).send().await.unwrap().status().as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    assert_eq!(h.tokens.state.requests(), 1, "exactly one token request");
+    let m = h.metrics().await;
+    let waits = metric(&m, r#"bearerd_token_wait_seconds_count{credential="api"}"#).unwrap();
+    assert!(waits >= 1.0, "requests that waited are measured: {m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_second_tokens_rotate_proactively_under_load() {
+    let h = Harness::start(Options {
+        lifetime: Duration::from_secs(3),
+        ..Default::default()
+    })
+    .await;
+    h.wait_ready().await;
+    let (ok, bad) = load(&h, 8, Duration::from_secs(10)).await;
+    assert!(bad.is_empty(), "non-2xx under rotation: {bad:?}");
+    assert!(ok > 100, "{ok}");
+    let made = h.tokens.state.requests();
+    assert!(
+        (3..=10).contains(&made),
+        "{made} token requests for 3 s tokens over 10 s"
+    );
+    let serials: std::collections::HashSet<_> = h
+        .upstream
+        .state
+        .seen()
+        .iter()
+        .filter_map(|r| r.token_serial)
+        .collect();
+    assert!(
+        serials.len() >= 3,
+        "the tokens rotated during the test: {serials:?}"
+    );
+    let m = h.metrics().await;
+    assert!(
+        metric(
+            &m,
+            r#"bearerd_token_refresh_total{credential="api",result="success",trigger="scheduled"}"#
+        )
+        .unwrap()
+            >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn provider_outage_while_the_token_is_valid_fails_no_request_and_recovers() {
+    let h = Harness::start(Options {
+        lifetime: Duration::from_secs(8),
+        credential_extra: "refresh_ratio = 0.25".into(),
+        ..Default::default()
+    })
+    .await;
+    h.wait_ready().await;
+    let gen_before = h.status().await["credentials"]["api"]["generation"]
+        .as_u64()
+        .unwrap();
+    let before = h.tokens.state.requests();
+    h.tokens.state.set_fail(FailMode::Status(503));
+    // The scheduled refresh (at about 2 s) falls into the outage.
+    let (ok, bad) = load(&h, 4, Duration::from_secs(4)).await;
+    let during = h.tokens.state.requests() - before;
+    let status = h.status().await;
+    assert_eq!(
+        status["credentials"]["api"]["state"], "retrying",
+        "{status}"
+    );
+    assert_eq!(
+        status["credentials"]["api"]["last_error"]["kind"],
+        "http_503"
+    );
+    h.tokens.state.set_fail(FailMode::None);
+    assert!(bad.is_empty(), "requests failed during the outage: {bad:?}");
+    assert!(ok > 50);
+    assert!(
+        (2..=12).contains(&during),
+        "{during} token requests during a 2 s outage with backoff"
+    );
+
+    let mut recovered = false;
+    for _ in 0..100 {
+        let s = h.status().await;
+        if s["credentials"]["api"]["generation"].as_u64().unwrap() > gen_before
+            && s["credentials"]["api"]["state"] == "valid"
+        {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        recovered,
+        "a new token after the outage: {}",
+        h.status().await
+    );
+    let (_, bad) = load(&h, 2, Duration::from_millis(500)).await;
+    assert!(bad.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn permanent_failures_fail_closed_and_stop_retrying() {
+    for code in ["invalid_client", "invalid_grant"] {
+        let tokens = support::TokenServer::start(Duration::from_secs(60))
+            .await
+            .unwrap();
+        tokens.state.set_fail(FailMode::OAuthError(code.into()));
+        let upstream = support::Upstream::start(tokens.state.clone())
+            .await
+            .unwrap();
+        let h = Harness::start_with(tokens, upstream, Options::default()).await;
+        for _ in 0..5 {
+            let resp = h
+                .client
+                .post(h.url("/api/x"))
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 503, "{code}");
+            assert_eq!(resp.headers()["content-type"], "application/problem+json");
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(body["requires_reauth"], true, "{body}");
+            assert_eq!(body["credential"], "api");
+            assert!(body["detail"].as_str().unwrap().contains(code), "{body}");
+        }
+        let ready = h.client.get(h.admin("/readyz")).send().await.unwrap();
+        assert_eq!(ready.status(), 503);
+        let status = h.status().await;
+        assert_eq!(status["credentials"]["api"]["state"], "failed", "{status}");
+        assert_eq!(status["credentials"]["api"]["last_error"]["kind"], code);
+        let made = h.tokens.state.requests();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let _ = h.client.get(h.url("/api/again")).send().await.unwrap();
+        assert_eq!(
+            h.tokens.state.requests(),
+            made,
+            "{code}: automatic retries stop"
+        );
+        assert_eq!(made, 1);
+        assert_eq!(
+            h.upstream.state.requests(),
+            0,
+            "never forwarded without a token"
+        );
+        let m = h.metrics().await;
+        assert_eq!(
+            metric(
+                &m,
+                r#"bearerd_token_refresh_total{credential="api",result="permanent_error",trigger="startup"}"#
+            ),
+            Some(1.0)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn permanent_failure_after_a_valid_token_serves_it_until_expiry_then_fails_closed() {
+    let h = Harness::start(Options {
+        lifetime: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    h.wait_ready().await;
+    h.tokens
+        .state
+        .set_fail(FailMode::OAuthError("invalid_client".into()));
+    assert_eq!(
+        h.client
+            .get(h.url("/api/still-valid"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let resp = h.client.get(h.url("/api/expired")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["requires_reauth"], true);
+    // Every forwarded request carried a token the provider still considered valid.
+    assert!(h
+        .upstream
+        .state
+        .seen()
+        .iter()
+        .all(|r| r.token_serial.is_some()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_wait_for_a_recovering_provider_within_the_budget() {
+    let tokens = support::TokenServer::start(Duration::from_secs(60))
+        .await
+        .unwrap();
+    tokens.state.set_fail(FailMode::Status(503));
+    let upstream = support::Upstream::start(tokens.state.clone())
+        .await
+        .unwrap();
+    let h = Harness::start_with(
+        tokens,
+        upstream,
+        Options {
+            credential_extra: "wait_budget = \"1s\"\nmin_refresh_interval = \"500ms\"".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let resp = h.client.get(h.url("/api/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["requires_reauth"], false,
+        "an outage is transient: {body}"
+    );
+    h.tokens.state.set_fail(FailMode::None);
+    // A waiting request drives a refresh at the request-triggered interval.
+    let resp = h.client.get(h.url("/api/y")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotating_refresh_tokens_survive_concurrent_load_without_reuse() {
+    let h = Harness::start(Options {
+        grant: "refresh_token",
+        lifetime: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    h.wait_ready().await;
+    let (ok, bad) = load(&h, 8, Duration::from_secs(6)).await;
+    assert!(bad.is_empty(), "non-2xx: {bad:?}");
+    assert!(ok > 50);
+    assert!(
+        h.tokens.state.requests() >= 3,
+        "the refresh token rotated several times"
+    );
+    assert_eq!(
+        h.tokens.state.reuse_detected(),
+        0,
+        "a refresh token was used twice"
+    );
+    assert_eq!(
+        h.tokens.state.active_refresh_tokens(),
+        1,
+        "the grant survives"
+    );
+    let form = h.tokens.state.last_form();
+    assert!(form
+        .iter()
+        .any(|(k, v)| k == "grant_type" && v == "refresh_token"));
+    let status = h.status().await;
+    assert_eq!(status["credentials"]["api"]["has_refresh_token"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn missing_expires_in_uses_the_default_lifetime() {
+    let tokens = support::TokenServer::start(Duration::from_secs(60))
+        .await
+        .unwrap();
+    tokens.state.omit_expires_in(true);
+    let upstream = support::Upstream::start(tokens.state.clone())
+        .await
+        .unwrap();
+    let h = Harness::start_with(
+        tokens,
+        upstream,
+        Options {
+            credential_extra: "default_lifetime = \"2s\"".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    h.wait_ready().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        h.tokens.state.requests() >= 2,
+        "refreshed on the assumed lifetime"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_token_responses_are_retried_not_forwarded() {
+    let tokens = support::TokenServer::start(Duration::from_secs(60))
+        .await
+        .unwrap();
+    tokens.state.set_fail(FailMode::Malformed);
+    let upstream = support::Upstream::start(tokens.state.clone())
+        .await
+        .unwrap();
+    let h = Harness::start_with(
+        tokens,
+        upstream,
+        Options {
+            credential_extra: "wait_budget = \"500ms\"".into(),
+            ..Default::default()
+        },
+    )
+    .await;
+    let resp = h.client.get(h.url("/api/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let status = h.status().await;
+    assert_eq!(
+        status["credentials"]["api"]["last_error"]["kind"],
+        "malformed_response"
+    );
+    assert_eq!(status["credentials"]["api"]["state"], "retrying");
+    assert_eq!(h.upstream.state.requests(), 0);
+    h.tokens.state.set_fail(FailMode::None);
+    h.wait_ready().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn static_token_file_is_reread_when_it_changes() {
+    let tokens = support::TokenServer::start(Duration::from_secs(600))
+        .await
+        .unwrap();
+    let upstream = support::Upstream::start(tokens.state.clone())
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let issue = || async {
+        let v: serde_json::Value = client
+            .post(tokens.token_url())
+            .basic_auth(
+                support::token_server::CLIENT_ID,
+                Some(support::token_server::CLIENT_SECRET),
+            )
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["access_token"].as_str().unwrap().to_string()
+    };
+    let dir = std::env::temp_dir().join(format!("bearerd-static-{}", support::rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("token");
+    std::fs::write(&file, format!("{}\n", issue().await)).unwrap();
+    let proxy = support::free_addr();
+    let admin = support::free_addr();
+    let text = format!(
+        "[server]\nproxy_listen = \"{proxy}\"\nadmin_listen = \"{admin}\"\n[credentials.pat]\ngrant = \"static\"\ntoken = {{ file = {:?} }}\n[upstreams.api]\nurl = \"http://{}/\"\npath_prefix = \"/api\"\ncredential = \"pat\"\n",
+        file.display().to_string(),
+        upstream.addr
+    );
+    let config =
+        bearerd::config::Config::parse(std::path::Path::new("static.toml"), &text).unwrap();
+    let sidecar = tokio::task::spawn_blocking(move || bearerd::Sidecar::start(config))
+        .await
+        .unwrap()
+        .unwrap();
+    let r: serde_json::Value = client
+        .get(format!("http://{proxy}/api/a"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first = r["token_serial"].as_u64().unwrap();
+
+    tokens.state.revoke_access_tokens();
+    std::fs::write(&file, issue().await).unwrap();
+    let mut second = None;
+    for _ in 0..60 {
+        let resp = client
+            .get(format!("http://{proxy}/api/b"))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            let r: serde_json::Value = resp.json().await.unwrap();
+            second = r["token_serial"].as_u64();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        second.is_some_and(|s| s > first),
+        "the new file content is used: {second:?}"
+    );
+    tokio::task::spawn_blocking(move || sidecar.shutdown())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_metric_series_exists_from_startup() {
+    let tokens = support::TokenServer::start(Duration::from_secs(60))
+        .await
+        .unwrap();
+    tokens.state.set_delay(Duration::from_secs(2));
+    let upstream = support::Upstream::start(tokens.state.clone())
+        .await
+        .unwrap();
+    let h = Harness::start_with(tokens, upstream, Options::default()).await;
+    let m = h.metrics().await;
+    for trigger in ["startup", "scheduled", "on_demand", "on_401", "manual"] {
+        for result in ["success", "transient_error", "permanent_error"] {
+            let s = format!(
+                r#"bearerd_token_refresh_total{{credential="api",result="{result}",trigger="{trigger}"}}"#
+            );
+            assert_eq!(metric(&m, &s), Some(0.0), "{s}");
+        }
+    }
+    for outcome in [
+        "replayed_ok",
+        "replayed_401",
+        "not_replayable",
+        "rate_limited",
+    ] {
+        let s = format!(r#"bearerd_upstream_401_total{{outcome="{outcome}",upstream="api"}}"#);
+        assert_eq!(metric(&m, &s), Some(0.0), "{s}");
+    }
+    for state in [
+        "valid",
+        "refreshing",
+        "retrying",
+        "expired",
+        "failed",
+        "logged_out",
+    ] {
+        let s = format!(r#"bearerd_credential_state{{credential="api",state="{state}"}}"#);
+        let expected = if state == "refreshing" { 1.0 } else { 0.0 };
+        assert_eq!(metric(&m, &s), Some(expected), "{s}\n{m}");
+    }
+    for s in [
+        r#"bearerd_requests_total{status="200",upstream="api"}"#,
+        r#"bearerd_token_expires_in_seconds{credential="api"}"#,
+        r#"bearerd_token_refresh_duration_seconds_count{credential="api"}"#,
+        r#"bearerd_request_duration_seconds_count{upstream="api"}"#,
+        r#"bearerd_token_wait_seconds_count{credential="api"}"#,
+    ] {
+        assert_eq!(metric(&m, s), Some(0.0), "{s}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn manual_refresh_through_the_admin_api() {
+    let h = Harness::start(Options::default()).await;
+    h.wait_ready().await;
+    let before = h.tokens.state.requests();
+    let resp = h
+        .client
+        .post(h.admin("/credentials/api/refresh"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["outcome"], "success");
+    assert_eq!(body["generation"], 2);
+    assert_eq!(h.tokens.state.requests(), before + 1);
+    let resp = h
+        .client
+        .post(h.admin("/credentials/nope/refresh"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
