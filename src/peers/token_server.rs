@@ -54,6 +54,8 @@ pub struct TokenServerState {
     client_id: String,
     client_secret: String,
     last_form: Mutex<Vec<(String, String)>>,
+    /// Every access and refresh token ever issued, for leak checks.
+    every_issued: Mutex<Vec<String>>,
 }
 
 pub struct TokenServer {
@@ -91,6 +93,7 @@ impl TokenServer {
             client_id: CLIENT_ID.to_string(),
             client_secret: CLIENT_SECRET.to_string(),
             last_form: Mutex::new(Vec::new()),
+            every_issued: Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .route("/token", post(token))
@@ -143,6 +146,7 @@ impl TokenServerState {
     pub fn seed_refresh_token(&self) -> String {
         let rt = format!("rt_{}", random_hex());
         self.refresh.lock().unwrap().active.insert(rt.clone());
+        self.every_issued.lock().unwrap().push(rt.clone());
         rt
     }
     /// How often a spent refresh token was presented again (each time revoked the grant).
@@ -153,6 +157,10 @@ impl TokenServerState {
     pub fn active_refresh_tokens(&self) -> usize {
         self.refresh.lock().unwrap().active.len()
     }
+    /// Every access and refresh token issued so far.
+    pub fn every_issued(&self) -> Vec<String> {
+        self.every_issued.lock().unwrap().clone()
+    }
     /// The form fields of the last token request, secrets included (tests only read it).
     pub fn last_form(&self) -> Vec<(String, String)> {
         self.last_form.lock().unwrap().clone()
@@ -162,6 +170,7 @@ impl TokenServerState {
         let lifetime = Duration::from_millis(self.lifetime_ms.load(Ordering::SeqCst));
         let serial = self.serial.fetch_add(1, Ordering::SeqCst) + 1;
         let token = format!("tok_{}", random_hex());
+        self.every_issued.lock().unwrap().push(token.clone());
         self.issued.lock().unwrap().insert(
             token.clone(),
             Issued {

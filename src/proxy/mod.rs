@@ -36,6 +36,7 @@ pub struct Upstream {
     pub addr: ResolvedAddr,
     ca: Option<Arc<CaType>>,
     authority: HeaderValue,
+    pool_key: u64,
 }
 
 impl Upstream {
@@ -54,7 +55,15 @@ impl Upstream {
             None => None,
         };
         let authority = HeaderValue::from_str(&config.authority).map_err(|e| e.to_string())?;
+        let pool_key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            config.name.hash(&mut h);
+            config.ca_file.hash(&mut h);
+            h.finish()
+        };
         Ok(Upstream {
+            pool_key,
             name: Arc::from(config.name.as_str()),
             addr: ResolvedAddr::new(&config.host, config.port),
             slot,
@@ -243,6 +252,10 @@ impl ProxyHttp for BearerProxy {
         peer.options.connection_timeout = Some(up.config.connect_timeout);
         peer.options.idle_timeout = Some(up.config.idle_timeout);
         peer.options.ca = up.ca.clone();
+        // Pingora's pool key ignores the CA: without a key of our own, a connection verified
+        // for one upstream could be reused for another upstream at the same address that
+        // trusts a different CA.
+        peer.group_key = up.pool_key;
         Ok(Box::new(peer))
     }
 
