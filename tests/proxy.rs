@@ -381,3 +381,71 @@ async fn unreachable_upstream_gives_502_problem_json() {
     assert_eq!(body["upstream"], "api");
     assert_eq!(body["requires_reauth"], false);
 }
+
+/// A raw upstream that accepts one upgrade, records its request head, and echoes bytes.
+async fn upgrade_upstream() -> (std::net::SocketAddr, tokio::sync::oneshot::Receiver<String>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            s.read_exact(&mut byte).await.unwrap();
+            head.push(byte[0]);
+        }
+        let _ = tx.send(String::from_utf8_lossy(&head).to_string());
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            s.write_all(&buf[..n]).await.unwrap();
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn websocket_upgrades_pass_through_with_the_token() {
+    let (up, head) = upgrade_upstream().await;
+    let h = Harness::start(Options {
+        upstream_url: Some(format!("http://{up}/ws")),
+        ..Default::default()
+    })
+    .await;
+    h.wait_ready().await;
+    let mut s = tokio::net::TcpStream::connect(h.sidecar().proxy_addr)
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET /api/chat HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut resp = Vec::new();
+    let mut byte = [0u8; 1];
+    while !resp.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        resp.push(byte[0]);
+    }
+    let resp = String::from_utf8_lossy(&resp).to_string();
+    assert!(resp.starts_with("HTTP/1.1 101"), "{resp}");
+    let head = head.await.unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("get /ws/chat "), "{head}");
+    assert!(head.contains("authorization: bearer tok_"), "{head}");
+    for msg in ["hello", "over the upgraded connection"] {
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(buf, msg.as_bytes());
+    }
+}

@@ -519,3 +519,25 @@ async fn manual_refresh_through_the_admin_api() {
         .unwrap();
     assert_eq!(resp.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn token_requests_carry_scopes_resource_params_and_client_auth() {
+    for auth in ["basic", "post"] {
+        let h = Harness::start(Options {
+            credential_extra: format!(
+                "client_auth = \"{auth}\"\nresource = \"https://api.example.com/\"\nparams = {{ audience = \"crm\" }}"
+            ),
+            ..Default::default()
+        })
+        .await;
+        h.wait_ready().await;
+        let form = h.tokens.state.last_form();
+        let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("grant_type").as_deref(), Some("client_credentials"));
+        assert_eq!(get("scope").as_deref(), Some("demo.read"));
+        assert_eq!(get("resource").as_deref(), Some("https://api.example.com/"));
+        assert_eq!(get("audience").as_deref(), Some("crm"));
+        // The test token server accepted the client: basic in a header, post in the form.
+        assert_eq!(get("client_secret").is_some(), auth == "post", "{auth}");
+    }
+}

@@ -86,7 +86,7 @@ impl<'a> SourceMap<'a> {
     }
 
     /// Turns a serde/TOML error (unknown key, wrong type, syntax) into a located error.
-    pub fn from_toml(&self, err: &toml::de::Error) -> ConfigError {
+    pub fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         let (line, column) = err.span().map_or((1, 1), |s| self.line_col(s.start));
         let key = err.span().and_then(|s| self.key_path_at(s.start));
         ConfigError {

@@ -165,7 +165,7 @@ impl Config {
     /// Validates config text; `source` names it in errors.
     pub fn parse(source: &Path, text: &str) -> Result<Config, ConfigError> {
         let map = SourceMap::new(source, text);
-        let raw: RawConfig = toml::from_str(text).map_err(|e| map.from_toml(&e))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| map.toml_error(&e))?;
         lower(source, &map, raw)
     }
 
@@ -226,7 +226,20 @@ fn lower(source: &Path, map: &SourceMap, raw: RawConfig) -> Result<Config, Confi
     let server = lower_server(map, &raw)?;
 
     match raw.store.backend.as_deref() {
-        None | Some("memory") => {}
+        None | Some("memory") => {
+            for (key, set) in [
+                ("path", raw.store.path.is_some()),
+                ("key", raw.store.key.is_some()),
+                ("url", raw.store.url.is_some()),
+            ] {
+                if set {
+                    return Err(map.error_at(
+                        &format!("store.{key}"),
+                        "only applies to the file and redis backends",
+                    ));
+                }
+            }
+        }
         Some(other @ ("file" | "redis")) => {
             return Err(map.error_at(
                 "store.backend",
@@ -753,9 +766,9 @@ credential = "crm"
             "client_id = \"billing\"\nclient_secrte = \"x\"",
         );
         let e = parse(&text).unwrap_err();
-        assert_eq!(e.line, 7, "{e}");
+        assert_eq!(e.line, 6, "{e}");
         assert!(e.to_string().contains("client_secrte"), "{e}");
-        assert!(e.to_string().starts_with("t.toml:7:"), "{e}");
+        assert!(e.to_string().starts_with("t.toml:6:"), "{e}");
     }
 
     #[test]

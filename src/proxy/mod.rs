@@ -265,6 +265,21 @@ impl ProxyHttp for BearerProxy {
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        // The request may have waited (a slow body, a connect retry) since it took its
+        // token: never forward one that is past its usable time.
+        if let (Some(up), Some(token)) = (&ctx.upstream, &ctx.token) {
+            if !token.is_usable(Instant::now()) {
+                match up.slot.current().filter(|t| t.is_usable(Instant::now())) {
+                    Some(fresh) => ctx.token = Some(fresh),
+                    None => {
+                        return Error::e_explain(
+                            ErrorType::HTTPStatus(503),
+                            "the token expired before the request was sent",
+                        )
+                    }
+                }
+            }
+        }
         let (Some(up), Some(token), Some(target)) = (&ctx.upstream, &ctx.token, &ctx.target) else {
             // Unreachable by construction: never forward without a token.
             return Error::e_explain(
@@ -380,6 +395,7 @@ impl ProxyHttp for BearerProxy {
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                 (504, "upstream-timeout", "Upstream timed out")
             }
+            ErrorType::HTTPStatus(503) => (503, "token-unavailable", "No valid token"),
             t if t == &ANSWERED => (0, "", ""),
             _ if e.esource() == &ErrorSource::Downstream => (0, "", ""),
             _ => (502, "upstream-unreachable", "Upstream unreachable"),

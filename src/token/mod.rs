@@ -39,7 +39,7 @@ impl Trigger {
     }
 
     /// Triggered by traffic, and so subject to the rate limit.
-    fn from_request(self) -> bool {
+    fn is_request_triggered(self) -> bool {
         matches!(self, Trigger::OnDemand | Trigger::On401)
     }
 }

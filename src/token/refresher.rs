@@ -50,7 +50,7 @@ async fn take_demand(slot: &CredentialSlot) -> Option<Trigger> {
             }
             let interval = min_interval(&slot.policy, current.and_then(|t| t.lifetime));
             match c.last_request_attempt {
-                Some(at) if d.trigger.from_request() && at.elapsed() < interval => {
+                Some(at) if d.trigger.is_request_triggered() && at.elapsed() < interval => {
                     interval - at.elapsed()
                 }
                 _ => {
@@ -68,7 +68,7 @@ async fn attempt(slot: &CredentialSlot, grant: &Grant, trigger: Trigger) {
     {
         let mut c = slot.control();
         c.in_flight = true;
-        if trigger.from_request() {
+        if trigger.is_request_triggered() {
             c.last_request_attempt = Some(started);
         }
     }
@@ -105,6 +105,7 @@ async fn attempt(slot: &CredentialSlot, grant: &Grant, trigger: Trigger) {
                     usable_until: lifetime.map(|l| started + l - expiry_floor(l)),
                     scopes: token.scopes,
                 })));
+                let attempt = c.consecutive_failures + 1;
                 c.consecutive_failures = 0;
                 c.permanent_failure = false;
                 c.refreshes += 1;
@@ -115,6 +116,7 @@ async fn attempt(slot: &CredentialSlot, grant: &Grant, trigger: Trigger) {
                 tracing::info!(
                     credential = name,
                     trigger = trigger.as_str(),
+                    attempt,
                     outcome = "success",
                     generation,
                     duration_ms = elapsed.as_millis() as u64,
