@@ -11,6 +11,7 @@ pub mod logging;
 pub mod metrics;
 pub mod peers;
 pub mod proxy;
+pub mod store;
 pub mod token;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -42,6 +43,8 @@ pub enum StartError {
     Credential { name: String, message: String },
     #[error("upstream {name}: {message}")]
     Upstream { name: String, message: String },
+    #[error("{0}")]
+    Store(#[from] store::StoreError),
     #[error("the proxy did not start listening within 10 s")]
     NotListening,
 }
@@ -124,6 +127,7 @@ impl ShutdownSignalWatch for HandleShutdown {
 struct ControlService {
     refreshers: std::sync::Mutex<Vec<(Arc<CredentialSlot>, Grant)>>,
     upstreams: Arc<Vec<Arc<Upstream>>>,
+    store: Arc<store::Store>,
 }
 
 #[async_trait]
@@ -136,6 +140,7 @@ impl BackgroundService for ControlService {
             tasks.push(tokio::spawn(token::refresher::run(
                 slot,
                 grant,
+                Arc::clone(&self.store),
                 shutdown.clone(),
             )));
         }
@@ -155,7 +160,10 @@ impl BackgroundService for ControlService {
             }));
         }
         for t in tasks {
-            let _ = t.await;
+            if let Err(e) = t.await {
+                // A refresher that panicked is a bug; say so loudly rather than go quiet.
+                tracing::error!("a control task ended abnormally: {e}");
+            }
         }
     }
 }
@@ -186,6 +194,7 @@ impl Sidecar {
             })?;
         }
 
+        let store = Arc::new(store::Store::open(&config.store)?);
         let metrics = Arc::new(Metrics::new(
             config.credentials.iter().map(|c| c.name.as_str()),
             config.upstreams.iter().map(|u| u.name.as_str()),
@@ -275,6 +284,7 @@ impl Sidecar {
             ControlService {
                 refreshers: std::sync::Mutex::new(refreshers),
                 upstreams: Arc::clone(&upstreams),
+                store,
             },
         );
         // Token requests are few; one thread keeps them off the request threads.

@@ -32,6 +32,8 @@ enum Command {
         #[arg(short, long, env = "BEARERD_CONFIG", default_value = "bearerd.toml")]
         config: PathBuf,
     },
+    /// Print a new random store key (base64, 32 bytes).
+    Keygen,
     /// Run an embedded token server, an echo upstream and the sidecar between them.
     Demo {
         /// Stop after this long (e.g. "30s"); runs until Ctrl-C when absent.
@@ -84,6 +86,10 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+        Command::Keygen => {
+            println!("{}", bearerd::store::generate_key());
+            ExitCode::SUCCESS
         }
         Command::Demo {
             duration,

@@ -449,3 +449,24 @@ async fn websocket_upgrades_pass_through_with_the_token() {
         assert_eq!(buf, msg.as_bytes());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dot_segments_cannot_escape_the_base_path() {
+    let h = Harness::start(Options::default()).await;
+    let addr = h.sidecar().proxy_addr;
+    for target in [
+        "/api/../../other/x",
+        "/api/%2e%2e/other",
+        "/api/.%2E/x",
+        "/api/./x",
+        "/api/a%5c..%5cb",
+    ] {
+        let resp = raw_request(
+            addr,
+            &format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "{target}: {resp}");
+    }
+    assert_eq!(h.upstream.state.requests(), 0);
+}

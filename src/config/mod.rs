@@ -24,8 +24,19 @@ pub struct Config {
     /// Where the config came from, for messages.
     pub source: PathBuf,
     pub server: ServerConfig,
+    pub store: StoreConfig,
     pub credentials: Vec<CredentialConfig>,
     pub upstreams: Vec<UpstreamConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Memory,
+    /// An encrypted file; the key is checked at load time and resolved again at open.
+    File {
+        path: PathBuf,
+        key: SecretRef,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,21 +207,43 @@ impl Config {
     }
 }
 
+/// The longest duration accepted anywhere: beyond it, instant arithmetic could overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 86400);
+
 fn duration(
     map: &SourceMap,
     key: &str,
     value: &Option<String>,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
-    match value {
-        None => Ok(default),
-        Some(s) => humantime::parse_duration(s.trim()).map_err(|e| {
-            map.error_at(
-                key,
-                format!("invalid duration {s:?}: {e} (use e.g. \"500ms\", \"60s\", \"5m\")"),
-            )
-        }),
+    bounded_duration(map, key, value, default, Duration::ZERO)
+}
+
+/// A duration of at least `min` (a zero wait budget or timeout would fail every request).
+fn bounded_duration(
+    map: &SourceMap,
+    key: &str,
+    value: &Option<String>,
+    default: Duration,
+    min: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(s) = value else { return Ok(default) };
+    let d = humantime::parse_duration(s.trim()).map_err(|e| {
+        map.error_at(
+            key,
+            format!("invalid duration {s:?}: {e} (use e.g. \"500ms\", \"60s\", \"5m\")"),
+        )
+    })?;
+    if d < min || d > MAX_DURATION {
+        return Err(map.error_at(
+            key,
+            format!(
+                "{s:?} is out of range: between {} and 365 days",
+                humantime::format_duration(min)
+            ),
+        ));
     }
+    Ok(d)
 }
 
 fn socket_addr(map: &SourceMap, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -225,34 +258,7 @@ fn socket_addr(map: &SourceMap, key: &str, value: &str) -> Result<SocketAddr, Co
 fn lower(source: &Path, map: &SourceMap, raw: RawConfig) -> Result<Config, ConfigError> {
     let server = lower_server(map, &raw)?;
 
-    match raw.store.backend.as_deref() {
-        None | Some("memory") => {
-            for (key, set) in [
-                ("path", raw.store.path.is_some()),
-                ("key", raw.store.key.is_some()),
-                ("url", raw.store.url.is_some()),
-            ] {
-                if set {
-                    return Err(map.error_at(
-                        &format!("store.{key}"),
-                        "only applies to the file and redis backends",
-                    ));
-                }
-            }
-        }
-        Some(other @ ("file" | "redis")) => {
-            return Err(map.error_at(
-                "store.backend",
-                format!("store backend {other:?} is not available in this build; use \"memory\""),
-            ))
-        }
-        Some(other) => {
-            return Err(map.error_at(
-                "store.backend",
-                format!("unknown store backend {other:?} (expected memory | file | redis)"),
-            ))
-        }
-    }
+    let store = lower_store(map, &raw.store)?;
 
     let mut credentials = Vec::new();
     let mut index = HashMap::new();
@@ -303,9 +309,69 @@ fn lower(source: &Path, map: &SourceMap, raw: RawConfig) -> Result<Config, Confi
     Ok(Config {
         source: source.to_path_buf(),
         server,
+        store,
         credentials,
         upstreams,
     })
+}
+
+fn lower_store(map: &SourceMap, raw: &raw::RawStore) -> Result<StoreConfig, ConfigError> {
+    let only_for = |key: &str, set: bool, backends: &str| -> Result<(), ConfigError> {
+        if set {
+            Err(map.error_at(
+                &format!("store.{key}"),
+                format!("only applies to the {backends} backend"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    match raw.backend.as_deref() {
+        None | Some("memory") => {
+            only_for("path", raw.path.is_some(), "file")?;
+            only_for("key", raw.key.is_some(), "file")?;
+            only_for("url", raw.url.is_some(), "redis")?;
+            Ok(StoreConfig::Memory)
+        }
+        Some("file") => {
+            only_for("url", raw.url.is_some(), "redis")?;
+            let Some(path) = raw.path.clone() else {
+                return Err(map.error_at(
+                    "store.backend",
+                    "the file store needs `path = \"/var/lib/bearerd/tokens.store\"`",
+                ));
+            };
+            let Some(key) = &raw.key else {
+                return Err(map.error_at(
+                    "store.backend",
+                    "the file store needs `key = { env = \"BEARERD_STORE_KEY\" }` (or { file = \"…\" }): make one with `bearerd keygen`",
+                ));
+            };
+            let key = lower_secret(map, "store.key", key)?;
+            let text = key.resolve().map_err(|m| map.error_at("store.key", m))?;
+            parse_store_key(secrecy::ExposeSecret::expose_secret(&text)).map_err(|m| {
+                map.error_at("store.key", format!("{m}; make one with `bearerd keygen`"))
+            })?;
+            if path
+                .parent()
+                .is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir())
+            {
+                return Err(map.error_at(
+                    "store.path",
+                    format!("directory of {} does not exist", path.display()),
+                ));
+            }
+            Ok(StoreConfig::File { path, key })
+        }
+        Some("redis") => Err(map.error_at(
+            "store.backend",
+            "store backend \"redis\" is not available in this build; use \"memory\" or \"file\"",
+        )),
+        Some(other) => Err(map.error_at(
+            "store.backend",
+            format!("unknown store backend {other:?} (expected memory | file | redis)"),
+        )),
+    }
 }
 
 fn lower_server(map: &SourceMap, raw: &RawConfig) -> Result<ServerConfig, ConfigError> {
@@ -382,23 +448,26 @@ fn lower_credential(
             &rc.refresh_margin,
             defaults.margin,
         )?,
-        default_lifetime: duration(
+        default_lifetime: bounded_duration(
             map,
             &key("default_lifetime"),
             &rc.default_lifetime,
             defaults.default_lifetime,
+            Duration::from_secs(1),
         )?,
-        min_interval: duration(
+        min_interval: bounded_duration(
             map,
             &key("min_refresh_interval"),
             &rc.min_refresh_interval,
             defaults.min_interval,
+            Duration::from_millis(100),
         )?,
-        backoff_base: duration(
+        backoff_base: bounded_duration(
             map,
             &key("backoff_base"),
             &rc.backoff_base,
             defaults.backoff_base,
+            Duration::from_millis(10),
         )?,
         backoff_cap: duration(
             map,
@@ -406,23 +475,19 @@ fn lower_credential(
             &rc.backoff_cap,
             defaults.backoff_cap,
         )?,
-        wait_budget: duration(
+        wait_budget: bounded_duration(
             map,
             &key("wait_budget"),
             &rc.wait_budget,
             defaults.wait_budget,
+            Duration::from_millis(10),
         )?,
     };
-    if policy.default_lifetime.is_zero() {
-        return Err(map.error_at(
-            &key("default_lifetime"),
-            "default_lifetime must be more than zero",
-        ));
-    }
-    if policy.backoff_base.is_zero() || policy.backoff_cap < policy.backoff_base {
+
+    if policy.backoff_cap < policy.backoff_base {
         return Err(map.error_at(
             &key("backoff_cap"),
-            "backoff_base must be more than zero and backoff_cap at least backoff_base",
+            "backoff_cap must be at least backoff_base",
         ));
     }
 
@@ -561,7 +626,16 @@ fn lower_token_request(
             )
         })?;
     }
-    for reserved in ["grant_type", "client_secret", "refresh_token"] {
+    for reserved in [
+        "grant_type",
+        "client_id",
+        "client_secret",
+        "client_assertion",
+        "client_assertion_type",
+        "refresh_token",
+        "scope",
+        "resource",
+    ] {
         if rc.params.contains_key(reserved) {
             return Err(map.error_at(
                 &key("params"),
@@ -582,11 +656,12 @@ fn lower_token_request(
         scopes: rc.scopes.clone(),
         resource: rc.resource.clone(),
         params: rc.params.clone(),
-        timeout: duration(
+        timeout: bounded_duration(
             map,
             &key("token_timeout"),
             &rc.token_timeout,
             Duration::from_secs(10),
+            Duration::from_millis(100),
         )?,
         ca_file: rc.ca_file.clone(),
     })
@@ -688,11 +763,12 @@ fn lower_upstream(
         route,
         credential,
         ca_file: ru.ca_file.clone(),
-        connect_timeout: duration(
+        connect_timeout: bounded_duration(
             map,
             &key("connect_timeout"),
             &ru.connect_timeout,
             Duration::from_secs(5),
+            Duration::from_millis(10),
         )?,
         idle_timeout: duration(
             map,
@@ -702,6 +778,24 @@ fn lower_upstream(
         )?,
         url,
     })
+}
+
+/// Parses a store key: 32 bytes as base64 (what `bearerd keygen` prints) or 64 hex digits.
+pub fn parse_store_key(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine;
+    let text = text.trim();
+    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<u8>, String>>()?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|_| "the store key is neither base64 nor hex".to_string())?
+    };
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("the store key must be 32 bytes, got {}", b.len()))
 }
 
 /// Reads a PEM bundle and returns its certificates as DER, each one checked to parse, so a

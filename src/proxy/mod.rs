@@ -107,6 +107,17 @@ impl RequestCtx {
     }
 }
 
+/// Whether a path holds a `.` or `..` segment, literally or percent-encoded, or a backslash
+/// (which some servers treat as a separator).
+fn has_dot_segment(path: &str) -> bool {
+    path.contains('\\')
+        || path.split('/').any(|seg| {
+            let lower = seg.to_ascii_lowercase();
+            let decoded = lower.replace("%2e", ".");
+            decoded == "." || decoded == ".." || lower.contains("%5c")
+        })
+}
+
 fn new_request_id() -> HeaderValue {
     let n: u128 = rand::random();
     // 32 hex digits: always a valid header value.
@@ -182,6 +193,17 @@ impl ProxyHttp for BearerProxy {
         }
 
         let path = req.uri.path();
+        if has_dot_segment(path) {
+            // `/a/../b` would leave the upstream's base path, and with it its credential.
+            let p = Problem::new(
+                "bad-path",
+                "Bad request",
+                400,
+                "paths with dot segments are not forwarded",
+                &rid,
+            );
+            return self.answer(session, ctx, p).await;
+        }
         let Some((upstream, rest)) = self.route(path) else {
             let detail = format!("no upstream is configured for path {path:?}");
             return self
@@ -396,6 +418,7 @@ impl ProxyHttp for BearerProxy {
                 (504, "upstream-timeout", "Upstream timed out")
             }
             ErrorType::HTTPStatus(503) => (503, "token-unavailable", "No valid token"),
+            t if t == &REPLAY_AFTER_401 => (503, "token-rejected", "Upstream rejected the token"),
             t if t == &ANSWERED => (0, "", ""),
             _ if e.esource() == &ErrorSource::Downstream => (0, "", ""),
             _ => (502, "upstream-unreachable", "Upstream unreachable"),

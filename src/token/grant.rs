@@ -15,6 +15,8 @@ pub struct IssuedToken {
     pub access_token: SecretString,
     pub lifetime: Option<Duration>,
     pub scopes: Vec<String>,
+    /// The refresh token to use next (after rotation), for grants that have one.
+    pub refresh_token: Option<SecretString>,
 }
 
 /// Why a grant failed, classified per DESIGN §4.
@@ -25,6 +27,9 @@ pub struct GrantError {
     pub message: String,
     pub permanent: bool,
     pub retry_after: Option<Duration>,
+    /// A refresh token the provider rotated to even though the rest of its answer was
+    /// unusable: it replaces the one that was sent.
+    pub rotated_refresh_token: Option<SecretString>,
 }
 
 impl GrantError {
@@ -34,6 +39,7 @@ impl GrantError {
             message: message.into(),
             permanent: false,
             retry_after: None,
+            rotated_refresh_token: None,
         }
     }
     fn permanent(kind: impl Into<String>, message: impl Into<String>) -> Self {
@@ -42,6 +48,7 @@ impl GrantError {
             message: message.into(),
             permanent: true,
             retry_after: None,
+            rotated_refresh_token: None,
         }
     }
 }
@@ -58,7 +65,10 @@ pub enum Grant {
     RefreshToken {
         endpoint: TokenEndpoint,
         seed: SecretRef,
+        /// The refresh token to use next: rotated ones, or one restored from the store.
         current: Mutex<Option<SecretString>>,
+        /// The seed value once it has been sent, so the same seed is never sent twice.
+        spent_seed: Mutex<Option<SecretString>>,
     },
     Static {
         token: SecretRef,
@@ -76,6 +86,7 @@ impl Grant {
                 endpoint: TokenEndpoint::new(request)?,
                 seed: seed.clone(),
                 current: Mutex::new(None),
+                spent_seed: Mutex::new(None),
             },
             GrantConfig::Static { token } => Grant::Static {
                 token: token.clone(),
@@ -95,8 +106,20 @@ impl Grant {
         }
     }
 
-    pub fn has_refresh_token(&self) -> bool {
+    /// Tokens of this grant are worth persisting (static ones are re-read from their source).
+    pub fn persists(&self) -> bool {
+        !matches!(self, Grant::Static { .. })
+    }
+
+    pub fn forgets_refresh_token_on_failure(&self) -> bool {
         matches!(self, Grant::RefreshToken { .. })
+    }
+
+    /// Continues from a refresh token kept in the store (newer than the configured seed).
+    pub async fn restore_refresh_token(&self, rt: SecretString) {
+        if let Grant::RefreshToken { current, .. } = self {
+            *current.lock().await = Some(rt);
+        }
     }
 
     pub async fn obtain(&self) -> Result<GrantOutcome, GrantError> {
@@ -109,27 +132,44 @@ impl Grant {
                 endpoint,
                 seed,
                 current,
+                spent_seed,
             } => {
                 // Held across the request: one use of a refresh token at a time, ever.
                 let mut current = current.lock().await;
                 let rt = match current.as_ref() {
                     Some(rt) => rt.clone(),
-                    None => seed
-                        .resolve()
-                        .map_err(|m| GrantError::permanent("refresh_token_unavailable", m))?,
+                    None => {
+                        let fresh = seed
+                            .resolve()
+                            .map_err(|m| GrantError::permanent("refresh_token_unavailable", m))?;
+                        let mut spent = spent_seed.lock().await;
+                        if spent.as_ref().is_some_and(|s| same_secret(s, &fresh)) {
+                            // Sending a refresh token twice makes providers revoke the grant.
+                            return Err(GrantError::permanent(
+                                "refresh_token_spent",
+                                "the configured refresh token was already used; provide a new one (log in again)",
+                            ));
+                        }
+                        *spent = Some(fresh.clone());
+                        fresh
+                    }
                 };
                 let form = vec![
                     ("grant_type", "refresh_token".to_string()),
                     ("refresh_token", rt.expose_secret().to_string()),
                 ];
                 match endpoint.request(form).await {
-                    Ok((token, rotated)) => {
+                    Ok((mut token, rotated)) => {
                         // Keep the old one when the provider does not rotate.
-                        *current = Some(rotated.unwrap_or(rt));
+                        let next = rotated.unwrap_or(rt);
+                        *current = Some(next.clone());
+                        token.refresh_token = Some(next);
                         Ok(GrantOutcome::Issued(token))
                     }
                     Err(e) => {
-                        if e.permanent {
+                        if let Some(rotated) = &e.rotated_refresh_token {
+                            *current = Some(rotated.clone());
+                        } else if e.permanent {
                             // The provider dropped the grant: forget the refresh token so it
                             // is never sent again; a new seed or login is needed.
                             *current = None;
@@ -151,6 +191,7 @@ impl Grant {
                     access_token: value,
                     lifetime: None,
                     scopes: Vec::new(),
+                    refresh_token: None,
                 }))
             }
         }
@@ -331,7 +372,9 @@ fn httpdate_parse(s: &str) -> Option<SystemTime> {
 }
 
 /// Parses a 2xx token response. A body that is not a usable bearer token is a transient
-/// error: the provider glitched, and the next attempt may well succeed.
+/// error: the provider glitched, and the next attempt may well succeed. A refresh token in
+/// such a body is still handed back (in the error): the provider has rotated, and the old
+/// one must never be sent again.
 pub fn parse_success(body: &[u8]) -> Result<(IssuedToken, Option<SecretString>), GrantError> {
     let r: TokenResponse = serde_json::from_slice(body).map_err(|e| {
         GrantError::transient(
@@ -339,43 +382,54 @@ pub fn parse_success(body: &[u8]) -> Result<(IssuedToken, Option<SecretString>),
             format!("token response is not a JSON object: {e}"),
         )
     })?;
+    let rotated = r
+        .refresh_token
+        .clone()
+        .filter(|t| !t.is_empty())
+        .map(SecretString::from);
+    let with_rotated = |mut e: GrantError| {
+        e.rotated_refresh_token = rotated.clone();
+        e
+    };
     let access = r.access_token.filter(|t| !t.is_empty()).ok_or_else(|| {
-        GrantError::transient("malformed_response", "token response has no access_token")
+        with_rotated(GrantError::transient(
+            "malformed_response",
+            "token response has no access_token",
+        ))
     })?;
     if access.bytes().any(|b| !(0x21..=0x7e).contains(&b)) {
-        return Err(GrantError::transient(
+        return Err(with_rotated(GrantError::transient(
             "malformed_response",
             "access_token holds characters that cannot go in an Authorization header",
-        ));
+        )));
     }
     if let Some(tt) = &r.token_type {
         if !tt.eq_ignore_ascii_case("bearer") {
-            return Err(GrantError::permanent(
+            return Err(with_rotated(GrantError::permanent(
                 "unsupported_token_type",
                 format!("token_type {tt:?} is not Bearer"),
-            ));
+            )));
         }
     }
-    let lifetime = match &r.expires_in {
+    let seconds = match &r.expires_in {
         None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::Number(n)) => n
-            .as_f64()
-            .filter(|s| *s > 0.0 && s.is_finite())
-            .map(Duration::from_secs_f64),
-        Some(serde_json::Value::String(s)) => s
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .filter(|s| *s > 0.0 && s.is_finite())
-            .map(Duration::from_secs_f64),
-        Some(_) => None,
+        Some(serde_json::Value::Number(n)) => Some(n.as_f64().unwrap_or(-1.0)),
+        Some(serde_json::Value::String(s)) => Some(s.trim().parse::<f64>().unwrap_or(-1.0)),
+        Some(_) => Some(-1.0),
     };
-    if lifetime.is_none() && r.expires_in.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(GrantError::transient(
-            "malformed_response",
-            "expires_in is not a positive number",
-        ));
-    }
+    let lifetime = match seconds {
+        None => None,
+        // Clamped to a year so instant arithmetic can never overflow on a silly value.
+        Some(s) if s > 0.0 && s.is_finite() => {
+            Some(Duration::from_secs_f64(s.min(MAX_LIFETIME_SECS)))
+        }
+        Some(_) => {
+            return Err(with_rotated(GrantError::transient(
+                "malformed_response",
+                "expires_in is not a positive number",
+            )))
+        }
+    };
     let scopes = r
         .scope
         .map(|s| s.split_whitespace().map(str::to_string).collect())
@@ -385,12 +439,13 @@ pub fn parse_success(body: &[u8]) -> Result<(IssuedToken, Option<SecretString>),
             access_token: SecretString::from(access),
             lifetime,
             scopes,
+            refresh_token: None,
         },
-        r.refresh_token
-            .filter(|t| !t.is_empty())
-            .map(SecretString::from),
+        rotated,
     ))
 }
+
+const MAX_LIFETIME_SECS: f64 = 365.0 * 86400.0;
 
 /// Classifies a non-2xx token response per DESIGN §4.
 pub fn classify_failure(status: u16, body: &[u8], retry_after: Option<Duration>) -> GrantError {
@@ -415,6 +470,7 @@ pub fn classify_failure(status: u16, body: &[u8], retry_after: Option<Duration>)
                 message: describe(&p),
                 permanent,
                 retry_after: None,
+                rotated_refresh_token: None,
             }
         }
         (408, None) => GrantError::transient("http_408", "token endpoint timed out the request"),

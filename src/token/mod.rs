@@ -309,7 +309,7 @@ impl CredentialSlot {
             if c.permanent_failure {
                 return ReplayDecision::NoNewerToken;
             }
-            if !c.in_flight && c.demand.is_none() {
+            if !c.in_flight {
                 let lifetime = self.current().and_then(|t| t.lifetime);
                 let interval = schedule::min_interval(&self.policy, lifetime);
                 if c.last_request_attempt
@@ -354,7 +354,7 @@ impl CredentialSlot {
         if c.permanent_failure || self.current().is_some_and(|t| t.generation > rejected) {
             return false;
         }
-        if !c.in_flight && c.demand.is_none() {
+        if !c.in_flight {
             let interval =
                 schedule::min_interval(&self.policy, self.current().and_then(|t| t.lifetime));
             if c.last_request_attempt

@@ -2,20 +2,30 @@
 //! serves demands (rate-limited when they come from requests) and backs off after failures.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
 
-use super::grant::{Grant, GrantOutcome};
+use super::grant::{Grant, GrantOutcome, IssuedToken};
 use super::schedule::{backoff_delay, expiry_floor, min_interval, refresh_delay};
 use super::{bearer_header, CredentialSlot, LastError, TokenSnapshot, Trigger};
+use crate::store::{Store, StoredToken};
 
-/// Runs until `shutdown` flips. Starts with an immediate refresh.
-pub async fn run(slot: Arc<CredentialSlot>, grant: Grant, mut shutdown: watch::Receiver<bool>) {
-    let mut trigger = Some(Trigger::Startup);
+/// The least time between two scheduled refreshes, whatever the token's lifetime.
+const MIN_REFRESH_GAP: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Runs until `shutdown` flips. Starts from the store when it holds a usable token, and
+/// with an immediate refresh otherwise.
+pub async fn run(
+    slot: Arc<CredentialSlot>,
+    grant: Grant,
+    store: Arc<Store>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut trigger = restore(&slot, &grant, &store).await;
     loop {
         if let Some(t) = trigger.take() {
-            attempt(&slot, &grant, t).await;
+            attempt(&slot, &grant, &store, t).await;
         }
         let next = slot.control().next_refresh_at;
         let due = async {
@@ -39,6 +49,11 @@ async fn take_demand(slot: &CredentialSlot) -> Option<Trigger> {
         let wait = {
             let mut c = slot.control();
             let d = c.demand?;
+            if c.permanent_failure && d.trigger != Trigger::Manual {
+                // Automatic retries stop after a permanent failure; only an operator restarts them.
+                c.demand = None;
+                return None;
+            }
             let current = slot.current();
             if current
                 .as_ref()
@@ -51,7 +66,7 @@ async fn take_demand(slot: &CredentialSlot) -> Option<Trigger> {
             let interval = min_interval(&slot.policy, current.and_then(|t| t.lifetime));
             match c.last_request_attempt {
                 Some(at) if d.trigger.is_request_triggered() && at.elapsed() < interval => {
-                    interval - at.elapsed()
+                    interval.saturating_sub(at.elapsed())
                 }
                 _ => {
                     c.demand = None;
@@ -63,8 +78,116 @@ async fn take_demand(slot: &CredentialSlot) -> Option<Trigger> {
     }
 }
 
-async fn attempt(slot: &CredentialSlot, grant: &Grant, trigger: Trigger) {
+/// Publishes a stored token that is still usable and schedules its refresh. Returns the
+/// trigger for an immediate refresh when there is nothing usable to start from.
+async fn restore(slot: &CredentialSlot, grant: &Grant, store: &Store) -> Option<Trigger> {
+    let restored = restore_token(slot, grant, store).await;
+    if restored {
+        slot.bump();
+        None
+    } else {
+        Some(Trigger::Startup)
+    }
+}
+
+/// Whether a usable token came out of the store.
+async fn restore_token(slot: &CredentialSlot, grant: &Grant, store: &Store) -> bool {
+    if !grant.persists() {
+        return false;
+    }
+    let Some(stored) = store.load(&slot.name) else {
+        return false;
+    };
+    if let Some(rt) = stored.refresh_token.clone() {
+        grant.restore_refresh_token(rt).await;
+    }
+    let (now, now_wall) = (Instant::now(), SystemTime::now());
+    let Some(expires_at) = stored.expires_at else {
+        return false;
+    };
+    let Ok(remaining) = expires_at.duration_since(now_wall) else {
+        return false;
+    };
+    let lifetime = expires_at
+        .duration_since(stored.issued_at)
+        .unwrap_or(remaining);
+    let age = now_wall
+        .duration_since(stored.issued_at)
+        .unwrap_or_default();
+    // Instants cannot reach before boot: then count the token as issued now.
+    let (issued_at, lifetime) = match now.checked_sub(age) {
+        Some(at) if age <= lifetime => (at, lifetime),
+        _ => (now, remaining),
+    };
+    if remaining <= expiry_floor(lifetime) {
+        return false;
+    }
+    let Some(header) = bearer_header(&stored.access_token) else {
+        return false;
+    };
+    slot.token.store(Some(Arc::new(TokenSnapshot {
+        header,
+        generation: 1,
+        issued_at,
+        issued_wall: stored.issued_at,
+        lifetime: Some(lifetime),
+        usable_until: Some(issued_at + lifetime - expiry_floor(lifetime)),
+        scopes: stored.scopes,
+    })));
+    let next = issued_at + refresh_delay(&slot.policy, lifetime, &mut rand::thread_rng());
+    slot.control().next_refresh_at = Some(next.max(now));
+    tracing::info!(
+        credential = &*slot.name,
+        outcome = "restored",
+        expires_in_s = remaining.as_secs_f64(),
+        next_refresh_in_s = next.saturating_duration_since(now).as_secs_f64(),
+        "token restored from the store"
+    );
+    true
+}
+
+/// Writes the new token set durably. Runs before the token is published, so a rotated
+/// refresh token is on disk before anything can use the access token it came with.
+async fn persist(
+    slot: &CredentialSlot,
+    store: &Arc<Store>,
+    token: &IssuedToken,
+    issued: SystemTime,
+    lifetime: Option<std::time::Duration>,
+) {
+    let record = StoredToken {
+        access_token: token.access_token.clone(),
+        issued_at: issued,
+        expires_at: lifetime.map(|l| issued + l),
+        scopes: token.scopes.clone(),
+        refresh_token: token.refresh_token.clone(),
+    };
+    save(slot, store, Some(record)).await;
+}
+
+async fn save(slot: &CredentialSlot, store: &Arc<Store>, record: Option<StoredToken>) {
+    let (store, name) = (Arc::clone(store), slot.name.to_string());
+    let result = tokio::task::spawn_blocking(move || match record {
+        Some(r) => store.save(&name, &r),
+        None => store.remove(&name),
+    })
+    .await;
+    let error = match result {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(credential = &*slot.name, error = %error, "could not persist the token set; it is kept in memory");
+    slot.control().last_error = Some(LastError {
+        kind: "store_write_failed".into(),
+        message: error,
+        at: super::rfc3339_now(),
+    });
+}
+
+async fn attempt(slot: &CredentialSlot, grant: &Grant, store: &Arc<Store>, trigger: Trigger) {
     let started = Instant::now();
+    let started_wall = SystemTime::now();
     {
         let mut c = slot.control();
         c.in_flight = true;
@@ -74,6 +197,35 @@ async fn attempt(slot: &CredentialSlot, grant: &Grant, trigger: Trigger) {
     }
     slot.bump();
     let result = grant.obtain().await;
+    let lifetime_of = |t: &IssuedToken| match grant {
+        Grant::Static { .. } => None,
+        _ => Some(t.lifetime.unwrap_or(slot.policy.default_lifetime)),
+    };
+    match &result {
+        Ok(GrantOutcome::Issued(t)) if grant.persists() => {
+            persist(slot, store, t, started_wall, lifetime_of(t)).await
+        }
+        Err(e) if e.rotated_refresh_token.is_some() => {
+            // The provider rotated but its answer was unusable: keep the new refresh token.
+            let mut stored = store.load(&slot.name).unwrap_or_else(|| StoredToken {
+                access_token: secrecy::SecretString::from(String::new()),
+                issued_at: SystemTime::UNIX_EPOCH,
+                expires_at: Some(SystemTime::UNIX_EPOCH),
+                scopes: Vec::new(),
+                refresh_token: None,
+            });
+            stored.refresh_token = e.rotated_refresh_token.clone();
+            save(slot, store, Some(stored)).await;
+        }
+        Err(e) if e.permanent && grant.forgets_refresh_token_on_failure() => {
+            // The provider dropped the grant: the stored refresh token goes too.
+            if let Some(mut stored) = store.load(&slot.name) {
+                stored.refresh_token = None;
+                save(slot, store, Some(stored)).await;
+            }
+        }
+        _ => {}
+    }
     let elapsed = started.elapsed();
     let now = Instant::now();
     let mut rng = rand::thread_rng();
@@ -84,15 +236,34 @@ async fn attempt(slot: &CredentialSlot, grant: &Grant, trigger: Trigger) {
     c.attempts_completed += 1;
     let outcome = match result {
         Ok(GrantOutcome::Unchanged) => {
+            // The source is readable again with the token in use: any failure is over.
+            c.consecutive_failures = 0;
+            c.permanent_failure = false;
             c.next_refresh_at = grant.poll_interval().map(|p| now + p);
             None
         }
+        Ok(GrantOutcome::Issued(token))
+            if lifetime_of(&token).is_some_and(|l| started + l <= now + expiry_floor(l)) =>
+        {
+            // Expired on arrival (a tiny expires_in, or a very slow provider): treat it as a
+            // failure with backoff rather than refreshing in a tight loop.
+            fail(
+                &mut c,
+                slot,
+                grant,
+                trigger,
+                elapsed,
+                now,
+                "expired_on_arrival",
+                "the token endpoint issued a token that expired before it arrived",
+                false,
+                None,
+            );
+            Some("transient_error")
+        }
         Ok(GrantOutcome::Issued(token)) => match bearer_header(&token.access_token) {
             Some(header) => {
-                let lifetime = match grant {
-                    Grant::Static { .. } => None,
-                    _ => Some(token.lifetime.unwrap_or(slot.policy.default_lifetime)),
-                };
+                let lifetime = lifetime_of(&token);
                 let generation = slot.current().map_or(0, |t| t.generation) + 1;
                 // The token was issued some time after the request left: count from then,
                 // which errs on the side of refreshing early.
@@ -100,7 +271,7 @@ async fn attempt(slot: &CredentialSlot, grant: &Grant, trigger: Trigger) {
                     header,
                     generation,
                     issued_at: started,
-                    issued_wall: std::time::SystemTime::now() - elapsed,
+                    issued_wall: started_wall,
                     lifetime,
                     usable_until: lifetime.map(|l| started + l - expiry_floor(l)),
                     scopes: token.scopes,
@@ -110,7 +281,11 @@ async fn attempt(slot: &CredentialSlot, grant: &Grant, trigger: Trigger) {
                 c.permanent_failure = false;
                 c.refreshes += 1;
                 c.next_refresh_at = match lifetime {
-                    Some(l) => Some(started + refresh_delay(&slot.policy, l, &mut rng)),
+                    // A floor keeps a pathological lifetime from becoming a busy loop.
+                    Some(l) => Some(
+                        (started + refresh_delay(&slot.policy, l, &mut rng))
+                            .max(now + MIN_REFRESH_GAP),
+                    ),
                     None => grant.poll_interval().map(|p| now + p),
                 };
                 tracing::info!(

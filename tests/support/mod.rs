@@ -29,6 +29,8 @@ pub struct Options {
     pub credential_extra: String,
     pub upstream_extra: String,
     pub server_extra: String,
+    /// Extra `[store]` lines (e.g. a file store).
+    pub store: String,
     /// Replace the upstream URL (e.g. a TLS upstream); `{upstream}` is the plain one.
     pub upstream_url: Option<String>,
     pub token_delay: Duration,
@@ -44,6 +46,7 @@ impl Default for Options {
             server_extra: String::new(),
             upstream_url: None,
             token_delay: Duration::ZERO,
+            store: String::new(),
         }
     }
 }
@@ -68,15 +71,30 @@ impl Harness {
         let mut grant_lines = String::new();
         if opts.grant == "refresh_token" {
             let rt = tokens.state.seed_refresh_token();
-            let dir = std::env::temp_dir().join(format!("bearerd-test-{}", rand_suffix()));
-            std::fs::create_dir_all(&dir).unwrap();
-            let path = dir.join("refresh_token");
-            std::fs::write(&path, rt).unwrap();
-            grant_lines = format!(
-                "refresh_token = {{ file = {:?} }}\n",
-                path.display().to_string()
-            );
+            Harness::write_seed(&mut grant_lines, rt);
         }
+        Harness::start_raw(tokens, upstream, opts, grant_lines).await
+    }
+
+    /// Writes a seed refresh token to a file and sets the config lines that point at it.
+    pub fn write_seed(grant_lines: &mut String, rt: String) {
+        let dir = std::env::temp_dir().join(format!("bearerd-test-{}", rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("refresh_token");
+        std::fs::write(&path, rt).unwrap();
+        *grant_lines = format!(
+            "refresh_token = {{ file = {:?} }}\n",
+            path.display().to_string()
+        );
+    }
+
+    /// Starts with the given grant lines (e.g. a seed that was already used).
+    pub async fn start_raw(
+        tokens: TokenServer,
+        upstream: Upstream,
+        opts: Options,
+        grant_lines: String,
+    ) -> Harness {
         let upstream_url = opts
             .upstream_url
             .clone()
@@ -87,6 +105,9 @@ impl Harness {
 proxy_listen = "{proxy}"
 admin_listen = "{admin}"
 {server_extra}
+
+[store]
+{store}
 
 [credentials.api]
 grant = "{grant}"
@@ -107,6 +128,7 @@ credential = "api"
             proxy = free_addr(),
             admin = free_addr(),
             server_extra = opts.server_extra,
+            store = opts.store,
             grant = opts.grant,
             token_url = tokens.token_url(),
             client_id = token_server::CLIENT_ID,

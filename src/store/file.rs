@@ -1,0 +1,284 @@
+//! The encrypted file store. One JSON file; each credential's record is sealed with
+//! XChaCha20-Poly1305 under the store key, with the credential name as associated data (a
+//! record moved to another name does not decrypt). A key-check record makes a wrong key an
+//! error even when the store holds no token. Writes replace the file atomically.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use serde::{Deserialize, Serialize};
+
+use super::{StoreError, StoredToken, StoredTokenRecord};
+
+const FORMAT: &str = "bearerd-store-v1";
+const KEY_CHECK: &[u8] = b"bearerd key check";
+const KEY_CHECK_AAD: &[u8] = b"bearerd:key-check";
+
+#[derive(Serialize, Deserialize)]
+struct FileContents {
+    format: String,
+    key_check: String,
+    records: BTreeMap<String, String>,
+}
+
+pub struct FileStore {
+    path: PathBuf,
+    cipher: XChaCha20Poly1305,
+    /// Decrypted records, and the sealed ones as they are on disk.
+    state: Mutex<(BTreeMap<String, StoredToken>, BTreeMap<String, String>)>,
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+impl FileStore {
+    pub fn open(path: &Path, key: &[u8; 32]) -> Result<FileStore, StoreError> {
+        let cipher = XChaCha20Poly1305::new(key.into());
+        let err = |message: String| StoreError::Io {
+            path: path.display().to_string(),
+            message,
+        };
+        let mut tokens = BTreeMap::new();
+        let mut sealed = BTreeMap::new();
+        match std::fs::read(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(format!("cannot read: {e}"))),
+            Ok(bytes) => {
+                let contents: FileContents = serde_json::from_slice(&bytes).map_err(|e| {
+                    err(format!("not a readable bearerd store (truncated or damaged?): {e}; it was left unchanged"))
+                })?;
+                if contents.format != FORMAT {
+                    return Err(err(format!(
+                        "unknown store format {:?}; it was left unchanged",
+                        contents.format
+                    )));
+                }
+                let check = open_sealed(&cipher, &contents.key_check, KEY_CHECK_AAD);
+                if check.as_deref() != Some(KEY_CHECK) {
+                    return Err(err(
+                        "the store key does not open this store (wrong key, or the file was altered); it was left unchanged"
+                            .into(),
+                    ));
+                }
+                for (name, record) in contents.records {
+                    let plain = open_sealed(&cipher, &record, aad(&name).as_bytes()).ok_or_else(|| {
+                        err(format!("the record for credential {name:?} fails authentication (tampered); the store was left unchanged"))
+                    })?;
+                    let parsed: StoredTokenRecord =
+                        serde_json::from_slice(&plain).map_err(|e| {
+                            err(format!(
+                                "the record for credential {name:?} is malformed: {e}"
+                            ))
+                        })?;
+                    tokens.insert(name.clone(), parsed.into());
+                    sealed.insert(name, record);
+                }
+            }
+        }
+        Ok(FileStore {
+            path: path.to_path_buf(),
+            cipher,
+            state: Mutex::new((tokens, sealed)),
+        })
+    }
+
+    pub fn load(&self, credential: &str) -> Option<StoredToken> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+            .get(credential)
+            .cloned()
+    }
+
+    /// Sets (or with `None` removes) one credential's record and replaces the file.
+    pub fn save(&self, credential: &str, token: Option<&StoredToken>) -> Result<(), StoreError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut tokens, mut sealed) = (state.0.clone(), state.1.clone());
+        match token {
+            Some(t) => {
+                let plain = serde_json::to_vec(&StoredTokenRecord::from(t))
+                    .map_err(|e| StoreError::Invalid(e.to_string()))?;
+                sealed.insert(
+                    credential.to_string(),
+                    self.seal(&plain, aad(credential).as_bytes()),
+                );
+                tokens.insert(credential.to_string(), t.clone());
+            }
+            None => {
+                sealed.remove(credential);
+                tokens.remove(credential);
+            }
+        }
+        let contents = FileContents {
+            format: FORMAT.to_string(),
+            key_check: self.seal(KEY_CHECK, KEY_CHECK_AAD),
+            records: sealed.clone(),
+        };
+        let bytes =
+            serde_json::to_vec_pretty(&contents).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        write_atomically(&self.path, &bytes).map_err(|e| StoreError::Io {
+            path: self.path.display().to_string(),
+            message: format!("cannot write: {e}"),
+        })?;
+        // Only once the file is durable does the in-memory view move on.
+        *state = (tokens, sealed);
+        Ok(())
+    }
+
+    fn seal(&self, plain: &[u8], aad: &[u8]) -> String {
+        let nonce_bytes: [u8; 24] = rand::random();
+        let nonce = XNonce::from_slice(&nonce_bytes);
+        // Encryption with a valid key and nonce cannot fail for in-memory buffers.
+        let ct = self
+            .cipher
+            .encrypt(nonce, Payload { msg: plain, aad })
+            .unwrap_or_default();
+        let mut out = nonce_bytes.to_vec();
+        out.extend_from_slice(&ct);
+        b64().encode(out)
+    }
+}
+
+fn aad(credential: &str) -> String {
+    format!("bearerd:credential:{credential}")
+}
+
+fn open_sealed(cipher: &XChaCha20Poly1305, sealed: &str, aad: &[u8]) -> Option<Vec<u8>> {
+    let bytes = b64().decode(sealed).ok()?;
+    if bytes.len() < 24 + 16 {
+        return None;
+    }
+    let (nonce, ct) = bytes.split_at(24);
+    cipher
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
+        .ok()
+}
+
+/// Write to a temporary file (mode 0600), fsync it, rename it over the target, fsync the
+/// directory: after a crash the path holds the old contents or the new, whole.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("store"),
+        std::process::id()
+    ));
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::{ExposeSecret, SecretString};
+    use std::time::SystemTime;
+
+    fn token(rt: &str) -> StoredToken {
+        StoredToken {
+            access_token: SecretString::from("at-1".to_string()),
+            issued_at: SystemTime::now(),
+            expires_at: Some(SystemTime::now() + std::time::Duration::from_secs(60)),
+            scopes: vec!["a".into()],
+            refresh_token: Some(SecretString::from(rt.to_string())),
+        }
+    }
+
+    fn temp_path() -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("bearerd-store-unit-{:x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join("tokens.store")
+    }
+
+    #[test]
+    fn round_trips_and_survives_reopen() {
+        let path = temp_path();
+        let key = [7u8; 32];
+        let s = FileStore::open(&path, &key).unwrap();
+        s.save("crm", Some(&token("rt-1"))).unwrap();
+        s.save("crm", Some(&token("rt-2"))).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            !text.contains("rt-2") && !text.contains("at-1"),
+            "records are encrypted"
+        );
+        let s = FileStore::open(&path, &key).unwrap();
+        assert_eq!(
+            s.load("crm")
+                .unwrap()
+                .refresh_token
+                .unwrap()
+                .expose_secret(),
+            "rt-2"
+        );
+        s.save("crm", None).unwrap();
+        assert!(FileStore::open(&path, &key).unwrap().load("crm").is_none());
+    }
+
+    #[test]
+    fn wrong_key_tampering_and_truncation_are_errors_that_leave_the_file_alone() {
+        let path = temp_path();
+        let s = FileStore::open(&path, &[1u8; 32]).unwrap();
+        s.save("crm", Some(&token("rt"))).unwrap();
+        let original = std::fs::read(&path).unwrap();
+
+        let e = FileStore::open(&path, &[2u8; 32])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("wrong key") && e.contains(&path.display().to_string()),
+            "{e}"
+        );
+
+        let mut contents: FileContents = serde_json::from_slice(&original).unwrap();
+        let rec = contents.records.get_mut("crm").unwrap();
+        let mut raw = b64().decode(&*rec).unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        *rec = b64().encode(raw);
+        std::fs::write(&path, serde_json::to_vec(&contents).unwrap()).unwrap();
+        let tampered = std::fs::read(&path).unwrap();
+        let e = FileStore::open(&path, &[1u8; 32])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("tampered"), "{e}");
+        assert_eq!(std::fs::read(&path).unwrap(), tampered);
+
+        std::fs::write(&path, &original[..original.len() / 2]).unwrap();
+        let e = FileStore::open(&path, &[1u8; 32])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("truncated or damaged"), "{e}");
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            &original[..original.len() / 2]
+        );
+    }
+}
