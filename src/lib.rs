@@ -27,6 +27,7 @@ use pingora::services::listening::Service;
 use config::{Config, RouteConfig};
 use metrics::Metrics;
 use proxy::{BearerProxy, Routing, Upstream};
+use token::credential::Credential;
 use token::grant::Grant;
 use token::CredentialSlot;
 
@@ -122,25 +123,20 @@ impl ShutdownSignalWatch for HandleShutdown {
     }
 }
 
-/// The control service: the refreshers and upstream re-resolution, on their own runtime so
+/// The control service: the handles and upstream re-resolution, on their own runtime so
 /// token traffic never competes with request threads.
 struct ControlService {
-    refreshers: std::sync::Mutex<Vec<(Arc<CredentialSlot>, Grant)>>,
+    credentials: Vec<Arc<Credential>>,
     upstreams: Arc<Vec<Arc<Upstream>>>,
-    store: Arc<store::Store>,
 }
 
 #[async_trait]
 impl BackgroundService for ControlService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let refreshers =
-            std::mem::take(&mut *self.refreshers.lock().unwrap_or_else(|p| p.into_inner()));
         let mut tasks = Vec::new();
-        for (slot, grant) in refreshers {
+        for cred in self.credentials.iter() {
             tasks.push(tokio::spawn(token::refresher::run(
-                slot,
-                grant,
-                Arc::clone(&self.store),
+                Arc::clone(cred),
                 shutdown.clone(),
             )));
         }
@@ -199,7 +195,7 @@ impl Sidecar {
             config.credentials.iter().map(|c| c.name.as_str()),
             config.upstreams.iter().map(|u| u.name.as_str()),
         ));
-        let mut refreshers = Vec::new();
+        let mut handles = Vec::new();
         let mut credentials = Vec::new();
         for c in &config.credentials {
             let grant = Grant::new(&c.grant).map_err(|message| StartError::Credential {
@@ -208,7 +204,7 @@ impl Sidecar {
             })?;
             let slot = CredentialSlot::new(c, Arc::clone(&metrics));
             credentials.push(Arc::clone(&slot));
-            refreshers.push((slot, grant));
+            handles.push(Credential::new(slot, grant, Arc::clone(&store)));
         }
         let mut upstreams = Vec::new();
         for u in &config.upstreams {
@@ -272,7 +268,8 @@ impl Sidecar {
         let mut admin = Service::new(
             "admin".to_string(),
             admin::AdminApp {
-                credentials: shared.credentials.clone(),
+                credentials: handles.clone(),
+                admin_token: config.server.admin_token.clone(),
                 upstreams: Arc::clone(&upstreams),
                 metrics: Arc::clone(&metrics),
             },
@@ -282,9 +279,8 @@ impl Sidecar {
         let mut control = background_service(
             "control",
             ControlService {
-                refreshers: std::sync::Mutex::new(refreshers),
+                credentials: handles.clone(),
                 upstreams: Arc::clone(&upstreams),
-                store,
             },
         );
         // Token requests are few; one thread keeps them off the request threads.

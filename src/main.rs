@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use bearerd::admin::client::{self, AdminClient};
 use bearerd::config::Config;
 use bearerd::{logging, Sidecar};
 
@@ -34,6 +35,31 @@ enum Command {
     },
     /// Print a new random store key (base64, 32 bytes).
     Keygen,
+    /// Show each credential's state (from a running sidecar's admin API).
+    Status {
+        /// One credential in detail.
+        name: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Print the raw JSON of /status.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refresh a credential now and show the attempt.
+    Refresh {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Show the credential's whole state after the attempt.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Revoke a credential's tokens at the provider (best effort) and forget them.
+    Logout {
+        name: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Run an embedded token server, an echo upstream and the sidecar between them.
     Demo {
         /// Stop after this long (e.g. "30s"); runs until Ctrl-C when absent.
@@ -43,6 +69,40 @@ enum Command {
         #[arg(long, default_value = "10s")]
         token_lifetime: humantime::Duration,
     },
+}
+
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// Admin API base URL (default: the config's admin_listen, else http://127.0.0.1:9090).
+    #[arg(long, env = "BEARERD_ADMIN")]
+    admin: Option<String>,
+    /// Config file to read admin_listen and admin_token from.
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+}
+
+/// Runs one admin-API command on a small runtime; prints errors and maps them to exit 1.
+fn with_admin<F, Fut>(args: AdminArgs, f: F) -> ExitCode
+where
+    F: FnOnce(AdminClient) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, String>>,
+{
+    let run = || -> Result<bool, String> {
+        let client = AdminClient::resolve(args.admin, args.config)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(f(client))
+    };
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -87,6 +147,79 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Status { name, admin, json } => with_admin(admin, |client| async move {
+            let status = client.get("/status").await?;
+            match (&name, json) {
+                (None, true) => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default()
+                ),
+                (None, false) => print!("{}", client::status_table(&status)),
+                (Some(n), _) => {
+                    let c = &status["credentials"][n.as_str()];
+                    if c.is_null() {
+                        return Err(format!("no credential named {n:?}"));
+                    }
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(c).unwrap_or_default());
+                    } else {
+                        print!("{}", client::credential_detail(n, c));
+                    }
+                }
+            }
+            Ok(true)
+        }),
+        Command::Refresh {
+            name,
+            admin,
+            verbose,
+        } => with_admin(admin, |client| async move {
+            let (code, v) = client
+                .post(&format!("/credentials/{name}/refresh"), None)
+                .await?;
+            if code == 404 || code == 401 {
+                return Err(v["error"].as_str().unwrap_or("refused").to_string());
+            }
+            let outcome = v["outcome"].as_str().unwrap_or("unknown");
+            let s = &v["status"];
+            match outcome {
+                "success" => println!(
+                    "{name}: refreshed in {} ms, generation {} -> {}, expires in {}s",
+                    v["duration_ms"], v["previous_generation"], v["generation"], s["expires_in_s"]
+                ),
+                _ => println!(
+                    "{name}: refresh {outcome} after {} ms (attempt {}): {}: {}",
+                    v["duration_ms"],
+                    s["consecutive_failures"],
+                    s["last_error"]["kind"].as_str().unwrap_or("-"),
+                    s["last_error"]["message"].as_str().unwrap_or("-")
+                ),
+            }
+            if verbose {
+                print!("{}", client::credential_detail(&name, s));
+            }
+            Ok(outcome == "success")
+        }),
+        Command::Logout { name, admin } => with_admin(admin, |client| async move {
+            let (code, v) = client
+                .post(&format!("/credentials/{name}/logout"), None)
+                .await?;
+            if code != 200 {
+                return Err(v["error"].as_str().unwrap_or("refused").to_string());
+            }
+            for r in v["revocation"].as_array().into_iter().flatten() {
+                println!(
+                    "{name}: {} at the provider: {}",
+                    r["token"].as_str().unwrap_or("?"),
+                    r["outcome"].as_str().unwrap_or("?")
+                );
+            }
+            if v["revocation"].as_array().is_none_or(|a| a.is_empty()) {
+                println!("{name}: nothing to revoke at the provider");
+            }
+            println!("{name}: forgotten locally; requests now get 503 until a login");
+            Ok(v["forgotten"].as_bool() == Some(true))
+        }),
         Command::Keygen => {
             println!("{}", bearerd::store::generate_key());
             ExitCode::SUCCESS

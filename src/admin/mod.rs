@@ -1,4 +1,7 @@
-//! The admin listener: health, readiness, status, metrics, and on-demand refresh.
+//! The admin listener: health, readiness, status, metrics, refresh, logout and login; and
+//! (in `client`) the CLI that talks to it.
+
+pub mod client;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,10 +15,13 @@ use serde_json::json;
 
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
+use crate::token::credential::Credential;
 use crate::token::CredentialSlot;
 
 pub struct AdminApp {
-    pub credentials: Vec<Arc<CredentialSlot>>,
+    pub credentials: Vec<Arc<Credential>>,
+    /// Required (as a bearer token) by the POST endpoints when set.
+    pub admin_token: Option<crate::config::SecretRef>,
     pub upstreams: Arc<Vec<Arc<Upstream>>>,
     pub metrics: Arc<Metrics>,
 }
@@ -37,14 +43,38 @@ fn json_response(status: u16, value: serde_json::Value) -> Response<Vec<u8>> {
 }
 
 impl AdminApp {
-    fn slot(&self, name: &str) -> Option<&Arc<CredentialSlot>> {
-        self.credentials.iter().find(|c| &*c.name == name)
+    fn credential(&self, name: &str) -> Option<&Arc<Credential>> {
+        self.credentials.iter().find(|c| &*c.slot.name == name)
+    }
+
+    fn slots(&self) -> impl Iterator<Item = &Arc<CredentialSlot>> {
+        self.credentials.iter().map(|c| &c.slot)
+    }
+
+    /// Whether the request carries the admin token (always true when none is configured).
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(expected) = &self.admin_token else {
+            return true;
+        };
+        let Ok(expected) = expected.resolve() else {
+            return false;
+        };
+        let presented = session
+            .req_header()
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        constant_time_eq(
+            presented.as_bytes(),
+            secrecy::ExposeSecret::expose_secret(&expected).as_bytes(),
+        )
     }
 
     /// Credentials that some upstream uses: readiness depends only on those.
     fn used_credentials(&self) -> impl Iterator<Item = &Arc<CredentialSlot>> {
-        self.credentials
-            .iter()
+        self.slots()
             .filter(|c| self.upstreams.iter().any(|u| Arc::ptr_eq(&u.slot, c)))
     }
 
@@ -71,11 +101,7 @@ impl AdminApp {
     }
 
     fn status(&self) -> Response<Vec<u8>> {
-        let credentials: BTreeMap<&str, _> = self
-            .credentials
-            .iter()
-            .map(|c| (&*c.name, c.status()))
-            .collect();
+        let credentials: BTreeMap<&str, _> = self.slots().map(|c| (&*c.name, c.status())).collect();
         let upstreams: BTreeMap<&str, _> = self
             .upstreams
             .iter()
@@ -102,12 +128,13 @@ impl AdminApp {
     }
 
     async fn refresh(&self, name: &str) -> Response<Vec<u8>> {
-        let Some(slot) = self.slot(name) else {
+        let Some(cred) = self.credential(name) else {
             return json_response(
                 404,
                 json!({"error": format!("no credential named {name:?}")}),
             );
         };
+        let slot = &cred.slot;
         let before = slot.current().map_or(0, |t| t.generation);
         let started = Instant::now();
         let target = slot.demand_manual();
@@ -134,6 +161,46 @@ impl AdminApp {
     }
 }
 
+impl AdminApp {
+    /// Takes `{"refresh_token": "…"}` from `bearerd login` and refreshes with it.
+    async fn login(&self, name: &str, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let Some(cred) = self.credential(name) else {
+            return json_response(
+                404,
+                json!({"error": format!("no credential named {name:?}")}),
+            );
+        };
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            body.extend_from_slice(&chunk);
+            if body.len() > 64 * 1024 {
+                return json_response(413, json!({"error": "body too large"}));
+            }
+        }
+        #[derive(serde::Deserialize)]
+        struct Login {
+            refresh_token: secrecy::SecretString,
+        }
+        let login: Login = match serde_json::from_slice(&body) {
+            Ok(l) => l,
+            Err(e) => {
+                return json_response(
+                    400,
+                    json!({"error": format!("expected {{\"refresh_token\": \"…\"}}: {e}")}),
+                )
+            }
+        };
+        if let Err(e) = cred.login(login.refresh_token).await {
+            return json_response(400, json!({"error": e}));
+        }
+        self.refresh(name).await
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -145,7 +212,7 @@ impl ServeHttp for AdminApp {
             ("GET", ["readyz"]) => self.readyz(),
             ("GET", ["status"]) => self.status(),
             ("GET", ["metrics"]) => {
-                for c in &self.credentials {
+                for c in self.slots() {
                     c.update_gauges();
                 }
                 respond(
@@ -154,9 +221,22 @@ impl ServeHttp for AdminApp {
                     self.metrics.render().into_bytes(),
                 )
             }
+            ("POST", ["credentials", _, "refresh" | "logout" | "login"])
+                if !self.authorized(session) =>
+            {
+                json_response(401, json!({"error": "the admin token is missing or wrong"}))
+            }
             ("POST", ["credentials", name, "refresh"]) => self.refresh(name).await,
+            ("POST", ["credentials", name, "logout"]) => match self.credential(name) {
+                Some(c) => json_response(200, json!(c.logout().await)),
+                None => json_response(
+                    404,
+                    json!({"error": format!("no credential named {name:?}")}),
+                ),
+            },
+            ("POST", ["credentials", name, "login"]) => self.login(name, session).await,
             (_, ["healthz" | "readyz" | "status" | "metrics"])
-            | (_, ["credentials", _, "refresh"]) => {
+            | (_, ["credentials", _, "refresh" | "logout" | "login"]) => {
                 json_response(405, json!({"error": "method not allowed"}))
             }
             _ => json_response(404, json!({"error": format!("no admin endpoint {path:?}")})),

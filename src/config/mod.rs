@@ -49,6 +49,7 @@ pub enum LogFormat {
 pub struct ServerConfig {
     pub proxy_listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    pub admin_token: Option<SecretRef>,
     pub threads: usize,
     pub log_format: LogFormat,
     pub access_log: bool,
@@ -72,6 +73,7 @@ pub struct ClientAuth {
 #[derive(Debug, Clone)]
 pub struct TokenRequestConfig {
     pub token_url: url::Url,
+    pub revocation_url: Option<url::Url>,
     pub client: ClientAuth,
     pub scopes: Vec<String>,
     pub resource: Option<String>,
@@ -403,9 +405,20 @@ fn lower_server(map: &SourceMap, raw: &RawConfig) -> Result<ServerConfig, Config
             ))
         }
     };
+    let admin_token = match &s.admin_token {
+        Some(r) => Some(lower_secret(map, "server.admin_token", r)?),
+        None => None,
+    };
+    if admin_token.is_none() && !admin_listen.ip().is_loopback() {
+        return Err(map.error_at(
+            "server.admin_listen",
+            format!("{admin_listen} is not a loopback address: set `admin_token` so only operators can refresh or log out credentials"),
+        ));
+    }
     Ok(ServerConfig {
         proxy_listen,
         admin_listen,
+        admin_token,
         threads,
         log_format,
         access_log: s.access_log.unwrap_or(false),
@@ -646,8 +659,13 @@ fn lower_token_request(
     if let Some(ca) = &rc.ca_file {
         load_ca_file(ca).map_err(|m| map.error_at(&key("ca_file"), m))?;
     }
+    let revocation_url = match &rc.revocation_url {
+        Some(u) => Some(http_url(map, &key("revocation_url"), u)?),
+        None => None,
+    };
     Ok(TokenRequestConfig {
         token_url,
+        revocation_url,
         client: ClientAuth {
             client_id,
             client_secret,

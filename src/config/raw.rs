@@ -26,6 +26,8 @@ pub struct RawConfig {
 pub struct RawServer {
     pub proxy_listen: Option<String>,
     pub admin_listen: Option<String>,
+    /// Required by the admin POST endpoints when set; required when admin_listen is not loopback.
+    pub admin_token: Option<RawSecretRef>,
     pub threads: Option<usize>,
     /// "pretty" | "json"
     pub log_format: Option<String>,
@@ -49,6 +51,8 @@ pub struct RawStore {
 pub struct RawCredential {
     pub grant: String,
     pub token_url: Option<String>,
+    /// RFC 7009 revocation endpoint, used by logout.
+    pub revocation_url: Option<String>,
     pub issuer: Option<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<RawSecretRef>,

@@ -51,6 +51,7 @@ pub struct TokenServerState {
     issued: Mutex<HashMap<String, Issued>>,
     refresh: Mutex<RefreshTokens>,
     reuse_detected: AtomicUsize,
+    revocations: AtomicUsize,
     client_id: String,
     client_secret: String,
     last_form: Mutex<Vec<(String, String)>>,
@@ -90,6 +91,7 @@ impl TokenServer {
             issued: Mutex::new(HashMap::new()),
             refresh: Mutex::new(RefreshTokens::default()),
             reuse_detected: AtomicUsize::new(0),
+            revocations: AtomicUsize::new(0),
             client_id: CLIENT_ID.to_string(),
             client_secret: CLIENT_SECRET.to_string(),
             last_form: Mutex::new(Vec::new()),
@@ -97,6 +99,7 @@ impl TokenServer {
         });
         let app = Router::new()
             .route("/token", post(token))
+            .route("/revoke", post(revoke))
             .with_state(Arc::clone(&state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -108,6 +111,10 @@ impl TokenServer {
 
     pub fn token_url(&self) -> String {
         format!("http://{}/token", self.addr)
+    }
+
+    pub fn revocation_url(&self) -> String {
+        format!("http://{}/revoke", self.addr)
     }
 }
 
@@ -148,6 +155,14 @@ impl TokenServerState {
         self.refresh.lock().unwrap().active.insert(rt.clone());
         self.every_issued.lock().unwrap().push(rt.clone());
         rt
+    }
+    /// Tokens revoked through the revocation endpoint (RFC 7009).
+    pub fn revocations(&self) -> usize {
+        self.revocations.load(Ordering::SeqCst)
+    }
+    /// Whether a refresh token is still usable (what introspection would say).
+    pub fn refresh_token_active(&self, rt: &str) -> bool {
+        self.refresh.lock().unwrap().active.contains(rt)
     }
     /// How often a spent refresh token was presented again (each time revoked the grant).
     pub fn reuse_detected(&self) -> usize {
@@ -283,4 +298,26 @@ async fn token(
         }
         _ => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
     }
+}
+
+/// RFC 7009: revokes an access or refresh token; answers 200 whatever the token was.
+async fn revoke(
+    State(state): State<Arc<TokenServerState>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    if !client_authenticated(&state, &headers, &form) {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
+    }
+    if let Some(token) = form.get("token") {
+        let was_access = state.issued.lock().unwrap().remove(token).is_some();
+        let was_refresh = state.refresh.lock().unwrap().active.remove(token);
+        if was_access || was_refresh {
+            state.revocations.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    StatusCode::OK.into_response()
 }

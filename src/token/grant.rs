@@ -115,6 +115,52 @@ impl Grant {
         matches!(self, Grant::RefreshToken { .. })
     }
 
+    /// The refresh token the grant would use next (none for other grants).
+    pub async fn refresh_token(&self) -> Option<SecretString> {
+        match self {
+            Grant::RefreshToken {
+                current,
+                seed,
+                spent_seed,
+                ..
+            } => {
+                let current = current.lock().await.clone();
+                match current {
+                    Some(rt) => Some(rt),
+                    // The seed counts only until it has been sent.
+                    None => seed.resolve().ok().filter(|s| {
+                        !spent_seed
+                            .try_lock()
+                            .is_ok_and(|spent| spent.as_ref().is_some_and(|x| same_secret(x, s)))
+                    }),
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Forgets every refresh token, the seed included (logout): only a login brings one back.
+    pub async fn forget(&self) {
+        if let Grant::RefreshToken {
+            current,
+            seed,
+            spent_seed,
+            ..
+        } = self
+        {
+            *current.lock().await = None;
+            *spent_seed.lock().await = seed.resolve().ok();
+        }
+    }
+
+    pub fn endpoint(&self) -> Option<&TokenEndpoint> {
+        match self {
+            Grant::ClientCredentials(ep) => Some(ep),
+            Grant::RefreshToken { endpoint, .. } => Some(endpoint),
+            Grant::Static { .. } => None,
+        }
+    }
+
     /// Continues from a refresh token kept in the store (newer than the configured seed).
     pub async fn restore_refresh_token(&self, rt: SecretString) {
         if let Grant::RefreshToken { current, .. } = self {
@@ -250,23 +296,13 @@ impl TokenEndpoint {
         })
     }
 
-    /// Sends one token request. Returns the token and, when the provider rotated it, the new
-    /// refresh token.
-    async fn request(
+    /// Adds client authentication: a Basic header, or the client id (and secret) in the form.
+    fn authenticate(
         &self,
-        mut form: Vec<(&'static str, String)>,
-    ) -> Result<(IssuedToken, Option<SecretString>), GrantError> {
+        mut req: reqwest::RequestBuilder,
+        form: &mut Vec<(&'static str, String)>,
+    ) -> Result<reqwest::RequestBuilder, GrantError> {
         let c = &self.config;
-        if !c.scopes.is_empty() {
-            form.push(("scope", c.scopes.join(" ")));
-        }
-        if let Some(r) = &c.resource {
-            form.push(("resource", r.clone()));
-        }
-        let mut req = self
-            .http
-            .post(c.token_url.clone())
-            .header("accept", "application/json");
         let secret = match &c.client.client_secret {
             Some(s) => Some(
                 s.resolve()
@@ -290,6 +326,50 @@ impl TokenEndpoint {
                 }
             }
         }
+        Ok(req)
+    }
+
+    /// Revokes one token (RFC 7009). Best effort: the outcome is reported, never retried.
+    pub async fn revoke(&self, token: &SecretString, hint: &'static str) -> Result<(), String> {
+        let Some(url) = &self.config.revocation_url else {
+            return Err("no revocation endpoint is configured (revocation_url)".into());
+        };
+        let mut form = vec![
+            ("token", token.expose_secret().to_string()),
+            ("token_type_hint", hint.to_string()),
+        ];
+        let req = self.http.post(url.clone());
+        let req = self.authenticate(req, &mut form).map_err(|e| e.message)?;
+        let resp = req
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| format!("revocation endpoint unreachable: {}", error_chain(&e)))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("revocation endpoint answered {}", resp.status()))
+        }
+    }
+
+    /// Sends one token request. Returns the token and, when the provider rotated it, the new
+    /// refresh token.
+    async fn request(
+        &self,
+        mut form: Vec<(&'static str, String)>,
+    ) -> Result<(IssuedToken, Option<SecretString>), GrantError> {
+        let c = &self.config;
+        if !c.scopes.is_empty() {
+            form.push(("scope", c.scopes.join(" ")));
+        }
+        if let Some(r) = &c.resource {
+            form.push(("resource", r.clone()));
+        }
+        let req = self
+            .http
+            .post(c.token_url.clone())
+            .header("accept", "application/json");
+        let req = self.authenticate(req, &mut form)?;
         let mut body: Vec<(String, String)> =
             form.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         for (k, v) in &c.params {

@@ -3,6 +3,7 @@
 //! yet, or a 401) register a demand and wait; the refresher serves demands and the schedule
 //! through one loop, so there is exactly one refresh in flight per credential.
 
+pub mod credential;
 pub mod grant;
 pub mod refresher;
 pub mod schedule;
@@ -114,6 +115,8 @@ struct Control {
     last_error: Option<LastError>,
     next_refresh_at: Option<Instant>,
     refreshes: u64,
+    /// Logged out by an operator: no automatic refresh until a login or manual refresh.
+    logged_out: bool,
 }
 
 pub struct CredentialSlot {
@@ -235,7 +238,7 @@ impl CredentialSlot {
             }
             {
                 let mut c = self.control();
-                if c.permanent_failure {
+                if c.permanent_failure || c.logged_out {
                     return Err(self.permanent_error(&c));
                 }
                 // Demand again after each finished attempt, so a request that keeps waiting
@@ -268,6 +271,12 @@ impl CredentialSlot {
     }
 
     fn permanent_error(&self, c: &Control) -> TokenUnavailable {
+        if c.logged_out {
+            return TokenUnavailable {
+                permanent: true,
+                message: format!("credential {} is logged out; log in again", self.name),
+            };
+        }
         let detail = c
             .last_error
             .as_ref()
@@ -306,7 +315,7 @@ impl CredentialSlot {
                 return ReplayDecision::Replay(t);
             }
             let mut c = self.control();
-            if c.permanent_failure {
+            if c.permanent_failure || c.logged_out {
                 return ReplayDecision::NoNewerToken;
             }
             if !c.in_flight {
@@ -336,7 +345,7 @@ impl CredentialSlot {
             }
             {
                 let c = self.control();
-                if c.permanent_failure || c.attempts_completed >= target_attempts {
+                if c.permanent_failure || c.logged_out || c.attempts_completed >= target_attempts {
                     return ReplayDecision::NoNewerToken;
                 }
             }
@@ -351,7 +360,10 @@ impl CredentialSlot {
     /// replayed, but the next one should get a fresh token).
     pub fn refresh_in_background(&self, rejected: u64) -> bool {
         let mut c = self.control();
-        if c.permanent_failure || self.current().is_some_and(|t| t.generation > rejected) {
+        if c.permanent_failure
+            || c.logged_out
+            || self.current().is_some_and(|t| t.generation > rejected)
+        {
             return false;
         }
         if !c.in_flight {
@@ -401,7 +413,9 @@ impl CredentialSlot {
 
     fn state_of(&self, c: &Control) -> CredentialState {
         let usable = self.current().is_some_and(|t| t.is_usable(Instant::now()));
-        if c.in_flight {
+        if c.logged_out {
+            CredentialState::LoggedOut
+        } else if c.in_flight {
             CredentialState::Refreshing
         } else if c.permanent_failure {
             CredentialState::Failed
@@ -412,6 +426,25 @@ impl CredentialSlot {
         } else {
             CredentialState::Expired
         }
+    }
+
+    /// The current access token as a secret (for revocation at logout).
+    pub fn access_token(&self) -> Option<secrecy::SecretString> {
+        let t = self.current()?;
+        let value = t.header.to_str().ok()?.strip_prefix("Bearer ")?.to_string();
+        Some(secrecy::SecretString::from(value))
+    }
+
+    /// Drops the token and every pending refresh (logout).
+    fn clear_for_logout(&self) {
+        {
+            let mut c = self.control();
+            c.logged_out = true;
+            c.demand = None;
+            c.next_refresh_at = None;
+        }
+        self.token.store(None);
+        self.bump();
     }
 
     /// Whether requests can be served now (for `/readyz`).
@@ -441,7 +474,7 @@ impl CredentialSlot {
                 .next_refresh_at
                 .map(|n| round(n.saturating_duration_since(now).as_secs_f64())),
             scopes: token.as_ref().map(|t| t.scopes.clone()).unwrap_or_default(),
-            has_refresh_token: self.has_refresh_token && !c.permanent_failure,
+            has_refresh_token: self.has_refresh_token && !c.permanent_failure && !c.logged_out,
         }
     }
 

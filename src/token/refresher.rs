@@ -6,6 +6,7 @@ use std::time::{Instant, SystemTime};
 
 use tokio::sync::watch;
 
+use super::credential::Credential;
 use super::grant::{Grant, GrantOutcome, IssuedToken};
 use super::schedule::{backoff_delay, expiry_floor, min_interval, refresh_delay};
 use super::{bearer_header, CredentialSlot, LastError, TokenSnapshot, Trigger};
@@ -16,16 +17,17 @@ const MIN_REFRESH_GAP: std::time::Duration = std::time::Duration::from_millis(10
 
 /// Runs until `shutdown` flips. Starts from the store when it holds a usable token, and
 /// with an immediate refresh otherwise.
-pub async fn run(
-    slot: Arc<CredentialSlot>,
-    grant: Grant,
-    store: Arc<Store>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut trigger = restore(&slot, &grant, &store).await;
+pub async fn run(cred: Arc<Credential>, mut shutdown: watch::Receiver<bool>) {
+    let (slot, grant, store) = (&cred.slot, &cred.grant, &cred.store);
+    let mut trigger = {
+        let _op = cred.op.lock().await;
+        restore(slot, grant, store).await
+    };
     loop {
         if let Some(t) = trigger.take() {
-            attempt(&slot, &grant, &store, t).await;
+            // The whole attempt (obtain, persist, publish) excludes logout and login.
+            let _op = cred.op.lock().await;
+            attempt(slot, grant, store, t).await;
         }
         let next = slot.control().next_refresh_at;
         let due = async {
@@ -36,7 +38,7 @@ pub async fn run(
         };
         tokio::select! {
             _ = due => trigger = Some(Trigger::Scheduled),
-            _ = slot.wake.notified() => trigger = take_demand(&slot).await,
+            _ = slot.wake.notified() => trigger = take_demand(slot).await,
             _ = shutdown.changed() => return,
         }
     }
@@ -49,7 +51,7 @@ async fn take_demand(slot: &CredentialSlot) -> Option<Trigger> {
         let wait = {
             let mut c = slot.control();
             let d = c.demand?;
-            if c.permanent_failure && d.trigger != Trigger::Manual {
+            if (c.permanent_failure || c.logged_out) && d.trigger != Trigger::Manual {
                 // Automatic retries stop after a permanent failure; only an operator restarts them.
                 c.demand = None;
                 return None;
@@ -279,6 +281,7 @@ async fn attempt(slot: &CredentialSlot, grant: &Grant, store: &Arc<Store>, trigg
                 let attempt = c.consecutive_failures + 1;
                 c.consecutive_failures = 0;
                 c.permanent_failure = false;
+                c.logged_out = false;
                 c.refreshes += 1;
                 c.next_refresh_at = match lifetime {
                     // A floor keeps a pathological lifetime from becoming a busy loop.

@@ -1,0 +1,216 @@
+//! The operator CLI's side of the admin API: `bearerd status`, `refresh`, `logout`, `login`.
+//! It prints what the sidecar reports; no token ever reaches it except the one a login
+//! hands over.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+use crate::config::Config;
+
+pub struct AdminClient {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    /// The admin URL: `--admin`, else `BEARERD_ADMIN`, else the config's `admin_listen`
+    /// (from `-c`, `BEARERD_CONFIG` or ./bearerd.toml), else 127.0.0.1:9090. The admin token
+    /// comes from `BEARERD_ADMIN_TOKEN`, else the config.
+    pub fn resolve(admin: Option<String>, config: Option<PathBuf>) -> Result<AdminClient, String> {
+        let explicit = config.is_some();
+        let path = config
+            .or_else(|| std::env::var_os("BEARERD_CONFIG").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("bearerd.toml"));
+        let loaded = if explicit || path.exists() {
+            match Config::load(&path) {
+                Ok(c) => Some(c),
+                Err(e) if explicit => return Err(e.to_string()),
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let base = admin
+            .or_else(|| std::env::var("BEARERD_ADMIN").ok())
+            .or_else(|| {
+                loaded
+                    .as_ref()
+                    .map(|c| format!("http://{}", c.server.admin_listen))
+            })
+            .unwrap_or_else(|| format!("http://{}", crate::config::DEFAULT_ADMIN_LISTEN));
+        let token = std::env::var("BEARERD_ADMIN_TOKEN").ok().or_else(|| {
+            let secret = loaded
+                .as_ref()?
+                .server
+                .admin_token
+                .as_ref()?
+                .resolve()
+                .ok()?;
+            Some(secret.expose_secret().to_string())
+        });
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(AdminClient {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, String> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the bearerd admin API at {}: {e}", self.base))?;
+        resp.json()
+            .await
+            .map_err(|e| format!("unexpected answer from {}: {e}", self.base))
+    }
+
+    /// POSTs and returns the status code and the JSON answer.
+    pub async fn post(&self, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+        let mut req = self.http.post(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the bearerd admin API at {}: {e}", self.base))?;
+        let status = resp.status().as_u16();
+        let value = resp.json().await.unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+}
+
+fn seconds(v: &Value) -> String {
+    match v.as_f64() {
+        None => "-".into(),
+        Some(s) if s >= 3600.0 => format!(
+            "{}h{:02}m",
+            (s / 3600.0) as u64,
+            ((s % 3600.0) / 60.0) as u64
+        ),
+        Some(s) if s >= 60.0 => format!("{}m{:02}s", (s / 60.0) as u64, (s % 60.0) as u64),
+        Some(s) => format!("{s:.1}s"),
+    }
+}
+
+fn last_error(v: &Value) -> String {
+    match v.get("kind").and_then(Value::as_str) {
+        Some(kind) => format!("{kind}: {}", v["message"].as_str().unwrap_or("")),
+        None => "-".into(),
+    }
+}
+
+/// One row per credential.
+pub fn status_table(status: &Value) -> String {
+    let mut rows = vec![[
+        "CREDENTIAL",
+        "STATE",
+        "EXPIRES IN",
+        "AGE",
+        "NEXT REFRESH",
+        "SCOPES",
+        "REFRESH TOKEN",
+        "LAST ERROR",
+    ]
+    .map(String::from)];
+    if let Some(creds) = status["credentials"].as_object() {
+        for (name, c) in creds {
+            let scopes: Vec<&str> = c["scopes"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            rows.push([
+                name.clone(),
+                c["state"].as_str().unwrap_or("?").to_string(),
+                seconds(&c["expires_in_s"]),
+                seconds(&c["token_age_s"]),
+                seconds(&c["next_refresh_in_s"]),
+                if scopes.is_empty() {
+                    "-".into()
+                } else {
+                    scopes.join(",")
+                },
+                if c["has_refresh_token"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "no"
+                }
+                .to_string(),
+                last_error(&c["last_error"]),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Everything `/status` says about one credential, one field a line.
+pub fn credential_detail(name: &str, c: &Value) -> String {
+    let mut out = format!("credential     {name}\n");
+    let fields = [
+        ("state", c["state"].as_str().unwrap_or("?").to_string()),
+        ("grant", c["grant"].as_str().unwrap_or("?").to_string()),
+        ("expires in", seconds(&c["expires_in_s"])),
+        ("token age", seconds(&c["token_age_s"])),
+        ("next refresh", seconds(&c["next_refresh_in_s"])),
+        ("generation", c["generation"].to_string()),
+        ("refreshes", c["refreshes"].to_string()),
+        ("failures", c["consecutive_failures"].to_string()),
+        (
+            "scopes",
+            c["scopes"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default(),
+        ),
+        (
+            "refresh token",
+            if c["has_refresh_token"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            }
+            .to_string(),
+        ),
+        ("last error", last_error(&c["last_error"])),
+        (
+            "last error at",
+            c["last_error"]["at"].as_str().unwrap_or("-").to_string(),
+        ),
+    ];
+    for (k, v) in fields {
+        out.push_str(&format!("{k:<15}{v}\n"));
+    }
+    out
+}

@@ -1,0 +1,131 @@
+//! A credential as the control path sees it: its slot, its grant and the store, and the
+//! operations that change it as a whole (refresh, logout, login). One lock serialises them,
+//! so a logout can never be undone by a refresh that was in flight.
+
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use serde::Serialize;
+
+use super::grant::Grant;
+use super::CredentialSlot;
+use crate::store::{Store, StoredToken};
+
+pub struct Credential {
+    pub slot: Arc<CredentialSlot>,
+    pub(super) grant: Grant,
+    pub(super) store: Arc<Store>,
+    /// Held for a whole refresh (obtain, persist, publish), logout or login.
+    pub(super) op: tokio::sync::Mutex<()>,
+}
+
+/// What a logout did, for the admin API and the CLI.
+#[derive(Debug, Serialize)]
+pub struct LogoutReport {
+    pub credential: String,
+    /// One entry per token sent to the revocation endpoint: `revoked` or the error.
+    pub revocation: Vec<RevocationOutcome>,
+    pub forgotten: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RevocationOutcome {
+    pub token: &'static str,
+    pub outcome: String,
+}
+
+impl Credential {
+    pub fn new(slot: Arc<CredentialSlot>, grant: Grant, store: Arc<Store>) -> Arc<Self> {
+        Arc::new(Credential {
+            slot,
+            grant,
+            store,
+            op: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Revokes the refresh and access tokens at the provider (RFC 7009, best effort), then
+    /// forgets them locally whatever the provider said. Requests then get 503 with
+    /// `requires_reauth` until a login or a manual refresh.
+    pub async fn logout(&self) -> LogoutReport {
+        // Stop automatic refreshes first, then wait for any refresh in flight to finish.
+        self.slot.control().logged_out = true;
+        let _op = self.op.lock().await;
+        let mut revocation = Vec::new();
+        if let Some(endpoint) = self.grant.endpoint() {
+            let rt = self.grant.refresh_token().await;
+            let at = self
+                .store
+                .load(&self.slot.name)
+                .map(|s| s.access_token)
+                .or_else(|| self.slot.access_token());
+            for (kind, token) in [("refresh_token", rt), ("access_token", at)] {
+                if let Some(token) = token {
+                    let outcome = match endpoint.revoke(&token, kind).await {
+                        Ok(()) => "revoked".to_string(),
+                        Err(e) => e,
+                    };
+                    revocation.push(RevocationOutcome {
+                        token: kind,
+                        outcome,
+                    });
+                }
+            }
+        }
+        self.grant.forget().await;
+        let store = Arc::clone(&self.store);
+        let name = self.slot.name.to_string();
+        let forgotten = tokio::task::spawn_blocking(move || store.remove(&name))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        self.slot.clear_for_logout();
+        tracing::warn!(
+            credential = &*self.slot.name,
+            revocation = ?revocation.iter().map(|r| format!("{}: {}", r.token, r.outcome)).collect::<Vec<_>>(),
+            forgotten,
+            "credential logged out"
+        );
+        LogoutReport {
+            credential: self.slot.name.to_string(),
+            revocation,
+            forgotten,
+        }
+    }
+
+    /// Takes a refresh token obtained by a login, persists it, and refreshes with it.
+    pub async fn login(&self, refresh_token: SecretString) -> Result<(), String> {
+        if !self.grant.forgets_refresh_token_on_failure() {
+            return Err(format!(
+                "credential {} does not use the refresh_token grant",
+                self.slot.name
+            ));
+        }
+        {
+            let _op = self.op.lock().await;
+            self.grant
+                .restore_refresh_token(refresh_token.clone())
+                .await;
+            let record = StoredToken {
+                access_token: SecretString::from(String::new()),
+                issued_at: std::time::SystemTime::UNIX_EPOCH,
+                expires_at: Some(std::time::SystemTime::UNIX_EPOCH),
+                scopes: Vec::new(),
+                refresh_token: Some(refresh_token),
+            };
+            let store = Arc::clone(&self.store);
+            let name = self.slot.name.to_string();
+            tokio::task::spawn_blocking(move || store.save(&name, &record))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            let mut c = self.slot.control();
+            c.logged_out = false;
+            c.permanent_failure = false;
+        }
+        tracing::info!(
+            credential = &*self.slot.name,
+            "refresh token received from a login"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,236 @@
+//! The operator's view: the CLI over the admin API (status, refresh, logout), the admin
+//! token, and logout's revocation at the provider.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::{Harness, Options};
+
+const ADMIN_TOKEN: &str = "admin-token-for-tests-7c1";
+
+async fn harness() -> Harness {
+    let tokens = support::TokenServer::start(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let upstream = support::Upstream::start(tokens.state.clone())
+        .await
+        .unwrap();
+    let revoke = tokens.revocation_url();
+    Harness::start_with(
+        tokens,
+        upstream,
+        Options {
+            grant: "refresh_token",
+            server_extra: format!("admin_token = \"{ADMIN_TOKEN}\""),
+            credential_extra: format!("revocation_url = \"{revoke}\""),
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+/// Runs the CLI against the harness's admin API; returns (success, stdout + stderr).
+async fn cli(h: &Harness, args: &[&str], token: Option<&str>) -> (bool, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bearerd"));
+    cmd.args(args)
+        .arg("--admin")
+        .arg(h.admin(""))
+        .env_remove("BEARERD_CONFIG");
+    match token {
+        Some(t) => cmd.env("BEARERD_ADMIN_TOKEN", t),
+        None => cmd.env_remove("BEARERD_ADMIN_TOKEN"),
+    };
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn assert_no_secret(h: &Harness, text: &str) {
+    for s in h.tokens.state.every_issued().iter().chain(
+        [
+            ADMIN_TOKEN.to_string(),
+            support::token_server::CLIENT_SECRET.to_string(),
+        ]
+        .iter(),
+    ) {
+        assert!(
+            !text.contains(&s[..s.len().min(16)]),
+            "a secret ({}…) in CLI output:\n{text}",
+            &s[..4]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_cli_prints_a_table_json_and_detail_without_secrets() {
+    let h = harness().await;
+    h.wait_ready().await;
+    let (ok, table) = cli(&h, &["status"], None).await;
+    assert!(ok, "{table}");
+    assert!(table.starts_with("CREDENTIAL"), "{table}");
+    let row = table.lines().find(|l| l.starts_with("api")).unwrap();
+    assert!(
+        row.contains("valid") && row.contains("demo.read") && row.contains("yes"),
+        "{row}"
+    );
+
+    let (ok, json) = cli(&h, &["status", "--json"], None).await;
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let c = &v["credentials"]["api"];
+    for key in [
+        "state",
+        "expires_in_s",
+        "token_age_s",
+        "generation",
+        "refreshes",
+        "consecutive_failures",
+        "last_error",
+        "next_refresh_in_s",
+        "scopes",
+        "has_refresh_token",
+    ] {
+        assert!(c.get(key).is_some(), "/status lacks {key}: {c}");
+    }
+    assert_eq!(c["state"], "valid");
+    assert_eq!(v["upstreams"]["api"]["credential"], "api");
+
+    let (ok, detail) = cli(&h, &["status", "api"], None).await;
+    assert!(ok && detail.contains("state          valid"), "{detail}");
+    let (ok, missing) = cli(&h, &["status", "nope"], None).await;
+    assert!(!ok && missing.contains("no credential named"), "{missing}");
+    for text in [table, json, detail] {
+        assert_no_secret(&h, &text);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refresh_cli_needs_the_admin_token_and_shows_the_attempt() {
+    let h = harness().await;
+    h.wait_ready().await;
+    let before = h.tokens.state.requests();
+    let (ok, out) = cli(&h, &["refresh", "api"], Some("wrong")).await;
+    assert!(!ok && out.contains("admin token"), "{out}");
+    assert_eq!(
+        h.tokens.state.requests(),
+        before,
+        "a refused refresh sends nothing"
+    );
+
+    let (ok, out) = cli(&h, &["refresh", "api", "--verbose"], Some(ADMIN_TOKEN)).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("refreshed in") && out.contains("generation 1 -> 2"),
+        "{out}"
+    );
+    assert!(out.contains("refresh token  yes"), "{out}");
+    assert_eq!(h.tokens.state.requests(), before + 1);
+    assert_no_secret(&h, &out);
+
+    h.tokens.state.set_fail(support::FailMode::Status(503));
+    let (ok, out) = cli(&h, &["refresh", "api"], Some(ADMIN_TOKEN)).await;
+    assert!(!ok && out.contains("http_503"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logout_revokes_at_the_provider_and_fails_closed() {
+    let h = harness().await;
+    h.wait_ready().await;
+    assert_eq!(
+        h.client.get(h.url("/api/x")).send().await.unwrap().status(),
+        200
+    );
+    let issued = h.tokens.state.every_issued();
+    let rt = issued
+        .iter()
+        .rev()
+        .find(|t| t.starts_with("rt_"))
+        .unwrap()
+        .clone();
+    assert!(h.tokens.state.refresh_token_active(&rt));
+
+    let (ok, out) = cli(&h, &["logout", "api"], Some(ADMIN_TOKEN)).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("refresh_token at the provider: revoked"),
+        "{out}"
+    );
+    assert!(
+        out.contains("access_token at the provider: revoked"),
+        "{out}"
+    );
+    assert!(
+        !h.tokens.state.refresh_token_active(&rt),
+        "the provider says the refresh token is inactive"
+    );
+    assert_eq!(h.tokens.state.revocations(), 2);
+    assert_no_secret(&h, &out);
+
+    let resp = h.client.get(h.url("/api/y")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["requires_reauth"], true);
+    assert_eq!(
+        h.status().await["credentials"]["api"]["state"],
+        "logged_out"
+    );
+    assert_eq!(
+        h.client
+            .get(h.admin("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
+    let made = h.tokens.state.requests();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = h.client.get(h.url("/api/z")).send().await.unwrap();
+    assert_eq!(h.tokens.state.requests(), made, "no refresh after a logout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn logout_forgets_locally_even_when_revocation_fails() {
+    let tokens = support::TokenServer::start(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let upstream = support::Upstream::start(tokens.state.clone())
+        .await
+        .unwrap();
+    let dead = format!("http://{}/revoke", support::free_addr());
+    let h = Harness::start_with(
+        tokens,
+        upstream,
+        Options {
+            credential_extra: format!("revocation_url = \"{dead}\""),
+            ..Default::default()
+        },
+    )
+    .await;
+    h.wait_ready().await;
+    let (ok, out) = cli(&h, &["logout", "api"], None).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("unreachable"),
+        "the failed revocation is reported: {out}"
+    );
+    assert_eq!(
+        h.client.get(h.url("/api/y")).send().await.unwrap().status(),
+        503
+    );
+}
+
+#[test]
+fn a_non_loopback_admin_listener_needs_an_admin_token() {
+    let text = "[server]\nadmin_listen = \"0.0.0.0:9090\"\n[credentials.c]\ngrant = \"static\"\ntoken = \"t\"\n[upstreams.u]\nurl = \"http://127.0.0.1:9/\"\npath_prefix = \"/u\"\ncredential = \"c\"\n";
+    let e = bearerd::config::Config::parse(std::path::Path::new("b.toml"), text).unwrap_err();
+    assert_eq!(e.line, 2);
+    assert!(e.to_string().contains("admin_token"), "{e}");
+    let with_token = text.replace("[credentials.c]", "admin_token = \"x\"\n[credentials.c]");
+    assert!(bearerd::config::Config::parse(std::path::Path::new("b.toml"), &with_token).is_ok());
+}
