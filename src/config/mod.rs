@@ -72,8 +72,16 @@ pub struct ClientAuth {
 /// What a token request asks for, shared by the OAuth grants.
 #[derive(Debug, Clone)]
 pub struct TokenRequestConfig {
-    pub token_url: url::Url,
+    /// Explicit endpoints; whatever is missing comes from discovery.
+    pub token_url: Option<url::Url>,
     pub revocation_url: Option<url::Url>,
+    pub authorization_url: Option<url::Url>,
+    pub device_authorization_url: Option<url::Url>,
+    /// RFC 8414 / OpenID Connect discovery from this issuer.
+    pub issuer: Option<url::Url>,
+    /// RFC 9728 discovery from this protected resource (an upstream with `discover = true`).
+    pub protected_resource: Option<url::Url>,
+    pub redirect_port: Option<u16>,
     pub client: ClientAuth,
     pub scopes: Vec<String>,
     pub resource: Option<String>,
@@ -305,7 +313,38 @@ fn lower(source: &Path, map: &SourceMap, raw: RawConfig) -> Result<Config, Confi
                 }
             }
         }
+        if ru.discover == Some(true) {
+            let cred = &mut credentials[up.credential];
+            match &mut cred.grant {
+                GrantConfig::ClientCredentials(req)
+                | GrantConfig::RefreshToken { request: req, .. } => {
+                    req.protected_resource.get_or_insert_with(|| up.url.clone());
+                }
+                GrantConfig::Static { .. } => {
+                    return Err(map.error_at(
+                        &format!("upstreams.{name}.discover"),
+                        "discovery needs an OAuth grant; the credential is static",
+                    ))
+                }
+            }
+        }
         upstreams.push(up);
+    }
+    // Every OAuth credential must be able to find its token endpoint.
+    for (cred, name) in credentials.iter().zip(raw.credentials.keys()) {
+        if let GrantConfig::ClientCredentials(req)
+        | GrantConfig::RefreshToken { request: req, .. } = &cred.grant
+        {
+            if req.token_url.is_none() && req.issuer.is_none() && req.protected_resource.is_none() {
+                return Err(map.error_at(
+                    &format!("credentials.{name}.grant"),
+                    format!(
+                        "grant {:?} needs `token_url`, or `issuer` for discovery, or an upstream with `discover = true`",
+                        cred.grant.kind()
+                    ),
+                ));
+            }
+        }
     }
 
     Ok(Config {
@@ -586,19 +625,18 @@ fn lower_token_request(
     rc: &RawCredential,
 ) -> Result<TokenRequestConfig, ConfigError> {
     let key = |k: &str| format!("credentials.{name}.{k}");
-    if rc.issuer.is_some() && rc.token_url.is_none() {
-        return Err(map.error_at(
-            &key("issuer"),
-            "issuer discovery is not available in this build; set token_url",
-        ));
-    }
-    let Some(token_url) = &rc.token_url else {
-        return Err(map.error_at(
-            &key("grant"),
-            format!("grant {:?} needs `token_url`", rc.grant),
-        ));
-    };
-    let token_url = http_url(map, &key("token_url"), token_url)?;
+    let optional_url =
+        |field: &str, value: &Option<String>| -> Result<Option<url::Url>, ConfigError> {
+            value
+                .as_deref()
+                .map(|v| http_url(map, &key(field), v))
+                .transpose()
+        };
+    let token_url = optional_url("token_url", &rc.token_url)?;
+    let issuer = optional_url("issuer", &rc.issuer)?;
+    let authorization_url = optional_url("authorization_url", &rc.authorization_url)?;
+    let device_authorization_url =
+        optional_url("device_authorization_url", &rc.device_authorization_url)?;
     let Some(client_id) = rc.client_id.clone().filter(|c| !c.trim().is_empty()) else {
         return Err(map.error_at(
             &key("client_id"),
@@ -659,13 +697,15 @@ fn lower_token_request(
     if let Some(ca) = &rc.ca_file {
         load_ca_file(ca).map_err(|m| map.error_at(&key("ca_file"), m))?;
     }
-    let revocation_url = match &rc.revocation_url {
-        Some(u) => Some(http_url(map, &key("revocation_url"), u)?),
-        None => None,
-    };
+    let revocation_url = optional_url("revocation_url", &rc.revocation_url)?;
     Ok(TokenRequestConfig {
         token_url,
         revocation_url,
+        authorization_url,
+        device_authorization_url,
+        issuer,
+        protected_resource: None,
+        redirect_port: rc.redirect_port,
         client: ClientAuth {
             client_id,
             client_secret,

@@ -53,6 +53,12 @@ pub struct RawCredential {
     pub token_url: Option<String>,
     /// RFC 7009 revocation endpoint, used by logout.
     pub revocation_url: Option<String>,
+    /// Authorization endpoint for `bearerd login` (code + PKCE).
+    pub authorization_url: Option<String>,
+    /// Device authorization endpoint for `bearerd login --device` (RFC 8628).
+    pub device_authorization_url: Option<String>,
+    /// Loopback port for the login redirect (default: any free port, RFC 8252).
+    pub redirect_port: Option<u16>,
     pub issuer: Option<String>,
     pub client_id: Option<String>,
     pub client_secret: Option<RawSecretRef>,
@@ -89,6 +95,9 @@ pub struct RawUpstream {
     pub path_prefix: Option<String>,
     pub listen: Option<String>,
     pub credential: String,
+    /// Find the credential's authorization server from this upstream's protected resource
+    /// metadata (RFC 9728), as MCP servers advertise it.
+    pub discover: Option<bool>,
     /// A PEM bundle trusted for this upstream instead of the system roots.
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Option<String>,

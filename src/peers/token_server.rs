@@ -97,12 +97,22 @@ impl TokenServer {
             last_form: Mutex::new(Vec::new()),
             every_issued: Mutex::new(Vec::new()),
         });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let issuer = format!("http://{addr}");
+        let metadata = json!({
+            "issuer": issuer,
+            "token_endpoint": format!("{issuer}/token"),
+            "revocation_endpoint": format!("{issuer}/revoke"),
+        });
         let app = Router::new()
             .route("/token", post(token))
             .route("/revoke", post(revoke))
+            .route(
+                "/.well-known/oauth-authorization-server",
+                axum::routing::get(move || async move { Json(metadata) }),
+            )
             .with_state(Arc::clone(&state));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -111,6 +121,11 @@ impl TokenServer {
 
     pub fn token_url(&self) -> String {
         format!("http://{}/token", self.addr)
+    }
+
+    /// The issuer identifier; its RFC 8414 metadata is served.
+    pub fn issuer(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
     pub fn revocation_url(&self) -> String {

@@ -36,6 +36,9 @@ pub struct UpstreamState {
     seen: Mutex<Vec<SeenRequest>>,
     /// Delay between SSE events.
     pub sse_gap: Mutex<Duration>,
+    /// When set, the upstream is an RFC 9728 protected resource of this authorization
+    /// server: its 401s name the metadata, served at /.well-known/oauth-protected-resource.
+    pub authorization_server: Mutex<Option<String>>,
 }
 
 pub struct Upstream {
@@ -78,6 +81,7 @@ impl UpstreamState {
             reject_all: AtomicBool::new(false),
             seen: Mutex::new(Vec::new()),
             sse_gap: Mutex::new(Duration::from_secs(3)),
+            authorization_server: Mutex::new(None),
         }
     }
     pub fn requests(&self) -> usize {
@@ -96,8 +100,24 @@ impl UpstreamState {
 }
 
 async fn handle(State(state): State<Arc<UpstreamState>>, req: Request) -> Response {
-    state.requests.fetch_add(1, Ordering::SeqCst);
     let (parts, body) = req.into_parts();
+    let host = parts
+        .headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost")
+        .to_string();
+    let authorization_server = state.authorization_server.lock().unwrap().clone();
+    if let Some(server) = &authorization_server {
+        if parts.uri.path() == "/.well-known/oauth-protected-resource" {
+            return Json(json!({
+                "resource": format!("http://{host}/"),
+                "authorization_servers": [server],
+            }))
+            .into_response();
+        }
+    }
+    state.requests.fetch_add(1, Ordering::SeqCst);
     let body = axum::body::to_bytes(body, 16 * 1024 * 1024)
         .await
         .unwrap_or_default();
@@ -121,9 +141,15 @@ async fn handle(State(state): State<Arc<UpstreamState>>, req: Request) -> Respon
     });
     let Some(serial) = serial.filter(|_| !state.reject_all.load(Ordering::SeqCst)) else {
         state.unauthorized.fetch_add(1, Ordering::SeqCst);
+        let challenge = match authorization_server {
+            Some(_) => format!(
+                "Bearer error=\"invalid_token\", resource_metadata=\"http://{host}/.well-known/oauth-protected-resource\""
+            ),
+            None => "Bearer error=\"invalid_token\"".to_string(),
+        };
         return (
             StatusCode::UNAUTHORIZED,
-            [("www-authenticate", "Bearer error=\"invalid_token\"")],
+            [("www-authenticate", challenge)],
             Json(json!({"error": "invalid_token"})),
         )
             .into_response();

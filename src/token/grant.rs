@@ -8,6 +8,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 
+use super::discovery::{self, ProviderEndpoints};
 use crate::config::{same_secret, ClientAuthMethod, GrantConfig, SecretRef, TokenRequestConfig};
 
 /// A token as the grant produced it.
@@ -248,6 +249,8 @@ impl Grant {
 pub struct TokenEndpoint {
     http: reqwest::Client,
     config: TokenRequestConfig,
+    /// Endpoints found by discovery, once it has succeeded.
+    discovered: tokio::sync::OnceCell<ProviderEndpoints>,
 }
 
 #[derive(Deserialize)]
@@ -293,7 +296,57 @@ impl TokenEndpoint {
         Ok(TokenEndpoint {
             http,
             config: config.clone(),
+            discovered: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The configured endpoints, completed by discovery (from the issuer, or from the
+    /// protected resource) when something is missing. Discovery runs once; a failure is
+    /// transient and tried again at the next attempt.
+    pub async fn endpoints(&self) -> Result<ProviderEndpoints, GrantError> {
+        let c = &self.config;
+        let explicit = ProviderEndpoints {
+            token: c.token_url.clone(),
+            revocation: c.revocation_url.clone(),
+            authorization: c.authorization_url.clone(),
+            device_authorization: c.device_authorization_url.clone(),
+            resource: None,
+        };
+        if c.issuer.is_none() && c.protected_resource.is_none() {
+            return Ok(explicit);
+        }
+        let discovered = self
+            .discovered
+            .get_or_try_init(|| async {
+                let found = match (&c.issuer, &c.protected_resource) {
+                    (Some(issuer), _) => discovery::from_issuer(&self.http, issuer).await,
+                    (None, Some(resource)) => {
+                        discovery::from_protected_resource(&self.http, resource).await
+                    }
+                    (None, None) => Ok(ProviderEndpoints::default()),
+                };
+                match &found {
+                    Ok(e) => tracing::info!(
+                        token_endpoint = e.token.as_ref().map(|u| u.as_str()),
+                        revocation_endpoint = e.revocation.as_ref().map(|u| u.as_str()),
+                        resource = e.resource.as_deref(),
+                        "discovered the authorization server"
+                    ),
+                    Err(m) => tracing::warn!(error = %m, "discovery failed"),
+                }
+                found
+            })
+            .await
+            .map_err(|m| GrantError::transient("discovery_failed", m))?;
+        Ok(explicit.or(discovered.clone()))
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub fn config(&self) -> &TokenRequestConfig {
+        &self.config
     }
 
     /// Adds client authentication: a Basic header, or the client id (and secret) in the form.
@@ -331,8 +384,9 @@ impl TokenEndpoint {
 
     /// Revokes one token (RFC 7009). Best effort: the outcome is reported, never retried.
     pub async fn revoke(&self, token: &SecretString, hint: &'static str) -> Result<(), String> {
-        let Some(url) = &self.config.revocation_url else {
-            return Err("no revocation endpoint is configured (revocation_url)".into());
+        let endpoints = self.endpoints().await.map_err(|e| e.message)?;
+        let Some(url) = &endpoints.revocation else {
+            return Err("the provider has no revocation endpoint (set revocation_url)".into());
         };
         let mut form = vec![
             ("token", token.expose_secret().to_string()),
@@ -362,12 +416,16 @@ impl TokenEndpoint {
         if !c.scopes.is_empty() {
             form.push(("scope", c.scopes.join(" ")));
         }
-        if let Some(r) = &c.resource {
-            form.push(("resource", r.clone()));
+        let endpoints = self.endpoints().await?;
+        let token_url = endpoints.token.ok_or_else(|| {
+            GrantError::permanent("no_token_endpoint", "discovery found no token_endpoint")
+        })?;
+        if let Some(r) = c.resource.clone().or(endpoints.resource) {
+            form.push(("resource", r));
         }
         let req = self
             .http
-            .post(c.token_url.clone())
+            .post(token_url)
             .header("accept", "application/json");
         let req = self.authenticate(req, &mut form)?;
         let mut body: Vec<(String, String)> =

@@ -4,6 +4,7 @@
 //! through one loop, so there is exactly one refresh in flight per credential.
 
 pub mod credential;
+pub mod discovery;
 pub mod grant;
 pub mod refresher;
 pub mod schedule;

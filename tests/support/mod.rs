@@ -21,6 +21,16 @@ pub fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discovery {
+    /// `token_url` is configured.
+    None,
+    /// `issuer` is configured (RFC 8414 metadata).
+    Issuer,
+    /// The upstream has `discover = true` (RFC 9728 protected resource metadata).
+    ProtectedResource,
+}
+
 /// Options for one harness; `credential_extra` and `upstream_extra` are TOML lines added to
 /// the `[credentials.api]` and `[upstreams.api]` tables.
 pub struct Options {
@@ -29,6 +39,8 @@ pub struct Options {
     pub credential_extra: String,
     pub upstream_extra: String,
     pub server_extra: String,
+    /// How the token endpoint is found.
+    pub discovery: Discovery,
     /// Extra `[store]` lines (e.g. a file store).
     pub store: String,
     /// Replace the upstream URL (e.g. a TLS upstream); `{upstream}` is the plain one.
@@ -47,6 +59,7 @@ impl Default for Options {
             upstream_url: None,
             token_delay: Duration::ZERO,
             store: String::new(),
+            discovery: Discovery::None,
         }
     }
 }
@@ -111,7 +124,7 @@ admin_listen = "{admin}"
 
 [credentials.api]
 grant = "{grant}"
-token_url = "{token_url}"
+{endpoint}
 client_id = "{client_id}"
 client_secret = "{client_secret}"
 scopes = ["demo.read"]
@@ -123,6 +136,7 @@ backoff_cap = "2s"
 url = "{upstream_url}"
 path_prefix = "/api"
 credential = "api"
+{discover}
 {upstream_extra}
 "#,
             proxy = free_addr(),
@@ -130,7 +144,17 @@ credential = "api"
             server_extra = opts.server_extra,
             store = opts.store,
             grant = opts.grant,
-            token_url = tokens.token_url(),
+            endpoint = match opts.discovery {
+                Discovery::None => format!("token_url = \"{}\"", tokens.token_url()),
+                Discovery::Issuer => format!("issuer = \"{}\"", tokens.issuer()),
+                Discovery::ProtectedResource => String::new(),
+            },
+            discover = if opts.discovery == Discovery::ProtectedResource {
+                *upstream.state.authorization_server.lock().unwrap() = Some(tokens.issuer());
+                "discover = true"
+            } else {
+                ""
+            },
             client_id = token_server::CLIENT_ID,
             client_secret = token_server::CLIENT_SECRET,
             credential_extra = opts.credential_extra,

@@ -1,0 +1,214 @@
+//! Finding a provider's endpoints: authorization server metadata (RFC 8414, then OpenID
+//! Connect discovery) from an issuer, and the issuer itself from a protected resource's
+//! metadata (RFC 9728), as MCP servers advertise it in a 401's `WWW-Authenticate`.
+
+use serde::Deserialize;
+use url::Url;
+
+/// The endpoints bearerd may use. Explicit config values take precedence over these.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderEndpoints {
+    pub token: Option<Url>,
+    pub revocation: Option<Url>,
+    pub authorization: Option<Url>,
+    pub device_authorization: Option<Url>,
+    /// RFC 8707 resource from the protected resource's metadata.
+    pub resource: Option<String>,
+}
+
+impl ProviderEndpoints {
+    /// Fills what `self` lacks from `other`.
+    pub fn or(self, other: ProviderEndpoints) -> ProviderEndpoints {
+        ProviderEndpoints {
+            token: self.token.or(other.token),
+            revocation: self.revocation.or(other.revocation),
+            authorization: self.authorization.or(other.authorization),
+            device_authorization: self.device_authorization.or(other.device_authorization),
+            resource: self.resource.or(other.resource),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct AuthorizationServerMetadata {
+    issuer: Option<String>,
+    token_endpoint: Option<String>,
+    revocation_endpoint: Option<String>,
+    authorization_endpoint: Option<String>,
+    device_authorization_endpoint: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ProtectedResourceMetadata {
+    resource: Option<String>,
+    #[serde(default)]
+    authorization_servers: Vec<String>,
+}
+
+fn parse_url(field: &str, value: Option<String>) -> Result<Option<Url>, String> {
+    match value {
+        None => Ok(None),
+        Some(v) => Url::parse(&v)
+            .map(Some)
+            .map_err(|e| format!("metadata field {field} is not a URL ({v:?}): {e}")),
+    }
+}
+
+/// `https://host/path` → `https://host/.well-known/{suffix}/path` (RFC 8414 §3, RFC 9728 §3).
+fn well_known_inserted(base: &Url, suffix: &str) -> Url {
+    let mut u = base.clone();
+    let path = base.path().trim_end_matches('/');
+    u.set_path(&format!("/.well-known/{suffix}{path}"));
+    u.set_query(None);
+    u
+}
+
+/// `https://host/path` → `https://host/path/.well-known/openid-configuration`.
+fn well_known_appended(base: &Url, suffix: &str) -> Url {
+    let mut u = base.clone();
+    let path = base.path().trim_end_matches('/');
+    u.set_path(&format!("{path}/.well-known/{suffix}"));
+    u.set_query(None);
+    u
+}
+
+async fn get_json<T: for<'de> Deserialize<'de>>(
+    http: &reqwest::Client,
+    url: &Url,
+) -> Result<T, String> {
+    let resp = http
+        .get(url.clone())
+        .header("accept", "application/json")
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    if !resp.status().is_success() {
+        return Err(format!("{url} answered {}", resp.status()));
+    }
+    let bytes = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("{url} is not valid metadata: {e}"))
+}
+
+/// Authorization server metadata for `issuer`: RFC 8414 first, then OpenID Connect.
+pub async fn from_issuer(
+    http: &reqwest::Client,
+    issuer: &Url,
+) -> Result<ProviderEndpoints, String> {
+    let candidates = [
+        well_known_inserted(issuer, "oauth-authorization-server"),
+        well_known_inserted(issuer, "openid-configuration"),
+        well_known_appended(issuer, "openid-configuration"),
+    ];
+    let mut errors = Vec::new();
+    for url in candidates {
+        match get_json::<AuthorizationServerMetadata>(http, &url).await {
+            Ok(m) => {
+                // RFC 8414 §3.3: the metadata must be for the issuer that was asked for.
+                if let Some(found) = &m.issuer {
+                    if found.trim_end_matches('/') != issuer.as_str().trim_end_matches('/') {
+                        errors.push(format!("{url} names issuer {found:?}, not {issuer}"));
+                        continue;
+                    }
+                }
+                return Ok(ProviderEndpoints {
+                    token: parse_url("token_endpoint", m.token_endpoint)?,
+                    revocation: parse_url("revocation_endpoint", m.revocation_endpoint)?,
+                    authorization: parse_url("authorization_endpoint", m.authorization_endpoint)?,
+                    device_authorization: parse_url(
+                        "device_authorization_endpoint",
+                        m.device_authorization_endpoint,
+                    )?,
+                    resource: None,
+                });
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    Err(format!(
+        "no authorization server metadata for {issuer}: {}",
+        errors.join("; ")
+    ))
+}
+
+/// The `resource_metadata` parameter of a `WWW-Authenticate: Bearer …` challenge.
+pub fn resource_metadata_param(header: &str) -> Option<String> {
+    let at = header.find("resource_metadata=")? + "resource_metadata=".len();
+    let rest = &header[at..];
+    let value = match rest.strip_prefix('"') {
+        Some(quoted) => &quoted[..quoted.find('"')?],
+        None => rest.split([',', ' ']).next()?,
+    };
+    Some(value.to_string())
+}
+
+/// RFC 9728: asks the protected resource (without a token) where its authorization server
+/// is, then discovers that server. Falls back to the well-known location when the 401 names
+/// no metadata.
+pub async fn from_protected_resource(
+    http: &reqwest::Client,
+    resource: &Url,
+) -> Result<ProviderEndpoints, String> {
+    let resp = http
+        .get(resource.clone())
+        .send()
+        .await
+        .map_err(|e| format!("{resource}: {e}"))?;
+    let advertised = resp
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(resource_metadata_param);
+    let metadata_url = match advertised {
+        Some(u) => {
+            Url::parse(&u).map_err(|e| format!("resource_metadata {u:?} is not a URL: {e}"))?
+        }
+        None => well_known_inserted(resource, "oauth-protected-resource"),
+    };
+    let prm: ProtectedResourceMetadata = get_json(http, &metadata_url).await?;
+    let issuer = prm
+        .authorization_servers
+        .first()
+        .ok_or_else(|| format!("{metadata_url} lists no authorization_servers"))?;
+    let issuer = Url::parse(issuer)
+        .map_err(|e| format!("authorization server {issuer:?} is not a URL: {e}"))?;
+    let mut endpoints = from_issuer(http, &issuer).await?;
+    endpoints.resource = prm.resource;
+    Ok(endpoints)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn well_known_urls() {
+        let u = Url::parse("https://idp.example.com/tenant1").unwrap();
+        assert_eq!(
+            well_known_inserted(&u, "oauth-authorization-server").as_str(),
+            "https://idp.example.com/.well-known/oauth-authorization-server/tenant1"
+        );
+        assert_eq!(
+            well_known_appended(&u, "openid-configuration").as_str(),
+            "https://idp.example.com/tenant1/.well-known/openid-configuration"
+        );
+        let root = Url::parse("https://idp.example.com/").unwrap();
+        assert_eq!(
+            well_known_inserted(&root, "oauth-authorization-server").as_str(),
+            "https://idp.example.com/.well-known/oauth-authorization-server"
+        );
+    }
+
+    #[test]
+    fn parses_resource_metadata_from_challenges() {
+        assert_eq!(
+            resource_metadata_param(r#"Bearer error="invalid_token", resource_metadata="https://m.example/.well-known/oauth-protected-resource""#).as_deref(),
+            Some("https://m.example/.well-known/oauth-protected-resource")
+        );
+        assert_eq!(
+            resource_metadata_param("Bearer resource_metadata=https://x/y, error=1").as_deref(),
+            Some("https://x/y")
+        );
+        assert_eq!(resource_metadata_param("Bearer realm=\"x\""), None);
+    }
+}
