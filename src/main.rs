@@ -54,6 +54,16 @@ enum Command {
         #[arg(long)]
         verbose: bool,
     },
+    /// Authorize a refresh_token credential once, by browser (code + PKCE) or device code,
+    /// and hand the refresh token to the running sidecar.
+    Login {
+        name: String,
+        /// Use the device grant (RFC 8628) instead of a browser redirect.
+        #[arg(long)]
+        device: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Revoke a credential's tokens at the provider (best effort) and forget them.
     Logout {
         name: String,
@@ -220,6 +230,27 @@ fn main() -> ExitCode {
             println!("{name}: forgotten locally; requests now get 503 until a login");
             Ok(v["forgotten"].as_bool() == Some(true))
         }),
+        Command::Login {
+            name,
+            device,
+            admin,
+        } => {
+            let config = admin
+                .config
+                .clone()
+                .or_else(|| std::env::var_os("BEARERD_CONFIG").map(PathBuf::from))
+                .unwrap_or_else(|| PathBuf::from("bearerd.toml"));
+            let loaded = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            with_admin(admin, |client| async move {
+                login(&loaded, &name, device, &client).await
+            })
+        }
         Command::Keygen => {
             println!("{}", bearerd::store::generate_key());
             ExitCode::SUCCESS
@@ -235,4 +266,77 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+struct TerminalPrompt;
+
+impl bearerd::token::login::LoginPrompt for TerminalPrompt {
+    fn open_url(&self, url: &str) {
+        println!("Open this URL in a browser to log in (waiting up to 10 minutes):\n\n  {url}\n");
+    }
+    fn enter_code(&self, verification_uri: &str, user_code: &str, complete: Option<&str>) {
+        println!("Go to {verification_uri} and enter the code {user_code}");
+        if let Some(c) = complete {
+            println!("(or open {c})");
+        }
+    }
+}
+
+/// Runs the login flow for `name` and hands the refresh token to the sidecar.
+async fn login(
+    config: &Config,
+    name: &str,
+    device: bool,
+    client: &AdminClient,
+) -> Result<bool, String> {
+    use bearerd::config::GrantConfig;
+    use bearerd::token::{grant::TokenEndpoint, login};
+    let cred = config.credential(name).ok_or_else(|| {
+        format!(
+            "no credential named {name:?} in {}",
+            config.source.display()
+        )
+    })?;
+    let GrantConfig::RefreshToken { request, .. } = &cred.grant else {
+        return Err(format!(
+            "credential {name} uses grant {:?}; login needs grant \"refresh_token\"",
+            cred.grant.kind()
+        ));
+    };
+    let endpoint = TokenEndpoint::new(request)?;
+    let (token, refresh_token) = if device {
+        login::device(&endpoint, &TerminalPrompt).await?
+    } else {
+        login::authorization_code(
+            &endpoint,
+            request.redirect_port.unwrap_or(0),
+            &TerminalPrompt,
+        )
+        .await?
+    };
+    let Some(refresh_token) = refresh_token else {
+        return Err(
+            "the provider issued no refresh token (does the client need the offline_access scope?)"
+                .into(),
+        );
+    };
+    drop(token);
+    let body = serde_json::json!({ "refresh_token": secrecy::ExposeSecret::expose_secret(&refresh_token) });
+    let (code, v) = client
+        .post(&format!("/credentials/{name}/login"), Some(body))
+        .await?;
+    if code != 200 {
+        return Err(format!(
+            "logged in at the provider, but the sidecar refused the refresh token ({code}): {}",
+            v["error"]
+                .as_str()
+                .or(v["status"]["last_error"]["message"].as_str())
+                .unwrap_or("unknown")
+        ));
+    }
+    println!(
+        "{name}: logged in; the sidecar holds a token (generation {})",
+        v["generation"]
+    );
+    Ok(true)
 }

@@ -95,7 +95,8 @@ pub enum GrantConfig {
     ClientCredentials(TokenRequestConfig),
     RefreshToken {
         request: TokenRequestConfig,
-        seed: SecretRef,
+        /// The configured refresh token; none when it comes from `bearerd login`.
+        seed: Option<SecretRef>,
     },
     Static {
         token: SecretRef,
@@ -566,14 +567,10 @@ fn lower_credential(
         "refresh_token" => {
             only_for("token", rc.token.is_some(), "static")?;
             let request = lower_token_request(map, name, rc)?;
+            // Without a seed the credential waits for `bearerd login`.
             let seed = match &rc.refresh_token {
-                Some(r) => lower_secret(map, &key("refresh_token"), r)?,
-                None => {
-                    return Err(map.error_at(
-                        &key("grant"),
-                        "grant \"refresh_token\" needs `refresh_token = { file = \"…\" }` (or { env = \"…\" }) to seed it",
-                    ))
-                }
+                Some(r) => Some(lower_secret(map, &key("refresh_token"), r)?),
+                None => None,
             };
             GrantConfig::RefreshToken { request, seed }
         }

@@ -57,6 +57,10 @@ pub struct TokenServerState {
     last_form: Mutex<Vec<(String, String)>>,
     /// Every access and refresh token ever issued, for leak checks.
     every_issued: Mutex<Vec<String>>,
+    /// Authorization codes: code → (PKCE challenge, redirect_uri).
+    codes: Mutex<HashMap<String, (String, String)>>,
+    /// Device codes: device_code → (approved, polls so far).
+    devices: Mutex<HashMap<String, (bool, u32)>>,
 }
 
 pub struct TokenServer {
@@ -96,6 +100,8 @@ impl TokenServer {
             client_secret: CLIENT_SECRET.to_string(),
             last_form: Mutex::new(Vec::new()),
             every_issued: Mutex::new(Vec::new()),
+            codes: Mutex::new(HashMap::new()),
+            devices: Mutex::new(HashMap::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -104,10 +110,14 @@ impl TokenServer {
             "issuer": issuer,
             "token_endpoint": format!("{issuer}/token"),
             "revocation_endpoint": format!("{issuer}/revoke"),
+            "authorization_endpoint": format!("{issuer}/authorize"),
+            "device_authorization_endpoint": format!("{issuer}/device"),
         });
         let app = Router::new()
             .route("/token", post(token))
             .route("/revoke", post(revoke))
+            .route("/authorize", axum::routing::get(authorize))
+            .route("/device", post(device_authorization))
             .route(
                 "/.well-known/oauth-authorization-server",
                 axum::routing::get(move || async move { Json(metadata) }),
@@ -170,6 +180,16 @@ impl TokenServerState {
         self.refresh.lock().unwrap().active.insert(rt.clone());
         self.every_issued.lock().unwrap().push(rt.clone());
         rt
+    }
+    /// Approves every pending device code (the user entered it and consented).
+    pub fn approve_devices(&self) {
+        for d in self.devices.lock().unwrap().values_mut() {
+            d.0 = true;
+        }
+    }
+    /// Device codes issued so far.
+    pub fn device_codes(&self) -> usize {
+        self.devices.lock().unwrap().len()
     }
     /// Tokens revoked through the revocation endpoint (RFC 7009).
     pub fn revocations(&self) -> usize {
@@ -290,6 +310,46 @@ async fn token(
     }
     match form.get("grant_type").map(String::as_str) {
         Some("client_credentials") => Json(state.issue(false)).into_response(),
+        Some("authorization_code") => {
+            let (Some(code), Some(verifier), Some(redirect)) = (
+                form.get("code"),
+                form.get("code_verifier"),
+                form.get("redirect_uri"),
+            ) else {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
+            };
+            let Some((challenge, expected_redirect)) = state.codes.lock().unwrap().remove(code)
+            else {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+            };
+            use sha2::Digest;
+            let computed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(sha2::Sha256::digest(verifier.as_bytes()));
+            if computed != challenge || redirect != &expected_redirect {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+            }
+            Json(state.issue(true)).into_response()
+        }
+        Some("urn:ietf:params:oauth:grant-type:device_code") => {
+            let Some(device_code) = form.get("device_code") else {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
+            };
+            let mut devices = state.devices.lock().unwrap();
+            let Some(d) = devices.get_mut(device_code) else {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+            };
+            d.1 += 1;
+            // The first poll is told to slow down, to exercise the client's handling.
+            if d.1 == 1 {
+                return oauth_error(StatusCode::BAD_REQUEST, "slow_down");
+            }
+            if !d.0 {
+                return oauth_error(StatusCode::BAD_REQUEST, "authorization_pending");
+            }
+            devices.remove(device_code);
+            drop(devices);
+            Json(state.issue(true)).into_response()
+        }
         Some("refresh_token") => {
             let Some(rt) = form.get("refresh_token") else {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
@@ -335,4 +395,71 @@ async fn revoke(
         }
     }
     StatusCode::OK.into_response()
+}
+
+/// Auto-approving authorization endpoint: records the PKCE challenge and redirects back with
+/// a code, as if the user had logged in and consented.
+async fn authorize(
+    State(state): State<Arc<TokenServerState>>,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> Response {
+    let (Some(redirect), Some(challenge), Some(st)) = (
+        q.get("redirect_uri"),
+        q.get("code_challenge"),
+        q.get("state"),
+    ) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "missing redirect_uri, code_challenge or state",
+        )
+            .into_response();
+    };
+    if q.get("code_challenge_method").map(String::as_str) != Some("S256")
+        || q.get("client_id") != Some(&state.client_id)
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            "S256 and the known client are required",
+        )
+            .into_response();
+    }
+    let code = format!("code_{}", random_hex());
+    state
+        .codes
+        .lock()
+        .unwrap()
+        .insert(code.clone(), (challenge.clone(), redirect.clone()));
+    let location = format!(
+        "{redirect}?code={code}&state={}",
+        url::form_urlencoded::byte_serialize(st.as_bytes()).collect::<String>()
+    );
+    (StatusCode::FOUND, [("location", location)]).into_response()
+}
+
+/// RFC 8628 device authorization: the test approves with `approve_devices`.
+async fn device_authorization(
+    State(state): State<Arc<TokenServerState>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    if !client_authenticated(&state, &headers, &form) {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
+    }
+    let device_code = format!("dc_{}", random_hex());
+    state
+        .devices
+        .lock()
+        .unwrap()
+        .insert(device_code.clone(), (false, 0));
+    Json(json!({
+        "device_code": device_code,
+        "user_code": "WDJB-MJHT",
+        "verification_uri": "http://127.0.0.1/device",
+        "expires_in": 600,
+        "interval": 1,
+    }))
+    .into_response()
 }

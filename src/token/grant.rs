@@ -65,7 +65,7 @@ pub enum Grant {
     ClientCredentials(TokenEndpoint),
     RefreshToken {
         endpoint: TokenEndpoint,
-        seed: SecretRef,
+        seed: Option<SecretRef>,
         /// The refresh token to use next: rotated ones, or one restored from the store.
         current: Mutex<Option<SecretString>>,
         /// The seed value once it has been sent, so the same seed is never sent twice.
@@ -129,7 +129,7 @@ impl Grant {
                 match current {
                     Some(rt) => Some(rt),
                     // The seed counts only until it has been sent.
-                    None => seed.resolve().ok().filter(|s| {
+                    None => seed.as_ref()?.resolve().ok().filter(|s| {
                         !spent_seed
                             .try_lock()
                             .is_ok_and(|spent| spent.as_ref().is_some_and(|x| same_secret(x, s)))
@@ -150,7 +150,7 @@ impl Grant {
         } = self
         {
             *current.lock().await = None;
-            *spent_seed.lock().await = seed.resolve().ok();
+            *spent_seed.lock().await = seed.as_ref().and_then(|s| s.resolve().ok());
         }
     }
 
@@ -186,6 +186,12 @@ impl Grant {
                 let rt = match current.as_ref() {
                     Some(rt) => rt.clone(),
                     None => {
+                        let Some(seed) = seed else {
+                            return Err(GrantError::permanent(
+                                "login_required",
+                                "no refresh token yet: run `bearerd login` for this credential",
+                            ));
+                        };
                         let fresh = seed
                             .resolve()
                             .map_err(|m| GrantError::permanent("refresh_token_unavailable", m))?;
@@ -350,7 +356,7 @@ impl TokenEndpoint {
     }
 
     /// Adds client authentication: a Basic header, or the client id (and secret) in the form.
-    fn authenticate(
+    pub fn authenticate(
         &self,
         mut req: reqwest::RequestBuilder,
         form: &mut Vec<(&'static str, String)>,
@@ -412,10 +418,19 @@ impl TokenEndpoint {
         &self,
         mut form: Vec<(&'static str, String)>,
     ) -> Result<(IssuedToken, Option<SecretString>), GrantError> {
-        let c = &self.config;
-        if !c.scopes.is_empty() {
-            form.push(("scope", c.scopes.join(" ")));
+        if !self.config.scopes.is_empty() {
+            form.push(("scope", self.config.scopes.join(" ")));
         }
+        self.exchange(form).await
+    }
+
+    /// Sends a token request with exactly these grant fields (plus client authentication,
+    /// `resource` and `params`). Used by the grants and by `bearerd login`.
+    pub async fn exchange(
+        &self,
+        mut form: Vec<(&'static str, String)>,
+    ) -> Result<(IssuedToken, Option<SecretString>), GrantError> {
+        let c = &self.config;
         let endpoints = self.endpoints().await?;
         let token_url = endpoints.token.ok_or_else(|| {
             GrantError::permanent("no_token_endpoint", "discovery found no token_endpoint")

@@ -6,6 +6,7 @@
 pub mod credential;
 pub mod discovery;
 pub mod grant;
+pub mod login;
 pub mod refresher;
 pub mod schedule;
 
