@@ -3,6 +3,7 @@
 //!   `state` bound to this attempt that expires after 10 minutes.
 //! - The device grant (RFC 8628), polling at the server's `interval` and slowing down on
 //!   `slow_down`.
+//!
 //! The refresh token is then handed to the running sidecar through the admin API.
 
 use std::time::{Duration, Instant};
