@@ -38,7 +38,8 @@ struct Issued {
 #[derive(Default)]
 struct RefreshTokens {
     active: HashSet<String>,
-    spent: HashSet<String>,
+    /// Spent refresh token → when it was spent, and the one that replaced it.
+    spent: HashMap<String, (Instant, String)>,
 }
 
 pub struct TokenServerState {
@@ -51,6 +52,9 @@ pub struct TokenServerState {
     issued: Mutex<HashMap<String, Issued>>,
     refresh: Mutex<RefreshTokens>,
     reuse_detected: AtomicUsize,
+    /// Reuse of a spent refresh token is forgiven for this long (0: never).
+    reuse_grace_ms: AtomicU64,
+    grace_reuses: AtomicUsize,
     revocations: AtomicUsize,
     client_id: String,
     client_secret: String,
@@ -95,6 +99,8 @@ impl TokenServer {
             issued: Mutex::new(HashMap::new()),
             refresh: Mutex::new(RefreshTokens::default()),
             reuse_detected: AtomicUsize::new(0),
+            reuse_grace_ms: AtomicU64::new(0),
+            grace_reuses: AtomicUsize::new(0),
             revocations: AtomicUsize::new(0),
             client_id: CLIENT_ID.to_string(),
             client_secret: CLIENT_SECRET.to_string(),
@@ -198,6 +204,16 @@ impl TokenServerState {
     /// Whether a refresh token is still usable (what introspection would say).
     pub fn refresh_token_active(&self, rt: &str) -> bool {
         self.refresh.lock().unwrap().active.contains(rt)
+    }
+    /// Forgives the reuse of a spent refresh token for this long after it was spent, as
+    /// Okta's grace period and Auth0's reuse interval do. Zero (the default) is strict.
+    pub fn set_reuse_grace(&self, d: Duration) {
+        self.reuse_grace_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+    /// Reuses forgiven by the grace period.
+    pub fn grace_reuses(&self) -> usize {
+        self.grace_reuses.load(Ordering::SeqCst)
     }
     /// How often a spent refresh token was presented again (each time revoked the grant).
     pub fn reuse_detected(&self) -> usize {
@@ -354,9 +370,10 @@ async fn token(
             let Some(rt) = form.get("refresh_token") else {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
             };
-            {
-                let mut r = state.refresh.lock().unwrap();
-                if r.spent.contains(rt) {
+            let grace = Duration::from_millis(state.reuse_grace_ms.load(Ordering::SeqCst));
+            let mut r = state.refresh.lock().unwrap();
+            if let Some((spent_at, successor)) = r.spent.get(rt).cloned() {
+                if spent_at.elapsed() >= grace {
                     // Reuse: assume theft and revoke the whole grant.
                     state.reuse_detected.fetch_add(1, Ordering::SeqCst);
                     r.active.clear();
@@ -364,12 +381,24 @@ async fn token(
                     state.revoke_access_tokens();
                     return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
                 }
-                if !r.active.remove(rt) {
-                    return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
-                }
-                r.spent.insert(rt.clone());
+                // Inside the grace period (as Okta and Auth0 offer): the client evidently
+                // never received the successor, which is replaced.
+                state.grace_reuses.fetch_add(1, Ordering::SeqCst);
+                r.active.remove(&successor);
+            } else if !r.active.remove(rt) {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
             }
-            Json(state.issue(true)).into_response()
+            drop(r);
+            let body = state.issue(true);
+            let successor = body["refresh_token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let mut r = state.refresh.lock().unwrap();
+            let spent_at = r.spent.get(rt).map_or_else(Instant::now, |s| s.0);
+            r.spent.insert(rt.clone(), (spent_at, successor));
+            drop(r);
+            Json(body).into_response()
         }
         _ => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
     }

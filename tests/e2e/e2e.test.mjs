@@ -1,0 +1,421 @@
+// bearerd end to end: a real OpenID provider (oidc-provider), a real MCP server
+// (@modelcontextprotocol/sdk, Streamable HTTP) and the real bearerd binary between them.
+//
+//   bash run.sh            (or: node --test e2e.test.mjs, with BEARERD_BIN=... if needed)
+//
+// E2E_VERBOSE=1 echoes every child's stderr.
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
+import { LoggingMessageNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
+
+import { authorize, completeDeviceFlow } from './browser.mjs';
+import {
+  bearerd, bearerdCli, freePorts, getJson, sleep, startNodeService, until,
+} from './harness.mjs';
+import { CLIENTS } from './oidc.mjs';
+
+const ROTATIONS = 3;
+
+let tmp;
+let cfgPath;
+let oidc; // Child, .info.issuer
+let mcp; // Child, .info.port, .info.resource
+let sidecar; // Child
+let proxy; // http://127.0.0.1:PORT of proxy_listen
+let admin; // http://127.0.0.1:PORT of admin_listen
+let mcpListen; // http://127.0.0.1:PORT of the MCP upstream's own port
+const cliOutputs = []; // stdout+stderr of every bearerd CLI run, for the secret scan
+
+async function status() {
+  const r = await getJson(`${admin}/status`);
+  assert.equal(r.status, 200, `GET /status: ${JSON.stringify(r.body)}`);
+  return r.body;
+}
+const cred = async (name) => (await status()).credentials[name];
+const mcpStats = async () => (await getJson(`${mcp.origin}/stats`)).body;
+const providerStats = async () => (await getJson(`${oidc.info.issuer}/test/stats`)).body;
+const refreshTokens = async (client = 'agent') => (await getJson(`${oidc.info.issuer}/test/refresh-tokens?client=${client}`)).body;
+
+async function introspect(token, hint) {
+  // The agent introspects its own tokens (client_secret_post, as in bearerd's config).
+  const r = await getJson(`${oidc.info.issuer}/token/introspection`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({
+      token, token_type_hint: hint, client_id: CLIENTS.agent.id, client_secret: CLIENTS.agent.secret,
+    }),
+  });
+  assert.equal(r.status, 200, `introspection: ${JSON.stringify(r.body)}`);
+  return r.body;
+}
+
+async function runCli(args, opts) {
+  const r = await bearerdCli([...args], opts);
+  cliOutputs.push({ args, ...r });
+  return r;
+}
+
+before(async () => {
+  tmp = mkdtempSync(join(tmpdir(), 'bearerd-e2e-'));
+  oidc = await startNodeService('oidc.mjs', ['0']);
+  mcp = await startNodeService('mcp-server.mjs', [oidc.info.issuer, '0']);
+  mcp.origin = `http://127.0.0.1:${mcp.info.port}`;
+  const [proxyPort, adminPort, mcpPort] = await freePorts(3);
+  proxy = `http://127.0.0.1:${proxyPort}`;
+  admin = `http://127.0.0.1:${adminPort}`;
+  mcpListen = `http://127.0.0.1:${mcpPort}`;
+  const { issuer } = oidc.info;
+  const { resource } = mcp.info;
+  // Discovery only: no token_url, revocation_url, authorization_url anywhere.
+  cfgPath = join(tmp, 'bearerd.toml');
+  writeFileSync(cfgPath, `
+[server]
+proxy_listen = "127.0.0.1:${proxyPort}"
+admin_listen = "127.0.0.1:${adminPort}"
+
+[store]
+backend = "memory"
+
+[credentials.svc]
+grant = "client_credentials"
+issuer = "${issuer}"
+client_id = "${CLIENTS.svc.id}"
+client_secret = "${CLIENTS.svc.secret}"
+client_auth = "basic"
+scopes = ["api:read"]
+resource = "${resource}"
+
+[credentials.agent]
+grant = "refresh_token"
+issuer = "${issuer}"
+client_id = "${CLIENTS.agent.id}"
+client_secret = { file = "${join(tmp, 'agent-secret')}" }
+client_auth = "post"
+scopes = ["openid", "offline_access", "api:read"]
+resource = "${resource}"
+
+[upstreams.api]
+url = "${mcp.origin}/"
+path_prefix = "/svc"
+credential = "svc"
+
+[upstreams.agentapi]
+url = "${mcp.origin}/"
+path_prefix = "/agent"
+credential = "agent"
+
+[upstreams.mcp]
+url = "${mcp.origin}/"
+listen = "127.0.0.1:${mcpPort}"
+credential = "svc"
+`);
+  writeFileSync(join(tmp, 'agent-secret'), CLIENTS.agent.secret);
+  const check = await runCli(['check', '-c', cfgPath]);
+  assert.equal(check.code, 0, `bearerd check: ${check.stdout}${check.stderr}`);
+
+  // trace: every log line bearerd can write is scanned for secrets at the end.
+  sidecar = await bearerd('bearerd run', ['run', '-c', cfgPath], { env: { BEARERD_LOG: 'trace' } });
+  await until('bearerd admin /healthz', async () => (await fetch(`${admin}/healthz`)).ok, { timeoutMs: 20000 });
+});
+
+after(async () => {
+  await sidecar?.stop();
+  await Promise.all([mcp?.stop(), oidc?.stop()]);
+  if (tmp) {
+    writeFileSync(join(tmp, 'bearerd.stderr.log'), sidecar?.stderr ?? '');
+    if (process.env.E2E_KEEP) console.log(`e2e files kept in ${tmp}`);
+    else rmSync(tmp, { recursive: true, force: true });
+  }
+});
+
+test('discovery: bearerd finds the provider from `issuer` alone and gets a token', async () => {
+  const svc = await until('svc valid', async () => {
+    const c = await cred('svc');
+    return c.state === 'valid' && c;
+  });
+  assert.ok(svc.generation >= 1);
+  assert.equal(svc.last_error, null);
+  const p = await providerStats();
+  const wellKnown = (p.requests['/.well-known/oauth-authorization-server'] || 0)
+    + (p.requests['/.well-known/openid-configuration'] || 0);
+  assert.ok(wellKnown >= 1, `the provider saw no metadata request: ${JSON.stringify(p.requests)}`);
+  assert.ok(p.events['client_credentials.saved'] >= 1, 'no client_credentials token issued');
+});
+
+test('client_credentials: requests through bearerd reach the MCP server with valid tokens', async () => {
+  // The server really refuses requests without a valid token, and says where to get one.
+  const bare = await fetch(`${mcp.origin}/api/whoami`);
+  assert.equal(bare.status, 401);
+  const challenge = bare.headers.get('www-authenticate');
+  assert.match(challenge, /^Bearer .*resource_metadata="([^"]+)"/);
+  const prm = await getJson(/resource_metadata="([^"]+)"/.exec(challenge)[1]);
+  assert.deepEqual(prm.body.authorization_servers, [oidc.info.issuer]);
+  assert.equal(prm.body.resource, mcp.info.resource);
+  const forged = await fetch(`${mcp.origin}/api/whoami`, { headers: { authorization: 'Bearer forged-token' } });
+  assert.equal(forged.status, 401);
+
+  // Through bearerd, with no auth (and with a wrong one, which must be replaced).
+  const before401 = (await mcpStats()).unauthorized;
+  for (let i = 0; i < 20; i += 1) {
+    const headers = i % 2 ? { authorization: 'Bearer app-must-not-leak-this' } : {};
+    const r = await getJson(`${proxy}/svc/api/whoami?i=${i}`, { headers });
+    assert.equal(r.status, 200, `request ${i}: ${JSON.stringify(r.body)}`);
+    assert.equal(r.body.client_id, 'svc');
+    assert.equal(r.body.aud, mcp.info.resource);
+    assert.equal(r.body.host, `127.0.0.1:${mcp.info.port}`, 'Host is the upstream authority');
+    assert.equal(r.body.query, `?i=${i}`);
+  }
+  assert.equal((await mcpStats()).unauthorized, before401, 'the MCP server refused a token from bearerd');
+
+  // The CLI reads the same JSON.
+  const cli = await runCli(['status', '--json', '-c', cfgPath]);
+  assert.equal(cli.code, 0, cli.stderr);
+  assert.equal(JSON.parse(cli.stdout).credentials.svc.state, 'valid');
+});
+
+test(`MCP through bearerd: tool calls across ≥${ROTATIONS} token rotations with zero errors, unbuffered notifications, long-lived GET stream`, { timeout: 90000 }, async () => {
+  const ticks = [];
+  const broadcasts = [];
+  const errors = [];
+  const client = new Client({ name: 'bearerd-e2e', version: '1.0.0' });
+  client.onerror = (err) => errors.push(`client: ${err?.message || err}`);
+  client.setNotificationHandler(LoggingMessageNotificationSchema, (n) => {
+    const { logger, data } = n.params;
+    if (logger === 'countdown') ticks.push({ ...data, receivedAt: Date.now() });
+    if (logger === 'broadcast') broadcasts.push({ ...data, receivedAt: Date.now() });
+  });
+  // No auth configured on the client: bearerd adds it.
+  const transport = new StreamableHTTPClientTransport(new URL(`${mcpListen}/mcp`));
+  await client.connect(transport);
+  const sessionId = transport.sessionId;
+  assert.ok(sessionId, 'the server runs sessions');
+  const tools = await client.listTools();
+  assert.deepEqual(tools.tools.map((t) => t.name).sort(), ['countdown', 'echo']);
+  await until('the GET SSE stream is open', async () => (await mcpStats()).getStreamsBySession[sessionId] === 1);
+
+  const g0 = (await cred('svc')).generation;
+  const t0 = (await mcpStats()).tokensByClient.svc;
+
+  const countdown = (async () => {
+    const startedAt = Date.now();
+    const r = await client.callTool({ name: 'countdown', arguments: { from: 3 } });
+    return { r, startedAt, doneAt: Date.now() };
+  })();
+
+  let calls = 0;
+  let generation = g0;
+  let tokens = t0;
+  const began = Date.now();
+  while (Date.now() - began < 60000) {
+    const text = `ping-${calls}`;
+    try {
+      const r = await client.callTool({ name: 'echo', arguments: { text } });
+      if (r.isError || r.content?.[0]?.text !== text) errors.push(`call ${calls}: ${JSON.stringify(r)}`);
+    } catch (err) {
+      errors.push(`call ${calls}: ${err?.message || err}`);
+    }
+    calls += 1;
+    if (calls % 10 === 0) {
+      generation = (await cred('svc')).generation;
+      tokens = (await mcpStats()).tokensByClient.svc;
+      if (generation - g0 >= ROTATIONS && tokens - t0 >= ROTATIONS) break;
+    }
+    await sleep(25);
+  }
+  const cd = await countdown;
+
+  assert.deepEqual(errors, [], 'MCP errors through bearerd');
+  assert.ok(generation - g0 >= ROTATIONS, `bearerd rotated ${generation - g0} times`);
+  assert.ok(tokens - t0 >= ROTATIONS, `the MCP server saw ${tokens - t0} new tokens`);
+  assert.ok(calls >= 50, `only ${calls} calls`);
+
+  // The countdown's notifications came as they were sent, not with the result.
+  assert.equal(cd.r.content[0].text, 'liftoff');
+  assert.equal(ticks.length, 3, `ticks: ${JSON.stringify(ticks)}`);
+  assert.ok(cd.doneAt - ticks[0].receivedAt >= 1500,
+    `first notification only ${cd.doneAt - ticks[0].receivedAt} ms before the result`);
+  assert.ok(ticks[2].receivedAt - ticks[0].receivedAt >= 1000, 'notifications arrived in a burst');
+  for (const t of ticks) assert.ok(t.receivedAt - t.sentAt < 900, `a notification took ${t.receivedAt - t.sentAt} ms`);
+
+  // The standalone GET stream, opened with a token that has long expired, is still the same
+  // stream and still delivers.
+  const s = await mcpStats();
+  assert.equal(s.getStreamsBySession[sessionId], 1, 'the GET SSE stream was reopened');
+  const b = await getJson(`${mcp.origin}/test/broadcast?text=after-rotations`, { method: 'POST' });
+  assert.ok(b.body.sent >= 1);
+  await until('the broadcast on the GET stream', async () => broadcasts.some((x) => x.text === 'after-rotations'), { timeoutMs: 5000 });
+  assert.equal((await mcpStats()).getStreamsBySession[sessionId], 1, 'the GET SSE stream was reopened');
+
+  const st = await mcpStats();
+  assert.deepEqual(st.errors, [], 'MCP server errors');
+  await transport.terminateSession();
+  await client.close();
+  assert.deepEqual(errors, [], 'MCP errors through bearerd');
+});
+
+/** Runs `bearerd login agent` and drives the browser part; returns the CLI's result. */
+async function login({ device, username }) {
+  const args = ['login', 'agent', ...(device ? ['--device'] : []), '-c', cfgPath];
+  const cli = await bearerd('bearerd login', args);
+  try {
+    if (device) {
+      const m = await cli.waitFor(/Go to (\S+) and enter the code (\S+)/);
+      const complete = /\(or open (\S+)\)/.exec(cli.stdout);
+      assert.ok(complete, 'a verification_uri_complete is shown');
+      assert.ok(complete[1].includes(encodeURIComponent(m[2])) || complete[1].includes(m[2]));
+      await completeDeviceFlow({ verificationUri: m[1], userCode: m[2], username });
+    } else {
+      await cli.waitFor(/Open this URL in a browser/);
+      const [, url] = await cli.waitFor(/^\s+(http\S+)\s*$/m);
+      const u = new URL(url);
+      assert.equal(u.searchParams.get('code_challenge_method'), 'S256');
+      assert.match(u.searchParams.get('redirect_uri'), /^http:\/\/127\.0\.0\.1:\d+\/callback$/);
+      const r = await authorize(url, { username });
+      assert.equal(r.status, 200, 'bearerd answered the redirect');
+      assert.match(r.body, /Logged in/);
+    }
+    const { code } = await cli.wait(30000);
+    cliOutputs.push({ args, code, stdout: cli.stdout, stderr: cli.stderr });
+    return { code, stdout: cli.stdout, stderr: cli.stderr };
+  } finally {
+    await cli.stop();
+  }
+}
+
+/** Requests through the `agent` upstream until bearerd rotated `n` times; all must succeed. */
+async function agentRequestsAcrossRotations(username, n = ROTATIONS) {
+  const g0 = (await cred('agent')).generation;
+  const failures = [];
+  let requests = 0;
+  let generation = g0;
+  const began = Date.now();
+  while (Date.now() - began < 40000) {
+    const r = await getJson(`${proxy}/agent/api/whoami`);
+    requests += 1;
+    if (r.status !== 200 || r.body.sub !== username || r.body.client_id !== 'agent') {
+      failures.push(`${r.status} ${JSON.stringify(r.body)}`);
+    }
+    generation = (await cred('agent')).generation;
+    if (generation - g0 >= n) break;
+    await sleep(100);
+  }
+  assert.deepEqual(failures, [], 'requests through the agent upstream');
+  assert.ok(generation - g0 >= n, `bearerd rotated the agent token ${generation - g0} times`);
+  return { requests, rotations: generation - g0 };
+}
+
+/** The grant of the newest agent refresh token, with every refresh token of it. */
+async function currentAgentGrant() {
+  const all = await refreshTokens('agent');
+  assert.ok(all.length > 0, 'the provider issued no refresh token to agent');
+  const { grantId } = all[all.length - 1];
+  return { grantId, tokens: all.filter((t) => t.grantId === grantId) };
+}
+
+async function assertRotationWithoutReuse(minRotations) {
+  const { grantId, tokens } = await currentAgentGrant();
+  const p = await providerStats();
+  assert.equal(p.refreshReuse, 0, `refresh token reuse: ${JSON.stringify(p.tokenErrors)}`);
+  assert.ok(!p.grantsRevoked.includes(grantId), 'the grant was revoked');
+  assert.ok(tokens.every((t) => t.grantAlive), 'the grant is alive');
+  const live = tokens.filter((t) => t.exists && !t.consumed);
+  assert.equal(live.length, 1, `one live refresh token per grant: ${JSON.stringify(tokens)}`);
+  assert.ok(tokens.length >= minRotations + 1, `${tokens.length} refresh tokens in the grant`);
+  // Every refresh token but the newest was used exactly once (consumed), none twice.
+  assert.ok(tokens.slice(0, -1).every((t) => t.consumed || !t.exists), 'an older refresh token is still usable');
+  const newest = tokens[tokens.length - 1];
+  assert.equal((await introspect(newest.value, 'refresh_token')).active, true);
+  assert.equal((await introspect(tokens[0].value, 'refresh_token')).active, false);
+  return { grantId, tokens };
+}
+
+test('refresh_token grant: `bearerd login agent` by code + PKCE, then rotations without reuse', { timeout: 90000 }, async () => {
+  const r = await login({ device: false, username: 'alice' });
+  assert.equal(r.code, 0, `bearerd login failed:\n${r.stdout}${r.stderr}`);
+  assert.match(r.stdout, /agent: logged in/);
+  const c = await cred('agent');
+  assert.equal(c.state, 'valid');
+  assert.equal(c.has_refresh_token, true);
+  await agentRequestsAcrossRotations('alice');
+  await assertRotationWithoutReuse(ROTATIONS);
+});
+
+test('device flow: `bearerd login agent --device`, then rotations without reuse', { timeout: 90000 }, async () => {
+  const r = await login({ device: true, username: 'bob' });
+  assert.equal(r.code, 0, `bearerd login --device failed:\n${r.stdout}${r.stderr}`);
+  assert.match(r.stdout, /agent: logged in/);
+  const c = await cred('agent');
+  assert.equal(c.state, 'valid');
+  await agentRequestsAcrossRotations('bob');
+  await assertRotationWithoutReuse(ROTATIONS);
+});
+
+test('logout: revoked at the provider, then 503 requires_reauth', { timeout: 60000 }, async () => {
+  const c = await cred('agent');
+  assert.equal(c.state, 'valid', 'the agent is logged in (by the device flow test)');
+  const { grantId } = await currentAgentGrant();
+  const issuedBefore = (await getJson(`${oidc.info.issuer}/test/issued`)).body;
+  const r = await runCli(['logout', 'agent', '-c', cfgPath]);
+  assert.equal(r.code, 0, `bearerd logout:\n${r.stdout}${r.stderr}`);
+  assert.match(r.stdout, /agent: refresh_token at the provider: revoked/);
+
+  // The provider: every refresh token and access token of that grant is inactive now.
+  const { tokens } = await currentAgentGrant();
+  const newest = tokens[tokens.length - 1];
+  assert.equal(newest.grantId, grantId);
+  assert.equal(newest.consumed, false, 'the newest refresh token was revoked, not rotated');
+  for (const t of tokens) {
+    assert.equal((await introspect(t.value, 'refresh_token')).active, false, 'a refresh token is still active');
+  }
+  const accessTokens = issuedBefore.filter((t) => t.kind === 'access_token' && t.grantId === grantId);
+  assert.ok(accessTokens.length > 0);
+  for (const t of accessTokens.slice(-3)) {
+    assert.equal((await introspect(t.value, 'access_token')).active, false, 'an access token is still active');
+  }
+  const p = await providerStats();
+  assert.ok(p.grantsRevoked.includes(grantId), 'the grant was revoked at the provider');
+
+  // bearerd: forgotten, and requests get a problem document asking for a login.
+  const after = await cred('agent');
+  assert.equal(after.state, 'logged_out');
+  assert.equal(after.has_refresh_token, false);
+  const res = await fetch(`${proxy}/agent/api/whoami`);
+  assert.equal(res.status, 503);
+  assert.match(res.headers.get('content-type'), /^application\/problem\+json/);
+  const problem = await res.json();
+  assert.equal(problem.requires_reauth, true);
+  assert.equal(problem.credential, 'agent');
+  // The other credential is untouched.
+  assert.equal((await getJson(`${proxy}/svc/api/whoami`)).status, 200);
+});
+
+test('no secret in bearerd output: client secrets and every token the provider issued', async () => {
+  const issued = (await getJson(`${oidc.info.issuer}/test/issued`)).body;
+  assert.ok(issued.filter((t) => t.kind === 'refresh_token').length >= 2);
+  assert.ok(issued.filter((t) => t.kind === 'client_credentials').length >= 6);
+  const secrets = [
+    ...Object.values(CLIENTS).map((c) => ({ kind: `client_secret of ${c.id}`, value: c.secret })),
+    // A user code is meant to be shown by `bearerd login --device`; nothing else is.
+    ...issued.filter((t) => t.kind !== 'user_code'),
+  ];
+  const logs = [
+    { name: 'bearerd run (stderr, BEARERD_LOG=trace)', text: sidecar.stderr },
+    { name: 'bearerd run (stdout)', text: sidecar.stdout },
+    ...cliOutputs.map((o) => ({ name: `bearerd ${o.args.join(' ')}`, text: o.stdout + o.stderr })),
+  ];
+  assert.ok(sidecar.stderr.length > 10000, `bearerd wrote only ${sidecar.stderr.length} bytes of logs`);
+  const leaks = [];
+  for (const { name, text } of logs) {
+    for (const s of secrets) {
+      if (s.value && text.includes(s.value)) leaks.push(`${s.kind} in ${name}`);
+    }
+  }
+  assert.deepEqual(leaks, []);
+});
+
