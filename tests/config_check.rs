@@ -13,9 +13,11 @@ fn bearerd() -> Command {
         "CALENDAR_REFRESH_TOKEN",
         "GITHUB_TOKEN",
         "TOOLS_CLIENT_SECRET",
+        "BEARERD_ADMIN_TOKEN",
     ] {
         c.env(var, "example-value");
     }
+    c.env("BEARERD_STORE_KEY", bearerd::store::generate_key());
     c.env_remove("BEARERD_CONFIG");
     c
 }

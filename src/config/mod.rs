@@ -394,15 +394,6 @@ fn lower_store(map: &SourceMap, raw: &raw::RawStore) -> Result<StoreConfig, Conf
             parse_store_key(secrecy::ExposeSecret::expose_secret(&text)).map_err(|m| {
                 map.error_at("store.key", format!("{m}; make one with `bearerd keygen`"))
             })?;
-            if path
-                .parent()
-                .is_some_and(|d| !d.as_os_str().is_empty() && !d.is_dir())
-            {
-                return Err(map.error_at(
-                    "store.path",
-                    format!("directory of {} does not exist", path.display()),
-                ));
-            }
             Ok(StoreConfig::File { path, key })
         }
         Some("redis") => Err(map.error_at(

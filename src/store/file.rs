@@ -45,6 +45,14 @@ impl FileStore {
             path: path.display().to_string(),
             message,
         };
+        // Checked at startup: a store that cannot be written would lose rotated tokens.
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !dir.is_dir() {
+            return Err(err(format!("directory {} does not exist", dir.display())));
+        }
         let mut tokens = BTreeMap::new();
         let mut sealed = BTreeMap::new();
         match std::fs::read(path) {
