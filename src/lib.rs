@@ -224,6 +224,7 @@ impl Sidecar {
 
         let conf = ServerConf {
             threads: config.server.threads,
+            work_stealing: config.server.work_stealing,
             grace_period_seconds: Some(config.server.shutdown_grace.as_secs()),
             graceful_shutdown_timeout_seconds: Some(config.server.shutdown_grace.as_secs().max(1)),
             ..ServerConf::default()

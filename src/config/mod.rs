@@ -51,6 +51,7 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     pub admin_token: Option<SecretRef>,
     pub threads: usize,
+    pub work_stealing: bool,
     pub log_format: LogFormat,
     pub access_log: bool,
     pub shutdown_grace: Duration,
@@ -82,6 +83,7 @@ pub struct TokenRequestConfig {
     /// RFC 9728 discovery from this protected resource (an upstream with `discover = true`).
     pub protected_resource: Option<url::Url>,
     pub redirect_port: Option<u16>,
+    pub scope_on_refresh: bool,
     pub client: ClientAuth,
     pub scopes: Vec<String>,
     pub resource: Option<String>,
@@ -451,6 +453,7 @@ fn lower_server(map: &SourceMap, raw: &RawConfig) -> Result<ServerConfig, Config
         admin_listen,
         admin_token,
         threads,
+        work_stealing: s.work_stealing.unwrap_or(false),
         log_format,
         access_log: s.access_log.unwrap_or(false),
         shutdown_grace: duration(
@@ -694,6 +697,7 @@ fn lower_token_request(
         issuer,
         protected_resource: None,
         redirect_port: rc.redirect_port,
+        scope_on_refresh: rc.scope_on_refresh.unwrap_or(false),
         client: ClientAuth {
             client_id,
             client_secret,

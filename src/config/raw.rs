@@ -29,6 +29,8 @@ pub struct RawServer {
     /// Required by the admin POST endpoints when set; required when admin_listen is not loopback.
     pub admin_token: Option<RawSecretRef>,
     pub threads: Option<usize>,
+    /// Tokio work stealing between request threads (off by default: measured faster).
+    pub work_stealing: Option<bool>,
     /// "pretty" | "json"
     pub log_format: Option<String>,
     /// One info line per proxied request (off by default: it costs CPU on the hot path).
@@ -57,6 +59,9 @@ pub struct RawCredential {
     pub authorization_url: Option<String>,
     /// Device authorization endpoint for `bearerd login --device` (RFC 8628).
     pub device_authorization_url: Option<String>,
+    /// Send `scope` with refresh_token requests too (some providers, e.g. Microsoft's,
+    /// require it); by default the refresh keeps the scope originally granted.
+    pub scope_on_refresh: Option<bool>,
     /// Loopback port for the login redirect (default: any free port, RFC 8252).
     pub redirect_port: Option<u16>,
     pub issuer: Option<String>,

@@ -74,6 +74,24 @@ impl Upstream {
     }
 }
 
+/// The upstream request: target, `Host`, the token, the request id. `insert`, not
+/// `append`: this runs again on the replay after a 401.
+pub fn rewrite_request(
+    req: &mut RequestHeader,
+    up: &Upstream,
+    token: &TokenSnapshot,
+    target: &http::Uri,
+    request_id: Option<&HeaderValue>,
+) -> pingora::Result<()> {
+    req.set_uri(target.clone());
+    req.insert_header(http::header::HOST, up.authority.clone())?;
+    req.insert_header(http::header::AUTHORIZATION, token.header.clone())?;
+    if let Some(id) = request_id {
+        req.insert_header("x-request-id", id.clone())?;
+    }
+    Ok(())
+}
+
 /// How a listener picks the upstream.
 pub enum Routing {
     Prefix(RouteTable),
@@ -309,14 +327,7 @@ impl ProxyHttp for BearerProxy {
                 "no token for the upstream request",
             );
         };
-        req.set_uri(target.clone());
-        // insert, not append: these filters run again on the replay.
-        req.insert_header(http::header::HOST, up.authority.clone())?;
-        req.insert_header(http::header::AUTHORIZATION, token.header.clone())?;
-        if let Some(id) = &ctx.request_id {
-            req.insert_header("x-request-id", id.clone())?;
-        }
-        Ok(())
+        rewrite_request(req, up, token, target, ctx.request_id.as_ref())
     }
 
     async fn upstream_response_filter(

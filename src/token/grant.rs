@@ -211,7 +211,14 @@ impl Grant {
                     ("grant_type", "refresh_token".to_string()),
                     ("refresh_token", rt.expose_secret().to_string()),
                 ];
-                match endpoint.request(form).await {
+                // RFC 6749 §6: without `scope` the refresh keeps the scope originally granted;
+                // asking again for one the grant lacks (say, a dropped offline_access) fails.
+                let result = if endpoint.config().scope_on_refresh {
+                    endpoint.request(form).await
+                } else {
+                    endpoint.exchange(form).await
+                };
+                match result {
                     Ok((mut token, rotated)) => {
                         // Keep the old one when the provider does not rotate.
                         let next = rotated.unwrap_or(rt);

@@ -86,6 +86,10 @@ pub async fn authorization_code(
         if !c.scopes.is_empty() {
             q.append_pair("scope", &c.scopes.join(" "));
         }
+        // OpenID Connect §11: offline_access is ignored unless consent is prompted.
+        if c.scopes.iter().any(|s| s == "offline_access") {
+            q.append_pair("prompt", "consent");
+        }
         if let Some(r) = c.resource.clone().or(endpoints.resource.clone()) {
             q.append_pair("resource", &r);
         }

@@ -23,7 +23,7 @@ import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/
 import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
 
-import { CLIENTS } from './oidc.mjs';
+import { CLIENTS } from './clients.mjs';
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const digest = (token) => createHash('sha256').update(token).digest('hex').slice(0, 16);

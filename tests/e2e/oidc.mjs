@@ -21,11 +21,9 @@ import { pathToFileURL } from 'node:url';
 
 import Provider, { errors } from 'oidc-provider';
 
-export const CLIENTS = {
-  svc: { id: 'svc', secret: 'svc-secret-4f1c9e' },
-  agent: { id: 'agent', secret: 'agent-secret-8b2d7a' },
-  mcp: { id: 'mcp-server', secret: 'mcp-server-secret-c3e5f0' },
-};
+import { CLIENTS } from './clients.mjs';
+
+export { CLIENTS };
 
 export const ACCESS_TOKEN_TTL = 4;
 const RESOURCE_SCOPES = 'api:read api:write';

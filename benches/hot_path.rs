@@ -1,0 +1,193 @@
+//! Micro-benchmarks of the data path (route lookup, token-slot load, request rewrite) and of
+//! one refresh on the control path (a token request to a local token server, published to
+//! the slot). Also counts heap allocations per request on the hot path.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bearerd::config::Config;
+use bearerd::metrics::Metrics;
+use bearerd::peers::TokenServer;
+use bearerd::proxy::route::{upstream_target, RouteTable};
+use bearerd::proxy::{rewrite_request, Upstream};
+use bearerd::store::Store;
+use bearerd::token::credential::Credential;
+use bearerd::token::grant::Grant;
+use bearerd::token::CredentialSlot;
+use criterion::{black_box, criterion_group, Criterion};
+use pingora::http::RequestHeader;
+
+/// Counts allocations, to show what one request costs on the heap.
+struct Counting;
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        System.alloc(l)
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        System.dealloc(p, l)
+    }
+}
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+struct Fixture {
+    rt: tokio::runtime::Runtime,
+    _tokens: TokenServer,
+    cred: Arc<Credential>,
+    upstream: Upstream,
+    routes: RouteTable,
+}
+
+fn fixture() -> Fixture {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let tokens = rt
+        .block_on(TokenServer::start(Duration::from_secs(3600)))
+        .unwrap();
+    let text = format!(
+        "[credentials.api]\ngrant = \"client_credentials\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n[upstreams.api]\nurl = \"http://127.0.0.1:1/base\"\npath_prefix = \"/api\"\ncredential = \"api\"\n",
+        tokens.token_url(),
+        bearerd::peers::token_server::CLIENT_ID,
+        bearerd::peers::token_server::CLIENT_SECRET
+    );
+    let config = Config::parse(Path::new("bench.toml"), &text).unwrap();
+    let metrics = Arc::new(Metrics::new(["api"], ["api"]));
+    let slot = CredentialSlot::new(&config.credentials[0], metrics);
+    let grant = Grant::new(&config.credentials[0].grant).unwrap();
+    let store = Arc::new(Store::open(&bearerd::config::StoreConfig::Memory).unwrap());
+    let cred = Credential::new(Arc::clone(&slot), grant, store);
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    rt.spawn(bearerd::token::refresher::run(Arc::clone(&cred), rx));
+    std::mem::forget(_tx);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while slot.current().is_none() {
+        assert!(Instant::now() < deadline, "no token");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let upstream = Upstream::new(config.upstreams[0].clone(), slot).unwrap();
+    let mut prefixes: Vec<(String, usize)> = (0..9).map(|i| (format!("/svc{i}"), i + 1)).collect();
+    prefixes.push(("/api".into(), 0));
+    Fixture {
+        rt,
+        _tokens: tokens,
+        cred,
+        upstream,
+        routes: RouteTable::new(prefixes),
+    }
+}
+
+/// One request's worth of bearerd's own hot-path work.
+fn one_request(f: &Fixture, req: &mut RequestHeader, id: &http::HeaderValue) {
+    let (_, rest) = f.routes.lookup("/api/v1/items").unwrap();
+    let token = f
+        .cred
+        .slot
+        .current()
+        .filter(|t| t.is_usable(Instant::now()))
+        .unwrap();
+    let target = http::Uri::try_from(upstream_target(
+        &f.upstream.config.base_path,
+        rest,
+        Some("limit=5"),
+    ))
+    .unwrap();
+    rewrite_request(req, &f.upstream, &token, &target, Some(id)).unwrap();
+}
+
+fn benches(c: &mut Criterion) {
+    let f = fixture();
+    c.bench_function("route_lookup", |b| {
+        b.iter(|| black_box(f.routes.lookup(black_box("/api/v1/items"))))
+    });
+    c.bench_function("token_slot_load", |b| {
+        b.iter(|| {
+            black_box(
+                f.cred
+                    .slot
+                    .current()
+                    .filter(|t| t.is_usable(Instant::now()))
+                    .is_some(),
+            )
+        })
+    });
+    let token = f.cred.slot.current().unwrap();
+    let target: http::Uri = "/base/v1/items?limit=5".parse().unwrap();
+    let id = http::HeaderValue::from_static("0123456789abcdef0123456789abcdef");
+    c.bench_function("header_injection", |b| {
+        let mut req = RequestHeader::build("GET", b"/api/v1/items?limit=5", Some(8)).unwrap();
+        b.iter(|| rewrite_request(&mut req, &f.upstream, &token, &target, Some(&id)).unwrap())
+    });
+    c.bench_function("hot_path_total", |b| {
+        let mut req = RequestHeader::build("GET", b"/api/v1/items?limit=5", Some(8)).unwrap();
+        b.iter(|| one_request(&f, &mut req, &id))
+    });
+    c.bench_function("refresh_control_path", |b| {
+        b.iter(|| {
+            f.rt.block_on(async {
+                let target = f.cred.slot.demand_manual();
+                assert!(
+                    f.cred
+                        .slot
+                        .wait_attempts(target, Duration::from_secs(10))
+                        .await
+                );
+            })
+        })
+    });
+}
+
+/// Heap allocations of bearerd's own per-request work, beyond Pingora's.
+fn count_allocations() {
+    let f = fixture();
+    let id = http::HeaderValue::from_static("0123456789abcdef0123456789abcdef");
+    let mut req = RequestHeader::build("GET", b"/api/v1/items?limit=5", Some(8)).unwrap();
+    one_request(&f, &mut req, &id); // warm: header map capacity
+    let measure = |name: &str, n: usize, work: &dyn Fn()| {
+        let before = ALLOCS.load(Ordering::Relaxed);
+        for _ in 0..n {
+            work();
+        }
+        let per = (ALLOCS.load(Ordering::Relaxed) - before) as f64 / n as f64;
+        println!("allocations per request, {name}: {per:.2}");
+    };
+    measure("route lookup", 10_000, &|| {
+        black_box(f.routes.lookup("/api/v1/items"));
+    });
+    measure("token slot load", 10_000, &|| {
+        black_box(f.cred.slot.current());
+    });
+    let token = f.cred.slot.current().unwrap();
+    let target: http::Uri = "/base/v1/items?limit=5".parse().unwrap();
+    let req = std::cell::RefCell::new(req);
+    measure("header injection (Pingora's header map)", 10_000, &|| {
+        rewrite_request(
+            &mut req.borrow_mut(),
+            &f.upstream,
+            &token,
+            &target,
+            Some(&id),
+        )
+        .unwrap();
+    });
+    measure("upstream target (path + query)", 10_000, &|| {
+        black_box(
+            http::Uri::try_from(upstream_target("/base", "/v1/items", Some("limit=5"))).unwrap(),
+        );
+    });
+}
+
+criterion_group!(group, benches);
+
+fn main() {
+    count_allocations();
+    group();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,0 +1,72 @@
+//! The floor Pingora itself sets, for the load benchmark: a proxy that inserts a static
+//! Authorization header and forwards to one upstream, with nothing else. Same runtime
+//! settings as bearerd, so the difference is bearerd's own work.
+//!
+//! Usage: bare_pingora LISTEN UPSTREAM [THREADS] [WORK_STEALING: 0|1]
+
+use async_trait::async_trait;
+use pingora::prelude::*;
+use pingora::server::configuration::ServerConf;
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+struct Bare {
+    upstream: std::net::SocketAddr,
+    auth: http::HeaderValue,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> Result<Box<HttpPeer>> {
+        let mut peer = HttpPeer::new(self.upstream, false, String::new());
+        peer.options.idle_timeout = Some(std::time::Duration::from_secs(4));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _s: &mut Session,
+        req: &mut RequestHeader,
+        _c: &mut (),
+    ) -> Result<()> {
+        req.insert_header(http::header::AUTHORIZATION, self.auth.clone())?;
+        Ok(())
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let listen = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1:6190".into());
+    let upstream = args
+        .get(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| "127.0.0.1:6191".parse().unwrap());
+    let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
+    let work_stealing = args.get(4).is_some_and(|w| w == "1");
+    let conf = ServerConf {
+        threads,
+        work_stealing,
+        grace_period_seconds: Some(0),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+    let mut svc = pingora::proxy::http_proxy_service(
+        &server.configuration,
+        Bare {
+            upstream,
+            auth: http::HeaderValue::from_static("Bearer static-benchmark-token"),
+        },
+    );
+    svc.add_tcp(&listen);
+    server.add_service(svc);
+    server.run_forever();
+}

@@ -1,0 +1,7 @@
+// The OAuth clients the e2e provider knows, shared by the provider, the MCP server and the
+// tests (test-only secrets; the suite checks that bearerd never prints them).
+export const CLIENTS = {
+  svc: { id: 'svc', secret: 'svc-secret-4f1c9e' },
+  agent: { id: 'agent', secret: 'agent-secret-8b2d7a' },
+  mcp: { id: 'mcp-server', secret: 'mcp-server-secret-c3e5f0' },
+};
