@@ -16,6 +16,29 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+/// Kills the sidecar when a failed assertion unwinds, so no process outlives the test.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_bearerd"))
         .args(["run", "-c"])
@@ -107,7 +130,7 @@ credential = "api"
     use rand::SeedableRng;
     let kills = 20;
     for round in 0..=kills {
-        let mut child = spawn(&config, &log);
+        let mut child = KillOnDrop(spawn(&config, &log));
         // After every (re)start the sidecar gets a usable token.
         let started = Instant::now();
         loop {

@@ -234,3 +234,56 @@ fn a_non_loopback_admin_listener_needs_an_admin_token() {
     let with_token = text.replace("[credentials.c]", "admin_token = \"x\"\n[credentials.c]");
     assert!(bearerd::config::Config::parse(std::path::Path::new("b.toml"), &with_token).is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_logout_is_not_undone_by_the_refresh_that_was_scheduled() {
+    let h = Harness::start(Options {
+        lifetime: Duration::from_secs(2),
+        ..Default::default()
+    })
+    .await;
+    h.wait_ready().await;
+    let (ok, out) = cli(&h, &["logout", "api"], None).await;
+    assert!(ok, "{out}");
+    let made = h.tokens.state.requests();
+    // Past the moment the old token's refresh was due.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        h.tokens.state.requests(),
+        made,
+        "the armed refresh must not run after a logout"
+    );
+    assert_eq!(
+        h.status().await["credentials"]["api"]["state"],
+        "logged_out"
+    );
+    assert_eq!(
+        h.client.get(h.url("/api/y")).send().await.unwrap().status(),
+        503
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn browsers_cannot_drive_the_admin_api() {
+    let h = Harness::start(Options::default()).await;
+    h.wait_ready().await;
+    let forged = h
+        .client
+        .post(h.admin("/credentials/api/login"))
+        .header("origin", "https://evil.example")
+        .header("content-type", "text/plain")
+        .body(r#"{"refresh_token":"attacker"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    let logout = h
+        .client
+        .post(h.admin("/credentials/api/logout"))
+        .header("origin", "null")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), 401);
+    assert_eq!(h.status().await["credentials"]["api"]["state"], "valid");
+}

@@ -541,3 +541,35 @@ async fn token_requests_carry_scopes_resource_params_and_client_auth() {
         assert_eq!(get("client_secret").is_some(), auth == "post", "{auth}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_seed_survives_transient_failures_until_the_provider_answers() {
+    let tokens = support::TokenServer::start(Duration::from_secs(60))
+        .await
+        .unwrap();
+    tokens.state.set_fail(FailMode::Status(503));
+    let upstream = support::Upstream::start(tokens.state.clone())
+        .await
+        .unwrap();
+    let h = Harness::start_with(
+        tokens,
+        upstream,
+        Options {
+            grant: "refresh_token",
+            ..Default::default()
+        },
+    )
+    .await;
+    // A few failed attempts with the seed (nothing reached the grant) …
+    for _ in 0..100 {
+        if h.tokens.state.requests() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(h.tokens.state.requests() >= 2);
+    // … and the same seed still works once the provider is back.
+    h.tokens.state.set_fail(FailMode::None);
+    h.wait_ready().await;
+    assert_eq!(h.tokens.state.reuse_detected(), 0);
+}

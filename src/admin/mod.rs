@@ -53,6 +53,11 @@ impl AdminApp {
 
     /// Whether the request carries the admin token (always true when none is configured).
     fn authorized(&self, session: &ServerSession) -> bool {
+        // Browsers send Origin on every cross-site POST; the CLI never does. Refusing it
+        // keeps a web page from driving the admin API on loopback (a forged login or logout).
+        if session.req_header().headers.contains_key("origin") {
+            return false;
+        }
         let Some(expected) = &self.admin_token else {
             return true;
         };
@@ -181,13 +186,23 @@ impl AdminApp {
         struct Login {
             refresh_token: secrecy::SecretString,
         }
+        let is_json = session
+            .req_header()
+            .headers
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
         let login: Login = match serde_json::from_slice(&body) {
-            Ok(l) => l,
-            Err(e) => {
+            Ok(l) if is_json => l,
+            // The parser's message could quote the body, a token: give only the position.
+            Ok(_) | Err(_) => {
+                let at = serde_json::from_slice::<Login>(&body)
+                    .err()
+                    .map(|e| format!(" (line {}, column {})", e.line(), e.column()));
                 return json_response(
                     400,
-                    json!({"error": format!("expected {{\"refresh_token\": \"…\"}}: {e}")}),
-                )
+                    json!({"error": format!("expected application/json {{\"refresh_token\": \"…\"}}{}", at.unwrap_or_default())}),
+                );
             }
         };
         if let Err(e) = cred.login(login.refresh_token).await {

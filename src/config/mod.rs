@@ -453,7 +453,7 @@ fn lower_server(map: &SourceMap, raw: &RawConfig) -> Result<ServerConfig, Config
         admin_listen,
         admin_token,
         threads,
-        work_stealing: s.work_stealing.unwrap_or(false),
+        work_stealing: s.work_stealing.unwrap_or(true),
         log_format,
         access_log: s.access_log.unwrap_or(false),
         shutdown_grace: duration(

@@ -53,6 +53,11 @@ impl FileStore {
         if !dir.is_dir() {
             return Err(err(format!("directory {} does not exist", dir.display())));
         }
+        // Prove the directory is writable now, not at the first rotation.
+        let probe = dir.join(format!(".bearerd-probe-{}", std::process::id()));
+        std::fs::write(&probe, b"")
+            .map_err(|e| err(format!("directory {} is not writable: {e}", dir.display())))?;
+        let _ = std::fs::remove_file(&probe);
         let mut tokens = BTreeMap::new();
         let mut sealed = BTreeMap::new();
         match std::fs::read(path) {
@@ -132,13 +137,17 @@ impl FileStore {
         };
         let bytes =
             serde_json::to_vec_pretty(&contents).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        write_atomically(&self.path, &bytes).map_err(|e| StoreError::Io {
+        write_and_rename(&self.path, &bytes).map_err(|e| StoreError::Io {
             path: self.path.display().to_string(),
             message: format!("cannot write: {e}"),
         })?;
-        // Only once the file is durable does the in-memory view move on.
+        // The rename is the commit point: from here the file holds the new set, and the
+        // in-memory view must follow it even if the directory sync below fails.
         *state = (tokens, sealed);
-        Ok(())
+        sync_dir(&self.path).map_err(|e| StoreError::Io {
+            path: self.path.display().to_string(),
+            message: format!("written, but the directory could not be synced: {e}"),
+        })
     }
 
     fn seal(&self, plain: &[u8], aad: &[u8]) -> String {
@@ -170,13 +179,21 @@ fn open_sealed(cipher: &XChaCha20Poly1305, sealed: &str, aad: &[u8]) -> Option<V
         .ok()
 }
 
-/// Write to a temporary file (mode 0600), fsync it, rename it over the target, fsync the
-/// directory: after a crash the path holds the old contents or the new, whole.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
+/// Write to a temporary file (mode 0600), fsync it, rename it over the target (then the
+/// caller syncs the directory): after a crash the path holds the old contents or the new,
+/// whole.
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+        .unwrap_or(Path::new("."))
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(parent_dir(path))?.sync_all()
+}
+
+fn write_and_rename(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = parent_dir(path);
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("store"),
@@ -193,8 +210,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

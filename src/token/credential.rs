@@ -54,11 +54,11 @@ impl Credential {
         let mut revocation = Vec::new();
         if let Some(endpoint) = self.grant.endpoint() {
             let rt = self.grant.refresh_token().await;
+            // The live token first: the stored one may be older (or empty after a login).
             let at = self
-                .store
-                .load(&self.slot.name)
-                .map(|s| s.access_token)
-                .or_else(|| self.slot.access_token());
+                .slot
+                .access_token()
+                .or_else(|| self.store.load(&self.slot.name).map(|s| s.access_token));
             for (kind, token) in [("refresh_token", rt), ("access_token", at)] {
                 if let Some(token) = token {
                     let outcome = match endpoint.revoke(&token, kind).await {

@@ -48,9 +48,27 @@ struct ProtectedResourceMetadata {
 fn parse_url(field: &str, value: Option<String>) -> Result<Option<Url>, String> {
     match value {
         None => Ok(None),
-        Some(v) => Url::parse(&v)
-            .map(Some)
-            .map_err(|e| format!("metadata field {field} is not a URL ({v:?}): {e}")),
+        Some(v) => {
+            let url = Url::parse(&v)
+                .map_err(|e| format!("metadata field {field} is not a URL ({v:?}): {e}"))?;
+            require_https(field, &url)?;
+            Ok(Some(url))
+        }
+    }
+}
+
+/// Secrets only travel to https endpoints, or to plain http on this machine.
+fn require_https(what: &str, url: &Url) -> Result<(), String> {
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    if url.scheme() == "https" || (url.scheme() == "http" && loopback) {
+        Ok(())
+    } else {
+        Err(format!("{what} {url} must use https"))
     }
 }
 
@@ -103,12 +121,11 @@ pub async fn from_issuer(
     for url in candidates {
         match get_json::<AuthorizationServerMetadata>(http, &url).await {
             Ok(m) => {
-                // RFC 8414 §3.3: the metadata must be for the issuer that was asked for.
-                if let Some(found) = &m.issuer {
-                    if found.trim_end_matches('/') != issuer.as_str().trim_end_matches('/') {
-                        errors.push(format!("{url} names issuer {found:?}, not {issuer}"));
-                        continue;
-                    }
+                // RFC 8414 §3.3: the metadata must name the issuer that was asked for.
+                let found = m.issuer.as_deref().unwrap_or("");
+                if found.trim_end_matches('/') != issuer.as_str().trim_end_matches('/') {
+                    errors.push(format!("{url} names issuer {found:?}, not {issuer}"));
+                    continue;
                 }
                 return Ok(ProviderEndpoints {
                     token: parse_url("token_endpoint", m.token_endpoint)?,
@@ -165,7 +182,23 @@ pub async fn from_protected_resource(
         }
         None => well_known_inserted(resource, "oauth-protected-resource"),
     };
+    require_https("resource_metadata", &metadata_url)?;
+    if metadata_url.origin() != resource.origin() {
+        return Err(format!(
+            "resource_metadata {metadata_url} is not on the upstream's origin {}",
+            resource.origin().ascii_serialization()
+        ));
+    }
     let prm: ProtectedResourceMetadata = get_json(http, &metadata_url).await?;
+    // RFC 9728 §3.3: the metadata must describe this resource, not another one.
+    if let Some(r) = &prm.resource {
+        let same = Url::parse(r).is_ok_and(|u| u.origin() == resource.origin());
+        if !same {
+            return Err(format!(
+                "{metadata_url} describes resource {r:?}, not {resource}"
+            ));
+        }
+    }
     let issuer = prm
         .authorization_servers
         .first()

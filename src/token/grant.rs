@@ -34,6 +34,12 @@ pub struct GrantError {
 }
 
 impl GrantError {
+    /// Only the provider's verdict on the refresh token itself makes it worthless; a missing
+    /// client secret or an unreachable endpoint leaves it as good as it was.
+    pub fn drops_refresh_token(&self) -> bool {
+        self.kind == "invalid_grant"
+    }
+
     fn transient(kind: impl Into<String>, message: impl Into<String>) -> Self {
         GrantError {
             kind: kind.into(),
@@ -204,6 +210,9 @@ impl Grant {
                             ));
                         }
                         *spent = Some(fresh.clone());
+                        // From now on the seed is the current refresh token: a transient
+                        // failure retries with it, and only the provider can declare it dead.
+                        *current = Some(fresh.clone());
                         fresh
                     }
                 };
@@ -229,7 +238,7 @@ impl Grant {
                     Err(e) => {
                         if let Some(rotated) = &e.rotated_refresh_token {
                             *current = Some(rotated.clone());
-                        } else if e.permanent {
+                        } else if e.drops_refresh_token() {
                             // The provider dropped the grant: forget the refresh token so it
                             // is never sent again; a new seed or login is needed.
                             *current = None;
@@ -349,9 +358,13 @@ impl TokenEndpoint {
                 }
                 found
             })
-            .await
-            .map_err(|m| GrantError::transient("discovery_failed", m))?;
-        Ok(explicit.or(discovered.clone()))
+            .await;
+        match discovered {
+            Ok(d) => Ok(explicit.or(d.clone())),
+            // An explicit token endpoint keeps working while discovery is down.
+            Err(_) if explicit.token.is_some() => Ok(explicit),
+            Err(m) => Err(GrantError::transient("discovery_failed", m)),
+        }
     }
 
     pub fn http(&self) -> &reqwest::Client {
@@ -539,7 +552,12 @@ pub fn parse_success(body: &[u8]) -> Result<(IssuedToken, Option<SecretString>),
     let r: TokenResponse = serde_json::from_slice(body).map_err(|e| {
         GrantError::transient(
             "malformed_response",
-            format!("token response is not a JSON object: {e}"),
+            // Only the position: serde's message could quote a token.
+            format!(
+                "token response is not a JSON object (line {}, column {})",
+                e.line(),
+                e.column()
+            ),
         )
     })?;
     let rotated = r

@@ -447,6 +447,8 @@ impl CredentialSlot {
         }
         self.token.store(None);
         self.bump();
+        // Disarm the refresher's timer: it re-reads the (now empty) schedule.
+        self.wake.notify_one();
     }
 
     /// Whether requests can be served now (for `/readyz`).

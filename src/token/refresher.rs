@@ -27,7 +27,10 @@ pub async fn run(cred: Arc<Credential>, mut shutdown: watch::Receiver<bool>) {
         if let Some(t) = trigger.take() {
             // The whole attempt (obtain, persist, publish) excludes logout and login.
             let _op = cred.op.lock().await;
-            attempt(slot, grant, store, t).await;
+            // A logout while this trigger was armed cancels it; only an operator restarts.
+            if t == Trigger::Manual || !slot.control().logged_out {
+                attempt(slot, grant, store, t).await;
+            }
         }
         let next = slot.control().next_refresh_at;
         let due = async {
@@ -219,7 +222,7 @@ async fn attempt(slot: &CredentialSlot, grant: &Grant, store: &Arc<Store>, trigg
             stored.refresh_token = e.rotated_refresh_token.clone();
             save(slot, store, Some(stored)).await;
         }
-        Err(e) if e.permanent && grant.forgets_refresh_token_on_failure() => {
+        Err(e) if e.drops_refresh_token() && grant.forgets_refresh_token_on_failure() => {
             // The provider dropped the grant: the stored refresh token goes too.
             if let Some(mut stored) = store.load(&slot.name) {
                 stored.refresh_token = None;

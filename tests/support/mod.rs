@@ -112,11 +112,11 @@ impl Harness {
             .upstream_url
             .clone()
             .unwrap_or_else(|| format!("http://{}/base", upstream.addr));
-        let text = format!(
+        let template = format!(
             r#"
 [server]
-proxy_listen = "{proxy}"
-admin_listen = "{admin}"
+proxy_listen = "{{proxy}}"
+admin_listen = "{{admin}}"
 {server_extra}
 
 [store]
@@ -139,8 +139,6 @@ credential = "api"
 {discover}
 {upstream_extra}
 "#,
-            proxy = free_addr(),
-            admin = free_addr(),
             server_extra = opts.server_extra,
             store = opts.store,
             grant = opts.grant,
@@ -160,12 +158,30 @@ credential = "api"
             credential_extra = opts.credential_extra,
             upstream_extra = opts.upstream_extra,
         );
-        let config =
-            Config::parse(Path::new("test.toml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let sidecar = tokio::task::spawn_blocking(move || Sidecar::start(config))
-            .await
-            .unwrap()
-            .unwrap();
+        if std::env::var_os("BEARERD_LOG").is_some() {
+            bearerd::logging::init(bearerd::config::LogFormat::Pretty);
+        }
+        // Ports picked here can be taken by another test before the sidecar binds them:
+        // try again with new ones.
+        let mut attempt = 0;
+        let (sidecar, text) = loop {
+            let text = template
+                .replace("{proxy}", &free_addr().to_string())
+                .replace("{admin}", &free_addr().to_string());
+            let config = Config::parse(Path::new("test.toml"), &text)
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            match tokio::task::spawn_blocking(move || Sidecar::start(config))
+                .await
+                .unwrap()
+            {
+                Ok(s) => break (s, text),
+                Err(e) if attempt < 3 => {
+                    eprintln!("sidecar did not start ({e}); trying other ports");
+                    attempt += 1;
+                }
+                Err(e) => panic!("sidecar did not start: {e}"),
+            }
+        };
         Harness {
             tokens,
             upstream,

@@ -1,0 +1,268 @@
+#!/usr/bin/env bash
+# The side-by-side load benchmark. In one run, on loopback, with wrk (1 thread, 64
+# connections) and one worker each, it measures a direct connection to a fast upstream
+# (nginx returning a static 200), nginx injecting a static Authorization header, a bare
+# Pingora proxy doing the same (the floor Pingora sets), and bearerd injecting a refreshed
+# token. Then: tokens rotating every 2 s under load, RSS idle and with 1,000 keep-alive
+# connections, time to ready with a stored token, the table with 2 workers, and the levers
+# (allocator, work stealing). Prints each target and whether it holds.
+#
+#   benches/load.sh                 # DURATION=10 (seconds per wrk run), CONNECTIONS=64
+#
+# CPU per request is the proxy process's utime+stime (from /proc/PID/stat) over the run,
+# divided by the requests wrk completed: far steadier on a shared machine than requests/s.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${DURATION:-10}
+CONNECTIONS=${CONNECTIONS:-64}
+
+need=()
+command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+scripts/setup.sh
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+echo "building release binaries (bearerd with mimalloc and with the system allocator, bare Pingora)…" >&2
+cargo build --release --quiet --no-default-features --bin bearerd --example bare_pingora
+work=$(mktemp -d /tmp/bearerd-load.XXXXXX)
+cp target/release/bearerd "$work/bearerd-system-alloc"
+cp target/release/examples/bare_pingora "$work/bare-pingora-system-alloc"
+cargo build --release --quiet --bin bearerd --example bare_pingora
+cp target/release/bearerd "$work/bearerd"
+cp target/release/examples/bare_pingora "$work/bare-pingora"
+
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+CLK=$(getconf CLK_TCK)
+# utime+stime in ticks, summed over the given pids.
+cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
+wait_http() { for _ in $(seq 1 500); do curl -s -o /dev/null "$1" && return 0; sleep 0.02; done; echo "not up: $1" >&2; return 1; }
+
+UP=$(port); TOK=$(port); TOK2=$(port); NGX=$(port)
+# The upstream and the token endpoints: one nginx, one worker.
+mkdir -p "$work/up" "$work/px"
+cat > "$work/up/nginx.conf" <<EOF
+worker_processes 1;
+pid $work/up/nginx.pid;
+error_log $work/up/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } }
+  server { listen 127.0.0.1:$TOK; location / { default_type application/json;
+    return 200 '{"access_token":"bench-token-long","token_type":"Bearer","expires_in":3600}'; } }
+  server { listen 127.0.0.1:$TOK2; location / { default_type application/json;
+    return 200 '{"access_token":"bench-token-short","token_type":"Bearer","expires_in":2}'; } }
+}
+EOF
+"$NGINX" -c "$work/up/nginx.conf" -p "$work/up" -g 'daemon off;' & pids+=($!)
+wait_http "http://127.0.0.1:$UP/"
+
+start_nginx_proxy() { # $1 workers
+  cat > "$work/px/nginx.conf" <<EOF
+worker_processes $1;
+pid $work/px/nginx.pid;
+error_log $work/px/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream up { server 127.0.0.1:$UP; keepalive 64; }
+  server { listen 127.0.0.1:$NGX; location / {
+    proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+    proxy_set_header Authorization "Bearer static-benchmark-token"; } }
+}
+EOF
+  "$NGINX" -c "$work/px/nginx.conf" -p "$work/px" -g 'daemon off;' & NGX_MASTER=$!; pids+=($NGX_MASTER)
+  wait_http "http://127.0.0.1:$NGX/"
+}
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+bearerd_config() { # $1 file $2 proxy port $3 admin port $4 token port $5 threads $6 work_stealing [$7 store lines]
+  local store='backend = "memory"'
+  [ $# -ge 7 ] && store=$7
+  cat > "$1" <<EOF
+[server]
+proxy_listen = "127.0.0.1:$2"
+admin_listen = "127.0.0.1:$3"
+threads = $5
+work_stealing = $6
+log_format = "json"
+[store]
+$store
+[credentials.bench]
+grant = "client_credentials"
+token_url = "http://127.0.0.1:$4/token"
+client_id = "bench"
+client_secret = "bench-secret"
+[upstreams.bench]
+url = "http://127.0.0.1:$UP/"
+listen = "127.0.0.1:$(port)"
+credential = "bench"
+[upstreams.prefixed]
+url = "http://127.0.0.1:$UP/"
+path_prefix = "/api"
+credential = "bench"
+EOF
+}
+
+# One wrk run against $1; the CPU of pids $2…; sets R_RPS R_P50 R_P99 R_US R_N R_BAD.
+measure() {
+  local url=$1; shift
+  wrk -t1 -c"$CONNECTIONS" -d1s "$url" >/dev/null 2>&1 || true # warm the pools
+  local before; before=$(cpu_ticks "$@")
+  local out; out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url")
+  local after; after=$(cpu_ticks "$@")
+  R_N=$(echo "$out" | awk '/requests in/ {print $1}')
+  R_RPS=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  R_P50=$(echo "$out" | awk '$1=="50%" {print $2}')
+  R_P99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  R_BAD=$(echo "$out" | awk '/Non-2xx/ {print $5}'); R_BAD=${R_BAD:-0}
+  local errs; errs=$(echo "$out" | awk '/Socket errors/ {print}')
+  [ -n "$errs" ] && echo "  ($errs)" >&2
+  R_US=$(python3 -c "print(f'{($after-$before)/$CLK*1e6/max($R_N,1):.1f}')")
+}
+
+# Starts bearerd ($1 binary, $2 config); sets B_PID and waits until ready.
+start_bearerd() {
+  "$1" run -c "$2" 2>>"$work/bearerd.log" & B_PID=$!; pids+=($B_PID)
+  local admin; admin=$(awk -F'"' '/admin_listen/ {print $2}' "$2")
+  for _ in $(seq 1 500); do curl -sf -o /dev/null "http://$admin/readyz" && return 0; sleep 0.02; done
+  echo "bearerd not ready" >&2; cat "$work/bearerd.log" >&2; return 1
+}
+listen_of() { awk -F'"' '/^listen/ {print $2}' "$1"; }
+
+declare -A RPS P50 P99 US BAD
+row() { printf '%-34s %10s %9s %9s %12s\n' "$1" "${RPS[$1]}" "${P50[$1]}" "${P99[$1]}" "${US[$1]}"; }
+record() { RPS[$1]=$R_RPS; P50[$1]=$R_P50; P99[$1]=$R_P99; US[$1]=$R_US; BAD[$1]=$R_BAD; }
+
+run_table() { # $1 workers
+  local w=$1 suffix=""; [ "$w" -gt 1 ] && suffix=" ($w workers)"
+  local upm; upm=$(cat "$work/up/nginx.pid")
+  measure "http://127.0.0.1:$UP/" "$upm" $(pgrep -P "$upm" | tr '\n' ' '); record "direct$suffix"
+  start_nginx_proxy "$w"
+  measure "http://127.0.0.1:$NGX/" "$NGX_MASTER" $(pgrep -P "$NGX_MASTER" | tr '\n' ' '); record "nginx, static header$suffix"
+  stop_pid "$NGX_MASTER"
+  local bp; bp=$(port)
+  "$work/bare-pingora" "127.0.0.1:$bp" "127.0.0.1:$UP" "$w" 0 2>/dev/null & local BP=$!; pids+=($BP)
+  wait_http "http://127.0.0.1:$bp/"
+  measure "http://127.0.0.1:$bp/" "$BP"; record "bare Pingora, static header$suffix"
+  stop_pid "$BP"
+  bearerd_config "$work/b.toml" "$(port)" "$(port)" "$TOK" "$w" false
+  start_bearerd "$work/bearerd" "$work/b.toml"
+  measure "http://$(listen_of "$work/b.toml")/" "$B_PID"; record "bearerd, refreshed token$suffix"
+  stop_pid "$B_PID"
+}
+
+echo "machine: $(nproc) cores, $(uname -r); $(date -u +%Y-%m-%d); wrk 1 thread, $CONNECTIONS connections, ${DURATION}s per run" 
+run_table 1
+printf '\n%-34s %10s %9s %9s %12s\n' "1 worker" "req/s" "p50" "p99" "CPU µs/req"
+for k in "direct" "nginx, static header" "bare Pingora, static header" "bearerd, refreshed token"; do row "$k"; done
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+R_NGX=$(ratio "${US[bearerd, refreshed token]}" "${US[nginx, static header]}")
+R_BARE=$(ratio "${US[bearerd, refreshed token]}" "${US[bare Pingora, static header]}")
+echo "bearerd / nginx CPU per request: $R_NGX    bearerd / bare Pingora: $R_BARE"
+echo "bearerd / nginx requests/s: $(ratio "${RPS[bearerd, refreshed token]}" "${RPS[nginx, static header]}")    bearerd / bare Pingora: $(ratio "${RPS[bearerd, refreshed token]}" "${RPS[bare Pingora, static header]}")"
+
+echo; echo "levers (bearerd, 1 worker, CPU µs per request):"
+bearerd_config "$work/l.toml" "$(port)" "$(port)" "$TOK" 1 true
+start_bearerd "$work/bearerd" "$work/l.toml"; measure "http://$(listen_of "$work/l.toml")/" "$B_PID"; stop_pid "$B_PID"
+echo "  mimalloc, work stealing on       $R_US"
+bearerd_config "$work/l.toml" "$(port)" "$(port)" "$TOK" 1 false
+start_bearerd "$work/bearerd-system-alloc" "$work/l.toml"; measure "http://$(listen_of "$work/l.toml")/" "$B_PID"; stop_pid "$B_PID"
+echo "  system malloc, work stealing off $R_US"
+echo "  mimalloc, work stealing off      ${US[bearerd, refreshed token]}   (the default)"
+bearerd_config "$work/l.toml" "$(port)" "$(port)" "$TOK" 1 false
+start_bearerd "$work/bearerd" "$work/l.toml"; measure "http://127.0.0.1:$(awk -F'"' '/proxy_listen/ {print $2}' "$work/l.toml" | cut -d: -f2)/api/" "$B_PID"; stop_pid "$B_PID"
+echo "  path-prefix route instead of a dedicated port: $R_US"
+
+echo; echo "tokens living 2 s, rotating under load:"
+bearerd_config "$work/r.toml" "$(port)" "$(port)" "$TOK2" 1 false
+start_bearerd "$work/bearerd" "$work/r.toml"
+measure "http://$(listen_of "$work/r.toml")/" "$B_PID"
+ADMIN=$(awk -F'"' '/admin_listen/ {print $2}' "$work/r.toml")
+REFRESHES=$(curl -s "http://$ADMIN/metrics" | awk '/^bearerd_token_refresh_total\{.*result="success"/ {s+=$2} END {print s+0}')
+ROT_BAD=$R_BAD
+echo "  $R_RPS req/s, CPU $R_US µs/req, non-2xx: $ROT_BAD, refreshes during the run: $REFRESHES"
+stop_pid "$B_PID"
+
+echo; echo "memory and startup:"
+bearerd_config "$work/m.toml" "$(port)" "$(port)" "$TOK" 1 false
+start_bearerd "$work/bearerd" "$work/m.toml"
+sleep 1
+RSS_IDLE=$(awk '/VmRSS/ {print $2}' "/proc/$B_PID/status")
+RSS_1000=$(python3 - "$(listen_of "$work/m.toml")" "$B_PID" <<'PY'
+import socket, sys, time
+host, port = sys.argv[1].split(":"); pid = sys.argv[2]
+conns = []
+for _ in range(1000):
+    s = socket.create_connection((host, int(port)))
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    conns.append(s)
+for s in conns:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(4096)
+time.sleep(1)
+rss = [l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS")][0].split()[1]
+print(rss)
+for s in conns:
+    s.close()
+PY
+)
+stop_pid "$B_PID"
+echo "  RSS idle: $((RSS_IDLE / 1024)) MiB; with 1,000 open keep-alive connections: $((RSS_1000 / 1024)) MiB"
+KEY=$("$work/bearerd" keygen)
+bearerd_config "$work/s.toml" "$(port)" "$(port)" "$TOK" 1 false "backend = \"file\"
+path = \"$work/tokens.store\"
+key = \"$KEY\""
+start_bearerd "$work/bearerd" "$work/s.toml"; stop_pid "$B_PID"
+READY_MS=$(python3 - "$work/bearerd" "$work/s.toml" <<'PY'
+import subprocess, sys, time, urllib.request, re
+binary, config = sys.argv[1], sys.argv[2]
+admin = re.search(r'admin_listen = "([^"]+)"', open(config).read()).group(1)
+best = None
+for _ in range(5):
+    t0 = time.monotonic()
+    p = subprocess.Popen([binary, "run", "-c", config], stderr=subprocess.DEVNULL)
+    while True:
+        try:
+            if urllib.request.urlopen(f"http://{admin}/readyz", timeout=1).status == 200:
+                break
+        except Exception:
+            time.sleep(0.001)
+    ms = (time.monotonic() - t0) * 1000
+    best = ms if best is None else min(best, ms)
+    p.terminate(); p.wait()
+print(f"{best:.0f}")
+PY
+)
+echo "  from start to ready with a stored valid token: $READY_MS ms (best of 5; includes process start)"
+
+echo; run_table 2
+printf '%-34s %10s %9s %9s %12s\n' "2 workers" "req/s" "p50" "p99" "CPU µs/req"
+for k in "direct (2 workers)" "nginx, static header (2 workers)" "bare Pingora, static header (2 workers)" "bearerd, refreshed token (2 workers)"; do row "$k"; done
+
+echo; echo "targets:"
+check() { if python3 -c "import sys; sys.exit(0 if $2 else 1)"; then echo "  [pass] $1"; else echo "  [FAIL] $1"; fi; }
+check "token handling costs at most 5 % CPU/request over bare Pingora (ratio $R_BARE)" "$R_BARE <= 1.05"
+check "CPU/request at most 2x nginx (ratio $R_NGX; stretch goal 1.5x)" "$R_NGX <= 2.0"
+check "stretch: CPU/request at most 1.5x nginx (ratio $R_NGX)" "$R_NGX <= 1.5"
+check "zero non-2xx while tokens rotate ($ROT_BAD, $REFRESHES refreshes)" "$ROT_BAD == 0 and $REFRESHES >= 2"
+check "idle RSS <= 20 MB ($((RSS_IDLE / 1024)) MiB)" "$RSS_IDLE <= 20 * 1024"
+check "RSS <= 60 MB with 1,000 keep-alive connections ($((RSS_1000 / 1024)) MiB)" "$RSS_1000 <= 60 * 1024"
+check "ready <= 100 ms with a stored valid token ($READY_MS ms)" "$READY_MS <= 100"
+echo "  (allocations per request on bearerd's own hot path: cargo bench --bench hot_path prints them)"
