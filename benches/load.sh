@@ -8,6 +8,7 @@
 # (allocator, work stealing). Prints each target and whether it holds.
 #
 #   benches/load.sh                 # DURATION=10 (seconds per wrk run), CONNECTIONS=64
+#   QUICK=1 benches/load.sh         # only the 1-worker table
 #
 # CPU per request is the proxy process's utime+stime (from /proc/PID/stat) over the run,
 # divided by the requests wrk completed: far steadier on a shared machine than requests/s.
@@ -176,6 +177,7 @@ R_NGX=$(ratio "${US[bearerd, refreshed token]}" "${US[nginx, static header]}")
 R_BARE=$(ratio "${US[bearerd, refreshed token]}" "${US[bare Pingora, static header]}")
 echo "bearerd / nginx CPU per request: $R_NGX    bearerd / bare Pingora: $R_BARE"
 echo "bearerd / nginx requests/s: $(ratio "${RPS[bearerd, refreshed token]}" "${RPS[nginx, static header]}")    bearerd / bare Pingora: $(ratio "${RPS[bearerd, refreshed token]}" "${RPS[bare Pingora, static header]}")"
+[ -n "${QUICK:-}" ] && exit 0
 
 echo; echo "levers (bearerd, 1 worker, CPU µs per request):"
 bearerd_config "$work/l.toml" "$(port)" "$(port)" "$TOK" 1 true
@@ -184,7 +186,7 @@ echo "  mimalloc, work stealing on       $R_US"
 bearerd_config "$work/l.toml" "$(port)" "$(port)" "$TOK" 1 false
 start_bearerd "$work/bearerd-system-alloc" "$work/l.toml"; measure "http://$(listen_of "$work/l.toml")/" "$B_PID"; stop_pid "$B_PID"
 echo "  system malloc, work stealing off $R_US"
-echo "  mimalloc, work stealing off      ${US[bearerd, refreshed token]}   (the default)"
+echo "  mimalloc, work stealing off      ${US[bearerd, refreshed token]}   (the table above)"
 bearerd_config "$work/l.toml" "$(port)" "$(port)" "$TOK" 1 false
 start_bearerd "$work/bearerd" "$work/l.toml"; measure "http://127.0.0.1:$(awk -F'"' '/proxy_listen/ {print $2}' "$work/l.toml" | cut -d: -f2)/api/" "$B_PID"; stop_pid "$B_PID"
 echo "  path-prefix route instead of a dedicated port: $R_US"
