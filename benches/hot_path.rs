@@ -60,7 +60,7 @@ fn fixture() -> Fixture {
     );
     let config = Config::parse(Path::new("bench.toml"), &text).unwrap();
     let metrics = Arc::new(Metrics::new(["api"], ["api"]));
-    let slot = CredentialSlot::new(&config.credentials[0], metrics);
+    let slot = CredentialSlot::new(&config.credentials[0], Arc::clone(&metrics));
     let grant = Grant::new(&config.credentials[0].grant).unwrap();
     let store = Arc::new(Store::open(&bearerd::config::StoreConfig::Memory).unwrap());
     let cred = Credential::new(Arc::clone(&slot), grant, store);
@@ -72,7 +72,7 @@ fn fixture() -> Fixture {
         assert!(Instant::now() < deadline, "no token");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let upstream = Upstream::new(config.upstreams[0].clone(), slot).unwrap();
+    let upstream = Upstream::new(config.upstreams[0].clone(), slot, &metrics).unwrap();
     let mut prefixes: Vec<(String, usize)> = (0..9).map(|i| (format!("/svc{i}"), i + 1)).collect();
     prefixes.push(("/api".into(), 0));
     Fixture {

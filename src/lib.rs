@@ -209,9 +209,11 @@ impl Sidecar {
         let mut upstreams = Vec::new();
         for u in &config.upstreams {
             let slot = Arc::clone(&credentials[u.credential]);
-            let up = Upstream::new(u.clone(), slot).map_err(|message| StartError::Upstream {
-                name: u.name.clone(),
-                message,
+            let up = Upstream::new(u.clone(), slot, &metrics).map_err(|message| {
+                StartError::Upstream {
+                    name: u.name.clone(),
+                    message,
+                }
             })?;
             upstreams.push(Arc::new(up));
         }

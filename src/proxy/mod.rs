@@ -37,10 +37,37 @@ pub struct Upstream {
     ca: Option<Arc<CaType>>,
     authority: HeaderValue,
     pool_key: u64,
+    /// Metric handles resolved once, so counting a request is an atomic add, not a
+    /// label lookup.
+    status_counters: Vec<std::sync::OnceLock<prometheus::IntCounter>>,
+    requests_total: prometheus::IntCounterVec,
+    duration: prometheus::Histogram,
 }
 
 impl Upstream {
-    pub fn new(config: UpstreamConfig, slot: Arc<CredentialSlot>) -> Result<Self, String> {
+    fn count(&self, status: u16, elapsed: Duration) {
+        match self.status_counters.get(usize::from(status)) {
+            Some(cell) => cell
+                .get_or_init(|| {
+                    self.requests_total
+                        .with_label_values(&[&self.name, status_label(status)])
+                })
+                .inc(),
+            None => self
+                .requests_total
+                .with_label_values(&[&self.name, "other"])
+                .inc(),
+        }
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+impl Upstream {
+    pub fn new(
+        config: UpstreamConfig,
+        slot: Arc<CredentialSlot>,
+        metrics: &Metrics,
+    ) -> Result<Self, String> {
         let ca = match &config.ca_file {
             Some(path) => {
                 let certs = crate::config::load_ca_file(path)?;
@@ -63,6 +90,11 @@ impl Upstream {
             h.finish()
         };
         Ok(Upstream {
+            status_counters: (0..600).map(|_| std::sync::OnceLock::new()).collect(),
+            duration: metrics
+                .request_duration_seconds
+                .with_label_values(&[&config.name]),
+            requests_total: metrics.requests_total.clone(),
             pool_key,
             name: Arc::from(config.name.as_str()),
             addr: ResolvedAddr::new(&config.host, config.port),
@@ -137,9 +169,14 @@ fn has_dot_segment(path: &str) -> bool {
 }
 
 fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let n: u128 = rand::random();
-    // 32 hex digits: always a valid header value.
-    HeaderValue::from_str(&format!("{n:032x}")).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    // 32 hex digits on the stack: always a valid header value, one copy into the header.
+    let mut buf = [0u8; 32];
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 fn valid_request_id(v: &HeaderValue) -> bool {
@@ -192,7 +229,9 @@ impl ProxyHttp for BearerProxy {
             Some(v) if valid_request_id(v) => v.clone(),
             _ => new_request_id(),
         });
-        let rid = ctx.request_id().to_string();
+        // A refcounted clone, not a String: the happy path formats nothing.
+        let rid_value = ctx.request_id.clone().unwrap_or_else(|| HeaderValue::from_static("-"));
+        let rid = rid_value.to_str().unwrap_or("-");
 
         // Never an open proxy: absolute-form targets and CONNECT are refused outright, so
         // no request can name a host that is not a configured upstream.
@@ -457,14 +496,19 @@ impl ProxyHttp for BearerProxy {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let upstream = ctx.upstream.as_ref().map_or("unrouted", |u| &*u.name);
         let elapsed = ctx.started.map_or(Duration::ZERO, |s| s.elapsed());
-        self.metrics
-            .requests_total
-            .with_label_values(&[upstream, status_label(status)])
-            .inc();
-        self.metrics
-            .request_duration_seconds
-            .with_label_values(&[upstream])
-            .observe(elapsed.as_secs_f64());
+        match &ctx.upstream {
+            Some(u) => u.count(status, elapsed),
+            None => {
+                self.metrics
+                    .requests_total
+                    .with_label_values(&[upstream, status_label(status)])
+                    .inc();
+                self.metrics
+                    .request_duration_seconds
+                    .with_label_values(&[upstream])
+                    .observe(elapsed.as_secs_f64());
+            }
+        }
         if let Some(outcome) = ctx.outcome_401 {
             self.metrics
                 .upstream_401_total
