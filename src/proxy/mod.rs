@@ -230,7 +230,10 @@ impl ProxyHttp for BearerProxy {
             _ => new_request_id(),
         });
         // A refcounted clone, not a String: the happy path formats nothing.
-        let rid_value = ctx.request_id.clone().unwrap_or_else(|| HeaderValue::from_static("-"));
+        let rid_value = ctx
+            .request_id
+            .clone()
+            .unwrap_or_else(|| HeaderValue::from_static("-"));
         let rid = rid_value.to_str().unwrap_or("-");
 
         // Never an open proxy: absolute-form targets and CONNECT are refused outright, so
@@ -244,7 +247,7 @@ impl ProxyHttp for BearerProxy {
                 "No route",
                 404,
                 "bearerd forwards only origin-form requests to configured upstreams; it is not a forward proxy",
-                &rid,
+                rid,
             );
             return self.answer(session, ctx, p).await;
         }
@@ -257,7 +260,7 @@ impl ProxyHttp for BearerProxy {
                 "Bad request",
                 400,
                 "paths with dot segments are not forwarded",
-                &rid,
+                rid,
             );
             return self.answer(session, ctx, p).await;
         }
@@ -267,7 +270,7 @@ impl ProxyHttp for BearerProxy {
                 .answer(
                     session,
                     ctx,
-                    Problem::new("no-route", "No route", 404, detail, &rid),
+                    Problem::new("no-route", "No route", 404, detail, rid),
                 )
                 .await;
         };
@@ -280,7 +283,7 @@ impl ProxyHttp for BearerProxy {
                     "Bad request",
                     400,
                     "the request path cannot be forwarded",
-                    &rid,
+                    rid,
                 );
                 return self.answer(session, ctx, p).await;
             }
@@ -306,7 +309,7 @@ impl ProxyHttp for BearerProxy {
                     },
                     503,
                     e.message,
-                    &rid,
+                    rid,
                 );
                 p.credential = Some(&upstream.slot.name);
                 p.upstream = Some(&upstream.name);
