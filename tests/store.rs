@@ -188,6 +188,8 @@ fn a_bad_store_stops_startup_with_a_clear_error_and_is_left_unchanged() {
         expires_at: Some(std::time::SystemTime::now() + Duration::from_secs(600)),
         scopes: vec![],
         refresh_token: None,
+        logged_out: false,
+        spent_seed: None,
     };
     fs.save("c", Some(&token)).unwrap();
     let original = std::fs::read(&store).unwrap();
@@ -260,4 +262,53 @@ fn keygen_prints_a_usable_key() {
     assert!(out.status.success());
     let key = String::from_utf8(out.stdout).unwrap();
     assert_eq!(bearerd::store::parse_key(key.trim()).unwrap().len(), 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_logout_and_a_spent_seed_survive_a_restart() {
+    let dir = store_dir();
+    let key = bearerd::store::generate_key();
+    let mut h = Harness::start(Options {
+        grant: "refresh_token",
+        store: file_store(&dir, &key),
+        ..Default::default()
+    })
+    .await;
+    h.wait_ready().await;
+    let resp = h
+        .client
+        .post(h.admin("/credentials/api/logout"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let made = h.tokens.state.requests();
+
+    restart(&mut h).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        h.tokens.state.requests(),
+        made,
+        "the configured seed is not sent again after a restart"
+    );
+    assert_eq!(
+        h.status().await["credentials"]["api"]["state"],
+        "logged_out"
+    );
+    let resp = h.client.get(h.url("/api/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    // Even an operator's refresh refuses the spent seed instead of burning the grant.
+    let resp = h
+        .client
+        .post(h.admin("/credentials/api/refresh"))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["status"]["last_error"]["kind"], "refresh_token_spent",
+        "{body}"
+    );
+    assert_eq!(h.tokens.state.requests(), made);
+    assert_eq!(h.tokens.state.reuse_detected(), 0);
 }

@@ -226,6 +226,8 @@ mod tests {
             expires_at: Some(SystemTime::now() + std::time::Duration::from_secs(60)),
             scopes: vec!["a".into()],
             refresh_token: Some(SecretString::from(rt.to_string())),
+            logged_out: false,
+            spent_seed: None,
         }
     }
 

@@ -23,6 +23,25 @@ pub struct StoredToken {
     pub expires_at: Option<SystemTime>,
     pub scopes: Vec<String>,
     pub refresh_token: Option<SecretString>,
+    /// Logged out: no token, no refresh until a login (survives restarts).
+    pub logged_out: bool,
+    /// SHA-256 of a configured seed refresh token that was already sent.
+    pub spent_seed: Option<String>,
+}
+
+impl StoredToken {
+    /// A record that holds no token: only what must be remembered across restarts.
+    pub fn empty() -> StoredToken {
+        StoredToken {
+            access_token: SecretString::from(String::new()),
+            issued_at: UNIX_EPOCH,
+            expires_at: Some(UNIX_EPOCH),
+            scopes: Vec::new(),
+            refresh_token: None,
+            logged_out: false,
+            spent_seed: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for StoredToken {
@@ -44,6 +63,10 @@ pub(crate) struct StoredTokenRecord {
     #[serde(default)]
     scopes: Vec<String>,
     refresh_token: Option<String>,
+    #[serde(default)]
+    logged_out: bool,
+    #[serde(default)]
+    spent_seed: Option<String>,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -66,6 +89,8 @@ impl From<&StoredToken> for StoredTokenRecord {
                 .refresh_token
                 .as_ref()
                 .map(|r| r.expose_secret().to_string()),
+            logged_out: t.logged_out,
+            spent_seed: t.spent_seed.clone(),
         }
     }
 }
@@ -78,6 +103,8 @@ impl From<StoredTokenRecord> for StoredToken {
             expires_at: r.expires_at_unix_ms.map(from_unix_ms),
             scopes: r.scopes,
             refresh_token: r.refresh_token.map(SecretString::from),
+            logged_out: r.logged_out,
+            spent_seed: r.spent_seed,
         }
     }
 }

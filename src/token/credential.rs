@@ -73,9 +73,15 @@ impl Credential {
             }
         }
         self.grant.forget().await;
+        // A tombstone, not a deletion: the logout (and the spent seed) must survive a restart.
+        let tombstone = StoredToken {
+            logged_out: true,
+            spent_seed: self.grant.spent_seed().await,
+            ..StoredToken::empty()
+        };
         let store = Arc::clone(&self.store);
         let name = self.slot.name.to_string();
-        let forgotten = tokio::task::spawn_blocking(move || store.remove(&name))
+        let forgotten = tokio::task::spawn_blocking(move || store.save(&name, &tombstone))
             .await
             .is_ok_and(|r| r.is_ok());
         self.slot.clear_for_logout();
@@ -106,11 +112,9 @@ impl Credential {
                 .restore_refresh_token(refresh_token.clone())
                 .await;
             let record = StoredToken {
-                access_token: SecretString::from(String::new()),
-                issued_at: std::time::SystemTime::UNIX_EPOCH,
-                expires_at: Some(std::time::SystemTime::UNIX_EPOCH),
-                scopes: Vec::new(),
                 refresh_token: Some(refresh_token),
+                spent_seed: self.grant.spent_seed().await,
+                ..StoredToken::empty()
             };
             let store = Arc::clone(&self.store);
             let name = self.slot.name.to_string();

@@ -74,8 +74,9 @@ pub enum Grant {
         seed: Option<SecretRef>,
         /// The refresh token to use next: rotated ones, or one restored from the store.
         current: Mutex<Option<SecretString>>,
-        /// The seed value once it has been sent, so the same seed is never sent twice.
-        spent_seed: Mutex<Option<SecretString>>,
+        /// A fingerprint of the seed once it has been sent (kept in the store too), so the
+        /// same seed is never sent twice, not even after a restart.
+        spent_seed: Mutex<Option<String>>,
     },
     Static {
         token: SecretRef,
@@ -138,7 +139,7 @@ impl Grant {
                     None => seed.as_ref()?.resolve().ok().filter(|s| {
                         !spent_seed
                             .try_lock()
-                            .is_ok_and(|spent| spent.as_ref().is_some_and(|x| same_secret(x, s)))
+                            .is_ok_and(|spent| spent.as_deref() == Some(fingerprint(s).as_str()))
                     }),
                 }
             }
@@ -156,7 +157,24 @@ impl Grant {
         } = self
         {
             *current.lock().await = None;
-            *spent_seed.lock().await = seed.as_ref().and_then(|s| s.resolve().ok());
+            if let Some(s) = seed.as_ref().and_then(|s| s.resolve().ok()) {
+                *spent_seed.lock().await = Some(fingerprint(&s));
+            }
+        }
+    }
+
+    /// The fingerprint of the seed if it has been sent (to persist it).
+    pub async fn spent_seed(&self) -> Option<String> {
+        match self {
+            Grant::RefreshToken { spent_seed, .. } => spent_seed.lock().await.clone(),
+            _ => None,
+        }
+    }
+
+    /// Remembers a seed spent by an earlier run (from the store).
+    pub async fn restore_spent_seed(&self, fp: String) {
+        if let Grant::RefreshToken { spent_seed, .. } = self {
+            *spent_seed.lock().await = Some(fp);
         }
     }
 
@@ -202,14 +220,15 @@ impl Grant {
                             .resolve()
                             .map_err(|m| GrantError::permanent("refresh_token_unavailable", m))?;
                         let mut spent = spent_seed.lock().await;
-                        if spent.as_ref().is_some_and(|s| same_secret(s, &fresh)) {
+                        let fp = fingerprint(&fresh);
+                        if spent.as_deref() == Some(fp.as_str()) {
                             // Sending a refresh token twice makes providers revoke the grant.
                             return Err(GrantError::permanent(
                                 "refresh_token_spent",
                                 "the configured refresh token was already used; provide a new one (log in again)",
                             ));
                         }
-                        *spent = Some(fresh.clone());
+                        *spent = Some(fp);
                         // From now on the seed is the current refresh token: a transient
                         // failure retries with it, and only the provider can declare it dead.
                         *current = Some(fresh.clone());
@@ -673,6 +692,15 @@ fn sanitize_kind(code: &str) -> String {
     code.chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
         .take(64)
+        .collect()
+}
+
+/// A SHA-256 fingerprint of a secret, hex: enough to recognise it again, useless to replay.
+pub fn fingerprint(secret: &SecretString) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.expose_secret().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
         .collect()
 }
 

@@ -86,8 +86,16 @@ async fn take_demand(slot: &CredentialSlot) -> Option<Trigger> {
 /// Publishes a stored token that is still usable and schedules its refresh. Returns the
 /// trigger for an immediate refresh when there is nothing usable to start from.
 async fn restore(slot: &CredentialSlot, grant: &Grant, store: &Store) -> Option<Trigger> {
-    let restored = restore_token(slot, grant, store).await;
-    if restored {
+    if store.load(&slot.name).is_some_and(|s| s.logged_out) {
+        // Logged out before the restart: stay so until a login.
+        if let Some(fp) = store.load(&slot.name).and_then(|s| s.spent_seed) {
+            grant.restore_spent_seed(fp).await;
+        }
+        slot.control().logged_out = true;
+        slot.bump();
+        return None;
+    }
+    if restore_token(slot, grant, store).await {
         slot.bump();
         None
     } else {
@@ -103,6 +111,9 @@ async fn restore_token(slot: &CredentialSlot, grant: &Grant, store: &Store) -> b
     let Some(stored) = store.load(&slot.name) else {
         return false;
     };
+    if let Some(fp) = stored.spent_seed.clone() {
+        grant.restore_spent_seed(fp).await;
+    }
     if let Some(rt) = stored.refresh_token.clone() {
         grant.restore_refresh_token(rt).await;
     }
@@ -159,6 +170,7 @@ async fn persist(
     token: &IssuedToken,
     issued: SystemTime,
     lifetime: Option<std::time::Duration>,
+    spent_seed: Option<String>,
 ) {
     let record = StoredToken {
         access_token: token.access_token.clone(),
@@ -166,6 +178,8 @@ async fn persist(
         expires_at: lifetime.map(|l| issued + l),
         scopes: token.scopes.clone(),
         refresh_token: token.refresh_token.clone(),
+        logged_out: false,
+        spent_seed,
     };
     save(slot, store, Some(record)).await;
 }
@@ -208,18 +222,21 @@ async fn attempt(slot: &CredentialSlot, grant: &Grant, store: &Arc<Store>, trigg
     };
     match &result {
         Ok(GrantOutcome::Issued(t)) if grant.persists() => {
-            persist(slot, store, t, started_wall, lifetime_of(t)).await
+            persist(
+                slot,
+                store,
+                t,
+                started_wall,
+                lifetime_of(t),
+                grant.spent_seed().await,
+            )
+            .await
         }
         Err(e) if e.rotated_refresh_token.is_some() => {
             // The provider rotated but its answer was unusable: keep the new refresh token.
-            let mut stored = store.load(&slot.name).unwrap_or_else(|| StoredToken {
-                access_token: secrecy::SecretString::from(String::new()),
-                issued_at: SystemTime::UNIX_EPOCH,
-                expires_at: Some(SystemTime::UNIX_EPOCH),
-                scopes: Vec::new(),
-                refresh_token: None,
-            });
+            let mut stored = store.load(&slot.name).unwrap_or_else(StoredToken::empty);
             stored.refresh_token = e.rotated_refresh_token.clone();
+            stored.spent_seed = grant.spent_seed().await;
             save(slot, store, Some(stored)).await;
         }
         Err(e) if e.drops_refresh_token() && grant.forgets_refresh_token_on_failure() => {
