@@ -40,6 +40,8 @@ impl ProxyHttp for Bare {
 }
 
 fn main() {
+    // The same allocator settings as bearerd, so the difference is bearerd's own work.
+    bearerd::allocator::tune();
     let args: Vec<String> = std::env::args().collect();
     let listen = args
         .get(1)

@@ -5,6 +5,7 @@
 //! per credential. The binary and the black-box tests both start it this way.
 
 pub mod admin;
+pub mod allocator;
 pub mod config;
 pub mod demo;
 pub mod logging;

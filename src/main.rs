@@ -120,6 +120,8 @@ where
 }
 
 fn main() -> ExitCode {
+    #[cfg(feature = "mimalloc")]
+    bearerd::allocator::tune();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
