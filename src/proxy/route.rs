@@ -23,8 +23,9 @@ impl RouteTable {
 
 /// The upstream request target: base path + rest (+ query). An empty result becomes `/`.
 pub fn upstream_target(base_path: &str, rest: &str, query: Option<&str>) -> String {
-    let mut target =
-        String::with_capacity(base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 1) + 1);
+    // The exact length: the string then becomes the URI's bytes without a second allocation.
+    let path_len = (base_path.len() + rest.len()).max(1);
+    let mut target = String::with_capacity(path_len + query.map_or(0, |q| q.len() + 1));
     target.push_str(base_path);
     target.push_str(rest);
     if target.is_empty() {
