@@ -158,14 +158,11 @@ async fn provider_outage_while_the_token_is_valid_fails_no_request_and_recovers(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn permanent_failures_fail_closed_and_stop_retrying() {
     for code in ["invalid_client", "invalid_grant"] {
-        let tokens = support::TokenServer::start(Duration::from_secs(60))
-            .await
-            .unwrap();
-        tokens.state.set_fail(FailMode::OAuthError(code.into()));
-        let upstream = support::Upstream::start(tokens.state.clone())
-            .await
-            .unwrap();
-        let h = Harness::start_with(tokens, upstream, Options::default()).await;
+        let h = Harness::start(Options {
+            fail: Some(FailMode::OAuthError(code.into())),
+            ..Default::default()
+        })
+        .await;
         for _ in 0..5 {
             let resp = h
                 .client
@@ -247,21 +244,11 @@ async fn permanent_failure_after_a_valid_token_serves_it_until_expiry_then_fails
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_wait_for_a_recovering_provider_within_the_budget() {
-    let tokens = support::TokenServer::start(Duration::from_secs(60))
-        .await
-        .unwrap();
-    tokens.state.set_fail(FailMode::Status(503));
-    let upstream = support::Upstream::start(tokens.state.clone())
-        .await
-        .unwrap();
-    let h = Harness::start_with(
-        tokens,
-        upstream,
-        Options {
-            credential_extra: "wait_budget = \"1s\"\nmin_refresh_interval = \"500ms\"".into(),
-            ..Default::default()
-        },
-    )
+    let h = Harness::start(Options {
+        fail: Some(FailMode::Status(503)),
+        credential_extra: "wait_budget = \"1s\"\nmin_refresh_interval = \"500ms\"".into(),
+        ..Default::default()
+    })
     .await;
     let resp = h.client.get(h.url("/api/x")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
@@ -338,21 +325,11 @@ async fn missing_expires_in_uses_the_default_lifetime() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_token_responses_are_retried_not_forwarded() {
-    let tokens = support::TokenServer::start(Duration::from_secs(60))
-        .await
-        .unwrap();
-    tokens.state.set_fail(FailMode::Malformed);
-    let upstream = support::Upstream::start(tokens.state.clone())
-        .await
-        .unwrap();
-    let h = Harness::start_with(
-        tokens,
-        upstream,
-        Options {
-            credential_extra: "wait_budget = \"500ms\"".into(),
-            ..Default::default()
-        },
-    )
+    let h = Harness::start(Options {
+        fail: Some(FailMode::Malformed),
+        credential_extra: "wait_budget = \"500ms\"".into(),
+        ..Default::default()
+    })
     .await;
     let resp = h.client.get(h.url("/api/x")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
@@ -544,21 +521,11 @@ async fn token_requests_carry_scopes_resource_params_and_client_auth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_seed_survives_transient_failures_until_the_provider_answers() {
-    let tokens = support::TokenServer::start(Duration::from_secs(60))
-        .await
-        .unwrap();
-    tokens.state.set_fail(FailMode::Status(503));
-    let upstream = support::Upstream::start(tokens.state.clone())
-        .await
-        .unwrap();
-    let h = Harness::start_with(
-        tokens,
-        upstream,
-        Options {
-            grant: "refresh_token",
-            ..Default::default()
-        },
-    )
+    let h = Harness::start(Options {
+        fail: Some(FailMode::Status(503)),
+        grant: "refresh_token",
+        ..Default::default()
+    })
     .await;
     // A few failed attempts with the seed (nothing reached the grant) …
     for _ in 0..100 {

@@ -41,6 +41,8 @@ pub struct Options {
     pub server_extra: String,
     /// How the token endpoint is found.
     pub discovery: Discovery,
+    /// The token endpoint fails this way from the start (before the sidecar's first refresh).
+    pub fail: Option<FailMode>,
     /// Extra `[store]` lines (e.g. a file store).
     pub store: String,
     /// Replace the upstream URL (e.g. a TLS upstream); `{upstream}` is the plain one.
@@ -60,6 +62,7 @@ impl Default for Options {
             token_delay: Duration::ZERO,
             store: String::new(),
             discovery: Discovery::None,
+            fail: None,
         }
     }
 }
@@ -76,6 +79,9 @@ impl Harness {
     pub async fn start(opts: Options) -> Harness {
         let tokens = TokenServer::start(opts.lifetime).await.unwrap();
         tokens.state.set_delay(opts.token_delay);
+        if let Some(mode) = opts.fail.clone() {
+            tokens.state.set_fail(mode);
+        }
         let upstream = Upstream::start(Arc::clone(&tokens.state)).await.unwrap();
         Harness::start_with(tokens, upstream, opts).await
     }
