@@ -34,7 +34,9 @@ impl ProxyHttp for Bare {
         req: &mut RequestHeader,
         _c: &mut (),
     ) -> Result<()> {
-        req.insert_header(http::header::AUTHORIZATION, self.auth.clone())?;
+        // Static title-case bytes, as bearerd does: no copy of the name per request.
+        let name = bytes::Bytes::from_static(b"Authorization");
+        req.insert_header(name, self.auth.clone())?;
         Ok(())
     }
 }

@@ -1,9 +1,11 @@
 //! The data path: Pingora's `ProxyHttp` for bearerd. Route, take the token from the slot,
 //! rewrite the request, replay once after a 401, stream the response back untouched.
 
+mod arena;
 pub mod problem;
 pub mod resolve;
 pub mod route;
+pub mod target;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -106,18 +108,24 @@ impl Upstream {
     }
 }
 
-/// The upstream request: target, `Host`, the token, the request id. `insert`, not
-/// `append`: this runs again on the replay after a 401.
+/// The upstream request: target, `Host`, the token, and a request id that bearerd generated
+/// (one the app sent is in the request already). `insert`, not `append`: this runs again on
+/// the replay after a 401.
 pub fn rewrite_request(
     req: &mut RequestHeader,
     up: &Upstream,
     token: &TokenSnapshot,
-    target: &http::Uri,
+    target: Option<&http::Uri>,
     request_id: Option<&HeaderValue>,
 ) -> pingora::Result<()> {
-    req.set_uri(target.clone());
+    if let Some(target) = target {
+        req.set_uri(target.clone());
+    }
     req.insert_header(http::header::HOST, up.authority.clone())?;
-    req.insert_header(http::header::AUTHORIZATION, token.header.clone())?;
+    // The name in its title case, given as static bytes: from a `HeaderName`, Pingora's case
+    // map would copy "authorization" into a new buffer on every request.
+    let name = bytes::Bytes::from_static(b"Authorization");
+    req.insert_header(name, token.header.clone())?;
     if let Some(id) = request_id {
         req.insert_header("x-request-id", id.clone())?;
     }
@@ -141,7 +149,10 @@ pub struct BearerProxy {
 pub struct RequestCtx {
     started: Option<Instant>,
     request_id: Option<HeaderValue>,
+    /// The app sent the id: it is in the upstream request already.
+    request_id_from_app: bool,
     upstream: Option<Arc<Upstream>>,
+    /// `None`: the incoming target goes upstream unchanged.
     target: Option<http::Uri>,
     token: Option<Arc<TokenSnapshot>>,
     replayed: bool,
@@ -157,26 +168,16 @@ impl RequestCtx {
     }
 }
 
-/// Whether a path holds a `.` or `..` segment, literally or percent-encoded, or a backslash
-/// (which some servers treat as a separator).
-fn has_dot_segment(path: &str) -> bool {
-    path.contains('\\')
-        || path.split('/').any(|seg| {
-            let lower = seg.to_ascii_lowercase();
-            let decoded = lower.replace("%2e", ".");
-            decoded == "." || decoded == ".." || lower.contains("%5c")
-        })
-}
-
-fn new_request_id() -> HeaderValue {
+/// 32 random hex digits, cut from the arena: always a valid header value.
+pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n: u128 = rand::random();
-    // 32 hex digits on the stack: always a valid header value, one copy into the header.
-    let mut buf = [0u8; 32];
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
-    }
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    let id = arena::cut(32, |buf| {
+        for i in 0..32 {
+            buf.extend_from_slice(&[HEX[((n >> (124 - 4 * i)) & 0xf) as usize]]);
+        }
+    });
+    HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 fn valid_request_id(v: &HeaderValue) -> bool {
@@ -226,7 +227,10 @@ impl ProxyHttp for BearerProxy {
         ctx.started = Some(Instant::now());
         let req = session.req_header();
         ctx.request_id = Some(match req.headers.get("x-request-id") {
-            Some(v) if valid_request_id(v) => v.clone(),
+            Some(v) if valid_request_id(v) => {
+                ctx.request_id_from_app = true;
+                v.clone()
+            }
             _ => new_request_id(),
         });
         // A refcounted clone, not a String: the happy path formats nothing.
@@ -253,7 +257,7 @@ impl ProxyHttp for BearerProxy {
         }
 
         let path = req.uri.path();
-        if has_dot_segment(path) {
+        if route::has_dot_segment(path) {
             // `/a/../b` would leave the upstream's base path, and with it its credential.
             let p = Problem::new(
                 "bad-path",
@@ -274,10 +278,10 @@ impl ProxyHttp for BearerProxy {
                 )
                 .await;
         };
-        let target = route::upstream_target(&upstream.config.base_path, rest, req.uri.query());
-        match http::Uri::try_from(target) {
-            Ok(uri) => ctx.target = Some(uri),
-            Err(_) => {
+        match target::upstream_target(&upstream.config.base_path, path, rest, req.uri.query()) {
+            None => ctx.target = None,
+            Some(Ok(uri)) => ctx.target = Some(uri),
+            Some(Err(_)) => {
                 let p = Problem::new(
                     "bad-request",
                     "Bad request",
@@ -362,14 +366,15 @@ impl ProxyHttp for BearerProxy {
                 }
             }
         }
-        let (Some(up), Some(token), Some(target)) = (&ctx.upstream, &ctx.token, &ctx.target) else {
+        let (Some(up), Some(token)) = (&ctx.upstream, &ctx.token) else {
             // Unreachable by construction: never forward without a token.
             return Error::e_explain(
                 ErrorType::InternalError,
                 "no token for the upstream request",
             );
         };
-        rewrite_request(req, up, token, target, ctx.request_id.as_ref())
+        let new_id = ctx.request_id.as_ref().filter(|_| !ctx.request_id_from_app);
+        rewrite_request(req, up, token, ctx.target.as_ref(), new_id)
     }
 
     async fn upstream_response_filter(

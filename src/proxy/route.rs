@@ -1,4 +1,4 @@
-//! Which upstream a request path belongs to, and the path to send it to.
+//! Which upstream a request path belongs to.
 
 /// Path-prefix routes, longest prefix first. Prefixes match whole segments only:
 /// `/crm` matches `/crm` and `/crm/x`, never `/crmx`.
@@ -21,21 +21,34 @@ impl RouteTable {
     }
 }
 
-/// The upstream request target: base path + rest (+ query). An empty result becomes `/`.
-pub fn upstream_target(base_path: &str, rest: &str, query: Option<&str>) -> String {
-    // The exact length: the string then becomes the URI's bytes without a second allocation.
-    let path_len = (base_path.len() + rest.len()).max(1);
-    let mut target = String::with_capacity(path_len + query.map_or(0, |q| q.len() + 1));
-    target.push_str(base_path);
-    target.push_str(rest);
-    if target.is_empty() {
-        target.push('/');
+/// Whether a path holds a `.` or `..` segment, literally or percent-encoded, or a backslash
+/// (which some servers treat as a separator), also encoded. Such a path could climb out of
+/// the upstream's base path, and with it its credential. Allocation-free: it runs on every
+/// request.
+pub fn has_dot_segment(path: &str) -> bool {
+    path.contains('\\')
+        || path
+            .as_bytes()
+            .windows(3)
+            .any(|w| w.eq_ignore_ascii_case(b"%5c"))
+        || path.split('/').any(is_dot_segment)
+}
+
+/// `.` or `..`, each dot possibly written `%2e`.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() {
+        if rest[0] == b'.' {
+            rest = &rest[1..];
+        } else if rest.len() >= 3 && rest[..3].eq_ignore_ascii_case(b"%2e") {
+            rest = &rest[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
     }
-    if let Some(q) = query {
-        target.push('?');
-        target.push_str(q);
-    }
-    target
+    dots == 1 || dots == 2
 }
 
 #[cfg(test)]
@@ -57,9 +70,36 @@ mod tests {
     }
 
     #[test]
-    fn builds_targets() {
-        assert_eq!(upstream_target("/api", "/x", Some("q=1")), "/api/x?q=1");
-        assert_eq!(upstream_target("", "", None), "/");
-        assert_eq!(upstream_target("/api", "", None), "/api");
+    fn dot_segments_in_every_spelling() {
+        for p in [
+            "/a/../b",
+            "/a/./b",
+            "/..",
+            "/a/..",
+            "/a/%2e%2e/b",
+            "/a/%2E./b",
+            "/a/.%2e",
+            "/%2e",
+            "/a\\b",
+            "/a%5cb",
+            "/a%5C..",
+            "//..//",
+        ] {
+            assert!(has_dot_segment(p), "{p}");
+        }
+        for p in [
+            "/",
+            "/a/b",
+            "/a/.../b",
+            "/a/..b",
+            "/a/b..",
+            "/.well-known/x",
+            "/a/%2e%2e%2e",
+            "/a/%2",
+            "/a/%2f",
+            "/a.b/c.d",
+        ] {
+            assert!(!has_dot_segment(p), "{p}");
+        }
     }
 }
