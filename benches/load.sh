@@ -9,6 +9,8 @@
 #
 #   benches/load.sh                 # DURATION=10 (seconds per wrk run), CONNECTIONS=64
 #   QUICK=1 benches/load.sh         # only the 1-worker table
+#   PROFILE=1 QUICK=1 benches/load.sh  # and a perf profile (cpu-clock) of bare Pingora and
+#                                      # bearerd during their runs, summarised at the end
 #
 # CPU per request is the proxy process's utime+stime (from /proc/PID/stat) over the run,
 # divided by the requests wrk completed: far steadier on a shared machine than requests/s.
@@ -125,8 +127,14 @@ measure() {
   local url=$1; shift
   wrk -t1 -c"$CONNECTIONS" -d1s "$url" >/dev/null 2>&1 || true # warm the pools
   local before; before=$(cpu_ticks "$@")
+  local perf_pid=""
+  if [ -n "${PROFILE:-}" ] && [ -n "${PROFILE_TO:-}" ]; then
+    perf record -q -e cpu-clock -F 1999 -g -o "$PROFILE_TO" -p "$(IFS=,; echo "$*")" >/dev/null 2>&1 &
+    perf_pid=$!
+  fi
   local out; out=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "$url")
   local after; after=$(cpu_ticks "$@")
+  if [ -n "$perf_pid" ]; then kill -INT "$perf_pid"; wait "$perf_pid" || true; fi
   R_N=$(echo "$out" | awk '/requests in/ {print $1}')
   R_RPS=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
   R_P50=$(echo "$out" | awk '$1=="50%" {print $2}')
@@ -160,11 +168,11 @@ run_table() { # $1 workers
   local bp; bp=$(port)
   "$work/bare-pingora" "127.0.0.1:$bp" "127.0.0.1:$UP" "$w" 0 2>/dev/null & local BP=$!; pids+=($BP)
   wait_http "http://127.0.0.1:$bp/"
-  measure "http://127.0.0.1:$bp/" "$BP"; record "bare Pingora, static header$suffix"
+  PROFILE_TO="$work/bare-$w.perf" measure "http://127.0.0.1:$bp/" "$BP"; record "bare Pingora, static header$suffix"
   stop_pid "$BP"
   bearerd_config "$work/b.toml" "$(port)" "$(port)" "$TOK" "$w" false
   start_bearerd "$work/bearerd" "$work/b.toml"
-  measure "http://$(listen_of "$work/b.toml")/" "$B_PID"; record "bearerd, refreshed token$suffix"
+  PROFILE_TO="$work/bearerd-$w.perf" measure "http://$(listen_of "$work/b.toml")/" "$B_PID"; record "bearerd, refreshed token$suffix"
   stop_pid "$B_PID"
 }
 
@@ -177,6 +185,41 @@ R_NGX=$(ratio "${US[bearerd, refreshed token]}" "${US[nginx, static header]}")
 R_BARE=$(ratio "${US[bearerd, refreshed token]}" "${US[bare Pingora, static header]}")
 echo "bearerd / nginx CPU per request: $R_NGX    bearerd / bare Pingora: $R_BARE"
 echo "bearerd / nginx requests/s: $(ratio "${RPS[bearerd, refreshed token]}" "${RPS[nginx, static header]}")    bearerd / bare Pingora: $(ratio "${RPS[bearerd, refreshed token]}" "${RPS[bare Pingora, static header]}")"
+# Where the CPU goes: by layer (kernel, allocator, TLS-free Pingora and tokio, bearerd) and
+# the hottest symbols, for bare Pingora and bearerd side by side.
+profile_summary() { # $1 perf data, $2 title
+  [ -s "$1" ] || { echo "no profile: is perf installed and allowed (perf_event_paranoid)?"; return; }
+  echo; echo "== profile: $2 (perf record -e cpu-clock, self time) =="
+  perf report -i "$1" --no-children --sort dso,sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | python3 -c '
+import sys, re
+layers = {}
+rows = []
+for line in sys.stdin:
+    m = re.match(r"\s*([0-9.]+)%\s+(\S+)\s+\[(.)\]\s+(.*)", line)
+    if not m: continue
+    pct, dso, kind, sym = float(m[1]), m[2], m[3], m[4].strip()
+    rows.append((pct, dso, sym))
+    if kind == "k": layer = "kernel (network stack, wake-ups, syscalls)"
+    elif re.search(r"mi_|malloc|free|realloc|_rjem|alloc::", sym): layer = "allocator"
+    elif re.search(r"bearerd::|arc_swap", sym): layer = "bearerd"
+    elif re.search(r"pingora|http::|httparse|h2::", sym): layer = "pingora + http"
+    elif re.search(r"tokio|mio::|parking_lot|std::sys", sym): layer = "tokio runtime"
+    else: layer = "other (libc, std, compiler builtins)"
+    layers[layer] = layers.get(layer, 0) + pct
+for k, v in sorted(layers.items(), key=lambda kv: -kv[1]):
+    print(f"  {v:5.1f}%  {k}")
+print("  hottest symbols:")
+for pct, dso, sym in rows[:15]:
+    print(f"  {pct:5.1f}%  {sym[:100]}")
+'
+}
+if [ -n "${PROFILE:-}" ]; then
+  command -v perf >/dev/null 2>&1 || { sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"; $sudo apt-get install -y -qq linux-perf >/dev/null || true; }
+  profile_summary "$work/bare-1.perf" "bare Pingora, 1 worker"
+  profile_summary "$work/bearerd-1.perf" "bearerd, 1 worker"
+  mkdir -p target/profile && cp "$work"/*.perf target/profile/
+  echo "perf data kept in target/profile/ (perf report -i target/profile/bearerd-1.perf)"
+fi
 [ -n "${QUICK:-}" ] && exit 0
 
 echo; echo "levers (bearerd, 1 worker, CPU µs per request):"

@@ -199,10 +199,26 @@ impl Sidecar {
         let mut handles = Vec::new();
         let mut credentials = Vec::new();
         for c in &config.credentials {
-            let grant = Grant::new(&c.grant).map_err(|message| StartError::Credential {
+            let mut grant = Grant::new(&c.grant).map_err(|message| StartError::Credential {
                 name: c.name.clone(),
                 message,
             })?;
+            // A rotation that a helper finished after the previous run died comes first.
+            if store.recover_rotation(&c.name)? {
+                tracing::info!(
+                    credential = %c.name,
+                    "applied a refresh token rotated by the previous run's helper"
+                );
+            }
+            if let (store::Store::File(f), Some(helper)) = (&*store, &config.server.rotation_helper)
+            {
+                grant.make_rotation_durable(token::rotation::DurableRotation {
+                    helper: helper.clone(),
+                    store: f.path().to_path_buf(),
+                    key: secrecy::SecretBox::new(Box::new(*f.key())),
+                    credential: c.name.clone(),
+                });
+            }
             let slot = CredentialSlot::new(c, Arc::clone(&metrics));
             credentials.push(Arc::clone(&slot));
             handles.push(Credential::new(slot, grant, Arc::clone(&store)));

@@ -39,6 +39,10 @@ enum Command {
     },
     /// Print a new random store key (base64, 32 bytes).
     Keygen,
+    /// Internal: runs one refresh-token exchange for a running sidecar (see
+    /// src/token/rotation.rs). Reads its request from stdin.
+    #[command(hide = true)]
+    RotationHelper,
     /// Show each credential's state (from a running sidecar's admin API).
     Status {
         /// One credential in detail.
@@ -135,8 +139,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::RotationHelper => bearerd::token::rotation::helper_main(),
         Command::Run { config } => {
-            let c = match Config::load(&config) {
+            let mut c = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -144,6 +149,13 @@ fn main() -> ExitCode {
                 }
             };
             logging::init(c.server.log_format);
+            // The running image itself, even if the file on disk was replaced by an upgrade.
+            let proc_exe = PathBuf::from("/proc/self/exe");
+            c.server.rotation_helper = if proc_exe.exists() {
+                Some(proc_exe)
+            } else {
+                std::env::current_exe().ok()
+            };
             tracing::info!(
                 config = %config.display(),
                 proxy = %c.server.proxy_listen,

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use bearerd::config::Config;
 use bearerd::Sidecar;
 use support::{Harness, Options};
 
@@ -29,7 +28,7 @@ async fn restart(h: &mut Harness) {
     tokio::task::spawn_blocking(move || old.shutdown())
         .await
         .unwrap();
-    let config = Config::parse(Path::new("test.toml"), &h.config_text).unwrap();
+    let config = support::sidecar_config(&h.config_text);
     h.sidecar = Some(
         tokio::task::spawn_blocking(move || Sidecar::start(config))
             .await
@@ -119,7 +118,7 @@ async fn restart_with_an_expired_token_refreshes_once_with_the_stored_refresh_to
     let before = h.tokens.state.requests();
     tokio::time::sleep(Duration::from_millis(2100)).await;
 
-    let config = Config::parse(Path::new("test.toml"), &h.config_text).unwrap();
+    let config = support::sidecar_config(&h.config_text);
     h.sidecar = Some(
         tokio::task::spawn_blocking(move || Sidecar::start(config))
             .await

@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     pub access_log: bool,
     pub shutdown_grace: Duration,
+    /// The program that runs `rotation-helper` (this binary), for rotations that survive a
+    /// kill. Not a config key: `bearerd run` sets it; embedders may.
+    pub rotation_helper: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -456,6 +459,7 @@ fn lower_server(map: &SourceMap, raw: &RawConfig) -> Result<ServerConfig, Config
         work_stealing: s.work_stealing.unwrap_or(true),
         log_format,
         access_log: s.access_log.unwrap_or(false),
+        rotation_helper: None,
         shutdown_grace: duration(
             map,
             "server.shutdown_grace",

@@ -47,6 +47,9 @@ pub struct TokenServerState {
     serial: AtomicU64,
     lifetime_ms: AtomicU64,
     delay_ms: AtomicU64,
+    /// Delay after a rotation is committed, before the answer goes out: the crash window.
+    answer_delay_ms: AtomicU64,
+    rotations: AtomicUsize,
     fail: Mutex<FailMode>,
     send_expires_in: std::sync::atomic::AtomicBool,
     issued: Mutex<HashMap<String, Issued>>,
@@ -94,6 +97,8 @@ impl TokenServer {
             serial: AtomicU64::new(0),
             lifetime_ms: AtomicU64::new(lifetime.as_millis() as u64),
             delay_ms: AtomicU64::new(0),
+            answer_delay_ms: AtomicU64::new(0),
+            rotations: AtomicUsize::new(0),
             fail: Mutex::new(FailMode::None),
             send_expires_in: std::sync::atomic::AtomicBool::new(true),
             issued: Mutex::new(HashMap::new()),
@@ -160,6 +165,15 @@ impl TokenServerState {
     }
     pub fn set_delay(&self, d: Duration) {
         self.delay_ms.store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+    /// Holds each refresh-token answer this long after the rotation is committed.
+    pub fn set_answer_delay(&self, d: Duration) {
+        self.answer_delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+    /// Refresh-token rotations committed so far.
+    pub fn rotations(&self) -> usize {
+        self.rotations.load(Ordering::SeqCst)
     }
     pub fn set_fail(&self, mode: FailMode) {
         *self.fail.lock().unwrap() = mode;
@@ -370,34 +384,43 @@ async fn token(
             let Some(rt) = form.get("refresh_token") else {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
             };
-            let grace = Duration::from_millis(state.reuse_grace_ms.load(Ordering::SeqCst));
-            let mut r = state.refresh.lock().unwrap();
-            if let Some((spent_at, successor)) = r.spent.get(rt).cloned() {
-                if spent_at.elapsed() >= grace {
-                    // Reuse: assume theft and revoke the whole grant.
-                    state.reuse_detected.fetch_add(1, Ordering::SeqCst);
-                    r.active.clear();
-                    drop(r);
-                    state.revoke_access_tokens();
+            // Committed in a block of its own: no lock guard lives across the answer delay.
+            let body = {
+                let grace = Duration::from_millis(state.reuse_grace_ms.load(Ordering::SeqCst));
+                let mut r = state.refresh.lock().unwrap();
+                if let Some((spent_at, successor)) = r.spent.get(rt).cloned() {
+                    if spent_at.elapsed() >= grace {
+                        // Reuse: assume theft and revoke the whole grant.
+                        state.reuse_detected.fetch_add(1, Ordering::SeqCst);
+                        r.active.clear();
+                        drop(r);
+                        state.revoke_access_tokens();
+                        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+                    }
+                    // Inside the grace period (as Okta and Auth0 offer): the client evidently
+                    // never received the successor, which is replaced.
+                    state.grace_reuses.fetch_add(1, Ordering::SeqCst);
+                    r.active.remove(&successor);
+                } else if !r.active.remove(rt) {
                     return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
                 }
-                // Inside the grace period (as Okta and Auth0 offer): the client evidently
-                // never received the successor, which is replaced.
-                state.grace_reuses.fetch_add(1, Ordering::SeqCst);
-                r.active.remove(&successor);
-            } else if !r.active.remove(rt) {
-                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+                drop(r);
+                let body = state.issue(true);
+                let successor = body["refresh_token"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let mut r = state.refresh.lock().unwrap();
+                let spent_at = r.spent.get(rt).map_or_else(Instant::now, |s| s.0);
+                r.spent.insert(rt.clone(), (spent_at, successor));
+                drop(r);
+                body
+            };
+            state.rotations.fetch_add(1, Ordering::SeqCst);
+            let delay = state.answer_delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
             }
-            drop(r);
-            let body = state.issue(true);
-            let successor = body["refresh_token"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let mut r = state.refresh.lock().unwrap();
-            let spent_at = r.spent.get(rt).map_or_else(Instant::now, |s| s.0);
-            r.spent.insert(rt.clone(), (spent_at, successor));
-            drop(r);
             Json(body).into_response()
         }
         _ => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),

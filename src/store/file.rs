@@ -12,9 +12,14 @@ use std::sync::Mutex;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use secrecy::{ExposeSecret, SecretBox};
 use serde::{Deserialize, Serialize};
 
+use super::journal;
 use super::{StoreError, StoredToken, StoredTokenRecord};
+
+/// How long a starting sidecar waits for a rotation helper of its previous life.
+const HELPER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
 
 const FORMAT: &str = "bearerd-store-v1";
 const KEY_CHECK: &[u8] = b"bearerd key check";
@@ -30,6 +35,8 @@ struct FileContents {
 pub struct FileStore {
     path: PathBuf,
     cipher: XChaCha20Poly1305,
+    /// Kept for the rotation helper, which seals the journal with it.
+    key: SecretBox<[u8; 32]>,
     /// Decrypted records, and the sealed ones as they are on disk.
     state: Mutex<(BTreeMap<String, StoredToken>, BTreeMap<String, String>)>,
 }
@@ -58,6 +65,8 @@ impl FileStore {
         std::fs::write(&probe, b"")
             .map_err(|e| err(format!("directory {} is not writable: {e}", dir.display())))?;
         let _ = std::fs::remove_file(&probe);
+        // A helper of the previous run may still be rotating: its answer comes first.
+        journal::wait_for_helpers(path, HELPER_PATIENCE)?;
         let mut tokens = BTreeMap::new();
         let mut sealed = BTreeMap::new();
         match std::fs::read(path) {
@@ -98,6 +107,7 @@ impl FileStore {
         Ok(FileStore {
             path: path.to_path_buf(),
             cipher,
+            key: SecretBox::new(Box::new(*key)),
             state: Mutex::new((tokens, sealed)),
         })
     }
@@ -144,6 +154,8 @@ impl FileStore {
         // The rename is the commit point: from here the file holds the new set, and the
         // in-memory view must follow it even if the directory sync below fails.
         *state = (tokens, sealed);
+        // The record now holds at least what a rotation journal held.
+        journal::remove(&self.path, credential);
         sync_dir(&self.path).map_err(|e| StoreError::Io {
             path: self.path.display().to_string(),
             message: format!("written, but the directory could not be synced: {e}"),
@@ -151,24 +163,63 @@ impl FileStore {
     }
 
     fn seal(&self, plain: &[u8], aad: &[u8]) -> String {
-        let nonce_bytes: [u8; 24] = rand::random();
-        let nonce = XNonce::from_slice(&nonce_bytes);
-        // Encryption with a valid key and nonce cannot fail for in-memory buffers.
-        let ct = self
-            .cipher
-            .encrypt(nonce, Payload { msg: plain, aad })
-            .unwrap_or_default();
-        let mut out = nonce_bytes.to_vec();
-        out.extend_from_slice(&ct);
-        b64().encode(out)
+        seal(&self.cipher, plain, aad)
     }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn key(&self) -> &[u8; 32] {
+        self.key.expose_secret()
+    }
+
+    /// Applies the credential's rotation journal, left by a helper that outlived its
+    /// sidecar: its refresh token replaces the stored one when the store still holds the
+    /// token it replaced (or none). Returns whether it was applied.
+    pub fn recover_rotation(&self, credential: &str) -> Result<bool, StoreError> {
+        let Some(entry) = journal::read(&self.cipher, &self.path, credential)? else {
+            return Ok(false);
+        };
+        let current = self.load(credential);
+        let stored_rt = current.as_ref().and_then(|c| c.refresh_token.as_ref());
+        let applies = match (&current, stored_rt) {
+            (Some(c), _) if c.logged_out => false,
+            (_, Some(rt)) => super::fingerprint(rt) == entry.replaces,
+            (_, None) => true,
+        };
+        if !applies {
+            journal::remove(&self.path, credential);
+            return Ok(false);
+        }
+        let mut record = current.unwrap_or_else(StoredToken::empty);
+        if record.refresh_token.is_none() {
+            // The replaced token was a configured seed: it must never be sent again.
+            record.spent_seed = Some(entry.replaces.clone());
+        }
+        record.refresh_token = Some(entry.refresh_token);
+        self.save(credential, Some(&record))?;
+        Ok(true)
+    }
+}
+
+pub(super) fn seal(cipher: &XChaCha20Poly1305, plain: &[u8], aad: &[u8]) -> String {
+    let nonce_bytes: [u8; 24] = rand::random();
+    let nonce = XNonce::from_slice(&nonce_bytes);
+    // Encryption with a valid key and nonce cannot fail for in-memory buffers.
+    let ct = cipher
+        .encrypt(nonce, Payload { msg: plain, aad })
+        .unwrap_or_default();
+    let mut out = nonce_bytes.to_vec();
+    out.extend_from_slice(&ct);
+    b64().encode(out)
 }
 
 fn aad(credential: &str) -> String {
     format!("bearerd:credential:{credential}")
 }
 
-fn open_sealed(cipher: &XChaCha20Poly1305, sealed: &str, aad: &[u8]) -> Option<Vec<u8>> {
+pub(super) fn open_sealed(cipher: &XChaCha20Poly1305, sealed: &str, aad: &[u8]) -> Option<Vec<u8>> {
     let bytes = b64().decode(sealed).ok()?;
     if bytes.len() < 24 + 16 {
         return None;
@@ -182,17 +233,17 @@ fn open_sealed(cipher: &XChaCha20Poly1305, sealed: &str, aad: &[u8]) -> Option<V
 /// Write to a temporary file (mode 0600), fsync it, rename it over the target (then the
 /// caller syncs the directory): after a crash the path holds the old contents or the new,
 /// whole.
-fn parent_dir(path: &Path) -> &Path {
+pub(super) fn parent_dir(path: &Path) -> &Path {
     path.parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."))
 }
 
-fn sync_dir(path: &Path) -> std::io::Result<()> {
+pub(super) fn sync_dir(path: &Path) -> std::io::Result<()> {
     std::fs::File::open(parent_dir(path))?.sync_all()
 }
 
-fn write_and_rename(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(super) fn write_and_rename(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = parent_dir(path);
     let tmp = dir.join(format!(
         ".{}.tmp-{}",
@@ -306,5 +357,102 @@ mod tests {
             std::fs::read(&path).unwrap(),
             &original[..original.len() / 2]
         );
+    }
+
+    fn journal(path: &Path, key: &[u8; 32], rt: &str, replaces: &str) {
+        let entry = journal::JournalEntry {
+            refresh_token: SecretString::from(rt.to_string()),
+            replaces: super::super::fingerprint(&SecretString::from(replaces.to_string())),
+        };
+        journal::write(&XChaCha20Poly1305::new(key.into()), path, "crm", &entry).unwrap();
+    }
+
+    fn stored_rt(s: &FileStore) -> Option<String> {
+        s.load("crm")?
+            .refresh_token
+            .map(|r| r.expose_secret().to_string())
+    }
+
+    #[test]
+    fn a_rotation_journal_applies_only_over_the_token_it_replaced() {
+        let (path, key) = (temp_path(), [3u8; 32]);
+        let s = FileStore::open(&path, &key).unwrap();
+        s.save("crm", Some(&token("rt-1"))).unwrap();
+
+        // A helper rotated rt-1 into rt-2 after its sidecar died.
+        journal(&path, &key, "rt-2", "rt-1");
+        let s = FileStore::open(&path, &key).unwrap();
+        assert!(s.recover_rotation("crm").unwrap());
+        assert_eq!(stored_rt(&s).as_deref(), Some("rt-2"));
+        assert!(
+            !journal::journal_path(&path, "crm").exists(),
+            "applied once"
+        );
+        let s = FileStore::open(&path, &key).unwrap();
+        assert_eq!(stored_rt(&s).as_deref(), Some("rt-2"), "durable");
+
+        // A stale journal (the store moved past it) never brings back a spent token.
+        journal(&path, &key, "rt-1", "rt-0");
+        assert!(!s.recover_rotation("crm").unwrap());
+        assert_eq!(stored_rt(&s).as_deref(), Some("rt-2"));
+        assert!(!journal::journal_path(&path, "crm").exists());
+
+        // Saving the record makes the journal redundant.
+        journal(&path, &key, "rt-3", "rt-2");
+        s.save("crm", Some(&token("rt-3"))).unwrap();
+        assert!(!journal::journal_path(&path, "crm").exists());
+    }
+
+    #[test]
+    fn a_journal_over_a_seed_marks_the_seed_spent() {
+        let (path, key) = (temp_path(), [4u8; 32]);
+        journal(&path, &key, "rt-1", "the-seed");
+        let s = FileStore::open(&path, &key).unwrap();
+        assert!(s.recover_rotation("crm").unwrap());
+        let rec = s.load("crm").unwrap();
+        assert_eq!(stored_rt(&s).as_deref(), Some("rt-1"));
+        assert_eq!(
+            rec.spent_seed,
+            Some(super::super::fingerprint(&SecretString::from(
+                "the-seed".to_string()
+            )))
+        );
+    }
+
+    #[test]
+    fn a_damaged_journal_is_an_error_naming_it_and_left_alone() {
+        let (path, key) = (temp_path(), [5u8; 32]);
+        journal(&path, &key, "rt-2", "rt-1");
+        let jp = journal::journal_path(&path, "crm");
+        let mut bytes = std::fs::read(&jp).unwrap();
+        let n = bytes.len();
+        bytes[n - 5] ^= 1;
+        std::fs::write(&jp, &bytes).unwrap();
+        let s = FileStore::open(&path, &key).unwrap();
+        let e = s.recover_rotation("crm").unwrap_err().to_string();
+        assert!(e.contains(&jp.display().to_string()), "{e}");
+        assert_eq!(std::fs::read(&jp).unwrap(), bytes);
+        let e = FileStore::open(&path, &[6u8; 32])
+            .unwrap()
+            .recover_rotation("crm")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("fails authentication") || e.contains("readable"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn opening_waits_for_a_helper_that_holds_the_lock() {
+        let path = temp_path();
+        let helper = journal::open_lock(&path).unwrap();
+        helper.lock_shared().unwrap();
+        let e = journal::wait_for_helpers(&path, std::time::Duration::from_millis(100))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rotation helper"), "{e}");
+        helper.unlock().unwrap();
+        journal::wait_for_helpers(&path, std::time::Duration::from_millis(100)).unwrap();
     }
 }

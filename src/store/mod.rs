@@ -3,6 +3,7 @@
 //! directory), so a crash leaves either the old set or the new one, never a torn mix.
 
 mod file;
+pub mod journal;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -165,6 +166,15 @@ impl Store {
         }
     }
 
+    /// Applies a rotation journal left by a helper that outlived the previous run (see
+    /// `journal`). A memory store has none.
+    pub fn recover_rotation(&self, credential: &str) -> Result<bool, StoreError> {
+        match self {
+            Store::Memory(_) => Ok(false),
+            Store::File(f) => f.recover_rotation(credential),
+        }
+    }
+
     pub fn remove(&self, credential: &str) -> Result<(), StoreError> {
         match self {
             Store::Memory(m) => {
@@ -179,6 +189,16 @@ impl Store {
 }
 
 pub use crate::config::parse_store_key as parse_key;
+
+/// SHA-256 of a secret, hex: how a spent or replaced refresh token is remembered without
+/// keeping the token.
+pub fn fingerprint(secret: &SecretString) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(secret.expose_secret().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// A new random key, base64, for `bearerd keygen`.
 pub fn generate_key() -> String {

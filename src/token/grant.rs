@@ -9,6 +9,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 
 use super::discovery::{self, ProviderEndpoints};
+use super::rotation::{HelperError, RawResponse};
 use crate::config::{same_secret, ClientAuthMethod, GrantConfig, SecretRef, TokenRequestConfig};
 
 /// A token as the grant produced it.
@@ -77,6 +78,8 @@ pub enum Grant {
         /// A fingerprint of the seed once it has been sent (kept in the store too), so the
         /// same seed is never sent twice, not even after a restart.
         spent_seed: Mutex<Option<String>>,
+        /// Exchanges run through the rotation helper, so a rotated token survives a kill.
+        durable: Option<Box<super::rotation::DurableRotation>>,
     },
     Static {
         token: SecretRef,
@@ -95,12 +98,21 @@ impl Grant {
                 seed: seed.clone(),
                 current: Mutex::new(None),
                 spent_seed: Mutex::new(None),
+                durable: None,
             },
             GrantConfig::Static { token } => Grant::Static {
                 token: token.clone(),
                 last: Mutex::new(None),
             },
         })
+    }
+
+    /// Runs this grant's rotating exchanges through the rotation helper (refresh-token grants
+    /// with a file store; other grants have nothing to lose).
+    pub fn make_rotation_durable(&mut self, rotation: super::rotation::DurableRotation) {
+        if let Grant::RefreshToken { durable, .. } = self {
+            *durable = Some(Box::new(rotation));
+        }
     }
 
     /// Static tokens are watched by polling; OAuth tokens are refreshed on a schedule.
@@ -204,6 +216,7 @@ impl Grant {
                 seed,
                 current,
                 spent_seed,
+                durable,
             } => {
                 // Held across the request: one use of a refresh token at a time, ever.
                 let mut current = current.lock().await;
@@ -241,11 +254,12 @@ impl Grant {
                 ];
                 // RFC 6749 §6: without `scope` the refresh keeps the scope originally granted;
                 // asking again for one the grant lacks (say, a dropped offline_access) fails.
-                let result = if endpoint.config().scope_on_refresh {
-                    endpoint.request(form).await
-                } else {
-                    endpoint.exchange(form).await
-                };
+                let mut form = form;
+                if endpoint.config().scope_on_refresh {
+                    endpoint.add_scope(&mut form);
+                }
+                let via = durable.as_deref().map(|d| (d, fingerprint(&rt)));
+                let result = endpoint.exchange_via(form, via).await;
                 match result {
                     Ok((mut token, rotated)) => {
                         // Keep the old one when the provider does not rotate.
@@ -317,23 +331,33 @@ const PERMANENT_CODES: [&str; 5] = [
     "invalid_scope",
 ];
 
+/// The HTTP client for token requests: the request timeout, no redirects, and the
+/// configured CA instead of the system roots when there is one. The rotation helper builds
+/// the same one.
+pub(crate) fn token_http_client(
+    timeout: Duration,
+    ca_file: Option<&std::path::Path>,
+) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("bearerd/", env!("CARGO_PKG_VERSION")));
+    if let Some(ca) = ca_file {
+        builder = builder.tls_built_in_root_certs(false);
+        for der in crate::config::load_ca_file(ca)? {
+            let cert = reqwest::Certificate::from_der(&der).map_err(|e| e.to_string())?;
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the token client: {e}"))
+}
+
 impl TokenEndpoint {
     pub fn new(config: &TokenRequestConfig) -> Result<Self, String> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("bearerd/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &config.ca_file {
-            builder = builder.tls_built_in_root_certs(false);
-            for der in crate::config::load_ca_file(ca)? {
-                let cert = reqwest::Certificate::from_der(&der).map_err(|e| e.to_string())?;
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let http = builder
-            .build()
-            .map_err(|e| format!("cannot build the token client: {e}"))?;
+        let http = token_http_client(config.timeout, config.ca_file.as_deref())?;
         Ok(TokenEndpoint {
             http,
             config: config.clone(),
@@ -457,17 +481,31 @@ impl TokenEndpoint {
         &self,
         mut form: Vec<(&'static str, String)>,
     ) -> Result<(IssuedToken, Option<SecretString>), GrantError> {
+        self.add_scope(&mut form);
+        self.exchange(form).await
+    }
+
+    fn add_scope(&self, form: &mut Vec<(&'static str, String)>) {
         if !self.config.scopes.is_empty() {
             form.push(("scope", self.config.scopes.join(" ")));
         }
-        self.exchange(form).await
     }
 
     /// Sends a token request with exactly these grant fields (plus client authentication,
     /// `resource` and `params`). Used by the grants and by `bearerd login`.
     pub async fn exchange(
         &self,
+        form: Vec<(&'static str, String)>,
+    ) -> Result<(IssuedToken, Option<SecretString>), GrantError> {
+        self.exchange_via(form, None).await
+    }
+
+    /// `exchange`, through the rotation helper when `via` names one (with the fingerprint of
+    /// the refresh token in the form).
+    async fn exchange_via(
+        &self,
         mut form: Vec<(&'static str, String)>,
+        via: Option<(&super::rotation::DurableRotation, String)>,
     ) -> Result<(IssuedToken, Option<SecretString>), GrantError> {
         let c = &self.config;
         let endpoints = self.endpoints().await?;
@@ -487,39 +525,80 @@ impl TokenEndpoint {
         for (k, v) in &c.params {
             body.push((k.clone(), v.clone()));
         }
-        let resp = req.form(&body).send().await.map_err(|e| {
-            if e.is_timeout() {
-                GrantError::transient(
-                    "timeout",
-                    format!("token endpoint did not answer within {:?}", c.timeout),
-                )
-            } else {
-                // reqwest errors name the URL but never the form body.
-                GrantError::transient(
-                    "network",
-                    format!("token endpoint unreachable: {}", error_chain(&e)),
-                )
+        let req = req.form(&body);
+        let raw = match via {
+            Some((helper, replaces)) => {
+                let request = req.try_clone().and_then(|r| r.build().ok());
+                match request {
+                    Some(request) => {
+                        let sent = helper
+                            .send(&request, c.timeout, c.ca_file.clone(), replaces)
+                            .await;
+                        match sent {
+                            Ok(raw) => Some(Ok(raw)),
+                            Err(HelperError::NotStarted(why)) => {
+                                // Nothing was sent: send it here, without the journal.
+                                tracing::warn!("{why}; sending the token request directly");
+                                None
+                            }
+                            Err(HelperError::Failed { timeout, message }) => {
+                                Some(Err(self.transport_failure(timeout, message)))
+                            }
+                        }
+                    }
+                    None => None,
+                }
             }
+            None => None,
+        };
+        let raw = match raw {
+            Some(r) => r?,
+            None => self.send_direct(req).await?,
+        };
+        if (200..300).contains(&raw.status) {
+            return parse_success(&raw.body);
+        }
+        let retry_after = raw.retry_after.as_ref().and_then(parse_retry_after);
+        Err(classify_failure(raw.status, &raw.body, retry_after))
+    }
+
+    fn transport_failure(&self, timeout: bool, message: String) -> GrantError {
+        if timeout {
+            GrantError::transient(
+                "timeout",
+                format!(
+                    "token endpoint did not answer within {:?}",
+                    self.config.timeout
+                ),
+            )
+        } else {
+            GrantError::transient("network", message)
+        }
+    }
+
+    async fn send_direct(&self, req: reqwest::RequestBuilder) -> Result<RawResponse, GrantError> {
+        // reqwest errors name the URL but never the form body.
+        let resp = req.send().await.map_err(|e| {
+            let message = format!("token endpoint unreachable: {}", error_chain(&e));
+            self.transport_failure(e.is_timeout(), message)
         })?;
-        let status = resp.status();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(parse_retry_after);
-        let bytes = resp.bytes().await.map_err(|e| {
+        let status = resp.status().as_u16();
+        let retry_after = resp.headers().get("retry-after").cloned();
+        let body = resp.bytes().await.map_err(|e| {
             GrantError::transient(
                 "network",
                 format!("token response broke off: {}", error_chain(&e)),
             )
         })?;
-        if status.is_success() {
-            return parse_success(&bytes);
-        }
-        Err(classify_failure(status.as_u16(), &bytes, retry_after))
+        Ok(RawResponse {
+            status,
+            retry_after,
+            body: body.to_vec(),
+        })
     }
 }
 
-fn error_chain(e: &reqwest::Error) -> String {
+pub(crate) fn error_chain(e: &reqwest::Error) -> String {
     // The URL is the token endpoint's (no secret); the form body is never in the message.
     let mut s = e.to_string();
     let mut src = std::error::Error::source(e);
@@ -696,13 +775,7 @@ fn sanitize_kind(code: &str) -> String {
 }
 
 /// A SHA-256 fingerprint of a secret, hex: enough to recognise it again, useless to replay.
-pub fn fingerprint(secret: &SecretString) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(secret.expose_secret().as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use crate::store::fingerprint;
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod grant;
 pub mod login;
 pub mod refresher;
+pub mod rotation;
 pub mod schedule;
 
 use std::sync::{Arc, Mutex};

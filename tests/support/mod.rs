@@ -174,8 +174,7 @@ credential = "api"
             let text = template
                 .replace("{proxy}", &free_addr().to_string())
                 .replace("{admin}", &free_addr().to_string());
-            let config = Config::parse(Path::new("test.toml"), &text)
-                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let config = sidecar_config(&text);
             match tokio::task::spawn_blocking(move || Sidecar::start(config))
                 .await
                 .unwrap()
@@ -263,6 +262,14 @@ impl Drop for Harness {
             std::thread::spawn(move || drop(s));
         }
     }
+}
+
+/// A test config as `bearerd run` would start it: with the binary as its rotation helper.
+pub fn sidecar_config(text: &str) -> Config {
+    let mut config =
+        Config::parse(Path::new("test.toml"), text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    config.server.rotation_helper = Some(env!("CARGO_BIN_EXE_bearerd").into());
+    config
 }
 
 pub fn rand_suffix() -> String {

@@ -1,0 +1,162 @@
+//! The rotation journal: where a refresh token that a provider just rotated is written by
+//! the rotation helper (a child process) before anyone else sees it, so that the new token
+//! survives the sidecar's death at any moment of the exchange.
+//!
+//! One sealed file per credential next to the store, replaced atomically; the store's key
+//! seals it, with its own associated data. A journal entry names the refresh token it
+//! replaced: at startup it is applied only when the store still holds that one (or none),
+//! so a stale journal can never bring back a spent token. The sidecar removes the journal
+//! whenever it saves the credential's record, which then holds at least what the journal
+//! held.
+//!
+//! A lock file next to the store orders the two processes: a helper holds it shared while
+//! it works, and a starting sidecar takes it exclusively (waiting) before it reads anything,
+//! so it never sends a refresh token that a helper of its previous life is still using.
+
+use std::fs::File;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chacha20poly1305::XChaCha20Poly1305;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::file::{open_sealed, parent_dir, seal, sync_dir, write_and_rename};
+use super::StoreError;
+
+const FORMAT: &str = "bearerd-rotation-v1";
+
+/// A rotated refresh token, and the SHA-256 fingerprint of the one it replaced.
+pub struct JournalEntry {
+    pub refresh_token: SecretString,
+    pub replaces: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct JournalFile {
+    format: String,
+    sealed: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct JournalRecord {
+    refresh_token: String,
+    replaces: String,
+}
+
+fn file_name(store: &Path) -> &str {
+    store
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("store")
+}
+
+/// The journal of one credential. The name is hex-encoded: credential names are free text.
+pub fn journal_path(store: &Path, credential: &str) -> PathBuf {
+    let hex: String = credential.bytes().map(|b| format!("{b:02x}")).collect();
+    parent_dir(store).join(format!(".{}.rotation-{hex}", file_name(store)))
+}
+
+pub fn lock_path(store: &Path) -> PathBuf {
+    parent_dir(store).join(format!(".{}.lock", file_name(store)))
+}
+
+fn aad(credential: &str) -> String {
+    format!("bearerd:rotation:{credential}")
+}
+
+pub fn open_lock(store: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(lock_path(store))
+}
+
+/// Waits until no rotation helper of an earlier run is at work on this store. A helper
+/// gives up by itself after its request timeout, so the wait is bounded.
+pub fn wait_for_helpers(store: &Path, patience: Duration) -> Result<(), StoreError> {
+    let lock = lock_path(store);
+    let err = |message: String| StoreError::Io {
+        path: lock.display().to_string(),
+        message,
+    };
+    let file = open_lock(store).map_err(|e| err(format!("cannot open the lock file: {e}")))?;
+    let deadline = Instant::now() + patience;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return file.unlock().map_err(|e| err(e.to_string())),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(err(format!(
+                    "a rotation helper of an earlier run still holds it after {patience:?}"
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(err(e.to_string())),
+        }
+    }
+}
+
+/// Writes the entry durably (temporary file, fsync, rename, directory fsync).
+pub fn write(
+    cipher: &XChaCha20Poly1305,
+    store: &Path,
+    credential: &str,
+    entry: &JournalEntry,
+) -> std::io::Result<()> {
+    let record = JournalRecord {
+        refresh_token: entry.refresh_token.expose_secret().to_string(),
+        replaces: entry.replaces.clone(),
+    };
+    let plain = serde_json::to_vec(&record)?;
+    let file = JournalFile {
+        format: FORMAT.into(),
+        sealed: seal(cipher, &plain, aad(credential).as_bytes()),
+    };
+    let path = journal_path(store, credential);
+    write_and_rename(&path, &serde_json::to_vec(&file)?)?;
+    sync_dir(&path)
+}
+
+/// The credential's journal entry, if there is one. A journal that does not open is an
+/// error naming the file, which is left as it is.
+pub fn read(
+    cipher: &XChaCha20Poly1305,
+    store: &Path,
+    credential: &str,
+) -> Result<Option<JournalEntry>, StoreError> {
+    let path = journal_path(store, credential);
+    let err = |message: &str| StoreError::Io {
+        path: path.display().to_string(),
+        message: format!("{message}; it was left unchanged"),
+    };
+    let bytes = match std::fs::read(&path) {
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(&format!("cannot read the rotation journal: {e}"))),
+        Ok(b) => b,
+    };
+    let file: JournalFile = serde_json::from_slice(&bytes)
+        .map_err(|_| err("not a readable rotation journal (truncated or damaged?)"))?;
+    if file.format != FORMAT {
+        return Err(err("unknown rotation journal format"));
+    }
+    let plain = open_sealed(cipher, &file.sealed, aad(credential).as_bytes())
+        .ok_or_else(|| err("the rotation journal fails authentication (wrong key, or tampered)"))?;
+    let record: JournalRecord =
+        serde_json::from_slice(&plain).map_err(|_| err("the rotation journal is malformed"))?;
+    Ok(Some(JournalEntry {
+        refresh_token: SecretString::from(record.refresh_token),
+        replaces: record.replaces,
+    }))
+}
+
+/// Best effort: a journal left behind is recognised as stale at the next start.
+pub fn remove(store: &Path, credential: &str) {
+    let _ = std::fs::remove_file(journal_path(store, credential));
+}

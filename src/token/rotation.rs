@@ -1,0 +1,326 @@
+//! Refresh-token rotation that survives the sidecar's death.
+//!
+//! Between the provider committing a rotation and the sidecar's fsync of the new refresh
+//! token there is a window of a few milliseconds. A `kill -9` inside it loses the only copy
+//! of the new token; the next start must send the old one, and a provider without a reuse
+//! grace revokes the whole grant. So the rotating exchange runs in a short-lived child
+//! process, the rotation helper (`bearerd rotation-helper`, the same binary): it sends the
+//! token request the sidecar built, writes any rotated refresh token to the store's journal
+//! (`store::journal`), and only then hands the answer back. A kill of the sidecar leaves the
+//! helper running in its own process group; the next start waits for it and applies its
+//! journal. What stays open is the loss of both processes at once (a machine or a whole
+//! container dying); that needs the provider's grace period.
+//!
+//! The request travels over a pipe, never on the command line or in the environment: it
+//! holds the refresh token, the client secret and the store key.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
+use secrecy::{ExposeSecret, SecretBox, SecretString};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::store::journal::{self, JournalEntry};
+
+/// Time for the helper to start, write the journal and answer, beyond the request timeout.
+const HELPER_MARGIN: Duration = Duration::from_secs(10);
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+/// Where a credential's rotations are journaled, and the program that runs the helper.
+pub struct DurableRotation {
+    pub helper: PathBuf,
+    pub store: PathBuf,
+    pub key: SecretBox<[u8; 32]>,
+    pub credential: String,
+}
+
+/// What the sidecar asks of the helper.
+#[derive(Serialize, Deserialize)]
+struct HelperRequest {
+    /// The sidecar's pid: a helper whose parent died before it sent anything sends nothing.
+    parent: u32,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: String,
+    timeout_ms: u64,
+    ca_file: Option<PathBuf>,
+    store: PathBuf,
+    key: String,
+    credential: String,
+    /// Fingerprint of the refresh token in the request.
+    replaces: String,
+}
+
+/// The helper's answer: the provider's response, or why there is none.
+#[derive(Serialize, Deserialize)]
+pub enum HelperAnswer {
+    Response {
+        status: u16,
+        retry_after: Option<String>,
+        body: String,
+        journaled: bool,
+    },
+    Failed {
+        timeout: bool,
+        message: String,
+    },
+}
+
+/// A provider response as the grant reads it.
+pub struct RawResponse {
+    pub status: u16,
+    pub retry_after: Option<http::HeaderValue>,
+    pub body: Vec<u8>,
+}
+
+/// Why the helper gave no response.
+pub enum HelperError {
+    /// It did not start: nothing was sent, the sidecar may send the request itself.
+    NotStarted(String),
+    /// The request failed (or may have been sent and its answer lost).
+    Failed { timeout: bool, message: String },
+}
+
+impl DurableRotation {
+    /// Runs one token request through the helper and returns the provider's response.
+    pub async fn send(
+        &self,
+        request: &reqwest::Request,
+        timeout: Duration,
+        ca_file: Option<PathBuf>,
+        replaces: String,
+    ) -> Result<RawResponse, HelperError> {
+        let headers = request
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        let body = request.body().and_then(|b| b.as_bytes()).unwrap_or(&[]);
+        let ask = HelperRequest {
+            parent: std::process::id(),
+            url: request.url().to_string(),
+            headers,
+            body: b64().encode(body),
+            timeout_ms: timeout.as_millis() as u64,
+            ca_file,
+            store: self.store.clone(),
+            key: b64().encode(self.key.expose_secret()),
+            credential: self.credential.clone(),
+            replaces,
+        };
+        let ask = SecretString::from(
+            serde_json::to_string(&ask).map_err(|e| HelperError::NotStarted(e.to_string()))?,
+        );
+        let mut child = tokio::process::Command::new(&self.helper)
+            .arg("rotation-helper")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            // Its own process group: a signal to the sidecar's group does not reach it.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                HelperError::NotStarted(format!(
+                    "cannot start the rotation helper {}: {e}",
+                    self.helper.display()
+                ))
+            })?;
+        let (Some(mut stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.start_kill();
+            return Err(HelperError::NotStarted("the helper has no pipes".into()));
+        };
+        let exchange = async {
+            // A failed write means the helper died before reading: it sent nothing.
+            stdin
+                .write_all(ask.expose_secret().as_bytes())
+                .await
+                .map_err(|e| HelperError::NotStarted(format!("the rotation helper: {e}")))?;
+            drop(stdin);
+            let mut out = Vec::new();
+            let _ = stdout.read_to_end(&mut out).await;
+            Ok(out)
+        };
+        // The helper ends itself after the request timeout; this bound is a safety net.
+        let out = match tokio::time::timeout(timeout + 2 * HELPER_MARGIN, exchange).await {
+            Ok(Ok(out)) => out,
+            Ok(Err(e)) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(e);
+            }
+            Err(_) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Err(HelperError::Failed {
+                    timeout: true,
+                    message: "the rotation helper did not answer".into(),
+                });
+            }
+        };
+        let _ = child.wait().await;
+        match serde_json::from_slice::<HelperAnswer>(&out) {
+            Ok(HelperAnswer::Response {
+                status,
+                retry_after,
+                body,
+                journaled,
+            }) => {
+                if !journaled {
+                    tracing::warn!(
+                        credential = %self.credential,
+                        "the rotation helper could not journal the response; the sidecar persists it"
+                    );
+                }
+                Ok(RawResponse {
+                    status,
+                    retry_after: retry_after.and_then(|v| http::HeaderValue::from_str(&v).ok()),
+                    body: b64().decode(body).unwrap_or_default(),
+                })
+            }
+            Ok(HelperAnswer::Failed { timeout, message }) => {
+                Err(HelperError::Failed { timeout, message })
+            }
+            Err(_) => Err(HelperError::Failed {
+                timeout: false,
+                message: "the rotation helper ended without an answer".into(),
+            }),
+        }
+    }
+}
+
+/// `bearerd rotation-helper`: reads one request from stdin, answers on stdout. Never
+/// prints anything else: its stdout may be a pipe to a sidecar that is gone.
+pub fn helper_main() -> ExitCode {
+    let mut input = String::new();
+    if std::io::stdin().read_to_string(&mut input).is_err() {
+        return ExitCode::from(2);
+    }
+    let input = SecretString::from(input);
+    let Ok(ask) = serde_json::from_str::<HelperRequest>(input.expose_secret()) else {
+        return ExitCode::from(2);
+    };
+    // Whatever happens below, the helper ends: a starting sidecar waits for its lock.
+    let deadline = Duration::from_millis(ask.timeout_ms) + HELPER_MARGIN;
+    std::thread::spawn(move || {
+        std::thread::sleep(deadline);
+        std::process::exit(3);
+    });
+    let answer = match run_helper(&ask) {
+        Some(a) => a,
+        None => return ExitCode::from(4),
+    };
+    let mut out = std::io::stdout().lock();
+    if let Ok(text) = serde_json::to_vec(&answer) {
+        let _ = out.write_all(&text);
+        let _ = out.flush();
+    }
+    ExitCode::SUCCESS
+}
+
+/// `None`: the sidecar died before the request was sent, so it is not sent at all.
+fn run_helper(ask: &HelperRequest) -> Option<HelperAnswer> {
+    let failed = |message: String| {
+        Some(HelperAnswer::Failed {
+            timeout: false,
+            message,
+        })
+    };
+    let lock = match journal::open_lock(&ask.store) {
+        Ok(l) => l,
+        Err(e) => return failed(format!("cannot open the store lock: {e}")),
+    };
+    if let Err(e) = lock.lock_shared() {
+        return failed(format!("cannot lock the store: {e}"));
+    }
+    // With the lock held, a new sidecar waits for this helper; without a parent, one may
+    // already have started and used the refresh token itself.
+    if std::os::unix::process::parent_id() != ask.parent {
+        return None;
+    }
+    let key: [u8; 32] = b64().decode(&ask.key).ok()?.try_into().ok()?;
+    let cipher = XChaCha20Poly1305::new(&key.into());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    let response = runtime.block_on(send(ask));
+    let (status, retry_after, body) = match response {
+        Ok(r) => r,
+        Err(answer) => return Some(answer),
+    };
+    let mut journaled = true;
+    if (200..300).contains(&status) {
+        if let Some(rt) = rotated_refresh_token(&body) {
+            let entry = JournalEntry {
+                refresh_token: rt,
+                replaces: ask.replaces.clone(),
+            };
+            journaled = journal::write(&cipher, &ask.store, &ask.credential, &entry).is_ok();
+        }
+    }
+    drop(lock);
+    Some(HelperAnswer::Response {
+        status,
+        retry_after,
+        body: b64().encode(body),
+        journaled,
+    })
+}
+
+async fn send(ask: &HelperRequest) -> Result<(u16, Option<String>, Vec<u8>), HelperAnswer> {
+    let failed = |timeout: bool, message: String| HelperAnswer::Failed { timeout, message };
+    let timeout = Duration::from_millis(ask.timeout_ms);
+    let client = super::grant::token_http_client(timeout, ask.ca_file.as_deref())
+        .map_err(|m| failed(false, m))?;
+    let mut req = client.post(&ask.url);
+    for (k, v) in &ask.headers {
+        req = req.header(k, v);
+    }
+    let body = b64().decode(&ask.body).unwrap_or_default();
+    let resp = req.body(body).send().await.map_err(|e| {
+        failed(
+            e.is_timeout(),
+            format!(
+                "token endpoint unreachable: {}",
+                super::grant::error_chain(&e)
+            ),
+        )
+    })?;
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = resp.bytes().await.map_err(|e| {
+        failed(
+            e.is_timeout(),
+            format!(
+                "token response broke off: {}",
+                super::grant::error_chain(&e)
+            ),
+        )
+    })?;
+    Ok((status, retry_after, body.to_vec()))
+}
+
+/// The `refresh_token` of a success body, if any: what must not be lost.
+fn rotated_refresh_token(body: &[u8]) -> Option<SecretString> {
+    #[derive(Deserialize)]
+    struct Rotated {
+        refresh_token: Option<String>,
+    }
+    let parsed: Rotated = serde_json::from_slice(body).ok()?;
+    parsed
+        .refresh_token
+        .filter(|t| !t.is_empty())
+        .map(SecretString::from)
+}
