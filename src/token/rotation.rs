@@ -199,6 +199,23 @@ impl DurableRotation {
 /// `bearerd rotation-helper`: reads one request from stdin, answers on stdout. Never
 /// prints anything else: its stdout may be a pipe to a sidecar that is gone.
 pub fn helper_main() -> ExitCode {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return ExitCode::from(2);
+    };
+    // A stop of the whole service (systemd sends SIGTERM to every process of the unit) lets
+    // the exchange finish: the helper ends by itself well within any stop timeout.
+    let _ignored = runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        [
+            SignalKind::terminate(),
+            SignalKind::interrupt(),
+            SignalKind::hangup(),
+        ]
+        .map(|k| signal(k).ok())
+    });
     let mut input = String::new();
     if std::io::stdin().read_to_string(&mut input).is_err() {
         return ExitCode::from(2);
@@ -213,7 +230,7 @@ pub fn helper_main() -> ExitCode {
         std::thread::sleep(deadline);
         std::process::exit(3);
     });
-    let answer = match run_helper(&ask) {
+    let answer = match run_helper(&runtime, &ask) {
         Some(a) => a,
         None => return ExitCode::from(4),
     };
@@ -226,7 +243,7 @@ pub fn helper_main() -> ExitCode {
 }
 
 /// `None`: the sidecar died before the request was sent, so it is not sent at all.
-fn run_helper(ask: &HelperRequest) -> Option<HelperAnswer> {
+fn run_helper(runtime: &tokio::runtime::Runtime, ask: &HelperRequest) -> Option<HelperAnswer> {
     let failed = |message: String| {
         Some(HelperAnswer::Failed {
             timeout: false,
@@ -247,10 +264,6 @@ fn run_helper(ask: &HelperRequest) -> Option<HelperAnswer> {
     }
     let key: [u8; 32] = b64().decode(&ask.key).ok()?.try_into().ok()?;
     let cipher = XChaCha20Poly1305::new(&key.into());
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
     let response = runtime.block_on(send(ask));
     let (status, retry_after, body) = match response {
         Ok(r) => r,
