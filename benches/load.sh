@@ -7,7 +7,7 @@
 # connections, time to ready with a stored token, the table with 2 workers, and the levers
 # (allocator, work stealing). Prints each target and whether it holds.
 #
-#   benches/load.sh                 # DURATION=10 (seconds per wrk run), CONNECTIONS=64
+#   benches/load.sh                 # DURATION=10 (seconds per wrk run), CONNECTIONS=64, ROUNDS=3
 #   QUICK=1 benches/load.sh         # only the 1-worker table
 #   PROFILE=1 QUICK=1 benches/load.sh  # and a perf profile (cpu-clock) of bare Pingora and
 #                                      # bearerd during their runs, summarised at the end
@@ -17,6 +17,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
+# The machine is shared and noisy (±10 % between runs of the same thing): the main table
+# interleaves the proxies for ROUNDS rounds and reports each one's median round.
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 
 need=()
@@ -154,29 +157,52 @@ start_bearerd() {
 }
 listen_of() { awk -F'"' '/^listen/ {print $2}' "$1"; }
 
-declare -A RPS P50 P99 US BAD
+declare -A RPS P50 P99 US BAD ROUND_LINES
 row() { printf '%-34s %10s %9s %9s %12s\n' "$1" "${RPS[$1]}" "${P50[$1]}" "${P99[$1]}" "${US[$1]}"; }
 record() { RPS[$1]=$R_RPS; P50[$1]=$R_P50; P99[$1]=$R_P99; US[$1]=$R_US; BAD[$1]=$R_BAD; }
+# Keeps one round of $1; `settle` then records the round with the median CPU per request.
+keep_round() { ROUND_LINES[$1]+="$R_US $R_RPS $R_P50 $R_P99 $R_BAD"$'\n'; }
+settle() {
+  local line; line=$(printf '%s' "${ROUND_LINES[$1]}" | sort -g | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')
+  read -r R_US R_RPS R_P50 R_P99 R_BAD <<<"$line"
+  record "$1"
+  echo "  $1: CPU µs/req per round: $(printf '%s' "${ROUND_LINES[$1]}" | awk '{printf "%s ", $1}')" >&2
+}
+
+# `measure`, ROUNDS times back to back; sets R_* from the median round.
+measure_median() {
+  ROUND_LINES[lever]=""
+  for _ in $(seq 1 "$ROUNDS"); do measure "$@"; keep_round lever; done
+  local line; line=$(printf '%s' "${ROUND_LINES[lever]}" | sort -g | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')
+  read -r R_US R_RPS R_P50 R_P99 R_BAD <<<"$line"
+}
 
 run_table() { # $1 workers
   local w=$1 suffix=""; [ "$w" -gt 1 ] && suffix=" ($w workers)"
   local upm; upm=$(cat "$work/up/nginx.pid")
-  measure "http://127.0.0.1:$UP/" "$upm" $(pgrep -P "$upm" | tr '\n' ' '); record "direct$suffix"
   start_nginx_proxy "$w"
-  measure "http://127.0.0.1:$NGX/" "$NGX_MASTER" $(pgrep -P "$NGX_MASTER" | tr '\n' ' '); record "nginx, static header$suffix"
-  stop_pid "$NGX_MASTER"
   local bp; bp=$(port)
   "$work/bare-pingora" "127.0.0.1:$bp" "127.0.0.1:$UP" "$w" 0 2>/dev/null & local BP=$!; pids+=($BP)
   wait_http "http://127.0.0.1:$bp/"
-  PROFILE_TO="$work/bare-$w.perf" measure "http://127.0.0.1:$bp/" "$BP"; record "bare Pingora, static header$suffix"
-  stop_pid "$BP"
   bearerd_config "$work/b.toml" "$(port)" "$(port)" "$TOK" "$w" false
   start_bearerd "$work/bearerd" "$work/b.toml"
-  PROFILE_TO="$work/bearerd-$w.perf" measure "http://$(listen_of "$work/b.toml")/" "$B_PID"; record "bearerd, refreshed token$suffix"
-  stop_pid "$B_PID"
+  local names=("direct$suffix" "nginx, static header$suffix" "bare Pingora, static header$suffix" "bearerd, refreshed token$suffix")
+  for k in "${names[@]}"; do ROUND_LINES[$k]=""; done
+  for _ in $(seq 1 "$ROUNDS"); do
+    measure "http://127.0.0.1:$UP/" "$upm" $(pgrep -P "$upm" | tr '\n' ' '); keep_round "${names[0]}"
+    measure "http://127.0.0.1:$NGX/" "$NGX_MASTER" $(pgrep -P "$NGX_MASTER" | tr '\n' ' '); keep_round "${names[1]}"
+    measure "http://127.0.0.1:$bp/" "$BP"; keep_round "${names[2]}"
+    measure "http://$(listen_of "$work/b.toml")/" "$B_PID"; keep_round "${names[3]}"
+  done
+  for k in "${names[@]}"; do settle "$k"; done
+  if [ -n "${PROFILE:-}" ]; then # one more run each under perf, not counted
+    PROFILE_TO="$work/bare-$w.perf" measure "http://127.0.0.1:$bp/" "$BP"
+    PROFILE_TO="$work/bearerd-$w.perf" measure "http://$(listen_of "$work/b.toml")/" "$B_PID"
+  fi
+  stop_pid "$NGX_MASTER"; stop_pid "$BP"; stop_pid "$B_PID"
 }
 
-echo "machine: $(nproc) cores, $(uname -r); $(date -u +%Y-%m-%d); wrk 1 thread, $CONNECTIONS connections, ${DURATION}s per run" 
+echo "machine: $(nproc) cores, $(uname -r); $(date -u +%Y-%m-%d); wrk 1 thread, $CONNECTIONS connections, ${DURATION}s per run; tables: median of $ROUNDS interleaved rounds"
 run_table 1
 printf '\n%-34s %10s %9s %9s %12s\n' "1 worker" "req/s" "p50" "p99" "CPU µs/req"
 for k in "direct" "nginx, static header" "bare Pingora, static header" "bearerd, refreshed token"; do row "$k"; done
@@ -222,17 +248,31 @@ if [ -n "${PROFILE:-}" ]; then
 fi
 [ -n "${QUICK:-}" ] && exit 0
 
-echo; echo "levers (bearerd, 1 worker, CPU µs per request):"
+echo; echo "levers (bearerd, 1 worker, CPU µs per request, median of $ROUNDS runs):"
 bearerd_config "$work/l.toml" "$(port)" "$(port)" "$TOK" 1 true
-start_bearerd "$work/bearerd" "$work/l.toml"; measure "http://$(listen_of "$work/l.toml")/" "$B_PID"; stop_pid "$B_PID"
+start_bearerd "$work/bearerd" "$work/l.toml"; measure_median "http://$(listen_of "$work/l.toml")/" "$B_PID"; stop_pid "$B_PID"
 echo "  mimalloc, work stealing on       $R_US"
 bearerd_config "$work/l.toml" "$(port)" "$(port)" "$TOK" 1 false
-start_bearerd "$work/bearerd-system-alloc" "$work/l.toml"; measure "http://$(listen_of "$work/l.toml")/" "$B_PID"; stop_pid "$B_PID"
+start_bearerd "$work/bearerd-system-alloc" "$work/l.toml"; measure_median "http://$(listen_of "$work/l.toml")/" "$B_PID"; stop_pid "$B_PID"
 echo "  system malloc, work stealing off $R_US"
 echo "  mimalloc, work stealing off      ${US[bearerd, refreshed token]}   (the table above)"
 bearerd_config "$work/l.toml" "$(port)" "$(port)" "$TOK" 1 false
-start_bearerd "$work/bearerd" "$work/l.toml"; measure "http://127.0.0.1:$(awk -F'"' '/proxy_listen/ {print $2}' "$work/l.toml" | cut -d: -f2)/api/" "$B_PID"; stop_pid "$B_PID"
+start_bearerd "$work/bearerd" "$work/l.toml"; measure_median "http://127.0.0.1:$(awk -F'"' '/proxy_listen/ {print $2}' "$work/l.toml" | cut -d: -f2)/api/" "$B_PID"; stop_pid "$B_PID"
 echo "  path-prefix route instead of a dedicated port: $R_US"
+echo "levers on the bare Pingora floor (1 worker, CPU µs per request, median of $ROUNDS runs):"
+bare_lever() { # $1 label, then bare_pingora's extra arguments
+  local label=$1; shift
+  local bp; bp=$(port)
+  "$work/bare-pingora" "127.0.0.1:$bp" "127.0.0.1:$UP" 1 0 "$@" 2>/dev/null & local BP=$!; pids+=($BP)
+  wait_http "http://127.0.0.1:$bp/"
+  measure_median "http://127.0.0.1:$bp/" "$BP"; stop_pid "$BP"
+  echo "  $label $R_US"
+}
+echo "  defaults (pool 128, tokio timer)  ${US[bare Pingora, static header]}   (the table above)"
+bare_lever "upstream pool 16 (< 64 connections)" 16 0
+bare_lever "upstream pool 1024               " 1024 0
+bare_lever "Pingora's alternative timer      " 128 1
+echo "  (header buffers: Pingora 0.9.1 fixes them at 4 KiB, INIT_HEADER_BUF_SIZE; no setting to try)"
 
 echo; echo "tokens living 2 s, rotating under load:"
 bearerd_config "$work/r.toml" "$(port)" "$(port)" "$TOK2" 1 false

@@ -2,7 +2,9 @@
 //! Authorization header and forwards to one upstream, with nothing else. Same runtime
 //! settings as bearerd, so the difference is bearerd's own work.
 //!
-//! Usage: bare_pingora LISTEN UPSTREAM [THREADS] [WORK_STEALING: 0|1]
+//! Usage: bare_pingora LISTEN UPSTREAM [THREADS] [WORK_STEALING: 0|1] [POOL_SIZE] [ALT_TIMER: 0|1]
+//! (the last two are levers the load benchmark tries: Pingora's upstream keep-alive pool
+//! size, default 128, and its alternative timer).
 
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -55,9 +57,17 @@ fn main() {
         .unwrap_or_else(|| "127.0.0.1:6191".parse().unwrap());
     let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(1);
     let work_stealing = args.get(4).is_some_and(|w| w == "1");
+    let defaults = ServerConf::default();
+    let upstream_keepalive_pool_size = args
+        .get(5)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(defaults.upstream_keepalive_pool_size);
+    let runtime_enable_alt_timer = args.get(6).is_some_and(|a| a == "1");
     let conf = ServerConf {
         threads,
         work_stealing,
+        upstream_keepalive_pool_size,
+        runtime_enable_alt_timer,
         grace_period_seconds: Some(0),
         ..ServerConf::default()
     };

@@ -191,6 +191,7 @@ fn a_bad_store_stops_startup_with_a_clear_error_and_is_left_unchanged() {
         spent_seed: None,
     };
     fs.save("c", Some(&token)).unwrap();
+    drop(fs); // one process per store: the sidecars below claim it
     let original = std::fs::read(&store).unwrap();
 
     // … opened with another: a clear error naming the file, and the file untouched.

@@ -18,8 +18,14 @@ use serde::{Deserialize, Serialize};
 use super::journal;
 use super::{StoreError, StoredToken, StoredTokenRecord};
 
-/// How long a starting sidecar waits for a rotation helper of its previous life.
-const HELPER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(120);
+/// How long a starting sidecar waits for another instance on the store to go away.
+const INSTANCE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a starting sidecar waits for a rotation helper of its previous life: twice the
+/// longest a helper can live.
+const HELPER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(
+    2 * (journal::HELPER_REQUEST_MAX.as_secs() + journal::HELPER_MARGIN.as_secs()),
+);
 
 const FORMAT: &str = "bearerd-store-v1";
 const KEY_CHECK: &[u8] = b"bearerd key check";
@@ -37,6 +43,8 @@ pub struct FileStore {
     cipher: XChaCha20Poly1305,
     /// Kept for the rotation helper, which seals the journal with it.
     key: SecretBox<[u8; 32]>,
+    /// This process's exclusive claim on the store, released when the store is dropped.
+    _claim: std::fs::File,
     /// Decrypted records, and the sealed ones as they are on disk.
     state: Mutex<(BTreeMap<String, StoredToken>, BTreeMap<String, String>)>,
 }
@@ -65,6 +73,7 @@ impl FileStore {
         std::fs::write(&probe, b"")
             .map_err(|e| err(format!("directory {} is not writable: {e}", dir.display())))?;
         let _ = std::fs::remove_file(&probe);
+        let claim = journal::claim_store(path, INSTANCE_PATIENCE)?;
         // A helper of the previous run may still be rotating: its answer comes first.
         journal::wait_for_helpers(path, HELPER_PATIENCE)?;
         let mut tokens = BTreeMap::new();
@@ -108,6 +117,7 @@ impl FileStore {
             path: path.to_path_buf(),
             cipher,
             key: SecretBox::new(Box::new(*key)),
+            _claim: claim,
             state: Mutex::new((tokens, sealed)),
         })
     }
@@ -185,17 +195,21 @@ impl FileStore {
         let stored_rt = current.as_ref().and_then(|c| c.refresh_token.as_ref());
         let applies = match (&current, stored_rt) {
             (Some(c), _) if c.logged_out => false,
-            (_, Some(rt)) => super::fingerprint(rt) == entry.replaces,
+            (_, Some(rt)) => entry.supersedes(&super::fingerprint(rt)),
             (_, None) => true,
         };
         if !applies {
+            tracing::info!(
+                credential,
+                "a rotation journal older than the stored token was discarded"
+            );
             journal::remove(&self.path, credential);
             return Ok(false);
         }
         let mut record = current.unwrap_or_else(StoredToken::empty);
         if record.refresh_token.is_none() {
-            // The replaced token was a configured seed: it must never be sent again.
-            record.spent_seed = Some(entry.replaces.clone());
+            // The first replaced token was a configured seed: it must never be sent again.
+            record.spent_seed = entry.replaces.first().cloned();
         }
         record.refresh_token = Some(entry.refresh_token);
         self.save(credential, Some(&record))?;
@@ -303,6 +317,7 @@ mod tests {
             !text.contains("rt-2") && !text.contains("at-1"),
             "records are encrypted"
         );
+        drop(s); // one sidecar per store: the claim goes with it
         let s = FileStore::open(&path, &key).unwrap();
         assert_eq!(
             s.load("crm")
@@ -313,6 +328,7 @@ mod tests {
             "rt-2"
         );
         s.save("crm", None).unwrap();
+        drop(s); // one sidecar per store: the claim goes with it
         assert!(FileStore::open(&path, &key).unwrap().load("crm").is_none());
     }
 
@@ -323,6 +339,7 @@ mod tests {
         s.save("crm", Some(&token("rt"))).unwrap();
         let original = std::fs::read(&path).unwrap();
 
+        drop(s); // one sidecar per store: the claim goes with it
         let e = FileStore::open(&path, &[2u8; 32])
             .err()
             .unwrap()
@@ -359,12 +376,20 @@ mod tests {
         );
     }
 
+    fn fp(s: &str) -> String {
+        super::super::fingerprint(&SecretString::from(s.to_string()))
+    }
+
+    /// Journals `rt` replacing `replaces`, on top of the journal there, as the helper does.
     fn journal(path: &Path, key: &[u8; 32], rt: &str, replaces: &str) {
-        let entry = journal::JournalEntry {
-            refresh_token: SecretString::from(rt.to_string()),
-            replaces: super::super::fingerprint(&SecretString::from(replaces.to_string())),
-        };
-        journal::write(&XChaCha20Poly1305::new(key.into()), path, "crm", &entry).unwrap();
+        let cipher = XChaCha20Poly1305::new(key.into());
+        let previous = journal::read(&cipher, path, "crm").unwrap();
+        let entry = journal::JournalEntry::after(
+            previous,
+            SecretString::from(rt.to_string()),
+            fp(replaces),
+        );
+        journal::write(&cipher, path, "crm", &entry).unwrap();
     }
 
     fn stored_rt(s: &FileStore) -> Option<String> {
@@ -381,6 +406,7 @@ mod tests {
 
         // A helper rotated rt-1 into rt-2 after its sidecar died.
         journal(&path, &key, "rt-2", "rt-1");
+        drop(s); // one sidecar per store: the claim goes with it
         let s = FileStore::open(&path, &key).unwrap();
         assert!(s.recover_rotation("crm").unwrap());
         assert_eq!(stored_rt(&s).as_deref(), Some("rt-2"));
@@ -388,6 +414,7 @@ mod tests {
             !journal::journal_path(&path, "crm").exists(),
             "applied once"
         );
+        drop(s); // one sidecar per store: the claim goes with it
         let s = FileStore::open(&path, &key).unwrap();
         assert_eq!(stored_rt(&s).as_deref(), Some("rt-2"), "durable");
 
@@ -411,12 +438,21 @@ mod tests {
         assert!(s.recover_rotation("crm").unwrap());
         let rec = s.load("crm").unwrap();
         assert_eq!(stored_rt(&s).as_deref(), Some("rt-1"));
-        assert_eq!(
-            rec.spent_seed,
-            Some(super::super::fingerprint(&SecretString::from(
-                "the-seed".to_string()
-            )))
-        );
+        assert_eq!(rec.spent_seed, Some(fp("the-seed")));
+    }
+
+    #[test]
+    fn rotations_while_the_store_cannot_be_written_chain_in_the_journal() {
+        let (path, key) = (temp_path(), [8u8; 32]);
+        let s = FileStore::open(&path, &key).unwrap();
+        s.save("crm", Some(&token("rt-1"))).unwrap();
+        // Two rotations journaled, neither saved to the store (say, a full disk).
+        journal(&path, &key, "rt-2", "rt-1");
+        journal(&path, &key, "rt-3", "rt-2");
+        drop(s); // one sidecar per store: the claim goes with it
+        let s = FileStore::open(&path, &key).unwrap();
+        assert!(s.recover_rotation("crm").unwrap());
+        assert_eq!(stored_rt(&s).as_deref(), Some("rt-3"));
     }
 
     #[test]
@@ -432,6 +468,7 @@ mod tests {
         let e = s.recover_rotation("crm").unwrap_err().to_string();
         assert!(e.contains(&jp.display().to_string()), "{e}");
         assert_eq!(std::fs::read(&jp).unwrap(), bytes);
+        drop(s); // one sidecar per store: the claim goes with it
         let e = FileStore::open(&path, &[6u8; 32])
             .unwrap()
             .recover_rotation("crm")
@@ -441,6 +478,18 @@ mod tests {
             e.contains("fails authentication") || e.contains("readable"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_second_sidecar_on_the_same_store_is_refused() {
+        let path = temp_path();
+        let first = journal::claim_store(&path, std::time::Duration::ZERO).unwrap();
+        let e = journal::claim_store(&path, std::time::Duration::from_millis(100))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("another bearerd is using this store"), "{e}");
+        drop(first);
+        journal::claim_store(&path, std::time::Duration::ZERO).unwrap();
     }
 
     #[test]

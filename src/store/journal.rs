@@ -3,8 +3,9 @@
 //! survives the sidecar's death at any moment of the exchange.
 //!
 //! One sealed file per credential next to the store, replaced atomically; the store's key
-//! seals it, with its own associated data. A journal entry names the refresh token it
-//! replaced: at startup it is applied only when the store still holds that one (or none),
+//! seals it, with its own associated data. A journal entry names the refresh tokens it
+//! supersedes (the one it replaced, and those that entry replaced while the store could not
+//! be written): at startup it is applied only when the store holds one of them (or none),
 //! so a stale journal can never bring back a spent token. The sidecar removes the journal
 //! whenever it saves the credential's record, which then holds at least what the journal
 //! held.
@@ -27,10 +28,51 @@ use super::StoreError;
 
 const FORMAT: &str = "bearerd-rotation-v1";
 
-/// A rotated refresh token, and the SHA-256 fingerprint of the one it replaced.
+/// The longest a helper's token request may take (a longer `token_timeout` is cut to this),
+/// and the time it has beyond that to journal and answer: together they bound its life, and
+/// with it how long a starting sidecar may have to wait.
+pub const HELPER_REQUEST_MAX: Duration = Duration::from_secs(60);
+pub const HELPER_MARGIN: Duration = Duration::from_secs(10);
+
+/// A rotated refresh token, and the SHA-256 fingerprints of the ones it supersedes, the
+/// one it replaced last.
 pub struct JournalEntry {
     pub refresh_token: SecretString,
-    pub replaces: String,
+    pub replaces: Vec<String>,
+}
+
+/// How many superseded tokens an entry remembers: enough for rotations while the store
+/// cannot be written, bounded so that the journal stays small.
+const CHAIN: usize = 32;
+
+impl JournalEntry {
+    /// The entry for `refresh_token`, which replaced the token with fingerprint `replaced`.
+    /// When the previous entry's token is the one replaced, its chain carries on: the store
+    /// may still hold any token of it.
+    pub fn after(
+        previous: Option<JournalEntry>,
+        refresh_token: SecretString,
+        replaced: String,
+    ) -> JournalEntry {
+        let mut replaces = match previous {
+            Some(p) if super::fingerprint(&p.refresh_token) == replaced => p.replaces,
+            _ => Vec::new(),
+        };
+        replaces.retain(|f| *f != replaced);
+        replaces.push(replaced);
+        if replaces.len() > CHAIN {
+            replaces.drain(..replaces.len() - CHAIN);
+        }
+        JournalEntry {
+            refresh_token,
+            replaces,
+        }
+    }
+
+    /// Whether this entry is newer than a store holding the token with this fingerprint.
+    pub fn supersedes(&self, fingerprint: &str) -> bool {
+        self.replaces.iter().any(|f| f == fingerprint)
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -42,7 +84,7 @@ struct JournalFile {
 #[derive(Serialize, Deserialize)]
 struct JournalRecord {
     refresh_token: String,
-    replaces: String,
+    replaces: Vec<String>,
 }
 
 fn file_name(store: &Path) -> &str {
@@ -62,11 +104,20 @@ pub fn lock_path(store: &Path) -> PathBuf {
     parent_dir(store).join(format!(".{}.lock", file_name(store)))
 }
 
+/// Held exclusively by the one sidecar that uses the store, for its whole life.
+pub fn instance_lock_path(store: &Path) -> PathBuf {
+    parent_dir(store).join(format!(".{}.instance", file_name(store)))
+}
+
 fn aad(credential: &str) -> String {
     format!("bearerd:rotation:{credential}")
 }
 
 pub fn open_lock(store: &Path) -> std::io::Result<File> {
+    open_lock_file(&lock_path(store))
+}
+
+fn open_lock_file(path: &Path) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .read(true)
@@ -74,7 +125,39 @@ pub fn open_lock(store: &Path) -> std::io::Result<File> {
         .create(true)
         .truncate(false)
         .mode(0o600)
-        .open(lock_path(store))
+        .open(path)
+}
+
+/// Makes this process the store's only user: two sidecars on one store would both send
+/// the same refresh token, and the second use burns the grant. Waits a little for one that
+/// is shutting down (a restart that overlaps). The lock goes with the returned file (Rust
+/// opens files close-on-exec, so helpers do not inherit it).
+pub fn claim_store(store: &Path, patience: Duration) -> Result<File, StoreError> {
+    let path = instance_lock_path(store);
+    let err = |message: String| StoreError::Io {
+        path: store.display().to_string(),
+        message,
+    };
+    let file = open_lock_file(&path)
+        .map_err(|e| err(format!("cannot open the lock file {}: {e}", path.display())))?;
+    let deadline = Instant::now() + patience;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(err(format!(
+                    "another bearerd is using this store (it holds {}); two sidecars sharing one store would send the same refresh token twice: give each its own store file",
+                    path.display()
+                )))
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(err(format!("cannot lock {}: {e}", path.display())))
+            }
+        }
+    }
 }
 
 /// Waits until no rotation helper of an earlier run is at work on this store. A helper

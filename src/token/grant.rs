@@ -532,7 +532,7 @@ impl TokenEndpoint {
                 match request {
                     Some(request) => {
                         let sent = helper
-                            .send(&request, c.timeout, c.ca_file.clone(), replaces)
+                            .send(&request, c.timeout, c.ca_file.clone(), replaces.clone())
                             .await;
                         match sent {
                             Ok(raw) => Some(Ok(raw)),
@@ -542,7 +542,10 @@ impl TokenEndpoint {
                                 None
                             }
                             Err(HelperError::Failed { timeout, message }) => {
-                                Some(Err(self.transport_failure(timeout, message)))
+                                let mut e = self.transport_failure(timeout, message);
+                                // The provider may have rotated and the helper journaled it.
+                                e.rotated_refresh_token = helper.journaled_successor(&replaces);
+                                Some(Err(e))
                             }
                         }
                     }

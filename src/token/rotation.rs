@@ -17,6 +17,7 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
@@ -25,10 +26,11 @@ use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::store::journal::{self, JournalEntry};
+use crate::store::journal::{self, JournalEntry, HELPER_MARGIN, HELPER_REQUEST_MAX};
 
-/// Time for the helper to start, write the journal and answer, beyond the request timeout.
-const HELPER_MARGIN: Duration = Duration::from_secs(10);
+/// Set once the provider answered: from then on the helper's deadline no longer ends it,
+/// so a journaled token always gets its answer out too.
+static ANSWERED: AtomicBool = AtomicBool::new(false);
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
@@ -98,6 +100,7 @@ impl DurableRotation {
         ca_file: Option<PathBuf>,
         replaces: String,
     ) -> Result<RawResponse, HelperError> {
+        let timeout = timeout.min(HELPER_REQUEST_MAX);
         let headers = request
             .headers()
             .iter()
@@ -196,6 +199,17 @@ impl DurableRotation {
     }
 }
 
+impl DurableRotation {
+    /// The refresh token a helper journaled for the exchange that sent the token with this
+    /// fingerprint, when its answer never arrived (the helper was killed, or timed out after
+    /// the journal was written). Without this, the next attempt would send the spent token.
+    pub fn journaled_successor(&self, replaced: &str) -> Option<SecretString> {
+        let cipher = XChaCha20Poly1305::new(self.key.expose_secret().into());
+        let entry = journal::read(&cipher, &self.store, &self.credential).ok()??;
+        (entry.replaces.last().map(String::as_str) == Some(replaced)).then_some(entry.refresh_token)
+    }
+}
+
 /// `bearerd rotation-helper`: reads one request from stdin, answers on stdout. Never
 /// prints anything else: its stdout may be a pipe to a sidecar that is gone.
 pub fn helper_main() -> ExitCode {
@@ -228,7 +242,9 @@ pub fn helper_main() -> ExitCode {
     let deadline = Duration::from_millis(ask.timeout_ms) + HELPER_MARGIN;
     std::thread::spawn(move || {
         std::thread::sleep(deadline);
-        std::process::exit(3);
+        if !ANSWERED.load(Ordering::SeqCst) {
+            std::process::exit(3);
+        }
     });
     let answer = match run_helper(&runtime, &ask) {
         Some(a) => a,
@@ -269,13 +285,15 @@ fn run_helper(runtime: &tokio::runtime::Runtime, ask: &HelperRequest) -> Option<
         Ok(r) => r,
         Err(answer) => return Some(answer),
     };
+    ANSWERED.store(true, Ordering::SeqCst);
     let mut journaled = true;
     if (200..300).contains(&status) {
         if let Some(rt) = rotated_refresh_token(&body) {
-            let entry = JournalEntry {
-                refresh_token: rt,
-                replaces: ask.replaces.clone(),
-            };
+            // An unreadable journal is not carried on: the new entry replaces it.
+            let previous = journal::read(&cipher, &ask.store, &ask.credential)
+                .ok()
+                .flatten();
+            let entry = JournalEntry::after(previous, rt, ask.replaces.clone());
             journaled = journal::write(&cipher, &ask.store, &ask.credential, &entry).is_ok();
         }
     }
@@ -336,4 +354,66 @@ fn rotated_refresh_token(body: &[u8]) -> Option<SecretString> {
         .refresh_token
         .filter(|t| !t.is_empty())
         .map(SecretString::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rotation(dir: &std::path::Path) -> DurableRotation {
+        DurableRotation {
+            helper: PathBuf::from("/nonexistent/bearerd"),
+            store: dir.join("tokens.store"),
+            key: SecretBox::new(Box::new([9u8; 32])),
+            credential: "api".into(),
+        }
+    }
+
+    fn secret(s: &str) -> SecretString {
+        SecretString::from(s.to_string())
+    }
+
+    #[test]
+    fn a_lost_answer_is_recovered_from_the_journal_for_the_token_it_replaced() {
+        let dir = std::env::temp_dir().join(format!("bearerd-rot-{:x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let r = rotation(&dir);
+        let fp = crate::store::fingerprint;
+        assert!(r.journaled_successor(&fp(&secret("rt-1"))).is_none());
+        let cipher = XChaCha20Poly1305::new(r.key.expose_secret().into());
+        let entry = JournalEntry::after(None, secret("rt-2"), fp(&secret("rt-1")));
+        journal::write(&cipher, &r.store, &r.credential, &entry).unwrap();
+        let got = r.journaled_successor(&fp(&secret("rt-1"))).unwrap();
+        assert_eq!(got.expose_secret(), "rt-2");
+        // Not for another exchange: that one sent a different token.
+        assert!(r.journaled_successor(&fp(&secret("rt-0"))).is_none());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_helper_that_cannot_start_sent_nothing() {
+        let dir = std::env::temp_dir();
+        let request = reqwest::Client::new()
+            .post("http://127.0.0.1:9/token")
+            .body("grant_type=refresh_token")
+            .build()
+            .unwrap();
+        let sent = rotation(&dir)
+            .send(&request, Duration::from_secs(1), None, "fp".into())
+            .await;
+        assert!(matches!(sent, Err(HelperError::NotStarted(_))));
+    }
+
+    #[test]
+    fn only_a_success_body_with_a_token_counts_as_a_rotation() {
+        assert_eq!(
+            rotated_refresh_token(br#"{"access_token":"a","refresh_token":"r"}"#)
+                .unwrap()
+                .expose_secret(),
+            "r"
+        );
+        assert!(rotated_refresh_token(br#"{"access_token":"a"}"#).is_none());
+        assert!(rotated_refresh_token(br#"{"refresh_token":""}"#).is_none());
+        assert!(rotated_refresh_token(b"<html>").is_none());
+    }
 }

@@ -82,6 +82,10 @@ before(async () => {
   mcpListen = `http://127.0.0.1:${mcpPort}`;
   const { issuer } = oidc.info;
   const { resource } = mcp.info;
+  // The file store: refresh-token exchanges then run through the rotation helper.
+  const keygen = await runCli(['keygen']);
+  assert.equal(keygen.code, 0, `bearerd keygen: ${keygen.stderr}`);
+  writeFileSync(join(tmp, 'store-key'), keygen.stdout.trim(), { mode: 0o600 });
   // Discovery only: no token_url, revocation_url, authorization_url anywhere.
   cfgPath = join(tmp, 'bearerd.toml');
   writeFileSync(cfgPath, `
@@ -90,7 +94,9 @@ proxy_listen = "127.0.0.1:${proxyPort}"
 admin_listen = "127.0.0.1:${adminPort}"
 
 [store]
-backend = "memory"
+backend = "file"
+path = "${join(tmp, 'tokens.store')}"
+key = { file = "${join(tmp, 'store-key')}" }
 
 [credentials.svc]
 grant = "client_credentials"
