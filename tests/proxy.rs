@@ -173,15 +173,9 @@ async fn replays_a_post_once_with_the_identical_body_after_revocation() {
         1,
         "exactly one token request"
     );
-    let m = h.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"bearerd_upstream_401_total{outcome="replayed_ok",upstream="api"}"#
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    let series = r#"bearerd_upstream_401_total{outcome="replayed_ok",upstream="api"}"#;
+    let m = h.metric_eventually(series, 1.0).await;
+    assert_eq!(metric(&m, series), Some(1.0), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -263,15 +257,9 @@ async fn large_body_401_passes_through_and_the_next_request_succeeds() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(ok);
-    let m = h.metrics().await;
-    assert_eq!(
-        metric(
-            &m,
-            r#"bearerd_upstream_401_total{outcome="not_replayable",upstream="api"}"#
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    let series = r#"bearerd_upstream_401_total{outcome="not_replayable",upstream="api"}"#;
+    let m = h.metric_eventually(series, 1.0).await;
+    assert_eq!(metric(&m, series), Some(1.0), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -222,6 +222,19 @@ credential = "api"
             .unwrap()
     }
 
+    /// The metrics once `series` reads `want`. Per-request series are recorded when the
+    /// response is done, which can be just after the client has read it.
+    pub async fn metric_eventually(&self, series: &str, want: f64) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let m = self.metrics().await;
+            if metric(&m, series) == Some(want) || std::time::Instant::now() > deadline {
+                return m;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn metrics(&self) -> String {
         self.client
             .get(self.admin("/metrics"))
