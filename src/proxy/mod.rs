@@ -334,7 +334,13 @@ impl ProxyHttp for BearerProxy {
             .get()
             .await
             .map_err(|m| Error::explain(ErrorType::ConnectNoRoute, m))?;
-        let mut peer = HttpPeer::new(addr, up.config.tls, up.config.host.clone());
+        // SNI only means something over TLS: for plain HTTP, no per-request String.
+        let sni = if up.config.tls {
+            up.config.host.clone()
+        } else {
+            String::new()
+        };
+        let mut peer = HttpPeer::new(addr, up.config.tls, sni);
         peer.options.connection_timeout = Some(up.config.connect_timeout);
         peer.options.idle_timeout = Some(up.config.idle_timeout);
         peer.options.ca = up.ca.clone();
