@@ -172,11 +172,12 @@ impl RequestCtx {
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n: u128 = rand::random();
-    let id = arena::cut(32, |buf| {
-        for i in 0..32 {
-            buf.extend_from_slice(&[HEX[((n >> (124 - 4 * i)) & 0xf) as usize]]);
-        }
-    });
+    // Formatted on the stack, then one copy into the arena.
+    let mut hex = [0u8; 32];
+    for (i, b) in hex.iter_mut().enumerate() {
+        *b = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    let id = arena::cut(hex.len(), |buf| buf.extend_from_slice(&hex));
     HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
