@@ -306,18 +306,25 @@ impl CredentialSlot {
         });
     }
 
+    fn usable_newer_than(&self, rejected: u64) -> Option<Arc<TokenSnapshot>> {
+        self.current()
+            .filter(|t| t.generation > rejected && t.is_usable(Instant::now()))
+    }
+
     /// After an upstream rejected generation `rejected`: replay with a newer token when one
     /// exists or a refresh can get one; refresh at most once per request-triggered interval.
     pub async fn refresh_if_generation(&self, rejected: u64) -> ReplayDecision {
         let mut rx = self.changed.subscribe();
         let target_attempts = {
-            if let Some(t) = self
-                .current()
-                .filter(|t| t.generation > rejected && t.is_usable(Instant::now()))
-            {
+            if let Some(t) = self.usable_newer_than(rejected) {
                 return ReplayDecision::Replay(t);
             }
             let mut c = self.control();
+            // Looked at again under the lock: the refresher publishes while holding it, so a
+            // refresh that ended just now is seen here, not taken for a rate-limited one.
+            if let Some(t) = self.usable_newer_than(rejected) {
+                return ReplayDecision::Replay(t);
+            }
             if c.permanent_failure || c.logged_out {
                 return ReplayDecision::NoNewerToken;
             }
@@ -340,14 +347,12 @@ impl CredentialSlot {
         };
         let deadline = tokio::time::Instant::now() + self.policy.wait_budget;
         loop {
-            if let Some(t) = self
-                .current()
-                .filter(|t| t.generation > rejected && t.is_usable(Instant::now()))
             {
-                return ReplayDecision::Replay(t);
-            }
-            {
+                // Under the lock, so the token and the attempt count are of the same moment.
                 let c = self.control();
+                if let Some(t) = self.usable_newer_than(rejected) {
+                    return ReplayDecision::Replay(t);
+                }
                 if c.permanent_failure || c.logged_out || c.attempts_completed >= target_attempts {
                     return ReplayDecision::NoNewerToken;
                 }
