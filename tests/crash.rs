@@ -58,14 +58,9 @@ fn spawn(config: &std::path::Path, log: &std::path::Path) -> Child {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_during_rotation_never_burns_the_grant() {
-    let tokens = support::TokenServer::start(Duration::from_secs(2))
-        .await
-        .unwrap();
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(2)).await;
     // Strict: any reuse of a spent refresh token revokes the grant (the default).
     tokens.state.set_reuse_grace(Duration::ZERO);
-    let upstream = support::Upstream::start(tokens.state.clone())
-        .await
-        .unwrap();
     let dir = std::env::temp_dir().join(format!("bearerd-crash-{}", support::rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
     let (config, proxy, _) = write_config(&dir, &tokens, &upstream);
@@ -103,12 +98,7 @@ async fn kill_9_during_rotation_never_burns_the_grant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rotation_committed_as_the_sidecar_dies_is_kept() {
     // Long-lived tokens: the only rotations are the first one and the ones forced below.
-    let tokens = support::TokenServer::start(Duration::from_secs(3600))
-        .await
-        .unwrap();
-    let upstream = support::Upstream::start(tokens.state.clone())
-        .await
-        .unwrap();
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(3600)).await;
     let dir = std::env::temp_dir().join(format!("bearerd-crash-{}", support::rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
     let (config, proxy, admin) = write_config(&dir, &tokens, &upstream);

@@ -14,10 +14,7 @@ async fn token_endpoint_from_the_issuer_metadata() {
     .await;
     assert!(!h.config_text.contains("token_url"));
     h.wait_ready().await;
-    assert_eq!(
-        h.client.get(h.url("/api/x")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(h.get("/api/x").await.status(), 200);
     assert_eq!(h.tokens.state.requests(), 1);
 }
 
@@ -30,7 +27,7 @@ async fn authorization_server_from_the_protected_resource_metadata() {
     .await;
     assert!(!h.config_text.contains("token_url") && !h.config_text.contains("issuer"));
     h.wait_ready().await;
-    let resp = h.client.get(h.url("/api/tools")).send().await.unwrap();
+    let resp = h.get("/api/tools").await;
     assert_eq!(resp.status(), 200);
     // RFC 8707: the resource from the metadata is sent with the token request.
     let form = h.tokens.state.last_form();
@@ -43,13 +40,8 @@ async fn authorization_server_from_the_protected_resource_metadata() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn explicit_urls_override_discovery() {
-    let tokens = support::TokenServer::start(std::time::Duration::from_secs(60))
-        .await
-        .unwrap();
+    let (tokens, upstream) = support::start_peers(std::time::Duration::from_secs(60)).await;
     let other = support::TokenServer::start(std::time::Duration::from_secs(60))
-        .await
-        .unwrap();
-    let upstream = support::Upstream::start(tokens.state.clone())
         .await
         .unwrap();
     // The issuer's metadata points at `other`'s twin; the explicit token_url wins.

@@ -10,12 +10,7 @@ use std::time::Duration;
 use support::{Discovery, Harness, Options};
 
 async fn harness_without_refresh_token() -> Harness {
-    let tokens = support::TokenServer::start(Duration::from_secs(60))
-        .await
-        .unwrap();
-    let upstream = support::Upstream::start(tokens.state.clone())
-        .await
-        .unwrap();
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
     let opts = Options {
         grant: "refresh_token",
         discovery: Discovery::Issuer,
@@ -77,7 +72,7 @@ async fn finish(child: std::process::Child) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn login_with_code_and_pkce_hands_the_refresh_token_to_the_sidecar() {
     let h = harness_without_refresh_token().await;
-    let resp = h.client.get(h.url("/api/x")).send().await.unwrap();
+    let resp = h.get("/api/x").await;
     assert_eq!(resp.status(), 503, "no refresh token before the login");
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["requires_reauth"], true);
@@ -110,10 +105,7 @@ async fn login_with_code_and_pkce_hands_the_refresh_token_to_the_sidecar() {
     assert!(ok, "{stderr}");
     assert!(!done.contains("tok_") && !done.contains("rt_"));
 
-    assert_eq!(
-        h.client.get(h.url("/api/y")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(h.get("/api/y").await.status(), 200);
     let status = h.status().await;
     assert_eq!(status["credentials"]["api"]["state"], "valid");
     assert_eq!(status["credentials"]["api"]["has_refresh_token"], true);
@@ -131,8 +123,5 @@ async fn login_with_the_device_grant_polls_until_approved() {
     wait_line(&rx, |l| l.contains("logged in"));
     let (ok, stderr) = finish(child).await;
     assert!(ok, "{stderr}");
-    assert_eq!(
-        h.client.get(h.url("/api/y")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(h.get("/api/y").await.status(), 200);
 }

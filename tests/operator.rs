@@ -11,12 +11,7 @@ use support::{Harness, Options};
 const ADMIN_TOKEN: &str = "admin-token-for-tests-7c1";
 
 async fn harness() -> Harness {
-    let tokens = support::TokenServer::start(Duration::from_secs(60))
-        .await
-        .unwrap();
-    let upstream = support::Upstream::start(tokens.state.clone())
-        .await
-        .unwrap();
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
     let revoke = tokens.revocation_url();
     Harness::start_with(
         tokens,
@@ -141,10 +136,7 @@ async fn refresh_cli_needs_the_admin_token_and_shows_the_attempt() {
 async fn logout_revokes_at_the_provider_and_fails_closed() {
     let h = harness().await;
     h.wait_ready().await;
-    assert_eq!(
-        h.client.get(h.url("/api/x")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(h.get("/api/x").await.status(), 200);
     let issued = h.tokens.state.every_issued();
     let rt = issued
         .iter()
@@ -171,7 +163,7 @@ async fn logout_revokes_at_the_provider_and_fails_closed() {
     assert_eq!(h.tokens.state.revocations(), 2);
     assert_no_secret(&h, &out);
 
-    let resp = h.client.get(h.url("/api/y")).send().await.unwrap();
+    let resp = h.get("/api/y").await;
     assert_eq!(resp.status(), 503);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["requires_reauth"], true);
@@ -179,29 +171,16 @@ async fn logout_revokes_at_the_provider_and_fails_closed() {
         h.status().await["credentials"]["api"]["state"],
         "logged_out"
     );
-    assert_eq!(
-        h.client
-            .get(h.admin("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        503
-    );
+    assert_eq!(h.admin_get("/readyz").await.status(), 503);
     let made = h.tokens.state.requests();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let _ = h.client.get(h.url("/api/z")).send().await.unwrap();
+    let _ = h.get("/api/z").await;
     assert_eq!(h.tokens.state.requests(), made, "no refresh after a logout");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn logout_forgets_locally_even_when_revocation_fails() {
-    let tokens = support::TokenServer::start(Duration::from_secs(60))
-        .await
-        .unwrap();
-    let upstream = support::Upstream::start(tokens.state.clone())
-        .await
-        .unwrap();
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
     let dead = format!("http://{}/revoke", support::free_addr());
     let h = Harness::start_with(
         tokens,
@@ -219,10 +198,7 @@ async fn logout_forgets_locally_even_when_revocation_fails() {
         out.contains("unreachable"),
         "the failed revocation is reported: {out}"
     );
-    assert_eq!(
-        h.client.get(h.url("/api/y")).send().await.unwrap().status(),
-        503
-    );
+    assert_eq!(h.get("/api/y").await.status(), 503);
 }
 
 #[test]
@@ -257,10 +233,7 @@ async fn a_logout_is_not_undone_by_the_refresh_that_was_scheduled() {
         h.status().await["credentials"]["api"]["state"],
         "logged_out"
     );
-    assert_eq!(
-        h.client.get(h.url("/api/y")).send().await.unwrap().status(),
-        503
-    );
+    assert_eq!(h.get("/api/y").await.status(), 503);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -41,7 +41,7 @@ async fn injects_token_replaces_authorization_sets_host_and_keeps_path_and_query
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn generates_a_request_id_when_absent() {
     let h = Harness::start(Options::default()).await;
-    let resp = h.client.get(h.url("/api/x")).send().await.unwrap();
+    let resp = h.get("/api/x").await;
     let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(id.len(), 32);
     assert_eq!(
@@ -54,7 +54,7 @@ async fn generates_a_request_id_when_absent() {
 async fn unknown_routes_get_404_problem_json_and_reach_nothing() {
     let h = Harness::start(Options::default()).await;
     for path in ["/nope", "/apix/y", "/"] {
-        let resp = h.client.get(h.url(path)).send().await.unwrap();
+        let resp = h.get(path).await;
         assert_eq!(resp.status(), 404, "{path}");
         assert_eq!(resp.headers()["content-type"], "application/problem+json");
         let body: serde_json::Value = resp.json().await.unwrap();
@@ -102,12 +102,7 @@ async fn absolute_form_and_connect_requests_are_proxied_nowhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn dedicated_listener_routes_every_path_to_its_upstream() {
     let listen = support::free_addr();
-    let tokens = support::TokenServer::start(Duration::from_secs(60))
-        .await
-        .unwrap();
-    let upstream = support::Upstream::start(tokens.state.clone())
-        .await
-        .unwrap();
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
     let extra = format!(
         "\n[upstreams.direct]\nurl = \"http://{}/d\"\nlisten = \"{listen}\"\ncredential = \"api\"\n",
         upstream.addr
@@ -135,15 +130,7 @@ async fn dedicated_listener_routes_every_path_to_its_upstream() {
 async fn replays_a_post_once_with_the_identical_body_after_revocation() {
     let h = Harness::start(Options::default()).await;
     h.wait_ready().await;
-    assert_eq!(
-        h.client
-            .get(h.url("/api/warm"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(h.get("/api/warm").await.status(), 200);
     let before = h.tokens.state.requests();
     h.tokens.state.revoke_access_tokens();
 
@@ -182,15 +169,7 @@ async fn replays_a_post_once_with_the_identical_body_after_revocation() {
 async fn concurrent_posts_after_revocation_share_one_refresh() {
     let h = Harness::start(Options::default()).await;
     h.wait_ready().await;
-    assert_eq!(
-        h.client
-            .get(h.url("/api/warm"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(h.get("/api/warm").await.status(), 200);
     let before = h.tokens.state.requests();
     h.tokens.state.revoke_access_tokens();
     let mut tasks = Vec::new();
@@ -221,15 +200,7 @@ async fn concurrent_posts_after_revocation_share_one_refresh() {
 async fn large_body_401_passes_through_and_the_next_request_succeeds() {
     let h = Harness::start(Options::default()).await;
     h.wait_ready().await;
-    assert_eq!(
-        h.client
-            .get(h.url("/api/warm"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(h.get("/api/warm").await.status(), 200);
     h.tokens.state.revoke_access_tokens();
     let big = vec![b'x'; 200 * 1024];
     let resp = h
@@ -243,14 +214,7 @@ async fn large_body_401_passes_through_and_the_next_request_succeeds() {
     // The background refresh runs; the next request gets the new token.
     let mut ok = false;
     for _ in 0..100 {
-        if h.client
-            .get(h.url("/api/after"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
-        {
+        if h.get("/api/after").await.status() == 200 {
             ok = true;
             break;
         }
@@ -275,15 +239,7 @@ async fn upstream_rejecting_every_token_cannot_make_bearerd_hammer_the_provider(
     let started = Instant::now();
     let mut statuses = Vec::new();
     while started.elapsed() < Duration::from_secs(3) {
-        statuses.push(
-            h.client
-                .get(h.url("/api/x"))
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16(),
-        );
+        statuses.push(h.get("/api/x").await.status().as_u16());
     }
     let elapsed = started.elapsed().as_secs_f64();
     let made = h.tokens.state.requests() - before;
@@ -316,7 +272,7 @@ async fn sse_events_stream_through_unbuffered() {
     let h = Harness::start(Options::default()).await;
     *h.upstream.state.sse_gap.lock().unwrap() = Duration::from_secs(3);
     let started = Instant::now();
-    let mut resp = h.client.get(h.url("/api/events/sse")).send().await.unwrap();
+    let mut resp = h.get("/api/events/sse").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let first = resp.chunk().await.unwrap().unwrap();
@@ -362,7 +318,7 @@ async fn unreachable_upstream_gives_502_problem_json() {
         ..Default::default()
     })
     .await;
-    let resp = h.client.get(h.url("/api/y")).send().await.unwrap();
+    let resp = h.get("/api/y").await;
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
     let body: serde_json::Value = resp.json().await.unwrap();

@@ -6,12 +6,11 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{FailMode, TokenServer, Upstream};
+use support::FailMode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn secrets_never_appear_in_logs_status_metrics_or_errors() {
-    let tokens = TokenServer::start(Duration::from_secs(2)).await.unwrap();
-    let upstream = Upstream::start(tokens.state.clone()).await.unwrap();
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(2)).await;
     let seed = tokens.state.seed_refresh_token();
     let dir = std::env::temp_dir().join(format!("bearerd-secrets-{}", support::rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();

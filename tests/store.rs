@@ -47,29 +47,13 @@ async fn restart_with_a_valid_stored_token_makes_no_token_request_and_is_ready_a
     })
     .await;
     h.wait_ready().await;
-    let first: serde_json::Value = h
-        .client
-        .get(h.url("/api/a"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first: serde_json::Value = h.get("/api/a").await.json().await.unwrap();
     assert_eq!(h.tokens.state.requests(), 1);
 
     restart(&mut h).await;
-    let ready = h.client.get(h.admin("/readyz")).send().await.unwrap();
+    let ready = h.admin_get("/readyz").await;
     assert_eq!(ready.status(), 200, "ready as soon as it listens");
-    let again: serde_json::Value = h
-        .client
-        .get(h.url("/api/b"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again: serde_json::Value = h.get("/api/b").await.json().await.unwrap();
     assert_eq!(
         again["token_serial"], first["token_serial"],
         "the stored token is used"
@@ -131,10 +115,7 @@ async fn restart_with_an_expired_token_refreshes_once_with_the_stored_refresh_to
         before + 1,
         "one refresh, then ready"
     );
-    assert_eq!(
-        h.client.get(h.url("/api/x")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(h.get("/api/x").await.status(), 200);
     // The seed was spent before the restart: using it again would have revoked the grant.
     assert_eq!(h.tokens.state.reuse_detected(), 0);
     assert_eq!(h.tokens.state.active_refresh_tokens(), 1);
@@ -275,12 +256,7 @@ async fn a_logout_and_a_spent_seed_survive_a_restart() {
     })
     .await;
     h.wait_ready().await;
-    let resp = h
-        .client
-        .post(h.admin("/credentials/api/logout"))
-        .send()
-        .await
-        .unwrap();
+    let resp = h.admin_post("/credentials/api/logout").await;
     assert_eq!(resp.status(), 200);
     let made = h.tokens.state.requests();
 
@@ -295,15 +271,10 @@ async fn a_logout_and_a_spent_seed_survive_a_restart() {
         h.status().await["credentials"]["api"]["state"],
         "logged_out"
     );
-    let resp = h.client.get(h.url("/api/x")).send().await.unwrap();
+    let resp = h.get("/api/x").await;
     assert_eq!(resp.status(), 503);
     // Even an operator's refresh refuses the spent seed instead of burning the grant.
-    let resp = h
-        .client
-        .post(h.admin("/credentials/api/refresh"))
-        .send()
-        .await
-        .unwrap();
+    let resp = h.admin_post("/credentials/api/refresh").await;
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(
         body["status"]["last_error"]["kind"], "refresh_token_spent",

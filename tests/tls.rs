@@ -108,14 +108,14 @@ async fn tls_upstream_with_test_ca_works_and_a_wrong_ca_gives_502() {
     )
     .await;
 
-    let resp = h.client.get(h.url("/api/secure?x=1")).send().await.unwrap();
+    let resp = h.get("/api/secure?x=1").await;
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["target"], "/base/secure?x=1");
     assert_eq!(body["host"], format!("localhost:{}", addr.port()));
     assert!(body["token_serial"].as_u64().is_some());
 
-    let resp = h.client.get(h.url("/wrong/secure")).send().await.unwrap();
+    let resp = h.get("/wrong/secure").await;
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
     let body: serde_json::Value = resp.json().await.unwrap();

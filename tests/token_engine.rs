@@ -178,14 +178,14 @@ async fn permanent_failures_fail_closed_and_stop_retrying() {
             assert_eq!(body["credential"], "api");
             assert!(body["detail"].as_str().unwrap().contains(code), "{body}");
         }
-        let ready = h.client.get(h.admin("/readyz")).send().await.unwrap();
+        let ready = h.admin_get("/readyz").await;
         assert_eq!(ready.status(), 503);
         let status = h.status().await;
         assert_eq!(status["credentials"]["api"]["state"], "failed", "{status}");
         assert_eq!(status["credentials"]["api"]["last_error"]["kind"], code);
         let made = h.tokens.state.requests();
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let _ = h.client.get(h.url("/api/again")).send().await.unwrap();
+        let _ = h.get("/api/again").await;
         assert_eq!(
             h.tokens.state.requests(),
             made,
@@ -219,17 +219,9 @@ async fn permanent_failure_after_a_valid_token_serves_it_until_expiry_then_fails
     h.tokens
         .state
         .set_fail(FailMode::OAuthError("invalid_client".into()));
-    assert_eq!(
-        h.client
-            .get(h.url("/api/still-valid"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(h.get("/api/still-valid").await.status(), 200);
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    let resp = h.client.get(h.url("/api/expired")).send().await.unwrap();
+    let resp = h.get("/api/expired").await;
     assert_eq!(resp.status(), 503);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["requires_reauth"], true);
@@ -250,7 +242,7 @@ async fn requests_wait_for_a_recovering_provider_within_the_budget() {
         ..Default::default()
     })
     .await;
-    let resp = h.client.get(h.url("/api/x")).send().await.unwrap();
+    let resp = h.get("/api/x").await;
     assert_eq!(resp.status(), 503);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(
@@ -259,7 +251,7 @@ async fn requests_wait_for_a_recovering_provider_within_the_budget() {
     );
     h.tokens.state.set_fail(FailMode::None);
     // A waiting request drives a refresh at the request-triggered interval.
-    let resp = h.client.get(h.url("/api/y")).send().await.unwrap();
+    let resp = h.get("/api/y").await;
     assert_eq!(resp.status(), 200);
 }
 
@@ -299,13 +291,8 @@ async fn rotating_refresh_tokens_survive_concurrent_load_without_reuse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn missing_expires_in_uses_the_default_lifetime() {
-    let tokens = support::TokenServer::start(Duration::from_secs(60))
-        .await
-        .unwrap();
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
     tokens.state.omit_expires_in(true);
-    let upstream = support::Upstream::start(tokens.state.clone())
-        .await
-        .unwrap();
     let h = Harness::start_with(
         tokens,
         upstream,
@@ -331,7 +318,7 @@ async fn malformed_token_responses_are_retried_not_forwarded() {
         ..Default::default()
     })
     .await;
-    let resp = h.client.get(h.url("/api/x")).send().await.unwrap();
+    let resp = h.get("/api/x").await;
     assert_eq!(resp.status(), 503);
     let status = h.status().await;
     assert_eq!(
@@ -346,12 +333,7 @@ async fn malformed_token_responses_are_retried_not_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn static_token_file_is_reread_when_it_changes() {
-    let tokens = support::TokenServer::start(Duration::from_secs(600))
-        .await
-        .unwrap();
-    let upstream = support::Upstream::start(tokens.state.clone())
-        .await
-        .unwrap();
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(600)).await;
     let client = reqwest::Client::new();
     let issue = || async {
         let v: serde_json::Value = client
@@ -423,13 +405,8 @@ async fn static_token_file_is_reread_when_it_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_metric_series_exists_from_startup() {
-    let tokens = support::TokenServer::start(Duration::from_secs(60))
-        .await
-        .unwrap();
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
     tokens.state.set_delay(Duration::from_secs(2));
-    let upstream = support::Upstream::start(tokens.state.clone())
-        .await
-        .unwrap();
     let h = Harness::start_with(tokens, upstream, Options::default()).await;
     let m = h.metrics().await;
     for trigger in ["startup", "scheduled", "on_demand", "on_401", "manual"] {
@@ -477,23 +454,13 @@ async fn manual_refresh_through_the_admin_api() {
     let h = Harness::start(Options::default()).await;
     h.wait_ready().await;
     let before = h.tokens.state.requests();
-    let resp = h
-        .client
-        .post(h.admin("/credentials/api/refresh"))
-        .send()
-        .await
-        .unwrap();
+    let resp = h.admin_post("/credentials/api/refresh").await;
     assert_eq!(resp.status(), 200);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["outcome"], "success");
     assert_eq!(body["generation"], 2);
     assert_eq!(h.tokens.state.requests(), before + 1);
-    let resp = h
-        .client
-        .post(h.admin("/credentials/nope/refresh"))
-        .send()
-        .await
-        .unwrap();
+    let resp = h.admin_post("/credentials/nope/refresh").await;
     assert_eq!(resp.status(), 404);
 }
 

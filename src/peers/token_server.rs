@@ -427,18 +427,27 @@ async fn token(
     }
 }
 
+/// The form of a request from the registered client; `None` for any other sender.
+fn authenticated_form(
+    state: &TokenServerState,
+    headers: &HeaderMap,
+    body: &str,
+) -> Option<HashMap<String, String>> {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    client_authenticated(state, headers, &form).then_some(form)
+}
+
 /// RFC 7009: revokes an access or refresh token; answers 200 whatever the token was.
 async fn revoke(
     State(state): State<Arc<TokenServerState>>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
-        .into_owned()
-        .collect();
-    if !client_authenticated(&state, &headers, &form) {
+    let Some(form) = authenticated_form(&state, &headers, &body) else {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
-    }
+    };
     if let Some(token) = form.get("token") {
         let was_access = state.issued.lock().unwrap().remove(token).is_some();
         let was_refresh = state.refresh.lock().unwrap().active.remove(token);
@@ -494,10 +503,7 @@ async fn device_authorization(
     headers: HeaderMap,
     body: String,
 ) -> Response {
-    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
-        .into_owned()
-        .collect();
-    if !client_authenticated(&state, &headers, &form) {
+    if authenticated_form(&state, &headers, &body).is_none() {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
     }
     let device_code = format!("dc_{}", random_hex());

@@ -62,9 +62,7 @@ impl Upstream {
         }
         self.duration.observe(elapsed.as_secs_f64());
     }
-}
 
-impl Upstream {
     pub fn new(
         config: UpstreamConfig,
         slot: Arc<CredentialSlot>,

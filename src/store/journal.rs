@@ -140,22 +140,27 @@ pub fn claim_store(store: &Path, patience: Duration) -> Result<File, StoreError>
     };
     let file = open_lock_file(&path)
         .map_err(|e| err(format!("cannot open the lock file {}: {e}", path.display())))?;
+    match lock_within(&file, patience) {
+        Ok(true) => Ok(file),
+        Ok(false) => Err(err(format!(
+            "another bearerd is using this store (it holds {}); two sidecars sharing one store would send the same refresh token twice: give each its own store file",
+            path.display()
+        ))),
+        Err(e) => Err(err(format!("cannot lock {}: {e}", path.display()))),
+    }
+}
+
+/// Takes `file`'s exclusive lock, trying until `patience` runs out: `false` if it could not.
+fn lock_within(file: &File, patience: Duration) -> std::io::Result<bool> {
     let deadline = Instant::now() + patience;
     loop {
         match file.try_lock() {
-            Ok(()) => return Ok(file),
+            Ok(()) => return Ok(true),
             Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(20));
             }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(err(format!(
-                    "another bearerd is using this store (it holds {}); two sidecars sharing one store would send the same refresh token twice: give each its own store file",
-                    path.display()
-                )))
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(err(format!("cannot lock {}: {e}", path.display())))
-            }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
     }
 }
@@ -169,20 +174,12 @@ pub fn wait_for_helpers(store: &Path, patience: Duration) -> Result<(), StoreErr
         message,
     };
     let file = open_lock(store).map_err(|e| err(format!("cannot open the lock file: {e}")))?;
-    let deadline = Instant::now() + patience;
-    loop {
-        match file.try_lock() {
-            Ok(()) => return file.unlock().map_err(|e| err(e.to_string())),
-            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(err(format!(
-                    "a rotation helper of an earlier run still holds it after {patience:?}"
-                )))
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(err(e.to_string())),
-        }
+    match lock_within(&file, patience) {
+        Ok(true) => file.unlock().map_err(|e| err(e.to_string())),
+        Ok(false) => Err(err(format!(
+            "a rotation helper of an earlier run still holds it after {patience:?}"
+        ))),
+        Err(e) => Err(err(e.to_string())),
     }
 }
 

@@ -525,38 +525,31 @@ impl TokenEndpoint {
         for (k, v) in &c.params {
             body.push((k.clone(), v.clone()));
         }
-        let req = req.form(&body);
+        let request = req.form(&body).build().map_err(|e| {
+            let message = format!("cannot build the token request: {}", error_chain(&e));
+            self.transport_failure(false, message)
+        })?;
         let raw = match via {
             Some((helper, replaces)) => {
-                let request = req.try_clone().and_then(|r| r.build().ok());
-                match request {
-                    Some(request) => {
-                        let sent = helper
-                            .send(&request, c.timeout, c.ca_file.clone(), replaces.clone())
-                            .await;
-                        match sent {
-                            Ok(raw) => Some(Ok(raw)),
-                            Err(HelperError::NotStarted(why)) => {
-                                // Nothing was sent: send it here, without the journal.
-                                tracing::warn!("{why}; sending the token request directly");
-                                None
-                            }
-                            Err(HelperError::Failed { timeout, message }) => {
-                                let mut e = self.transport_failure(timeout, message);
-                                // The provider may have rotated and the helper journaled it.
-                                e.rotated_refresh_token = helper.journaled_successor(&replaces);
-                                Some(Err(e))
-                            }
-                        }
+                let sent = helper
+                    .send(&request, c.timeout, c.ca_file.clone(), replaces.clone())
+                    .await;
+                match sent {
+                    Ok(raw) => raw,
+                    Err(HelperError::NotStarted(why)) => {
+                        // Nothing was sent: send it here, without the journal.
+                        tracing::warn!("{why}; sending the token request directly");
+                        self.send_direct(request).await?
                     }
-                    None => None,
+                    Err(HelperError::Failed { timeout, message }) => {
+                        let mut e = self.transport_failure(timeout, message);
+                        // The provider may have rotated and the helper journaled it.
+                        e.rotated_refresh_token = helper.journaled_successor(&replaces);
+                        return Err(e);
+                    }
                 }
             }
-            None => None,
-        };
-        let raw = match raw {
-            Some(r) => r?,
-            None => self.send_direct(req).await?,
+            None => self.send_direct(request).await?,
         };
         if (200..300).contains(&raw.status) {
             return parse_success(&raw.body);
@@ -579,9 +572,9 @@ impl TokenEndpoint {
         }
     }
 
-    async fn send_direct(&self, req: reqwest::RequestBuilder) -> Result<RawResponse, GrantError> {
+    async fn send_direct(&self, request: reqwest::Request) -> Result<RawResponse, GrantError> {
         // reqwest errors name the URL but never the form body.
-        let resp = req.send().await.map_err(|e| {
+        let resp = self.http.execute(request).await.map_err(|e| {
             let message = format!("token endpoint unreachable: {}", error_chain(&e));
             self.transport_failure(e.is_timeout(), message)
         })?;

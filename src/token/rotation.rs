@@ -101,11 +101,14 @@ impl DurableRotation {
         replaces: String,
     ) -> Result<RawResponse, HelperError> {
         let timeout = timeout.min(HELPER_REQUEST_MAX);
+        // Every header the grant sets is text; were one not, the request goes out directly
+        // rather than without it.
         let headers = request
             .headers()
             .iter()
-            .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
-            .collect();
+            .map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| HelperError::NotStarted("a token request header is not text".into()))?;
         let body = request.body().and_then(|b| b.as_bytes()).unwrap_or(&[]);
         let ask = HelperRequest {
             parent: std::process::id(),

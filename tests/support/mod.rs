@@ -77,12 +77,11 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start(opts: Options) -> Harness {
-        let tokens = TokenServer::start(opts.lifetime).await.unwrap();
+        let (tokens, upstream) = start_peers(opts.lifetime).await;
         tokens.state.set_delay(opts.token_delay);
         if let Some(mode) = opts.fail.clone() {
             tokens.state.set_fail(mode);
         }
-        let upstream = Upstream::start(Arc::clone(&tokens.state)).await.unwrap();
         Harness::start_with(tokens, upstream, opts).await
     }
 
@@ -211,15 +210,22 @@ credential = "api"
         format!("http://{}{}", self.sidecar().admin_addr, path)
     }
 
+    /// A GET through the proxy.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.admin(path)).send().await.unwrap()
+    }
+
+    /// A POST without a body to the admin API, as the CLI's refresh and logout send.
+    pub async fn admin_post(&self, path: &str) -> reqwest::Response {
+        self.client.post(self.admin(path)).send().await.unwrap()
+    }
+
     pub async fn status(&self) -> serde_json::Value {
-        self.client
-            .get(self.admin("/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.admin_get("/status").await.json().await.unwrap()
     }
 
     /// The metrics once `series` reads `want`. Per-request series are recorded when the
@@ -275,6 +281,13 @@ impl Drop for Harness {
             std::thread::spawn(move || drop(s));
         }
     }
+}
+
+/// A token server issuing tokens of this lifetime, and an upstream that checks them.
+pub async fn start_peers(lifetime: Duration) -> (TokenServer, Upstream) {
+    let tokens = TokenServer::start(lifetime).await.unwrap();
+    let upstream = Upstream::start(Arc::clone(&tokens.state)).await.unwrap();
+    (tokens, upstream)
 }
 
 /// A test config as `bearerd run` would start it: with the binary as its rotation helper.
