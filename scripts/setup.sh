@@ -2,6 +2,7 @@
 # Installs what a fresh Debian machine with Rust lacks: cmake (Pingora builds zlib-ng
 # through it) and Node with npm (the end-to-end suite). Idempotent; safe to run every time.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
@@ -14,4 +15,11 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# oidc-provider wants Node 20 or later, and Debian's own nodejs is 18: then npm fetches
+# Node 20 from the npm registry into target/node, which tests/e2e/run.sh puts first on PATH.
+node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
+if [ "$node_major" -lt 20 ] && [ ! -x target/node/node_modules/.bin/node ]; then
+  echo "node $node_major is older than 20: fetching Node 20 into target/node" >&2
+  npm install --no-audit --no-fund --loglevel=error --prefix target/node node@20
 fi

@@ -8,6 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
+# The Node 20 that scripts/setup.sh fetches when the system's is older.
+if [ -x ../../target/node/node_modules/.bin/node ]; then
+  PATH="$(cd ../../target/node/node_modules/.bin && pwd):$PATH"
+fi
 if ! command -v node >/dev/null; then
   echo "run.sh: node is required (20 or later)" >&2
   exit 1
