@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::protocols::tls::CaType;
@@ -166,10 +166,27 @@ impl RequestCtx {
     }
 }
 
-/// 32 random hex digits, cut from the arena: always a valid header value.
+/// The request id header. A `HeaderName` made once: looking a `&str` up parses it each time.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+thread_local! {
+    /// Per thread: a random 64-bit prefix and a counter. Ids must be unique, not secret, so
+    /// this replaces a 128-bit draw from the thread's CSPRNG per request.
+    static REQUEST_ID_SEQUENCE: std::cell::Cell<(u64, u64)> =
+        std::cell::Cell::new((rand::random(), rand::random()));
+}
+
+/// 32 hex digits, cut from the arena: always a valid header value. The first 16 are the
+/// thread's random prefix, the last 16 its counter scrambled by a bijection (so ids in a
+/// row do not look alike, and never repeat within a thread).
 pub fn new_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n: u128 = rand::random();
+    let (prefix, count) = REQUEST_ID_SEQUENCE.with(|s| {
+        let (prefix, count) = s.get();
+        s.set((prefix, count.wrapping_add(1)));
+        (prefix, count)
+    });
+    let n = (u128::from(prefix) << 64) | u128::from(scramble(count));
     // Formatted on the stack, then one copy into the arena.
     let mut hex = [0u8; 32];
     for (i, b) in hex.iter_mut().enumerate() {
@@ -177,6 +194,14 @@ pub fn new_request_id() -> HeaderValue {
     }
     let id = arena::cut(hex.len(), |buf| buf.extend_from_slice(&hex));
     HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// splitmix64's finaliser: a bijection on u64, so distinct counters give distinct ids.
+fn scramble(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 fn valid_request_id(v: &HeaderValue) -> bool {
@@ -225,7 +250,7 @@ impl ProxyHttp for BearerProxy {
     ) -> pingora::Result<bool> {
         ctx.started = Some(Instant::now());
         let req = session.req_header();
-        ctx.request_id = Some(match req.headers.get("x-request-id") {
+        ctx.request_id = Some(match req.headers.get(&X_REQUEST_ID) {
             Some(v) if valid_request_id(v) => {
                 ctx.request_id_from_app = true;
                 v.clone()
@@ -558,4 +583,32 @@ fn status_label(status: u16) -> &'static str {
     LABELS
         .get(usize::from(status))
         .map_or("other", String::as_str)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_request_ids_are_hex_and_never_repeat() {
+        let ids: std::collections::HashSet<String> = (0..10_000)
+            .map(|_| new_request_id().to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids
+            .iter()
+            .all(|id| id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())));
+        // Another thread draws its own prefix, so its ids do not collide with these.
+        let other = std::thread::spawn(|| new_request_id().to_str().unwrap().to_owned())
+            .join()
+            .unwrap();
+        assert!(!ids.contains(&other));
+        assert!(ids.iter().all(|id| id[..16] != other[..16]));
+    }
+
+    #[test]
+    fn scrambled_counters_stay_distinct() {
+        let out: std::collections::HashSet<u64> = (0..100_000u64).map(scramble).collect();
+        assert_eq!(out.len(), 100_000);
+    }
 }
