@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine with Rust lacks: cmake (Pingora builds zlib-ng
-# through it) and Node with npm (the end-to-end suite). Idempotent; safe to run every time.
+# through it), Node with npm (the end-to-end suite) and Python with pip (the Kubernetes
+# schema check of deploy/). Idempotent; safe to run every time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -9,6 +10,8 @@ command -v cc >/dev/null 2>&1 || need+=(build-essential)
 # The end-to-end suite runs a real OpenID provider and MCP server on Node (20 or later).
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -22,4 +25,12 @@ node_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0
 if [ "$node_major" -lt 20 ] && [ ! -x target/node/node_modules/.bin/node ]; then
   echo "node $node_major is older than 20: fetching Node 20 into target/node" >&2
   npm install --no-audit --no-fund --loglevel=error --prefix target/node node@20
+fi
+# tests/deploy.rs validates the manifests against the Kubernetes API schema with
+# kubernetes-validate (PyPI), kept in target/pylib so nothing outside the project changes.
+if [ ! -d target/pylib/kubernetes_validate ]; then
+  echo "installing kubernetes-validate into target/pylib" >&2
+  pip=(python3 -m pip install --quiet --disable-pip-version-check --target target/pylib kubernetes-validate==1.37.0)
+  # Debian's own Python refuses installs without this flag, even into a target directory.
+  "${pip[@]}" 2>/dev/null || "${pip[@]}" --break-system-packages
 fi

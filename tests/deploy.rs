@@ -231,6 +231,25 @@ fn the_pod_reaches_the_sidecar_where_the_config_listens() {
 }
 
 #[test]
+fn the_deployment_passes_the_kubernetes_api_schema() {
+    // Strict: an unknown or misspelt field fails. 1.29 is the first release with native
+    // sidecars (an init container's `restartPolicy`). scripts/setup.sh installs the checker.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .env("PYTHONPATH", root.join("target/pylib"))
+        .args(["-m", "kubernetes_validate", "--strict", "-k", "1.29.0"])
+        .arg(deploy("kubernetes/deployment.yaml"))
+        .output()
+        .expect("python3: run scripts/setup.sh");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("passed"),
+        "{text}\n(kubernetes-validate missing? run scripts/setup.sh)"
+    );
+}
+
+#[test]
 fn the_image_runs_as_the_pod_expects() {
     let dockerfile = std::fs::read_to_string(deploy("Dockerfile")).unwrap();
     let pod = pod();
