@@ -321,6 +321,14 @@ async fn login(
             cred.grant.kind()
         ));
     };
+    // Checked before the login, not after: a refresh token is a long-lived credential, and
+    // this is where it would travel in clear.
+    if !client.channel_is_private() {
+        return Err(format!(
+            "refusing to send a refresh token in clear to {}: reach the admin over loopback (on its host, or through `kubectl port-forward`) or over HTTPS",
+            client.base()
+        ));
+    }
     let endpoint = TokenEndpoint::new(request)?;
     let (token, refresh_token) = if device {
         login::device(&endpoint, &TerminalPrompt).await?

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{Discovery, Harness, Options};
+use support::{Discovery, FailMode, Harness, Options};
 
 async fn harness_without_refresh_token() -> Harness {
     let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
@@ -19,10 +19,11 @@ async fn harness_without_refresh_token() -> Harness {
     Harness::start_raw(tokens, upstream, opts, String::new()).await
 }
 
-/// Starts `bearerd login` and returns it with a reader of its stdout.
+/// Starts `bearerd login` (with `extra` arguments) and returns it with a reader of its stdout.
 fn start_login(
     h: &Harness,
     device: bool,
+    extra: &[&str],
 ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let dir = std::env::temp_dir().join(format!("bearerd-login-{}", support::rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -33,6 +34,7 @@ fn start_login(
     if device {
         cmd.arg("--device");
     }
+    cmd.args(extra);
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -69,6 +71,19 @@ async fn finish(child: std::process::Child) -> (bool, String) {
     )
 }
 
+/// The user approves the device code; the login must complete and the sidecar serve.
+async fn approve_and_expect_login(
+    h: &Harness,
+    child: std::process::Child,
+    rx: &std::sync::mpsc::Receiver<String>,
+) {
+    h.tokens.state.approve_devices();
+    wait_line(rx, |l| l.contains("logged in"));
+    let (ok, stderr) = finish(child).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(h.get("/api/y").await.status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn login_with_code_and_pkce_hands_the_refresh_token_to_the_sidecar() {
     let h = harness_without_refresh_token().await;
@@ -77,7 +92,7 @@ async fn login_with_code_and_pkce_hands_the_refresh_token_to_the_sidecar() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["requires_reauth"], true);
 
-    let (child, rx) = start_login(&h, false);
+    let (child, rx) = start_login(&h, false, &[]);
     let url = wait_line(&rx, |l| l.trim_start().starts_with("http"))
         .trim()
         .to_string();
@@ -115,13 +130,57 @@ async fn login_with_code_and_pkce_hands_the_refresh_token_to_the_sidecar() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn login_with_the_device_grant_polls_until_approved() {
     let h = harness_without_refresh_token().await;
-    let (child, rx) = start_login(&h, true);
+    let (child, rx) = start_login(&h, true, &[]);
     let prompt = wait_line(&rx, |l| l.contains("enter the code"));
     assert!(prompt.contains("WDJB-MJHT"), "{prompt}");
     assert_eq!(h.tokens.state.device_codes(), 1);
-    h.tokens.state.approve_devices();
-    wait_line(&rx, |l| l.contains("logged in"));
-    let (ok, stderr) = finish(child).await;
-    assert!(ok, "{stderr}");
-    assert_eq!(h.get("/api/y").await.status(), 200);
+    approve_and_expect_login(&h, child, &rx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn device_login_keeps_polling_through_provider_errors() {
+    let h = harness_without_refresh_token().await;
+    let (child, rx) = start_login(&h, true, &[]);
+    wait_line(&rx, |l| l.contains("enter the code"));
+    // The provider falls over while the user is still approving: polls meet 503s.
+    let before = h.tokens.state.requests();
+    h.tokens.state.set_fail(FailMode::Status(503));
+    for _ in 0..200 {
+        if h.tokens.state.requests() >= before + 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        h.tokens.state.requests() >= before + 2,
+        "login stopped polling"
+    );
+    h.tokens.state.set_fail(FailMode::None);
+    approve_and_expect_login(&h, child, &rx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn login_refuses_to_send_a_refresh_token_in_clear_off_the_host() {
+    let h = harness_without_refresh_token().await;
+    // 192.0.2.0/24 is TEST-NET-1: nothing answers there, and nothing must be sent there.
+    let (mut child, _rx) = start_login(&h, true, &["--admin", "http://192.0.2.1:9090"]);
+    let mut exited = None;
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let Some(status) = exited else {
+        child.kill().unwrap();
+        panic!("login started instead of refusing");
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("in clear"), "{stderr}");
+    assert!(stderr.contains("http://192.0.2.1:9090"), "{stderr}");
+    // Refused before the login began: the provider saw nothing.
+    assert_eq!(h.tokens.state.device_codes(), 0);
 }

@@ -63,6 +63,25 @@ impl AdminClient {
         })
     }
 
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Whether what is sent to the admin stays private: HTTPS, or plain HTTP that never
+    /// leaves this host (a loopback or unspecified address, or `localhost`).
+    pub fn channel_is_private(&self) -> bool {
+        let Ok(url) = url::Url::parse(&self.base) else {
+            return false;
+        };
+        match (url.scheme(), url.host()) {
+            ("https", _) => true,
+            ("http", Some(url::Host::Domain(d))) => d.eq_ignore_ascii_case("localhost"),
+            ("http", Some(url::Host::Ipv4(ip))) => ip.is_loopback() || ip.is_unspecified(),
+            ("http", Some(url::Host::Ipv6(ip))) => ip.is_loopback() || ip.is_unspecified(),
+            _ => false,
+        }
+    }
+
     pub async fn get(&self, path: &str) -> Result<Value, String> {
         let resp = self
             .http
@@ -213,4 +232,34 @@ pub fn credential_detail(name: &str, c: &Value) -> String {
         out.push_str(&format!("{k:<15}{v}\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_https_or_this_host_is_a_private_channel() {
+        let client = |base: &str| AdminClient::resolve(Some(base.into()), None).unwrap();
+        for private in [
+            "http://127.0.0.1:9090",
+            "http://127.0.0.2:9090/",
+            "http://[::1]:9090",
+            "http://0.0.0.0:9090",
+            "http://localhost:9090",
+            "https://bearerd.example.com",
+            "https://10.0.0.7:9090",
+        ] {
+            assert!(client(private).channel_is_private(), "{private}");
+        }
+        for open in [
+            "http://10.0.0.7:9090",
+            "http://[fd00::1]:9090",
+            "http://orders.default.svc:9090",
+            "ftp://127.0.0.1",
+            "not a url",
+        ] {
+            assert!(!client(open).channel_is_private(), "{open}");
+        }
+    }
 }

@@ -224,10 +224,14 @@ pub async fn device(
         Instant::now() + Duration::from_secs(da.expires_in.unwrap_or(600)).min(ATTEMPT_LIFETIME);
     // RFC 8628 §3.5: 5 s when the server names no interval; slow_down adds 5 s.
     let mut interval = Duration::from_secs(da.interval.unwrap_or(5).max(1));
+    let mut last_hiccup: Option<String> = None;
     loop {
         tokio::time::sleep(interval).await;
         if Instant::now() > deadline {
-            return Err("the device code expired before the login was completed".into());
+            let why = last_hiccup.map_or(String::new(), |e| format!(" (last error: {e})"));
+            return Err(format!(
+                "the device code expired before the login was completed{why}"
+            ));
         }
         let result = endpoint
             .exchange(vec![
@@ -242,6 +246,14 @@ pub async fn device(
             Ok(t) => return Ok(t),
             Err(e) if e.kind == "authorization_pending" => continue,
             Err(e) if e.kind == "slow_down" => interval += Duration::from_secs(5),
+            // A provider or network hiccup (5xx, 429, a timeout) is not the user's answer:
+            // keep polling until the code expires, no faster than the provider asks.
+            Err(e) if !e.permanent => {
+                if let Some(wait) = e.retry_after {
+                    interval = interval.max(wait.min(Duration::from_secs(60)));
+                }
+                last_hiccup = Some(format!("{}: {}", e.kind, e.message));
+            }
             Err(e) => return Err(format!("{}: {}", e.kind, e.message)),
         }
     }
