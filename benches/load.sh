@@ -162,7 +162,7 @@ start_bearerd() {
 listen_of() { awk -F'"' '/^listen/ {print $2}' "$1"; }
 
 declare -A RPS P50 P99 US BAD ROUND_LINES
-row() { printf '%-34s %10s %9s %9s %12s\n' "$1" "${RPS[$1]}" "${P50[$1]}" "${P99[$1]}" "${US[$1]}"; }
+row() { printf '%-40s %10s %9s %9s %12s\n' "$1" "${RPS[$1]}" "${P50[$1]}" "${P99[$1]}" "${US[$1]}"; }
 record() { RPS[$1]=$R_RPS; P50[$1]=$R_P50; P99[$1]=$R_P99; US[$1]=$R_US; BAD[$1]=$R_BAD; }
 # Keeps one round of $1; `settle` then records the round with the median CPU per request.
 keep_round() { ROUND_LINES[$1]+="$R_US $R_RPS $R_P50 $R_P99 $R_BAD"$'\n'; }
@@ -272,7 +272,7 @@ fi
 
 echo "machine: $(nproc) cores, $(uname -r); $(date -u +%Y-%m-%d); wrk 1 thread, $CONNECTIONS connections, ${DURATION}s per run; tables: median of $ROUNDS interleaved rounds"
 run_table 1
-printf '\n%-34s %10s %9s %9s %12s\n' "1 worker" "req/s" "p50" "p99" "CPU µs/req"
+printf '\n%-40s %10s %9s %9s %12s\n' "1 worker" "req/s" "p50" "p99" "CPU µs/req"
 for k in "direct" "nginx, static header" "bare Pingora, static header" "bare Pingora, + request id" "bearerd, refreshed token"; do row "$k"; done
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 R_NGX=$(ratio "${US[bearerd, refreshed token]}" "${US[nginx, static header]}")
@@ -407,7 +407,7 @@ PY
 echo "  from start to ready with a stored valid token: $READY_MS ms (best of 5; includes process start)"
 
 echo; run_table 2
-printf '%-34s %10s %9s %9s %12s\n' "2 workers" "req/s" "p50" "p99" "CPU µs/req"
+printf '%-40s %10s %9s %9s %12s\n' "2 workers" "req/s" "p50" "p99" "CPU µs/req"
 for k in "direct (2 workers)" "nginx, static header (2 workers)" "bare Pingora, static header (2 workers)" "bare Pingora, + request id (2 workers)" "bearerd, refreshed token (2 workers)"; do row "$k"; done
 
 echo; echo "targets:"
