@@ -326,6 +326,50 @@ async fn unreachable_upstream_gives_502_problem_json() {
     assert_eq!(body["requires_reauth"], false);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstream_connect_timeout_gives_504_problem_json() {
+    // A listener that never accepts, with its accept queue filled: the kernel drops further
+    // SYNs, so a connect hangs until the sidecar's connect_timeout.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let black_hole = socket.listen(1).unwrap();
+    let addr = black_hole.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let h = Harness::start(Options {
+        upstream_url: Some(format!("http://{addr}/x")),
+        upstream_extra: "connect_timeout = \"300ms\"".into(),
+        ..Default::default()
+    })
+    .await;
+    let resp = h.get("/api/y").await;
+    assert_eq!(resp.status(), 504);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], 504);
+    assert_eq!(body["upstream"], "api");
+    assert!(
+        body["type"].as_str().unwrap().contains("upstream-timeout"),
+        "{body}"
+    );
+    assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    h.metric_eventually(
+        "bearerd_requests_total{upstream=\"api\",status=\"504\"}",
+        1.0,
+    )
+    .await;
+    drop(fillers);
+}
+
 /// A raw upstream that accepts one upgrade, records its request head, and echoes bytes.
 async fn upgrade_upstream() -> (std::net::SocketAddr, tokio::sync::oneshot::Receiver<String>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
