@@ -326,6 +326,29 @@ async fn unreachable_upstream_gives_502_problem_json() {
     assert_eq!(body["requires_reauth"], false);
 }
 
+/// A sidecar for an upstream at `addr` with `extra` timeouts: its first request must end in
+/// a 504 problem+json naming the upstream.
+async fn expect_upstream_timeout(addr: std::net::SocketAddr, extra: &str) -> Harness {
+    let h = Harness::start(Options {
+        upstream_url: Some(format!("http://{addr}/x")),
+        upstream_extra: extra.into(),
+        ..Default::default()
+    })
+    .await;
+    let resp = h.get("/api/y").await;
+    assert_eq!(resp.status(), 504);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], 504);
+    assert_eq!(body["upstream"], "api");
+    assert!(
+        body["type"].as_str().unwrap().contains("upstream-timeout"),
+        "{body}"
+    );
+    assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    h
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upstream_connect_timeout_gives_504_problem_json() {
     // A listener that never accepts, with its accept queue filled: the kernel drops further
@@ -345,29 +368,31 @@ async fn upstream_connect_timeout_gives_504_problem_json() {
             fillers.push(s);
         }
     }
-    let h = Harness::start(Options {
-        upstream_url: Some(format!("http://{addr}/x")),
-        upstream_extra: "connect_timeout = \"300ms\"".into(),
-        ..Default::default()
-    })
-    .await;
-    let resp = h.get("/api/y").await;
-    assert_eq!(resp.status(), 504);
-    assert_eq!(resp.headers()["content-type"], "application/problem+json");
-    let body: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(body["status"], 504);
-    assert_eq!(body["upstream"], "api");
-    assert!(
-        body["type"].as_str().unwrap().contains("upstream-timeout"),
-        "{body}"
-    );
-    assert!(body["request_id"].as_str().is_some_and(|id| !id.is_empty()));
+    let h = expect_upstream_timeout(addr, "connect_timeout = \"300ms\"").await;
     h.metric_eventually(
         "bearerd_requests_total{upstream=\"api\",status=\"504\"}",
         1.0,
     )
     .await;
     drop(fillers);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstream_that_never_answers_gives_504_after_read_timeout() {
+    // Accepts, reads the request, and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hung = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            held.push(s);
+        }
+    });
+    expect_upstream_timeout(addr, "read_timeout = \"300ms\"").await;
+    hung.abort();
 }
 
 /// A raw upstream that accepts one upgrade, records its request head, and echoes bytes.

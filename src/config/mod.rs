@@ -174,6 +174,8 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// The longest one read from the upstream may wait; `None`: no limit (streams may idle).
+    pub read_timeout: Option<Duration>,
 }
 
 impl Config {
@@ -830,6 +832,16 @@ fn lower_upstream(
             &ru.idle_timeout,
             Duration::from_secs(4),
         )?,
+        read_timeout: match &ru.read_timeout {
+            None => None,
+            Some(_) => Some(bounded_duration(
+                map,
+                &key("read_timeout"),
+                &ru.read_timeout,
+                Duration::ZERO,
+                Duration::from_millis(10),
+            )?),
+        },
         url,
     })
 }

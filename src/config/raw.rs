@@ -109,4 +109,7 @@ pub struct RawUpstream {
     /// Pooled upstream connections idle longer than this are closed. Keep it below the
     /// upstream's own keep-alive timeout (Node's default is 5 s).
     pub idle_timeout: Option<String>,
+    /// Each read from the upstream (the response head, then every body read) may wait this
+    /// long; longer is a 504. Unset by default: a streaming response (SSE) may idle longer.
+    pub read_timeout: Option<String>,
 }

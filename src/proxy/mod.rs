@@ -367,6 +367,7 @@ impl ProxyHttp for BearerProxy {
         let mut peer = HttpPeer::new(addr, up.config.tls, sni);
         peer.options.connection_timeout = Some(up.config.connect_timeout);
         peer.options.idle_timeout = Some(up.config.idle_timeout);
+        peer.options.read_timeout = up.config.read_timeout;
         peer.options.ca = up.ca.clone();
         // Pingora's pool key ignores the CA: without a key of our own, a connection verified
         // for one upstream could be reused for another upstream at the same address that
