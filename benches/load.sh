@@ -260,7 +260,10 @@ print(f"  bearerd / bare Pingora: {total('bearerd')/total('bare'):.3f}    "
       f"bearerd / bare Pingora with the same request-id work: {total('bearerd')/total('bare+id'):.3f}")
 open(f"{work}/ratios", "w").write(f"{total('bearerd')/total('bare'):.3f} {total('bearerd')/total('bare+id'):.3f}\n")
 bare, bearerd = inclusive("bare+id"), inclusive("bearerd")
-diffs = sorted(((bearerd.get(k, 0) - bare.get(k, 0), k) for k in set(bare) | set(bearerd)), key=lambda x: -abs(x[0]))
+# Leave out the roots (thread start, the runtime, the connection task): they hold every
+# request's whole cost, so their difference is just the total again.
+roots = {k for k in set(bare) | set(bearerd) if max(bare.get(k, 0), bearerd.get(k, 0)) > 0.6 * total("bearerd")}
+diffs = sorted(((bearerd.get(k, 0) - bare.get(k, 0), k) for k in (set(bare) | set(bearerd)) - roots), key=lambda x: -abs(x[0]))
 print("  largest inclusive differences per request, bearerd minus bare Pingora with the request-id work:")
 for d, k in [x for x in diffs if abs(x[0]) > 150][:30]:
     print(f"  {d:8.0f}  {k[:110]}")
