@@ -21,8 +21,9 @@ impl RouteTable {
     }
 }
 
-/// Whether a path holds a `.` or `..` segment, literally or percent-encoded, or a backslash
-/// (which some servers treat as a separator), also encoded. Such a path could climb out of
+/// Whether a path holds a `.` or `..` segment, literally or percent-encoded and between
+/// literal or encoded (`%2f`) slashes, or a backslash (which some servers treat as a
+/// separator), also encoded. Such a path could climb out of
 /// the upstream's base path, and with it its credential. Allocation-free: it runs on every
 /// request.
 pub fn has_dot_segment(path: &str) -> bool {
@@ -35,7 +36,22 @@ pub fn has_dot_segment(path: &str) -> bool {
             .as_bytes()
             .windows(3)
             .any(|w| w.eq_ignore_ascii_case(b"%5c"))
-        || path.split('/').any(is_dot_segment)
+        || path.split('/').any(|segment| {
+            // `%2f` is a separator too for upstreams that decode it before they resolve dot
+            // segments (nginx does): `/a/..%2fb` climbs like `/a/../b`.
+            let mut rest = segment;
+            while let Some(at) = rest
+                .as_bytes()
+                .windows(3)
+                .position(|w| w.eq_ignore_ascii_case(b"%2f"))
+            {
+                if is_dot_segment(&rest[..at]) {
+                    return true;
+                }
+                rest = &rest[at + 3..];
+            }
+            is_dot_segment(rest)
+        })
 }
 
 /// `.` or `..`, each dot possibly written `%2e`.
@@ -88,6 +104,11 @@ mod tests {
             "/a%5cb",
             "/a%5C..",
             "//..//",
+            "/a/..%2fb",
+            "/crm/..%2F..%2Fadmin",
+            "/a%2F.%2Fb",
+            "/a/%2e%2e%2Fb",
+            "/a/b%2f..",
         ] {
             assert!(has_dot_segment(p), "{p}");
         }
@@ -102,6 +123,9 @@ mod tests {
             "/a/%2",
             "/a/%2f",
             "/a.b/c.d",
+            "/projects/group%2Fproject",
+            "/a%2f.b/c",
+            "/a/..b%2fc",
         ] {
             assert!(!has_dot_segment(p), "{p}");
         }
