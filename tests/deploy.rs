@@ -183,8 +183,13 @@ fn the_pod_reaches_the_sidecar_where_the_config_listens() {
         assert_eq!(str_at(s, &[probe, "httpGet", "port"]), "admin", "{probe}");
     }
 
-    // The file store must be on a writable volume: the root filesystem is read-only.
+    // The file store must be on a writable volume: the root filesystem is read-only, and a
+    // volume claim mounts owned by root unless the pod's fsGroup is bearerd's group.
     assert_eq!(s["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        pod.spec["securityContext"]["fsGroup"],
+        s["securityContext"]["runAsGroup"]
+    );
     let store = pod.toml["store"]["path"].as_str().unwrap();
     let (mount, _) = volume_holding(&pod, store);
     assert_ne!(mount["readOnly"], true, "the store's volume is read-only");
@@ -314,17 +319,26 @@ fn selectors(expr: &str) -> Vec<(String, Vec<(String, String)>)> {
     out
 }
 
-/// The `by (…)` label lists in a PromQL expression.
+/// The label lists of `by`, `without`, `on` and `ignoring` in a PromQL expression, with or
+/// without a space before the parenthesis.
 fn grouping_labels(expr: &str) -> Vec<String> {
-    expr.match_indices("by (")
-        .flat_map(|(at, _)| {
-            let body = &expr[at + 4..];
-            body[..body.find(')').unwrap()]
-                .split(',')
-                .map(|l| l.trim().to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect()
+    let mut out = Vec::new();
+    for (open, _) in expr.match_indices('(') {
+        let before = expr[..open].trim_end();
+        let word_start = before
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .map_or(0, |i| i + 1);
+        if ["by", "without", "on", "ignoring"].contains(&&before[word_start..]) {
+            let body = &expr[open + 1..];
+            out.extend(
+                body[..body.find(')').unwrap()]
+                    .split(',')
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty()),
+            );
+        }
+    }
+    out
 }
 
 /// Checks each expression against a running sidecar's /metrics: the metric exists, every
@@ -444,4 +458,11 @@ fn the_checks_catch_a_misspelt_metric_label_or_value() {
     assert!(!ok("bearerd_credential_state{state=\"broken\"} == 1"));
     assert!(!ok("bearerd_credential_state{status=\"failed\"} == 1"));
     assert!(!ok("max by (upstream) (bearerd_credential_state) == 1"));
+    assert!(!ok("max by(upstream) (bearerd_credential_state) == 1"));
+    assert!(!ok(
+        "bearerd_credential_state == 1 and on (instance, upstream) bearerd_credential_state"
+    ));
+    assert!(ok(
+        "bearerd_credential_state == 1 and on (instance, credential) bearerd_credential_state"
+    ));
 }

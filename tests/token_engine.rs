@@ -235,6 +235,49 @@ async fn permanent_failure_after_a_valid_token_serves_it_until_expiry_then_fails
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_that_runs_out_during_an_outage_shows_expired_through_the_retries() {
+    // The state an alert keys on: `expired` must hold while requests get 503, not flip to
+    // `refreshing` or `retrying` with every attempt of the backoff.
+    let h = Harness::start(Options {
+        lifetime: Duration::from_secs(2),
+        credential_extra: "min_refresh_interval = \"200ms\"\nwait_budget = \"200ms\"".into(),
+        ..Default::default()
+    })
+    .await;
+    h.wait_ready().await;
+    h.tokens.state.set_fail(FailMode::Status(503));
+    let mut state = String::new();
+    for _ in 0..100 {
+        state = h.status().await["credentials"]["api"]["state"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if state == "expired" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "expired");
+    let attempts_before = h.tokens.state.requests();
+    for _ in 0..10 {
+        // Each request waits for a token, which asks for a refresh: attempts go on.
+        assert_eq!(h.get("/api/x").await.status(), 503);
+        let status = h.status().await;
+        assert_eq!(status["credentials"]["api"]["state"], "expired", "{status}");
+        h.metric_eventually(
+            r#"bearerd_credential_state{credential="api",state="expired"}"#,
+            1.0,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        h.tokens.state.requests() > attempts_before,
+        "the provider was retried meanwhile"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn requests_wait_for_a_recovering_provider_within_the_budget() {
     let h = Harness::start(Options {
         fail: Some(FailMode::Status(503)),
@@ -325,7 +368,8 @@ async fn malformed_token_responses_are_retried_not_forwarded() {
         status["credentials"]["api"]["last_error"]["kind"],
         "malformed_response"
     );
-    assert_eq!(status["credentials"]["api"]["state"], "retrying");
+    // No token yet and the attempts keep failing: requests get 503, so `expired`.
+    assert_eq!(status["credentials"]["api"]["state"], "expired");
     assert_eq!(h.upstream.state.requests(), 0);
     h.tokens.state.set_fail(FailMode::None);
     h.wait_ready().await;

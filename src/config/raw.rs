@@ -109,7 +109,8 @@ pub struct RawUpstream {
     /// Pooled upstream connections idle longer than this are closed. Keep it below the
     /// upstream's own keep-alive timeout (Node's default is 5 s).
     pub idle_timeout: Option<String>,
-    /// Each read from the upstream (the response head, then every body read) may wait this
-    /// long; longer is a 504. Unset by default: a streaming response (SSE) may idle longer.
+    /// Each read from the upstream may wait this long: a late response head is a 504, a late
+    /// body read cuts the response off. Unset by default: SSE streams, long polls and
+    /// websockets may idle longer.
     pub read_timeout: Option<String>,
 }

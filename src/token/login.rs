@@ -225,8 +225,11 @@ pub async fn device(
     // RFC 8628 §3.5: 5 s when the server names no interval; slow_down adds 5 s.
     let mut interval = Duration::from_secs(da.interval.unwrap_or(5).max(1));
     let mut last_hiccup: Option<String> = None;
+    // A provider's Retry-After stretches the next wait only, not the polling interval.
+    let mut wait = interval;
     loop {
-        tokio::time::sleep(interval).await;
+        tokio::time::sleep(wait).await;
+        wait = interval;
         if Instant::now() > deadline {
             let why = last_hiccup.map_or(String::new(), |e| format!(" (last error: {e})"));
             return Err(format!(
@@ -245,12 +248,15 @@ pub async fn device(
         match result {
             Ok(t) => return Ok(t),
             Err(e) if e.kind == "authorization_pending" => continue,
-            Err(e) if e.kind == "slow_down" => interval += Duration::from_secs(5),
+            Err(e) if e.kind == "slow_down" => {
+                interval += Duration::from_secs(5);
+                wait = interval;
+            }
             // A provider or network hiccup (5xx, 429, a timeout) is not the user's answer:
             // keep polling until the code expires, no faster than the provider asks.
             Err(e) if !e.permanent => {
-                if let Some(wait) = e.retry_after {
-                    interval = interval.max(wait.min(Duration::from_secs(60)));
+                if let Some(after) = e.retry_after {
+                    wait = interval.max(after.min(Duration::from_secs(60)));
                 }
                 last_hiccup = Some(format!("{}: {}", e.kind, e.message));
             }

@@ -419,20 +419,28 @@ impl CredentialSlot {
         self.state_of(&c)
     }
 
+    /// `expired` means requests get 503 now: no usable token, and not merely the first
+    /// attempt (or a refresh at the last moment) under way. It stays `expired` through the
+    /// retries of an outage, so an alert on it does not flap with each attempt.
     fn state_of(&self, c: &Control) -> CredentialState {
         let usable = self.current().is_some_and(|t| t.is_usable(Instant::now()));
         if c.logged_out {
             CredentialState::LoggedOut
+        } else if c.permanent_failure {
+            // A manual refresh of a failed credential shows as under way.
+            if c.in_flight {
+                CredentialState::Refreshing
+            } else {
+                CredentialState::Failed
+            }
+        } else if !usable && (c.consecutive_failures > 0 || !c.in_flight) {
+            CredentialState::Expired
         } else if c.in_flight {
             CredentialState::Refreshing
-        } else if c.permanent_failure {
-            CredentialState::Failed
         } else if c.consecutive_failures > 0 {
             CredentialState::Retrying
-        } else if usable {
-            CredentialState::Valid
         } else {
-            CredentialState::Expired
+            CredentialState::Valid
         }
     }
 
