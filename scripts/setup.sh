@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine with Rust lacks: cmake (Pingora builds zlib-ng
-# through it), Node with npm (the end-to-end suite) and Python with pip (the Kubernetes
-# schema check of deploy/). Idempotent; safe to run every time.
+# through it), Node with npm (the end-to-end suite), Python with pip (the Kubernetes
+# schema check of deploy/) and promtool (the alert rules' tests). Idempotent; safe to run
+# every time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -33,4 +34,19 @@ if [ ! -d target/pylib/kubernetes_validate ]; then
   pip=(python3 -m pip install --quiet --disable-pip-version-check --target target/pylib kubernetes-validate==1.37.0)
   # Debian's own Python refuses installs without this flag, even into a target directory.
   "${pip[@]}" 2>/dev/null || "${pip[@]}" --break-system-packages
+fi
+# tests/deploy.rs checks and unit-tests the alerting rules with promtool. Only that one
+# binary is needed: it is taken out of Debian's prometheus package into target/prometheus,
+# without installing the package (and its service).
+if [ ! -x target/prometheus/usr/bin/promtool ]; then
+  echo "fetching promtool (Debian's prometheus package) into target/prometheus" >&2
+  dl=$(mktemp -d)
+  if ! (cd "$dl" && apt-get download prometheus >/dev/null 2>&1); then
+    sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    (cd "$dl" && apt-get download prometheus >/dev/null 2>&1)
+  fi
+  mkdir -p target/prometheus
+  dpkg-deb -x "$dl"/prometheus_*.deb target/prometheus
+  rm -rf "$dl"
 fi

@@ -466,3 +466,188 @@ fn the_checks_catch_a_misspelt_metric_label_or_value() {
         "bearerd_credential_state == 1 and on (instance, credential) bearerd_credential_state"
     ));
 }
+
+fn promtool() -> Command {
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/prometheus/usr/bin/promtool");
+    assert!(bin.exists(), "no promtool: run scripts/setup.sh");
+    Command::new(bin)
+}
+
+#[test]
+fn promtool_accepts_the_alerting_rules() {
+    let out = promtool()
+        .args(["check", "rules"])
+        .arg(deploy("monitoring/alerts.yaml"))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("SUCCESS"), "{text}");
+}
+
+/// The samples of a Prometheus text scrape, keyed by series (name and labels, as written).
+fn samples(scrape: &str) -> BTreeMap<String, f64> {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with("bearerd_"))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The series as a scraper would store it: with `job` and `instance` labels.
+fn scraped_series(series: &str) -> String {
+    const TARGET: &str = r#"job="bearerd",instance="pod-a""#;
+    match series.strip_suffix('}') {
+        Some(head) => format!("{head},{TARGET}}}"),
+        None => format!("{series}{{{TARGET}}}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_alerts_fire_on_a_real_outage_and_stay_quiet_while_healthy() {
+    // Two real scrapes of a sidecar: healthy, then in an identity-provider outage that
+    // outlived its token. promtool replays them as a timeline (healthy for 5 minutes, then
+    // the outage for 10, counters climbing between the two) and evaluates the rules.
+    let h = support::Harness::start(support::Options {
+        lifetime: std::time::Duration::from_secs(2),
+        credential_extra: "min_refresh_interval = \"200ms\"\nwait_budget = \"200ms\"".into(),
+        ..Default::default()
+    })
+    .await;
+    h.wait_ready().await;
+    for _ in 0..5 {
+        assert_eq!(h.get("/api/ok").await.status(), 200);
+    }
+    let healthy = samples(&h.metrics().await);
+    // Failed refreshes, whatever triggered them.
+    let failed = |scrape: &BTreeMap<String, f64>| -> f64 {
+        scrape
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("bearerd_token_refresh_total{")
+                    && k.contains(r#"result="transient_error""#)
+            })
+            .map(|(_, v)| v)
+            .sum()
+    };
+    h.tokens.state.set_fail(support::FailMode::Status(503));
+    let mut outage = BTreeMap::new();
+    for _ in 0..200 {
+        // Requests keep asking for a token, so refreshes keep failing.
+        let _ = h.get("/api/down").await;
+        outage = samples(&h.metrics().await);
+        let state = h.status().await["credentials"]["api"]["state"].clone();
+        if state == "expired" && failed(&outage) >= 8.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(failed(&outage) >= 8.0, "{outage:?}");
+    h.stop().await;
+
+    let dir = std::env::temp_dir().join(format!("bearerd-alerts-{}", support::rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The rules as they are, less their annotations: promtool compares those verbatim, and
+    // what matters here is whether and for what each alert fires.
+    let mut rules = yaml("monitoring/alerts.yaml");
+    let mut names = Vec::new();
+    for group in rules["groups"].as_sequence_mut().unwrap() {
+        for rule in group["rules"].as_sequence_mut().unwrap() {
+            rule.as_mapping_mut().unwrap().remove("annotations");
+            names.push(str_at(rule, &["alert"]).to_string());
+        }
+    }
+    std::fs::write(
+        dir.join("rules.yaml"),
+        serde_yaml::to_string(&rules).unwrap(),
+    )
+    .unwrap();
+
+    // Minutes 0-4: the healthy scrape. Minutes 5-15: the outage scrape; counters (and
+    // histogram parts) climb to it step by step, gauges jump to it.
+    let mut input = Vec::new();
+    let all: BTreeSet<&String> = healthy.keys().chain(outage.keys()).collect();
+    for series in all {
+        let name = series.split('{').next().unwrap();
+        let counter = ["_total", "_bucket", "_sum", "_count"]
+            .iter()
+            .any(|s| name.ends_with(s));
+        let (a, b) = (healthy.get(series).copied(), outage.get(series).copied());
+        let mut values = Vec::new();
+        for minute in 0..=15 {
+            let v = if minute < 5 {
+                a
+            } else if counter {
+                let a = a.unwrap_or(0.0);
+                b.map(|b| a + (b - a) * f64::from(minute - 4) / 11.0)
+            } else {
+                b
+            };
+            values.push(v.map_or("_".to_string(), |v| format!("{v}")));
+        }
+        input.push(serde_json::json!({
+            "series": scraped_series(series),
+            "values": values.join(" "),
+        }));
+    }
+    let expect = |at: &str, firing: &[(&str, serde_json::Value)]| -> Vec<serde_json::Value> {
+        names
+            .iter()
+            .map(|name| {
+                let exp: Vec<_> = firing
+                    .iter()
+                    .filter(|(n, _)| n == name)
+                    .map(|(_, labels)| serde_json::json!({ "exp_labels": labels }))
+                    .collect();
+                serde_json::json!({ "eval_time": at, "alertname": name, "exp_alerts": exp })
+            })
+            .collect()
+    };
+    let target = |extra: serde_json::Value| {
+        let mut l = serde_json::json!({ "job": "bearerd", "instance": "pod-a" });
+        l.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        l
+    };
+    let mut checks = expect("4m", &[]);
+    checks.extend(expect(
+        "15m",
+        &[
+            (
+                "BearerdNoValidToken",
+                target(serde_json::json!({ "credential": "api", "severity": "critical" })),
+            ),
+            (
+                "BearerdRefreshErrors",
+                target(serde_json::json!({ "credential": "api", "severity": "warning" })),
+            ),
+            (
+                "BearerdUpstreamErrors",
+                target(serde_json::json!({ "upstream": "api", "severity": "warning" })),
+            ),
+        ],
+    ));
+    let test = serde_json::json!({
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [{ "interval": "1m", "input_series": input, "alert_rule_test": checks }],
+    });
+    std::fs::write(dir.join("test.yaml"), serde_yaml::to_string(&test).unwrap()).unwrap();
+    let out = promtool()
+        .current_dir(&dir)
+        .args(["test", "rules", "test.yaml"])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{text}\n(inputs in {})",
+        dir.display()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
