@@ -506,14 +506,27 @@ fn scraped_series(series: &str) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_alerts_fire_on_a_real_outage_and_stay_quiet_while_healthy() {
-    // Two real scrapes of a sidecar: healthy, then in an identity-provider outage that
-    // outlived its token. promtool replays them as a timeline (healthy for 5 minutes, then
-    // the outage for 10, counters climbing between the two) and evaluates the rules.
+/// Failed refreshes in a scrape, whatever triggered them.
+fn refresh_failures(scrape: &BTreeMap<String, f64>) -> f64 {
+    scrape
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("bearerd_token_refresh_total{")
+                && k.contains(r#"result="transient_error""#)
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// A sidecar with `credential_extra`, past its first token and a few good requests: the
+/// sidecar and its healthy scrape.
+async fn healthy_sidecar(
+    lifetime_s: u64,
+    credential_extra: &str,
+) -> (support::Harness, BTreeMap<String, f64>) {
     let h = support::Harness::start(support::Options {
-        lifetime: std::time::Duration::from_secs(2),
-        credential_extra: "min_refresh_interval = \"200ms\"\nwait_budget = \"200ms\"".into(),
+        lifetime: std::time::Duration::from_secs(lifetime_s),
+        credential_extra: credential_extra.into(),
         ..Default::default()
     })
     .await;
@@ -522,32 +535,43 @@ async fn the_alerts_fire_on_a_real_outage_and_stay_quiet_while_healthy() {
         assert_eq!(h.get("/api/ok").await.status(), 200);
     }
     let healthy = samples(&h.metrics().await);
-    // Failed refreshes, whatever triggered them.
-    let failed = |scrape: &BTreeMap<String, f64>| -> f64 {
-        scrape
-            .iter()
-            .filter(|(k, _)| {
-                k.starts_with("bearerd_token_refresh_total{")
-                    && k.contains(r#"result="transient_error""#)
-            })
-            .map(|(_, v)| v)
-            .sum()
-    };
-    h.tokens.state.set_fail(support::FailMode::Status(503));
-    let mut outage = BTreeMap::new();
-    for _ in 0..200 {
-        // Requests keep asking for a token, so refreshes keep failing.
-        let _ = h.get("/api/down").await;
-        outage = samples(&h.metrics().await);
-        let state = h.status().await["credentials"]["api"]["state"].clone();
-        if state == "expired" && failed(&outage) >= 8.0 {
-            break;
+    (h, healthy)
+}
+
+/// Scrapes (bounded) until `done` holds of the scrape and the credential's state; with
+/// `request`, sends a request before each scrape.
+async fn scrape_until(
+    h: &support::Harness,
+    request: bool,
+    done: impl Fn(&BTreeMap<String, f64>, &str) -> bool,
+) -> BTreeMap<String, f64> {
+    let mut scrape = BTreeMap::new();
+    for _ in 0..400 {
+        if request {
+            let _ = h.get("/api/x").await;
+        }
+        scrape = samples(&h.metrics().await);
+        let status = h.status().await;
+        if done(
+            &scrape,
+            status["credentials"]["api"]["state"].as_str().unwrap(),
+        ) {
+            return scrape;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(failed(&outage) >= 8.0, "{outage:?}");
-    h.stop().await;
+    panic!("the sidecar never got there: {scrape:?}");
+}
 
+/// Replays two real scrapes of a sidecar as a timeline for promtool (healthy for minutes
+/// 0-4, then the incident's scrape for minutes 5-15, counters climbing to it step by step
+/// and gauges jumping to it) and evaluates the alerting rules: nothing may fire at minute 4,
+/// and at minute 15 exactly the `firing` alerts, with those labels besides job and instance.
+fn alerts_over(
+    healthy: &BTreeMap<String, f64>,
+    incident: &BTreeMap<String, f64>,
+    firing: &[(&str, serde_json::Value)],
+) {
     let dir = std::env::temp_dir().join(format!("bearerd-alerts-{}", support::rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
     // The rules as they are, less their annotations: promtool compares those verbatim, and
@@ -566,28 +590,27 @@ async fn the_alerts_fire_on_a_real_outage_and_stay_quiet_while_healthy() {
     )
     .unwrap();
 
-    // Minutes 0-4: the healthy scrape. Minutes 5-15: the outage scrape; counters (and
-    // histogram parts) climb to it step by step, gauges jump to it.
     let mut input = Vec::new();
-    let all: BTreeSet<&String> = healthy.keys().chain(outage.keys()).collect();
+    let all: BTreeSet<&String> = healthy.keys().chain(incident.keys()).collect();
     for series in all {
         let name = series.split('{').next().unwrap();
         let counter = ["_total", "_bucket", "_sum", "_count"]
             .iter()
             .any(|s| name.ends_with(s));
-        let (a, b) = (healthy.get(series).copied(), outage.get(series).copied());
-        let mut values = Vec::new();
-        for minute in 0..=15 {
-            let v = if minute < 5 {
-                a
-            } else if counter {
-                let a = a.unwrap_or(0.0);
-                b.map(|b| a + (b - a) * f64::from(minute - 4) / 11.0)
-            } else {
-                b
-            };
-            values.push(v.map_or("_".to_string(), |v| format!("{v}")));
-        }
+        let (a, b) = (healthy.get(series).copied(), incident.get(series).copied());
+        let values: Vec<String> = (0..=15)
+            .map(|minute| {
+                let v = if minute < 5 {
+                    a
+                } else if counter {
+                    let a = a.unwrap_or(0.0);
+                    b.map(|b| a + (b - a) * f64::from(minute - 4) / 11.0)
+                } else {
+                    b
+                };
+                v.map_or("_".to_string(), |v| format!("{v}"))
+            })
+            .collect();
         input.push(serde_json::json!({
             "series": scraped_series(series),
             "values": values.join(" "),
@@ -600,37 +623,20 @@ async fn the_alerts_fire_on_a_real_outage_and_stay_quiet_while_healthy() {
                 let exp: Vec<_> = firing
                     .iter()
                     .filter(|(n, _)| n == name)
-                    .map(|(_, labels)| serde_json::json!({ "exp_labels": labels }))
+                    .map(|(_, labels)| {
+                        let mut l = serde_json::json!({ "job": "bearerd", "instance": "pod-a" });
+                        l.as_object_mut()
+                            .unwrap()
+                            .extend(labels.as_object().unwrap().clone());
+                        serde_json::json!({ "exp_labels": l })
+                    })
                     .collect();
                 serde_json::json!({ "eval_time": at, "alertname": name, "exp_alerts": exp })
             })
             .collect()
     };
-    let target = |extra: serde_json::Value| {
-        let mut l = serde_json::json!({ "job": "bearerd", "instance": "pod-a" });
-        l.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        l
-    };
     let mut checks = expect("4m", &[]);
-    checks.extend(expect(
-        "15m",
-        &[
-            (
-                "BearerdNoValidToken",
-                target(serde_json::json!({ "credential": "api", "severity": "critical" })),
-            ),
-            (
-                "BearerdRefreshErrors",
-                target(serde_json::json!({ "credential": "api", "severity": "warning" })),
-            ),
-            (
-                "BearerdUpstreamErrors",
-                target(serde_json::json!({ "upstream": "api", "severity": "warning" })),
-            ),
-        ],
-    ));
+    checks.extend(expect("15m", firing));
     let test = serde_json::json!({
         "rule_files": ["rules.yaml"],
         "evaluation_interval": "1m",
@@ -650,4 +656,119 @@ async fn the_alerts_fire_on_a_real_outage_and_stay_quiet_while_healthy() {
         dir.display()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alerts_when_the_token_runs_out_in_an_outage() {
+    let (h, healthy) = healthy_sidecar(
+        2,
+        "min_refresh_interval = \"200ms\"\nwait_budget = \"200ms\"",
+    )
+    .await;
+    h.tokens.state.set_fail(support::FailMode::Status(503));
+    // Requests keep asking for a token, so refreshes keep failing; they get 503.
+    let incident = scrape_until(&h, true, |m, state| {
+        state == "expired" && refresh_failures(m) >= 8.0
+    })
+    .await;
+    h.stop().await;
+    alerts_over(
+        &healthy,
+        &incident,
+        &[
+            (
+                "BearerdNoValidToken",
+                serde_json::json!({ "credential": "api", "severity": "critical" }),
+            ),
+            (
+                "BearerdRefreshErrors",
+                serde_json::json!({ "credential": "api", "severity": "warning" }),
+            ),
+            (
+                "BearerdUpstreamErrors",
+                serde_json::json!({ "upstream": "api", "severity": "warning" }),
+            ),
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alerts_when_refreshes_fail_before_the_token_expires() {
+    // A minute-long token refreshed early: the outage starts while it is still good.
+    let (h, healthy) = healthy_sidecar(60, "refresh_ratio = 0.05").await;
+    h.tokens.state.set_fail(support::FailMode::Status(503));
+    let incident = scrape_until(&h, false, |m, state| {
+        (state == "retrying" || state == "refreshing") && refresh_failures(m) >= 8.0
+    })
+    .await;
+    // Requests still get the current token meanwhile.
+    assert_eq!(h.get("/api/still-good").await.status(), 200);
+    h.stop().await;
+    alerts_over(
+        &healthy,
+        &incident,
+        &[
+            (
+                "BearerdTokenExpiringWhileRetrying",
+                serde_json::json!({ "credential": "api", "severity": "warning" }),
+            ),
+            (
+                "BearerdRefreshErrors",
+                serde_json::json!({ "credential": "api", "severity": "warning" }),
+            ),
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alerts_when_the_upstream_rejects_fresh_tokens() {
+    let (h, healthy) = healthy_sidecar(60, "").await;
+    h.upstream.state.reject_all(true);
+    let incident = scrape_until(&h, true, |m, _| {
+        m.iter()
+            .filter(|(k, _)| {
+                k.starts_with("bearerd_upstream_401_total{")
+                    && (k.contains("replayed_401") || k.contains("rate_limited"))
+            })
+            .map(|(_, v)| v)
+            .sum::<f64>()
+            >= 3.0
+    })
+    .await;
+    h.stop().await;
+    alerts_over(
+        &healthy,
+        &incident,
+        &[(
+            "BearerdUpstreamRejectsFreshTokens",
+            serde_json::json!({ "upstream": "api", "severity": "warning" }),
+        )],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn alerts_when_the_provider_refuses_the_credential() {
+    let (h, healthy) = healthy_sidecar(60, "").await;
+    h.tokens
+        .state
+        .set_fail(support::FailMode::OAuthError("invalid_client".into()));
+    assert_eq!(
+        h.admin_post("/credentials/api/refresh")
+            .await
+            .status()
+            .as_u16()
+            / 100,
+        5,
+        "the refused refresh reports an error"
+    );
+    let incident = scrape_until(&h, false, |_, state| state == "failed").await;
+    h.stop().await;
+    alerts_over(
+        &healthy,
+        &incident,
+        &[(
+            "BearerdCredentialFailed",
+            serde_json::json!({ "credential": "api", "severity": "critical" }),
+        )],
+    );
 }
