@@ -166,9 +166,13 @@ row() { printf '%-40s %10s %9s %9s %12s\n' "$1" "${RPS[$1]}" "${P50[$1]}" "${P99
 record() { RPS[$1]=$R_RPS; P50[$1]=$R_P50; P99[$1]=$R_P99; US[$1]=$R_US; BAD[$1]=$R_BAD; }
 # Keeps one round of $1; `settle` then records the round with the median CPU per request.
 keep_round() { ROUND_LINES[$1]+="$R_US $R_RPS $R_P50 $R_P99 $R_BAD"$'\n'; }
-settle() {
+# Sets R_* from the median of the rounds kept under $1.
+median_round() {
   local line; line=$(printf '%s' "${ROUND_LINES[$1]}" | sort -g | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')
   read -r R_US R_RPS R_P50 R_P99 R_BAD <<<"$line"
+}
+settle() {
+  median_round "$1"
   record "$1"
   echo "  $1: CPU µs/req per round: $(printf '%s' "${ROUND_LINES[$1]}" | awk '{printf "%s ", $1}')" >&2
 }
@@ -177,8 +181,7 @@ settle() {
 measure_median() {
   ROUND_LINES[lever]=""
   for _ in $(seq 1 "$ROUNDS"); do measure "$@"; keep_round lever; done
-  local line; line=$(printf '%s' "${ROUND_LINES[lever]}" | sort -g | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}')
-  read -r R_US R_RPS R_P50 R_P99 R_BAD <<<"$line"
+  median_round lever
 }
 
 run_table() { # $1 workers
@@ -258,7 +261,6 @@ def inclusive(label):
 total = lambda label: float(re.search(r"^summary: (\d+)", open(f"{work}/{label}.dump").read(), re.M)[1]) / per_request(label)
 print(f"  bearerd / bare Pingora: {total('bearerd')/total('bare'):.3f}    "
       f"bearerd / bare Pingora with the same request-id work: {total('bearerd')/total('bare+id'):.3f}")
-open(f"{work}/ratios", "w").write(f"{total('bearerd')/total('bare'):.3f} {total('bearerd')/total('bare+id'):.3f}\n")
 bare, bearerd = inclusive("bare+id"), inclusive("bearerd")
 # Leave out the roots (thread start, the runtime, the connection task): they hold every
 # request's whole cost, so their difference is just the total again.

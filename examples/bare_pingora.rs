@@ -105,7 +105,7 @@ fn main() {
         upstream_keepalive_pool_size,
         runtime_enable_alt_timer,
         grace_period_seconds: Some(0),
-        ..ServerConf::default()
+        ..defaults
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();

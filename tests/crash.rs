@@ -61,10 +61,13 @@ async fn kill_9_during_rotation_never_burns_the_grant() {
     let (tokens, upstream) = support::start_peers(Duration::from_secs(2)).await;
     // Strict: any reuse of a spent refresh token revokes the grant (the default).
     tokens.state.set_reuse_grace(Duration::ZERO);
-    let dir = std::env::temp_dir().join(format!("bearerd-crash-{}", support::rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (config, proxy, _) = write_config(&dir, &tokens, &upstream);
-    let log = dir.join("log");
+    let Files {
+        dir,
+        config,
+        log,
+        proxy,
+        ..
+    } = write_config(&tokens, &upstream);
     let mut rng = rand::rngs::StdRng::from_entropy();
     use rand::SeedableRng;
     let kills = 20;
@@ -99,10 +102,13 @@ async fn kill_9_during_rotation_never_burns_the_grant() {
 async fn a_rotation_committed_as_the_sidecar_dies_is_kept() {
     // Long-lived tokens: the only rotations are the first one and the ones forced below.
     let (tokens, upstream) = support::start_peers(Duration::from_secs(3600)).await;
-    let dir = std::env::temp_dir().join(format!("bearerd-crash-{}", support::rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (config, proxy, admin) = write_config(&dir, &tokens, &upstream);
-    let log = dir.join("log");
+    let Files {
+        dir,
+        config,
+        log,
+        proxy,
+        admin,
+    } = write_config(&tokens, &upstream);
     let child = KillOnDrop(spawn(&config, &log));
     wait_serving(proxy, &tokens, &log, 0).await;
     assert_eq!(tokens.state.rotations(), 1);
@@ -144,13 +150,20 @@ async fn a_rotation_committed_as_the_sidecar_dies_is_kept() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A sidecar's files in a directory of its own, and its addresses.
+struct Files {
+    dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+}
+
 /// A sidecar with a file store and a refresh-token credential seeded from a file, against
-/// these peers. Returns the config file and the proxy and admin addresses.
-fn write_config(
-    dir: &Path,
-    tokens: &support::TokenServer,
-    upstream: &support::Upstream,
-) -> (PathBuf, SocketAddr, SocketAddr) {
+/// these peers.
+fn write_config(tokens: &support::TokenServer, upstream: &support::Upstream) -> Files {
+    let dir = std::env::temp_dir().join(format!("bearerd-crash-{}", support::rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("seed"), tokens.state.seed_refresh_token()).unwrap();
     let (proxy, admin) = (support::free_addr(), support::free_addr());
     let config = dir.join("bearerd.toml");
@@ -187,7 +200,13 @@ credential = "api"
         ),
     )
     .unwrap();
-    (config, proxy, admin)
+    Files {
+        log: dir.join("log"),
+        dir,
+        config,
+        proxy,
+        admin,
+    }
 }
 
 /// Waits until a request through the sidecar succeeds; fails at once if the provider saw a

@@ -248,10 +248,7 @@ async fn a_token_that_runs_out_during_an_outage_shows_expired_through_the_retrie
     h.tokens.state.set_fail(FailMode::Status(503));
     let mut state = String::new();
     for _ in 0..100 {
-        state = h.status().await["credentials"]["api"]["state"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        state = h.state().await;
         if state == "expired" {
             break;
         }

@@ -832,16 +832,20 @@ fn lower_upstream(
             &ru.idle_timeout,
             Duration::from_secs(4),
         )?,
-        read_timeout: match &ru.read_timeout {
-            None => None,
-            Some(_) => Some(bounded_duration(
-                map,
-                &key("read_timeout"),
-                &ru.read_timeout,
-                Duration::ZERO,
-                Duration::from_millis(10),
-            )?),
-        },
+        // Unset: no limit.
+        read_timeout: ru
+            .read_timeout
+            .as_ref()
+            .map(|_| {
+                bounded_duration(
+                    map,
+                    &key("read_timeout"),
+                    &ru.read_timeout,
+                    Duration::ZERO,
+                    Duration::from_millis(10),
+                )
+            })
+            .transpose()?,
         url,
     })
 }

@@ -303,6 +303,12 @@ mod tests {
         dir.join("tokens.store")
     }
 
+    /// The store opened again. One sidecar per store: the old one's claim goes when it drops.
+    fn reopen(s: FileStore, path: &Path, key: &[u8; 32]) -> FileStore {
+        drop(s);
+        FileStore::open(path, key).unwrap()
+    }
+
     #[test]
     fn round_trips_and_survives_reopen() {
         let path = temp_path();
@@ -317,19 +323,10 @@ mod tests {
             !text.contains("rt-2") && !text.contains("at-1"),
             "records are encrypted"
         );
-        drop(s); // one sidecar per store: the claim goes with it
-        let s = FileStore::open(&path, &key).unwrap();
-        assert_eq!(
-            s.load("crm")
-                .unwrap()
-                .refresh_token
-                .unwrap()
-                .expose_secret(),
-            "rt-2"
-        );
+        let s = reopen(s, &path, &key);
+        assert_eq!(stored_rt(&s).as_deref(), Some("rt-2"));
         s.save("crm", None).unwrap();
-        drop(s); // one sidecar per store: the claim goes with it
-        assert!(FileStore::open(&path, &key).unwrap().load("crm").is_none());
+        assert!(reopen(s, &path, &key).load("crm").is_none());
     }
 
     #[test]
@@ -406,16 +403,14 @@ mod tests {
 
         // A helper rotated rt-1 into rt-2 after its sidecar died.
         journal(&path, &key, "rt-2", "rt-1");
-        drop(s); // one sidecar per store: the claim goes with it
-        let s = FileStore::open(&path, &key).unwrap();
+        let s = reopen(s, &path, &key);
         assert!(s.recover_rotation("crm").unwrap());
         assert_eq!(stored_rt(&s).as_deref(), Some("rt-2"));
         assert!(
             !journal::journal_path(&path, "crm").exists(),
             "applied once"
         );
-        drop(s); // one sidecar per store: the claim goes with it
-        let s = FileStore::open(&path, &key).unwrap();
+        let s = reopen(s, &path, &key);
         assert_eq!(stored_rt(&s).as_deref(), Some("rt-2"), "durable");
 
         // A stale journal (the store moved past it) never brings back a spent token.
@@ -449,8 +444,7 @@ mod tests {
         // Two rotations journaled, neither saved to the store (say, a full disk).
         journal(&path, &key, "rt-2", "rt-1");
         journal(&path, &key, "rt-3", "rt-2");
-        drop(s); // one sidecar per store: the claim goes with it
-        let s = FileStore::open(&path, &key).unwrap();
+        let s = reopen(s, &path, &key);
         assert!(s.recover_rotation("crm").unwrap());
         assert_eq!(stored_rt(&s).as_deref(), Some("rt-3"));
     }

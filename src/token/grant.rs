@@ -11,6 +11,7 @@ use tokio::sync::Mutex;
 use super::discovery::{self, ProviderEndpoints};
 use super::rotation::{HelperError, RawResponse};
 use crate::config::{same_secret, ClientAuthMethod, GrantConfig, SecretRef, TokenRequestConfig};
+use crate::store::fingerprint;
 
 /// A token as the grant produced it.
 pub struct IssuedToken {
@@ -248,13 +249,12 @@ impl Grant {
                         fresh
                     }
                 };
-                let form = vec![
+                let mut form = vec![
                     ("grant_type", "refresh_token".to_string()),
                     ("refresh_token", rt.expose_secret().to_string()),
                 ];
                 // RFC 6749 §6: without `scope` the refresh keeps the scope originally granted;
                 // asking again for one the grant lacks (say, a dropped offline_access) fails.
-                let mut form = form;
                 if endpoint.config().scope_on_refresh {
                     endpoint.add_scope(&mut form);
                 }
@@ -769,9 +769,6 @@ fn sanitize_kind(code: &str) -> String {
         .take(64)
         .collect()
 }
-
-/// A SHA-256 fingerprint of a secret, hex: enough to recognise it again, useless to replay.
-pub use crate::store::fingerprint;
 
 #[cfg(test)]
 mod tests {

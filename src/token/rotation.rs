@@ -157,17 +157,15 @@ impl DurableRotation {
         // The helper ends itself after the request timeout; this bound is a safety net.
         let out = match tokio::time::timeout(timeout + 2 * HELPER_MARGIN, exchange).await {
             Ok(Ok(out)) => out,
-            Ok(Err(e)) => {
+            failed => {
                 let _ = child.start_kill();
                 let _ = child.wait().await;
-                return Err(e);
-            }
-            Err(_) => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                return Err(HelperError::Failed {
-                    timeout: true,
-                    message: "the rotation helper did not answer".into(),
+                return Err(match failed {
+                    Ok(Err(e)) => e,
+                    _ => HelperError::Failed {
+                        timeout: true,
+                        message: "the rotation helper did not answer".into(),
+                    },
                 });
             }
         };
@@ -200,9 +198,7 @@ impl DurableRotation {
             }),
         }
     }
-}
 
-impl DurableRotation {
     /// The refresh token a helper journaled for the exchange that sent the token with this
     /// fingerprint, when its answer never arrived (the helper was killed, or timed out after
     /// the journal was written). Without this, the next attempt would send the spent token.

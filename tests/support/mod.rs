@@ -228,6 +228,15 @@ credential = "api"
         self.admin_get("/status").await.json().await.unwrap()
     }
 
+    /// The `api` credential's state, as /status reports it.
+    pub async fn state(&self) -> String {
+        let status = self.status().await;
+        status["credentials"]["api"]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// The metrics once `series` reads `want`. Per-request series are recorded when the
     /// response is done, which can be just after the client has read it.
     pub async fn metric_eventually(&self, series: &str, want: f64) -> String {
@@ -242,21 +251,13 @@ credential = "api"
     }
 
     pub async fn metrics(&self) -> String {
-        self.client
-            .get(self.admin("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.admin_get("/metrics").await.text().await.unwrap()
     }
 
     /// Waits (bounded) until the credential has a token, so a test starts from steady state.
     pub async fn wait_ready(&self) {
         for _ in 0..200 {
-            let r = self.client.get(self.admin("/readyz")).send().await.unwrap();
-            if r.status() == 200 {
+            if self.admin_get("/readyz").await.status() == 200 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
