@@ -473,6 +473,11 @@ async fn dot_segments_cannot_escape_the_base_path() {
         "/api/.%2E/x",
         "/api/./x",
         "/api/a%5c..%5cb",
+        // Servlet containers drop `;parameters` before they resolve dot segments.
+        "/api/..;/x",
+        "/api/..;jsessionid=1/..;/admin",
+        "/api/%2e%2e;/x",
+        "/api/a%2f..;x%2fb",
     ] {
         let resp = raw_request(
             addr,
@@ -480,6 +485,150 @@ async fn dot_segments_cannot_escape_the_base_path() {
         )
         .await;
         assert!(resp.starts_with("HTTP/1.1 400"), "{target}: {resp}");
+        assert!(
+            resp.contains("application/problem+json"),
+            "{target}: {resp}"
+        );
     }
     assert_eq!(h.upstream.state.requests(), 0);
+    // Parameters on an ordinary segment are no escape: they go through.
+    let resp = h.get("/api/items;v=2").await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(h.upstream.state.seen()[0].target, "/base/items;v=2");
+}
+
+/// What a permissive upstream may make of a path: percent-decoded once, `;params` dropped
+/// from each segment (servlet containers), `\` taken as `/`, dot segments removed as in
+/// RFC 3986 §5.2.4. Stricter than any one server, so "contained here" means contained there.
+fn reference_normalise(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                decoded.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    let decoded = String::from_utf8_lossy(&decoded).to_string();
+    let stripped: Vec<&str> = decoded
+        .split('/')
+        .map(|segment| segment.split(';').next().unwrap_or_default())
+        .collect();
+    let input = stripped.join("/").replace('\\', "/");
+    remove_dot_segments(&input)
+}
+
+/// RFC 3986 §5.2.4, step by step.
+fn remove_dot_segments(path: &str) -> String {
+    let mut input = path.to_string();
+    let mut output = String::new();
+    while !input.is_empty() {
+        if let Some(rest) = input.strip_prefix("../") {
+            input = rest.to_string();
+        } else if let Some(rest) = input.strip_prefix("./") {
+            input = rest.to_string();
+        } else if input.starts_with("/./") {
+            input = input[2..].to_string();
+        } else if input == "/." {
+            input = "/".to_string();
+        } else if input.starts_with("/../") || input == "/.." {
+            input = format!("/{}", &input[if input == "/.." { 3 } else { 4 }..]);
+            match output.rfind('/') {
+                Some(at) => output.truncate(at),
+                None => output.clear(),
+            }
+        } else if input == "." || input == ".." {
+            input.clear();
+        } else {
+            let start = usize::from(input.starts_with('/'));
+            let end = input[start..].find('/').map_or(input.len(), |e| e + start);
+            output.push_str(&input[..end]);
+            input = input[end..].to_string();
+        }
+    }
+    output
+}
+
+#[test]
+fn the_reference_normaliser_climbs_where_servers_do() {
+    for (path, want) in [
+        ("/base/a/../b", "/base/b"),
+        ("/base/..;/x", "/x"),
+        ("/base/%2e%2e%3bv=1/x", "/x"),
+        ("/base/a%2f..%2f..%2fx", "/x"),
+        ("/base/a\\..\\..\\x", "/x"),
+        ("/base/items;v=2", "/base/items"),
+        ("/base/./x/.", "/base/x/"),
+    ] {
+        assert_eq!(reference_normalise(path), want, "{path}");
+    }
+}
+
+/// One sidecar for every case of the path property (a sidecar per case would be slow).
+fn path_property_sidecar() -> &'static (tokio::runtime::Runtime, Harness) {
+    static SIDECAR: std::sync::OnceLock<(tokio::runtime::Runtime, Harness)> =
+        std::sync::OnceLock::new();
+    SIDECAR.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let h = rt.block_on(async {
+            let h = Harness::start(Options::default()).await;
+            h.wait_ready().await;
+            h
+        });
+        (rt, h)
+    })
+}
+
+/// Paths built from the pieces that climb on one server or another.
+fn climbing_path() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    let piece = prop::sample::select(vec![
+        "a", "items", ".", "..", ";", ";v=2", "%2e", "%2E", "%2f", "%2F", "%5c", "%5C", "\\",
+        "%3b", "%3B", "",
+    ]);
+    let segment = prop::collection::vec(piece, 1..4).prop_map(|p| p.concat());
+    prop::collection::vec(segment, 1..6).prop_map(|s| format!("/api/{}", s.join("/")))
+}
+
+proptest::proptest! {
+    // 300 cases by default; PROPTEST_CASES=N for a longer search.
+    #![proptest_config(proptest::test_runner::Config {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|n| n.parse().ok()).unwrap_or(300),
+        ..Default::default()
+    })]
+
+    /// Every path the sidecar forwards stays under the upstream's base path on the most
+    /// permissive reading; every other path is refused with 400 and reaches nothing.
+    #[test]
+    fn forwarded_paths_stay_under_the_base_path(path in climbing_path()) {
+        let (rt, h) = path_property_sidecar();
+        let before = h.upstream.state.requests();
+        let resp = rt.block_on(raw_request(
+            h.sidecar().proxy_addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        ));
+        if resp.starts_with("HTTP/1.1 200") {
+            let seen = h.upstream.state.seen();
+            let target = &seen.last().unwrap().target;
+            let normalised = reference_normalise(target);
+            proptest::prop_assert!(
+                normalised == "/base" || normalised.starts_with("/base/"),
+                "{path} reached the upstream as {target}, which is {normalised}"
+            );
+        } else {
+            proptest::prop_assert!(resp.starts_with("HTTP/1.1 400"), "{path}: {resp}");
+            proptest::prop_assert_eq!(h.upstream.state.requests(), before, "{} was refused but forwarded", path);
+        }
+    }
 }

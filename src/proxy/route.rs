@@ -21,8 +21,8 @@ impl RouteTable {
     }
 }
 
-/// Whether a path holds a `.` or `..` segment, literally or percent-encoded and between
-/// literal or encoded (`%2f`) slashes, or a backslash (which some servers treat as a
+/// Whether a path holds a `.` or `..` segment, literally or percent-encoded, between
+/// literal or encoded (`%2f`) slashes, with or without `;parameters`, or a backslash (which some servers treat as a
 /// separator), also encoded. Such a path could climb out of
 /// the upstream's base path, and with it its credential. Allocation-free: it runs on every
 /// request.
@@ -54,9 +54,23 @@ pub fn has_dot_segment(path: &str) -> bool {
         })
 }
 
-/// `.` or `..`, each dot possibly written `%2e`.
+/// `.` or `..`, each dot possibly written `%2e`, before any `;parameters` (`;` possibly
+/// written `%3b`): servlet containers drop a segment's parameters before they resolve dot
+/// segments, so for them `..;x` is `..`.
 fn is_dot_segment(segment: &str) -> bool {
-    let mut rest = segment.as_bytes();
+    let name = segment.as_bytes();
+    let name_end = name
+        .iter()
+        .enumerate()
+        .position(|(i, &b)| {
+            b == b';'
+                || (b == b'%'
+                    && name
+                        .get(i..i + 3)
+                        .is_some_and(|w| w.eq_ignore_ascii_case(b"%3b")))
+        })
+        .unwrap_or(name.len());
+    let mut rest = &name[..name_end];
     let mut dots = 0;
     while !rest.is_empty() {
         if rest[0] == b'.' {
@@ -109,6 +123,14 @@ mod tests {
             "/a%2F.%2Fb",
             "/a/%2e%2e%2Fb",
             "/a/b%2f..",
+            "/a/..;/b",
+            "/a/..;jsessionid=1/b",
+            "/a/.;x",
+            "/a/%2e%2e;/b",
+            "/a/..%3b/b",
+            "/a/..%3Bx/b",
+            "/a%2f..;x%2fb",
+            "/..;",
         ] {
             assert!(has_dot_segment(p), "{p}");
         }
@@ -126,6 +148,10 @@ mod tests {
             "/projects/group%2Fproject",
             "/a%2f.b/c",
             "/a/..b%2fc",
+            "/items;v=2",
+            "/a/;../b",
+            "/a/...;x",
+            "/a/b;..",
         ] {
             assert!(!has_dot_segment(p), "{p}");
         }
