@@ -236,3 +236,73 @@ fn missing_config_file_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+/// Each grant kind has a strict set of keys: a key of another grant is refused at its line,
+/// and the error says whose key it is.
+#[test]
+fn a_key_of_another_grant_is_refused_for_every_grant_kind() {
+    let crm = "[credentials.crm]\n";
+    let cases: [(&str, &str, &str); 6] = [
+        // The reported case: all three used to pass `check` silently.
+        (
+            "grant = \"static\"\ntoken = \"t\"\nscopes = [\"x\"]\nissuer = \"https://idp.example.com\"\nca_file = \"/nonexistent\"\n",
+            "scopes",
+            "client_credentials | refresh_token",
+        ),
+        (
+            "grant = \"static\"\ntoken = \"t\"\nrefresh_ratio = 0.5\n",
+            "refresh_ratio",
+            "client_credentials | refresh_token",
+        ),
+        (
+            "grant = \"client_credentials\"\ntoken_url = \"https://idp.example.com/token\"\nclient_id = \"c\"\nrefresh_token = \"r\"\n",
+            "refresh_token",
+            "refresh_token, not \"client_credentials\"",
+        ),
+        (
+            "grant = \"client_credentials\"\ntoken_url = \"https://idp.example.com/token\"\nclient_id = \"c\"\ntoken = \"t\"\n",
+            "token",
+            "static",
+        ),
+        (
+            "grant = \"client_credentials\"\ntoken_url = \"https://idp.example.com/token\"\nclient_id = \"c\"\nredirect_port = 8765\n",
+            "redirect_port",
+            "refresh_token",
+        ),
+        (
+            "grant = \"refresh_token\"\ntoken_url = \"https://idp.example.com/token\"\nclient_id = \"c\"\ntoken = { file = \"/nonexistent\" }\n",
+            "token",
+            "static",
+        ),
+    ];
+    for (table, key, owner) in cases {
+        let text = BASE.replace(
+            "[credentials.crm]\ngrant = \"client_credentials\"\ntoken_url = \"https://idp.example.com/token\"\nclient_id = \"billing\"\nclient_secret = \"s\"\n",
+            &format!("{crm}{table}"),
+        );
+        assert_ne!(text, BASE);
+        let line = text
+            .lines()
+            .position(|l| l.starts_with(&format!("{key} =")))
+            .unwrap()
+            + 1;
+        assert_error(
+            &text,
+            line,
+            &[&format!("credentials.crm.{key}"), "unknown field", owner],
+        );
+    }
+}
+
+#[test]
+fn a_misspelt_credential_key_gets_a_suggestion() {
+    let text = BASE.replace(
+        "client_id = \"billing\"",
+        "client_id = \"billing\"\nscops = [\"x\"]",
+    );
+    assert_error(
+        &text,
+        9,
+        &["credentials.crm.scops", "did you mean `scopes`?"],
+    );
+}

@@ -68,6 +68,15 @@ impl<'a> SourceMap<'a> {
         best
     }
 
+    /// The string value at `path`, if there is one.
+    pub fn str_at(&self, path: &[&str]) -> Option<&str> {
+        let mut item = self.doc.as_ref()?.as_item();
+        for part in path {
+            item = item.get(part)?;
+        }
+        item.as_str()
+    }
+
     /// An error at the key `path` (dotted), or at the top of the file when it is absent.
     pub fn error_at(&self, path: &str, message: impl Into<String>) -> ConfigError {
         let parts: Vec<&str> = path.split('.').collect();

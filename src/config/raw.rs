@@ -1,10 +1,18 @@
 //! The user-facing TOML schema. Every table refuses unknown keys, so a typo is an error
 //! rather than a silently ignored setting. These structs are only read by `lower`.
+//!
+//! Each grant kind has a strict table of its own (`RawStaticCredential`, …): a key of another
+//! grant is refused with its line, never ignored. serde's `flatten` would turn that
+//! strictness off, so the shared key groups are pasted into each table by
+//! [`credential_table!`], and [`parse`] reads each credential's `grant` first and then
+//! deserializes the table strictly as that grant, keeping every span.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::path::PathBuf;
 
-use serde::Deserialize;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 use super::secret::RawSecretRef;
 
@@ -15,10 +23,31 @@ pub struct RawConfig {
     pub server: RawServer,
     #[serde(default)]
     pub store: RawStore,
-    #[serde(default)]
+    /// Only the grant names: the tables themselves are read strictly by [`parse`].
+    #[serde(default, rename = "credentials")]
+    grants: BTreeMap<String, GrantName>,
+    #[serde(skip)]
     pub credentials: BTreeMap<String, RawCredential>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, RawUpstream>,
+}
+
+/// The first pass over a credential table: which grant it names, nothing else.
+#[derive(Deserialize)]
+struct GrantName {
+    grant: Option<String>,
+}
+
+/// Parses config text: first the whole document with each credential's grant name, then
+/// each credential table strictly as the grant it names.
+pub fn parse(text: &str) -> Result<RawConfig, toml::de::Error> {
+    let mut config: RawConfig = toml::from_str(text)?;
+    let grants: HashMap<String, Option<String>> = std::mem::take(&mut config.grants)
+        .into_iter()
+        .map(|(name, g)| (name, g.grant))
+        .collect();
+    config.credentials = CredentialTables(&grants).deserialize(toml::Deserializer::new(text))?;
+    Ok(config)
 }
 
 #[derive(Deserialize, Default)]
@@ -48,49 +77,228 @@ pub struct RawStore {
     pub url: Option<String>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawCredential {
-    pub grant: String,
-    pub token_url: Option<String>,
-    /// RFC 7009 revocation endpoint, used by logout.
-    pub revocation_url: Option<String>,
-    /// Authorization endpoint for `bearerd login` (code + PKCE).
-    pub authorization_url: Option<String>,
-    /// Device authorization endpoint for `bearerd login --device` (RFC 8628).
-    pub device_authorization_url: Option<String>,
-    /// Send `scope` with refresh_token requests too (some providers, e.g. Microsoft's,
-    /// require it); by default the refresh keeps the scope originally granted.
-    pub scope_on_refresh: Option<bool>,
-    /// Loopback port for the login redirect (default: any free port, RFC 8252).
-    pub redirect_port: Option<u16>,
-    pub issuer: Option<String>,
-    pub client_id: Option<String>,
-    pub client_secret: Option<RawSecretRef>,
-    pub client_auth: Option<String>,
-    #[serde(default)]
-    pub scopes: Vec<String>,
-    pub resource: Option<String>,
-    #[serde(default)]
-    pub params: BTreeMap<String, String>,
-    /// refresh_token grant: the seed refresh token.
-    pub refresh_token: Option<RawSecretRef>,
-    /// static grant: the token itself (a file is watched for changes).
-    pub token: Option<RawSecretRef>,
-    pub refresh_ratio: Option<f64>,
-    pub refresh_margin: Option<String>,
-    /// Lifetime assumed when the token response has no `expires_in`.
-    pub default_lifetime: Option<String>,
-    /// Least time between two refreshes triggered by requests (a 401 or no token).
-    pub min_refresh_interval: Option<String>,
-    pub backoff_base: Option<String>,
-    pub backoff_cap: Option<String>,
-    /// How long a request may wait for a token before it gets a 503.
-    pub wait_budget: Option<String>,
-    /// Timeout of one token request.
-    pub token_timeout: Option<String>,
-    /// A PEM bundle trusted for the token endpoint instead of the system roots.
-    pub ca_file: Option<PathBuf>,
+/// A credential table, strict for the grant it names.
+pub enum RawCredential {
+    ClientCredentials(RawClientCredentials),
+    RefreshToken(RawRefreshTokenCredential),
+    Static(RawStaticCredential),
+    /// A grant name this build does not know (the table is not read further).
+    Unknown(String),
+    /// No `grant` key at all.
+    Missing,
+}
+
+impl RawCredential {
+    /// The keys a credential of this grant accepts, for the "belongs to another grant" hint.
+    pub fn keys_of(grant: &str) -> Option<&'static [&'static str]> {
+        match grant {
+            "client_credentials" => Some(RawClientCredentials::KEYS),
+            "refresh_token" => Some(RawRefreshTokenCredential::KEYS),
+            "static" => Some(RawStaticCredential::KEYS),
+            _ => None,
+        }
+    }
+
+    /// Every grant kind this build reads, in the order error messages list them.
+    pub const GRANTS: [&'static str; 3] = ["client_credentials", "refresh_token", "static"];
+}
+
+/// Declares a strict credential table: `grant`, the keys of each named group, then its own.
+/// Each group also gets an accessor that copies its keys into the group's view struct, so
+/// lowering code shared by several grants reads one type.
+macro_rules! credential_table {
+    ($(#[$m:meta])* pub struct $name:ident [$($group:ident),*] { $($own:tt)* }) => {
+        credential_table!(@munch [$(#[$m])* $name] [$($group),*] [$($own)*]);
+    };
+    (@munch $head:tt [$group:ident $(, $rest:ident)*] [$($fields:tt)*]) => {
+        $group!(@into $head [$($rest),*] [$($fields)*]);
+    };
+    (@munch [$(#[$m:meta])* $name:ident] [] [$($(#[$fm:meta])* $field:ident : $ty:ty,)*]) => {
+        $(#[$m])*
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            pub grant: String,
+            $($(#[$fm])* pub $field: $ty,)*
+        }
+
+        impl $name {
+            /// Every key this table accepts.
+            pub const KEYS: &'static [&'static str] = &["grant", $(stringify!($field)),*];
+        }
+    };
+}
+
+/// Defines a group of keys: its view struct (`@view`), or its keys pasted into a table
+/// plus the table's accessor (`@into`, called by [`credential_table!`]).
+macro_rules! key_group {
+    ($view:ident $accessor:ident { $($(#[$gm:meta])* $gfield:ident : $gty:ty,)* } @view) => {
+        #[derive(Clone, Default)]
+        pub struct $view {
+            $($(#[$gm])* pub $gfield: $gty,)*
+        }
+    };
+    (
+        $view:ident $accessor:ident { $($(#[$gm:meta])* $gfield:ident : $gty:ty,)* }
+        @into [$(#[$m:meta])* $name:ident] $groups:tt [$($fields:tt)*]
+    ) => {
+        impl $name {
+            pub fn $accessor(&self) -> $view {
+                $view { $($gfield: self.$gfield.clone(),)* }
+            }
+        }
+        credential_table!(
+            @munch [$(#[$m])* $name] $groups [$($fields)* $($(#[$gm])* $gfield: $gty,)*]
+        );
+    };
+}
+
+/// What a token request needs: the endpoint, the client and what it asks for.
+macro_rules! token_request_keys {
+    ($($args:tt)*) => { key_group!(RawTokenRequest token_request {
+        token_url: Option<String>,
+        /// RFC 8414 / OpenID Connect discovery instead of `token_url`.
+        issuer: Option<String>,
+        /// RFC 7009 revocation endpoint, used by logout.
+        revocation_url: Option<String>,
+        client_id: Option<String>,
+        client_secret: Option<RawSecretRef>,
+        client_auth: Option<String>,
+        scopes: Option<Vec<String>>,
+        resource: Option<String>,
+        params: Option<BTreeMap<String, String>>,
+        /// Timeout of one token request.
+        token_timeout: Option<String>,
+        /// A PEM bundle trusted for the token endpoint instead of the system roots.
+        ca_file: Option<PathBuf>,
+    } $($args)*); };
+}
+
+/// When a token that expires is refreshed, and how failures back off.
+macro_rules! schedule_keys {
+    ($($args:tt)*) => { key_group!(RawSchedule schedule {
+        refresh_ratio: Option<f64>,
+        refresh_margin: Option<String>,
+        /// Lifetime assumed when the token response has no `expires_in`.
+        default_lifetime: Option<String>,
+        backoff_base: Option<String>,
+        backoff_cap: Option<String>,
+    } $($args)*); };
+}
+
+/// How requests wait for a token, and how often they may trigger a new one: every grant.
+macro_rules! wait_keys {
+    ($($args:tt)*) => { key_group!(RawWait wait {
+        /// How long a request may wait for a token before it gets a 503.
+        wait_budget: Option<String>,
+        /// Least time between two refreshes triggered by requests (a 401 or no token).
+        min_refresh_interval: Option<String>,
+    } $($args)*); };
+}
+
+token_request_keys!(@view);
+schedule_keys!(@view);
+wait_keys!(@view);
+
+credential_table! {
+    /// `grant = "client_credentials"`: the client's own token (RFC 6749 §4.4).
+    pub struct RawClientCredentials [token_request_keys, schedule_keys, wait_keys] {}
+}
+
+credential_table! {
+    /// `grant = "refresh_token"`: a delegated token, kept fresh with a refresh token that
+    /// comes from the config, `bearerd login` or the admin API.
+    pub struct RawRefreshTokenCredential [token_request_keys, schedule_keys, wait_keys] {
+        /// The seed refresh token.
+        refresh_token: Option<RawSecretRef>,
+        /// Authorization endpoint for `bearerd login` (code + PKCE).
+        authorization_url: Option<String>,
+        /// Device authorization endpoint for `bearerd login --device` (RFC 8628).
+        device_authorization_url: Option<String>,
+        /// Loopback port for the login redirect (default: any free port, RFC 8252).
+        redirect_port: Option<u16>,
+        /// Send `scope` with refresh_token requests too (some providers, e.g. Microsoft's,
+        /// require it); by default the refresh keeps the scope originally granted.
+        scope_on_refresh: Option<bool>,
+    }
+}
+
+credential_table! {
+    /// `grant = "static"`: a token given as it is (a file is watched for changes).
+    pub struct RawStaticCredential [wait_keys] {
+        token: Option<RawSecretRef>,
+    }
+}
+
+/// The second pass: the `credentials` table, each entry read as the grant it names.
+struct CredentialTables<'g>(&'g HashMap<String, Option<String>>);
+
+impl<'de> DeserializeSeed<'de> for CredentialTables<'_> {
+    type Value = BTreeMap<String, RawCredential>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CredentialTables<'_> {
+    type Value = BTreeMap<String, RawCredential>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a config document")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut tables = BTreeMap::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "credentials" {
+                tables = map.next_value_seed(EachCredential(self.0))?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(tables)
+    }
+}
+
+struct EachCredential<'g>(&'g HashMap<String, Option<String>>);
+
+impl<'de> DeserializeSeed<'de> for EachCredential<'_> {
+    type Value = BTreeMap<String, RawCredential>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for EachCredential<'_> {
+    type Value = BTreeMap<String, RawCredential>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a table of credentials")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut tables = BTreeMap::new();
+        while let Some(name) = map.next_key::<String>()? {
+            let grant = self.0.get(&name).cloned().flatten();
+            let table = match grant.as_deref() {
+                Some("client_credentials") => RawCredential::ClientCredentials(map.next_value()?),
+                Some("refresh_token") => RawCredential::RefreshToken(map.next_value()?),
+                Some("static") => RawCredential::Static(map.next_value()?),
+                Some(other) => {
+                    map.next_value::<IgnoredAny>()?;
+                    RawCredential::Unknown(other.to_string())
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                    RawCredential::Missing
+                }
+            };
+            tables.insert(name, table);
+        }
+        Ok(tables)
+    }
 }
 
 #[derive(Deserialize)]

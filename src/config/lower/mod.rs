@@ -1,0 +1,491 @@
+//! Lowering: the raw TOML tables into the validated model, with every error located at its
+//! file, line and key. Credentials, one grant at a time, are in `credential`.
+
+mod credential;
+
+use credential::lower_credential;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::error::SourceMap;
+use super::raw::{self, RawConfig, RawCredential, RawUpstream};
+use super::secret::RawSecretRef;
+use super::*;
+
+/// A schema error (syntax, type, unknown key) at its line and key. A credential key that
+/// its grant does not take says which grants do, or which keys this one takes.
+pub(super) fn schema_error(map: &SourceMap, err: &toml::de::Error) -> ConfigError {
+    let mut e = map.toml_error(err);
+    let path = e.key.clone().unwrap_or_default();
+    if let ["credentials", name, field] = path.split('.').collect::<Vec<_>>()[..] {
+        let grant = map
+            .str_at(&["credentials", name, "grant"])
+            .unwrap_or_default();
+        if let (true, Some(keys)) = (
+            e.message.starts_with("unknown field"),
+            RawCredential::keys_of(grant),
+        ) {
+            let takers: Vec<&str> = RawCredential::GRANTS
+                .into_iter()
+                .filter(|g| RawCredential::keys_of(g).is_some_and(|k| k.contains(&field)))
+                .collect();
+            let hint = if !takers.is_empty() {
+                format!("it is a key of grant {}, not {grant:?}", takers.join(" | "))
+            } else if let Some(near) = keys.iter().find(|k| edit_distance(k, field) <= 2) {
+                format!("did you mean `{near}`?")
+            } else {
+                "no grant takes it".to_string()
+            };
+            e.message = format!(
+                "unknown field `{field}`: {hint}; grant {grant:?} takes: {}",
+                keys.join(", ")
+            );
+        }
+    }
+    e
+}
+
+/// Levenshtein distance, for "did you mean" on short key names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diagonal + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// The longest duration accepted anywhere: beyond it, instant arithmetic could overflow.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 86400);
+
+fn duration(
+    map: &SourceMap,
+    key: &str,
+    value: &Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    bounded_duration(map, key, value, default, Duration::ZERO)
+}
+
+/// A duration of at least `min` (a zero wait budget or timeout would fail every request).
+fn bounded_duration(
+    map: &SourceMap,
+    key: &str,
+    value: &Option<String>,
+    default: Duration,
+    min: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(s) = value else { return Ok(default) };
+    let d = humantime::parse_duration(s.trim()).map_err(|e| {
+        map.error_at(
+            key,
+            format!("invalid duration {s:?}: {e} (use e.g. \"500ms\", \"60s\", \"5m\")"),
+        )
+    })?;
+    if d < min || d > MAX_DURATION {
+        return Err(map.error_at(
+            key,
+            format!(
+                "{s:?} is out of range: between {} and 365 days",
+                humantime::format_duration(min)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+fn socket_addr(map: &SourceMap, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        map.error_at(
+            key,
+            format!("invalid listen address {value:?} (expected ip:port, e.g. \"127.0.0.1:8080\")"),
+        )
+    })
+}
+
+pub(super) fn lower(source: &Path, map: &SourceMap, raw: RawConfig) -> Result<Config, ConfigError> {
+    let server = lower_server(map, &raw)?;
+
+    let store = lower_store(map, &raw.store)?;
+
+    let mut credentials = Vec::new();
+    let mut index = HashMap::new();
+    for (name, rc) in &raw.credentials {
+        index.insert(name.clone(), credentials.len());
+        credentials.push(lower_credential(map, name, rc)?);
+    }
+
+    if raw.upstreams.is_empty() {
+        return Err(map.error_at(
+            "upstreams",
+            "no upstream is configured: add an [upstreams.NAME] table",
+        ));
+    }
+    let mut upstreams = Vec::new();
+    let mut prefixes: HashMap<String, String> = HashMap::new();
+    let mut ports: HashMap<SocketAddr, String> = HashMap::new();
+    ports.insert(server.proxy_listen, "server.proxy_listen".into());
+    if let Some(other) = ports.insert(server.admin_listen, "server.admin_listen".into()) {
+        return Err(map.error_at(
+            "server.admin_listen",
+            format!("the same address is already used by {other}"),
+        ));
+    }
+    for (name, ru) in &raw.upstreams {
+        let up = lower_upstream(map, name, ru, &index)?;
+        match &up.route {
+            RouteConfig::Prefix(p) => {
+                if let Some(other) = prefixes.insert(p.clone(), name.clone()) {
+                    return Err(map.error_at(
+                        &format!("upstreams.{name}.path_prefix"),
+                        format!("path prefix {p:?} is already used by upstream {other:?}"),
+                    ));
+                }
+            }
+            RouteConfig::Listen(a) => {
+                if let Some(other) = ports.insert(*a, format!("upstreams.{name}.listen")) {
+                    return Err(map.error_at(
+                        &format!("upstreams.{name}.listen"),
+                        format!("listen address {a} is already used by {other}"),
+                    ));
+                }
+            }
+        }
+        if ru.discover == Some(true) {
+            let cred = &mut credentials[up.credential];
+            match &mut cred.grant {
+                GrantConfig::ClientCredentials(req)
+                | GrantConfig::RefreshToken { request: req, .. } => {
+                    req.protected_resource.get_or_insert_with(|| up.url.clone());
+                }
+                GrantConfig::Static { .. } => {
+                    return Err(map.error_at(
+                        &format!("upstreams.{name}.discover"),
+                        "discovery needs an OAuth grant; the credential is static",
+                    ))
+                }
+            }
+        }
+        upstreams.push(up);
+    }
+    // Every OAuth credential must be able to find its token endpoint.
+    for (cred, name) in credentials.iter().zip(raw.credentials.keys()) {
+        if let GrantConfig::ClientCredentials(req)
+        | GrantConfig::RefreshToken { request: req, .. } = &cred.grant
+        {
+            if req.token_url.is_none() && req.issuer.is_none() && req.protected_resource.is_none() {
+                return Err(map.error_at(
+                    &format!("credentials.{name}.grant"),
+                    format!(
+                        "grant {:?} needs `token_url`, or `issuer` for discovery, or an upstream with `discover = true`",
+                        cred.grant.kind()
+                    ),
+                ));
+            }
+        }
+    }
+
+    Ok(Config {
+        source: source.to_path_buf(),
+        server,
+        store,
+        credentials,
+        upstreams,
+    })
+}
+
+fn lower_store(map: &SourceMap, raw: &raw::RawStore) -> Result<StoreConfig, ConfigError> {
+    let only_for = |key: &str, set: bool, backends: &str| -> Result<(), ConfigError> {
+        if set {
+            Err(map.error_at(
+                &format!("store.{key}"),
+                format!("only applies to the {backends} backend"),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    match raw.backend.as_deref() {
+        None | Some("memory") => {
+            only_for("path", raw.path.is_some(), "file")?;
+            only_for("key", raw.key.is_some(), "file")?;
+            only_for("url", raw.url.is_some(), "redis")?;
+            Ok(StoreConfig::Memory)
+        }
+        Some("file") => {
+            only_for("url", raw.url.is_some(), "redis")?;
+            let Some(path) = raw.path.clone() else {
+                return Err(map.error_at(
+                    "store.backend",
+                    "the file store needs `path = \"/var/lib/bearerd/tokens.store\"`",
+                ));
+            };
+            let Some(key) = &raw.key else {
+                return Err(map.error_at(
+                    "store.backend",
+                    "the file store needs `key = { env = \"BEARERD_STORE_KEY\" }` (or { file = \"…\" }): make one with `bearerd keygen`",
+                ));
+            };
+            let key = lower_secret(map, "store.key", key)?;
+            let text = key.resolve().map_err(|m| map.error_at("store.key", m))?;
+            parse_store_key(secrecy::ExposeSecret::expose_secret(&text)).map_err(|m| {
+                map.error_at("store.key", format!("{m}; make one with `bearerd keygen`"))
+            })?;
+            Ok(StoreConfig::File { path, key })
+        }
+        Some("redis") => Err(map.error_at(
+            "store.backend",
+            "store backend \"redis\" is not available in this build; use \"memory\" or \"file\"",
+        )),
+        Some(other) => Err(map.error_at(
+            "store.backend",
+            format!("unknown store backend {other:?} (expected memory | file | redis)"),
+        )),
+    }
+}
+
+fn lower_server(map: &SourceMap, raw: &RawConfig) -> Result<ServerConfig, ConfigError> {
+    let s = &raw.server;
+    let proxy_listen = socket_addr(
+        map,
+        "server.proxy_listen",
+        s.proxy_listen.as_deref().unwrap_or(DEFAULT_PROXY_LISTEN),
+    )?;
+    let admin_listen = socket_addr(
+        map,
+        "server.admin_listen",
+        s.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+    )?;
+    let threads = s.threads.unwrap_or(1);
+    if threads == 0 || threads > 256 {
+        return Err(map.error_at(
+            "server.threads",
+            format!("threads must be between 1 and 256, got {threads}"),
+        ));
+    }
+    let log_format = match s.log_format.as_deref() {
+        None | Some("pretty") => LogFormat::Pretty,
+        Some("json") => LogFormat::Json,
+        Some(other) => {
+            return Err(map.error_at(
+                "server.log_format",
+                format!("unknown log format {other:?} (expected pretty | json)"),
+            ))
+        }
+    };
+    let admin_token = match &s.admin_token {
+        Some(r) => Some(lower_secret(map, "server.admin_token", r)?),
+        None => None,
+    };
+    if admin_token.is_none() && !admin_listen.ip().is_loopback() {
+        return Err(map.error_at(
+            "server.admin_listen",
+            format!("{admin_listen} is not a loopback address: set `admin_token` so only operators can refresh or log out credentials"),
+        ));
+    }
+    Ok(ServerConfig {
+        proxy_listen,
+        admin_listen,
+        admin_token,
+        threads,
+        work_stealing: s.work_stealing.unwrap_or(true),
+        log_format,
+        access_log: s.access_log.unwrap_or(false),
+        rotation_helper: None,
+        shutdown_grace: duration(
+            map,
+            "server.shutdown_grace",
+            &s.shutdown_grace,
+            Duration::from_secs(5),
+        )?,
+    })
+}
+
+pub(super) fn lower_secret(
+    map: &SourceMap,
+    key: &str,
+    raw: &RawSecretRef,
+) -> Result<SecretRef, ConfigError> {
+    SecretRef::lower(raw).map_err(|m| map.error_at(key, m))
+}
+
+fn http_url(map: &SourceMap, key: &str, value: &str) -> Result<url::Url, ConfigError> {
+    let url = url::Url::parse(value)
+        .map_err(|e| map.error_at(key, format!("invalid URL {value:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(map.error_at(key, format!("URL {value:?} must use http or https")));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(map.error_at(key, format!("URL {value:?} has no host")));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(map.error_at(
+            key,
+            format!("URL {value:?} may not carry a query or fragment"),
+        ));
+    }
+    Ok(url)
+}
+
+fn lower_upstream(
+    map: &SourceMap,
+    name: &str,
+    ru: &RawUpstream,
+    credentials: &HashMap<String, usize>,
+) -> Result<UpstreamConfig, ConfigError> {
+    let key = |k: &str| format!("upstreams.{name}.{k}");
+    let url = http_url(map, &key("url"), &ru.url)?;
+    let tls = url.scheme() == "https";
+    let host = url
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
+    let authority = match url.port() {
+        Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_string(),
+    };
+    let base_path = url.path().trim_end_matches('/').to_string();
+
+    let route = match (&ru.path_prefix, &ru.listen) {
+        (Some(_), Some(_)) => {
+            return Err(map.error_at(&key("listen"), "set either `path_prefix` or `listen`, not both"))
+        }
+        (None, None) => {
+            return Err(map.error_at(
+                &key("url"),
+                "the upstream needs a route: `path_prefix = \"/name\"` or a dedicated `listen = \"127.0.0.1:PORT\"`",
+            ))
+        }
+        (Some(p), None) => {
+            let p = p.trim_end_matches('/');
+            if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
+                return Err(map.error_at(&key("path_prefix"), format!("path_prefix {p:?} must start with '/' and hold only a path")));
+            }
+            if p.is_empty() {
+                return Err(map.error_at(&key("path_prefix"), "path_prefix \"/\" would route everything; use a dedicated `listen` instead"));
+            }
+            RouteConfig::Prefix(p.to_string())
+        }
+        (None, Some(l)) => RouteConfig::Listen(socket_addr(map, &key("listen"), l)?),
+    };
+
+    let Some(&credential) = credentials.get(&ru.credential) else {
+        let known: Vec<&str> = credentials.keys().map(String::as_str).collect();
+        return Err(map.error_at(
+            &key("credential"),
+            format!(
+                "no credential named {:?} (defined: {})",
+                ru.credential,
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
+    };
+    if let Some(ca) = &ru.ca_file {
+        if !tls {
+            return Err(map.error_at(&key("ca_file"), "ca_file needs an https upstream url"));
+        }
+        load_ca_file(ca).map_err(|m| map.error_at(&key("ca_file"), m))?;
+    }
+    Ok(UpstreamConfig {
+        name: name.to_string(),
+        tls,
+        host,
+        port,
+        base_path,
+        authority,
+        route,
+        credential,
+        ca_file: ru.ca_file.clone(),
+        connect_timeout: bounded_duration(
+            map,
+            &key("connect_timeout"),
+            &ru.connect_timeout,
+            Duration::from_secs(5),
+            Duration::from_millis(10),
+        )?,
+        idle_timeout: duration(
+            map,
+            &key("idle_timeout"),
+            &ru.idle_timeout,
+            Duration::from_secs(4),
+        )?,
+        // Unset: no limit.
+        read_timeout: ru
+            .read_timeout
+            .as_ref()
+            .map(|_| {
+                bounded_duration(
+                    map,
+                    &key("read_timeout"),
+                    &ru.read_timeout,
+                    Duration::ZERO,
+                    Duration::from_millis(10),
+                )
+            })
+            .transpose()?,
+        url,
+    })
+}
+
+/// Parses a store key: 32 bytes as base64 (what `bearerd keygen` prints) or 64 hex digits.
+pub fn parse_store_key(text: &str) -> Result<[u8; 32], String> {
+    use base64::Engine;
+    let text = text.trim();
+    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|e| e.to_string()))
+            .collect::<Result<Vec<u8>, String>>()?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|_| "the store key is neither base64 nor hex".to_string())?
+    };
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("the store key must be 32 bytes, got {}", b.len()))
+}
+
+/// Reads a PEM bundle and returns its certificates as DER, each one checked to parse, so a
+/// bad file is a config error rather than a failure (or a panic) at the first connection.
+pub fn load_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    let data =
+        std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+    let mut certs = Vec::new();
+    for item in rustls_pemfile::certs(&mut data.as_slice()) {
+        let der = item.map_err(|e| format!("CA file {} is not valid PEM: {e}", path.display()))?;
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| {
+            format!(
+                "CA file {} holds a certificate that does not parse: {e}",
+                path.display()
+            )
+        })?;
+        certs.push(der.as_ref().to_vec());
+    }
+    if certs.is_empty() {
+        return Err(format!(
+            "CA file {} holds no PEM certificate",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
