@@ -323,12 +323,7 @@ async fn login(
     };
     // Checked before the login, not after: a refresh token is a long-lived credential, and
     // this is where it would travel in clear.
-    if !client.channel_is_private() {
-        return Err(format!(
-            "refusing to send a refresh token in clear to {}: reach the admin over loopback (on its host, or through `kubectl port-forward`) or over HTTPS",
-            client.base()
-        ));
-    }
+    client.ensure_private("a refresh token")?;
     let endpoint = TokenEndpoint::new(request)?;
     let (token, refresh_token) = if device {
         login::device(&endpoint, &TerminalPrompt).await?

@@ -260,3 +260,57 @@ async fn browsers_cannot_drive_the_admin_api() {
     assert_eq!(logout.status(), 401);
     assert_eq!(h.status().await["credentials"]["api"]["state"], "valid");
 }
+
+/// Every command that sends the admin token refuses a plain-http admin URL off the host,
+/// before anything is sent. The CLI's HTTP proxy is pointed at a local trap, so a request
+/// that did go out (to a TEST-NET address) would land there, not on the network.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_refuse_to_send_the_admin_token_in_clear_off_the_host() {
+    use tokio::io::AsyncWriteExt;
+    let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trap_url = format!("http://{}", trap.local_addr().unwrap());
+    let caught = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = caught.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = trap.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = s
+                .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let run = |args: Vec<&'static str>, token: Option<&'static str>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bearerd"));
+        cmd.args(args)
+            .args(["--admin", "http://192.0.2.1:9090"])
+            .env_remove("BEARERD_CONFIG")
+            .env("HTTP_PROXY", &trap_url)
+            .env("http_proxy", &trap_url)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy");
+        match token {
+            Some(t) => cmd.env("BEARERD_ADMIN_TOKEN", t),
+            None => cmd.env_remove("BEARERD_ADMIN_TOKEN"),
+        };
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    for args in [vec!["refresh", "api"], vec!["logout", "api"]] {
+        let out = run(args.clone(), Some(ADMIN_TOKEN)).await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains("the admin token in clear"), "{stderr}");
+        assert!(stderr.contains("kubectl port-forward"), "{stderr}");
+        assert!(stderr.contains("http://192.0.2.1:9090"), "{stderr}");
+        assert!(!stderr.contains(ADMIN_TOKEN), "{stderr}");
+        assert_eq!(
+            caught.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "{args:?} sent the admin token"
+        );
+    }
+    // Without a token there is nothing secret to carry: the request goes (into the trap),
+    // which shows the trap would have caught the ones above.
+    let out = run(vec!["refresh", "api"], None).await.unwrap();
+    assert!(!out.status.success());
+    assert_eq!(caught.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

@@ -94,8 +94,24 @@ impl AdminClient {
             .map_err(|e| format!("unexpected answer from {}: {e}", self.base))
     }
 
-    /// POSTs and returns the status code and the JSON answer.
+    /// Refuses, before anything is sent, to carry `what` to an admin URL where it would
+    /// travel in clear off this host.
+    pub fn ensure_private(&self, what: &str) -> Result<(), String> {
+        if self.channel_is_private() {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to send {what} in clear to {}: plain http is only for loopback. Reach the admin API on its host, through `kubectl port-forward` (then --admin http://127.0.0.1:PORT), or over https",
+            self.base
+        ))
+    }
+
+    /// POSTs and returns the status code and the JSON answer. The admin token, when there is
+    /// one, goes only over a private channel.
     pub async fn post(&self, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+        if self.token.is_some() {
+            self.ensure_private("the admin token")?;
+        }
         let mut req = self.http.post(format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
