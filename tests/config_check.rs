@@ -306,3 +306,43 @@ fn a_misspelt_credential_key_gets_a_suggestion() {
         &["credentials.crm.scops", "did you mean `scopes`?"],
     );
 }
+
+/// A store key that is missing, empty or the wrong length says what the key is for and how
+/// to make one.
+#[test]
+fn a_bad_store_key_says_how_to_make_one() {
+    let text = BASE.replace(
+        "[credentials.crm]",
+        "[store]\nbackend = \"file\"\npath = \"/tmp/bearerd-check-unused.store\"\nkey = { env = \"BEARERD_STORE_KEY\" }\n\n[credentials.crm]",
+    );
+    let short = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([7u8; 16])
+    };
+    for (value, problem) in [
+        (None, "BEARERD_STORE_KEY is not set"),
+        (Some(String::new()), "BEARERD_STORE_KEY is empty"),
+        (Some(short), "must be 32 bytes, got 16"),
+        (Some("not a key!".into()), "neither base64 nor hex"),
+    ] {
+        let path = write("store.toml", &text);
+        let mut cmd = bearerd();
+        match &value {
+            Some(v) => cmd.env("BEARERD_STORE_KEY", v),
+            None => cmd.env_remove("BEARERD_STORE_KEY"),
+        };
+        let out = cmd.args(["check", "-c"]).arg(&path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        for needle in [
+            &format!("{}:8:", path.display()),
+            "store.key",
+            problem,
+            "seals every token the store keeps at rest",
+            "bearerd keygen",
+            "export BEARERD_STORE_KEY=",
+        ] {
+            assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
+        }
+    }
+}

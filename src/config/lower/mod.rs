@@ -237,11 +237,13 @@ fn lower_store(map: &SourceMap, raw: &raw::RawStore) -> Result<StoreConfig, Conf
                     "the file store needs `key = { env = \"BEARERD_STORE_KEY\" }` (or { file = \"…\" }): make one with `bearerd keygen`",
                 ));
             };
+            let help =
+                |m: String| map.error_at("store.key", format!("{m}. {}", store_key_help(key)));
+            let text = SecretRef::lower(key)
+                .and_then(|k| k.resolve())
+                .map_err(help)?;
+            parse_store_key(secrecy::ExposeSecret::expose_secret(&text)).map_err(help)?;
             let key = lower_secret(map, "store.key", key)?;
-            let text = key.resolve().map_err(|m| map.error_at("store.key", m))?;
-            parse_store_key(secrecy::ExposeSecret::expose_secret(&text)).map_err(|m| {
-                map.error_at("store.key", format!("{m}; make one with `bearerd keygen`"))
-            })?;
             Ok(StoreConfig::File { path, key })
         }
         Some("redis") => Err(map.error_at(
@@ -252,6 +254,23 @@ fn lower_store(map: &SourceMap, raw: &raw::RawStore) -> Result<StoreConfig, Conf
             "store.backend",
             format!("unknown store backend {other:?} (expected memory | file | redis)"),
         )),
+    }
+}
+
+/// What the store key is for and how to make one, said with every store key error.
+fn store_key_help(key: &RawSecretRef) -> String {
+    let purpose = "The store key (32 random bytes) seals every token the store keeps at rest";
+    match key {
+        RawSecretRef::Env { env } => format!(
+            "{purpose}: make one with `bearerd keygen` and set it, e.g. `export {env}=\"$(bearerd keygen)\"` (in Kubernetes, from a Secret)"
+        ),
+        RawSecretRef::File { file } => format!(
+            "{purpose}: make one with `bearerd keygen > {}` (in Kubernetes, a mounted Secret)",
+            file.display()
+        ),
+        RawSecretRef::Inline(_) => format!(
+            "{purpose}: make one with `bearerd keygen`, and keep it out of the config: `key = {{ env = \"BEARERD_STORE_KEY\" }}`"
+        ),
     }
 }
 
