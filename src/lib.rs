@@ -257,6 +257,7 @@ impl Sidecar {
             upstreams: Arc::clone(&upstreams),
             metrics: Arc::clone(&metrics),
             access_log: config.server.access_log,
+            max_request_header_bytes: config.server.max_request_header_bytes,
         };
         let prefixes: Vec<(String, usize)> = config
             .upstreams

@@ -161,6 +161,22 @@ fn duplicate_port() {
 }
 
 #[test]
+fn max_request_header_bytes_out_of_range() {
+    let text = BASE.replace(
+        "admin_listen = \"127.0.0.1:19090\"",
+        "admin_listen = \"127.0.0.1:19090\"\nmax_request_header_bytes = 100",
+    );
+    assert_error(
+        &text,
+        4,
+        &[
+            "server.max_request_header_bytes",
+            "between 1024 and 1048576",
+        ],
+    );
+}
+
+#[test]
 fn bad_duration() {
     let text = BASE.replace(
         "client_secret = \"s\"",

@@ -632,3 +632,53 @@ proptest::proptest! {
         }
     }
 }
+
+/// A request head over `max_request_header_bytes` (64 KiB by default) gets 431
+/// problem+json and reaches nothing; one under it goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn oversized_request_heads_get_431_and_are_never_forwarded() {
+    let request = |header_len: usize| {
+        format!(
+            "GET /api/x HTTP/1.1\r\nHost: x\r\nx-big: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(header_len)
+        )
+    };
+    let h = Harness::start(Options::default()).await;
+    let addr = h.sidecar().proxy_addr;
+    let resp = raw_request(addr, &request(200_000)).await;
+    assert!(
+        resp.starts_with("HTTP/1.1 431"),
+        "{}",
+        &resp[..resp.len().min(300)]
+    );
+    assert!(resp.contains("application/problem+json"), "{resp}");
+    assert!(
+        resp.contains("urn:bearerd:problem:request-header-too-large"),
+        "{resp}"
+    );
+    assert!(resp.contains("max_request_header_bytes"), "{resp}");
+    assert_eq!(h.upstream.state.requests(), 0);
+    // Just under the default: forwarded whole.
+    let resp = raw_request(addr, &request(60_000)).await;
+    assert!(
+        resp.starts_with("HTTP/1.1 200"),
+        "{}",
+        &resp[..resp.len().min(300)]
+    );
+    assert_eq!(h.upstream.state.seen()[0].headers["x-big"].len(), 60_000);
+    h.stop().await;
+
+    // A configured limit holds either side of it.
+    let h = Harness::start(Options {
+        server_extra: "max_request_header_bytes = 4096".into(),
+        ..Default::default()
+    })
+    .await;
+    let addr = h.sidecar().proxy_addr;
+    let resp = raw_request(addr, &request(5_000)).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp}");
+    assert_eq!(h.upstream.state.requests(), 0);
+    let resp = raw_request(addr, &request(3_000)).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(h.upstream.state.requests(), 1);
+}

@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     pub access_log: bool,
     pub shutdown_grace: Duration,
+    /// Requests with a larger head (request line and headers) get 431, never forwarded.
+    pub max_request_header_bytes: usize,
     /// The program that runs `rotation-helper` (this binary), for rotations that survive a
     /// kill. Not a config key: `bearerd run` sets it; embedders may.
     pub rotation_helper: Option<PathBuf>,

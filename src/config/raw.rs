@@ -66,6 +66,8 @@ pub struct RawServer {
     pub access_log: Option<bool>,
     /// How long in-flight requests may finish after SIGTERM.
     pub shutdown_grace: Option<String>,
+    /// The largest request head (request line and headers) that is forwarded.
+    pub max_request_header_bytes: Option<usize>,
 }
 
 #[derive(Deserialize, Default)]

@@ -141,6 +141,8 @@ pub struct BearerProxy {
     pub upstreams: Arc<Vec<Arc<Upstream>>>,
     pub metrics: Arc<Metrics>,
     pub access_log: bool,
+    /// Requests whose head (request line and headers) is larger get 431.
+    pub max_request_header_bytes: usize,
 }
 
 #[derive(Default)]
@@ -204,6 +206,19 @@ fn scramble(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// The size of a request head as HTTP/1.1 frames it: the request line, each header line
+/// and the blank line. HTTP/2 heads are counted the same way once decoded, so one limit
+/// means the same for both.
+pub fn request_head_bytes(req: &RequestHeader) -> usize {
+    const LINE_ENDS: usize = " HTTP/1.1\r\n".len() + "\r\n".len();
+    let headers: usize = req
+        .headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + ": ".len() + value.len() + "\r\n".len())
+        .sum();
+    req.method.as_str().len() + 1 + req.raw_path().len() + LINE_ENDS + headers
+}
+
 fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty() && b.len() <= 200 && b.iter().all(|c| c.is_ascii_graphic())
@@ -263,6 +278,23 @@ impl ProxyHttp for BearerProxy {
             .clone()
             .unwrap_or_else(|| HeaderValue::from_static("-"));
         let rid = rid_value.to_str().unwrap_or("-");
+
+        // Pingora reads heads of up to 1 MiB; bearerd forwards only what an upstream (and
+        // the memory of a thousand connections) can be expected to take.
+        let head = request_head_bytes(req);
+        if head > self.max_request_header_bytes {
+            let p = Problem::new(
+                "request-header-too-large",
+                "Request header fields too large",
+                431,
+                format!(
+                    "the request line and headers are {head} bytes; bearerd forwards at most {} (server.max_request_header_bytes)",
+                    self.max_request_header_bytes
+                ),
+                rid,
+            );
+            return self.answer(session, ctx, p).await;
+        }
 
         // Never an open proxy: absolute-form targets and CONNECT are refused outright, so
         // no request can name a host that is not a configured upstream.
@@ -589,6 +621,18 @@ fn status_label(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_head_is_counted_as_http1_frames_it() {
+        let mut req = RequestHeader::build("GET", b"/api/x?q=1", None).unwrap();
+        req.insert_header("host", "example.com").unwrap();
+        req.insert_header("x-big", "a".repeat(100)).unwrap();
+        let wire = format!(
+            "GET /api/x?q=1 HTTP/1.1\r\nhost: example.com\r\nx-big: {}\r\n\r\n",
+            "a".repeat(100)
+        );
+        assert_eq!(request_head_bytes(&req), wire.len());
+    }
 
     #[test]
     fn generated_request_ids_are_hex_and_never_repeat() {

@@ -313,7 +313,16 @@ fn lower_server(map: &SourceMap, raw: &RawConfig) -> Result<ServerConfig, Config
             format!("{admin_listen} is not a loopback address: set `admin_token` so only operators can refresh or log out credentials"),
         ));
     }
+    // Envoy's default is 60 KiB; Pingora itself refuses heads over 1 MiB.
+    let max_request_header_bytes = s.max_request_header_bytes.unwrap_or(64 * 1024);
+    if !(1024..=1024 * 1024).contains(&max_request_header_bytes) {
+        return Err(map.error_at(
+            "server.max_request_header_bytes",
+            format!("max_request_header_bytes must be between 1024 and 1048576 (1 MiB, Pingora's own limit), got {max_request_header_bytes}"),
+        ));
+    }
     Ok(ServerConfig {
+        max_request_header_bytes,
         proxy_listen,
         admin_listen,
         admin_token,
