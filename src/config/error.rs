@@ -103,7 +103,11 @@ impl<'a> SourceMap<'a> {
             line,
             column,
             key,
-            message: err.message().trim().to_string(),
+            message: match err.message().trim() {
+                // toml says nothing about a value cut off at the end of the file.
+                "" => "a value is missing here (the file ends in the middle of a `key = value` line?)".to_string(),
+                m => m.to_string(),
+            },
         }
     }
 
