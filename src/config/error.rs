@@ -105,7 +105,10 @@ impl<'a> SourceMap<'a> {
             key,
             message: match err.message().trim() {
                 // toml says nothing about a value cut off at the end of the file.
-                "" => "a value is missing here (the file ends in the middle of a `key = value` line?)".to_string(),
+                "" => {
+                    "a value is missing here (the file ends in the middle of a `key = value` line?)"
+                        .to_string()
+                }
                 m => m.to_string(),
             },
         }

@@ -49,7 +49,7 @@ impl Credential {
     /// `requires_reauth` until a login or a manual refresh.
     pub async fn logout(&self) -> LogoutReport {
         // Stop automatic refreshes first, then wait for any refresh in flight to finish.
-        self.slot.control().logged_out = true;
+        self.slot.stop_refreshing();
         let _op = self.op.lock().await;
         let mut revocation = Vec::new();
         if let Some(endpoint) = self.grant.endpoint() {
@@ -84,7 +84,7 @@ impl Credential {
         let forgotten = tokio::task::spawn_blocking(move || store.save(&name, &tombstone))
             .await
             .is_ok_and(|r| r.is_ok());
-        self.slot.clear_for_logout();
+        self.slot.mark_logged_out();
         tracing::warn!(
             credential = &*self.slot.name,
             revocation = ?revocation.iter().map(|r| format!("{}: {}", r.token, r.outcome)).collect::<Vec<_>>(),
@@ -122,9 +122,7 @@ impl Credential {
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
-            let mut c = self.slot.control();
-            c.logged_out = false;
-            c.permanent_failure = false;
+            self.slot.accept_login();
         }
         tracing::info!(
             credential = &*self.slot.name,

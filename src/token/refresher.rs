@@ -8,8 +8,9 @@ use tokio::sync::watch;
 
 use super::credential::Credential;
 use super::grant::{Grant, GrantOutcome, IssuedToken};
-use super::schedule::{backoff_delay, expiry_floor, min_interval, refresh_delay};
-use super::{bearer_header, CredentialSlot, LastError, TokenSnapshot, Trigger};
+use super::schedule::{backoff_delay, expiry_floor, refresh_delay};
+use super::slot::AttemptFailure;
+use super::{bearer_header, CredentialSlot, TokenSnapshot, Trigger};
 use crate::store::{Store, StoredToken};
 
 /// The least time between two scheduled refreshes, whatever the token's lifetime.
@@ -28,11 +29,11 @@ pub async fn run(cred: Arc<Credential>, mut shutdown: watch::Receiver<bool>) {
             // The whole attempt (obtain, persist, publish) excludes logout and login.
             let _op = cred.op.lock().await;
             // A logout while this trigger was armed cancels it; only an operator restarts.
-            if t == Trigger::Manual || !slot.control().logged_out {
+            if t == Trigger::Manual || !slot.is_logged_out() {
                 attempt(slot, grant, store, t).await;
             }
         }
-        let next = slot.control().next_refresh_at;
+        let next = slot.next_refresh_at();
         let due = async {
             match next {
                 Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -41,7 +42,7 @@ pub async fn run(cred: Arc<Credential>, mut shutdown: watch::Receiver<bool>) {
         };
         tokio::select! {
             _ = due => trigger = Some(Trigger::Scheduled),
-            _ = slot.wake.notified() => trigger = take_demand(slot).await,
+            _ = slot.demanded() => trigger = take_demand(slot).await,
             _ = shutdown.changed() => return,
         }
     }
@@ -51,35 +52,10 @@ pub async fn run(cred: Arc<Credential>, mut shutdown: watch::Receiver<bool>) {
 /// for request-triggered refreshes.
 async fn take_demand(slot: &CredentialSlot) -> Option<Trigger> {
     loop {
-        let wait = {
-            let mut c = slot.control();
-            let d = c.demand?;
-            if (c.permanent_failure || c.logged_out) && d.trigger != Trigger::Manual {
-                // Automatic retries stop after a permanent failure; only an operator restarts them.
-                c.demand = None;
-                return None;
-            }
-            let current = slot.current();
-            if current
-                .as_ref()
-                .is_some_and(|t| t.generation > d.below_generation && t.is_usable(Instant::now()))
-            {
-                // A refresh since the demand already produced a newer token.
-                c.demand = None;
-                return None;
-            }
-            let interval = min_interval(&slot.policy, current.and_then(|t| t.lifetime));
-            match c.last_request_attempt {
-                Some(at) if d.trigger.is_request_triggered() && at.elapsed() < interval => {
-                    interval.saturating_sub(at.elapsed())
-                }
-                _ => {
-                    c.demand = None;
-                    return Some(d.trigger);
-                }
-            }
-        };
-        tokio::time::sleep(wait).await;
+        match slot.take_demand()? {
+            Ok(trigger) => return Some(trigger),
+            Err(wait) => tokio::time::sleep(wait).await,
+        }
     }
 }
 
@@ -91,12 +67,10 @@ async fn restore(slot: &CredentialSlot, grant: &Grant, store: &Store) -> Option<
         if let Some(fp) = store.load(&slot.name).and_then(|s| s.spent_seed) {
             grant.restore_spent_seed(fp).await;
         }
-        slot.control().logged_out = true;
-        slot.bump();
+        slot.mark_logged_out();
         return None;
     }
     if restore_token(slot, grant, store).await {
-        slot.bump();
         None
     } else {
         Some(Trigger::Startup)
@@ -141,17 +115,19 @@ async fn restore_token(slot: &CredentialSlot, grant: &Grant, store: &Store) -> b
     let Some(header) = bearer_header(&stored.access_token) else {
         return false;
     };
-    slot.token.store(Some(Arc::new(TokenSnapshot {
-        header,
-        generation: 1,
-        issued_at,
-        issued_wall: stored.issued_at,
-        lifetime: Some(lifetime),
-        usable_until: Some(issued_at + lifetime - expiry_floor(lifetime)),
-        scopes: stored.scopes,
-    })));
     let next = issued_at + refresh_delay(&slot.policy, lifetime, &mut rand::thread_rng());
-    slot.control().next_refresh_at = Some(next.max(now));
+    slot.restore(
+        TokenSnapshot {
+            header,
+            generation: 1,
+            issued_at,
+            issued_wall: stored.issued_at,
+            lifetime: Some(lifetime),
+            usable_until: Some(issued_at + lifetime - expiry_floor(lifetime)),
+            scopes: stored.scopes,
+        },
+        next.max(now),
+    );
     tracing::info!(
         credential = &*slot.name,
         outcome = "restored",
@@ -197,24 +173,13 @@ async fn save(slot: &CredentialSlot, store: &Arc<Store>, record: Option<StoredTo
         Err(e) => e.to_string(),
     };
     tracing::error!(credential = &*slot.name, error = %error, "could not persist the token set; it is kept in memory");
-    slot.control().last_error = Some(LastError {
-        kind: "store_write_failed".into(),
-        message: error,
-        at: super::rfc3339_now(),
-    });
+    slot.record_store_error(error);
 }
 
 async fn attempt(slot: &CredentialSlot, grant: &Grant, store: &Arc<Store>, trigger: Trigger) {
     let started = Instant::now();
     let started_wall = SystemTime::now();
-    {
-        let mut c = slot.control();
-        c.in_flight = true;
-        if trigger.is_request_triggered() {
-            c.last_request_attempt = Some(started);
-        }
-    }
-    slot.bump();
+    slot.begin_attempt(trigger, started);
     let result = grant.obtain().await;
     let lifetime_of = |t: &IssuedToken| match grant {
         Grant::Static { .. } => None,
@@ -250,18 +215,17 @@ async fn attempt(slot: &CredentialSlot, grant: &Grant, store: &Arc<Store>, trigg
     }
     let elapsed = started.elapsed();
     let now = Instant::now();
-    let mut rng = rand::thread_rng();
-    let name = &*slot.name;
-
-    let mut c = slot.control();
-    c.in_flight = false;
-    c.attempts_completed += 1;
+    let failed = |kind: &str, message: &str, permanent: bool, retry_after| {
+        let failure = AttemptFailure {
+            kind,
+            message,
+            permanent,
+        };
+        record_failure(slot, grant, trigger, elapsed, &failure, retry_after)
+    };
     let outcome = match result {
         Ok(GrantOutcome::Unchanged) => {
-            // The source is readable again with the token in use: any failure is over.
-            c.consecutive_failures = 0;
-            c.permanent_failure = false;
-            c.next_refresh_at = grant.poll_interval().map(|p| now + p);
+            slot.finish_unchanged(grant.poll_interval().map(|p| now + p));
             None
         }
         Ok(GrantOutcome::Issued(token))
@@ -269,166 +233,105 @@ async fn attempt(slot: &CredentialSlot, grant: &Grant, store: &Arc<Store>, trigg
         {
             // Expired on arrival (a tiny expires_in, or a very slow provider): treat it as a
             // failure with backoff rather than refreshing in a tight loop.
-            fail(
-                &mut c,
-                slot,
-                grant,
-                trigger,
-                elapsed,
-                now,
+            failed(
                 "expired_on_arrival",
                 "the token endpoint issued a token that expired before it arrived",
                 false,
                 None,
-            );
-            Some("transient_error")
+            )
         }
         Ok(GrantOutcome::Issued(token)) => match bearer_header(&token.access_token) {
             Some(header) => {
                 let lifetime = lifetime_of(&token);
-                let generation = slot.current().map_or(0, |t| t.generation) + 1;
-                // The token was issued some time after the request left: count from then,
-                // which errs on the side of refreshing early.
-                slot.token.store(Some(Arc::new(TokenSnapshot {
-                    header,
-                    generation,
-                    issued_at: started,
-                    issued_wall: started_wall,
-                    lifetime,
-                    usable_until: lifetime.map(|l| started + l - expiry_floor(l)),
-                    scopes: token.scopes,
-                })));
-                let attempt = c.consecutive_failures + 1;
-                c.consecutive_failures = 0;
-                c.permanent_failure = false;
-                c.logged_out = false;
-                c.refreshes += 1;
-                c.next_refresh_at = match lifetime {
+                let next_refresh_at = match lifetime {
                     // A floor keeps a pathological lifetime from becoming a busy loop.
                     Some(l) => Some(
-                        (started + refresh_delay(&slot.policy, l, &mut rng))
+                        (started + refresh_delay(&slot.policy, l, &mut rand::thread_rng()))
                             .max(now + MIN_REFRESH_GAP),
                     ),
                     None => grant.poll_interval().map(|p| now + p),
                 };
+                // The token was issued some time after the request left: count from then,
+                // which errs on the side of refreshing early.
+                let (generation, attempt) = slot.publish(
+                    TokenSnapshot {
+                        header,
+                        generation: 0,
+                        issued_at: started,
+                        issued_wall: started_wall,
+                        lifetime,
+                        usable_until: lifetime.map(|l| started + l - expiry_floor(l)),
+                        scopes: token.scopes,
+                    },
+                    next_refresh_at,
+                );
                 tracing::info!(
-                    credential = name,
+                    credential = &*slot.name,
                     trigger = trigger.as_str(),
                     attempt,
                     outcome = "success",
                     generation,
                     duration_ms = elapsed.as_millis() as u64,
                     expires_in_s = lifetime.map(|l| l.as_secs_f64()),
-                    next_refresh_in_s = c
-                        .next_refresh_at
-                        .map(|n| n.saturating_duration_since(now).as_secs_f64()),
+                    next_refresh_in_s =
+                        next_refresh_at.map(|n| n.saturating_duration_since(now).as_secs_f64()),
                     "token refreshed"
                 );
                 Some("success")
             }
-            None => {
-                fail(
-                    &mut c,
-                    slot,
-                    grant,
-                    trigger,
-                    elapsed,
-                    now,
-                    "malformed_response",
-                    "token is not a valid header value",
-                    false,
-                    None,
-                );
-                Some("transient_error")
-            }
+            None => failed(
+                "malformed_response",
+                "token is not a valid header value",
+                false,
+                None,
+            ),
         },
-        Err(e) => {
-            let repeat = matches!(grant, Grant::Static { .. })
-                && c.last_error.as_ref().is_some_and(|l| l.kind == e.kind)
-                && c.consecutive_failures > 0;
-            let result = if e.permanent {
-                "permanent_error"
-            } else {
-                "transient_error"
-            };
-            fail(
-                &mut c,
-                slot,
-                grant,
-                trigger,
-                elapsed,
-                now,
-                &e.kind,
-                &e.message,
-                e.permanent,
-                e.retry_after,
-            );
-            // A watched static file that stays broken is reported once, not every second.
-            (!repeat).then_some(result)
-        }
+        Err(e) => failed(&e.kind, &e.message, e.permanent, e.retry_after),
     };
-    drop(c);
     if let Some(result) = outcome {
-        slot.metrics
-            .token_refresh_total
-            .with_label_values(&[name, trigger.as_str(), result])
-            .inc();
-        slot.metrics
-            .token_refresh_duration_seconds
-            .with_label_values(&[name])
-            .observe(elapsed.as_secs_f64());
+        slot.count_attempt(trigger, result, elapsed);
     }
-    slot.bump();
 }
 
-#[allow(clippy::too_many_arguments)]
-fn fail(
-    c: &mut super::Control,
+/// Records a failed attempt with its backoff and logs it. Returns the `result` label to
+/// count, or none for a watched static file that stays broken (reported once, not every
+/// second).
+fn record_failure(
     slot: &CredentialSlot,
     grant: &Grant,
     trigger: Trigger,
     elapsed: std::time::Duration,
-    now: Instant,
-    kind: &str,
-    message: &str,
-    permanent: bool,
+    failure: &AttemptFailure,
     retry_after: Option<std::time::Duration>,
-) {
-    let first = c.consecutive_failures == 0 || c.last_error.as_ref().is_none_or(|l| l.kind != kind);
-    c.consecutive_failures += 1;
-    c.last_error = Some(LastError {
-        kind: kind.to_string(),
-        message: message.to_string(),
-        at: super::rfc3339_now(),
-    });
-    c.permanent_failure = permanent;
-    c.next_refresh_at = match grant.poll_interval() {
+) -> Option<&'static str> {
+    let now = Instant::now();
+    let record = slot.record_failure(failure, |failures| match grant.poll_interval() {
         // A watched file is read again soon whatever the error: fixing it fixes bearerd.
         Some(p) => Some(now + p),
-        None if permanent => None,
-        None => Some(
-            now + backoff_delay(
-                &slot.policy,
-                c.consecutive_failures,
-                retry_after,
-                &mut rand::thread_rng(),
-            ),
-        ),
+        None if failure.permanent => None,
+        None => {
+            Some(now + backoff_delay(&slot.policy, failures, retry_after, &mut rand::thread_rng()))
+        }
+    });
+    let result = if failure.permanent {
+        "permanent_error"
+    } else {
+        "transient_error"
     };
-    let next_in = c
+    if grant.poll_interval().is_some() && record.repeated {
+        return None;
+    }
+    let next_in = record
         .next_refresh_at
         .map(|n| n.saturating_duration_since(now).as_secs_f64());
-    if grant.poll_interval().is_some() && !first {
-        return;
-    }
-    if permanent {
+    if failure.permanent {
         tracing::error!(
             credential = &*slot.name,
             trigger = trigger.as_str(),
-            attempt = c.consecutive_failures,
+            attempt = record.consecutive_failures,
             outcome = "permanent_error",
-            error_kind = kind,
-            error = message,
+            error_kind = failure.kind,
+            error = failure.message,
             duration_ms = elapsed.as_millis() as u64,
             "token refresh failed permanently; automatic retries stop until re-authorization"
         );
@@ -436,13 +339,14 @@ fn fail(
         tracing::warn!(
             credential = &*slot.name,
             trigger = trigger.as_str(),
-            attempt = c.consecutive_failures,
+            attempt = record.consecutive_failures,
             outcome = "transient_error",
-            error_kind = kind,
-            error = message,
+            error_kind = failure.kind,
+            error = failure.message,
             duration_ms = elapsed.as_millis() as u64,
             next_refresh_in_s = next_in,
             "token refresh failed; retrying with backoff"
         );
     }
+    Some(result)
 }

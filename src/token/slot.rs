@@ -1,0 +1,631 @@
+//! `CredentialSlot`: one credential's token as the proxy reads it (lock-free, ArcSwap) and
+//! its control state as `/status` reports it. Requests read it and register demands; only
+//! the refresher and the credential's logout and login change it, and only through the
+//! write API at the bottom of this file.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::{watch, Notify};
+
+use super::schedule;
+use super::{LastError, ReplayDecision, TokenSnapshot, TokenUnavailable, Trigger};
+use crate::config::{CredentialConfig, RefreshPolicy};
+use crate::metrics::Metrics;
+
+/// A pending request for a refresh: refresh unless the slot already holds a generation
+/// above `below_generation` (so a 401 on an old token does not refresh again).
+#[derive(Debug, Clone, Copy)]
+struct Demand {
+    trigger: Trigger,
+    below_generation: u64,
+}
+
+/// The control-path state: written by the refresher and by demands, read by `/status`.
+#[derive(Default)]
+struct Control {
+    in_flight: bool,
+    demand: Option<Demand>,
+    last_request_attempt: Option<Instant>,
+    attempts_completed: u64,
+    consecutive_failures: u32,
+    permanent_failure: bool,
+    last_error: Option<LastError>,
+    next_refresh_at: Option<Instant>,
+    refreshes: u64,
+    /// Logged out by an operator: no automatic refresh until a login or manual refresh.
+    logged_out: bool,
+}
+
+pub struct CredentialSlot {
+    pub name: Arc<str>,
+    pub grant_kind: &'static str,
+    pub has_refresh_token: bool,
+    pub policy: RefreshPolicy,
+    token: ArcSwapOption<TokenSnapshot>,
+    control: Mutex<Control>,
+    /// Wakes the refresher when a demand is registered.
+    wake: Notify,
+    /// Bumped on every change of token or state; waiters re-check on each bump.
+    changed: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+}
+
+/// The state names of `/status` and `bearerd_credential_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialState {
+    Valid,
+    Refreshing,
+    Retrying,
+    Expired,
+    Failed,
+    LoggedOut,
+}
+
+impl CredentialState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialState::Valid => "valid",
+            CredentialState::Refreshing => "refreshing",
+            CredentialState::Retrying => "retrying",
+            CredentialState::Expired => "expired",
+            CredentialState::Failed => "failed",
+            CredentialState::LoggedOut => "logged_out",
+        }
+    }
+}
+
+/// The `/status` view of one credential. Never holds a token.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CredentialStatus {
+    pub state: CredentialState,
+    pub grant: &'static str,
+    pub expires_in_s: Option<f64>,
+    pub token_age_s: Option<f64>,
+    pub generation: u64,
+    pub refreshes: u64,
+    pub consecutive_failures: u32,
+    pub last_error: Option<LastError>,
+    pub next_refresh_in_s: Option<f64>,
+    pub scopes: Vec<String>,
+    pub has_refresh_token: bool,
+}
+
+pub(super) fn rfc3339_now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+impl CredentialSlot {
+    pub fn new(config: &CredentialConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(CredentialSlot {
+            name: Arc::from(config.name.as_str()),
+            grant_kind: config.grant.kind(),
+            has_refresh_token: matches!(
+                config.grant,
+                crate::config::GrantConfig::RefreshToken { .. }
+            ),
+            policy: config.policy.clone(),
+            token: ArcSwapOption::empty(),
+            control: Mutex::new(Control::default()),
+            wake: Notify::new(),
+            changed: watch::channel(0).0,
+            metrics,
+        })
+    }
+
+    fn control(&self) -> std::sync::MutexGuard<'_, Control> {
+        // A panic while holding this lock would be a bug; the state stays usable.
+        self.control.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// The current token, if any (usable or not). Lock-free.
+    pub fn current(&self) -> Option<Arc<TokenSnapshot>> {
+        self.token.load_full()
+    }
+
+    /// A usable token for a request: at once from the slot, or after waiting (up to the wait
+    /// budget) for the refresh that this call demands.
+    pub async fn token_for_request(&self) -> Result<Arc<TokenSnapshot>, TokenUnavailable> {
+        if let Some(t) = self.token.load().as_ref() {
+            if t.is_usable(Instant::now()) {
+                return Ok(Arc::clone(t));
+            }
+        }
+        let started = Instant::now();
+        let result = self.wait_for_usable().await;
+        self.metrics
+            .token_wait_seconds
+            .with_label_values(&[&self.name])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn wait_for_usable(&self) -> Result<Arc<TokenSnapshot>, TokenUnavailable> {
+        let deadline = tokio::time::Instant::now() + self.policy.wait_budget;
+        let mut rx = self.changed.subscribe();
+        let mut demanded_at_attempt = None;
+        loop {
+            let now = Instant::now();
+            if let Some(t) = self.current().filter(|t| t.is_usable(now)) {
+                return Ok(t);
+            }
+            {
+                let mut c = self.control();
+                if c.permanent_failure || c.logged_out {
+                    return Err(self.permanent_error(&c));
+                }
+                // Demand again after each finished attempt, so a request that keeps waiting
+                // keeps the refresher trying at the request-triggered interval.
+                if demanded_at_attempt != Some(c.attempts_completed) {
+                    demanded_at_attempt = Some(c.attempts_completed);
+                    let below = self.current().map_or(0, |t| t.generation);
+                    Self::merge_demand(&mut c, Trigger::OnDemand, below);
+                    drop(c);
+                    self.wake.notify_one();
+                }
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let c = self.control();
+        let message = match &c.last_error {
+            Some(e) => format!(
+                "no valid token within {:?}: last error {}: {}",
+                self.policy.wait_budget, e.kind, e.message
+            ),
+            None => format!("no valid token within {:?}", self.policy.wait_budget),
+        };
+        Err(TokenUnavailable {
+            permanent: c.permanent_failure,
+            message,
+        })
+    }
+
+    fn permanent_error(&self, c: &Control) -> TokenUnavailable {
+        if c.logged_out {
+            return TokenUnavailable {
+                permanent: true,
+                message: format!("credential {} is logged out; log in again", self.name),
+            };
+        }
+        let detail = c
+            .last_error
+            .as_ref()
+            .map_or(String::new(), |e| format!(": {}: {}", e.kind, e.message));
+        TokenUnavailable {
+            permanent: true,
+            message: format!(
+                "credential {} failed permanently and needs re-authorization{detail}",
+                self.name
+            ),
+        }
+    }
+
+    fn merge_demand(c: &mut Control, trigger: Trigger, below_generation: u64) {
+        c.demand = Some(match c.demand {
+            Some(d) => Demand {
+                trigger: d.trigger.max(trigger),
+                below_generation: d.below_generation.max(below_generation),
+            },
+            None => Demand {
+                trigger,
+                below_generation,
+            },
+        });
+    }
+
+    fn usable_newer_than(&self, rejected: u64) -> Option<Arc<TokenSnapshot>> {
+        self.current()
+            .filter(|t| t.generation > rejected && t.is_usable(Instant::now()))
+    }
+
+    /// After an upstream rejected generation `rejected`: replay with a newer token when one
+    /// exists or a refresh can get one; refresh at most once per request-triggered interval.
+    pub async fn refresh_if_generation(&self, rejected: u64) -> ReplayDecision {
+        let mut rx = self.changed.subscribe();
+        let target_attempts = {
+            if let Some(t) = self.usable_newer_than(rejected) {
+                return ReplayDecision::Replay(t);
+            }
+            let mut c = self.control();
+            // Looked at again under the lock: the refresher publishes while holding it, so a
+            // refresh that ended just now is seen here, not taken for a rate-limited one.
+            if let Some(t) = self.usable_newer_than(rejected) {
+                return ReplayDecision::Replay(t);
+            }
+            if c.permanent_failure || c.logged_out {
+                return ReplayDecision::NoNewerToken;
+            }
+            if !c.in_flight {
+                let lifetime = self.current().and_then(|t| t.lifetime);
+                let interval = schedule::min_interval(&self.policy, lifetime);
+                if c.last_request_attempt
+                    .is_some_and(|at| at.elapsed() < interval)
+                {
+                    return ReplayDecision::RateLimited;
+                }
+            }
+            Self::merge_demand(&mut c, Trigger::On401, rejected);
+            // Whatever attempt finishes next either publishes a newer generation or fails;
+            // either way this request has waited long enough.
+            let target = c.attempts_completed + 1;
+            drop(c);
+            self.wake.notify_one();
+            target
+        };
+        let deadline = tokio::time::Instant::now() + self.policy.wait_budget;
+        loop {
+            {
+                // Under the lock, so the token and the attempt count are of the same moment.
+                let c = self.control();
+                if let Some(t) = self.usable_newer_than(rejected) {
+                    return ReplayDecision::Replay(t);
+                }
+                if c.permanent_failure || c.logged_out || c.attempts_completed >= target_attempts {
+                    return ReplayDecision::NoNewerToken;
+                }
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return ReplayDecision::NoNewerToken },
+                _ = tokio::time::sleep_until(deadline) => return ReplayDecision::NoNewerToken,
+            }
+        }
+    }
+
+    /// Starts a 401-triggered refresh without waiting for it (the request could not be
+    /// replayed, but the next one should get a fresh token).
+    pub fn refresh_in_background(&self, rejected: u64) -> bool {
+        let mut c = self.control();
+        if c.permanent_failure
+            || c.logged_out
+            || self.current().is_some_and(|t| t.generation > rejected)
+        {
+            return false;
+        }
+        if !c.in_flight {
+            let interval =
+                schedule::min_interval(&self.policy, self.current().and_then(|t| t.lifetime));
+            if c.last_request_attempt
+                .is_some_and(|at| at.elapsed() < interval)
+            {
+                return false;
+            }
+        }
+        Self::merge_demand(&mut c, Trigger::On401, rejected);
+        drop(c);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Requests a refresh now (admin API). Returns the attempt count to wait for.
+    pub fn demand_manual(&self) -> u64 {
+        let mut c = self.control();
+        Self::merge_demand(&mut c, Trigger::Manual, u64::MAX);
+        let target = c.attempts_completed + if c.in_flight { 2 } else { 1 };
+        drop(c);
+        self.wake.notify_one();
+        target
+    }
+
+    /// Waits until `attempts` attempts have completed, or the timeout passes.
+    pub async fn wait_attempts(&self, attempts: u64, timeout: Duration) -> bool {
+        let mut rx = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.control().attempts_completed >= attempts {
+                return true;
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { return false },
+                _ = tokio::time::sleep_until(deadline) => return false,
+            }
+        }
+    }
+
+    pub fn state(&self) -> CredentialState {
+        let c = self.control();
+        self.state_of(&c)
+    }
+
+    /// `expired` means requests get 503 now: no usable token, and not merely the first
+    /// attempt (or a refresh at the last moment) under way. It stays `expired` through the
+    /// retries of an outage, so an alert on it does not flap with each attempt.
+    fn state_of(&self, c: &Control) -> CredentialState {
+        let usable = self.current().is_some_and(|t| t.is_usable(Instant::now()));
+        if c.logged_out {
+            CredentialState::LoggedOut
+        } else if c.permanent_failure {
+            // A manual refresh of a failed credential shows as under way.
+            if c.in_flight {
+                CredentialState::Refreshing
+            } else {
+                CredentialState::Failed
+            }
+        } else if !usable && (c.consecutive_failures > 0 || !c.in_flight) {
+            CredentialState::Expired
+        } else if c.in_flight {
+            CredentialState::Refreshing
+        } else if c.consecutive_failures > 0 {
+            CredentialState::Retrying
+        } else {
+            CredentialState::Valid
+        }
+    }
+
+    /// The current access token as a secret (for revocation at logout).
+    pub fn access_token(&self) -> Option<secrecy::SecretString> {
+        let t = self.current()?;
+        let value = t.header.to_str().ok()?.strip_prefix("Bearer ")?.to_string();
+        Some(secrecy::SecretString::from(value))
+    }
+
+    /// Whether requests can be served now (for `/readyz`).
+    pub fn is_ready(&self) -> bool {
+        self.current().is_some_and(|t| t.is_usable(Instant::now()))
+    }
+
+    pub fn status(&self) -> CredentialStatus {
+        let c = self.control();
+        let now = Instant::now();
+        let token = self.current();
+        CredentialStatus {
+            state: self.state_of(&c),
+            grant: self.grant_kind,
+            expires_in_s: token
+                .as_ref()
+                .and_then(|t| t.expires_at())
+                .map(|e| round(e.saturating_duration_since(now).as_secs_f64())),
+            token_age_s: token
+                .as_ref()
+                .map(|t| round(now.duration_since(t.issued_at).as_secs_f64())),
+            generation: token.as_ref().map_or(0, |t| t.generation),
+            refreshes: c.refreshes,
+            consecutive_failures: c.consecutive_failures,
+            last_error: c.last_error.clone(),
+            next_refresh_in_s: c
+                .next_refresh_at
+                .map(|n| round(n.saturating_duration_since(now).as_secs_f64())),
+            scopes: token.as_ref().map(|t| t.scopes.clone()).unwrap_or_default(),
+            has_refresh_token: self.has_refresh_token && !c.permanent_failure && !c.logged_out,
+        }
+    }
+
+    /// Refreshes the gauges that depend on time (called before each scrape).
+    pub fn update_gauges(&self) {
+        let state = self.state();
+        for s in crate::metrics::STATES {
+            self.metrics
+                .credential_state
+                .with_label_values(&[&self.name, s])
+                .set(i64::from(s == state.as_str()));
+        }
+        let expires_in = self
+            .current()
+            .and_then(|t| t.expires_at())
+            .map_or(0.0, |e| {
+                e.saturating_duration_since(Instant::now()).as_secs_f64()
+            });
+        self.metrics
+            .token_expires_in_seconds
+            .with_label_values(&[&self.name])
+            .set(expires_in);
+    }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// Why an attempt failed, as the slot records it.
+pub(super) struct AttemptFailure<'a> {
+    pub kind: &'a str,
+    pub message: &'a str,
+    pub permanent: bool,
+}
+
+/// What recording a failure did, for the refresher's log line.
+pub(super) struct FailureRecord {
+    pub consecutive_failures: u32,
+    /// The same kind of error as the failure before it.
+    pub repeated: bool,
+    pub next_refresh_at: Option<Instant>,
+}
+
+/// The write API: the only ways the slot changes. Each method takes the control lock once,
+/// and every change of token or state wakes the waiters.
+impl CredentialSlot {
+    /// Resolves when a request or an operator registers a demand.
+    pub(super) fn demanded(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+
+    pub(super) fn next_refresh_at(&self) -> Option<Instant> {
+        self.control().next_refresh_at
+    }
+
+    pub(super) fn is_logged_out(&self) -> bool {
+        self.control().logged_out
+    }
+
+    /// Takes the pending demand if it still needs a refresh: `Ok(trigger)` to refresh now,
+    /// `Err(wait)` while a request-triggered one waits out the rate limit, `None` when
+    /// there is nothing to do.
+    pub(super) fn take_demand(&self) -> Option<Result<Trigger, Duration>> {
+        let mut c = self.control();
+        let d = c.demand?;
+        if (c.permanent_failure || c.logged_out) && d.trigger != Trigger::Manual {
+            // Automatic retries stop after a permanent failure; only an operator restarts them.
+            c.demand = None;
+            return None;
+        }
+        let current = self.current();
+        if current
+            .as_ref()
+            .is_some_and(|t| t.generation > d.below_generation && t.is_usable(Instant::now()))
+        {
+            // A refresh since the demand already produced a newer token.
+            c.demand = None;
+            return None;
+        }
+        let interval = schedule::min_interval(&self.policy, current.and_then(|t| t.lifetime));
+        match c.last_request_attempt {
+            Some(at) if d.trigger.is_request_triggered() && at.elapsed() < interval => {
+                Some(Err(interval.saturating_sub(at.elapsed())))
+            }
+            _ => {
+                c.demand = None;
+                Some(Ok(d.trigger))
+            }
+        }
+    }
+
+    pub(super) fn begin_attempt(&self, trigger: Trigger, started: Instant) {
+        {
+            let mut c = self.control();
+            c.in_flight = true;
+            if trigger.is_request_triggered() {
+                c.last_request_attempt = Some(started);
+            }
+        }
+        self.bump();
+    }
+
+    /// Ends an attempt with a new token: publishes it under the next generation (under the
+    /// control lock, so a 401 that looks for a newer token sees this one or its attempt
+    /// still in flight) and returns the generation and how many attempts it took.
+    pub(super) fn publish(
+        &self,
+        mut token: TokenSnapshot,
+        next_refresh_at: Option<Instant>,
+    ) -> (u64, u32) {
+        let mut c = self.control();
+        token.generation = self.current().map_or(0, |t| t.generation) + 1;
+        let generation = token.generation;
+        self.token.store(Some(Arc::new(token)));
+        let attempts = c.consecutive_failures + 1;
+        c.in_flight = false;
+        c.attempts_completed += 1;
+        c.consecutive_failures = 0;
+        c.permanent_failure = false;
+        c.logged_out = false;
+        c.refreshes += 1;
+        c.next_refresh_at = next_refresh_at;
+        drop(c);
+        self.bump();
+        (generation, attempts)
+    }
+
+    /// Ends an attempt that found the token's source unchanged (a watched static file): the
+    /// token in use stands, and any failure is over.
+    pub(super) fn finish_unchanged(&self, next_refresh_at: Option<Instant>) {
+        let mut c = self.control();
+        c.in_flight = false;
+        c.attempts_completed += 1;
+        c.consecutive_failures = 0;
+        c.permanent_failure = false;
+        c.next_refresh_at = next_refresh_at;
+        drop(c);
+        self.bump();
+    }
+
+    /// Ends an attempt that failed. `next` gets the count of consecutive failures and
+    /// gives the time of the next attempt (the backoff), or none.
+    pub(super) fn record_failure(
+        &self,
+        failure: &AttemptFailure,
+        next: impl FnOnce(u32) -> Option<Instant>,
+    ) -> FailureRecord {
+        let mut c = self.control();
+        let repeated = c.consecutive_failures > 0
+            && c.last_error
+                .as_ref()
+                .is_some_and(|l| l.kind == failure.kind);
+        c.in_flight = false;
+        c.attempts_completed += 1;
+        c.consecutive_failures += 1;
+        c.last_error = Some(LastError {
+            kind: failure.kind.to_string(),
+            message: failure.message.to_string(),
+            at: rfc3339_now(),
+        });
+        c.permanent_failure = failure.permanent;
+        c.next_refresh_at = next(c.consecutive_failures);
+        let record = FailureRecord {
+            consecutive_failures: c.consecutive_failures,
+            repeated,
+            next_refresh_at: c.next_refresh_at,
+        };
+        drop(c);
+        self.bump();
+        record
+    }
+
+    /// Publishes a token restored from the store at startup, as generation 1.
+    pub(super) fn restore(&self, mut token: TokenSnapshot, next_refresh_at: Instant) {
+        token.generation = 1;
+        let mut c = self.control();
+        self.token.store(Some(Arc::new(token)));
+        c.next_refresh_at = Some(next_refresh_at);
+        drop(c);
+        self.bump();
+    }
+
+    /// A token set that could not be persisted: it is kept in memory, and `/status` says so.
+    pub(super) fn record_store_error(&self, message: String) {
+        self.control().last_error = Some(LastError {
+            kind: "store_write_failed".into(),
+            message,
+            at: rfc3339_now(),
+        });
+        self.bump();
+    }
+
+    /// A logout begins: no automatic refresh from now on (one in flight still finishes).
+    pub(super) fn stop_refreshing(&self) {
+        self.control().logged_out = true;
+    }
+
+    /// Logged out: the token and every pending refresh are dropped; requests get 503 with
+    /// `requires_reauth` until a login or a manual refresh.
+    pub(super) fn mark_logged_out(&self) {
+        {
+            let mut c = self.control();
+            c.logged_out = true;
+            c.demand = None;
+            c.next_refresh_at = None;
+        }
+        self.token.store(None);
+        self.bump();
+        // Disarm the refresher's timer: it re-reads the (now empty) schedule.
+        self.wake.notify_one();
+    }
+
+    /// A login handed over a refresh token: automatic refreshes may run again.
+    pub(super) fn accept_login(&self) {
+        let mut c = self.control();
+        c.logged_out = false;
+        c.permanent_failure = false;
+        drop(c);
+        self.bump();
+    }
+
+    /// Counts a finished attempt in `bearerd_token_refresh_total` and its duration.
+    pub(super) fn count_attempt(&self, trigger: Trigger, result: &'static str, took: Duration) {
+        self.metrics
+            .token_refresh_total
+            .with_label_values(&[&self.name, trigger.as_str(), result])
+            .inc();
+        self.metrics
+            .token_refresh_duration_seconds
+            .with_label_values(&[&self.name])
+            .observe(took.as_secs_f64());
+    }
+}
