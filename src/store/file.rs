@@ -4,18 +4,15 @@
 //! error even when the store holds no token. Writes replace the file atomically.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use base64::Engine;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use secrecy::{ExposeSecret, SecretBox};
 use serde::{Deserialize, Serialize};
 
-use super::journal;
+use super::durable::{parent_dir, sync_dir, write_and_rename};
+use super::sealed::Sealer;
+use super::{journal, lock};
 use super::{StoreError, StoredToken, StoredTokenRecord};
 
 /// How long a starting sidecar waits for another instance on the store to go away.
@@ -40,7 +37,7 @@ struct FileContents {
 
 pub struct FileStore {
     path: PathBuf,
-    cipher: XChaCha20Poly1305,
+    sealer: Sealer,
     /// Kept for the rotation helper, which seals the journal with it.
     key: SecretBox<[u8; 32]>,
     /// This process's exclusive claim on the store, released when the store is dropped.
@@ -49,22 +46,15 @@ pub struct FileStore {
     state: Mutex<(BTreeMap<String, StoredToken>, BTreeMap<String, String>)>,
 }
 
-fn b64() -> base64::engine::GeneralPurpose {
-    base64::engine::general_purpose::STANDARD
-}
-
 impl FileStore {
     pub fn open(path: &Path, key: &[u8; 32]) -> Result<FileStore, StoreError> {
-        let cipher = XChaCha20Poly1305::new(key.into());
+        let sealer = Sealer::new(key);
         let err = |message: String| StoreError::Io {
             path: path.display().to_string(),
             message,
         };
         // Checked at startup: a store that cannot be written would lose rotated tokens.
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let dir = parent_dir(path);
         if !dir.is_dir() {
             return Err(err(format!("directory {} does not exist", dir.display())));
         }
@@ -73,9 +63,9 @@ impl FileStore {
         std::fs::write(&probe, b"")
             .map_err(|e| err(format!("directory {} is not writable: {e}", dir.display())))?;
         let _ = std::fs::remove_file(&probe);
-        let claim = journal::claim_store(path, INSTANCE_PATIENCE)?;
+        let claim = lock::claim_store(path, INSTANCE_PATIENCE)?;
         // A helper of the previous run may still be rotating: its answer comes first.
-        journal::wait_for_helpers(path, HELPER_PATIENCE)?;
+        lock::wait_for_helpers(path, HELPER_PATIENCE)?;
         let mut tokens = BTreeMap::new();
         let mut sealed = BTreeMap::new();
         match std::fs::read(path) {
@@ -91,7 +81,7 @@ impl FileStore {
                         contents.format
                     )));
                 }
-                let check = open_sealed(&cipher, &contents.key_check, KEY_CHECK_AAD);
+                let check = sealer.open(&contents.key_check, KEY_CHECK_AAD);
                 if check.as_deref() != Some(KEY_CHECK) {
                     return Err(err(
                         "the store key does not open this store (wrong key, or the file was altered); it was left unchanged"
@@ -99,7 +89,7 @@ impl FileStore {
                     ));
                 }
                 for (name, record) in contents.records {
-                    let plain = open_sealed(&cipher, &record, aad(&name).as_bytes()).ok_or_else(|| {
+                    let plain = sealer.open(&record, aad(&name).as_bytes()).ok_or_else(|| {
                         err(format!("the record for credential {name:?} fails authentication (tampered); the store was left unchanged"))
                     })?;
                     let parsed: StoredTokenRecord =
@@ -115,7 +105,7 @@ impl FileStore {
         }
         Ok(FileStore {
             path: path.to_path_buf(),
-            cipher,
+            sealer,
             key: SecretBox::new(Box::new(*key)),
             _claim: claim,
             state: Mutex::new((tokens, sealed)),
@@ -173,7 +163,7 @@ impl FileStore {
     }
 
     fn seal(&self, plain: &[u8], aad: &[u8]) -> String {
-        seal(&self.cipher, plain, aad)
+        self.sealer.seal(plain, aad)
     }
 
     pub fn path(&self) -> &Path {
@@ -188,7 +178,7 @@ impl FileStore {
     /// sidecar: its refresh token replaces the stored one when the store still holds the
     /// token it replaced (or none). Returns whether it was applied.
     pub fn recover_rotation(&self, credential: &str) -> Result<bool, StoreError> {
-        let Some(entry) = journal::read(&self.cipher, &self.path, credential)? else {
+        let Some(entry) = journal::read(&self.sealer, &self.path, credential)? else {
             return Ok(false);
         };
         let current = self.load(credential);
@@ -217,65 +207,8 @@ impl FileStore {
     }
 }
 
-pub(super) fn seal(cipher: &XChaCha20Poly1305, plain: &[u8], aad: &[u8]) -> String {
-    let nonce_bytes: [u8; 24] = rand::random();
-    let nonce = XNonce::from_slice(&nonce_bytes);
-    // Encryption with a valid key and nonce cannot fail for in-memory buffers.
-    let ct = cipher
-        .encrypt(nonce, Payload { msg: plain, aad })
-        .unwrap_or_default();
-    let mut out = nonce_bytes.to_vec();
-    out.extend_from_slice(&ct);
-    b64().encode(out)
-}
-
 fn aad(credential: &str) -> String {
     format!("bearerd:credential:{credential}")
-}
-
-pub(super) fn open_sealed(cipher: &XChaCha20Poly1305, sealed: &str, aad: &[u8]) -> Option<Vec<u8>> {
-    let bytes = b64().decode(sealed).ok()?;
-    if bytes.len() < 24 + 16 {
-        return None;
-    }
-    let (nonce, ct) = bytes.split_at(24);
-    cipher
-        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
-        .ok()
-}
-
-/// Write to a temporary file (mode 0600), fsync it, rename it over the target (then the
-/// caller syncs the directory): after a crash the path holds the old contents or the new,
-/// whole.
-pub(super) fn parent_dir(path: &Path) -> &Path {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-}
-
-pub(super) fn sync_dir(path: &Path) -> std::io::Result<()> {
-    std::fs::File::open(parent_dir(path))?.sync_all()
-}
-
-pub(super) fn write_and_rename(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = parent_dir(path);
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("store"),
-        std::process::id()
-    ));
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]
@@ -316,6 +249,7 @@ mod tests {
         let s = FileStore::open(&path, &key).unwrap();
         s.save("crm", Some(&token("rt-1"))).unwrap();
         s.save("crm", Some(&token("rt-2"))).unwrap();
+        use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let text = std::fs::read_to_string(&path).unwrap();
@@ -348,10 +282,12 @@ mod tests {
 
         let mut contents: FileContents = serde_json::from_slice(&original).unwrap();
         let rec = contents.records.get_mut("crm").unwrap();
-        let mut raw = b64().decode(&*rec).unwrap();
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut raw = b64.decode(&*rec).unwrap();
         let last = raw.len() - 1;
         raw[last] ^= 1;
-        *rec = b64().encode(raw);
+        *rec = b64.encode(raw);
         std::fs::write(&path, serde_json::to_vec(&contents).unwrap()).unwrap();
         let tampered = std::fs::read(&path).unwrap();
         let e = FileStore::open(&path, &[1u8; 32])
@@ -379,14 +315,14 @@ mod tests {
 
     /// Journals `rt` replacing `replaces`, on top of the journal there, as the helper does.
     fn journal(path: &Path, key: &[u8; 32], rt: &str, replaces: &str) {
-        let cipher = XChaCha20Poly1305::new(key.into());
-        let previous = journal::read(&cipher, path, "crm").unwrap();
+        let sealer = Sealer::new(key);
+        let previous = journal::read(&sealer, path, "crm").unwrap();
         let entry = journal::JournalEntry::after(
             previous,
             SecretString::from(rt.to_string()),
             fp(replaces),
         );
-        journal::write(&cipher, path, "crm", &entry).unwrap();
+        journal::write(&sealer, path, "crm", &entry).unwrap();
     }
 
     fn stored_rt(s: &FileStore) -> Option<String> {
@@ -477,25 +413,25 @@ mod tests {
     #[test]
     fn a_second_sidecar_on_the_same_store_is_refused() {
         let path = temp_path();
-        let first = journal::claim_store(&path, std::time::Duration::ZERO).unwrap();
-        let e = journal::claim_store(&path, std::time::Duration::from_millis(100))
+        let first = lock::claim_store(&path, std::time::Duration::ZERO).unwrap();
+        let e = lock::claim_store(&path, std::time::Duration::from_millis(100))
             .unwrap_err()
             .to_string();
         assert!(e.contains("another bearerd is using this store"), "{e}");
         drop(first);
-        journal::claim_store(&path, std::time::Duration::ZERO).unwrap();
+        lock::claim_store(&path, std::time::Duration::ZERO).unwrap();
     }
 
     #[test]
     fn opening_waits_for_a_helper_that_holds_the_lock() {
         let path = temp_path();
-        let helper = journal::open_lock(&path).unwrap();
+        let helper = lock::open_lock(&path).unwrap();
         helper.lock_shared().unwrap();
-        let e = journal::wait_for_helpers(&path, std::time::Duration::from_millis(100))
+        let e = lock::wait_for_helpers(&path, std::time::Duration::from_millis(100))
             .unwrap_err()
             .to_string();
         assert!(e.contains("rotation helper"), "{e}");
         helper.unlock().unwrap();
-        journal::wait_for_helpers(&path, std::time::Duration::from_millis(100)).unwrap();
+        lock::wait_for_helpers(&path, std::time::Duration::from_millis(100)).unwrap();
     }
 }

@@ -2,8 +2,11 @@
 //! them in one encrypted file, replaced atomically (write, fsync, rename, fsync the
 //! directory), so a crash leaves either the old set or the new one, never a torn mix.
 
+mod durable;
 mod file;
 pub mod journal;
+pub mod lock;
+pub mod sealed;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -21,12 +21,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
-use chacha20poly1305::{KeyInit, XChaCha20Poly1305};
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::store::journal::{self, JournalEntry, HELPER_MARGIN, HELPER_REQUEST_MAX};
+use crate::store::lock;
+use crate::store::sealed::Sealer;
 
 /// Set once the provider answered: from then on the helper's deadline no longer ends it,
 /// so a journaled token always gets its answer out too.
@@ -203,8 +204,8 @@ impl DurableRotation {
     /// fingerprint, when its answer never arrived (the helper was killed, or timed out after
     /// the journal was written). Without this, the next attempt would send the spent token.
     pub fn journaled_successor(&self, replaced: &str) -> Option<SecretString> {
-        let cipher = XChaCha20Poly1305::new(self.key.expose_secret().into());
-        let entry = journal::read(&cipher, &self.store, &self.credential).ok()??;
+        let sealer = Sealer::new(self.key.expose_secret());
+        let entry = journal::read(&sealer, &self.store, &self.credential).ok()??;
         (entry.replaces.last().map(String::as_str) == Some(replaced)).then_some(entry.refresh_token)
     }
 }
@@ -265,7 +266,7 @@ fn run_helper(runtime: &tokio::runtime::Runtime, ask: &HelperRequest) -> Option<
             message,
         })
     };
-    let lock = match journal::open_lock(&ask.store) {
+    let lock = match lock::open_lock(&ask.store) {
         Ok(l) => l,
         Err(e) => return failed(format!("cannot open the store lock: {e}")),
     };
@@ -278,7 +279,7 @@ fn run_helper(runtime: &tokio::runtime::Runtime, ask: &HelperRequest) -> Option<
         return None;
     }
     let key: [u8; 32] = b64().decode(&ask.key).ok()?.try_into().ok()?;
-    let cipher = XChaCha20Poly1305::new(&key.into());
+    let sealer = Sealer::new(&key);
     let response = runtime.block_on(send(ask));
     let (status, retry_after, body) = match response {
         Ok(r) => r,
@@ -289,11 +290,11 @@ fn run_helper(runtime: &tokio::runtime::Runtime, ask: &HelperRequest) -> Option<
     if (200..300).contains(&status) {
         if let Some(rt) = rotated_refresh_token(&body) {
             // An unreadable journal is not carried on: the new entry replaces it.
-            let previous = journal::read(&cipher, &ask.store, &ask.credential)
+            let previous = journal::read(&sealer, &ask.store, &ask.credential)
                 .ok()
                 .flatten();
             let entry = JournalEntry::after(previous, rt, ask.replaces.clone());
-            journaled = journal::write(&cipher, &ask.store, &ask.credential, &entry).is_ok();
+            journaled = journal::write(&sealer, &ask.store, &ask.credential, &entry).is_ok();
         }
     }
     drop(lock);
@@ -379,9 +380,9 @@ mod tests {
         let r = rotation(&dir);
         let fp = crate::store::fingerprint;
         assert!(r.journaled_successor(&fp(&secret("rt-1"))).is_none());
-        let cipher = XChaCha20Poly1305::new(r.key.expose_secret().into());
+        let sealer = Sealer::new(r.key.expose_secret());
         let entry = JournalEntry::after(None, secret("rt-2"), fp(&secret("rt-1")));
-        journal::write(&cipher, &r.store, &r.credential, &entry).unwrap();
+        journal::write(&sealer, &r.store, &r.credential, &entry).unwrap();
         let got = r.journaled_successor(&fp(&secret("rt-1"))).unwrap();
         assert_eq!(got.expose_secret(), "rt-2");
         // Not for another exchange: that one sent a different token.
