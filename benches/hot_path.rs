@@ -14,7 +14,6 @@ use bearerd::peers::TokenServer;
 use bearerd::proxy::route::{has_dot_segment, RouteTable};
 use bearerd::proxy::target::upstream_target;
 use bearerd::proxy::{new_request_id, rewrite_request, Upstream};
-use bearerd::store::Store;
 use bearerd::token::credential::Credential;
 use bearerd::token::grant::Grant;
 use bearerd::token::CredentialSlot;
@@ -63,7 +62,7 @@ fn fixture() -> Fixture {
     let metrics = Arc::new(Metrics::new(["api"], ["api"]));
     let slot = CredentialSlot::new(&config.credentials[0], Arc::clone(&metrics));
     let grant = Grant::new(&config.credentials[0].grant).unwrap();
-    let store = Arc::new(Store::open(&bearerd::config::StoreConfig::Memory).unwrap());
+    let store = bearerd::store::open(&bearerd::config::StoreConfig::Memory, &[]).unwrap();
     let cred = Credential::new(Arc::clone(&slot), grant, store);
     let (_tx, rx) = tokio::sync::watch::channel(false);
     rt.spawn(bearerd::token::refresher::run(Arc::clone(&cred), rx));

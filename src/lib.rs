@@ -191,7 +191,8 @@ impl Sidecar {
             })?;
         }
 
-        let store = Arc::new(store::Store::open(&config.store)?);
+        let names: Vec<&str> = config.credentials.iter().map(|c| c.name.as_str()).collect();
+        let store = store::open(&config.store, &names)?;
         let metrics = Arc::new(Metrics::new(
             config.credentials.iter().map(|c| c.name.as_str()),
             config.upstreams.iter().map(|u| u.name.as_str()),
@@ -203,19 +204,13 @@ impl Sidecar {
                 name: c.name.clone(),
                 message,
             })?;
-            // A rotation that a helper finished after the previous run died comes first.
-            if store.recover_rotation(&c.name)? {
-                tracing::info!(
-                    credential = %c.name,
-                    "applied a refresh token rotated by the previous run's helper"
-                );
-            }
-            if let (store::Store::File(f), Some(helper)) = (&*store, &config.server.rotation_helper)
+            if let (Some(journal), Some(helper)) =
+                (store.helper_journal(), &config.server.rotation_helper)
             {
                 grant.make_rotation_durable(token::rotation::DurableRotation {
                     helper: helper.clone(),
-                    store: f.path().to_path_buf(),
-                    key: secrecy::SecretBox::new(Box::new(*f.key())),
+                    store: journal.store,
+                    key: journal.key,
                     credential: c.name.clone(),
                 });
             }

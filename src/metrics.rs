@@ -36,6 +36,7 @@ pub struct Metrics {
     pub request_duration_seconds: HistogramVec,
     pub upstream_401_total: IntCounterVec,
     pub token_wait_seconds: HistogramVec,
+    pub token_adopted_total: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -126,6 +127,14 @@ impl Metrics {
                 &["credential"],
             )
             .expect("metric definition"),
+            token_adopted_total: IntCounterVec::new(
+                opts(
+                    "token_adopted_total",
+                    "Token sets taken from the store (written by another replica) instead of a token request.",
+                ),
+                &["credential"],
+            )
+            .expect("metric definition"),
         };
         for c in [
             Box::new(m.token_refresh_total.clone()) as Box<dyn prometheus::core::Collector>,
@@ -136,6 +145,7 @@ impl Metrics {
             Box::new(m.request_duration_seconds.clone()),
             Box::new(m.upstream_401_total.clone()),
             Box::new(m.token_wait_seconds.clone()),
+            Box::new(m.token_adopted_total.clone()),
         ] {
             m.registry.register(c).expect("metrics are registered once");
         }
@@ -148,6 +158,7 @@ impl Metrics {
             m.token_refresh_duration_seconds.with_label_values(&[cred]);
             m.token_expires_in_seconds.with_label_values(&[cred]);
             m.token_wait_seconds.with_label_values(&[cred]);
+            m.token_adopted_total.with_label_values(&[cred]);
             for s in STATES {
                 m.credential_state.with_label_values(&[cred, s]);
             }

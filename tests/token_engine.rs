@@ -548,3 +548,164 @@ async fn a_seed_survives_transient_failures_until_the_provider_answers() {
     h.wait_ready().await;
     assert_eq!(h.tokens.state.reuse_detected(), 0);
 }
+
+/// One replica's token engine (slot, grant, refresher) on a store it may share with others.
+struct Replica {
+    slot: Arc<bearerd::token::CredentialSlot>,
+    metrics: Arc<bearerd::metrics::Metrics>,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+fn replica(
+    config: &bearerd::config::Config,
+    store: &Arc<dyn bearerd::store::TokenStore>,
+) -> Replica {
+    let c = &config.credentials[0];
+    let metrics = Arc::new(bearerd::metrics::Metrics::new(["api"], ["api"]));
+    let slot = bearerd::token::CredentialSlot::new(c, Arc::clone(&metrics));
+    let grant = bearerd::token::grant::Grant::new(&c.grant).unwrap();
+    let cred =
+        bearerd::token::credential::Credential::new(Arc::clone(&slot), grant, Arc::clone(store));
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(bearerd::token::refresher::run(cred, rx));
+    Replica {
+        slot,
+        metrics,
+        _stop: stop,
+    }
+}
+
+fn replica_config(tokens: &support::TokenServer, grant_lines: &str) -> bearerd::config::Config {
+    let text = format!(
+        "[credentials.api]\n{grant_lines}token_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\nbackoff_base = \"100ms\"\n[upstreams.api]\nurl = \"http://127.0.0.1:1/base\"\npath_prefix = \"/api\"\ncredential = \"api\"\n",
+        tokens.token_url(),
+        support::token_server::CLIENT_ID,
+        support::token_server::CLIENT_SECRET,
+    );
+    bearerd::config::Config::parse(std::path::Path::new("replica.toml"), &text).unwrap()
+}
+
+async fn wait_for_token(slot: &bearerd::token::CredentialSlot) {
+    for _ in 0..400 {
+        if slot.is_ready() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no token: {:?}", slot.status());
+}
+
+/// Runs the replicas for `duration`, checking every 20 ms that each holds a usable token
+/// that the token server still accepts; returns how many checks failed.
+async fn watch_replicas(
+    tokens: &support::TokenServer,
+    replicas: &[Replica],
+    duration: Duration,
+) -> usize {
+    let started = Instant::now();
+    let mut bad = 0;
+    while started.elapsed() < duration {
+        for r in replicas {
+            let ok = r.slot.current().is_some_and(|t| {
+                let value = t
+                    .header
+                    .to_str()
+                    .unwrap()
+                    .trim_start_matches("Bearer ")
+                    .to_string();
+                t.is_usable(Instant::now()) && tokens.state.validate(&value).is_some()
+            });
+            bad += usize::from(!ok);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bad
+}
+
+/// Three engines on one store behave as one: the second and third start from the first's
+/// token set, and each rotation is one token request that the others adopt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_sharing_a_store_adopt_the_set_instead_of_requesting_one() {
+    let (tokens, _upstream) = support::start_peers(Duration::from_secs(3)).await;
+    let config = replica_config(&tokens, "grant = \"client_credentials\"\n");
+    let store: Arc<dyn bearerd::store::TokenStore> = Arc::new(bearerd::store::MemoryStore::new());
+    let first = replica(&config, &store);
+    wait_for_token(&first.slot).await;
+    assert_eq!(tokens.state.requests(), 1);
+    let (second, third) = (replica(&config, &store), replica(&config, &store));
+    wait_for_token(&second.slot).await;
+    wait_for_token(&third.slot).await;
+    assert_eq!(
+        tokens.state.requests(),
+        1,
+        "the others start from the stored set"
+    );
+    let replicas = [first, second, third];
+    let bad = watch_replicas(&tokens, &replicas, Duration::from_secs(8)).await;
+    assert_eq!(bad, 0, "every replica always held a valid token");
+    // One engine alone makes one request per rotation (about every 2.4 s of 3 s tokens):
+    // 1 + 3 or 4 in 8 s. Three independent ones would make three times that.
+    let requests = tokens.state.requests();
+    let adopted: f64 = replicas
+        .iter()
+        .map(|r| {
+            metric(
+                &r.metrics.render(),
+                "bearerd_token_adopted_total{credential=\"api\"}",
+            )
+            .unwrap()
+        })
+        .sum();
+    eprintln!("token requests: {requests}, adoptions: {adopted}");
+    assert!(
+        requests <= 6,
+        "{requests} token requests for three replicas in 8 s"
+    );
+    assert!(adopted >= 4.0, "only {adopted} adoptions");
+}
+
+/// Three engines start at once on one store with one seed refresh token, against a strict
+/// provider: the seed is sent once, no refresh token is ever sent twice, and the grant
+/// lives on through the rotations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_sharing_a_store_send_a_rotating_refresh_token_once() {
+    let (tokens, _upstream) = support::start_peers(Duration::from_secs(3)).await;
+    let mut grant_lines = String::new();
+    Harness::write_seed(&mut grant_lines, tokens.state.seed_refresh_token());
+    let config = replica_config(
+        &tokens,
+        &format!("grant = \"refresh_token\"\n{grant_lines}"),
+    );
+    let store: Arc<dyn bearerd::store::TokenStore> = Arc::new(bearerd::store::MemoryStore::new());
+    let replicas = [
+        replica(&config, &store),
+        replica(&config, &store),
+        replica(&config, &store),
+    ];
+    for r in &replicas {
+        wait_for_token(&r.slot).await;
+    }
+    assert_eq!(tokens.state.requests(), 1, "the seed was sent once");
+    let bad = watch_replicas(&tokens, &replicas, Duration::from_secs(8)).await;
+    assert_eq!(
+        tokens.state.reuse_detected(),
+        0,
+        "a refresh token was sent twice"
+    );
+    assert_eq!(bad, 0, "every replica always held a valid token");
+    assert!(
+        tokens.state.rotations() >= 3,
+        "{} rotations",
+        tokens.state.rotations()
+    );
+    assert!(
+        tokens.state.requests() <= 6,
+        "{} token requests",
+        tokens.state.requests()
+    );
+    assert_eq!(
+        tokens.state.active_refresh_tokens(),
+        1,
+        "the grant is alive"
+    );
+}

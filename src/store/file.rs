@@ -10,10 +10,20 @@ use std::sync::Mutex;
 use secrecy::{ExposeSecret, SecretBox};
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
 use super::durable::{parent_dir, sync_dir, write_and_rename};
+use super::memory::{compare_and_set, LocalCoordination};
 use super::sealed::Sealer;
 use super::{journal, lock};
-use super::{StoreError, StoredToken, StoredTokenRecord};
+use super::{
+    HelperJournal, Lease, SaveOutcome, StoreBackend, StoreError, StoredSet, StoredSetRecord,
+    StoredToken, TokenStore,
+};
 
 /// How long a starting sidecar waits for another instance on the store to go away.
 const INSTANCE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -36,6 +46,12 @@ struct FileContents {
 }
 
 pub struct FileStore {
+    /// Shared with the blocking tasks that write the file.
+    inner: Arc<FileInner>,
+    local: LocalCoordination,
+}
+
+struct FileInner {
     path: PathBuf,
     sealer: Sealer,
     /// Kept for the rotation helper, which seals the journal with it.
@@ -43,11 +59,116 @@ pub struct FileStore {
     /// This process's exclusive claim on the store, released when the store is dropped.
     _claim: std::fs::File,
     /// Decrypted records, and the sealed ones as they are on disk.
-    state: Mutex<(BTreeMap<String, StoredToken>, BTreeMap<String, String>)>,
+    state: Mutex<(BTreeMap<String, StoredSet>, BTreeMap<String, String>)>,
 }
 
 impl FileStore {
     pub fn open(path: &Path, key: &[u8; 32]) -> Result<FileStore, StoreError> {
+        Ok(FileStore {
+            inner: Arc::new(FileInner::open(path, key)?),
+            local: LocalCoordination::default(),
+        })
+    }
+
+    pub fn load(&self, credential: &str) -> Option<StoredToken> {
+        self.inner.load(credential).map(|s| s.token)
+    }
+
+    /// Sets (or with `None` removes) one credential's record, whatever its generation, and
+    /// replaces the file.
+    pub fn save(&self, credential: &str, token: Option<&StoredToken>) -> Result<(), StoreError> {
+        self.inner.write(credential, token, None).map(|_| ())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn key(&self) -> &[u8; 32] {
+        self.inner.key.expose_secret()
+    }
+
+    pub fn recover_rotation(&self, credential: &str) -> Result<bool, StoreError> {
+        self.inner.recover_rotation(credential)
+    }
+
+    /// Runs a write on the blocking pool: it fsyncs.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&FileInner) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| StoreError::Invalid(format!("store write task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl TokenStore for FileStore {
+    fn backend(&self) -> StoreBackend {
+        StoreBackend::File
+    }
+
+    fn is_persistent(&self) -> bool {
+        true
+    }
+
+    async fn load(&self, credential: &str) -> Result<Option<StoredSet>, StoreError> {
+        Ok(self.inner.load(credential))
+    }
+
+    async fn save(
+        &self,
+        credential: &str,
+        token: &StoredToken,
+        expected: Option<u64>,
+    ) -> Result<SaveOutcome, StoreError> {
+        let (name, token) = (credential.to_string(), token.clone());
+        let outcome = self
+            .blocking(move |f| f.write(&name, Some(&token), Some(expected)))
+            .await?;
+        if matches!(outcome, SaveOutcome::Saved { .. }) {
+            self.local.changed(credential);
+        }
+        Ok(outcome)
+    }
+
+    async fn remove(&self, credential: &str) -> Result<(), StoreError> {
+        let name = credential.to_string();
+        self.blocking(move |f| f.write(&name, None, None)).await?;
+        self.local.changed(credential);
+        Ok(())
+    }
+
+    async fn lease(
+        &self,
+        credential: &str,
+        hold_for: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        // One sidecar per file store (the instance claim): leases are among its refreshers.
+        Ok(self.local.lease(credential, hold_for))
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.local.release(lease);
+        Ok(())
+    }
+
+    fn watch(&self, credential: &str) -> watch::Receiver<u64> {
+        self.local.watch(credential)
+    }
+
+    fn helper_journal(&self) -> Option<HelperJournal> {
+        Some(HelperJournal {
+            store: self.inner.path.clone(),
+            key: SecretBox::new(Box::new(*self.key())),
+        })
+    }
+}
+
+impl FileInner {
+    fn open(path: &Path, key: &[u8; 32]) -> Result<FileInner, StoreError> {
         let sealer = Sealer::new(key);
         let err = |message: String| StoreError::Io {
             path: path.display().to_string(),
@@ -92,18 +213,17 @@ impl FileStore {
                     let plain = sealer.open(&record, aad(&name).as_bytes()).ok_or_else(|| {
                         err(format!("the record for credential {name:?} fails authentication (tampered); the store was left unchanged"))
                     })?;
-                    let parsed: StoredTokenRecord =
-                        serde_json::from_slice(&plain).map_err(|e| {
-                            err(format!(
-                                "the record for credential {name:?} is malformed: {e}"
-                            ))
-                        })?;
+                    let parsed: StoredSetRecord = serde_json::from_slice(&plain).map_err(|e| {
+                        err(format!(
+                            "the record for credential {name:?} is malformed: {e}"
+                        ))
+                    })?;
                     tokens.insert(name.clone(), parsed.into());
                     sealed.insert(name, record);
                 }
             }
         }
-        Ok(FileStore {
+        Ok(FileInner {
             path: path.to_path_buf(),
             sealer,
             key: SecretBox::new(Box::new(*key)),
@@ -112,7 +232,7 @@ impl FileStore {
         })
     }
 
-    pub fn load(&self, credential: &str) -> Option<StoredToken> {
+    fn load(&self, credential: &str) -> Option<StoredSet> {
         self.state
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -121,19 +241,38 @@ impl FileStore {
             .cloned()
     }
 
-    /// Sets (or with `None` removes) one credential's record and replaces the file.
-    pub fn save(&self, credential: &str, token: Option<&StoredToken>) -> Result<(), StoreError> {
+    /// Sets (or with `None` removes) one credential's record and replaces the file. With
+    /// `expected`, only when the record's generation is still that (compare-and-set);
+    /// without, whatever it is.
+    fn write(
+        &self,
+        credential: &str,
+        token: Option<&StoredToken>,
+        expected: Option<Option<u64>>,
+    ) -> Result<SaveOutcome, StoreError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let current = state.0.get(credential);
+        let generation = match expected {
+            Some(expected) => match compare_and_set(current, expected) {
+                Ok(g) => g,
+                Err(conflict) => return Ok(conflict),
+            },
+            None => current.map_or(1, |c| c.generation + 1),
+        };
         let (mut tokens, mut sealed) = (state.0.clone(), state.1.clone());
         match token {
             Some(t) => {
-                let plain = serde_json::to_vec(&StoredTokenRecord::from(t))
+                let set = StoredSet {
+                    token: t.clone(),
+                    generation,
+                };
+                let plain = serde_json::to_vec(&StoredSetRecord::from(&set))
                     .map_err(|e| StoreError::Invalid(e.to_string()))?;
                 sealed.insert(
                     credential.to_string(),
                     self.seal(&plain, aad(credential).as_bytes()),
                 );
-                tokens.insert(credential.to_string(), t.clone());
+                tokens.insert(credential.to_string(), set);
             }
             None => {
                 sealed.remove(credential);
@@ -159,29 +298,22 @@ impl FileStore {
         sync_dir(&self.path).map_err(|e| StoreError::Io {
             path: self.path.display().to_string(),
             message: format!("written, but the directory could not be synced: {e}"),
-        })
+        })?;
+        Ok(SaveOutcome::Saved { generation })
     }
 
     fn seal(&self, plain: &[u8], aad: &[u8]) -> String {
         self.sealer.seal(plain, aad)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn key(&self) -> &[u8; 32] {
-        self.key.expose_secret()
-    }
-
     /// Applies the credential's rotation journal, left by a helper that outlived its
     /// sidecar: its refresh token replaces the stored one when the store still holds the
     /// token it replaced (or none). Returns whether it was applied.
-    pub fn recover_rotation(&self, credential: &str) -> Result<bool, StoreError> {
+    fn recover_rotation(&self, credential: &str) -> Result<bool, StoreError> {
         let Some(entry) = journal::read(&self.sealer, &self.path, credential)? else {
             return Ok(false);
         };
-        let current = self.load(credential);
+        let current = self.load(credential).map(|s| s.token);
         let stored_rt = current.as_ref().and_then(|c| c.refresh_token.as_ref());
         let applies = match (&current, stored_rt) {
             (Some(c), _) if c.logged_out => false,
@@ -202,7 +334,7 @@ impl FileStore {
             record.spent_seed = entry.replaces.first().cloned();
         }
         record.refresh_token = Some(entry.refresh_token);
-        self.save(credential, Some(&record))?;
+        self.write(credential, Some(&record), None)?;
         Ok(true)
     }
 }

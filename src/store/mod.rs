@@ -1,22 +1,141 @@
-//! Token persistence. `memory` keeps token sets for the life of the process; `file` keeps
-//! them in one encrypted file, replaced atomically (write, fsync, rename, fsync the
-//! directory), so a crash leaves either the old set or the new one, never a torn mix.
+//! Token persistence behind one trait, [`TokenStore`]: load, save with compare-and-set on
+//! the generation, a refresh lease, remove, and a watch for changes. `memory` keeps token
+//! sets for the life of the process; `file` keeps them in one encrypted file, replaced
+//! atomically (write, fsync, rename, fsync the directory), so a crash leaves either the old
+//! set or the new one, never a torn mix. The refresher never knows which one it talks to.
 
 mod durable;
 mod file;
 pub mod journal;
 pub mod lock;
+mod memory;
 pub mod sealed;
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use secrecy::{ExposeSecret, SecretString};
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 use crate::config::StoreConfig;
 pub use file::FileStore;
+pub use memory::MemoryStore;
+
+/// The store backends; also the `backend` of `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    Memory,
+    File,
+}
+
+impl StoreBackend {
+    pub const ALL: [StoreBackend; 2] = [StoreBackend::Memory, StoreBackend::File];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreBackend::Memory => "memory",
+            StoreBackend::File => "file",
+        }
+    }
+}
+
+/// A credential's token set as the store holds it, with the generation it was saved under:
+/// every save makes the next generation, so a newer set is recognised by its number.
+#[derive(Debug, Clone)]
+pub struct StoredSet {
+    pub token: StoredToken,
+    pub generation: u64,
+}
+
+/// What a compare-and-set save did.
+#[derive(Debug)]
+pub enum SaveOutcome {
+    /// Written (durably, for a persistent store) as this generation.
+    Saved { generation: u64 },
+    /// Another writer got there first: this is what the store holds instead.
+    Conflict { current: Option<Box<StoredSet>> },
+}
+
+/// The right to refresh one credential, for a while. One holder at a time per credential.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub credential: String,
+    /// This process's owner id (random per process): only the owner releases it.
+    pub owner: u64,
+}
+
+/// Where a rotation helper journals what it rotated: the file store's path and key.
+pub struct HelperJournal {
+    pub store: PathBuf,
+    pub key: SecretBox<[u8; 32]>,
+}
+
+#[async_trait]
+pub trait TokenStore: Send + Sync {
+    fn backend(&self) -> StoreBackend;
+
+    /// Whether token sets outlive the process.
+    fn is_persistent(&self) -> bool;
+
+    async fn load(&self, credential: &str) -> Result<Option<StoredSet>, StoreError>;
+
+    /// Saves `token` as the next generation, if the store still holds generation `expected`
+    /// (`None`: no record). When it returns `Saved`, the set is durable.
+    async fn save(
+        &self,
+        credential: &str,
+        token: &StoredToken,
+        expected: Option<u64>,
+    ) -> Result<SaveOutcome, StoreError>;
+
+    async fn remove(&self, credential: &str) -> Result<(), StoreError>;
+
+    /// Takes the credential's refresh lease for `hold_for`; `None` while another holder
+    /// has it.
+    async fn lease(
+        &self,
+        credential: &str,
+        hold_for: Duration,
+    ) -> Result<Option<Lease>, StoreError>;
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+
+    /// Changes whenever the credential's record changes in the store.
+    fn watch(&self, credential: &str) -> watch::Receiver<u64>;
+
+    /// Where a rotation helper may journal (stores that keep files only).
+    fn helper_journal(&self) -> Option<HelperJournal> {
+        None
+    }
+}
+
+/// Opens the configured store. A file store is read and every record decrypted now, so a
+/// wrong key or a damaged file stops startup with a clear error (and the file is left
+/// exactly as it was); rotations that helpers of the previous run journaled for
+/// `credentials` are applied.
+pub fn open(config: &StoreConfig, credentials: &[&str]) -> Result<Arc<dyn TokenStore>, StoreError> {
+    match config {
+        StoreConfig::Memory => Ok(Arc::new(MemoryStore::new())),
+        StoreConfig::File { path, key } => {
+            let text = key.resolve().map_err(StoreError::Invalid)?;
+            let key = parse_key(text.expose_secret()).map_err(StoreError::Invalid)?;
+            let store = FileStore::open(path, &key)?;
+            for name in credentials {
+                if store.recover_rotation(name)? {
+                    tracing::info!(
+                        credential = %name,
+                        "applied a refresh token rotated by the previous run's helper"
+                    );
+                }
+            }
+            Ok(Arc::new(store))
+        }
+    }
+}
 
 /// What is kept per credential.
 #[derive(Clone)]
@@ -73,6 +192,34 @@ pub(crate) struct StoredTokenRecord {
     spent_seed: Option<String>,
 }
 
+/// A record as it is sealed: the token set and its generation (0 in stores written before
+/// generations existed).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct StoredSetRecord {
+    #[serde(flatten)]
+    token: StoredTokenRecord,
+    #[serde(default)]
+    generation: u64,
+}
+
+impl From<&StoredSet> for StoredSetRecord {
+    fn from(s: &StoredSet) -> Self {
+        StoredSetRecord {
+            token: (&s.token).into(),
+            generation: s.generation,
+        }
+    }
+}
+
+impl From<StoredSetRecord> for StoredSet {
+    fn from(r: StoredSetRecord) -> Self {
+        StoredSet {
+            token: r.token.into(),
+            generation: r.generation,
+        }
+    }
+}
+
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -119,76 +266,6 @@ pub enum StoreError {
     Invalid(String),
     #[error("store {path}: {message}")]
     Io { path: String, message: String },
-}
-
-pub enum Store {
-    Memory(Mutex<HashMap<String, StoredToken>>),
-    File(FileStore),
-}
-
-impl Store {
-    /// Opens the configured store. A file store is read and every record decrypted now, so
-    /// a wrong key or a damaged file stops startup with a clear error (and the file is left
-    /// exactly as it was).
-    pub fn open(config: &StoreConfig) -> Result<Store, StoreError> {
-        match config {
-            StoreConfig::Memory => Ok(Store::Memory(Mutex::new(HashMap::new()))),
-            StoreConfig::File { path, key } => {
-                let text = key.resolve().map_err(StoreError::Invalid)?;
-                let key = parse_key(text.expose_secret()).map_err(StoreError::Invalid)?;
-                Ok(Store::File(FileStore::open(path, &key)?))
-            }
-        }
-    }
-
-    pub fn is_persistent(&self) -> bool {
-        matches!(self, Store::File(_))
-    }
-
-    pub fn load(&self, credential: &str) -> Option<StoredToken> {
-        match self {
-            Store::Memory(m) => m
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(credential)
-                .cloned(),
-            Store::File(f) => f.load(credential),
-        }
-    }
-
-    /// Durable when it returns Ok (for the file store: fsynced and renamed into place).
-    pub fn save(&self, credential: &str, token: &StoredToken) -> Result<(), StoreError> {
-        match self {
-            Store::Memory(m) => {
-                m.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(credential.to_string(), token.clone());
-                Ok(())
-            }
-            Store::File(f) => f.save(credential, Some(token)),
-        }
-    }
-
-    /// Applies a rotation journal left by a helper that outlived the previous run (see
-    /// `journal`). A memory store has none.
-    pub fn recover_rotation(&self, credential: &str) -> Result<bool, StoreError> {
-        match self {
-            Store::Memory(_) => Ok(false),
-            Store::File(f) => f.recover_rotation(credential),
-        }
-    }
-
-    pub fn remove(&self, credential: &str) -> Result<(), StoreError> {
-        match self {
-            Store::Memory(m) => {
-                m.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(credential);
-                Ok(())
-            }
-            Store::File(f) => f.save(credential, None),
-        }
-    }
 }
 
 pub use crate::config::parse_store_key as parse_key;

@@ -9,14 +9,17 @@ use serde::Serialize;
 
 use super::grant::Grant;
 use super::CredentialSlot;
-use crate::store::{Store, StoredToken};
+use crate::store::{SaveOutcome, StoreError, StoredSet, StoredToken, TokenStore};
 
 pub struct Credential {
     pub slot: Arc<CredentialSlot>,
     pub(super) grant: Grant,
-    pub(super) store: Arc<Store>,
+    pub(super) store: Arc<dyn TokenStore>,
     /// Held for a whole refresh (obtain, persist, publish), logout or login.
     pub(super) op: tokio::sync::Mutex<()>,
+    /// The store generation of the set this process last loaded, adopted or saved: a set
+    /// in the store with a higher one was written by someone else.
+    stored: std::sync::Mutex<Option<u64>>,
 }
 
 /// What a logout did, for the admin API and the CLI.
@@ -35,13 +38,66 @@ pub struct RevocationOutcome {
 }
 
 impl Credential {
-    pub fn new(slot: Arc<CredentialSlot>, grant: Grant, store: Arc<Store>) -> Arc<Self> {
+    pub fn new(slot: Arc<CredentialSlot>, grant: Grant, store: Arc<dyn TokenStore>) -> Arc<Self> {
         Arc::new(Credential {
             slot,
             grant,
             store,
             op: tokio::sync::Mutex::new(()),
+            stored: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The generation of the set this process holds, as the store numbered it.
+    pub(super) fn stored_generation(&self) -> Option<u64> {
+        *self.stored.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes that this process now holds the store's set of this generation.
+    pub(super) fn hold_generation(&self, generation: u64) {
+        *self.stored.lock().unwrap_or_else(|p| p.into_inner()) = Some(generation);
+    }
+
+    /// The credential's set in the store; a store that cannot be read counts as empty
+    /// (and is logged): the credential then works from what it has.
+    pub(super) async fn load_set(&self) -> Option<StoredSet> {
+        match self.store.load(&self.slot.name).await {
+            Ok(set) => set,
+            Err(e) => {
+                tracing::warn!(credential = &*self.slot.name, error = %e, "could not read the store");
+                None
+            }
+        }
+    }
+
+    /// Saves `token` as the set after the one this process holds (compare-and-set): a set
+    /// that someone else wrote in between is never overwritten, the conflict is returned.
+    pub(super) async fn save_set(&self, token: &StoredToken) -> Result<SaveOutcome, StoreError> {
+        let outcome = self
+            .store
+            .save(&self.slot.name, token, self.stored_generation())
+            .await?;
+        if let SaveOutcome::Saved { generation } = outcome {
+            self.hold_generation(generation);
+        }
+        Ok(outcome)
+    }
+
+    /// Saves an operator's decision (a logout's tombstone, a login's refresh token): it
+    /// replaces whatever set is there, still by compare-and-set so no write is torn.
+    async fn save_over(&self, token: &StoredToken) -> Result<(), StoreError> {
+        for _ in 0..8 {
+            match self.save_set(token).await? {
+                SaveOutcome::Saved { .. } => return Ok(()),
+                SaveOutcome::Conflict { current } => {
+                    *self.stored.lock().unwrap_or_else(|p| p.into_inner()) =
+                        current.map(|c| c.generation);
+                }
+            }
+        }
+        Err(StoreError::Invalid(
+            "the store record kept changing under the write".into(),
+        ))
     }
 
     /// Revokes the refresh and access tokens at the provider (RFC 7009, best effort), then
@@ -55,10 +111,10 @@ impl Credential {
         if let Some(endpoint) = self.grant.endpoint() {
             let rt = self.grant.refresh_token().await;
             // The live token first: the stored one may be older (or empty after a login).
-            let at = self
-                .slot
-                .access_token()
-                .or_else(|| self.store.load(&self.slot.name).map(|s| s.access_token));
+            let at = match self.slot.access_token() {
+                Some(t) => Some(t),
+                None => self.load_set().await.map(|s| s.token.access_token),
+            };
             for (kind, token) in [("refresh_token", rt), ("access_token", at)] {
                 if let Some(token) = token {
                     let outcome = match endpoint.revoke(&token, kind).await {
@@ -79,11 +135,7 @@ impl Credential {
             spent_seed: self.grant.spent_seed().await,
             ..StoredToken::empty()
         };
-        let store = Arc::clone(&self.store);
-        let name = self.slot.name.to_string();
-        let forgotten = tokio::task::spawn_blocking(move || store.save(&name, &tombstone))
-            .await
-            .is_ok_and(|r| r.is_ok());
+        let forgotten = self.save_over(&tombstone).await.is_ok();
         self.slot.mark_logged_out();
         tracing::warn!(
             credential = &*self.slot.name,
@@ -116,12 +168,7 @@ impl Credential {
                 spent_seed: self.grant.spent_seed().await,
                 ..StoredToken::empty()
             };
-            let store = Arc::clone(&self.store);
-            let name = self.slot.name.to_string();
-            tokio::task::spawn_blocking(move || store.save(&name, &record))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            self.save_over(&record).await.map_err(|e| e.to_string())?;
             self.slot.accept_login();
         }
         tracing::info!(

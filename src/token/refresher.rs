@@ -1,8 +1,17 @@
 //! The refresher: one task per credential, the only writer of its slot. It runs the schedule,
 //! serves demands (rate-limited when they come from requests) and backs off after failures.
+//!
+//! Each attempt runs "adopt or refresh" against the store, which may be shared by replicas:
+//! 1. a set in the store newer than the one held here is adopted, with no token request;
+//! 2. otherwise the attempt takes the credential's lease (or waits for its holder's set),
+//! 3. looks in the store once more,
+//! 4. obtains a new set,
+//! 5. saves it with compare-and-set on the generation (never over a newer set),
+//! 6. and only then publishes it, so a rotated refresh token is durable before anything can
+//!    use the access token it came with.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
@@ -11,18 +20,25 @@ use super::grant::{Grant, GrantOutcome, IssuedToken};
 use super::schedule::{backoff_delay, expiry_floor, refresh_delay};
 use super::slot::AttemptFailure;
 use super::{bearer_header, CredentialSlot, TokenSnapshot, Trigger};
-use crate::store::{Store, StoredToken};
+use crate::store::{Lease, SaveOutcome, StoredToken};
 
 /// The least time between two scheduled refreshes, whatever the token's lifetime.
-const MIN_REFRESH_GAP: std::time::Duration = std::time::Duration::from_millis(100);
+const MIN_REFRESH_GAP: Duration = Duration::from_millis(100);
+
+/// How often a replica waiting for the lease holder's set looks in the store when no change
+/// notification comes.
+const LEASE_POLL: Duration = Duration::from_millis(250);
+
+/// Beyond the token request's timeout, how long a lease lasts: time to save the result.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// Runs until `shutdown` flips. Starts from the store when it holds a usable token, and
 /// with an immediate refresh otherwise.
 pub async fn run(cred: Arc<Credential>, mut shutdown: watch::Receiver<bool>) {
-    let (slot, grant, store) = (&cred.slot, &cred.grant, &cred.store);
+    let slot = &cred.slot;
     let mut trigger = {
         let _op = cred.op.lock().await;
-        restore(slot, grant, store).await
+        restore(&cred).await
     };
     loop {
         if let Some(t) = trigger.take() {
@@ -30,7 +46,7 @@ pub async fn run(cred: Arc<Credential>, mut shutdown: watch::Receiver<bool>) {
             let _op = cred.op.lock().await;
             // A logout while this trigger was armed cancels it; only an operator restarts.
             if t == Trigger::Manual || !slot.is_logged_out() {
-                attempt(slot, grant, store, t).await;
+                attempt(&cred, t).await;
             }
         }
         let next = slot.next_refresh_at();
@@ -61,43 +77,59 @@ async fn take_demand(slot: &CredentialSlot) -> Option<Trigger> {
 
 /// Publishes a stored token that is still usable and schedules its refresh. Returns the
 /// trigger for an immediate refresh when there is nothing usable to start from.
-async fn restore(slot: &CredentialSlot, grant: &Grant, store: &Store) -> Option<Trigger> {
-    if store.load(&slot.name).is_some_and(|s| s.logged_out) {
+async fn restore(cred: &Credential) -> Option<Trigger> {
+    let (slot, grant) = (&cred.slot, &cred.grant);
+    let Some(set) = cred.load_set().await else {
+        return Some(Trigger::Startup);
+    };
+    cred.hold_generation(set.generation);
+    if set.token.logged_out {
         // Logged out before the restart: stay so until a login.
-        if let Some(fp) = store.load(&slot.name).and_then(|s| s.spent_seed) {
+        if let Some(fp) = set.token.spent_seed {
             grant.restore_spent_seed(fp).await;
         }
         slot.mark_logged_out();
         return None;
     }
-    if restore_token(slot, grant, store).await {
-        None
-    } else {
-        Some(Trigger::Startup)
+    if !grant.persists() {
+        return Some(Trigger::Startup);
+    }
+    take_refresh_state(grant, &set.token).await;
+    match stored_snapshot(slot, &set.token) {
+        Some((token, next, remaining)) => {
+            slot.restore(token, next);
+            tracing::info!(
+                credential = &*slot.name,
+                outcome = "restored",
+                expires_in_s = remaining.as_secs_f64(),
+                next_refresh_in_s = next.saturating_duration_since(Instant::now()).as_secs_f64(),
+                "token restored from the store"
+            );
+            None
+        }
+        None => Some(Trigger::Startup),
     }
 }
 
-/// Whether a usable token came out of the store.
-async fn restore_token(slot: &CredentialSlot, grant: &Grant, store: &Store) -> bool {
-    if !grant.persists() {
-        return false;
-    }
-    let Some(stored) = store.load(&slot.name) else {
-        return false;
-    };
+/// Takes a stored set's refresh token and spent seed into the grant.
+async fn take_refresh_state(grant: &Grant, stored: &StoredToken) {
     if let Some(fp) = stored.spent_seed.clone() {
         grant.restore_spent_seed(fp).await;
     }
     if let Some(rt) = stored.refresh_token.clone() {
         grant.restore_refresh_token(rt).await;
     }
+}
+
+/// A stored access token as a snapshot, with the time of its refresh and the time it has
+/// left; `None` when it is not usable any more.
+fn stored_snapshot(
+    slot: &CredentialSlot,
+    stored: &StoredToken,
+) -> Option<(TokenSnapshot, Instant, Duration)> {
     let (now, now_wall) = (Instant::now(), SystemTime::now());
-    let Some(expires_at) = stored.expires_at else {
-        return false;
-    };
-    let Ok(remaining) = expires_at.duration_since(now_wall) else {
-        return false;
-    };
+    let expires_at = stored.expires_at?;
+    let remaining = expires_at.duration_since(now_wall).ok()?;
     let lifetime = expires_at
         .duration_since(stored.issued_at)
         .unwrap_or(remaining);
@@ -110,43 +142,165 @@ async fn restore_token(slot: &CredentialSlot, grant: &Grant, store: &Store) -> b
         _ => (now, remaining),
     };
     if remaining <= expiry_floor(lifetime) {
+        return None;
+    }
+    let header = bearer_header(&stored.access_token)?;
+    let next = issued_at + refresh_delay(&slot.policy, lifetime, &mut rand::thread_rng());
+    let token = TokenSnapshot {
+        header,
+        generation: 0,
+        issued_at,
+        issued_wall: stored.issued_at,
+        lifetime: Some(lifetime),
+        usable_until: Some(issued_at + lifetime - expiry_floor(lifetime)),
+        scopes: stored.scopes.clone(),
+    };
+    Some((token, next.max(now), remaining))
+}
+
+/// Adopts a set from the store that is newer than the one held here (another replica
+/// wrote it) when its access token is still usable: the attempt ends without a token
+/// request. Its refresh state is taken in any case: it is the live one.
+async fn adopt_newer(cred: &Credential) -> bool {
+    if !cred.grant.persists() {
         return false;
     }
-    let Some(header) = bearer_header(&stored.access_token) else {
+    let Some(set) = cred.load_set().await else {
         return false;
     };
-    let next = issued_at + refresh_delay(&slot.policy, lifetime, &mut rand::thread_rng());
-    slot.restore(
-        TokenSnapshot {
-            header,
-            generation: 1,
-            issued_at,
-            issued_wall: stored.issued_at,
-            lifetime: Some(lifetime),
-            usable_until: Some(issued_at + lifetime - expiry_floor(lifetime)),
-            scopes: stored.scopes,
-        },
-        next.max(now),
-    );
+    let newer = cred
+        .stored_generation()
+        .is_none_or(|held| set.generation > held);
+    if !newer || set.token.logged_out {
+        return false;
+    }
+    take_refresh_state(&cred.grant, &set.token).await;
+    cred.hold_generation(set.generation);
+    let Some((token, next, remaining)) = stored_snapshot(&cred.slot, &set.token) else {
+        return false;
+    };
+    let (generation, _) = cred.slot.publish(token, Some(next));
+    cred.slot.count_adoption();
     tracing::info!(
-        credential = &*slot.name,
-        outcome = "restored",
+        credential = &*cred.slot.name,
+        outcome = "adopted",
+        generation,
+        stored_generation = set.generation,
         expires_in_s = remaining.as_secs_f64(),
-        next_refresh_in_s = next.saturating_duration_since(now).as_secs_f64(),
-        "token restored from the store"
+        "token set adopted from the store"
     );
     true
 }
 
-/// Writes the new token set durably. Runs before the token is published, so a rotated
-/// refresh token is on disk before anything can use the access token it came with.
+/// Waits (within the wait budget) for the lease holder's set and adopts it.
+async fn wait_and_adopt(cred: &Credential) -> bool {
+    let mut changes = cred.store.watch(&cred.slot.name);
+    let deadline = tokio::time::Instant::now() + cred.slot.policy.wait_budget;
+    loop {
+        if adopt_newer(cred).await {
+            return true;
+        }
+        tokio::select! {
+            r = changes.changed() => if r.is_err() { return false },
+            _ = tokio::time::sleep(LEASE_POLL) => {},
+            _ = tokio::time::sleep_until(deadline) => return false,
+        }
+    }
+}
+
+/// What the attempt may do after asking for the lease.
+enum LeaseOutcome {
+    /// Refresh (holding this lease, or without one when the store cannot lease).
+    Refresh(Option<Lease>),
+    /// Done: the holder's set was adopted, or the attempt failed.
+    Ended,
+}
+
+/// Takes the credential's lease so that one refresh runs across every replica on the
+/// store. While another holds it, waits for the holder's set instead.
+async fn take_lease(cred: &Credential, trigger: Trigger, started: Instant) -> LeaseOutcome {
+    let (slot, grant) = (&cred.slot, &cred.grant);
+    if !grant.persists() {
+        return LeaseOutcome::Refresh(None);
+    }
+    let hold_for = grant
+        .endpoint()
+        .map_or(Duration::ZERO, |e| e.config().timeout)
+        + LEASE_MARGIN;
+    let failure = match cred.store.lease(&slot.name, hold_for).await {
+        Ok(Some(lease)) => return LeaseOutcome::Refresh(Some(lease)),
+        Ok(None) => {
+            if wait_and_adopt(cred).await {
+                return LeaseOutcome::Ended;
+            }
+            AttemptFailure {
+                kind: "lease_held",
+                message:
+                    "another replica holds the refresh lease and wrote no new token set in time",
+                permanent: false,
+            }
+        }
+        Err(e) if matches!(grant, Grant::RefreshToken { .. }) => {
+            // A rotating refresh token is never sent without the lease: another replica
+            // may be sending it now.
+            tracing::warn!(credential = &*slot.name, error = %e, "no refresh lease: the store is unavailable");
+            AttemptFailure {
+                kind: "store_unavailable",
+                message:
+                    "the store is unavailable, and a refresh token is only sent under its lease",
+                permanent: false,
+            }
+        }
+        Err(e) => {
+            // Refreshing locally (single-flight in this process) costs at most one token
+            // request per replica.
+            tracing::warn!(credential = &*slot.name, error = %e, "no refresh lease: the store is unavailable; refreshing locally");
+            return LeaseOutcome::Refresh(None);
+        }
+    };
+    if let Some(result) = record_failure(slot, grant, trigger, started.elapsed(), &failure, None) {
+        slot.count_attempt(trigger, result, started.elapsed());
+    }
+    LeaseOutcome::Ended
+}
+
+async fn release(cred: &Credential, lease: Option<Lease>) {
+    if let Some(lease) = lease {
+        if let Err(e) = cred.store.release(&lease).await {
+            // It runs out by itself.
+            tracing::warn!(credential = &*cred.slot.name, error = %e, "could not release the refresh lease");
+        }
+    }
+}
+
+/// Saves a token set with compare-and-set; a failure is recorded on the slot (the set is
+/// kept in memory), and a newer set that someone else saved is left as it is.
+async fn save(cred: &Credential, record: &StoredToken) {
+    let slot = &cred.slot;
+    match cred.save_set(record).await {
+        Ok(SaveOutcome::Saved { .. }) => {}
+        Ok(SaveOutcome::Conflict { current }) => {
+            // Only a holder whose lease ran out gets here: the newer set stays, and the
+            // next attempt adopts it.
+            tracing::warn!(
+                credential = &*slot.name,
+                stored_generation = current.map(|c| c.generation),
+                "a newer token set was saved meanwhile; this one is not written over it"
+            );
+        }
+        Err(e) => {
+            tracing::error!(credential = &*slot.name, error = %e, "could not persist the token set; it is kept in memory");
+            slot.record_store_error(e.to_string());
+        }
+    }
+}
+
+/// Writes the new token set durably. Runs before the token is published.
 async fn persist(
-    slot: &CredentialSlot,
-    store: &Arc<Store>,
+    cred: &Credential,
     token: &IssuedToken,
     issued: SystemTime,
-    lifetime: Option<std::time::Duration>,
-    spent_seed: Option<String>,
+    lifetime: Option<Duration>,
 ) {
     let record = StoredToken {
         access_token: token.access_token.clone(),
@@ -155,31 +309,27 @@ async fn persist(
         scopes: token.scopes.clone(),
         refresh_token: token.refresh_token.clone(),
         logged_out: false,
-        spent_seed,
+        spent_seed: cred.grant.spent_seed().await,
     };
-    save(slot, store, Some(record)).await;
+    save(cred, &record).await;
 }
 
-async fn save(slot: &CredentialSlot, store: &Arc<Store>, record: Option<StoredToken>) {
-    let (store, name) = (Arc::clone(store), slot.name.to_string());
-    let result = tokio::task::spawn_blocking(move || match record {
-        Some(r) => store.save(&name, &r),
-        None => store.remove(&name),
-    })
-    .await;
-    let error = match result {
-        Ok(Ok(())) => return,
-        Ok(Err(e)) => e.to_string(),
-        Err(e) => e.to_string(),
-    };
-    tracing::error!(credential = &*slot.name, error = %error, "could not persist the token set; it is kept in memory");
-    slot.record_store_error(error);
-}
-
-async fn attempt(slot: &CredentialSlot, grant: &Grant, store: &Arc<Store>, trigger: Trigger) {
+async fn attempt(cred: &Credential, trigger: Trigger) {
+    let (slot, grant) = (&cred.slot, &cred.grant);
     let started = Instant::now();
     let started_wall = SystemTime::now();
     slot.begin_attempt(trigger, started);
+    if adopt_newer(cred).await {
+        return;
+    }
+    let LeaseOutcome::Refresh(lease) = take_lease(cred, trigger, started).await else {
+        return;
+    };
+    // Looked at again under the lease: a holder that finished just now wrote its set.
+    if lease.is_some() && adopt_newer(cred).await {
+        release(cred, lease).await;
+        return;
+    }
     let result = grant.obtain().await;
     let lifetime_of = |t: &IssuedToken| match grant {
         Grant::Static { .. } => None,
@@ -187,32 +337,29 @@ async fn attempt(slot: &CredentialSlot, grant: &Grant, store: &Arc<Store>, trigg
     };
     match &result {
         Ok(GrantOutcome::Issued(t)) if grant.persists() => {
-            persist(
-                slot,
-                store,
-                t,
-                started_wall,
-                lifetime_of(t),
-                grant.spent_seed().await,
-            )
-            .await
+            persist(cred, t, started_wall, lifetime_of(t)).await
         }
         Err(e) if e.rotated_refresh_token.is_some() => {
             // The provider rotated but its answer was unusable: keep the new refresh token.
-            let mut stored = store.load(&slot.name).unwrap_or_else(StoredToken::empty);
+            let mut stored = cred
+                .load_set()
+                .await
+                .map_or_else(StoredToken::empty, |s| s.token);
             stored.refresh_token = e.rotated_refresh_token.clone();
             stored.spent_seed = grant.spent_seed().await;
-            save(slot, store, Some(stored)).await;
+            save(cred, &stored).await;
         }
         Err(e) if e.drops_refresh_token() && grant.forgets_refresh_token_on_failure() => {
             // The provider dropped the grant: the stored refresh token goes too.
-            if let Some(mut stored) = store.load(&slot.name) {
+            if let Some(set) = cred.load_set().await {
+                let mut stored = set.token;
                 stored.refresh_token = None;
-                save(slot, store, Some(stored)).await;
+                save(cred, &stored).await;
             }
         }
         _ => {}
     }
+    release(cred, lease).await;
     let elapsed = started.elapsed();
     let now = Instant::now();
     let failed = |kind: &str, message: &str, permanent: bool, retry_after| {

@@ -617,6 +617,14 @@ impl CredentialSlot {
         self.bump();
     }
 
+    /// Counts a token set adopted from the store (`bearerd_token_adopted_total`).
+    pub(super) fn count_adoption(&self) {
+        self.metrics
+            .token_adopted_total
+            .with_label_values(&[&self.name])
+            .inc();
+    }
+
     /// Counts a finished attempt in `bearerd_token_refresh_total` and its duration.
     pub(super) fn count_attempt(&self, trigger: Trigger, result: &'static str, took: Duration) {
         self.metrics

@@ -1,0 +1,232 @@
+//! The memory store: token sets for the life of the process. Also the in-process leases and
+//! change notifications that every store local to one process (memory, file) uses.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use super::{Lease, SaveOutcome, StoreBackend, StoreError, StoredSet, StoredToken, TokenStore};
+
+pub struct MemoryStore {
+    sets: Mutex<HashMap<String, StoredSet>>,
+    local: LocalCoordination,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore {
+            sets: Mutex::new(HashMap::new()),
+            local: LocalCoordination::default(),
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore::new()
+    }
+}
+
+/// The compare-and-set rule every store applies: `Saved` with the next generation when the
+/// current generation is `expected`, else the conflict with what is there.
+pub(super) fn compare_and_set(
+    current: Option<&StoredSet>,
+    expected: Option<u64>,
+) -> Result<u64, SaveOutcome> {
+    match (current.map(|c| c.generation), expected) {
+        (None, None) => Ok(1),
+        (Some(now), Some(want)) if now == want => Ok(now + 1),
+        _ => Err(SaveOutcome::Conflict {
+            current: current.cloned().map(Box::new),
+        }),
+    }
+}
+
+#[async_trait]
+impl TokenStore for MemoryStore {
+    fn backend(&self) -> StoreBackend {
+        StoreBackend::Memory
+    }
+
+    fn is_persistent(&self) -> bool {
+        false
+    }
+
+    async fn load(&self, credential: &str) -> Result<Option<StoredSet>, StoreError> {
+        Ok(lock(&self.sets).get(credential).cloned())
+    }
+
+    async fn save(
+        &self,
+        credential: &str,
+        token: &StoredToken,
+        expected: Option<u64>,
+    ) -> Result<SaveOutcome, StoreError> {
+        let mut sets = lock(&self.sets);
+        let generation = match compare_and_set(sets.get(credential), expected) {
+            Ok(g) => g,
+            Err(conflict) => return Ok(conflict),
+        };
+        sets.insert(
+            credential.to_string(),
+            StoredSet {
+                token: token.clone(),
+                generation,
+            },
+        );
+        drop(sets);
+        self.local.changed(credential);
+        Ok(SaveOutcome::Saved { generation })
+    }
+
+    async fn remove(&self, credential: &str) -> Result<(), StoreError> {
+        lock(&self.sets).remove(credential);
+        self.local.changed(credential);
+        Ok(())
+    }
+
+    async fn lease(
+        &self,
+        credential: &str,
+        hold_for: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        Ok(self.local.lease(credential, hold_for))
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.local.release(lease);
+        Ok(())
+    }
+
+    fn watch(&self, credential: &str) -> watch::Receiver<u64> {
+        self.local.watch(credential)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock would be a bug; the map stays usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Leases and change notifications among the refreshers of one process.
+pub(super) struct LocalCoordination {
+    /// This process's owner id for leases.
+    owner: u64,
+    leases: Mutex<HashMap<String, Instant>>,
+    watches: Mutex<HashMap<String, watch::Sender<u64>>>,
+}
+
+impl Default for LocalCoordination {
+    fn default() -> Self {
+        LocalCoordination {
+            owner: rand::random(),
+            leases: Mutex::new(HashMap::new()),
+            watches: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl LocalCoordination {
+    /// The lease, unless a holder's has not run out yet.
+    pub(super) fn lease(&self, credential: &str, hold_for: Duration) -> Option<Lease> {
+        let mut leases = lock(&self.leases);
+        let now = Instant::now();
+        if leases.get(credential).is_some_and(|until| *until > now) {
+            return None;
+        }
+        leases.insert(credential.to_string(), now + hold_for);
+        Some(Lease {
+            credential: credential.to_string(),
+            owner: self.owner,
+        })
+    }
+
+    pub(super) fn release(&self, lease: &Lease) {
+        if lease.owner == self.owner {
+            lock(&self.leases).remove(&lease.credential);
+        }
+    }
+
+    fn sender(&self, credential: &str) -> watch::Sender<u64> {
+        lock(&self.watches)
+            .entry(credential.to_string())
+            .or_insert_with(|| watch::channel(0).0)
+            .clone()
+    }
+
+    pub(super) fn watch(&self, credential: &str) -> watch::Receiver<u64> {
+        self.sender(credential).subscribe()
+    }
+
+    pub(super) fn changed(&self, credential: &str) {
+        self.sender(credential)
+            .send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token() -> StoredToken {
+        StoredToken::empty()
+    }
+
+    #[tokio::test]
+    async fn saves_compare_and_set_on_the_generation() {
+        let s = MemoryStore::new();
+        let mut watch = s.watch("c");
+        assert!(matches!(
+            s.save("c", &token(), None).await.unwrap(),
+            SaveOutcome::Saved { generation: 1 }
+        ));
+        assert!(watch.has_changed().unwrap());
+        watch.mark_unchanged();
+        // A writer that saw no record, or an older generation, loses.
+        match s.save("c", &token(), None).await.unwrap() {
+            SaveOutcome::Conflict { current } => assert_eq!(current.unwrap().generation, 1),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            s.save("c", &token(), Some(1)).await.unwrap(),
+            SaveOutcome::Saved { generation: 2 }
+        ));
+        assert!(matches!(
+            s.save("c", &token(), Some(1)).await.unwrap(),
+            SaveOutcome::Conflict { .. }
+        ));
+        assert_eq!(s.load("c").await.unwrap().unwrap().generation, 2);
+        assert!(watch.has_changed().unwrap(), "each save is a change");
+    }
+
+    #[tokio::test]
+    async fn one_lease_holder_at_a_time_until_it_runs_out() {
+        let s = MemoryStore::new();
+        let lease = s
+            .lease("c", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(s
+            .lease("c", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none());
+        assert!(s
+            .lease("d", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_some());
+        s.release(&lease).await.unwrap();
+        assert!(s.lease("c", Duration::ZERO).await.unwrap().is_some());
+        // A lease of no time has run out at once.
+        assert!(s
+            .lease("c", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_some());
+    }
+}
