@@ -262,8 +262,9 @@ async fn browsers_cannot_drive_the_admin_api() {
 }
 
 /// Every command that sends the admin token refuses a plain-http admin URL off the host,
-/// before anything is sent. The CLI's HTTP proxy is pointed at a local trap, so a request
-/// that did go out (to a TEST-NET address) would land there, not on the network.
+/// before anything is sent (the URL is in TEST-NET-1, where nothing answers). An HTTP proxy
+/// from the environment, pointed at a local trap, is never used either: it would see the
+/// token of a plain-http request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn commands_refuse_to_send_the_admin_token_in_clear_off_the_host() {
     use tokio::io::AsyncWriteExt;
@@ -308,9 +309,35 @@ async fn commands_refuse_to_send_the_admin_token_in_clear_off_the_host() {
             "{args:?} sent the admin token"
         );
     }
-    // Without a token there is nothing secret to carry: the request goes (into the trap),
-    // which shows the trap would have caught the ones above.
-    let out = run(vec!["refresh", "api"], None).await.unwrap();
+    // Over loopback the token does go, straight to the admin URL: the trap, as an admin
+    // API, sees it (so it would have seen the refused ones), and an HTTP proxy from the
+    // environment is not used (the trap, as that proxy, sees nothing).
+    let direct = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let direct_url = format!("http://{}", direct.local_addr().unwrap());
+    let seen = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let (mut s, _) = direct.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = s.read(&mut buf).await.unwrap();
+        let _ = s
+            .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\n\r\n")
+            .await;
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    });
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_bearerd"));
+    cmd.args(["refresh", "api", "--admin", &direct_url])
+        .env_remove("BEARERD_CONFIG")
+        .env("HTTP_PROXY", &trap_url)
+        .env("http_proxy", &trap_url)
+        .env("BEARERD_ADMIN_TOKEN", ADMIN_TOKEN);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
     assert!(!out.status.success());
-    assert_eq!(caught.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let request = seen.await.unwrap();
+    assert!(
+        request.contains(&format!("Bearer {ADMIN_TOKEN}")),
+        "{request}"
+    );
+    assert_eq!(caught.load(std::sync::atomic::Ordering::SeqCst), 0);
 }

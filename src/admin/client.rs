@@ -52,8 +52,13 @@ impl AdminClient {
                 .ok()?;
             Some(secret.expose_secret().to_string())
         });
+        // Straight to the admin URL that was checked: no HTTP proxy from the environment
+        // (it would see the admin token of a plain-http request) and no redirects (one could
+        // carry the token or a refresh token elsewhere).
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(90))
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| e.to_string())?;
         Ok(AdminClient {
