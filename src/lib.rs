@@ -191,8 +191,12 @@ impl Sidecar {
             })?;
         }
 
-        let names: Vec<&str> = config.credentials.iter().map(|c| c.name.as_str()).collect();
-        let store = store::open(&config.store, &names)?;
+        let bindings: Vec<(&str, String)> = config
+            .credentials
+            .iter()
+            .map(|c| (c.name.as_str(), c.binding()))
+            .collect();
+        let store = store::open(&config.store, &bindings)?;
         let metrics = Arc::new(Metrics::new(
             config.credentials.iter().map(|c| c.name.as_str()),
             config.upstreams.iter().map(|u| u.name.as_str()),
@@ -288,6 +292,7 @@ impl Sidecar {
                 admin_token: config.server.admin_token.clone(),
                 upstreams: Arc::clone(&upstreams),
                 metrics: Arc::clone(&metrics),
+                store: Arc::clone(&store),
             },
         );
         admin.add_tcp(&config.server.admin_listen.to_string());

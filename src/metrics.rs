@@ -37,6 +37,7 @@ pub struct Metrics {
     pub upstream_401_total: IntCounterVec,
     pub token_wait_seconds: HistogramVec,
     pub token_adopted_total: IntCounterVec,
+    pub store_up: prometheus::IntGauge,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -127,6 +128,11 @@ impl Metrics {
                 &["credential"],
             )
             .expect("metric definition"),
+            store_up: prometheus::IntGauge::with_opts(opts(
+                "store_up",
+                "1 while the token store answers (always for the memory and file stores).",
+            ))
+            .expect("metric definition"),
             token_adopted_total: IntCounterVec::new(
                 opts(
                     "token_adopted_total",
@@ -146,9 +152,11 @@ impl Metrics {
             Box::new(m.upstream_401_total.clone()),
             Box::new(m.token_wait_seconds.clone()),
             Box::new(m.token_adopted_total.clone()),
+            Box::new(m.store_up.clone()),
         ] {
             m.registry.register(c).expect("metrics are registered once");
         }
+        m.store_up.set(1);
         for cred in credentials {
             for t in TRIGGERS {
                 for r in RESULTS {

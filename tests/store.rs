@@ -283,3 +283,305 @@ async fn a_logout_and_a_spent_seed_survive_a_restart() {
     assert_eq!(h.tokens.state.requests(), made);
     assert_eq!(h.tokens.state.reuse_detected(), 0);
 }
+
+// ---- The shared Redis store: replicas that behave as one ----
+
+use support::redis_server::RedisServer;
+use support::{TokenServer, Upstream};
+
+/// A sidecar config on the shared peers and Redis; `grant_lines` add to the credential.
+fn fleet_config(
+    tokens: &TokenServer,
+    upstream: &Upstream,
+    redis: &RedisServer,
+    key: &str,
+    grant_lines: &str,
+) -> String {
+    format!(
+        "[server]\nproxy_listen = \"{{proxy}}\"\nadmin_listen = \"{{admin}}\"\n[store]\nbackend = \"redis\"\nurl = \"{}\"\nkey = \"{key}\"\n[credentials.api]\n{grant_lines}token_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\nbackoff_base = \"200ms\"\nbackoff_cap = \"2s\"\n[upstreams.api]\nurl = \"http://{}/base\"\npath_prefix = \"/api\"\ncredential = \"api\"\n",
+        redis.url(),
+        tokens.token_url(),
+        support::token_server::CLIENT_ID,
+        support::token_server::CLIENT_SECRET,
+        upstream.addr,
+    )
+}
+
+async fn start_sidecar(template: &str) -> bearerd::SidecarHandle {
+    for attempt in 0.. {
+        let text = template
+            .replace("{proxy}", &support::free_addr().to_string())
+            .replace("{admin}", &support::free_addr().to_string());
+        let config = support::sidecar_config(&text);
+        match tokio::task::spawn_blocking(move || Sidecar::start(config))
+            .await
+            .unwrap()
+        {
+            Ok(s) => return s,
+            Err(e) if attempt < 3 => eprintln!("sidecar did not start ({e}); other ports"),
+            Err(e) => panic!("sidecar did not start: {e}"),
+        }
+    }
+    unreachable!()
+}
+
+async fn wait_ready(client: &reqwest::Client, sidecar: &bearerd::SidecarHandle) {
+    for _ in 0..400 {
+        let url = format!("http://{}/readyz", sidecar.admin_addr);
+        if client
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("sidecar never became ready");
+}
+
+/// `clients` loops of GETs through each sidecar for `duration`: (ok, non-2xx statuses).
+async fn fleet_load(
+    sidecars: &[bearerd::SidecarHandle],
+    clients: usize,
+    duration: Duration,
+) -> (usize, Vec<u16>) {
+    let mut tasks = Vec::new();
+    for s in sidecars {
+        for i in 0..clients {
+            let url = format!("http://{}/api/load/{i}", s.proxy_addr);
+            tasks.push(tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let (mut ok, mut bad) = (0, Vec::new());
+                let started = std::time::Instant::now();
+                while started.elapsed() < duration {
+                    match client.get(&url).send().await {
+                        Ok(r) if r.status().is_success() => ok += 1,
+                        Ok(r) => bad.push(r.status().as_u16()),
+                        Err(_) => bad.push(0),
+                    }
+                }
+                (ok, bad)
+            }));
+        }
+    }
+    let mut total = (0, Vec::new());
+    for t in tasks {
+        let (ok, bad) = t.await.unwrap();
+        total.0 += ok;
+        total.1.extend(bad);
+    }
+    total
+}
+
+fn stop_all(sidecars: Vec<bearerd::SidecarHandle>) {
+    for s in sidecars {
+        std::thread::spawn(move || s.shutdown());
+    }
+}
+
+/// Three sidecars on one Redis: the first makes the one token request, the others start
+/// from its set; under load with 3-second tokens they make about the token requests of one
+/// sidecar alone, with no failed request; and Redis holds only sealed values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_on_redis_makes_the_token_requests_of_one_sidecar() {
+    let redis = RedisServer::start();
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(3)).await;
+    let key = bearerd::store::generate_key();
+    let template = fleet_config(
+        &tokens,
+        &upstream,
+        &redis,
+        &key,
+        "grant = \"client_credentials\"\n",
+    );
+    let client = reqwest::Client::new();
+
+    // One sidecar alone, on a store of its own, for the comparison.
+    let alone_redis = RedisServer::start();
+    let alone = start_sidecar(&fleet_config(
+        &tokens,
+        &upstream,
+        &alone_redis,
+        &key,
+        "grant = \"client_credentials\"\n",
+    ))
+    .await;
+    wait_ready(&client, &alone).await;
+    let before = tokens.state.requests();
+    let (_, bad) = fleet_load(std::slice::from_ref(&alone), 8, Duration::from_secs(12)).await;
+    assert!(bad.is_empty(), "{bad:?}");
+    let one_alone = tokens.state.requests() - before + 1;
+    stop_all(vec![alone]);
+
+    let before = tokens.state.requests();
+    let mut fleet = Vec::new();
+    for _ in 0..3 {
+        let s = start_sidecar(&template).await;
+        wait_ready(&client, &s).await;
+        fleet.push(s);
+    }
+    assert_eq!(
+        tokens.state.requests() - before,
+        1,
+        "one token request for three sidecars at startup"
+    );
+    let (ok, bad) = fleet_load(&fleet, 8, Duration::from_secs(12)).await;
+    let fleet_requests = tokens.state.requests() - before;
+    eprintln!("token requests in 12 s: one sidecar alone {one_alone}, three on one Redis {fleet_requests} ({ok} requests served)");
+    assert!(bad.is_empty(), "non-2xx answers: {bad:?}");
+    assert!(
+        fleet_requests as f64 <= 1.5 * one_alone as f64,
+        "three sidecars made {fleet_requests} token requests, one alone {one_alone}"
+    );
+
+    // Nothing in Redis is a token or a secret in the clear.
+    let dump = redis.dump();
+    assert!(dump.len() >= 2, "{dump:?}");
+    let secrets: Vec<String> = tokens
+        .state
+        .every_issued()
+        .into_iter()
+        .chain([support::token_server::CLIENT_SECRET.to_string()])
+        .collect();
+    for (k, v) in &dump {
+        for s in &secrets {
+            assert!(
+                !v.contains(s.as_str()) && !k.contains(s.as_str()),
+                "a secret in Redis under {k}"
+            );
+        }
+    }
+    stop_all(fleet);
+}
+
+/// Replicas share a token set only when their credentials agree on what the token is: two
+/// configs that differ only in scopes each get their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sidecars_whose_credentials_differ_never_adopt_each_others_token() {
+    let redis = RedisServer::start();
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
+    let key = bearerd::store::generate_key();
+    let client = reqwest::Client::new();
+    let a = start_sidecar(&fleet_config(
+        &tokens,
+        &upstream,
+        &redis,
+        &key,
+        "grant = \"client_credentials\"\nscopes = [\"a\"]\n",
+    ))
+    .await;
+    wait_ready(&client, &a).await;
+    let b = start_sidecar(&fleet_config(
+        &tokens,
+        &upstream,
+        &redis,
+        &key,
+        "grant = \"client_credentials\"\nscopes = [\"a\", \"b\"]\n",
+    ))
+    .await;
+    wait_ready(&client, &b).await;
+    assert_eq!(tokens.state.requests(), 2);
+    // The same config again adopts.
+    let c = start_sidecar(&fleet_config(
+        &tokens,
+        &upstream,
+        &redis,
+        &key,
+        "grant = \"client_credentials\"\nscopes = [\"a\"]\n",
+    ))
+    .await;
+    wait_ready(&client, &c).await;
+    assert_eq!(tokens.state.requests(), 2);
+    stop_all(vec![a, b, c]);
+}
+
+/// A sidecar with another store key refuses to start, names the store, and changes nothing
+/// in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sidecar_with_another_key_refuses_to_start_and_changes_nothing() {
+    let redis = RedisServer::start();
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
+    let client = reqwest::Client::new();
+    let key = bearerd::store::generate_key();
+    let first = start_sidecar(&fleet_config(
+        &tokens,
+        &upstream,
+        &redis,
+        &key,
+        "grant = \"client_credentials\"\n",
+    ))
+    .await;
+    wait_ready(&client, &first).await;
+    let before = redis.dump();
+    let other_key = bearerd::store::generate_key();
+    let text = fleet_config(
+        &tokens,
+        &upstream,
+        &redis,
+        &other_key,
+        "grant = \"client_credentials\"\n",
+    )
+    .replace("{proxy}", &support::free_addr().to_string())
+    .replace("{admin}", &support::free_addr().to_string());
+    let config = support::sidecar_config(&text);
+    let e = tokio::task::spawn_blocking(move || Sidecar::start(config))
+        .await
+        .unwrap()
+        .err()
+        .expect("a wrong key must stop startup")
+        .to_string();
+    assert!(e.contains("redis store") && e.contains("wrong key"), "{e}");
+    assert!(
+        !e.contains(&redis.url()),
+        "the url is not in the error: {e}"
+    );
+    assert_eq!(redis.dump(), before);
+    assert_eq!(tokens.state.requests(), 1);
+    stop_all(vec![first]);
+}
+
+/// Three sidecars start at once on one Redis with one seed refresh token, against a
+/// provider that revokes the grant on any reuse: under load with 3-second tokens, the seed
+/// is sent once, no refresh token twice, the grant lives, and every request succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_on_redis_sends_a_rotating_refresh_token_once() {
+    let redis = RedisServer::start();
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(3)).await;
+    let key = bearerd::store::generate_key();
+    let mut grant_lines = String::new();
+    Harness::write_seed(&mut grant_lines, tokens.state.seed_refresh_token());
+    let template = fleet_config(
+        &tokens,
+        &upstream,
+        &redis,
+        &key,
+        &format!("grant = \"refresh_token\"\n{grant_lines}"),
+    );
+    let client = reqwest::Client::new();
+    let starts = (0..3).map(|_| start_sidecar(&template));
+    let fleet: Vec<_> = futures::future::join_all(starts).await;
+    for s in &fleet {
+        wait_ready(&client, s).await;
+    }
+    assert_eq!(tokens.state.requests(), 1, "the seed was sent once");
+    let (_, bad) = fleet_load(&fleet, 4, Duration::from_secs(15)).await;
+    assert_eq!(
+        tokens.state.reuse_detected(),
+        0,
+        "a refresh token was sent twice"
+    );
+    assert!(bad.is_empty(), "non-2xx answers: {bad:?}");
+    assert!(
+        tokens.state.rotations() >= 4,
+        "{} rotations",
+        tokens.state.rotations()
+    );
+    assert_eq!(
+        tokens.state.active_refresh_tokens(),
+        1,
+        "the grant is alive"
+    );
+    stop_all(fleet);
+}

@@ -24,6 +24,7 @@ pub struct AdminApp {
     pub admin_token: Option<crate::config::SecretRef>,
     pub upstreams: Arc<Vec<Arc<Upstream>>>,
     pub metrics: Arc<Metrics>,
+    pub store: Arc<dyn crate::store::TokenStore>,
 }
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -128,7 +129,7 @@ impl AdminApp {
             .collect();
         json_response(
             200,
-            json!({"credentials": credentials, "upstreams": upstreams}),
+            json!({"credentials": credentials, "upstreams": upstreams, "store": self.store.health()}),
         )
     }
 
@@ -230,6 +231,7 @@ impl ServeHttp for AdminApp {
                 for c in self.slots() {
                     c.update_gauges();
                 }
+                self.metrics.store_up.set(i64::from(self.store.health().up));
                 respond(
                     200,
                     "text/plain; version=0.0.4",

@@ -30,6 +30,12 @@ pub enum StoreConfig {
         path: PathBuf,
         key: SecretRef,
     },
+    /// Shared by replicas: every value sealed with the key, under `prefix`.
+    Redis {
+        url: SecretRef,
+        key: SecretRef,
+        prefix: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +150,35 @@ pub struct CredentialConfig {
     pub name: String,
     pub grant: GrantConfig,
     pub policy: RefreshPolicy,
+}
+
+impl CredentialConfig {
+    /// What the credential's token is: grant, token endpoint (or where it is discovered),
+    /// client, scopes, resource and audience. Replicas share a token set only when this
+    /// agrees, so a changed config never adopts a token obtained for another.
+    pub fn binding(&self) -> String {
+        let request = match &self.grant {
+            GrantConfig::ClientCredentials(r) | GrantConfig::RefreshToken { request: r, .. } => r,
+            GrantConfig::Static { .. } => return format!("static\n{}", self.name),
+        };
+        let endpoint = request
+            .token_url
+            .as_ref()
+            .or(request.issuer.as_ref())
+            .or(request.protected_resource.as_ref())
+            .map_or("", url::Url::as_str);
+        let mut scopes = request.scopes.clone();
+        scopes.sort();
+        [
+            self.grant.kind(),
+            endpoint,
+            &request.client.client_id,
+            &scopes.join(" "),
+            request.resource.as_deref().unwrap_or(""),
+            request.params.get("audience").map_or("", String::as_str),
+        ]
+        .join("\n")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -76,7 +76,10 @@ pub struct RawStore {
     pub backend: Option<String>,
     pub path: Option<PathBuf>,
     pub key: Option<RawSecretRef>,
-    pub url: Option<String>,
+    /// redis: `redis://[user:pass@]host:port/db` or `rediss://…` (TLS); it may hold a password.
+    pub url: Option<RawSecretRef>,
+    /// redis: the key namespace, so several apps can share one Redis.
+    pub prefix: Option<String>,
 }
 
 /// A credential table, strict for the grant it names.

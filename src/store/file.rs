@@ -150,6 +150,10 @@ impl TokenStore for FileStore {
         Ok(self.local.lease(credential, hold_for))
     }
 
+    async fn renew(&self, lease: &Lease, hold_for: Duration) -> Result<bool, StoreError> {
+        Ok(self.local.renew(lease, hold_for))
+    }
+
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         self.local.release(lease);
         Ok(())
@@ -295,10 +299,11 @@ impl FileInner {
         *state = (tokens, sealed);
         // The record now holds at least what a rotation journal held.
         journal::remove(&self.path, credential);
-        sync_dir(&self.path).map_err(|e| StoreError::Io {
-            path: self.path.display().to_string(),
-            message: format!("written, but the directory could not be synced: {e}"),
-        })?;
+        if let Err(e) = sync_dir(&self.path) {
+            // The set is in the file (the rename happened): reporting a failure would leave
+            // the caller's generation behind the store's. A crash now may lose the rename.
+            tracing::warn!(store = %self.path.display(), error = %e, "the store was written, but its directory could not be synced");
+        }
         Ok(SaveOutcome::Saved { generation })
     }
 

@@ -96,6 +96,10 @@ impl TokenStore for MemoryStore {
         Ok(self.local.lease(credential, hold_for))
     }
 
+    async fn renew(&self, lease: &Lease, hold_for: Duration) -> Result<bool, StoreError> {
+        Ok(self.local.renew(lease, hold_for))
+    }
+
     async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
         self.local.release(lease);
         Ok(())
@@ -114,15 +118,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Leases and change notifications among the refreshers of one process.
 pub(super) struct LocalCoordination {
     /// This process's owner id for leases.
-    owner: u64,
-    leases: Mutex<HashMap<String, Instant>>,
+    owner: String,
+    /// Credential → (holder, until).
+    leases: Mutex<HashMap<String, (String, Instant)>>,
     watches: Mutex<HashMap<String, watch::Sender<u64>>>,
 }
 
 impl Default for LocalCoordination {
     fn default() -> Self {
         LocalCoordination {
-            owner: rand::random(),
+            owner: format!("{:016x}", rand::random::<u64>()),
             leases: Mutex::new(HashMap::new()),
             watches: Mutex::new(HashMap::new()),
         }
@@ -134,19 +139,38 @@ impl LocalCoordination {
     pub(super) fn lease(&self, credential: &str, hold_for: Duration) -> Option<Lease> {
         let mut leases = lock(&self.leases);
         let now = Instant::now();
-        if leases.get(credential).is_some_and(|until| *until > now) {
+        if leases
+            .get(credential)
+            .is_some_and(|(_, until)| *until > now)
+        {
             return None;
         }
-        leases.insert(credential.to_string(), now + hold_for);
-        Some(Lease {
-            credential: credential.to_string(),
-            owner: self.owner,
-        })
+        let lease = Lease::new(credential, &self.owner);
+        leases.insert(
+            credential.to_string(),
+            (lease.holder.clone(), now + hold_for),
+        );
+        Some(lease)
+    }
+
+    pub(super) fn renew(&self, lease: &Lease, hold_for: Duration) -> bool {
+        let mut leases = lock(&self.leases);
+        match leases.get_mut(&lease.credential) {
+            Some((holder, until)) if *holder == lease.holder && *until > Instant::now() => {
+                *until = Instant::now() + hold_for;
+                true
+            }
+            _ => false,
+        }
     }
 
     pub(super) fn release(&self, lease: &Lease) {
-        if lease.owner == self.owner {
-            lock(&self.leases).remove(&lease.credential);
+        let mut leases = lock(&self.leases);
+        if leases
+            .get(&lease.credential)
+            .is_some_and(|(holder, _)| *holder == lease.holder)
+        {
+            leases.remove(&lease.credential);
         }
     }
 

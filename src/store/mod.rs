@@ -9,6 +9,7 @@ mod file;
 pub mod journal;
 pub mod lock;
 mod memory;
+mod redis;
 pub mod sealed;
 
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use tokio::sync::watch;
 use crate::config::StoreConfig;
 pub use file::FileStore;
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 /// The store backends; also the `backend` of `/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -30,17 +32,32 @@ pub use memory::MemoryStore;
 pub enum StoreBackend {
     Memory,
     File,
+    Redis,
 }
 
 impl StoreBackend {
-    pub const ALL: [StoreBackend; 2] = [StoreBackend::Memory, StoreBackend::File];
+    pub const ALL: [StoreBackend; 3] = [
+        StoreBackend::Memory,
+        StoreBackend::File,
+        StoreBackend::Redis,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             StoreBackend::Memory => "memory",
             StoreBackend::File => "file",
+            StoreBackend::Redis => "redis",
         }
     }
+}
+
+/// The `store` of `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreHealth {
+    pub backend: StoreBackend,
+    /// Whether the last operation reached the store.
+    pub up: bool,
+    pub last_error: Option<String>,
 }
 
 /// A credential's token set as the store holds it, with the generation it was saved under:
@@ -64,8 +81,18 @@ pub enum SaveOutcome {
 #[derive(Debug, Clone)]
 pub struct Lease {
     pub credential: String,
-    /// This process's owner id (random per process): only the owner releases it.
-    pub owner: u64,
+    /// Unique to this lease (the process's owner id and a nonce): only this holder renews
+    /// or releases it, never a later one.
+    pub holder: String,
+}
+
+impl Lease {
+    pub(crate) fn new(credential: &str, owner: &str) -> Lease {
+        Lease {
+            credential: credential.to_string(),
+            holder: format!("{owner}-{:016x}", rand::random::<u64>()),
+        }
+    }
 }
 
 /// Where a rotation helper journals what it rotated: the file store's path and key.
@@ -102,6 +129,9 @@ pub trait TokenStore: Send + Sync {
         hold_for: Duration,
     ) -> Result<Option<Lease>, StoreError>;
 
+    /// Extends a lease this holder still has: `false` when it ran out and is gone.
+    async fn renew(&self, lease: &Lease, hold_for: Duration) -> Result<bool, StoreError>;
+
     async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
 
     /// Changes whenever the credential's record changes in the store.
@@ -111,20 +141,31 @@ pub trait TokenStore: Send + Sync {
     fn helper_journal(&self) -> Option<HelperJournal> {
         None
     }
+
+    /// Whether the store answers; a store inside this process always does.
+    fn health(&self) -> StoreHealth {
+        StoreHealth {
+            backend: self.backend(),
+            up: true,
+            last_error: None,
+        }
+    }
 }
 
-/// Opens the configured store. A file store is read and every record decrypted now, so a
-/// wrong key or a damaged file stops startup with a clear error (and the file is left
-/// exactly as it was); rotations that helpers of the previous run journaled for
-/// `credentials` are applied.
-pub fn open(config: &StoreConfig, credentials: &[&str]) -> Result<Arc<dyn TokenStore>, StoreError> {
+/// Opens the configured store for these credentials (name, binding). A file store is read
+/// and every record decrypted now, so a wrong key or a damaged file stops startup with a
+/// clear error (and the file is left exactly as it was); rotations that helpers of the
+/// previous run journaled are applied. A Redis store checks its key when Redis answers, and
+/// starts without it when it does not (it reconnects by itself).
+pub fn open(
+    config: &StoreConfig,
+    credentials: &[(&str, String)],
+) -> Result<Arc<dyn TokenStore>, StoreError> {
     match config {
         StoreConfig::Memory => Ok(Arc::new(MemoryStore::new())),
         StoreConfig::File { path, key } => {
-            let text = key.resolve().map_err(StoreError::Invalid)?;
-            let key = parse_key(text.expose_secret()).map_err(StoreError::Invalid)?;
-            let store = FileStore::open(path, &key)?;
-            for name in credentials {
+            let store = FileStore::open(path, &resolve_key(key)?)?;
+            for (name, _) in credentials {
                 if store.recover_rotation(name)? {
                     tracing::info!(
                         credential = %name,
@@ -134,7 +175,29 @@ pub fn open(config: &StoreConfig, credentials: &[&str]) -> Result<Arc<dyn TokenS
             }
             Ok(Arc::new(store))
         }
+        StoreConfig::Redis { url, key, prefix } => {
+            let url = url.resolve().map_err(StoreError::Invalid)?;
+            let store = RedisStore::new(&url, &resolve_key(key)?, prefix, credentials)?;
+            // Off the service runtimes, which do not exist yet: a runtime for this check.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| StoreError::Invalid(format!("cannot check the redis store: {e}")))?;
+            match runtime.block_on(store.verify_key()) {
+                Ok(()) => {}
+                Err(e @ StoreError::Unavailable { .. }) => {
+                    tracing::warn!(error = %e, "starting without the store; it is retried at every refresh");
+                }
+                Err(e) => return Err(e),
+            }
+            Ok(Arc::new(store))
+        }
     }
+}
+
+fn resolve_key(key: &crate::config::SecretRef) -> Result<[u8; 32], StoreError> {
+    let text = key.resolve().map_err(StoreError::Invalid)?;
+    parse_key(text.expose_secret()).map_err(StoreError::Invalid)
 }
 
 /// What is kept per credential.
@@ -266,6 +329,9 @@ pub enum StoreError {
     Invalid(String),
     #[error("store {path}: {message}")]
     Io { path: String, message: String },
+    /// The store did not answer (a shared store that is down, slow or unreachable).
+    #[error("{store} is unavailable: {message}")]
+    Unavailable { store: String, message: String },
 }
 
 pub use crate::config::parse_store_key as parse_key;

@@ -55,7 +55,12 @@ impl Credential {
 
     /// Notes that this process now holds the store's set of this generation.
     pub(super) fn hold_generation(&self, generation: u64) {
-        *self.stored.lock().unwrap_or_else(|p| p.into_inner()) = Some(generation);
+        self.set_held(Some(generation));
+    }
+
+    /// Notes which generation the store has (`None`: no record), after a conflict.
+    pub(super) fn set_held(&self, generation: Option<u64>) {
+        *self.stored.lock().unwrap_or_else(|p| p.into_inner()) = generation;
     }
 
     /// The credential's set in the store; a store that cannot be read counts as empty
@@ -89,10 +94,7 @@ impl Credential {
         for _ in 0..8 {
             match self.save_set(token).await? {
                 SaveOutcome::Saved { .. } => return Ok(()),
-                SaveOutcome::Conflict { current } => {
-                    *self.stored.lock().unwrap_or_else(|p| p.into_inner()) =
-                        current.map(|c| c.generation);
-                }
+                SaveOutcome::Conflict { current } => self.set_held(current.map(|c| c.generation)),
             }
         }
         Err(StoreError::Invalid(

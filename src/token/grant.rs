@@ -201,8 +201,14 @@ impl Grant {
 
     /// Continues from a refresh token kept in the store (newer than the configured seed).
     pub async fn restore_refresh_token(&self, rt: SecretString) {
+        self.take_stored_refresh_token(Some(rt)).await;
+    }
+
+    /// Takes the store's refresh token as the current one; `None` (another replica's
+    /// provider dropped the grant) forgets the one held here, so it is never sent again.
+    pub async fn take_stored_refresh_token(&self, rt: Option<SecretString>) {
         if let Grant::RefreshToken { current, .. } = self {
-            *current.lock().await = Some(rt);
+            *current.lock().await = rt;
         }
     }
 

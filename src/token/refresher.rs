@@ -10,6 +10,7 @@
 //! 6. and only then publishes it, so a rotated refresh token is durable before anything can
 //!    use the access token it came with.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,8 +30,9 @@ const MIN_REFRESH_GAP: Duration = Duration::from_millis(100);
 /// notification comes.
 const LEASE_POLL: Duration = Duration::from_millis(250);
 
-/// Beyond the token request's timeout, how long a lease lasts: time to save the result.
-const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// How long a lease lasts unless its holder renews it (every third of it while it works):
+/// how soon another replica takes over from a holder that died.
+const LEASE_HOLD: Duration = Duration::from_secs(6);
 
 /// Runs until `shutdown` flips. Starts from the store when it holds a usable token, and
 /// with an immediate refresh otherwise.
@@ -111,14 +113,14 @@ async fn restore(cred: &Credential) -> Option<Trigger> {
     }
 }
 
-/// Takes a stored set's refresh token and spent seed into the grant.
+/// Takes a stored set's refresh token (or its absence) and spent seed into the grant.
 async fn take_refresh_state(grant: &Grant, stored: &StoredToken) {
     if let Some(fp) = stored.spent_seed.clone() {
         grant.restore_spent_seed(fp).await;
     }
-    if let Some(rt) = stored.refresh_token.clone() {
-        grant.restore_refresh_token(rt).await;
-    }
+    grant
+        .take_stored_refresh_token(stored.refresh_token.clone())
+        .await;
 }
 
 /// A stored access token as a snapshot, with the time of its refresh and the time it has
@@ -159,8 +161,9 @@ fn stored_snapshot(
 }
 
 /// Adopts a set from the store that is newer than the one held here (another replica
-/// wrote it) when its access token is still usable: the attempt ends without a token
-/// request. Its refresh state is taken in any case: it is the live one.
+/// wrote it): its refresh state always (it is the live one), its access token when still
+/// usable, which ends the attempt without a token request; a newer logout logs out here
+/// too.
 async fn adopt_newer(cred: &Credential) -> bool {
     if !cred.grant.persists() {
         return false;
@@ -168,14 +171,24 @@ async fn adopt_newer(cred: &Credential) -> bool {
     let Some(set) = cred.load_set().await else {
         return false;
     };
-    let newer = cred
+    if cred
         .stored_generation()
-        .is_none_or(|held| set.generation > held);
-    if !newer || set.token.logged_out {
+        .is_some_and(|held| set.generation <= held)
+    {
         return false;
     }
-    take_refresh_state(&cred.grant, &set.token).await;
     cred.hold_generation(set.generation);
+    take_refresh_state(&cred.grant, &set.token).await;
+    if set.token.logged_out {
+        cred.grant.forget().await;
+        cred.slot.finish_unchanged(None);
+        cred.slot.mark_logged_out();
+        tracing::warn!(
+            credential = &*cred.slot.name,
+            "logged out by another replica"
+        );
+        return true;
+    }
     let Some((token, next, remaining)) = stored_snapshot(&cred.slot, &set.token) else {
         return false;
     };
@@ -192,22 +205,6 @@ async fn adopt_newer(cred: &Credential) -> bool {
     true
 }
 
-/// Waits (within the wait budget) for the lease holder's set and adopts it.
-async fn wait_and_adopt(cred: &Credential) -> bool {
-    let mut changes = cred.store.watch(&cred.slot.name);
-    let deadline = tokio::time::Instant::now() + cred.slot.policy.wait_budget;
-    loop {
-        if adopt_newer(cred).await {
-            return true;
-        }
-        tokio::select! {
-            r = changes.changed() => if r.is_err() { return false },
-            _ = tokio::time::sleep(LEASE_POLL) => {},
-            _ = tokio::time::sleep_until(deadline) => return false,
-        }
-    }
-}
-
 /// What the attempt may do after asking for the lease.
 enum LeaseOutcome {
     /// Refresh (holding this lease, or without one when the store cannot lease).
@@ -217,51 +214,84 @@ enum LeaseOutcome {
 }
 
 /// Takes the credential's lease so that one refresh runs across every replica on the
-/// store. While another holds it, waits for the holder's set instead.
+/// store. While another holds it, waits (within the wait budget) for the holder's set and
+/// adopts it, and takes the lease itself when the holder gives up or dies.
 async fn take_lease(cred: &Credential, trigger: Trigger, started: Instant) -> LeaseOutcome {
     let (slot, grant) = (&cred.slot, &cred.grant);
     if !grant.persists() {
         return LeaseOutcome::Refresh(None);
     }
-    let hold_for = grant
-        .endpoint()
-        .map_or(Duration::ZERO, |e| e.config().timeout)
-        + LEASE_MARGIN;
-    let failure = match cred.store.lease(&slot.name, hold_for).await {
-        Ok(Some(lease)) => return LeaseOutcome::Refresh(Some(lease)),
-        Ok(None) => {
-            if wait_and_adopt(cred).await {
-                return LeaseOutcome::Ended;
+    let mut changes = cred.store.watch(&slot.name);
+    let deadline = tokio::time::Instant::now() + slot.policy.wait_budget;
+    let failure = loop {
+        match cred.store.lease(&slot.name, LEASE_HOLD).await {
+            Ok(Some(lease)) => return LeaseOutcome::Refresh(Some(lease)),
+            Ok(None) => {}
+            Err(e) if matches!(grant, Grant::RefreshToken { .. }) => {
+                // A rotating refresh token is never sent without the lease: another
+                // replica may be sending it now.
+                tracing::warn!(credential = &*slot.name, error = %e, "no refresh lease: the store is unavailable");
+                break AttemptFailure {
+                    kind: "store_unavailable",
+                    message:
+                        "the store is unavailable, and a refresh token is only sent under its lease",
+                    permanent: false,
+                };
             }
-            AttemptFailure {
+            Err(e) => {
+                // Refreshing locally (single-flight in this process) costs at most one
+                // token request per replica.
+                tracing::warn!(credential = &*slot.name, error = %e, "no refresh lease: the store is unavailable; refreshing locally");
+                return LeaseOutcome::Refresh(None);
+            }
+        }
+        if adopt_newer(cred).await {
+            return LeaseOutcome::Ended;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break AttemptFailure {
                 kind: "lease_held",
                 message:
                     "another replica holds the refresh lease and wrote no new token set in time",
                 permanent: false,
-            }
+            };
         }
-        Err(e) if matches!(grant, Grant::RefreshToken { .. }) => {
-            // A rotating refresh token is never sent without the lease: another replica
-            // may be sending it now.
-            tracing::warn!(credential = &*slot.name, error = %e, "no refresh lease: the store is unavailable");
-            AttemptFailure {
-                kind: "store_unavailable",
-                message:
-                    "the store is unavailable, and a refresh token is only sent under its lease",
-                permanent: false,
-            }
-        }
-        Err(e) => {
-            // Refreshing locally (single-flight in this process) costs at most one token
-            // request per replica.
-            tracing::warn!(credential = &*slot.name, error = %e, "no refresh lease: the store is unavailable; refreshing locally");
-            return LeaseOutcome::Refresh(None);
+        tokio::select! {
+            _ = changes.changed() => {},
+            _ = tokio::time::sleep(LEASE_POLL) => {},
+            _ = tokio::time::sleep_until(deadline) => {},
         }
     };
     if let Some(result) = record_failure(slot, grant, trigger, started.elapsed(), &failure, None) {
         slot.count_attempt(trigger, result, started.elapsed());
     }
     LeaseOutcome::Ended
+}
+
+/// Runs `work` while renewing the lease, so a live holder keeps it however long its token
+/// request takes, and a dead one loses it within `LEASE_HOLD`.
+async fn while_holding<T>(
+    cred: &Credential,
+    lease: &Option<Lease>,
+    work: impl Future<Output = T>,
+) -> T {
+    let Some(lease) = lease else {
+        return work.await;
+    };
+    tokio::pin!(work);
+    let mut renew = tokio::time::interval(LEASE_HOLD / 3);
+    renew.tick().await;
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = renew.tick() => match cred.store.renew(lease, LEASE_HOLD).await {
+                Ok(true) => {}
+                // The compare-and-set still keeps a newer set from being overwritten.
+                Ok(false) => tracing::warn!(credential = &*cred.slot.name, "the refresh lease ran out during the attempt"),
+                Err(e) => tracing::warn!(credential = &*cred.slot.name, error = %e, "could not renew the refresh lease"),
+            },
+        }
+    }
 }
 
 async fn release(cred: &Credential, lease: Option<Lease>) {
@@ -277,7 +307,18 @@ async fn release(cred: &Credential, lease: Option<Lease>) {
 /// kept in memory), and a newer set that someone else saved is left as it is.
 async fn save(cred: &Credential, record: &StoredToken) {
     let slot = &cred.slot;
-    match cred.save_set(record).await {
+    let mut outcome = cred.save_set(record).await;
+    if let Ok(SaveOutcome::Conflict { current: None }) = outcome {
+        // The store lost the record (a shared store restarted empty): the set just
+        // obtained is the newest there is, so it is written back.
+        tracing::warn!(
+            credential = &*slot.name,
+            "the store lost the token set; writing it back"
+        );
+        cred.set_held(None);
+        outcome = cred.save_set(record).await;
+    }
+    match outcome {
         Ok(SaveOutcome::Saved { .. }) => {}
         Ok(SaveOutcome::Conflict { current }) => {
             // Only a holder whose lease ran out gets here: the newer set stays, and the
@@ -330,35 +371,40 @@ async fn attempt(cred: &Credential, trigger: Trigger) {
         release(cred, lease).await;
         return;
     }
-    let result = grant.obtain().await;
     let lifetime_of = |t: &IssuedToken| match grant {
         Grant::Static { .. } => None,
         _ => Some(t.lifetime.unwrap_or(slot.policy.default_lifetime)),
     };
-    match &result {
-        Ok(GrantOutcome::Issued(t)) if grant.persists() => {
-            persist(cred, t, started_wall, lifetime_of(t)).await
-        }
-        Err(e) if e.rotated_refresh_token.is_some() => {
-            // The provider rotated but its answer was unusable: keep the new refresh token.
-            let mut stored = cred
-                .load_set()
-                .await
-                .map_or_else(StoredToken::empty, |s| s.token);
-            stored.refresh_token = e.rotated_refresh_token.clone();
-            stored.spent_seed = grant.spent_seed().await;
-            save(cred, &stored).await;
-        }
-        Err(e) if e.drops_refresh_token() && grant.forgets_refresh_token_on_failure() => {
-            // The provider dropped the grant: the stored refresh token goes too.
-            if let Some(set) = cred.load_set().await {
-                let mut stored = set.token;
-                stored.refresh_token = None;
+    let result = while_holding(cred, &lease, async {
+        let result = grant.obtain().await;
+        match &result {
+            Ok(GrantOutcome::Issued(t)) if grant.persists() => {
+                persist(cred, t, started_wall, lifetime_of(t)).await
+            }
+            Err(e) if e.rotated_refresh_token.is_some() => {
+                // The provider rotated but its answer was unusable: keep the new refresh
+                // token.
+                let mut stored = cred
+                    .load_set()
+                    .await
+                    .map_or_else(StoredToken::empty, |s| s.token);
+                stored.refresh_token = e.rotated_refresh_token.clone();
+                stored.spent_seed = grant.spent_seed().await;
                 save(cred, &stored).await;
             }
+            Err(e) if e.drops_refresh_token() && grant.forgets_refresh_token_on_failure() => {
+                // The provider dropped the grant: the stored refresh token goes too.
+                if let Some(set) = cred.load_set().await {
+                    let mut stored = set.token;
+                    stored.refresh_token = None;
+                    save(cred, &stored).await;
+                }
+            }
+            _ => {}
         }
-        _ => {}
-    }
+        result
+    })
+    .await;
     release(cred, lease).await;
     let elapsed = started.elapsed();
     let now = Instant::now();

@@ -14,6 +14,8 @@ pub use bearerd::peers::{
 };
 use bearerd::{Sidecar, SidecarHandle};
 
+pub mod redis_server;
+
 pub fn free_addr() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -219,42 +219,96 @@ fn lower_store(map: &SourceMap, raw: &raw::RawStore) -> Result<StoreConfig, Conf
     match raw.backend.as_deref() {
         None | Some("memory") => {
             only_for("path", raw.path.is_some(), "file")?;
-            only_for("key", raw.key.is_some(), "file")?;
+            only_for("key", raw.key.is_some(), "file and redis")?;
             only_for("url", raw.url.is_some(), "redis")?;
+            only_for("prefix", raw.prefix.is_some(), "redis")?;
             Ok(StoreConfig::Memory)
         }
         Some("file") => {
             only_for("url", raw.url.is_some(), "redis")?;
+            only_for("prefix", raw.prefix.is_some(), "redis")?;
             let Some(path) = raw.path.clone() else {
                 return Err(map.error_at(
                     "store.backend",
                     "the file store needs `path = \"/var/lib/bearerd/tokens.store\"`",
                 ));
             };
-            let Some(key) = &raw.key else {
-                return Err(map.error_at(
-                    "store.backend",
-                    "the file store needs `key = { env = \"BEARERD_STORE_KEY\" }` (or { file = \"…\" }): make one with `bearerd keygen`",
-                ));
-            };
-            let help =
-                |m: String| map.error_at("store.key", format!("{m}. {}", store_key_help(key)));
-            let text = SecretRef::lower(key)
-                .and_then(|k| k.resolve())
-                .map_err(help)?;
-            parse_store_key(secrecy::ExposeSecret::expose_secret(&text)).map_err(help)?;
-            let key = lower_secret(map, "store.key", key)?;
+            let key = lower_store_key(map, raw, "file")?;
             Ok(StoreConfig::File { path, key })
         }
-        Some("redis") => Err(map.error_at(
-            "store.backend",
-            "store backend \"redis\" is not available in this build; use \"memory\" or \"file\"",
-        )),
+        Some("redis") => {
+            only_for("path", raw.path.is_some(), "file")?;
+            let Some(url) = &raw.url else {
+                return Err(map.error_at(
+                    "store.backend",
+                    "the redis store needs `url = { env = \"BEARERD_REDIS_URL\" }` (redis://[user:pass@]host:port/db, or rediss:// for TLS)",
+                ));
+            };
+            let url = lower_secret(map, "store.url", url)?;
+            let text = url.resolve().map_err(|m| map.error_at("store.url", m))?;
+            check_redis_url(secrecy::ExposeSecret::expose_secret(&text))
+                .map_err(|m| map.error_at("store.url", m))?;
+            let key = lower_store_key(map, raw, "redis")?;
+            let prefix = raw.prefix.clone().unwrap_or_else(|| "bearerd".to_string());
+            if prefix.is_empty()
+                || prefix.len() > 64
+                || !prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err(map.error_at(
+                    "store.prefix",
+                    format!("prefix {prefix:?} must be 1 to 64 letters, digits, '-', '_' or '.'"),
+                ));
+            }
+            Ok(StoreConfig::Redis { url, key, prefix })
+        }
         Some(other) => Err(map.error_at(
             "store.backend",
             format!("unknown store backend {other:?} (expected memory | file | redis)"),
         )),
     }
+}
+
+/// The store key of a backend that seals its values: present, resolvable, 32 bytes.
+fn lower_store_key(
+    map: &SourceMap,
+    raw: &raw::RawStore,
+    backend: &str,
+) -> Result<SecretRef, ConfigError> {
+    let Some(key) = &raw.key else {
+        return Err(map.error_at(
+            "store.backend",
+            format!("the {backend} store needs `key = {{ env = \"BEARERD_STORE_KEY\" }}` (or {{ file = \"…\" }}): make one with `bearerd keygen`"),
+        ));
+    };
+    let help = |m: String| map.error_at("store.key", format!("{m}. {}", store_key_help(key)));
+    let text = SecretRef::lower(key)
+        .and_then(|k| k.resolve())
+        .map_err(help)?;
+    parse_store_key(secrecy::ExposeSecret::expose_secret(&text)).map_err(help)?;
+    lower_secret(map, "store.key", key)
+}
+
+/// A Redis URL bearerd can use. The message never quotes the URL: it may hold a password.
+fn check_redis_url(text: &str) -> Result<(), String> {
+    let url = url::Url::parse(text.trim()).map_err(|e| {
+        format!("the redis url does not parse ({e}); expected redis://[user:pass@]host:port/db or rediss://…")
+    })?;
+    if !matches!(url.scheme(), "redis" | "rediss") {
+        return Err(format!(
+            "the redis url's scheme is {:?}; expected redis:// or rediss:// (TLS)",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("the redis url has no host".into());
+    }
+    let db = url.path().trim_start_matches('/');
+    if !db.is_empty() && db.parse::<u16>().is_err() {
+        return Err("the redis url's path must be a database number, e.g. /0".into());
+    }
+    Ok(())
 }
 
 /// What the store key is for and how to make one, said with every store key error.

@@ -1,0 +1,447 @@
+//! The Redis store, shared by the replicas of an app. Every value is sealed with the store
+//! key (as in the file store) and bound to the prefix, the credential's name and what its
+//! token is (the credential's binding), so Redis never holds a plaintext token, and a
+//! replica whose credential differs reads and writes other keys.
+//!
+//! Keys under `{prefix}:` (`{c}` is the credential's name and a hash of its binding):
+//! - `set:{c}`: a hash, `gen` (the generation, in clear for the compare-and-set) and
+//!   `sealed` (the token set, its generation inside);
+//! - `lease:{c}`: the refresh lease, its owner id, with a time to live;
+//! - `keycheck`: a sealed constant: a sidecar with another key refuses to start;
+//! - channel `changed:{c}`: the generation of each save, for replicas waiting on the lease.
+//!
+//! Every command has a short time limit: a hanging Redis costs an attempt a second, never
+//! a request (requests never touch the store).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::ConnectionManager;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::watch;
+
+use super::memory::LocalCoordination;
+use super::sealed::Sealer;
+use super::{
+    Lease, SaveOutcome, StoreBackend, StoreError, StoreHealth, StoredSet, StoredSetRecord,
+    StoredToken, TokenStore,
+};
+
+/// The longest one Redis command may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+const KEY_CHECK: &[u8] = b"bearerd key check";
+
+/// Saves when the stored generation is the expected one ('' for none), and announces it.
+const COMPARE_AND_SET: &str = r"
+local current = redis.call('HGET', KEYS[1], 'gen')
+if (current == false and ARGV[1] == '') or (current ~= false and current == ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'gen', ARGV[2], 'sealed', ARGV[3])
+  redis.call('PUBLISH', ARGV[4], ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Deletes the lease only when this holder still has it.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// Extends the lease only when this holder still has it.
+const RENEW: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+pub struct RedisStore {
+    client: redis::Client,
+    /// Connected on first use, on the runtime that uses it; reconnects by itself.
+    connection: tokio::sync::OnceCell<ConnectionManager>,
+    sealer: Sealer,
+    prefix: String,
+    /// Credential name → its key suffix (`name:hash-of-binding`).
+    keys: HashMap<String, String>,
+    owner: String,
+    local: Arc<LocalCoordination>,
+    up: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    /// Whether the task that forwards change notifications runs.
+    subscribed: AtomicBool,
+}
+
+fn binding_hash(binding: &str) -> String {
+    super::fingerprint(&SecretString::from(binding.to_string()))[..16].to_string()
+}
+
+impl RedisStore {
+    /// A store for these credentials (name, binding). Nothing is sent yet.
+    pub fn new(
+        url: &SecretString,
+        key: &[u8; 32],
+        prefix: &str,
+        credentials: &[(&str, String)],
+    ) -> Result<RedisStore, StoreError> {
+        // The URL may carry a password: errors never quote it.
+        let client = redis::Client::open(url.expose_secret().trim()).map_err(|e| {
+            StoreError::Invalid(format!("redis store: unusable url: {:?}", e.kind()))
+        })?;
+        let keys = credentials
+            .iter()
+            .map(|(name, binding)| {
+                (
+                    name.to_string(),
+                    format!("{name}:{}", binding_hash(binding)),
+                )
+            })
+            .collect();
+        Ok(RedisStore {
+            client,
+            connection: tokio::sync::OnceCell::new(),
+            sealer: Sealer::new(key),
+            prefix: prefix.to_string(),
+            keys,
+            owner: format!("{:032x}", rand::random::<u128>()),
+            local: Arc::new(LocalCoordination::default()),
+            up: AtomicBool::new(true),
+            last_error: Mutex::new(None),
+            subscribed: AtomicBool::new(false),
+        })
+    }
+
+    /// Names the store in errors: the prefix (never the URL, which may hold a password).
+    fn describe(&self) -> String {
+        format!("redis store (prefix {:?})", self.prefix)
+    }
+
+    fn suffix(&self, credential: &str) -> String {
+        self.keys
+            .get(credential)
+            .cloned()
+            .unwrap_or_else(|| credential.to_string())
+    }
+
+    fn set_key(&self, credential: &str) -> String {
+        format!("{}:set:{}", self.prefix, self.suffix(credential))
+    }
+
+    fn lease_key(&self, credential: &str) -> String {
+        format!("{}:lease:{}", self.prefix, self.suffix(credential))
+    }
+
+    fn channel(&self, credential: &str) -> String {
+        format!("{}:changed:{}", self.prefix, self.suffix(credential))
+    }
+
+    fn aad(&self, credential: &str) -> Vec<u8> {
+        format!("bearerd:redis:{}:{}", self.prefix, self.suffix(credential)).into_bytes()
+    }
+
+    fn key_check_aad(&self) -> Vec<u8> {
+        format!("bearerd:redis-key-check:{}", self.prefix).into_bytes()
+    }
+
+    /// Checks that the key opens this store's values, writing the check value into an
+    /// empty store. A wrong key is an error; an unreachable Redis is one too (the caller
+    /// decides whether to start without it).
+    pub async fn verify_key(&self) -> Result<(), StoreError> {
+        let mut con = self.connect_once().await?;
+        let key = format!("{}:keycheck", self.prefix);
+        let existing: Option<String> = self.run(redis::cmd("GET").arg(&key), &mut con).await?;
+        match existing {
+            Some(sealed) => match self.sealer.open(&sealed, &self.key_check_aad()) {
+                Some(check) if check == KEY_CHECK => Ok(()),
+                _ => Err(StoreError::Io {
+                    path: self.describe(),
+                    message: "the store key does not open this store's values (wrong key, or another app's prefix); nothing was changed".into(),
+                }),
+            },
+            None => {
+                let sealed = self.sealer.seal(KEY_CHECK, &self.key_check_aad());
+                let _: Option<String> = self
+                    .run(redis::cmd("SET").arg(&key).arg(sealed).arg("NX"), &mut con)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// A plain connection for a one-off check (at startup, off the service runtimes).
+    async fn connect_once(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT));
+        match tokio::time::timeout(
+            CONNECT_TIMEOUT * 2,
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await
+        {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(self.unavailable(&e.to_string())),
+            Err(_) => Err(self.unavailable("connecting timed out")),
+        }
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        let con = self
+            .connection
+            .get_or_try_init(|| async {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(COMMAND_TIMEOUT))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_secs(2));
+                match tokio::time::timeout(
+                    CONNECT_TIMEOUT * 2,
+                    ConnectionManager::new_with_config(self.client.clone(), config),
+                )
+                .await
+                {
+                    Ok(Ok(c)) => Ok(c),
+                    Ok(Err(e)) => Err(self.unavailable(&e.to_string())),
+                    Err(_) => Err(self.unavailable("connecting timed out")),
+                }
+            })
+            .await?;
+        Ok(con.clone())
+    }
+
+    /// Runs one command within the time limit, noting whether Redis answered.
+    async fn run<T: redis::FromRedisValue, C: redis::aio::ConnectionLike + Send>(
+        &self,
+        cmd: &redis::Cmd,
+        con: &mut C,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async(con)).await {
+            Ok(Ok(v)) => {
+                self.mark_up();
+                Ok(v)
+            }
+            Ok(Err(e)) => Err(self.unavailable(&e.to_string())),
+            Err(_) => Err(self.unavailable("no answer within 1s")),
+        }
+    }
+
+    async fn script<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut con = self.connection().await?;
+        match tokio::time::timeout(COMMAND_TIMEOUT, script.invoke_async(&mut con)).await {
+            Ok(Ok(v)) => {
+                self.mark_up();
+                Ok(v)
+            }
+            Ok(Err(e)) => Err(self.unavailable(&e.to_string())),
+            Err(_) => Err(self.unavailable("no answer within 1s")),
+        }
+    }
+
+    fn mark_up(&self) {
+        if !self.up.swap(true, Ordering::SeqCst) {
+            tracing::info!(store = %self.describe(), "the store answers again");
+        }
+    }
+
+    fn unavailable(&self, why: &str) -> StoreError {
+        if self.up.swap(false, Ordering::SeqCst) {
+            tracing::warn!(store = %self.describe(), error = why, "the store is unavailable");
+        }
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_string());
+        StoreError::Unavailable {
+            store: self.describe(),
+            message: why.to_string(),
+        }
+    }
+
+    fn open_set(&self, credential: &str, sealed: &str) -> Result<StoredSet, StoreError> {
+        let plain = self.sealer.open(sealed, &self.aad(credential)).ok_or_else(|| StoreError::Io {
+            path: self.describe(),
+            message: format!("the record of credential {credential:?} does not open (wrong key, or tampered)"),
+        })?;
+        let record: StoredSetRecord =
+            serde_json::from_slice(&plain).map_err(|e| StoreError::Io {
+                path: self.describe(),
+                message: format!("the record of credential {credential:?} is malformed: {e}"),
+            })?;
+        Ok(record.into())
+    }
+
+    /// Starts forwarding change notifications (once, on the runtime of the first watcher).
+    fn subscribe(&self) {
+        if self.subscribed.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.subscribed.store(false, Ordering::SeqCst);
+            return;
+        };
+        let channels: HashMap<String, String> = self
+            .keys
+            .keys()
+            .map(|name| (self.channel(name), name.clone()))
+            .collect();
+        runtime.spawn(forward_changes(
+            self.client.clone(),
+            format!("{}:changed:*", self.prefix),
+            channels,
+            Arc::clone(&self.local),
+        ));
+    }
+}
+
+/// Forwards change notifications from Redis to the local watches, reconnecting for as long
+/// as the process runs. The refresher also polls, so a lost message only delays a waiter.
+async fn forward_changes(
+    client: redis::Client,
+    pattern: String,
+    channels: HashMap<String, String>,
+    local: Arc<LocalCoordination>,
+) {
+    use futures::StreamExt;
+    loop {
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_async_pubsub()).await;
+        if let Ok(Ok(mut pubsub)) = connected {
+            if pubsub.psubscribe(&pattern).await.is_ok() {
+                let mut messages = pubsub.on_message();
+                while let Some(message) = messages.next().await {
+                    if let Some(name) = channels.get(message.get_channel_name()) {
+                        local.changed(name);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[async_trait]
+impl TokenStore for RedisStore {
+    fn backend(&self) -> StoreBackend {
+        StoreBackend::Redis
+    }
+
+    fn is_persistent(&self) -> bool {
+        true
+    }
+
+    async fn load(&self, credential: &str) -> Result<Option<StoredSet>, StoreError> {
+        let mut con = self.connection().await?;
+        let sealed: Option<String> = self
+            .run(
+                redis::cmd("HGET")
+                    .arg(self.set_key(credential))
+                    .arg("sealed"),
+                &mut con,
+            )
+            .await?;
+        sealed.map(|s| self.open_set(credential, &s)).transpose()
+    }
+
+    async fn save(
+        &self,
+        credential: &str,
+        token: &StoredToken,
+        expected: Option<u64>,
+    ) -> Result<SaveOutcome, StoreError> {
+        let generation = expected.map_or(1, |g| g + 1);
+        let set = StoredSet {
+            token: token.clone(),
+            generation,
+        };
+        let plain = serde_json::to_vec(&StoredSetRecord::from(&set))
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let sealed = self.sealer.seal(&plain, &self.aad(credential));
+        let script = redis::Script::new(COMPARE_AND_SET);
+        let mut invocation = script.key(self.set_key(credential));
+        invocation
+            .arg(expected.map_or(String::new(), |g| g.to_string()))
+            .arg(generation.to_string())
+            .arg(sealed)
+            .arg(self.channel(credential));
+        let saved: i64 = self.script(&invocation).await?;
+        if saved == 1 {
+            self.local.changed(credential);
+            return Ok(SaveOutcome::Saved { generation });
+        }
+        let current = self.load(credential).await.ok().flatten().map(Box::new);
+        Ok(SaveOutcome::Conflict { current })
+    }
+
+    async fn remove(&self, credential: &str) -> Result<(), StoreError> {
+        let mut con = self.connection().await?;
+        let _: i64 = self
+            .run(redis::cmd("DEL").arg(self.set_key(credential)), &mut con)
+            .await?;
+        self.local.changed(credential);
+        Ok(())
+    }
+
+    async fn lease(
+        &self,
+        credential: &str,
+        hold_for: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let mut con = self.connection().await?;
+        let lease = Lease::new(credential, &self.owner);
+        let taken: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(self.lease_key(credential))
+                    .arg(&lease.holder)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(hold_for.as_millis().max(1) as u64),
+                &mut con,
+            )
+            .await?;
+        Ok(taken.map(|_| lease))
+    }
+
+    async fn renew(&self, lease: &Lease, hold_for: Duration) -> Result<bool, StoreError> {
+        let script = redis::Script::new(RENEW);
+        let mut invocation = script.key(self.lease_key(&lease.credential));
+        invocation
+            .arg(&lease.holder)
+            .arg(hold_for.as_millis().max(1) as u64);
+        let renewed: i64 = self.script(&invocation).await?;
+        Ok(renewed == 1)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let script = redis::Script::new(RELEASE);
+        let mut invocation = script.key(self.lease_key(&lease.credential));
+        invocation.arg(&lease.holder);
+        let _: i64 = self.script(&invocation).await?;
+        Ok(())
+    }
+
+    fn watch(&self, credential: &str) -> watch::Receiver<u64> {
+        self.subscribe();
+        self.local.watch(credential)
+    }
+
+    fn health(&self) -> StoreHealth {
+        StoreHealth {
+            backend: StoreBackend::Redis,
+            up: self.up.load(Ordering::SeqCst),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! A real `redis-server` (Debian's, installed by scripts/setup.sh) on a free loopback port,
+//! with no persistence, that a test can freeze, kill and restart empty. Stopped on drop.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = super::free_addr().port();
+        let dir = std::env::temp_dir().join(format!("bearerd-redis-{}", super::rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--dir", &self.dir.display().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/setup.sh installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.connection().is_none() {
+            assert!(Instant::now() < deadline, "redis-server did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn connection(&self) -> Option<redis::Connection> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut con = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        redis::cmd("PING").query::<String>(&mut con).ok()?;
+        Some(con)
+    }
+
+    /// Every key with its value (strings as they are, hashes as `field=value` lines).
+    pub fn dump(&self) -> Vec<(String, String)> {
+        let mut con = self.connection().expect("redis is up");
+        let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
+        keys.sort();
+        keys.into_iter()
+            .map(|k| {
+                let kind: String = redis::cmd("TYPE").arg(&k).query(&mut con).unwrap();
+                let value = match kind.as_str() {
+                    "hash" => {
+                        let mut fields: Vec<(String, String)> =
+                            redis::cmd("HGETALL").arg(&k).query(&mut con).unwrap();
+                        fields.sort();
+                        fields
+                            .into_iter()
+                            .map(|(f, v)| format!("{f}={v}"))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    }
+                    "string" => redis::cmd("GET").arg(&k).query(&mut con).unwrap(),
+                    other => format!("<{other}>"),
+                };
+                (k, value)
+            })
+            .collect()
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        let ok = Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {signal} {pid}");
+    }
+
+    /// Freezes the server: connections stay open, nothing answers.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    /// Kills the server at once (its data is gone: there is no persistence).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts an empty server on the same port.
+    pub fn restart_empty(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            // A frozen server would not die of SIGTERM; SIGKILL always works.
+            self.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
