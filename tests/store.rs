@@ -381,54 +381,77 @@ fn stop_all(sidecars: Vec<bearerd::SidecarHandle>) {
     }
 }
 
+/// One Redis, one token server and upstream, one store key: the sidecars of a fleet.
+struct Fleet {
+    redis: RedisServer,
+    tokens: TokenServer,
+    upstream: Upstream,
+    key: String,
+    client: reqwest::Client,
+}
+
+const CLIENT_CREDENTIALS: &str = "grant = \"client_credentials\"\n";
+
+impl Fleet {
+    async fn start(lifetime: Duration) -> Fleet {
+        let (tokens, upstream) = support::start_peers(lifetime).await;
+        Fleet {
+            redis: RedisServer::start(),
+            tokens,
+            upstream,
+            key: bearerd::store::generate_key(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    fn config(&self, redis: &RedisServer, key: &str, grant_lines: &str) -> String {
+        fleet_config(&self.tokens, &self.upstream, redis, key, grant_lines)
+    }
+
+    /// A sidecar of the fleet, once ready.
+    async fn sidecar(&self, grant_lines: &str) -> bearerd::SidecarHandle {
+        self.sidecar_on(&self.redis, grant_lines).await
+    }
+
+    async fn sidecar_on(&self, redis: &RedisServer, grant_lines: &str) -> bearerd::SidecarHandle {
+        let s = start_sidecar(&self.config(redis, &self.key, grant_lines)).await;
+        wait_ready(&self.client, &s).await;
+        s
+    }
+
+    fn requests(&self) -> usize {
+        self.tokens.state.requests()
+    }
+}
+
 /// Three sidecars on one Redis: the first makes the one token request, the others start
 /// from its set; under load with 3-second tokens they make about the token requests of one
 /// sidecar alone, with no failed request; and Redis holds only sealed values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_on_redis_makes_the_token_requests_of_one_sidecar() {
-    let redis = RedisServer::start();
-    let (tokens, upstream) = support::start_peers(Duration::from_secs(3)).await;
-    let key = bearerd::store::generate_key();
-    let template = fleet_config(
-        &tokens,
-        &upstream,
-        &redis,
-        &key,
-        "grant = \"client_credentials\"\n",
-    );
-    let client = reqwest::Client::new();
+    let f = Fleet::start(Duration::from_secs(3)).await;
 
-    // One sidecar alone, on a store of its own, for the comparison.
-    let alone_redis = RedisServer::start();
-    let alone = start_sidecar(&fleet_config(
-        &tokens,
-        &upstream,
-        &alone_redis,
-        &key,
-        "grant = \"client_credentials\"\n",
-    ))
-    .await;
-    wait_ready(&client, &alone).await;
-    let before = tokens.state.requests();
+    // One sidecar alone, on a Redis of its own, for the comparison.
+    let own_redis = RedisServer::start();
+    let alone = f.sidecar_on(&own_redis, CLIENT_CREDENTIALS).await;
+    let before = f.requests();
     let (_, bad) = fleet_load(std::slice::from_ref(&alone), 8, Duration::from_secs(12)).await;
     assert!(bad.is_empty(), "{bad:?}");
-    let one_alone = tokens.state.requests() - before + 1;
+    let one_alone = f.requests() - before + 1;
     stop_all(vec![alone]);
 
-    let before = tokens.state.requests();
+    let before = f.requests();
     let mut fleet = Vec::new();
     for _ in 0..3 {
-        let s = start_sidecar(&template).await;
-        wait_ready(&client, &s).await;
-        fleet.push(s);
+        fleet.push(f.sidecar(CLIENT_CREDENTIALS).await);
     }
     assert_eq!(
-        tokens.state.requests() - before,
+        f.requests() - before,
         1,
         "one token request for three sidecars at startup"
     );
     let (ok, bad) = fleet_load(&fleet, 8, Duration::from_secs(12)).await;
-    let fleet_requests = tokens.state.requests() - before;
+    let fleet_requests = f.requests() - before;
     eprintln!("token requests in 12 s: one sidecar alone {one_alone}, three on one Redis {fleet_requests} ({ok} requests served)");
     assert!(bad.is_empty(), "non-2xx answers: {bad:?}");
     assert!(
@@ -437,9 +460,10 @@ async fn a_fleet_on_redis_makes_the_token_requests_of_one_sidecar() {
     );
 
     // Nothing in Redis is a token or a secret in the clear.
-    let dump = redis.dump();
+    let dump = f.redis.dump();
     assert!(dump.len() >= 2, "{dump:?}");
-    let secrets: Vec<String> = tokens
+    let secrets: Vec<String> = f
+        .tokens
         .state
         .every_issued()
         .into_iter()
@@ -460,40 +484,16 @@ async fn a_fleet_on_redis_makes_the_token_requests_of_one_sidecar() {
 /// configs that differ only in scopes each get their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sidecars_whose_credentials_differ_never_adopt_each_others_token() {
-    let redis = RedisServer::start();
-    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
-    let key = bearerd::store::generate_key();
-    let client = reqwest::Client::new();
-    let a = start_sidecar(&fleet_config(
-        &tokens,
-        &upstream,
-        &redis,
-        &key,
-        "grant = \"client_credentials\"\nscopes = [\"a\"]\n",
-    ))
-    .await;
-    wait_ready(&client, &a).await;
-    let b = start_sidecar(&fleet_config(
-        &tokens,
-        &upstream,
-        &redis,
-        &key,
-        "grant = \"client_credentials\"\nscopes = [\"a\", \"b\"]\n",
-    ))
-    .await;
-    wait_ready(&client, &b).await;
-    assert_eq!(tokens.state.requests(), 2);
+    let f = Fleet::start(Duration::from_secs(60)).await;
+    let narrow = format!("{CLIENT_CREDENTIALS}scopes = [\"a\"]\n");
+    let a = f.sidecar(&narrow).await;
+    let b = f
+        .sidecar(&format!("{CLIENT_CREDENTIALS}scopes = [\"a\", \"b\"]\n"))
+        .await;
+    assert_eq!(f.requests(), 2);
     // The same config again adopts.
-    let c = start_sidecar(&fleet_config(
-        &tokens,
-        &upstream,
-        &redis,
-        &key,
-        "grant = \"client_credentials\"\nscopes = [\"a\"]\n",
-    ))
-    .await;
-    wait_ready(&client, &c).await;
-    assert_eq!(tokens.state.requests(), 2);
+    let c = f.sidecar(&narrow).await;
+    assert_eq!(f.requests(), 2);
     stop_all(vec![a, b, c]);
 }
 
@@ -501,30 +501,17 @@ async fn sidecars_whose_credentials_differ_never_adopt_each_others_token() {
 /// in Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sidecar_with_another_key_refuses_to_start_and_changes_nothing() {
-    let redis = RedisServer::start();
-    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
-    let client = reqwest::Client::new();
-    let key = bearerd::store::generate_key();
-    let first = start_sidecar(&fleet_config(
-        &tokens,
-        &upstream,
-        &redis,
-        &key,
-        "grant = \"client_credentials\"\n",
-    ))
-    .await;
-    wait_ready(&client, &first).await;
-    let before = redis.dump();
-    let other_key = bearerd::store::generate_key();
-    let text = fleet_config(
-        &tokens,
-        &upstream,
-        &redis,
-        &other_key,
-        "grant = \"client_credentials\"\n",
-    )
-    .replace("{proxy}", &support::free_addr().to_string())
-    .replace("{admin}", &support::free_addr().to_string());
+    let f = Fleet::start(Duration::from_secs(60)).await;
+    let first = f.sidecar(CLIENT_CREDENTIALS).await;
+    let before = f.redis.dump();
+    let text = f
+        .config(
+            &f.redis,
+            &bearerd::store::generate_key(),
+            CLIENT_CREDENTIALS,
+        )
+        .replace("{proxy}", &support::free_addr().to_string())
+        .replace("{admin}", &support::free_addr().to_string());
     let config = support::sidecar_config(&text);
     let e = tokio::task::spawn_blocking(move || Sidecar::start(config))
         .await
@@ -534,11 +521,11 @@ async fn a_sidecar_with_another_key_refuses_to_start_and_changes_nothing() {
         .to_string();
     assert!(e.contains("redis store") && e.contains("wrong key"), "{e}");
     assert!(
-        !e.contains(&redis.url()),
+        !e.contains(&f.redis.url()),
         "the url is not in the error: {e}"
     );
-    assert_eq!(redis.dump(), before);
-    assert_eq!(tokens.state.requests(), 1);
+    assert_eq!(f.redis.dump(), before);
+    assert_eq!(f.requests(), 1);
     stop_all(vec![first]);
 }
 
@@ -547,39 +534,26 @@ async fn a_sidecar_with_another_key_refuses_to_start_and_changes_nothing() {
 /// is sent once, no refresh token twice, the grant lives, and every request succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_on_redis_sends_a_rotating_refresh_token_once() {
-    let redis = RedisServer::start();
-    let (tokens, upstream) = support::start_peers(Duration::from_secs(3)).await;
-    let key = bearerd::store::generate_key();
+    let f = Fleet::start(Duration::from_secs(3)).await;
     let mut grant_lines = String::new();
-    Harness::write_seed(&mut grant_lines, tokens.state.seed_refresh_token());
-    let template = fleet_config(
-        &tokens,
-        &upstream,
-        &redis,
-        &key,
-        &format!("grant = \"refresh_token\"\n{grant_lines}"),
-    );
-    let client = reqwest::Client::new();
-    let starts = (0..3).map(|_| start_sidecar(&template));
-    let fleet: Vec<_> = futures::future::join_all(starts).await;
-    for s in &fleet {
-        wait_ready(&client, s).await;
-    }
-    assert_eq!(tokens.state.requests(), 1, "the seed was sent once");
+    Harness::write_seed(&mut grant_lines, f.tokens.state.seed_refresh_token());
+    let grant_lines = format!("grant = \"refresh_token\"\n{grant_lines}");
+    let fleet: Vec<_> = futures::future::join_all((0..3).map(|_| f.sidecar(&grant_lines))).await;
+    assert_eq!(f.requests(), 1, "the seed was sent once");
     let (_, bad) = fleet_load(&fleet, 4, Duration::from_secs(15)).await;
     assert_eq!(
-        tokens.state.reuse_detected(),
+        f.tokens.state.reuse_detected(),
         0,
         "a refresh token was sent twice"
     );
     assert!(bad.is_empty(), "non-2xx answers: {bad:?}");
     assert!(
-        tokens.state.rotations() >= 4,
+        f.tokens.state.rotations() >= 4,
         "{} rotations",
-        tokens.state.rotations()
+        f.tokens.state.rotations()
     );
     assert_eq!(
-        tokens.state.active_refresh_tokens(),
+        f.tokens.state.active_refresh_tokens(),
         1,
         "the grant is alive"
     );
