@@ -308,6 +308,9 @@ fn fleet_config(
 }
 
 async fn start_sidecar(template: &str) -> bearerd::SidecarHandle {
+    if std::env::var_os("BEARERD_LOG").is_some() {
+        bearerd::logging::init(bearerd::config::LogFormat::Pretty);
+    }
     for attempt in 0.. {
         let text = template
             .replace("{proxy}", &support::free_addr().to_string())
@@ -347,10 +350,19 @@ async fn fleet_load(
     clients: usize,
     duration: Duration,
 ) -> (usize, Vec<u16>) {
+    let proxies: Vec<_> = sidecars.iter().map(|s| s.proxy_addr).collect();
+    load_through(proxies, clients, duration).await
+}
+
+async fn load_through(
+    proxies: Vec<std::net::SocketAddr>,
+    clients: usize,
+    duration: Duration,
+) -> (usize, Vec<u16>) {
     let mut tasks = Vec::new();
-    for s in sidecars {
+    for proxy in proxies {
         for i in 0..clients {
-            let url = format!("http://{}/api/load/{i}", s.proxy_addr);
+            let url = format!("http://{proxy}/api/load/{i}");
             tasks.push(tokio::spawn(async move {
                 let client = reqwest::Client::new();
                 let (mut ok, mut bad) = (0, Vec::new());
@@ -453,7 +465,12 @@ async fn a_fleet_on_redis_makes_the_token_requests_of_one_sidecar() {
     let (ok, bad) = fleet_load(&fleet, 8, Duration::from_secs(12)).await;
     let fleet_requests = f.requests() - before;
     eprintln!("token requests in 12 s: one sidecar alone {one_alone}, three on one Redis {fleet_requests} ({ok} requests served)");
-    assert!(bad.is_empty(), "non-2xx answers: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "{} non-2xx answers, the first {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
     assert!(
         fleet_requests as f64 <= 1.5 * one_alone as f64,
         "three sidecars made {fleet_requests} token requests, one alone {one_alone}"
@@ -546,11 +563,93 @@ async fn a_fleet_on_redis_sends_a_rotating_refresh_token_once() {
         0,
         "a refresh token was sent twice"
     );
-    assert!(bad.is_empty(), "non-2xx answers: {bad:?}");
+    assert!(
+        bad.is_empty(),
+        "{} non-2xx answers, the first {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
     assert!(
         f.tokens.state.rotations() >= 4,
         "{} rotations",
         f.tokens.state.rotations()
+    );
+    assert_eq!(
+        f.tokens.state.active_refresh_tokens(),
+        1,
+        "the grant is alive"
+    );
+    stop_all(fleet);
+}
+
+/// The `store.up` a sidecar's /status reports, once it reads `want` (bounded wait).
+async fn store_up_becomes(client: &reqwest::Client, sidecar: &bearerd::SidecarHandle, want: bool) {
+    let url = format!("http://{}/status", sidecar.admin_addr);
+    for _ in 0..200 {
+        let status: serde_json::Value =
+            client.get(&url).send().await.unwrap().json().await.unwrap();
+        if status["store"]["up"] == want {
+            assert_eq!(status["store"]["backend"], "redis");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("store.up never became {want}");
+}
+
+/// Redis hangs (SIGSTOP for 5 s), then dies and comes back empty, while two sidecars share
+/// a rotating refresh token under load with 10-second tokens: no request fails, `store.up`
+/// goes false and comes back, the set is back in Redis within seconds, and the grant lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_rides_out_redis_hanging_and_coming_back_empty() {
+    let mut f = Fleet::start(Duration::from_secs(10)).await;
+    let mut grant_lines = String::new();
+    Harness::write_seed(&mut grant_lines, f.tokens.state.seed_refresh_token());
+    let grant_lines = format!("grant = \"refresh_token\"\n{grant_lines}");
+    let fleet = vec![f.sidecar(&grant_lines).await, f.sidecar(&grant_lines).await];
+    let proxies = fleet.iter().map(|s| s.proxy_addr).collect();
+    let load = tokio::spawn(load_through(proxies, 4, Duration::from_secs(14)));
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    f.redis.freeze();
+    let frozen = std::time::Instant::now();
+    store_up_becomes(&f.client, &fleet[0], false).await;
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(frozen.elapsed())).await;
+    f.redis.thaw();
+    store_up_becomes(&f.client, &fleet[0], true).await;
+
+    f.redis.kill();
+    store_up_becomes(&f.client, &fleet[0], false).await;
+    f.redis.restart_empty();
+    store_up_becomes(&f.client, &fleet[0], true).await;
+    let back = std::time::Instant::now();
+    while !f.redis.dump().iter().any(|(k, _)| k.contains(":set:")) {
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "the set never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "the set was back in Redis {:?} after it answered again",
+        back.elapsed()
+    );
+
+    let (ok, bad) = load.await.unwrap();
+    assert!(
+        bad.is_empty(),
+        "{} non-2xx answers, the first {:?} ({ok} ok)",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    assert_eq!(
+        f.tokens.state.reuse_detected(),
+        0,
+        "a refresh token was sent twice"
+    );
+    assert!(
+        f.tokens.state.rotations() >= 1,
+        "no rotation during the test"
     );
     assert_eq!(
         f.tokens.state.active_refresh_tokens(),

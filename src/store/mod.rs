@@ -129,6 +129,13 @@ pub trait TokenStore: Send + Sync {
         hold_for: Duration,
     ) -> Result<Option<Lease>, StoreError>;
 
+    /// Writes back a set the store lost (a shared store that restarted empty): only when
+    /// the store has no record, or an older generation than `set`'s, so an older set never
+    /// replaces a newer one. A store inside this process never loses records.
+    async fn refill(&self, _credential: &str, _set: &StoredSet) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+
     /// Extends a lease this holder still has: `false` when it ran out and is gone.
     async fn renew(&self, lease: &Lease, hold_for: Duration) -> Result<bool, StoreError>;
 

@@ -48,6 +48,17 @@ end
 return 0
 ";
 
+/// Writes a set back when the store has none, or an older one.
+const REFILL: &str = r"
+local current = redis.call('HGET', KEYS[1], 'gen')
+if current == false or tonumber(current) < tonumber(ARGV[1]) then
+  redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'sealed', ARGV[2])
+  redis.call('PUBLISH', ARGV[3], ARGV[1])
+  return 1
+end
+return 0
+";
+
 /// Deletes the lease only when this holder still has it.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -74,10 +85,34 @@ pub struct RedisStore {
     keys: HashMap<String, String>,
     owner: String,
     local: Arc<LocalCoordination>,
+    health: Arc<Health>,
+    /// Whether the tasks that forward change notifications and watch health run.
+    subscribed: AtomicBool,
+}
+
+/// Whether Redis answers, as the last command or health check found it.
+struct Health {
+    store: String,
     up: AtomicBool,
     last_error: Mutex<Option<String>>,
-    /// Whether the task that forwards change notifications runs.
-    subscribed: AtomicBool,
+}
+
+impl Health {
+    /// Returns whether this is a recovery (it was down).
+    fn mark_up(&self) -> bool {
+        let recovered = !self.up.swap(true, Ordering::SeqCst);
+        if recovered {
+            tracing::info!(store = %self.store, "the store answers again");
+        }
+        recovered
+    }
+
+    fn mark_down(&self, why: &str) {
+        if self.up.swap(false, Ordering::SeqCst) {
+            tracing::warn!(store = %self.store, error = why, "the store is unavailable");
+        }
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_string());
+    }
 }
 
 fn binding_hash(binding: &str) -> String {
@@ -113,8 +148,11 @@ impl RedisStore {
             keys,
             owner: format!("{:032x}", rand::random::<u128>()),
             local: Arc::new(LocalCoordination::default()),
-            up: AtomicBool::new(true),
-            last_error: Mutex::new(None),
+            health: Arc::new(Health {
+                store: format!("redis store (prefix {prefix:?})"),
+                up: AtomicBool::new(true),
+                last_error: Mutex::new(None),
+            }),
             subscribed: AtomicBool::new(false),
         })
     }
@@ -250,16 +288,21 @@ impl RedisStore {
     }
 
     fn mark_up(&self) {
-        if !self.up.swap(true, Ordering::SeqCst) {
-            tracing::info!(store = %self.describe(), "the store answers again");
+        if self.health.mark_up() {
+            self.announce_recovery();
+        }
+    }
+
+    /// After an outage every credential looks at the store again: it may have come back
+    /// empty, and the replica with the newest set writes it back.
+    fn announce_recovery(&self) {
+        for name in self.keys.keys() {
+            self.local.changed(name);
         }
     }
 
     fn unavailable(&self, why: &str) -> StoreError {
-        if self.up.swap(false, Ordering::SeqCst) {
-            tracing::warn!(store = %self.describe(), error = why, "the store is unavailable");
-        }
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.to_string());
+        self.health.mark_down(why);
         StoreError::Unavailable {
             store: self.describe(),
             message: why.to_string(),
@@ -299,6 +342,67 @@ impl RedisStore {
             channels,
             Arc::clone(&self.local),
         ));
+        runtime.spawn(watch_health(
+            self.client.clone(),
+            Arc::clone(&self.health),
+            Arc::clone(&self.local),
+            self.keys.keys().cloned().collect(),
+        ));
+    }
+}
+
+/// Pings Redis every second, so `/status` and `bearerd_store_up` follow an outage even while
+/// no refresh runs, and a recovery makes every credential look at the store again.
+async fn watch_health(
+    client: redis::Client,
+    health: Arc<Health>,
+    local: Arc<LocalCoordination>,
+    credentials: Vec<String>,
+) {
+    let mut connection: Option<redis::aio::MultiplexedConnection> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        if connection.is_none() {
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(COMMAND_TIMEOUT));
+            match tokio::time::timeout(
+                CONNECT_TIMEOUT * 2,
+                client.get_multiplexed_async_connection_with_config(&config),
+            )
+            .await
+            {
+                Ok(Ok(c)) => connection = Some(c),
+                Ok(Err(e)) => health.mark_down(&e.to_string()),
+                Err(_) => health.mark_down("connecting timed out"),
+            }
+        }
+        let Some(con) = connection.as_mut() else {
+            continue;
+        };
+        let ping = tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            redis::cmd("PING").query_async::<String>(con),
+        )
+        .await;
+        match ping {
+            Ok(Ok(_)) => {
+                if health.mark_up() {
+                    for name in &credentials {
+                        local.changed(name);
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                health.mark_down(&e.to_string());
+                connection = None;
+            }
+            Err(_) => {
+                health.mark_down("no answer within 1s");
+                connection = None;
+            }
+        }
     }
 }
 
@@ -380,6 +484,19 @@ impl TokenStore for RedisStore {
         Ok(SaveOutcome::Conflict { current })
     }
 
+    async fn refill(&self, credential: &str, set: &StoredSet) -> Result<bool, StoreError> {
+        let plain = serde_json::to_vec(&StoredSetRecord::from(set))
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let script = redis::Script::new(REFILL);
+        let mut invocation = script.key(self.set_key(credential));
+        invocation
+            .arg(set.generation.to_string())
+            .arg(self.sealer.seal(&plain, &self.aad(credential)))
+            .arg(self.channel(credential));
+        let written: i64 = self.script(&invocation).await?;
+        Ok(written == 1)
+    }
+
     async fn remove(&self, credential: &str) -> Result<(), StoreError> {
         let mut con = self.connection().await?;
         let _: i64 = self
@@ -436,8 +553,9 @@ impl TokenStore for RedisStore {
     fn health(&self) -> StoreHealth {
         StoreHealth {
             backend: StoreBackend::Redis,
-            up: self.up.load(Ordering::SeqCst),
+            up: self.health.up.load(Ordering::SeqCst),
             last_error: self
+                .health
                 .last_error
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

@@ -38,6 +38,7 @@ const LEASE_HOLD: Duration = Duration::from_secs(6);
 /// with an immediate refresh otherwise.
 pub async fn run(cred: Arc<Credential>, mut shutdown: watch::Receiver<bool>) {
     let slot = &cred.slot;
+    let mut store_changes = cred.store.watch(&slot.name);
     let mut trigger = {
         let _op = cred.op.lock().await;
         restore(&cred).await
@@ -61,7 +62,62 @@ pub async fn run(cred: Arc<Credential>, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = due => trigger = Some(Trigger::Scheduled),
             _ = slot.demanded() => trigger = take_demand(slot).await,
+            r = store_changes.changed(), if is_open(&store_changes) => {
+                if r.is_ok() {
+                    let _op = cred.op.lock().await;
+                    refill_if_lost(&cred).await;
+                }
+            }
             _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Whether the store's change channel is still open (a closed one is not waited on).
+fn is_open(changes: &watch::Receiver<u64>) -> bool {
+    changes.has_changed().is_ok()
+}
+
+/// When the store lost the set this process holds (a shared store that restarted empty),
+/// writes it back, with its generation: the store only takes it over nothing or an older
+/// set, so the replica with the newest set wins.
+async fn refill_if_lost(cred: &Credential) {
+    let (slot, grant) = (&cred.slot, &cred.grant);
+    let Some(held) = cred.stored_generation() else {
+        return;
+    };
+    if !grant.persists() || slot.is_logged_out() {
+        return;
+    }
+    match cred.store.load(&slot.name).await {
+        Ok(Some(set)) if set.generation >= held => return,
+        Ok(_) => {}
+        Err(_) => return,
+    }
+    let (Some(token), Some(access_token)) = (slot.current(), slot.access_token()) else {
+        return;
+    };
+    let set = crate::store::StoredSet {
+        token: StoredToken {
+            access_token,
+            issued_at: token.issued_wall,
+            expires_at: token.lifetime.map(|l| token.issued_wall + l),
+            scopes: token.scopes.clone(),
+            refresh_token: grant.refresh_token().await,
+            logged_out: false,
+            spent_seed: grant.spent_seed().await,
+        },
+        generation: held,
+    };
+    match cred.store.refill(&slot.name, &set).await {
+        Ok(true) => tracing::warn!(
+            credential = &*slot.name,
+            generation = held,
+            "the store had lost the token set; written back"
+        ),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(credential = &*slot.name, error = %e, "could not write the token set back")
         }
     }
 }
@@ -308,15 +364,30 @@ async fn release(cred: &Credential, lease: Option<Lease>) {
 async fn save(cred: &Credential, record: &StoredToken) {
     let slot = &cred.slot;
     let mut outcome = cred.save_set(record).await;
-    if let Ok(SaveOutcome::Conflict { current: None }) = outcome {
+    if let (Ok(SaveOutcome::Conflict { current: None }), Some(held)) =
+        (&outcome, cred.stored_generation())
+    {
         // The store lost the record (a shared store restarted empty): the set just
-        // obtained is the newest there is, so it is written back.
+        // obtained is the newest there is. It goes back with the generation after the one
+        // held, never a restarted count, so replicas still holding that one adopt it.
         tracing::warn!(
             credential = &*slot.name,
             "the store lost the token set; writing it back"
         );
-        cred.set_held(None);
-        outcome = cred.save_set(record).await;
+        let set = crate::store::StoredSet {
+            token: record.clone(),
+            generation: held + 1,
+        };
+        outcome = match cred.store.refill(&slot.name, &set).await {
+            Ok(true) => {
+                cred.hold_generation(held + 1);
+                Ok(SaveOutcome::Saved {
+                    generation: held + 1,
+                })
+            }
+            Ok(false) => Ok(SaveOutcome::Conflict { current: None }),
+            Err(e) => Err(e),
+        };
     }
     match outcome {
         Ok(SaveOutcome::Saved { .. }) => {}
