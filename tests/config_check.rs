@@ -18,9 +18,12 @@ fn bearerd() -> Command {
         c.env(var, "example-value");
     }
     c.env("BEARERD_STORE_KEY", bearerd::store::generate_key());
+    c.env("BEARERD_REDIS_URL", REDIS_URL);
     c.env_remove("BEARERD_CONFIG");
     c
 }
+
+const REDIS_URL: &str = "redis://:example-password@redis.example:6379/0";
 
 #[test]
 fn every_example_config_passes_check() {
@@ -373,7 +376,9 @@ fn examples_inline() -> Vec<(String, String)> {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let text = std::fs::read_to_string(&path).unwrap();
-            let text = text.replace("{ env = \"BEARERD_STORE_KEY\" }", &format!("{key:?}"));
+            let text = text
+                .replace("{ env = \"BEARERD_STORE_KEY\" }", &format!("{key:?}"))
+                .replace("{ env = \"BEARERD_REDIS_URL\" }", &format!("{REDIS_URL:?}"));
             let inline = regex_free_replace_env(&text);
             out.push((path.file_name().unwrap().to_string_lossy().into(), inline));
         }
@@ -538,5 +543,60 @@ fn every_example_config_parses_with_inline_secrets() {
         if let Err(e) = bearerd::config::Config::parse(Path::new(&name), &text) {
             panic!("{e}");
         }
+    }
+}
+
+/// A Redis store's URL is checked at load; the error never quotes it (it may hold a
+/// password), and keys of other backends are refused.
+#[test]
+fn redis_store_mistakes_are_located_and_never_print_the_url() {
+    let with_store = |store: &str| {
+        BASE.replace(
+            "[credentials.crm]",
+            &format!("[store]\n{store}\n\n[credentials.crm]"),
+        )
+    };
+    let key = "key = { env = \"BEARERD_STORE_KEY\" }";
+    for (store, line, needles) in [
+        (
+            format!("backend = \"redis\"\nurl = \"https://user:hunter2@redis.example/0\"\n{key}"),
+            7,
+            vec!["store.url", "redis:// or rediss://"],
+        ),
+        (
+            format!(
+                "backend = \"redis\"\nurl = \"redis://user:hunter2@redis.example/zero\"\n{key}"
+            ),
+            7,
+            vec!["store.url", "database number"],
+        ),
+        (
+            "backend = \"redis\"\nurl = \"redis://redis.example\"".to_string(),
+            6,
+            vec!["store.backend", "bearerd keygen"],
+        ),
+        (
+            format!("backend = \"redis\"\n{key}"),
+            6,
+            vec!["store.backend", "BEARERD_REDIS_URL"],
+        ),
+        (
+            format!(
+                "backend = \"redis\"\nurl = \"redis://redis.example\"\n{key}\nprefix = \"a b\""
+            ),
+            9,
+            vec!["store.prefix"],
+        ),
+        (
+            format!("backend = \"file\"\npath = \"/tmp/x.store\"\n{key}\nprefix = \"app\""),
+            9,
+            vec!["store.prefix", "redis"],
+        ),
+    ] {
+        let text = with_store(&store);
+        assert_error(&text, line, &needles);
+        let path = write("redis.toml", &text);
+        let out = bearerd().args(["check", "-c"]).arg(&path).output().unwrap();
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
     }
 }
