@@ -196,10 +196,13 @@ impl Sidecar {
             .iter()
             .map(|c| (c.name.as_str(), c.binding()))
             .collect();
-        let store = store::open(&config.store, &bindings)?;
         let metrics = Arc::new(Metrics::new(
             config.credentials.iter().map(|c| c.name.as_str()),
             config.upstreams.iter().map(|u| u.name.as_str()),
+        ));
+        let store: Arc<dyn store::TokenStore> = Arc::new(store::metered::MeteredStore::new(
+            store::open(&config.store, &bindings)?,
+            metrics.store_operations_total.clone(),
         ));
         let mut handles = Vec::new();
         let mut credentials = Vec::new();

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub token_wait_seconds: HistogramVec,
     pub token_adopted_total: IntCounterVec,
     pub store_up: prometheus::IntGauge,
+    pub store_operations_total: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -133,6 +134,14 @@ impl Metrics {
                 "1 while the token store answers (always for the memory and file stores).",
             ))
             .expect("metric definition"),
+            store_operations_total: IntCounterVec::new(
+                opts(
+                    "store_operations_total",
+                    "Token store operations, by operation and result (ok, conflict: a compare-and-set that lost or a lease held elsewhere, error).",
+                ),
+                &["op", "result"],
+            )
+            .expect("metric definition"),
             token_adopted_total: IntCounterVec::new(
                 opts(
                     "token_adopted_total",
@@ -153,10 +162,17 @@ impl Metrics {
             Box::new(m.token_wait_seconds.clone()),
             Box::new(m.token_adopted_total.clone()),
             Box::new(m.store_up.clone()),
+            Box::new(m.store_operations_total.clone()),
         ] {
             m.registry.register(c).expect("metrics are registered once");
         }
         m.store_up.set(1);
+        for op in crate::store::metered::StoreOp::ALL {
+            for result in crate::store::metered::RESULTS {
+                m.store_operations_total
+                    .with_label_values(&[op.as_str(), result]);
+            }
+        }
         for cred in credentials {
             for t in TRIGGERS {
                 for r in RESULTS {

@@ -656,5 +656,95 @@ async fn a_fleet_rides_out_redis_hanging_and_coming_back_empty() {
         1,
         "the grant is alive"
     );
+    // The outage is in the operation counts, and so are the writes that ended it.
+    let mut errors = 0.0;
+    let mut saves = 0.0;
+    for s in &fleet {
+        let m = f
+            .client
+            .get(format!("http://{}/metrics", s.admin_addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let count = |op: &str, result: &str| {
+            support::metric(
+                &m,
+                &format!("bearerd_store_operations_total{{op=\"{op}\",result=\"{result}\"}}"),
+            )
+            .unwrap()
+        };
+        errors += ["load", "save", "refill", "lease", "renew", "release"]
+            .iter()
+            .map(|op| count(op, "error"))
+            .sum::<f64>();
+        saves += count("save", "ok") + count("refill", "ok");
+        assert_eq!(support::metric(&m, "bearerd_store_up"), Some(1.0));
+    }
+    assert!(
+        errors > 0.0 && saves > 0.0,
+        "errors {errors}, saves {saves}"
+    );
     stop_all(fleet);
+}
+
+/// While Redis is gone, a rotating refresh token is never sent (it needs the lease): once
+/// the token runs out, requests get 503 `store-unavailable` (not a re-login), and when Redis
+/// is back the sidecar recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_redis_a_rotating_refresh_token_waits_and_requests_get_store_unavailable() {
+    let mut f = Fleet::start(Duration::from_secs(3)).await;
+    let mut grant_lines = String::new();
+    Harness::write_seed(&mut grant_lines, f.tokens.state.seed_refresh_token());
+    let grant_lines = format!("grant = \"refresh_token\"\n{grant_lines}wait_budget = \"1s\"\n");
+    let sidecar = f.sidecar(&grant_lines).await;
+    f.redis.kill();
+    store_up_becomes(&f.client, &sidecar, false).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let resp = f
+        .client
+        .get(format!("http://{}/api/x", sidecar.proxy_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let problem: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        problem["type"], "urn:bearerd:problem:store-unavailable",
+        "{problem}"
+    );
+    assert_eq!(problem["requires_reauth"], false);
+    assert_eq!(
+        f.requests(),
+        1,
+        "no refresh token was sent without the lease"
+    );
+
+    f.redis.restart_empty();
+    store_up_becomes(&f.client, &sidecar, true).await;
+    let mut status = 0;
+    for _ in 0..100 {
+        status = f
+            .client
+            .get(format!("http://{}/api/x", sidecar.proxy_addr))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 200, "no recovery once Redis was back");
+    assert_eq!(f.tokens.state.reuse_detected(), 0);
+    assert_eq!(
+        f.tokens.state.active_refresh_tokens(),
+        1,
+        "the grant is alive"
+    );
+    stop_all(vec![sidecar]);
 }

@@ -356,24 +356,11 @@ impl ProxyHttp for BearerProxy {
                 Ok(false)
             }
             Err(e) => {
-                let mut p = Problem::new(
-                    if e.permanent {
-                        "credential-failed"
-                    } else {
-                        "token-unavailable"
-                    },
-                    if e.permanent {
-                        "Credential needs re-authorization"
-                    } else {
-                        "No valid token"
-                    },
-                    503,
-                    e.message,
-                    rid,
-                );
+                let requires_reauth = e.requires_reauth();
+                let mut p = Problem::new(e.reason.slug(), e.reason.title(), 503, e.message, rid);
                 p.credential = Some(&upstream.slot.name);
                 p.upstream = Some(&upstream.name);
-                p.requires_reauth = e.permanent;
+                p.requires_reauth = requires_reauth;
                 self.answer(session, ctx, p).await
             }
         }

@@ -9,6 +9,7 @@ mod file;
 pub mod journal;
 pub mod lock;
 mod memory;
+pub mod metered;
 mod redis;
 pub mod sealed;
 

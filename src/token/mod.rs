@@ -73,9 +73,51 @@ impl TokenSnapshot {
 /// Why a request could not get a token.
 #[derive(Debug, Clone)]
 pub struct TokenUnavailable {
-    /// Only a new login or secret can fix it (`requires_reauth`).
-    pub permanent: bool,
+    pub reason: Unavailability,
     pub message: String,
+}
+
+/// The kinds of "no token", each with its problem+json slug and title.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailability {
+    /// None could be had within the wait budget; retries go on.
+    NoValidToken,
+    /// Only a new login or secret can fix it (`requires_reauth`).
+    NeedsReauth,
+    /// A rotating refresh token is only sent under the shared store's lease, and the store
+    /// is unreachable.
+    StoreUnavailable,
+}
+
+impl Unavailability {
+    pub const ALL: [Unavailability; 3] = [
+        Unavailability::NoValidToken,
+        Unavailability::NeedsReauth,
+        Unavailability::StoreUnavailable,
+    ];
+
+    pub fn slug(self) -> &'static str {
+        match self {
+            Unavailability::NoValidToken => "token-unavailable",
+            Unavailability::NeedsReauth => "credential-failed",
+            Unavailability::StoreUnavailable => "store-unavailable",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Unavailability::NoValidToken => "No valid token",
+            Unavailability::NeedsReauth => "Credential needs re-authorization",
+            Unavailability::StoreUnavailable => "Token store unavailable",
+        }
+    }
+}
+
+impl TokenUnavailable {
+    /// Only a new login or secret can fix it (`requires_reauth`).
+    pub fn requires_reauth(&self) -> bool {
+        self.reason == Unavailability::NeedsReauth
+    }
 }
 
 /// What a request should do after its upstream answered 401.

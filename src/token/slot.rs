@@ -10,7 +10,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{watch, Notify};
 
 use super::schedule;
-use super::{LastError, ReplayDecision, TokenSnapshot, TokenUnavailable, Trigger};
+use super::{LastError, ReplayDecision, TokenSnapshot, TokenUnavailable, Trigger, Unavailability};
 use crate::config::{CredentialConfig, RefreshPolicy};
 use crate::metrics::Metrics;
 
@@ -183,16 +183,24 @@ impl CredentialSlot {
             ),
             None => format!("no valid token within {:?}", self.policy.wait_budget),
         };
-        Err(TokenUnavailable {
-            permanent: c.permanent_failure,
-            message,
-        })
+        let reason = if c.permanent_failure {
+            Unavailability::NeedsReauth
+        } else if c
+            .last_error
+            .as_ref()
+            .is_some_and(|e| e.kind == "store_unavailable")
+        {
+            Unavailability::StoreUnavailable
+        } else {
+            Unavailability::NoValidToken
+        };
+        Err(TokenUnavailable { reason, message })
     }
 
     fn permanent_error(&self, c: &Control) -> TokenUnavailable {
         if c.logged_out {
             return TokenUnavailable {
-                permanent: true,
+                reason: Unavailability::NeedsReauth,
                 message: format!("credential {} is logged out; log in again", self.name),
             };
         }
@@ -201,7 +209,7 @@ impl CredentialSlot {
             .as_ref()
             .map_or(String::new(), |e| format!(": {}: {}", e.kind, e.message));
         TokenUnavailable {
-            permanent: true,
+            reason: Unavailability::NeedsReauth,
             message: format!(
                 "credential {} failed permanently and needs re-authorization{detail}",
                 self.name

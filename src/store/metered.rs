@@ -1,0 +1,152 @@
+//! Counts every store operation by its result (`bearerd_store_operations_total{op,result}`)
+//! around whichever backend is configured.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use prometheus::IntCounterVec;
+use tokio::sync::watch;
+
+use super::{
+    HelperJournal, Lease, SaveOutcome, StoreBackend, StoreError, StoreHealth, StoredSet,
+    StoredToken, TokenStore,
+};
+
+/// The `op` label values.
+#[derive(Debug, Clone, Copy)]
+pub enum StoreOp {
+    Load,
+    Save,
+    Refill,
+    Remove,
+    Lease,
+    Renew,
+    Release,
+}
+
+impl StoreOp {
+    pub const ALL: [StoreOp; 7] = [
+        StoreOp::Load,
+        StoreOp::Save,
+        StoreOp::Refill,
+        StoreOp::Remove,
+        StoreOp::Lease,
+        StoreOp::Renew,
+        StoreOp::Release,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOp::Load => "load",
+            StoreOp::Save => "save",
+            StoreOp::Refill => "refill",
+            StoreOp::Remove => "remove",
+            StoreOp::Lease => "lease",
+            StoreOp::Renew => "renew",
+            StoreOp::Release => "release",
+        }
+    }
+}
+
+/// The `result` label values: done, refused by the store's rules (a compare-and-set that
+/// lost, a lease someone else holds), or the store failed.
+pub const RESULTS: [&str; 3] = ["ok", "conflict", "error"];
+
+pub struct MeteredStore {
+    inner: Arc<dyn TokenStore>,
+    operations: IntCounterVec,
+}
+
+impl MeteredStore {
+    pub fn new(inner: Arc<dyn TokenStore>, operations: IntCounterVec) -> MeteredStore {
+        MeteredStore { inner, operations }
+    }
+
+    fn count<T>(&self, op: StoreOp, r: &Result<T, StoreError>, done: impl Fn(&T) -> bool) {
+        let result = match r {
+            Ok(v) if done(v) => "ok",
+            Ok(_) => "conflict",
+            Err(_) => "error",
+        };
+        self.operations
+            .with_label_values(&[op.as_str(), result])
+            .inc();
+    }
+}
+
+#[async_trait]
+impl TokenStore for MeteredStore {
+    fn backend(&self) -> StoreBackend {
+        self.inner.backend()
+    }
+
+    fn is_persistent(&self) -> bool {
+        self.inner.is_persistent()
+    }
+
+    async fn load(&self, credential: &str) -> Result<Option<StoredSet>, StoreError> {
+        let r = self.inner.load(credential).await;
+        self.count(StoreOp::Load, &r, |_| true);
+        r
+    }
+
+    async fn save(
+        &self,
+        credential: &str,
+        token: &StoredToken,
+        expected: Option<u64>,
+    ) -> Result<SaveOutcome, StoreError> {
+        let r = self.inner.save(credential, token, expected).await;
+        self.count(StoreOp::Save, &r, |o| {
+            matches!(o, SaveOutcome::Saved { .. })
+        });
+        r
+    }
+
+    async fn refill(&self, credential: &str, set: &StoredSet) -> Result<bool, StoreError> {
+        let r = self.inner.refill(credential, set).await;
+        self.count(StoreOp::Refill, &r, |written| *written);
+        r
+    }
+
+    async fn remove(&self, credential: &str) -> Result<(), StoreError> {
+        let r = self.inner.remove(credential).await;
+        self.count(StoreOp::Remove, &r, |_| true);
+        r
+    }
+
+    async fn lease(
+        &self,
+        credential: &str,
+        hold_for: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let r = self.inner.lease(credential, hold_for).await;
+        self.count(StoreOp::Lease, &r, Option::is_some);
+        r
+    }
+
+    async fn renew(&self, lease: &Lease, hold_for: Duration) -> Result<bool, StoreError> {
+        let r = self.inner.renew(lease, hold_for).await;
+        self.count(StoreOp::Renew, &r, |renewed| *renewed);
+        r
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        let r = self.inner.release(lease).await;
+        self.count(StoreOp::Release, &r, |_| true);
+        r
+    }
+
+    fn watch(&self, credential: &str) -> watch::Receiver<u64> {
+        self.inner.watch(credential)
+    }
+
+    fn helper_journal(&self) -> Option<HelperJournal> {
+        self.inner.helper_journal()
+    }
+
+    fn health(&self) -> StoreHealth {
+        self.inner.health()
+    }
+}
