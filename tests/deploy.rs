@@ -39,8 +39,15 @@ struct Pod {
     config_path: String,
 }
 
+/// The manifest sets: one sidecar store per pod, and the fleet sharing Redis.
+const VARIANTS: [&str; 2] = ["kubernetes", "kubernetes/fleet"];
+
 fn pod() -> Pod {
-    let deployment = yaml("kubernetes/deployment.yaml");
+    pod_in("kubernetes")
+}
+
+fn pod_in(dir: &str) -> Pod {
+    let deployment = yaml(&format!("{dir}/deployment.yaml"));
     let spec = deployment["spec"]["template"]["spec"].clone();
     let sidecar = spec["initContainers"]
         .as_sequence()
@@ -62,7 +69,7 @@ fn pod() -> Pod {
         .unwrap()
         .to_str()
         .unwrap();
-    let toml_text = std::fs::read_to_string(deploy(&format!("kubernetes/{file_name}"))).unwrap();
+    let toml_text = std::fs::read_to_string(deploy(&format!("{dir}/{file_name}"))).unwrap();
     Pod {
         toml: toml::from_str(&toml_text).unwrap(),
         spec,
@@ -94,7 +101,13 @@ fn volume_holding<'a>(pod: &'a Pod, path: &str) -> (&'a Value, &'a Value) {
 
 #[test]
 fn the_sidecar_config_passes_check_with_exactly_the_env_the_pod_provides() {
-    let pod = pod();
+    for dir in VARIANTS {
+        config_passes_check_with_exactly_the_pods_env(dir);
+    }
+}
+
+fn config_passes_check_with_exactly_the_pods_env(dir: &str) {
+    let pod = pod_in(dir);
     let env: Vec<String> = pod.sidecar["env"]
         .as_sequence()
         .unwrap()
@@ -105,14 +118,14 @@ fn the_sidecar_config_passes_check_with_exactly_the_env_the_pod_provides() {
     cmd.env_clear();
     for name in &env {
         // Each comes from a Secret in the cluster; any value of the right shape will do here.
-        let value = if name == "BEARERD_STORE_KEY" {
-            bearerd::store::generate_key()
-        } else {
-            "from-a-secret".into()
+        let value = match name.as_str() {
+            "BEARERD_STORE_KEY" => bearerd::store::generate_key(),
+            "BEARERD_REDIS_URL" => "rediss://orders:from-a-secret@redis:6380/0".into(),
+            _ => "from-a-secret".into(),
         };
         cmd.env(name, value);
     }
-    let file = deploy("kubernetes").join(Path::new(&pod.config_path).file_name().unwrap());
+    let file = deploy(dir).join(Path::new(&pod.config_path).file_name().unwrap());
     let out = cmd.args(["check", "-c"]).arg(&file).output().unwrap();
     assert!(
         out.status.success(),
@@ -128,14 +141,20 @@ fn the_sidecar_config_passes_check_with_exactly_the_env_the_pod_provides() {
 
 #[test]
 fn the_pod_reaches_the_sidecar_where_the_config_listens() {
-    let pod = pod();
+    for dir in VARIANTS {
+        pod_reaches_the_sidecar(dir);
+    }
+}
+
+fn pod_reaches_the_sidecar(dir: &str) {
+    let pod = pod_in(dir);
     let s = &pod.sidecar;
     assert_eq!(s["restartPolicy"], "Always", "a native sidecar");
 
     // The config is the file the generated ConfigMap holds, mounted where `run -c` reads it.
     let (mount, volume) = volume_holding(&pod, &pod.config_path);
     assert_eq!(mount["readOnly"], true);
-    let kustomization = yaml("kubernetes/kustomization.yaml");
+    let kustomization = yaml(&format!("{dir}/kustomization.yaml"));
     let generated = kustomization["configMapGenerator"]
         .as_sequence()
         .unwrap()
@@ -150,9 +169,7 @@ fn the_pod_reaches_the_sidecar_where_the_config_listens() {
         .any(|f| Path::new(f.as_str().unwrap()) == Path::new(file_name)));
     for resource in kustomization["resources"].as_sequence().unwrap() {
         assert!(
-            deploy("kubernetes")
-                .join(resource.as_str().unwrap())
-                .exists(),
+            deploy(dir).join(resource.as_str().unwrap()).exists(),
             "{resource:?}"
         );
     }
@@ -183,16 +200,31 @@ fn the_pod_reaches_the_sidecar_where_the_config_listens() {
         assert_eq!(str_at(s, &[probe, "httpGet", "port"]), "admin", "{probe}");
     }
 
-    // The file store must be on a writable volume: the root filesystem is read-only, and a
-    // volume claim mounts owned by root unless the pod's fsGroup is bearerd's group.
     assert_eq!(s["securityContext"]["readOnlyRootFilesystem"], true);
-    assert_eq!(
-        pod.spec["securityContext"]["fsGroup"],
-        s["securityContext"]["runAsGroup"]
-    );
-    let store = pod.toml["store"]["path"].as_str().unwrap();
-    let (mount, _) = volume_holding(&pod, store);
-    assert_ne!(mount["readOnly"], true, "the store's volume is read-only");
+    match pod.toml["store"]["backend"].as_str().unwrap() {
+        "file" => {
+            // The file store must be on a writable volume: the root filesystem is read-only,
+            // and a volume claim mounts owned by root unless the pod's fsGroup is bearerd's.
+            assert_eq!(
+                pod.spec["securityContext"]["fsGroup"],
+                s["securityContext"]["runAsGroup"]
+            );
+            let store = pod.toml["store"]["path"].as_str().unwrap();
+            let (mount, _) = volume_holding(&pod, store);
+            assert_ne!(mount["readOnly"], true, "the store's volume is read-only");
+        }
+        "redis" => {
+            // Several replicas share the store: that is what it is for.
+            let deployment = yaml(&format!("{dir}/deployment.yaml"));
+            assert!(deployment["spec"]["replicas"].as_u64().unwrap() > 1);
+            assert_eq!(
+                pod.spec["volumes"].as_sequence().unwrap().len(),
+                1,
+                "only the config"
+            );
+        }
+        other => panic!("{dir}: store backend {other}"),
+    }
 
     // The app's base URL points at the proxy listener and a configured path prefix.
     let proxy = listen(&pod.toml, "proxy_listen");
@@ -223,7 +255,7 @@ fn the_pod_reaches_the_sidecar_where_the_config_listens() {
 
     // The PodMonitor scrapes this pod's admin port.
     let monitor = yaml("kubernetes/podmonitor.yaml");
-    let labels = &yaml("kubernetes/deployment.yaml")["spec"]["template"]["metadata"]["labels"];
+    let labels = &yaml(&format!("{dir}/deployment.yaml"))["spec"]["template"]["metadata"]["labels"];
     for (k, v) in monitor["spec"]["selector"]["matchLabels"]
         .as_mapping()
         .unwrap()
@@ -240,18 +272,20 @@ fn the_deployment_passes_the_kubernetes_api_schema() {
     // Strict: an unknown or misspelt field fails. 1.29 is the first release with native
     // sidecars (an init container's `restartPolicy`). scripts/setup.sh installs the checker.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new("python3")
-        .env("PYTHONPATH", root.join("target/pylib"))
-        .args(["-m", "kubernetes_validate", "--strict", "-k", "1.29.0"])
-        .arg(deploy("kubernetes/deployment.yaml"))
-        .output()
-        .expect("python3: run scripts/setup.sh");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && text.contains("passed"),
-        "{text}\n(kubernetes-validate missing? run scripts/setup.sh)"
-    );
+    for dir in VARIANTS {
+        let out = Command::new("python3")
+            .env("PYTHONPATH", root.join("target/pylib"))
+            .args(["-m", "kubernetes_validate", "--strict", "-k", "1.29.0"])
+            .arg(deploy(&format!("{dir}/deployment.yaml")))
+            .output()
+            .expect("python3: run scripts/setup.sh");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && text.contains("passed"),
+            "{dir}: {text}\n(kubernetes-validate missing? run scripts/setup.sh)"
+        );
+    }
 }
 
 #[test]
