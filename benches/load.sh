@@ -4,7 +4,8 @@
 # (nginx returning a static 200), nginx injecting a static Authorization header, a bare
 # Pingora proxy doing the same (the floor Pingora sets), that floor also doing bearerd's
 # request-id work (so bearerd against it measures the token handling alone), and bearerd
-# injecting a refreshed token. Then: tokens rotating every 2 s under load, RSS idle and with 1,000 keep-alive
+# injecting a refreshed token, with the memory store and with a Redis store (whose CPU per
+# request must stay within 5 % of the memory store's: requests never touch Redis). Then: tokens rotating every 2 s under load, RSS idle and with 1,000 keep-alive
 # connections, time to ready with a stored token, the table with 2 workers, and the levers
 # (allocator, work stealing). Prints each target and whether it holds.
 #
@@ -80,6 +81,10 @@ http {
 EOF
 "$NGINX" -c "$work/up/nginx.conf" -p "$work/up" -g 'daemon off;' & pids+=($!)
 wait_http "http://127.0.0.1:$UP/"
+# A Redis for the shared-store row (scripts/setup.sh installs redis-server).
+RDS=$(port)
+redis-server --port "$RDS" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 & pids+=($!)
+for _ in $(seq 1 250); do redis-cli -p "$RDS" ping >/dev/null 2>&1 && break; sleep 0.02; done
 
 start_nginx_proxy() { # $1 workers
   cat > "$work/px/nginx.conf" <<EOF
@@ -198,7 +203,12 @@ run_table() { # $1 workers
   wait_http "http://127.0.0.1:$bpi/"
   bearerd_config "$work/b.toml" "$(port)" "$(port)" "$TOK" "$w" false
   start_bearerd "$work/bearerd" "$work/b.toml"
-  local names=("direct$suffix" "nginx, static header$suffix" "bare Pingora, static header$suffix" "bare Pingora, + request id$suffix" "bearerd, refreshed token$suffix")
+  local BM=$B_PID
+  bearerd_config "$work/r.toml" "$(port)" "$(port)" "$TOK" "$w" false \
+    "$(printf 'backend = "redis"\nurl = "redis://127.0.0.1:%s/0"\nkey = "%s"\nprefix = "bench-%s"' "$RDS" "$("$work/bearerd" keygen)" "$w")"
+  start_bearerd "$work/bearerd" "$work/r.toml"
+  local BR=$B_PID; B_PID=$BM
+  local names=("direct$suffix" "nginx, static header$suffix" "bare Pingora, static header$suffix" "bare Pingora, + request id$suffix" "bearerd, refreshed token$suffix" "bearerd, Redis store$suffix")
   for k in "${names[@]}"; do ROUND_LINES[$k]=""; done
   for _ in $(seq 1 "$ROUNDS"); do
     measure "http://127.0.0.1:$UP/" "$upm" $(pgrep -P "$upm" | tr '\n' ' '); keep_round "${names[0]}"
@@ -206,13 +216,14 @@ run_table() { # $1 workers
     measure "http://127.0.0.1:$bp/" "$BP"; keep_round "${names[2]}"
     measure "http://127.0.0.1:$bpi/" "$BPI"; keep_round "${names[3]}"
     measure "http://$(listen_of "$work/b.toml")/" "$B_PID"; keep_round "${names[4]}"
+    measure "http://$(listen_of "$work/r.toml")/" "$BR"; keep_round "${names[5]}"
   done
   for k in "${names[@]}"; do settle "$k"; done
   if [ -n "${PROFILE:-}" ]; then # one more run each under perf, not counted
     PROFILE_TO="$work/bare-$w.perf" measure "http://127.0.0.1:$bp/" "$BP"
     PROFILE_TO="$work/bearerd-$w.perf" measure "http://$(listen_of "$work/b.toml")/" "$B_PID"
   fi
-  stop_pid "$NGX_MASTER"; stop_pid "$BP"; stop_pid "$BPI"; stop_pid "$B_PID"
+  stop_pid "$NGX_MASTER"; stop_pid "$BP"; stop_pid "$BPI"; stop_pid "$B_PID"; stop_pid "$BR"
 }
 
 # INSTRUCTIONS=1: user-space instructions per request under callgrind, which counts the same
@@ -278,11 +289,13 @@ fi
 echo "machine: $(nproc) cores, $(uname -r); $(date -u +%Y-%m-%d); wrk 1 thread, $CONNECTIONS connections, ${DURATION}s per run; tables: median of $ROUNDS interleaved rounds"
 run_table 1
 printf '\n%-40s %10s %9s %9s %12s\n' "1 worker" "req/s" "p50" "p99" "CPU µs/req"
-for k in "direct" "nginx, static header" "bare Pingora, static header" "bare Pingora, + request id" "bearerd, refreshed token"; do row "$k"; done
+for k in "direct" "nginx, static header" "bare Pingora, static header" "bare Pingora, + request id" "bearerd, refreshed token" "bearerd, Redis store"; do row "$k"; done
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 R_NGX=$(ratio "${US[bearerd, refreshed token]}" "${US[nginx, static header]}")
 R_BARE=$(ratio "${US[bearerd, refreshed token]}" "${US[bare Pingora, static header]}")
 R_TOKEN=$(ratio "${US[bearerd, refreshed token]}" "${US[bare Pingora, + request id]}")
+R_REDIS=$(ratio "${US[bearerd, Redis store]}" "${US[bearerd, refreshed token]}")
+echo "bearerd on the Redis store / on the memory store, CPU per request: $R_REDIS (target ≤ 1.05: $(python3 -c "print('met' if $R_REDIS <= 1.05 else 'NOT met')"))"
 echo "bearerd / nginx CPU per request: $R_NGX    bearerd / bare Pingora: $R_BARE    bearerd / bare Pingora with the request-id work (the token handling): $R_TOKEN"
 echo "bearerd / nginx requests/s: $(ratio "${RPS[bearerd, refreshed token]}" "${RPS[nginx, static header]}")    bearerd / bare Pingora: $(ratio "${RPS[bearerd, refreshed token]}" "${RPS[bare Pingora, static header]}")"
 # Where the CPU goes: by layer (kernel, allocator, TLS-free Pingora and tokio, bearerd) and

@@ -284,7 +284,7 @@ async fn a_logout_and_a_spent_seed_survive_a_restart() {
     assert_eq!(h.tokens.state.reuse_detected(), 0);
 }
 
-// ---- The shared Redis store: replicas that behave as one ----
+// ---- The shared Redis store: replicas (real `bearerd run` processes) that behave as one ----
 
 use support::redis_server::RedisServer;
 use support::{TokenServer, Upstream};
@@ -307,29 +307,74 @@ fn fleet_config(
     )
 }
 
-async fn start_sidecar(template: &str) -> bearerd::SidecarHandle {
-    if std::env::var_os("BEARERD_LOG").is_some() {
-        bearerd::logging::init(bearerd::config::LogFormat::Pretty);
-    }
-    for attempt in 0.. {
-        let text = template
-            .replace("{proxy}", &support::free_addr().to_string())
-            .replace("{admin}", &support::free_addr().to_string());
-        let config = support::sidecar_config(&text);
-        match tokio::task::spawn_blocking(move || Sidecar::start(config))
-            .await
-            .unwrap()
-        {
-            Ok(s) => return s,
-            Err(e) if attempt < 3 => eprintln!("sidecar did not start ({e}); other ports"),
-            Err(e) => panic!("sidecar did not start: {e}"),
-        }
-    }
-    unreachable!()
+/// A real `bearerd run` process of a fleet, with its own config and log; killed (SIGKILL)
+/// when dropped.
+struct Replica {
+    proxy_addr: std::net::SocketAddr,
+    admin_addr: std::net::SocketAddr,
+    child: std::process::Child,
+    dir: PathBuf,
 }
 
-async fn wait_ready(client: &reqwest::Client, sidecar: &bearerd::SidecarHandle) {
-    for _ in 0..400 {
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Writes `template` with free ports to a directory of its own: (dir, config, proxy, admin).
+fn replica_files(template: &str) -> (PathBuf, PathBuf, std::net::SocketAddr, std::net::SocketAddr) {
+    let dir = std::env::temp_dir().join(format!("bearerd-replica-{}", support::rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (proxy, admin) = (support::free_addr(), support::free_addr());
+    let text = template
+        .replace("{proxy}", &proxy.to_string())
+        .replace("{admin}", &admin.to_string());
+    let config = dir.join("bearerd.toml");
+    std::fs::write(&config, text).unwrap();
+    (dir, config, proxy, admin)
+}
+
+/// Starts a `bearerd run` process (trying other ports if its own were taken meanwhile).
+async fn start_sidecar(template: &str) -> Replica {
+    for _ in 0..4 {
+        let (dir, config, proxy_addr, admin_addr) = replica_files(template);
+        let log = std::fs::File::create(dir.join("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_bearerd"))
+            .args(["run", "-c"])
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut replica = Replica {
+            proxy_addr,
+            admin_addr,
+            child,
+            dir,
+        };
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(20) {
+            if std::net::TcpStream::connect(admin_addr).is_ok() {
+                return replica;
+            }
+            if replica.child.try_wait().unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        eprintln!(
+            "sidecar did not start: {}",
+            std::fs::read_to_string(replica.dir.join("log")).unwrap_or_default()
+        );
+    }
+    panic!("no sidecar process came up");
+}
+
+async fn wait_ready(client: &reqwest::Client, sidecar: &Replica) {
+    for _ in 0..800 {
         let url = format!("http://{}/readyz", sidecar.admin_addr);
         if client
             .get(&url)
@@ -345,11 +390,7 @@ async fn wait_ready(client: &reqwest::Client, sidecar: &bearerd::SidecarHandle) 
 }
 
 /// `clients` loops of GETs through each sidecar for `duration`: (ok, non-2xx statuses).
-async fn fleet_load(
-    sidecars: &[bearerd::SidecarHandle],
-    clients: usize,
-    duration: Duration,
-) -> (usize, Vec<u16>) {
+async fn fleet_load(sidecars: &[Replica], clients: usize, duration: Duration) -> (usize, Vec<u16>) {
     let proxies: Vec<_> = sidecars.iter().map(|s| s.proxy_addr).collect();
     load_through(proxies, clients, duration).await
 }
@@ -387,10 +428,8 @@ async fn load_through(
     total
 }
 
-fn stop_all(sidecars: Vec<bearerd::SidecarHandle>) {
-    for s in sidecars {
-        std::thread::spawn(move || s.shutdown());
-    }
+fn stop_all(sidecars: Vec<Replica>) {
+    drop(sidecars);
 }
 
 /// One Redis, one token server and upstream, one store key: the sidecars of a fleet.
@@ -421,11 +460,11 @@ impl Fleet {
     }
 
     /// A sidecar of the fleet, once ready.
-    async fn sidecar(&self, grant_lines: &str) -> bearerd::SidecarHandle {
+    async fn sidecar(&self, grant_lines: &str) -> Replica {
         self.sidecar_on(&self.redis, grant_lines).await
     }
 
-    async fn sidecar_on(&self, redis: &RedisServer, grant_lines: &str) -> bearerd::SidecarHandle {
+    async fn sidecar_on(&self, redis: &RedisServer, grant_lines: &str) -> Replica {
         let s = start_sidecar(&self.config(redis, &self.key, grant_lines)).await;
         wait_ready(&self.client, &s).await;
         s
@@ -433,6 +472,35 @@ impl Fleet {
 
     fn requests(&self) -> usize {
         self.tokens.state.requests()
+    }
+
+    /// A GET from a replica's admin API, as text.
+    async fn admin(&self, replica: &Replica, path: &str) -> String {
+        let url = format!("http://{}{path}", replica.admin_addr);
+        let resp = self.client.get(url).send().await.unwrap();
+        resp.text().await.unwrap()
+    }
+
+    /// Nothing in Redis is a token, a refresh token or a secret in the clear: every key
+    /// and value is scanned for everything the provider issued and the client secret.
+    fn assert_only_sealed_values(&self) {
+        let dump = self.redis.dump();
+        assert!(dump.len() >= 2, "{dump:?}");
+        let secrets: Vec<String> = self
+            .tokens
+            .state
+            .every_issued()
+            .into_iter()
+            .chain([support::token_server::CLIENT_SECRET.to_string()])
+            .collect();
+        for (k, v) in &dump {
+            for s in &secrets {
+                assert!(
+                    !v.contains(s.as_str()) && !k.contains(s.as_str()),
+                    "a secret in Redis under {k}"
+                );
+            }
+        }
     }
 }
 
@@ -476,24 +544,7 @@ async fn a_fleet_on_redis_makes_the_token_requests_of_one_sidecar() {
         "three sidecars made {fleet_requests} token requests, one alone {one_alone}"
     );
 
-    // Nothing in Redis is a token or a secret in the clear.
-    let dump = f.redis.dump();
-    assert!(dump.len() >= 2, "{dump:?}");
-    let secrets: Vec<String> = f
-        .tokens
-        .state
-        .every_issued()
-        .into_iter()
-        .chain([support::token_server::CLIENT_SECRET.to_string()])
-        .collect();
-    for (k, v) in &dump {
-        for s in &secrets {
-            assert!(
-                !v.contains(s.as_str()) && !k.contains(s.as_str()),
-                "a secret in Redis under {k}"
-            );
-        }
-    }
+    f.assert_only_sealed_values();
     stop_all(fleet);
 }
 
@@ -521,21 +572,24 @@ async fn a_sidecar_with_another_key_refuses_to_start_and_changes_nothing() {
     let f = Fleet::start(Duration::from_secs(60)).await;
     let first = f.sidecar(CLIENT_CREDENTIALS).await;
     let before = f.redis.dump();
-    let text = f
-        .config(
-            &f.redis,
-            &bearerd::store::generate_key(),
-            CLIENT_CREDENTIALS,
-        )
-        .replace("{proxy}", &support::free_addr().to_string())
-        .replace("{admin}", &support::free_addr().to_string());
-    let config = support::sidecar_config(&text);
-    let e = tokio::task::spawn_blocking(move || Sidecar::start(config))
-        .await
-        .unwrap()
-        .err()
-        .expect("a wrong key must stop startup")
-        .to_string();
+    let other_key = f.config(
+        &f.redis,
+        &bearerd::store::generate_key(),
+        CLIENT_CREDENTIALS,
+    );
+    let (dir, config, _, _) = replica_files(&other_key);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_bearerd"))
+            .args(["run", "-c"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    let e = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "a wrong key must stop startup");
     assert!(e.contains("redis store") && e.contains("wrong key"), "{e}");
     assert!(
         !e.contains(&f.redis.url()),
@@ -579,11 +633,12 @@ async fn a_fleet_on_redis_sends_a_rotating_refresh_token_once() {
         1,
         "the grant is alive"
     );
+    f.assert_only_sealed_values();
     stop_all(fleet);
 }
 
 /// The `store.up` a sidecar's /status reports, once it reads `want` (bounded wait).
-async fn store_up_becomes(client: &reqwest::Client, sidecar: &bearerd::SidecarHandle, want: bool) {
+async fn store_up_becomes(client: &reqwest::Client, sidecar: &Replica, want: bool) {
     let url = format!("http://{}/status", sidecar.admin_addr);
     for _ in 0..200 {
         let status: serde_json::Value =
@@ -660,15 +715,7 @@ async fn a_fleet_rides_out_redis_hanging_and_coming_back_empty() {
     let mut errors = 0.0;
     let mut saves = 0.0;
     for s in &fleet {
-        let m = f
-            .client
-            .get(format!("http://{}/metrics", s.admin_addr))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = f.admin(s, "/metrics").await;
         let count = |op: &str, result: &str| {
             support::metric(
                 &m,
@@ -687,6 +734,7 @@ async fn a_fleet_rides_out_redis_hanging_and_coming_back_empty() {
         errors > 0.0 && saves > 0.0,
         "errors {errors}, saves {saves}"
     );
+    f.assert_only_sealed_values();
     stop_all(fleet);
 }
 
@@ -721,6 +769,11 @@ async fn without_redis_a_rotating_refresh_token_waits_and_requests_get_store_una
         1,
         "no refresh token was sent without the lease"
     );
+    let status: serde_json::Value =
+        serde_json::from_str(&f.admin(&sidecar, "/status").await).unwrap();
+    assert!(status["store"]["last_error"].is_string(), "{status}");
+    let metrics = f.admin(&sidecar, "/metrics").await;
+    assert_eq!(support::metric(&metrics, "bearerd_store_up"), Some(0.0));
 
     f.redis.restart_empty();
     store_up_becomes(&f.client, &sidecar, true).await;
@@ -747,4 +800,26 @@ async fn without_redis_a_rotating_refresh_token_waits_and_requests_get_store_una
         "the grant is alive"
     );
     stop_all(vec![sidecar]);
+}
+
+/// A slow but live lease holder keeps the lease (it renews it while it works) and its
+/// answer wins: with a provider that takes 8 s to answer, longer than an unrenewed lease
+/// lasts, the second replica waits for the holder's set and adopts it instead of sending
+/// the same refresh token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_lease_holder_keeps_the_lease_and_its_answer_wins() {
+    let f = Fleet::start(Duration::from_secs(60)).await;
+    let mut grant_lines = String::new();
+    Harness::write_seed(&mut grant_lines, f.tokens.state.seed_refresh_token());
+    let grant_lines = format!("grant = \"refresh_token\"\n{grant_lines}wait_budget = \"20s\"\n");
+    f.tokens.state.set_delay(Duration::from_secs(8));
+    let fleet: Vec<_> = futures::future::join_all((0..2).map(|_| f.sidecar(&grant_lines))).await;
+    assert_eq!(f.requests(), 1, "the refresh token was sent once");
+    assert_eq!(f.tokens.state.reuse_detected(), 0);
+    assert_eq!(
+        f.tokens.state.active_refresh_tokens(),
+        1,
+        "the grant is alive"
+    );
+    stop_all(fleet);
 }

@@ -347,17 +347,24 @@ impl RedisStore {
             Arc::clone(&self.health),
             Arc::clone(&self.local),
             self.keys.keys().cloned().collect(),
+            (
+                format!("{}:keycheck", self.prefix),
+                self.sealer.seal(KEY_CHECK, &self.key_check_aad()),
+            ),
         ));
     }
 }
 
 /// Pings Redis every second, so `/status` and `bearerd_store_up` follow an outage even while
-/// no refresh runs, and a recovery makes every credential look at the store again.
+/// no refresh runs. A recovery puts the key check back (a Redis that restarted empty lost
+/// it, and a sidecar with another key must still be refused) and makes every credential
+/// look at the store again.
 async fn watch_health(
     client: redis::Client,
     health: Arc<Health>,
     local: Arc<LocalCoordination>,
     credentials: Vec<String>,
+    (key_check_key, key_check): (String, String),
 ) {
     let mut connection: Option<redis::aio::MultiplexedConnection> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -389,6 +396,13 @@ async fn watch_health(
         match ping {
             Ok(Ok(_)) => {
                 if health.mark_up() {
+                    let mut restore = redis::cmd("SET");
+                    restore.arg(&key_check_key).arg(&key_check).arg("NX");
+                    let _ = tokio::time::timeout(
+                        COMMAND_TIMEOUT,
+                        restore.query_async::<Option<String>>(con),
+                    )
+                    .await;
                     for name in &credentials {
                         local.changed(name);
                     }
