@@ -116,6 +116,8 @@ fn own_work(
 
 /// One request's worth of bearerd's hot-path work, the upstream request's headers included.
 fn one_request(f: &Fixture, req: &mut RequestHeader, dedicated: bool) {
+    // The head size check (max_request_header_bytes) runs on every request too.
+    assert!(bearerd::proxy::request_head_bytes(black_box(req)) < 65536);
     let (token, target, id) = own_work(f, dedicated);
     rewrite_request(req, &f.upstream, &token, target.as_ref(), Some(&id)).unwrap();
 }
@@ -142,6 +144,11 @@ fn benches(c: &mut Criterion) {
     c.bench_function("header_injection", |b| {
         let mut req = RequestHeader::build("GET", b"/api/v1/items?limit=5", Some(8)).unwrap();
         b.iter(|| rewrite_request(&mut req, &f.upstream, &token, Some(&target), Some(&id)).unwrap())
+    });
+    c.bench_function("request_head_size", |b| {
+        let mut req = RequestHeader::build("GET", b"/api/v1/items?limit=5", Some(8)).unwrap();
+        one_request(&f, &mut req, false);
+        b.iter(|| bearerd::proxy::request_head_bytes(black_box(&req)))
     });
     c.bench_function("hot_path_total", |b| {
         let mut req = RequestHeader::build("GET", b"/api/v1/items?limit=5", Some(8)).unwrap();
