@@ -823,3 +823,26 @@ async fn a_slow_lease_holder_keeps_the_lease_and_its_answer_wins() {
     );
     stop_all(fleet);
 }
+
+/// With Redis gone, a client-credentials credential refreshes on its own (no refresh token
+/// to protect): its requests keep succeeding past the token's lifetime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_redis_client_credentials_refresh_locally() {
+    let mut f = Fleet::start(Duration::from_secs(2)).await;
+    let sidecar = f.sidecar(CLIENT_CREDENTIALS).await;
+    f.redis.kill();
+    store_up_becomes(&f.client, &sidecar, false).await;
+    let before = f.requests();
+    let (ok, bad) = load_through(vec![sidecar.proxy_addr], 2, Duration::from_secs(5)).await;
+    assert!(
+        bad.is_empty(),
+        "{} non-2xx answers, the first {:?} ({ok} ok)",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+    assert!(
+        f.requests() > before,
+        "no local refresh while Redis was down"
+    );
+    stop_all(vec![sidecar]);
+}
