@@ -366,8 +366,9 @@ async fn kill_9_of_replicas_sharing_redis_never_burns_the_grant() {
         bad.len(),
         &bad[..bad.len().min(5)]
     );
+    // The refresh token rotated during the kills (about every 2.4 s; they take 10 to 30 s).
     assert!(
-        tokens.state.rotations() >= 8,
+        tokens.state.rotations() >= 3,
         "{} rotations",
         tokens.state.rotations()
     );
