@@ -207,6 +207,17 @@ pub fn status_table(status: &Value) -> String {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
+    // Where the tokens are kept, and whether that store answers (a shared one may not).
+    if let Some(backend) = status["store"]["backend"].as_str() {
+        let store = &status["store"];
+        match (store["up"].as_bool(), store["last_error"].as_str()) {
+            (Some(false), error) => out.push_str(&format!(
+                "\nstore: {backend}, DOWN ({})\n",
+                error.unwrap_or("no answer")
+            )),
+            _ => out.push_str(&format!("\nstore: {backend}, up\n")),
+        }
+    }
     out
 }
 
@@ -258,6 +269,20 @@ pub fn credential_detail(name: &str, c: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_status_table_says_where_tokens_are_kept_and_whether_that_store_answers() {
+        let status = |store: Value| serde_json::json!({"credentials": {}, "store": store});
+        let up = status_table(&status(serde_json::json!({"backend": "redis", "up": true})));
+        assert!(up.ends_with("store: redis, up\n"), "{up}");
+        let down = status_table(&status(
+            serde_json::json!({"backend": "redis", "up": false, "last_error": "connection refused"}),
+        ));
+        assert!(
+            down.ends_with("store: redis, DOWN (connection refused)\n"),
+            "{down}"
+        );
+    }
 
     #[test]
     fn only_https_or_this_host_is_a_private_channel() {
