@@ -485,7 +485,7 @@ impl Fleet {
     /// and value is scanned for everything the provider issued and the client secret.
     fn assert_only_sealed_values(&self) {
         let dump = self.redis.dump();
-        assert!(dump.len() >= 2, "{dump:?}");
+        assert!(!dump.is_empty(), "nothing in Redis to scan");
         let secrets: Vec<String> = self
             .tokens
             .state
@@ -678,9 +678,10 @@ async fn a_fleet_rides_out_redis_hanging_and_coming_back_empty() {
     f.redis.restart_empty();
     store_up_becomes(&f.client, &fleet[0], true).await;
     let back = std::time::Instant::now();
-    while !f.redis.dump().iter().any(|(k, _)| k.contains(":set:")) {
+    let restored = |suffix: &str| f.redis.dump().iter().any(|(k, _)| k.contains(suffix));
+    while !restored(":set:") || !restored(":keycheck") {
         assert!(
-            back.elapsed() < Duration::from_secs(5),
+            back.elapsed() < Duration::from_secs(10),
             "the set never came back"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -233,6 +233,22 @@ impl RedisStore {
     }
 
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        // While the health check finds Redis down, fail at once: waiting out a connection
+        // attempt per operation would make a refresh that may go on without the store (a
+        // client-credentials token) late. The check notices a recovery within a second.
+        if self.subscribed.load(Ordering::SeqCst) && !self.health.up.load(Ordering::SeqCst) {
+            let why = self
+                .health
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+                .unwrap_or_else(|| "no answer".into());
+            return Err(StoreError::Unavailable {
+                store: self.describe(),
+                message: why,
+            });
+        }
         let con = self
             .connection
             .get_or_try_init(|| async {

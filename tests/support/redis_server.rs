@@ -55,13 +55,14 @@ impl RedisServer {
         Some(con)
     }
 
-    /// Every key with its value (strings as they are, hashes as `field=value` lines).
+    /// Every key with its value (strings as they are, hashes as `field=value` lines). A key
+    /// that expires between the listing and the read (a lease) is left out.
     pub fn dump(&self) -> Vec<(String, String)> {
         let mut con = self.connection().expect("redis is up");
         let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut con).unwrap();
         keys.sort();
         keys.into_iter()
-            .map(|k| {
+            .filter_map(|k| {
                 let kind: String = redis::cmd("TYPE").arg(&k).query(&mut con).unwrap();
                 let value = match kind.as_str() {
                     "hash" => {
@@ -74,10 +75,14 @@ impl RedisServer {
                             .collect::<Vec<_>>()
                             .join("\n")
                     }
-                    "string" => redis::cmd("GET").arg(&k).query(&mut con).unwrap(),
+                    "string" => redis::cmd("GET")
+                        .arg(&k)
+                        .query::<Option<String>>(&mut con)
+                        .unwrap()?,
+                    "none" => return None,
                     other => format!("<{other}>"),
                 };
-                (k, value)
+                Some((k, value))
             })
             .collect()
     }
