@@ -428,10 +428,6 @@ async fn load_through(
     total
 }
 
-fn stop_all(sidecars: Vec<Replica>) {
-    drop(sidecars);
-}
-
 /// One Redis, one token server and upstream, one store key: the sidecars of a fleet.
 struct Fleet {
     redis: RedisServer,
@@ -472,6 +468,27 @@ impl Fleet {
 
     fn requests(&self) -> usize {
         self.tokens.state.requests()
+    }
+
+    /// A grant that rotates refresh tokens, seeded with a fresh one; `extra` adds lines.
+    fn rotating_grant(&self, extra: &str) -> String {
+        let mut seed = String::new();
+        Harness::write_seed(&mut seed, self.tokens.state.seed_refresh_token());
+        format!("grant = \"refresh_token\"\n{seed}{extra}")
+    }
+
+    /// No refresh token was sent twice, and the grant's refresh token is still valid.
+    fn assert_grant_alive(&self) {
+        assert_eq!(
+            self.tokens.state.reuse_detected(),
+            0,
+            "a refresh token was sent twice"
+        );
+        assert_eq!(
+            self.tokens.state.active_refresh_tokens(),
+            1,
+            "the grant is alive"
+        );
     }
 
     /// A GET from a replica's admin API, as text.
@@ -516,9 +533,9 @@ async fn a_fleet_on_redis_makes_the_token_requests_of_one_sidecar() {
     let alone = f.sidecar_on(&own_redis, CLIENT_CREDENTIALS).await;
     let before = f.requests();
     let (_, bad) = fleet_load(std::slice::from_ref(&alone), 8, Duration::from_secs(12)).await;
-    assert!(bad.is_empty(), "{bad:?}");
+    support::assert_all_2xx(&bad);
     let one_alone = f.requests() - before + 1;
-    stop_all(vec![alone]);
+    drop(vec![alone]);
 
     let before = f.requests();
     let mut fleet = Vec::new();
@@ -533,19 +550,14 @@ async fn a_fleet_on_redis_makes_the_token_requests_of_one_sidecar() {
     let (ok, bad) = fleet_load(&fleet, 8, Duration::from_secs(12)).await;
     let fleet_requests = f.requests() - before;
     eprintln!("token requests in 12 s: one sidecar alone {one_alone}, three on one Redis {fleet_requests} ({ok} requests served)");
-    assert!(
-        bad.is_empty(),
-        "{} non-2xx answers, the first {:?}",
-        bad.len(),
-        &bad[..bad.len().min(5)]
-    );
+    support::assert_all_2xx(&bad);
     assert!(
         fleet_requests as f64 <= 1.5 * one_alone as f64,
         "three sidecars made {fleet_requests} token requests, one alone {one_alone}"
     );
 
     f.assert_only_sealed_values();
-    stop_all(fleet);
+    drop(fleet);
 }
 
 /// Replicas share a token set only when their credentials agree on what the token is: two
@@ -562,7 +574,7 @@ async fn sidecars_whose_credentials_differ_never_adopt_each_others_token() {
     // The same config again adopts.
     let c = f.sidecar(&narrow).await;
     assert_eq!(f.requests(), 2);
-    stop_all(vec![a, b, c]);
+    drop(vec![a, b, c]);
 }
 
 /// A sidecar with another store key refuses to start, names the store, and changes nothing
@@ -597,7 +609,7 @@ async fn a_sidecar_with_another_key_refuses_to_start_and_changes_nothing() {
     );
     assert_eq!(f.redis.dump(), before);
     assert_eq!(f.requests(), 1);
-    stop_all(vec![first]);
+    drop(vec![first]);
 }
 
 /// Three sidecars start at once on one Redis with one seed refresh token, against a
@@ -606,35 +618,19 @@ async fn a_sidecar_with_another_key_refuses_to_start_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_on_redis_sends_a_rotating_refresh_token_once() {
     let f = Fleet::start(Duration::from_secs(3)).await;
-    let mut grant_lines = String::new();
-    Harness::write_seed(&mut grant_lines, f.tokens.state.seed_refresh_token());
-    let grant_lines = format!("grant = \"refresh_token\"\n{grant_lines}");
+    let grant_lines = f.rotating_grant("");
     let fleet: Vec<_> = futures::future::join_all((0..3).map(|_| f.sidecar(&grant_lines))).await;
     assert_eq!(f.requests(), 1, "the seed was sent once");
     let (_, bad) = fleet_load(&fleet, 4, Duration::from_secs(15)).await;
-    assert_eq!(
-        f.tokens.state.reuse_detected(),
-        0,
-        "a refresh token was sent twice"
-    );
-    assert!(
-        bad.is_empty(),
-        "{} non-2xx answers, the first {:?}",
-        bad.len(),
-        &bad[..bad.len().min(5)]
-    );
+    support::assert_all_2xx(&bad);
     assert!(
         f.tokens.state.rotations() >= 4,
         "{} rotations",
         f.tokens.state.rotations()
     );
-    assert_eq!(
-        f.tokens.state.active_refresh_tokens(),
-        1,
-        "the grant is alive"
-    );
+    f.assert_grant_alive();
     f.assert_only_sealed_values();
-    stop_all(fleet);
+    drop(fleet);
 }
 
 /// The `store.up` a sidecar's /status reports, once it reads `want` (bounded wait).
@@ -658,9 +654,7 @@ async fn store_up_becomes(client: &reqwest::Client, sidecar: &Replica, want: boo
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_rides_out_redis_hanging_and_coming_back_empty() {
     let mut f = Fleet::start(Duration::from_secs(10)).await;
-    let mut grant_lines = String::new();
-    Harness::write_seed(&mut grant_lines, f.tokens.state.seed_refresh_token());
-    let grant_lines = format!("grant = \"refresh_token\"\n{grant_lines}");
+    let grant_lines = f.rotating_grant("");
     let fleet = vec![f.sidecar(&grant_lines).await, f.sidecar(&grant_lines).await];
     let proxies = fleet.iter().map(|s| s.proxy_addr).collect();
     let load = tokio::spawn(load_through(proxies, 4, Duration::from_secs(14)));
@@ -691,27 +685,13 @@ async fn a_fleet_rides_out_redis_hanging_and_coming_back_empty() {
         back.elapsed()
     );
 
-    let (ok, bad) = load.await.unwrap();
-    assert!(
-        bad.is_empty(),
-        "{} non-2xx answers, the first {:?} ({ok} ok)",
-        bad.len(),
-        &bad[..bad.len().min(5)]
-    );
-    assert_eq!(
-        f.tokens.state.reuse_detected(),
-        0,
-        "a refresh token was sent twice"
-    );
+    let (_, bad) = load.await.unwrap();
+    support::assert_all_2xx(&bad);
     assert!(
         f.tokens.state.rotations() >= 1,
         "no rotation during the test"
     );
-    assert_eq!(
-        f.tokens.state.active_refresh_tokens(),
-        1,
-        "the grant is alive"
-    );
+    f.assert_grant_alive();
     // The outage is in the operation counts, and so are the writes that ended it.
     let mut errors = 0.0;
     let mut saves = 0.0;
@@ -736,7 +716,7 @@ async fn a_fleet_rides_out_redis_hanging_and_coming_back_empty() {
         "errors {errors}, saves {saves}"
     );
     f.assert_only_sealed_values();
-    stop_all(fleet);
+    drop(fleet);
 }
 
 /// While Redis is gone, a rotating refresh token is never sent (it needs the lease): once
@@ -745,9 +725,7 @@ async fn a_fleet_rides_out_redis_hanging_and_coming_back_empty() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_redis_a_rotating_refresh_token_waits_and_requests_get_store_unavailable() {
     let mut f = Fleet::start(Duration::from_secs(3)).await;
-    let mut grant_lines = String::new();
-    Harness::write_seed(&mut grant_lines, f.tokens.state.seed_refresh_token());
-    let grant_lines = format!("grant = \"refresh_token\"\n{grant_lines}wait_budget = \"1s\"\n");
+    let grant_lines = f.rotating_grant("wait_budget = \"1s\"\n");
     let sidecar = f.sidecar(&grant_lines).await;
     f.redis.kill();
     store_up_becomes(&f.client, &sidecar, false).await;
@@ -794,13 +772,8 @@ async fn without_redis_a_rotating_refresh_token_waits_and_requests_get_store_una
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(status, 200, "no recovery once Redis was back");
-    assert_eq!(f.tokens.state.reuse_detected(), 0);
-    assert_eq!(
-        f.tokens.state.active_refresh_tokens(),
-        1,
-        "the grant is alive"
-    );
-    stop_all(vec![sidecar]);
+    f.assert_grant_alive();
+    drop(vec![sidecar]);
 }
 
 /// A slow but live lease holder keeps the lease (it renews it while it works) and its
@@ -810,19 +783,12 @@ async fn without_redis_a_rotating_refresh_token_waits_and_requests_get_store_una
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_slow_lease_holder_keeps_the_lease_and_its_answer_wins() {
     let f = Fleet::start(Duration::from_secs(60)).await;
-    let mut grant_lines = String::new();
-    Harness::write_seed(&mut grant_lines, f.tokens.state.seed_refresh_token());
-    let grant_lines = format!("grant = \"refresh_token\"\n{grant_lines}wait_budget = \"20s\"\n");
+    let grant_lines = f.rotating_grant("wait_budget = \"20s\"\n");
     f.tokens.state.set_delay(Duration::from_secs(8));
     let fleet: Vec<_> = futures::future::join_all((0..2).map(|_| f.sidecar(&grant_lines))).await;
     assert_eq!(f.requests(), 1, "the refresh token was sent once");
-    assert_eq!(f.tokens.state.reuse_detected(), 0);
-    assert_eq!(
-        f.tokens.state.active_refresh_tokens(),
-        1,
-        "the grant is alive"
-    );
-    stop_all(fleet);
+    f.assert_grant_alive();
+    drop(fleet);
 }
 
 /// With Redis gone, a client-credentials credential refreshes on its own (no refresh token
@@ -834,16 +800,11 @@ async fn without_redis_client_credentials_refresh_locally() {
     f.redis.kill();
     store_up_becomes(&f.client, &sidecar, false).await;
     let before = f.requests();
-    let (ok, bad) = load_through(vec![sidecar.proxy_addr], 2, Duration::from_secs(5)).await;
-    assert!(
-        bad.is_empty(),
-        "{} non-2xx answers, the first {:?} ({ok} ok)",
-        bad.len(),
-        &bad[..bad.len().min(5)]
-    );
+    let (_, bad) = load_through(vec![sidecar.proxy_addr], 2, Duration::from_secs(5)).await;
+    support::assert_all_2xx(&bad);
     assert!(
         f.requests() > before,
         "no local refresh while Redis was down"
     );
-    stop_all(vec![sidecar]);
+    drop(vec![sidecar]);
 }

@@ -110,10 +110,6 @@ impl TokenStore for FileStore {
         StoreBackend::File
     }
 
-    fn is_persistent(&self) -> bool {
-        true
-    }
-
     async fn load(&self, credential: &str) -> Result<Option<StoredSet>, StoreError> {
         Ok(self.inner.load(credential))
     }

@@ -51,10 +51,6 @@ impl TokenStore for MemoryStore {
         StoreBackend::Memory
     }
 
-    fn is_persistent(&self) -> bool {
-        false
-    }
-
     async fn load(&self, credential: &str) -> Result<Option<StoredSet>, StoreError> {
         Ok(lock(&self.sets).get(credential).cloned())
     }

@@ -81,10 +81,6 @@ impl TokenStore for MeteredStore {
         self.inner.backend()
     }
 
-    fn is_persistent(&self) -> bool {
-        self.inner.is_persistent()
-    }
-
     async fn load(&self, credential: &str) -> Result<Option<StoredSet>, StoreError> {
         let r = self.inner.load(credential).await;
         self.count(StoreOp::Load, &r, |_| true);

@@ -37,12 +37,6 @@ pub enum StoreBackend {
 }
 
 impl StoreBackend {
-    pub const ALL: [StoreBackend; 3] = [
-        StoreBackend::Memory,
-        StoreBackend::File,
-        StoreBackend::Redis,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             StoreBackend::Memory => "memory",
@@ -105,9 +99,6 @@ pub struct HelperJournal {
 #[async_trait]
 pub trait TokenStore: Send + Sync {
     fn backend(&self) -> StoreBackend;
-
-    /// Whether token sets outlive the process.
-    fn is_persistent(&self) -> bool;
 
     async fn load(&self, credential: &str) -> Result<Option<StoredSet>, StoreError>;
 

@@ -159,7 +159,7 @@ impl RedisStore {
 
     /// Names the store in errors: the prefix (never the URL, which may hold a password).
     fn describe(&self) -> String {
-        format!("redis store (prefix {:?})", self.prefix)
+        self.health.store.clone()
     }
 
     fn suffix(&self, credential: &str) -> String {
@@ -216,20 +216,9 @@ impl RedisStore {
 
     /// A plain connection for a one-off check (at startup, off the service runtimes).
     async fn connect_once(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT));
-        match tokio::time::timeout(
-            CONNECT_TIMEOUT * 2,
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(self.unavailable(&e.to_string())),
-            Err(_) => Err(self.unavailable("connecting timed out")),
-        }
+        within(CONNECT_TIMEOUT * 2, connect_plain(&self.client))
+            .await
+            .map_err(|why| self.unavailable(&why))
     }
 
     async fn connection(&self) -> Result<ConnectionManager, StoreError> {
@@ -257,16 +246,12 @@ impl RedisStore {
                     .set_response_timeout(Some(COMMAND_TIMEOUT))
                     .set_number_of_retries(1)
                     .set_max_delay(Duration::from_secs(2));
-                match tokio::time::timeout(
+                within(
                     CONNECT_TIMEOUT * 2,
                     ConnectionManager::new_with_config(self.client.clone(), config),
                 )
                 .await
-                {
-                    Ok(Ok(c)) => Ok(c),
-                    Ok(Err(e)) => Err(self.unavailable(&e.to_string())),
-                    Err(_) => Err(self.unavailable("connecting timed out")),
-                }
+                .map_err(|why| self.unavailable(&why))
             })
             .await?;
         Ok(con.clone())
@@ -278,14 +263,7 @@ impl RedisStore {
         cmd: &redis::Cmd,
         con: &mut C,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(COMMAND_TIMEOUT, cmd.query_async(con)).await {
-            Ok(Ok(v)) => {
-                self.mark_up();
-                Ok(v)
-            }
-            Ok(Err(e)) => Err(self.unavailable(&e.to_string())),
-            Err(_) => Err(self.unavailable("no answer within 1s")),
-        }
+        self.answered(within(COMMAND_TIMEOUT, cmd.query_async(con)).await)
     }
 
     async fn script<T: redis::FromRedisValue>(
@@ -293,13 +271,17 @@ impl RedisStore {
         script: &redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
         let mut con = self.connection().await?;
-        match tokio::time::timeout(COMMAND_TIMEOUT, script.invoke_async(&mut con)).await {
-            Ok(Ok(v)) => {
+        self.answered(within(COMMAND_TIMEOUT, script.invoke_async(&mut con)).await)
+    }
+
+    /// Notes whether Redis answered, and turns a failure into the store's error.
+    fn answered<T>(&self, result: Result<T, String>) -> Result<T, StoreError> {
+        match result {
+            Ok(v) => {
                 self.mark_up();
                 Ok(v)
             }
-            Ok(Err(e)) => Err(self.unavailable(&e.to_string())),
-            Err(_) => Err(self.unavailable("no answer within 1s")),
+            Err(why) => Err(self.unavailable(&why)),
         }
     }
 
@@ -387,53 +369,62 @@ async fn watch_health(
     loop {
         tick.tick().await;
         if connection.is_none() {
-            let config = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_response_timeout(Some(COMMAND_TIMEOUT));
-            match tokio::time::timeout(
-                CONNECT_TIMEOUT * 2,
-                client.get_multiplexed_async_connection_with_config(&config),
-            )
-            .await
-            {
-                Ok(Ok(c)) => connection = Some(c),
-                Ok(Err(e)) => health.mark_down(&e.to_string()),
-                Err(_) => health.mark_down("connecting timed out"),
+            match within(CONNECT_TIMEOUT * 2, connect_plain(&client)).await {
+                Ok(c) => connection = Some(c),
+                Err(why) => health.mark_down(&why),
             }
         }
         let Some(con) = connection.as_mut() else {
             continue;
         };
-        let ping = tokio::time::timeout(
+        match within(
             COMMAND_TIMEOUT,
             redis::cmd("PING").query_async::<String>(con),
         )
-        .await;
-        match ping {
-            Ok(Ok(_)) => {
+        .await
+        {
+            Ok(_) => {
                 if health.mark_up() {
                     let mut restore = redis::cmd("SET");
                     restore.arg(&key_check_key).arg(&key_check).arg("NX");
-                    let _ = tokio::time::timeout(
-                        COMMAND_TIMEOUT,
-                        restore.query_async::<Option<String>>(con),
-                    )
-                    .await;
+                    let _ =
+                        within(COMMAND_TIMEOUT, restore.query_async::<Option<String>>(con)).await;
                     for name in &credentials {
                         local.changed(name);
                     }
                 }
             }
-            Ok(Err(e)) => {
-                health.mark_down(&e.to_string());
-                connection = None;
-            }
-            Err(_) => {
-                health.mark_down("no answer within 1s");
+            Err(why) => {
+                health.mark_down(&why);
                 connection = None;
             }
         }
     }
+}
+
+/// `work` within `limit`: its result, or why there is none (never the URL: it may hold a
+/// password, and Redis errors do not quote it).
+async fn within<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, work).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {limit:?}")),
+    }
+}
+
+/// A plain multiplexed connection with bearerd's time limits.
+async fn connect_plain(
+    client: &redis::Client,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(COMMAND_TIMEOUT));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
 }
 
 /// Forwards change notifications from Redis to the local watches, reconnecting for as long
@@ -465,10 +456,6 @@ async fn forward_changes(
 impl TokenStore for RedisStore {
     fn backend(&self) -> StoreBackend {
         StoreBackend::Redis
-    }
-
-    fn is_persistent(&self) -> bool {
-        true
     }
 
     async fn load(&self, credential: &str) -> Result<Option<StoredSet>, StoreError> {

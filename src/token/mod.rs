@@ -90,12 +90,6 @@ pub enum Unavailability {
 }
 
 impl Unavailability {
-    pub const ALL: [Unavailability; 3] = [
-        Unavailability::NoValidToken,
-        Unavailability::NeedsReauth,
-        Unavailability::StoreUnavailable,
-    ];
-
     pub fn slug(self) -> &'static str {
         match self {
             Unavailability::NoValidToken => "token-unavailable",

@@ -313,3 +313,13 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
 }
+
+/// Every answer a load loop recorded was 2xx (`bad` holds the others; 0: no answer at all).
+pub fn assert_all_2xx(bad: &[u16]) {
+    assert!(
+        bad.is_empty(),
+        "{} answers were not 2xx, the first {:?}",
+        bad.len(),
+        &bad[..bad.len().min(5)]
+    );
+}
