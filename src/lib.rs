@@ -214,7 +214,7 @@ impl Sidecar {
             if let (Some(journal), Some(helper)) =
                 (store.helper_journal(), &config.server.rotation_helper)
             {
-                grant.make_rotation_durable(token::rotation::DurableRotation {
+                grant.make_rotation_durable(token::endpoint::rotation::DurableRotation {
                     helper: helper.clone(),
                     store: journal.store,
                     key: journal.key,

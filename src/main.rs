@@ -308,7 +308,7 @@ async fn login(
     client: &AdminClient,
 ) -> Result<bool, String> {
     use bearerd::config::GrantConfig;
-    use bearerd::token::{grant::TokenEndpoint, login};
+    use bearerd::token::{endpoint::TokenEndpoint, login};
     let cred = config.credential(name).ok_or_else(|| {
         format!(
             "no credential named {name:?} in {}",

@@ -61,17 +61,130 @@ pub struct ServerConfig {
     pub rotation_helper: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the client proves who it is to the token endpoint (DESIGN §3). Each method holds
+/// exactly what it needs, so a combination that cannot work cannot be written down.
+#[derive(Debug, Clone)]
 pub enum ClientAuthMethod {
-    Basic,
-    Post,
+    /// HTTP Basic with the client secret (RFC 6749 §2.3.1).
+    Basic(SecretRef),
+    /// `client_id` and `client_secret` in the form.
+    Post(SecretRef),
+    /// A JWT signed with the client's private key (RFC 7523 §2.2).
+    PrivateKeyJwt(SigningConfig),
+    /// A JWT minted elsewhere (a projected service-account token), read at every use.
+    ClientAssertion(SecretRef),
+    /// Mutual TLS with a client certificate (RFC 8705 §2.1).
+    TlsClientAuth(ClientIdentity),
+    /// A public client: `client_id` only.
+    None,
+}
+
+impl ClientAuthMethod {
+    /// Every `client_auth` value, in the order messages list them.
+    pub const NAMES: [&'static str; 6] = [
+        "basic",
+        "post",
+        "private_key_jwt",
+        "client_assertion",
+        "tls_client_auth",
+        "none",
+    ];
+
+    /// The `client_auth` value, for `bearerd status` and `/status`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientAuthMethod::Basic(_) => "basic",
+            ClientAuthMethod::Post(_) => "post",
+            ClientAuthMethod::PrivateKeyJwt(_) => "private_key_jwt",
+            ClientAuthMethod::ClientAssertion(_) => "client_assertion",
+            ClientAuthMethod::TlsClientAuth(_) => "tls_client_auth",
+            ClientAuthMethod::None => "none",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct ClientAuth {
-    pub client_id: String,
-    pub client_secret: Option<SecretRef>,
+    /// Sent with every method; only a `jwt_bearer` or `token_exchange` credential may go
+    /// without one.
+    pub client_id: Option<String>,
     pub method: ClientAuthMethod,
+}
+
+/// JWS algorithms bearerd signs assertions with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningAlg {
+    RS256,
+    PS256,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl SigningAlg {
+    pub const ALL: [SigningAlg; 5] = [
+        SigningAlg::RS256,
+        SigningAlg::PS256,
+        SigningAlg::ES256,
+        SigningAlg::ES384,
+        SigningAlg::EdDSA,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlg::RS256 => "RS256",
+            SigningAlg::PS256 => "PS256",
+            SigningAlg::ES256 => "ES256",
+            SigningAlg::ES384 => "ES384",
+            SigningAlg::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SigningAlg> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+/// Where a signing key comes from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// A PEM private key.
+    Pem(SecretRef),
+    /// A Google service-account JSON key: key, key id and account in one file.
+    ServiceAccount(SecretRef),
+}
+
+impl KeySource {
+    pub fn source(&self) -> &SecretRef {
+        match self {
+            KeySource::Pem(s) | KeySource::ServiceAccount(s) => s,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            KeySource::Pem(s) => format!("private key ({})", s.describe()),
+            KeySource::ServiceAccount(s) => format!("service-account key ({})", s.describe()),
+        }
+    }
+}
+
+/// A key that signs assertions, and the header and audience they carry.
+#[derive(Debug, Clone)]
+pub struct SigningConfig {
+    pub key: KeySource,
+    pub key_id: Option<String>,
+    /// `None`: the key's own default (RS256, ES256, ES384 or EdDSA).
+    pub alg: Option<SigningAlg>,
+    /// `aud` of the assertion; `None`: the token endpoint URL.
+    pub audience: Option<String>,
+}
+
+/// The client certificate (chain) and its key for mutual TLS, read again when they change.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ClientIdentity {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 /// What a token request asks for, shared by the OAuth grants.
@@ -107,7 +220,40 @@ pub enum GrantConfig {
     Static {
         token: SecretRef,
     },
+    TokenExchange(TokenExchangeConfig),
+    JwtBearer(JwtBearerConfig),
 }
+
+/// A token (read at every exchange) and its RFC 8693 type URI.
+#[derive(Debug, Clone)]
+pub struct TypedToken {
+    pub token: SecretRef,
+    pub token_type: String,
+}
+
+/// `grant = "token_exchange"` (RFC 8693).
+#[derive(Debug, Clone)]
+pub struct TokenExchangeConfig {
+    pub request: TokenRequestConfig,
+    pub subject: TypedToken,
+    pub actor: Option<TypedToken>,
+    pub audience: Option<String>,
+    pub requested_token_type: Option<String>,
+}
+
+/// `grant = "jwt_bearer"` (RFC 7523 §2.1).
+#[derive(Debug, Clone)]
+pub struct JwtBearerConfig {
+    pub request: TokenRequestConfig,
+    pub signing: SigningConfig,
+    /// `iss`; `None`: the service account's email, else the client id.
+    pub issuer: Option<String>,
+    /// `sub`; `None`: the issuer.
+    pub subject: Option<String>,
+}
+
+/// RFC 8693's default subject token type (a JWT, such as a service-account token).
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 
 impl GrantConfig {
     pub fn kind(&self) -> &'static str {
@@ -115,6 +261,29 @@ impl GrantConfig {
             GrantConfig::ClientCredentials(_) => "client_credentials",
             GrantConfig::RefreshToken { .. } => "refresh_token",
             GrantConfig::Static { .. } => "static",
+            GrantConfig::TokenExchange(_) => "token_exchange",
+            GrantConfig::JwtBearer(_) => "jwt_bearer",
+        }
+    }
+
+    /// The token request of an OAuth grant (none for a static token).
+    pub fn request(&self) -> Option<&TokenRequestConfig> {
+        match self {
+            GrantConfig::ClientCredentials(r)
+            | GrantConfig::RefreshToken { request: r, .. }
+            | GrantConfig::TokenExchange(TokenExchangeConfig { request: r, .. })
+            | GrantConfig::JwtBearer(JwtBearerConfig { request: r, .. }) => Some(r),
+            GrantConfig::Static { .. } => None,
+        }
+    }
+
+    pub fn request_mut(&mut self) -> Option<&mut TokenRequestConfig> {
+        match self {
+            GrantConfig::ClientCredentials(r)
+            | GrantConfig::RefreshToken { request: r, .. }
+            | GrantConfig::TokenExchange(TokenExchangeConfig { request: r, .. })
+            | GrantConfig::JwtBearer(JwtBearerConfig { request: r, .. }) => Some(r),
+            GrantConfig::Static { .. } => None,
         }
     }
 }
@@ -157,10 +326,14 @@ impl CredentialConfig {
     /// client, scopes, resource and audience. Replicas share a token set only when this
     /// agrees, so a changed config never adopts a token obtained for another.
     pub fn binding(&self) -> String {
-        let request = match &self.grant {
-            GrantConfig::ClientCredentials(r) | GrantConfig::RefreshToken { request: r, .. } => r,
-            GrantConfig::Static { .. } => return format!("static\n{}", self.name),
+        let Some(request) = self.grant.request() else {
+            return format!("static\n{}", self.name);
         };
+        let audience = match &self.grant {
+            GrantConfig::TokenExchange(x) => x.audience.as_deref(),
+            _ => None,
+        }
+        .or(request.params.get("audience").map(String::as_str));
         let endpoint = request
             .token_url
             .as_ref()
@@ -172,10 +345,10 @@ impl CredentialConfig {
         [
             self.grant.kind(),
             endpoint,
-            &request.client.client_id,
+            request.client.client_id.as_deref().unwrap_or(""),
             &scopes.join(" "),
             request.resource.as_deref().unwrap_or(""),
-            request.params.get("audience").map_or("", String::as_str),
+            audience.unwrap_or(""),
         ]
         .join("\n")
     }

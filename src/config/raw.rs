@@ -87,6 +87,8 @@ pub enum RawCredential {
     ClientCredentials(RawClientCredentials),
     RefreshToken(RawRefreshTokenCredential),
     Static(RawStaticCredential),
+    TokenExchange(RawTokenExchangeCredential),
+    JwtBearer(RawJwtBearerCredential),
     /// A grant name this build does not know (the table is not read further).
     Unknown(String),
     /// No `grant` key at all.
@@ -100,12 +102,20 @@ impl RawCredential {
             "client_credentials" => Some(RawClientCredentials::KEYS),
             "refresh_token" => Some(RawRefreshTokenCredential::KEYS),
             "static" => Some(RawStaticCredential::KEYS),
+            "token_exchange" => Some(RawTokenExchangeCredential::KEYS),
+            "jwt_bearer" => Some(RawJwtBearerCredential::KEYS),
             _ => None,
         }
     }
 
     /// Every grant kind this build reads, in the order error messages list them.
-    pub const GRANTS: [&'static str; 3] = ["client_credentials", "refresh_token", "static"];
+    pub const GRANTS: [&'static str; 5] = [
+        "client_credentials",
+        "refresh_token",
+        "token_exchange",
+        "jwt_bearer",
+        "static",
+    ];
 }
 
 /// Declares a strict credential table: `grant`, the keys of each named group, then its own.
@@ -168,7 +178,21 @@ macro_rules! token_request_keys {
         revocation_url: Option<String>,
         client_id: Option<String>,
         client_secret: Option<RawSecretRef>,
+        /// basic | post | private_key_jwt | client_assertion | tls_client_auth | none
         client_auth: Option<String>,
+        /// private_key_jwt (and jwt_bearer): a PEM private key, re-read when it changes.
+        private_key: Option<RawSecretRef>,
+        /// The JWT header `kid`.
+        key_id: Option<String>,
+        /// RS256 | PS256 | ES256 | ES384 | EdDSA (default: follows the key).
+        signing_alg: Option<String>,
+        /// The assertion's `aud` (default: the token endpoint URL).
+        assertion_audience: Option<String>,
+        /// client_assertion: a JWT minted elsewhere, read at every use.
+        client_assertion: Option<RawSecretRef>,
+        /// tls_client_auth: the client certificate (chain) and its key, PEM files.
+        client_cert: Option<RawSecretRef>,
+        client_key: Option<RawSecretRef>,
         scopes: Option<Vec<String>>,
         resource: Option<String>,
         params: Option<BTreeMap<String, String>>,
@@ -235,6 +259,33 @@ credential_table! {
     }
 }
 
+credential_table! {
+    /// `grant = "token_exchange"` (RFC 8693): a token obtained for a subject token, such as
+    /// the pod's service-account token, exchanged again before it expires.
+    pub struct RawTokenExchangeCredential [token_request_keys, schedule_keys, wait_keys] {
+        /// Read at every exchange.
+        subject_token: Option<RawSecretRef>,
+        subject_token_type: Option<String>,
+        actor_token: Option<RawSecretRef>,
+        actor_token_type: Option<String>,
+        audience: Option<String>,
+        requested_token_type: Option<String>,
+    }
+}
+
+credential_table! {
+    /// `grant = "jwt_bearer"` (RFC 7523 §2.1): an assertion signed with `private_key` or a
+    /// Google service-account key.
+    pub struct RawJwtBearerCredential [token_request_keys, schedule_keys, wait_keys] {
+        /// `iss` (default: the service account's email, else client_id).
+        assertion_issuer: Option<String>,
+        /// `sub` (default: the issuer).
+        assertion_subject: Option<String>,
+        /// A Google service-account JSON key: key, key id, issuer and token endpoint.
+        service_account_key: Option<RawSecretRef>,
+    }
+}
+
 /// The second pass: the `credentials` table, each entry read as the grant it names.
 struct CredentialTables<'g>(&'g HashMap<String, Option<String>>);
 
@@ -291,6 +342,8 @@ impl<'de> Visitor<'de> for EachCredential<'_> {
                 Some("client_credentials") => RawCredential::ClientCredentials(map.next_value()?),
                 Some("refresh_token") => RawCredential::RefreshToken(map.next_value()?),
                 Some("static") => RawCredential::Static(map.next_value()?),
+                Some("token_exchange") => RawCredential::TokenExchange(map.next_value()?),
+                Some("jwt_bearer") => RawCredential::JwtBearer(map.next_value()?),
                 Some(other) => {
                     map.next_value::<IgnoredAny>()?;
                     RawCredential::Unknown(other.to_string())

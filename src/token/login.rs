@@ -14,7 +14,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::grant::{IssuedToken, TokenEndpoint};
+use super::endpoint::{OAuthErrorCode, TokenEndpoint};
+use super::grant::IssuedToken;
 
 /// How long a login attempt (its `state`, or its device code) stays valid.
 pub const ATTEMPT_LIFETIME: Duration = Duration::from_secs(600);
@@ -78,7 +79,10 @@ pub async fn authorization_code(
     {
         let mut q = url.query_pairs_mut();
         q.append_pair("response_type", "code")
-            .append_pair("client_id", &c.client.client_id)
+            .append_pair(
+                "client_id",
+                c.client.client_id.as_deref().unwrap_or_default(),
+            )
             .append_pair("redirect_uri", &redirect_uri)
             .append_pair("state", &state)
             .append_pair("code_challenge", &pkce.challenge)
@@ -194,8 +198,10 @@ pub async fn device(
     if let Some(r) = c.resource.clone().or(endpoints.resource.clone()) {
         form.push(("resource", r));
     }
+    let http = endpoint.http().map_err(|e| e.message)?;
     let req = endpoint
-        .authenticate(endpoint.http().post(device_url.clone()), &mut form)
+        .authenticate(http.post(device_url.clone()), &mut form, &device_url)
+        .await
         .map_err(|e| e.message)?;
     let resp = req
         .form(&form)
@@ -247,8 +253,8 @@ pub async fn device(
             .await;
         match result {
             Ok(t) => return Ok(t),
-            Err(e) if e.kind == "authorization_pending" => continue,
-            Err(e) if e.kind == "slow_down" => {
+            Err(e) if e.kind.is_oauth(OAuthErrorCode::AuthorizationPending) => continue,
+            Err(e) if e.kind.is_oauth(OAuthErrorCode::SlowDown) => {
                 interval += Duration::from_secs(5);
                 wait = interval;
             }

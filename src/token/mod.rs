@@ -5,10 +5,11 @@
 
 pub mod credential;
 pub mod discovery;
+pub mod endpoint;
 pub mod grant;
+pub mod jwt;
 pub mod login;
 pub mod refresher;
-pub mod rotation;
 pub mod schedule;
 pub mod slot;
 
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderValue;
 
+pub use endpoint::{rotation, GrantErrorKind};
 pub use slot::{CredentialSlot, CredentialState, CredentialStatus};
 
 /// What started a refresh; also the `trigger` label of `bearerd_token_refresh_total`.
@@ -126,7 +128,7 @@ pub enum ReplayDecision {
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LastError {
-    pub kind: String,
+    pub kind: endpoint::GrantErrorKind,
     pub message: String,
     /// RFC 3339.
     pub at: String,

@@ -20,6 +20,7 @@ use super::credential::Credential;
 use super::grant::{Grant, GrantOutcome, IssuedToken};
 use super::schedule::{backoff_delay, expiry_floor, refresh_delay};
 use super::slot::AttemptFailure;
+use super::GrantErrorKind;
 use super::{bearer_header, CredentialSlot, TokenSnapshot, Trigger};
 use crate::store::{Lease, SaveOutcome, StoredToken};
 
@@ -283,12 +284,12 @@ async fn take_lease(cred: &Credential, trigger: Trigger, started: Instant) -> Le
         match cred.store.lease(&slot.name, LEASE_HOLD).await {
             Ok(Some(lease)) => return LeaseOutcome::Refresh(Some(lease)),
             Ok(None) => {}
-            Err(e) if matches!(grant, Grant::RefreshToken { .. }) => {
+            Err(e) if grant.needs_lease() => {
                 // A rotating refresh token is never sent without the lease: another
                 // replica may be sending it now.
                 tracing::warn!(credential = &*slot.name, error = %e, "no refresh lease: the store is unavailable");
                 break AttemptFailure {
-                    kind: "store_unavailable",
+                    kind: &GrantErrorKind::StoreUnavailable,
                     message:
                         "the store is unavailable, and a refresh token is only sent under its lease",
                     permanent: false,
@@ -306,7 +307,7 @@ async fn take_lease(cred: &Credential, trigger: Trigger, started: Instant) -> Le
         }
         if tokio::time::Instant::now() >= deadline {
             break AttemptFailure {
-                kind: "lease_held",
+                kind: &GrantErrorKind::LeaseHeld,
                 message:
                     "another replica holds the refresh lease and wrote no new token set in time",
                 permanent: false,
@@ -442,9 +443,10 @@ async fn attempt(cred: &Credential, trigger: Trigger) {
         release(cred, lease).await;
         return;
     }
-    let lifetime_of = |t: &IssuedToken| match grant {
-        Grant::Static { .. } => None,
-        _ => Some(t.lifetime.unwrap_or(slot.policy.default_lifetime)),
+    let lifetime_of = |t: &IssuedToken| {
+        grant
+            .has_lifetime()
+            .then(|| t.effective_lifetime(slot.policy.default_lifetime))
     };
     let result = while_holding(cred, &lease, async {
         let result = grant.obtain().await;
@@ -479,7 +481,7 @@ async fn attempt(cred: &Credential, trigger: Trigger) {
     release(cred, lease).await;
     let elapsed = started.elapsed();
     let now = Instant::now();
-    let failed = |kind: &str, message: &str, permanent: bool, retry_after| {
+    let failed = |kind: &GrantErrorKind, message: &str, permanent: bool, retry_after| {
         let failure = AttemptFailure {
             kind,
             message,
@@ -498,7 +500,7 @@ async fn attempt(cred: &Credential, trigger: Trigger) {
             // Expired on arrival (a tiny expires_in, or a very slow provider): treat it as a
             // failure with backoff rather than refreshing in a tight loop.
             failed(
-                "expired_on_arrival",
+                &GrantErrorKind::ExpiredOnArrival,
                 "the token endpoint issued a token that expired before it arrived",
                 false,
                 None,
@@ -544,7 +546,7 @@ async fn attempt(cred: &Credential, trigger: Trigger) {
                 Some("success")
             }
             None => failed(
-                "malformed_response",
+                &GrantErrorKind::MalformedResponse,
                 "token is not a valid header value",
                 false,
                 None,
@@ -594,7 +596,7 @@ fn record_failure(
             trigger = trigger.as_str(),
             attempt = record.consecutive_failures,
             outcome = "permanent_error",
-            error_kind = failure.kind,
+            error_kind = %failure.kind,
             error = failure.message,
             duration_ms = elapsed.as_millis() as u64,
             "token refresh failed permanently; automatic retries stop until re-authorization"
@@ -605,7 +607,7 @@ fn record_failure(
             trigger = trigger.as_str(),
             attempt = record.consecutive_failures,
             outcome = "transient_error",
-            error_kind = failure.kind,
+            error_kind = %failure.kind,
             error = failure.message,
             duration_ms = elapsed.as_millis() as u64,
             next_refresh_in_s = next_in,

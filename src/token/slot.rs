@@ -10,6 +10,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{watch, Notify};
 
 use super::schedule;
+use super::GrantErrorKind;
 use super::{LastError, ReplayDecision, TokenSnapshot, TokenUnavailable, Trigger, Unavailability};
 use crate::config::{CredentialConfig, RefreshPolicy};
 use crate::metrics::Metrics;
@@ -188,7 +189,7 @@ impl CredentialSlot {
         } else if c
             .last_error
             .as_ref()
-            .is_some_and(|e| e.kind == "store_unavailable")
+            .is_some_and(|e| e.kind == GrantErrorKind::StoreUnavailable)
         {
             Unavailability::StoreUnavailable
         } else {
@@ -434,7 +435,7 @@ fn round(x: f64) -> f64 {
 
 /// Why an attempt failed, as the slot records it.
 pub(super) struct AttemptFailure<'a> {
-    pub kind: &'a str,
+    pub kind: &'a GrantErrorKind,
     pub message: &'a str,
     pub permanent: bool,
 }
@@ -555,12 +556,12 @@ impl CredentialSlot {
         let repeated = c.consecutive_failures > 0
             && c.last_error
                 .as_ref()
-                .is_some_and(|l| l.kind == failure.kind);
+                .is_some_and(|l| l.kind == *failure.kind);
         c.in_flight = false;
         c.attempts_completed += 1;
         c.consecutive_failures += 1;
         c.last_error = Some(LastError {
-            kind: failure.kind.to_string(),
+            kind: failure.kind.clone(),
             message: failure.message.to_string(),
             at: rfc3339_now(),
         });
@@ -589,7 +590,7 @@ impl CredentialSlot {
     /// A token set that could not be persisted: it is kept in memory, and `/status` says so.
     pub(super) fn record_store_error(&self, message: String) {
         self.control().last_error = Some(LastError {
-            kind: "store_write_failed".into(),
+            kind: GrantErrorKind::StoreWriteFailed,
             message,
             at: rfc3339_now(),
         });

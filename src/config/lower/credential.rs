@@ -2,7 +2,11 @@
 //! own strict table through the shared key groups (token request, schedule, waiting).
 
 use super::*;
+use secrecy::ExposeSecret;
+
 use crate::config::raw::{RawSchedule, RawTokenRequest, RawWait};
+use crate::config::secret::RawSecretRef;
+use crate::token::endpoint::signing::{load_key, KeyError, LoadedKey, ServiceAccountKey};
 
 pub(super) fn lower_credential(
     map: &SourceMap,
@@ -13,12 +17,26 @@ pub(super) fn lower_credential(
     let (grant, policy) = match rc {
         RawCredential::ClientCredentials(t) => {
             let policy = lower_policy(map, name, &t.schedule(), &t.wait())?;
-            let request = lower_token_request(map, name, &t.grant, &t.token_request())?;
+            let request = lower_token_request(
+                map,
+                name,
+                &t.grant,
+                &t.token_request(),
+                ClientIdRule::Required,
+                false,
+            )?;
             (GrantConfig::ClientCredentials(request), policy)
         }
         RawCredential::RefreshToken(t) => {
             let policy = lower_policy(map, name, &t.schedule(), &t.wait())?;
-            let mut request = lower_token_request(map, name, &t.grant, &t.token_request())?;
+            let mut request = lower_token_request(
+                map,
+                name,
+                &t.grant,
+                &t.token_request(),
+                ClientIdRule::Required,
+                false,
+            )?;
             let optional_url = |field: &str, value: &Option<String>| {
                 value
                     .as_deref()
@@ -53,11 +71,119 @@ pub(super) fn lower_credential(
             let token = lower_secret(map, &key("token"), token)?;
             (GrantConfig::Static { token }, policy)
         }
-        RawCredential::Unknown(g) if matches!(g.as_str(), "token_exchange" | "jwt_bearer") => {
-            return Err(map.error_at(
-                &key("grant"),
-                format!("grant {g:?} is not available in this build"),
-            ))
+        RawCredential::TokenExchange(t) => {
+            let policy = lower_policy(map, name, &t.schedule(), &t.wait())?;
+            let request = lower_token_request(
+                map,
+                name,
+                &t.grant,
+                &t.token_request(),
+                ClientIdRule::Optional,
+                false,
+            )?;
+            let Some(subject) = &t.subject_token else {
+                return Err(map.error_at(
+                    &key("grant"),
+                    "grant \"token_exchange\" needs `subject_token = { file = \"…\" }`",
+                ));
+            };
+            let subject = lower_typed_token(
+                map,
+                name,
+                ("subject_token", subject),
+                ("subject_token_type", &t.subject_token_type),
+            )?;
+            let actor = match (&t.actor_token, &t.actor_token_type) {
+                (Some(actor), ty) => Some(lower_typed_token(
+                    map,
+                    name,
+                    ("actor_token", actor),
+                    ("actor_token_type", ty),
+                )?),
+                (None, Some(_)) => {
+                    return Err(map.error_at(
+                        &key("actor_token_type"),
+                        "actor_token_type needs `actor_token`",
+                    ))
+                }
+                (None, None) => None,
+            };
+            let requested_token_type = t
+                .requested_token_type
+                .as_deref()
+                .map(|v| token_type_uri(map, &key("requested_token_type"), v))
+                .transpose()?;
+            let audience = non_empty(map, &key("audience"), &t.audience)?;
+            let exchange = TokenExchangeConfig {
+                request,
+                subject,
+                actor,
+                audience,
+                requested_token_type,
+            };
+            (GrantConfig::TokenExchange(exchange), policy)
+        }
+        RawCredential::JwtBearer(t) => {
+            let policy = lower_policy(map, name, &t.schedule(), &t.wait())?;
+            let rc = t.token_request();
+            let source = match (&rc.private_key, &t.service_account_key) {
+                (Some(_), Some(_)) => {
+                    return Err(map.error_at(
+                        &key("service_account_key"),
+                        "give `private_key` or `service_account_key`, not both",
+                    ))
+                }
+                (Some(pem), None) => ("private_key", KeySource::Pem(lower_secret(map, &key("private_key"), pem)?)),
+                (None, Some(sa)) => {
+                    if rc.key_id.is_some() {
+                        return Err(map.error_at(
+                            &key("key_id"),
+                            "key_id comes from the service-account key (private_key_id)",
+                        ));
+                    }
+                    (
+                        "service_account_key",
+                        KeySource::ServiceAccount(lower_secret(map, &key("service_account_key"), sa)?),
+                    )
+                }
+                (None, None) => {
+                    return Err(map.error_at(
+                        &key("grant"),
+                        "grant \"jwt_bearer\" needs `private_key = { file = \"…\" }` or `service_account_key = { file = \"…\" }`",
+                    ))
+                }
+            };
+            let (source_key, source) = source;
+            let (signing, loaded) = lower_signing(map, name, &rc, source, source_key)?;
+            let mut request =
+                lower_token_request(map, name, &t.grant, &rc, ClientIdRule::Optional, true)?;
+            // A service-account key names its token endpoint.
+            if let (KeySource::ServiceAccount(sa), None, None) =
+                (&signing.key, &request.token_url, &request.issuer)
+            {
+                let uri = sa
+                    .resolve()
+                    .ok()
+                    .and_then(|text| ServiceAccountKey::parse(text.expose_secret()).ok())
+                    .and_then(|k| k.token_uri);
+                if let Some(uri) = uri {
+                    request.token_url = Some(http_url(map, &key("service_account_key"), &uri)?);
+                }
+            }
+            let issuer = non_empty(map, &key("assertion_issuer"), &t.assertion_issuer)?;
+            if issuer.is_none() && loaded.account.is_none() && request.client.client_id.is_none() {
+                return Err(map.error_at(
+                    &key("grant"),
+                    "grant \"jwt_bearer\" needs `client_id` or `assertion_issuer` (the assertion's issuer)",
+                ));
+            }
+            let jwt = JwtBearerConfig {
+                request,
+                signing,
+                issuer,
+                subject: non_empty(map, &key("assertion_subject"), &t.assertion_subject)?,
+            };
+            (GrantConfig::JwtBearer(jwt), policy)
         }
         RawCredential::Unknown(other) => {
             return Err(map.error_at(
@@ -158,6 +284,8 @@ fn lower_token_request(
     name: &str,
     grant: &str,
     rc: &RawTokenRequest,
+    client_id_rule: ClientIdRule,
+    grant_signs: bool,
 ) -> Result<TokenRequestConfig, ConfigError> {
     let key = |k: &str| format!("credentials.{name}.{k}");
     let optional_url =
@@ -169,39 +297,7 @@ fn lower_token_request(
         };
     let token_url = optional_url("token_url", &rc.token_url)?;
     let issuer = optional_url("issuer", &rc.issuer)?;
-    let Some(client_id) = rc.client_id.clone().filter(|c| !c.trim().is_empty()) else {
-        return Err(map.error_at(
-            &key("client_id"),
-            format!("grant {grant:?} needs a non-empty `client_id`"),
-        ));
-    };
-    let client_secret = rc
-        .client_secret
-        .as_ref()
-        .map(|r| lower_secret(map, &key("client_secret"), r))
-        .transpose()?;
-    let method = match rc.client_auth.as_deref() {
-        None | Some("basic") => ClientAuthMethod::Basic,
-        Some("post") => ClientAuthMethod::Post,
-        Some("private_key_jwt") => {
-            return Err(map.error_at(
-                &key("client_auth"),
-                "client_auth \"private_key_jwt\" is not available in this build",
-            ))
-        }
-        Some(other) => {
-            return Err(map.error_at(
-                &key("client_auth"),
-                format!("unknown client_auth {other:?} (expected basic | post)"),
-            ))
-        }
-    };
-    if method == ClientAuthMethod::Basic && client_secret.is_none() && rc.client_auth.is_some() {
-        return Err(map.error_at(
-            &key("client_auth"),
-            "client_auth \"basic\" needs `client_secret`",
-        ));
-    }
+    let client = lower_client_auth(map, name, grant, rc, client_id_rule, grant_signs)?;
     if let Some(r) = &rc.resource {
         url::Url::parse(r).map_err(|e| {
             map.error_at(
@@ -241,11 +337,7 @@ fn lower_token_request(
         protected_resource: None,
         redirect_port: None,
         scope_on_refresh: false,
-        client: ClientAuth {
-            client_id,
-            client_secret,
-            method,
-        },
+        client,
         scopes: rc.scopes.clone().unwrap_or_default(),
         resource: rc.resource.clone(),
         params,
@@ -258,4 +350,226 @@ fn lower_token_request(
         )?,
         ca_file: rc.ca_file.clone(),
     })
+}
+
+/// Whether a grant needs `client_id` whatever its client authentication.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ClientIdRule {
+    Required,
+    /// jwt_bearer and token_exchange: the assertion or subject token says who is asking.
+    Optional,
+}
+
+/// The keys of each client authentication method, for the "not used with" check.
+const CLIENT_AUTH_KEYS: [(&str, &str); 8] = [
+    ("client_secret", "basic | post"),
+    ("private_key", "private_key_jwt"),
+    ("key_id", "private_key_jwt"),
+    ("signing_alg", "private_key_jwt"),
+    ("assertion_audience", "private_key_jwt"),
+    ("client_assertion", "client_assertion"),
+    ("client_cert", "tls_client_auth"),
+    ("client_key", "tls_client_auth"),
+];
+
+/// Keys a jwt_bearer credential uses for its own assertion.
+const SIGNING_KEYS: [&str; 4] = ["private_key", "key_id", "signing_alg", "assertion_audience"];
+
+fn lower_client_auth(
+    map: &SourceMap,
+    name: &str,
+    grant: &str,
+    rc: &RawTokenRequest,
+    client_id_rule: ClientIdRule,
+    grant_signs: bool,
+) -> Result<ClientAuth, ConfigError> {
+    let key = |k: &str| format!("credentials.{name}.{k}");
+    let present = |k: &str| match k {
+        "client_secret" => rc.client_secret.is_some(),
+        "private_key" => rc.private_key.is_some(),
+        "key_id" => rc.key_id.is_some(),
+        "signing_alg" => rc.signing_alg.is_some(),
+        "assertion_audience" => rc.assertion_audience.is_some(),
+        "client_assertion" => rc.client_assertion.is_some(),
+        "client_cert" => rc.client_cert.is_some(),
+        "client_key" => rc.client_key.is_some(),
+        _ => false,
+    };
+    let method = match rc.client_auth.as_deref() {
+        Some(m) if ClientAuthMethod::NAMES.contains(&m) => m,
+        Some(other) => {
+            return Err(map.error_at(
+                &key("client_auth"),
+                format!(
+                    "unknown client_auth {other:?} (expected {})",
+                    ClientAuthMethod::NAMES.join(" | ")
+                ),
+            ))
+        }
+        // Without `client_auth`, the credential's keys say which method it uses.
+        None if present("client_secret") => "basic",
+        None if present("client_assertion") => "client_assertion",
+        None if present("client_cert") || present("client_key") => "tls_client_auth",
+        None if present("private_key") && !grant_signs => "private_key_jwt",
+        None => "none",
+    };
+    for (k, owner) in CLIENT_AUTH_KEYS {
+        let used =
+            owner.split(" | ").any(|m| m == method) || (grant_signs && SIGNING_KEYS.contains(&k));
+        if present(k) && !used {
+            return Err(map.error_at(
+                &key(k),
+                format!("`{k}` is not used with client_auth {method:?}; it belongs to client_auth {owner}"),
+            ));
+        }
+    }
+    let needs = |k: &str| {
+        map.error_at(
+            &key(if rc.client_auth.is_some() {
+                "client_auth"
+            } else {
+                "grant"
+            }),
+            format!("client_auth {method:?} needs `{k}`"),
+        )
+    };
+    let client_id = rc.client_id.clone().filter(|c| !c.trim().is_empty());
+    let id_needed = client_id_rule == ClientIdRule::Required
+        || matches!(
+            method,
+            "basic" | "post" | "private_key_jwt" | "tls_client_auth"
+        );
+    if client_id.is_none() && (id_needed || rc.client_id.is_some()) {
+        return Err(map.error_at(
+            &key("client_id"),
+            format!("grant {grant:?} needs a non-empty `client_id`"),
+        ));
+    }
+    let secret = |k: &str, raw: &Option<RawSecretRef>| match raw {
+        Some(r) => lower_secret(map, &key(k), r),
+        None => Err(needs(k)),
+    };
+    let method = match method {
+        "basic" => ClientAuthMethod::Basic(secret("client_secret", &rc.client_secret)?),
+        "post" => ClientAuthMethod::Post(secret("client_secret", &rc.client_secret)?),
+        "private_key_jwt" => {
+            let pem = secret("private_key", &rc.private_key)?;
+            let (signing, _) = lower_signing(map, name, rc, KeySource::Pem(pem), "private_key")?;
+            ClientAuthMethod::PrivateKeyJwt(signing)
+        }
+        "client_assertion" => {
+            let source = secret("client_assertion", &rc.client_assertion)?;
+            check_jwt(map, &key("client_assertion"), &source)?;
+            ClientAuthMethod::ClientAssertion(source)
+        }
+        "tls_client_auth" => {
+            let file = |k: &str, raw: &Option<RawSecretRef>| match raw {
+                Some(RawSecretRef::File { file }) => Ok(file.clone()),
+                Some(_) => Err(map.error_at(
+                    &key(k),
+                    format!("`{k}` must be a file: {k} = {{ file = \"…\" }}"),
+                )),
+                None => Err(needs(k)),
+            };
+            let identity = ClientIdentity {
+                cert: file("client_cert", &rc.client_cert)?,
+                key: file("client_key", &rc.client_key)?,
+            };
+            crate::token::endpoint::transport::load_identity(&identity)
+                .map_err(|m| map.error_at(&key("client_cert"), m))?;
+            ClientAuthMethod::TlsClientAuth(identity)
+        }
+        _ => ClientAuthMethod::None,
+    };
+    Ok(ClientAuth { client_id, method })
+}
+
+/// A signing key and its header: the key is read now, so a wrong kind of key, an
+/// unreadable file or an algorithm the key cannot sign with is a config error.
+fn lower_signing(
+    map: &SourceMap,
+    name: &str,
+    rc: &RawTokenRequest,
+    source: KeySource,
+    source_key: &str,
+) -> Result<(SigningConfig, LoadedKey), ConfigError> {
+    let key = |k: &str| format!("credentials.{name}.{k}");
+    let alg = match rc.signing_alg.as_deref() {
+        None => None,
+        Some(a) => Some(SigningAlg::parse(a).ok_or_else(|| {
+            map.error_at(
+                &key("signing_alg"),
+                format!(
+                    "unknown signing_alg {a:?} (expected {})",
+                    SigningAlg::ALL.map(SigningAlg::as_str).join(" | ")
+                ),
+            )
+        })?),
+    };
+    let config = SigningConfig {
+        key: source,
+        key_id: non_empty(map, &key("key_id"), &rc.key_id)?,
+        alg,
+        audience: non_empty(map, &key("assertion_audience"), &rc.assertion_audience)?,
+    };
+    let loaded = load_key(&config).map_err(|e| {
+        let at = match e {
+            KeyError::WrongAlgorithm { .. } => "signing_alg",
+            _ => source_key,
+        };
+        map.error_at(&key(at), format!("{} {e}", config.key.describe()))
+    })?;
+    Ok((config, loaded))
+}
+
+/// A token read at every use, with its RFC 8693 type (a JWT unless said otherwise; one
+/// declared as a JWT must be one already).
+fn lower_typed_token(
+    map: &SourceMap,
+    name: &str,
+    (token_key, raw): (&str, &RawSecretRef),
+    (type_key, token_type): (&str, &Option<String>),
+) -> Result<TypedToken, ConfigError> {
+    let key = |k: &str| format!("credentials.{name}.{k}");
+    let token = lower_secret(map, &key(token_key), raw)?;
+    let token_type = match token_type {
+        Some(t) => token_type_uri(map, &key(type_key), t)?,
+        None => TOKEN_TYPE_JWT.to_string(),
+    };
+    if token_type == TOKEN_TYPE_JWT {
+        check_jwt(map, &key(token_key), &token)?;
+    }
+    Ok(TypedToken { token, token_type })
+}
+
+fn check_jwt(map: &SourceMap, key: &str, source: &SecretRef) -> Result<(), ConfigError> {
+    let value = source.resolve().map_err(|m| map.error_at(key, m))?;
+    crate::token::jwt::peek(value.expose_secret())
+        .map(|_| ())
+        .map_err(|e| {
+            let what = key.rsplit('.').next().unwrap_or(key);
+            map.error_at(key, format!("{what} ({}) {e}", source.describe()))
+        })
+}
+
+fn token_type_uri(map: &SourceMap, key: &str, value: &str) -> Result<String, ConfigError> {
+    if value.contains(':') && !value.chars().any(char::is_whitespace) {
+        Ok(value.to_string())
+    } else {
+        Err(map.error_at(
+            key,
+            format!("{value:?} is not a token type URI (such as {TOKEN_TYPE_JWT})"),
+        ))
+    }
+}
+
+fn non_empty(
+    map: &SourceMap,
+    key: &str,
+    value: &Option<String>,
+) -> Result<Option<String>, ConfigError> {
+    match value {
+        Some(v) if v.trim().is_empty() => Err(map.error_at(key, "must not be empty")),
+        other => Ok(other.clone()),
+    }
 }

@@ -164,12 +164,11 @@ pub(super) fn lower(source: &Path, map: &SourceMap, raw: RawConfig) -> Result<Co
         }
         if ru.discover == Some(true) {
             let cred = &mut credentials[up.credential];
-            match &mut cred.grant {
-                GrantConfig::ClientCredentials(req)
-                | GrantConfig::RefreshToken { request: req, .. } => {
+            match cred.grant.request_mut() {
+                Some(req) => {
                     req.protected_resource.get_or_insert_with(|| up.url.clone());
                 }
-                GrantConfig::Static { .. } => {
+                None => {
                     return Err(map.error_at(
                         &format!("upstreams.{name}.discover"),
                         "discovery needs an OAuth grant; the credential is static",
@@ -181,9 +180,7 @@ pub(super) fn lower(source: &Path, map: &SourceMap, raw: RawConfig) -> Result<Co
     }
     // Every OAuth credential must be able to find its token endpoint.
     for (cred, name) in credentials.iter().zip(raw.credentials.keys()) {
-        if let GrantConfig::ClientCredentials(req)
-        | GrantConfig::RefreshToken { request: req, .. } = &cred.grant
-        {
+        if let Some(req) = cred.grant.request() {
             if req.token_url.is_none() && req.issuer.is_none() && req.protected_resource.is_none() {
                 return Err(map.error_at(
                     &format!("credentials.{name}.grant"),

@@ -25,6 +25,8 @@ use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::transport::{error_chain, load_identity, token_http_client, RawResponse};
+use crate::config::ClientIdentity;
 use crate::store::journal::{self, JournalEntry, HELPER_MARGIN, HELPER_REQUEST_MAX};
 use crate::store::lock;
 use crate::store::sealed::Sealer;
@@ -55,6 +57,9 @@ struct HelperRequest {
     body: String,
     timeout_ms: u64,
     ca_file: Option<PathBuf>,
+    /// tls_client_auth: the helper reads the certificate and key itself.
+    #[serde(default)]
+    client_identity: Option<ClientIdentity>,
     store: PathBuf,
     key: String,
     credential: String,
@@ -77,13 +82,6 @@ pub enum HelperAnswer {
     },
 }
 
-/// A provider response as the grant reads it.
-pub struct RawResponse {
-    pub status: u16,
-    pub retry_after: Option<http::HeaderValue>,
-    pub body: Vec<u8>,
-}
-
 /// Why the helper gave no response.
 pub enum HelperError {
     /// It did not start: nothing was sent, the sidecar may send the request itself.
@@ -99,6 +97,7 @@ impl DurableRotation {
         request: &reqwest::Request,
         timeout: Duration,
         ca_file: Option<PathBuf>,
+        client_identity: Option<ClientIdentity>,
         replaces: String,
     ) -> Result<RawResponse, HelperError> {
         let timeout = timeout.min(HELPER_REQUEST_MAX);
@@ -118,6 +117,7 @@ impl DurableRotation {
             body: b64().encode(body),
             timeout_ms: timeout.as_millis() as u64,
             ca_file,
+            client_identity,
             store: self.store.clone(),
             key: b64().encode(self.key.expose_secret()),
             credential: self.credential.clone(),
@@ -309,7 +309,11 @@ fn run_helper(runtime: &tokio::runtime::Runtime, ask: &HelperRequest) -> Option<
 async fn send(ask: &HelperRequest) -> Result<(u16, Option<String>, Vec<u8>), HelperAnswer> {
     let failed = |timeout: bool, message: String| HelperAnswer::Failed { timeout, message };
     let timeout = Duration::from_millis(ask.timeout_ms);
-    let client = super::grant::token_http_client(timeout, ask.ca_file.as_deref())
+    let identity = match &ask.client_identity {
+        Some(id) => Some(load_identity(id).map_err(|m| failed(false, m))?.identity),
+        None => None,
+    };
+    let client = token_http_client(timeout, ask.ca_file.as_deref(), identity)
         .map_err(|m| failed(false, m))?;
     let mut req = client.post(&ask.url);
     for (k, v) in &ask.headers {
@@ -319,10 +323,7 @@ async fn send(ask: &HelperRequest) -> Result<(u16, Option<String>, Vec<u8>), Hel
     let resp = req.body(body).send().await.map_err(|e| {
         failed(
             e.is_timeout(),
-            format!(
-                "token endpoint unreachable: {}",
-                super::grant::error_chain(&e)
-            ),
+            format!("token endpoint unreachable: {}", error_chain(&e)),
         )
     })?;
     let status = resp.status().as_u16();
@@ -334,10 +335,7 @@ async fn send(ask: &HelperRequest) -> Result<(u16, Option<String>, Vec<u8>), Hel
     let body = resp.bytes().await.map_err(|e| {
         failed(
             e.is_timeout(),
-            format!(
-                "token response broke off: {}",
-                super::grant::error_chain(&e)
-            ),
+            format!("token response broke off: {}", error_chain(&e)),
         )
     })?;
     Ok((status, retry_after, body.to_vec()))
@@ -399,7 +397,7 @@ mod tests {
             .build()
             .unwrap();
         let sent = rotation(&dir)
-            .send(&request, Duration::from_secs(1), None, "fp".into())
+            .send(&request, Duration::from_secs(1), None, None, "fp".into())
             .await;
         assert!(matches!(sent, Err(HelperError::NotStarted(_))));
     }

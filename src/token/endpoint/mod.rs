@@ -1,0 +1,246 @@
+//! Talking to the authorization server. A token request goes through these steps:
+//!
+//! ```text
+//!  grant (token/grant/*)        builds the grant's form fields
+//!    └─ TokenEndpoint::exchange adds scope/resource/params, finds the endpoint (discovery)
+//!         ├─ client_auth.rs     Basic | post | private_key_jwt | client_assertion | tls | none
+//!         ├─ transport.rs       direct (mTLS identity re-read) ─┐
+//!         │  rotation.rs        or via the rotation helper ─────┴─▶ RawResponse
+//!         └─ response.rs        classify: IssuedToken | GrantError{GrantErrorKind, permanent}
+//! ```
+
+pub mod client_auth;
+pub mod error;
+pub mod response;
+pub mod rotation;
+pub mod signing;
+pub mod transport;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::discovery::{self, ProviderEndpoints};
+use super::grant::IssuedToken;
+use crate::config::{ClientAuthMethod, TokenRequestConfig};
+use client_auth::{ClientAuthenticator, Form};
+pub use error::{GrantError, GrantErrorKind, GrantInput, OAuthErrorCode};
+use rotation::{DurableRotation, HelperError};
+use transport::{error_chain, Transport};
+
+/// A client for one OAuth token endpoint.
+pub struct TokenEndpoint {
+    transport: Transport,
+    client_auth: ClientAuthenticator,
+    config: TokenRequestConfig,
+    /// Endpoints found by discovery, once it has succeeded.
+    discovered: tokio::sync::OnceCell<ProviderEndpoints>,
+}
+
+/// A token answer: the token and, when the provider rotated it, the new refresh token.
+pub type Exchanged = (IssuedToken, Option<SecretString>);
+
+impl TokenEndpoint {
+    pub fn new(config: &TokenRequestConfig) -> Result<Self, String> {
+        let identity = match &config.client.method {
+            ClientAuthMethod::TlsClientAuth(id) => Some(id),
+            ClientAuthMethod::Basic(_)
+            | ClientAuthMethod::Post(_)
+            | ClientAuthMethod::PrivateKeyJwt(_)
+            | ClientAuthMethod::ClientAssertion(_)
+            | ClientAuthMethod::None => None,
+        };
+        let transport = Transport::new(config.timeout, config.ca_file.as_deref(), identity)?;
+        Ok(TokenEndpoint {
+            transport,
+            client_auth: ClientAuthenticator::new(&config.client.method),
+            config: config.clone(),
+            discovered: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    /// The configured endpoints, completed by discovery (from the issuer, or from the
+    /// protected resource) when something is missing. Discovery runs once; a failure is
+    /// transient and tried again at the next attempt.
+    pub async fn endpoints(&self) -> Result<ProviderEndpoints, GrantError> {
+        let c = &self.config;
+        let explicit = ProviderEndpoints {
+            token: c.token_url.clone(),
+            revocation: c.revocation_url.clone(),
+            authorization: c.authorization_url.clone(),
+            device_authorization: c.device_authorization_url.clone(),
+            resource: None,
+        };
+        if c.issuer.is_none() && c.protected_resource.is_none() {
+            return Ok(explicit);
+        }
+        let http = self.http()?;
+        let discovered = self
+            .discovered
+            .get_or_try_init(|| async {
+                let found = match (&c.issuer, &c.protected_resource) {
+                    (Some(issuer), _) => discovery::from_issuer(&http, issuer).await,
+                    (None, Some(resource)) => {
+                        discovery::from_protected_resource(&http, resource).await
+                    }
+                    (None, None) => Ok(ProviderEndpoints::default()),
+                };
+                match &found {
+                    Ok(e) => tracing::info!(
+                        token_endpoint = e.token.as_ref().map(|u| u.as_str()),
+                        revocation_endpoint = e.revocation.as_ref().map(|u| u.as_str()),
+                        resource = e.resource.as_deref(),
+                        "discovered the authorization server"
+                    ),
+                    Err(m) => tracing::warn!(error = %m, "discovery failed"),
+                }
+                found
+            })
+            .await;
+        match discovered {
+            Ok(d) => Ok(explicit.or(d.clone())),
+            // An explicit token endpoint keeps working while discovery is down.
+            Err(_) if explicit.token.is_some() => Ok(explicit),
+            Err(m) => Err(GrantError::transient(GrantErrorKind::DiscoveryFailed, m)),
+        }
+    }
+
+    /// The HTTP client of this endpoint (with the client certificate, when there is one).
+    pub fn http(&self) -> Result<reqwest::Client, GrantError> {
+        self.transport.client()
+    }
+
+    pub fn config(&self) -> &TokenRequestConfig {
+        &self.config
+    }
+
+    /// Adds client authentication to a request for `url` (one of this provider's
+    /// endpoints); assertions are addressed to the token endpoint, or to `url` without one.
+    pub async fn authenticate(
+        &self,
+        req: reqwest::RequestBuilder,
+        form: &mut Form,
+        url: &url::Url,
+    ) -> Result<reqwest::RequestBuilder, GrantError> {
+        let token = self.endpoints().await.ok().and_then(|e| e.token);
+        let audience = token.as_ref().unwrap_or(url).as_str().to_string();
+        self.client_auth.apply(
+            req,
+            form,
+            self.config.client.client_id.as_deref(),
+            &audience,
+        )
+    }
+
+    /// Revokes one token (RFC 7009). Best effort: the outcome is reported, never retried.
+    pub async fn revoke(&self, token: &SecretString, hint: &'static str) -> Result<(), String> {
+        let endpoints = self.endpoints().await.map_err(|e| e.message)?;
+        let Some(url) = &endpoints.revocation else {
+            return Err("the provider has no revocation endpoint (set revocation_url)".into());
+        };
+        let mut form = vec![
+            ("token", token.expose_secret().to_string()),
+            ("token_type_hint", hint.to_string()),
+        ];
+        let http = self.http().map_err(|e| e.message)?;
+        let req = http.post(url.clone());
+        let req = self
+            .authenticate(req, &mut form, url)
+            .await
+            .map_err(|e| e.message)?;
+        let resp = req
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| format!("revocation endpoint unreachable: {}", error_chain(&e)))?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("revocation endpoint answered {}", resp.status()))
+        }
+    }
+
+    /// Sends one token request with `scope` added.
+    pub async fn request(&self, mut form: Form) -> Result<Exchanged, GrantError> {
+        self.add_scope(&mut form);
+        self.exchange(form).await
+    }
+
+    pub fn add_scope(&self, form: &mut Form) {
+        if !self.config.scopes.is_empty() {
+            form.push(("scope", self.config.scopes.join(" ")));
+        }
+    }
+
+    /// Sends a token request with exactly these grant fields (plus client authentication,
+    /// `resource` and `params`). Used by the grants and by `bearerd login`.
+    pub async fn exchange(&self, form: Form) -> Result<Exchanged, GrantError> {
+        self.exchange_via(form, None).await
+    }
+
+    /// `exchange`, through the rotation helper when `via` names one (with the fingerprint of
+    /// the refresh token in the form).
+    pub async fn exchange_via(
+        &self,
+        mut form: Form,
+        via: Option<(&DurableRotation, String)>,
+    ) -> Result<Exchanged, GrantError> {
+        let c = &self.config;
+        let endpoints = self.endpoints().await?;
+        let token_url = endpoints.token.ok_or_else(|| {
+            GrantError::permanent(
+                GrantErrorKind::NoTokenEndpoint,
+                "discovery found no token_endpoint",
+            )
+        })?;
+        if let Some(r) = c.resource.clone().or(endpoints.resource) {
+            form.push(("resource", r));
+        }
+        let http = self.http()?;
+        let req = http
+            .post(token_url.clone())
+            .header("accept", "application/json");
+        let req = self.client_auth.apply(
+            req,
+            &mut form,
+            c.client.client_id.as_deref(),
+            token_url.as_str(),
+        )?;
+        let mut body: Vec<(String, String)> =
+            form.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        for (k, v) in &c.params {
+            body.push((k.clone(), v.clone()));
+        }
+        let request = req.form(&body).build().map_err(|e| {
+            let message = format!("cannot build the token request: {}", error_chain(&e));
+            self.transport.transport_failure(false, message)
+        })?;
+        let raw = match via {
+            Some((helper, replaces)) => {
+                let sent = helper
+                    .send(
+                        &request,
+                        c.timeout,
+                        c.ca_file.clone(),
+                        self.transport.identity().cloned(),
+                        replaces.clone(),
+                    )
+                    .await;
+                match sent {
+                    Ok(raw) => raw,
+                    Err(HelperError::NotStarted(why)) => {
+                        // Nothing was sent: send it here, without the journal.
+                        tracing::warn!("{why}; sending the token request directly");
+                        self.transport.send(&http, request).await?
+                    }
+                    Err(HelperError::Failed { timeout, message }) => {
+                        let mut e = self.transport.transport_failure(timeout, message);
+                        // The provider may have rotated and the helper journaled it.
+                        e.rotated_refresh_token = helper.journaled_successor(&replaces);
+                        return Err(e);
+                    }
+                }
+            }
+            None => self.transport.send(&http, request).await?,
+        };
+        response::classify_response(&raw)
+    }
+}

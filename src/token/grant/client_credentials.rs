@@ -1,0 +1,23 @@
+//! `grant = "client_credentials"` (RFC 6749 §4.4): the client's own token.
+
+use super::{GrantError, IssuedToken};
+use crate::token::endpoint::TokenEndpoint;
+
+pub struct ClientCredentials {
+    endpoint: TokenEndpoint,
+}
+
+impl ClientCredentials {
+    pub fn new(endpoint: TokenEndpoint) -> Self {
+        ClientCredentials { endpoint }
+    }
+
+    pub fn endpoint(&self) -> &TokenEndpoint {
+        &self.endpoint
+    }
+
+    pub async fn obtain(&self) -> Result<IssuedToken, GrantError> {
+        let form = vec![("grant_type", "client_credentials".to_string())];
+        self.endpoint.request(form).await.map(|(t, _)| t)
+    }
+}

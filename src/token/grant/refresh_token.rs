@@ -1,0 +1,139 @@
+//! `grant = "refresh_token"`: a delegated token kept fresh with a refresh token that comes
+//! from the config (the seed), `bearerd login`, the admin API or the store. A refresh token
+//! is used by one request at a time, and the seed is sent at most once, ever.
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Mutex;
+
+use super::{GrantError, GrantErrorKind, IssuedToken};
+use crate::config::SecretRef;
+use crate::store::fingerprint;
+use crate::token::endpoint::rotation::DurableRotation;
+use crate::token::endpoint::{GrantInput, TokenEndpoint};
+
+pub struct RefreshTokenGrant {
+    endpoint: TokenEndpoint,
+    seed: Option<SecretRef>,
+    /// The refresh token to use next: rotated ones, or one restored from the store.
+    current: Mutex<Option<SecretString>>,
+    /// A fingerprint of the seed once it has been sent (kept in the store too), so the
+    /// same seed is never sent twice, not even after a restart.
+    spent_seed: Mutex<Option<String>>,
+    /// Exchanges run through the rotation helper, so a rotated token survives a kill.
+    durable: Option<Box<DurableRotation>>,
+}
+
+impl RefreshTokenGrant {
+    pub fn new(endpoint: TokenEndpoint, seed: Option<SecretRef>) -> Self {
+        RefreshTokenGrant {
+            endpoint,
+            seed,
+            current: Mutex::new(None),
+            spent_seed: Mutex::new(None),
+            durable: None,
+        }
+    }
+
+    pub fn make_durable(&mut self, rotation: DurableRotation) {
+        self.durable = Some(Box::new(rotation));
+    }
+
+    pub fn endpoint(&self) -> &TokenEndpoint {
+        &self.endpoint
+    }
+
+    pub async fn refresh_token(&self) -> Option<SecretString> {
+        let current = self.current.lock().await.clone();
+        match current {
+            Some(rt) => Some(rt),
+            // The seed counts only until it has been sent.
+            None => self.seed.as_ref()?.resolve().ok().filter(|s| {
+                !self
+                    .spent_seed
+                    .try_lock()
+                    .is_ok_and(|spent| spent.as_deref() == Some(fingerprint(s).as_str()))
+            }),
+        }
+    }
+
+    pub async fn forget(&self) {
+        *self.current.lock().await = None;
+        if let Some(s) = self.seed.as_ref().and_then(|s| s.resolve().ok()) {
+            *self.spent_seed.lock().await = Some(fingerprint(&s));
+        }
+    }
+
+    pub async fn spent_seed(&self) -> Option<String> {
+        self.spent_seed.lock().await.clone()
+    }
+
+    pub async fn restore_spent_seed(&self, fp: String) {
+        *self.spent_seed.lock().await = Some(fp);
+    }
+
+    pub async fn take_stored(&self, rt: Option<SecretString>) {
+        *self.current.lock().await = rt;
+    }
+
+    pub async fn obtain(&self) -> Result<IssuedToken, GrantError> {
+        // Held across the request: one use of a refresh token at a time, ever.
+        let mut current = self.current.lock().await;
+        let rt = match current.as_ref() {
+            Some(rt) => rt.clone(),
+            None => {
+                let Some(seed) = &self.seed else {
+                    return Err(GrantError::permanent(
+                        GrantErrorKind::LoginRequired,
+                        "no refresh token yet: run `bearerd login` for this credential",
+                    ));
+                };
+                let fresh = seed
+                    .resolve()
+                    .map_err(|m| GrantError::unavailable(GrantInput::RefreshToken, m))?;
+                let mut spent = self.spent_seed.lock().await;
+                let fp = fingerprint(&fresh);
+                if spent.as_deref() == Some(fp.as_str()) {
+                    // Sending a refresh token twice makes providers revoke the grant.
+                    return Err(GrantError::permanent(
+                        GrantErrorKind::RefreshTokenSpent,
+                        "the configured refresh token was already used; provide a new one (log in again)",
+                    ));
+                }
+                *spent = Some(fp);
+                // From now on the seed is the current refresh token: a transient
+                // failure retries with it, and only the provider can declare it dead.
+                *current = Some(fresh.clone());
+                fresh
+            }
+        };
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_string()),
+            ("refresh_token", rt.expose_secret().to_string()),
+        ];
+        // RFC 6749 §6: without `scope` the refresh keeps the scope originally granted;
+        // asking again for one the grant lacks (say, a dropped offline_access) fails.
+        if self.endpoint.config().scope_on_refresh {
+            self.endpoint.add_scope(&mut form);
+        }
+        let via = self.durable.as_deref().map(|d| (d, fingerprint(&rt)));
+        match self.endpoint.exchange_via(form, via).await {
+            Ok((mut token, rotated)) => {
+                // Keep the old one when the provider does not rotate.
+                let next = rotated.unwrap_or(rt);
+                *current = Some(next.clone());
+                token.refresh_token = Some(next);
+                Ok(token)
+            }
+            Err(e) => {
+                if let Some(rotated) = &e.rotated_refresh_token {
+                    *current = Some(rotated.clone());
+                } else if e.drops_refresh_token() {
+                    // The provider dropped the grant: forget the refresh token so it is
+                    // never sent again; a new seed or login is needed.
+                    *current = None;
+                }
+                Err(e)
+            }
+        }
+    }
+}

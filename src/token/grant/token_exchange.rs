@@ -1,0 +1,106 @@
+//! `grant = "token_exchange"` (RFC 8693): trades a subject token the platform writes (a
+//! projected service-account token, say) for a token of the API. The subject token is read
+//! at every exchange, so the platform's rotation is picked up; the issued token is replaced
+//! before the subject token's own `exp`, since the provider may tie the two together.
+
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+
+use super::{GrantError, IssuedToken};
+use crate::config::{TokenExchangeConfig, TypedToken, TOKEN_TYPE_JWT};
+use crate::token::endpoint::client_auth::read_jwt;
+use crate::token::endpoint::{GrantErrorKind, GrantInput, TokenEndpoint};
+
+pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+
+pub struct TokenExchange {
+    endpoint: TokenEndpoint,
+    subject: TypedToken,
+    actor: Option<TypedToken>,
+    audience: Option<String>,
+    requested_token_type: Option<String>,
+}
+
+impl TokenExchange {
+    pub fn new(endpoint: TokenEndpoint, config: &TokenExchangeConfig) -> Self {
+        TokenExchange {
+            endpoint,
+            subject: config.subject.clone(),
+            actor: config.actor.clone(),
+            audience: config.audience.clone(),
+            requested_token_type: config.requested_token_type.clone(),
+        }
+    }
+
+    pub fn endpoint(&self) -> &TokenEndpoint {
+        &self.endpoint
+    }
+
+    pub async fn obtain(&self) -> Result<IssuedToken, GrantError> {
+        let (subject, subject_left) = read_token(&self.subject, GrantInput::SubjectToken)?;
+        let mut form = vec![
+            ("grant_type", GRANT_TYPE.to_string()),
+            ("subject_token", subject),
+            ("subject_token_type", self.subject.token_type.clone()),
+        ];
+        let mut cap = subject_left;
+        if let Some(actor) = &self.actor {
+            let (token, left) = read_token(actor, GrantInput::ActorToken)?;
+            form.push(("actor_token", token));
+            form.push(("actor_token_type", actor.token_type.clone()));
+            cap = match (cap, left) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        if let Some(a) = &self.audience {
+            form.push(("audience", a.clone()));
+        }
+        if let Some(t) = &self.requested_token_type {
+            form.push(("requested_token_type", t.clone()));
+        }
+        let (mut token, _) = self.endpoint.request(form).await?;
+        token.lifetime_cap = cap;
+        Ok(token)
+    }
+}
+
+/// Reads a subject or actor token. A JWT's `exp` bounds the issued token's lifetime; a
+/// token declared as a JWT that is not one is refused before anything is sent.
+fn read_token(
+    token: &TypedToken,
+    input: GrantInput,
+) -> Result<(String, Option<Duration>), GrantError> {
+    let declared_jwt = matches!(
+        token.token_type.as_str(),
+        TOKEN_TYPE_JWT | TOKEN_TYPE_ID_TOKEN
+    );
+    if declared_jwt {
+        let value = read_jwt(&token.token, input)?;
+        let left = crate::token::jwt::peek(value.expose_secret())
+            .ok()
+            .and_then(|f| f.time_left());
+        return Ok((value.expose_secret().to_string(), left));
+    }
+    // An opaque token (an access token, say): only a JWT-shaped one says when it expires.
+    let value = token
+        .token
+        .resolve()
+        .map_err(|m| GrantError::unavailable(input, m))?;
+    let left = crate::token::jwt::peek(value.expose_secret())
+        .ok()
+        .and_then(|f| f.time_left());
+    if left == Some(Duration::ZERO) {
+        return Err(GrantError::transient(
+            GrantErrorKind::SubjectTokenExpired,
+            format!(
+                "{} ({}) has expired",
+                input.as_str(),
+                token.token.describe()
+            ),
+        ));
+    }
+    Ok((value.expose_secret().to_string(), left))
+}
