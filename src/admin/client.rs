@@ -159,6 +159,7 @@ pub fn status_table(status: &Value) -> String {
     let mut rows = vec![[
         "CREDENTIAL",
         "STATE",
+        "CLIENT AUTH",
         "EXPIRES IN",
         "AGE",
         "NEXT REFRESH",
@@ -176,6 +177,7 @@ pub fn status_table(status: &Value) -> String {
             rows.push([
                 name.clone(),
                 c["state"].as_str().unwrap_or("?").to_string(),
+                c["client_auth"].as_str().unwrap_or("-").to_string(),
                 seconds(&c["expires_in_s"]),
                 seconds(&c["token_age_s"]),
                 seconds(&c["next_refresh_in_s"]),
@@ -194,7 +196,7 @@ pub fn status_table(status: &Value) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..9)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -227,6 +229,10 @@ pub fn credential_detail(name: &str, c: &Value) -> String {
     let fields = [
         ("state", c["state"].as_str().unwrap_or("?").to_string()),
         ("grant", c["grant"].as_str().unwrap_or("?").to_string()),
+        (
+            "client auth",
+            c["client_auth"].as_str().unwrap_or("-").to_string(),
+        ),
         ("expires in", seconds(&c["expires_in_s"])),
         ("token age", seconds(&c["token_age_s"])),
         ("next refresh", seconds(&c["next_refresh_in_s"])),

@@ -16,6 +16,8 @@ use axum::{Json, Router};
 use base64::Engine;
 use serde_json::json;
 
+use super::assertions::{AssertionPolicy, TrustedSigner, Use};
+
 /// How the token endpoint misbehaves.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FailMode {
@@ -68,6 +70,10 @@ pub struct TokenServerState {
     codes: Mutex<HashMap<String, (String, String)>>,
     /// Device codes: device_code → (approved, polls so far).
     devices: Mutex<HashMap<String, (bool, u32)>>,
+    /// Keys trusted for signed assertions and subject tokens.
+    assertions: Mutex<AssertionPolicy>,
+    /// Accept the client by its `client_id` alone (behind a mutual-TLS front, or public).
+    public_client: std::sync::atomic::AtomicBool,
 }
 
 pub struct TokenServer {
@@ -83,6 +89,9 @@ impl Drop for TokenServer {
 }
 
 pub const CLIENT_ID: &str = "demo-client";
+const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const CLIENT_SECRET: &str = "demo-client-secret-9f3a";
 
 fn random_hex() -> String {
@@ -113,6 +122,8 @@ impl TokenServer {
             every_issued: Mutex::new(Vec::new()),
             codes: Mutex::new(HashMap::new()),
             devices: Mutex::new(HashMap::new()),
+            assertions: Mutex::new(AssertionPolicy::default()),
+            public_client: std::sync::atomic::AtomicBool::new(false),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -241,6 +252,31 @@ impl TokenServerState {
     pub fn every_issued(&self) -> Vec<String> {
         self.every_issued.lock().unwrap().clone()
     }
+    /// Trusts these keys for `client_assertion` (replacing the ones trusted before).
+    pub fn trust_client_assertions(&self, signers: Vec<TrustedSigner>) {
+        self.assertions.lock().unwrap().client = signers;
+    }
+    /// Trusts these keys for jwt_bearer assertions and token-exchange subject tokens.
+    pub fn trust_grant_assertions(&self, signers: Vec<TrustedSigner>) {
+        self.assertions.lock().unwrap().grant = signers;
+    }
+    /// Accepts the registered client by its `client_id` alone.
+    pub fn allow_public_client(&self, allow: bool) {
+        self.public_client.store(allow, Ordering::SeqCst);
+    }
+    /// Signed tokens accepted and refused so far, and the last refusal's reason.
+    pub fn assertion_counts(&self) -> (usize, usize, Option<String>) {
+        let a = self.assertions.lock().unwrap();
+        (a.accepted, a.refused, a.last_refusal.clone())
+    }
+    /// The claims of the last signed token accepted.
+    pub fn last_assertion_claims(&self) -> Option<serde_json::Value> {
+        self.assertions.lock().unwrap().last_claims.clone()
+    }
+    /// The header `kid` of the last signed token accepted.
+    pub fn last_assertion_kid(&self) -> Option<String> {
+        self.assertions.lock().unwrap().last_kid.clone()
+    }
     /// The form fields of the last token request, secrets included (tests only read it).
     pub fn last_form(&self) -> Vec<(String, String)> {
         self.last_form.lock().unwrap().clone()
@@ -283,6 +319,21 @@ fn client_authenticated(
     headers: &HeaderMap,
     form: &HashMap<String, String>,
 ) -> bool {
+    if let Some(assertion) = form.get("client_assertion") {
+        return form.get("client_assertion_type").map(String::as_str) == Some(JWT_BEARER_ASSERTION)
+            && state
+                .assertions
+                .lock()
+                .unwrap()
+                .verify(assertion, false, Use::Assertion)
+                .is_ok();
+    }
+    if state.public_client.load(Ordering::SeqCst)
+        && form.get("client_id") == Some(&state.client_id)
+        && !form.contains_key("client_secret")
+    {
+        return true;
+    }
     if let Some(basic) = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -335,11 +386,55 @@ async fn token(
         }
         FailMode::Malformed => return (StatusCode::OK, "<html>surprise</html>").into_response(),
     }
-    if !client_authenticated(&state, &headers, &form) {
+    // The assertion grants may come without client authentication; presented, it counts.
+    let anonymous = !headers.contains_key("authorization")
+        && !form.contains_key("client_secret")
+        && !form.contains_key("client_assertion");
+    let assertion_grant = matches!(
+        form.get("grant_type").map(String::as_str),
+        Some(JWT_BEARER_GRANT | TOKEN_EXCHANGE_GRANT)
+    );
+    let may_go_unauthenticated = assertion_grant && anonymous;
+    if !may_go_unauthenticated && !client_authenticated(&state, &headers, &form) {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
     }
     match form.get("grant_type").map(String::as_str) {
         Some("client_credentials") => Json(state.issue(false)).into_response(),
+        Some(JWT_BEARER_GRANT) => {
+            let Some(assertion) = form.get("assertion") else {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
+            };
+            let verified = state
+                .assertions
+                .lock()
+                .unwrap()
+                .verify(assertion, true, Use::Assertion);
+            match verified {
+                Ok(()) => Json(state.issue(false)).into_response(),
+                Err(_) => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
+            }
+        }
+        Some(TOKEN_EXCHANGE_GRANT) => {
+            let (Some(subject), Some(_)) =
+                (form.get("subject_token"), form.get("subject_token_type"))
+            else {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
+            };
+            let verified = state
+                .assertions
+                .lock()
+                .unwrap()
+                .verify(subject, true, Use::Reusable);
+            match verified {
+                Ok(()) => {
+                    let mut body = state.issue(false);
+                    body["issued_token_type"] =
+                        json!("urn:ietf:params:oauth:token-type:access_token");
+                    Json(body).into_response()
+                }
+                Err(_) => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
+            }
+        }
         Some("authorization_code") => {
             let (Some(code), Some(verifier), Some(redirect)) = (
                 form.get("code"),

@@ -42,6 +42,8 @@ struct Control {
 pub struct CredentialSlot {
     pub name: Arc<str>,
     pub grant_kind: &'static str,
+    /// The `client_auth` method (none for a static token): shown, never the credential.
+    pub client_auth: Option<&'static str>,
     pub has_refresh_token: bool,
     pub policy: RefreshPolicy,
     token: ArcSwapOption<TokenSnapshot>,
@@ -83,6 +85,7 @@ impl CredentialState {
 pub struct CredentialStatus {
     pub state: CredentialState,
     pub grant: &'static str,
+    pub client_auth: Option<&'static str>,
     pub expires_in_s: Option<f64>,
     pub token_age_s: Option<f64>,
     pub generation: u64,
@@ -103,6 +106,7 @@ impl CredentialSlot {
         Arc::new(CredentialSlot {
             name: Arc::from(config.name.as_str()),
             grant_kind: config.grant.kind(),
+            client_auth: config.grant.request().map(|r| r.client.method.name()),
             has_refresh_token: matches!(
                 config.grant,
                 crate::config::GrantConfig::RefreshToken { .. }
@@ -388,6 +392,7 @@ impl CredentialSlot {
         CredentialStatus {
             state: self.state_of(&c),
             grant: self.grant_kind,
+            client_auth: self.client_auth,
             expires_in_s: token
                 .as_ref()
                 .and_then(|t| t.expires_at())

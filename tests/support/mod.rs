@@ -14,6 +14,8 @@ pub use bearerd::peers::{
 };
 use bearerd::{Sidecar, SidecarHandle};
 
+pub mod keys;
+pub mod mtls;
 pub mod redis_server;
 
 pub fn free_addr() -> SocketAddr {
@@ -50,6 +52,10 @@ pub struct Options {
     /// Replace the upstream URL (e.g. a TLS upstream); `{upstream}` is the plain one.
     pub upstream_url: Option<String>,
     pub token_delay: Duration,
+    /// Replaces the `client_id` and `client_secret` lines (other client authentication).
+    pub client: Option<String>,
+    /// Replaces the token endpoint line.
+    pub endpoint: Option<String>,
 }
 
 impl Default for Options {
@@ -65,6 +71,8 @@ impl Default for Options {
             store: String::new(),
             discovery: Discovery::None,
             fail: None,
+            client: None,
+            endpoint: None,
         }
     }
 }
@@ -132,8 +140,7 @@ admin_listen = "{{admin}}"
 [credentials.api]
 grant = "{grant}"
 {endpoint}
-client_id = "{client_id}"
-client_secret = "{client_secret}"
+{client}
 scopes = ["demo.read"]
 backoff_base = "200ms"
 backoff_cap = "2s"
@@ -149,10 +156,13 @@ credential = "api"
             server_extra = opts.server_extra,
             store = opts.store,
             grant = opts.grant,
-            endpoint = match opts.discovery {
-                Discovery::None => format!("token_url = \"{}\"", tokens.token_url()),
-                Discovery::Issuer => format!("issuer = \"{}\"", tokens.issuer()),
-                Discovery::ProtectedResource => String::new(),
+            endpoint = match (&opts.endpoint, &opts.discovery) {
+                (Some(line), _) => line.clone(),
+                (None, d) => match d {
+                    Discovery::None => format!("token_url = \"{}\"", tokens.token_url()),
+                    Discovery::Issuer => format!("issuer = \"{}\"", tokens.issuer()),
+                    Discovery::ProtectedResource => String::new(),
+                },
             },
             discover = if opts.discovery == Discovery::ProtectedResource {
                 *upstream.state.authorization_server.lock().unwrap() = Some(tokens.issuer());
@@ -160,8 +170,11 @@ credential = "api"
             } else {
                 ""
             },
-            client_id = token_server::CLIENT_ID,
-            client_secret = token_server::CLIENT_SECRET,
+            client = opts.client.clone().unwrap_or_else(|| format!(
+                "client_id = \"{}\"\nclient_secret = \"{}\"",
+                token_server::CLIENT_ID,
+                token_server::CLIENT_SECRET
+            )),
             credential_extra = opts.credential_extra,
             upstream_extra = opts.upstream_extra,
         );
