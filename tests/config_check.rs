@@ -1,8 +1,13 @@
 //! `bearerd check` on every example config, and on config mistakes: each must give an
 //! error naming the file, the line and the key.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
+
+use support::keys::{now, KeyKind, TestKey};
 
 fn bearerd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bearerd"));
@@ -25,13 +30,70 @@ fn bearerd() -> Command {
 
 const REDIS_URL: &str = "redis://:example-password@redis.example:6379/0";
 
+/// The files the secretless examples name (keys, projected tokens, certificates), made
+/// once per test run in a temporary directory: example path → the fixture's path.
+fn example_files() -> &'static [(&'static str, String)] {
+    static FILES: OnceLock<Vec<(&'static str, String)>> = OnceLock::new();
+    FILES.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("bearerd-examples-{}", support::rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = TestKey::generate(KeyKind::Rsa);
+        let jwt = key.mint(&serde_json::json!({
+            "iss": "https://kubernetes.default.svc", "sub": "system:serviceaccount:apps:app",
+            "aud": "idp", "iat": now(), "exp": now() + 3600,
+        }));
+        let tls_key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["client".to_string()])
+            .unwrap()
+            .self_signed(&tls_key)
+            .unwrap();
+        let sa = serde_json::json!({
+            "type": "service_account", "private_key_id": "k1", "private_key": key.private_pem,
+            "client_email": "app@project.iam.gserviceaccount.com",
+            "token_uri": "https://oauth2.googleapis.com/token",
+        });
+        let files = [
+            ("/etc/bearerd/keys/client.pem", key.private_pem.clone()),
+            ("/var/run/secrets/tokens/idp-token", jwt.clone()),
+            ("/var/run/secrets/tokens/sts-token", jwt),
+            ("/etc/bearerd/tls/client.crt", cert.pem()),
+            ("/etc/bearerd/tls/client.key", tls_key.serialize_pem()),
+            ("/etc/bearerd/keys/sa.json", sa.to_string()),
+        ];
+        files
+            .into_iter()
+            .enumerate()
+            .map(|(i, (example, content))| {
+                let path = dir.join(format!("{i}"));
+                std::fs::write(&path, content).unwrap();
+                (example, path.display().to_string())
+            })
+            .collect()
+    })
+}
+
+/// An example's text with the files it names replaced by fixtures.
+fn with_example_files(text: &str) -> String {
+    example_files()
+        .iter()
+        .fold(text.to_string(), |t, (example, fixture)| {
+            t.replace(example, fixture)
+        })
+}
+
 #[test]
 fn every_example_config_passes_check() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let copies =
+        std::env::temp_dir().join(format!("bearerd-example-copies-{}", support::rand_suffix()));
+    std::fs::create_dir_all(&copies).unwrap();
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let path = copies.join(path.file_name().unwrap());
+            std::fs::write(&path, with_example_files(&text)).unwrap();
             let out = bearerd().args(["check", "-c"]).arg(&path).output().unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(
@@ -375,7 +437,7 @@ fn examples_inline() -> Vec<(String, String)> {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let text = std::fs::read_to_string(&path).unwrap();
+            let text = with_example_files(&std::fs::read_to_string(&path).unwrap());
             let text = text
                 .replace("{ env = \"BEARERD_STORE_KEY\" }", &format!("{key:?}"))
                 .replace("{ env = \"BEARERD_REDIS_URL\" }", &format!("{REDIS_URL:?}"));

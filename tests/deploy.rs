@@ -39,8 +39,40 @@ struct Pod {
     config_path: String,
 }
 
-/// The manifest sets: one sidecar store per pod, and the fleet sharing Redis.
-const VARIANTS: [&str; 2] = ["kubernetes", "kubernetes/fleet"];
+/// The manifest sets: one sidecar store per pod, the fleet sharing Redis, and the
+/// secretless pod authenticating with projected service-account tokens.
+const VARIANTS: [&str; 3] = ["kubernetes", "kubernetes/fleet", "kubernetes/secretless"];
+
+/// Every `{ file = "…" }` the config reads.
+fn config_files(text: &str) -> Vec<String> {
+    text.match_indices("{ file = \"")
+        .map(|(at, m)| {
+            let rest = &text[at + m.len()..];
+            rest[..rest.find('"').unwrap()].to_string()
+        })
+        .collect()
+}
+
+/// The projected service-account token the pod mounts at `path`, with its audience: every
+/// file a deploy config reads must be one (a secretless pod has no other files to read).
+fn projected_token_audience(pod: &Pod, path: &str) -> String {
+    let (_, volume) = volume_holding(pod, path);
+    let name = Path::new(path).file_name().unwrap().to_str().unwrap();
+    let source = volume["projected"]["sources"]
+        .as_sequence()
+        .unwrap_or_else(|| panic!("{path} is not on a projected volume"))
+        .iter()
+        .find(|s| s["serviceAccountToken"]["path"] == name)
+        .unwrap_or_else(|| panic!("{path} is not a projected service-account token"));
+    let token = &source["serviceAccountToken"];
+    assert!(
+        token["expirationSeconds"].as_u64().unwrap_or(3600) >= 600,
+        "the kubelet's minimum"
+    );
+    let audience = str_at(token, &["audience"]);
+    assert!(!audience.is_empty());
+    audience.to_string()
+}
 
 fn pod() -> Pod {
     pod_in("kubernetes")
@@ -126,7 +158,26 @@ fn config_passes_check_with_exactly_the_pods_env(dir: &str) {
         cmd.env(name, value);
     }
     let file = deploy(dir).join(Path::new(&pod.config_path).file_name().unwrap());
-    let out = cmd.args(["check", "-c"]).arg(&file).output().unwrap();
+    // The projected tokens the kubelet would write: JWTs for their audiences, here.
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    let tokens = std::env::temp_dir().join(format!("bearerd-deploy-{}", support::rand_suffix()));
+    std::fs::create_dir_all(&tokens).unwrap();
+    let cluster = support::keys::TestKey::generate(support::keys::KeyKind::Rsa);
+    for (i, path) in config_files(&text).into_iter().enumerate() {
+        let audience = projected_token_audience(&pod, &path);
+        let now = support::keys::now();
+        let jwt = cluster.mint(&serde_json::json!({
+            "iss": "https://kubernetes.default.svc.cluster.local",
+            "sub": "system:serviceaccount:default:orders",
+            "aud": [audience], "iat": now, "exp": now + 3600,
+        }));
+        let fixture = tokens.join(format!("token-{i}"));
+        std::fs::write(&fixture, jwt).unwrap();
+        text = text.replace(&path, &fixture.display().to_string());
+    }
+    let checked = tokens.join("bearerd.toml");
+    std::fs::write(&checked, &text).unwrap();
+    let out = cmd.args(["check", "-c"]).arg(&checked).output().unwrap();
     assert!(
         out.status.success(),
         "with the pod's env ({env:?}): {}",
@@ -222,6 +273,26 @@ fn pod_reaches_the_sidecar(dir: &str) {
                 1,
                 "only the config"
             );
+        }
+        "memory" => {
+            // Secretless: nothing to keep; the IdP credentials are projected tokens, and
+            // the pod mounts nothing else.
+            let files = config_files(
+                &std::fs::read_to_string(deploy(&format!("{dir}/bearerd.toml"))).unwrap(),
+            );
+            assert!(!files.is_empty(), "{dir}: no projected token is used");
+            for path in &files {
+                projected_token_audience(&pod, path);
+            }
+            assert_eq!(pod.spec["automountServiceAccountToken"], false);
+            assert_eq!(pod.spec["volumes"].as_sequence().unwrap().len(), 2);
+            let secrets: Vec<&str> = s["env"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(|e| str_at(e, &["name"]))
+                .collect();
+            assert_eq!(secrets, ["BEARERD_ADMIN_TOKEN"], "no client secret");
         }
         other => panic!("{dir}: store backend {other}"),
     }
