@@ -4,4 +4,6 @@ export const CLIENTS = {
   svc: { id: 'svc', secret: 'svc-secret-4f1c9e' },
   agent: { id: 'agent', secret: 'agent-secret-8b2d7a' },
   mcp: { id: 'mcp-server', secret: 'mcp-server-secret-c3e5f0' },
+  // No secret: it authenticates with private_key_jwt (its key is made at provider start).
+  signed: { id: 'signed' },
 };

@@ -30,6 +30,7 @@ let sidecar; // Child
 let proxy; // http://127.0.0.1:PORT of proxy_listen
 let admin; // http://127.0.0.1:PORT of admin_listen
 let mcpListen; // http://127.0.0.1:PORT of the MCP upstream's own port
+let signedKeyPem; // the signed client's private key (PEM), from the provider
 const cliOutputs = []; // stdout+stderr of every bearerd CLI run, for the secret scan
 
 async function status() {
@@ -86,6 +87,8 @@ before(async () => {
   const keygen = await runCli(['keygen']);
   assert.equal(keygen.code, 0, `bearerd keygen: ${keygen.stderr}`);
   writeFileSync(join(tmp, 'store-key'), keygen.stdout.trim(), { mode: 0o600 });
+  signedKeyPem = (await getJson(`${issuer}/test/signed-client-key`)).body.pem;
+  writeFileSync(join(tmp, 'signed.pem'), signedKeyPem, { mode: 0o600 });
   // Discovery only: no token_url, revocation_url, authorization_url anywhere.
   cfgPath = join(tmp, 'bearerd.toml');
   writeFileSync(cfgPath, `
@@ -116,10 +119,25 @@ client_auth = "post"
 scopes = ["openid", "offline_access", "api:read"]
 resource = "${resource}"
 
+[credentials.signed]
+grant = "client_credentials"
+issuer = "${issuer}"
+client_id = "${CLIENTS.signed.id}"
+client_auth = "private_key_jwt"
+private_key = { file = "${join(tmp, 'signed.pem')}" }
+key_id = "e2e-1"
+scopes = ["api:read"]
+resource = "${resource}"
+
 [upstreams.api]
 url = "${mcp.origin}/"
 path_prefix = "/svc"
 credential = "svc"
+
+[upstreams.signedapi]
+url = "${mcp.origin}/"
+path_prefix = "/signed"
+credential = "signed"
 
 [upstreams.agentapi]
 url = "${mcp.origin}/"
@@ -193,6 +211,32 @@ test('client_credentials: requests through bearerd reach the MCP server with val
   const cli = await runCli(['status', '--json', '-c', cfgPath]);
   assert.equal(cli.code, 0, cli.stderr);
   assert.equal(JSON.parse(cli.stdout).credentials.svc.state, 'valid');
+});
+
+test('private_key_jwt: oidc-provider verifies bearerd\'s signed assertions, and the MCP SDK client works through them', { timeout: 60000 }, async () => {
+  const client = new Client({ name: 'bearerd-e2e-signed', version: '1.0.0' });
+  await client.connect(new StreamableHTTPClientTransport(new URL(`${proxy}/signed/mcp`)));
+  const issuedFor = async () => (await getJson(`${oidc.info.issuer}/test/issued`)).body
+    .filter((t) => t.clientId === CLIENTS.signed.id && t.kind === 'client_credentials').length;
+  const first = await issuedFor();
+  assert.ok(first >= 1, 'the provider issued a token to the signed client');
+  // Calls across at least two rotations (tokens live 4 s): each new token needed a new
+  // assertion the provider verified (signature, aud, exp, jti).
+  let calls = 0;
+  while ((await issuedFor()) < first + 2) {
+    const text = `signed-${calls}`;
+    const r = await client.callTool({ name: 'echo', arguments: { text } });
+    assert.equal(r.content?.[0]?.text, text, JSON.stringify(r));
+    calls += 1;
+    await new Promise((res) => { setTimeout(res, 200); });
+  }
+  await client.close();
+  const who = await getJson(`${proxy}/signed/api/whoami`);
+  assert.equal(who.status, 200, JSON.stringify(who.body));
+  assert.equal(who.body.client_id, CLIENTS.signed.id);
+  const status = await cred('signed');
+  assert.equal(status.client_auth, 'private_key_jwt');
+  assert.equal(status.consecutive_failures, 0);
 });
 
 test(`MCP through bearerd: tool calls across ≥${ROTATIONS} token rotations with zero errors, unbuffered notifications, long-lived GET stream`, { timeout: 90000 }, async (t) => {
@@ -424,6 +468,7 @@ test('no secret in bearerd output: client secrets and every token the provider i
   assert.ok(issued.filter((t) => t.kind === 'client_credentials').length >= 4, 'too few tokens to look for');
   const secrets = [
     ...Object.values(CLIENTS).map((c) => ({ kind: `client_secret of ${c.id}`, value: c.secret })),
+    { kind: 'the signed client\'s private key', value: signedKeyPem.split('\n')[1] },
     // A user code is meant to be shown by `bearerd login --device`; nothing else is.
     ...issued.filter((t) => t.kind !== 'user_code'),
   ];

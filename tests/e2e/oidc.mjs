@@ -16,6 +16,7 @@
 // - dev interactions (any user name logs in) and automatic consent.
 // - test-only endpoints under /test/ (loopback only): counters and the tokens it issued,
 //   so a test can introspect a refresh token it never saw and grep logs for every token.
+import { generateKeyPairSync } from 'node:crypto';
 import { createServer } from 'node:http';
 import { pathToFileURL } from 'node:url';
 
@@ -52,8 +53,21 @@ export async function startProvider({ port = 0, log = () => {} } = {}) {
   // their jti, so these are the exact strings a client holds.
   const issued = []; // {kind, value, clientId, grantId, at}
 
+  // The `signed` client's key pair: the provider knows the public half (a JWKS), bearerd
+  // gets the private half from /test/signed-client-key and signs its assertions with it.
+  const signedKey = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const signedJwk = { ...signedKey.publicKey.export({ format: 'jwk' }), alg: 'ES256', use: 'sig', kid: 'e2e-1' };
   const configuration = {
     clients: [
+      {
+        client_id: CLIENTS.signed.id,
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'private_key_jwt',
+        token_endpoint_auth_signing_alg: 'ES256',
+        jwks: { keys: [signedJwk] },
+      },
       {
         client_id: CLIENTS.svc.id,
         client_secret: CLIENTS.svc.secret,
@@ -206,6 +220,10 @@ export async function startProvider({ port = 0, log = () => {} } = {}) {
   // Test-only endpoints, and request counting.
   provider.use(async (ctx, next) => {
     stats.requests[ctx.path] = (stats.requests[ctx.path] || 0) + 1;
+    if (ctx.path === '/test/signed-client-key') {
+      ctx.body = { pem: signedKey.privateKey.export({ type: 'pkcs8', format: 'pem' }) };
+      return undefined;
+    }
     if (ctx.path === '/test/stats') {
       ctx.body = { ...stats, issuedCount: issued.length };
       return undefined;
