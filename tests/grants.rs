@@ -466,6 +466,16 @@ fn bad_keys_assertions_and_certificates_are_config_errors_with_their_line() {
         )
     };
     let not_jwt = put(&dir, "token", "not-a-jwt");
+    let sa = put(
+        &dir,
+        "sa.json",
+        &json!({
+            "type": "service_account",
+            "private_key": TestKey::generate(KeyKind::Rsa).private_pem,
+            "client_email": "a@b.iam.gserviceaccount.com",
+        })
+        .to_string(),
+    );
     let head = "[credentials.api]\ntoken_url = \"https://idp.test/token\"\nclient_id = \"c\"\n";
     let tail = "[upstreams.api]\nurl = \"https://api.test/\"\npath_prefix = \"/api\"\ncredential = \"api\"\n";
     let cases: Vec<(String, usize, Vec<&str>)> = vec![
@@ -519,6 +529,21 @@ fn bad_keys_assertions_and_certificates_are_config_errors_with_their_line() {
             5,
             vec!["service_account_key", "not a Google service-account key"],
         ),
+        (
+            "grant = \"client_credentials\"\nclient_auth = \"private_key_jwt\"\nprivate_key = \"-----BEGIN PRIVATE KEY-----\"\n".into(),
+            6,
+            vec!["private_key", "must not be written into the config"],
+        ),
+        (
+            "grant = \"token_exchange\"\nsubject_token = { env = \"HOME\" }\n".into(),
+            5,
+            vec!["subject_token", "must be a file"],
+        ),
+        (
+            format!("grant = \"jwt_bearer\"\nservice_account_key = {{ file = \"{sa}\" }}\n"),
+            5,
+            vec!["service_account_key", "needs `scopes`"],
+        ),
     ];
     for (lines, line, wants) in cases {
         let text = format!("{head}{lines}\n{tail}");
@@ -538,4 +563,38 @@ fn bad_keys_assertions_and_certificates_are_config_errors_with_their_line() {
             "no key material in {err}"
         );
     }
+}
+
+/// Replicas and restarts reuse a stored token only for the same identity: a token obtained
+/// for one assertion subject (or subject token) is never adopted for another.
+#[test]
+fn the_stored_token_is_bound_to_who_the_assertion_or_exchange_is_for() {
+    let dir = fixture_dir();
+    let pem = put(
+        &dir,
+        "k.pem",
+        &TestKey::generate(KeyKind::EcP256).private_pem,
+    );
+    let jwt = TestKey::generate(KeyKind::EcP256)
+        .mint(&json!({"iss": CLUSTER, "sub": WORKLOAD, "aud": "a", "exp": now() + 600}));
+    let first = put(&dir, "t1", &jwt);
+    let second = put(&dir, "t2", &jwt);
+    let binding = |grant_lines: String| {
+        let text = format!("[credentials.api]\ntoken_url = \"https://idp.test/token\"\nclient_id = \"c\"\n{grant_lines}\n[upstreams.api]\nurl = \"https://api.test/\"\npath_prefix = \"/api\"\ncredential = \"api\"\n");
+        bearerd::config::Config::parse(Path::new("b.toml"), &text)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .credentials[0]
+            .binding()
+    };
+    let bearer = |sub: &str| {
+        binding(format!("grant = \"jwt_bearer\"\nprivate_key = {{ file = \"{pem}\" }}\nassertion_subject = \"{sub}\"\n"))
+    };
+    assert_eq!(bearer("alice@example.com"), bearer("alice@example.com"));
+    assert_ne!(bearer("alice@example.com"), bearer("bob@example.com"));
+    let exchange = |file: &str| {
+        binding(format!(
+            "grant = \"token_exchange\"\nclient_secret = \"s\"\nsubject_token = {{ file = \"{file}\" }}\n"
+        ))
+    };
+    assert_ne!(exchange(&first), exchange(&second));
 }

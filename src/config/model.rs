@@ -254,6 +254,8 @@ pub struct JwtBearerConfig {
 
 /// RFC 8693's default subject token type (a JWT, such as a service-account token).
 pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// An OpenID Connect ID token as the subject: also a JWT.
+pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 
 impl GrantConfig {
     pub fn kind(&self) -> &'static str {
@@ -329,11 +331,37 @@ impl CredentialConfig {
         let Some(request) = self.grant.request() else {
             return format!("static\n{}", self.name);
         };
-        let audience = match &self.grant {
-            GrantConfig::TokenExchange(x) => x.audience.as_deref(),
-            _ => None,
-        }
-        .or(request.params.get("audience").map(String::as_str));
+        // Who the token stands for, beyond the client: the assertion's issuer and subject,
+        // or the subject and actor tokens' sources and the requested type.
+        let (audience, identity) = match &self.grant {
+            GrantConfig::TokenExchange(x) => (
+                x.audience.as_deref(),
+                format!(
+                    "{} {}|{}|{}",
+                    x.subject.token.describe(),
+                    x.subject.token_type,
+                    x.actor.as_ref().map_or(String::new(), |a| format!(
+                        "{} {}",
+                        a.token.describe(),
+                        a.token_type
+                    )),
+                    x.requested_token_type.as_deref().unwrap_or("")
+                ),
+            ),
+            GrantConfig::JwtBearer(j) => (
+                None,
+                format!(
+                    "{}|{}|{}",
+                    j.signing.key.describe(),
+                    j.issuer.as_deref().unwrap_or(""),
+                    j.subject.as_deref().unwrap_or("")
+                ),
+            ),
+            GrantConfig::ClientCredentials(_)
+            | GrantConfig::RefreshToken { .. }
+            | GrantConfig::Static { .. } => (None, String::new()),
+        };
+        let audience = audience.or(request.params.get("audience").map(String::as_str));
         let endpoint = request
             .token_url
             .as_ref()
@@ -342,6 +370,9 @@ impl CredentialConfig {
             .map_or("", url::Url::as_str);
         let mut scopes = request.scopes.clone();
         scopes.sort();
+        // Empty for the older grants, so their bindings (and the stored sets keyed by them)
+        // stay what they were.
+        let identity = (!identity.is_empty()).then_some(identity);
         [
             self.grant.kind(),
             endpoint,
@@ -350,6 +381,9 @@ impl CredentialConfig {
             request.resource.as_deref().unwrap_or(""),
             audience.unwrap_or(""),
         ]
+        .into_iter()
+        .chain(identity.as_deref())
+        .collect::<Vec<_>>()
         .join("\n")
     }
 }

@@ -8,11 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::endpoint::{OAuthErrorCode, TokenEndpoint};
 use super::grant::IssuedToken;
@@ -20,46 +17,72 @@ use super::grant::IssuedToken;
 /// How long a login attempt (its `state`, or its device code) stays valid.
 pub const ATTEMPT_LIFETIME: Duration = Duration::from_secs(600);
 
-fn b64url(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// A PKCE verifier and its S256 challenge.
-pub struct Pkce {
-    pub verifier: SecretString,
-    pub challenge: String,
-}
-
-impl Pkce {
-    pub fn new() -> Pkce {
-        let verifier = b64url(&rand::random::<[u8; 32]>());
-        let challenge = b64url(&Sha256::digest(verifier.as_bytes()));
-        Pkce {
-            verifier: SecretString::from(verifier),
-            challenge,
-        }
-    }
-}
-
-impl Default for Pkce {
-    fn default() -> Self {
-        Pkce::new()
-    }
-}
-
 /// What the user must do, for the CLI to print.
 pub trait LoginPrompt {
     fn open_url(&self, url: &str);
     fn enter_code(&self, verification_uri: &str, user_code: &str, complete: Option<&str>);
 }
 
+/// What the loopback redirect brought: the code, or why the login ended.
+type Redirect = Result<String, String>;
+
+/// The loopback redirect handler's state: the `state` of this attempt, and where the
+/// outcome goes.
+#[derive(Clone)]
+struct Callback {
+    state: String,
+    outcome: tokio::sync::mpsc::Sender<Redirect>,
+}
+
+/// `GET /callback?…`: a redirect for another attempt is answered and ignored; this
+/// attempt's ends the wait with its code or its error.
+async fn callback(
+    axum::extract::State(cb): axum::extract::State<Callback>,
+    axum::extract::Query(params): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> axum::response::Html<String> {
+    let (reply, outcome) = if params.get("state") != Some(&cb.state) {
+        ("This login link is not for the current attempt.", None)
+    } else if let Some(err) = params.get("error") {
+        (
+            "The authorization server refused the login.",
+            Some(Err(format!(
+                "authorization failed: {}",
+                err.chars().take(100).collect::<String>()
+            ))),
+        )
+    } else if let Some(code) = params.get("code") {
+        (
+            "Logged in. You can close this window.",
+            Some(Ok(code.clone())),
+        )
+    } else {
+        (
+            "The redirect carried no code.",
+            Some(Err("the redirect carried no code".to_string())),
+        )
+    };
+    if let Some(outcome) = outcome {
+        let _ = cb.outcome.try_send(outcome);
+    }
+    axum::response::Html(format!(
+        "<!doctype html><title>bearerd</title><p>{reply}</p>"
+    ))
+}
+
 /// Authorization code + PKCE. Listens on 127.0.0.1 (`port` 0 picks a free one), shows the
 /// authorization URL, waits for the redirect, checks `state`, and exchanges the code.
+///
+/// The `oauth2` crate builds the authorization URL with its PKCE challenge and `state`;
+/// the code is exchanged by bearerd's own token client, which authenticates the client the
+/// configured way (a secret, a signed assertion, mTLS) and classifies the answer like any
+/// other token request.
 pub async fn authorization_code(
     endpoint: &TokenEndpoint,
     port: u16,
     prompt: &dyn LoginPrompt,
 ) -> Result<(IssuedToken, Option<SecretString>), String> {
+    use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
+
     let endpoints = endpoint.endpoints().await.map_err(|e| e.message)?;
     let authorize = endpoints
         .authorization
@@ -71,101 +94,56 @@ pub async fn authorization_code(
         "http://127.0.0.1:{}/callback",
         listener.local_addr().map_err(|e| e.to_string())?.port()
     );
-    let pkce = Pkce::new();
-    let state = format!("{:032x}", rand::random::<u128>());
-    let started = Instant::now();
     let c = endpoint.config();
-    let mut url = authorize.clone();
-    {
-        let mut q = url.query_pairs_mut();
-        q.append_pair("response_type", "code")
-            .append_pair(
-                "client_id",
-                c.client.client_id.as_deref().unwrap_or_default(),
-            )
-            .append_pair("redirect_uri", &redirect_uri)
-            .append_pair("state", &state)
-            .append_pair("code_challenge", &pkce.challenge)
-            .append_pair("code_challenge_method", "S256");
-        if !c.scopes.is_empty() {
-            q.append_pair("scope", &c.scopes.join(" "));
-        }
-        // OpenID Connect §11: offline_access is ignored unless consent is prompted.
-        if c.scopes.iter().any(|s| s == "offline_access") {
-            q.append_pair("prompt", "consent");
-        }
-        if let Some(r) = c.resource.clone().or(endpoints.resource.clone()) {
-            q.append_pair("resource", &r);
-        }
+    let client = oauth2::basic::BasicClient::new(ClientId::new(
+        c.client.client_id.clone().unwrap_or_default(),
+    ))
+    .set_auth_uri(AuthUrl::from_url(authorize))
+    .set_redirect_uri(RedirectUrl::new(redirect_uri.clone()).map_err(|e| e.to_string())?);
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let mut request = client
+        .authorize_url(CsrfToken::new_random)
+        .add_scopes(c.scopes.iter().cloned().map(Scope::new))
+        .set_pkce_challenge(challenge);
+    // OpenID Connect §11: offline_access is ignored unless consent is prompted.
+    if c.scopes.iter().any(|s| s == "offline_access") {
+        request = request.add_extra_param("prompt", "consent");
     }
-    prompt.open_url(url.as_str());
+    if let Some(r) = c.resource.clone().or(endpoints.resource.clone()) {
+        request = request.add_extra_param("resource", r);
+    }
+    let (url, state) = request.url();
 
-    let code = loop {
-        let remaining = ATTEMPT_LIFETIME.saturating_sub(started.elapsed());
-        if remaining.is_zero() {
-            return Err("the login expired after 10 minutes".into());
-        }
-        let (mut conn, _) = tokio::time::timeout(remaining, listener.accept())
-            .await
-            .map_err(|_| "the login expired after 10 minutes".to_string())?
-            .map_err(|e| e.to_string())?;
-        let mut buf = vec![0u8; 8192];
-        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
-            .await
-            .unwrap_or(Ok(0))
-            .unwrap_or(0);
-        let head = String::from_utf8_lossy(&buf[..n]).to_string();
-        let target = head
-            .lines()
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .unwrap_or("/");
-        let parsed =
-            url::Url::parse(&format!("http://127.0.0.1{target}")).map_err(|e| e.to_string())?;
-        if parsed.path() != "/callback" {
-            let _ = conn
-                .write_all(
-                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
-                )
-                .await;
-            continue;
-        }
-        let params: std::collections::HashMap<String, String> =
-            parsed.query_pairs().into_owned().collect();
-        let (reply, outcome) = if params.get("state") != Some(&state) {
-            // A redirect that is not for this attempt: ignore it, keep waiting.
-            ("This login link is not for the current attempt.", None)
-        } else if let Some(err) = params.get("error") {
-            (
-                "The authorization server refused the login.",
-                Some(Err(format!("authorization failed: {err}"))),
-            )
-        } else if let Some(code) = params.get("code") {
-            (
-                "Logged in. You can close this window.",
-                Some(Ok(code.clone())),
-            )
-        } else {
-            (
-                "The redirect carried no code.",
-                Some(Err("the redirect carried no code".to_string())),
-            )
-        };
-        let body = format!("<!doctype html><title>bearerd</title><p>{reply}</p>");
-        let _ = conn
-            .write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len()).as_bytes())
+    let (outcome, mut redirected) = tokio::sync::mpsc::channel::<Redirect>(1);
+    let app = axum::Router::new()
+        .route("/callback", axum::routing::get(callback))
+        .with_state(Callback {
+            state: state.secret().clone(),
+            outcome,
+        });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
             .await;
-        match outcome {
-            Some(result) => break result?,
-            None => continue,
-        }
+    });
+    prompt.open_url(url.as_str());
+    let waited = tokio::time::timeout(ATTEMPT_LIFETIME, redirected.recv()).await;
+    // The page for the redirect is answered before the server stops.
+    let _ = stop.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    let code = match waited {
+        Ok(Some(result)) => result?,
+        Ok(None) | Err(_) => return Err("the login expired after 10 minutes".into()),
     };
     endpoint
         .exchange(vec![
             ("grant_type", "authorization_code".to_string()),
             ("code", code),
             ("redirect_uri", redirect_uri),
-            ("code_verifier", pkce.verifier.expose_secret().to_string()),
+            ("code_verifier", verifier.secret().to_string()),
         ])
         .await
         .map_err(|e| format!("{}: {}", e.kind, e.message))
@@ -273,15 +251,16 @@ pub async fn device(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
 
     #[test]
-    fn pkce_matches_rfc_7636_appendix_b() {
-        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-        let challenge = b64url(&Sha256::digest(verifier.as_bytes()));
-        assert_eq!(challenge, "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
-        let p = Pkce::new();
-        assert_eq!(p.verifier.expose_secret().len(), 43);
-        assert_ne!(Pkce::new().challenge, p.challenge);
+    fn the_pkce_challenge_is_s256_of_the_verifier() {
+        let (challenge, verifier) = oauth2::PkceCodeChallenge::new_random_sha256();
+        assert_eq!(challenge.method().as_str(), "S256");
+        let expected = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(Sha256::digest(verifier.secret().as_bytes()));
+        assert_eq!(challenge.as_str(), expected);
+        assert!(verifier.secret().len() >= 43, "RFC 7636 §4.1");
     }
 }

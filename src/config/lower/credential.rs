@@ -114,6 +114,12 @@ pub(super) fn lower_credential(
                 .map(|v| token_type_uri(map, &key("requested_token_type"), v))
                 .transpose()?;
             let audience = non_empty(map, &key("audience"), &t.audience)?;
+            if request.params.contains_key("audience") {
+                return Err(map.error_at(
+                    &key("params"),
+                    "a token_exchange credential sets `audience` as a key of its own, not in params",
+                ));
+            }
             let exchange = TokenExchangeConfig {
                 request,
                 subject,
@@ -133,7 +139,10 @@ pub(super) fn lower_credential(
                         "give `private_key` or `service_account_key`, not both",
                     ))
                 }
-                (Some(pem), None) => ("private_key", KeySource::Pem(lower_secret(map, &key("private_key"), pem)?)),
+                (Some(pem), None) => (
+                    "private_key",
+                    KeySource::Pem(key_source(map, &key("private_key"), pem)?),
+                ),
                 (None, Some(sa)) => {
                     if rc.key_id.is_some() {
                         return Err(map.error_at(
@@ -143,7 +152,7 @@ pub(super) fn lower_credential(
                     }
                     (
                         "service_account_key",
-                        KeySource::ServiceAccount(lower_secret(map, &key("service_account_key"), sa)?),
+                        KeySource::ServiceAccount(key_source(map, &key("service_account_key"), sa)?),
                     )
                 }
                 (None, None) => {
@@ -169,6 +178,13 @@ pub(super) fn lower_credential(
                 if let Some(uri) = uri {
                     request.token_url = Some(http_url(map, &key("service_account_key"), &uri)?);
                 }
+            }
+            if loaded.account.is_some() && request.scopes.is_empty() {
+                // Google refuses a service-account assertion without a scope.
+                return Err(map.error_at(
+                    &key("service_account_key"),
+                    "a service-account key needs `scopes` (they go into the assertion)",
+                ));
             }
             let issuer = non_empty(map, &key("assertion_issuer"), &t.assertion_issuer)?;
             if issuer.is_none() && loaded.account.is_none() && request.client.client_id.is_none() {
@@ -316,6 +332,16 @@ fn lower_token_request(
         "refresh_token",
         "scope",
         "resource",
+        "assertion",
+        "subject_token",
+        "subject_token_type",
+        "actor_token",
+        "actor_token_type",
+        "requested_token_type",
+        "code",
+        "code_verifier",
+        "redirect_uri",
+        "device_code",
     ] {
         if params.contains_key(reserved) {
             return Err(map.error_at(
@@ -360,20 +386,91 @@ enum ClientIdRule {
     Optional,
 }
 
-/// The keys of each client authentication method, for the "not used with" check.
-const CLIENT_AUTH_KEYS: [(&str, &str); 8] = [
-    ("client_secret", "basic | post"),
-    ("private_key", "private_key_jwt"),
-    ("key_id", "private_key_jwt"),
-    ("signing_alg", "private_key_jwt"),
-    ("assertion_audience", "private_key_jwt"),
-    ("client_assertion", "client_assertion"),
-    ("client_cert", "tls_client_auth"),
-    ("client_key", "tls_client_auth"),
-];
+/// The `client_auth` values, parsed before the method's keys are read.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Method {
+    Basic,
+    Post,
+    PrivateKeyJwt,
+    ClientAssertion,
+    TlsClientAuth,
+    None,
+}
+
+impl Method {
+    const ALL: [Method; 6] = [
+        Method::Basic,
+        Method::Post,
+        Method::PrivateKeyJwt,
+        Method::ClientAssertion,
+        Method::TlsClientAuth,
+        Method::None,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Method::Basic => "basic",
+            Method::Post => "post",
+            Method::PrivateKeyJwt => "private_key_jwt",
+            Method::ClientAssertion => "client_assertion",
+            Method::TlsClientAuth => "tls_client_auth",
+            Method::None => "none",
+        }
+    }
+
+    /// The client authentication keys this method reads.
+    fn keys(self) -> &'static [&'static str] {
+        match self {
+            Method::Basic | Method::Post => &["client_secret"],
+            Method::PrivateKeyJwt => &SIGNING_KEYS,
+            Method::ClientAssertion => &["client_assertion"],
+            Method::TlsClientAuth => &["client_cert", "client_key"],
+            Method::None => &[],
+        }
+    }
+
+    /// Whether the method names the client (its `client_id` is then required).
+    fn needs_client_id(self) -> bool {
+        match self {
+            Method::Basic | Method::Post | Method::PrivateKeyJwt | Method::TlsClientAuth => true,
+            Method::ClientAssertion | Method::None => false,
+        }
+    }
+}
 
 /// Keys a jwt_bearer credential uses for its own assertion.
 const SIGNING_KEYS: [&str; 4] = ["private_key", "key_id", "signing_alg", "assertion_audience"];
+
+/// A file, required for what the platform rewrites (a projected token, a certificate):
+/// a value given inline or in the environment could never be renewed.
+fn file_only(
+    map: &SourceMap,
+    key: &str,
+    raw: &RawSecretRef,
+) -> Result<std::path::PathBuf, ConfigError> {
+    let name = key.rsplit('.').next().unwrap_or(key);
+    match raw {
+        RawSecretRef::File { file } => Ok(file.clone()),
+        RawSecretRef::Inline(_) | RawSecretRef::Env { .. } => Err(map.error_at(
+            key,
+            format!("`{name}` must be a file, which is read again at every use: {name} = {{ file = \"…\" }}"),
+        )),
+    }
+}
+
+/// A private key from a file or the environment, never written into the config itself.
+fn key_source(map: &SourceMap, key: &str, raw: &RawSecretRef) -> Result<SecretRef, ConfigError> {
+    match raw {
+        RawSecretRef::Inline(_) => {
+            let name = key.rsplit('.').next().unwrap_or(key);
+            Err(map.error_at(
+                key,
+                format!("`{name}` must not be written into the config: use {{ file = \"…\" }} or {{ env = \"…\" }}"),
+            ))
+        }
+        RawSecretRef::Env { .. } | RawSecretRef::File { .. } => lower_secret(map, key, raw),
+    }
+}
 
 fn lower_client_auth(
     map: &SourceMap,
@@ -384,102 +481,116 @@ fn lower_client_auth(
     grant_signs: bool,
 ) -> Result<ClientAuth, ConfigError> {
     let key = |k: &str| format!("credentials.{name}.{k}");
-    let present = |k: &str| match k {
-        "client_secret" => rc.client_secret.is_some(),
-        "private_key" => rc.private_key.is_some(),
-        "key_id" => rc.key_id.is_some(),
-        "signing_alg" => rc.signing_alg.is_some(),
-        "assertion_audience" => rc.assertion_audience.is_some(),
-        "client_assertion" => rc.client_assertion.is_some(),
-        "client_cert" => rc.client_cert.is_some(),
-        "client_key" => rc.client_key.is_some(),
-        _ => false,
-    };
+    let given: [(&str, bool); 8] = [
+        ("client_secret", rc.client_secret.is_some()),
+        ("private_key", rc.private_key.is_some()),
+        ("key_id", rc.key_id.is_some()),
+        ("signing_alg", rc.signing_alg.is_some()),
+        ("assertion_audience", rc.assertion_audience.is_some()),
+        ("client_assertion", rc.client_assertion.is_some()),
+        ("client_cert", rc.client_cert.is_some()),
+        ("client_key", rc.client_key.is_some()),
+    ];
+    let present = |k: &str| given.iter().any(|(g, p)| *g == k && *p);
     let method = match rc.client_auth.as_deref() {
-        Some(m) if ClientAuthMethod::NAMES.contains(&m) => m,
-        Some(other) => {
-            return Err(map.error_at(
-                &key("client_auth"),
-                format!(
-                    "unknown client_auth {other:?} (expected {})",
-                    ClientAuthMethod::NAMES.join(" | ")
-                ),
-            ))
-        }
+        Some(m) => Method::ALL
+            .into_iter()
+            .find(|x| x.name() == m)
+            .ok_or_else(|| {
+                map.error_at(
+                    &key("client_auth"),
+                    format!(
+                        "unknown client_auth {m:?} (expected {})",
+                        Method::ALL.map(Method::name).join(" | ")
+                    ),
+                )
+            })?,
         // Without `client_auth`, the credential's keys say which method it uses.
-        None if present("client_secret") => "basic",
-        None if present("client_assertion") => "client_assertion",
-        None if present("client_cert") || present("client_key") => "tls_client_auth",
-        None if present("private_key") && !grant_signs => "private_key_jwt",
-        None => "none",
+        None if present("client_secret") => Method::Basic,
+        None if present("client_assertion") => Method::ClientAssertion,
+        None if present("client_cert") || present("client_key") => Method::TlsClientAuth,
+        None if present("private_key") && !grant_signs => Method::PrivateKeyJwt,
+        None => Method::None,
     };
-    for (k, owner) in CLIENT_AUTH_KEYS {
-        let used =
-            owner.split(" | ").any(|m| m == method) || (grant_signs && SIGNING_KEYS.contains(&k));
-        if present(k) && !used {
+    for (k, is_given) in given {
+        let used = method.keys().contains(&k) || (grant_signs && SIGNING_KEYS.contains(&k));
+        if is_given && !used {
+            let owners: Vec<&str> = Method::ALL
+                .into_iter()
+                .filter(|m| m.keys().contains(&k))
+                .map(Method::name)
+                .collect();
             return Err(map.error_at(
                 &key(k),
-                format!("`{k}` is not used with client_auth {method:?}; it belongs to client_auth {owner}"),
+                format!(
+                    "`{k}` is not used with client_auth {:?}; it belongs to client_auth {}",
+                    method.name(),
+                    owners.join(" | ")
+                ),
             ));
         }
     }
+    let at_method = key(if rc.client_auth.is_some() {
+        "client_auth"
+    } else {
+        "grant"
+    });
     let needs = |k: &str| {
         map.error_at(
-            &key(if rc.client_auth.is_some() {
-                "client_auth"
-            } else {
-                "grant"
-            }),
-            format!("client_auth {method:?} needs `{k}`"),
+            &at_method,
+            format!("client_auth {:?} needs `{k}`", method.name()),
         )
     };
     let client_id = rc.client_id.clone().filter(|c| !c.trim().is_empty());
-    let id_needed = client_id_rule == ClientIdRule::Required
-        || matches!(
-            method,
-            "basic" | "post" | "private_key_jwt" | "tls_client_auth"
-        );
+    let id_needed = client_id_rule == ClientIdRule::Required || method.needs_client_id();
     if client_id.is_none() && (id_needed || rc.client_id.is_some()) {
         return Err(map.error_at(
             &key("client_id"),
             format!("grant {grant:?} needs a non-empty `client_id`"),
         ));
     }
-    let secret = |k: &str, raw: &Option<RawSecretRef>| match raw {
-        Some(r) => lower_secret(map, &key(k), r),
-        None => Err(needs(k)),
-    };
+    let required = |k: &str, raw: &Option<RawSecretRef>| raw.clone().ok_or_else(|| needs(k));
     let method = match method {
-        "basic" => ClientAuthMethod::Basic(secret("client_secret", &rc.client_secret)?),
-        "post" => ClientAuthMethod::Post(secret("client_secret", &rc.client_secret)?),
-        "private_key_jwt" => {
-            let pem = secret("private_key", &rc.private_key)?;
+        Method::Basic => ClientAuthMethod::Basic(lower_secret(
+            map,
+            &key("client_secret"),
+            &required("client_secret", &rc.client_secret)?,
+        )?),
+        Method::Post => ClientAuthMethod::Post(lower_secret(
+            map,
+            &key("client_secret"),
+            &required("client_secret", &rc.client_secret)?,
+        )?),
+        Method::PrivateKeyJwt => {
+            let raw = required("private_key", &rc.private_key)?;
+            let pem = key_source(map, &key("private_key"), &raw)?;
             let (signing, _) = lower_signing(map, name, rc, KeySource::Pem(pem), "private_key")?;
             ClientAuthMethod::PrivateKeyJwt(signing)
         }
-        "client_assertion" => {
-            let source = secret("client_assertion", &rc.client_assertion)?;
+        Method::ClientAssertion => {
+            let raw = required("client_assertion", &rc.client_assertion)?;
+            let source = SecretRef::File(file_only(map, &key("client_assertion"), &raw)?);
             check_jwt(map, &key("client_assertion"), &source)?;
             ClientAuthMethod::ClientAssertion(source)
         }
-        "tls_client_auth" => {
-            let file = |k: &str, raw: &Option<RawSecretRef>| match raw {
-                Some(RawSecretRef::File { file }) => Ok(file.clone()),
-                Some(_) => Err(map.error_at(
-                    &key(k),
-                    format!("`{k}` must be a file: {k} = {{ file = \"…\" }}"),
-                )),
-                None => Err(needs(k)),
-            };
+        Method::TlsClientAuth => {
             let identity = ClientIdentity {
-                cert: file("client_cert", &rc.client_cert)?,
-                key: file("client_key", &rc.client_key)?,
+                cert: file_only(
+                    map,
+                    &key("client_cert"),
+                    &required("client_cert", &rc.client_cert)?,
+                )?,
+                key: file_only(
+                    map,
+                    &key("client_key"),
+                    &required("client_key", &rc.client_key)?,
+                )?,
             };
             crate::token::endpoint::transport::load_identity(&identity)
                 .map_err(|m| map.error_at(&key("client_cert"), m))?;
             ClientAuthMethod::TlsClientAuth(identity)
         }
-        _ => ClientAuthMethod::None,
+        Method::None => ClientAuthMethod::None,
     };
     Ok(ClientAuth { client_id, method })
 }
@@ -531,12 +642,15 @@ fn lower_typed_token(
     (type_key, token_type): (&str, &Option<String>),
 ) -> Result<TypedToken, ConfigError> {
     let key = |k: &str| format!("credentials.{name}.{k}");
-    let token = lower_secret(map, &key(token_key), raw)?;
+    let token = SecretRef::File(file_only(map, &key(token_key), raw)?);
+    token
+        .resolve()
+        .map_err(|m| map.error_at(&key(token_key), m))?;
     let token_type = match token_type {
         Some(t) => token_type_uri(map, &key(type_key), t)?,
         None => TOKEN_TYPE_JWT.to_string(),
     };
-    if token_type == TOKEN_TYPE_JWT {
+    if token_type == TOKEN_TYPE_JWT || token_type == TOKEN_TYPE_ID_TOKEN {
         check_jwt(map, &key(token_key), &token)?;
     }
     Ok(TypedToken { token, token_type })

@@ -103,7 +103,9 @@ pub fn parse_success(body: &[u8]) -> Result<(IssuedToken, Option<SecretString>),
         )));
     }
     if let Some(tt) = &r.token_type {
-        if !tt.eq_ignore_ascii_case("bearer") {
+        // RFC 8693 §2.2.1: "N_A" when an exchange issues something other than an access
+        // token (a JWT, say), which the upstream still takes as a bearer credential.
+        if !tt.eq_ignore_ascii_case("bearer") && tt != "N_A" {
             return Err(with_rotated(GrantError::permanent(
                 GrantErrorKind::UnsupportedTokenType,
                 format!("token_type {tt:?} is not Bearer"),
@@ -381,7 +383,7 @@ mod tests {
                 return None;
             }
             if let Some(Value::String(t)) = m.get("token_type") {
-                if !t.eq_ignore_ascii_case("bearer") {
+                if !t.eq_ignore_ascii_case("bearer") && t != "N_A" {
                     return None;
                 }
             }

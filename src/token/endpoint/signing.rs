@@ -109,10 +109,13 @@ impl fmt::Debug for PrivateKey {
     }
 }
 
-fn pem_block(label: &str, der: &[u8]) -> String {
+/// A PEM block around `der`; it holds a private key, so it is wiped when dropped.
+fn pem_block(label: &str, der: &[u8]) -> zeroize::Zeroizing<String> {
     use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
+    let b64 = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(der));
+    // Sized up front: a reallocation would leave a copy of the key behind.
+    let mut out = zeroize::Zeroizing::new(String::with_capacity(b64.len() * 66 / 64 + 80));
+    out.push_str(&format!("-----BEGIN {label}-----\n"));
     for line in b64.as_bytes().chunks(64) {
         out.push_str(std::str::from_utf8(line).unwrap_or_default());
         out.push('\n');
@@ -243,13 +246,19 @@ pub struct LoadedKey {
 
 /// Reads a key source once and checks it against the configured algorithm.
 pub fn load_key(config: &SigningConfig) -> Result<LoadedKey, KeyError> {
+    let text = config
+        .key
+        .source()
+        .resolve()
+        .map_err(KeyError::Unreadable)?;
+    key_from_text(config, &text)
+}
+
+/// The key in `text`, the content of the configured source.
+fn key_from_text(config: &SigningConfig, text: &SecretString) -> Result<LoadedKey, KeyError> {
     let (pem, key_id, account) = match &config.key {
-        KeySource::Pem(source) => {
-            let pem = source.resolve().map_err(KeyError::Unreadable)?;
-            (pem, config.key_id.clone(), None)
-        }
-        KeySource::ServiceAccount(source) => {
-            let text = source.resolve().map_err(KeyError::Unreadable)?;
+        KeySource::Pem(_) => (text.clone(), config.key_id.clone(), None),
+        KeySource::ServiceAccount(_) => {
             let sa = ServiceAccountKey::parse(text.expose_secret())?;
             (sa.private_key, sa.private_key_id, Some(sa.client_email))
         }
@@ -334,7 +343,8 @@ impl AssertionSigner {
                 return Ok(Arc::clone(key));
             }
         }
-        let key = Arc::new(load_key(&self.config)?);
+        // Parsed from the text just hashed: a rotation in between is seen next time.
+        let key = Arc::new(key_from_text(&self.config, &text)?);
         if cached.is_some() {
             tracing::info!(key = %self.config.key.describe(), "signing key changed; using the new one");
         }

@@ -147,8 +147,16 @@ impl Transport {
     pub fn client(&self) -> Result<reqwest::Client, GrantError> {
         let mut current = self.client.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(id) = &self.identity {
-            let loaded = load_identity(id)
-                .map_err(|m| GrantError::unavailable(GrantInput::ClientCertificate, m))?;
+            let loaded = match load_identity(id) {
+                Ok(loaded) => loaded,
+                // Mid-rotation (the key written, the certificate not yet), or gone: the
+                // last pair that worked is used until the files agree again.
+                Err(m) if current.0.is_some() => {
+                    tracing::warn!(error = %m, "client certificate unusable; keeping the previous one");
+                    return Ok(current.1.clone());
+                }
+                Err(m) => return Err(GrantError::unavailable(GrantInput::ClientCertificate, m)),
+            };
             if current.0 != Some(loaded.fingerprint) {
                 let client =
                     token_http_client(self.timeout, self.ca_file.as_deref(), Some(loaded.identity))

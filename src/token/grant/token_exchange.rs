@@ -8,12 +8,11 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 
 use super::{GrantError, IssuedToken};
-use crate::config::{TokenExchangeConfig, TypedToken, TOKEN_TYPE_JWT};
+use crate::config::{TokenExchangeConfig, TypedToken, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT};
 use crate::token::endpoint::client_auth::read_jwt;
 use crate::token::endpoint::{GrantErrorKind, GrantInput, TokenEndpoint};
 
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
 
 pub struct TokenExchange {
     endpoint: TokenEndpoint,
@@ -94,7 +93,10 @@ fn read_token(
         .and_then(|f| f.time_left());
     if left == Some(Duration::ZERO) {
         return Err(GrantError::transient(
-            GrantErrorKind::SubjectTokenExpired,
+            match input {
+                GrantInput::SubjectToken => GrantErrorKind::SubjectTokenExpired,
+                _ => GrantErrorKind::Unavailable(input),
+            },
             format!(
                 "{} ({}) has expired",
                 input.as_str(),
