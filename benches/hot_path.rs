@@ -9,12 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bearerd::config::Config;
+use bearerd::config::{KeySource, SecretRef, SigningConfig};
 use bearerd::metrics::Metrics;
 use bearerd::peers::TokenServer;
 use bearerd::proxy::route::{has_dot_segment, RouteTable};
 use bearerd::proxy::target::upstream_target;
 use bearerd::proxy::{new_request_id, rewrite_request, Upstream};
 use bearerd::token::credential::Credential;
+use bearerd::token::endpoint::signing::{AssertionClaims, AssertionSigner};
 use bearerd::token::grant::Grant;
 use bearerd::token::CredentialSlot;
 use criterion::{black_box, criterion_group, Criterion};
@@ -158,6 +160,31 @@ fn benches(c: &mut Criterion) {
         let mut req = RequestHeader::build("GET", b"/api/v1/items?limit=5", Some(8)).unwrap();
         b.iter(|| one_request(&f, &mut req, true))
     });
+    // Off the hot path (once per token request), but it is what a secretless credential
+    // adds to each refresh: reading the key (cached while the file is unchanged) and
+    // signing a fresh assertion.
+    for (name, pem) in signing_keys() {
+        let file = std::env::temp_dir().join(format!("bearerd-bench-{name}.pem"));
+        std::fs::write(&file, pem).unwrap();
+        let signer = AssertionSigner::new(SigningConfig {
+            key: KeySource::Pem(SecretRef::File(file)),
+            key_id: None,
+            alg: None,
+            audience: None,
+        });
+        c.bench_function(&format!("client_assertion_{name}"), |b| {
+            b.iter(|| {
+                let key = signer.current_key().unwrap();
+                let claims = AssertionClaims {
+                    issuer: "client",
+                    subject: "client",
+                    audience: "https://idp.example.com/token",
+                    scope: None,
+                };
+                black_box(signer.sign(&key, &claims).unwrap())
+            })
+        });
+    }
     c.bench_function("refresh_control_path", |b| {
         b.iter(|| {
             f.rt.block_on(async {
@@ -171,6 +198,34 @@ fn benches(c: &mut Criterion) {
             })
         })
     });
+}
+
+/// One PEM private key of each kind bearerd signs with.
+fn signing_keys() -> Vec<(&'static str, String)> {
+    use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+    use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    use base64::Engine;
+    let pem = |der: &[u8]| {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let body: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            body.join("\n")
+        )
+    };
+    let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let rsa: Pkcs8V1Der = rsa.as_der().unwrap();
+    let ec = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+    let ed = Ed25519KeyPair::generate().unwrap();
+    vec![
+        ("rs256", pem(rsa.as_ref())),
+        ("es256", pem(ec.to_pkcs8v1().unwrap().as_ref())),
+        ("eddsa", pem(ed.to_pkcs8v1().unwrap().as_ref())),
+    ]
 }
 
 /// Heap allocations per request: bearerd's own work, and what it asks of Pingora's header
