@@ -103,13 +103,46 @@ impl Drop for SidecarHandle {
     }
 }
 
-/// Shutdown from the handle, or from Unix signals for the binary.
-struct HandleShutdown(tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<ShutdownSignal>>>);
+/// Shutdown from the handle, or from Unix signals for the binary. A graceful stop
+/// (SIGTERM) waits here for the requests in flight, at most `grace`, and then lets Pingora
+/// stop at once: Pingora's own grace period is a fixed sleep, which an idle sidecar (the
+/// app has exited before it) would pay on every pod termination.
+struct HandleShutdown {
+    stop: tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<ShutdownSignal>>>,
+    in_flight: proxy::InFlight,
+    grace: Duration,
+}
 
 #[async_trait]
 impl ShutdownSignalWatch for HandleShutdown {
     async fn recv(&self) -> ShutdownSignal {
-        let rx = self.0.lock().await.take();
+        let signal = self.first_signal().await;
+        if matches!(signal, ShutdownSignal::GracefulTerminate) {
+            let deadline = Instant::now() + self.grace;
+            let waiting = self.in_flight.count();
+            tracing::info!(
+                in_flight = waiting,
+                grace_s = self.grace.as_secs_f64(),
+                "stopping: waiting for the requests in flight"
+            );
+            while self.in_flight.count() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let left = self.in_flight.count();
+            if left > 0 {
+                tracing::warn!(
+                    in_flight = left,
+                    "stopping: the grace period ended with requests in flight"
+                );
+            }
+        }
+        signal
+    }
+}
+
+impl HandleShutdown {
+    async fn first_signal(&self) -> ShutdownSignal {
+        let rx = self.stop.lock().await.take();
         let from_handle = async {
             match rx {
                 Some(rx) => rx.await.unwrap_or(ShutdownSignal::FastShutdown),
@@ -246,16 +279,20 @@ impl Sidecar {
         let conf = ServerConf {
             threads: config.server.threads,
             work_stealing: config.server.work_stealing,
-            grace_period_seconds: Some(config.server.shutdown_grace.as_secs()),
-            graceful_shutdown_timeout_seconds: Some(config.server.shutdown_grace.as_secs().max(1)),
+            // The wait for requests in flight is bearerd's (HandleShutdown): Pingora's grace
+            // period would be a fixed sleep.
+            grace_period_seconds: Some(0),
+            graceful_shutdown_timeout_seconds: Some(1),
             ..ServerConf::default()
         };
         let mut server = Server::new_with_opt_and_conf(None, conf);
         server.bootstrap();
         let server_conf = Arc::clone(&server.configuration);
 
+        let in_flight = proxy::InFlight::default();
         let proxy_for = |routing: Routing| BearerProxy {
             routing,
+            in_flight: in_flight.clone(),
             upstreams: Arc::clone(&upstreams),
             metrics: Arc::clone(&metrics),
             access_log: config.server.access_log,
@@ -312,7 +349,11 @@ impl Sidecar {
         server.add_service(control);
 
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-        let watch = HandleShutdown(tokio::sync::Mutex::new(Some(stop_rx)));
+        let watch = HandleShutdown {
+            stop: tokio::sync::Mutex::new(Some(stop_rx)),
+            in_flight,
+            grace: config.server.shutdown_grace,
+        };
         let thread = std::thread::Builder::new()
             .name("bearerd-server".into())
             .spawn(move || {

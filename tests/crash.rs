@@ -388,3 +388,112 @@ async fn kill_9_of_replicas_sharing_redis_with_a_strict_provider_is_measured() {
         bad.len()
     );
 }
+
+/// SIGTERM: an idle sidecar exits at once (a pod's app has exited before its native
+/// sidecar, so waiting out the whole grace would delay every termination), and a request
+/// in flight still completes before the process goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_waits_for_requests_in_flight_and_for_nothing_else() {
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
+    *upstream.state.sse_gap.lock().unwrap() = Duration::from_secs(2);
+    let dir = std::env::temp_dir().join(format!("bearerd-term-{}", support::rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (proxy, admin) = (support::free_addr(), support::free_addr());
+    let config = dir.join("bearerd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nproxy_listen = \"{proxy}\"\nadmin_listen = \"{admin}\"\nshutdown_grace = \"20s\"\n\n[credentials.api]\ngrant = \"client_credentials\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n\n[upstreams.api]\nurl = \"http://{}/base\"\npath_prefix = \"/api\"\ncredential = \"api\"\n",
+            tokens.token_url(),
+            support::token_server::CLIENT_ID,
+            support::token_server::CLIENT_SECRET,
+            upstream.addr
+        ),
+    )
+    .unwrap();
+    let log = dir.join("log");
+    let client = reqwest::Client::new();
+    let ready = |admin: SocketAddr| {
+        let client = client.clone();
+        async move {
+            for _ in 0..400 {
+                let r = client.get(format!("http://{admin}/readyz")).send().await;
+                if r.is_ok_and(|r| r.status() == 200) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("never ready");
+        }
+    };
+    let term = |child: &Child| {
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    let exited_within = |child: &mut Child, bound: Duration| {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    // Idle: out long before the 20 s grace (a loose bound; it is about 20 ms).
+    let mut child = KillOnDrop(spawn(&config, &log));
+    ready(admin).await;
+    assert_eq!(
+        client
+            .get(format!("http://{proxy}/api/x"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    term(&child);
+    let status = exited_within(&mut child, Duration::from_secs(5));
+    assert!(
+        status.is_some(),
+        "an idle sidecar still runs 5 s after SIGTERM:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+
+    // In flight: an event stream with 2 s between its events, SIGTERM after the first.
+    let mut child = KillOnDrop(spawn(&config, &log));
+    ready(admin).await;
+    let mut stream = client
+        .get(format!("http://{proxy}/api/sse"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let first = stream.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("first"));
+    term(&child);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "exited with a request in flight"
+    );
+    let mut rest = Vec::new();
+    while let Some(chunk) = stream.chunk().await.unwrap() {
+        rest.extend_from_slice(&chunk);
+    }
+    assert!(
+        String::from_utf8_lossy(&rest).contains("second"),
+        "the request in flight completed"
+    );
+    assert!(
+        exited_within(&mut child, Duration::from_secs(5)).is_some(),
+        "the sidecar exits once its last request is done"
+    );
+}

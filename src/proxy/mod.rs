@@ -136,8 +136,35 @@ pub enum Routing {
     Dedicated(usize),
 }
 
+/// Requests between their first phase and their end, for a shutdown that waits for them
+/// and for nothing else.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl InFlight {
+    pub fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn enter(&self) -> InFlightGuard {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        InFlightGuard(Arc::clone(&self.0))
+    }
+}
+
+/// Counts one request as in flight until the request's context is dropped, whichever way
+/// the request ends.
+pub struct InFlightGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 pub struct BearerProxy {
     pub routing: Routing,
+    pub in_flight: InFlight,
     pub upstreams: Arc<Vec<Arc<Upstream>>>,
     pub metrics: Arc<Metrics>,
     pub access_log: bool,
@@ -148,6 +175,7 @@ pub struct BearerProxy {
 #[derive(Default)]
 pub struct RequestCtx {
     started: Option<Instant>,
+    in_flight: Option<InFlightGuard>,
     request_id: Option<HeaderValue>,
     /// The app sent the id: it is in the upstream request already.
     request_id_from_app: bool,
@@ -264,6 +292,7 @@ impl ProxyHttp for BearerProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
         ctx.started = Some(Instant::now());
+        ctx.in_flight = Some(self.in_flight.enter());
         let req = session.req_header();
         ctx.request_id = Some(match req.headers.get(&X_REQUEST_ID) {
             Some(v) if valid_request_id(v) => {
