@@ -211,6 +211,9 @@ impl Sidecar {
             config.server.admin_listen,
             "server.admin_listen".to_string(),
         ));
+        if let Some(a) = config.server.metrics_listen {
+            addrs.push((a, "server.metrics_listen".to_string()));
+        }
         for u in &config.upstreams {
             if let RouteConfig::Listen(a) = u.route {
                 addrs.push((a, format!("upstreams.{}.listen", u.name)));
@@ -325,16 +328,24 @@ impl Sidecar {
                 server.add_service(svc);
             }
         }
-        let mut admin = Service::new(
-            "admin".to_string(),
-            admin::AdminApp {
-                credentials: handles.clone(),
-                admin_token: config.server.admin_token.clone(),
-                upstreams: Arc::clone(&upstreams),
-                metrics: Arc::clone(&metrics),
-                store: Arc::clone(&store),
-            },
-        );
+        let admin_app = admin::AdminApp {
+            scope: admin::AdminScope::Full,
+            credentials: handles.clone(),
+            admin_token: config.server.admin_token.clone(),
+            upstreams: Arc::clone(&upstreams),
+            metrics: Arc::clone(&metrics),
+            store: Arc::clone(&store),
+        };
+        if let Some(addr) = config.server.metrics_listen {
+            let probes = admin::AdminApp {
+                scope: admin::AdminScope::Probes,
+                ..admin_app.clone()
+            };
+            let mut svc = Service::new("metrics".to_string(), probes);
+            svc.add_tcp(&addr.to_string());
+            server.add_service(svc);
+        }
+        let mut admin = Service::new("admin".to_string(), admin_app);
         admin.add_tcp(&config.server.admin_listen.to_string());
         server.add_service(admin);
         let mut control = background_service(

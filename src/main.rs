@@ -91,7 +91,7 @@ enum Command {
 
 #[derive(clap::Args)]
 struct AdminArgs {
-    /// Admin API base URL (default: the config's admin_listen, else http://127.0.0.1:9090).
+    /// Admin API base URL (default: the config's admin_listen, else http://127.0.0.1:14090).
     #[arg(long, env = "BEARERD_ADMIN")]
     admin: Option<String>,
     /// Config file to read admin_listen and admin_token from.

@@ -142,7 +142,8 @@ fn config_passes_check_with_exactly_the_pods_env(dir: &str) {
     let pod = pod_in(dir);
     let env: Vec<String> = pod.sidecar["env"]
         .as_sequence()
-        .unwrap()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
         .iter()
         .map(|e| str_at(e, &["name"]).to_string())
         .collect();
@@ -225,30 +226,36 @@ fn pod_reaches_the_sidecar(dir: &str) {
         );
     }
 
-    // Probes: the kubelet connects to the pod's IP, so the admin cannot be loopback-only.
+    // Probes and Prometheus reach the pod's IP: they get a listener of their own with
+    // health, readiness and metrics only. Status and the operations stay on loopback, so
+    // no admin token is needed and nothing else is readable cluster-wide.
     let admin = listen(&pod.toml, "admin_listen");
-    assert!(!admin.ip().is_loopback(), "probes cannot reach {admin}");
-    assert!(
-        pod.toml["server"].get("admin_token").is_some(),
-        "an admin reachable from outside the pod needs admin_token"
-    );
+    assert!(admin.ip().is_loopback(), "{dir}: admin on {admin}");
+    let probes = listen(&pod.toml, "metrics_listen");
+    assert!(!probes.ip().is_loopback(), "probes cannot reach {probes}");
     let admin_port = s["ports"]
         .as_sequence()
         .unwrap()
         .iter()
-        .find(|p| p["name"] == "admin")
+        .find(|p| p["name"] == "bearerd-admin")
         .unwrap();
     assert_eq!(
         admin_port["containerPort"].as_u64(),
-        Some(admin.port().into())
+        Some(probes.port().into())
     );
+    // Readiness after start does not follow the identity provider (an outage must not
+    // take every replica out of its Service); the startup gate does.
     for (probe, path) in [
         ("startupProbe", "/readyz"),
-        ("readinessProbe", "/readyz"),
+        ("readinessProbe", "/healthz"),
         ("livenessProbe", "/healthz"),
     ] {
         assert_eq!(str_at(s, &[probe, "httpGet", "path"]), path, "{probe}");
-        assert_eq!(str_at(s, &[probe, "httpGet", "port"]), "admin", "{probe}");
+        assert_eq!(
+            str_at(s, &[probe, "httpGet", "port"]),
+            "bearerd-admin",
+            "{probe}"
+        );
     }
 
     assert_eq!(s["securityContext"]["readOnlyRootFilesystem"], true);
@@ -286,13 +293,7 @@ fn pod_reaches_the_sidecar(dir: &str) {
             }
             assert_eq!(pod.spec["automountServiceAccountToken"], false);
             assert_eq!(pod.spec["volumes"].as_sequence().unwrap().len(), 2);
-            let secrets: Vec<&str> = s["env"]
-                .as_sequence()
-                .unwrap()
-                .iter()
-                .map(|e| str_at(e, &["name"]))
-                .collect();
-            assert_eq!(secrets, ["BEARERD_ADMIN_TOKEN"], "no client secret");
+            assert!(s.get("env").is_none(), "no Secret in the environment");
         }
         other => panic!("{dir}: store backend {other}"),
     }
@@ -334,7 +335,7 @@ fn pod_reaches_the_sidecar(dir: &str) {
         assert_eq!(&labels[k.as_str().unwrap()], v);
     }
     let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
-    assert_eq!(endpoint["port"], "admin");
+    assert_eq!(endpoint["port"], "bearerd-admin");
     assert_eq!(endpoint["path"], "/metrics");
 }
 

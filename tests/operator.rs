@@ -341,3 +341,75 @@ async fn commands_refuse_to_send_the_admin_token_in_clear_off_the_host() {
     );
     assert_eq!(caught.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+/// The listener for the kubelet and Prometheus (`metrics_listen`) serves health,
+/// readiness and metrics only: status and the operations stay on the loopback admin. Its
+/// health stays 200 when the identity provider refuses the client and the token runs out,
+/// which is what a pod's readiness after start follows; `/readyz` (the startup gate) says
+/// 503 then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_probes_listener_serves_health_readiness_and_metrics_only() {
+    let probes = support::free_addr();
+    let h = Harness::start(Options {
+        lifetime: Duration::from_secs(1),
+        server_extra: format!("metrics_listen = \"{probes}\""),
+        ..Default::default()
+    })
+    .await;
+    h.wait_ready().await;
+    let get = |path: &str| h.client.get(format!("http://{probes}{path}")).send();
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("bearerd_token_refresh_total"), "{metrics}");
+    for path in [
+        "/status",
+        "/credentials/api/refresh",
+        "/credentials/api/logout",
+    ] {
+        assert_eq!(get(path).await.unwrap().status(), 404, "GET {path}");
+        let post = h
+            .client
+            .post(format!("http://{probes}{path}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(post.status(), 404, "POST {path}");
+    }
+    assert_eq!(h.admin_get("/status").await.status(), 200);
+
+    // The provider refuses the client; the token runs out.
+    h.tokens
+        .state
+        .set_fail(support::FailMode::OAuthError("invalid_client".into()));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while get("/readyz").await.unwrap().status() != 503 {
+        assert!(std::time::Instant::now() < deadline, "never 503");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    assert_eq!(h.get("/api/items").await.status(), 503);
+}
+
+/// The default listeners stay off the ports apps, meshes and agents take: an app on 8080
+/// (or Prometheus on 9090) in the same pod never meets "address in use".
+#[test]
+fn default_ports_avoid_the_ones_apps_and_meshes_use() {
+    let config = bearerd::config::Config::parse(
+        std::path::Path::new("d.toml"),
+        "[credentials.api]\ngrant = \"static\"\ntoken = \"t\"\n[upstreams.api]\nurl = \"https://api.test/\"\npath_prefix = \"/api\"\ncredential = \"api\"\n",
+    )
+    .unwrap();
+    // Apps and frameworks, Prometheus, Dapr, Istio, Linkerd, Envoy, Consul, Vault Agent,
+    // oauth2-proxy.
+    let taken = [
+        80, 443, 3000, 3500, 4000, 4140, 4143, 4180, 4190, 4191, 5000, 8000, 8080, 8081, 8100,
+        8200, 8443, 8500, 8888, 9090, 9091, 9901, 15000, 15001, 15006, 15020, 15021, 15090, 19000,
+        50001,
+    ];
+    for addr in [config.server.proxy_listen, config.server.admin_listen] {
+        assert!(addr.ip().is_loopback(), "{addr}");
+        assert!(!taken.contains(&addr.port()), "{addr} is a port others use");
+        assert!(addr.port() >= 10000, "{addr}: a low port collides sooner");
+    }
+}

@@ -18,7 +18,7 @@ pub struct AdminClient {
 
 impl AdminClient {
     /// The admin URL: `--admin`, else `BEARERD_ADMIN`, else the config's `admin_listen`
-    /// (from `-c`, `BEARERD_CONFIG` or ./bearerd.toml), else 127.0.0.1:9090. The admin token
+    /// (from `-c`, `BEARERD_CONFIG` or ./bearerd.toml), else 127.0.0.1:14090. The admin token
     /// comes from `BEARERD_ADMIN_TOKEN`, else the config.
     pub fn resolve(admin: Option<String>, config: Option<PathBuf>) -> Result<AdminClient, String> {
         let explicit = config.is_some();

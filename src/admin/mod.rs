@@ -18,7 +18,19 @@ use crate::proxy::Upstream;
 use crate::token::credential::Credential;
 use crate::token::CredentialSlot;
 
+/// What a listener of the admin app serves.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AdminScope {
+    /// Everything: health, readiness, status, metrics and the POST endpoints.
+    Full,
+    /// `metrics_listen`: health, readiness and metrics only, for the kubelet and Prometheus;
+    /// status (names, scopes, provider errors) and the operations stay on the admin listener.
+    Probes,
+}
+
+#[derive(Clone)]
 pub struct AdminApp {
+    pub scope: AdminScope,
     pub credentials: Vec<Arc<Credential>>,
     /// Required (as a bearer token) by the POST endpoints when set.
     pub admin_token: Option<crate::config::SecretRef>,
@@ -223,6 +235,13 @@ impl ServeHttp for AdminApp {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let probe = matches!(segments.as_slice(), ["healthz" | "readyz" | "metrics"]);
+        if self.scope == AdminScope::Probes && !probe {
+            return json_response(
+                404,
+                json!({"error": "this listener serves /healthz, /readyz and /metrics only; the rest is on admin_listen"}),
+            );
+        }
         match (method.as_str(), segments.as_slice()) {
             ("GET", ["healthz"]) => respond(200, "text/plain", b"ok\n".to_vec()),
             ("GET", ["readyz"]) => self.readyz(),

@@ -8,9 +8,12 @@ use std::time::Duration;
 
 use super::SecretRef;
 
-/// The default config, used by `bearerd demo` and shown in the README.
-pub const DEFAULT_PROXY_LISTEN: &str = "127.0.0.1:8080";
-pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// The default listeners: a high pair in the app's network namespace that apps (8080,
+/// 3000, 5000…), Prometheus and Dapr (9090), Istio (15000–15090), Linkerd (4140–4191),
+/// Consul/Envoy (19000, 21000+), Vault Agent (8100, 8200) and oauth2-proxy (4180) leave
+/// free. `bearerd demo` uses them too.
+pub const DEFAULT_PROXY_LISTEN: &str = "127.0.0.1:14080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:14090";
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -48,6 +51,9 @@ pub enum LogFormat {
 pub struct ServerConfig {
     pub proxy_listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// Health, readiness and metrics only, for the kubelet and Prometheus on the pod IP,
+    /// while the admin listener (status, refresh, logout, login) stays on loopback.
+    pub metrics_listen: Option<SocketAddr>,
     pub admin_token: Option<SecretRef>,
     pub threads: usize,
     pub work_stealing: bool,

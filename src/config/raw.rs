@@ -55,6 +55,8 @@ pub fn parse(text: &str) -> Result<RawConfig, toml::de::Error> {
 pub struct RawServer {
     pub proxy_listen: Option<String>,
     pub admin_listen: Option<String>,
+    /// Only /healthz, /readyz and /metrics: for probes and Prometheus from outside the pod.
+    pub metrics_listen: Option<String>,
     /// Required by the admin POST endpoints when set; required when admin_listen is not loopback.
     pub admin_token: Option<RawSecretRef>,
     pub threads: Option<usize>,

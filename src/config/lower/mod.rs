@@ -136,11 +136,14 @@ pub(super) fn lower(source: &Path, map: &SourceMap, raw: RawConfig) -> Result<Co
     let mut prefixes: HashMap<String, String> = HashMap::new();
     let mut ports: HashMap<SocketAddr, String> = HashMap::new();
     ports.insert(server.proxy_listen, "server.proxy_listen".into());
-    if let Some(other) = ports.insert(server.admin_listen, "server.admin_listen".into()) {
-        return Err(map.error_at(
-            "server.admin_listen",
-            format!("the same address is already used by {other}"),
-        ));
+    let listeners = [
+        Some((server.admin_listen, "server.admin_listen")),
+        server.metrics_listen.map(|a| (a, "server.metrics_listen")),
+    ];
+    for (addr, key) in listeners.into_iter().flatten() {
+        if let Some(other) = ports.insert(addr, key.into()) {
+            return Err(map.error_at(key, format!("the same address is already used by {other}")));
+        }
     }
     for (name, ru) in &raw.upstreams {
         let up = lower_upstream(map, name, ru, &index)?;
@@ -337,6 +340,11 @@ fn lower_server(map: &SourceMap, raw: &RawConfig) -> Result<ServerConfig, Config
         "server.admin_listen",
         s.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
     )?;
+    let metrics_listen = s
+        .metrics_listen
+        .as_deref()
+        .map(|a| socket_addr(map, "server.metrics_listen", a))
+        .transpose()?;
     let threads = s.threads.unwrap_or(1);
     if threads == 0 || threads > 256 {
         return Err(map.error_at(
@@ -376,6 +384,7 @@ fn lower_server(map: &SourceMap, raw: &RawConfig) -> Result<ServerConfig, Config
         max_request_header_bytes,
         proxy_listen,
         admin_listen,
+        metrics_listen,
         admin_token,
         threads,
         work_stealing: s.work_stealing.unwrap_or(true),
