@@ -53,8 +53,34 @@ fn config_files(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The projected service-account token the pod mounts at `path`, with its audience: every
-/// file a deploy config reads must be one (a secretless pod has no other files to read).
+/// The key of the Secret the pod mounts at `path`, when a Secret volume holds it: mounted
+/// read-only, readable by bearerd's group only, so a rotated Secret is read live.
+fn mounted_secret_key(pod: &Pod, path: &str) -> Option<String> {
+    let (mount, volume) = volume_holding(pod, path);
+    let secret = volume.get("secret")?;
+    assert!(secret["secretName"].as_str().is_some());
+    assert_eq!(mount["readOnly"], true, "{path}");
+    // `0440` in the manifest is octal to Kubernetes (YAML 1.1); serde_yaml keeps it as text.
+    let mode = match &secret["defaultMode"] {
+        Value::Number(n) => n.as_u64().unwrap_or(0o644),
+        Value::String(t) => u64::from_str_radix(t.trim_start_matches("0o"), 8).unwrap_or(0o644),
+        _ => 0o644,
+    };
+    assert!(
+        [0o400, 0o440].contains(&mode),
+        "{path}: Secret files with mode {mode:o}"
+    );
+    Some(
+        Path::new(path)
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string(),
+    )
+}
+
+/// The projected service-account token the pod mounts at `path`, with its audience.
 fn projected_token_audience(pod: &Pod, path: &str) -> String {
     let (_, volume) = volume_holding(pod, path);
     let name = Path::new(path).file_name().unwrap().to_str().unwrap();
@@ -159,21 +185,31 @@ fn config_passes_check_with_exactly_the_pods_env(dir: &str) {
         cmd.env(name, value);
     }
     let file = deploy(dir).join(Path::new(&pod.config_path).file_name().unwrap());
-    // The projected tokens the kubelet would write: JWTs for their audiences, here.
+    // The files the kubelet would write: the Secret's keys, and projected tokens (JWTs for
+    // their audiences), each where the pod mounts it.
     let mut text = std::fs::read_to_string(&file).unwrap();
     let tokens = std::env::temp_dir().join(format!("bearerd-deploy-{}", support::rand_suffix()));
     std::fs::create_dir_all(&tokens).unwrap();
     let cluster = support::keys::TestKey::generate(support::keys::KeyKind::Rsa);
     for (i, path) in config_files(&text).into_iter().enumerate() {
-        let audience = projected_token_audience(&pod, &path);
-        let now = support::keys::now();
-        let jwt = cluster.mint(&serde_json::json!({
-            "iss": "https://kubernetes.default.svc.cluster.local",
-            "sub": "system:serviceaccount:default:orders",
-            "aud": [audience], "iat": now, "exp": now + 3600,
-        }));
-        let fixture = tokens.join(format!("token-{i}"));
-        std::fs::write(&fixture, jwt).unwrap();
+        let content = match mounted_secret_key(&pod, &path) {
+            Some(key) => match key.as_str() {
+                "store-key" => bearerd::store::generate_key(),
+                "redis-url" => "rediss://orders:from-a-secret@redis:6380/0".into(),
+                _ => "from-a-secret".into(),
+            },
+            None => {
+                let audience = projected_token_audience(&pod, &path);
+                let now = support::keys::now();
+                cluster.mint(&serde_json::json!({
+                    "iss": "https://kubernetes.default.svc.cluster.local",
+                    "sub": "system:serviceaccount:default:orders",
+                    "aud": [audience], "iat": now, "exp": now + 3600,
+                }))
+            }
+        };
+        let fixture = tokens.join(format!("file-{i}"));
+        std::fs::write(&fixture, content).unwrap();
         text = text.replace(&path, &fixture.display().to_string());
     }
     let checked = tokens.join("bearerd.toml");
@@ -258,6 +294,18 @@ fn pod_reaches_the_sidecar(dir: &str) {
         );
     }
 
+    // Secrets come as files bearerd re-reads, never as env vars a rotation cannot reach.
+    for e in s["env"]
+        .as_sequence()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        assert!(
+            e["valueFrom"].get("secretKeyRef").is_none(),
+            "{dir}: {} comes from a Secret as an env var",
+            str_at(e, &["name"])
+        );
+    }
     assert_eq!(s["securityContext"]["readOnlyRootFilesystem"], true);
     match pod.toml["store"]["backend"].as_str().unwrap() {
         "file" => {
@@ -277,8 +325,8 @@ fn pod_reaches_the_sidecar(dir: &str) {
             assert!(deployment["spec"]["replicas"].as_u64().unwrap() > 1);
             assert_eq!(
                 pod.spec["volumes"].as_sequence().unwrap().len(),
-                1,
-                "only the config"
+                2,
+                "only the config and the Secret"
             );
         }
         "memory" => {

@@ -598,3 +598,29 @@ fn the_stored_token_is_bound_to_who_the_assertion_or_exchange_is_for() {
     };
     assert_ne!(exchange(&first), exchange(&second));
 }
+
+/// A client secret mounted as a file (a Kubernetes Secret volume) is read at every token
+/// request: a rotated Secret counts from the next refresh on, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_client_secret_file_is_used_without_a_restart() {
+    let (tokens, upstream) = start_peers(Duration::from_secs(1)).await;
+    let dir = fixture_dir();
+    let old = support::token_server::CLIENT_SECRET;
+    let file = put(&dir, "client-secret", old);
+    let client = format!("client_id = \"{CLIENT_ID}\"\nclient_secret = {{ file = \"{file}\" }}");
+    let h = Harness::start_with(tokens, upstream, opts(client, String::new())).await;
+    h.wait_ready().await;
+    requests_succeed_across_refreshes(&h, 2).await;
+    // The provider takes both while the Secret rotates, then only the new one.
+    let new = "rotated-secret-7d1e";
+    h.tokens.state.set_client_secrets(&[old, new]);
+    put(&dir, "client-secret", new);
+    requests_succeed_across_refreshes(&h, 2).await;
+    h.tokens.state.set_client_secrets(&[new]);
+    requests_succeed_across_refreshes(&h, 3).await;
+    assert_eq!(h.state().await, "valid");
+    assert_eq!(
+        h.status().await["credentials"]["api"]["consecutive_failures"],
+        0
+    );
+}

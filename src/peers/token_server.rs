@@ -62,7 +62,8 @@ pub struct TokenServerState {
     grace_reuses: AtomicUsize,
     revocations: AtomicUsize,
     client_id: String,
-    client_secret: String,
+    /// The secrets the client may present (two while one is being rotated).
+    client_secrets: Mutex<Vec<String>>,
     last_form: Mutex<Vec<(String, String)>>,
     /// Every access and refresh token ever issued, for leak checks.
     every_issued: Mutex<Vec<String>>,
@@ -117,7 +118,7 @@ impl TokenServer {
             grace_reuses: AtomicUsize::new(0),
             revocations: AtomicUsize::new(0),
             client_id: CLIENT_ID.to_string(),
-            client_secret: CLIENT_SECRET.to_string(),
+            client_secrets: Mutex::new(vec![CLIENT_SECRET.to_string()]),
             last_form: Mutex::new(Vec::new()),
             every_issued: Mutex::new(Vec::new()),
             codes: Mutex::new(HashMap::new()),
@@ -260,6 +261,10 @@ impl TokenServerState {
     pub fn trust_grant_assertions(&self, signers: Vec<TrustedSigner>) {
         self.assertions.lock().unwrap().grant = signers;
     }
+    /// The client secrets accepted from now on (a rotation accepts the old and the new).
+    pub fn set_client_secrets(&self, secrets: &[&str]) {
+        *self.client_secrets.lock().unwrap() = secrets.iter().map(|s| s.to_string()).collect();
+    }
     /// Accepts the registered client by its `client_id` alone.
     pub fn allow_public_client(&self, allow: bool) {
         self.public_client.store(allow, Ordering::SeqCst);
@@ -343,10 +348,17 @@ fn client_authenticated(
             return false;
         };
         let decoded = String::from_utf8_lossy(&decoded).to_string();
-        return decoded == format!("{}:{}", state.client_id, state.client_secret);
+        return state
+            .client_secrets
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|s| decoded == format!("{}:{}", state.client_id, s));
     }
     form.get("client_id") == Some(&state.client_id)
-        && form.get("client_secret") == Some(&state.client_secret)
+        && form
+            .get("client_secret")
+            .is_some_and(|s| state.client_secrets.lock().unwrap().contains(s))
 }
 
 async fn token(
