@@ -31,6 +31,8 @@ pub struct Metrics {
     pub token_refresh_total: IntCounterVec,
     pub token_refresh_duration_seconds: HistogramVec,
     pub token_expires_in_seconds: GaugeVec,
+    pub token_lifetime_seconds: GaugeVec,
+    pub refresh_failing_since: GaugeVec,
     pub credential_state: IntGaugeVec,
     pub requests_total: IntCounterVec,
     pub request_duration_seconds: HistogramVec,
@@ -83,6 +85,22 @@ impl Metrics {
                 opts(
                     "token_expires_in_seconds",
                     "Seconds until the current token expires (0 when there is none).",
+                ),
+                &["credential"],
+            )
+            .expect("metric definition"),
+            token_lifetime_seconds: GaugeVec::new(
+                opts(
+                    "token_lifetime_seconds",
+                    "The whole lifetime of the current token (0 when there is none): alerts compare what is left with it.",
+                ),
+                &["credential"],
+            )
+            .expect("metric definition"),
+            refresh_failing_since: GaugeVec::new(
+                opts(
+                    "refresh_failing_since_timestamp_seconds",
+                    "Unix time of the first failed refresh since the last success (0 while refreshes succeed): how long a credential has been failing, however slowly the backoff retries.",
                 ),
                 &["credential"],
             )
@@ -155,6 +173,8 @@ impl Metrics {
             Box::new(m.token_refresh_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.token_refresh_duration_seconds.clone()),
             Box::new(m.token_expires_in_seconds.clone()),
+            Box::new(m.token_lifetime_seconds.clone()),
+            Box::new(m.refresh_failing_since.clone()),
             Box::new(m.credential_state.clone()),
             Box::new(m.requests_total.clone()),
             Box::new(m.request_duration_seconds.clone()),
@@ -181,6 +201,8 @@ impl Metrics {
             }
             m.token_refresh_duration_seconds.with_label_values(&[cred]);
             m.token_expires_in_seconds.with_label_values(&[cred]);
+            m.token_lifetime_seconds.with_label_values(&[cred]);
+            m.refresh_failing_since.with_label_values(&[cred]);
             m.token_wait_seconds.with_label_values(&[cred]);
             m.token_adopted_total.with_label_values(&[cred]);
             for s in STATES {

@@ -516,10 +516,19 @@ fn check_against(exprs: &[String], scrape: &str, what: &str) {
         }
     }
     // Labels Prometheus adds, and the histogram bucket label.
-    let external = ["job", "instance", "le"];
+    let external = ["job", "instance", "le", "namespace", "pod"];
     for expr in exprs {
         let found = selectors(expr);
-        assert!(!found.is_empty(), "{what}: no bearerd metric in {expr}");
+        if found.is_empty() {
+            // Only the restart alert reads another exporter's series (kube-state-metrics).
+            assert!(
+                expr.contains(
+                    "kube_pod_init_container_status_restarts_total{container=\"bearerd\"}"
+                ),
+                "{what}: no bearerd metric in {expr}"
+            );
+            continue;
+        }
         let mut labels_in_expr: BTreeSet<&str> = external.into_iter().collect();
         for (name, matchers) in &found {
             let labels = series
@@ -582,6 +591,18 @@ async fn alerts_and_dashboard_use_only_series_bearerd_exports() {
                 .is_some_and(|a| a.starts_with("Bearerd")));
             assert!(rule["labels"]["severity"].as_str().is_some());
             assert!(rule["annotations"]["summary"].as_str().is_some());
+            // Each links to its section of the runbook in deploy/README.md.
+            let runbook = str_at(rule, &["annotations", "runbook_url"]);
+            let anchor = runbook
+                .strip_prefix("deploy/README.md#")
+                .unwrap_or_else(|| panic!("runbook_url {runbook}"));
+            let readme = std::fs::read_to_string(deploy("README.md")).unwrap();
+            assert!(
+                readme.lines().any(|l| l
+                    .strip_prefix("### ")
+                    .is_some_and(|h| h.to_lowercase() == anchor)),
+                "no runbook section for {anchor}"
+            );
             alerts.push(str_at(rule, &["expr"]).to_string());
         }
     }
@@ -592,8 +613,21 @@ async fn alerts_and_dashboard_use_only_series_bearerd_exports() {
         &std::fs::read_to_string(deploy("monitoring/grafana-dashboard.json")).unwrap(),
     )
     .unwrap();
+    // Pods come and go: the dashboard narrows by namespace, job and pod, not instance alone.
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    for v in ["namespace", "job", "pod"] {
+        assert!(variables.contains(&v), "no ${v} variable: {variables:?}");
+    }
     let mut exprs = Vec::new();
     dashboard_exprs(&dashboard, &mut exprs);
+    for e in &exprs {
+        assert!(e.contains(r#"pod=~"$pod""#), "{e} ignores the pod variable");
+    }
     assert!(exprs.len() >= 8, "{} panel queries", exprs.len());
     check_against(&exprs, &scrape, "grafana-dashboard.json");
     h.stop().await;
@@ -758,7 +792,11 @@ fn alerts_over(
         let counter = ["_total", "_bucket", "_sum", "_count"]
             .iter()
             .any(|s| name.ends_with(s));
-        let (a, b) = (healthy.get(series).copied(), incident.get(series).copied());
+        let (a, mut b) = (healthy.get(series).copied(), incident.get(series).copied());
+        // A wall-clock time: in promtool's timeline the failures began at minute 4.
+        if name == "bearerd_refresh_failing_since_timestamp_seconds" {
+            b = b.map(|v| if v > 0.0 { 240.0 } else { 0.0 });
+        }
         let values: Vec<String> = (0..=15)
             .map(|minute| {
                 let v = if minute < 5 {
@@ -827,17 +865,22 @@ async fn alerts_when_the_token_runs_out_in_an_outage() {
     .await;
     h.tokens.state.set_fail(support::FailMode::Status(503));
     // Requests keep asking for a token, so refreshes keep failing; they get 503.
-    let incident = scrape_until(&h, true, |m, state| {
+    scrape_until(&h, true, |m, state| {
         state == "expired" && refresh_failures(m) >= 8.0
     })
     .await;
+    // Enough traffic for the error-rate alert's floor.
+    for _ in 0..40 {
+        assert_eq!(h.get("/api/x").await.status(), 503);
+    }
+    let incident = samples(&h.metrics().await);
     h.stop().await;
     alerts_over(
         &healthy,
         &incident,
         &[
             ("BearerdNoValidToken", "credential", "critical"),
-            ("BearerdRefreshErrors", "credential", "warning"),
+            ("BearerdRefreshFailing", "credential", "warning"),
             ("BearerdUpstreamErrors", "upstream", "warning"),
         ],
     );
@@ -858,10 +901,7 @@ async fn alerts_when_refreshes_fail_before_the_token_expires() {
     alerts_over(
         &healthy,
         &incident,
-        &[
-            ("BearerdTokenExpiringWhileRetrying", "credential", "warning"),
-            ("BearerdRefreshErrors", "credential", "warning"),
-        ],
+        &[("BearerdRefreshFailing", "credential", "warning")],
     );
 }
 
@@ -901,5 +941,190 @@ async fn alerts_when_the_provider_refuses_the_credential() {
         &healthy,
         &incident,
         &[("BearerdCredentialFailed", "credential", "critical")],
+    );
+}
+
+/// The rules without their annotations (promtool compares those verbatim) in `dir`, and the
+/// alert names.
+fn rules_for_promtool(dir: &Path) -> Vec<String> {
+    let mut rules = yaml("monitoring/alerts.yaml");
+    let mut names = Vec::new();
+    for group in rules["groups"].as_sequence_mut().unwrap() {
+        for rule in group["rules"].as_sequence_mut().unwrap() {
+            rule.as_mapping_mut().unwrap().remove("annotations");
+            names.push(str_at(rule, &["alert"]).to_string());
+        }
+    }
+    std::fs::write(
+        dir.join("rules.yaml"),
+        serde_yaml::to_string(&rules).unwrap(),
+    )
+    .unwrap();
+    names
+}
+
+/// A synthetic outage for promtool: `series` (metric{extra labels}, a value per step of
+/// `step_s` seconds) for one pod's credential `api`, and at each evaluation time (seconds)
+/// exactly the alerts (name, severity) that must fire.
+fn synthetic_outage(
+    step_s: u64,
+    series: Vec<(String, Vec<f64>)>,
+    checks: &[(u64, &[(&str, &str)])],
+) {
+    let dir = std::env::temp_dir().join(format!("bearerd-outage-{}", support::rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let names = rules_for_promtool(&dir);
+    const POD: &str = r#"job="bearerd",instance="10.0.0.7:14091",namespace="orders",pod="orders-7d9f",credential="api""#;
+    let input: Vec<_> = series
+        .into_iter()
+        .map(|(metric, values)| {
+            let series = match metric.strip_suffix('}') {
+                Some(head) => format!("{head},{POD}}}"),
+                None => format!("{metric}{{{POD}}}"),
+            };
+            let values: Vec<String> = values.iter().map(|v| format!("{v}")).collect();
+            serde_json::json!({ "series": series, "values": values.join(" ") })
+        })
+        .collect();
+    let mut tests = Vec::new();
+    for (at, firing) in checks {
+        for name in &names {
+            let exp: Vec<_> = firing
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, severity)| {
+                    serde_json::json!({ "exp_labels": {
+                        "job": "bearerd", "instance": "10.0.0.7:14091", "namespace": "orders",
+                        "pod": "orders-7d9f", "credential": "api", "severity": severity,
+                    } })
+                })
+                .collect();
+            tests.push(serde_json::json!({
+                "eval_time": format!("{at}s"), "alertname": name, "exp_alerts": exp,
+            }));
+        }
+    }
+    let test = serde_json::json!({
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": format!("{step_s}s"),
+        "tests": [{ "interval": format!("{step_s}s"), "input_series": input, "alert_rule_test": tests }],
+    });
+    std::fs::write(dir.join("test.yaml"), serde_yaml::to_string(&test).unwrap()).unwrap();
+    let out = promtool()
+        .current_dir(&dir)
+        .args(["test", "rules", "test.yaml"])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{text}\n(inputs in {})",
+        dir.display()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The state series of a credential that is `state_at(t)` at each step.
+fn state_series(
+    steps: u64,
+    step_s: u64,
+    state_at: impl Fn(u64) -> &'static str,
+) -> Vec<(String, Vec<f64>)> {
+    [
+        "valid",
+        "refreshing",
+        "retrying",
+        "expired",
+        "failed",
+        "logged_out",
+    ]
+    .into_iter()
+    .map(|s| {
+        let values = (0..steps)
+            .map(|k| f64::from(u8::from(state_at(k * step_s) == s)))
+            .collect();
+        (format!("bearerd_credential_state{{state=\"{s}\"}}"), values)
+    })
+    .collect()
+}
+
+/// Long outages, as promtool's synthetic series: each alert fires within its stated delay
+/// and keeps firing for as long as the outage lasts (a count of failures over a window
+/// would clear once the backoff reaches its cap).
+#[test]
+fn alerts_keep_firing_through_long_outages() {
+    // Day-long tokens, refreshed at 80 %: the provider is down from minute 10 for 3 hours.
+    let (step, steps, down) = (60, 200, 600);
+    let mut series = state_series(steps, step, |t| if t < down { "valid" } else { "retrying" });
+    let at = |f: &dyn Fn(u64) -> f64| (0..steps).map(|k| f(k * step)).collect::<Vec<_>>();
+    series.push(("bearerd_token_lifetime_seconds".into(), at(&|_| 86400.0)));
+    series.push((
+        "bearerd_token_expires_in_seconds".into(),
+        at(&|t| 17280.0 + down as f64 - t as f64),
+    ));
+    series.push((
+        "bearerd_refresh_failing_since_timestamp_seconds".into(),
+        at(&|t| if t < down { 0.0 } else { down as f64 }),
+    ));
+    let both: &[(&str, &str)] = &[
+        ("BearerdTokenExpiringWhileRetrying", "critical"),
+        ("BearerdRefreshFailing", "warning"),
+    ];
+    synthetic_outage(
+        step,
+        series,
+        &[
+            (540, &[]),
+            (900, &[]),
+            // 5 minutes of failures with a fifth of the lifetime left: critical.
+            (960, &[("BearerdTokenExpiringWhileRetrying", "critical")]),
+            (1260, both),
+            (3600, both),
+            (7200, both),
+            (11940, both),
+        ],
+    );
+
+    // 5-minute tokens: the refresh at minute 10 fails with a minute left; the token runs
+    // out at 11:00 and the provider stays down for an hour.
+    let (step, steps, expiry) = (15, 4 * 72, 660);
+    let mut series = state_series(steps, step, |t| match t {
+        t if t < down => "valid",
+        t if t < expiry => "retrying",
+        _ => "expired",
+    });
+    let at = |f: &dyn Fn(u64) -> f64| (0..steps).map(|k| f(k * step)).collect::<Vec<_>>();
+    series.push(("bearerd_token_lifetime_seconds".into(), at(&|_| 300.0)));
+    series.push((
+        "bearerd_token_expires_in_seconds".into(),
+        at(&|t| {
+            if t < down {
+                120.0
+            } else {
+                expiry.saturating_sub(t) as f64
+            }
+        }),
+    ));
+    series.push((
+        "bearerd_refresh_failing_since_timestamp_seconds".into(),
+        at(&|t| if t < down { 0.0 } else { down as f64 }),
+    ));
+    let out = &[
+        ("BearerdNoValidToken", "critical"),
+        ("BearerdRefreshFailing", "warning"),
+    ];
+    synthetic_outage(
+        step,
+        series,
+        &[
+            (585, &[]),
+            // A warning 30 s into the outage, half a minute before the token runs out.
+            (630, &[("BearerdTokenExpiringWhileRetrying", "critical")]),
+            (720, &[("BearerdNoValidToken", "critical")]),
+            (1215, out),
+            (2400, out),
+            (4200, out),
+        ],
     );
 }

@@ -31,6 +31,8 @@ struct Control {
     last_request_attempt: Option<Instant>,
     attempts_completed: u64,
     consecutive_failures: u32,
+    /// When the first of the consecutive failures happened (wall clock, for alerts).
+    failing_since: Option<SystemTime>,
     permanent_failure: bool,
     last_error: Option<LastError>,
     next_refresh_at: Option<Instant>,
@@ -431,6 +433,22 @@ impl CredentialSlot {
             .token_expires_in_seconds
             .with_label_values(&[&self.name])
             .set(expires_in);
+        let lifetime = self
+            .current()
+            .and_then(|t| t.lifetime)
+            .map_or(0.0, |l| l.as_secs_f64());
+        self.metrics
+            .token_lifetime_seconds
+            .with_label_values(&[&self.name])
+            .set(lifetime);
+        let since = self.control().failing_since.map_or(0.0, |t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64().floor())
+        });
+        self.metrics
+            .refresh_failing_since
+            .with_label_values(&[&self.name])
+            .set(since);
     }
 }
 
@@ -528,6 +546,7 @@ impl CredentialSlot {
         c.in_flight = false;
         c.attempts_completed += 1;
         c.consecutive_failures = 0;
+        c.failing_since = None;
         c.permanent_failure = false;
         c.logged_out = false;
         c.refreshes += 1;
@@ -544,6 +563,7 @@ impl CredentialSlot {
         c.in_flight = false;
         c.attempts_completed += 1;
         c.consecutive_failures = 0;
+        c.failing_since = None;
         c.permanent_failure = false;
         c.next_refresh_at = next_refresh_at;
         drop(c);
@@ -565,6 +585,7 @@ impl CredentialSlot {
         c.in_flight = false;
         c.attempts_completed += 1;
         c.consecutive_failures += 1;
+        c.failing_since.get_or_insert_with(SystemTime::now);
         c.last_error = Some(LastError {
             kind: failure.kind.clone(),
             message: failure.message.to_string(),
