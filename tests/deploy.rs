@@ -769,21 +769,9 @@ fn alerts_over(
 ) {
     let dir = std::env::temp_dir().join(format!("bearerd-alerts-{}", support::rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
-    // The rules as they are, less their annotations: promtool compares those verbatim, and
-    // what matters here is whether and for what each alert fires.
-    let mut rules = yaml("monitoring/alerts.yaml");
-    let mut names = Vec::new();
-    for group in rules["groups"].as_sequence_mut().unwrap() {
-        for rule in group["rules"].as_sequence_mut().unwrap() {
-            rule.as_mapping_mut().unwrap().remove("annotations");
-            names.push(str_at(rule, &["alert"]).to_string());
-        }
-    }
-    std::fs::write(
-        dir.join("rules.yaml"),
-        serde_yaml::to_string(&rules).unwrap(),
-    )
-    .unwrap();
+    // The rules less their annotations: what matters here is whether and for what each
+    // alert fires.
+    let names = rules_for_promtool(&dir);
 
     let mut input = Vec::new();
     let all: BTreeSet<&String> = healthy.keys().chain(incident.keys()).collect();
@@ -835,14 +823,25 @@ fn alerts_over(
     };
     let mut checks = expect("4m", &[]);
     checks.extend(expect("15m", firing));
+    run_rule_test(&dir, 60, input, checks);
+}
+
+/// Runs one promtool rule test in `dir` (which holds rules.yaml): the input series at
+/// `step_s` seconds apart, evaluated at the same interval, and the expected alerts.
+fn run_rule_test(
+    dir: &Path,
+    step_s: u64,
+    input: Vec<serde_json::Value>,
+    checks: Vec<serde_json::Value>,
+) {
     let test = serde_json::json!({
         "rule_files": ["rules.yaml"],
-        "evaluation_interval": "1m",
-        "tests": [{ "interval": "1m", "input_series": input, "alert_rule_test": checks }],
+        "evaluation_interval": format!("{step_s}s"),
+        "tests": [{ "interval": format!("{step_s}s"), "input_series": input, "alert_rule_test": checks }],
     });
     std::fs::write(dir.join("test.yaml"), serde_yaml::to_string(&test).unwrap()).unwrap();
     let out = promtool()
-        .current_dir(&dir)
+        .current_dir(dir)
         .args(["test", "rules", "test.yaml"])
         .output()
         .unwrap();
@@ -853,7 +852,7 @@ fn alerts_over(
         "{text}\n(inputs in {})",
         dir.display()
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1004,25 +1003,7 @@ fn synthetic_outage(
             }));
         }
     }
-    let test = serde_json::json!({
-        "rule_files": ["rules.yaml"],
-        "evaluation_interval": format!("{step_s}s"),
-        "tests": [{ "interval": format!("{step_s}s"), "input_series": input, "alert_rule_test": tests }],
-    });
-    std::fs::write(dir.join("test.yaml"), serde_yaml::to_string(&test).unwrap()).unwrap();
-    let out = promtool()
-        .current_dir(&dir)
-        .args(["test", "rules", "test.yaml"])
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{text}\n(inputs in {})",
-        dir.display()
-    );
-    let _ = std::fs::remove_dir_all(&dir);
+    run_rule_test(&dir, step_s, input, tests);
 }
 
 /// The state series of a credential that is `state_at(t)` at each step.
