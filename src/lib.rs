@@ -8,6 +8,7 @@ pub mod admin;
 pub mod allocator;
 pub mod config;
 pub mod demo;
+pub mod inject;
 pub mod logging;
 pub mod metrics;
 pub mod peers;

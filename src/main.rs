@@ -39,6 +39,41 @@ enum Command {
     },
     /// Print a new random store key (base64, 32 bytes).
     Keygen,
+    /// Add the bearerd sidecar to Kubernetes manifests (or take it out), like `linkerd
+    /// inject`: reads multi-document YAML from -f (or stdin), writes it to stdout.
+    Inject {
+        /// Manifests to read ("-" or none: stdin).
+        #[arg(short, long)]
+        file: Option<PathBuf>,
+        /// Take out what inject added, and nothing else.
+        #[arg(long)]
+        uninject: bool,
+        /// The bearerd config the ConfigMap holds: checked, and its upstreams become the
+        /// app containers' BEARERD_URL_* env vars.
+        #[arg(short, long, env = "BEARERD_CONFIG", default_value = "bearerd.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        image: Option<String>,
+        /// The ConfigMap with bearerd.toml.
+        #[arg(long, default_value = "bearerd-config")]
+        config_map: String,
+        /// The Secret mounted read-only at /var/run/secrets/bearerd.
+        #[arg(long, default_value = "bearerd-secrets")]
+        secret: String,
+        /// Mount no Secret (a secretless pod).
+        #[arg(long)]
+        no_secret: bool,
+        /// Also project a service-account token with this audience at
+        /// /var/run/secrets/tokens/token (for client_assertion or subject_token).
+        #[arg(long)]
+        token_audience: Option<String>,
+        #[arg(long, default_value = "50m")]
+        cpu_request: String,
+        #[arg(long, default_value = "32Mi")]
+        memory_request: String,
+        #[arg(long, default_value = "128Mi")]
+        memory_limit: String,
+    },
     /// Internal: runs one refresh-token exchange for a running sidecar (see
     /// src/token/rotation.rs). Reads its request from stdin.
     #[command(hide = true)]
@@ -268,6 +303,67 @@ fn main() -> ExitCode {
             with_admin(admin, |client| async move {
                 login(&loaded, &name, device, &client).await
             })
+        }
+        Command::Inject {
+            file,
+            uninject,
+            config,
+            image,
+            config_map,
+            secret,
+            no_secret,
+            token_audience,
+            cpu_request,
+            memory_request,
+            memory_limit,
+        } => {
+            let defaults = bearerd::inject::InjectOptions::default();
+            let opts = bearerd::inject::InjectOptions {
+                image: image.unwrap_or(defaults.image),
+                config_map,
+                secret: (!no_secret).then_some(secret),
+                token_audience,
+                cpu_request,
+                memory_request,
+                memory_limit,
+            };
+            let urls = if uninject {
+                Vec::new()
+            } else {
+                let urls = std::fs::read_to_string(&config)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| bearerd::inject::upstream_urls_from(&t));
+                match urls {
+                    Ok(urls) => urls,
+                    Err(e) => {
+                        eprintln!("error: {}: {e}", config.display());
+                        return ExitCode::from(2);
+                    }
+                }
+            };
+            let text = match file.as_deref().filter(|f| *f != std::path::Path::new("-")) {
+                Some(f) => std::fs::read_to_string(f)
+                    .map_err(|e| format!("cannot read {}: {e}", f.display())),
+                None => {
+                    let mut s = String::new();
+                    std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                        .map(|_| s)
+                        .map_err(|e| format!("cannot read stdin: {e}"))
+                }
+            };
+            match text.and_then(|t| {
+                bearerd::inject::inject_manifests(&t, &opts, &urls, uninject)
+                    .map_err(|e| e.to_string())
+            }) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Command::Keygen => {
             println!("{}", bearerd::store::generate_key());

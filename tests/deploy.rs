@@ -166,6 +166,13 @@ fn the_sidecar_config_passes_check_with_exactly_the_env_the_pod_provides() {
 
 fn config_passes_check_with_exactly_the_pods_env(dir: &str) {
     let pod = pod_in(dir);
+    let file = deploy(dir).join(Path::new(&pod.config_path).file_name().unwrap());
+    config_passes_check_in(&pod, &file);
+}
+
+/// `bearerd check` on `file` as the pod runs it: with the env the pod gives the sidecar, and
+/// the files its volumes hold where the config names them.
+fn config_passes_check_in(pod: &Pod, file: &Path) {
     let env: Vec<String> = pod.sidecar["env"]
         .as_sequence()
         .map(Vec::as_slice)
@@ -184,22 +191,21 @@ fn config_passes_check_with_exactly_the_pods_env(dir: &str) {
         };
         cmd.env(name, value);
     }
-    let file = deploy(dir).join(Path::new(&pod.config_path).file_name().unwrap());
     // The files the kubelet would write: the Secret's keys, and projected tokens (JWTs for
     // their audiences), each where the pod mounts it.
-    let mut text = std::fs::read_to_string(&file).unwrap();
+    let mut text = std::fs::read_to_string(file).unwrap();
     let tokens = std::env::temp_dir().join(format!("bearerd-deploy-{}", support::rand_suffix()));
     std::fs::create_dir_all(&tokens).unwrap();
     let cluster = support::keys::TestKey::generate(support::keys::KeyKind::Rsa);
     for (i, path) in config_files(&text).into_iter().enumerate() {
-        let content = match mounted_secret_key(&pod, &path) {
+        let content = match mounted_secret_key(pod, &path) {
             Some(key) => match key.as_str() {
                 "store-key" => bearerd::store::generate_key(),
                 "redis-url" => "rediss://orders:from-a-secret@redis:6380/0".into(),
                 _ => "from-a-secret".into(),
             },
             None => {
-                let audience = projected_token_audience(&pod, &path);
+                let audience = projected_token_audience(pod, &path);
                 let now = support::keys::now();
                 cluster.mint(&serde_json::json!({
                     "iss": "https://kubernetes.default.svc.cluster.local",
@@ -221,7 +227,7 @@ fn config_passes_check_with_exactly_the_pods_env(dir: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
     // And each of those env vars is needed: none is left over from an older config.
-    let text = std::fs::read_to_string(&file).unwrap();
+    let text = std::fs::read_to_string(file).unwrap();
     for name in &env {
         assert!(text.contains(&format!("\"{name}\"")), "{name} is unused");
     }
@@ -374,7 +380,7 @@ fn pod_reaches_the_sidecar(dir: &str) {
     }
 
     // The PodMonitor scrapes this pod's admin port.
-    let monitor = yaml("kubernetes/podmonitor.yaml");
+    let monitor = yaml("monitoring/podmonitor.yaml");
     let labels = &yaml(&format!("{dir}/deployment.yaml"))["spec"]["template"]["metadata"]["labels"];
     for (k, v) in monitor["spec"]["selector"]["matchLabels"]
         .as_mapping()
@@ -391,21 +397,27 @@ fn pod_reaches_the_sidecar(dir: &str) {
 fn the_deployment_passes_the_kubernetes_api_schema() {
     // Strict: an unknown or misspelt field fails. 1.29 is the first release with native
     // sidecars (an init container's `restartPolicy`). scripts/setup.sh installs the checker.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for dir in VARIANTS {
-        let out = Command::new("python3")
-            .env("PYTHONPATH", root.join("target/pylib"))
-            .args(["-m", "kubernetes_validate", "--strict", "-k", "1.29.0"])
-            .arg(deploy(&format!("{dir}/deployment.yaml")))
-            .output()
-            .expect("python3: run scripts/setup.sh");
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && text.contains("passed"),
-            "{dir}: {text}\n(kubernetes-validate missing? run scripts/setup.sh)"
-        );
+        passes_the_api_schema(&deploy(&format!("{dir}/deployment.yaml")));
     }
+}
+
+/// Every document of a manifest file against the Kubernetes API schema, strictly.
+fn passes_the_api_schema(file: &Path) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .env("PYTHONPATH", root.join("target/pylib"))
+        .args(["-m", "kubernetes_validate", "--strict", "-k", "1.29.0"])
+        .arg(file)
+        .output()
+        .expect("python3: run scripts/setup.sh");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("passed") && !text.contains("failed"),
+        "{}: {text}\n(kubernetes-validate missing? run scripts/setup.sh)",
+        file.display()
+    );
 }
 
 #[test]
@@ -1107,5 +1119,221 @@ fn alerts_keep_firing_through_long_outages() {
             (2400, out),
             (4200, out),
         ],
+    );
+}
+
+fn bearerd(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_bearerd"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "bearerd {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The documents of a multi-document YAML text.
+fn documents(text: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// The pod template of a workload document, or none for other kinds.
+fn pod_template(doc: &Value) -> Option<&Value> {
+    let path: &[&str] = match doc["kind"].as_str()? {
+        "Pod" => &[],
+        "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => &["spec", "template"],
+        "CronJob" => &["spec", "jobTemplate", "spec", "template"],
+        _ => return None,
+    };
+    Some(path.iter().fold(doc, |cur, key| &cur[*key]))
+}
+
+/// `bearerd inject` on the deploy example and on varied workloads: each pod gets the
+/// native sidecar first, its volumes (renamed around the app's own), the probes, and each
+/// app container its upstream URLs; the output passes the API schema; the config it points
+/// to passes `bearerd check` as the pod would run it; injecting again changes nothing, and
+/// `--uninject` gives back exactly the input.
+#[test]
+fn inject_adds_the_sidecar_to_every_pod_and_uninject_takes_exactly_that_out() {
+    let config = deploy("kubernetes/bearerd.toml");
+    let config_arg = config.to_str().unwrap();
+    let dir = std::env::temp_dir().join(format!("bearerd-inject-{}", support::rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let inputs = [
+        deploy("kubernetes/app.yaml"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/inject/workloads.yaml"),
+    ];
+    for input in inputs {
+        let original = std::fs::read_to_string(&input).unwrap();
+        let injected = bearerd(&["inject", "-f", input.to_str().unwrap(), "-c", config_arg]);
+        let out = dir.join(input.file_name().unwrap());
+        std::fs::write(&out, &injected).unwrap();
+        passes_the_api_schema(&out);
+
+        let (before, after) = (documents(&original), documents(&injected));
+        assert_eq!(before.len(), after.len());
+        let mut pods = 0;
+        for (was, doc) in before.iter().zip(&after) {
+            let Some(template) = pod_template(doc) else {
+                assert_eq!(was, doc, "a document without pods passes unchanged");
+                continue;
+            };
+            pods += 1;
+            let old = pod_template(was).unwrap();
+            let spec = &template["spec"];
+            let inits = spec["initContainers"].as_sequence().unwrap();
+            let sidecar = &inits[0];
+            assert_eq!(sidecar["name"], "bearerd");
+            assert_eq!(
+                sidecar["restartPolicy"], "Always",
+                "a native sidecar, first"
+            );
+            let old_inits = old["spec"]["initContainers"]
+                .as_sequence()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            assert_eq!(&inits[1..], old_inits, "the app's init containers follow");
+            assert_eq!(
+                template["metadata"]["labels"]["bearerd.dev/injected"],
+                "true"
+            );
+            // The app's own volumes are untouched; bearerd's have names of their own.
+            let volumes = spec["volumes"].as_sequence().unwrap();
+            for v in old["spec"]["volumes"]
+                .as_sequence()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                assert!(volumes.contains(v), "{v:?} kept");
+            }
+            let mut names: Vec<&str> = volumes
+                .iter()
+                .map(|v| v["name"].as_str().unwrap())
+                .collect();
+            names.sort();
+            names.dedup();
+            assert_eq!(
+                names.len(),
+                volumes.len(),
+                "volume names are unique: {names:?}"
+            );
+            for c in spec["containers"].as_sequence().unwrap() {
+                let env = c["env"].as_sequence().unwrap();
+                assert!(
+                    env.iter().any(|e| e["name"] == "BEARERD_URL_CRM"
+                        && e["value"] == "http://127.0.0.1:14080/crm"),
+                    "{c:?}"
+                );
+            }
+            // The same checks as the hand-written manifests: probes, ports, security.
+            let pod = Pod {
+                spec: spec.clone(),
+                sidecar: sidecar.clone(),
+                toml: toml::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap(),
+                config_path: "/etc/bearerd/bearerd.toml".into(),
+            };
+            for (probe, path) in [
+                ("startupProbe", "/readyz"),
+                ("readinessProbe", "/healthz"),
+                ("livenessProbe", "/healthz"),
+            ] {
+                assert_eq!(str_at(sidecar, &[probe, "httpGet", "path"]), path);
+                assert_eq!(
+                    str_at(sidecar, &[probe, "httpGet", "port"]),
+                    "bearerd-admin"
+                );
+            }
+            assert_eq!(sidecar["securityContext"]["readOnlyRootFilesystem"], true);
+            // The Secret's files (mode 0440) and the store belong to the pod's fsGroup.
+            assert_eq!(
+                sidecar["securityContext"]["runAsGroup"], spec["securityContext"]["fsGroup"],
+                "bearerd can read its Secret"
+            );
+            assert_eq!(
+                sidecar["ports"][0]["containerPort"].as_u64(),
+                Some(listen(&pod.toml, "metrics_listen").port().into())
+            );
+            config_passes_check_in(&pod, &config);
+        }
+        assert!(pods >= 1);
+        let again = bearerd(&["inject", "-f", out.to_str().unwrap(), "-c", config_arg]);
+        assert_eq!(again, injected, "injecting twice changes nothing");
+        let back = bearerd(&["inject", "--uninject", "-f", out.to_str().unwrap()]);
+        assert_eq!(
+            documents(&back),
+            before,
+            "uninject takes out exactly what inject added"
+        );
+    }
+}
+
+/// The platform pieces agree with what they package: the kustomize Component's sidecar is
+/// the one `bearerd inject` adds, the PrometheusRule holds alerts.yaml's rules, the
+/// dashboard ConfigMap is labelled for Grafana's loader, the PodMonitor selects the label
+/// inject sets, and the PodDisruptionBudget and NetworkPolicy pass the API schema.
+#[test]
+fn the_platform_pieces_agree_with_inject_and_the_rules() {
+    let injected = bearerd(&[
+        "inject",
+        "-f",
+        deploy("kubernetes/app.yaml").to_str().unwrap(),
+        "-c",
+        deploy("kubernetes/bearerd.toml").to_str().unwrap(),
+    ]);
+    let injected = &documents(&injected)[0]["spec"]["template"];
+    let component = yaml("kubernetes/components/bearerd/kustomization.yaml");
+    assert_eq!(component["kind"], "Component");
+    let patch = yaml("kubernetes/components/bearerd/sidecar.yaml");
+    let patched = &patch["spec"]["template"];
+    for key in ["initContainers", "volumes", "securityContext"] {
+        assert_eq!(patched["spec"][key], injected["spec"][key], "{key}");
+    }
+    assert_eq!(
+        patched["metadata"]["labels"]["bearerd.dev/injected"],
+        injected["metadata"]["labels"]["bearerd.dev/injected"]
+    );
+
+    let rule = yaml("monitoring/prometheusrule.yaml");
+    assert_eq!(rule["kind"], "PrometheusRule");
+    assert_eq!(
+        rule["spec"]["groups"],
+        yaml("monitoring/alerts.yaml")["groups"]
+    );
+
+    let monitoring = yaml("monitoring/kustomization.yaml");
+    let dashboard = &monitoring["configMapGenerator"][0];
+    assert_eq!(dashboard["options"]["labels"]["grafana_dashboard"], "1");
+    let file = str_at(&dashboard["files"][0], &[])
+        .split('=')
+        .nth(1)
+        .unwrap();
+    assert!(deploy(&format!("monitoring/{file}")).exists());
+    for resource in monitoring["resources"].as_sequence().unwrap() {
+        assert!(deploy(&format!("monitoring/{}", resource.as_str().unwrap())).exists());
+    }
+    let monitor = yaml("monitoring/podmonitor.yaml");
+    assert_eq!(monitor["spec"]["namespaceSelector"]["any"], true);
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"]["bearerd.dev/injected"],
+        "true"
+    );
+
+    for piece in ["poddisruptionbudget.yaml", "networkpolicy.yaml"] {
+        passes_the_api_schema(&deploy(&format!("kubernetes/platform/{piece}")));
+    }
+    // The NetworkPolicy lets monitoring reach the probes-and-metrics port, and nothing of
+    // bearerd's beyond it.
+    let policy = yaml("kubernetes/platform/networkpolicy.yaml");
+    let probes = listen(&pod().toml, "metrics_listen").port();
+    assert_eq!(
+        policy["spec"]["ingress"][0]["ports"][0]["port"].as_u64(),
+        Some(probes.into())
     );
 }

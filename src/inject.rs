@@ -1,0 +1,589 @@
+//! `bearerd inject`: adds bearerd to the pod templates of Kubernetes manifests, as
+//! `linkerd inject` does, and `--uninject` takes out exactly what it added.
+//!
+//! What a pod gets: the native sidecar (an init container with `restartPolicy: Always`,
+//! first among the init containers), its config from a ConfigMap, the Secret as read-only
+//! files, an in-memory store volume, optionally a projected service-account token, the
+//! probes (startup `/readyz`, readiness and liveness `/healthz`), a hardened securityContext
+//! and resources; each app container gets `BEARERD_URL_<UPSTREAM>` with its upstream's URL
+//! through bearerd. Annotations record what was added, so `--uninject` removes that and
+//! nothing else, and injecting twice changes nothing.
+
+use serde_norway::{Mapping, Value};
+
+use crate::config::{Config, RouteConfig};
+
+const ANNOTATION: &str = "bearerd.dev/injected";
+const ADDED: &str = "bearerd.dev/added";
+/// The label the PodMonitor selects injected pods by.
+pub const LABEL: &str = "bearerd.dev/injected";
+pub const CONTAINER: &str = "bearerd";
+const CONFIG_DIR: &str = "/etc/bearerd";
+pub const SECRET_DIR: &str = "/var/run/secrets/bearerd";
+pub const TOKEN_DIR: &str = "/var/run/secrets/tokens";
+const UID: u64 = 65532;
+
+/// What `bearerd inject` adds, from its flags.
+#[derive(Debug, Clone)]
+pub struct InjectOptions {
+    pub image: String,
+    /// The ConfigMap holding `bearerd.toml`.
+    pub config_map: String,
+    /// The Secret mounted at /var/run/secrets/bearerd (none: no secret volume).
+    pub secret: Option<String>,
+    /// Audience of a projected service-account token at /var/run/secrets/tokens/token.
+    pub token_audience: Option<String>,
+    pub cpu_request: String,
+    pub memory_request: String,
+    pub memory_limit: String,
+}
+
+impl Default for InjectOptions {
+    fn default() -> Self {
+        InjectOptions {
+            image: format!("ghcr.io/bearerd/bearerd:{}", env!("CARGO_PKG_VERSION")),
+            config_map: "bearerd-config".into(),
+            secret: Some("bearerd-secrets".into()),
+            token_audience: None,
+            cpu_request: "50m".into(),
+            memory_request: "32Mi".into(),
+            memory_limit: "128Mi".into(),
+        }
+    }
+}
+
+/// Why manifests could not be injected.
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    #[error("document {doc}: not YAML: {message}")]
+    Yaml { doc: usize, message: String },
+    #[error("document {doc} ({kind} {name}): {message}")]
+    Manifest {
+        doc: usize,
+        kind: String,
+        name: String,
+        message: String,
+    },
+}
+
+/// The env var an app reads for one upstream's URL through bearerd.
+pub fn url_env_name(upstream: &str) -> String {
+    let mut name = String::from("BEARERD_URL_");
+    name.extend(upstream.chars().map(|c| {
+        if c.is_ascii_alphanumeric() {
+            c.to_ascii_uppercase()
+        } else {
+            '_'
+        }
+    }));
+    name
+}
+
+/// Each upstream's URL through bearerd, from the config's text. Only the routes are read:
+/// the files the config names (secrets, keys, projected tokens) exist in the pod, not where
+/// `inject` runs; the sidecar checks them when it starts.
+pub fn upstream_urls_from(text: &str) -> Result<Vec<(String, String)>, String> {
+    let doc: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+    let proxy = doc
+        .get("server")
+        .and_then(|s| s.get("proxy_listen"))
+        .and_then(toml::Value::as_str)
+        .unwrap_or(crate::config::DEFAULT_PROXY_LISTEN);
+    let Some(upstreams) = doc.get("upstreams").and_then(toml::Value::as_table) else {
+        return Err("the config has no [upstreams]".into());
+    };
+    upstreams
+        .iter()
+        .map(|(name, u)| {
+            let prefix = u.get("path_prefix").and_then(toml::Value::as_str);
+            let listen = u.get("listen").and_then(toml::Value::as_str);
+            let url = match (prefix, listen) {
+                (Some(p), _) => format!("http://{proxy}{}", p.trim_end_matches('/')),
+                (None, Some(a)) => format!("http://{a}"),
+                (None, None) => {
+                    return Err(format!(
+                        "upstream {name} has neither path_prefix nor listen"
+                    ))
+                }
+            };
+            Ok((url_env_name(name), url))
+        })
+        .collect()
+}
+
+/// Each upstream's URL through bearerd, as the app container sees it.
+pub fn upstream_urls(config: &Config) -> Vec<(String, String)> {
+    config
+        .upstreams
+        .iter()
+        .map(|u| {
+            let url = match &u.route {
+                RouteConfig::Prefix(p) => format!("http://{}{p}", config.server.proxy_listen),
+                RouteConfig::Listen(a) => format!("http://{a}"),
+            };
+            (url_env_name(&u.name), url)
+        })
+        .collect()
+}
+
+fn v(s: &str) -> Value {
+    Value::String(s.to_string())
+}
+
+fn map(pairs: Vec<(&str, Value)>) -> Value {
+    Value::Mapping(pairs.into_iter().map(|(k, val)| (v(k), val)).collect())
+}
+
+/// Where a workload of this kind keeps its pod template (spec and metadata), or none for
+/// a kind that has no pods.
+fn pod_template_path(kind: &str) -> Option<&'static [&'static str]> {
+    match kind {
+        "Pod" => Some(&[]),
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => {
+            Some(&["spec", "template"])
+        }
+        "CronJob" => Some(&["spec", "jobTemplate", "spec", "template"]),
+        _ => None,
+    }
+}
+
+fn get_mut<'a>(value: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
+    path.iter().try_fold(value, |cur, key| cur.get_mut(*key))
+}
+
+/// The mapping at `key`, created when absent.
+fn entry<'a>(value: &'a mut Value, key: &str) -> &'a mut Value {
+    let m = value.as_mapping_mut().expect("a mapping");
+    if !m.contains_key(key) {
+        m.insert(v(key), Value::Mapping(Mapping::new()));
+    }
+    m.get_mut(key).expect("just inserted")
+}
+
+/// The sequence at `key`, created when absent.
+fn seq<'a>(value: &'a mut Value, key: &str) -> &'a mut Vec<Value> {
+    let m = value.as_mapping_mut().expect("a mapping");
+    if !m.get(key).is_some_and(Value::is_sequence) {
+        m.insert(v(key), Value::Sequence(Vec::new()));
+    }
+    m.get_mut(key)
+        .and_then(Value::as_sequence_mut)
+        .expect("just inserted")
+}
+
+fn names(items: &[Value]) -> Vec<String> {
+    items
+        .iter()
+        .filter_map(|i| i.get("name")?.as_str().map(str::to_string))
+        .collect()
+}
+
+/// A name for one of bearerd's volumes that the pod does not use yet.
+fn free_name(taken: &[String], wanted: &str) -> String {
+    (0..)
+        .map(|i| {
+            if i == 0 {
+                wanted.to_string()
+            } else {
+                format!("{wanted}-{i}")
+            }
+        })
+        .find(|n| !taken.contains(n))
+        .expect("an unbounded range")
+}
+
+/// Adds bearerd to one pod template (`template` holds `metadata` and `spec`).
+fn inject_pod(
+    template: &mut Value,
+    opts: &InjectOptions,
+    urls: &[(String, String)],
+) -> Result<(), String> {
+    if !template.is_mapping() {
+        return Err("the pod template is not a mapping".into());
+    }
+    let spec = entry(template, "spec");
+    if !spec.get("containers").is_some_and(Value::is_sequence) {
+        return Err("the pod has no containers".into());
+    }
+    let mut added_volumes = Vec::new();
+    let mut mounts = Vec::new();
+    let taken = names(
+        spec.get("volumes")
+            .and_then(Value::as_sequence)
+            .map_or(&[], Vec::as_slice),
+    );
+    let mut add_volume = |wanted: &str, source: Value, mount: Value| {
+        let name = free_name(&taken_plus(&taken, &added_volumes), wanted);
+        let mut volume = map(vec![("name", v(&name))]);
+        if let (Value::Mapping(vm), Value::Mapping(sm)) = (&mut volume, source) {
+            vm.extend(sm);
+        }
+        let mut mount = mount;
+        if let Value::Mapping(mm) = &mut mount {
+            mm.insert(v("name"), v(&name));
+        }
+        added_volumes.push(name);
+        mounts.push(mount);
+        volume
+    };
+    let mut volumes = vec![add_volume(
+        "bearerd-config",
+        map(vec![(
+            "configMap",
+            map(vec![("name", v(&opts.config_map))]),
+        )]),
+        map(vec![
+            ("mountPath", v(CONFIG_DIR)),
+            ("readOnly", Value::Bool(true)),
+        ]),
+    )];
+    if let Some(secret) = &opts.secret {
+        volumes.push(add_volume(
+            "bearerd-secrets",
+            map(vec![(
+                "secret",
+                map(vec![
+                    ("secretName", v(secret)),
+                    // Read by bearerd's group (the pod's fsGroup) only.
+                    ("defaultMode", Value::Number(0o440.into())),
+                ]),
+            )]),
+            map(vec![
+                ("mountPath", v(SECRET_DIR)),
+                ("readOnly", Value::Bool(true)),
+            ]),
+        ));
+    }
+    volumes.push(add_volume(
+        "bearerd-store",
+        map(vec![(
+            "emptyDir",
+            map(vec![("medium", v("Memory")), ("sizeLimit", v("1Mi"))]),
+        )]),
+        map(vec![("mountPath", v("/var/lib/bearerd"))]),
+    ));
+    if let Some(audience) = &opts.token_audience {
+        volumes.push(add_volume(
+            "bearerd-tokens",
+            map(vec![(
+                "projected",
+                map(vec![(
+                    "sources",
+                    Value::Sequence(vec![map(vec![(
+                        "serviceAccountToken",
+                        map(vec![
+                            ("path", v("token")),
+                            ("audience", v(audience)),
+                            ("expirationSeconds", Value::Number(3600.into())),
+                        ]),
+                    )])]),
+                )]),
+            )]),
+            map(vec![
+                ("mountPath", v(TOKEN_DIR)),
+                ("readOnly", Value::Bool(true)),
+            ]),
+        ));
+    }
+    // The Secret's files and the store belong to the pod's fsGroup: bearerd runs in that
+    // group (its own, 65532, when the pod sets none and inject adds it).
+    let group = spec
+        .get("securityContext")
+        .and_then(|s| s.get("fsGroup"))
+        .and_then(Value::as_u64)
+        .unwrap_or(UID);
+    let probe = |path: &str, period: u64, failures: u64| {
+        map(vec![
+            (
+                "httpGet",
+                map(vec![("path", v(path)), ("port", v("bearerd-admin"))]),
+            ),
+            ("periodSeconds", Value::Number(period.into())),
+            ("failureThreshold", Value::Number(failures.into())),
+        ])
+    };
+    let sidecar = map(vec![
+        ("name", v(CONTAINER)),
+        ("image", v(&opts.image)),
+        ("restartPolicy", v("Always")),
+        (
+            "args",
+            Value::Sequence(vec![
+                v("run"),
+                v("-c"),
+                v(&format!("{CONFIG_DIR}/bearerd.toml")),
+            ]),
+        ),
+        (
+            "ports",
+            Value::Sequence(vec![map(vec![
+                ("name", v("bearerd-admin")),
+                ("containerPort", Value::Number(14091.into())),
+            ])]),
+        ),
+        // The app starts once a token is held; after that the identity provider decides
+        // neither readiness nor liveness (deploy/README.md, Probes).
+        ("startupProbe", probe("/readyz", 1, 600)),
+        ("readinessProbe", probe("/healthz", 5, 3)),
+        ("livenessProbe", probe("/healthz", 10, 3)),
+        (
+            "resources",
+            map(vec![
+                (
+                    "requests",
+                    map(vec![
+                        ("cpu", v(&opts.cpu_request)),
+                        ("memory", v(&opts.memory_request)),
+                    ]),
+                ),
+                ("limits", map(vec![("memory", v(&opts.memory_limit))])),
+            ]),
+        ),
+        (
+            "securityContext",
+            map(vec![
+                ("runAsNonRoot", Value::Bool(true)),
+                ("runAsUser", Value::Number(UID.into())),
+                ("runAsGroup", Value::Number(group.into())),
+                ("readOnlyRootFilesystem", Value::Bool(true)),
+                ("allowPrivilegeEscalation", Value::Bool(false)),
+                (
+                    "capabilities",
+                    map(vec![("drop", Value::Sequence(vec![v("ALL")]))]),
+                ),
+                ("seccompProfile", map(vec![("type", v("RuntimeDefault"))])),
+            ]),
+        ),
+        ("volumeMounts", Value::Sequence(mounts)),
+    ]);
+    seq(spec, "initContainers").insert(0, sidecar);
+    seq(spec, "volumes").extend(volumes);
+    let mut added_env = Vec::new();
+    for container in seq(spec, "containers").iter_mut() {
+        let env = seq(container, "env");
+        let present = names(env);
+        for (name, url) in urls {
+            if !present.contains(name) {
+                env.push(map(vec![("name", v(name)), ("value", v(url))]));
+                if !added_env.contains(name) {
+                    added_env.push(name.clone());
+                }
+            }
+        }
+    }
+    let security = entry(spec, "securityContext");
+    let fs_group_added = security.get("fsGroup").is_none();
+    if fs_group_added {
+        entry(spec, "securityContext")
+            .as_mapping_mut()
+            .expect("a mapping")
+            .insert(v("fsGroup"), Value::Number(UID.into()));
+    }
+    // What was added, for --uninject.
+    let record = format!(
+        "volumes={};env={};fsGroup={}",
+        added_volumes.join(","),
+        added_env.join(","),
+        fs_group_added
+    );
+    let metadata = entry(template, "metadata");
+    entry(metadata, "annotations")
+        .as_mapping_mut()
+        .expect("a mapping")
+        .extend([
+            (v(ANNOTATION), v(env!("CARGO_PKG_VERSION"))),
+            (v(ADDED), v(&record)),
+            (v("bearerd.dev/config-map"), v(&opts.config_map)),
+        ]);
+    entry(metadata, "labels")
+        .as_mapping_mut()
+        .expect("a mapping")
+        .insert(v(LABEL), v("true"));
+    Ok(())
+}
+
+fn taken_plus(taken: &[String], added: &[String]) -> Vec<String> {
+    taken.iter().chain(added).cloned().collect()
+}
+
+/// Takes out of one pod template what `inject_pod` recorded adding.
+fn uninject_pod(template: &mut Value) {
+    let record = template
+        .get("metadata")
+        .and_then(|m| m.get("annotations"))
+        .and_then(|a| a.get(ADDED))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let Some(record) = record else {
+        return;
+    };
+    let field = |key: &str| -> Vec<String> {
+        record
+            .split(';')
+            .find_map(|part| part.strip_prefix(&format!("{key}=")))
+            .map(|list| {
+                list.split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (volumes, env) = (field("volumes"), field("env"));
+    let fs_group_added = field("fsGroup") == ["true"];
+    if let Some(spec) = template.get_mut("spec") {
+        let drop_named = |items: &mut Vec<Value>, gone: &[String]| {
+            items.retain(|i| {
+                !i.get("name")
+                    .and_then(Value::as_str)
+                    .is_some_and(|n| gone.iter().any(|g| g == n))
+            });
+        };
+        for (key, gone) in [
+            ("initContainers", vec![CONTAINER.to_string()]),
+            ("volumes", volumes),
+        ] {
+            if let Some(items) = spec.get_mut(key).and_then(Value::as_sequence_mut) {
+                drop_named(items, &gone);
+            }
+            if spec
+                .get(key)
+                .and_then(Value::as_sequence)
+                .is_some_and(Vec::is_empty)
+            {
+                spec.as_mapping_mut().map(|m| m.remove(key));
+            }
+        }
+        if let Some(containers) = spec.get_mut("containers").and_then(Value::as_sequence_mut) {
+            for c in containers {
+                if let Some(items) = c.get_mut("env").and_then(Value::as_sequence_mut) {
+                    drop_named(items, &env);
+                }
+                if c.get("env")
+                    .and_then(Value::as_sequence)
+                    .is_some_and(Vec::is_empty)
+                {
+                    c.as_mapping_mut().map(|m| m.remove("env"));
+                }
+            }
+        }
+        if fs_group_added {
+            if let Some(sc) = spec
+                .get_mut("securityContext")
+                .and_then(Value::as_mapping_mut)
+            {
+                sc.remove("fsGroup");
+            }
+            if spec
+                .get("securityContext")
+                .and_then(Value::as_mapping)
+                .is_some_and(Mapping::is_empty)
+            {
+                spec.as_mapping_mut().map(|m| m.remove("securityContext"));
+            }
+        }
+    }
+    if let Some(metadata) = template.get_mut("metadata") {
+        for (key, gone) in [
+            (
+                "annotations",
+                &[ANNOTATION, ADDED, "bearerd.dev/config-map"][..],
+            ),
+            ("labels", &[LABEL][..]),
+        ] {
+            if let Some(m) = metadata.get_mut(key).and_then(Value::as_mapping_mut) {
+                for g in gone {
+                    m.remove(*g);
+                }
+            }
+            if metadata
+                .get(key)
+                .and_then(Value::as_mapping)
+                .is_some_and(Mapping::is_empty)
+            {
+                metadata.as_mapping_mut().map(|m| m.remove(key));
+            }
+        }
+        if metadata.as_mapping().is_some_and(Mapping::is_empty) {
+            template.as_mapping_mut().map(|m| m.remove("metadata"));
+        }
+    }
+}
+
+/// Injects (or with `uninject`, removes) bearerd in every pod template of a multi-document
+/// YAML text. Other documents pass through unchanged.
+pub fn inject_manifests(
+    text: &str,
+    opts: &InjectOptions,
+    urls: &[(String, String)],
+    uninject: bool,
+) -> Result<String, InjectError> {
+    use serde::Deserialize;
+    let mut out = Vec::new();
+    for (i, doc) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let doc_no = i + 1;
+        let mut value = Value::deserialize(doc).map_err(|e| InjectError::Yaml {
+            doc: doc_no,
+            message: e.to_string(),
+        })?;
+        if value.is_null() {
+            continue;
+        }
+        let kind = value
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let name = value
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if let Some(path) = pod_template_path(&kind) {
+            let template = get_mut(&mut value, path).ok_or_else(|| InjectError::Manifest {
+                doc: doc_no,
+                kind: kind.clone(),
+                name: name.clone(),
+                message: format!("no pod template at {}", path.join(".")),
+            })?;
+            // Injecting again starts from the clean manifest: the result is the same.
+            uninject_pod(template);
+            if !uninject {
+                inject_pod(template, opts, urls).map_err(|message| InjectError::Manifest {
+                    doc: doc_no,
+                    kind,
+                    name,
+                    message,
+                })?;
+            }
+        }
+        out.push(
+            serde_norway::to_string(&value).map_err(|e| InjectError::Yaml {
+                doc: doc_no,
+                message: e.to_string(),
+            })?,
+        );
+    }
+    Ok(out.join("---\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_manifests_are_errors_that_name_the_document() {
+        let opts = InjectOptions::default();
+        let e = inject_manifests("kind: Service\n---\n: : [\n", &opts, &[], false).unwrap_err();
+        assert!(e.to_string().starts_with("document 2"), "{e}");
+        let no_template =
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {replicas: 1}\n";
+        let e = inject_manifests(no_template, &opts, &[], false).unwrap_err();
+        assert!(e.to_string().contains("Deployment d"), "{e}");
+        let no_containers = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {}\n";
+        let e = inject_manifests(no_containers, &opts, &[], false).unwrap_err();
+        assert!(e.to_string().contains("no containers"), "{e}");
+        assert_eq!(url_env_name("crm-v2.eu"), "BEARERD_URL_CRM_V2_EU");
+    }
+}
