@@ -15,6 +15,17 @@ use crate::config::{Config, RouteConfig};
 
 const ANNOTATION: &str = "bearerd.dev/injected";
 const ADDED: &str = "bearerd.dev/added";
+const CONFIG_HASH: &str = "bearerd.dev/config-hash";
+
+/// A short hash of the config's text for the pod template's annotation.
+pub fn config_hash(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 /// The label the PodMonitor selects injected pods by.
 pub const LABEL: &str = "bearerd.dev/injected";
 pub const CONTAINER: &str = "bearerd";
@@ -36,6 +47,9 @@ pub struct InjectOptions {
     pub cpu_request: String,
     pub memory_request: String,
     pub memory_limit: String,
+    /// A hash of the config's text, recorded on the pod template: a changed config changes
+    /// the template, so `kubectl apply` rolls the pods.
+    pub config_hash: Option<String>,
 }
 
 impl Default for InjectOptions {
@@ -48,6 +62,7 @@ impl Default for InjectOptions {
             cpu_request: "50m".into(),
             memory_request: "32Mi".into(),
             memory_limit: "128Mi".into(),
+            config_hash: None,
         }
     }
 }
@@ -395,6 +410,12 @@ fn inject_pod(
             (v(ADDED), v(&record)),
             (v("bearerd.dev/config-map"), v(&opts.config_map)),
         ]);
+    if let Some(hash) = &opts.config_hash {
+        entry(metadata, "annotations")
+            .as_mapping_mut()
+            .expect("a mapping")
+            .insert(v(CONFIG_HASH), v(hash));
+    }
     entry(metadata, "labels")
         .as_mapping_mut()
         .expect("a mapping")
@@ -487,7 +508,7 @@ fn uninject_pod(template: &mut Value) {
         for (key, gone) in [
             (
                 "annotations",
-                &[ANNOTATION, ADDED, "bearerd.dev/config-map"][..],
+                &[ANNOTATION, ADDED, "bearerd.dev/config-map", CONFIG_HASH][..],
             ),
             ("labels", &[LABEL][..]),
         ] {

@@ -326,13 +326,18 @@ fn main() -> ExitCode {
                 cpu_request,
                 memory_request,
                 memory_limit,
+                config_hash: None,
             };
+            let mut opts = opts;
             let urls = if uninject {
                 Vec::new()
             } else {
                 let urls = std::fs::read_to_string(&config)
                     .map_err(|e| e.to_string())
-                    .and_then(|t| bearerd::inject::upstream_urls_from(&t));
+                    .and_then(|t| {
+                        opts.config_hash = Some(bearerd::inject::config_hash(&t));
+                        bearerd::inject::upstream_urls_from(&t)
+                    });
                 match urls {
                     Ok(urls) => urls,
                     Err(e) => {

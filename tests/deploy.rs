@@ -1204,6 +1204,18 @@ fn inject_adds_the_sidecar_to_every_pod_and_uninject_takes_exactly_that_out() {
                 template["metadata"]["labels"]["bearerd.dev/injected"],
                 "true"
             );
+            let annotations = &template["metadata"]["annotations"];
+            assert!(
+                annotations["bearerd.dev/injected"].as_str().is_some(),
+                "the version"
+            );
+            assert_eq!(
+                annotations["bearerd.dev/config-hash"]
+                    .as_str()
+                    .map(str::len),
+                Some(16),
+                "a changed config rolls the pods"
+            );
             // The app's own volumes are untouched; bearerd's have names of their own.
             let volumes = spec["volumes"].as_sequence().unwrap();
             for v in old["spec"]["volumes"]
