@@ -624,3 +624,59 @@ async fn a_rotated_client_secret_file_is_used_without_a_restart() {
         0
     );
 }
+
+/// RFC 8705 §5: found by discovery, a provider's `mtls_endpoint_aliases` are where a client
+/// with a certificate sends its token requests (the plain endpoint may not ask for one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_client_auth_uses_the_providers_mtls_alias_from_discovery() {
+    let (tokens, upstream) = start_peers(Duration::from_secs(1)).await;
+    tokens.state.allow_public_client(true);
+    let front = MtlsFront::start(tokens.addr, "bearerd-client").await;
+    tokens.state.set_mtls_token_alias(&front.token_url());
+    let dir = fixture_dir();
+    let ca = put(&dir, "ca.pem", &front.ca_pem);
+    let pair = front.client_pair("bearerd-client");
+    let cert = put(&dir, "client.crt", &pair.cert_pem);
+    let key = put(&dir, "client.key", &pair.key_pem);
+    let client = format!(
+        "client_id = \"{CLIENT_ID}\"\nclient_auth = \"tls_client_auth\"\nclient_cert = {{ file = \"{cert}\" }}\nclient_key = {{ file = \"{key}\" }}\nca_file = \"{ca}\""
+    );
+    let mut o = opts(client, String::new());
+    o.endpoint = Some(format!("issuer = \"{}\"", tokens.issuer()));
+    let h = Harness::start_with(tokens, upstream, o).await;
+    h.wait_ready().await;
+    requests_succeed_across_refreshes(&h, 2).await;
+    assert!(
+        front.served.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "token requests went to the mTLS alias"
+    );
+}
+
+/// A provider that quotes the request in its `error_description` does not make bearerd
+/// repeat a secret: the client secret, an assertion or a subject token never reaches
+/// `last_error`, `/status` or the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_a_provider_echoes_back_are_redacted_from_errors() {
+    let (tokens, upstream) = start_peers(Duration::from_secs(1)).await;
+    tokens.state.set_fail(support::FailMode::EchoForm);
+    let cluster = TestKey::generate(KeyKind::EcP256);
+    let subject =
+        cluster.mint(&json!({"iss": CLUSTER, "sub": WORKLOAD, "aud": "sts", "exp": now() + 600}));
+    let file = put(&fixture_dir(), "token", &subject);
+    let client = format!(
+        "client_id = \"{CLIENT_ID}\"\nclient_secret = \"{}\"\nclient_auth = \"post\"",
+        support::token_server::CLIENT_SECRET
+    );
+    let mut o = opts(client, format!("subject_token = {{ file = \"{file}\" }}"));
+    o.grant = "token_exchange";
+    let h = Harness::start_with(tokens, upstream, o).await;
+    eventually!("state failed", h.state().await == "failed");
+    let status = h.status().await.to_string();
+    assert!(status.contains("[redacted]"), "{status}");
+    for secret in [support::token_server::CLIENT_SECRET, subject.as_str()] {
+        assert!(
+            !status.contains(&secret[..12]),
+            "a secret in /status: {status}"
+        );
+    }
+}

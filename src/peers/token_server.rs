@@ -30,6 +30,9 @@ pub enum FailMode {
     OAuthError(String),
     /// Answer 200 with a body that is not a token response.
     Malformed,
+    /// Answer 400 `invalid_request` with the request's form in `error_description`, as a
+    /// careless provider might.
+    EchoForm,
 }
 
 struct Issued {
@@ -75,6 +78,8 @@ pub struct TokenServerState {
     assertions: Mutex<AssertionPolicy>,
     /// Accept the client by its `client_id` alone (behind a mutual-TLS front, or public).
     public_client: std::sync::atomic::AtomicBool,
+    /// RFC 8705 `mtls_endpoint_aliases.token_endpoint` in the metadata, when set.
+    mtls_token_alias: Mutex<Option<String>>,
 }
 
 pub struct TokenServer {
@@ -125,6 +130,7 @@ impl TokenServer {
             devices: Mutex::new(HashMap::new()),
             assertions: Mutex::new(AssertionPolicy::default()),
             public_client: std::sync::atomic::AtomicBool::new(false),
+            mtls_token_alias: Mutex::new(None),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -136,6 +142,7 @@ impl TokenServer {
             "authorization_endpoint": format!("{issuer}/authorize"),
             "device_authorization_endpoint": format!("{issuer}/device"),
         });
+        let metadata_state = Arc::clone(&state);
         let app = Router::new()
             .route("/token", post(token))
             .route("/revoke", post(revoke))
@@ -143,7 +150,14 @@ impl TokenServer {
             .route("/device", post(device_authorization))
             .route(
                 "/.well-known/oauth-authorization-server",
-                axum::routing::get(move || async move { Json(metadata) }),
+                axum::routing::get(move || async move {
+                    let mut metadata = metadata.clone();
+                    let alias = metadata_state.mtls_token_alias.lock().unwrap().clone();
+                    if let Some(alias) = alias {
+                        metadata["mtls_endpoint_aliases"] = json!({ "token_endpoint": alias });
+                    }
+                    Json(metadata)
+                }),
             )
             .with_state(Arc::clone(&state));
         let task = tokio::spawn(async move {
@@ -264,6 +278,10 @@ impl TokenServerState {
     /// The client secrets accepted from now on (a rotation accepts the old and the new).
     pub fn set_client_secrets(&self, secrets: &[&str]) {
         *self.client_secrets.lock().unwrap() = secrets.iter().map(|s| s.to_string()).collect();
+    }
+    /// Advertises this mTLS token endpoint alias in the metadata (RFC 8705 §5).
+    pub fn set_mtls_token_alias(&self, url: &str) {
+        *self.mtls_token_alias.lock().unwrap() = Some(url.to_string());
     }
     /// Accepts the registered client by its `client_id` alone.
     pub fn allow_public_client(&self, allow: bool) {
@@ -397,6 +415,10 @@ async fn token(
             return oauth_error(status, &code);
         }
         FailMode::Malformed => return (StatusCode::OK, "<html>surprise</html>").into_response(),
+        FailMode::EchoForm => {
+            let body = json!({"error": "invalid_request", "error_description": format!("bad request: {body}")});
+            return (StatusCode::BAD_REQUEST, Json(body)).into_response();
+        }
     }
     // The assertion grants may come without client authentication; presented, it counts.
     let anonymous = !headers.contains_key("authorization")

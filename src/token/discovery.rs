@@ -14,6 +14,10 @@ pub struct ProviderEndpoints {
     pub device_authorization: Option<Url>,
     /// RFC 8707 resource from the protected resource's metadata.
     pub resource: Option<String>,
+    /// RFC 8705 §5 `mtls_endpoint_aliases`: where a client authenticating with a certificate
+    /// must send its token and revocation requests.
+    pub mtls_token: Option<Url>,
+    pub mtls_revocation: Option<Url>,
 }
 
 impl ProviderEndpoints {
@@ -25,6 +29,8 @@ impl ProviderEndpoints {
             authorization: self.authorization.or(other.authorization),
             device_authorization: self.device_authorization.or(other.device_authorization),
             resource: self.resource.or(other.resource),
+            mtls_token: self.mtls_token.or(other.mtls_token),
+            mtls_revocation: self.mtls_revocation.or(other.mtls_revocation),
         }
     }
 }
@@ -36,6 +42,13 @@ struct AuthorizationServerMetadata {
     revocation_endpoint: Option<String>,
     authorization_endpoint: Option<String>,
     device_authorization_endpoint: Option<String>,
+    mtls_endpoint_aliases: Option<MtlsAliases>,
+}
+
+#[derive(Deserialize)]
+struct MtlsAliases {
+    token_endpoint: Option<String>,
+    revocation_endpoint: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -136,6 +149,16 @@ pub async fn from_issuer(
                         m.device_authorization_endpoint,
                     )?,
                     resource: None,
+                    mtls_token: parse_url(
+                        "mtls_endpoint_aliases.token_endpoint",
+                        m.mtls_endpoint_aliases
+                            .as_ref()
+                            .and_then(|a| a.token_endpoint.clone()),
+                    )?,
+                    mtls_revocation: parse_url(
+                        "mtls_endpoint_aliases.revocation_endpoint",
+                        m.mtls_endpoint_aliases.and_then(|a| a.revocation_endpoint),
+                    )?,
                 });
             }
             Err(e) => errors.push(e),

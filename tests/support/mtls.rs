@@ -18,6 +18,8 @@ pub struct MtlsFront {
     ca_key: KeyPair,
     /// Connections refused for their certificate (or for having none).
     pub refused: Arc<AtomicUsize>,
+    /// Connections of the registered client passed through to the token server.
+    pub served: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -73,13 +75,19 @@ impl MtlsFront {
         let refused = Arc::new(AtomicUsize::new(0));
         let registered = registered_cn.to_string();
         let counter = Arc::clone(&refused);
+        let served = Arc::new(AtomicUsize::new(0));
+        let passed = Arc::clone(&served);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
-                let (acceptor, registered, counter) =
-                    (acceptor.clone(), registered.clone(), Arc::clone(&counter));
+                let (acceptor, registered, counter, passed) = (
+                    acceptor.clone(),
+                    registered.clone(),
+                    Arc::clone(&counter),
+                    Arc::clone(&passed),
+                );
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else {
                         return;
@@ -91,6 +99,7 @@ impl MtlsFront {
                         .and_then(|c| c.first())
                         .and_then(|c| common_name(c.as_ref()));
                     if cn.as_deref() == Some(registered.as_str()) {
+                        passed.fetch_add(1, Ordering::SeqCst);
                         if let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await {
                             let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
                         }
@@ -115,6 +124,7 @@ impl MtlsFront {
             ca_cert,
             ca_key,
             refused,
+            served,
             task,
         }
     }

@@ -26,6 +26,33 @@ pub use error::{GrantError, GrantErrorKind, GrantInput, OAuthErrorCode};
 use rotation::{DurableRotation, HelperError};
 use transport::{error_chain, Transport};
 
+/// Form fields that carry a secret: never repeated in an error, log line or `/status`.
+const SECRET_FIELDS: [&str; 9] = [
+    "client_secret",
+    "client_assertion",
+    "refresh_token",
+    "assertion",
+    "subject_token",
+    "actor_token",
+    "code",
+    "code_verifier",
+    "device_code",
+];
+
+/// `message` with every secret that was sent (and any run of its first 12 characters, for a
+/// provider that quotes it cut short) replaced.
+fn scrub(message: &str, secrets: &[String]) -> String {
+    let mut out = message.to_string();
+    for s in secrets.iter().filter(|s| s.len() >= 8) {
+        out = out.replace(s.as_str(), "[redacted]");
+        let head: String = s.chars().take(12).collect();
+        out = out.replace(&head, "[redacted]");
+        let encoded: String = url::form_urlencoded::byte_serialize(s.as_bytes()).collect();
+        out = out.replace(&encoded, "[redacted]");
+    }
+    out
+}
+
 /// A client for one OAuth token endpoint.
 pub struct TokenEndpoint {
     transport: Transport,
@@ -68,6 +95,8 @@ impl TokenEndpoint {
             authorization: c.authorization_url.clone(),
             device_authorization: c.device_authorization_url.clone(),
             resource: None,
+            mtls_token: None,
+            mtls_revocation: None,
         };
         if c.issuer.is_none() && c.protected_resource.is_none() {
             return Ok(explicit);
@@ -96,11 +125,26 @@ impl TokenEndpoint {
             })
             .await;
         match discovered {
-            Ok(d) => Ok(explicit.or(d.clone())),
+            Ok(d) => Ok(self.with_mtls_aliases(explicit.or(d.clone()))),
             // An explicit token endpoint keeps working while discovery is down.
             Err(_) if explicit.token.is_some() => Ok(explicit),
             Err(m) => Err(GrantError::transient(GrantErrorKind::DiscoveryFailed, m)),
         }
+    }
+
+    /// RFC 8705 §5: a client that authenticates with its certificate uses the provider's
+    /// mTLS aliases (a configured `token_url` or `revocation_url` still wins).
+    fn with_mtls_aliases(&self, mut e: ProviderEndpoints) -> ProviderEndpoints {
+        if self.transport.identity().is_some() {
+            let c = &self.config;
+            if c.token_url.is_none() {
+                e.token = e.mtls_token.clone().or(e.token);
+            }
+            if c.revocation_url.is_none() {
+                e.revocation = e.mtls_revocation.clone().or(e.revocation);
+            }
+        }
+        e
     }
 
     /// The HTTP client of this endpoint (with the client certificate, when there is one).
@@ -213,6 +257,13 @@ impl TokenEndpoint {
             let message = format!("cannot build the token request: {}", error_chain(&e));
             self.transport.transport_failure(false, message)
         })?;
+        // What the answer may not quote back: a provider's error_description sometimes
+        // echoes the request.
+        let sent_secrets: Vec<String> = body
+            .iter()
+            .filter(|(k, _)| SECRET_FIELDS.contains(&k.as_str()))
+            .map(|(_, v)| v.clone())
+            .collect();
         let raw = match via {
             Some((helper, replaces)) => {
                 let sent = helper
@@ -241,6 +292,9 @@ impl TokenEndpoint {
             }
             None => self.transport.send(&http, request).await?,
         };
-        response::classify_response(&raw)
+        response::classify_response(&raw).map_err(|mut e| {
+            e.message = scrub(&e.message, &sent_secrets);
+            e
+        })
     }
 }
