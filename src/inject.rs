@@ -50,6 +50,8 @@ pub struct InjectOptions {
     /// A hash of the config's text, recorded on the pod template: a changed config changes
     /// the template, so `kubectl apply` rolls the pods.
     pub config_hash: Option<String>,
+    /// The port of the config's `metrics_listen`: the probes and Prometheus reach it.
+    pub probes_port: u16,
 }
 
 impl Default for InjectOptions {
@@ -63,6 +65,7 @@ impl Default for InjectOptions {
             memory_request: "32Mi".into(),
             memory_limit: "128Mi".into(),
             config_hash: None,
+            probes_port: 14091,
         }
     }
 }
@@ -99,6 +102,30 @@ pub fn url_env_name(upstream: &str) -> String {
 /// `inject` runs; the sidecar checks them when it starts.
 pub fn upstream_urls_from(text: &str) -> Result<Vec<(String, String)>, String> {
     let doc: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+    upstream_urls_in(&doc)
+}
+
+/// The port the kubelet's probes and Prometheus reach: the config's `metrics_listen`,
+/// which must listen on the pod's IP.
+pub fn probes_port_from(text: &str) -> Result<u16, String> {
+    let doc: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+    let listen = doc
+        .get("server")
+        .and_then(|s| s.get("metrics_listen"))
+        .and_then(toml::Value::as_str)
+        .ok_or("the config needs `metrics_listen = \"0.0.0.0:14091\"` under [server]: the kubelet's probes and Prometheus reach bearerd there")?;
+    let addr: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|e| format!("metrics_listen {listen:?}: {e}"))?;
+    if addr.ip().is_loopback() {
+        return Err(format!(
+            "metrics_listen {addr} is loopback: the kubelet's probes come from outside the pod (use 0.0.0.0)"
+        ));
+    }
+    Ok(addr.port())
+}
+
+fn upstream_urls_in(doc: &toml::Value) -> Result<Vec<(String, String)>, String> {
     let proxy = doc
         .get("server")
         .and_then(|s| s.get("proxy_listen"))
@@ -167,12 +194,73 @@ fn get_mut<'a>(value: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
 }
 
 /// The mapping at `key`, created when absent.
+/// `value` must be a mapping ([`check_shape`] made sure); a key left empty (`labels:`)
+/// counts as absent.
 fn entry<'a>(value: &'a mut Value, key: &str) -> &'a mut Value {
     let m = value.as_mapping_mut().expect("a mapping");
-    if !m.contains_key(key) {
+    if !m.get(key).is_some_and(Value::is_mapping) {
         m.insert(v(key), Value::Mapping(Mapping::new()));
     }
     m.get_mut(key).expect("just inserted")
+}
+
+/// Refuses a pod template whose fields inject touches have the wrong type, so nothing
+/// below can meet one (a field left empty, `labels:`, is fine).
+fn check_shape(template: &Value) -> Result<(), String> {
+    fn kind_ok(v: Option<&Value>, want: fn(&Value) -> bool) -> bool {
+        v.is_none_or(|v| v.is_null() || want(v))
+    }
+    let map = |v: Option<&Value>| kind_ok(v, Value::is_mapping);
+    let list_of_maps = |v: Option<&Value>| {
+        kind_ok(v, Value::is_sequence)
+            && v.and_then(Value::as_sequence)
+                .is_none_or(|items| items.iter().all(Value::is_mapping))
+    };
+    let metadata = template.get("metadata");
+    let spec = template.get("spec");
+    let fields = [
+        ("metadata", map(metadata)),
+        (
+            "metadata.labels",
+            map(metadata.and_then(|m| m.get("labels"))),
+        ),
+        (
+            "metadata.annotations",
+            map(metadata.and_then(|m| m.get("annotations"))),
+        ),
+        ("spec", map(spec)),
+        (
+            "spec.containers",
+            list_of_maps(spec.and_then(|s| s.get("containers"))),
+        ),
+        (
+            "spec.initContainers",
+            list_of_maps(spec.and_then(|s| s.get("initContainers"))),
+        ),
+        (
+            "spec.volumes",
+            list_of_maps(spec.and_then(|s| s.get("volumes"))),
+        ),
+        (
+            "spec.securityContext",
+            map(spec.and_then(|s| s.get("securityContext"))),
+        ),
+    ];
+    if let Some((field, _)) = fields.iter().find(|(_, ok)| !ok) {
+        return Err(format!("{field} has the wrong type"));
+    }
+    let containers = spec
+        .and_then(|s| s.get("containers"))
+        .and_then(Value::as_sequence);
+    if containers.is_none_or(Vec::is_empty) {
+        return Err("the pod has no containers".into());
+    }
+    for c in containers.into_iter().flatten() {
+        if !list_of_maps(c.get("env")) {
+            return Err("a container's env is not a list".into());
+        }
+    }
+    Ok(())
 }
 
 /// The sequence at `key`, created when absent.
@@ -216,9 +304,22 @@ fn inject_pod(
     if !template.is_mapping() {
         return Err("the pod template is not a mapping".into());
     }
+    check_shape(template)?;
     let spec = entry(template, "spec");
-    if !spec.get("containers").is_some_and(Value::is_sequence) {
-        return Err("the pod has no containers".into());
+    let taken_names: Vec<String> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|k| {
+            names(
+                spec.get(*k)
+                    .and_then(Value::as_sequence)
+                    .map_or(&[], Vec::as_slice),
+            )
+        })
+        .collect();
+    if taken_names.iter().any(|n| n == CONTAINER) {
+        return Err(format!(
+            "the pod already has a container named {CONTAINER:?} that inject did not add"
+        ));
     }
     let mut added_volumes = Vec::new();
     let mut mounts = Vec::new();
@@ -259,7 +360,7 @@ fn inject_pod(
                 "secret",
                 map(vec![
                     ("secretName", v(secret)),
-                    // Read by bearerd's group (the pod's fsGroup) only.
+                    // Read-only for owner and group (the pod's fsGroup); only bearerd mounts it.
                     ("defaultMode", Value::Number(0o440.into())),
                 ]),
             )]),
@@ -333,7 +434,7 @@ fn inject_pod(
             "ports",
             Value::Sequence(vec![map(vec![
                 ("name", v("bearerd-admin")),
-                ("containerPort", Value::Number(14091.into())),
+                ("containerPort", Value::Number(opts.probes_port.into())),
             ])]),
         ),
         // The app starts once a token is held; after that the identity provider decides
@@ -373,17 +474,26 @@ fn inject_pod(
     ]);
     seq(spec, "initContainers").insert(0, sidecar);
     seq(spec, "volumes").extend(volumes);
+    // Per container: an app's own value of the same name is neither replaced nor, by
+    // --uninject, removed.
     let mut added_env = Vec::new();
     for container in seq(spec, "containers").iter_mut() {
+        let container_name = container
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         let env = seq(container, "env");
         let present = names(env);
+        let mut added = Vec::new();
         for (name, url) in urls {
             if !present.contains(name) {
                 env.push(map(vec![("name", v(name)), ("value", v(url))]));
-                if !added_env.contains(name) {
-                    added_env.push(name.clone());
-                }
+                added.push(name.clone());
             }
+        }
+        if !added.is_empty() {
+            added_env.push(format!("{container_name}:{}", added.join("+")));
         }
     }
     let security = entry(spec, "securityContext");
@@ -450,7 +560,18 @@ fn uninject_pod(template: &mut Value) {
             })
             .unwrap_or_default()
     };
-    let (volumes, env) = (field("volumes"), field("env"));
+    let volumes = field("volumes");
+    // container name → the env vars inject added to it.
+    let env: Vec<(String, Vec<String>)> = field("env")
+        .iter()
+        .filter_map(|entry| {
+            let (container, names) = entry.split_once(':')?;
+            Some((
+                container.to_string(),
+                names.split('+').map(str::to_string).collect(),
+            ))
+        })
+        .collect();
     let fs_group_added = field("fsGroup") == ["true"];
     if let Some(spec) = template.get_mut("spec") {
         let drop_named = |items: &mut Vec<Value>, gone: &[String]| {
@@ -477,8 +598,12 @@ fn uninject_pod(template: &mut Value) {
         }
         if let Some(containers) = spec.get_mut("containers").and_then(Value::as_sequence_mut) {
             for c in containers {
+                let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+                let Some((_, added)) = env.iter().find(|(n, _)| n == name) else {
+                    continue;
+                };
                 if let Some(items) = c.get_mut("env").and_then(Value::as_sequence_mut) {
-                    drop_named(items, &env);
+                    drop_named(items, added);
                 }
                 if c.get("env")
                     .and_then(Value::as_sequence)
@@ -579,14 +704,96 @@ pub fn inject_manifests(
                 })?;
             }
         }
-        out.push(
-            serde_norway::to_string(&value).map_err(|e| InjectError::Yaml {
+        normalize_for_kubernetes(&mut value, None, text).map_err(|message| {
+            InjectError::Manifest {
                 doc: doc_no,
-                message: e.to_string(),
-            })?,
-        );
+                kind: kind_of(&value),
+                name: name_of(&value),
+                message,
+            }
+        })?;
+        // JSON documents: every string quoted, so Kubernetes (a YAML 1.1 reader) reads each
+        // value as this tool (YAML 1.2) did.
+        let mut json = serde_json::to_string_pretty(&value).map_err(|e| InjectError::Yaml {
+            doc: doc_no,
+            message: e.to_string(),
+        })?;
+        json.push('\n');
+        out.push(json);
     }
     Ok(out.join("---\n"))
+}
+
+fn kind_of(value: &Value) -> String {
+    value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+fn name_of(value: &Value) -> String {
+    value
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Words YAML 1.1 (Kubernetes) reads as booleans and YAML 1.2 (this tool) as text.
+const YAML11_BOOLEANS: [&str; 16] = [
+    "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON", "off", "Off",
+    "OFF",
+];
+
+fn yaml11_octal(s: &str) -> Option<u64> {
+    (s.len() > 1 && s.starts_with('0') && s.bytes().all(|b| (b'0'..=b'7').contains(&b)))
+        .then(|| u64::from_str_radix(s, 8).ok())
+        .flatten()
+}
+
+/// Makes each value mean to Kubernetes what it meant in the input. A file mode written
+/// `0440` is octal to Kubernetes: it becomes the number. A plain `yes`, `on` or `0755`
+/// elsewhere is refused, since the two readings differ; quoted in the input, it stays text.
+fn normalize_for_kubernetes(
+    value: &mut Value,
+    key: Option<&str>,
+    text: &str,
+) -> Result<(), String> {
+    match value {
+        Value::String(s) => {
+            if matches!(key, Some("defaultMode" | "mode")) {
+                if let Some(n) = yaml11_octal(s) {
+                    *value = Value::Number(n.into());
+                    return Ok(());
+                }
+            }
+            let ambiguous = YAML11_BOOLEANS.contains(&s.as_str()) || yaml11_octal(s).is_some();
+            let quoted = text.contains(&format!("\"{s}\"")) || text.contains(&format!("'{s}'"));
+            if ambiguous && !quoted {
+                return Err(format!(
+                    "{} is {s}, which Kubernetes reads as a boolean or an octal number and this tool as text: quote it, or write true, false or a decimal number",
+                    key.unwrap_or("a value")
+                ));
+            }
+            Ok(())
+        }
+        Value::Mapping(m) => {
+            for (k, v) in m.iter_mut() {
+                normalize_for_kubernetes(v, k.as_str(), text)?;
+            }
+            Ok(())
+        }
+        Value::Sequence(items) => {
+            for item in items {
+                normalize_for_kubernetes(item, key, text)?;
+            }
+            Ok(())
+        }
+        Value::Tagged(t) => normalize_for_kubernetes(&mut t.value, key, text),
+        Value::Null | Value::Bool(_) | Value::Number(_) => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -606,5 +813,91 @@ mod tests {
         let e = inject_manifests(no_containers, &opts, &[], false).unwrap_err();
         assert!(e.to_string().contains("no containers"), "{e}");
         assert_eq!(url_env_name("crm-v2.eu"), "BEARERD_URL_CRM_V2_EU");
+        let own = "kind: Pod\nmetadata: {name: p}\nspec:\n  initContainers: [{name: bearerd, image: x}]\n  containers: [{name: a, image: a}]\n";
+        let e = inject_manifests(own, &opts, &[], false).unwrap_err();
+        assert!(
+            e.to_string().contains("already has a container named"),
+            "{e}"
+        );
+    }
+
+    fn pod(containers: &str, extra: &str) -> String {
+        format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels:\n  annotations:\nspec:\n  containers:\n{containers}{extra}")
+    }
+
+    fn parse(text: &str) -> Vec<Value> {
+        use serde::Deserialize;
+        serde_norway::Deserializer::from_str(text)
+            .map(|d| Value::deserialize(d).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn values_mean_to_kubernetes_what_they_meant_in_the_input() {
+        let opts = InjectOptions::default();
+        let urls = [(
+            "BEARERD_URL_CRM".to_string(),
+            "http://127.0.0.1:14080/crm".to_string(),
+        )];
+        // Empty labels and annotations (as Helm leaves them) are fine; a file mode in octal
+        // stays the number Kubernetes meant.
+        let text = pod(
+            "  - name: a\n    image: a\n    env:\n    - {name: FLAG, value: \"yes\"}\n",
+            "  volumes:\n  - name: s\n    secret: {secretName: s, defaultMode: 0400}\n",
+        );
+        let out = inject_manifests(&text, &opts, &urls, false).unwrap();
+        let doc = &parse(&out)[0];
+        assert_eq!(
+            doc["spec"]["volumes"][0]["secret"]["defaultMode"],
+            Value::Number(256.into())
+        );
+        assert_eq!(
+            doc["spec"]["containers"][0]["env"][0]["value"],
+            Value::String("yes".into())
+        );
+        assert!(
+            out.contains("\"yes\""),
+            "quoted for a YAML 1.1 reader: {out}"
+        );
+        // Unquoted, `yes` is a boolean to Kubernetes: refused rather than changed.
+        let plain = pod(
+            "  - name: a\n    image: a\n    env:\n    - {name: FLAG, value: yes}\n",
+            "",
+        );
+        let e = inject_manifests(&plain, &opts, &urls, false).unwrap_err();
+        assert!(e.to_string().contains("quote it"), "{e}");
+    }
+
+    #[test]
+    fn an_apps_own_value_of_the_same_name_survives_inject_and_uninject() {
+        let opts = InjectOptions::default();
+        let urls = [(
+            "BEARERD_URL_CRM".to_string(),
+            "http://127.0.0.1:14080/crm".to_string(),
+        )];
+        let text = pod(
+            "  - name: a\n    image: a\n    env:\n    - {name: BEARERD_URL_CRM, value: \"http://elsewhere\"}\n  - name: b\n    image: b\n",
+            "",
+        );
+        let injected = inject_manifests(&text, &opts, &urls, false).unwrap();
+        let doc = &parse(&injected)[0];
+        let containers = doc["spec"]["containers"].as_sequence().unwrap();
+        assert_eq!(containers[0]["env"].as_sequence().unwrap().len(), 1);
+        assert_eq!(
+            containers[0]["env"][0]["value"],
+            Value::String("http://elsewhere".into())
+        );
+        assert_eq!(
+            containers[1]["env"][0]["value"],
+            Value::String("http://127.0.0.1:14080/crm".into())
+        );
+        let back = inject_manifests(&injected, &opts, &[], true).unwrap();
+        let back = &parse(&back)[0];
+        assert_eq!(
+            back["spec"]["containers"][0]["env"][0]["value"],
+            Value::String("http://elsewhere".into())
+        );
+        assert!(back["spec"]["containers"][1].get("env").is_none());
+        assert!(back["spec"].get("initContainers").is_none());
     }
 }

@@ -126,8 +126,17 @@ impl ShutdownSignalWatch for HandleShutdown {
                 grace_s = self.grace.as_secs_f64(),
                 "stopping: waiting for the requests in flight"
             );
+            // A second signal (SIGINT, or another SIGTERM) stops at once.
+            let second = pingora::server::UnixShutdownSignalWatch.recv();
+            tokio::pin!(second);
             while self.in_flight.count() > 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::select! {
+                    _ = &mut second => {
+                        tracing::warn!("stopping now: a second signal arrived while requests were in flight");
+                        return ShutdownSignal::FastShutdown;
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
             }
             let left = self.in_flight.count();
             if left > 0 {

@@ -327,6 +327,7 @@ fn main() -> ExitCode {
                 memory_request,
                 memory_limit,
                 config_hash: None,
+                probes_port: defaults.probes_port,
             };
             let mut opts = opts;
             let urls = if uninject {
@@ -336,6 +337,7 @@ fn main() -> ExitCode {
                     .map_err(|e| e.to_string())
                     .and_then(|t| {
                         opts.config_hash = Some(bearerd::inject::config_hash(&t));
+                        opts.probes_port = bearerd::inject::probes_port_from(&t)?;
                         bearerd::inject::upstream_urls_from(&t)
                     });
                 match urls {

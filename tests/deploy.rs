@@ -54,7 +54,7 @@ fn config_files(text: &str) -> Vec<String> {
 }
 
 /// The key of the Secret the pod mounts at `path`, when a Secret volume holds it: mounted
-/// read-only, readable by bearerd's group only, so a rotated Secret is read live.
+/// read-only (mode 0440 at most), so a rotated Secret is read live.
 fn mounted_secret_key(pod: &Pod, path: &str) -> Option<String> {
     let (mount, volume) = volume_holding(pod, path);
     let secret = volume.get("secret")?;
@@ -891,6 +891,11 @@ async fn alerts_when_the_token_runs_out_in_an_outage() {
         &incident,
         &[
             ("BearerdNoValidToken", "credential", "critical"),
+            (
+                "BearerdTokenExpiringWhileRetrying",
+                "credential",
+                "critical",
+            ),
             ("BearerdRefreshFailing", "credential", "warning"),
             ("BearerdUpstreamErrors", "upstream", "warning"),
         ],
@@ -1105,6 +1110,7 @@ fn alerts_keep_firing_through_long_outages() {
     ));
     let out = &[
         ("BearerdNoValidToken", "critical"),
+        ("BearerdTokenExpiringWhileRetrying", "critical"),
         ("BearerdRefreshFailing", "warning"),
     ];
     synthetic_outage(
@@ -1114,7 +1120,15 @@ fn alerts_keep_firing_through_long_outages() {
             (585, &[]),
             // A warning 30 s into the outage, half a minute before the token runs out.
             (630, &[("BearerdTokenExpiringWhileRetrying", "critical")]),
-            (720, &[("BearerdNoValidToken", "critical")]),
+            // Past expiry both criticals fire: no gap while NoValidToken's `for` runs.
+            (690, &[("BearerdTokenExpiringWhileRetrying", "critical")]),
+            (
+                720,
+                &[
+                    ("BearerdNoValidToken", "critical"),
+                    ("BearerdTokenExpiringWhileRetrying", "critical"),
+                ],
+            ),
             (1215, out),
             (2400, out),
             (4200, out),

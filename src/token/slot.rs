@@ -634,6 +634,8 @@ impl CredentialSlot {
         {
             let mut c = self.control();
             c.logged_out = true;
+            // Not failing: an operator chose this (the refresh alerts stay quiet).
+            c.failing_since = None;
             c.demand = None;
             c.next_refresh_at = None;
         }
