@@ -675,35 +675,14 @@ pub fn inject_manifests(
         if value.is_null() {
             continue;
         }
-        let kind = value
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let name = value
-            .get("metadata")
-            .and_then(|m| m.get("name"))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        if let Some(path) = pod_template_path(&kind) {
-            let template = get_mut(&mut value, path).ok_or_else(|| InjectError::Manifest {
+        inject_object(&mut value, opts, urls, uninject).map_err(|(kind, name, message)| {
+            InjectError::Manifest {
                 doc: doc_no,
-                kind: kind.clone(),
-                name: name.clone(),
-                message: format!("no pod template at {}", path.join(".")),
-            })?;
-            // Injecting again starts from the clean manifest: the result is the same.
-            uninject_pod(template);
-            if !uninject {
-                inject_pod(template, opts, urls).map_err(|message| InjectError::Manifest {
-                    doc: doc_no,
-                    kind,
-                    name,
-                    message,
-                })?;
+                kind,
+                name,
+                message,
             }
-        }
+        })?;
         normalize_for_kubernetes(&mut value, None, text).map_err(|message| {
             InjectError::Manifest {
                 doc: doc_no,
@@ -722,6 +701,38 @@ pub fn inject_manifests(
         out.push(json);
     }
     Ok(out.join("---\n"))
+}
+
+/// Injects (or removes) bearerd in one object: a workload's pod template, or each item
+/// of a `kind: List` (as `kubectl get -o yaml` writes). Errors name the object.
+fn inject_object(
+    value: &mut Value,
+    opts: &InjectOptions,
+    urls: &[(String, String)],
+    uninject: bool,
+) -> Result<(), (String, String, String)> {
+    let (kind, name) = (kind_of(value), name_of(value));
+    if kind == "List" {
+        if let Some(items) = value.get_mut("items").and_then(Value::as_sequence_mut) {
+            for item in items {
+                inject_object(item, opts, urls, uninject)?;
+            }
+        }
+        return Ok(());
+    }
+    let Some(path) = pod_template_path(&kind) else {
+        return Ok(());
+    };
+    let Some(template) = get_mut(value, path) else {
+        let message = format!("no pod template at {}", path.join("."));
+        return Err((kind, name, message));
+    };
+    // Injecting again starts from the clean manifest: the result is the same.
+    uninject_pod(template);
+    if !uninject {
+        inject_pod(template, opts, urls).map_err(|message| (kind, name, message))?;
+    }
+    Ok(())
 }
 
 fn kind_of(value: &Value) -> String {
@@ -866,6 +877,25 @@ mod tests {
         );
         let e = inject_manifests(&plain, &opts, &urls, false).unwrap_err();
         assert!(e.to_string().contains("quote it"), "{e}");
+    }
+
+    #[test]
+    fn the_items_of_a_list_are_injected() {
+        let opts = InjectOptions::default();
+        let list = format!(
+            "apiVersion: v1\nkind: List\nitems:\n- {}",
+            pod("  - name: a\n    image: a\n", "").replace('\n', "\n  ")
+        );
+        let out = inject_manifests(&list, &opts, &[], false).unwrap();
+        let doc = &parse(&out)[0];
+        assert_eq!(
+            doc["items"][0]["spec"]["initContainers"][0]["name"],
+            Value::String("bearerd".into())
+        );
+        let back = inject_manifests(&out, &opts, &[], true).unwrap();
+        assert!(parse(&back)[0]["items"][0]["spec"]
+            .get("initContainers")
+            .is_none());
     }
 
     #[test]
