@@ -28,13 +28,24 @@ async fn restart(h: &mut Harness) {
     tokio::task::spawn_blocking(move || old.shutdown())
         .await
         .unwrap();
-    let config = support::sidecar_config(&h.config_text);
-    h.sidecar = Some(
-        tokio::task::spawn_blocking(move || Sidecar::start(config))
+    // The same ports again: the old listeners can take a moment to be released (one CI run
+    // met "address in use" here), so a failed bind is tried again for up to 2 s.
+    for attempt in 0.. {
+        let config = support::sidecar_config(&h.config_text);
+        match tokio::task::spawn_blocking(move || Sidecar::start(config))
             .await
             .unwrap()
-            .unwrap(),
-    );
+        {
+            Ok(s) => {
+                h.sidecar = Some(s);
+                return;
+            }
+            Err(bearerd::StartError::Listen { .. }) if attempt < 20 => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the sidecar did not restart: {e}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
