@@ -20,6 +20,11 @@ use bearerd::token::endpoint::signing::{AssertionClaims, AssertionSigner};
 use bearerd::token::grant::Grant;
 use bearerd::token::CredentialSlot;
 use criterion::{black_box, criterion_group, Criterion};
+// The tests' key generator: one way to write a PEM key in the project's tests and benches.
+#[allow(dead_code)]
+#[path = "../tests/support/keys.rs"]
+mod keys;
+use keys::{KeyKind, TestKey};
 use pingora::http::RequestHeader;
 
 /// Counts allocations, to show what one request costs on the heap.
@@ -202,30 +207,14 @@ fn benches(c: &mut Criterion) {
 
 /// One PEM private key of each kind bearerd signs with.
 fn signing_keys() -> Vec<(&'static str, String)> {
-    use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
-    use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-    use base64::Engine;
-    let pem = |der: &[u8]| {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-        let body: Vec<&str> = b64
-            .as_bytes()
-            .chunks(64)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect();
-        format!(
-            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
-            body.join("\n")
-        )
-    };
-    let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-    let rsa: Pkcs8V1Der = rsa.as_der().unwrap();
-    let ec = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
-    let ed = Ed25519KeyPair::generate().unwrap();
-    vec![
-        ("rs256", pem(rsa.as_ref())),
-        ("es256", pem(ec.to_pkcs8v1().unwrap().as_ref())),
-        ("eddsa", pem(ed.to_pkcs8v1().unwrap().as_ref())),
+    [
+        ("rs256", KeyKind::Rsa),
+        ("es256", KeyKind::EcP256),
+        ("eddsa", KeyKind::Ed25519),
     ]
+    .into_iter()
+    .map(|(name, kind)| (name, TestKey::generate(kind).private_pem))
+    .collect()
 }
 
 /// Heap allocations per request: bearerd's own work, and what it asks of Pingora's header

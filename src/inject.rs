@@ -11,14 +11,12 @@
 
 use serde_norway::{Mapping, Value};
 
-use crate::config::{Config, RouteConfig};
-
 const ANNOTATION: &str = "bearerd.dev/injected";
 const ADDED: &str = "bearerd.dev/added";
 const CONFIG_HASH: &str = "bearerd.dev/config-hash";
 
 /// A short hash of the config's text for the pod template's annotation.
-pub fn config_hash(text: &str) -> String {
+fn config_hash(text: &str) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(text.as_bytes())
         .iter()
@@ -47,11 +45,6 @@ pub struct InjectOptions {
     pub cpu_request: String,
     pub memory_request: String,
     pub memory_limit: String,
-    /// A hash of the config's text, recorded on the pod template: a changed config changes
-    /// the template, so `kubectl apply` rolls the pods.
-    pub config_hash: Option<String>,
-    /// The port of the config's `metrics_listen`: the probes and Prometheus reach it.
-    pub probes_port: u16,
 }
 
 impl Default for InjectOptions {
@@ -64,8 +57,6 @@ impl Default for InjectOptions {
             cpu_request: "50m".into(),
             memory_request: "32Mi".into(),
             memory_limit: "128Mi".into(),
-            config_hash: None,
-            probes_port: 14091,
         }
     }
 }
@@ -97,18 +88,32 @@ pub fn url_env_name(upstream: &str) -> String {
     name
 }
 
-/// Each upstream's URL through bearerd, from the config's text. Only the routes are read:
-/// the files the config names (secrets, keys, projected tokens) exist in the pod, not where
-/// `inject` runs; the sidecar checks them when it starts.
-pub fn upstream_urls_from(text: &str) -> Result<Vec<(String, String)>, String> {
-    let doc: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
-    upstream_urls_in(&doc)
+/// What inject takes from the config the ConfigMap holds. Only the listeners and routes
+/// are read: the files the config names (secrets, keys, projected tokens) exist in the pod,
+/// not where `inject` runs; the sidecar checks them when it starts.
+pub struct PodConfig {
+    /// Each upstream's URL through bearerd, as `BEARERD_URL_<UPSTREAM>`.
+    pub urls: Vec<(String, String)>,
+    /// The port of `metrics_listen`: the kubelet's probes and Prometheus reach it.
+    pub probes_port: u16,
+    /// A hash of the text, recorded on the pod template: a changed config changes the
+    /// template, so `kubectl apply` rolls the pods.
+    pub hash: String,
 }
 
-/// The port the kubelet's probes and Prometheus reach: the config's `metrics_listen`,
-/// which must listen on the pod's IP.
-pub fn probes_port_from(text: &str) -> Result<u16, String> {
-    let doc: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+impl PodConfig {
+    pub fn from_text(text: &str) -> Result<PodConfig, String> {
+        let doc: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+        Ok(PodConfig {
+            urls: upstream_urls_in(&doc)?,
+            probes_port: probes_port_in(&doc)?,
+            hash: config_hash(text),
+        })
+    }
+}
+
+/// `metrics_listen`, which must listen on the pod's IP.
+fn probes_port_in(doc: &toml::Value) -> Result<u16, String> {
     let listen = doc
         .get("server")
         .and_then(|s| s.get("metrics_listen"))
@@ -149,21 +154,6 @@ fn upstream_urls_in(doc: &toml::Value) -> Result<Vec<(String, String)>, String> 
                 }
             };
             Ok((url_env_name(name), url))
-        })
-        .collect()
-}
-
-/// Each upstream's URL through bearerd, as the app container sees it.
-pub fn upstream_urls(config: &Config) -> Vec<(String, String)> {
-    config
-        .upstreams
-        .iter()
-        .map(|u| {
-            let url = match &u.route {
-                RouteConfig::Prefix(p) => format!("http://{}{p}", config.server.proxy_listen),
-                RouteConfig::Listen(a) => format!("http://{a}"),
-            };
-            (url_env_name(&u.name), url)
         })
         .collect()
 }
@@ -299,7 +289,7 @@ fn free_name(taken: &[String], wanted: &str) -> String {
 fn inject_pod(
     template: &mut Value,
     opts: &InjectOptions,
-    urls: &[(String, String)],
+    config: &PodConfig,
 ) -> Result<(), String> {
     if !template.is_mapping() {
         return Err("the pod template is not a mapping".into());
@@ -434,7 +424,7 @@ fn inject_pod(
             "ports",
             Value::Sequence(vec![map(vec![
                 ("name", v("bearerd-admin")),
-                ("containerPort", Value::Number(opts.probes_port.into())),
+                ("containerPort", Value::Number(config.probes_port.into())),
             ])]),
         ),
         // The app starts once a token is held; after that the identity provider decides
@@ -486,7 +476,7 @@ fn inject_pod(
         let env = seq(container, "env");
         let present = names(env);
         let mut added = Vec::new();
-        for (name, url) in urls {
+        for (name, url) in &config.urls {
             if !present.contains(name) {
                 env.push(map(vec![("name", v(name)), ("value", v(url))]));
                 added.push(name.clone());
@@ -519,13 +509,8 @@ fn inject_pod(
             (v(ANNOTATION), v(env!("CARGO_PKG_VERSION"))),
             (v(ADDED), v(&record)),
             (v("bearerd.dev/config-map"), v(&opts.config_map)),
+            (v(CONFIG_HASH), v(&config.hash)),
         ]);
-    if let Some(hash) = &opts.config_hash {
-        entry(metadata, "annotations")
-            .as_mapping_mut()
-            .expect("a mapping")
-            .insert(v(CONFIG_HASH), v(hash));
-    }
     entry(metadata, "labels")
         .as_mapping_mut()
         .expect("a mapping")
@@ -656,13 +641,13 @@ fn uninject_pod(template: &mut Value) {
     }
 }
 
-/// Injects (or with `uninject`, removes) bearerd in every pod template of a multi-document
-/// YAML text. Other documents pass through unchanged.
+/// Injects bearerd in every pod template of a multi-document YAML text, for the pod
+/// `config`; with none, removes what inject added (`--uninject`). Other documents pass
+/// through unchanged.
 pub fn inject_manifests(
     text: &str,
     opts: &InjectOptions,
-    urls: &[(String, String)],
-    uninject: bool,
+    config: Option<&PodConfig>,
 ) -> Result<String, InjectError> {
     use serde::Deserialize;
     let mut out = Vec::new();
@@ -675,7 +660,7 @@ pub fn inject_manifests(
         if value.is_null() {
             continue;
         }
-        inject_object(&mut value, opts, urls, uninject).map_err(|(kind, name, message)| {
+        inject_object(&mut value, opts, config).map_err(|(kind, name, message)| {
             InjectError::Manifest {
                 doc: doc_no,
                 kind,
@@ -708,14 +693,13 @@ pub fn inject_manifests(
 fn inject_object(
     value: &mut Value,
     opts: &InjectOptions,
-    urls: &[(String, String)],
-    uninject: bool,
+    config: Option<&PodConfig>,
 ) -> Result<(), (String, String, String)> {
     let (kind, name) = (kind_of(value), name_of(value));
     if kind == "List" {
         if let Some(items) = value.get_mut("items").and_then(Value::as_sequence_mut) {
             for item in items {
-                inject_object(item, opts, urls, uninject)?;
+                inject_object(item, opts, config)?;
             }
         }
         return Ok(());
@@ -729,8 +713,8 @@ fn inject_object(
     };
     // Injecting again starts from the clean manifest: the result is the same.
     uninject_pod(template);
-    if !uninject {
-        inject_pod(template, opts, urls).map_err(|message| (kind, name, message))?;
+    if let Some(config) = config {
+        inject_pod(template, opts, config).map_err(|message| (kind, name, message))?;
     }
     Ok(())
 }
@@ -811,21 +795,30 @@ fn normalize_for_kubernetes(
 mod tests {
     use super::*;
 
+    /// A config with one upstream, `crm`, and the probes on the pod's IP.
+    fn config() -> PodConfig {
+        PodConfig::from_text(
+            "[server]\nmetrics_listen = \"0.0.0.0:14091\"\n[upstreams.crm]\nurl = \"https://crm.test/\"\npath_prefix = \"/crm\"\ncredential = \"c\"\n",
+        )
+        .unwrap()
+    }
+
     #[test]
     fn bad_manifests_are_errors_that_name_the_document() {
         let opts = InjectOptions::default();
-        let e = inject_manifests("kind: Service\n---\n: : [\n", &opts, &[], false).unwrap_err();
+        let e =
+            inject_manifests("kind: Service\n---\n: : [\n", &opts, Some(&config())).unwrap_err();
         assert!(e.to_string().starts_with("document 2"), "{e}");
         let no_template =
             "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\nspec: {replicas: 1}\n";
-        let e = inject_manifests(no_template, &opts, &[], false).unwrap_err();
+        let e = inject_manifests(no_template, &opts, Some(&config())).unwrap_err();
         assert!(e.to_string().contains("Deployment d"), "{e}");
         let no_containers = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {}\n";
-        let e = inject_manifests(no_containers, &opts, &[], false).unwrap_err();
+        let e = inject_manifests(no_containers, &opts, Some(&config())).unwrap_err();
         assert!(e.to_string().contains("no containers"), "{e}");
         assert_eq!(url_env_name("crm-v2.eu"), "BEARERD_URL_CRM_V2_EU");
         let own = "kind: Pod\nmetadata: {name: p}\nspec:\n  initContainers: [{name: bearerd, image: x}]\n  containers: [{name: a, image: a}]\n";
-        let e = inject_manifests(own, &opts, &[], false).unwrap_err();
+        let e = inject_manifests(own, &opts, Some(&config())).unwrap_err();
         assert!(
             e.to_string().contains("already has a container named"),
             "{e}"
@@ -846,17 +839,13 @@ mod tests {
     #[test]
     fn values_mean_to_kubernetes_what_they_meant_in_the_input() {
         let opts = InjectOptions::default();
-        let urls = [(
-            "BEARERD_URL_CRM".to_string(),
-            "http://127.0.0.1:14080/crm".to_string(),
-        )];
         // Empty labels and annotations (as Helm leaves them) are fine; a file mode in octal
         // stays the number Kubernetes meant.
         let text = pod(
             "  - name: a\n    image: a\n    env:\n    - {name: FLAG, value: \"yes\"}\n",
             "  volumes:\n  - name: s\n    secret: {secretName: s, defaultMode: 0400}\n",
         );
-        let out = inject_manifests(&text, &opts, &urls, false).unwrap();
+        let out = inject_manifests(&text, &opts, Some(&config())).unwrap();
         let doc = &parse(&out)[0];
         assert_eq!(
             doc["spec"]["volumes"][0]["secret"]["defaultMode"],
@@ -875,7 +864,7 @@ mod tests {
             "  - name: a\n    image: a\n    env:\n    - {name: FLAG, value: yes}\n",
             "",
         );
-        let e = inject_manifests(&plain, &opts, &urls, false).unwrap_err();
+        let e = inject_manifests(&plain, &opts, Some(&config())).unwrap_err();
         assert!(e.to_string().contains("quote it"), "{e}");
     }
 
@@ -886,13 +875,13 @@ mod tests {
             "apiVersion: v1\nkind: List\nitems:\n- {}",
             pod("  - name: a\n    image: a\n", "").replace('\n', "\n  ")
         );
-        let out = inject_manifests(&list, &opts, &[], false).unwrap();
+        let out = inject_manifests(&list, &opts, Some(&config())).unwrap();
         let doc = &parse(&out)[0];
         assert_eq!(
             doc["items"][0]["spec"]["initContainers"][0]["name"],
             Value::String("bearerd".into())
         );
-        let back = inject_manifests(&out, &opts, &[], true).unwrap();
+        let back = inject_manifests(&out, &opts, None).unwrap();
         assert!(parse(&back)[0]["items"][0]["spec"]
             .get("initContainers")
             .is_none());
@@ -901,15 +890,11 @@ mod tests {
     #[test]
     fn an_apps_own_value_of_the_same_name_survives_inject_and_uninject() {
         let opts = InjectOptions::default();
-        let urls = [(
-            "BEARERD_URL_CRM".to_string(),
-            "http://127.0.0.1:14080/crm".to_string(),
-        )];
         let text = pod(
             "  - name: a\n    image: a\n    env:\n    - {name: BEARERD_URL_CRM, value: \"http://elsewhere\"}\n  - name: b\n    image: b\n",
             "",
         );
-        let injected = inject_manifests(&text, &opts, &urls, false).unwrap();
+        let injected = inject_manifests(&text, &opts, Some(&config())).unwrap();
         let doc = &parse(&injected)[0];
         let containers = doc["spec"]["containers"].as_sequence().unwrap();
         assert_eq!(containers[0]["env"].as_sequence().unwrap().len(), 1);
@@ -921,7 +906,7 @@ mod tests {
             containers[1]["env"][0]["value"],
             Value::String("http://127.0.0.1:14080/crm".into())
         );
-        let back = inject_manifests(&injected, &opts, &[], true).unwrap();
+        let back = inject_manifests(&injected, &opts, None).unwrap();
         let back = &parse(&back)[0];
         assert_eq!(
             back["spec"]["containers"][0]["env"][0]["value"],

@@ -326,22 +326,15 @@ fn main() -> ExitCode {
                 cpu_request,
                 memory_request,
                 memory_limit,
-                config_hash: None,
-                probes_port: defaults.probes_port,
             };
-            let mut opts = opts;
-            let urls = if uninject {
-                Vec::new()
+            let pod_config = if uninject {
+                None
             } else {
-                let urls = std::fs::read_to_string(&config)
+                let read = std::fs::read_to_string(&config)
                     .map_err(|e| e.to_string())
-                    .and_then(|t| {
-                        opts.config_hash = Some(bearerd::inject::config_hash(&t));
-                        opts.probes_port = bearerd::inject::probes_port_from(&t)?;
-                        bearerd::inject::upstream_urls_from(&t)
-                    });
-                match urls {
-                    Ok(urls) => urls,
+                    .and_then(|t| bearerd::inject::PodConfig::from_text(&t));
+                match read {
+                    Ok(c) => Some(c),
                     Err(e) => {
                         eprintln!("error: {}: {e}", config.display());
                         return ExitCode::from(2);
@@ -359,7 +352,7 @@ fn main() -> ExitCode {
                 }
             };
             match text.and_then(|t| {
-                bearerd::inject::inject_manifests(&t, &opts, &urls, uninject)
+                bearerd::inject::inject_manifests(&t, &opts, pod_config.as_ref())
                     .map_err(|e| e.to_string())
             }) {
                 Ok(out) => {

@@ -1029,22 +1029,15 @@ fn state_series(
     step_s: u64,
     state_at: impl Fn(u64) -> &'static str,
 ) -> Vec<(String, Vec<f64>)> {
-    [
-        "valid",
-        "refreshing",
-        "retrying",
-        "expired",
-        "failed",
-        "logged_out",
-    ]
-    .into_iter()
-    .map(|s| {
-        let values = (0..steps)
-            .map(|k| f64::from(u8::from(state_at(k * step_s) == s)))
-            .collect();
-        (format!("bearerd_credential_state{{state=\"{s}\"}}"), values)
-    })
-    .collect()
+    bearerd::metrics::STATES
+        .into_iter()
+        .map(|s| {
+            let values = (0..steps)
+                .map(|k| f64::from(u8::from(state_at(k * step_s) == s)))
+                .collect();
+            (format!("bearerd_credential_state{{state=\"{s}\"}}"), values)
+        })
+        .collect()
 }
 
 /// Long outages, as promtool's synthetic series: each alert fires within its stated delay

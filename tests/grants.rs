@@ -233,20 +233,25 @@ async fn a_client_assertion_file_is_read_again_at_every_use() {
     assert_eq!(refused, 0, "{why:?}");
 }
 
+/// The credential lines of a `tls_client_auth` client with a certificate the front's CA
+/// signed for the registered client, its files and the CA in `dir`.
+fn mtls_client(front: &MtlsFront, dir: &Path) -> String {
+    let ca = put(dir, "ca.pem", &front.ca_pem);
+    let pair = front.client_pair("bearerd-client");
+    let cert = put(dir, "client.crt", &pair.cert_pem);
+    let key = put(dir, "client.key", &pair.key_pem);
+    format!(
+        "client_id = \"{CLIENT_ID}\"\nclient_auth = \"tls_client_auth\"\nclient_cert = {{ file = \"{cert}\" }}\nclient_key = {{ file = \"{key}\" }}\nca_file = \"{ca}\""
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_client_auth_presents_the_rotated_certificate_and_a_wrong_one_fails() {
     let (tokens, upstream) = start_peers(Duration::from_secs(1)).await;
     tokens.state.allow_public_client(true);
     let front = MtlsFront::start(tokens.addr, "bearerd-client").await;
     let dir = fixture_dir();
-    let ca = put(&dir, "ca.pem", &front.ca_pem);
-    let first = front.client_pair("bearerd-client");
-    let cert = put(&dir, "client.crt", &first.cert_pem);
-    let key = put(&dir, "client.key", &first.key_pem);
-    let client = format!(
-        "client_id = \"{CLIENT_ID}\"\nclient_auth = \"tls_client_auth\"\nclient_cert = {{ file = \"{cert}\" }}\nclient_key = {{ file = \"{key}\" }}\nca_file = \"{ca}\""
-    );
-    let mut o = opts(client, String::new());
+    let mut o = opts(mtls_client(&front, &dir), String::new());
     o.endpoint = Some(format!("token_url = \"{}\"", front.token_url()));
     let h = Harness::start_with(tokens, upstream, o).await;
     h.wait_ready().await;
@@ -634,14 +639,7 @@ async fn tls_client_auth_uses_the_providers_mtls_alias_from_discovery() {
     let front = MtlsFront::start(tokens.addr, "bearerd-client").await;
     tokens.state.set_mtls_token_alias(&front.token_url());
     let dir = fixture_dir();
-    let ca = put(&dir, "ca.pem", &front.ca_pem);
-    let pair = front.client_pair("bearerd-client");
-    let cert = put(&dir, "client.crt", &pair.cert_pem);
-    let key = put(&dir, "client.key", &pair.key_pem);
-    let client = format!(
-        "client_id = \"{CLIENT_ID}\"\nclient_auth = \"tls_client_auth\"\nclient_cert = {{ file = \"{cert}\" }}\nclient_key = {{ file = \"{key}\" }}\nca_file = \"{ca}\""
-    );
-    let mut o = opts(client, String::new());
+    let mut o = opts(mtls_client(&front, &dir), String::new());
     o.endpoint = Some(format!("issuer = \"{}\"", tokens.issuer()));
     let h = Harness::start_with(tokens, upstream, o).await;
     h.wait_ready().await;

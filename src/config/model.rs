@@ -86,16 +86,6 @@ pub enum ClientAuthMethod {
 }
 
 impl ClientAuthMethod {
-    /// Every `client_auth` value, in the order messages list them.
-    pub const NAMES: [&'static str; 6] = [
-        "basic",
-        "post",
-        "private_key_jwt",
-        "client_assertion",
-        "tls_client_auth",
-        "none",
-    ];
-
     /// The `client_auth` value, for `bearerd status` and `/status`.
     pub fn name(&self) -> &'static str {
         match self {

@@ -438,15 +438,7 @@ async fn token(
             let Some(assertion) = form.get("assertion") else {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
             };
-            let verified = state
-                .assertions
-                .lock()
-                .unwrap()
-                .verify(assertion, true, Use::Assertion);
-            match verified {
-                Ok(()) => Json(state.issue(false)).into_response(),
-                Err(_) => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
-            }
+            issue_if_verified(&state, assertion, Use::Assertion, |_| {})
         }
         Some(TOKEN_EXCHANGE_GRANT) => {
             let (Some(subject), Some(_)) =
@@ -454,20 +446,9 @@ async fn token(
             else {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
             };
-            let verified = state
-                .assertions
-                .lock()
-                .unwrap()
-                .verify(subject, true, Use::Reusable);
-            match verified {
-                Ok(()) => {
-                    let mut body = state.issue(false);
-                    body["issued_token_type"] =
-                        json!("urn:ietf:params:oauth:token-type:access_token");
-                    Json(body).into_response()
-                }
-                Err(_) => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
-            }
+            issue_if_verified(&state, subject, Use::Reusable, |body| {
+                body["issued_token_type"] = json!("urn:ietf:params:oauth:token-type:access_token");
+            })
         }
         Some("authorization_code") => {
             let (Some(code), Some(verifier), Some(redirect)) = (
@@ -553,6 +534,25 @@ async fn token(
             Json(body).into_response()
         }
         _ => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type"),
+    }
+}
+
+/// A token for a verified grant assertion or subject token (`finish` adds to the answer);
+/// `invalid_grant` for one the server does not trust.
+fn issue_if_verified(
+    state: &TokenServerState,
+    token: &str,
+    usage: Use,
+    finish: impl FnOnce(&mut serde_json::Value),
+) -> Response {
+    let verified = state.assertions.lock().unwrap().verify(token, true, usage);
+    match verified {
+        Ok(()) => {
+            let mut body = state.issue(false);
+            finish(&mut body);
+            Json(body).into_response()
+        }
+        Err(_) => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
     }
 }
 

@@ -138,16 +138,18 @@ pub enum Routing {
 
 /// Requests between their first phase and their end, for a shutdown that waits for them
 /// and for nothing else.
+/// Relaxed: the count is polled by the shutdown and orders nothing else, so the per-request
+/// cost is one uncontended add and one subtract.
 #[derive(Clone, Default)]
 pub struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
 
 impl InFlight {
     pub fn count(&self) -> usize {
-        self.0.load(std::sync::atomic::Ordering::SeqCst)
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn enter(&self) -> InFlightGuard {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         InFlightGuard(Arc::clone(&self.0))
     }
 }
@@ -158,7 +160,7 @@ pub struct InFlightGuard(Arc<std::sync::atomic::AtomicUsize>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -643,15 +643,16 @@ fn lower_typed_token(
 ) -> Result<TypedToken, ConfigError> {
     let key = |k: &str| format!("credentials.{name}.{k}");
     let token = SecretRef::File(file_only(map, &key(token_key), raw)?);
-    token
-        .resolve()
-        .map_err(|m| map.error_at(&key(token_key), m))?;
     let token_type = match token_type {
         Some(t) => token_type_uri(map, &key(type_key), t)?,
         None => TOKEN_TYPE_JWT.to_string(),
     };
     if token_type == TOKEN_TYPE_JWT || token_type == TOKEN_TYPE_ID_TOKEN {
         check_jwt(map, &key(token_key), &token)?;
+    } else {
+        token
+            .resolve()
+            .map_err(|m| map.error_at(&key(token_key), m))?;
     }
     Ok(TypedToken { token, token_type })
 }

@@ -124,21 +124,36 @@ pub fn read_jwt(
     source: &SecretRef,
     input: GrantInput,
 ) -> Result<secrecy::SecretString, GrantError> {
+    read_token(source, input, true).map(|(value, _)| value)
+}
+
+/// Reads a token bearerd passes on (again at every call), with the time its `exp` leaves
+/// when it is a JWT. `must_be_jwt`: one that is not is refused before anything is sent. An
+/// expired one is refused too: the platform is about to write a new one.
+pub fn read_token(
+    source: &SecretRef,
+    input: GrantInput,
+    must_be_jwt: bool,
+) -> Result<(secrecy::SecretString, Option<std::time::Duration>), GrantError> {
     let value = source
         .resolve()
         .map_err(|m| GrantError::unavailable(input, m))?;
-    let facts = crate::token::jwt::peek(value.expose_secret()).map_err(|e| {
-        GrantError::unavailable(
-            input,
-            format!("{} ({}) {e}", input.as_str(), source.describe()),
-        )
-    })?;
-    if facts.time_left() == Some(std::time::Duration::ZERO) {
+    let left = match crate::token::jwt::peek(value.expose_secret()) {
+        Ok(facts) => facts.time_left(),
+        Err(e) if must_be_jwt => {
+            return Err(GrantError::unavailable(
+                input,
+                format!("{} ({}) {e}", input.as_str(), source.describe()),
+            ))
+        }
+        // An opaque token: nothing says when it expires.
+        Err(_) => None,
+    };
+    if left == Some(std::time::Duration::ZERO) {
         return Err(GrantError::transient(
-            if input == GrantInput::SubjectToken {
-                super::error::GrantErrorKind::SubjectTokenExpired
-            } else {
-                super::error::GrantErrorKind::Unavailable(input)
+            match input {
+                GrantInput::SubjectToken => super::error::GrantErrorKind::SubjectTokenExpired,
+                _ => super::error::GrantErrorKind::Unavailable(input),
             },
             format!(
                 "{} ({}) has expired; waiting for a new one to be written",
@@ -147,7 +162,7 @@ pub fn read_jwt(
             ),
         ));
     }
-    Ok(value)
+    Ok((value, left))
 }
 
 fn form_encode(s: &str) -> String {

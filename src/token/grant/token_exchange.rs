@@ -9,8 +9,8 @@ use secrecy::ExposeSecret;
 
 use super::{GrantError, IssuedToken};
 use crate::config::{TokenExchangeConfig, TypedToken, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT};
-use crate::token::endpoint::client_auth::read_jwt;
-use crate::token::endpoint::{GrantErrorKind, GrantInput, TokenEndpoint};
+use crate::token::endpoint::client_auth;
+use crate::token::endpoint::{GrantInput, TokenEndpoint};
 
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
@@ -76,33 +76,6 @@ fn read_token(
         token.token_type.as_str(),
         TOKEN_TYPE_JWT | TOKEN_TYPE_ID_TOKEN
     );
-    if declared_jwt {
-        let value = read_jwt(&token.token, input)?;
-        let left = crate::token::jwt::peek(value.expose_secret())
-            .ok()
-            .and_then(|f| f.time_left());
-        return Ok((value.expose_secret().to_string(), left));
-    }
-    // An opaque token (an access token, say): only a JWT-shaped one says when it expires.
-    let value = token
-        .token
-        .resolve()
-        .map_err(|m| GrantError::unavailable(input, m))?;
-    let left = crate::token::jwt::peek(value.expose_secret())
-        .ok()
-        .and_then(|f| f.time_left());
-    if left == Some(Duration::ZERO) {
-        return Err(GrantError::transient(
-            match input {
-                GrantInput::SubjectToken => GrantErrorKind::SubjectTokenExpired,
-                _ => GrantErrorKind::Unavailable(input),
-            },
-            format!(
-                "{} ({}) has expired",
-                input.as_str(),
-                token.token.describe()
-            ),
-        ));
-    }
+    let (value, left) = client_auth::read_token(&token.token, input, declared_jwt)?;
     Ok((value.expose_secret().to_string(), left))
 }
