@@ -79,7 +79,7 @@ fn fixture() -> Fixture {
         assert!(Instant::now() < deadline, "no token");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let upstream = Upstream::new(config.upstreams[0].clone(), slot, &metrics).unwrap();
+    let upstream = Upstream::new(config.upstreams[0].clone(), slot, None, &metrics).unwrap();
     let mut prefixes: Vec<(String, usize)> = (0..9).map(|i| (format!("/svc{i}"), i + 1)).collect();
     prefixes.push(("/api".into(), 0));
     Fixture {

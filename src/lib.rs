@@ -31,6 +31,8 @@ use metrics::Metrics;
 use proxy::{BearerProxy, Routing, Upstream};
 use token::credential::Credential;
 use token::grant::Grant;
+use token::subject::connect::ConnectStates;
+use token::subject::SubjectRegistry;
 use token::CredentialSlot;
 
 /// Why the sidecar could not start.
@@ -55,6 +57,8 @@ pub enum StartError {
 /// The running parts shared by the services, and by tests through the handle.
 pub struct Shared {
     pub credentials: Vec<Arc<CredentialSlot>>,
+    /// The registries of per-subject credentials.
+    pub subjects: Vec<Arc<SubjectRegistry>>,
     pub upstreams: Arc<Vec<Arc<Upstream>>>,
     pub metrics: Arc<Metrics>,
 }
@@ -73,6 +77,11 @@ pub struct SidecarHandle {
 impl SidecarHandle {
     pub fn credential(&self, name: &str) -> Option<&Arc<CredentialSlot>> {
         self.shared.credentials.iter().find(|c| &*c.name == name)
+    }
+
+    /// The subject registry of a per-subject credential.
+    pub fn subjects(&self, name: &str) -> Option<&Arc<SubjectRegistry>> {
+        self.shared.subjects.iter().find(|r| &*r.credential == name)
     }
 
     /// Stops the sidecar and waits for its threads.
@@ -171,6 +180,8 @@ impl HandleShutdown {
 /// token traffic never competes with request threads.
 struct ControlService {
     credentials: Vec<Arc<Credential>>,
+    subjects: Vec<Arc<SubjectRegistry>>,
+    connects: Arc<ConnectStates>,
     upstreams: Arc<Vec<Arc<Upstream>>>,
 }
 
@@ -179,10 +190,34 @@ impl BackgroundService for ControlService {
     async fn start(&self, shutdown: ShutdownWatch) {
         let mut tasks = Vec::new();
         for cred in self.credentials.iter() {
+            // A per-subject credential has no token of its own: its subjects refresh.
+            if self.subjects.iter().any(|r| r.credential == cred.slot.name) {
+                continue;
+            }
             tasks.push(tokio::spawn(token::refresher::run(
                 Arc::clone(cred),
                 shutdown.clone(),
             )));
+        }
+        for registry in &self.subjects {
+            registry.attach(tokio::runtime::Handle::current());
+            let registry = Arc::clone(registry);
+            let connects = Arc::clone(&self.connects);
+            let mut shutdown = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(registry.sweep_interval()) => {
+                            registry.sweep();
+                            connects.sweep();
+                        }
+                        _ = shutdown.changed() => {
+                            registry.stop_all();
+                            return;
+                        }
+                    }
+                }
+            }));
         }
         for up in self.upstreams.iter().filter(|u| u.addr.needs_resolution()) {
             let up = Arc::clone(up);
@@ -252,6 +287,8 @@ impl Sidecar {
         ));
         let mut handles = Vec::new();
         let mut credentials = Vec::new();
+        let mut subjects = Vec::new();
+        let tagger = token::subject::SubjectTagger::new(store::sealing_key(&config.store).as_ref());
         for c in &config.credentials {
             let mut grant = Grant::new(&c.grant).map_err(|message| StartError::Credential {
                 name: c.name.clone(),
@@ -267,6 +304,22 @@ impl Sidecar {
                     credential: c.name.clone(),
                 });
             }
+            let registry = SubjectRegistry::new(
+                c,
+                &grant,
+                Arc::clone(&store),
+                Arc::clone(&metrics),
+                config.server.rotation_helper.clone(),
+                tagger.clone(),
+            )
+            .map_err(|message| StartError::Credential {
+                name: c.name.clone(),
+                message,
+            })?;
+            if let Some(registry) = registry {
+                metrics.add_subject_credential(&c.name);
+                subjects.push(registry);
+            }
             let slot = CredentialSlot::new(c, Arc::clone(&metrics));
             credentials.push(Arc::clone(&slot));
             handles.push(Credential::new(slot, grant, Arc::clone(&store)));
@@ -274,7 +327,8 @@ impl Sidecar {
         let mut upstreams = Vec::new();
         for u in &config.upstreams {
             let slot = Arc::clone(&credentials[u.credential]);
-            let up = Upstream::new(u.clone(), slot, &metrics).map_err(|message| {
+            let registry = subjects.iter().find(|r| r.credential == slot.name).cloned();
+            let up = Upstream::new(u.clone(), slot, registry, &metrics).map_err(|message| {
                 StartError::Upstream {
                     name: u.name.clone(),
                     message,
@@ -285,6 +339,7 @@ impl Sidecar {
         let upstreams = Arc::new(upstreams);
         let shared = Arc::new(Shared {
             credentials,
+            subjects: subjects.clone(),
             upstreams: Arc::clone(&upstreams),
             metrics: Arc::clone(&metrics),
         });
@@ -338,6 +393,7 @@ impl Sidecar {
                 server.add_service(svc);
             }
         }
+        let connects = Arc::new(ConnectStates::default());
         let admin_app = admin::AdminApp {
             scope: admin::AdminScope::Full,
             credentials: handles.clone(),
@@ -345,6 +401,8 @@ impl Sidecar {
             upstreams: Arc::clone(&upstreams),
             metrics: Arc::clone(&metrics),
             store: Arc::clone(&store),
+            subjects: subjects.clone(),
+            connects: Arc::clone(&connects),
         };
         if let Some(addr) = config.server.metrics_listen {
             let probes = admin::AdminApp {
@@ -362,6 +420,8 @@ impl Sidecar {
             "control",
             ControlService {
                 credentials: handles.clone(),
+                subjects,
+                connects,
                 upstreams: Arc::clone(&upstreams),
             },
         );

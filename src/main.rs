@@ -87,10 +87,19 @@ enum Command {
         /// Print the raw JSON of /status.
         #[arg(long)]
         json: bool,
+        /// A per-subject credential's subjects, one row each.
+        #[arg(long, requires = "name", conflicts_with = "subject")]
+        subjects: bool,
+        /// One subject of a per-subject credential, in detail.
+        #[arg(long, requires = "name")]
+        subject: Option<String>,
     },
     /// Refresh a credential now and show the attempt.
     Refresh {
         name: String,
+        /// A subject of a per-subject credential.
+        #[arg(long)]
+        subject: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
         /// Show the credential's whole state after the attempt.
@@ -101,6 +110,9 @@ enum Command {
     /// and hand the refresh token to the running sidecar.
     Login {
         name: String,
+        /// A subject of a per-subject credential.
+        #[arg(long)]
+        subject: Option<String>,
         /// Use the device grant (RFC 8628) instead of a browser redirect.
         #[arg(long)]
         device: bool,
@@ -110,6 +122,9 @@ enum Command {
     /// Revoke a credential's tokens at the provider (best effort) and forget them.
     Logout {
         name: String,
+        /// A subject of a per-subject credential.
+        #[arg(long)]
+        subject: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -210,7 +225,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Status { name, admin, json } => with_admin(admin, |client| async move {
+        Command::Status {
+            name,
+            admin,
+            json,
+            subjects,
+            subject,
+        } => with_admin(admin, |client| async move {
+            if let (Some(n), true) = (&name, subjects || subject.is_some()) {
+                return show_subjects(&client, n, subject.as_deref(), json).await;
+            }
             let status = client.get("/status").await?;
             match (&name, json) {
                 (None, true) => println!(
@@ -234,13 +258,18 @@ fn main() -> ExitCode {
         }),
         Command::Refresh {
             name,
+            subject,
             admin,
             verbose,
         } => with_admin(admin, |client| async move {
             let (code, v) = client
-                .post(&format!("/credentials/{name}/refresh"), None)
+                .post(
+                    &client::operation_path(&name, subject.as_deref(), "/refresh"),
+                    None,
+                )
                 .await?;
-            if code == 404 || code == 401 {
+            let name = who(&name, subject.as_deref());
+            if matches!(code, 400 | 401 | 404) {
                 return Err(v["error"].as_str().unwrap_or("refused").to_string());
             }
             let outcome = v["outcome"].as_str().unwrap_or("unknown");
@@ -263,10 +292,18 @@ fn main() -> ExitCode {
             }
             Ok(outcome == "success")
         }),
-        Command::Logout { name, admin } => with_admin(admin, |client| async move {
+        Command::Logout {
+            name,
+            subject,
+            admin,
+        } => with_admin(admin, |client| async move {
             let (code, v) = client
-                .post(&format!("/credentials/{name}/logout"), None)
+                .post(
+                    &client::operation_path(&name, subject.as_deref(), "/logout"),
+                    None,
+                )
                 .await?;
+            let name = who(&name, subject.as_deref());
             if code != 200 {
                 return Err(v["error"].as_str().unwrap_or("refused").to_string());
             }
@@ -285,6 +322,7 @@ fn main() -> ExitCode {
         }),
         Command::Login {
             name,
+            subject,
             device,
             admin,
         } => {
@@ -301,7 +339,7 @@ fn main() -> ExitCode {
                 }
             };
             with_admin(admin, |client| async move {
-                login(&loaded, &name, device, &client).await
+                login(&loaded, &name, subject.as_deref(), device, &client).await
             })
         }
         Command::Inject {
@@ -397,9 +435,73 @@ impl bearerd::token::login::LoginPrompt for TerminalPrompt {
 }
 
 /// Runs the login flow for `name` and hands the refresh token to the sidecar.
+/// `NAME`, or `NAME [subject]`, for messages.
+fn who(name: &str, subject: Option<&str>) -> String {
+    match subject {
+        Some(s) => format!("{name} [{s}]"),
+        None => name.to_string(),
+    }
+}
+
+/// `bearerd status NAME --subjects` (every page) or `--subject S`.
+async fn show_subjects(
+    client: &AdminClient,
+    name: &str,
+    subject: Option<&str>,
+    json: bool,
+) -> Result<bool, String> {
+    let refused = |code: u16, v: &serde_json::Value| {
+        format!("{code}: {}", v["error"].as_str().unwrap_or("refused"))
+    };
+    if let Some(s) = subject {
+        let (code, v) = client
+            .get_with_token(&client::operation_path(name, Some(s), ""))
+            .await?;
+        if code != 200 {
+            return Err(refused(code, &v));
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        } else {
+            print!("{}", client::credential_detail(&who(name, Some(s)), &v));
+        }
+        return Ok(true);
+    }
+    let mut all = Vec::new();
+    let mut after = String::new();
+    loop {
+        let path = format!(
+            "{}?limit=1000{after}",
+            client::operation_path(name, None, "/subjects")
+        );
+        let (code, v) = client.get_with_token(&path).await?;
+        if code != 200 {
+            return Err(refused(code, &v));
+        }
+        all.extend(v["subjects"].as_array().cloned().unwrap_or_default());
+        match v["next"].as_str() {
+            Some(next) => {
+                after = format!(
+                    "&after={}",
+                    url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
+                )
+            }
+            None => break,
+        }
+    }
+    if json {
+        let v = serde_json::json!({ "subjects": all });
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        print!("{}", client::subjects_table(&all));
+    }
+    Ok(true)
+}
+
 async fn login(
     config: &Config,
     name: &str,
+    subject: Option<&str>,
     device: bool,
     client: &AdminClient,
 ) -> Result<bool, String> {
@@ -440,8 +542,9 @@ async fn login(
     drop(token);
     let body = serde_json::json!({ "refresh_token": secrecy::ExposeSecret::expose_secret(&refresh_token) });
     let (code, v) = client
-        .post(&format!("/credentials/{name}/login"), Some(body))
+        .post(&client::operation_path(name, subject, "/login"), Some(body))
         .await?;
+    let name = who(name, subject);
     if code != 200 {
         return Err(format!(
             "logged in at the provider, but the sidecar refused the refresh token ({code}): {}",

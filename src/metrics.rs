@@ -41,6 +41,7 @@ pub struct Metrics {
     pub token_adopted_total: IntCounterVec,
     pub store_up: prometheus::IntGauge,
     pub store_operations_total: IntCounterVec,
+    pub subjects: IntGaugeVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -160,6 +161,14 @@ impl Metrics {
                 &["op", "result"],
             )
             .expect("metric definition"),
+            subjects: IntGaugeVec::new(
+                opts(
+                    "subjects",
+                    "Subjects of per-subject credentials held in memory, by state (never which subjects).",
+                ),
+                &["credential", "state"],
+            )
+            .expect("metric definition"),
             token_adopted_total: IntCounterVec::new(
                 opts(
                     "token_adopted_total",
@@ -183,6 +192,7 @@ impl Metrics {
             Box::new(m.token_adopted_total.clone()),
             Box::new(m.store_up.clone()),
             Box::new(m.store_operations_total.clone()),
+            Box::new(m.subjects.clone()),
         ] {
             m.registry.register(c).expect("metrics are registered once");
         }
@@ -219,6 +229,13 @@ impl Metrics {
             }
         }
         m
+    }
+
+    /// Creates the `subjects` series of a per-subject credential (at zero).
+    pub fn add_subject_credential(&self, credential: &str) {
+        for s in STATES {
+            self.subjects.with_label_values(&[credential, s]);
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -17,6 +17,7 @@ fn bearerd() -> Command {
         "CALENDAR_CLIENT_SECRET",
         "CALENDAR_REFRESH_TOKEN",
         "GITHUB_TOKEN",
+        "GITHUB_CLIENT_SECRET",
         "TOOLS_CLIENT_SECRET",
         "BEARERD_ADMIN_TOKEN",
     ] {
@@ -159,6 +160,62 @@ fn assert_error(text: &str, line: usize, needles: &[&str]) {
     for n in needles {
         assert!(stderr.contains(n), "expected {n:?} in: {stderr}");
     }
+}
+
+const PER_SUBJECT: &str = r#"[credentials.gmail]
+grant = "refresh_token"
+token_url = "https://idp.example.com/token"
+client_id = "app"
+client_secret = "s"
+subject_header = "x-bearerd-subject"
+
+[upstreams.gmail]
+url = "https://gmail.example.com/api"
+path_prefix = "/gmail"
+credential = "gmail"
+"#;
+
+#[test]
+fn per_subject_keys_are_checked_with_their_line() {
+    let with = |line: &str| PER_SUBJECT.replacen("subject_header = \"x-bearerd-subject\"", line, 1);
+    assert_error(
+        &with("subject_header = \"bad header\""),
+        6,
+        &["subject_header", "not a valid HTTP header name"],
+    );
+    assert_error(
+        &with("subject_header = \"Authorization\""),
+        6,
+        &["subject_header", "meaning of its own"],
+    );
+    assert_error(
+        &with("subject_header = \"x-s\"\nrefresh_token = \"rt\""),
+        7,
+        &["refresh_token", "per subject"],
+    );
+    assert_error(
+        &with("redirect_uri = \"https://app/cb\""),
+        6,
+        &["redirect_uri", "set subject_header"],
+    );
+    assert_error(
+        &with("subject_header = \"x-s\"\nmax_subjects_in_memory = 0"),
+        7,
+        &["max_subjects_in_memory", "at least 1"],
+    );
+    assert_error(
+        &with("subject_header = \"x-s\"\nconnect_lifetime = \"2h\""),
+        7,
+        &["connect_lifetime", "at most 1h"],
+    );
+    assert_error(
+        &PER_SUBJECT.replace(
+            "grant = \"refresh_token\"",
+            "grant = \"client_credentials\"",
+        ),
+        6,
+        &["subject_header"],
+    );
 }
 
 #[test]

@@ -39,6 +39,18 @@ client_id = "{id}"
 client_secret = {{ env = "TEST_CLIENT_SECRET" }}
 refresh_token = {{ env = "TEST_REFRESH_TOKEN" }}
 
+[credentials.ps]
+grant = "refresh_token"
+token_url = "{url}"
+client_id = "{id}"
+client_secret = {{ env = "TEST_CLIENT_SECRET" }}
+subject_header = "x-bearerd-subject"
+
+[upstreams.c]
+url = "http://{up}/c"
+path_prefix = "/c"
+credential = "ps"
+
 [upstreams.a]
 url = "http://{up}/a"
 path_prefix = "/a"
@@ -92,6 +104,30 @@ credential = "rt"
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
+    }
+    // Per-subject: a subject's refresh token handed over, requests for it, and one for a
+    // subject that is not connected. Subjects are e-mail addresses here: logs must not
+    // name them.
+    let rt = tokens
+        .state
+        .seed_refresh_token_for("alice.private@example.com");
+    let r = client
+        .post(format!(
+            "http://{admin}/credentials/ps/subjects/alice.private%40example.com/login"
+        ))
+        .json(&serde_json::json!({ "refresh_token": rt }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for subject in ["alice.private@example.com", "bob.private@example.com"] {
+        let r = client
+            .get(format!("http://{proxy}/c/x"))
+            .header("x-bearerd-subject", subject)
+            .send()
+            .await
+            .unwrap();
+        assert!(matches!(r.status().as_u16(), 200 | 403));
     }
     // A revocation and its replay.
     tokens.state.revoke_access_tokens();
@@ -195,6 +231,14 @@ credential = "rt"
         &logs[..logs.len().min(2000)]
     );
     assert!(logs.lines().count() > 20, "trace logging produced output");
+    assert!(
+        !logs.contains(".private@"),
+        "a subject is in the logs in clear"
+    );
+    assert!(
+        logs.contains("\"subject\":\"s:"),
+        "subjects are logged by their tag"
+    );
 
     let mut secrets = tokens.state.every_issued();
     assert!(

@@ -99,6 +99,24 @@ impl AdminClient {
             .map_err(|e| format!("unexpected answer from {}: {e}", self.base))
     }
 
+    /// A GET that carries the admin token (the subject endpoints need it), with the status.
+    pub async fn get_with_token(&self, path: &str) -> Result<(u16, Value), String> {
+        if self.token.is_some() {
+            self.ensure_private("the admin token")?;
+        }
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the bearerd admin API at {}: {e}", self.base))?;
+        let status = resp.status().as_u16();
+        let value = resp.json().await.unwrap_or(Value::Null);
+        Ok((status, value))
+    }
+
     /// Refuses, before anything is sent, to carry `what` to an admin URL where it would
     /// travel in clear off this host.
     pub fn ensure_private(&self, what: &str) -> Result<(), String> {
@@ -147,6 +165,15 @@ fn seconds(v: &Value) -> String {
     }
 }
 
+fn yes_no(v: &Value) -> String {
+    if v.as_bool() == Some(true) {
+        "yes"
+    } else {
+        "no"
+    }
+    .to_string()
+}
+
 fn last_error(v: &Value) -> String {
     match v.get("kind").and_then(Value::as_str) {
         Some(kind) => format!("{kind}: {}", v["message"].as_str().unwrap_or("")),
@@ -174,6 +201,10 @@ pub fn status_table(status: &Value) -> String {
                 .as_array()
                 .map(|a| a.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
+            if c["per_subject"].as_bool() == Some(true) {
+                rows.push(per_subject_row(name, c));
+                continue;
+            }
             rows.push([
                 name.clone(),
                 c["state"].as_str().unwrap_or("?").to_string(),
@@ -186,29 +217,12 @@ pub fn status_table(status: &Value) -> String {
                 } else {
                     scopes.join(",")
                 },
-                if c["has_refresh_token"].as_bool() == Some(true) {
-                    "yes"
-                } else {
-                    "no"
-                }
-                .to_string(),
+                yes_no(&c["has_refresh_token"]),
                 last_error(&c["last_error"]),
             ]);
         }
     }
-    let widths: Vec<usize> = (0..9)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in &rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    let mut out = render_table(&rows);
     // Where the tokens are kept, and whether that store answers (a shared one may not).
     if let Some(backend) = status["store"]["backend"].as_str() {
         let store = &status["store"];
@@ -221,6 +235,83 @@ pub fn status_table(status: &Value) -> String {
         }
     }
     out
+}
+
+/// A per-subject credential's row: the counts of its subjects per state.
+fn per_subject_row(name: &str, c: &Value) -> [String; 9] {
+    let counts: Vec<String> = c["subjects"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+                .map(|(state, n)| format!("{n} {state}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let dash = || "-".to_string();
+    [
+        name.to_string(),
+        "per-subject".into(),
+        c["client_auth"].as_str().unwrap_or("-").to_string(),
+        dash(),
+        dash(),
+        dash(),
+        dash(),
+        dash(),
+        if counts.is_empty() {
+            "no subjects in memory".into()
+        } else {
+            format!("subjects in memory: {}", counts.join(", "))
+        },
+    ]
+}
+
+/// Columns padded to their widest cell, two spaces apart.
+fn render_table<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// One row per subject (`bearerd status NAME --subjects`).
+pub fn subjects_table(subjects: &[Value]) -> String {
+    let mut rows =
+        vec![["SUBJECT", "STATE", "EXPIRES IN", "IN MEMORY", "LAST ERROR"].map(String::from)];
+    for s in subjects {
+        rows.push([
+            s["subject"].as_str().unwrap_or("?").to_string(),
+            s["state"].as_str().unwrap_or("?").to_string(),
+            seconds(&s["expires_in_s"]),
+            yes_no(&s["in_memory"]),
+            last_error(&s["last_error"]),
+        ]);
+    }
+    let mut out = render_table(&rows);
+    out.push_str(&format!("\n{} subjects\n", subjects.len()));
+    out
+}
+
+/// The admin path of a credential's operation, or of one of its subject's.
+pub fn operation_path(name: &str, subject: Option<&str>, op: &str) -> String {
+    let name = super::encode_segment(name);
+    match subject {
+        Some(s) => format!(
+            "/credentials/{name}/subjects/{}{op}",
+            super::encode_segment(s)
+        ),
+        None => format!("/credentials/{name}{op}"),
+    }
 }
 
 /// Everything `/status` says about one credential, one field a line.
@@ -251,15 +342,7 @@ pub fn credential_detail(name: &str, c: &Value) -> String {
                 })
                 .unwrap_or_default(),
         ),
-        (
-            "refresh token",
-            if c["has_refresh_token"].as_bool() == Some(true) {
-                "yes"
-            } else {
-                "no"
-            }
-            .to_string(),
-        ),
+        ("refresh token", yes_no(&c["has_refresh_token"])),
         ("last error", last_error(&c["last_error"])),
         (
             "last error at",

@@ -2,6 +2,9 @@
 //! (in `client`) the CLI that talks to it.
 
 pub mod client;
+mod subjects;
+
+pub use subjects::encode_segment;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,6 +40,10 @@ pub struct AdminApp {
     pub upstreams: Arc<Vec<Arc<Upstream>>>,
     pub metrics: Arc<Metrics>,
     pub store: Arc<dyn crate::store::TokenStore>,
+    /// The registries of per-subject credentials.
+    pub subjects: Vec<Arc<crate::token::subject::SubjectRegistry>>,
+    /// Connect flows waiting for their callback.
+    pub connects: Arc<crate::token::subject::connect::ConnectStates>,
 }
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -92,8 +99,15 @@ impl AdminApp {
 
     /// Credentials that some upstream uses: readiness depends only on those.
     fn used_credentials(&self) -> impl Iterator<Item = &Arc<CredentialSlot>> {
-        self.slots()
-            .filter(|c| self.upstreams.iter().any(|u| Arc::ptr_eq(&u.slot, c)))
+        // A per-subject credential has no token of its own: it never holds readiness back.
+        self.slots().filter(|c| {
+            self.registry(&c.name).is_none()
+                && self.upstreams.iter().any(|u| Arc::ptr_eq(&u.slot, c))
+        })
+    }
+
+    fn registry(&self, name: &str) -> Option<&Arc<crate::token::subject::SubjectRegistry>> {
+        self.subjects.iter().find(|r| &*r.credential == name)
     }
 
     fn readyz(&self) -> Response<Vec<u8>> {
@@ -119,7 +133,16 @@ impl AdminApp {
     }
 
     fn status(&self) -> Response<Vec<u8>> {
-        let credentials: BTreeMap<&str, _> = self.slots().map(|c| (&*c.name, c.status())).collect();
+        let credentials: BTreeMap<&str, serde_json::Value> = self
+            .slots()
+            .map(|c| {
+                let status = match self.registry(&c.name) {
+                    Some(r) => subjects::credential_status(r, c),
+                    None => json!(c.status()),
+                };
+                (&*c.name, status)
+            })
+            .collect();
         let upstreams: BTreeMap<&str, _> = self
             .upstreams
             .iter()
@@ -134,7 +157,8 @@ impl AdminApp {
                         "url": u.config.url.as_str(),
                         "credential": &*u.slot.name,
                         "route": route,
-                        "ready": u.slot.is_ready(),
+                        "ready": u.subjects.is_some() || u.slot.is_ready(),
+                        "per_subject": u.subjects.is_some(),
                     }),
                 )
             })
@@ -152,31 +176,44 @@ impl AdminApp {
                 json!({"error": format!("no credential named {name:?}")}),
             );
         };
-        let slot = &cred.slot;
-        let before = slot.current().map_or(0, |t| t.generation);
-        let started = Instant::now();
-        let target = slot.demand_manual();
-        let finished = slot.wait_attempts(target, Duration::from_secs(60)).await;
-        let status = slot.status();
-        let ok = finished && status.generation > before;
-        json_response(
-            if ok {
-                200
-            } else if finished {
-                502
-            } else {
-                504
-            },
-            json!({
-                "credential": name,
-                "outcome": if ok { "success" } else if finished { "failed" } else { "timeout" },
-                "duration_ms": started.elapsed().as_millis() as u64,
-                "generation": status.generation,
-                "previous_generation": before,
-                "status": status,
-            }),
-        )
+        if self.registry(name).is_some() {
+            return json_response(
+                400,
+                json!({"error": format!("credential {name:?} keeps a token per subject: refresh a subject (…/subjects/{{subject}}/refresh)")}),
+            );
+        }
+        refresh_slot(&cred.slot, json!({"credential": name})).await
     }
+}
+
+/// Forces a refresh of `slot` and answers how it went; `about` names what was refreshed.
+async fn refresh_slot(slot: &CredentialSlot, about: serde_json::Value) -> Response<Vec<u8>> {
+    let before = slot.current().map_or(0, |t| t.generation);
+    let started = Instant::now();
+    let target = slot.demand_manual();
+    let finished = slot.wait_attempts(target, Duration::from_secs(60)).await;
+    let status = slot.status();
+    let ok = finished && status.generation > before;
+    let mut body = json!({
+        "outcome": if ok { "success" } else if finished { "failed" } else { "timeout" },
+        "duration_ms": started.elapsed().as_millis() as u64,
+        "generation": status.generation,
+        "previous_generation": before,
+        "status": status,
+    });
+    if let (Some(body), Some(about)) = (body.as_object_mut(), about.as_object()) {
+        body.extend(about.clone());
+    }
+    json_response(
+        if ok {
+            200
+        } else if finished {
+            502
+        } else {
+            504
+        },
+        body,
+    )
 }
 
 impl AdminApp {
@@ -188,41 +225,58 @@ impl AdminApp {
                 json!({"error": format!("no credential named {name:?}")}),
             );
         };
-        let mut body = Vec::new();
-        while let Ok(Some(chunk)) = session.read_request_body().await {
-            body.extend_from_slice(&chunk);
-            if body.len() > 64 * 1024 {
-                return json_response(413, json!({"error": "body too large"}));
-            }
+        if self.registry(name).is_some() {
+            return json_response(
+                400,
+                json!({"error": format!("credential {name:?} keeps a token per subject: log a subject in (…/subjects/{{subject}}/login)")}),
+            );
         }
-        #[derive(serde::Deserialize)]
-        struct Login {
-            refresh_token: secrecy::SecretString,
-        }
-        let is_json = session
-            .req_header()
-            .headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
-        let login: Login = match serde_json::from_slice(&body) {
-            Ok(l) if is_json => l,
-            // The parser's message could quote the body, a token: give only the position.
-            Ok(_) | Err(_) => {
-                let at = serde_json::from_slice::<Login>(&body)
-                    .err()
-                    .map(|e| format!(" (line {}, column {})", e.line(), e.column()));
-                return json_response(
-                    400,
-                    json!({"error": format!("expected application/json {{\"refresh_token\": \"…\"}}{}", at.unwrap_or_default())}),
-                );
-            }
+        let refresh_token = match read_login(session).await {
+            Ok(rt) => rt,
+            Err(response) => return response,
         };
-        if let Err(e) = cred.login(login.refresh_token).await {
+        if let Err(e) = cred.login(refresh_token).await {
             return json_response(400, json!({"error": e}));
         }
         self.refresh(name).await
     }
+}
+
+/// Reads `{"refresh_token": "…"}`, the body of a login.
+async fn read_login(
+    session: &mut ServerSession,
+) -> Result<secrecy::SecretString, Response<Vec<u8>>> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = session.read_request_body().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > 64 * 1024 {
+            return Err(json_response(413, json!({"error": "body too large"})));
+        }
+    }
+    #[derive(serde::Deserialize)]
+    struct Login {
+        refresh_token: secrecy::SecretString,
+    }
+    let is_json = session
+        .req_header()
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let login: Login = match serde_json::from_slice(&body) {
+        Ok(l) if is_json => l,
+        // The parser's message could quote the body, a token: give only the position.
+        Ok(_) | Err(_) => {
+            let at = serde_json::from_slice::<Login>(&body)
+                .err()
+                .map(|e| format!(" (line {}, column {})", e.line(), e.column()));
+            return Err(json_response(
+                400,
+                json!({"error": format!("expected application/json {{\"refresh_token\": \"…\"}}{}", at.unwrap_or_default())}),
+            ));
+        }
+    };
+    Ok(login.refresh_token)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -248,7 +302,14 @@ impl ServeHttp for AdminApp {
             ("GET", ["status"]) => self.status(),
             ("GET", ["metrics"]) => {
                 for c in self.slots() {
-                    c.update_gauges();
+                    // A per-subject credential's own slot holds no token: its state is
+                    // in bearerd_subjects, so an alert on credential_state stays quiet.
+                    if self.registry(&c.name).is_none() {
+                        c.update_gauges();
+                    }
+                }
+                for r in &self.subjects {
+                    r.update_gauges();
                 }
                 self.metrics.store_up.set(i64::from(self.store.health().up));
                 respond(
@@ -256,6 +317,13 @@ impl ServeHttp for AdminApp {
                     "text/plain; version=0.0.4",
                     self.metrics.render().into_bytes(),
                 )
+            }
+            ("GET", ["connect", "callback"]) => self.connect_callback(session).await,
+            (_, ["credentials", _, "subjects", ..]) if !self.authorized(session) => {
+                json_response(401, json!({"error": "the admin token is missing or wrong"}))
+            }
+            (_, ["credentials", name, "subjects", rest @ ..]) => {
+                self.subjects(&method, name, rest, session).await
             }
             ("POST", ["credentials", _, "refresh" | "logout" | "login"])
                 if !self.authorized(session) =>

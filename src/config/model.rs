@@ -317,6 +317,31 @@ pub struct CredentialConfig {
     pub name: String,
     pub grant: GrantConfig,
     pub policy: RefreshPolicy,
+    /// Set for a per-subject credential: one token set per end user.
+    pub subjects: Option<SubjectConfig>,
+}
+
+/// `subject_header` and its companions: a credential that keeps one token set per end user
+/// (the subject), named by the app in a request header.
+#[derive(Debug, Clone)]
+pub struct SubjectConfig {
+    /// Read on the proxy listener, and removed before the request goes upstream.
+    pub header: http::HeaderName,
+    /// Where the provider sends the user back after a connect flow (the app relays it to
+    /// `/connect/callback`); connect flows need it.
+    pub redirect_uri: Option<url::Url>,
+    /// Subjects unused this long leave memory (they come back from the store).
+    pub idle: Duration,
+    /// The most subjects held in memory at once; the least recently used leave first.
+    pub max_in_memory: usize,
+    /// How long a connect flow's `state` is accepted.
+    pub connect_lifetime: Duration,
+}
+
+impl SubjectConfig {
+    pub const DEFAULT_IDLE: Duration = Duration::from_secs(15 * 60);
+    pub const DEFAULT_MAX_IN_MEMORY: usize = 100_000;
+    pub const DEFAULT_CONNECT_LIFETIME: Duration = Duration::from_secs(600);
 }
 
 impl CredentialConfig {

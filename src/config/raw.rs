@@ -251,6 +251,16 @@ credential_table! {
         /// Send `scope` with refresh_token requests too (some providers, e.g. Microsoft's,
         /// require it); by default the refresh keeps the scope originally granted.
         scope_on_refresh: Option<bool>,
+        /// Per-subject: the request header that names the end user; one token set each.
+        subject_header: Option<String>,
+        /// Per-subject: the redirect URI of connect flows (the app relays it to bearerd).
+        redirect_uri: Option<String>,
+        /// Per-subject: subjects unused this long leave memory (default 15m).
+        subject_idle: Option<String>,
+        /// Per-subject: the most subjects kept in memory at once.
+        max_subjects_in_memory: Option<usize>,
+        /// Per-subject: how long a connect flow's state is accepted (default 10m).
+        connect_lifetime: Option<String>,
     }
 }
 

@@ -47,6 +47,9 @@ struct RefreshTokens {
     spent: HashMap<String, (Instant, String)>,
 }
 
+/// An authorization code: (PKCE challenge, redirect_uri, the user who consented).
+type PendingCode = (String, String, Option<String>);
+
 pub struct TokenServerState {
     requests: AtomicUsize,
     serial: AtomicU64,
@@ -70,8 +73,11 @@ pub struct TokenServerState {
     last_form: Mutex<Vec<(String, String)>>,
     /// Every access and refresh token ever issued, for leak checks.
     every_issued: Mutex<Vec<String>>,
-    /// Authorization codes: code → (PKCE challenge, redirect_uri).
-    codes: Mutex<HashMap<String, (String, String)>>,
+    codes: Mutex<HashMap<String, PendingCode>>,
+    /// Access and refresh tokens issued for an end user → that user.
+    owners: Mutex<HashMap<String, String>>,
+    /// The user at the browser when the authorization endpoint is visited.
+    authorizing_user: Mutex<Option<String>>,
     /// Device codes: device_code → (approved, polls so far).
     devices: Mutex<HashMap<String, (bool, u32)>>,
     /// Keys trusted for signed assertions and subject tokens.
@@ -127,6 +133,8 @@ impl TokenServer {
             last_form: Mutex::new(Vec::new()),
             every_issued: Mutex::new(Vec::new()),
             codes: Mutex::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
+            authorizing_user: Mutex::new(None),
             devices: Mutex::new(HashMap::new()),
             assertions: Mutex::new(AssertionPolicy::default()),
             public_client: std::sync::atomic::AtomicBool::new(false),
@@ -227,6 +235,39 @@ impl TokenServerState {
         self.every_issued.lock().unwrap().push(rt.clone());
         rt
     }
+    /// Issues a refresh token for an end user, as that user's login would.
+    pub fn seed_refresh_token_for(&self, subject: &str) -> String {
+        let rt = self.seed_refresh_token();
+        self.owners
+            .lock()
+            .unwrap()
+            .insert(rt.clone(), subject.to_string());
+        rt
+    }
+    /// The end user an access or refresh token was issued for.
+    pub fn subject_of(&self, token: &str) -> Option<String> {
+        self.owners.lock().unwrap().get(token).cloned()
+    }
+    /// Revokes every refresh token of this end user (the user disconnected the app).
+    pub fn revoke_subject(&self, subject: &str) {
+        let owners = self.owners.lock().unwrap();
+        let mut r = self.refresh.lock().unwrap();
+        r.active
+            .retain(|rt| owners.get(rt).map(String::as_str) != Some(subject));
+    }
+    /// Revokes every access and refresh token of this end user.
+    fn revoke_grant_of(&self, subject: &str) {
+        self.revoke_subject(subject);
+        let owners = self.owners.lock().unwrap();
+        self.issued
+            .lock()
+            .unwrap()
+            .retain(|t, _| owners.get(t).map(String::as_str) != Some(subject));
+    }
+    /// Who logs in at the authorization endpoint from now on (none: an anonymous user).
+    pub fn set_authorizing_user(&self, subject: Option<&str>) {
+        *self.authorizing_user.lock().unwrap() = subject.map(str::to_string);
+    }
     /// Approves every pending device code (the user entered it and consented).
     pub fn approve_devices(&self) {
         for d in self.devices.lock().unwrap().values_mut() {
@@ -306,6 +347,24 @@ impl TokenServerState {
     }
 
     fn issue(&self, with_refresh: bool) -> serde_json::Value {
+        self.issue_for(with_refresh, None)
+    }
+
+    /// A token answer for `subject` (the tokens are recorded as that user's).
+    fn issue_for(&self, with_refresh: bool, subject: Option<&str>) -> serde_json::Value {
+        let body = self.issue_unowned(with_refresh);
+        if let Some(subject) = subject {
+            let mut owners = self.owners.lock().unwrap();
+            for field in ["access_token", "refresh_token"] {
+                if let Some(t) = body[field].as_str() {
+                    owners.insert(t.to_string(), subject.to_string());
+                }
+            }
+        }
+        body
+    }
+
+    fn issue_unowned(&self, with_refresh: bool) -> serde_json::Value {
         let lifetime = Duration::from_millis(self.lifetime_ms.load(Ordering::SeqCst));
         let serial = self.serial.fetch_add(1, Ordering::SeqCst) + 1;
         let token = format!("tok_{}", random_hex());
@@ -458,7 +517,8 @@ async fn token(
             ) else {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
             };
-            let Some((challenge, expected_redirect)) = state.codes.lock().unwrap().remove(code)
+            let Some((challenge, expected_redirect, user)) =
+                state.codes.lock().unwrap().remove(code)
             else {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
             };
@@ -468,7 +528,7 @@ async fn token(
             if computed != challenge || redirect != &expected_redirect {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
             }
-            Json(state.issue(true)).into_response()
+            Json(state.issue_for(true, user.as_deref())).into_response()
         }
         Some("urn:ietf:params:oauth:grant-type:device_code") => {
             let Some(device_code) = form.get("device_code") else {
@@ -500,11 +560,17 @@ async fn token(
                 let mut r = state.refresh.lock().unwrap();
                 if let Some((spent_at, successor)) = r.spent.get(rt).cloned() {
                     if spent_at.elapsed() >= grace {
-                        // Reuse: assume theft and revoke the whole grant.
+                        // Reuse: assume theft and revoke the whole grant (the user's, when
+                        // the token was issued for one).
                         state.reuse_detected.fetch_add(1, Ordering::SeqCst);
-                        r.active.clear();
                         drop(r);
-                        state.revoke_access_tokens();
+                        match state.subject_of(rt) {
+                            Some(user) => state.revoke_grant_of(&user),
+                            None => {
+                                state.refresh.lock().unwrap().active.clear();
+                                state.revoke_access_tokens();
+                            }
+                        }
                         return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
                     }
                     // Inside the grace period (as Okta and Auth0 offer): the client evidently
@@ -515,7 +581,8 @@ async fn token(
                     return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
                 }
                 drop(r);
-                let body = state.issue(true);
+                let user = state.subject_of(rt);
+                let body = state.issue_for(true, user.as_deref());
                 let successor = body["refresh_token"]
                     .as_str()
                     .unwrap_or_default()
@@ -614,11 +681,12 @@ async fn authorize(
             .into_response();
     }
     let code = format!("code_{}", random_hex());
+    let user = state.authorizing_user.lock().unwrap().clone();
     state
         .codes
         .lock()
         .unwrap()
-        .insert(code.clone(), (challenge.clone(), redirect.clone()));
+        .insert(code.clone(), (challenge.clone(), redirect.clone(), user));
     let location = format!(
         "{redirect}?code={code}&state={}",
         url::form_urlencoded::byte_serialize(st.as_bytes()).collect::<String>()

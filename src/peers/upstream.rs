@@ -26,6 +26,8 @@ pub struct SeenRequest {
     pub body: Bytes,
     /// The token's serial at the token server, when it was valid.
     pub token_serial: Option<u64>,
+    /// The end user the token was issued for (per-subject tokens).
+    pub token_subject: Option<String>,
 }
 
 pub struct UpstreamState {
@@ -33,6 +35,8 @@ pub struct UpstreamState {
     requests: AtomicUsize,
     unauthorized: AtomicUsize,
     reject_all: AtomicBool,
+    /// Answer 401 to every token of this subject.
+    reject_subject: Mutex<Option<String>>,
     seen: Mutex<Vec<SeenRequest>>,
     /// Delay between SSE events.
     pub sse_gap: Mutex<Duration>,
@@ -79,6 +83,7 @@ impl UpstreamState {
             requests: AtomicUsize::new(0),
             unauthorized: AtomicUsize::new(0),
             reject_all: AtomicBool::new(false),
+            reject_subject: Mutex::new(None),
             seen: Mutex::new(Vec::new()),
             sse_gap: Mutex::new(Duration::from_secs(3)),
             authorization_server: Mutex::new(None),
@@ -93,6 +98,10 @@ impl UpstreamState {
     /// Answer 401 to every request, whatever its token.
     pub fn reject_all(&self, on: bool) {
         self.reject_all.store(on, Ordering::SeqCst);
+    }
+    /// Answer 401 to every token issued for this subject (none: stop).
+    pub fn reject_subject(&self, subject: Option<&str>) {
+        *self.reject_subject.lock().unwrap() = subject.map(str::to_string);
     }
     pub fn seen(&self) -> Vec<SeenRequest> {
         self.seen.lock().unwrap().clone()
@@ -128,6 +137,9 @@ async fn handle(State(state): State<Arc<UpstreamState>>, req: Request) -> Respon
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_string);
     let serial = token.as_deref().and_then(|t| state.tokens.validate(t));
+    let token_subject = token.as_deref().and_then(|t| state.tokens.subject_of(t));
+    let subject_rejected =
+        token_subject.is_some() && *state.reject_subject.lock().unwrap() == token_subject;
     let target = parts
         .uri
         .path_and_query()
@@ -138,8 +150,11 @@ async fn handle(State(state): State<Arc<UpstreamState>>, req: Request) -> Respon
         headers: parts.headers.clone(),
         body: body.clone(),
         token_serial: serial,
+        token_subject: token_subject.clone(),
     });
-    let Some(serial) = serial.filter(|_| !state.reject_all.load(Ordering::SeqCst)) else {
+    let Some(serial) =
+        serial.filter(|_| !state.reject_all.load(Ordering::SeqCst) && !subject_rejected)
+    else {
         state.unauthorized.fetch_add(1, Ordering::SeqCst);
         let challenge = match authorization_server {
             Some(_) => format!(
@@ -177,6 +192,7 @@ async fn handle(State(state): State<Arc<UpstreamState>>, req: Request) -> Respon
         "target": target,
         "host": parts.headers.get("host").and_then(|v| v.to_str().ok()),
         "token_serial": serial,
+        "token_subject": token_subject,
         "body_bytes": body.len(),
     }))
     .into_response()

@@ -20,6 +20,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
+use crate::token::subject::{InvalidSubject, SubjectKey, SubjectRegistry, SubjectUnavailable};
 use crate::token::{CredentialSlot, ReplayDecision, TokenSnapshot};
 use problem::Problem;
 use resolve::ResolvedAddr;
@@ -35,6 +36,8 @@ pub struct Upstream {
     pub config: UpstreamConfig,
     pub name: Arc<str>,
     pub slot: Arc<CredentialSlot>,
+    /// Set when the credential is per-subject: the request's subject header picks the slot.
+    pub subjects: Option<Arc<SubjectRegistry>>,
     pub addr: ResolvedAddr,
     ca: Option<Arc<CaType>>,
     authority: HeaderValue,
@@ -66,6 +69,7 @@ impl Upstream {
     pub fn new(
         config: UpstreamConfig,
         slot: Arc<CredentialSlot>,
+        subjects: Option<Arc<SubjectRegistry>>,
         metrics: &Metrics,
     ) -> Result<Self, String> {
         let ca = match &config.ca_file {
@@ -99,6 +103,7 @@ impl Upstream {
             name: Arc::from(config.name.as_str()),
             addr: ResolvedAddr::new(&config.host, config.port),
             slot,
+            subjects,
             ca,
             authority,
             config,
@@ -182,6 +187,10 @@ pub struct RequestCtx {
     /// The app sent the id: it is in the upstream request already.
     request_id_from_app: bool,
     upstream: Option<Arc<Upstream>>,
+    /// The slot the token comes from: the upstream's, or its subject's.
+    slot: Option<Arc<CredentialSlot>>,
+    /// The subject the request named (per-subject credentials).
+    subject: Option<SubjectKey>,
     /// `None`: the incoming target goes upstream unchanged.
     target: Option<http::Uri>,
     token: Option<Arc<TokenSnapshot>>,
@@ -268,6 +277,37 @@ impl BearerProxy {
             );
         }
         Ok(true)
+    }
+
+    /// 403 `subject-not-connected`: what the app turns into a "connect your account" prompt,
+    /// with the admin path that starts the connect flow.
+    async fn not_connected(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        upstream: &Upstream,
+        rid: &str,
+        detail: String,
+    ) -> pingora::Result<bool> {
+        let subject = ctx.subject.as_ref().map_or("", |s| s.as_str());
+        let connect = format!(
+            "/credentials/{}/subjects/{}/connect",
+            crate::admin::encode_segment(&upstream.slot.name),
+            crate::admin::encode_segment(subject)
+        );
+        let mut p = Problem::new(
+            "subject-not-connected",
+            "Subject not connected",
+            403,
+            detail,
+            rid,
+        );
+        p.credential = Some(&upstream.slot.name);
+        p.upstream = Some(&upstream.name);
+        p.requires_reauth = true;
+        p.subject = Some(subject);
+        p.connect = Some(connect);
+        self.answer(session, ctx, p).await
     }
 
     fn route<'a>(&self, path: &'a str) -> Option<(Arc<Upstream>, &'a str)> {
@@ -381,10 +421,61 @@ impl ProxyHttp for BearerProxy {
         }
         ctx.upstream = Some(Arc::clone(&upstream));
 
-        match upstream.slot.token_for_request().await {
+        let slot = match &upstream.subjects {
+            None => Arc::clone(&upstream.slot),
+            Some(registry) => {
+                let subject = match subject_of(req, registry) {
+                    Ok(s) => s,
+                    Err(why) => {
+                        let mut p = Problem::new(
+                            "subject-required",
+                            "Subject required",
+                            400,
+                            format!(
+                                "credential {} keeps a token per subject: name the end user in the {} header ({why})",
+                                upstream.slot.name, registry.config.header
+                            ),
+                            rid,
+                        );
+                        p.credential = Some(&upstream.slot.name);
+                        p.upstream = Some(&upstream.name);
+                        return self.answer(session, ctx, p).await;
+                    }
+                };
+                let found = registry.slot_for_request(&subject).await;
+                ctx.subject = Some(subject);
+                match found {
+                    Ok(slot) => slot,
+                    Err(SubjectUnavailable::NotConnected) => {
+                        let detail = "the subject has no token: connect it (the connect flow, or a login that hands over a refresh token)";
+                        return self
+                            .not_connected(session, ctx, &upstream, rid, detail.into())
+                            .await;
+                    }
+                    Err(SubjectUnavailable::Store(message)) => {
+                        let mut p = Problem::new(
+                            "store-unavailable",
+                            "Token store unavailable",
+                            503,
+                            message,
+                            rid,
+                        );
+                        p.credential = Some(&upstream.slot.name);
+                        p.upstream = Some(&upstream.name);
+                        return self.answer(session, ctx, p).await;
+                    }
+                }
+            }
+        };
+        ctx.slot = Some(Arc::clone(&slot));
+        match slot.token_for_request().await {
             Ok(t) => {
                 ctx.token = Some(t);
                 Ok(false)
+            }
+            Err(e) if ctx.subject.is_some() && e.requires_reauth() => {
+                self.not_connected(session, ctx, &upstream, rid, e.message)
+                    .await
             }
             Err(e) => {
                 let requires_reauth = e.requires_reauth();
@@ -434,9 +525,9 @@ impl ProxyHttp for BearerProxy {
     ) -> pingora::Result<()> {
         // The request may have waited (a slow body, a connect retry) since it took its
         // token: never forward one that is past its usable time.
-        if let (Some(up), Some(token)) = (&ctx.upstream, &ctx.token) {
+        if let (Some(slot), Some(token)) = (&ctx.slot, &ctx.token) {
             if !token.is_usable(Instant::now()) {
-                match up.slot.current().filter(|t| t.is_usable(Instant::now())) {
+                match slot.current().filter(|t| t.is_usable(Instant::now())) {
                     Some(fresh) => ctx.token = Some(fresh),
                     None => {
                         return Error::e_explain(
@@ -454,6 +545,10 @@ impl ProxyHttp for BearerProxy {
                 "no token for the upstream request",
             );
         };
+        if let Some(registry) = &up.subjects {
+            // Whose token it is stays between the app and bearerd.
+            req.remove_header(&registry.config.header);
+        }
         let new_id = ctx.request_id.as_ref().filter(|_| !ctx.request_id_from_app);
         rewrite_request(req, up, token, ctx.target.as_ref(), new_id)
     }
@@ -470,7 +565,7 @@ impl ProxyHttp for BearerProxy {
             }
             return Ok(());
         }
-        let (Some(up), Some(token)) = (&ctx.upstream, &ctx.token) else {
+        let (Some(up), Some(slot), Some(token)) = (&ctx.upstream, &ctx.slot, &ctx.token) else {
             return Ok(());
         };
         if ctx.replayed {
@@ -481,11 +576,11 @@ impl ProxyHttp for BearerProxy {
         if session.as_ref().retry_buffer_truncated() {
             // The body is too large to send again: pass the 401 through, but refresh now so
             // the next request carries a good token.
-            up.slot.refresh_in_background(rejected);
+            slot.refresh_in_background(rejected);
             ctx.outcome_401 = Some("not_replayable");
             return Ok(());
         }
-        match up.slot.refresh_if_generation(rejected).await {
+        match slot.refresh_if_generation(rejected).await {
             ReplayDecision::Replay(fresh) => {
                 tracing::info!(
                     request_id = ctx.request_id(),
@@ -612,6 +707,7 @@ impl ProxyHttp for BearerProxy {
                 path = req.uri.path(),
                 upstream,
                 status,
+                subject = ctx.subject.as_ref().zip(u_subjects(&ctx.upstream)).map(|(s, r)| r.tagger.tag(s)),
                 generation = ctx.token.as_ref().map(|t| t.generation),
                 replayed = ctx.replayed,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
@@ -628,6 +724,24 @@ impl ProxyHttp for BearerProxy {
 }
 
 /// Status codes as label strings, built once so counting a request does not format one.
+/// The registry of a per-subject upstream.
+fn u_subjects(upstream: &Option<Arc<Upstream>>) -> Option<&SubjectRegistry> {
+    upstream.as_ref()?.subjects.as_deref()
+}
+
+/// The subject a request names in the credential's header: exactly one valid value.
+fn subject_of(
+    req: &RequestHeader,
+    registry: &SubjectRegistry,
+) -> Result<SubjectKey, InvalidSubject> {
+    let mut values = req.headers.get_all(&registry.config.header).iter();
+    let value = values.next().ok_or(InvalidSubject::Missing)?;
+    if values.next().is_some() {
+        return Err(InvalidSubject::Repeated);
+    }
+    SubjectKey::parse(value.as_bytes())
+}
+
 fn status_label(status: u16) -> &'static str {
     static LABELS: std::sync::LazyLock<Vec<String>> =
         std::sync::LazyLock::new(|| (0..600).map(|s: u16| s.to_string()).collect());

@@ -18,6 +18,11 @@ pub struct Problem<'a> {
     pub upstream: Option<&'a str>,
     pub requires_reauth: bool,
     pub request_id: &'a str,
+    /// 403 `subject-not-connected`: the subject, and the admin path of its connect flow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect: Option<String>,
 }
 
 impl<'a> Problem<'a> {
@@ -37,6 +42,8 @@ impl<'a> Problem<'a> {
             upstream: None,
             requires_reauth: false,
             request_id,
+            subject: None,
+            connect: None,
         }
     }
 

@@ -80,6 +80,12 @@ impl FileStore {
         self.inner.write(credential, token, None).map(|_| ())
     }
 
+    /// Every record's key.
+    pub fn keys(&self) -> Vec<String> {
+        let state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.0.keys().cloned().collect()
+    }
+
     pub fn path(&self) -> &Path {
         &self.inner.path
     }
@@ -157,6 +163,28 @@ impl TokenStore for FileStore {
 
     fn watch(&self, credential: &str) -> watch::Receiver<u64> {
         self.local.watch(credential)
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        use std::ops::Bound;
+        let state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
+            _ => Bound::Included(prefix.to_string()),
+        };
+        Ok(state
+            .0
+            .range::<String, _>((start, Bound::Unbounded))
+            .map(|(k, _)| k)
+            .take_while(|k| k.starts_with(prefix))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     fn helper_journal(&self) -> Option<HelperJournal> {

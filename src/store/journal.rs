@@ -94,9 +94,16 @@ pub(super) fn file_name(store: &Path) -> &str {
 }
 
 /// The journal of one credential. The name is hex-encoded: credential names are free text.
+/// A subject's record key (up to 256 bytes of subject) would make too long a file name: it
+/// is named by the key's SHA-256 instead.
 pub fn journal_path(store: &Path, credential: &str) -> PathBuf {
-    let hex: String = credential.bytes().map(|b| format!("{b:02x}")).collect();
-    parent_dir(store).join(format!(".{}.rotation-{hex}", file_name(store)))
+    let name = if credential.contains('\n') {
+        let digest = super::fingerprint(&SecretString::from(credential.to_string()));
+        format!("s{digest}")
+    } else {
+        credential.bytes().map(|b| format!("{b:02x}")).collect()
+    };
+    parent_dir(store).join(format!(".{}.rotation-{name}", file_name(store)))
 }
 
 fn aad(credential: &str) -> String {

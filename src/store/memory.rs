@@ -104,6 +104,30 @@ impl TokenStore for MemoryStore {
     fn watch(&self, credential: &str) -> watch::Receiver<u64> {
         self.local.watch(credential)
     }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let sets = lock(&self.sets);
+        Ok(page(sets.keys(), prefix, after, limit))
+    }
+}
+
+/// One page of keys: those with `prefix`, after `after`, in order, at most `limit`.
+pub(super) fn page<'a>(
+    keys: impl Iterator<Item = &'a String>,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Vec<String> {
+    let mut matching: Vec<&String> = keys
+        .filter(|k| k.starts_with(prefix) && after.is_none_or(|a| k.as_str() > a))
+        .collect();
+    matching.sort_unstable();
+    matching.into_iter().take(limit).cloned().collect()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

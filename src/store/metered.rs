@@ -134,6 +134,15 @@ impl TokenStore for MeteredStore {
         r
     }
 
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.list(prefix, after, limit).await
+    }
+
     fn watch(&self, credential: &str) -> watch::Receiver<u64> {
         self.inner.watch(credential)
     }

@@ -133,6 +133,18 @@ pub trait TokenStore: Send + Sync {
 
     async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
 
+    /// Record keys that start with `prefix`, in order, those after `after` only, at most
+    /// `limit` (the subjects of a per-subject credential, a page at a time). A store that
+    /// cannot list answers none.
+    async fn list(
+        &self,
+        _prefix: &str,
+        _after: Option<&str>,
+        _limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// Changes whenever the credential's record changes in the store.
     fn watch(&self, credential: &str) -> watch::Receiver<u64>;
 
@@ -164,7 +176,10 @@ pub fn open(
         StoreConfig::Memory => Ok(Arc::new(MemoryStore::new())),
         StoreConfig::File { path, key } => {
             let store = FileStore::open(path, &resolve_key(key)?)?;
-            for (name, _) in credentials {
+            // Subjects' records too: a helper may have rotated a subject's token.
+            let mut keys: Vec<String> = credentials.iter().map(|(n, _)| n.to_string()).collect();
+            keys.extend(store.keys().into_iter().filter(|k| k.contains('\n')));
+            for name in &keys {
                 if store.recover_rotation(name)? {
                     tracing::info!(
                         credential = %name,
@@ -191,6 +206,14 @@ pub fn open(
             }
             Ok(Arc::new(store))
         }
+    }
+}
+
+/// The key that seals the store's records, when it has one (file and Redis stores).
+pub fn sealing_key(config: &StoreConfig) -> Option<[u8; 32]> {
+    match config {
+        StoreConfig::Memory => None,
+        StoreConfig::File { key, .. } | StoreConfig::Redis { key, .. } => resolve_key(key).ok(),
     }
 }
 

@@ -3,7 +3,8 @@
 //! token is (the credential's binding), so Redis never holds a plaintext token, and a
 //! replica whose credential differs reads and writes other keys.
 //!
-//! Keys under `{prefix}:` (`{c}` is the credential's name and a hash of its binding):
+//! Keys under `{prefix}:` (`{c}` is the credential's name and a hash of its binding; a subject of
+//! a per-subject credential is `{c}:s:` and a hash of the subject, never the subject itself):
 //! - `set:{c}`: a hash, `gen` (the generation, in clear for the compare-and-set) and
 //!   `sealed` (the token set, its generation inside);
 //! - `lease:{c}`: the refresh lease, its owner id, with a time to live;
@@ -163,6 +164,12 @@ impl RedisStore {
     }
 
     fn suffix(&self, credential: &str) -> String {
+        // A subject's record: under its credential's binding, named by a hash of the
+        // subject, so Redis key names never show a subject (often an e-mail address).
+        if let Some((name, subject)) = credential.rsplit_once('\n') {
+            let hashed = super::fingerprint(&SecretString::from(subject.to_string()));
+            return format!("{}:s:{}", self.suffix(name), &hashed[..32]);
+        }
         self.keys
             .get(credential)
             .cloned()

@@ -13,6 +13,9 @@ use crate::store::{SaveOutcome, StoreError, StoredSet, StoredToken, TokenStore};
 
 pub struct Credential {
     pub slot: Arc<CredentialSlot>,
+    /// The record's key in the store: the credential's name, or for a subject of a
+    /// per-subject credential its [`super::subject::SubjectKey::store_key`].
+    pub(super) store_key: Arc<str>,
     pub(super) grant: Grant,
     pub(super) store: Arc<dyn TokenStore>,
     /// Held for a whole refresh (obtain, persist, publish), logout or login.
@@ -39,13 +42,30 @@ pub struct RevocationOutcome {
 
 impl Credential {
     pub fn new(slot: Arc<CredentialSlot>, grant: Grant, store: Arc<dyn TokenStore>) -> Arc<Self> {
+        let store_key = Arc::clone(&slot.name);
+        Self::with_store_key(slot, grant, store, store_key)
+    }
+
+    /// A credential whose record lives under `store_key` (a subject's).
+    pub fn with_store_key(
+        slot: Arc<CredentialSlot>,
+        grant: Grant,
+        store: Arc<dyn TokenStore>,
+        store_key: Arc<str>,
+    ) -> Arc<Self> {
         Arc::new(Credential {
+            store_key,
             slot,
             grant,
             store,
             op: tokio::sync::Mutex::new(()),
             stored: std::sync::Mutex::new(None),
         })
+    }
+
+    /// One subject of a per-subject credential (its record is not the credential's own).
+    pub fn is_subject(&self) -> bool {
+        *self.store_key != *self.slot.name
     }
 
     /// The generation of the set this process holds, as the store numbered it.
@@ -66,7 +86,7 @@ impl Credential {
     /// The credential's set in the store; a store that cannot be read counts as empty
     /// (and is logged): the credential then works from what it has.
     pub(super) async fn load_set(&self) -> Option<StoredSet> {
-        match self.store.load(&self.slot.name).await {
+        match self.store.load(&self.store_key).await {
             Ok(set) => set,
             Err(e) => {
                 tracing::warn!(credential = &*self.slot.name, error = %e, "could not read the store");
@@ -80,7 +100,7 @@ impl Credential {
     pub(super) async fn save_set(&self, token: &StoredToken) -> Result<SaveOutcome, StoreError> {
         let outcome = self
             .store
-            .save(&self.slot.name, token, self.stored_generation())
+            .save(&self.store_key, token, self.stored_generation())
             .await?;
         if let SaveOutcome::Saved { generation } = outcome {
             self.hold_generation(generation);
@@ -154,25 +174,29 @@ impl Credential {
 
     /// Takes a refresh token obtained by a login, persists it, and refreshes with it.
     pub async fn login(&self, refresh_token: SecretString) -> Result<(), String> {
+        let _op = self.op.lock().await;
+        self.take_login(refresh_token).await
+    }
+
+    /// Takes a login's refresh token (the caller holds `op`): persists it and lets
+    /// refreshes run again.
+    pub(super) async fn take_login(&self, refresh_token: SecretString) -> Result<(), String> {
         if !self.grant.forgets_refresh_token_on_failure() {
             return Err(format!(
                 "credential {} does not use the refresh_token grant",
                 self.slot.name
             ));
         }
-        {
-            let _op = self.op.lock().await;
-            self.grant
-                .restore_refresh_token(refresh_token.clone())
-                .await;
-            let record = StoredToken {
-                refresh_token: Some(refresh_token),
-                spent_seed: self.grant.spent_seed().await,
-                ..StoredToken::empty()
-            };
-            self.save_over(&record).await.map_err(|e| e.to_string())?;
-            self.slot.accept_login();
-        }
+        self.grant
+            .restore_refresh_token(refresh_token.clone())
+            .await;
+        let record = StoredToken {
+            refresh_token: Some(refresh_token),
+            spent_seed: self.grant.spent_seed().await,
+            ..StoredToken::empty()
+        };
+        self.save_over(&record).await.map_err(|e| e.to_string())?;
+        self.slot.accept_login();
         tracing::info!(
             credential = &*self.slot.name,
             "refresh token received from a login"

@@ -8,11 +8,12 @@
 
 use std::time::{Duration, Instant};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::endpoint::{OAuthErrorCode, TokenEndpoint};
 use super::grant::IssuedToken;
+use crate::config::TokenRequestConfig;
 
 /// How long a login attempt (its `state`, or its device code) stays valid.
 pub const ATTEMPT_LIFETIME: Duration = Duration::from_secs(600);
@@ -81,8 +82,6 @@ pub async fn authorization_code(
     port: u16,
     prompt: &dyn LoginPrompt,
 ) -> Result<(IssuedToken, Option<SecretString>), String> {
-    use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
-
     let endpoints = endpoint.endpoints().await.map_err(|e| e.message)?;
     let authorize = endpoints
         .authorization
@@ -94,31 +93,22 @@ pub async fn authorization_code(
         "http://127.0.0.1:{}/callback",
         listener.local_addr().map_err(|e| e.to_string())?.port()
     );
-    let c = endpoint.config();
-    let client = oauth2::basic::BasicClient::new(ClientId::new(
-        c.client.client_id.clone().unwrap_or_default(),
-    ))
-    .set_auth_uri(AuthUrl::from_url(authorize))
-    .set_redirect_uri(RedirectUrl::new(redirect_uri.clone()).map_err(|e| e.to_string())?);
-    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let mut request = client
-        .authorize_url(CsrfToken::new_random)
-        .add_scopes(c.scopes.iter().cloned().map(Scope::new))
-        .set_pkce_challenge(challenge);
-    // OpenID Connect §11: offline_access is ignored unless consent is prompted.
-    if c.scopes.iter().any(|s| s == "offline_access") {
-        request = request.add_extra_param("prompt", "consent");
-    }
-    if let Some(r) = c.resource.clone().or(endpoints.resource.clone()) {
-        request = request.add_extra_param("resource", r);
-    }
-    let (url, state) = request.url();
+    let AuthorizationRequest {
+        url,
+        state,
+        verifier,
+    } = authorization_request(
+        endpoint.config(),
+        authorize,
+        endpoints.resource.clone(),
+        &redirect_uri,
+    )?;
 
     let (outcome, mut redirected) = tokio::sync::mpsc::channel::<Redirect>(1);
     let app = axum::Router::new()
         .route("/callback", axum::routing::get(callback))
         .with_state(Callback {
-            state: state.secret().clone(),
+            state: state.expose_secret().to_string(),
             outcome,
         });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -143,10 +133,52 @@ pub async fn authorization_code(
             ("grant_type", "authorization_code".to_string()),
             ("code", code),
             ("redirect_uri", redirect_uri),
-            ("code_verifier", verifier.secret().to_string()),
+            ("code_verifier", verifier.expose_secret().to_string()),
         ])
         .await
         .map_err(|e| format!("{}: {}", e.kind, e.message))
+}
+
+/// An authorization URL with its `state` and PKCE verifier.
+pub struct AuthorizationRequest {
+    pub url: url::Url,
+    pub state: SecretString,
+    pub verifier: SecretString,
+}
+
+/// Builds the authorization URL (code + PKCE S256, a random `state`) for the credential's
+/// client and scopes, with `prompt=consent` when offline_access is asked for (OpenID
+/// Connect §11 ignores it otherwise) and RFC 8707's `resource`.
+pub fn authorization_request(
+    c: &TokenRequestConfig,
+    authorize: url::Url,
+    discovered_resource: Option<String>,
+    redirect_uri: &str,
+) -> Result<AuthorizationRequest, String> {
+    use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
+
+    let client = oauth2::basic::BasicClient::new(ClientId::new(
+        c.client.client_id.clone().unwrap_or_default(),
+    ))
+    .set_auth_uri(AuthUrl::from_url(authorize))
+    .set_redirect_uri(RedirectUrl::new(redirect_uri.to_string()).map_err(|e| e.to_string())?);
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let mut request = client
+        .authorize_url(CsrfToken::new_random)
+        .add_scopes(c.scopes.iter().cloned().map(Scope::new))
+        .set_pkce_challenge(challenge);
+    if c.scopes.iter().any(|s| s == "offline_access") {
+        request = request.add_extra_param("prompt", "consent");
+    }
+    if let Some(r) = c.resource.clone().or(discovered_resource) {
+        request = request.add_extra_param("resource", r);
+    }
+    let (url, state) = request.url();
+    Ok(AuthorizationRequest {
+        url,
+        state: SecretString::from(state.secret().clone()),
+        verifier: SecretString::from(verifier.secret().clone()),
+    })
 }
 
 #[derive(Deserialize)]

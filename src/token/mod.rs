@@ -12,6 +12,7 @@ pub mod login;
 pub mod refresher;
 pub mod schedule;
 pub mod slot;
+pub mod subject;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};

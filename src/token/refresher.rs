@@ -39,7 +39,7 @@ const LEASE_HOLD: Duration = Duration::from_secs(6);
 /// with an immediate refresh otherwise.
 pub async fn run(cred: Arc<Credential>, mut shutdown: watch::Receiver<bool>) {
     let slot = &cred.slot;
-    let mut store_changes = cred.store.watch(&slot.name);
+    let mut store_changes = cred.store.watch(&cred.store_key);
     let mut trigger = {
         let _op = cred.op.lock().await;
         restore(&cred).await
@@ -90,7 +90,7 @@ async fn refill_if_lost(cred: &Credential) {
     if !grant.persists() || slot.is_logged_out() {
         return;
     }
-    match cred.store.load(&slot.name).await {
+    match cred.store.load(&cred.store_key).await {
         Ok(Some(set)) if set.generation >= held => return,
         Ok(_) => {}
         Err(_) => return,
@@ -110,7 +110,7 @@ async fn refill_if_lost(cred: &Credential) {
         },
         generation: held,
     };
-    match cred.store.refill(&slot.name, &set).await {
+    match cred.store.refill(&cred.store_key, &set).await {
         Ok(true) => tracing::warn!(
             credential = &*slot.name,
             generation = held,
@@ -139,7 +139,8 @@ async fn take_demand(slot: &CredentialSlot) -> Option<Trigger> {
 async fn restore(cred: &Credential) -> Option<Trigger> {
     let (slot, grant) = (&cred.slot, &cred.grant);
     let Some(set) = cred.load_set().await else {
-        return Some(Trigger::Startup);
+        // A subject with no record yet waits for its connect flow or login.
+        return (!cred.is_subject()).then_some(Trigger::Startup);
     };
     cred.hold_generation(set.generation);
     if set.token.logged_out {
@@ -278,10 +279,10 @@ async fn take_lease(cred: &Credential, trigger: Trigger, started: Instant) -> Le
     if !grant.persists() {
         return LeaseOutcome::Refresh(None);
     }
-    let mut changes = cred.store.watch(&slot.name);
+    let mut changes = cred.store.watch(&cred.store_key);
     let deadline = tokio::time::Instant::now() + slot.policy.wait_budget;
     let failure = loop {
-        match cred.store.lease(&slot.name, LEASE_HOLD).await {
+        match cred.store.lease(&cred.store_key, LEASE_HOLD).await {
             Ok(Some(lease)) => return LeaseOutcome::Refresh(Some(lease)),
             Ok(None) => {}
             Err(e) if grant.needs_lease() => {
@@ -379,7 +380,7 @@ async fn save(cred: &Credential, record: &StoredToken) {
             token: record.clone(),
             generation: held + 1,
         };
-        outcome = match cred.store.refill(&slot.name, &set).await {
+        outcome = match cred.store.refill(&cred.store_key, &set).await {
             Ok(true) => {
                 cred.hold_generation(held + 1);
                 Ok(SaveOutcome::Saved {
@@ -506,57 +507,116 @@ async fn attempt(cred: &Credential, trigger: Trigger) {
                 None,
             )
         }
-        Ok(GrantOutcome::Issued(token)) => match bearer_header(&token.access_token) {
-            Some(header) => {
-                let lifetime = lifetime_of(&token);
-                let next_refresh_at = match lifetime {
-                    // A floor keeps a pathological lifetime from becoming a busy loop.
-                    Some(l) => Some(
-                        (started + refresh_delay(&slot.policy, l, &mut rand::thread_rng()))
-                            .max(now + MIN_REFRESH_GAP),
-                    ),
-                    None => grant.poll_interval().map(|p| now + p),
-                };
-                // The token was issued some time after the request left: count from then,
-                // which errs on the side of refreshing early.
-                let (generation, attempt) = slot.publish(
-                    TokenSnapshot {
-                        header,
-                        generation: 0,
-                        issued_at: started,
-                        issued_wall: started_wall,
-                        lifetime,
-                        usable_until: lifetime.map(|l| started + l - expiry_floor(l)),
-                        scopes: token.scopes,
-                    },
-                    next_refresh_at,
-                );
-                tracing::info!(
-                    credential = &*slot.name,
-                    trigger = trigger.as_str(),
-                    attempt,
-                    outcome = "success",
-                    generation,
-                    duration_ms = elapsed.as_millis() as u64,
-                    expires_in_s = lifetime.map(|l| l.as_secs_f64()),
-                    next_refresh_in_s =
-                        next_refresh_at.map(|n| n.saturating_duration_since(now).as_secs_f64()),
-                    "token refreshed"
-                );
-                Some("success")
-            }
-            None => failed(
-                &GrantErrorKind::MalformedResponse,
-                "token is not a valid header value",
-                false,
-                None,
-            ),
-        },
+        Ok(GrantOutcome::Issued(token)) => publish_issued(
+            slot,
+            grant,
+            trigger,
+            token,
+            (started, started_wall),
+            elapsed,
+        ),
         Err(e) => failed(&e.kind, &e.message, e.permanent, e.retry_after),
     };
     if let Some(result) = outcome {
         slot.count_attempt(trigger, result, elapsed);
     }
+}
+
+/// Publishes a token the provider just issued (and the caller persisted), with its refresh
+/// scheduled, and logs it. Returns the `result` label to count.
+fn publish_issued(
+    slot: &CredentialSlot,
+    grant: &Grant,
+    trigger: Trigger,
+    token: IssuedToken,
+    (started, started_wall): (Instant, SystemTime),
+    elapsed: Duration,
+) -> Option<&'static str> {
+    let now = Instant::now();
+    let lifetime = grant
+        .has_lifetime()
+        .then(|| token.effective_lifetime(slot.policy.default_lifetime));
+    let Some(header) = bearer_header(&token.access_token) else {
+        let failure = AttemptFailure {
+            kind: &GrantErrorKind::MalformedResponse,
+            message: "token is not a valid header value",
+            permanent: false,
+        };
+        return record_failure(slot, grant, trigger, elapsed, &failure, None);
+    };
+    let next_refresh_at = match lifetime {
+        // A floor keeps a pathological lifetime from becoming a busy loop.
+        Some(l) => Some(
+            (started + refresh_delay(&slot.policy, l, &mut rand::thread_rng()))
+                .max(now + MIN_REFRESH_GAP),
+        ),
+        None => grant.poll_interval().map(|p| now + p),
+    };
+    // The token was issued some time after the request left: count from then, which errs
+    // on the side of refreshing early.
+    let (generation, attempt) = slot.publish(
+        TokenSnapshot {
+            header,
+            generation: 0,
+            issued_at: started,
+            issued_wall: started_wall,
+            lifetime,
+            usable_until: lifetime.map(|l| started + l - expiry_floor(l)),
+            scopes: token.scopes,
+        },
+        next_refresh_at,
+    );
+    tracing::info!(
+        credential = &*slot.name,
+        trigger = trigger.as_str(),
+        attempt,
+        outcome = "success",
+        generation,
+        duration_ms = elapsed.as_millis() as u64,
+        expires_in_s = lifetime.map(|l| l.as_secs_f64()),
+        next_refresh_in_s = next_refresh_at.map(|n| n.saturating_duration_since(now).as_secs_f64()),
+        "token refreshed"
+    );
+    Some("success")
+}
+
+/// Takes a token set a connect flow obtained for a subject (the code was redeemed now):
+/// persists it, then publishes it, as a refresh would. Excludes refreshes, logout and login.
+pub(super) async fn take_connected(
+    cred: &Credential,
+    token: IssuedToken,
+    started: (Instant, SystemTime),
+) -> bool {
+    let _op = cred.op.lock().await;
+    cred.grant
+        .take_stored_refresh_token(token.refresh_token.clone())
+        .await;
+    let lifetime = Some(token.effective_lifetime(cred.slot.policy.default_lifetime));
+    persist(cred, &token, started.1, lifetime).await;
+    cred.slot.accept_login();
+    cred.slot.begin_attempt(Trigger::Manual, started.0);
+    let result = publish_issued(
+        &cred.slot,
+        &cred.grant,
+        Trigger::Manual,
+        token,
+        started,
+        started.0.elapsed(),
+    );
+    result == Some("success")
+}
+
+/// A subject's refresh token handed over by the app: stored, then used at once, all under
+/// the credential's lock, so the subject's refresher (which may be starting this moment)
+/// either sees no record or the finished result, and never sends the token a second time.
+pub(super) async fn hand_over(
+    cred: &Credential,
+    refresh_token: secrecy::SecretString,
+) -> Result<(), String> {
+    let _op = cred.op.lock().await;
+    cred.take_login(refresh_token).await?;
+    attempt(cred, Trigger::Manual).await;
+    Ok(())
 }
 
 /// Records a failed attempt with its backoff and logs it. Returns the `result` label to

@@ -14,6 +14,7 @@ pub(super) fn lower_credential(
     rc: &RawCredential,
 ) -> Result<CredentialConfig, ConfigError> {
     let key = |k: &str| format!("credentials.{name}.{k}");
+    let mut subjects = None;
     let (grant, policy) = match rc {
         RawCredential::ClientCredentials(t) => {
             let policy = lower_policy(map, name, &t.schedule(), &t.wait())?;
@@ -54,6 +55,13 @@ pub(super) fn lower_credential(
                 .as_ref()
                 .map(|r| lower_secret(map, &key("refresh_token"), r))
                 .transpose()?;
+            subjects = lower_subjects(map, name, t)?;
+            if subjects.is_some() && seed.is_some() {
+                return Err(map.error_at(
+                    &key("refresh_token"),
+                    "a per-subject credential (subject_header) gets a refresh token per subject (connect flow, login, or the admin API), not one configured seed",
+                ));
+            }
             (GrantConfig::RefreshToken { request, seed }, policy)
         }
         RawCredential::Static(t) => {
@@ -224,7 +232,105 @@ pub(super) fn lower_credential(
         name: name.to_string(),
         grant,
         policy,
+        subjects,
     })
+}
+
+/// Request headers a subject header may not be: bearerd or HTTP itself gives them meaning.
+const RESERVED_SUBJECT_HEADERS: [&str; 12] = [
+    "authorization",
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "cookie",
+    "x-request-id",
+    "proxy-authorization",
+];
+
+/// `subject_header` and its companions (which mean nothing without it).
+fn lower_subjects(
+    map: &SourceMap,
+    name: &str,
+    t: &crate::config::raw::RawRefreshTokenCredential,
+) -> Result<Option<SubjectConfig>, ConfigError> {
+    let key = |k: &str| format!("credentials.{name}.{k}");
+    let Some(header) = &t.subject_header else {
+        for (field, set) in [
+            ("redirect_uri", t.redirect_uri.is_some()),
+            ("subject_idle", t.subject_idle.is_some()),
+            ("max_subjects_in_memory", t.max_subjects_in_memory.is_some()),
+            ("connect_lifetime", t.connect_lifetime.is_some()),
+        ] {
+            if set {
+                return Err(map.error_at(
+                    &key(field),
+                    format!("{field} belongs to per-subject credentials: set subject_header too"),
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    let parsed = http::HeaderName::from_bytes(header.trim().as_bytes()).map_err(|_| {
+        map.error_at(
+            &key("subject_header"),
+            format!("{header:?} is not a valid HTTP header name"),
+        )
+    })?;
+    if RESERVED_SUBJECT_HEADERS.contains(&parsed.as_str()) {
+        return Err(map.error_at(
+            &key("subject_header"),
+            format!(
+                "{:?} has a meaning of its own in HTTP or in bearerd; use a header of your own, such as \"x-bearerd-subject\"",
+                parsed.as_str()
+            ),
+        ));
+    }
+    let redirect_uri = t
+        .redirect_uri
+        .as_deref()
+        .map(|v| http_url(map, &key("redirect_uri"), v))
+        .transpose()?;
+    let idle = bounded_duration(
+        map,
+        &key("subject_idle"),
+        &t.subject_idle,
+        SubjectConfig::DEFAULT_IDLE,
+        Duration::from_secs(1),
+    )?;
+    let max_in_memory = t
+        .max_subjects_in_memory
+        .unwrap_or(SubjectConfig::DEFAULT_MAX_IN_MEMORY);
+    if max_in_memory == 0 {
+        return Err(map.error_at(
+            &key("max_subjects_in_memory"),
+            "max_subjects_in_memory must be at least 1",
+        ));
+    }
+    let connect_lifetime = bounded_duration(
+        map,
+        &key("connect_lifetime"),
+        &t.connect_lifetime,
+        SubjectConfig::DEFAULT_CONNECT_LIFETIME,
+        Duration::from_secs(1),
+    )?;
+    if connect_lifetime > Duration::from_secs(3600) {
+        return Err(map.error_at(
+            &key("connect_lifetime"),
+            "connect_lifetime may be at most 1h: a state is a key to the subject's account",
+        ));
+    }
+    Ok(Some(SubjectConfig {
+        header: parsed,
+        redirect_uri,
+        idle,
+        max_in_memory,
+        connect_lifetime,
+    }))
 }
 
 fn lower_policy(

@@ -8,6 +8,7 @@ mod refresh_token;
 mod static_token;
 mod token_exchange;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
@@ -65,7 +66,7 @@ impl Grant {
                 Grant::ClientCredentials(ClientCredentials::new(TokenEndpoint::new(req)?))
             }
             GrantConfig::RefreshToken { request, seed } => Grant::RefreshToken(
-                RefreshTokenGrant::new(TokenEndpoint::new(request)?, seed.clone()),
+                RefreshTokenGrant::new(Arc::new(TokenEndpoint::new(request)?), seed.clone()),
             ),
             GrantConfig::Static { token } => Grant::Static(StaticToken::new(token.clone())),
             GrantConfig::TokenExchange(x) => {
@@ -75,6 +76,23 @@ impl Grant {
                 Grant::JwtBearer(JwtBearer::new(TokenEndpoint::new(&j.request)?, j))
             }
         })
+    }
+
+    /// The endpoint a per-subject credential's subjects share (refresh-token grants only).
+    pub fn subject_endpoint(&self) -> Option<Arc<TokenEndpoint>> {
+        match self {
+            Grant::RefreshToken(g) => Some(g.shared_endpoint()),
+            Grant::ClientCredentials(_)
+            | Grant::Static(_)
+            | Grant::TokenExchange(_)
+            | Grant::JwtBearer(_) => None,
+        }
+    }
+
+    /// The grant of one subject: the shared endpoint, and a refresh token of the subject's
+    /// own (from the store, a connect flow or a login; never a configured seed).
+    pub fn for_subject(endpoint: Arc<TokenEndpoint>) -> Grant {
+        Grant::RefreshToken(RefreshTokenGrant::new(endpoint, None))
     }
 
     /// Runs this grant's rotating exchanges through the rotation helper (refresh-token grants

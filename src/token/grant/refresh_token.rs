@@ -2,6 +2,8 @@
 //! from the config (the seed), `bearerd login`, the admin API or the store. A refresh token
 //! is used by one request at a time, and the seed is sent at most once, ever.
 
+use std::sync::Arc;
+
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
 
@@ -12,7 +14,8 @@ use crate::token::endpoint::rotation::DurableRotation;
 use crate::token::endpoint::{GrantInput, TokenEndpoint};
 
 pub struct RefreshTokenGrant {
-    endpoint: TokenEndpoint,
+    /// Shared by the subjects of a per-subject credential (one client, one discovery).
+    endpoint: Arc<TokenEndpoint>,
     seed: Option<SecretRef>,
     /// The refresh token to use next: rotated ones, or one restored from the store.
     current: Mutex<Option<SecretString>>,
@@ -24,7 +27,7 @@ pub struct RefreshTokenGrant {
 }
 
 impl RefreshTokenGrant {
-    pub fn new(endpoint: TokenEndpoint, seed: Option<SecretRef>) -> Self {
+    pub fn new(endpoint: Arc<TokenEndpoint>, seed: Option<SecretRef>) -> Self {
         RefreshTokenGrant {
             endpoint,
             seed,
@@ -40,6 +43,10 @@ impl RefreshTokenGrant {
 
     pub fn endpoint(&self) -> &TokenEndpoint {
         &self.endpoint
+    }
+
+    pub fn shared_endpoint(&self) -> Arc<TokenEndpoint> {
+        Arc::clone(&self.endpoint)
     }
 
     pub async fn refresh_token(&self) -> Option<SecretString> {
@@ -84,7 +91,7 @@ impl RefreshTokenGrant {
                 let Some(seed) = &self.seed else {
                     return Err(GrantError::permanent(
                         GrantErrorKind::LoginRequired,
-                        "no refresh token yet: run `bearerd login` for this credential",
+                        "no refresh token yet: log in (`bearerd login`, or the connect flow for a subject)",
                     ));
                 };
                 let fresh = seed

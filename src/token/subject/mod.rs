@@ -1,0 +1,476 @@
+//! Per-subject credentials: one token set per end user of a multi-user app, named by the
+//! app in the credential's `subject_header`.
+//!
+//! Each subject is a [`Credential`] of its own (slot, grant, refresher task, store record),
+//! so single-flight, classification, backoff, the rate limit and persistence hold per
+//! subject, and one subject's failure never touches another's token. The registry keeps
+//! the subjects in use in a `DashMap`; those idle for `subject_idle`, or the least recently
+//! used beyond `max_subjects_in_memory`, leave memory and come back from the store on their
+//! next request.
+//!
+//! ```text
+//! request ─▶ SubjectKey::parse(header) ─▶ registry.slot_for_request(subject)
+//!              │ in memory: touch, its slot          │ not in memory: the store's record?
+//!              │                                      ├ servable ─▶ admit (refresher task)
+//!              ▼                                      └ none / logged out ─▶ 403 not connected
+//!            slot.token_for_request()  (as for any credential)
+//! ```
+
+pub mod connect;
+mod key;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use dashmap::DashMap;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+pub use key::{InvalidSubject, SubjectKey, SubjectTagger};
+
+use super::credential::Credential;
+use super::endpoint::rotation::DurableRotation;
+use super::endpoint::TokenEndpoint;
+use super::grant::Grant;
+use super::slot::{CredentialState, CredentialStatus};
+use super::CredentialSlot;
+use crate::config::{CredentialConfig, SubjectConfig};
+use crate::metrics::Metrics;
+use crate::store::{StoreError, StoredSet, TokenStore};
+
+/// Why a request's subject has no slot to take a token from.
+#[derive(Debug)]
+pub enum SubjectUnavailable {
+    /// No token set, or one that only a new connect or login can revive.
+    NotConnected,
+    /// The store could not be read (its message).
+    Store(String),
+}
+
+/// A subject held in memory.
+pub struct LiveSubject {
+    pub credential: Arc<Credential>,
+    /// Milliseconds since the registry's epoch.
+    last_used_ms: AtomicU64,
+    /// Stops the subject's refresher (after an attempt in flight has finished).
+    stop: watch::Sender<bool>,
+}
+
+pub struct SubjectRegistry {
+    pub credential: Arc<str>,
+    pub config: SubjectConfig,
+    credential_config: CredentialConfig,
+    /// The client and discovery every subject shares.
+    endpoint: Arc<TokenEndpoint>,
+    store: Arc<dyn TokenStore>,
+    metrics: Arc<Metrics>,
+    rotation_helper: Option<PathBuf>,
+    live: DashMap<SubjectKey, Arc<LiveSubject>>,
+    pub tagger: SubjectTagger,
+    /// The control runtime, where subjects' refreshers run (set when it starts).
+    runtime: OnceLock<tokio::runtime::Handle>,
+    epoch: Instant,
+    stopped: AtomicBool,
+}
+
+/// Counts of subjects in memory per state, in [`crate::metrics::STATES`] order.
+pub type StateCounts = [usize; 6];
+
+impl SubjectRegistry {
+    /// The registry of a per-subject credential; `None` when `config` is not one.
+    pub fn new(
+        config: &CredentialConfig,
+        grant: &Grant,
+        store: Arc<dyn TokenStore>,
+        metrics: Arc<Metrics>,
+        rotation_helper: Option<PathBuf>,
+        tagger: SubjectTagger,
+    ) -> Result<Option<Arc<SubjectRegistry>>, String> {
+        let Some(subjects) = &config.subjects else {
+            return Ok(None);
+        };
+        let endpoint = grant
+            .subject_endpoint()
+            .ok_or("subject_header needs grant = \"refresh_token\"")?;
+        Ok(Some(Arc::new(SubjectRegistry {
+            credential: Arc::from(config.name.as_str()),
+            config: subjects.clone(),
+            credential_config: config.clone(),
+            endpoint,
+            store,
+            metrics,
+            rotation_helper,
+            live: DashMap::new(),
+            tagger,
+            runtime: OnceLock::new(),
+            epoch: Instant::now(),
+            stopped: AtomicBool::new(false),
+        })))
+    }
+
+    pub fn endpoint(&self) -> &TokenEndpoint {
+        &self.endpoint
+    }
+
+    /// Runs subjects' refreshers on this runtime from now on.
+    pub fn attach(&self, runtime: tokio::runtime::Handle) {
+        let _ = self.runtime.set(runtime);
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// How many subjects are in memory.
+    pub fn in_memory(&self) -> usize {
+        self.live.len()
+    }
+
+    /// The slot of the subject a request names: from memory, or brought back from the
+    /// store when its record can still give a token.
+    pub async fn slot_for_request(
+        &self,
+        subject: &SubjectKey,
+    ) -> Result<Arc<CredentialSlot>, SubjectUnavailable> {
+        if let Some(live) = self.touch(subject) {
+            return Ok(Arc::clone(&live.credential.slot));
+        }
+        let set = self
+            .store
+            .load(&subject.store_key(&self.credential))
+            .await
+            .map_err(|e| SubjectUnavailable::Store(e.to_string()))?;
+        match set {
+            Some(set) if can_serve(&set) => Ok(Arc::clone(&self.admit(subject).credential.slot)),
+            _ => Err(SubjectUnavailable::NotConnected),
+        }
+    }
+
+    /// The subject in memory, marked as used now.
+    fn touch(&self, subject: &SubjectKey) -> Option<Arc<LiveSubject>> {
+        let live = self.live.get(subject)?;
+        live.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
+        Some(Arc::clone(live.value()))
+    }
+
+    /// The subject in memory, if it is.
+    pub fn get(&self, subject: &SubjectKey) -> Option<Arc<LiveSubject>> {
+        self.live.get(subject).map(|l| Arc::clone(l.value()))
+    }
+
+    /// Brings a subject into memory (or finds it there) with its refresher running; the
+    /// least recently used leave first when memory is full.
+    pub fn admit(&self, subject: &SubjectKey) -> Arc<LiveSubject> {
+        if let Some(live) = self.touch(subject) {
+            return live;
+        }
+        let live = {
+            let entry = self
+                .live
+                .entry(subject.clone())
+                .or_insert_with(|| self.start(subject));
+            Arc::clone(entry.value())
+        };
+        let over = self.live.len().saturating_sub(self.config.max_in_memory);
+        if over > 0 {
+            self.evict_least_recent(over, Some(subject));
+        }
+        live
+    }
+
+    /// A subject's credential and its refresher task.
+    fn start(&self, subject: &SubjectKey) -> Arc<LiveSubject> {
+        let store_key = subject.store_key(&self.credential);
+        let mut grant = Grant::for_subject(Arc::clone(&self.endpoint));
+        if let (Some(journal), Some(helper)) = (self.store.helper_journal(), &self.rotation_helper)
+        {
+            grant.make_rotation_durable(DurableRotation {
+                helper: helper.clone(),
+                store: journal.store,
+                key: journal.key,
+                credential: store_key.clone(),
+            });
+        }
+        let slot = CredentialSlot::new(&self.credential_config, Arc::clone(&self.metrics));
+        let credential =
+            Credential::with_store_key(slot, grant, Arc::clone(&self.store), Arc::from(store_key));
+        let (stop, stopped) = watch::channel(self.stopped.load(Ordering::SeqCst));
+        let span = tracing::info_span!("subject", subject = %self.tagger.tag(subject));
+        let task = super::refresher::run(Arc::clone(&credential), stopped).instrument(span);
+        match self
+            .runtime
+            .get()
+            .cloned()
+            .or_else(|| tokio::runtime::Handle::try_current().ok())
+        {
+            Some(rt) => {
+                rt.spawn(task);
+            }
+            None => tracing::error!(
+                credential = &*self.credential,
+                "no runtime for a subject's refresher; it is served without refreshes"
+            ),
+        }
+        Arc::new(LiveSubject {
+            credential,
+            last_used_ms: AtomicU64::new(self.now_ms()),
+            stop,
+        })
+    }
+
+    /// Takes subjects out of memory: those idle for `subject_idle`, then the least recently
+    /// used beyond `max_subjects_in_memory`. Their refreshers stop; their records stay.
+    pub fn sweep(&self) {
+        let now = self.now_ms();
+        let idle = self.config.idle.as_millis() as u64;
+        let mut evicted = 0usize;
+        self.live.retain(|_, live| {
+            let keep = now.saturating_sub(live.last_used_ms.load(Ordering::Relaxed)) < idle;
+            if !keep {
+                let _ = live.stop.send(true);
+                evicted += 1;
+            }
+            keep
+        });
+        let over = self.live.len().saturating_sub(self.config.max_in_memory);
+        if over > 0 {
+            self.evict_least_recent(over, None);
+        }
+        if evicted > 0 {
+            tracing::debug!(
+                credential = &*self.credential,
+                evicted,
+                in_memory = self.live.len(),
+                "idle subjects left memory"
+            );
+        }
+    }
+
+    fn evict_least_recent(&self, count: usize, keep: Option<&SubjectKey>) {
+        let mut by_age: Vec<(u64, SubjectKey)> = self
+            .live
+            .iter()
+            .filter(|e| Some(e.key()) != keep)
+            .map(|e| (e.last_used_ms.load(Ordering::Relaxed), e.key().clone()))
+            .collect();
+        by_age.sort_unstable_by_key(|(at, _)| *at);
+        for (_, subject) in by_age.into_iter().take(count) {
+            if let Some((_, live)) = self.live.remove(&subject) {
+                let _ = live.stop.send(true);
+            }
+        }
+    }
+
+    /// Stops every subject's refresher (shutdown).
+    pub fn stop_all(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        for live in self.live.iter() {
+            let _ = live.stop.send(true);
+        }
+    }
+
+    /// How often the sweep runs: often enough that `subject_idle` is kept to within a
+    /// quarter of it.
+    pub fn sweep_interval(&self) -> Duration {
+        (self.config.idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
+    }
+
+    /// Subjects in memory per state (never which subjects).
+    pub fn counts(&self) -> StateCounts {
+        let mut counts = [0; 6];
+        for live in self.live.iter() {
+            let state = live.credential.slot.state();
+            if let Some(i) = crate::metrics::STATES
+                .iter()
+                .position(|s| *s == state.as_str())
+            {
+                counts[i] += 1;
+            }
+        }
+        counts
+    }
+
+    /// Sets `bearerd_subjects{credential,state}`.
+    pub fn update_gauges(&self) {
+        for (state, n) in crate::metrics::STATES.iter().zip(self.counts()) {
+            self.metrics
+                .subjects
+                .with_label_values(&[&*self.credential, state])
+                .set(n as i64);
+        }
+    }
+
+    /// One subject's status: from memory, else from its record; `None` when unknown.
+    pub async fn status_of(
+        &self,
+        subject: &SubjectKey,
+    ) -> Result<Option<SubjectStatus>, StoreError> {
+        if let Some(live) = self.get(subject) {
+            return Ok(Some(SubjectStatus::live(subject, &live)));
+        }
+        let set = self
+            .store
+            .load(&subject.store_key(&self.credential))
+            .await?;
+        Ok(set.map(|set| self.stored_status(subject, &set)))
+    }
+
+    /// A page of subjects in order (`after` excluded), with the next page's start.
+    pub async fn list(
+        &self,
+        after: Option<&SubjectKey>,
+        limit: usize,
+    ) -> Result<(Vec<SubjectStatus>, Option<String>), StoreError> {
+        let prefix = SubjectKey::store_prefix(&self.credential);
+        let after_key = after.map(|a| a.store_key(&self.credential));
+        let stored = self
+            .store
+            .list(&prefix, after_key.as_deref(), limit)
+            .await?;
+        // Subjects in memory whose record a store that cannot list does not show.
+        let mut subjects: Vec<SubjectKey> = stored
+            .iter()
+            .filter_map(|k| SubjectKey::from_store_key(&self.credential, k))
+            .chain(
+                self.live
+                    .iter()
+                    .map(|e| e.key().clone())
+                    .filter(|k| after.is_none_or(|a| k > a)),
+            )
+            .collect();
+        subjects.sort_unstable();
+        subjects.dedup();
+        subjects.truncate(limit);
+        let mut page = Vec::with_capacity(subjects.len());
+        for subject in &subjects {
+            if let Some(status) = self.status_of(subject).await? {
+                page.push(status);
+            }
+        }
+        let next = (subjects.len() == limit)
+            .then(|| subjects.last().map(|s| s.as_str().to_string()))
+            .flatten();
+        Ok((page, next))
+    }
+
+    /// Takes a refresh token the app already holds for `subject` and refreshes with it at
+    /// once (the migration path from an app's own token table).
+    pub async fn hand_over(
+        &self,
+        subject: &SubjectKey,
+        refresh_token: secrecy::SecretString,
+    ) -> Result<Arc<LiveSubject>, String> {
+        let live = self.admit(subject);
+        super::refresher::hand_over(&live.credential, refresh_token).await?;
+        Ok(live)
+    }
+
+    /// Ends a connect flow: redeems the code (with the flow's PKCE verifier and redirect
+    /// URI), then stores and publishes the subject's tokens. Nothing is stored when the
+    /// provider refuses.
+    pub async fn redeem(
+        &self,
+        flow: connect::PendingConnect,
+        code: String,
+    ) -> Result<SubjectStatus, super::endpoint::GrantError> {
+        use secrecy::ExposeSecret;
+        let started = (Instant::now(), SystemTime::now());
+        let (mut token, refresh_token) = self
+            .endpoint
+            .exchange(vec![
+                ("grant_type", "authorization_code".to_string()),
+                ("code", code),
+                ("redirect_uri", flow.redirect_uri.clone()),
+                ("code_verifier", flow.verifier.expose_secret().to_string()),
+            ])
+            .await?;
+        token.refresh_token = refresh_token.or(token.refresh_token);
+        let live = self.admit(&flow.subject);
+        let span = tracing::info_span!("subject", subject = %self.tagger.tag(&flow.subject));
+        async {
+            if token.refresh_token.is_none() {
+                tracing::warn!(
+                    credential = &*self.credential,
+                    "the provider issued no refresh token: the subject is served until its access token expires (does the client need the offline_access scope?)"
+                );
+            }
+            super::refresher::take_connected(&live.credential, token, started).await;
+            tracing::info!(credential = &*self.credential, "subject connected");
+        }
+        .instrument(span)
+        .await;
+        Ok(SubjectStatus::live(&flow.subject, &live))
+    }
+
+    /// The status of a subject that is not in memory, as its record gives it.
+    fn stored_status(&self, subject: &SubjectKey, set: &StoredSet) -> SubjectStatus {
+        let t = &set.token;
+        let now = SystemTime::now();
+        let remaining = t.expires_at.and_then(|e| e.duration_since(now).ok());
+        let state = if t.logged_out {
+            CredentialState::LoggedOut
+        } else if remaining.is_some_and(|r| !r.is_zero()) {
+            CredentialState::Valid
+        } else if t.refresh_token.is_some() {
+            // Refreshed on its next request.
+            CredentialState::Expired
+        } else {
+            CredentialState::Failed
+        };
+        let round = |x: f64| (x * 10.0).round() / 10.0;
+        SubjectStatus {
+            subject: subject.as_str().to_string(),
+            in_memory: false,
+            status: CredentialStatus {
+                state,
+                grant: "refresh_token",
+                client_auth: Some(self.endpoint.config().client.method.name()),
+                expires_in_s: remaining.map(|r| round(r.as_secs_f64())),
+                token_age_s: (!t.logged_out && t.issued_at > SystemTime::UNIX_EPOCH)
+                    .then(|| now.duration_since(t.issued_at).ok())
+                    .flatten()
+                    .map(|a| round(a.as_secs_f64())),
+                generation: 0,
+                refreshes: 0,
+                consecutive_failures: 0,
+                last_error: None,
+                next_refresh_in_s: None,
+                scopes: t.scopes.clone(),
+                has_refresh_token: t.refresh_token.is_some(),
+            },
+        }
+    }
+}
+
+/// Whether a stored record can still give a token: a usable access token, or a refresh
+/// token; a logout or a dropped grant needs a new connect or login.
+fn can_serve(set: &StoredSet) -> bool {
+    let t = &set.token;
+    if t.logged_out {
+        return false;
+    }
+    let unexpired = t.expires_at.is_none_or(|e| e > SystemTime::now());
+    t.refresh_token.is_some() || unexpired
+}
+
+/// One subject as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SubjectStatus {
+    pub subject: String,
+    /// Held in memory (refreshed ahead of expiry), or only in the store.
+    pub in_memory: bool,
+    #[serde(flatten)]
+    pub status: CredentialStatus,
+}
+
+impl SubjectStatus {
+    fn live(subject: &SubjectKey, live: &LiveSubject) -> SubjectStatus {
+        SubjectStatus {
+            subject: subject.as_str().to_string(),
+            in_memory: true,
+            status: live.credential.slot.status(),
+        }
+    }
+}

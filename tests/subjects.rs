@@ -1,0 +1,605 @@
+//! Per-subject credentials, black-box: one token set per end user, named by the app in
+//! `x-bearerd-subject`. The test token server records which user each token was issued
+//! for, and the upstream answers with it, so every response says whose token it carried.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{Harness, Options};
+
+const HEADER: &str = "x-bearerd-subject";
+const REDIRECT: &str = "https://app.example/oauth/callback";
+
+async fn start(lifetime: Duration, extra: &str, store: &str) -> Harness {
+    let (tokens, upstream) = support::start_peers(lifetime).await;
+    start_with(tokens, upstream, extra, store).await
+}
+
+async fn start_with(
+    tokens: support::TokenServer,
+    upstream: support::Upstream,
+    extra: &str,
+    store: &str,
+) -> Harness {
+    let opts = Options {
+        grant: "refresh_token",
+        discovery: support::Discovery::Issuer,
+        credential_extra: format!(
+            "subject_header = \"{HEADER}\"\nredirect_uri = \"{REDIRECT}\"\n{extra}"
+        ),
+        store: store.to_string(),
+        ..Options::default()
+    };
+    Harness::start_raw(tokens, upstream, opts, String::new()).await
+}
+
+fn seg(s: &str) -> String {
+    bearerd::admin::encode_segment(s)
+}
+
+fn subject_path(s: &str, op: &str) -> String {
+    format!("/credentials/api/subjects/{}{op}", seg(s))
+}
+
+/// Hands a subject's refresh token over, as an app migrating its token table does.
+async fn hand_over(h: &Harness, subject: &str, rt: &str) -> reqwest::Response {
+    h.client
+        .post(h.admin(&subject_path(subject, "/login")))
+        .json(&json!({ "refresh_token": rt }))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get_as(h: &Harness, subject: &str, path: &str) -> reqwest::Response {
+    h.client
+        .get(h.url(path))
+        .header(HEADER, subject)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The user whose token the upstream saw, from its answer.
+async fn token_subject(r: reqwest::Response) -> Option<String> {
+    let body: serde_json::Value = r.json().await.unwrap();
+    body["token_subject"].as_str().map(str::to_string)
+}
+
+async fn subject_status(h: &Harness, subject: &str) -> serde_json::Value {
+    h.admin_get(&subject_path(subject, ""))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_subjects_under_load_each_get_only_their_own_token() {
+    let lifetime = Duration::from_secs(3);
+    let h = start(lifetime, "", "").await;
+    let subjects: Vec<String> = (0..200).map(|i| format!("user{i}@example.com")).collect();
+    for s in &subjects {
+        let rt = h.tokens.state.seed_refresh_token_for(s);
+        let r = hand_over(&h, s, &rt).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+    let token_requests_before = h.tokens.state.requests();
+    let h = Arc::new(h);
+    let (ok, wrong, bad) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(std::sync::Mutex::new(Vec::new())),
+    );
+    let run_for = Duration::from_secs(10);
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for c in 0..16u64 {
+        let (h, subjects) = (Arc::clone(&h), subjects.clone());
+        let (ok, wrong, bad) = (Arc::clone(&ok), Arc::clone(&wrong), Arc::clone(&bad));
+        clients.push(tokio::spawn(async move {
+            let mut n = c;
+            while started.elapsed() < run_for {
+                // A cheap spread over the subjects, different per client.
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let s = &subjects[(n >> 33) as usize % subjects.len()];
+                let r = get_as(&h, s, "/api/x").await;
+                if !r.status().is_success() {
+                    bad.lock().unwrap().push(r.status().as_u16());
+                    continue;
+                }
+                match token_subject(r).await {
+                    Some(seen) if seen == *s => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => wrong.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    support::assert_all_2xx(&bad.lock().unwrap());
+    assert_eq!(
+        wrong.load(Ordering::Relaxed),
+        0,
+        "a request carried another subject's token"
+    );
+    assert!(
+        ok.load(Ordering::Relaxed) > 1000,
+        "{} requests",
+        ok.load(Ordering::Relaxed)
+    );
+    // About one token request per subject per refresh window (a refresh at 80 % of 3 s,
+    // with jitter): never one per request.
+    let token_requests = h.tokens.state.requests() - token_requests_before;
+    let windows = run_for.as_secs_f64() / (lifetime.as_secs_f64() * 0.7);
+    let most = (subjects.len() as f64 * (windows + 1.0)) as usize;
+    assert!(
+        token_requests >= subjects.len() * 2 && token_requests <= most,
+        "{token_requests} token requests for {} subjects in {run_for:?} (at most {most})",
+        subjects.len()
+    );
+    // The subject header never reaches the upstream.
+    assert!(h
+        .upstream
+        .state
+        .seen()
+        .iter()
+        .all(|r| !r.headers.contains_key(HEADER)));
+    let status = h.status().await;
+    assert_eq!(
+        status["credentials"]["api"]["subjects"]["valid"], 200,
+        "{status}"
+    );
+    assert!(
+        !status.to_string().contains("user1@example.com"),
+        "/status lists no subject"
+    );
+    let metrics = h.metrics().await;
+    assert_eq!(
+        support::metric(
+            &metrics,
+            r#"bearerd_subjects{credential="api",state="valid"}"#
+        ),
+        Some(200.0)
+    );
+    assert!(
+        !metrics.contains("example.com"),
+        "no metric names a subject"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_name_a_valid_subject_and_unknown_ones_are_told_to_connect() {
+    let h = start(Duration::from_secs(60), "", "").await;
+    let r = h.get("/api/x").await;
+    assert_eq!(r.status(), 400);
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["type"], "urn:bearerd:problem:subject-required");
+    for bad in [&b""[..], "älice".as_bytes(), "a".repeat(257).as_bytes()] {
+        let r = h
+            .client
+            .get(h.url("/api/x"))
+            .header(
+                HEADER,
+                reqwest::header::HeaderValue::from_bytes(bad).unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad:?}");
+    }
+    let r = h
+        .client
+        .get(h.url("/api/x"))
+        .header(HEADER, "a")
+        .header(HEADER, "b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "two subjects in one request");
+    let r = get_as(&h, "nobody@example.com", "/api/x").await;
+    assert_eq!(r.status(), 403);
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["type"], "urn:bearerd:problem:subject-not-connected");
+    assert_eq!(p["requires_reauth"], true);
+    assert_eq!(p["subject"], "nobody@example.com");
+    assert_eq!(
+        p["connect"],
+        "/credentials/api/subjects/nobody%40example.com/connect"
+    );
+    assert_eq!(h.upstream.state.requests(), 0, "nothing was forwarded");
+    // A sidecar with no connected subject is ready.
+    assert_eq!(h.admin_get("/readyz").await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_subjects_failure_and_401_storm_stay_with_that_subject() {
+    let h = start(
+        Duration::from_secs(2),
+        "min_refresh_interval = \"5s\"\n",
+        "",
+    )
+    .await;
+    for s in ["alice", "bob", "carol"] {
+        let rt = h.tokens.state.seed_refresh_token_for(s);
+        assert_eq!(hand_over(&h, s, &rt).await.status(), 200);
+    }
+    // Alice disconnects the app at the provider: her next scheduled refresh is
+    // invalid_grant, and her token runs out.
+    h.tokens.state.revoke_subject("alice");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alice = loop {
+        let alice = subject_status(&h, "alice").await;
+        if alice["state"] == "failed" && alice["expires_in_s"].as_f64().unwrap_or(0.0) <= 0.0 {
+            break alice;
+        }
+        assert!(Instant::now() < deadline, "alice never failed: {alice}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(alice["has_refresh_token"], false);
+    let r = get_as(&h, "alice", "/api/x").await;
+    assert_eq!(r.status(), 403);
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["requires_reauth"], true);
+    for s in ["bob", "carol"] {
+        let r = get_as(&h, s, "/api/x").await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(token_subject(r).await.as_deref(), Some(s));
+        assert_eq!(subject_status(&h, s).await["state"], "valid");
+    }
+    let status = h.status().await;
+    assert_eq!(status["credentials"]["api"]["subjects"]["failed"], 1);
+    assert_eq!(status["credentials"]["api"]["subjects"]["valid"], 2);
+
+    // Long-lived tokens from now on, so that no scheduled refresh runs during the storm.
+    h.tokens.state.set_lifetime(Duration::from_secs(60));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for s in ["bob", "carol"] {
+        while subject_status(&h, s).await["expires_in_s"]
+            .as_f64()
+            .unwrap_or(0.0)
+            < 30.0
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{s} never took a long-lived token"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let carol_refreshes = subject_status(&h, "carol").await["refreshes"].clone();
+    // Bob's upstream rejects every token of his: one refresh is tried, then his 401s are
+    // passed through, rate-limited; Carol's requests never notice.
+    h.upstream.state.reject_subject(Some("bob"));
+    let before = h.tokens.state.requests();
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(get_as(&h, "bob", "/api/x").await.status().as_u16());
+        let r = get_as(&h, "carol", "/api/x").await;
+        assert_eq!(r.status(), 200);
+    }
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+    let token_requests = h.tokens.state.requests() - before;
+    assert!(
+        (1..=2).contains(&token_requests),
+        "{token_requests} token requests during Bob's 401 storm"
+    );
+    let m = h.metrics().await;
+    assert!(
+        support::metric(
+            &m,
+            r#"bearerd_upstream_401_total{outcome="rate_limited",upstream="api"}"#
+        )
+        .unwrap_or(0.0)
+            >= 15.0,
+        "{m}"
+    );
+    assert_eq!(
+        subject_status(&h, "carol").await["refreshes"],
+        carol_refreshes
+    );
+}
+
+/// Follows the provider's authorization URL as the user's browser would, and returns the
+/// query of the redirect back to the app.
+async fn consent(h: &Harness, user: &str, authorize_url: &str) -> String {
+    h.tokens.state.set_authorizing_user(Some(user));
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = browser.get(authorize_url).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let (target, query) = location.split_once('?').unwrap();
+    assert_eq!(target, REDIRECT, "the provider redirects to the app");
+    query.to_string()
+}
+
+async fn start_connect(h: &Harness, subject: &str) -> String {
+    let r = h.admin_post(&subject_path(subject, "/connect")).await;
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(body["expires_in_s"].as_u64().unwrap() > 0);
+    body["authorize_url"].as_str().unwrap().to_string()
+}
+
+/// The app relays the provider's redirect to bearerd.
+async fn relay(h: &Harness, query: &str) -> reqwest::Response {
+    h.admin_get(&format!("/connect/callback?{query}")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_flow_stores_the_subjects_tokens_once_and_only_for_that_subject() {
+    let h = start(Duration::from_secs(60), "connect_lifetime = \"2s\"\n", "").await;
+    let url = start_connect(&h, "alice@example.com").await;
+    assert!(url.contains("code_challenge_method=S256"), "{url}");
+    let query = consent(&h, "alice@example.com", &url).await;
+    let r = relay(&h, &query).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = get_as(&h, "alice@example.com", "/api/x").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(token_subject(r).await.as_deref(), Some("alice@example.com"));
+    let token_requests = h.tokens.state.requests();
+
+    // The same callback again (a replay) is refused, and changes nothing.
+    let r = relay(&h, &query).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("unknown"));
+    assert_eq!(
+        h.tokens.state.requests(),
+        token_requests,
+        "no code was redeemed"
+    );
+
+    // A flow started for Bob, relayed by the app for Carol: refused, nothing stored.
+    let url = start_connect(&h, "bob").await;
+    let query = consent(&h, "bob", &url).await;
+    let r = relay(&h, &format!("{query}&subject=carol")).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("another subject"));
+    for s in ["bob", "carol"] {
+        assert_eq!(get_as(&h, s, "/api/x").await.status(), 403, "{s}");
+    }
+    // A forged state, and an expired one.
+    let r = relay(&h, "code=x&state=forged").await;
+    assert_eq!(r.status(), 400);
+    let url = start_connect(&h, "dave").await;
+    let query = consent(&h, "dave", &url).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = relay(&h, &query).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("expired"));
+    assert_eq!(get_as(&h, "dave", "/api/x").await.status(), 403);
+    assert_eq!(
+        h.tokens.state.requests(),
+        token_requests,
+        "no code was redeemed"
+    );
+    // The user declined at the provider.
+    let url = start_connect(&h, "erin").await;
+    let state = url::Url::parse(&url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let r = relay(&h, &format!("error=access_denied&state={state}")).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(get_as(&h, "erin", "/api/x").await.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_over_refresh_token_works_and_a_spent_one_is_refused() {
+    let h = start(Duration::from_secs(60), "", "").await;
+    let rt = h.tokens.state.seed_refresh_token_for("alice");
+    let r = hand_over(&h, "alice", &rt).await;
+    assert_eq!(r.status(), 200);
+    let r = get_as(&h, "alice", "/api/x").await;
+    assert_eq!(token_subject(r).await.as_deref(), Some("alice"));
+    // A refresh token the provider already rotated away (Zed's, used once) is spent.
+    let spent = h.tokens.state.seed_refresh_token_for("zed");
+    assert_eq!(hand_over(&h, "zed", &spent).await.status(), 200);
+    let r = hand_over(&h, "bob", &spent).await;
+    assert_eq!(r.status(), 502);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["status"]["state"], "failed", "{body}");
+    assert_eq!(get_as(&h, "bob", "/api/x").await.status(), 403);
+    // Logout: revoked at the provider, a tombstone kept.
+    let r = h.admin_post(&subject_path("carol", "/logout")).await;
+    assert_eq!(r.status(), 404, "an unknown subject");
+    let revocations = h.tokens.state.revocations();
+    let r = h.admin_post(&subject_path("alice", "/logout")).await;
+    assert_eq!(r.status(), 200);
+    assert!(h.tokens.state.revocations() > revocations);
+    assert_eq!(subject_status(&h, "alice").await["state"], "logged_out");
+    assert_eq!(get_as(&h, "alice", "/api/x").await.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_subjects_leave_memory_and_come_back_from_the_store_after_a_restart() {
+    let dir = std::env::temp_dir().join(format!("bearerd-subjects-{}", support::rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = format!(
+        "backend = \"file\"\npath = {:?}\nkey = \"{}\"",
+        dir.join("tokens.store").display().to_string(),
+        bearerd::store::generate_key()
+    );
+    let extra = "subject_idle = \"1s\"\nmax_subjects_in_memory = 5\n";
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
+    let mut h = start_with(tokens, upstream, extra, &store).await;
+    let subjects: Vec<String> = (0..8).map(|i| format!("user-{i}")).collect();
+    for s in &subjects {
+        let rt = h.tokens.state.seed_refresh_token_for(s);
+        assert_eq!(hand_over(&h, s, &rt).await.status(), 200);
+        let registry = h.sidecar().subjects("api").unwrap();
+        assert!(registry.in_memory() <= 5, "{}", registry.in_memory());
+    }
+    // Idle subjects leave memory.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.sidecar().subjects("api").unwrap().in_memory() > 0 {
+        assert!(Instant::now() < deadline, "subjects never left memory");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Listed a page at a time, from the store.
+    let mut listed = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page: serde_json::Value = h
+            .admin_get(&format!("/credentials/api/subjects?limit=3{after}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        for s in page["subjects"].as_array().unwrap() {
+            assert_eq!(s["state"], "valid", "{s}");
+            assert_eq!(s["in_memory"], false);
+            listed.push(s["subject"].as_str().unwrap().to_string());
+        }
+        match page["next"].as_str() {
+            Some(n) => after = format!("&after={n}"),
+            None => break,
+        }
+    }
+    assert_eq!(listed, subjects);
+    // Served again from the store, without a token request.
+    let token_requests = h.tokens.state.requests();
+    let r = get_as(&h, "user-3", "/api/x").await;
+    assert_eq!(token_subject(r).await.as_deref(), Some("user-3"));
+    assert_eq!(h.tokens.state.requests(), token_requests);
+    // And after a restart.
+    let (tokens, upstream) = (
+        std::mem::replace(
+            &mut h.tokens,
+            support::TokenServer::start(Duration::from_secs(1))
+                .await
+                .unwrap(),
+        ),
+        std::mem::replace(
+            &mut h.upstream,
+            support::Upstream::start(Arc::clone(&h.tokens.state))
+                .await
+                .unwrap(),
+        ),
+    );
+    h.stop().await;
+    let h = start_with(tokens, upstream, extra, &store).await;
+    for s in ["user-0", "user-7"] {
+        let r = get_as(&h, s, "/api/x").await;
+        assert_eq!(token_subject(r).await.as_deref(), Some(s));
+    }
+    assert_eq!(h.tokens.state.requests(), token_requests);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subject_endpoints_need_the_admin_token_and_the_callback_does_not() {
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
+    let opts = Options {
+        grant: "refresh_token",
+        discovery: support::Discovery::Issuer,
+        server_extra: "admin_token = \"let-me-in\"".into(),
+        credential_extra: format!("subject_header = \"{HEADER}\"\nredirect_uri = \"{REDIRECT}\"\n"),
+        ..Options::default()
+    };
+    let h = Harness::start_raw(tokens, upstream, opts, String::new()).await;
+    let rt = h.tokens.state.seed_refresh_token_for("alice");
+    assert_eq!(hand_over(&h, "alice", &rt).await.status(), 401);
+    assert_eq!(h.admin_get("/credentials/api/subjects").await.status(), 401);
+    assert_eq!(
+        h.admin_post(&subject_path("alice", "/connect"))
+            .await
+            .status(),
+        401
+    );
+    let r = h
+        .client
+        .post(h.admin(&subject_path("alice", "/connect")))
+        .bearer_auth("let-me-in")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let url = r.json::<serde_json::Value>().await.unwrap()["authorize_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let query = consent(&h, "alice", &url).await;
+    assert_eq!(relay(&h, &query).await.status(), 200);
+    assert_eq!(get_as(&h, "alice", "/api/x").await.status(), 200);
+}
+
+/// Runs the CLI against the sidecar's admin API.
+async fn cli(h: &Harness, args: &[&str]) -> (bool, String) {
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    all.extend([
+        "--admin".to_string(),
+        format!("http://{}", h.sidecar().admin_addr),
+    ]);
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_bearerd"))
+            .args(&all)
+            .env_remove("BEARERD_CONFIG")
+            .env_remove("BEARERD_ADMIN_TOKEN")
+            .current_dir(std::env::temp_dir())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_shows_refreshes_and_logs_out_subjects() {
+    let h = start(Duration::from_secs(60), "", "").await;
+    for s in ["alice@example.com", "bob@example.com"] {
+        let rt = h.tokens.state.seed_refresh_token_for(s);
+        assert_eq!(hand_over(&h, s, &rt).await.status(), 200);
+    }
+    let (ok, out) = cli(&h, &["status"]).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("per-subject") && out.contains("2 valid"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("alice"),
+        "the overview names no subject: {out}"
+    );
+    let (ok, out) = cli(&h, &["status", "api", "--subjects"]).await;
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("alice@example.com") && out.contains("bob@example.com"),
+        "{out}"
+    );
+    assert!(out.contains("2 subjects"), "{out}");
+    let (ok, out) = cli(&h, &["status", "api", "--subject", "alice@example.com"]).await;
+    assert!(ok && out.contains("valid"), "{out}");
+    let (ok, out) = cli(&h, &["refresh", "api", "--subject", "alice@example.com"]).await;
+    assert!(ok && out.contains("refreshed"), "{out}");
+    assert_eq!(
+        subject_status(&h, "alice@example.com").await["refreshes"],
+        2
+    );
+    let (ok, out) = cli(&h, &["logout", "api", "--subject", "bob@example.com"]).await;
+    assert!(ok, "{out}");
+    assert_eq!(
+        subject_status(&h, "bob@example.com").await["state"],
+        "logged_out"
+    );
+    let (ok, out) = cli(&h, &["status", "api", "--subject", "nobody"]).await;
+    assert!(!ok && out.contains("404"), "{out}");
+    let (ok, out) = cli(&h, &["refresh", "api"]).await;
+    assert!(!ok && out.contains("per subject"), "{out}");
+}
