@@ -83,8 +83,11 @@ async fn restart_with_a_valid_stored_token_makes_no_token_request_and_is_ready_a
             > 30.0
     );
 
-    let text = std::fs::read_to_string(dir.join("tokens.store")).unwrap();
-    assert!(!text.contains("tok_"), "tokens are encrypted at rest");
+    let bytes = std::fs::read(dir.join("tokens.store")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&bytes).contains("tok_"),
+        "tokens are encrypted at rest"
+    );
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(dir.join("tokens.store"))
         .unwrap()
@@ -183,6 +186,7 @@ fn a_bad_store_stops_startup_with_a_clear_error_and_is_left_unchanged() {
         spent_seed: None,
     };
     fs.save("c", Some(&token)).unwrap();
+    let sealed = fs.sealed_record("c").unwrap();
     drop(fs); // one process per store: the sidecars below claim it
     let original = std::fs::read(&store).unwrap();
 
@@ -212,8 +216,12 @@ fn a_bad_store_stops_startup_with_a_clear_error_and_is_left_unchanged() {
 
     // Tampered: one byte of the sealed record flipped.
     let mut tampered = original.clone();
-    let text = String::from_utf8(original.clone()).unwrap();
-    let at = text.find("\"c\": \"").unwrap() + 12;
+    let at = original
+        .windows(sealed.len())
+        .position(|w| w == sealed.as_bytes())
+        .expect("the sealed record is in the file")
+        + sealed.len()
+        - 4;
     tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
     std::fs::write(&store, &tampered).unwrap();
     let out = run_bearerd(&write_config(&key_a));

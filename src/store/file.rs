@@ -1,19 +1,28 @@
-//! The encrypted file store. One JSON file; each credential's record is sealed with
-//! XChaCha20-Poly1305 under the store key, with the credential name as associated data (a
-//! record moved to another name does not decrypt). A key-check record makes a wrong key an
-//! error even when the store holds no token. Writes replace the file atomically.
+//! The encrypted file store: an embedded transactional key-value database (redb) in one
+//! file. Each credential's record (and each subject's, for per-subject credentials) is a
+//! row of its own, sealed with XChaCha20-Poly1305 under the store key, with the record's
+//! key as associated data (a record moved to another key does not decrypt). A key-check
+//! row makes a wrong key an error even when the store holds no token.
+//!
+//! A save is one write transaction, committed durably (redb fsyncs its commit) before it
+//! returns: a crash leaves the old record or the new one, never a torn mix, and writing one
+//! record never rewrites the others, so 100,000 subjects cost no more per write than one.
+//! A store of the first format (one JSON file) is migrated at open, its file kept beside
+//! the new one as `…v1.bak`.
 
-use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use secrecy::{ExposeSecret, SecretBox};
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::watch;
 
 use super::durable::{parent_dir, sync_dir, write_and_rename};
@@ -34,12 +43,19 @@ const HELPER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(
     2 * (journal::HELPER_REQUEST_MAX.as_secs() + journal::HELPER_MARGIN.as_secs()),
 );
 
-const FORMAT: &str = "bearerd-store-v1";
+const FORMAT: &str = "bearerd-store-v2";
+const V1_FORMAT: &str = "bearerd-store-v1";
 const KEY_CHECK: &[u8] = b"bearerd key check";
 const KEY_CHECK_AAD: &[u8] = b"bearerd:key-check";
 
+/// `format` and `key_check`.
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// Record key → the sealed record (base64).
+const RECORDS: TableDefinition<&str, &str> = TableDefinition::new("records");
+
+/// The first format: one JSON document holding every sealed record.
 #[derive(Serialize, Deserialize)]
-struct FileContents {
+struct V1Contents {
     format: String,
     key_check: String,
     records: BTreeMap<String, String>,
@@ -56,10 +72,11 @@ struct FileInner {
     sealer: Sealer,
     /// Kept for the rotation helper, which seals the journal with it.
     key: SecretBox<[u8; 32]>,
+    /// Declared before the claim, so it is closed (its own lock released) before the claim
+    /// lets the next sidecar in: fields drop in order.
+    db: redb::Database,
     /// This process's exclusive claim on the store, released when the store is dropped.
     _claim: std::fs::File,
-    /// Decrypted records, and the sealed ones as they are on disk.
-    state: Mutex<(BTreeMap<String, StoredSet>, BTreeMap<String, String>)>,
 }
 
 impl FileStore {
@@ -71,19 +88,26 @@ impl FileStore {
     }
 
     pub fn load(&self, credential: &str) -> Option<StoredToken> {
-        self.inner.load(credential).map(|s| s.token)
+        self.inner.load(credential).ok().flatten().map(|s| s.token)
     }
 
-    /// Sets (or with `None` removes) one credential's record, whatever its generation, and
-    /// replaces the file.
+    /// Sets (or with `None` removes) one credential's record, whatever its generation.
     pub fn save(&self, credential: &str, token: Option<&StoredToken>) -> Result<(), StoreError> {
         self.inner.write(credential, token, None).map(|_| ())
     }
 
+    /// A record as it is on disk (sealed), for tests that tamper with it.
+    #[doc(hidden)]
+    pub fn sealed_record(&self, credential: &str) -> Option<String> {
+        let txn = self.inner.db.begin_read().ok()?;
+        let table = txn.open_table(RECORDS).ok()?;
+        let value = table.get(credential).ok()??;
+        Some(value.value().to_string())
+    }
+
     /// Every record's key.
     pub fn keys(&self) -> Vec<String> {
-        let state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.0.keys().cloned().collect()
+        self.inner.list("", None, usize::MAX).unwrap_or_default()
     }
 
     pub fn path(&self) -> &Path {
@@ -117,7 +141,8 @@ impl TokenStore for FileStore {
     }
 
     async fn load(&self, credential: &str) -> Result<Option<StoredSet>, StoreError> {
-        Ok(self.inner.load(credential))
+        // A read of one page, from the page cache as a rule: not worth a blocking task.
+        self.inner.load(credential)
     }
 
     async fn save(
@@ -171,20 +196,7 @@ impl TokenStore for FileStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        use std::ops::Bound;
-        let state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
-        let start = match after {
-            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
-            _ => Bound::Included(prefix.to_string()),
-        };
-        Ok(state
-            .0
-            .range::<String, _>((start, Bound::Unbounded))
-            .map(|(k, _)| k)
-            .take_while(|k| k.starts_with(prefix))
-            .take(limit)
-            .cloned()
-            .collect())
+        self.inner.list(prefix, after, limit)
     }
 
     fn helper_journal(&self) -> Option<HelperJournal> {
@@ -196,12 +208,16 @@ impl TokenStore for FileStore {
 }
 
 impl FileInner {
-    fn open(path: &Path, key: &[u8; 32]) -> Result<FileInner, StoreError> {
-        let sealer = Sealer::new(key);
-        let err = |message: String| StoreError::Io {
+    fn err(path: &Path, message: String) -> StoreError {
+        StoreError::Io {
             path: path.display().to_string(),
             message,
-        };
+        }
+    }
+
+    fn open(path: &Path, key: &[u8; 32]) -> Result<FileInner, StoreError> {
+        let sealer = Sealer::new(key);
+        let err = |message: String| Self::err(path, message);
         // Checked at startup: a store that cannot be written would lose rotated tokens.
         let dir = parent_dir(path);
         if !dir.is_dir() {
@@ -215,62 +231,88 @@ impl FileInner {
         let claim = lock::claim_store(path, INSTANCE_PATIENCE)?;
         // A helper of the previous run may still be rotating: its answer comes first.
         lock::wait_for_helpers(path, HELPER_PATIENCE)?;
-        let mut tokens = BTreeMap::new();
-        let mut sealed = BTreeMap::new();
-        match std::fs::read(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        let existing = match std::fs::read(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(err(format!("cannot read: {e}"))),
-            Ok(bytes) => {
-                let contents: FileContents = serde_json::from_slice(&bytes).map_err(|e| {
+            Ok(bytes) if bytes.is_empty() => None,
+            Ok(bytes) => Some(bytes),
+        };
+        let db = match existing {
+            None => create_database(path, &sealer)?,
+            Some(bytes) if bytes.first() == Some(&b'{') => migrate_v1(path, &bytes, &sealer)?,
+            Some(_) => without_panics(path, || {
+                check_database(path, &sealer)?;
+                redb::Database::open(path).map_err(|e| {
                     err(format!("not a readable bearerd store (truncated or damaged?): {e}; it was left unchanged"))
-                })?;
-                if contents.format != FORMAT {
-                    return Err(err(format!(
-                        "unknown store format {:?}; it was left unchanged",
-                        contents.format
-                    )));
-                }
-                let check = sealer.open(&contents.key_check, KEY_CHECK_AAD);
-                if check.as_deref() != Some(KEY_CHECK) {
-                    return Err(err(
-                        "the store key does not open this store (wrong key, or the file was altered); it was left unchanged"
-                            .into(),
-                    ));
-                }
-                for (name, record) in contents.records {
-                    let plain = sealer.open(&record, aad(&name).as_bytes()).ok_or_else(|| {
-                        err(format!("the record for credential {name:?} fails authentication (tampered); the store was left unchanged"))
-                    })?;
-                    let parsed: StoredSetRecord = serde_json::from_slice(&plain).map_err(|e| {
-                        err(format!(
-                            "the record for credential {name:?} is malformed: {e}"
-                        ))
-                    })?;
-                    tokens.insert(name.clone(), parsed.into());
-                    sealed.insert(name, record);
-                }
-            }
-        }
+                })
+            })?,
+        };
         Ok(FileInner {
             path: path.to_path_buf(),
             sealer,
             key: SecretBox::new(Box::new(*key)),
             _claim: claim,
-            state: Mutex::new((tokens, sealed)),
+            db,
         })
     }
 
-    fn load(&self, credential: &str) -> Option<StoredSet> {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .0
-            .get(credential)
-            .cloned()
+    fn io(&self, what: &str, e: impl std::fmt::Display) -> StoreError {
+        Self::err(&self.path, format!("{what}: {e}"))
     }
 
-    /// Sets (or with `None` removes) one credential's record and replaces the file. With
-    /// `expected`, only when the record's generation is still that (compare-and-set);
+    fn open_record(&self, credential: &str, sealed: &str) -> Result<StoredSet, StoreError> {
+        open_record(&self.path, &self.sealer, credential, sealed)
+    }
+
+    /// The records table, as of now.
+    fn records(&self) -> Result<redb::ReadOnlyTable<&'static str, &'static str>, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.io("cannot read", e))?;
+        txn.open_table(RECORDS)
+            .map_err(|e| self.io("cannot read", e))
+    }
+
+    fn load(&self, credential: &str) -> Result<Option<StoredSet>, StoreError> {
+        let table = self.records()?;
+        let sealed = table
+            .get(credential)
+            .map_err(|e| self.io("cannot read", e))?;
+        sealed
+            .map(|s| self.open_record(credential, s.value()))
+            .transpose()
+    }
+
+    /// Keys with `prefix`, after `after`, in order, at most `limit`.
+    fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let table = self.records()?;
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a),
+            _ => Bound::Included(prefix),
+        };
+        let mut keys = Vec::new();
+        let range = table
+            .range::<&str>((start, Bound::Unbounded))
+            .map_err(|e| self.io("cannot read", e))?;
+        for row in range {
+            let (k, _) = row.map_err(|e| self.io("cannot read", e))?;
+            let k = k.value();
+            if !k.starts_with(prefix) || keys.len() >= limit {
+                break;
+            }
+            keys.push(k.to_string());
+        }
+        Ok(keys)
+    }
+
+    /// Sets (or with `None` removes) one credential's record in one durable transaction.
+    /// With `expected`, only when the record's generation is still that (compare-and-set);
     /// without, whatever it is.
     fn write(
         &self,
@@ -278,61 +320,46 @@ impl FileInner {
         token: Option<&StoredToken>,
         expected: Option<Option<u64>>,
     ) -> Result<SaveOutcome, StoreError> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let current = state.0.get(credential);
-        let generation = match expected {
-            Some(expected) => match compare_and_set(current, expected) {
-                Ok(g) => g,
-                Err(conflict) => return Ok(conflict),
-            },
-            None => current.map_or(1, |c| c.generation + 1),
-        };
-        let (mut tokens, mut sealed) = (state.0.clone(), state.1.clone());
-        match token {
-            Some(t) => {
-                let set = StoredSet {
-                    token: t.clone(),
-                    generation,
-                };
-                let plain = serde_json::to_vec(&StoredSetRecord::from(&set))
-                    .map_err(|e| StoreError::Invalid(e.to_string()))?;
-                sealed.insert(
-                    credential.to_string(),
-                    self.seal(&plain, aad(credential).as_bytes()),
-                );
-                tokens.insert(credential.to_string(), set);
+        let cannot = |e: &dyn std::fmt::Display| self.io("cannot write", e);
+        // One writer at a time (redb's rule): the compare and the set see the same record.
+        let txn = self.db.begin_write().map_err(|e| cannot(&e))?;
+        let generation = {
+            let mut table = txn.open_table(RECORDS).map_err(|e| cannot(&e))?;
+            let current = match table.get(credential).map_err(|e| cannot(&e))? {
+                Some(sealed) => Some(self.open_record(credential, sealed.value())?),
+                None => None,
+            };
+            let generation = match expected {
+                Some(expected) => match compare_and_set(current.as_ref(), expected) {
+                    Ok(g) => g,
+                    Err(conflict) => return Ok(conflict),
+                },
+                None => current.map_or(1, |c| c.generation + 1),
+            };
+            match token {
+                Some(t) => {
+                    let set = StoredSet {
+                        token: t.clone(),
+                        generation,
+                    };
+                    let plain = serde_json::to_vec(&StoredSetRecord::from(&set))
+                        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+                    let sealed = self.sealer.seal(&plain, aad(credential).as_bytes());
+                    table
+                        .insert(credential, sealed.as_str())
+                        .map_err(|e| cannot(&e))?;
+                }
+                None => {
+                    table.remove(credential).map_err(|e| cannot(&e))?;
+                }
             }
-            None => {
-                sealed.remove(credential);
-                tokens.remove(credential);
-            }
-        }
-        let contents = FileContents {
-            format: FORMAT.to_string(),
-            key_check: self.seal(KEY_CHECK, KEY_CHECK_AAD),
-            records: sealed.clone(),
+            generation
         };
-        let bytes =
-            serde_json::to_vec_pretty(&contents).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        write_and_rename(&self.path, &bytes).map_err(|e| StoreError::Io {
-            path: self.path.display().to_string(),
-            message: format!("cannot write: {e}"),
-        })?;
-        // The rename is the commit point: from here the file holds the new set, and the
-        // in-memory view must follow it even if the directory sync below fails.
-        *state = (tokens, sealed);
+        // The commit point: durable when it returns.
+        txn.commit().map_err(|e| cannot(&e))?;
         // The record now holds at least what a rotation journal held.
         journal::remove(&self.path, credential);
-        if let Err(e) = sync_dir(&self.path) {
-            // The set is in the file (the rename happened): reporting a failure would leave
-            // the caller's generation behind the store's. A crash now may lose the rename.
-            tracing::warn!(store = %self.path.display(), error = %e, "the store was written, but its directory could not be synced");
-        }
         Ok(SaveOutcome::Saved { generation })
-    }
-
-    fn seal(&self, plain: &[u8], aad: &[u8]) -> String {
-        self.sealer.seal(plain, aad)
     }
 
     /// Applies the credential's rotation journal, left by a helper that outlived its
@@ -342,7 +369,7 @@ impl FileInner {
         let Some(entry) = journal::read(&self.sealer, &self.path, credential)? else {
             return Ok(false);
         };
-        let current = self.load(credential).map(|s| s.token);
+        let current = self.load(credential)?.map(|s| s.token);
         let stored_rt = current.as_ref().and_then(|c| c.refresh_token.as_ref());
         let applies = match (&current, stored_rt) {
             (Some(c), _) if c.logged_out => false,
@@ -370,6 +397,216 @@ impl FileInner {
 
 fn aad(credential: &str) -> String {
     format!("bearerd:credential:{credential}")
+}
+
+fn open_record(
+    path: &Path,
+    sealer: &Sealer,
+    credential: &str,
+    sealed: &str,
+) -> Result<StoredSet, StoreError> {
+    let what = if credential.contains('\n') {
+        "a subject's record".to_string()
+    } else {
+        format!("the record for credential {credential:?}")
+    };
+    let plain = sealer
+        .open(sealed, aad(credential).as_bytes())
+        .ok_or_else(|| {
+            FileInner::err(
+                path,
+                format!("{what} fails authentication (tampered); the store was left unchanged"),
+            )
+        })?;
+    let parsed: StoredSetRecord = serde_json::from_slice(&plain)
+        .map_err(|e| FileInner::err(path, format!("{what} is malformed: {e}")))?;
+    Ok(parsed.into())
+}
+
+/// Runs `f` on a file that may be damaged: redb asserts some of its invariants on what it
+/// reads (a truncated file trips one), and a damaged store must be an error naming the
+/// file, never a panic. The default panic message is kept off the terminal meanwhile.
+fn without_panics<T>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    result.unwrap_or_else(|_| {
+        Err(FileInner::err(
+            path,
+            "not a readable bearerd store (truncated or damaged?); it was left unchanged".into(),
+        ))
+    })
+}
+
+/// A new, empty store (mode 0600), with its format and key check.
+fn create_database(path: &Path, sealer: &Sealer) -> Result<redb::Database, StoreError> {
+    let err = |m: String| FileInner::err(path, m);
+    // redb initialises an empty file in place: created here with the mode it must have.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| err(format!("cannot create: {e}")))?;
+    let db = redb::Database::create(path).map_err(|e| err(format!("cannot create: {e}")))?;
+    {
+        let txn = db
+            .begin_write()
+            .map_err(|e| err(format!("cannot write: {e}")))?;
+        {
+            let mut meta = txn
+                .open_table(META)
+                .map_err(|e| err(format!("cannot write: {e}")))?;
+            meta.insert("format", FORMAT)
+                .map_err(|e| err(format!("cannot write: {e}")))?;
+            let check = sealer.seal(KEY_CHECK, KEY_CHECK_AAD);
+            meta.insert("key_check", check.as_str())
+                .map_err(|e| err(format!("cannot write: {e}")))?;
+            txn.open_table(RECORDS)
+                .map_err(|e| err(format!("cannot write: {e}")))?;
+        }
+        txn.commit()
+            .map_err(|e| err(format!("cannot write: {e}")))?;
+    }
+    sync_dir(path).map_err(|e| err(format!("cannot sync its directory: {e}")))?;
+    Ok(db)
+}
+
+/// Checks an existing store before anything writes to it: it is a bearerd store, the key
+/// opens it, and every record authenticates. Opened read-only, so that a refusal leaves the
+/// file exactly as it was.
+fn check_database(path: &Path, sealer: &Sealer) -> Result<(), StoreError> {
+    let err = |m: String| FileInner::err(path, m);
+    let damaged = |e: &dyn std::fmt::Display| {
+        err(format!(
+            "not a readable bearerd store (truncated or damaged?): {e}; it was left unchanged"
+        ))
+    };
+    let db = match redb::ReadOnlyDatabase::open(path) {
+        Ok(db) => db,
+        // Not shut down cleanly (a killed sidecar): redb's own recovery runs when it is
+        // opened for writing, and the records are checked after.
+        Err(redb::DatabaseError::RepairAborted) => return check_after_repair(path, sealer),
+        Err(e) => return Err(damaged(&e)),
+    };
+    let txn = db.begin_read().map_err(|e| damaged(&e))?;
+    check_contents(path, sealer, &txn)
+}
+
+fn check_after_repair(path: &Path, sealer: &Sealer) -> Result<(), StoreError> {
+    let db = redb::Database::open(path).map_err(|e| {
+        FileInner::err(
+            path,
+            format!("not a readable bearerd store (truncated or damaged?): {e}"),
+        )
+    })?;
+    let txn = db
+        .begin_read()
+        .map_err(|e| FileInner::err(path, format!("cannot read: {e}")))?;
+    check_contents(path, sealer, &txn)
+}
+
+fn check_contents(
+    path: &Path,
+    sealer: &Sealer,
+    txn: &redb::ReadTransaction,
+) -> Result<(), StoreError> {
+    let err = |m: String| FileInner::err(path, m);
+    let damaged = |e: &dyn std::fmt::Display| {
+        err(format!(
+            "not a readable bearerd store (truncated or damaged?): {e}; it was left unchanged"
+        ))
+    };
+    let meta = txn.open_table(META).map_err(|e| damaged(&e))?;
+    let format = meta
+        .get("format")
+        .map_err(|e| damaged(&e))?
+        .map(|v| v.value().to_string());
+    if format.as_deref() != Some(FORMAT) {
+        return Err(err(format!(
+            "unknown store format {format:?}; it was left unchanged"
+        )));
+    }
+    let check = meta
+        .get("key_check")
+        .map_err(|e| damaged(&e))?
+        .and_then(|v| sealer.open(v.value(), KEY_CHECK_AAD));
+    if check.as_deref() != Some(KEY_CHECK) {
+        return Err(err(
+            "the store key does not open this store (wrong key, or the file was altered); it was left unchanged"
+                .into(),
+        ));
+    }
+    let records = txn.open_table(RECORDS).map_err(|e| damaged(&e))?;
+    for row in records.iter().map_err(|e| damaged(&e))? {
+        let (k, v) = row.map_err(|e| damaged(&e))?;
+        open_record(path, sealer, k.value(), v.value())?;
+    }
+    Ok(())
+}
+
+/// A store of the first format: checked as it always was, its sealed records copied into a
+/// new database beside it, which then replaces it; the old file is kept as `….v1.bak`. A
+/// crash at any point leaves the old file in place, and the next start migrates again.
+fn migrate_v1(path: &Path, bytes: &[u8], sealer: &Sealer) -> Result<redb::Database, StoreError> {
+    let err = |m: String| FileInner::err(path, m);
+    let contents: V1Contents = serde_json::from_slice(bytes).map_err(|e| {
+        err(format!(
+            "not a readable bearerd store (truncated or damaged?): {e}; it was left unchanged"
+        ))
+    })?;
+    if contents.format != V1_FORMAT {
+        return Err(err(format!(
+            "unknown store format {:?}; it was left unchanged",
+            contents.format
+        )));
+    }
+    if sealer.open(&contents.key_check, KEY_CHECK_AAD).as_deref() != Some(KEY_CHECK) {
+        return Err(err(
+            "the store key does not open this store (wrong key, or the file was altered); it was left unchanged"
+                .into(),
+        ));
+    }
+    for (name, record) in &contents.records {
+        open_record(path, sealer, name, record)?;
+    }
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("store");
+    let next = parent_dir(path).join(format!(".{file_name}.migrating"));
+    let _ = std::fs::remove_file(&next);
+    {
+        let db = create_database(&next, sealer)?;
+        let txn = db
+            .begin_write()
+            .map_err(|e| err(format!("cannot migrate: {e}")))?;
+        {
+            let mut table = txn
+                .open_table(RECORDS)
+                .map_err(|e| err(format!("cannot migrate: {e}")))?;
+            for (name, record) in &contents.records {
+                table
+                    .insert(name.as_str(), record.as_str())
+                    .map_err(|e| err(format!("cannot migrate: {e}")))?;
+            }
+        }
+        txn.commit()
+            .map_err(|e| err(format!("cannot migrate: {e}")))?;
+    }
+    let backup = parent_dir(path).join(format!("{file_name}.v1.bak"));
+    write_and_rename(&backup, bytes).map_err(|e| err(format!("cannot keep the old store: {e}")))?;
+    std::fs::rename(&next, path).map_err(|e| err(format!("cannot migrate: {e}")))?;
+    sync_dir(path).map_err(|e| err(format!("cannot sync its directory: {e}")))?;
+    tracing::info!(
+        store = %path.display(),
+        records = contents.records.len(),
+        backup = %backup.display(),
+        "the store was migrated to the per-record format"
+    );
+    redb::Database::open(path).map_err(|e| err(format!("cannot open after migrating: {e}")))
 }
 
 #[cfg(test)]
@@ -413,7 +650,8 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let text = std::fs::read_to_string(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
         assert!(
             !text.contains("rt-2") && !text.contains("at-1"),
             "records are encrypted"
@@ -429,9 +667,10 @@ mod tests {
         let path = temp_path();
         let s = FileStore::open(&path, &[1u8; 32]).unwrap();
         s.save("crm", Some(&token("rt"))).unwrap();
+        let sealed = s.sealed_record("crm").unwrap();
+        drop(s); // one sidecar per store: the claim goes with it
         let original = std::fs::read(&path).unwrap();
 
-        drop(s); // one sidecar per store: the claim goes with it
         let e = FileStore::open(&path, &[2u8; 32])
             .err()
             .unwrap()
@@ -441,15 +680,10 @@ mod tests {
             "{e}"
         );
 
-        let mut contents: FileContents = serde_json::from_slice(&original).unwrap();
-        let rec = contents.records.get_mut("crm").unwrap();
-        use base64::Engine;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let mut raw = b64.decode(&*rec).unwrap();
-        let last = raw.len() - 1;
-        raw[last] ^= 1;
-        *rec = b64.encode(raw);
-        std::fs::write(&path, serde_json::to_vec(&contents).unwrap()).unwrap();
+        let mut tampered = original.clone();
+        let at = find(&original, sealed.as_bytes()) + sealed.len() - 4;
+        tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+        std::fs::write(&path, &tampered).unwrap();
         let tampered = std::fs::read(&path).unwrap();
         let e = FileStore::open(&path, &[1u8; 32])
             .err()
@@ -468,6 +702,67 @@ mod tests {
             std::fs::read(&path).unwrap(),
             &original[..original.len() / 2]
         );
+    }
+
+    fn find(haystack: &[u8], needle: &[u8]) -> usize {
+        haystack
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("the sealed record is in the file")
+    }
+
+    #[test]
+    fn a_store_of_the_first_format_is_migrated_and_kept_as_a_backup() {
+        let (path, key) = (temp_path(), [9u8; 32]);
+        let sealer = Sealer::new(&key);
+        let set = StoredSet {
+            token: token("rt-v1"),
+            generation: 4,
+        };
+        let plain = serde_json::to_vec(&StoredSetRecord::from(&set)).unwrap();
+        let v1 = V1Contents {
+            format: V1_FORMAT.into(),
+            key_check: sealer.seal(KEY_CHECK, KEY_CHECK_AAD),
+            records: [(
+                "crm".to_string(),
+                sealer.seal(&plain, aad("crm").as_bytes()),
+            )]
+            .into(),
+        };
+        let bytes = serde_json::to_vec_pretty(&v1).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
+        // A wrong key refuses the old format too, and changes nothing.
+        assert!(FileStore::open(&path, &[1u8; 32]).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        let s = FileStore::open(&path, &key).unwrap();
+        assert_eq!(stored_rt(&s).as_deref(), Some("rt-v1"));
+        assert_eq!(s.inner.load("crm").unwrap().unwrap().generation, 4);
+        let backup = path.with_file_name("tokens.store.v1.bak");
+        assert_eq!(std::fs::read(&backup).unwrap(), bytes);
+        assert_ne!(std::fs::read(&path).unwrap().first(), Some(&b'{'));
+        s.save("crm", Some(&token("rt-v2"))).unwrap();
+        let s = reopen(s, &path, &key);
+        assert_eq!(stored_rt(&s).as_deref(), Some("rt-v2"));
+    }
+
+    #[test]
+    fn subjects_are_rows_of_their_own_listed_in_order() {
+        let (path, key) = (temp_path(), [10u8; 32]);
+        let s = FileStore::open(&path, &key).unwrap();
+        for k in [
+            "gmail\nbob",
+            "crm",
+            "gmail\nalice",
+            "gmail\ncarol",
+            "gmailx",
+        ] {
+            s.save(k, Some(&token(k))).unwrap();
+        }
+        let page = s.inner.list("gmail\n", None, 2).unwrap();
+        assert_eq!(page, ["gmail\nalice", "gmail\nbob"]);
+        let page = s.inner.list("gmail\n", Some("gmail\nbob"), 2).unwrap();
+        assert_eq!(page, ["gmail\ncarol"]);
+        assert_eq!(s.keys().len(), 5);
     }
 
     fn fp(s: &str) -> String {
@@ -560,6 +855,7 @@ mod tests {
         assert!(e.contains(&jp.display().to_string()), "{e}");
         assert_eq!(std::fs::read(&jp).unwrap(), bytes);
         drop(s); // one sidecar per store: the claim goes with it
+        std::fs::remove_file(&path).unwrap(); // a store of the other key, the journal kept
         let e = FileStore::open(&path, &[6u8; 32])
             .unwrap()
             .recover_rotation("crm")

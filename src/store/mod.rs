@@ -1,8 +1,9 @@
 //! Token persistence behind one trait, [`TokenStore`]: load, save with compare-and-set on
 //! the generation, a refresh lease, remove, and a watch for changes. `memory` keeps token
-//! sets for the life of the process; `file` keeps them in one encrypted file, replaced
-//! atomically (write, fsync, rename, fsync the directory), so a crash leaves either the old
-//! set or the new one, never a torn mix. The refresher never knows which one it talks to.
+//! sets for the life of the process; `file` keeps them in an embedded transactional database
+//! (redb), one sealed row per record, each save one durable transaction, so a crash leaves
+//! either the old set or the new one, never a torn mix, and a write touches one record only;
+//! `redis` is shared by replicas. The refresher never knows which one it talks to.
 
 mod durable;
 mod file;
