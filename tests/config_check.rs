@@ -216,6 +216,42 @@ fn per_subject_keys_are_checked_with_their_line() {
         6,
         &["subject_header"],
     );
+    // On behalf of: a header is only a source for token_exchange's subject_token.
+    let obo = PER_SUBJECT
+        .replace("grant = \"refresh_token\"", "grant = \"token_exchange\"")
+        .replace(
+            "subject_header = \"x-bearerd-subject\"",
+            "subject_token = { header = \"x-user-token\" }",
+        );
+    let path = write("obo.toml", &obo);
+    let out = bearerd().args(["check", "-c"]).arg(&path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token_line = "subject_token = { header = \"x-user-token\" }";
+    assert_error(
+        &obo.replace(
+            token_line,
+            &format!("{token_line}\nactor_token = {{ file = \"/x\" }}"),
+        ),
+        7,
+        &["actor_token"],
+    );
+    assert_error(
+        &obo.replace(token_line, "subject_token = { header = \"Host\" }"),
+        6,
+        &["subject_token", "meaning of its own"],
+    );
+    assert_error(
+        &PER_SUBJECT.replace(
+            "client_secret = \"s\"",
+            "client_secret = { header = \"x-secret\" }",
+        ),
+        5,
+        &["client_secret", "subject_token"],
+    );
 }
 
 #[test]

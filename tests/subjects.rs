@@ -603,3 +603,110 @@ async fn the_cli_lists_shows_refreshes_and_logs_out_subjects() {
     let (ok, out) = cli(&h, &["refresh", "api"]).await;
     assert!(!ok && out.contains("per subject"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_behalf_of_exchanges_each_users_token_once_and_never_past_its_expiry() {
+    use bearerd::token::subject::SubjectKey;
+    use support::keys::{now, KeyKind, TestKey};
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(300)).await;
+    let users = TestKey::generate(KeyKind::Rsa);
+    let mut signer = users.signer("https://idp.users", None, "sts.test");
+    signer.single_use = false;
+    tokens.state.trust_grant_assertions(vec![signer]);
+    let user_token = |sub: &str, jti: &str, lifetime: i64| {
+        users.mint(&json!({
+            "iss": "https://idp.users", "sub": sub, "aud": "sts.test",
+            "iat": now(), "exp": now() as i64 + lifetime, "jti": jti,
+        }))
+    };
+    let opts = Options {
+        grant: "token_exchange",
+        lifetime: Duration::from_secs(300),
+        credential_extra: "subject_token = { header = \"x-user-token\" }\naudience = \"crm\"\n"
+            .into(),
+        ..Options::default()
+    };
+    let h = Harness::start_raw(tokens, upstream, opts, String::new()).await;
+    let as_user = |token: String| {
+        let h = &h;
+        async move {
+            h.client
+                .get(h.url("/api/x"))
+                .header("x-user-token", format!("Bearer {token}"))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(h.get("/api/x").await.status(), 400, "no user token");
+    let alice = user_token("alice", "a1", 600);
+    let r = as_user(alice.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(token_subject(r).await.as_deref(), Some("alice"));
+    let exchanges = h.tokens.state.requests();
+    assert_eq!(exchanges, 1);
+    for _ in 0..3 {
+        let r = as_user(alice.clone()).await;
+        assert_eq!(token_subject(r).await.as_deref(), Some("alice"));
+    }
+    assert_eq!(h.tokens.state.requests(), 1, "cached per user token");
+    let r = as_user(user_token("bob", "b1", 600)).await;
+    assert_eq!(token_subject(r).await.as_deref(), Some("bob"));
+    // A new token of the same user is a new exchange.
+    let r = as_user(user_token("alice", "a2", 600)).await;
+    assert_eq!(token_subject(r).await.as_deref(), Some("alice"));
+    assert_eq!(h.tokens.state.requests(), 3);
+    // The exchanged token never outlives the user's token.
+    let short = user_token("alice", "a3", 3);
+    assert_eq!(as_user(short.clone()).await.status(), 200);
+    let key = SubjectKey::of_token(&secrecy::SecretString::from(short));
+    let status = subject_status(&h, key.as_str()).await;
+    let left = status["expires_in_s"].as_f64().unwrap();
+    assert!(left <= 3.0, "bounded by the user's token: {status}");
+    assert!(!status.to_string().contains("alice"), "{status}");
+    // An expired user token is the app's to replace: 403, not a wait.
+    let r = as_user(user_token("carol", "c1", -10)).await;
+    assert_eq!(r.status(), 403);
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["requires_reauth"], true);
+    assert!(p.get("connect").is_none(), "{p}");
+    assert!(h
+        .upstream
+        .state
+        .seen()
+        .iter()
+        .all(|r| !r.headers.contains_key("x-user-token")));
+    let form = h.tokens.state.last_form();
+    assert!(
+        form.iter().any(|(k, v)| k == "audience" && v == "crm"),
+        "{form:?}"
+    );
+    assert_eq!(h.status().await["credentials"]["api"]["on_behalf_of"], true);
+    let rt = "irrelevant";
+    assert_eq!(hand_over(&h, "someone", rt).await.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_back_after_its_token_expired_is_refreshed_on_its_first_request() {
+    let h = start(Duration::from_secs(2), "subject_idle = \"1s\"\n", "").await;
+    let rt = h.tokens.state.seed_refresh_token_for("alice");
+    assert_eq!(hand_over(&h, "alice", &rt).await.status(), 200);
+    let registry = h.sidecar().subjects("api").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while registry.in_memory() > 0 {
+        assert!(Instant::now() < deadline, "alice never left memory");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Out of memory, nothing refreshes her token: it runs out.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(subject_status(&h, "alice").await["state"], "expired");
+    let before = h.tokens.state.requests();
+    let r = get_as(&h, "alice", "/api/x").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(token_subject(r).await.as_deref(), Some("alice"));
+    assert_eq!(
+        h.tokens.state.requests(),
+        before + 1,
+        "one refresh, on the request"
+    );
+}

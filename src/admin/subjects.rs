@@ -47,6 +47,7 @@ pub(super) fn credential_status(
         "grant": slot.grant_kind,
         "client_auth": slot.client_auth,
         "subject_header": registry.config.header.as_str(),
+        "on_behalf_of": registry.config.on_behalf_of(),
         "subjects_in_memory": registry.in_memory(),
         "subjects": counts,
     })
@@ -152,6 +153,10 @@ impl AdminApp {
     ) -> Response<Vec<u8>> {
         let about = json!({"credential": &*registry.credential, "subject": subject.as_str()});
         match op {
+            "login" | "connect" if registry.config.on_behalf_of() => json_response(
+                400,
+                json!({"error": "an on-behalf-of credential takes each user's token from the request; there is nothing to log in or connect"}),
+            ),
             "login" => {
                 let refresh_token = match read_login(session).await {
                     Ok(rt) => rt,
@@ -203,7 +208,7 @@ impl AdminApp {
 
     /// Starts a connect flow: the authorization URL the app sends the user to.
     async fn connect(&self, registry: &SubjectRegistry, subject: &SubjectKey) -> Response<Vec<u8>> {
-        let Some(redirect_uri) = &registry.config.redirect_uri else {
+        let Some(redirect_uri) = registry.config.redirect_uri() else {
             return json_response(
                 409,
                 json!({"error": format!("credential {:?} has no redirect_uri: connect flows need one", &*registry.credential)}),

@@ -327,9 +327,7 @@ pub struct CredentialConfig {
 pub struct SubjectConfig {
     /// Read on the proxy listener, and removed before the request goes upstream.
     pub header: http::HeaderName,
-    /// Where the provider sends the user back after a connect flow (the app relays it to
-    /// `/connect/callback`); connect flows need it.
-    pub redirect_uri: Option<url::Url>,
+    pub kind: SubjectKind,
     /// Subjects unused this long leave memory (they come back from the store).
     pub idle: Duration,
     /// The most subjects held in memory at once; the least recently used leave first.
@@ -338,7 +336,32 @@ pub struct SubjectConfig {
     pub connect_lifetime: Duration,
 }
 
+/// How a subject gets its tokens.
+#[derive(Debug, Clone)]
+pub enum SubjectKind {
+    /// Its own refresh token, from a connect flow or a hand-over (`grant = "refresh_token"`).
+    Delegated {
+        /// Where the provider sends the user back after a connect flow (the app relays it
+        /// to `/connect/callback`); connect flows need it.
+        redirect_uri: Option<url::Url>,
+    },
+    /// On behalf of: the header carries the user's own token, exchanged (RFC 8693) and
+    /// cached under a hash of it (`grant = "token_exchange"`).
+    OnBehalfOf,
+}
+
 impl SubjectConfig {
+    pub fn redirect_uri(&self) -> Option<&url::Url> {
+        match &self.kind {
+            SubjectKind::Delegated { redirect_uri } => redirect_uri.as_ref(),
+            SubjectKind::OnBehalfOf => None,
+        }
+    }
+
+    pub fn on_behalf_of(&self) -> bool {
+        matches!(self.kind, SubjectKind::OnBehalfOf)
+    }
+
     pub const DEFAULT_IDLE: Duration = Duration::from_secs(15 * 60);
     pub const DEFAULT_MAX_IN_MEMORY: usize = 100_000;
     pub const DEFAULT_CONNECT_LIFETIME: Duration = Duration::from_secs(600);

@@ -275,13 +275,17 @@ credential_table! {
     /// `grant = "token_exchange"` (RFC 8693): a token obtained for a subject token, such as
     /// the pod's service-account token, exchanged again before it expires.
     pub struct RawTokenExchangeCredential [token_request_keys, schedule_keys, wait_keys] {
-        /// Read at every exchange.
+        /// Read at every exchange; `{ header = "…" }`: each request's user's token.
         subject_token: Option<RawSecretRef>,
         subject_token_type: Option<String>,
         actor_token: Option<RawSecretRef>,
         actor_token_type: Option<String>,
         audience: Option<String>,
         requested_token_type: Option<String>,
+        /// On-behalf-of (`subject_token = { header = … }`): idle subjects leave memory.
+        subject_idle: Option<String>,
+        /// On-behalf-of: the most subject tokens' exchanges kept in memory.
+        max_subjects_in_memory: Option<usize>,
     }
 }
 

@@ -11,8 +11,16 @@ use serde::Deserialize;
 #[serde(untagged)]
 pub enum RawSecretRef {
     Inline(SecretString),
-    Env { env: String },
-    File { file: PathBuf },
+    Env {
+        env: String,
+    },
+    File {
+        file: PathBuf,
+    },
+    /// Each request's header (on-behalf-of `subject_token` only).
+    Header {
+        header: String,
+    },
 }
 
 /// A validated secret reference. `Env` values are captured at load time: the environment of a
@@ -44,6 +52,9 @@ impl SecretRef {
                 Ok(_) => Err(format!("environment variable {env} is empty")),
                 Err(_) => Err(format!("environment variable {env} is not set")),
             },
+            RawSecretRef::Header { .. } => Err(
+                "{ header = \"…\" } takes a value from each request: only a token_exchange subject_token can come from there (on-behalf-of)".into(),
+            ),
             RawSecretRef::File { file } => {
                 // Read once now so a missing or unreadable file is a config error, not a
                 // failure at the first refresh.

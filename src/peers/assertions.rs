@@ -50,7 +50,13 @@ pub enum Use {
 
 impl AssertionPolicy {
     /// Verifies `token` against `signers`; the reason when refused.
-    pub fn verify(&mut self, token: &str, grant: bool, usage: Use) -> Result<(), String> {
+    /// Checks a signed token; answers its claims.
+    pub fn verify(
+        &mut self,
+        token: &str,
+        grant: bool,
+        usage: Use,
+    ) -> Result<serde_json::Value, String> {
         let signers = if grant { &self.grant } else { &self.client };
         let result = verify_with(token, signers, usage).and_then(|(claims, single_use)| {
             if usage == Use::Assertion && single_use {
@@ -66,10 +72,10 @@ impl AssertionPolicy {
         });
         match result {
             Ok(claims) => {
-                self.last_claims = Some(claims);
+                self.last_claims = Some(claims.clone());
                 self.last_kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
                 self.accepted += 1;
-                Ok(())
+                Ok(claims)
             }
             Err(why) => {
                 self.refused += 1;

@@ -614,8 +614,9 @@ fn issue_if_verified(
 ) -> Response {
     let verified = state.assertions.lock().unwrap().verify(token, true, usage);
     match verified {
-        Ok(()) => {
-            let mut body = state.issue(false);
+        Ok(claims) => {
+            // The token stands for the signed token's subject (an end user, on behalf of).
+            let mut body = state.issue_for(false, claims["sub"].as_str());
             finish(&mut body);
             Json(body).into_response()
         }

@@ -290,11 +290,18 @@ impl BearerProxy {
         detail: String,
     ) -> pingora::Result<bool> {
         let subject = ctx.subject.as_ref().map_or("", |s| s.as_str());
-        let connect = format!(
-            "/credentials/{}/subjects/{}/connect",
-            crate::admin::encode_segment(&upstream.slot.name),
-            crate::admin::encode_segment(subject)
-        );
+        // On behalf of, the app needs a fresh token of the user, not a connect flow.
+        let connect = (!upstream
+            .subjects
+            .as_ref()
+            .is_some_and(|r| r.config.on_behalf_of()))
+        .then(|| {
+            format!(
+                "/credentials/{}/subjects/{}/connect",
+                crate::admin::encode_segment(&upstream.slot.name),
+                crate::admin::encode_segment(subject)
+            )
+        });
         let mut p = Problem::new(
             "subject-not-connected",
             "Subject not connected",
@@ -306,7 +313,7 @@ impl BearerProxy {
         p.upstream = Some(&upstream.name);
         p.requires_reauth = true;
         p.subject = Some(subject);
-        p.connect = Some(connect);
+        p.connect = connect;
         self.answer(session, ctx, p).await
     }
 
@@ -423,22 +430,24 @@ impl ProxyHttp for BearerProxy {
 
         let slot = match &upstream.subjects {
             None => Arc::clone(&upstream.slot),
+            Some(registry) if registry.config.on_behalf_of() => {
+                match subject_token_of(req, registry) {
+                    Ok(token) => {
+                        let (subject, slot) = registry.slot_for_subject_token(&token);
+                        ctx.subject = Some(subject);
+                        slot
+                    }
+                    Err(why) => {
+                        let p = subject_required(&upstream, registry, why, rid);
+                        return self.answer(session, ctx, p).await;
+                    }
+                }
+            }
             Some(registry) => {
                 let subject = match subject_of(req, registry) {
                     Ok(s) => s,
                     Err(why) => {
-                        let mut p = Problem::new(
-                            "subject-required",
-                            "Subject required",
-                            400,
-                            format!(
-                                "credential {} keeps a token per subject: name the end user in the {} header ({why})",
-                                upstream.slot.name, registry.config.header
-                            ),
-                            rid,
-                        );
-                        p.credential = Some(&upstream.slot.name);
-                        p.upstream = Some(&upstream.name);
+                        let p = subject_required(&upstream, registry, why, rid);
                         return self.answer(session, ctx, p).await;
                     }
                 };
@@ -724,9 +733,59 @@ impl ProxyHttp for BearerProxy {
 }
 
 /// Status codes as label strings, built once so counting a request does not format one.
+/// 400 `subject-required`: the request names no subject (or a bad one).
+fn subject_required<'a>(
+    upstream: &'a Upstream,
+    registry: &SubjectRegistry,
+    why: InvalidSubject,
+    rid: &'a str,
+) -> Problem<'a> {
+    let what = if registry.config.on_behalf_of() {
+        "exchanges each user's own token: pass it"
+    } else {
+        "keeps a token per subject: name the end user"
+    };
+    let mut p = Problem::new(
+        "subject-required",
+        "Subject required",
+        400,
+        format!(
+            "credential {} {what} in the {} header ({why})",
+            upstream.slot.name, registry.config.header
+        ),
+        rid,
+    );
+    p.credential = Some(&upstream.slot.name);
+    p.upstream = Some(&upstream.name);
+    p
+}
+
 /// The registry of a per-subject upstream.
 fn u_subjects(upstream: &Option<Arc<Upstream>>) -> Option<&SubjectRegistry> {
     upstream.as_ref()?.subjects.as_deref()
+}
+
+/// On behalf of: the user's token a request carries in the credential's header (exactly
+/// one value; a `Bearer ` prefix is allowed).
+fn subject_token_of(
+    req: &RequestHeader,
+    registry: &SubjectRegistry,
+) -> Result<secrecy::SecretString, InvalidSubject> {
+    let mut values = req.headers.get_all(&registry.config.header).iter();
+    let value = values.next().ok_or(InvalidSubject::Missing)?;
+    if values.next().is_some() {
+        return Err(InvalidSubject::Repeated);
+    }
+    let bytes = value.as_bytes();
+    let token = match bytes.get(..7) {
+        Some(p) if p.eq_ignore_ascii_case(b"bearer ") => &bytes[7..],
+        _ => bytes,
+    };
+    if token.is_empty() || token.len() > 16384 || !token.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(InvalidSubject::BadToken);
+    }
+    let text = std::str::from_utf8(token).map_err(|_| InvalidSubject::BadToken)?;
+    Ok(secrecy::SecretString::from(text.to_string()))
 }
 
 /// The subject a request names in the credential's header: exactly one valid value.

@@ -92,15 +92,41 @@ pub(super) fn lower_credential(
             let Some(subject) = &t.subject_token else {
                 return Err(map.error_at(
                     &key("grant"),
-                    "grant \"token_exchange\" needs `subject_token = { file = \"…\" }`",
+                    "grant \"token_exchange\" needs `subject_token = { file = \"…\" }` (or `{ header = \"…\" }` on behalf of each request's user)",
                 ));
             };
-            let subject = lower_typed_token(
-                map,
-                name,
-                ("subject_token", subject),
-                ("subject_token_type", &t.subject_token_type),
-            )?;
+            let subject = match subject {
+                RawSecretRef::Header { header } => {
+                    subjects = Some(lower_on_behalf_of(map, name, header, t)?);
+                    TypedToken {
+                        // Never sent: each subject's grant takes the request's token.
+                        token: SecretRef::Value(secrecy::SecretString::from(String::new())),
+                        token_type: match &t.subject_token_type {
+                            Some(ty) => token_type_uri(map, &key("subject_token_type"), ty)?,
+                            None => TOKEN_TYPE_JWT.to_string(),
+                        },
+                    }
+                }
+                _ => {
+                    for (field, set) in [
+                        ("subject_idle", t.subject_idle.is_some()),
+                        ("max_subjects_in_memory", t.max_subjects_in_memory.is_some()),
+                    ] {
+                        if set {
+                            return Err(map.error_at(
+                                &key(field),
+                                format!("{field} belongs to on-behalf-of exchanges: subject_token = {{ header = \"…\" }}"),
+                            ));
+                        }
+                    }
+                    lower_typed_token(
+                        map,
+                        name,
+                        ("subject_token", subject),
+                        ("subject_token_type", &t.subject_token_type),
+                    )?
+                }
+            };
             let actor = match (&t.actor_token, &t.actor_token_type) {
                 (Some(actor), ty) => Some(lower_typed_token(
                     map,
@@ -275,42 +301,14 @@ fn lower_subjects(
         }
         return Ok(None);
     };
-    let parsed = http::HeaderName::from_bytes(header.trim().as_bytes()).map_err(|_| {
-        map.error_at(
-            &key("subject_header"),
-            format!("{header:?} is not a valid HTTP header name"),
-        )
-    })?;
-    if RESERVED_SUBJECT_HEADERS.contains(&parsed.as_str()) {
-        return Err(map.error_at(
-            &key("subject_header"),
-            format!(
-                "{:?} has a meaning of its own in HTTP or in bearerd; use a header of your own, such as \"x-bearerd-subject\"",
-                parsed.as_str()
-            ),
-        ));
-    }
+    let parsed = subject_header_name(map, &key("subject_header"), header)?;
     let redirect_uri = t
         .redirect_uri
         .as_deref()
         .map(|v| http_url(map, &key("redirect_uri"), v))
         .transpose()?;
-    let idle = bounded_duration(
-        map,
-        &key("subject_idle"),
-        &t.subject_idle,
-        SubjectConfig::DEFAULT_IDLE,
-        Duration::from_secs(1),
-    )?;
-    let max_in_memory = t
-        .max_subjects_in_memory
-        .unwrap_or(SubjectConfig::DEFAULT_MAX_IN_MEMORY);
-    if max_in_memory == 0 {
-        return Err(map.error_at(
-            &key("max_subjects_in_memory"),
-            "max_subjects_in_memory must be at least 1",
-        ));
-    }
+    let (idle, max_in_memory) =
+        subjects_in_memory(map, name, &t.subject_idle, t.max_subjects_in_memory)?;
     let connect_lifetime = bounded_duration(
         map,
         &key("connect_lifetime"),
@@ -326,11 +324,83 @@ fn lower_subjects(
     }
     Ok(Some(SubjectConfig {
         header: parsed,
-        redirect_uri,
+        kind: SubjectKind::Delegated { redirect_uri },
         idle,
         max_in_memory,
         connect_lifetime,
     }))
+}
+
+/// `subject_idle` and `max_subjects_in_memory`: how subjects leave memory.
+fn subjects_in_memory(
+    map: &SourceMap,
+    name: &str,
+    idle: &Option<String>,
+    max: Option<usize>,
+) -> Result<(Duration, usize), ConfigError> {
+    let key = |k: &str| format!("credentials.{name}.{k}");
+    let idle = bounded_duration(
+        map,
+        &key("subject_idle"),
+        idle,
+        SubjectConfig::DEFAULT_IDLE,
+        Duration::from_secs(1),
+    )?;
+    let max = max.unwrap_or(SubjectConfig::DEFAULT_MAX_IN_MEMORY);
+    if max == 0 {
+        return Err(map.error_at(
+            &key("max_subjects_in_memory"),
+            "max_subjects_in_memory must be at least 1",
+        ));
+    }
+    Ok((idle, max))
+}
+
+/// A header the app names its end user (or passes the user's token) in.
+fn subject_header_name(
+    map: &SourceMap,
+    key: &str,
+    header: &str,
+) -> Result<http::HeaderName, ConfigError> {
+    let parsed = http::HeaderName::from_bytes(header.trim().as_bytes())
+        .map_err(|_| map.error_at(key, format!("{header:?} is not a valid HTTP header name")))?;
+    if RESERVED_SUBJECT_HEADERS.contains(&parsed.as_str()) {
+        return Err(map.error_at(
+            key,
+            format!(
+                "{:?} has a meaning of its own in HTTP or in bearerd; use a header of your own, such as \"x-bearerd-subject\"",
+                parsed.as_str()
+            ),
+        ));
+    }
+    Ok(parsed)
+}
+
+/// `subject_token = { header = "…" }`: each request carries its user's token, exchanged
+/// (and cached under a hash of it) on that user's behalf.
+fn lower_on_behalf_of(
+    map: &SourceMap,
+    name: &str,
+    header: &str,
+    t: &crate::config::raw::RawTokenExchangeCredential,
+) -> Result<SubjectConfig, ConfigError> {
+    let key = |k: &str| format!("credentials.{name}.{k}");
+    if t.actor_token.is_some() {
+        return Err(map.error_at(
+            &key("actor_token"),
+            "an on-behalf-of exchange takes no actor_token yet; the client itself acts",
+        ));
+    }
+    let header = subject_header_name(map, &key("subject_token"), header)?;
+    let (idle, max_in_memory) =
+        subjects_in_memory(map, name, &t.subject_idle, t.max_subjects_in_memory)?;
+    Ok(SubjectConfig {
+        header,
+        kind: SubjectKind::OnBehalfOf,
+        idle,
+        max_in_memory,
+        connect_lifetime: SubjectConfig::DEFAULT_CONNECT_LIFETIME,
+    })
 }
 
 fn lower_policy(
@@ -557,10 +627,12 @@ fn file_only(
     let name = key.rsplit('.').next().unwrap_or(key);
     match raw {
         RawSecretRef::File { file } => Ok(file.clone()),
-        RawSecretRef::Inline(_) | RawSecretRef::Env { .. } => Err(map.error_at(
-            key,
-            format!("`{name}` must be a file, which is read again at every use: {name} = {{ file = \"…\" }}"),
-        )),
+        RawSecretRef::Inline(_) | RawSecretRef::Env { .. } | RawSecretRef::Header { .. } => {
+            Err(map.error_at(
+                key,
+                format!("`{name}` must be a file, which is read again at every use: {name} = {{ file = \"…\" }}"),
+            ))
+        }
     }
 }
 
@@ -574,7 +646,9 @@ fn key_source(map: &SourceMap, key: &str, raw: &RawSecretRef) -> Result<SecretRe
                 format!("`{name}` must not be written into the config: use {{ file = \"…\" }} or {{ env = \"…\" }}"),
             ))
         }
-        RawSecretRef::Env { .. } | RawSecretRef::File { .. } => lower_secret(map, key, raw),
+        RawSecretRef::Env { .. } | RawSecretRef::File { .. } | RawSecretRef::Header { .. } => {
+            lower_secret(map, key, raw)
+        }
     }
 }
 

@@ -322,7 +322,7 @@ fn store_key_help(key: &RawSecretRef) -> String {
             "{purpose}: make one with `bearerd keygen > {}` (in Kubernetes, a mounted Secret)",
             file.display()
         ),
-        RawSecretRef::Inline(_) => format!(
+        RawSecretRef::Inline(_) | RawSecretRef::Header { .. } => format!(
             "{purpose}: make one with `bearerd keygen`, and keep it out of the config: `key = {{ env = \"BEARERD_STORE_KEY\" }}`"
         ),
     }

@@ -69,23 +69,23 @@ impl Grant {
                 RefreshTokenGrant::new(Arc::new(TokenEndpoint::new(request)?), seed.clone()),
             ),
             GrantConfig::Static { token } => Grant::Static(StaticToken::new(token.clone())),
-            GrantConfig::TokenExchange(x) => {
-                Grant::TokenExchange(TokenExchange::new(TokenEndpoint::new(&x.request)?, x))
-            }
+            GrantConfig::TokenExchange(x) => Grant::TokenExchange(TokenExchange::new(
+                Arc::new(TokenEndpoint::new(&x.request)?),
+                x,
+            )),
             GrantConfig::JwtBearer(j) => {
                 Grant::JwtBearer(JwtBearer::new(TokenEndpoint::new(&j.request)?, j))
             }
         })
     }
 
-    /// The endpoint a per-subject credential's subjects share (refresh-token grants only).
+    /// The endpoint a per-subject credential's subjects share (refresh-token and
+    /// on-behalf-of token-exchange grants).
     pub fn subject_endpoint(&self) -> Option<Arc<TokenEndpoint>> {
         match self {
             Grant::RefreshToken(g) => Some(g.shared_endpoint()),
-            Grant::ClientCredentials(_)
-            | Grant::Static(_)
-            | Grant::TokenExchange(_)
-            | Grant::JwtBearer(_) => None,
+            Grant::TokenExchange(g) => Some(g.shared_endpoint()),
+            Grant::ClientCredentials(_) | Grant::Static(_) | Grant::JwtBearer(_) => None,
         }
     }
 

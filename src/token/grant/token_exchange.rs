@@ -3,6 +3,7 @@
 //! at every exchange, so the platform's rotation is picked up; the issued token is replaced
 //! before the subject token's own `exp`, since the provider may tie the two together.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
@@ -15,30 +16,56 @@ use crate::token::endpoint::{GrantInput, TokenEndpoint};
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
 pub struct TokenExchange {
-    endpoint: TokenEndpoint,
+    /// Shared by the subjects of an on-behalf-of credential.
+    endpoint: Arc<TokenEndpoint>,
     subject: TypedToken,
     actor: Option<TypedToken>,
     audience: Option<String>,
     requested_token_type: Option<String>,
+    /// On behalf of: the subject token came with a request and never changes, so a subject
+    /// token that is expired or malformed is final for this subject (the app must send a
+    /// new one), not something to wait for.
+    fixed_subject: bool,
 }
 
 impl TokenExchange {
-    pub fn new(endpoint: TokenEndpoint, config: &TokenExchangeConfig) -> Self {
+    pub fn new(endpoint: Arc<TokenEndpoint>, config: &TokenExchangeConfig) -> Self {
         TokenExchange {
             endpoint,
             subject: config.subject.clone(),
             actor: config.actor.clone(),
             audience: config.audience.clone(),
             requested_token_type: config.requested_token_type.clone(),
+            fixed_subject: false,
         }
+    }
+
+    /// On behalf of one user: the exchange sends this token (from the user's request).
+    pub fn on_behalf_of(
+        endpoint: Arc<TokenEndpoint>,
+        config: &TokenExchangeConfig,
+        subject_token: secrecy::SecretString,
+    ) -> Self {
+        let mut exchange = Self::new(endpoint, config);
+        exchange.subject.token = crate::config::SecretRef::Value(subject_token);
+        exchange.fixed_subject = true;
+        exchange
     }
 
     pub fn endpoint(&self) -> &TokenEndpoint {
         &self.endpoint
     }
 
+    pub fn shared_endpoint(&self) -> Arc<TokenEndpoint> {
+        Arc::clone(&self.endpoint)
+    }
+
     pub async fn obtain(&self) -> Result<IssuedToken, GrantError> {
-        let (subject, subject_left) = read_token(&self.subject, GrantInput::SubjectToken)?;
+        let (subject, subject_left) =
+            read_token(&self.subject, GrantInput::SubjectToken).map_err(|mut e| {
+                e.permanent |= self.fixed_subject;
+                e
+            })?;
         let mut form = vec![
             ("grant_type", GRANT_TYPE.to_string()),
             ("subject_token", subject),

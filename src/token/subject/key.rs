@@ -24,6 +24,8 @@ pub enum InvalidSubject {
     NotPrintable,
     #[error("the subject header appears more than once")]
     Repeated,
+    #[error("the user's token must be 1 to 16384 visible ASCII characters (optionally after \"Bearer \")")]
+    BadToken,
 }
 
 impl SubjectKey {
@@ -43,6 +45,15 @@ impl SubjectKey {
         // Checked above: ASCII.
         let text = std::str::from_utf8(value).map_err(|_| InvalidSubject::NotPrintable)?;
         Ok(SubjectKey(Arc::from(text)))
+    }
+
+    /// On behalf of: the subject a user's token stands for, by its hash (`sha256:` and 32
+    /// hex digits), so the token itself is never a key, a log field or a path.
+    pub fn of_token(token: &secrecy::SecretString) -> SubjectKey {
+        use secrecy::ExposeSecret;
+        let digest = Sha256::digest(token.expose_secret().as_bytes());
+        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+        SubjectKey(Arc::from(format!("sha256:{hex}")))
     }
 
     pub fn as_str(&self) -> &str {

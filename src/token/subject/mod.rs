@@ -33,12 +33,14 @@ pub use key::{InvalidSubject, SubjectKey, SubjectTagger};
 use super::credential::Credential;
 use super::endpoint::rotation::DurableRotation;
 use super::endpoint::TokenEndpoint;
-use super::grant::Grant;
+use super::grant::{Grant, TokenExchange};
 use super::slot::{CredentialState, CredentialStatus};
 use super::CredentialSlot;
-use crate::config::{CredentialConfig, SubjectConfig};
+use crate::config::{
+    CredentialConfig, GrantConfig, SubjectConfig, SubjectKind, TokenExchangeConfig,
+};
 use crate::metrics::Metrics;
-use crate::store::{StoreError, StoredSet, TokenStore};
+use crate::store::{MemoryStore, StoreError, StoredSet, TokenStore};
 
 /// Why a request's subject has no slot to take a token from.
 #[derive(Debug)]
@@ -64,6 +66,8 @@ pub struct SubjectRegistry {
     credential_config: CredentialConfig,
     /// The client and discovery every subject shares.
     endpoint: Arc<TokenEndpoint>,
+    /// On behalf of: the exchange each subject's grant runs with its user's token.
+    exchange: Option<TokenExchangeConfig>,
     store: Arc<dyn TokenStore>,
     metrics: Arc<Metrics>,
     rotation_helper: Option<PathBuf>,
@@ -91,14 +95,22 @@ impl SubjectRegistry {
         let Some(subjects) = &config.subjects else {
             return Ok(None);
         };
-        let endpoint = grant
-            .subject_endpoint()
-            .ok_or("subject_header needs grant = \"refresh_token\"")?;
+        let endpoint = grant.subject_endpoint().ok_or(
+            "per-subject credentials need grant = \"refresh_token\" (subject_header) or \"token_exchange\" (subject_token = { header = … })",
+        )?;
+        let exchange = match (&subjects.kind, &config.grant) {
+            (SubjectKind::OnBehalfOf, GrantConfig::TokenExchange(x)) => Some(x.clone()),
+            (SubjectKind::OnBehalfOf, _) => {
+                return Err("on-behalf-of needs grant = \"token_exchange\"".into())
+            }
+            (SubjectKind::Delegated { .. }, _) => None,
+        };
         Ok(Some(Arc::new(SubjectRegistry {
             credential: Arc::from(config.name.as_str()),
             config: subjects.clone(),
             credential_config: config.clone(),
             endpoint,
+            exchange,
             store,
             metrics,
             rotation_helper,
@@ -137,6 +149,10 @@ impl SubjectRegistry {
         if let Some(live) = self.touch(subject) {
             return Ok(Arc::clone(&live.credential.slot));
         }
+        if self.exchange.is_some() {
+            // On behalf of: known only while in memory (by a request's token).
+            return Err(SubjectUnavailable::NotConnected);
+        }
         let set = self
             .store
             .load(&subject.store_key(&self.credential))
@@ -163,6 +179,25 @@ impl SubjectRegistry {
     /// Brings a subject into memory (or finds it there) with its refresher running; the
     /// least recently used leave first when memory is full.
     pub fn admit(&self, subject: &SubjectKey) -> Arc<LiveSubject> {
+        self.admit_with(subject, None)
+    }
+
+    /// On behalf of: the slot of the user whose token a request carries; a token not seen
+    /// before (or no longer in memory) is exchanged on the first request that needs it.
+    pub fn slot_for_subject_token(
+        &self,
+        token: &secrecy::SecretString,
+    ) -> (SubjectKey, Arc<CredentialSlot>) {
+        let subject = SubjectKey::of_token(token);
+        let live = self.admit_with(&subject, Some(token));
+        (subject, Arc::clone(&live.credential.slot))
+    }
+
+    fn admit_with(
+        &self,
+        subject: &SubjectKey,
+        subject_token: Option<&secrecy::SecretString>,
+    ) -> Arc<LiveSubject> {
         if let Some(live) = self.touch(subject) {
             return live;
         }
@@ -170,7 +205,7 @@ impl SubjectRegistry {
             let entry = self
                 .live
                 .entry(subject.clone())
-                .or_insert_with(|| self.start(subject));
+                .or_insert_with(|| self.start(subject, subject_token));
             Arc::clone(entry.value())
         };
         let over = self.live.len().saturating_sub(self.config.max_in_memory);
@@ -181,11 +216,29 @@ impl SubjectRegistry {
     }
 
     /// A subject's credential and its refresher task.
-    fn start(&self, subject: &SubjectKey) -> Arc<LiveSubject> {
+    fn start(
+        &self,
+        subject: &SubjectKey,
+        subject_token: Option<&secrecy::SecretString>,
+    ) -> Arc<LiveSubject> {
         let store_key = subject.store_key(&self.credential);
-        let mut grant = Grant::for_subject(Arc::clone(&self.endpoint));
-        if let (Some(journal), Some(helper)) = (self.store.helper_journal(), &self.rotation_helper)
-        {
+        let (mut grant, store) = match (&self.exchange, subject_token) {
+            // An exchanged token is kept in memory only: it is worth nothing without the
+            // user's token, which bearerd never stores.
+            (Some(exchange), Some(token)) => (
+                Grant::TokenExchange(TokenExchange::on_behalf_of(
+                    Arc::clone(&self.endpoint),
+                    exchange,
+                    token.clone(),
+                )),
+                Arc::new(MemoryStore::new()) as Arc<dyn TokenStore>,
+            ),
+            _ => (
+                Grant::for_subject(Arc::clone(&self.endpoint)),
+                Arc::clone(&self.store),
+            ),
+        };
+        if let (Some(journal), Some(helper)) = (store.helper_journal(), &self.rotation_helper) {
             grant.make_rotation_durable(DurableRotation {
                 helper: helper.clone(),
                 store: journal.store,
@@ -194,8 +247,7 @@ impl SubjectRegistry {
             });
         }
         let slot = CredentialSlot::new(&self.credential_config, Arc::clone(&self.metrics));
-        let credential =
-            Credential::with_store_key(slot, grant, Arc::clone(&self.store), Arc::from(store_key));
+        let credential = Credential::with_store_key(slot, grant, store, Arc::from(store_key));
         let (stop, stopped) = watch::channel(self.stopped.load(Ordering::SeqCst));
         let span = tracing::info_span!("subject", subject = %self.tagger.tag(subject));
         let task = super::refresher::run(Arc::clone(&credential), stopped).instrument(span);
@@ -425,7 +477,7 @@ impl SubjectRegistry {
             in_memory: false,
             status: CredentialStatus {
                 state,
-                grant: "refresh_token",
+                grant: self.credential_config.grant.kind(),
                 client_auth: Some(self.endpoint.config().client.method.name()),
                 expires_in_s: remaining.map(|r| round(r.as_secs_f64())),
                 token_age_s: (!t.logged_out && t.issued_at > SystemTime::UNIX_EPOCH)
