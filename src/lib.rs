@@ -289,16 +289,20 @@ impl Sidecar {
         let mut credentials = Vec::new();
         let mut subjects = Vec::new();
         let tagger = token::subject::SubjectTagger::new(store::sealing_key(&config.store).as_ref());
+        // One rotation helper serves every rotating exchange of this sidecar.
+        let rotation_helper = config
+            .server
+            .rotation_helper
+            .clone()
+            .map(token::endpoint::rotation::RotationHelper::new);
         for c in &config.credentials {
             let mut grant = Grant::new(&c.grant).map_err(|message| StartError::Credential {
                 name: c.name.clone(),
                 message,
             })?;
-            if let (Some(journal), Some(helper)) =
-                (store.helper_journal(), &config.server.rotation_helper)
-            {
+            if let (Some(journal), Some(helper)) = (store.helper_journal(), &rotation_helper) {
                 grant.make_rotation_durable(token::endpoint::rotation::DurableRotation {
-                    helper: helper.clone(),
+                    helper: Arc::clone(helper),
                     store: journal.store,
                     key: journal.key,
                     credential: c.name.clone(),
@@ -309,7 +313,7 @@ impl Sidecar {
                 &grant,
                 Arc::clone(&store),
                 Arc::clone(&metrics),
-                config.server.rotation_helper.clone(),
+                rotation_helper.clone(),
                 tagger.clone(),
             )
             .map_err(|message| StartError::Credential {

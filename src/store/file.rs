@@ -75,8 +75,27 @@ struct FileInner {
     /// Declared before the claim, so it is closed (its own lock released) before the claim
     /// lets the next sidecar in: fields drop in order.
     db: redb::Database,
+    /// Writes waiting for the next commit, and the outcomes of the last ones.
+    group: std::sync::Mutex<GroupCommit>,
+    group_turn: std::sync::Condvar,
     /// This process's exclusive claim on the store, released when the store is dropped.
     _claim: std::fs::File,
+}
+
+/// The state of the group commit (see [`FileInner::write`]).
+#[derive(Default)]
+struct GroupCommit {
+    queue: Vec<PendingWrite>,
+    committing: bool,
+    next_ticket: u64,
+    done: std::collections::HashMap<u64, Result<SaveOutcome, StoreError>>,
+}
+
+struct PendingWrite {
+    ticket: u64,
+    credential: String,
+    token: Option<StoredToken>,
+    expected: Option<Option<u64>>,
 }
 
 impl FileStore {
@@ -253,6 +272,8 @@ impl FileInner {
             key: SecretBox::new(Box::new(*key)),
             _claim: claim,
             db,
+            group: std::sync::Mutex::new(GroupCommit::default()),
+            group_turn: std::sync::Condvar::new(),
         })
     }
 
@@ -311,54 +332,127 @@ impl FileInner {
         Ok(keys)
     }
 
-    /// Sets (or with `None` removes) one credential's record in one durable transaction.
-    /// With `expected`, only when the record's generation is still that (compare-and-set);
-    /// without, whatever it is.
+    /// Sets (or with `None` removes) one credential's record, durably. With `expected`, only
+    /// when the record's generation is still that (compare-and-set); without, whatever it is.
+    ///
+    /// Group commit: writes that arrive while a commit is under way wait for it, and the
+    /// next commit takes all of them in one transaction (one fsync for many subjects'
+    /// rotations). Each write still gets its own outcome, and returns only once durable.
     fn write(
         &self,
         credential: &str,
         token: Option<&StoredToken>,
         expected: Option<Option<u64>>,
     ) -> Result<SaveOutcome, StoreError> {
-        let cannot = |e: &dyn std::fmt::Display| self.io("cannot write", e);
-        // One writer at a time (redb's rule): the compare and the set see the same record.
-        let txn = self.db.begin_write().map_err(|e| cannot(&e))?;
-        let generation = {
-            let mut table = txn.open_table(RECORDS).map_err(|e| cannot(&e))?;
-            let current = match table.get(credential).map_err(|e| cannot(&e))? {
-                Some(sealed) => Some(self.open_record(credential, sealed.value())?),
-                None => None,
-            };
-            let generation = match expected {
-                Some(expected) => match compare_and_set(current.as_ref(), expected) {
-                    Ok(g) => g,
-                    Err(conflict) => return Ok(conflict),
-                },
-                None => current.map_or(1, |c| c.generation + 1),
-            };
-            match token {
-                Some(t) => {
-                    let set = StoredSet {
-                        token: t.clone(),
-                        generation,
-                    };
-                    let plain = serde_json::to_vec(&StoredSetRecord::from(&set))
-                        .map_err(|e| StoreError::Invalid(e.to_string()))?;
-                    let sealed = self.sealer.seal(&plain, aad(credential).as_bytes());
-                    table
-                        .insert(credential, sealed.as_str())
-                        .map_err(|e| cannot(&e))?;
-                }
-                None => {
-                    table.remove(credential).map_err(|e| cannot(&e))?;
-                }
+        let mut group = self.lock_group();
+        let ticket = group.next_ticket;
+        group.next_ticket += 1;
+        group.queue.push(PendingWrite {
+            ticket,
+            credential: credential.to_string(),
+            token: token.cloned(),
+            expected,
+        });
+        loop {
+            if let Some(outcome) = group.done.remove(&ticket) {
+                return outcome;
             }
-            generation
+            if group.committing {
+                group = self
+                    .group_turn
+                    .wait(group)
+                    .unwrap_or_else(|p| p.into_inner());
+                continue;
+            }
+            // This write leads the next commit, for every write queued so far.
+            group.committing = true;
+            let batch = std::mem::take(&mut group.queue);
+            drop(group);
+            let outcomes = self.commit_batch(&batch);
+            group = self.lock_group();
+            group.committing = false;
+            group.done.extend(outcomes);
+            self.group_turn.notify_all();
+        }
+    }
+
+    fn lock_group(&self) -> std::sync::MutexGuard<'_, GroupCommit> {
+        self.group.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One transaction for the batch: each write's compare-and-set against what the
+    /// transaction sees (earlier writes of the batch included), then one durable commit.
+    fn commit_batch(&self, batch: &[PendingWrite]) -> Vec<(u64, Result<SaveOutcome, StoreError>)> {
+        let failed_all = |e: &dyn std::fmt::Display| {
+            let message = format!("cannot write: {e}");
+            batch
+                .iter()
+                .map(|w| (w.ticket, Err(Self::err(&self.path, message.clone()))))
+                .collect()
         };
+        let txn = match self.db.begin_write() {
+            Ok(t) => t,
+            Err(e) => return failed_all(&e),
+        };
+        let mut outcomes = Vec::with_capacity(batch.len());
+        {
+            let mut table = match txn.open_table(RECORDS) {
+                Ok(t) => t,
+                Err(e) => return failed_all(&e),
+            };
+            for w in batch {
+                outcomes.push((w.ticket, self.apply(&mut table, w)));
+            }
+        }
         // The commit point: durable when it returns.
-        txn.commit().map_err(|e| cannot(&e))?;
-        // The record now holds at least what a rotation journal held.
-        journal::remove(&self.path, credential);
+        if let Err(e) = txn.commit() {
+            return failed_all(&e);
+        }
+        for (w, (_, outcome)) in batch.iter().zip(&outcomes) {
+            if matches!(outcome, Ok(SaveOutcome::Saved { .. })) {
+                // The record now holds at least what a rotation journal held.
+                journal::remove(&self.path, &w.credential);
+            }
+        }
+        outcomes
+    }
+
+    /// One write inside the batch's transaction.
+    fn apply(
+        &self,
+        table: &mut redb::Table<&'static str, &'static str>,
+        w: &PendingWrite,
+    ) -> Result<SaveOutcome, StoreError> {
+        let cannot = |e: &dyn std::fmt::Display| self.io("cannot write", e);
+        let credential = w.credential.as_str();
+        let current = match table.get(credential).map_err(|e| cannot(&e))? {
+            Some(sealed) => Some(self.open_record(credential, sealed.value())?),
+            None => None,
+        };
+        let generation = match w.expected {
+            Some(expected) => match compare_and_set(current.as_ref(), expected) {
+                Ok(g) => g,
+                Err(conflict) => return Ok(conflict),
+            },
+            None => current.map_or(1, |c| c.generation + 1),
+        };
+        match &w.token {
+            Some(t) => {
+                let set = StoredSet {
+                    token: t.clone(),
+                    generation,
+                };
+                let plain = serde_json::to_vec(&StoredSetRecord::from(&set))
+                    .map_err(|e| StoreError::Invalid(e.to_string()))?;
+                let sealed = self.sealer.seal(&plain, aad(credential).as_bytes());
+                table
+                    .insert(credential, sealed.as_str())
+                    .map_err(|e| cannot(&e))?;
+            }
+            None => {
+                table.remove(credential).map_err(|e| cannot(&e))?;
+            }
+        }
         Ok(SaveOutcome::Saved { generation })
     }
 

@@ -3,27 +3,34 @@
 //! Between the provider committing a rotation and the sidecar's fsync of the new refresh
 //! token there is a window of a few milliseconds. A `kill -9` inside it loses the only copy
 //! of the new token; the next start must send the old one, and a provider without a reuse
-//! grace revokes the whole grant. So the rotating exchange runs in a short-lived child
-//! process, the rotation helper (`bearerd rotation-helper`, the same binary): it sends the
-//! token request the sidecar built, writes any rotated refresh token to the store's journal
+//! grace revokes the whole grant. So rotating exchanges run in a child process, the rotation
+//! helper (`bearerd rotation-helper`, the same binary): it sends the token request the
+//! sidecar built, writes any rotated refresh token to the store's journal
 //! (`store::journal`), and only then hands the answer back. A kill of the sidecar leaves the
-//! helper running in its own process group; the next start waits for it and applies its
-//! journal. What stays open is the loss of both processes at once (a machine or a whole
+//! helper running in its own process group: it finishes the exchanges it has, and ends when
+//! its input closes; the next start waits for it (the store lock it holds) and applies its
+//! journals. What stays open is the loss of both processes at once (a machine or a whole
 //! container dying); that needs the provider's grace period.
 //!
-//! The request travels over a pipe, never on the command line or in the environment: it
-//! holds the refresh token, the client secret and the store key.
+//! One helper serves every exchange of the sidecar, many at once: with thousands of
+//! subjects, a process per exchange would be dozens of spawns a second. Requests and
+//! answers are JSON lines with an id, over pipes, never on the command line or in the
+//! environment: they hold refresh tokens, the client secret and the store key. A helper that
+//! dies is replaced at the next exchange; the exchanges it had fail as transient errors (a
+//! journal it wrote is still found).
 
-use std::io::{Read, Write};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
 
 use super::transport::{error_chain, load_identity, token_http_client, RawResponse};
 use crate::config::ClientIdentity;
@@ -31,20 +38,119 @@ use crate::store::journal::{self, JournalEntry, HELPER_MARGIN, HELPER_REQUEST_MA
 use crate::store::lock;
 use crate::store::sealed::Sealer;
 
-/// Set once the provider answered: from then on the helper's deadline no longer ends it,
-/// so a journaled token always gets its answer out too.
-static ANSWERED: AtomicBool = AtomicBool::new(false);
-
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
-/// Where a credential's rotations are journaled, and the program that runs the helper.
+/// Where a credential's rotations are journaled, and the helper that runs them.
 pub struct DurableRotation {
-    pub helper: PathBuf,
+    pub helper: Arc<RotationHelper>,
     pub store: PathBuf,
     pub key: SecretBox<[u8; 32]>,
     pub credential: String,
+}
+
+/// The sidecar's side of its rotation helper: started at the first exchange, started again
+/// after it died.
+pub struct RotationHelper {
+    program: PathBuf,
+    running: tokio::sync::Mutex<Option<Arc<HelperConnection>>>,
+}
+
+/// A running helper: its input, and the exchanges waiting for its answers. Dropping it
+/// closes the helper's input, which ends the helper once its exchanges are done.
+struct HelperConnection {
+    stdin: tokio::sync::Mutex<tokio::process::ChildStdin>,
+    answers: Arc<Answers>,
+    next_id: AtomicU64,
+    _child: tokio::process::Child,
+}
+
+/// Shared with the task that reads the helper's output (which must not keep its input
+/// open: the helper would never end).
+struct Answers {
+    waiting: Mutex<HashMap<u64, oneshot::Sender<HelperAnswer>>>,
+    alive: AtomicBool,
+}
+
+/// A request as it travels: an id, then the request.
+#[derive(Serialize, Deserialize)]
+struct Framed<T> {
+    id: u64,
+    #[serde(flatten)]
+    body: T,
+}
+
+impl RotationHelper {
+    pub fn new(program: PathBuf) -> Arc<RotationHelper> {
+        Arc::new(RotationHelper {
+            program,
+            running: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The running helper, started if there is none (or the last one died).
+    async fn connection(&self) -> Result<Arc<HelperConnection>, HelperError> {
+        let mut running = self.running.lock().await;
+        if let Some(c) = running
+            .as_ref()
+            .filter(|c| c.answers.alive.load(Ordering::SeqCst))
+        {
+            return Ok(Arc::clone(c));
+        }
+        let mut child = tokio::process::Command::new(&self.program)
+            .arg("rotation-helper")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            // Its own process group: a signal to the sidecar's group does not reach it.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| {
+                HelperError::NotStarted(format!(
+                    "cannot start the rotation helper {}: {e}",
+                    self.program.display()
+                ))
+            })?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.start_kill();
+            return Err(HelperError::NotStarted("the helper has no pipes".into()));
+        };
+        let answers = Arc::new(Answers {
+            waiting: Mutex::new(HashMap::new()),
+            alive: AtomicBool::new(true),
+        });
+        tokio::spawn(read_answers(Arc::clone(&answers), stdout));
+        let connection = Arc::new(HelperConnection {
+            stdin: tokio::sync::Mutex::new(stdin),
+            answers,
+            next_id: AtomicU64::new(1),
+            _child: child,
+        });
+        *running = Some(Arc::clone(&connection));
+        Ok(connection)
+    }
+}
+
+/// Hands each answer line to the exchange waiting for it. When the helper's output ends, it
+/// is dead: the exchanges still waiting get no answer (their senders are dropped).
+async fn read_answers(answers: Arc<Answers>, stdout: tokio::process::ChildStdout) {
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let line = SecretString::from(line);
+        if let Ok(framed) = serde_json::from_str::<Framed<HelperAnswer>>(line.expose_secret()) {
+            let waiter = lock_waiting(&answers.waiting).remove(&framed.id);
+            if let Some(w) = waiter {
+                let _ = w.send(framed.body);
+            }
+        }
+    }
+    answers.alive.store(false, Ordering::SeqCst);
+    lock_waiting(&answers.waiting).clear();
+}
+
+fn lock_waiting<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What the sidecar asks of the helper.
@@ -123,61 +229,49 @@ impl DurableRotation {
             credential: self.credential.clone(),
             replaces,
         };
-        let ask = SecretString::from(
-            serde_json::to_string(&ask).map_err(|e| HelperError::NotStarted(e.to_string()))?,
-        );
-        let mut child = tokio::process::Command::new(&self.helper)
-            .arg("rotation-helper")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            // Its own process group: a signal to the sidecar's group does not reach it.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| {
-                HelperError::NotStarted(format!(
-                    "cannot start the rotation helper {}: {e}",
-                    self.helper.display()
-                ))
-            })?;
-        let (Some(mut stdin), Some(mut stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            let _ = child.start_kill();
-            return Err(HelperError::NotStarted("the helper has no pipes".into()));
-        };
-        let exchange = async {
-            // A failed write means the helper died before reading: it sent nothing.
-            stdin
-                .write_all(ask.expose_secret().as_bytes())
-                .await
-                .map_err(|e| HelperError::NotStarted(format!("the rotation helper: {e}")))?;
-            drop(stdin);
-            let mut out = Vec::new();
-            let _ = stdout.read_to_end(&mut out).await;
-            Ok(out)
-        };
-        // The helper ends itself after the request timeout; this bound is a safety net.
-        let out = match tokio::time::timeout(timeout + 2 * HELPER_MARGIN, exchange).await {
-            Ok(Ok(out)) => out,
-            failed => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                return Err(match failed {
-                    Ok(Err(e)) => e,
-                    _ => HelperError::Failed {
-                        timeout: true,
-                        message: "the rotation helper did not answer".into(),
-                    },
+        let connection = self.helper.connection().await?;
+        let id = connection.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut line = serde_json::to_string(&Framed { id, body: ask })
+            .map_err(|e| HelperError::NotStarted(e.to_string()))?;
+        line.push('\n');
+        let line = SecretString::from(line);
+        let (answered, answer) = oneshot::channel();
+        lock_waiting(&connection.answers.waiting).insert(id, answered);
+        {
+            let mut stdin = connection.stdin.lock().await;
+            // A failed write: the helper died before it could read the request (a line it
+            // did not read whole is never run), so nothing was sent.
+            if let Err(e) = stdin.write_all(line.expose_secret().as_bytes()).await {
+                lock_waiting(&connection.answers.waiting).remove(&id);
+                connection.answers.alive.store(false, Ordering::SeqCst);
+                return Err(HelperError::NotStarted(format!("the rotation helper: {e}")));
+            }
+            let _ = stdin.flush().await;
+        }
+        // The helper bounds each exchange itself; this bound is a safety net.
+        let answer = match tokio::time::timeout(timeout + 2 * HELPER_MARGIN, answer).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(_)) => {
+                return Err(HelperError::Failed {
+                    timeout: false,
+                    message: "the rotation helper ended without an answer".into(),
+                })
+            }
+            Err(_) => {
+                lock_waiting(&connection.answers.waiting).remove(&id);
+                return Err(HelperError::Failed {
+                    timeout: true,
+                    message: "the rotation helper did not answer".into(),
                 });
             }
         };
-        let _ = child.wait().await;
-        match serde_json::from_slice::<HelperAnswer>(&out) {
-            Ok(HelperAnswer::Response {
+        match answer {
+            HelperAnswer::Response {
                 status,
                 retry_after,
                 body,
                 journaled,
-            }) => {
+            } => {
                 if !journaled {
                     tracing::warn!(
                         credential = %self.credential,
@@ -190,13 +284,9 @@ impl DurableRotation {
                     body: b64().decode(body).unwrap_or_default(),
                 })
             }
-            Ok(HelperAnswer::Failed { timeout, message }) => {
+            HelperAnswer::Failed { timeout, message } => {
                 Err(HelperError::Failed { timeout, message })
             }
-            Err(_) => Err(HelperError::Failed {
-                timeout: false,
-                message: "the rotation helper ended without an answer".into(),
-            }),
         }
     }
 
@@ -210,18 +300,26 @@ impl DurableRotation {
     }
 }
 
-/// `bearerd rotation-helper`: reads one request from stdin, answers on stdout. Never
-/// prints anything else: its stdout may be a pipe to a sidecar that is gone.
+/// `bearerd rotation-helper`: serves the exchanges its sidecar sends as JSON lines on
+/// stdin, many at once, answering each on stdout as a JSON line. Holds the store's lock
+/// (shared) for its whole life, so a sidecar starting on the store waits for it. When stdin
+/// closes (the sidecar is gone) it finishes the exchanges under way, journaling what they
+/// rotated, and ends. Never prints anything else.
 pub fn helper_main() -> ExitCode {
-    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
     else {
         return ExitCode::from(2);
     };
+    runtime.block_on(serve())
+}
+
+async fn serve() -> ExitCode {
     // A stop of the whole service (systemd sends SIGTERM to every process of the unit) lets
-    // the exchange finish: the helper ends by itself well within any stop timeout.
-    let _ignored = runtime.block_on(async {
+    // the exchanges under way finish: each ends by itself within its deadline.
+    let _ignored = {
         use tokio::signal::unix::{signal, SignalKind};
         [
             SignalKind::terminate(),
@@ -229,75 +327,97 @@ pub fn helper_main() -> ExitCode {
             SignalKind::hangup(),
         ]
         .map(|k| signal(k).ok())
-    });
-    let mut input = String::new();
-    if std::io::stdin().read_to_string(&mut input).is_err() {
-        return ExitCode::from(2);
-    }
-    let input = SecretString::from(input);
-    let Ok(ask) = serde_json::from_str::<HelperRequest>(input.expose_secret()) else {
-        return ExitCode::from(2);
     };
-    // Whatever happens below, the helper ends: a starting sidecar waits for its lock.
-    let deadline = Duration::from_millis(ask.timeout_ms) + HELPER_MARGIN;
-    std::thread::spawn(move || {
-        std::thread::sleep(deadline);
-        if !ANSWERED.load(Ordering::SeqCst) {
-            std::process::exit(3);
+    let parent = std::os::unix::process::parent_id();
+    let out = Arc::new(tokio::sync::Mutex::new(tokio::io::stdout()));
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut under_way = tokio::task::JoinSet::new();
+    // The store lock, taken at the first request (which names the store) and held to the end.
+    let mut store_lock: Option<std::fs::File> = None;
+    while let Ok(Some(line)) = lines.next_line().await {
+        let line = SecretString::from(line);
+        let Ok(framed) = serde_json::from_str::<Framed<HelperRequest>>(line.expose_secret()) else {
+            continue;
+        };
+        let (id, ask) = (framed.id, framed.body);
+        if store_lock.is_none() {
+            match lock::open_lock(&ask.store).and_then(|l| l.lock_shared().map(|()| l)) {
+                Ok(l) => store_lock = Some(l),
+                Err(e) => {
+                    let answer = HelperAnswer::Failed {
+                        timeout: false,
+                        message: format!("cannot lock the store: {e}"),
+                    };
+                    write_answer(&out, id, &answer).await;
+                    continue;
+                }
+            }
         }
-    });
-    let answer = match run_helper(&runtime, &ask) {
-        Some(a) => a,
-        None => return ExitCode::from(4),
-    };
-    let mut out = std::io::stdout().lock();
-    if let Ok(text) = serde_json::to_vec(&answer) {
-        let _ = out.write_all(&text);
-        let _ = out.flush();
+        // With the lock held, no new sidecar starts on the store; a request that arrives
+        // after its sidecar died is not sent: nobody would use the answer.
+        if std::os::unix::process::parent_id() != parent || ask.parent != parent {
+            continue;
+        }
+        let out = Arc::clone(&out);
+        under_way.spawn(async move {
+            if let Some(answer) = exchange(&ask).await {
+                write_answer(&out, id, &answer).await;
+            }
+        });
+        // Reap the finished ones as we go, so the set stays small.
+        while under_way.try_join_next().is_some() {}
     }
+    while under_way.join_next().await.is_some() {}
+    drop(store_lock);
     ExitCode::SUCCESS
 }
 
-/// `None`: the sidecar died before the request was sent, so it is not sent at all.
-fn run_helper(runtime: &tokio::runtime::Runtime, ask: &HelperRequest) -> Option<HelperAnswer> {
-    let failed = |message: String| {
-        Some(HelperAnswer::Failed {
-            timeout: false,
-            message,
-        })
-    };
-    let lock = match lock::open_lock(&ask.store) {
-        Ok(l) => l,
-        Err(e) => return failed(format!("cannot open the store lock: {e}")),
-    };
-    if let Err(e) = lock.lock_shared() {
-        return failed(format!("cannot lock the store: {e}"));
+async fn write_answer(out: &tokio::sync::Mutex<tokio::io::Stdout>, id: u64, answer: &HelperAnswer) {
+    if let Ok(mut line) = serde_json::to_vec(&Framed { id, body: answer }) {
+        line.push(b'\n');
+        let mut out = out.lock().await;
+        // The sidecar may be gone: the journal already holds what matters.
+        let _ = out.write_all(&line).await;
+        let _ = out.flush().await;
     }
-    // With the lock held, a new sidecar waits for this helper; without a parent, one may
-    // already have started and used the refresh token itself.
-    if std::os::unix::process::parent_id() != ask.parent {
-        return None;
-    }
+}
+
+/// One exchange: sent within its deadline, any rotated refresh token journaled before the
+/// answer goes back. `None` when the request is unusable.
+async fn exchange(ask: &HelperRequest) -> Option<HelperAnswer> {
     let key: [u8; 32] = b64().decode(&ask.key).ok()?.try_into().ok()?;
-    let sealer = Sealer::new(&key);
-    let response = runtime.block_on(send(ask));
+    let deadline = Duration::from_millis(ask.timeout_ms) + HELPER_MARGIN;
+    let response = match tokio::time::timeout(deadline, send(ask)).await {
+        Ok(r) => r,
+        Err(_) => Err(HelperAnswer::Failed {
+            timeout: true,
+            message: "the token request did not finish within its deadline".into(),
+        }),
+    };
     let (status, retry_after, body) = match response {
         Ok(r) => r,
         Err(answer) => return Some(answer),
     };
-    ANSWERED.store(true, Ordering::SeqCst);
+    // From here on there is no deadline: a journaled token always gets its answer out too.
     let mut journaled = true;
     if (200..300).contains(&status) {
         if let Some(rt) = rotated_refresh_token(&body) {
-            // An unreadable journal is not carried on: the new entry replaces it.
-            let previous = journal::read(&sealer, &ask.store, &ask.credential)
-                .ok()
-                .flatten();
-            let entry = JournalEntry::after(previous, rt, ask.replaces.clone());
-            journaled = journal::write(&sealer, &ask.store, &ask.credential, &entry).is_ok();
+            let (store, credential, replaces) = (
+                ask.store.clone(),
+                ask.credential.clone(),
+                ask.replaces.clone(),
+            );
+            journaled = tokio::task::spawn_blocking(move || {
+                let sealer = Sealer::new(&key);
+                // An unreadable journal is not carried on: the new entry replaces it.
+                let previous = journal::read(&sealer, &store, &credential).ok().flatten();
+                let entry = JournalEntry::after(previous, rt, replaces);
+                journal::write(&sealer, &store, &credential, &entry).is_ok()
+            })
+            .await
+            .unwrap_or(false);
         }
     }
-    drop(lock);
     Some(HelperAnswer::Response {
         status,
         retry_after,
@@ -309,12 +429,31 @@ fn run_helper(runtime: &tokio::runtime::Runtime, ask: &HelperRequest) -> Option<
 async fn send(ask: &HelperRequest) -> Result<(u16, Option<String>, Vec<u8>), HelperAnswer> {
     let failed = |timeout: bool, message: String| HelperAnswer::Failed { timeout, message };
     let timeout = Duration::from_millis(ask.timeout_ms);
+    // A client certificate is read again at every exchange (it may have rotated); the
+    // client itself is built once per setting: building one loads the system's roots.
     let identity = match &ask.client_identity {
-        Some(id) => Some(load_identity(id).map_err(|m| failed(false, m))?.identity),
+        Some(id) => Some(load_identity(id).map_err(|m| failed(false, m))?),
         None => None,
     };
-    let client = token_http_client(timeout, ask.ca_file.as_deref(), identity)
-        .map_err(|m| failed(false, m))?;
+    let setting = (
+        ask.timeout_ms,
+        ask.ca_file.clone(),
+        identity.as_ref().map(|i| i.fingerprint),
+    );
+    let cached = lock_waiting(clients()).get(&setting).cloned();
+    let client = match cached {
+        Some(c) => c,
+        None => {
+            let c = token_http_client(
+                timeout,
+                ask.ca_file.as_deref(),
+                identity.map(|i| i.identity),
+            )
+            .map_err(|m| failed(false, m))?;
+            lock_waiting(clients()).insert(setting, c.clone());
+            c
+        }
+    };
     let mut req = client.post(&ask.url);
     for (k, v) in &ask.headers {
         req = req.header(k, v);
@@ -341,6 +480,15 @@ async fn send(ask: &HelperRequest) -> Result<(u16, Option<String>, Vec<u8>), Hel
     Ok((status, retry_after, body.to_vec()))
 }
 
+/// The helper's token clients, one per (timeout, CA file, client certificate).
+type ClientSetting = (u64, Option<PathBuf>, Option<[u8; 32]>);
+
+fn clients() -> &'static Mutex<HashMap<ClientSetting, reqwest::Client>> {
+    static CLIENTS: std::sync::OnceLock<Mutex<HashMap<ClientSetting, reqwest::Client>>> =
+        std::sync::OnceLock::new();
+    CLIENTS.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
 /// The `refresh_token` of a success body, if any: what must not be lost.
 fn rotated_refresh_token(body: &[u8]) -> Option<SecretString> {
     #[derive(Deserialize)]
@@ -360,7 +508,7 @@ mod tests {
 
     fn rotation(dir: &std::path::Path) -> DurableRotation {
         DurableRotation {
-            helper: PathBuf::from("/nonexistent/bearerd"),
+            helper: RotationHelper::new(PathBuf::from("/nonexistent/bearerd")),
             store: dir.join("tokens.store"),
             key: SecretBox::new(Box::new([9u8; 32])),
             credential: "api".into(),

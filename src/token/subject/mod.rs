@@ -19,7 +19,6 @@
 pub mod connect;
 mod key;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
@@ -31,7 +30,7 @@ use tracing::Instrument;
 pub use key::{InvalidSubject, SubjectKey, SubjectTagger};
 
 use super::credential::Credential;
-use super::endpoint::rotation::DurableRotation;
+use super::endpoint::rotation::{DurableRotation, RotationHelper};
 use super::endpoint::TokenEndpoint;
 use super::grant::{Grant, TokenExchange};
 use super::slot::{CredentialState, CredentialStatus};
@@ -70,7 +69,7 @@ pub struct SubjectRegistry {
     exchange: Option<TokenExchangeConfig>,
     store: Arc<dyn TokenStore>,
     metrics: Arc<Metrics>,
-    rotation_helper: Option<PathBuf>,
+    rotation_helper: Option<Arc<RotationHelper>>,
     live: DashMap<SubjectKey, Arc<LiveSubject>>,
     pub tagger: SubjectTagger,
     /// The control runtime, where subjects' refreshers run (set when it starts).
@@ -89,7 +88,7 @@ impl SubjectRegistry {
         grant: &Grant,
         store: Arc<dyn TokenStore>,
         metrics: Arc<Metrics>,
-        rotation_helper: Option<PathBuf>,
+        rotation_helper: Option<Arc<RotationHelper>>,
         tagger: SubjectTagger,
     ) -> Result<Option<Arc<SubjectRegistry>>, String> {
         let Some(subjects) = &config.subjects else {
@@ -240,7 +239,7 @@ impl SubjectRegistry {
         };
         if let (Some(journal), Some(helper)) = (store.helper_journal(), &self.rotation_helper) {
             grant.make_rotation_durable(DurableRotation {
-                helper: helper.clone(),
+                helper: Arc::clone(helper),
                 store: journal.store,
                 key: journal.key,
                 credential: store_key.clone(),
