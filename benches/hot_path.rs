@@ -18,6 +18,7 @@ use bearerd::proxy::{new_request_id, rewrite_request, Upstream};
 use bearerd::token::credential::Credential;
 use bearerd::token::endpoint::signing::{AssertionClaims, AssertionSigner};
 use bearerd::token::grant::Grant;
+use bearerd::token::subject::{SubjectKey, SubjectRegistry, SubjectTagger};
 use bearerd::token::CredentialSlot;
 use criterion::{black_box, criterion_group, Criterion};
 // The tests' key generator: one way to write a PEM key in the project's tests and benches.
@@ -121,6 +122,67 @@ fn own_work(
     (token, target, new_request_id())
 }
 
+/// A per-subject credential with `n` subjects in memory, each holding a token of its own
+/// (handed over to the registry and refreshed once at the local token server).
+fn subjects_fixture(f: &Fixture, n: usize) -> (Arc<SubjectRegistry>, Vec<http::HeaderValue>) {
+    let text = format!(
+        "[credentials.users]\ngrant = \"refresh_token\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\nsubject_header = \"x-bearerd-subject\"\n[upstreams.users]\nurl = \"http://127.0.0.1:1/base\"\npath_prefix = \"/users\"\ncredential = \"users\"\n",
+        f._tokens.token_url(),
+        bearerd::peers::token_server::CLIENT_ID,
+        bearerd::peers::token_server::CLIENT_SECRET
+    );
+    let config = Config::parse(Path::new("bench.toml"), &text).unwrap();
+    let cred = &config.credentials[0];
+    let registry = SubjectRegistry::new(
+        cred,
+        &Grant::new(&cred.grant).unwrap(),
+        bearerd::store::open(&bearerd::config::StoreConfig::Memory, &[]).unwrap(),
+        Arc::new(Metrics::new(["users"], ["users"])),
+        None,
+        SubjectTagger::new(None),
+    )
+    .unwrap()
+    .unwrap();
+    registry.attach(f.rt.handle().clone());
+    let headers: Vec<http::HeaderValue> = (0..n)
+        .map(|i| http::HeaderValue::from_str(&format!("user-{i}@example.com")).unwrap())
+        .collect();
+    f.rt.block_on(async {
+        for h in &headers {
+            let subject = SubjectKey::parse(h.as_bytes()).unwrap();
+            let rt = f._tokens.state.seed_refresh_token_for(subject.as_str());
+            registry
+                .hand_over(&subject, secrecy::SecretString::from(rt))
+                .await
+                .unwrap();
+        }
+    });
+    assert_eq!(registry.in_memory(), n);
+    (registry, headers)
+}
+
+/// A request through a per-subject credential: the subject header checked, the subject's
+/// slot found in memory, then the same work as [`one_request`] with that slot's token.
+fn one_subject_request(
+    f: &Fixture,
+    registry: &SubjectRegistry,
+    subject: &http::HeaderValue,
+    req: &mut RequestHeader,
+) {
+    assert!(bearerd::proxy::request_head_bytes(black_box(req)) < 65536);
+    let text = SubjectKey::check(black_box(subject.as_bytes())).unwrap();
+    let (_key, slot) = registry.live_slot(text).unwrap();
+    let (_, rest) = f.routes.lookup(PATH).unwrap();
+    let token = slot
+        .current()
+        .filter(|t| t.is_usable(Instant::now()))
+        .unwrap();
+    let target = upstream_target(f.upstream.config.base_path.as_str(), PATH, rest, Some("limit=5"))
+        .map(|t| t.unwrap());
+    let id = new_request_id();
+    rewrite_request(req, &f.upstream, &token, target.as_ref(), Some(&id)).unwrap();
+}
+
 /// One request's worth of bearerd's hot-path work, the upstream request's headers included.
 fn one_request(f: &Fixture, req: &mut RequestHeader, dedicated: bool) {
     // The head size check (max_request_header_bytes) runs on every request too.
@@ -161,6 +223,21 @@ fn benches(c: &mut Criterion) {
         let mut req = RequestHeader::build("GET", b"/api/v1/items?limit=5", Some(8)).unwrap();
         b.iter(|| one_request(&f, &mut req, false))
     });
+    // Per-subject credentials: the same request, its token taken from the subject's slot,
+    // with one subject in memory and with 10,000 (a DashMap lookup by the header's text).
+    for n in [1usize, 10_000] {
+        let (registry, headers) = subjects_fixture(&f, n);
+        let mut next = 0usize;
+        c.bench_function(&format!("hot_path_total_per_subject_{n}"), |b| {
+            let mut req = RequestHeader::build("GET", b"/api/v1/items?limit=5", Some(8)).unwrap();
+            b.iter(|| {
+                // A different subject each time, spread over all of them.
+                next = (next + 7919) % headers.len();
+                one_subject_request(&f, &registry, &headers[next], &mut req)
+            })
+        });
+        registry.stop_all();
+    }
     c.bench_function("hot_path_total_dedicated", |b| {
         let mut req = RequestHeader::build("GET", b"/api/v1/items?limit=5", Some(8)).unwrap();
         b.iter(|| one_request(&f, &mut req, true))

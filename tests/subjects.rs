@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bearerd::token::subject::SubjectKey;
 use serde_json::json;
 use support::{Harness, Options};
 
@@ -606,7 +607,6 @@ async fn the_cli_lists_shows_refreshes_and_logs_out_subjects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_behalf_of_exchanges_each_users_token_once_and_never_past_its_expiry() {
-    use bearerd::token::subject::SubjectKey;
     use support::keys::{now, KeyKind, TestKey};
     let (tokens, upstream) = support::start_peers(Duration::from_secs(300)).await;
     let users = TestKey::generate(KeyKind::Rsa);
@@ -773,4 +773,98 @@ async fn a_hundred_subjects_rotate_through_one_helper_on_the_file_store() {
 async fn measure_rotations_per_second_with_1000_subjects_on_the_file_store() {
     let (per_second, not_valid) = rotations_on_the_file_store(1000, Duration::from_secs(15)).await;
     println!("1000 subjects, 3 s tokens, file store: {per_second:.0} rotations/s, {not_valid} without a usable token");
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+/// The README's memory and load-time figures: a file store holding 100,000 subjects, a
+/// sidecar started on it, then 10,000 of them brought into memory one by one.
+/// `cargo test --release --test subjects measure_memory -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn measure_memory_and_load_time_with_100000_stored_subjects() {
+    let dir = std::env::temp_dir().join(format!("bearerd-mem-{}", support::rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = bearerd::store::generate_key();
+    let path = dir.join("tokens.store");
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(3600)).await;
+    let stored = 100_000;
+    {
+        let fs = Arc::new(
+            bearerd::store::FileStore::open(&path, &bearerd::store::parse_key(&key).unwrap())
+                .unwrap(),
+        );
+        let now = std::time::SystemTime::now();
+        let records: Vec<(String, String, String)> = (0..stored)
+            .map(|i| {
+                let s = format!("user-{i:06}@example.com");
+                let (at, rt) = tokens.state.tokens_for(&s);
+                (s, at, rt)
+            })
+            .collect();
+        let records = Arc::new(records);
+        let threads: Vec<_> = (0..32)
+            .map(|t| {
+                let (fs, records) = (Arc::clone(&fs), Arc::clone(&records));
+                std::thread::spawn(move || {
+                    for (s, at, rt) in records.iter().skip(t).step_by(32) {
+                        let token = bearerd::store::StoredToken {
+                            access_token: secrecy::SecretString::from(at.clone()),
+                            issued_at: now,
+                            expires_at: Some(now + Duration::from_secs(3600)),
+                            scopes: vec!["demo.read".into()],
+                            refresh_token: Some(secrecy::SecretString::from(rt.clone())),
+                            logged_out: false,
+                            spent_seed: None,
+                        };
+                        fs.save(&format!("api\n{s}"), Some(&token)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+    let size = std::fs::metadata(&path).unwrap().len() as f64 / (1024.0 * 1024.0);
+    let before = rss_mib();
+    let store = format!(
+        "backend = \"file\"\npath = {:?}\nkey = \"{key}\"",
+        path.display().to_string()
+    );
+    let h = start_with(tokens, upstream, "max_subjects_in_memory = 20000\n", &store).await;
+    let started = rss_mib();
+    let registry = h.sidecar().subjects("api").unwrap();
+    let in_memory = 10_000;
+    let mut took = Duration::ZERO;
+    for i in (0..stored).step_by(stored / in_memory) {
+        let s = SubjectKey::parse(format!("user-{i:06}@example.com").as_bytes()).unwrap();
+        let t = Instant::now();
+        let slot = registry.slot_for_request(&s).await.unwrap();
+        took += t.elapsed();
+        assert!(slot.current().is_some() || slot.token_for_request().await.is_ok());
+    }
+    assert_eq!(registry.in_memory(), in_memory);
+    // Every subject's refresher has restored its token by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let loaded = rss_mib();
+    let r = get_as(&h, "user-000010@example.com", "/api/x").await;
+    assert_eq!(token_subject(r).await.as_deref(), Some("user-000010@example.com"));
+    println!(
+        "store: {stored} subjects, {size:.0} MiB on disk; RSS {before:.0} MiB before the sidecar, \
+         {started:.0} MiB started on the store (+{:.0}), {loaded:.0} MiB with {in_memory} in memory \
+         (+{:.0}, {:.1} KiB each); bringing a subject back from the store: {:.0} µs on average",
+        started - before,
+        loaded - started,
+        (loaded - started) * 1024.0 / in_memory as f64,
+        took.as_secs_f64() * 1e6 / in_memory as f64
+    );
 }

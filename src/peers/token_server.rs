@@ -244,6 +244,13 @@ impl TokenServerState {
             .insert(rt.clone(), subject.to_string());
         rt
     }
+    /// An access and a refresh token for an end user, as a login would give (for tests that
+    /// fill a store with many users' tokens at once).
+    pub fn tokens_for(&self, subject: &str) -> (String, String) {
+        let body = self.issue_for(true, Some(subject));
+        let field = |k: &str| body[k].as_str().unwrap_or_default().to_string();
+        (field("access_token"), field("refresh_token"))
+    }
     /// The end user an access or refresh token was issued for.
     pub fn subject_of(&self, token: &str) -> Option<String> {
         self.owners.lock().unwrap().get(token).cloned()

@@ -317,6 +317,37 @@ impl BearerProxy {
         self.answer(session, ctx, p).await
     }
 
+    /// Takes the request's token from `slot` (waiting within the budget), or answers why
+    /// there is none.
+    async fn take_token(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        upstream: &Upstream,
+        slot: Arc<CredentialSlot>,
+        rid: &str,
+    ) -> pingora::Result<bool> {
+        ctx.slot = Some(Arc::clone(&slot));
+        match slot.token_for_request().await {
+            Ok(t) => {
+                ctx.token = Some(t);
+                Ok(false)
+            }
+            Err(e) if ctx.subject.is_some() && e.requires_reauth() => {
+                self.not_connected(session, ctx, upstream, rid, e.message)
+                    .await
+            }
+            Err(e) => {
+                let requires_reauth = e.requires_reauth();
+                let mut p = Problem::new(e.reason.slug(), e.reason.title(), 503, e.message, rid);
+                p.credential = Some(&upstream.slot.name);
+                p.upstream = Some(&upstream.name);
+                p.requires_reauth = requires_reauth;
+                self.answer(session, ctx, p).await
+            }
+        }
+    }
+
     fn route<'a>(&self, path: &'a str) -> Option<(Arc<Upstream>, &'a str)> {
         match &self.routing {
             Routing::Prefix(table) => table
@@ -451,6 +482,18 @@ impl ProxyHttp for BearerProxy {
                         return self.answer(session, ctx, p).await;
                     }
                 };
+                // In memory (the common case): no allocation, no await.
+                if let Some((key, slot)) = registry.live_slot(subject) {
+                    ctx.subject = Some(key);
+                    return self.take_token(session, ctx, &upstream, slot, rid).await;
+                }
+                let subject = match SubjectKey::parse(subject.as_bytes()) {
+                    Ok(s) => s,
+                    Err(why) => {
+                        let p = subject_required(&upstream, registry, why, rid);
+                        return self.answer(session, ctx, p).await;
+                    }
+                };
                 let found = registry.slot_for_request(&subject).await;
                 ctx.subject = Some(subject);
                 match found {
@@ -476,25 +519,7 @@ impl ProxyHttp for BearerProxy {
                 }
             }
         };
-        ctx.slot = Some(Arc::clone(&slot));
-        match slot.token_for_request().await {
-            Ok(t) => {
-                ctx.token = Some(t);
-                Ok(false)
-            }
-            Err(e) if ctx.subject.is_some() && e.requires_reauth() => {
-                self.not_connected(session, ctx, &upstream, rid, e.message)
-                    .await
-            }
-            Err(e) => {
-                let requires_reauth = e.requires_reauth();
-                let mut p = Problem::new(e.reason.slug(), e.reason.title(), 503, e.message, rid);
-                p.credential = Some(&upstream.slot.name);
-                p.upstream = Some(&upstream.name);
-                p.requires_reauth = requires_reauth;
-                self.answer(session, ctx, p).await
-            }
-        }
+        self.take_token(session, ctx, &upstream, slot, rid).await
     }
 
     async fn upstream_peer(
@@ -789,16 +814,16 @@ fn subject_token_of(
 }
 
 /// The subject a request names in the credential's header: exactly one valid value.
-fn subject_of(
-    req: &RequestHeader,
+fn subject_of<'r>(
+    req: &'r RequestHeader,
     registry: &SubjectRegistry,
-) -> Result<SubjectKey, InvalidSubject> {
+) -> Result<&'r str, InvalidSubject> {
     let mut values = req.headers.get_all(&registry.config.header).iter();
     let value = values.next().ok_or(InvalidSubject::Missing)?;
     if values.next().is_some() {
         return Err(InvalidSubject::Repeated);
     }
-    SubjectKey::parse(value.as_bytes())
+    SubjectKey::check(value.as_bytes())
 }
 
 fn status_label(status: u16) -> &'static str {

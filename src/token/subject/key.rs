@@ -32,19 +32,7 @@ impl SubjectKey {
     pub const MAX_LEN: usize = 256;
 
     pub fn parse(value: &[u8]) -> Result<SubjectKey, InvalidSubject> {
-        if value.is_empty() {
-            return Err(InvalidSubject::Empty);
-        }
-        if value.len() > Self::MAX_LEN {
-            return Err(InvalidSubject::TooLong(value.len()));
-        }
-        let printable = value.iter().all(|b| (0x20..=0x7e).contains(b));
-        if !printable || value[0] == b' ' || value[value.len() - 1] == b' ' {
-            return Err(InvalidSubject::NotPrintable);
-        }
-        // Checked above: ASCII.
-        let text = std::str::from_utf8(value).map_err(|_| InvalidSubject::NotPrintable)?;
-        Ok(SubjectKey(Arc::from(text)))
+        Self::check(value).map(|text| SubjectKey(Arc::from(text)))
     }
 
     /// On behalf of: the subject a user's token stands for, by its hash (`sha256:` and 32
@@ -77,6 +65,30 @@ impl SubjectKey {
     /// The prefix every store key of `credential`'s subjects starts with.
     pub fn store_prefix(credential: &str) -> String {
         format!("{credential}\n")
+    }
+}
+
+/// Looked up by the header's text, without making a key first (no allocation per request).
+impl std::borrow::Borrow<str> for SubjectKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl SubjectKey {
+    /// Checks a subject value without taking a copy of it.
+    pub fn check(value: &[u8]) -> Result<&str, InvalidSubject> {
+        if value.is_empty() {
+            return Err(InvalidSubject::Empty);
+        }
+        if value.len() > Self::MAX_LEN {
+            return Err(InvalidSubject::TooLong(value.len()));
+        }
+        let printable = value.iter().all(|b| (0x20..=0x7e).contains(b));
+        if !printable || value[0] == b' ' || value[value.len() - 1] == b' ' {
+            return Err(InvalidSubject::NotPrintable);
+        }
+        std::str::from_utf8(value).map_err(|_| InvalidSubject::NotPrintable)
     }
 }
 

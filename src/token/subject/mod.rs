@@ -145,7 +145,7 @@ impl SubjectRegistry {
         &self,
         subject: &SubjectKey,
     ) -> Result<Arc<CredentialSlot>, SubjectUnavailable> {
-        if let Some(live) = self.touch(subject) {
+        if let Some(live) = self.touch(subject.as_str()) {
             return Ok(Arc::clone(&live.credential.slot));
         }
         if self.exchange.is_some() {
@@ -164,10 +164,18 @@ impl SubjectRegistry {
     }
 
     /// The subject in memory, marked as used now.
-    fn touch(&self, subject: &SubjectKey) -> Option<Arc<LiveSubject>> {
+    fn touch(&self, subject: &str) -> Option<Arc<LiveSubject>> {
         let live = self.live.get(subject)?;
         live.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
         Some(Arc::clone(live.value()))
+    }
+
+    /// The request path's first step: the subject's key and slot when it is in memory (a
+    /// lookup by the header's text, no allocation), marked as used.
+    pub fn live_slot(&self, subject: &str) -> Option<(SubjectKey, Arc<CredentialSlot>)> {
+        let live = self.live.get(subject)?;
+        live.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
+        Some((live.key().clone(), Arc::clone(&live.credential.slot)))
     }
 
     /// The subject in memory, if it is.
@@ -197,7 +205,7 @@ impl SubjectRegistry {
         subject: &SubjectKey,
         subject_token: Option<&secrecy::SecretString>,
     ) -> Arc<LiveSubject> {
-        if let Some(live) = self.touch(subject) {
+        if let Some(live) = self.touch(subject.as_str()) {
             return live;
         }
         let live = {
