@@ -177,8 +177,13 @@ fn one_subject_request(
         .current()
         .filter(|t| t.is_usable(Instant::now()))
         .unwrap();
-    let target = upstream_target(f.upstream.config.base_path.as_str(), PATH, rest, Some("limit=5"))
-        .map(|t| t.unwrap());
+    let target = upstream_target(
+        f.upstream.config.base_path.as_str(),
+        PATH,
+        rest,
+        Some("limit=5"),
+    )
+    .map(|t| t.unwrap());
     let id = new_request_id();
     rewrite_request(req, &f.upstream, &token, target.as_ref(), Some(&id)).unwrap();
 }

@@ -261,7 +261,7 @@ impl FileInner {
             Some(bytes) if bytes.first() == Some(&b'{') => migrate_v1(path, &bytes, &sealer)?,
             Some(_) => without_panics(path, || {
                 check_database(path, &sealer)?;
-                redb::Database::open(path).map_err(|e| {
+                database().open(path).map_err(|e| {
                     err(format!("not a readable bearerd store (truncated or damaged?): {e}; it was left unchanged"))
                 })
             })?,
@@ -536,6 +536,15 @@ fn without_panics<T>(
     })
 }
 
+/// How the store's database is opened: with a page cache of 16 MiB. redb's default (a
+/// share of the machine's memory) would keep a sidecar's RSS growing with the store; the
+/// records a sidecar reads are few and small, and the OS page cache is there behind it.
+fn database() -> redb::Builder {
+    let mut builder = redb::Database::builder();
+    builder.set_cache_size(16 << 20);
+    builder
+}
+
 /// A new, empty store (mode 0600), with its format and key check.
 fn create_database(path: &Path, sealer: &Sealer) -> Result<redb::Database, StoreError> {
     let err = |m: String| FileInner::err(path, m);
@@ -547,7 +556,9 @@ fn create_database(path: &Path, sealer: &Sealer) -> Result<redb::Database, Store
         .mode(0o600)
         .open(path)
         .map_err(|e| err(format!("cannot create: {e}")))?;
-    let db = redb::Database::create(path).map_err(|e| err(format!("cannot create: {e}")))?;
+    let db = database()
+        .create(path)
+        .map_err(|e| err(format!("cannot create: {e}")))?;
     {
         let txn = db
             .begin_write()
@@ -593,7 +604,7 @@ fn check_database(path: &Path, sealer: &Sealer) -> Result<(), StoreError> {
 }
 
 fn check_after_repair(path: &Path, sealer: &Sealer) -> Result<(), StoreError> {
-    let db = redb::Database::open(path).map_err(|e| {
+    let db = database().open(path).map_err(|e| {
         FileInner::err(
             path,
             format!("not a readable bearerd store (truncated or damaged?): {e}"),
@@ -700,7 +711,9 @@ fn migrate_v1(path: &Path, bytes: &[u8], sealer: &Sealer) -> Result<redb::Databa
         backup = %backup.display(),
         "the store was migrated to the per-record format"
     );
-    redb::Database::open(path).map_err(|e| err(format!("cannot open after migrating: {e}")))
+    database()
+        .open(path)
+        .map_err(|e| err(format!("cannot open after migrating: {e}")))
 }
 
 #[cfg(test)]

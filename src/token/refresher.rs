@@ -42,7 +42,7 @@ pub async fn run(cred: Arc<Credential>, mut shutdown: watch::Receiver<bool>) {
     let mut store_changes = cred.store.watch(&cred.store_key);
     let mut trigger = {
         let _op = cred.op.lock().await;
-        restore(&cred).await
+        Box::pin(restore(&cred)).await
     };
     loop {
         if let Some(t) = trigger.take() {
@@ -50,7 +50,10 @@ pub async fn run(cred: Arc<Credential>, mut shutdown: watch::Receiver<bool>) {
             let _op = cred.op.lock().await;
             // A logout while this trigger was armed cancels it; only an operator restarts.
             if t == Trigger::Manual || !slot.is_logged_out() {
-                attempt(&cred, t).await;
+                // Boxed: an attempt's state is large (the token request), and a refresher
+                // idles between attempts. Inline, it made every idle refresher (one per
+                // subject in memory) 13 KB.
+                Box::pin(attempt(&cred, t)).await;
             }
         }
         let next = slot.next_refresh_at();
@@ -66,7 +69,7 @@ pub async fn run(cred: Arc<Credential>, mut shutdown: watch::Receiver<bool>) {
             r = store_changes.changed(), if is_open(&store_changes) => {
                 if r.is_ok() {
                     let _op = cred.op.lock().await;
-                    refill_if_lost(&cred).await;
+                    Box::pin(refill_if_lost(&cred)).await;
                 }
             }
             _ = shutdown.changed() => return,
@@ -138,6 +141,12 @@ async fn take_demand(slot: &CredentialSlot) -> Option<Trigger> {
 /// trigger for an immediate refresh when there is nothing usable to start from.
 async fn restore(cred: &Credential) -> Option<Trigger> {
     let (slot, grant) = (&cred.slot, &cred.grant);
+    // A subject admitted for a hand-over or a connect may be served before its refresher
+    // starts: what happened since is newer than the store's record, and a failure it
+    // recorded must stand (not be tried again, nor its error replaced).
+    if slot.has_history() {
+        return None;
+    }
     let Some(set) = cred.load_set().await else {
         // A subject with no record yet waits for its connect flow or login.
         return (!cred.is_subject()).then_some(Trigger::Startup);
@@ -675,4 +684,31 @@ fn record_failure(
         );
     }
     Some(result)
+}
+
+#[cfg(test)]
+mod tests {
+    /// A refresher runs per subject in memory: idle, it must stay small (the attempt's
+    /// state is boxed while one runs).
+    #[test]
+    fn an_idle_refresher_is_small() {
+        let config = crate::config::Config::parse(
+            std::path::Path::new("t.toml"),
+            "[credentials.a]\ngrant = \"refresh_token\"\ntoken_url = \"http://127.0.0.1:9/t\"\nclient_id = \"x\"\nsubject_header = \"x-s\"\n[upstreams.a]\nurl = \"http://127.0.0.1:9/\"\npath_prefix = \"/a\"\ncredential = \"a\"\n",
+        )
+        .unwrap();
+        let c = &config.credentials[0];
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(["a"], ["a"]));
+        let slot = super::CredentialSlot::new(c, metrics);
+        let grant = super::Grant::new(&c.grant).unwrap();
+        let store = std::sync::Arc::new(crate::store::MemoryStore::new());
+        let cred = super::Credential::new(slot, grant, store);
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let run = super::run(cred, rx);
+        assert!(
+            std::mem::size_of_val(&run) < 2048,
+            "{} bytes",
+            std::mem::size_of_val(&run)
+        );
+    }
 }

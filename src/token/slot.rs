@@ -487,6 +487,13 @@ impl CredentialSlot {
         self.control().logged_out
     }
 
+    /// Whether anything happened to the slot yet (an attempt, a token, a logout): a
+    /// subject's refresher that starts after a hand-over or a connect finds it so.
+    pub(super) fn has_history(&self) -> bool {
+        let c = self.control();
+        c.attempts_completed > 0 || c.logged_out || self.current().is_some()
+    }
+
     /// Takes the pending demand if it still needs a refresh: `Ok(trigger)` to refresh now,
     /// `Err(wait)` while a request-triggered one waits out the rate limit, `None` when
     /// there is nothing to do.

@@ -6,6 +6,7 @@
 // E2E_VERBOSE=1 echoes every child's stderr.
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -30,6 +31,7 @@ let sidecar; // Child
 let proxy; // http://127.0.0.1:PORT of proxy_listen
 let admin; // http://127.0.0.1:PORT of admin_listen
 let mcpListen; // http://127.0.0.1:PORT of the MCP upstream's own port
+let appCallback; // the multi-user app's redirect URI, which relays to bearerd
 let signedKeyPem; // the signed client's private key (PEM), from the provider
 const cliOutputs = []; // stdout+stderr of every bearerd CLI run, for the secret scan
 
@@ -77,7 +79,8 @@ before(async () => {
   oidc = await startNodeService('oidc.mjs', ['0']);
   mcp = await startNodeService('mcp-server.mjs', [oidc.info.issuer, '0']);
   mcp.origin = `http://127.0.0.1:${mcp.info.port}`;
-  const [proxyPort, adminPort, mcpPort] = await freePorts(3);
+  const [proxyPort, adminPort, mcpPort, appPort] = await freePorts(4);
+  appCallback = `http://127.0.0.1:${appPort}/oauth/callback`;
   proxy = `http://127.0.0.1:${proxyPort}`;
   admin = `http://127.0.0.1:${adminPort}`;
   mcpListen = `http://127.0.0.1:${mcpPort}`;
@@ -128,6 +131,22 @@ private_key = { file = "${join(tmp, 'signed.pem')}" }
 key_id = "e2e-1"
 scopes = ["api:read"]
 resource = "${resource}"
+
+[credentials.users]
+grant = "refresh_token"
+issuer = "${issuer}"
+client_id = "${CLIENTS.agent.id}"
+client_secret = { file = "${join(tmp, 'agent-secret')}" }
+client_auth = "post"
+scopes = ["openid", "offline_access", "api:read"]
+resource = "${resource}"
+subject_header = "x-bearerd-subject"
+redirect_uri = "${appCallback}"
+
+[upstreams.usersapi]
+url = "${mcp.origin}/"
+path_prefix = "/users"
+credential = "users"
 
 [upstreams.api]
 url = "${mcp.origin}/"
@@ -349,6 +368,60 @@ async function login({ device, username }) {
     await cli.stop();
   }
 }
+
+test('per-subject: two users connect through bearerd, and each request carries its own user\'s token', async () => {
+  const users = ['alice@example.com', 'bob@example.com'];
+  // Not connected yet: the app is told to start the connect flow.
+  const before = await getJson(`${proxy}/users/api/whoami`, { headers: { 'x-bearerd-subject': users[0] } });
+  assert.equal(before.status, 403);
+  assert.equal(before.body.type, 'urn:bearerd:problem:subject-not-connected');
+  assert.equal(before.body.requires_reauth, true);
+  // The app: its redirect URI relays the provider's redirect to bearerd, for the user it
+  // knows is signed in at that browser.
+  let signedIn;
+  const app = createServer(async (req, res) => {
+    const query = new URL(req.url, appCallback).search;
+    const r = await fetch(`${admin}/connect/callback${query}&subject=${encodeURIComponent(signedIn)}`);
+    res.writeHead(r.status, { 'content-type': 'application/json' });
+    res.end(await r.text());
+  });
+  await new Promise((ok) => app.listen(Number(new URL(appCallback).port), '127.0.0.1', ok));
+  try {
+    for (const user of users) {
+      signedIn = user;
+      const start = await getJson(`${admin}${before.body.connect.replace(encodeURIComponent(users[0]), encodeURIComponent(user))}`, { method: 'POST' });
+    assert.equal(start.status, 200, JSON.stringify(start.body));
+      // The user logs in at the provider, which redirects the browser to the app.
+      const r = await authorize(start.body.authorize_url, { username: user });
+      assert.equal(r.status, 200, `the relayed callback: ${r.body}`);
+      assert.equal(JSON.parse(r.body).connected, true);
+      // The same redirect again is refused: a state is good once.
+      const replay = await getJson(`${admin}/connect/callback${new URL(r.callbackUrl).search}`);
+      assert.equal(replay.status, 400);
+    }
+  } finally {
+    app.close();
+  }
+  // Interleaved requests: the MCP server sees each user's own identity, across rotations.
+  const g0 = (await getJson(`${admin}/credentials/users/subjects/${encodeURIComponent(users[0])}`)).body.generation;
+  const began = Date.now();
+  const wrong = [];
+  let rotated = false;
+  while (Date.now() - began < 30000 && !rotated) {
+    for (const user of users) {
+      const r = await getJson(`${proxy}/users/api/whoami`, { headers: { 'x-bearerd-subject': user } });
+      if (r.status !== 200 || r.body.sub !== user) wrong.push(`${user}: ${r.status} ${JSON.stringify(r.body)}`);
+    }
+    const g = (await getJson(`${admin}/credentials/users/subjects/${encodeURIComponent(users[0])}`)).body.generation;
+    rotated = g - g0 >= 2;
+    await sleep(200);
+  }
+  assert.deepEqual(wrong, []);
+  assert.ok(rotated, 'the users\' tokens rotated during the test');
+  const st = await status();
+  assert.equal(st.credentials.users.subjects.valid, 2, JSON.stringify(st.credentials.users));
+  assert.ok(!JSON.stringify(st).includes('alice@'), '/status names no subject');
+});
 
 /** Requests through the `agent` upstream until bearerd rotated `n` times; all must succeed. */
 async function agentRequestsAcrossRotations(username, n = ROTATIONS) {

@@ -87,7 +87,8 @@ export async function startProvider({ port = 0, log = () => {} } = {}) {
         ],
         response_types: ['code'],
         // RFC 8252 §7.3: the port of a loopback redirect is not compared.
-        redirect_uris: ['http://127.0.0.1/callback'],
+        // The second: a multi-user app's redirect URI (bearerd's connect flow).
+        redirect_uris: ['http://127.0.0.1/callback', 'http://127.0.0.1/oauth/callback'],
         token_endpoint_auth_method: 'client_secret_post',
       },
       {

@@ -53,6 +53,8 @@ pub enum SubjectUnavailable {
 /// A subject held in memory.
 pub struct LiveSubject {
     pub credential: Arc<Credential>,
+    /// The credential's slot, one pointer nearer for the request path.
+    slot: Arc<CredentialSlot>,
     /// Milliseconds since the registry's epoch.
     last_used_ms: AtomicU64,
     /// Stops the subject's refresher (after an attempt in flight has finished).
@@ -175,7 +177,7 @@ impl SubjectRegistry {
     pub fn live_slot(&self, subject: &str) -> Option<(SubjectKey, Arc<CredentialSlot>)> {
         let live = self.live.get(subject)?;
         live.last_used_ms.store(self.now_ms(), Ordering::Relaxed);
-        Some((live.key().clone(), Arc::clone(&live.credential.slot)))
+        Some((live.key().clone(), Arc::clone(&live.slot)))
     }
 
     /// The subject in memory, if it is.
@@ -273,6 +275,7 @@ impl SubjectRegistry {
             ),
         }
         Arc::new(LiveSubject {
+            slot: Arc::clone(&credential.slot),
             credential,
             last_used_ms: AtomicU64::new(self.now_ms()),
             stop,
