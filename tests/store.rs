@@ -184,6 +184,7 @@ fn a_bad_store_stops_startup_with_a_clear_error_and_is_left_unchanged() {
         refresh_token: None,
         logged_out: false,
         spent_seed: None,
+        logout: None,
     };
     fs.save("c", Some(&token)).unwrap();
     let sealed = fs.sealed_record("c").unwrap();

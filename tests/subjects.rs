@@ -426,7 +426,15 @@ async fn a_handed_over_refresh_token_works_and_a_spent_one_is_refused() {
     let r = h.admin_post(&subject_path("alice", "/logout")).await;
     assert_eq!(r.status(), 200);
     assert!(h.tokens.state.revocations() > revocations);
-    assert_eq!(subject_status(&h, "alice").await["state"], "logged_out");
+    let alice = subject_status(&h, "alice").await;
+    assert_eq!(alice["state"], "logged_out");
+    // The tombstone says when, and what the provider answered.
+    assert!(
+        alice["logout"]["at"].as_str().unwrap().starts_with("20"),
+        "{alice}"
+    );
+    let answers = alice["logout"]["revocation"].to_string();
+    assert!(answers.contains("refresh_token: revoked"), "{alice}");
     assert_eq!(get_as(&h, "alice", "/api/x").await.status(), 403);
 }
 
@@ -829,6 +837,7 @@ async fn measure_memory_and_load_time_with_100000_stored_subjects() {
                             refresh_token: Some(secrecy::SecretString::from(rt.clone())),
                             logged_out: false,
                             spent_seed: None,
+                            logout: None,
                         };
                         fs.save(&format!("api\n{s}"), Some(&token)).unwrap();
                     }
@@ -875,4 +884,95 @@ async fn measure_memory_and_load_time_with_100000_stored_subjects() {
         (loaded - started) * 1024.0 / in_memory as f64,
         took.as_secs_f64() * 1e6 / in_memory as f64
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_on_redis_share_each_subjects_tokens_and_rotate_each_once() {
+    let redis = support::redis_server::RedisServer::start();
+    let store = format!(
+        "backend = \"redis\"\nurl = \"{}\"\nkey = \"{}\"",
+        redis.url(),
+        bearerd::store::generate_key()
+    );
+    let a = start(Duration::from_secs(3), "", &store).await;
+    // Replica B: the same config on other ports, the same provider, upstream and Redis.
+    let text = a
+        .config_text
+        .replace(
+            &a.sidecar().proxy_addr.to_string(),
+            &support::free_addr().to_string(),
+        )
+        .replace(
+            &a.sidecar().admin_addr.to_string(),
+            &support::free_addr().to_string(),
+        );
+    let config = support::sidecar_config(&text);
+    let b = tokio::task::spawn_blocking(move || bearerd::Sidecar::start(config))
+        .await
+        .unwrap()
+        .unwrap();
+    let via_b = |subject: &str| {
+        a.client
+            .get(format!("http://{}/api/x", b.proxy_addr))
+            .header(HEADER, subject)
+            .send()
+    };
+    // Alice hands over on A; B serves her from Redis without a token request of its own.
+    let rt = a.tokens.state.seed_refresh_token_for("alice");
+    assert_eq!(hand_over(&a, "alice", &rt).await.status(), 200);
+    let before = a.tokens.state.requests();
+    let r = via_b("alice").await.unwrap();
+    assert_eq!(token_subject(r).await.as_deref(), Some("alice"));
+    assert_eq!(
+        a.tokens.state.requests(),
+        before,
+        "B adopted Alice's set from Redis"
+    );
+    // Bob hands over on B.
+    let rt = a.tokens.state.seed_refresh_token_for("bob");
+    let r = a
+        .client
+        .post(format!(
+            "http://{}{}",
+            b.admin_addr,
+            subject_path("bob", "/login")
+        ))
+        .json(&json!({ "refresh_token": rt }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Both users through both replicas across rotations: each subject rotates once per
+    // window for the pair, never sends a refresh token twice, and every answer is 2xx.
+    let (rotations, run_for) = (a.tokens.state.rotations(), Duration::from_secs(8));
+    let started = Instant::now();
+    let mut bad = Vec::new();
+    while started.elapsed() < run_for {
+        for s in ["alice", "bob"] {
+            for r in [get_as(&a, s, "/api/x").await, via_b(s).await.unwrap()] {
+                if !r.status().is_success() {
+                    bad.push(r.status().as_u16());
+                } else if token_subject(r).await.as_deref() != Some(s) {
+                    bad.push(0);
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    support::assert_all_2xx(&bad);
+    assert_eq!(
+        a.tokens.state.reuse_detected(),
+        0,
+        "a refresh token was sent twice"
+    );
+    let rotated = a.tokens.state.rotations() - rotations;
+    // 2 subjects, 8 s, a refresh at 80 % of 3 s (with jitter): about 7; both replicas
+    // refreshing on their own would be twice that.
+    assert!(
+        (4..=10).contains(&rotated),
+        "{rotated} rotations for 2 subjects in {run_for:?}"
+    );
+    tokio::task::spawn_blocking(move || b.shutdown())
+        .await
+        .unwrap();
 }

@@ -731,6 +731,7 @@ mod tests {
             refresh_token: Some(SecretString::from(rt.to_string())),
             logged_out: false,
             spent_seed: None,
+            logout: None,
         }
     }
 

@@ -236,6 +236,17 @@ pub struct StoredToken {
     pub logged_out: bool,
     /// SHA-256 of a configured seed refresh token that was already sent.
     pub spent_seed: Option<String>,
+    /// A logout's tombstone: when, and what the provider answered.
+    pub logout: Option<LogoutRecord>,
+}
+
+/// When a logout happened and what the revocation endpoint answered for each token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LogoutRecord {
+    /// RFC 3339.
+    pub at: String,
+    /// `refresh_token: revoked`, `access_token: revocation endpoint answered 503`, …
+    pub revocation: Vec<String>,
 }
 
 impl StoredToken {
@@ -249,6 +260,7 @@ impl StoredToken {
             refresh_token: None,
             logged_out: false,
             spent_seed: None,
+            logout: None,
         }
     }
 }
@@ -276,6 +288,8 @@ pub(crate) struct StoredTokenRecord {
     logged_out: bool,
     #[serde(default)]
     spent_seed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    logout: Option<LogoutRecord>,
 }
 
 /// A record as it is sealed: the token set and its generation (0 in stores written before
@@ -328,6 +342,7 @@ impl From<&StoredToken> for StoredTokenRecord {
                 .map(|r| r.expose_secret().to_string()),
             logged_out: t.logged_out,
             spent_seed: t.spent_seed.clone(),
+            logout: t.logout.clone(),
         }
     }
 }
@@ -342,6 +357,7 @@ impl From<StoredTokenRecord> for StoredToken {
             refresh_token: r.refresh_token.map(SecretString::from),
             logged_out: r.logged_out,
             spent_seed: r.spent_seed,
+            logout: r.logout,
         }
     }
 }

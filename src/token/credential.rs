@@ -155,6 +155,13 @@ impl Credential {
         let tombstone = StoredToken {
             logged_out: true,
             spent_seed: self.grant.spent_seed().await,
+            logout: Some(crate::store::LogoutRecord {
+                at: super::slot::rfc3339_now(),
+                revocation: revocation
+                    .iter()
+                    .map(|r| format!("{}: {}", r.token, r.outcome))
+                    .collect(),
+            }),
             ..StoredToken::empty()
         };
         let forgotten = self.save_over(&tombstone).await.is_ok();

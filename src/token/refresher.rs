@@ -110,6 +110,7 @@ async fn refill_if_lost(cred: &Credential) {
             refresh_token: grant.refresh_token().await,
             logged_out: false,
             spent_seed: grant.spent_seed().await,
+            logout: None,
         },
         generation: held,
     };
@@ -433,6 +434,7 @@ async fn persist(
         refresh_token: token.refresh_token.clone(),
         logged_out: false,
         spent_seed: cred.grant.spent_seed().await,
+        logout: None,
     };
     save(cred, &record).await;
 }

@@ -370,7 +370,16 @@ impl SubjectRegistry {
         subject: &SubjectKey,
     ) -> Result<Option<SubjectStatus>, StoreError> {
         if let Some(live) = self.get(subject) {
-            return Ok(Some(SubjectStatus::live(subject, &live)));
+            let mut status = SubjectStatus::live(subject, &live);
+            if status.status.state == CredentialState::LoggedOut {
+                // The tombstone's details are in the record.
+                let set = self
+                    .store
+                    .load(&subject.store_key(&self.credential))
+                    .await?;
+                status.logout = set.and_then(|s| s.token.logout);
+            }
+            return Ok(Some(status));
         }
         let set = self
             .store
@@ -485,6 +494,7 @@ impl SubjectRegistry {
         SubjectStatus {
             subject: subject.as_str().to_string(),
             in_memory: false,
+            logout: t.logout.clone(),
             status: CredentialStatus {
                 state,
                 grant: self.credential_config.grant.kind(),
@@ -523,6 +533,9 @@ pub struct SubjectStatus {
     pub subject: String,
     /// Held in memory (refreshed ahead of expiry), or only in the store.
     pub in_memory: bool,
+    /// After a logout: when, and what the provider answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logout: Option<crate::store::LogoutRecord>,
     #[serde(flatten)]
     pub status: CredentialStatus,
 }
@@ -532,6 +545,7 @@ impl SubjectStatus {
         SubjectStatus {
             subject: subject.as_str().to_string(),
             in_memory: true,
+            logout: None,
             status: live.credential.slot.status(),
         }
     }
