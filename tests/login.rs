@@ -184,3 +184,37 @@ async fn login_refuses_to_send_a_refresh_token_in_clear_off_the_host() {
     // Refused before the login began: the provider saw nothing.
     assert_eq!(h.tokens.state.device_codes(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn login_with_a_subject_connects_that_subject_only() {
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
+    let opts = Options {
+        grant: "refresh_token",
+        discovery: Discovery::Issuer,
+        credential_extra: "subject_header = \"x-bearerd-subject\"\n".into(),
+        ..Default::default()
+    };
+    let h = Harness::start_raw(tokens, upstream, opts, String::new()).await;
+    let (child, rx) = start_login(&h, true, &["--subject", "alice@example.com"]);
+    wait_line(&rx, |l| l.contains("enter the code"));
+    h.tokens.state.approve_devices();
+    let done = wait_line(&rx, |l| l.contains("logged in"));
+    assert!(done.contains("alice@example.com"), "{done}");
+    let (ok, stderr) = finish(child).await;
+    assert!(ok, "{stderr}");
+    let as_user = |s: &'static str| {
+        h.client
+            .get(h.url("/api/x"))
+            .header("x-bearerd-subject", s)
+            .send()
+    };
+    assert_eq!(as_user("alice@example.com").await.unwrap().status(), 200);
+    assert_eq!(as_user("bob@example.com").await.unwrap().status(), 403);
+    let alice: serde_json::Value = h
+        .admin_get("/credentials/api/subjects/alice%40example.com")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(alice["state"], "valid", "{alice}");
+}
