@@ -101,20 +101,7 @@ impl AdminClient {
 
     /// A GET that carries the admin token (the subject endpoints need it), with the status.
     pub async fn get_with_token(&self, path: &str) -> Result<(u16, Value), String> {
-        if self.token.is_some() {
-            self.ensure_private("the admin token")?;
-        }
-        let mut req = self.http.get(format!("{}{path}", self.base));
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| format!("cannot reach the bearerd admin API at {}: {e}", self.base))?;
-        let status = resp.status().as_u16();
-        let value = resp.json().await.unwrap_or(Value::Null);
-        Ok((status, value))
+        self.send(http::Method::GET, path, None).await
     }
 
     /// Refuses, before anything is sent, to carry `what` to an admin URL where it would
@@ -129,13 +116,23 @@ impl AdminClient {
         ))
     }
 
-    /// POSTs and returns the status code and the JSON answer. The admin token, when there is
-    /// one, goes only over a private channel.
+    /// POSTs and returns the status code and the JSON answer.
     pub async fn post(&self, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+        self.send(http::Method::POST, path, body).await
+    }
+
+    /// A request with the admin token, which, when there is one, goes only over a private
+    /// channel; the status code and the JSON answer.
+    async fn send(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), String> {
         if self.token.is_some() {
             self.ensure_private("the admin token")?;
         }
-        let mut req = self.http.post(format!("{}{path}", self.base));
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }

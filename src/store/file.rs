@@ -261,9 +261,7 @@ impl FileInner {
             Some(bytes) if bytes.first() == Some(&b'{') => migrate_v1(path, &bytes, &sealer)?,
             Some(_) => without_panics(path, || {
                 check_database(path, &sealer)?;
-                database().open(path).map_err(|e| {
-                    err(format!("not a readable bearerd store (truncated or damaged?): {e}; it was left unchanged"))
-                })
+                database().open(path).map_err(|e| unreadable(path, &e))
             })?,
         };
         Ok(FileInner {
@@ -582,16 +580,19 @@ fn create_database(path: &Path, sealer: &Sealer) -> Result<redb::Database, Store
     Ok(db)
 }
 
+/// The error for a file that is not a readable store; the file is left as it is.
+fn unreadable(path: &Path, e: &dyn std::fmt::Display) -> StoreError {
+    FileInner::err(
+        path,
+        format!("not a readable bearerd store (truncated or damaged?): {e}; it was left unchanged"),
+    )
+}
+
 /// Checks an existing store before anything writes to it: it is a bearerd store, the key
 /// opens it, and every record authenticates. Opened read-only, so that a refusal leaves the
 /// file exactly as it was.
 fn check_database(path: &Path, sealer: &Sealer) -> Result<(), StoreError> {
-    let err = |m: String| FileInner::err(path, m);
-    let damaged = |e: &dyn std::fmt::Display| {
-        err(format!(
-            "not a readable bearerd store (truncated or damaged?): {e}; it was left unchanged"
-        ))
-    };
+    let damaged = |e: &dyn std::fmt::Display| unreadable(path, e);
     let db = match redb::ReadOnlyDatabase::open(path) {
         Ok(db) => db,
         // Not shut down cleanly (a killed sidecar): redb's own recovery runs when it is
@@ -622,11 +623,7 @@ fn check_contents(
     txn: &redb::ReadTransaction,
 ) -> Result<(), StoreError> {
     let err = |m: String| FileInner::err(path, m);
-    let damaged = |e: &dyn std::fmt::Display| {
-        err(format!(
-            "not a readable bearerd store (truncated or damaged?): {e}; it was left unchanged"
-        ))
-    };
+    let damaged = |e: &dyn std::fmt::Display| unreadable(path, e);
     let meta = txn.open_table(META).map_err(|e| damaged(&e))?;
     let format = meta
         .get("format")
@@ -660,11 +657,7 @@ fn check_contents(
 /// crash at any point leaves the old file in place, and the next start migrates again.
 fn migrate_v1(path: &Path, bytes: &[u8], sealer: &Sealer) -> Result<redb::Database, StoreError> {
     let err = |m: String| FileInner::err(path, m);
-    let contents: V1Contents = serde_json::from_slice(bytes).map_err(|e| {
-        err(format!(
-            "not a readable bearerd store (truncated or damaged?): {e}; it was left unchanged"
-        ))
-    })?;
+    let contents: V1Contents = serde_json::from_slice(bytes).map_err(|e| unreadable(path, &e))?;
     if contents.format != V1_FORMAT {
         return Err(err(format!(
             "unknown store format {:?}; it was left unchanged",

@@ -452,7 +452,8 @@ impl CredentialSlot {
     }
 }
 
-fn round(x: f64) -> f64 {
+/// To a tenth: what `/status` shows of durations.
+pub(super) fn round(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 

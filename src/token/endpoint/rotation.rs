@@ -139,17 +139,17 @@ async fn read_answers(answers: Arc<Answers>, stdout: tokio::process::ChildStdout
     while let Ok(Some(line)) = lines.next_line().await {
         let line = SecretString::from(line);
         if let Ok(framed) = serde_json::from_str::<Framed<HelperAnswer>>(line.expose_secret()) {
-            let waiter = lock_waiting(&answers.waiting).remove(&framed.id);
+            let waiter = lock_ignoring_poison(&answers.waiting).remove(&framed.id);
             if let Some(w) = waiter {
                 let _ = w.send(framed.body);
             }
         }
     }
     answers.alive.store(false, Ordering::SeqCst);
-    lock_waiting(&answers.waiting).clear();
+    lock_ignoring_poison(&answers.waiting).clear();
 }
 
-fn lock_waiting<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+fn lock_ignoring_poison<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -236,13 +236,13 @@ impl DurableRotation {
         line.push('\n');
         let line = SecretString::from(line);
         let (answered, answer) = oneshot::channel();
-        lock_waiting(&connection.answers.waiting).insert(id, answered);
+        lock_ignoring_poison(&connection.answers.waiting).insert(id, answered);
         {
             let mut stdin = connection.stdin.lock().await;
             // A failed write: the helper died before it could read the request (a line it
             // did not read whole is never run), so nothing was sent.
             if let Err(e) = stdin.write_all(line.expose_secret().as_bytes()).await {
-                lock_waiting(&connection.answers.waiting).remove(&id);
+                lock_ignoring_poison(&connection.answers.waiting).remove(&id);
                 connection.answers.alive.store(false, Ordering::SeqCst);
                 return Err(HelperError::NotStarted(format!("the rotation helper: {e}")));
             }
@@ -258,7 +258,7 @@ impl DurableRotation {
                 })
             }
             Err(_) => {
-                lock_waiting(&connection.answers.waiting).remove(&id);
+                lock_ignoring_poison(&connection.answers.waiting).remove(&id);
                 return Err(HelperError::Failed {
                     timeout: true,
                     message: "the rotation helper did not answer".into(),
@@ -440,7 +440,7 @@ async fn send(ask: &HelperRequest) -> Result<(u16, Option<String>, Vec<u8>), Hel
         ask.ca_file.clone(),
         identity.as_ref().map(|i| i.fingerprint),
     );
-    let cached = lock_waiting(clients()).get(&setting).cloned();
+    let cached = lock_ignoring_poison(clients()).get(&setting).cloned();
     let client = match cached {
         Some(c) => c,
         None => {
@@ -450,7 +450,7 @@ async fn send(ask: &HelperRequest) -> Result<(u16, Option<String>, Vec<u8>), Hel
                 identity.map(|i| i.identity),
             )
             .map_err(|m| failed(false, m))?;
-            lock_waiting(clients()).insert(setting, c.clone());
+            lock_ignoring_poison(clients()).insert(setting, c.clone());
             c
         }
     };

@@ -490,7 +490,6 @@ impl SubjectRegistry {
         } else {
             CredentialState::Failed
         };
-        let round = |x: f64| (x * 10.0).round() / 10.0;
         SubjectStatus {
             subject: subject.as_str().to_string(),
             in_memory: false,
@@ -499,11 +498,11 @@ impl SubjectRegistry {
                 state,
                 grant: self.credential_config.grant.kind(),
                 client_auth: Some(self.endpoint.config().client.method.name()),
-                expires_in_s: remaining.map(|r| round(r.as_secs_f64())),
+                expires_in_s: remaining.map(|r| super::slot::round(r.as_secs_f64())),
                 token_age_s: (!t.logged_out && t.issued_at > SystemTime::UNIX_EPOCH)
                     .then(|| now.duration_since(t.issued_at).ok())
                     .flatten()
-                    .map(|a| round(a.as_secs_f64())),
+                    .map(|a| super::slot::round(a.as_secs_f64())),
                 generation: 0,
                 refreshes: 0,
                 consecutive_failures: 0,
