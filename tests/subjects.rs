@@ -71,6 +71,36 @@ async fn token_subject(r: reqwest::Response) -> Option<String> {
     body["token_subject"].as_str().map(str::to_string)
 }
 
+/// Every subject `GET /credentials/api/subjects` lists, walking its pages `limit` at a time.
+async fn list_subjects(
+    client: &reqwest::Client,
+    admin: std::net::SocketAddr,
+    limit: usize,
+) -> Vec<serde_json::Value> {
+    let mut listed = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page: serde_json::Value = client
+            .get(format!(
+                "http://{admin}/credentials/api/subjects?limit={limit}{after}"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let subjects = page["subjects"].as_array().unwrap();
+        assert!(subjects.len() <= limit, "{page}");
+        listed.extend(subjects.iter().cloned());
+        match page["next"].as_str() {
+            Some(n) => after = format!("&after={}", seg(n)),
+            None => break,
+        }
+    }
+    listed
+}
+
 async fn subject_status(h: &Harness, subject: &str) -> serde_json::Value {
     h.admin_get(&subject_path(subject, ""))
         .await
@@ -464,26 +494,16 @@ async fn idle_subjects_leave_memory_and_come_back_from_the_store_after_a_restart
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Listed a page at a time, from the store.
-    let mut listed = Vec::new();
-    let mut after = String::new();
-    loop {
-        let page: serde_json::Value = h
-            .admin_get(&format!("/credentials/api/subjects?limit=3{after}"))
-            .await
-            .json()
-            .await
-            .unwrap();
-        for s in page["subjects"].as_array().unwrap() {
-            assert_eq!(s["state"], "valid", "{s}");
-            assert_eq!(s["in_memory"], false);
-            listed.push(s["subject"].as_str().unwrap().to_string());
-        }
-        match page["next"].as_str() {
-            Some(n) => after = format!("&after={n}"),
-            None => break,
-        }
+    let listed = list_subjects(&h.client, h.sidecar().admin_addr, 3).await;
+    for s in &listed {
+        assert_eq!(s["state"], "valid", "{s}");
+        assert_eq!(s["in_memory"], false);
     }
-    assert_eq!(listed, subjects);
+    let names: Vec<&str> = listed
+        .iter()
+        .map(|s| s["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, subjects);
     // Served again from the store, without a token request.
     let token_requests = h.tokens.state.requests();
     let r = get_as(&h, "user-3", "/api/x").await;
@@ -917,9 +937,15 @@ async fn replicas_on_redis_share_each_subjects_tokens_and_rotate_each_once() {
             .header(HEADER, subject)
             .send()
     };
-    // Alice hands over on A; B serves her from Redis without a token request of its own.
+    // Alice hands over on A; B lists her from Redis's index before it has seen her, and
+    // serves her without a token request of its own.
     let rt = a.tokens.state.seed_refresh_token_for("alice");
     assert_eq!(hand_over(&a, "alice", &rt).await.status(), 200);
+    let on_b = list_subjects(&a.client, b.admin_addr, 10).await;
+    assert_eq!(on_b.len(), 1, "{on_b:?}");
+    assert_eq!(on_b[0]["subject"], "alice");
+    assert_eq!(on_b[0]["in_memory"], false);
+    assert_eq!(on_b[0]["state"], "valid");
     let before = a.tokens.state.requests();
     let r = via_b("alice").await.unwrap();
     assert_eq!(token_subject(r).await.as_deref(), Some("alice"));
@@ -972,6 +998,36 @@ async fn replicas_on_redis_share_each_subjects_tokens_and_rotate_each_once() {
         (4..=10).contains(&rotated),
         "{rotated} rotations for 2 subjects in {run_for:?}"
     );
+    // Both replicas list every user, a page at a time; Redis holds no e-mail address in clear.
+    let more: Vec<String> = (0..5).map(|i| format!("carol-{i}@example.com")).collect();
+    for s in &more {
+        let rt = a.tokens.state.seed_refresh_token_for(s);
+        assert_eq!(hand_over(&a, s, &rt).await.status(), 200);
+    }
+    let mut everyone: Vec<String> = ["alice", "bob"]
+        .into_iter()
+        .map(String::from)
+        .chain(more)
+        .collect();
+    everyone.sort();
+    for admin in [a.sidecar().admin_addr, b.admin_addr] {
+        let mut listed: Vec<String> = list_subjects(&a.client, admin, 2)
+            .await
+            .iter()
+            .map(|s| s["subject"].as_str().unwrap().to_string())
+            .collect();
+        listed.sort();
+        assert_eq!(listed, everyone, "listed on {admin}");
+    }
+    // (Only the addresses: "@" never occurs in base64 by chance, where "bob" may.)
+    for (key, value) in redis.dump() {
+        for s in everyone.iter().filter(|s| s.contains('@')) {
+            assert!(
+                !key.contains(s.as_str()) && !value.contains(s.as_str()),
+                "{s} in clear in Redis: {key}"
+            );
+        }
+    }
     tokio::task::spawn_blocking(move || b.shutdown())
         .await
         .unwrap();

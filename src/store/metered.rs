@@ -143,6 +143,16 @@ impl TokenStore for MeteredStore {
         self.inner.list(prefix, after, limit).await
     }
 
+    fn list_order(&self, key: &str) -> String {
+        self.inner.list_order(key)
+    }
+
+    async fn load_many(&self, keys: &[String]) -> Result<Vec<Option<StoredSet>>, StoreError> {
+        let r = self.inner.load_many(keys).await;
+        self.count(StoreOp::Load, &r, |_| true);
+        r
+    }
+
     fn watch(&self, credential: &str) -> watch::Receiver<u64> {
         self.inner.watch(credential)
     }

@@ -146,6 +146,23 @@ pub trait TokenStore: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// What `list` orders keys by: their text, unless the store orders otherwise (Redis lists
+    /// a credential's subjects in the order of their hashes). Whoever merges a page with
+    /// keys from elsewhere sorts by this.
+    fn list_order(&self, key: &str) -> String {
+        key.to_string()
+    }
+
+    /// Several records at once, one answer per key in order (a census of subjects). Stores
+    /// with a round trip per command answer in one.
+    async fn load_many(&self, keys: &[String]) -> Result<Vec<Option<StoredSet>>, StoreError> {
+        let mut sets = Vec::with_capacity(keys.len());
+        for key in keys {
+            sets.push(self.load(key).await?);
+        }
+        Ok(sets)
+    }
+
     /// Changes whenever the credential's record changes in the store.
     fn watch(&self, credential: &str) -> watch::Receiver<u64>;
 

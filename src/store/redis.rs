@@ -8,6 +8,9 @@
 //! - `set:{c}`: a hash, `gen` (the generation, in clear for the compare-and-set) and
 //!   `sealed` (the token set, its generation inside);
 //! - `lease:{c}`: the refresh lease, its owner id, with a time to live;
+//! - `subjects:{c}`: a per-subject credential's index, a sorted set of `{hash}:{sealed subject}`
+//!   (score 0, so in the order of the hashes): listing pages through it without a subject in
+//!   clear, and every save of a subject's record puts its entry back if it is missing;
 //! - `keycheck`: a sealed constant: a sidecar with another key refuses to start;
 //! - channel `changed:{c}`: the generation of each save, for replicas waiting on the lease.
 //!
@@ -38,27 +41,66 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 const KEY_CHECK: &[u8] = b"bearerd key check";
 
+/// Lua shared by the writing scripts: a subject's record (KEYS[2] is its credential's
+/// index) gets its index entry, unless an entry for its hash is there already.
+macro_rules! index_subject {
+    () => {
+        r"
+local function index_subject(hash, member)
+  if KEYS[2] and #redis.call('ZRANGEBYLEX', KEYS[2], '[' .. hash .. ':', '(' .. hash .. ';', 'LIMIT', 0, 1) == 0 then
+    redis.call('ZADD', KEYS[2], 0, member)
+  end
+end
+"
+    };
+}
+
 /// Saves when the stored generation is the expected one ('' for none), and announces it.
-const COMPARE_AND_SET: &str = r"
+const COMPARE_AND_SET: &str = concat!(
+    index_subject!(),
+    r"
 local current = redis.call('HGET', KEYS[1], 'gen')
 if (current == false and ARGV[1] == '') or (current ~= false and current == ARGV[1]) then
   redis.call('HSET', KEYS[1], 'gen', ARGV[2], 'sealed', ARGV[3])
   redis.call('PUBLISH', ARGV[4], ARGV[2])
+  index_subject(ARGV[5], ARGV[6])
   return 1
 end
 return 0
-";
+"
+);
 
 /// Writes a set back when the store has none, or an older one.
-const REFILL: &str = r"
+const REFILL: &str = concat!(
+    index_subject!(),
+    r"
 local current = redis.call('HGET', KEYS[1], 'gen')
 if current == false or tonumber(current) < tonumber(ARGV[1]) then
   redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'sealed', ARGV[2])
   redis.call('PUBLISH', ARGV[3], ARGV[1])
+  index_subject(ARGV[4], ARGV[5])
   return 1
 end
 return 0
+"
+);
+
+/// Deletes a record and, for a subject, its index entry.
+const REMOVE: &str = r"
+redis.call('DEL', KEYS[1])
+if KEYS[2] then
+  redis.call('ZREMRANGEBYLEX', KEYS[2], '[' .. ARGV[1] .. ':', '(' .. ARGV[1] .. ';')
+end
+return 1
 ";
+
+/// A subject's record in the index: the credential's index key, the subject's hash, and
+/// the subject sealed (for listing).
+struct SubjectEntry {
+    index: String,
+    hash: String,
+    member: String,
+}
 
 /// Deletes the lease only when this holder still has it.
 const RELEASE: &str = r"
@@ -116,6 +158,13 @@ impl Health {
     }
 }
 
+/// A subject as Redis names it: 32 hex digits of its SHA-256.
+fn subject_hash(subject: &str) -> String {
+    let mut hashed = super::fingerprint(&SecretString::from(subject.to_string()));
+    hashed.truncate(32);
+    hashed
+}
+
 fn binding_hash(binding: &str) -> String {
     super::fingerprint(&SecretString::from(binding.to_string()))[..16].to_string()
 }
@@ -167,8 +216,7 @@ impl RedisStore {
         // A subject's record: under its credential's binding, named by a hash of the
         // subject, so Redis key names never show a subject (often an e-mail address).
         if let Some((name, subject)) = credential.rsplit_once('\n') {
-            let hashed = super::fingerprint(&SecretString::from(subject.to_string()));
-            return format!("{}:s:{}", self.suffix(name), &hashed[..32]);
+            return format!("{}:s:{}", self.suffix(name), subject_hash(subject));
         }
         self.keys
             .get(credential)
@@ -190,6 +238,49 @@ impl RedisStore {
 
     fn aad(&self, credential: &str) -> Vec<u8> {
         format!("bearerd:redis:{}:{}", self.prefix, self.suffix(credential)).into_bytes()
+    }
+
+    fn index_key(&self, credential: &str) -> String {
+        format!("{}:subjects:{}", self.prefix, self.suffix(credential))
+    }
+
+    fn subject_aad(&self, credential: &str, hash: &str) -> Vec<u8> {
+        format!(
+            "bearerd:redis-subject:{}:{}:{hash}",
+            self.prefix,
+            self.suffix(credential)
+        )
+        .into_bytes()
+    }
+
+    /// The index entry of a subject's record; `None` for a credential's own record.
+    fn subject_entry(&self, key: &str) -> Option<SubjectEntry> {
+        let (name, subject) = key.rsplit_once('\n')?;
+        let hash = subject_hash(subject);
+        let sealed = self
+            .sealer
+            .seal(subject.as_bytes(), &self.subject_aad(name, &hash));
+        Some(SubjectEntry {
+            index: self.index_key(name),
+            member: format!("{hash}:{sealed}"),
+            hash,
+        })
+    }
+
+    /// The subject an index entry names, or `None` (with a warning) when it does not open.
+    fn open_member(&self, credential: &str, member: &str) -> Option<String> {
+        let opened = member.split_once(':').and_then(|(hash, sealed)| {
+            let plain = self
+                .sealer
+                .open(sealed, &self.subject_aad(credential, hash))?;
+            String::from_utf8(plain)
+                .ok()
+                .filter(|subject| subject_hash(subject) == hash)
+        });
+        if opened.is_none() {
+            tracing::warn!(store = %self.health.store, credential, "an entry of the subject index does not open (wrong key, or tampered); it is left out of the listing");
+        }
+        opened
     }
 
     fn key_check_aad(&self) -> Vec<u8> {
@@ -499,6 +590,12 @@ impl TokenStore for RedisStore {
             .arg(generation.to_string())
             .arg(sealed)
             .arg(self.channel(credential));
+        if let Some(entry) = self.subject_entry(credential) {
+            invocation
+                .key(entry.index)
+                .arg(entry.hash)
+                .arg(entry.member);
+        }
         let saved: i64 = self.script(&invocation).await?;
         if saved == 1 {
             self.local.changed(credential);
@@ -517,17 +614,85 @@ impl TokenStore for RedisStore {
             .arg(set.generation.to_string())
             .arg(self.sealer.seal(&plain, &self.aad(credential)))
             .arg(self.channel(credential));
+        if let Some(entry) = self.subject_entry(credential) {
+            invocation
+                .key(entry.index)
+                .arg(entry.hash)
+                .arg(entry.member);
+        }
         let written: i64 = self.script(&invocation).await?;
         Ok(written == 1)
     }
 
     async fn remove(&self, credential: &str) -> Result<(), StoreError> {
-        let mut con = self.connection().await?;
-        let _: i64 = self
-            .run(redis::cmd("DEL").arg(self.set_key(credential)), &mut con)
-            .await?;
+        let script = redis::Script::new(REMOVE);
+        let mut invocation = script.key(self.set_key(credential));
+        if let Some(entry) = self.subject_entry(credential) {
+            invocation.key(entry.index).arg(entry.hash);
+        }
+        let _: i64 = self.script(&invocation).await?;
         self.local.changed(credential);
         Ok(())
+    }
+
+    /// A per-subject credential's subjects, from its index, in the order of their hashes.
+    async fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        // Only a credential's subjects are indexed (`prefix` is "{credential}\n").
+        let Some(name) = prefix.strip_suffix('\n').filter(|n| !n.contains('\n')) else {
+            return Ok(Vec::new());
+        };
+        let min = match after.and_then(|a| a.strip_prefix(prefix)) {
+            // Every entry of a greater hash sorts after "{hash};" (';' follows ':').
+            Some(subject) => format!("[{};", subject_hash(subject)),
+            None => "-".to_string(),
+        };
+        let mut con = self.connection().await?;
+        let members: Vec<String> = self
+            .run(
+                redis::cmd("ZRANGEBYLEX")
+                    .arg(self.index_key(name))
+                    .arg(min)
+                    .arg("+")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit.min(i64::MAX as usize) as i64),
+                &mut con,
+            )
+            .await?;
+        Ok(members
+            .iter()
+            .filter_map(|m| self.open_member(name, m))
+            .map(|subject| format!("{prefix}{subject}"))
+            .collect())
+    }
+
+    fn list_order(&self, key: &str) -> String {
+        match key.rsplit_once('\n') {
+            Some((_, subject)) => subject_hash(subject),
+            None => key.to_string(),
+        }
+    }
+
+    async fn load_many(&self, keys: &[String]) -> Result<Vec<Option<StoredSet>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("HGET").arg(self.set_key(key)).arg("sealed");
+        }
+        let mut con = self.connection().await?;
+        let sealed: Vec<Option<String>> =
+            self.answered(within(COMMAND_TIMEOUT, pipe.query_async(&mut con)).await)?;
+        keys.iter()
+            .zip(sealed)
+            .map(|(key, s)| s.map(|s| self.open_set(key, &s)).transpose())
+            .collect()
     }
 
     async fn lease(

@@ -79,6 +79,13 @@ impl RedisServer {
                         .arg(&k)
                         .query::<Option<String>>(&mut con)
                         .unwrap()?,
+                    "zset" => redis::cmd("ZRANGE")
+                        .arg(&k)
+                        .arg(0)
+                        .arg(-1)
+                        .query::<Vec<String>>(&mut con)
+                        .unwrap()
+                        .join("\n"),
                     "none" => return None,
                     other => format!("<{other}>"),
                 };

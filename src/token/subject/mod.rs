@@ -400,28 +400,46 @@ impl SubjectRegistry {
             .store
             .list(&prefix, after_key.as_deref(), limit)
             .await?;
-        // Subjects in memory whose record a store that cannot list does not show.
-        let mut subjects: Vec<SubjectKey> = stored
+        // Subjects in memory whose record the store has no listing of (on behalf of: in
+        // memory only), merged in the store's order.
+        let order = |k: &SubjectKey| self.store.list_order(&k.store_key(&self.credential));
+        let after_order = after.map(order);
+        let mut subjects: Vec<(String, SubjectKey)> = stored
             .iter()
             .filter_map(|k| SubjectKey::from_store_key(&self.credential, k))
-            .chain(
-                self.live
-                    .iter()
-                    .map(|e| e.key().clone())
-                    .filter(|k| after.is_none_or(|a| k > a)),
-            )
+            .chain(self.live.iter().map(|e| e.key().clone()))
+            .map(|k| (order(&k), k))
+            .filter(|(o, _)| after_order.as_ref().is_none_or(|a| o > a))
             .collect();
         subjects.sort_unstable();
         subjects.dedup();
         subjects.truncate(limit);
+        // One batch for the subjects not in memory (one round trip on Redis).
+        let in_memory: Vec<bool> = subjects
+            .iter()
+            .map(|(_, k)| self.live.contains_key(k))
+            .collect();
+        let stored_keys: Vec<String> = subjects
+            .iter()
+            .zip(&in_memory)
+            .filter(|(_, live)| !**live)
+            .map(|((_, k), _)| k.store_key(&self.credential))
+            .collect();
+        let mut stored_sets = self.store.load_many(&stored_keys).await?.into_iter();
         let mut page = Vec::with_capacity(subjects.len());
-        for subject in &subjects {
-            if let Some(status) = self.status_of(subject).await? {
-                page.push(status);
-            }
+        for ((_, subject), live) in subjects.iter().zip(in_memory) {
+            let status = if live {
+                self.status_of(subject).await?
+            } else {
+                stored_sets
+                    .next()
+                    .flatten()
+                    .map(|set| self.stored_status(subject, &set))
+            };
+            page.extend(status);
         }
         let next = (subjects.len() == limit)
-            .then(|| subjects.last().map(|s| s.as_str().to_string()))
+            .then(|| subjects.last().map(|(_, s)| s.as_str().to_string()))
             .flatten();
         Ok((page, next))
     }
