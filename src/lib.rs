@@ -185,6 +185,22 @@ struct ControlService {
     upstreams: Arc<Vec<Arc<Upstream>>>,
 }
 
+/// Counts a per-subject credential's subjects at rest in the store: at start, then every
+/// minute, or less often when a census takes long (at most 1 % of the time on it).
+async fn census_loop(registry: Arc<SubjectRegistry>, mut shutdown: ShutdownWatch) {
+    loop {
+        let started = std::time::Instant::now();
+        if let Err(e) = registry.take_census().await {
+            tracing::warn!(credential = &*registry.credential, error = %e, "counting the subjects in the store failed; the counts stay as they were");
+        }
+        let pause = (started.elapsed() * 100).max(std::time::Duration::from_secs(60));
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 #[async_trait]
 impl BackgroundService for ControlService {
     async fn start(&self, shutdown: ShutdownWatch) {
@@ -201,6 +217,10 @@ impl BackgroundService for ControlService {
         }
         for registry in &self.subjects {
             registry.attach(tokio::runtime::Handle::current());
+            tasks.push(tokio::spawn(census_loop(
+                Arc::clone(registry),
+                shutdown.clone(),
+            )));
             let registry = Arc::clone(registry);
             let connects = Arc::clone(&self.connects);
             let mut shutdown = shutdown.clone();

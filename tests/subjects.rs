@@ -493,6 +493,8 @@ async fn idle_subjects_leave_memory_and_come_back_from_the_store_after_a_restart
         assert!(Instant::now() < deadline, "subjects never left memory");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Counted where they rest: /status and the gauge still see eight valid subjects.
+    assert_subject_counts(&h, 8, 0).await;
     // Listed a page at a time, from the store.
     let listed = list_subjects(&h.client, h.sidecar().admin_addr, 3).await;
     for s in &listed {
@@ -526,11 +528,44 @@ async fn idle_subjects_leave_memory_and_come_back_from_the_store_after_a_restart
     );
     h.stop().await;
     let h = start_with(tokens, upstream, extra, &store).await;
+    // The census at start counts them before any request brings one back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while h.status().await["credentials"]["api"]["subjects_at_rest"] != 8 {
+        assert!(
+            Instant::now() < deadline,
+            "the census never counted the stored subjects"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_subject_counts(&h, 8, 0).await;
     for s in ["user-0", "user-7"] {
         let r = get_as(&h, s, "/api/x").await;
         assert_eq!(token_subject(r).await.as_deref(), Some(s));
     }
     assert_eq!(h.tokens.state.requests(), token_requests);
+}
+
+/// `/status` and `bearerd_subjects` count `valid` valid subjects, `in_memory` of them in
+/// memory, and none in another state.
+async fn assert_subject_counts(h: &Harness, valid: u64, in_memory: u64) {
+    let status = h.status().await;
+    let api = &status["credentials"]["api"];
+    assert_eq!(api["subjects"]["valid"], valid, "{api}");
+    assert_eq!(api["subjects_in_memory"], in_memory, "{api}");
+    let others: u64 = api["subjects"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(state, _)| *state != "valid")
+        .map(|(_, n)| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(others, 0, "{api}");
+    let metrics = h.admin_get("/metrics").await.text().await.unwrap();
+    let line = format!("bearerd_subjects{{credential=\"api\",state=\"valid\"}} {valid}");
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no {line:?} in the metrics"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -875,8 +910,15 @@ async fn measure_memory_and_load_time_with_100000_stored_subjects() {
         path.display().to_string()
     );
     let h = start_with(tokens, upstream, "max_subjects_in_memory = 20000\n", &store).await;
-    let started = rss_mib();
     let registry = h.sidecar().subjects("api").unwrap();
+    // The census at start counts every stored subject (and keeps a hash of each).
+    while registry.at_rest() < stored {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let started = rss_mib();
+    let t = Instant::now();
+    assert_eq!(registry.take_census().await.unwrap(), stored);
+    let census = t.elapsed();
     let in_memory = 10_000;
     let mut took = Duration::ZERO;
     for i in (0..stored).step_by(stored / in_memory) {
@@ -887,6 +929,7 @@ async fn measure_memory_and_load_time_with_100000_stored_subjects() {
         assert!(slot.current().is_some() || slot.token_for_request().await.is_ok());
     }
     assert_eq!(registry.in_memory(), in_memory);
+    assert_eq!(registry.at_rest(), stored - in_memory);
     // Every subject's refresher has restored its token by now.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let loaded = rss_mib();
@@ -898,11 +941,13 @@ async fn measure_memory_and_load_time_with_100000_stored_subjects() {
     println!(
         "store: {stored} subjects, {size:.0} MiB on disk; RSS {before:.0} MiB before the sidecar, \
          {started:.0} MiB started on the store (+{:.0}), {loaded:.0} MiB with {in_memory} in memory \
-         (+{:.0}, {:.1} KiB each); bringing a subject back from the store: {:.0} µs on average",
+         (+{:.0}, {:.1} KiB each); bringing a subject back from the store: {:.0} µs on average; \
+         a census of the {stored} stored subjects: {:.0} ms",
         started - before,
         loaded - started,
         (loaded - started) * 1024.0 / in_memory as f64,
-        took.as_secs_f64() * 1e6 / in_memory as f64
+        took.as_secs_f64() * 1e6 / in_memory as f64,
+        census.as_secs_f64() * 1e3
     );
 }
 

@@ -32,7 +32,7 @@ const MAX_PAGE: usize = 1000;
 const DEFAULT_PAGE: usize = 100;
 
 /// `/status` of a per-subject credential: what it is and how many subjects are in each
-/// state, never which subjects.
+/// state (in memory and at rest in the store), never which subjects.
 pub(super) fn credential_status(
     registry: &SubjectRegistry,
     slot: &CredentialSlot,
@@ -49,6 +49,7 @@ pub(super) fn credential_status(
         "subject_header": registry.config.header.as_str(),
         "on_behalf_of": registry.config.on_behalf_of(),
         "subjects_in_memory": registry.in_memory(),
+        "subjects_at_rest": registry.at_rest(),
         "subjects": counts,
     })
 }

@@ -16,6 +16,7 @@
 //!            slot.token_for_request()  (as for any credential)
 //! ```
 
+mod census;
 pub mod connect;
 mod key;
 
@@ -39,7 +40,9 @@ use crate::config::{
     CredentialConfig, GrantConfig, SubjectConfig, SubjectKind, TokenExchangeConfig,
 };
 use crate::metrics::Metrics;
+use crate::store::StoredToken;
 use crate::store::{MemoryStore, StoreError, StoredSet, TokenStore};
+use census::RestingCensus;
 
 /// Why a request's subject has no slot to take a token from.
 #[derive(Debug)]
@@ -73,6 +76,8 @@ pub struct SubjectRegistry {
     metrics: Arc<Metrics>,
     rotation_helper: Option<Arc<RotationHelper>>,
     live: DashMap<SubjectKey, Arc<LiveSubject>>,
+    /// The subjects at rest in the store, per state.
+    census: RestingCensus,
     pub tagger: SubjectTagger,
     /// The control runtime, where subjects' refreshers run (set when it starts).
     runtime: OnceLock<tokio::runtime::Handle>,
@@ -80,7 +85,7 @@ pub struct SubjectRegistry {
     stopped: AtomicBool,
 }
 
-/// Counts of subjects in memory per state, in [`crate::metrics::STATES`] order.
+/// Counts of subjects per state, in [`crate::metrics::STATES`] order.
 pub type StateCounts = [usize; 6];
 
 impl SubjectRegistry {
@@ -116,6 +121,7 @@ impl SubjectRegistry {
             metrics,
             rotation_helper,
             live: DashMap::new(),
+            census: RestingCensus::default(),
             tagger,
             runtime: OnceLock::new(),
             epoch: Instant::now(),
@@ -255,6 +261,7 @@ impl SubjectRegistry {
                 credential: store_key.clone(),
             });
         }
+        self.census.wake(subject.as_str());
         let slot = CredentialSlot::new(&self.credential_config, Arc::clone(&self.metrics));
         let credential = Credential::with_store_key(slot, grant, store, Arc::from(store_key));
         let (stop, stopped) = watch::channel(self.stopped.load(Ordering::SeqCst));
@@ -288,10 +295,10 @@ impl SubjectRegistry {
         let now = self.now_ms();
         let idle = self.config.idle.as_millis() as u64;
         let mut evicted = 0usize;
-        self.live.retain(|_, live| {
+        self.live.retain(|subject, live| {
             let keep = now.saturating_sub(live.last_used_ms.load(Ordering::Relaxed)) < idle;
             if !keep {
-                let _ = live.stop.send(true);
+                self.leave_memory(subject, live);
                 evicted += 1;
             }
             keep
@@ -319,10 +326,86 @@ impl SubjectRegistry {
             .collect();
         by_age.sort_unstable_by_key(|(at, _)| *at);
         for (_, subject) in by_age.into_iter().take(count) {
-            if let Some((_, live)) = self.live.remove(&subject) {
-                let _ = live.stop.send(true);
+            if let Some((subject, live)) = self.live.remove(&subject) {
+                self.leave_memory(&subject, &live);
             }
         }
+    }
+
+    /// Stops a subject's refresher as it leaves memory; its record rests in the store
+    /// (on behalf of, there is none: its token leaves with it).
+    fn leave_memory(&self, subject: &SubjectKey, live: &LiveSubject) {
+        let _ = live.stop.send(true);
+        if !self.config.on_behalf_of() {
+            let state = match live.slot.state() {
+                CredentialState::Refreshing | CredentialState::Retrying => {
+                    if live
+                        .slot
+                        .current()
+                        .is_some_and(|t| t.is_usable(Instant::now()))
+                    {
+                        CredentialState::Valid
+                    } else {
+                        CredentialState::Expired
+                    }
+                }
+                state => state,
+            };
+            self.census.rest(subject.as_str(), state);
+        }
+    }
+
+    /// Counts the subjects at rest in the store by state, a page at a time (see
+    /// [`census`]); answers how many it found.
+    pub async fn take_census(&self) -> Result<usize, StoreError> {
+        const PAGE: usize = 500;
+        if self.config.on_behalf_of() {
+            return Ok(0); // nothing of theirs is stored
+        }
+        let prefix = SubjectKey::store_prefix(&self.credential);
+        let mut count = self.census.begin();
+        let mut found = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let keys = match self.store.list(&prefix, after.as_deref(), PAGE).await {
+                Ok(keys) => keys,
+                Err(e) => {
+                    self.census.abandon();
+                    return Err(e);
+                }
+            };
+            let resting: Vec<(SubjectKey, String)> = keys
+                .iter()
+                .filter_map(|k| {
+                    SubjectKey::from_store_key(&self.credential, k).map(|s| (s, k.clone()))
+                })
+                .filter(|(s, _)| !self.live.contains_key(s))
+                .collect();
+            let store_keys: Vec<String> = resting.iter().map(|(_, k)| k.clone()).collect();
+            let sets = match self.store.load_many(&store_keys).await {
+                Ok(sets) => sets,
+                Err(e) => {
+                    self.census.abandon();
+                    return Err(e);
+                }
+            };
+            let now = SystemTime::now();
+            for ((subject, _), set) in resting.iter().zip(sets) {
+                if let Some(set) = set {
+                    self.census
+                        .found(&mut count, subject.as_str(), stored_state(&set.token, now));
+                    found += 1;
+                }
+            }
+            if keys.len() < PAGE {
+                break;
+            }
+            after = keys.last().cloned();
+            // A large store is counted in slices, between the runtime's other work.
+            tokio::task::yield_now().await;
+        }
+        self.census.finish(count);
+        Ok(found)
     }
 
     /// Stops every subject's refresher (shutdown).
@@ -339,19 +422,18 @@ impl SubjectRegistry {
         (self.config.idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
     }
 
-    /// Subjects in memory per state (never which subjects).
+    /// Subjects per state, in memory and at rest in the store (never which subjects).
     pub fn counts(&self) -> StateCounts {
-        let mut counts = [0; 6];
+        let mut counts = self.census.counts();
         for live in self.live.iter() {
-            let state = live.credential.slot.state();
-            if let Some(i) = crate::metrics::STATES
-                .iter()
-                .position(|s| *s == state.as_str())
-            {
-                counts[i] += 1;
-            }
+            counts[census::state_index(live.credential.slot.state())] += 1;
         }
         counts
+    }
+
+    /// How many subjects rest in the store, as the census counts them.
+    pub fn at_rest(&self) -> usize {
+        self.census.counts().iter().sum()
     }
 
     /// Sets `bearerd_subjects{credential,state}`.
@@ -498,16 +580,7 @@ impl SubjectRegistry {
         let t = &set.token;
         let now = SystemTime::now();
         let remaining = t.expires_at.and_then(|e| e.duration_since(now).ok());
-        let state = if t.logged_out {
-            CredentialState::LoggedOut
-        } else if remaining.is_some_and(|r| !r.is_zero()) {
-            CredentialState::Valid
-        } else if t.refresh_token.is_some() {
-            // Refreshed on its next request.
-            CredentialState::Expired
-        } else {
-            CredentialState::Failed
-        };
+        let state = stored_state(t, now);
         SubjectStatus {
             subject: subject.as_str().to_string(),
             in_memory: false,
@@ -565,5 +638,20 @@ impl SubjectStatus {
             logout: None,
             status: live.credential.slot.status(),
         }
+    }
+}
+
+/// The state of a subject at rest, from its record.
+fn stored_state(t: &StoredToken, now: SystemTime) -> CredentialState {
+    let remaining = t.expires_at.and_then(|e| e.duration_since(now).ok());
+    if t.logged_out {
+        CredentialState::LoggedOut
+    } else if remaining.is_some_and(|r| !r.is_zero()) {
+        CredentialState::Valid
+    } else if t.refresh_token.is_some() {
+        // Refreshed on its next request.
+        CredentialState::Expired
+    } else {
+        CredentialState::Failed
     }
 }
