@@ -317,6 +317,9 @@ impl SubjectRegistry {
         }
     }
 
+    /// Takes the least recently used subjects out of memory: `count`, or a 64th of the cap
+    /// if that is more, so that at the cap the scan of every subject is paid once per
+    /// many admissions rather than once per admission.
     fn evict_least_recent(&self, count: usize, keep: Option<&SubjectKey>) {
         let mut by_age: Vec<(u64, SubjectKey)> = self
             .live
@@ -324,7 +327,13 @@ impl SubjectRegistry {
             .filter(|e| Some(e.key()) != keep)
             .map(|e| (e.last_used_ms.load(Ordering::Relaxed), e.key().clone()))
             .collect();
-        by_age.sort_unstable_by_key(|(at, _)| *at);
+        let count = count.max(self.config.max_in_memory / 64).min(by_age.len());
+        if count == 0 {
+            return;
+        }
+        if count < by_age.len() {
+            by_age.select_nth_unstable_by_key(count, |(at, _)| *at);
+        }
         for (_, subject) in by_age.into_iter().take(count) {
             if let Some((subject, live)) = self.live.remove(&subject) {
                 self.leave_memory(&subject, &live);
