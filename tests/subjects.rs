@@ -71,6 +71,21 @@ async fn token_subject(r: reqwest::Response) -> Option<String> {
     body["token_subject"].as_str().map(str::to_string)
 }
 
+/// The names [`list_subjects`] finds, sorted.
+async fn sorted_names(
+    client: &reqwest::Client,
+    admin: std::net::SocketAddr,
+    limit: usize,
+) -> Vec<String> {
+    let mut names: Vec<String> = list_subjects(client, admin, limit)
+        .await
+        .iter()
+        .map(|s| s["subject"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
 /// Every subject `GET /credentials/api/subjects` lists, walking its pages `limit` at a time.
 async fn list_subjects(
     client: &reqwest::Client,
@@ -1056,14 +1071,49 @@ async fn replicas_on_redis_share_each_subjects_tokens_and_rotate_each_once() {
         .collect();
     everyone.sort();
     for admin in [a.sidecar().admin_addr, b.admin_addr] {
-        let mut listed: Vec<String> = list_subjects(&a.client, admin, 2)
-            .await
-            .iter()
-            .map(|s| s["subject"].as_str().unwrap().to_string())
-            .collect();
-        listed.sort();
+        let listed = sorted_names(&a.client, admin, 2).await;
         assert_eq!(listed, everyone, "listed on {admin}");
     }
+    // A forged index entry is dropped and the page made up from further on; an index lost
+    // (records written before it existed) comes back as subjects are loaded.
+    let index = redis
+        .dump()
+        .into_iter()
+        .map(|(k, _)| k)
+        .find(|k| k.contains(":subjects:"))
+        .expect("the subject index");
+    let _: i64 = redis.query(
+        redis::cmd("ZADD")
+            .arg(&index)
+            .arg(0)
+            .arg(format!("{}:AAAA", "0".repeat(32))),
+    );
+    let listed = sorted_names(&a.client, b.admin_addr, 2).await;
+    assert_eq!(listed, everyone, "with a forged entry in the index");
+    let members: Vec<String> = redis.query(redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1));
+    assert_eq!(members.len(), everyone.len(), "the forged entry is dropped");
+    let _: i64 = redis.query(redis::cmd("DEL").arg(&index));
+    // B holds carol-0 only in Redis; showing her loads her record.
+    let carol = &everyone[2];
+    assert!(carol.starts_with("carol-0"));
+    let r = a
+        .client
+        .get(format!(
+            "http://{}{}",
+            b.admin_addr,
+            subject_path(carol, "")
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let listed: Vec<String> = list_subjects(&a.client, b.admin_addr, 2)
+        .await
+        .iter()
+        .filter(|s| s["in_memory"] == false)
+        .map(|s| s["subject"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(listed, std::slice::from_ref(carol), "re-indexed on load");
     // (Only the addresses: "@" never occurs in base64 by chance, where "bob" may.)
     for (key, value) in redis.dump() {
         for s in everyone.iter().filter(|s| s.contains('@')) {

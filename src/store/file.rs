@@ -516,11 +516,7 @@ fn open_record(
     credential: &str,
     sealed: &str,
 ) -> Result<StoredSet, StoreError> {
-    let what = if credential.contains('\n') {
-        "a subject's record".to_string()
-    } else {
-        format!("the record for credential {credential:?}")
-    };
+    let what = super::record_name(credential);
     let plain = sealer
         .open(sealed, aad(credential).as_bytes())
         .ok_or_else(|| {

@@ -394,6 +394,15 @@ pub use crate::config::parse_store_key as parse_key;
 
 /// SHA-256 of a secret, hex: how a spent or replaced refresh token is remembered without
 /// keeping the token.
+/// A record as errors name it: a subject's never shows the subject (often an e-mail address,
+/// and errors reach the logs).
+pub(crate) fn record_name(key: &str) -> String {
+    match key.rsplit_once('\n') {
+        Some((credential, _)) => format!("a subject's record of credential {credential:?}"),
+        None => format!("the record for credential {key:?}"),
+    }
+}
+
 pub fn fingerprint(secret: &SecretString) -> String {
     use sha2::Digest;
     sha2::Sha256::digest(secret.expose_secret().as_bytes())

@@ -85,6 +85,19 @@ return 0
 "
 );
 
+/// Reads a record; a subject's gets its index entry back if it lacks one (a record written
+/// before the index existed is listed from its first load on).
+const LOAD: &str = concat!(
+    index_subject!(),
+    r"
+local sealed = redis.call('HGET', KEYS[1], 'sealed')
+if sealed then
+  index_subject(ARGV[1], ARGV[2])
+end
+return sealed
+"
+);
+
 /// Deletes a record and, for a subject, its index entry.
 const REMOVE: &str = r"
 redis.call('DEL', KEYS[1])
@@ -278,7 +291,7 @@ impl RedisStore {
                 .filter(|subject| subject_hash(subject) == hash)
         });
         if opened.is_none() {
-            tracing::warn!(store = %self.health.store, credential, "an entry of the subject index does not open (wrong key, or tampered); it is left out of the listing");
+            tracing::warn!(store = %self.health.store, credential, "an entry of the subject index does not open (tampered?); it is dropped from the index, and the subject's next save or load puts it back");
         }
         opened
     }
@@ -406,14 +419,18 @@ impl RedisStore {
     }
 
     fn open_set(&self, credential: &str, sealed: &str) -> Result<StoredSet, StoreError> {
-        let plain = self.sealer.open(sealed, &self.aad(credential)).ok_or_else(|| StoreError::Io {
-            path: self.describe(),
-            message: format!("the record of credential {credential:?} does not open (wrong key, or tampered)"),
-        })?;
+        let what = super::record_name(credential);
+        let plain = self
+            .sealer
+            .open(sealed, &self.aad(credential))
+            .ok_or_else(|| StoreError::Io {
+                path: self.describe(),
+                message: format!("{what} does not open (wrong key, or tampered)"),
+            })?;
         let record: StoredSetRecord =
             serde_json::from_slice(&plain).map_err(|e| StoreError::Io {
                 path: self.describe(),
-                message: format!("the record of credential {credential:?} is malformed: {e}"),
+                message: format!("{what} is malformed: {e}"),
             })?;
         Ok(record.into())
     }
@@ -557,6 +574,16 @@ impl TokenStore for RedisStore {
     }
 
     async fn load(&self, credential: &str) -> Result<Option<StoredSet>, StoreError> {
+        if let Some(entry) = self.subject_entry(credential) {
+            let script = redis::Script::new(LOAD);
+            let mut invocation = script.key(self.set_key(credential));
+            invocation
+                .key(entry.index)
+                .arg(entry.hash)
+                .arg(entry.member);
+            let sealed: Option<String> = self.script(&invocation).await?;
+            return sealed.map(|s| self.open_set(credential, &s)).transpose();
+        }
         let mut con = self.connection().await?;
         let sealed: Option<String> = self
             .run(
@@ -646,29 +673,48 @@ impl TokenStore for RedisStore {
         let Some(name) = prefix.strip_suffix('\n').filter(|n| !n.contains('\n')) else {
             return Ok(Vec::new());
         };
-        let min = match after.and_then(|a| a.strip_prefix(prefix)) {
+        let mut min = match after.and_then(|a| a.strip_prefix(prefix)) {
             // Every entry of a greater hash sorts after "{hash};" (';' follows ':').
             Some(subject) => format!("[{};", subject_hash(subject)),
             None => "-".to_string(),
         };
+        let index = self.index_key(name);
         let mut con = self.connection().await?;
-        let members: Vec<String> = self
-            .run(
-                redis::cmd("ZRANGEBYLEX")
-                    .arg(self.index_key(name))
-                    .arg(min)
-                    .arg("+")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(limit.min(i64::MAX as usize) as i64),
-                &mut con,
-            )
-            .await?;
-        Ok(members
-            .iter()
-            .filter_map(|m| self.open_member(name, m))
-            .map(|subject| format!("{prefix}{subject}"))
-            .collect())
+        let mut keys = Vec::new();
+        // A short page means the end, so entries that do not open are made up for from
+        // further on.
+        while keys.len() < limit {
+            let want = (limit - keys.len()).min(10_000);
+            let members: Vec<String> = self
+                .run(
+                    redis::cmd("ZRANGEBYLEX")
+                        .arg(&index)
+                        .arg(&min)
+                        .arg("+")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(want),
+                    &mut con,
+                )
+                .await?;
+            for member in &members {
+                match self.open_member(name, member) {
+                    Some(subject) => keys.push(format!("{prefix}{subject}")),
+                    // Dropped from the index (the record stays): the subject's next save
+                    // or load puts a good entry back.
+                    None => {
+                        let _: Result<i64, _> = self
+                            .run(redis::cmd("ZREM").arg(&index).arg(member), &mut con)
+                            .await;
+                    }
+                }
+            }
+            match members.last() {
+                Some(last) if members.len() == want => min = format!("({last}"),
+                _ => break,
+            }
+        }
+        Ok(keys)
     }
 
     fn list_order(&self, key: &str) -> String {

@@ -46,6 +46,12 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// Runs one command (for tests that tamper with what bearerd wrote).
+    pub fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        let mut con = self.connection().expect("redis is up");
+        cmd.query(&mut con).unwrap()
+    }
+
     fn connection(&self) -> Option<redis::Connection> {
         let client = redis::Client::open(self.url()).ok()?;
         let mut con = client

@@ -78,6 +78,7 @@ pub struct SubjectRegistry {
     live: DashMap<SubjectKey, Arc<LiveSubject>>,
     /// The subjects at rest in the store, per state.
     census: RestingCensus,
+    census_running: tokio::sync::Mutex<()>,
     pub tagger: SubjectTagger,
     /// The control runtime, where subjects' refreshers run (set when it starts).
     runtime: OnceLock<tokio::runtime::Handle>,
@@ -122,6 +123,7 @@ impl SubjectRegistry {
             rotation_helper,
             live: DashMap::new(),
             census: RestingCensus::default(),
+            census_running: tokio::sync::Mutex::new(()),
             tagger,
             runtime: OnceLock::new(),
             epoch: Instant::now(),
@@ -345,23 +347,20 @@ impl SubjectRegistry {
     /// (on behalf of, there is none: its token leaves with it).
     fn leave_memory(&self, subject: &SubjectKey, live: &LiveSubject) {
         let _ = live.stop.send(true);
-        if !self.config.on_behalf_of() {
-            let state = match live.slot.state() {
-                CredentialState::Refreshing | CredentialState::Retrying => {
-                    if live
-                        .slot
-                        .current()
-                        .is_some_and(|t| t.is_usable(Instant::now()))
-                    {
-                        CredentialState::Valid
-                    } else {
-                        CredentialState::Expired
-                    }
-                }
-                state => state,
-            };
-            self.census.rest(subject.as_str(), state);
+        if self.config.on_behalf_of() {
+            return;
         }
+        // Counted as its record will read (see `stored_state`); a subject that never held a
+        // token (a refused hand-over) has none, and the next census finds whatever it has.
+        let token = live.slot.current();
+        let state = match live.slot.state() {
+            CredentialState::LoggedOut => CredentialState::LoggedOut,
+            _ if token.is_none() => return,
+            CredentialState::Failed => CredentialState::Failed,
+            _ if token.is_some_and(|t| t.is_usable(Instant::now())) => CredentialState::Valid,
+            _ => CredentialState::Expired,
+        };
+        self.census.rest(subject.as_str(), state);
     }
 
     /// Counts the subjects at rest in the store by state, a page at a time (see
@@ -371,6 +370,8 @@ impl SubjectRegistry {
         if self.config.on_behalf_of() {
             return Ok(0); // nothing of theirs is stored
         }
+        // One census at a time: the moves noted during one belong to it alone.
+        let _one_at_a_time = self.census_running.lock().await;
         let prefix = SubjectKey::store_prefix(&self.credential);
         let mut count = self.census.begin();
         let mut found = 0;
@@ -393,9 +394,14 @@ impl SubjectRegistry {
             let store_keys: Vec<String> = resting.iter().map(|(_, k)| k.clone()).collect();
             let sets = match self.store.load_many(&store_keys).await {
                 Ok(sets) => sets,
-                Err(e) => {
-                    self.census.abandon();
-                    return Err(e);
+                // One record that does not open must not stop the count: the page again,
+                // record by record, leaving out those that fail.
+                Err(_) => {
+                    let mut sets = Vec::with_capacity(store_keys.len());
+                    for key in &store_keys {
+                        sets.push(self.store.load(key).await.ok().flatten());
+                    }
+                    sets
                 }
             };
             let now = SystemTime::now();
