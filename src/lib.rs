@@ -417,7 +417,7 @@ impl Sidecar {
                 server.add_service(svc);
             }
         }
-        let connects = Arc::new(ConnectStates::default());
+        let connects = Arc::new(ConnectStates::new(Arc::clone(&store)));
         let admin_app = admin::AdminApp {
             scope: admin::AdminScope::Full,
             credentials: handles.clone(),

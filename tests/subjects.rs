@@ -1114,6 +1114,32 @@ async fn replicas_on_redis_share_each_subjects_tokens_and_rotate_each_once() {
         .map(|s| s["subject"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(listed, std::slice::from_ref(carol), "re-indexed on load");
+    // A connect flow started on A finishes on B (the browser came back to another replica),
+    // and its state is then used up on A too.
+    let url = start_connect(&a, "dave").await;
+    let query = consent(&a, "dave", &url).await;
+    let r = a
+        .client
+        .get(format!("http://{}/connect/callback?{query}", b.admin_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    for r in [
+        get_as(&a, "dave", "/api/x").await,
+        via_b("dave").await.unwrap(),
+    ] {
+        assert_eq!(token_subject(r).await.as_deref(), Some("dave"));
+    }
+    let token_requests = a.tokens.state.requests();
+    let r = relay(&a, &query).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("unknown"));
+    assert_eq!(
+        a.tokens.state.requests(),
+        token_requests,
+        "no code was redeemed twice"
+    );
     // (Only the addresses: "@" never occurs in base64 by chance, where "bob" may.)
     for (key, value) in redis.dump() {
         for s in everyone.iter().filter(|s| s.contains('@')) {

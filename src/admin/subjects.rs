@@ -234,14 +234,18 @@ impl AdminApp {
             Ok(r) => r,
             Err(e) => return json_response(500, json!({ "error": e })),
         };
-        if let Err(e) = self.connects.begin(
-            &registry.credential,
-            subject,
-            redirect_uri.as_str(),
-            request.state,
-            request.verifier,
-            registry.config.connect_lifetime,
-        ) {
+        if let Err(e) = self
+            .connects
+            .begin(
+                &registry.credential,
+                subject,
+                redirect_uri.as_str(),
+                request.state,
+                request.verifier,
+                registry.config.connect_lifetime,
+            )
+            .await
+        {
             return json_response(503, json!({"error": e.to_string()}));
         }
         tracing::info!(credential = &*registry.credential, "connect flow started");
@@ -261,7 +265,7 @@ impl AdminApp {
             return json_response(400, json!({"error": "the callback has no state"}));
         };
         let subject = query_param(session, "subject");
-        let flow = match self.connects.take(&state, subject.as_deref()) {
+        let flow = match self.connects.take(&state, subject.as_deref()).await {
             Ok(flow) => flow,
             Err(refused) => {
                 tracing::warn!(reason = %refused, "connect callback refused");

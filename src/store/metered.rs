@@ -143,6 +143,18 @@ impl TokenStore for MeteredStore {
         self.inner.list(prefix, after, limit).await
     }
 
+    fn shares_connect_flows(&self) -> bool {
+        self.inner.shares_connect_flows()
+    }
+
+    async fn put_connect(&self, id: &str, flow: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        self.inner.put_connect(id, flow, ttl).await
+    }
+
+    async fn take_connect(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.take_connect(id).await
+    }
+
     fn list_order(&self, key: &str) -> String {
         self.inner.list_order(key)
     }

@@ -163,6 +163,22 @@ pub trait TokenStore: Send + Sync {
         Ok(sets)
     }
 
+    /// Whether replicas share this store, so a connect flow started on one can finish on
+    /// another (see `token::subject::connect`).
+    fn shares_connect_flows(&self) -> bool {
+        false
+    }
+
+    /// Keeps a connect flow (sealed by the store) under `id` for `ttl`.
+    async fn put_connect(&self, _id: &str, _flow: &[u8], _ttl: Duration) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// Takes a connect flow: the first replica to ask gets it, every later one `None`.
+    async fn take_connect(&self, _id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(None)
+    }
+
     /// Changes whenever the credential's record changes in the store.
     fn watch(&self, credential: &str) -> watch::Receiver<u64>;
 

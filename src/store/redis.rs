@@ -11,6 +11,8 @@
 //! - `subjects:{c}`: a per-subject credential's index, a sorted set of `{hash}:{sealed subject}`
 //!   (score 0, so in the order of the hashes): listing pages through it without a subject in
 //!   clear, and every save of a subject's record puts its entry back if it is missing;
+//! - `connect:{hash of the state}`: a connect flow waiting for its callback, sealed, with a
+//!   time to live, taken once by whichever replica the callback reaches;
 //! - `keycheck`: a sealed constant: a sidecar with another key refuses to start;
 //! - channel `changed:{c}`: the generation of each save, for replicas waiting on the lease.
 //!
@@ -105,6 +107,15 @@ if KEYS[2] then
   redis.call('ZREMRANGEBYLEX', KEYS[2], '[' .. ARGV[1] .. ':', '(' .. ARGV[1] .. ';')
 end
 return 1
+";
+
+/// Takes a value once: the first caller gets it, and it is gone for every later one.
+const TAKE: &str = r"
+local value = redis.call('GET', KEYS[1])
+if value then
+  redis.call('DEL', KEYS[1])
+end
+return value
 ";
 
 /// A subject's record in the index: the credential's index key, the subject's hash, and
@@ -294,6 +305,10 @@ impl RedisStore {
             tracing::warn!(store = %self.health.store, credential, "an entry of the subject index does not open (tampered?); it is dropped from the index, and the subject's next save or load puts it back");
         }
         opened
+    }
+
+    fn connect_aad(&self, id: &str) -> Vec<u8> {
+        format!("bearerd:redis-connect:{}:{id}", self.prefix).into_bytes()
     }
 
     fn key_check_aad(&self) -> Vec<u8> {
@@ -715,6 +730,39 @@ impl TokenStore for RedisStore {
             }
         }
         Ok(keys)
+    }
+
+    fn shares_connect_flows(&self) -> bool {
+        true
+    }
+
+    async fn put_connect(&self, id: &str, flow: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        let sealed = self.sealer.seal(flow, &self.connect_aad(id));
+        let mut con = self.connection().await?;
+        let _: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(format!("{}:connect:{id}", self.prefix))
+                    .arg(sealed)
+                    .arg("PX")
+                    .arg(ttl.as_millis().max(1) as u64),
+                &mut con,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn take_connect(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let script = redis::Script::new(TAKE);
+        let invocation = script.key(format!("{}:connect:{id}", self.prefix));
+        let sealed: Option<String> = self.script(&invocation).await?;
+        Ok(sealed.and_then(|s| {
+            let flow = self.sealer.open(&s, &self.connect_aad(id));
+            if flow.is_none() {
+                tracing::warn!(store = %self.health.store, "a connect flow in the store does not open (tampered?); it is refused");
+            }
+            flow
+        }))
     }
 
     fn list_order(&self, key: &str) -> String {

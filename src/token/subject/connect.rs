@@ -2,13 +2,25 @@
 //! authorization code + PKCE flow whose `state` is bound to the credential and the subject,
 //! valid for `connect_lifetime` (10 minutes by default) and good for one callback; `GET /connect/callback` (relayed by the
 //! app from its redirect URI) redeems the code and stores the subject's tokens.
+//!
+//! On a shared store (Redis), a flow is also kept there, sealed and named by a hash of its
+//! state: the app's replicas each have a sidecar, and the user's browser may come back to
+//! another replica than the one that started the flow. The store is then the one place a
+//! state is used up, so it is good for one callback across every replica.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 use dashmap::DashMap;
 use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
 
 use super::SubjectKey;
+use crate::store::TokenStore;
+
+/// How long a shared flow outlives its lifetime in the store, so a late callback is told
+/// it expired rather than that its state is unknown.
+const EXPIRED_GRACE: Duration = Duration::from_secs(60);
 
 /// The longest a connect flow's `state` can be accepted (`connect_lifetime` is at most this).
 const LONGEST: Duration = Duration::from_secs(3600);
@@ -24,6 +36,30 @@ pub struct PendingConnect {
     pub redirect_uri: String,
     pub verifier: SecretString,
     expires: Instant,
+    /// Whether the shared store keeps it too (and so decides whether it is still unused).
+    shared: bool,
+}
+
+/// A flow as the shared store keeps it (sealed by the store).
+#[derive(Serialize, Deserialize)]
+struct SharedFlow {
+    credential: String,
+    subject: String,
+    redirect_uri: String,
+    verifier: String,
+    expires_at_ms: u64,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What names a flow in the shared store: never the state itself, which finishes the flow.
+fn shared_id(state: &str) -> String {
+    let mut id = crate::store::fingerprint(&SecretString::from(state.to_string()));
+    id.truncate(32);
+    id
 }
 
 /// Why a callback was refused; nothing was stored.
@@ -42,11 +78,21 @@ pub enum ConnectRefused {
 #[derive(Default)]
 pub struct ConnectStates {
     pending: DashMap<String, PendingConnect>,
+    /// The store, when it is shared between replicas.
+    shared: Option<Arc<dyn TokenStore>>,
 }
 
 impl ConnectStates {
-    /// Registers a flow; returns its `state`.
-    pub fn begin(
+    /// Flows kept in this process, and in `store` too when replicas share it.
+    pub fn new(store: Arc<dyn TokenStore>) -> ConnectStates {
+        ConnectStates {
+            pending: DashMap::new(),
+            shared: store.shares_connect_flows().then_some(store),
+        }
+    }
+
+    /// Registers a flow under its `state`.
+    pub async fn begin(
         &self,
         credential: &str,
         subject: &SubjectKey,
@@ -61,6 +107,30 @@ impl ConnectStates {
                 return Err(ConnectRefused::TooMany);
             }
         }
+        let lifetime = lifetime.min(LONGEST);
+        let mut shared = false;
+        if let Some(store) = &self.shared {
+            let flow = SharedFlow {
+                credential: credential.to_string(),
+                subject: subject.as_str().to_string(),
+                redirect_uri: redirect_uri.to_string(),
+                verifier: verifier.expose_secret().to_string(),
+                expires_at_ms: unix_ms(SystemTime::now() + lifetime),
+            };
+            let flow = serde_json::to_vec(&flow).unwrap_or_default();
+            let id = shared_id(state.expose_secret());
+            match store
+                .put_connect(&id, &flow, lifetime + EXPIRED_GRACE)
+                .await
+            {
+                Ok(()) => shared = true,
+                Err(e) => tracing::warn!(
+                    credential,
+                    error = %e,
+                    "the store did not take the connect flow: only this replica can finish it"
+                ),
+            }
+        }
         self.pending.insert(
             state.expose_secret().to_string(),
             PendingConnect {
@@ -68,7 +138,8 @@ impl ConnectStates {
                 subject: subject.clone(),
                 redirect_uri: redirect_uri.to_string(),
                 verifier,
-                expires: Instant::now() + lifetime.min(LONGEST),
+                expires: Instant::now() + lifetime,
+                shared,
             },
         );
         Ok(())
@@ -76,15 +147,27 @@ impl ConnectStates {
 
     /// Takes the flow of `state`, once: a second callback with the same state finds
     /// nothing. `subject`, when the app names whom it relays for, must be the flow's.
-    pub fn take(
+    pub async fn take(
         &self,
         state: &str,
         subject: Option<&str>,
     ) -> Result<PendingConnect, ConnectRefused> {
-        let (_, flow) = self
-            .pending
-            .remove(state)
-            .ok_or(ConnectRefused::UnknownState)?;
+        let local = self.pending.remove(state).map(|(_, flow)| flow);
+        let flow = match (&self.shared, local) {
+            // Kept here only (not shared, or the store did not take it).
+            (None, local) => local,
+            (Some(_), Some(flow)) if !flow.shared => Some(flow),
+            // The store decides: a flow it no longer has was used on another replica.
+            (Some(store), local) => match store.take_connect(&shared_id(state)).await {
+                Ok(Some(bytes)) => from_shared(&bytes),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the store did not answer for a connect flow; only this replica's own flows can finish");
+                    local
+                }
+            },
+        };
+        let flow = flow.ok_or(ConnectRefused::UnknownState)?;
         if Instant::now() >= flow.expires {
             return Err(ConnectRefused::Expired);
         }
@@ -94,22 +177,40 @@ impl ConnectStates {
         Ok(flow)
     }
 
-    /// Drops flows past their lifetime (called by the registry's sweep).
+    /// Drops flows past their lifetime (called by the registry's sweep); the shared store
+    /// drops its own by their time to live.
     pub fn sweep(&self) {
         let now = Instant::now();
         self.pending.retain(|_, p| now < p.expires);
     }
 }
 
+/// A flow from the shared store; `None` when it does not parse (then it is refused).
+fn from_shared(bytes: &[u8]) -> Option<PendingConnect> {
+    let flow: SharedFlow = serde_json::from_slice(bytes).ok()?;
+    let left = Duration::from_millis(
+        flow.expires_at_ms
+            .saturating_sub(unix_ms(SystemTime::now())),
+    );
+    Some(PendingConnect {
+        credential: flow.credential,
+        subject: SubjectKey::parse(flow.subject.as_bytes()).ok()?,
+        redirect_uri: flow.redirect_uri,
+        verifier: SecretString::from(flow.verifier),
+        expires: Instant::now() + left,
+        shared: true,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn start(states: &ConnectStates, subject: &str) -> String {
-        start_for(states, subject, Duration::from_secs(600))
+    async fn start(states: &ConnectStates, subject: &str) -> String {
+        start_for(states, subject, Duration::from_secs(600)).await
     }
 
-    fn start_for(states: &ConnectStates, subject: &str, lifetime: Duration) -> String {
+    async fn start_for(states: &ConnectStates, subject: &str, lifetime: Duration) -> String {
         let state = format!("state-{subject}");
         let s = SubjectKey::parse(subject.as_bytes()).unwrap();
         states
@@ -121,31 +222,40 @@ mod tests {
                 SecretString::from("v".to_string()),
                 lifetime,
             )
+            .await
             .unwrap();
         state
     }
 
-    #[test]
-    fn a_state_is_good_for_one_callback_of_its_own_subject_within_its_lifetime() {
+    #[tokio::test]
+    async fn a_state_is_good_for_one_callback_of_its_own_subject_within_its_lifetime() {
         let states = ConnectStates::default();
-        let a = start(&states, "alice");
+        let a = start(&states, "alice").await;
         assert_eq!(
-            states.take(&a, Some("alice")).unwrap().subject.as_str(),
+            states
+                .take(&a, Some("alice"))
+                .await
+                .unwrap()
+                .subject
+                .as_str(),
             "alice"
         );
         assert_eq!(
-            states.take(&a, None).err(),
+            states.take(&a, None).await.err(),
             Some(ConnectRefused::UnknownState)
         );
-        let b = start(&states, "bob");
+        let b = start(&states, "bob").await;
         assert_eq!(
-            states.take(&b, Some("alice")).err(),
+            states.take(&b, Some("alice")).await.err(),
             Some(ConnectRefused::OtherSubject)
         );
-        let c = start_for(&states, "carol", Duration::ZERO);
-        assert_eq!(states.take(&c, None).err(), Some(ConnectRefused::Expired));
+        let c = start_for(&states, "carol", Duration::ZERO).await;
         assert_eq!(
-            states.take("forged", None).err(),
+            states.take(&c, None).await.err(),
+            Some(ConnectRefused::Expired)
+        );
+        assert_eq!(
+            states.take("forged", None).await.err(),
             Some(ConnectRefused::UnknownState)
         );
     }
