@@ -1140,6 +1140,16 @@ async fn replicas_on_redis_share_each_subjects_tokens_and_rotate_each_once() {
         token_requests,
         "no code was redeemed twice"
     );
+    // Without Redis's answer no flow starts and none finishes: a state is never used on
+    // two replicas.
+    let url = start_connect(&a, "erin").await;
+    let query = consent(&a, "erin", &url).await;
+    redis.freeze();
+    let r = a.admin_post(&subject_path("frank", "/connect")).await;
+    assert_eq!(r.status(), 503);
+    let r = relay(&a, &query).await;
+    assert_eq!(r.status(), 503);
+    redis.thaw();
     // (Only the addresses: "@" never occurs in base64 by chance, where "bob" may.)
     for (key, value) in redis.dump() {
         for s in everyone.iter().filter(|s| s.contains('@')) {

@@ -12,6 +12,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use super::{json_response, read_login, refresh_slot, AdminApp};
+use crate::token::subject::connect::ConnectRefused;
 use crate::token::subject::{SubjectKey, SubjectRegistry};
 use crate::token::{CredentialSlot, CredentialState};
 
@@ -269,7 +270,11 @@ impl AdminApp {
             Ok(flow) => flow,
             Err(refused) => {
                 tracing::warn!(reason = %refused, "connect callback refused");
-                return json_response(400, json!({"error": refused.to_string()}));
+                let status = match refused {
+                    ConnectRefused::StoreUnavailable => 503,
+                    _ => 400,
+                };
+                return json_response(status, json!({"error": refused.to_string()}));
             }
         };
         let Some(registry) = self.registry(&flow.credential).cloned() else {

@@ -36,8 +36,6 @@ pub struct PendingConnect {
     pub redirect_uri: String,
     pub verifier: SecretString,
     expires: Instant,
-    /// Whether the shared store keeps it too (and so decides whether it is still unused).
-    shared: bool,
 }
 
 /// A flow as the shared store keeps it (sealed by the store).
@@ -73,6 +71,10 @@ pub enum ConnectRefused {
     OtherSubject,
     #[error("too many connect flows are waiting for their callback")]
     TooMany,
+    /// The shared store did not answer: a shared flow is never finished without it, or a
+    /// state could be used on two replicas.
+    #[error("the token store does not answer; try again")]
+    StoreUnavailable,
 }
 
 #[derive(Default)]
@@ -108,7 +110,6 @@ impl ConnectStates {
             }
         }
         let lifetime = lifetime.min(LONGEST);
-        let mut shared = false;
         if let Some(store) = &self.shared {
             let flow = SharedFlow {
                 credential: credential.to_string(),
@@ -119,16 +120,14 @@ impl ConnectStates {
             };
             let flow = serde_json::to_vec(&flow).unwrap_or_default();
             let id = shared_id(state.expose_secret());
-            match store
+            // A flow the store may or may not have taken (a timeout) would be half shared:
+            // refused instead.
+            if let Err(e) = store
                 .put_connect(&id, &flow, lifetime + EXPIRED_GRACE)
                 .await
             {
-                Ok(()) => shared = true,
-                Err(e) => tracing::warn!(
-                    credential,
-                    error = %e,
-                    "the store did not take the connect flow: only this replica can finish it"
-                ),
+                tracing::warn!(credential, error = %e, "the store did not take the connect flow");
+                return Err(ConnectRefused::StoreUnavailable);
             }
         }
         self.pending.insert(
@@ -139,7 +138,6 @@ impl ConnectStates {
                 redirect_uri: redirect_uri.to_string(),
                 verifier,
                 expires: Instant::now() + lifetime,
-                shared,
             },
         );
         Ok(())
@@ -153,17 +151,16 @@ impl ConnectStates {
         subject: Option<&str>,
     ) -> Result<PendingConnect, ConnectRefused> {
         let local = self.pending.remove(state).map(|(_, flow)| flow);
-        let flow = match (&self.shared, local) {
-            // Kept here only (not shared, or the store did not take it).
-            (None, local) => local,
-            (Some(_), Some(flow)) if !flow.shared => Some(flow),
-            // The store decides: a flow it no longer has was used on another replica.
-            (Some(store), local) => match store.take_connect(&shared_id(state)).await {
+        let flow = match &self.shared {
+            None => local,
+            // The store decides: a flow it no longer has was used on another replica, and
+            // without its answer nothing is finished (fail closed).
+            Some(store) => match store.take_connect(&shared_id(state)).await {
                 Ok(Some(bytes)) => from_shared(&bytes),
                 Ok(None) => None,
                 Err(e) => {
-                    tracing::warn!(error = %e, "the store did not answer for a connect flow; only this replica's own flows can finish");
-                    local
+                    tracing::warn!(error = %e, "the store did not answer for a connect flow");
+                    return Err(ConnectRefused::StoreUnavailable);
                 }
             },
         };
@@ -198,7 +195,6 @@ fn from_shared(bytes: &[u8]) -> Option<PendingConnect> {
         redirect_uri: flow.redirect_uri,
         verifier: SecretString::from(flow.verifier),
         expires: Instant::now() + left,
-        shared: true,
     })
 }
 
