@@ -1163,3 +1163,81 @@ async fn replicas_on_redis_share_each_subjects_tokens_and_rotate_each_once() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_names_subjects_by_a_keyed_hash_and_moves_records_from_unkeyed_names() {
+    use bearerd::store::{RedisStore, SaveOutcome, StoredToken, TokenStore};
+    use secrecy::ExposeSecret;
+    use sha2::Digest;
+    let redis = support::redis_server::RedisServer::start();
+    let url = secrecy::SecretString::from(redis.url());
+    let credentials = [("api", "binding".to_string())];
+    let key = bearerd::store::parse_key(&bearerd::store::generate_key()).unwrap();
+    let store =
+        |key: &[u8; 32], prefix: &str| RedisStore::new(&url, key, prefix, &credentials).unwrap();
+    let subject = "alice@example.com";
+    let record = format!("api\n{subject}");
+    let now = std::time::SystemTime::now();
+    let token = StoredToken {
+        access_token: secrecy::SecretString::from("tok-alice".to_string()),
+        issued_at: now,
+        expires_at: Some(now + Duration::from_secs(600)),
+        scopes: vec![],
+        refresh_token: Some(secrecy::SecretString::from("rt-alice".to_string())),
+        logged_out: false,
+        spent_seed: None,
+        logout: None,
+    };
+    let unkeyed: String = sha2::Sha256::digest(subject.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let names = |redis: &support::redis_server::RedisServer| -> Vec<String> {
+        redis.dump().into_iter().map(|(k, _)| k).collect()
+    };
+
+    // A record written by a bearerd from before keyed names: anyone reading Redis can find
+    // alice's key from her address.
+    let before = store(&key, "app").with_unkeyed_subject_names();
+    let saved = before.save(&record, &token, None).await.unwrap();
+    assert!(matches!(saved, SaveOutcome::Saved { .. }), "{saved:?}");
+    assert!(names(&redis).iter().any(|k| k.ends_with(&unkeyed)));
+
+    // Loaded now, it moves to its keyed name: served, listed, and the old name is gone.
+    let now_store = store(&key, "app");
+    let set = now_store.load(&record).await.unwrap().expect("moved over");
+    assert_eq!(set.token.access_token.expose_secret(), "tok-alice");
+    assert!(
+        !names(&redis).iter().any(|k| k.contains(&unkeyed)),
+        "{:?}",
+        names(&redis)
+    );
+    assert_eq!(
+        now_store.list("api\n", None, 10).await.unwrap(),
+        std::slice::from_ref(&record)
+    );
+    let again = now_store
+        .load(&record)
+        .await
+        .unwrap()
+        .expect("under its keyed name");
+    assert_eq!(again.token.access_token.expose_secret(), "tok-alice");
+
+    // The name depends on the store key: another key names alice differently.
+    let other_key = bearerd::store::parse_key(&bearerd::store::generate_key()).unwrap();
+    store(&other_key, "other")
+        .save(&record, &token, None)
+        .await
+        .unwrap();
+    let hash_of = |prefix: &str| -> String {
+        let name = names(&redis)
+            .into_iter()
+            .find(|k| k.starts_with(&format!("{prefix}:set:")) && k.contains(":s:"))
+            .unwrap();
+        name.rsplit(':').next().unwrap().to_string()
+    };
+    let (a, b) = (hash_of("app"), hash_of("other"));
+    assert_eq!(a.len(), 32);
+    assert_ne!(a, b);
+    assert_ne!(a, unkeyed);
+}

@@ -4,7 +4,8 @@
 //! replica whose credential differs reads and writes other keys.
 //!
 //! Keys under `{prefix}:` (`{c}` is the credential's name and a hash of its binding; a subject of
-//! a per-subject credential is `{c}:s:` and a hash of the subject, never the subject itself):
+//! a per-subject credential is `{c}:s:` and a hash of the subject keyed by the store key, never
+//! the subject itself):
 //! - `set:{c}`: a hash, `gen` (the generation, in clear for the compare-and-set) and
 //!   `sealed` (the token set, its generation inside);
 //! - `lease:{c}`: the refresh lease, its owner id, with a time to live;
@@ -155,6 +156,10 @@ pub struct RedisStore {
     health: Arc<Health>,
     /// Whether the tasks that forward change notifications and watch health run.
     subscribed: AtomicBool,
+    /// The key of subjects' names (derived from the store key).
+    subject_names: [u8; 32],
+    /// Names subjects as bearerd did before keyed names (tests of the move only).
+    unkeyed_names: bool,
 }
 
 /// Whether Redis answers, as the last command or health check found it.
@@ -182,8 +187,10 @@ impl Health {
     }
 }
 
-/// A subject as Redis names it: 32 hex digits of its SHA-256.
-fn subject_hash(subject: &str) -> String {
+/// How bearerd before keyed names named a subject: 32 hex digits of its plain SHA-256, which
+/// anyone reading Redis could check a guessed subject against. Records under such names are
+/// moved to their keyed names when loaded.
+fn unkeyed_subject_hash(subject: &str) -> String {
     let mut hashed = super::fingerprint(&SecretString::from(subject.to_string()));
     hashed.truncate(32);
     hashed
@@ -228,7 +235,39 @@ impl RedisStore {
                 last_error: Mutex::new(None),
             }),
             subscribed: AtomicBool::new(false),
+            subject_names: {
+                use sha2::Digest;
+                sha2::Sha256::new()
+                    .chain_update(b"bearerd redis subject names\0")
+                    .chain_update(key)
+                    .finalize()
+                    .into()
+            },
+            unkeyed_names: false,
         })
+    }
+
+    /// Names subjects as bearerd did before keyed names, to test the move of such records.
+    #[doc(hidden)]
+    pub fn with_unkeyed_subject_names(mut self) -> RedisStore {
+        self.unkeyed_names = true;
+        self
+    }
+
+    /// A subject as Redis names it: 32 hex digits of a hash keyed by the store key, so
+    /// nobody without the key can check a guessed subject (an e-mail address) against them.
+    fn subject_hash(&self, subject: &str) -> String {
+        use sha2::Digest;
+        if self.unkeyed_names {
+            return unkeyed_subject_hash(subject);
+        }
+        sha2::Sha256::new()
+            .chain_update(self.subject_names)
+            .chain_update(subject.as_bytes())
+            .finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     /// Names the store in errors: the prefix (never the URL, which may hold a password).
@@ -240,7 +279,7 @@ impl RedisStore {
         // A subject's record: under its credential's binding, named by a hash of the
         // subject, so Redis key names never show a subject (often an e-mail address).
         if let Some((name, subject)) = credential.rsplit_once('\n') {
-            return format!("{}:s:{}", self.suffix(name), subject_hash(subject));
+            return format!("{}:s:{}", self.suffix(name), self.subject_hash(subject));
         }
         self.keys
             .get(credential)
@@ -280,7 +319,7 @@ impl RedisStore {
     /// The index entry of a subject's record; `None` for a credential's own record.
     fn subject_entry(&self, key: &str) -> Option<SubjectEntry> {
         let (name, subject) = key.rsplit_once('\n')?;
-        let hash = subject_hash(subject);
+        let hash = self.subject_hash(subject);
         let sealed = self
             .sealer
             .seal(subject.as_bytes(), &self.subject_aad(name, &hash));
@@ -299,7 +338,7 @@ impl RedisStore {
                 .open(sealed, &self.subject_aad(credential, hash))?;
             String::from_utf8(plain)
                 .ok()
-                .filter(|subject| subject_hash(subject) == hash)
+                .filter(|subject| self.subject_hash(subject) == hash)
         });
         if opened.is_none() {
             tracing::warn!(store = %self.health.store, credential, "an entry of the subject index does not open (tampered?); it is dropped from the index, and the subject's next save or load puts it back");
@@ -434,10 +473,19 @@ impl RedisStore {
     }
 
     fn open_set(&self, credential: &str, sealed: &str) -> Result<StoredSet, StoreError> {
+        self.open_sealed_set(credential, sealed, &self.aad(credential))
+    }
+
+    fn open_sealed_set(
+        &self,
+        credential: &str,
+        sealed: &str,
+        aad: &[u8],
+    ) -> Result<StoredSet, StoreError> {
         let what = super::record_name(credential);
         let plain = self
             .sealer
-            .open(sealed, &self.aad(credential))
+            .open(sealed, aad)
             .ok_or_else(|| StoreError::Io {
                 path: self.describe(),
                 message: format!("{what} does not open (wrong key, or tampered)"),
@@ -448,6 +496,51 @@ impl RedisStore {
                 message: format!("{what} is malformed: {e}"),
             })?;
         Ok(record.into())
+    }
+
+    /// A record as it is under its name now.
+    async fn read_set(
+        &self,
+        credential: &str,
+        con: &mut ConnectionManager,
+    ) -> Result<Option<StoredSet>, StoreError> {
+        let sealed: Option<String> = self
+            .run(
+                redis::cmd("HGET")
+                    .arg(self.set_key(credential))
+                    .arg("sealed"),
+                con,
+            )
+            .await?;
+        sealed.map(|s| self.open_set(credential, &s)).transpose()
+    }
+
+    /// A subject's record under the unkeyed name an earlier bearerd gave it, moved to its
+    /// keyed name (written there unless a newer set is there, then removed from the old).
+    async fn adopt_unkeyed(&self, credential: &str) -> Result<Option<StoredSet>, StoreError> {
+        let Some((name, subject)) = credential.rsplit_once('\n') else {
+            return Ok(None);
+        };
+        let old_suffix = format!("{}:s:{}", self.suffix(name), unkeyed_subject_hash(subject));
+        let old_key = format!("{}:set:{old_suffix}", self.prefix);
+        let mut con = self.connection().await?;
+        let sealed: Option<String> = self
+            .run(redis::cmd("HGET").arg(&old_key).arg("sealed"), &mut con)
+            .await?;
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        let old_aad = format!("bearerd:redis:{}:{old_suffix}", self.prefix).into_bytes();
+        let set = self.open_sealed_set(credential, &sealed, &old_aad)?;
+        use super::TokenStore;
+        let written = self.refill(credential, &set).await?;
+        let _: i64 = self.run(redis::cmd("DEL").arg(&old_key), &mut con).await?;
+        tracing::info!(store = %self.health.store, credential = name, "a subject's record moved to its keyed name");
+        if written {
+            return Ok(Some(set));
+        }
+        // Another replica moved it first, or saved a newer set: that one counts.
+        self.read_set(credential, &mut con).await
     }
 
     /// Starts forwarding change notifications (once, on the runtime of the first watcher).
@@ -597,18 +690,14 @@ impl TokenStore for RedisStore {
                 .arg(entry.hash)
                 .arg(entry.member);
             let sealed: Option<String> = self.script(&invocation).await?;
-            return sealed.map(|s| self.open_set(credential, &s)).transpose();
+            return match sealed {
+                Some(s) => self.open_set(credential, &s).map(Some),
+                None if !self.unkeyed_names => self.adopt_unkeyed(credential).await,
+                None => Ok(None),
+            };
         }
         let mut con = self.connection().await?;
-        let sealed: Option<String> = self
-            .run(
-                redis::cmd("HGET")
-                    .arg(self.set_key(credential))
-                    .arg("sealed"),
-                &mut con,
-            )
-            .await?;
-        sealed.map(|s| self.open_set(credential, &s)).transpose()
+        self.read_set(credential, &mut con).await
     }
 
     async fn save(
@@ -690,7 +779,7 @@ impl TokenStore for RedisStore {
         };
         let mut min = match after.and_then(|a| a.strip_prefix(prefix)) {
             // Every entry of a greater hash sorts after "{hash};" (';' follows ':').
-            Some(subject) => format!("[{};", subject_hash(subject)),
+            Some(subject) => format!("[{};", self.subject_hash(subject)),
             None => "-".to_string(),
         };
         let index = self.index_key(name);
@@ -767,7 +856,7 @@ impl TokenStore for RedisStore {
 
     fn list_order(&self, key: &str) -> String {
         match key.rsplit_once('\n') {
-            Some((_, subject)) => subject_hash(subject),
+            Some((_, subject)) => self.subject_hash(subject),
             None => key.to_string(),
         }
     }
