@@ -515,7 +515,10 @@ test('logout: revoked at the provider, then 503 requires_reauth', { timeout: 600
   // The provider: every refresh token and access token of that grant is inactive now.
   const { tokens } = await currentAgentGrant();
   const newest = tokens[tokens.length - 1];
-  assert.equal(newest.grantId, grantId);
+  const history = (await refreshTokens('agent')).map((t) => ({
+    grant: t.grantId.slice(0, 6), ms: t.at - loggingOut, consumed: t.consumed, exists: t.exists,
+  }));
+  assert.equal(newest.grantId, grantId, `the newest refresh token is of another grant: ${JSON.stringify(history)}`);
   assert.equal(newest.consumed, false, 'the newest refresh token was revoked, not rotated');
   for (const [i, t] of tokens.entries()) {
     // On failure, say which one: its place in the grant, its state, and when it was issued
