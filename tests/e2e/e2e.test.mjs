@@ -426,6 +426,16 @@ test('per-subject: two users connect through bearerd, and each request carries i
   }
   assert.equal(st.credentials.users.subjects.valid, 2, JSON.stringify(st.credentials.users));
   assert.ok(!JSON.stringify(st).includes('alice@'), '/status names no subject');
+  // Each user disconnects: revoked at the provider, and the app is told to connect again.
+  // (This also stops their rotations: they share the agent's OAuth client, whose newest
+  // refresh token the agent tests below take for the agent's own.)
+  for (const user of users) {
+    const out = await getJson(`${admin}/credentials/users/subjects/${encodeURIComponent(user)}/logout`, { method: 'POST' });
+    assert.equal(out.status, 200, JSON.stringify(out.body));
+    const r = await getJson(`${proxy}/users/api/whoami`, { headers: { 'x-bearerd-subject': user } });
+    assert.equal(r.status, 403);
+    assert.equal(r.body.requires_reauth, true);
+  }
 });
 
 /** Requests through the `agent` upstream until bearerd rotated `n` times; all must succeed. */
