@@ -183,7 +183,7 @@ fn write_config_in(
 ) -> Files {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("seed"), seed).unwrap();
-    let (proxy, admin) = (support::free_addr(), support::free_addr());
+    let (proxy, admin) = support::free_addr_pair();
     let config = dir.join("bearerd.toml");
     std::fs::write(
         &config,
@@ -401,7 +401,7 @@ async fn sigterm_waits_for_requests_in_flight_and_for_nothing_else() {
     *upstream.state.sse_gap.lock().unwrap() = Duration::from_secs(2);
     let dir = std::env::temp_dir().join(format!("bearerd-term-{}", support::rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (proxy, admin) = (support::free_addr(), support::free_addr());
+    let (proxy, admin) = support::free_addr_pair();
     let config = dir.join("bearerd.toml");
     std::fs::write(
         &config,

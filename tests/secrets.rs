@@ -14,7 +14,7 @@ async fn secrets_never_appear_in_logs_status_metrics_or_errors() {
     let seed = tokens.state.seed_refresh_token();
     let dir = std::env::temp_dir().join(format!("bearerd-secrets-{}", support::rand_suffix()));
     std::fs::create_dir_all(&dir).unwrap();
-    let (proxy, admin) = (support::free_addr(), support::free_addr());
+    let (proxy, admin) = support::free_addr_pair();
     let config = dir.join("bearerd.toml");
     std::fs::write(
         &config,

@@ -976,16 +976,11 @@ async fn replicas_on_redis_share_each_subjects_tokens_and_rotate_each_once() {
     );
     let a = start(Duration::from_secs(3), "", &store).await;
     // Replica B: the same config on other ports, the same provider, upstream and Redis.
+    let (proxy, admin) = support::free_addr_pair();
     let text = a
         .config_text
-        .replace(
-            &a.sidecar().proxy_addr.to_string(),
-            &support::free_addr().to_string(),
-        )
-        .replace(
-            &a.sidecar().admin_addr.to_string(),
-            &support::free_addr().to_string(),
-        );
+        .replace(&a.sidecar().proxy_addr.to_string(), &proxy.to_string())
+        .replace(&a.sidecar().admin_addr.to_string(), &admin.to_string());
     let config = support::sidecar_config(&text);
     let b = tokio::task::spawn_blocking(move || bearerd::Sidecar::start(config))
         .await

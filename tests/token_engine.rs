@@ -396,8 +396,7 @@ async fn static_token_file_is_reread_when_it_changes() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("token");
     std::fs::write(&file, format!("{}\n", issue().await)).unwrap();
-    let proxy = support::free_addr();
-    let admin = support::free_addr();
+    let (proxy, admin) = support::free_addr_pair();
     let text = format!(
         "[server]\nproxy_listen = \"{proxy}\"\nadmin_listen = \"{admin}\"\n[credentials.pat]\ngrant = \"static\"\ntoken = {{ file = {:?} }}\n[upstreams.api]\nurl = \"http://{}/\"\npath_prefix = \"/api\"\ncredential = \"pat\"\n",
         file.display().to_string(),

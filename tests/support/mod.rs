@@ -25,6 +25,15 @@ pub fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
+/// Two distinct free addresses. Both sockets stay bound until both are picked: two calls to
+/// `free_addr` may get the same port back, since the first is free again when the second asks
+/// (a CI run failed on exactly that).
+pub fn free_addr_pair() -> (SocketAddr, SocketAddr) {
+    let a = TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = TcpListener::bind("127.0.0.1:0").unwrap();
+    (a.local_addr().unwrap(), b.local_addr().unwrap())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Discovery {
     /// `token_url` is configured.
@@ -185,9 +194,18 @@ credential = "api"
         // try again with new ones.
         let mut attempt = 0;
         let (sidecar, text) = loop {
+            let (proxy, admin) = free_addr_pair();
+            // A test's own extra listener or dead address (picked before) may be handed out
+            // again here.
+            if [proxy, admin].iter().any(|a| {
+                let port = format!(":{}", a.port());
+                template.contains(&format!("{port}\"")) || template.contains(&format!("{port}/"))
+            }) {
+                continue;
+            }
             let text = template
-                .replace("{proxy}", &free_addr().to_string())
-                .replace("{admin}", &free_addr().to_string());
+                .replace("{proxy}", &proxy.to_string())
+                .replace("{admin}", &admin.to_string());
             let config = sidecar_config(&text);
             match tokio::task::spawn_blocking(move || Sidecar::start(config))
                 .await

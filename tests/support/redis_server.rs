@@ -13,20 +13,28 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> RedisServer {
-        let port = super::free_addr().port();
         let dir = std::env::temp_dir().join(format!("bearerd-redis-{}", super::rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut server = RedisServer {
-            port,
+            port: 0,
             child: None,
             dir,
         };
-        server.spawn();
-        server
+        // The port picked can be taken by another test before redis-server binds it; then
+        // that server exits, and the test must not go on against somebody else's server.
+        for _ in 0..5 {
+            server.port = super::free_addr().port();
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
+    /// Starts redis-server on `self.port` and waits until it answers; false when it exited
+    /// instead (the port was taken).
+    fn spawn(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--dir", &self.dir.display().to_string()])
@@ -34,9 +42,20 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server (scripts/setup.sh installs it)");
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while self.connection().is_none() {
+        loop {
+            if child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            if self.connection().is_some() {
+                // Answered while our child runs; checked once more, since an answer could
+                // come from another server that held the port while ours was failing.
+                if child.try_wait().ok().flatten().is_some() {
+                    return false;
+                }
+                self.child = Some(child);
+                return true;
+            }
             assert!(Instant::now() < deadline, "redis-server did not come up");
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -129,7 +148,13 @@ impl RedisServer {
     /// Starts an empty server on the same port.
     pub fn restart_empty(&mut self) {
         self.kill();
-        self.spawn();
+        // The port was ours a moment ago; a clear failure beats a silent port change, since
+        // the sidecars under test are configured with this port.
+        assert!(
+            self.spawn(),
+            "redis-server did not restart on port {}",
+            self.port
+        );
     }
 }
 
