@@ -755,3 +755,105 @@ fn redis_store_mistakes_are_located_and_never_print_the_url() {
         assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
     }
 }
+
+/// The TLS keys of a Redis store (`ca_file`, `client_cert`, `client_key`): only with a
+/// `rediss://` url and only on the redis backend, the certificate with its key, files only,
+/// each file readable and the pair matching; each mistake is located, and a right set passes.
+#[test]
+fn redis_tls_mistakes_are_located() {
+    let dir = write("anchor", "").parent().unwrap().join("pki");
+    let pki = support::pki::TestPki::generate(&dir);
+    let other = support::pki::TestPki::generate(&dir.join("other"));
+    let with_store = |store: &str| {
+        BASE.replace(
+            "[credentials.crm]",
+            &format!("[store]\n{store}\n\n[credentials.crm]"),
+        )
+    };
+    let head = |scheme: &str| {
+        format!(
+            "backend = \"redis\"\nurl = \"{scheme}://redis.example:6380/0\"\nkey = {{ env = \"BEARERD_STORE_KEY\" }}"
+        )
+    };
+    let file = |p: &Path| format!("{{ file = {:?} }}", p.display().to_string());
+    let ca = format!("ca_file = {:?}", pki.ca.display().to_string());
+    let cert = format!("client_cert = {}", file(&pki.client_cert));
+    let key = format!("client_key = {}", file(&pki.client_key));
+
+    let valid = with_store(&format!("{}\n{ca}\n{cert}\n{key}", head("rediss")));
+    let out = bearerd()
+        .args(["check", "-c"])
+        .arg(write("ok.toml", &valid))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    for (store, line, needles) in [
+        (
+            format!("{}\n{ca}", head("redis")),
+            9,
+            vec!["store.ca_file", "rediss://"],
+        ),
+        (
+            format!("{}\n{cert}\n{key}", head("redis")),
+            9,
+            vec!["store.client_cert", "rediss://"],
+        ),
+        (
+            format!("{}\n{cert}", head("rediss")),
+            9,
+            vec!["store.client_cert", "client_key"],
+        ),
+        (
+            format!("{}\n{key}", head("rediss")),
+            9,
+            vec!["store.client_key", "client_cert"],
+        ),
+        (
+            format!(
+                "{}\nclient_cert = {{ env = \"REDIS_CERT\" }}\n{key}",
+                head("rediss")
+            ),
+            9,
+            vec!["store.client_cert", "PEM file"],
+        ),
+        (
+            format!(
+                "{}\nca_file = {:?}",
+                head("rediss"),
+                dir.join("missing.crt").display().to_string()
+            ),
+            9,
+            vec!["store.ca_file", "cannot read CA file"],
+        ),
+        (
+            format!(
+                "{}\nca_file = {:?}",
+                head("rediss"),
+                pki.client_key.display().to_string()
+            ),
+            9,
+            vec!["store.ca_file", "no PEM certificate"],
+        ),
+        (
+            format!(
+                "{}\n{cert}\nclient_key = {}",
+                head("rediss"),
+                file(&other.client_key)
+            ),
+            9,
+            vec!["store.client_cert", "does not match"],
+        ),
+        (
+            format!("backend = \"memory\"\n{ca}"),
+            7,
+            vec!["store.ca_file", "redis"],
+        ),
+    ] {
+        assert_error(&with_store(&store), line, &needles);
+    }
+}

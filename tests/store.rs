@@ -318,8 +318,17 @@ fn fleet_config(
     key: &str,
     grant_lines: &str,
 ) -> String {
+    // A TLS Redis is reached with its CA and a client certificate.
+    let tls = redis.tls.as_ref().map_or(String::new(), |pki| {
+        format!(
+            "ca_file = {:?}\nclient_cert = {{ file = {:?} }}\nclient_key = {{ file = {:?} }}\n",
+            pki.ca.display().to_string(),
+            pki.client_cert.display().to_string(),
+            pki.client_key.display().to_string()
+        )
+    });
     format!(
-        "[server]\nproxy_listen = \"{{proxy}}\"\nadmin_listen = \"{{admin}}\"\n[store]\nbackend = \"redis\"\nurl = \"{}\"\nkey = \"{key}\"\n[credentials.api]\n{grant_lines}token_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\nbackoff_base = \"200ms\"\nbackoff_cap = \"2s\"\n[upstreams.api]\nurl = \"http://{}/base\"\npath_prefix = \"/api\"\ncredential = \"api\"\n",
+        "[server]\nproxy_listen = \"{{proxy}}\"\nadmin_listen = \"{{admin}}\"\n[store]\nbackend = \"redis\"\nurl = \"{}\"\nkey = \"{key}\"\n{tls}[credentials.api]\n{grant_lines}token_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\nbackoff_base = \"200ms\"\nbackoff_cap = \"2s\"\n[upstreams.api]\nurl = \"http://{}/base\"\npath_prefix = \"/api\"\ncredential = \"api\"\n",
         redis.url(),
         tokens.token_url(),
         support::token_server::CLIENT_ID,
@@ -462,9 +471,13 @@ const CLIENT_CREDENTIALS: &str = "grant = \"client_credentials\"\n";
 
 impl Fleet {
     async fn start(lifetime: Duration) -> Fleet {
+        Self::start_on(lifetime, RedisServer::start()).await
+    }
+
+    async fn start_on(lifetime: Duration, redis: RedisServer) -> Fleet {
         let (tokens, upstream) = support::start_peers(lifetime).await;
         Fleet {
-            redis: RedisServer::start(),
+            redis,
             tokens,
             upstream,
             key: bearerd::store::generate_key(),
@@ -510,6 +523,12 @@ impl Fleet {
             1,
             "the grant is alive"
         );
+    }
+
+    /// A GET through a replica's proxy.
+    async fn get(&self, replica: &Replica, path: &str) -> reqwest::Response {
+        let url = format!("http://{}{path}", replica.proxy_addr);
+        self.client.get(url).send().await.unwrap()
     }
 
     /// A GET from a replica's admin API, as text.
@@ -579,6 +598,75 @@ async fn a_fleet_on_redis_makes_the_token_requests_of_one_sidecar() {
 
     f.assert_only_sealed_values();
     drop(fleet);
+}
+
+/// Redis over TLS as a managed Redis, or one with cert-manager certificates, runs it: a
+/// private CA, and a client certificate required (`tls-auth-clients yes`). Two sidecars with
+/// `rediss://`, `ca_file`, `client_cert` and `client_key` share one token set through it (one
+/// token request between them), and Redis holds only sealed values. A sidecar that trusts
+/// another CA, or shows no client certificate, never gets through to that Redis: it still
+/// serves (client credentials refresh without the store), and its `/status` says the store
+/// is down and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_on_rediss_with_a_private_ca_and_client_certificates_shares_one_token() {
+    let f = Fleet::start_on(Duration::from_secs(60), RedisServer::start_tls()).await;
+    let a = f.sidecar(CLIENT_CREDENTIALS).await;
+    let b = f.sidecar(CLIENT_CREDENTIALS).await;
+    assert_eq!(
+        f.requests(),
+        1,
+        "the second sidecar starts from the first one's token, read over TLS"
+    );
+    for s in [&a, &b] {
+        let status: serde_json::Value = serde_json::from_str(&f.admin(s, "/status").await).unwrap();
+        assert_eq!(status["store"]["up"], true, "{status}");
+        let resp = f.get(s, "/api/x").await;
+        assert_eq!(resp.status(), 200);
+    }
+    assert_eq!(f.requests(), 1);
+    f.assert_only_sealed_values();
+
+    let pki = f.redis.tls.as_ref().unwrap();
+    let good = f.config(&f.redis, &f.key, CLIENT_CREDENTIALS);
+    let ca_line = format!("ca_file = {:?}\n", pki.ca.display().to_string());
+    let client_lines = good
+        .lines()
+        .filter(|l| l.starts_with("client_cert = {") || l.starts_with("client_key = {"))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>();
+    assert!(good.contains(&ca_line) && !client_lines.is_empty());
+    for (why, config) in [
+        (
+            "trusts another CA",
+            good.replace(
+                &ca_line,
+                &format!("ca_file = {:?}\n", pki.other_ca.display().to_string()),
+            ),
+        ),
+        (
+            "shows no client certificate",
+            good.replace(&client_lines, ""),
+        ),
+    ] {
+        assert_ne!(config, good);
+        let before = f.requests();
+        let s = start_sidecar(&config).await;
+        wait_ready(&f.client, &s).await;
+        store_up_becomes(&f.client, &s, false).await;
+        let status: serde_json::Value =
+            serde_json::from_str(&f.admin(&s, "/status").await).unwrap();
+        let error = status["store"]["last_error"].as_str().unwrap_or_default();
+        eprintln!("a sidecar that {why}: the store is down: {error}");
+        assert!(!error.is_empty(), "a sidecar that {why}: {status}");
+        let resp = f.get(&s, "/api/x").await;
+        assert_eq!(resp.status(), 200, "a sidecar that {why} still serves");
+        assert_eq!(
+            f.requests(),
+            before + 1,
+            "a sidecar that {why} did not get the shared token"
+        );
+    }
+    drop(vec![a, b]);
 }
 
 /// Replicas share a token set only when their credentials agree on what the token is: two
@@ -756,12 +844,7 @@ async fn without_redis_a_rotating_refresh_token_waits_and_requests_get_store_una
     f.redis.kill();
     store_up_becomes(&f.client, &sidecar, false).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
-    let resp = f
-        .client
-        .get(format!("http://{}/api/x", sidecar.proxy_addr))
-        .send()
-        .await
-        .unwrap();
+    let resp = f.get(&sidecar, "/api/x").await;
     assert_eq!(resp.status(), 503);
     let problem: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(
@@ -784,14 +867,7 @@ async fn without_redis_a_rotating_refresh_token_waits_and_requests_get_store_una
     store_up_becomes(&f.client, &sidecar, true).await;
     let mut status = 0;
     for _ in 0..100 {
-        status = f
-            .client
-            .get(format!("http://{}/api/x", sidecar.proxy_addr))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
+        status = f.get(&sidecar, "/api/x").await.status().as_u16();
         if status == 200 {
             break;
         }

@@ -1168,8 +1168,9 @@ async fn redis_names_subjects_by_a_keyed_hash_and_moves_records_from_unkeyed_nam
     let url = secrecy::SecretString::from(redis.url());
     let credentials = [("api", "binding".to_string())];
     let key = bearerd::store::parse_key(&bearerd::store::generate_key()).unwrap();
-    let store =
-        |key: &[u8; 32], prefix: &str| RedisStore::new(&url, key, prefix, &credentials).unwrap();
+    let store = |key: &[u8; 32], prefix: &str| {
+        RedisStore::new(&url, &Default::default(), key, prefix, &credentials).unwrap()
+    };
     let subject = "alice@example.com";
     let record = format!("api\n{subject}");
     let now = std::time::SystemTime::now();

@@ -38,7 +38,18 @@ pub enum StoreConfig {
         url: SecretRef,
         key: SecretRef,
         prefix: String,
+        tls: RedisTls,
     },
+}
+
+/// What a `rediss://` connection trusts and shows, beyond the system roots. Empty for
+/// `redis://` (the config refuses these keys there).
+#[derive(Debug, Clone, Default)]
+pub struct RedisTls {
+    /// The CAs that sign the server's certificate, instead of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// The client certificate for a Redis that asks for one.
+    pub identity: Option<ClientIdentity>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -82,6 +82,13 @@ pub struct RawStore {
     pub url: Option<RawSecretRef>,
     /// redis: the key namespace, so several apps can share one Redis.
     pub prefix: Option<String>,
+    /// rediss: the CA certificates (PEM) that sign the Redis server's certificate, instead
+    /// of the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// rediss: a client certificate (chain) and its key, PEM files, for a Redis that asks
+    /// for one (`tls-auth-clients yes`).
+    pub client_cert: Option<RawSecretRef>,
+    pub client_key: Option<RawSecretRef>,
 }
 
 /// A credential table, strict for the grant it names.

@@ -223,9 +223,14 @@ pub fn open(
             }
             Ok(Arc::new(store))
         }
-        StoreConfig::Redis { url, key, prefix } => {
+        StoreConfig::Redis {
+            url,
+            key,
+            prefix,
+            tls,
+        } => {
             let url = url.resolve().map_err(StoreError::Invalid)?;
-            let store = RedisStore::new(&url, &resolve_key(key)?, prefix, credentials)?;
+            let store = RedisStore::new(&url, tls, &resolve_key(key)?, prefix, credentials)?;
             // Off the service runtimes, which do not exist yet: a runtime for this check.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

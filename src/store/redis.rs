@@ -36,6 +36,7 @@ use super::{
     Lease, SaveOutcome, StoreBackend, StoreError, StoreHealth, StoredSet, StoredSetRecord,
     StoredToken, TokenStore,
 };
+use crate::config::RedisTls;
 
 /// The longest one Redis command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -204,14 +205,19 @@ impl RedisStore {
     /// A store for these credentials (name, binding). Nothing is sent yet.
     pub fn new(
         url: &SecretString,
+        tls: &RedisTls,
         key: &[u8; 32],
         prefix: &str,
         credentials: &[(&str, String)],
     ) -> Result<RedisStore, StoreError> {
         // The URL may carry a password: errors never quote it.
-        let client = redis::Client::open(url.expose_secret().trim()).map_err(|e| {
-            StoreError::Invalid(format!("redis store: unusable url: {:?}", e.kind()))
-        })?;
+        let url = url.expose_secret().trim();
+        let client = if tls.ca_file.is_none() && tls.identity.is_none() {
+            redis::Client::open(url)
+        } else {
+            redis::Client::build_with_tls(url, tls_certificates(tls)?)
+        }
+        .map_err(|e| StoreError::Invalid(format!("redis store: unusable url: {:?}", e.kind())))?;
         let keys = credentials
             .iter()
             .map(|(name, binding)| {
@@ -639,6 +645,34 @@ async fn within<T>(
 }
 
 /// A plain multiplexed connection with bearerd's time limits.
+/// The CA and client certificate of a `rediss://` store, read once at start: the Redis
+/// client keeps them for every reconnection, so a renewed certificate takes a restart.
+fn tls_certificates(tls: &RedisTls) -> Result<redis::TlsCertificates, StoreError> {
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).map_err(|e| {
+            StoreError::Invalid(format!(
+                "redis store: cannot read {what} {}: {e}",
+                path.display()
+            ))
+        })
+    };
+    let root_cert = match &tls.ca_file {
+        Some(path) => Some(read(path, "ca_file")?),
+        None => None,
+    };
+    let client_tls = match &tls.identity {
+        Some(id) => Some(redis::ClientTlsConfig {
+            client_cert: read(&id.cert, "client_cert")?,
+            client_key: read(&id.key, "client_key")?,
+        }),
+        None => None,
+    };
+    Ok(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    })
+}
+
 async fn connect_plain(
     client: &redis::Client,
 ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {

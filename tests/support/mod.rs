@@ -16,6 +16,7 @@ use bearerd::{Sidecar, SidecarHandle};
 
 pub mod keys;
 pub mod mtls;
+pub mod pki;
 pub mod redis_server;
 
 pub fn free_addr() -> SocketAddr {

@@ -5,20 +5,36 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::pki::TestPki;
+
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    /// When set, the server speaks TLS only, with this CA's server certificate, and asks
+    /// every client for a certificate from it (`tls-auth-clients yes`).
+    pub tls: Option<TestPki>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        Self::start_with(false)
+    }
+
+    /// A TLS-only server (`rediss://`) with a private CA that asks for client certificates.
+    pub fn start_tls() -> RedisServer {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("bearerd-redis-{}", super::rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
+        let tls = tls.then(|| TestPki::generate(&dir.join("pki")));
         let mut server = RedisServer {
             port: 0,
             child: None,
             dir,
+            tls,
         };
         // The port picked can be taken by another test before redis-server binds it; then
         // that server exits, and the test must not go on against somebody else's server.
@@ -34,8 +50,20 @@ impl RedisServer {
     /// Starts redis-server on `self.port` and waits until it answers; false when it exited
     /// instead (the port was taken).
     fn spawn(&mut self) -> bool {
-        let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some(pki) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(&pki.server_cert)
+                .arg("--tls-key-file")
+                .arg(&pki.server_key)
+                .arg("--tls-ca-cert-file")
+                .arg(&pki.ca)
+                .args(["--tls-auth-clients", "yes"]),
+        };
+        let mut child = command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--dir", &self.dir.display().to_string()])
             .stdout(Stdio::null())
@@ -62,7 +90,12 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// Runs one command (for tests that tamper with what bearerd wrote).
@@ -72,7 +105,23 @@ impl RedisServer {
     }
 
     fn connection(&self) -> Option<redis::Connection> {
-        let client = redis::Client::open(self.url()).ok()?;
+        let client = match &self.tls {
+            None => redis::Client::open(self.url()).ok()?,
+            Some(pki) => {
+                let read = |p: &PathBuf| std::fs::read(p).unwrap();
+                redis::Client::build_with_tls(
+                    self.url(),
+                    redis::TlsCertificates {
+                        client_tls: Some(redis::ClientTlsConfig {
+                            client_cert: read(&pki.client_cert),
+                            client_key: read(&pki.client_key),
+                        }),
+                        root_cert: Some(read(&pki.ca)),
+                    },
+                )
+                .ok()?
+            }
+        };
         let mut con = client
             .get_connection_with_timeout(Duration::from_millis(500))
             .ok()?;

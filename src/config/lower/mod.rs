@@ -217,6 +217,14 @@ fn lower_store(map: &SourceMap, raw: &raw::RawStore) -> Result<StoreConfig, Conf
         }
     };
     match raw.backend.as_deref() {
+        None | Some("memory") | Some("file") => {
+            only_for("ca_file", raw.ca_file.is_some(), "redis")?;
+            only_for("client_cert", raw.client_cert.is_some(), "redis")?;
+            only_for("client_key", raw.client_key.is_some(), "redis")?;
+        }
+        Some(_) => {}
+    }
+    match raw.backend.as_deref() {
         None | Some("memory") => {
             only_for("path", raw.path.is_some(), "file")?;
             only_for("key", raw.key.is_some(), "file and redis")?;
@@ -246,8 +254,9 @@ fn lower_store(map: &SourceMap, raw: &raw::RawStore) -> Result<StoreConfig, Conf
             };
             let url = lower_secret(map, "store.url", url)?;
             let text = url.resolve().map_err(|m| map.error_at("store.url", m))?;
-            check_redis_url(secrecy::ExposeSecret::expose_secret(&text))
+            let tls = check_redis_url(secrecy::ExposeSecret::expose_secret(&text))
                 .map_err(|m| map.error_at("store.url", m))?;
+            let tls = lower_redis_tls(map, raw, tls)?;
             let key = lower_store_key(map, raw, "redis")?;
             let prefix = raw.prefix.clone().unwrap_or_else(|| "bearerd".to_string());
             if prefix.is_empty()
@@ -261,7 +270,12 @@ fn lower_store(map: &SourceMap, raw: &raw::RawStore) -> Result<StoreConfig, Conf
                     format!("prefix {prefix:?} must be 1 to 64 letters, digits, '-', '_' or '.'"),
                 ));
             }
-            Ok(StoreConfig::Redis { url, key, prefix })
+            Ok(StoreConfig::Redis {
+                url,
+                key,
+                prefix,
+                tls,
+            })
         }
         Some(other) => Err(map.error_at(
             "store.backend",
@@ -291,7 +305,67 @@ fn lower_store_key(
 }
 
 /// A Redis URL bearerd can use. The message never quotes the URL: it may hold a password.
-fn check_redis_url(text: &str) -> Result<(), String> {
+/// The TLS keys of a Redis store: only with a `rediss://` url, the certificate and its key
+/// together, and each file readable and well formed now rather than at the first refresh.
+fn lower_redis_tls(
+    map: &SourceMap,
+    raw: &raw::RawStore,
+    url_is_tls: bool,
+) -> Result<RedisTls, ConfigError> {
+    for (key, set) in [
+        ("ca_file", raw.ca_file.is_some()),
+        ("client_cert", raw.client_cert.is_some()),
+        ("client_key", raw.client_key.is_some()),
+    ] {
+        if set && !url_is_tls {
+            return Err(map.error_at(
+                &format!("store.{key}"),
+                "only applies to a TLS connection: the url is redis://, use rediss://",
+            ));
+        }
+    }
+    if let Some(ca) = &raw.ca_file {
+        load_ca_file(ca).map_err(|m| map.error_at("store.ca_file", m))?;
+    }
+    let identity = match (&raw.client_cert, &raw.client_key) {
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(map.error_at(
+                "store.client_cert",
+                "needs `client_key = { file = \"…\" }`, the certificate's private key",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(map.error_at(
+                "store.client_key",
+                "needs `client_cert = { file = \"…\" }`, the certificate it belongs to",
+            ))
+        }
+        (Some(cert), Some(key)) => {
+            let file = |key: &str, raw: &RawSecretRef| match raw {
+                RawSecretRef::File { file } => Ok(file.clone()),
+                _ => Err(map.error_at(
+                    &format!("store.{key}"),
+                    format!("`{key}` must be a PEM file: {key} = {{ file = \"…\" }}"),
+                )),
+            };
+            let identity = ClientIdentity {
+                cert: file("client_cert", cert)?,
+                key: file("client_key", key)?,
+            };
+            crate::token::endpoint::transport::load_identity(&identity)
+                .map_err(|m| map.error_at("store.client_cert", m))?;
+            Some(identity)
+        }
+    };
+    Ok(RedisTls {
+        ca_file: raw.ca_file.clone(),
+        identity,
+    })
+}
+
+/// Checks a Redis url; true when it asks for TLS (`rediss://`).
+fn check_redis_url(text: &str) -> Result<bool, String> {
     let url = url::Url::parse(text.trim()).map_err(|e| {
         format!("the redis url does not parse ({e}); expected redis://[user:pass@]host:port/db or rediss://…")
     })?;
@@ -308,7 +382,7 @@ fn check_redis_url(text: &str) -> Result<(), String> {
     if !db.is_empty() && db.parse::<u16>().is_err() {
         return Err("the redis url's path must be a database number, e.g. /0".into());
     }
-    Ok(())
+    Ok(url.scheme() == "rediss")
 }
 
 /// What the store key is for and how to make one, said with every store key error.
