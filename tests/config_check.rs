@@ -849,9 +849,23 @@ fn redis_tls_mistakes_are_located() {
             vec!["store.client_cert", "does not match"],
         ),
         (
+            format!(
+                "{}\n{cert}\nclient_key = {}",
+                head("rediss"),
+                file(&pki.client_cert)
+            ),
+            10,
+            vec!["store.client_key"],
+        ),
+        (
             format!("backend = \"memory\"\n{ca}"),
             7,
             vec!["store.ca_file", "redis"],
+        ),
+        (
+            head("rediss").replace("/0\"", "/0#insecure\""),
+            7,
+            vec!["store.url", "#fragment", "ca_file"],
         ),
     ] {
         assert_error(&with_store(&store), line, &needles);

@@ -657,7 +657,26 @@ async fn a_fleet_on_rediss_with_a_private_ca_and_client_certificates_shares_one_
             serde_json::from_str(&f.admin(&s, "/status").await).unwrap();
         let error = status["store"]["last_error"].as_str().unwrap_or_default();
         eprintln!("a sidecar that {why}: the store is down: {error}");
-        assert!(!error.is_empty(), "a sidecar that {why}: {status}");
+        // The reason is the certificate, not a timeout: the server's certificate is from
+        // an unknown CA, or the server refused the handshake (TLS 1.3 sends that alert
+        // after the client's last flight, so a slow reader may see the connection end).
+        let expected: &[&str] = if why.contains("another CA") {
+            &["UnknownIssuer"]
+        } else {
+            &[
+                "CertificateRequired",
+                "reset",
+                "closed",
+                "broken pipe",
+                "eof",
+            ]
+        };
+        assert!(
+            expected
+                .iter()
+                .any(|e| error.to_lowercase().contains(&e.to_lowercase())),
+            "a sidecar that {why}: the store error {error:?} does not say why"
+        );
         let resp = f.get(&s, "/api/x").await;
         assert_eq!(resp.status(), 200, "a sidecar that {why} still serves");
         assert_eq!(
@@ -665,6 +684,10 @@ async fn a_fleet_on_rediss_with_a_private_ca_and_client_certificates_shares_one_
             before + 1,
             "a sidecar that {why} did not get the shared token"
         );
+    }
+    for s in [&a, &b] {
+        let status: serde_json::Value = serde_json::from_str(&f.admin(s, "/status").await).unwrap();
+        assert_eq!(status["store"]["up"], true, "{status}");
     }
     drop(vec![a, b]);
 }

@@ -52,6 +52,21 @@ pub struct RedisTls {
     pub identity: Option<ClientIdentity>,
 }
 
+impl RedisTls {
+    /// The files, by key and path, for messages.
+    pub fn describe(&self) -> String {
+        let mut files = Vec::new();
+        if let Some(ca) = &self.ca_file {
+            files.push(format!("ca_file {}", ca.display()));
+        }
+        if let Some(id) = &self.identity {
+            files.push(format!("client_cert {}", id.cert.display()));
+            files.push(format!("client_key {}", id.key.display()));
+        }
+        files.join(", ")
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Pretty,

@@ -211,13 +211,23 @@ impl RedisStore {
         credentials: &[(&str, String)],
     ) -> Result<RedisStore, StoreError> {
         // The URL may carry a password: errors never quote it.
-        let url = url.expose_secret().trim();
+        let info = redis::IntoConnectionInfo::into_connection_info(url.expose_secret().trim())
+            .map_err(|e| {
+                StoreError::Invalid(format!("redis store: unusable url: {:?}", e.kind()))
+            })?;
         let client = if tls.ca_file.is_none() && tls.identity.is_none() {
-            redis::Client::open(url)
+            redis::Client::open(info).map_err(|e| {
+                StoreError::Invalid(format!("redis store: unusable url: {:?}", e.kind()))
+            })?
         } else {
-            redis::Client::build_with_tls(url, tls_certificates(tls)?)
-        }
-        .map_err(|e| StoreError::Invalid(format!("redis store: unusable url: {:?}", e.kind())))?;
+            // The url is parsed already: what fails here is the certificates.
+            redis::Client::build_with_tls(info, tls_certificates(tls)?).map_err(|e| {
+                StoreError::Invalid(format!(
+                    "redis store: the TLS files ({}) cannot be used: {e}",
+                    tls.describe()
+                ))
+            })?
+        };
         let keys = credentials
             .iter()
             .map(|(name, binding)| {
@@ -644,7 +654,6 @@ async fn within<T>(
     }
 }
 
-/// A plain multiplexed connection with bearerd's time limits.
 /// The CA and client certificate of a `rediss://` store, read once at start: the Redis
 /// client keeps them for every reconnection, so a renewed certificate takes a restart.
 fn tls_certificates(tls: &RedisTls) -> Result<redis::TlsCertificates, StoreError> {
@@ -673,6 +682,7 @@ fn tls_certificates(tls: &RedisTls) -> Result<redis::TlsCertificates, StoreError
     })
 }
 
+/// A plain multiplexed connection with bearerd's time limits.
 async fn connect_plain(
     client: &redis::Client,
 ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {

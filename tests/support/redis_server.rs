@@ -75,16 +75,27 @@ impl RedisServer {
             if child.try_wait().ok().flatten().is_some() {
                 return false;
             }
-            if self.connection().is_some() {
-                // Answered while our child runs; checked once more, since an answer could
-                // come from another server that held the port while ours was failing.
-                if child.try_wait().ok().flatten().is_some() {
+            if let Some(mut con) = self.connection() {
+                // The answer may come from another test's server that got the same port
+                // while ours is still failing to bind: only our own process counts.
+                let info: String = redis::cmd("INFO")
+                    .arg("server")
+                    .query(&mut con)
+                    .unwrap_or_default();
+                let ours = format!("process_id:{}", child.id());
+                if !info.lines().any(|l| l.trim() == ours) {
+                    let _ = child.kill();
+                    let _ = child.wait();
                     return false;
                 }
                 self.child = Some(child);
                 return true;
             }
-            assert!(Instant::now() < deadline, "redis-server did not come up");
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("redis-server did not come up");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }

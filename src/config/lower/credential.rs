@@ -766,8 +766,10 @@ fn lower_client_auth(
                     &required("client_key", &rc.client_key)?,
                 )?,
             };
-            crate::token::endpoint::transport::load_identity(&identity)
-                .map_err(|m| map.error_at(&key("client_cert"), m))?;
+            crate::token::endpoint::transport::load_identity(&identity).map_err(|m| {
+                let which = crate::token::endpoint::transport::identity_error_key(&m);
+                map.error_at(&key(which), m)
+            })?;
             ClientAuthMethod::TlsClientAuth(identity)
         }
         Method::None => ClientAuthMethod::None,

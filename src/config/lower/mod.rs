@@ -304,7 +304,6 @@ fn lower_store_key(
     lower_secret(map, "store.key", key)
 }
 
-/// A Redis URL bearerd can use. The message never quotes the URL: it may hold a password.
 /// The TLS keys of a Redis store: only with a `rediss://` url, the certificate and its key
 /// together, and each file readable and well formed now rather than at the first refresh.
 fn lower_redis_tls(
@@ -353,8 +352,10 @@ fn lower_redis_tls(
                 cert: file("client_cert", cert)?,
                 key: file("client_key", key)?,
             };
-            crate::token::endpoint::transport::load_identity(&identity)
-                .map_err(|m| map.error_at("store.client_cert", m))?;
+            crate::token::endpoint::transport::load_identity(&identity).map_err(|m| {
+                let key = crate::token::endpoint::transport::identity_error_key(&m);
+                map.error_at(&format!("store.{key}"), m)
+            })?;
             Some(identity)
         }
     };
@@ -364,7 +365,8 @@ fn lower_redis_tls(
     })
 }
 
-/// Checks a Redis url; true when it asks for TLS (`rediss://`).
+/// A Redis URL bearerd can use; true when it asks for TLS (`rediss://`). The message never
+/// quotes the URL: it may hold a password.
 fn check_redis_url(text: &str) -> Result<bool, String> {
     let url = url::Url::parse(text.trim()).map_err(|e| {
         format!("the redis url does not parse ({e}); expected redis://[user:pass@]host:port/db or rediss://…")
@@ -381,6 +383,11 @@ fn check_redis_url(text: &str) -> Result<bool, String> {
     let db = url.path().trim_start_matches('/');
     if !db.is_empty() && db.parse::<u16>().is_err() {
         return Err("the redis url's path must be a database number, e.g. /0".into());
+    }
+    // The Redis client reads `#insecure` as "skip certificate checks", which this build
+    // refuses at every connection; any other fragment makes the url unusable.
+    if url.fragment().is_some() {
+        return Err("the redis url may not have a #fragment (certificate checks cannot be turned off; trust a private CA with ca_file)".into());
     }
     Ok(url.scheme() == "rediss")
 }

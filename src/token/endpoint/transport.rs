@@ -54,6 +54,16 @@ pub struct LoadedIdentity {
     pub fingerprint: [u8; 32],
 }
 
+/// The config key a `load_identity` error is about: the key file's own faults point at
+/// `client_key`, everything else (including a pair that does not match) at `client_cert`.
+pub fn identity_error_key(message: &str) -> &'static str {
+    if message.starts_with("client_key") || message.starts_with("cannot read client_key") {
+        "client_key"
+    } else {
+        "client_cert"
+    }
+}
+
 /// Reads the certificate chain and key for mutual TLS. Messages name the files, never
 /// their content.
 pub fn load_identity(id: &ClientIdentity) -> Result<LoadedIdentity, String> {
