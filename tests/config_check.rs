@@ -231,13 +231,22 @@ fn per_subject_keys_are_checked_with_their_line() {
         String::from_utf8_lossy(&out.stderr)
     );
     let token_line = "subject_token = { header = \"x-user-token\" }";
+    // An actor token is a file, checked like the plain exchange's.
     assert_error(
         &obo.replace(
             token_line,
-            &format!("{token_line}\nactor_token = {{ file = \"/x\" }}"),
+            &format!("{token_line}\nactor_token = {{ file = \"/nonexistent/actor.jwt\" }}"),
         ),
         7,
-        &["actor_token"],
+        &["actor_token", "/nonexistent/actor.jwt"],
+    );
+    assert_error(
+        &obo.replace(
+            token_line,
+            &format!("{token_line}\nactor_token = {{ env = \"AGENT_TOKEN\" }}"),
+        ),
+        7,
+        &["actor_token", "file"],
     );
     assert_error(
         &obo.replace(token_line, "subject_token = { header = \"Host\" }"),

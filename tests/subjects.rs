@@ -688,20 +688,51 @@ async fn the_cli_lists_shows_refreshes_and_logs_out_subjects() {
     assert!(!ok && out.contains("per subject"), "{out}");
 }
 
+/// A GET through the on-behalf-of credential with a user's token in `x-user-token`, as
+/// `Bearer …` or bare.
+async fn with_user_token(h: &Harness, token: String, bearer: bool) -> reqwest::Response {
+    let value = if bearer {
+        format!("Bearer {token}")
+    } else {
+        token
+    };
+    let url = h.url("/api/x");
+    h.client
+        .get(url)
+        .header("x-user-token", value)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The identity provider of an app's users, whose tokens the test token server accepts as
+/// token-exchange subject (and actor) tokens.
+struct UserIdp(support::keys::TestKey);
+
+impl UserIdp {
+    fn trusted_by(tokens: &support::TokenServer) -> UserIdp {
+        let key = support::keys::TestKey::generate(support::keys::KeyKind::Rsa);
+        let mut signer = key.signer("https://idp.users", None, "sts.test");
+        signer.single_use = false;
+        tokens.state.trust_grant_assertions(vec![signer]);
+        UserIdp(key)
+    }
+
+    /// A token for `sub` that expires `lifetime` seconds from now (in the past if negative).
+    fn mint(&self, sub: &str, jti: &str, lifetime: i64) -> String {
+        let now = support::keys::now();
+        self.0.mint(&json!({
+            "iss": "https://idp.users", "sub": sub, "aud": "sts.test",
+            "iat": now, "exp": now as i64 + lifetime, "jti": jti,
+        }))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_behalf_of_exchanges_each_users_token_once_and_never_past_its_expiry() {
-    use support::keys::{now, KeyKind, TestKey};
     let (tokens, upstream) = support::start_peers(Duration::from_secs(300)).await;
-    let users = TestKey::generate(KeyKind::Rsa);
-    let mut signer = users.signer("https://idp.users", None, "sts.test");
-    signer.single_use = false;
-    tokens.state.trust_grant_assertions(vec![signer]);
-    let user_token = |sub: &str, jti: &str, lifetime: i64| {
-        users.mint(&json!({
-            "iss": "https://idp.users", "sub": sub, "aud": "sts.test",
-            "iat": now(), "exp": now() as i64 + lifetime, "jti": jti,
-        }))
-    };
+    let users = UserIdp::trusted_by(&tokens);
+    let user_token = |sub: &str, jti: &str, lifetime: i64| users.mint(sub, jti, lifetime);
     let opts = Options {
         grant: "token_exchange",
         lifetime: Duration::from_secs(300),
@@ -710,17 +741,7 @@ async fn on_behalf_of_exchanges_each_users_token_once_and_never_past_its_expiry(
         ..Options::default()
     };
     let h = Harness::start_raw(tokens, upstream, opts, String::new()).await;
-    let as_user = |token: String| {
-        let h = &h;
-        async move {
-            h.client
-                .get(h.url("/api/x"))
-                .header("x-user-token", format!("Bearer {token}"))
-                .send()
-                .await
-                .unwrap()
-        }
-    };
+    let as_user = |token: String| with_user_token(&h, token, true);
     assert_eq!(h.get("/api/x").await.status(), 400, "no user token");
     let alice = user_token("alice", "a1", 600);
     let r = as_user(alice.clone()).await;
@@ -767,6 +788,75 @@ async fn on_behalf_of_exchanges_each_users_token_once_and_never_past_its_expiry(
     assert_eq!(h.status().await["credentials"]["api"]["on_behalf_of"], true);
     let rt = "irrelevant";
     assert_eq!(hand_over(&h, "someone", rt).await.status(), 400);
+}
+
+/// On behalf of, with the agent's own token as `actor_token` (RFC 8693 delegation: the
+/// user is the subject, the agent the actor): every user's exchange sends the actor token
+/// as its file holds it at that moment, so the platform's rotation of it is picked up, and
+/// a user's exchanged token never outlives the actor token either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_behalf_of_with_an_actor_token_sends_the_agents_current_token() {
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(300)).await;
+    let users = UserIdp::trusted_by(&tokens);
+    let mint = |sub: &str, jti: &str, lifetime: i64| users.mint(sub, jti, lifetime);
+    let dir = std::env::temp_dir().join(format!("bearerd-actor-{}", support::rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let actor_file = dir.join("agent.jwt");
+    let first_actor = mint("agent", "agent-1", 600);
+    std::fs::write(&actor_file, &first_actor).unwrap();
+    let opts = Options {
+        grant: "token_exchange",
+        lifetime: Duration::from_secs(300),
+        credential_extra: format!(
+            "subject_token = {{ header = \"x-user-token\" }}\nactor_token = {{ file = {:?} }}\n",
+            actor_file.display().to_string()
+        ),
+        ..Options::default()
+    };
+    let h = Harness::start_raw(tokens, upstream, opts, String::new()).await;
+    let as_user = |token: String| with_user_token(&h, token, false);
+    let sent = |h: &Harness| {
+        let form = h.tokens.state.last_form();
+        let get = |k: &str| {
+            form.iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        (
+            get("subject_token"),
+            get("actor_token"),
+            get("actor_token_type"),
+        )
+    };
+
+    let alice = mint("alice", "a1", 600);
+    let r = as_user(alice.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(token_subject(r).await.as_deref(), Some("alice"));
+    assert_eq!(
+        sent(&h),
+        (
+            Some(alice.clone()),
+            Some(first_actor.clone()),
+            Some("urn:ietf:params:oauth:token-type:jwt".to_string())
+        )
+    );
+
+    // The platform rotates the agent's token; the next user's exchange sends the new one,
+    // and its 3-second life bounds that user's exchanged token.
+    let second_actor = mint("agent", "agent-2", 3);
+    std::fs::write(&actor_file, &second_actor).unwrap();
+    let bob = mint("bob", "b1", 600);
+    let r = as_user(bob.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(token_subject(r).await.as_deref(), Some("bob"));
+    assert_eq!(sent(&h).1, Some(second_actor));
+    assert_eq!(h.tokens.state.requests(), 2);
+    let key = SubjectKey::of_token(&secrecy::SecretString::from(bob));
+    let status = subject_status(&h, key.as_str()).await;
+    let left = status["expires_in_s"].as_f64().unwrap();
+    assert!(left <= 3.0, "bounded by the actor token: {status}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

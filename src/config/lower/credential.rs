@@ -385,12 +385,8 @@ fn lower_on_behalf_of(
     t: &crate::config::raw::RawTokenExchangeCredential,
 ) -> Result<SubjectConfig, ConfigError> {
     let key = |k: &str| format!("credentials.{name}.{k}");
-    if t.actor_token.is_some() {
-        return Err(map.error_at(
-            &key("actor_token"),
-            "an on-behalf-of exchange takes no actor_token yet; the client itself acts",
-        ));
-    }
+    // An `actor_token` (the agent's own token, from a file) goes with every user's
+    // exchange, lowered with the other grant keys.
     let header = subject_header_name(map, &key("subject_token"), header)?;
     let (idle, max_in_memory) =
         subjects_in_memory(map, name, &t.subject_idle, t.max_subjects_in_memory)?;
