@@ -606,7 +606,8 @@ async fn a_fleet_on_redis_makes_the_token_requests_of_one_sidecar() {
 /// token request between them), and Redis holds only sealed values. A sidecar that trusts
 /// another CA, or shows no client certificate, never gets through to that Redis: it still
 /// serves (client credentials refresh without the store), and its `/status` says the store
-/// is down and why.
+/// is down and why. When the CA and certificates are renewed (files rewritten, Redis
+/// restarted with them), the sidecars reconnect with the new files without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_on_rediss_with_a_private_ca_and_client_certificates_shares_one_token() {
     let f = Fleet::start_on(Duration::from_secs(60), RedisServer::start_tls()).await;
@@ -689,6 +690,25 @@ async fn a_fleet_on_rediss_with_a_private_ca_and_client_certificates_shares_one_
         let status: serde_json::Value = serde_json::from_str(&f.admin(s, "/status").await).unwrap();
         assert_eq!(status["store"]["up"], true, "{status}");
     }
+
+    // The CA and every certificate are renewed in place, and Redis restarts with them: the
+    // sidecars read the files again and get back in without a restart of their own (with
+    // the files of their start, the server's new certificate is of an unknown CA).
+    let mut f = f;
+    f.redis.renew_pki_and_restart();
+    for s in [&a, &b] {
+        store_up_becomes(&f.client, s, true).await;
+        assert_eq!(f.get(s, "/api/x").await.status(), 200);
+    }
+    let back = std::time::Instant::now();
+    while !f.redis.dump().iter().any(|(k, _)| k.contains(":set:")) {
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "the set never came back over the renewed TLS"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(f.requests(), 3, "no token request for the renewal");
     drop(vec![a, b]);
 }
 

@@ -12,6 +12,7 @@ pub mod lock;
 mod memory;
 pub mod metered;
 mod redis;
+mod redis_client;
 pub mod sealed;
 
 use std::path::PathBuf;

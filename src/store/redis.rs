@@ -27,10 +27,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use tokio::sync::watch;
 
 use super::memory::LocalCoordination;
+use super::redis_client::{RedisClients, Reload};
 use super::sealed::Sealer;
 use super::{
     Lease, SaveOutcome, StoreBackend, StoreError, StoreHealth, StoredSet, StoredSetRecord,
@@ -145,9 +146,11 @@ return 0
 ";
 
 pub struct RedisStore {
-    client: redis::Client,
-    /// Connected on first use, on the runtime that uses it; reconnects by itself.
-    connection: tokio::sync::OnceCell<ConnectionManager>,
+    clients: Arc<RedisClients>,
+    /// Connected on first use, on the runtime that uses it; reconnects by itself, and is
+    /// built again when the client's TLS files were renewed (the generation it was built
+    /// from is older than the client's).
+    connection: tokio::sync::Mutex<Option<(u64, ConnectionManager)>>,
     sealer: Sealer,
     prefix: String,
     /// Credential name → its key suffix (`name:hash-of-binding`).
@@ -210,24 +213,7 @@ impl RedisStore {
         prefix: &str,
         credentials: &[(&str, String)],
     ) -> Result<RedisStore, StoreError> {
-        // The URL may carry a password: errors never quote it.
-        let info = redis::IntoConnectionInfo::into_connection_info(url.expose_secret().trim())
-            .map_err(|e| {
-                StoreError::Invalid(format!("redis store: unusable url: {:?}", e.kind()))
-            })?;
-        let client = if tls.ca_file.is_none() && tls.identity.is_none() {
-            redis::Client::open(info).map_err(|e| {
-                StoreError::Invalid(format!("redis store: unusable url: {:?}", e.kind()))
-            })?
-        } else {
-            // The url is parsed already: what fails here is the certificates.
-            redis::Client::build_with_tls(info, tls_certificates(tls)?).map_err(|e| {
-                StoreError::Invalid(format!(
-                    "redis store: the TLS files ({}) cannot be used: {e}",
-                    tls.describe()
-                ))
-            })?
-        };
+        let clients = Arc::new(RedisClients::new(url, tls)?);
         let keys = credentials
             .iter()
             .map(|(name, binding)| {
@@ -238,8 +224,8 @@ impl RedisStore {
             })
             .collect();
         Ok(RedisStore {
-            client,
-            connection: tokio::sync::OnceCell::new(),
+            clients,
+            connection: tokio::sync::Mutex::new(None),
             sealer: Sealer::new(key),
             prefix: prefix.to_string(),
             keys,
@@ -397,7 +383,7 @@ impl RedisStore {
 
     /// A plain connection for a one-off check (at startup, off the service runtimes).
     async fn connect_once(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
-        within(CONNECT_TIMEOUT * 2, connect_plain(&self.client))
+        within(CONNECT_TIMEOUT * 2, connect_plain(&self.clients.client()))
             .await
             .map_err(|why| self.unavailable(&why))
     }
@@ -419,23 +405,27 @@ impl RedisStore {
                 message: why,
             });
         }
-        let con = self
-            .connection
-            .get_or_try_init(|| async {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                    .set_response_timeout(Some(COMMAND_TIMEOUT))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_secs(2));
-                within(
-                    CONNECT_TIMEOUT * 2,
-                    ConnectionManager::new_with_config(self.client.clone(), config),
-                )
-                .await
-                .map_err(|why| self.unavailable(&why))
-            })
-            .await?;
-        Ok(con.clone())
+        // Held while connecting, so concurrent first uses make one connection.
+        let mut slot = self.connection.lock().await;
+        let generation = self.clients.generation();
+        if let Some((built_from, con)) = slot.as_ref() {
+            if *built_from == generation {
+                return Ok(con.clone());
+            }
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let con = within(
+            CONNECT_TIMEOUT * 2,
+            ConnectionManager::new_with_config(self.clients.client(), config),
+        )
+        .await
+        .map_err(|why| self.unavailable(&why))?;
+        *slot = Some((generation, con.clone()));
+        Ok(con)
     }
 
     /// Runs one command within the time limit, noting whether Redis answered.
@@ -574,13 +564,13 @@ impl RedisStore {
             .map(|name| (self.channel(name), name.clone()))
             .collect();
         runtime.spawn(forward_changes(
-            self.client.clone(),
+            Arc::clone(&self.clients),
             format!("{}:changed:*", self.prefix),
             channels,
             Arc::clone(&self.local),
         ));
         runtime.spawn(watch_health(
-            self.client.clone(),
+            Arc::clone(&self.clients),
             Arc::clone(&self.health),
             Arc::clone(&self.local),
             self.keys.keys().cloned().collect(),
@@ -595,9 +585,10 @@ impl RedisStore {
 /// Pings Redis every second, so `/status` and `bearerd_store_up` follow an outage even while
 /// no refresh runs. A recovery puts the key check back (a Redis that restarted empty lost
 /// it, and a sidecar with another key must still be refused) and makes every credential
-/// look at the store again.
+/// look at the store again. It also reads a `rediss://` store's TLS files again, so renewed
+/// ones are used from the next connection on.
 async fn watch_health(
-    client: redis::Client,
+    clients: Arc<RedisClients>,
     health: Arc<Health>,
     local: Arc<LocalCoordination>,
     credentials: Vec<String>,
@@ -607,9 +598,25 @@ async fn watch_health(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
+        match clients.reload() {
+            Reload::Unchanged => {}
+            Reload::Renewed => {
+                tracing::info!(store = %health.store, "renewed TLS files are used for new connections");
+                connection = None;
+            }
+            Reload::Refused(why) => tracing::warn!(
+                store = %health.store,
+                error = %why,
+                "the changed TLS files cannot be used; the previous ones stay in use"
+            ),
+        }
+        let mut reconnected = false;
         if connection.is_none() {
-            match within(CONNECT_TIMEOUT * 2, connect_plain(&client)).await {
-                Ok(c) => connection = Some(c),
+            match within(CONNECT_TIMEOUT * 2, connect_plain(&clients.client())).await {
+                Ok(c) => {
+                    connection = Some(c);
+                    reconnected = true;
+                }
                 Err(why) => health.mark_down(&why),
             }
         }
@@ -623,13 +630,22 @@ async fn watch_health(
         .await
         {
             Ok(_) => {
-                if health.mark_up() {
+                let recovered = health.mark_up();
+                // On every new connection, not only after an outage this check saw: Redis
+                // may have restarted empty between two pings (while this connection was
+                // being replaced for renewed TLS files, say). A key check that was missing
+                // means the data is gone, and the sets are written back as after an outage.
+                if recovered || reconnected {
                     let mut restore = redis::cmd("SET");
                     restore.arg(&key_check_key).arg(&key_check).arg("NX");
-                    let _ =
-                        within(COMMAND_TIMEOUT, restore.query_async::<Option<String>>(con)).await;
-                    for name in &credentials {
-                        local.changed(name);
+                    let emptied =
+                        within(COMMAND_TIMEOUT, restore.query_async::<Option<String>>(con))
+                            .await
+                            .is_ok_and(|set| set.is_some());
+                    if recovered || emptied {
+                        for name in &credentials {
+                            local.changed(name);
+                        }
                     }
                 }
             }
@@ -654,34 +670,6 @@ async fn within<T>(
     }
 }
 
-/// The CA and client certificate of a `rediss://` store, read once at start: the Redis
-/// client keeps them for every reconnection, so a renewed certificate takes a restart.
-fn tls_certificates(tls: &RedisTls) -> Result<redis::TlsCertificates, StoreError> {
-    let read = |path: &std::path::Path, what: &str| {
-        std::fs::read(path).map_err(|e| {
-            StoreError::Invalid(format!(
-                "redis store: cannot read {what} {}: {e}",
-                path.display()
-            ))
-        })
-    };
-    let root_cert = match &tls.ca_file {
-        Some(path) => Some(read(path, "ca_file")?),
-        None => None,
-    };
-    let client_tls = match &tls.identity {
-        Some(id) => Some(redis::ClientTlsConfig {
-            client_cert: read(&id.cert, "client_cert")?,
-            client_key: read(&id.key, "client_key")?,
-        }),
-        None => None,
-    };
-    Ok(redis::TlsCertificates {
-        client_tls,
-        root_cert,
-    })
-}
-
 /// A plain multiplexed connection with bearerd's time limits.
 async fn connect_plain(
     client: &redis::Client,
@@ -697,13 +685,14 @@ async fn connect_plain(
 /// Forwards change notifications from Redis to the local watches, reconnecting for as long
 /// as the process runs. The refresher also polls, so a lost message only delays a waiter.
 async fn forward_changes(
-    client: redis::Client,
+    clients: Arc<RedisClients>,
     pattern: String,
     channels: HashMap<String, String>,
     local: Arc<LocalCoordination>,
 ) {
     use futures::StreamExt;
     loop {
+        let client = clients.client();
         let connected = tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_async_pubsub()).await;
         if let Ok(Ok(mut pubsub)) = connected {
             if pubsub.psubscribe(&pattern).await.is_ok() {

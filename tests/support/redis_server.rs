@@ -205,6 +205,14 @@ impl RedisServer {
         }
     }
 
+    /// A new CA, server and client certificates written over the old files (as a
+    /// certificate manager renews them), and the server restarted empty with them.
+    pub fn renew_pki_and_restart(&mut self) {
+        let dir = self.dir.join("pki");
+        self.tls = Some(TestPki::generate(&dir));
+        self.restart_empty();
+    }
+
     /// Starts an empty server on the same port.
     pub fn restart_empty(&mut self) {
         self.kill();

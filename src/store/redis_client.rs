@@ -1,0 +1,249 @@
+//! The Redis store's client, and the TLS files behind it. A `rediss://` store with a
+//! `ca_file` or a client certificate reads them again every second (from the health check):
+//! a renewed, usable set becomes the client of every new connection, and the store's own
+//! connection is rebuilt on its next use. Open connections are not cut: TLS checks
+//! certificates at the handshake only. A changed set that cannot be used (a certificate
+//! written before its key, say) is reported once and the previous set stays in use.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::StoreError;
+use crate::config::RedisTls;
+
+/// What a reload found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reload {
+    /// The files are as they were (or as a set already refused).
+    Unchanged,
+    /// A new set is in use for new connections.
+    Renewed,
+    /// The files changed but cannot be used; the previous set stays. Said once per set.
+    Refused(String),
+}
+
+pub struct RedisClients {
+    info: redis::ConnectionInfo,
+    tls: RedisTls,
+    current: ArcSwap<redis::Client>,
+    /// Counts the sets put in use; a connection built from an older one is rebuilt.
+    generation: AtomicU64,
+    /// The fingerprint of the files as last read (in use or refused).
+    last_seen: Mutex<[u8; 32]>,
+}
+
+/// The files' bytes, read together.
+struct TlsFiles {
+    ca: Option<Vec<u8>>,
+    cert: Option<Vec<u8>>,
+    key: Option<Zeroizing<Vec<u8>>>,
+}
+
+impl TlsFiles {
+    fn read(tls: &RedisTls) -> Result<TlsFiles, String> {
+        let read = |path: &std::path::Path, what: &str| {
+            std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+        };
+        Ok(TlsFiles {
+            ca: tls
+                .ca_file
+                .as_deref()
+                .map(|p| read(p, "ca_file"))
+                .transpose()?,
+            cert: tls
+                .identity
+                .as_ref()
+                .map(|id| read(&id.cert, "client_cert"))
+                .transpose()?,
+            key: tls
+                .identity
+                .as_ref()
+                .map(|id| read(&id.key, "client_key").map(Zeroizing::new))
+                .transpose()?,
+        })
+    }
+
+    fn fingerprint(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for part in [
+            self.ca.as_deref(),
+            self.cert.as_deref(),
+            self.key.as_deref().map(|k| &k[..]),
+        ] {
+            // A length prefix, so moving bytes between files changes the fingerprint.
+            let bytes = part.unwrap_or_default();
+            h.update((bytes.len() as u64).to_le_bytes());
+            h.update(bytes);
+        }
+        h.finalize().into()
+    }
+}
+
+impl RedisClients {
+    /// The client for `url`, with the TLS files read now. Errors never quote the url (it may
+    /// hold a password).
+    pub fn new(url: &SecretString, tls: &RedisTls) -> Result<RedisClients, StoreError> {
+        let info = redis::IntoConnectionInfo::into_connection_info(url.expose_secret().trim())
+            .map_err(|e| {
+                StoreError::Invalid(format!("redis store: unusable url: {:?}", e.kind()))
+            })?;
+        let (client, fingerprint) = if tls.ca_file.is_none() && tls.identity.is_none() {
+            let client = redis::Client::open(info.clone()).map_err(|e| {
+                StoreError::Invalid(format!("redis store: unusable url: {:?}", e.kind()))
+            })?;
+            (client, [0; 32])
+        } else {
+            let files = TlsFiles::read(tls)
+                .map_err(|m| StoreError::Invalid(format!("redis store: {m}")))?;
+            let fingerprint = files.fingerprint();
+            let client = build(&info, tls, files)
+                .map_err(|m| StoreError::Invalid(format!("redis store: {m}")))?;
+            (client, fingerprint)
+        };
+        Ok(RedisClients {
+            info,
+            tls: tls.clone(),
+            current: ArcSwap::from_pointee(client),
+            generation: AtomicU64::new(0),
+            last_seen: Mutex::new(fingerprint),
+        })
+    }
+
+    /// The client for new connections.
+    pub fn client(&self) -> redis::Client {
+        (**self.current.load()).clone()
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Whether there are files to watch.
+    pub fn has_tls_files(&self) -> bool {
+        self.tls.ca_file.is_some() || self.tls.identity.is_some()
+    }
+
+    /// Reads the TLS files again and puts a changed, usable set in use.
+    pub fn reload(&self) -> Reload {
+        if !self.has_tls_files() {
+            return Reload::Unchanged;
+        }
+        let files = match TlsFiles::read(&self.tls) {
+            Ok(files) => files,
+            // Missing for a moment (a volume being updated) is not a change: the next
+            // second reads them again.
+            Err(_) => return Reload::Unchanged,
+        };
+        let fingerprint = files.fingerprint();
+        {
+            let mut last = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+            if *last == fingerprint {
+                return Reload::Unchanged;
+            }
+            *last = fingerprint;
+        }
+        match build(&self.info, &self.tls, files) {
+            Ok(client) => {
+                self.current.store(Arc::new(client));
+                self.generation.fetch_add(1, Ordering::SeqCst);
+                Reload::Renewed
+            }
+            Err(message) => Reload::Refused(message),
+        }
+    }
+}
+
+/// A client with these files, checked first as the config check does (a certificate that
+/// parses, a client certificate that matches its key), so a half-written set is refused
+/// here rather than at every handshake.
+fn build(
+    info: &redis::ConnectionInfo,
+    tls: &RedisTls,
+    files: TlsFiles,
+) -> Result<redis::Client, String> {
+    if let Some(path) = &tls.ca_file {
+        crate::config::load_ca_file(path)?;
+    }
+    if let Some(identity) = &tls.identity {
+        crate::token::endpoint::transport::load_identity(identity)?;
+    }
+    let certificates = redis::TlsCertificates {
+        client_tls: match (files.cert, files.key) {
+            (Some(client_cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert,
+                // The Redis client keeps its own copy for every reconnection.
+                client_key: key.to_vec(),
+            }),
+            _ => None,
+        },
+        root_cert: files.ca,
+    };
+    redis::Client::build_with_tls(info.clone(), certificates)
+        .map_err(|e| format!("the TLS files ({}) cannot be used: {e}", tls.describe()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClientIdentity;
+
+    fn pair(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["bearerd".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (c, k) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    /// Unchanged files are not rebuilt; a renewed pair is put in use; a pair that does not
+    /// match (the certificate written before its key) is refused once, not every second,
+    /// and the set in use stays; the completed renewal is then put in use.
+    #[test]
+    fn renewed_files_are_used_and_a_half_written_pair_is_refused_once() {
+        let dir = std::env::temp_dir().join(format!("bearerd-rc-{:x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = pair(&dir, "first");
+        let live = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::copy(&cert, &live.0).unwrap();
+        std::fs::copy(&key, &live.1).unwrap();
+        let tls = RedisTls {
+            ca_file: Some(live.0.clone()),
+            identity: Some(ClientIdentity {
+                cert: live.0.clone(),
+                key: live.1.clone(),
+            }),
+        };
+        let url = SecretString::from("rediss://127.0.0.1:1/0".to_string());
+        let clients = RedisClients::new(&url, &tls).unwrap();
+        assert_eq!(clients.reload(), Reload::Unchanged);
+        assert_eq!(clients.generation(), 0);
+
+        let (cert2, key2) = pair(&dir, "second");
+        std::fs::copy(&cert2, &live.0).unwrap();
+        assert!(matches!(clients.reload(), Reload::Refused(m) if m.contains("does not match")));
+        assert_eq!(clients.reload(), Reload::Unchanged, "refused once");
+        assert_eq!(clients.generation(), 0);
+
+        std::fs::copy(&key2, &live.1).unwrap();
+        assert_eq!(clients.reload(), Reload::Renewed);
+        assert_eq!(clients.generation(), 1);
+        assert_eq!(clients.reload(), Reload::Unchanged);
+
+        // A file missing for a moment (a volume being swapped) changes nothing.
+        std::fs::remove_file(&live.1).unwrap();
+        assert_eq!(clients.reload(), Reload::Unchanged);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
