@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bearerd::token::subject::SubjectKey;
 use serde_json::json;
-use support::{Harness, Options};
+use support::{FailMode, Harness, Options};
 
 const HEADER: &str = "x-bearerd-subject";
 const REDIRECT: &str = "https://app.example/oauth/callback";
@@ -793,7 +793,9 @@ async fn on_behalf_of_exchanges_each_users_token_once_and_never_past_its_expiry(
 /// On behalf of, with the agent's own token as `actor_token` (RFC 8693 delegation: the
 /// user is the subject, the agent the actor): every user's exchange sends the actor token
 /// as its file holds it at that moment, so the platform's rotation of it is picked up, and
-/// a user's exchanged token never outlives the actor token either.
+/// a user's exchanged token never outlives the actor token either. An exchange refused while
+/// the actor token is bad is tried again (rate-limited) once it is fixed, so the users who
+/// were active then are not refused for as long as their own tokens live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_behalf_of_with_an_actor_token_sends_the_agents_current_token() {
     let (tokens, upstream) = support::start_peers(Duration::from_secs(300)).await;
@@ -808,7 +810,7 @@ async fn on_behalf_of_with_an_actor_token_sends_the_agents_current_token() {
         grant: "token_exchange",
         lifetime: Duration::from_secs(300),
         credential_extra: format!(
-            "subject_token = {{ header = \"x-user-token\" }}\nactor_token = {{ file = {:?} }}\n",
+            "subject_token = {{ header = \"x-user-token\" }}\nactor_token = {{ file = {:?} }}\nmin_refresh_interval = \"1s\"\n",
             actor_file.display().to_string()
         ),
         ..Options::default()
@@ -843,8 +845,8 @@ async fn on_behalf_of_with_an_actor_token_sends_the_agents_current_token() {
     );
 
     // The platform rotates the agent's token; the next user's exchange sends the new one,
-    // and its 3-second life bounds that user's exchanged token.
-    let second_actor = mint("agent", "agent-2", 3);
+    // and its 30-second life bounds that user's exchanged token.
+    let second_actor = mint("agent", "agent-2", 30);
     std::fs::write(&actor_file, &second_actor).unwrap();
     let bob = mint("bob", "b1", 600);
     let r = as_user(bob.clone()).await;
@@ -855,7 +857,38 @@ async fn on_behalf_of_with_an_actor_token_sends_the_agents_current_token() {
     let key = SubjectKey::of_token(&secrecy::SecretString::from(bob));
     let status = subject_status(&h, key.as_str()).await;
     let left = status["expires_in_s"].as_f64().unwrap();
-    assert!(left <= 3.0, "bounded by the actor token: {status}");
+    assert!(left <= 30.0, "bounded by the actor token: {status}");
+
+    // The provider refuses the agent for a while (invalid_grant): carol, who arrives then,
+    // is refused with requires_reauth, as the answer reads.
+    h.tokens
+        .state
+        .set_fail(FailMode::OAuthError("invalid_grant".into()));
+    let carol = mint("carol", "c1", 600);
+    let r = as_user(carol.clone()).await;
+    assert_eq!(r.status(), 403);
+    let before = h.tokens.state.requests();
+    // Fixed: carol's same token gets through again, after a rate-limited new exchange.
+    h.tokens.state.set_fail(FailMode::None);
+    let fixed = Instant::now();
+    loop {
+        let r = as_user(carol.clone()).await;
+        if r.status() == 200 {
+            assert_eq!(token_subject(r).await.as_deref(), Some("carol"));
+            break;
+        }
+        assert_eq!(r.status(), 403);
+        assert!(
+            fixed.elapsed() < Duration::from_secs(15),
+            "carol is still refused after the actor was fixed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let retries = h.tokens.state.requests() - before;
+    assert!(
+        (1..=3).contains(&retries),
+        "{retries} exchanges for carol's retry: one per min_refresh_interval at most"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -60,6 +60,8 @@ pub struct LiveSubject {
     slot: Arc<CredentialSlot>,
     /// Milliseconds since the registry's epoch.
     last_used_ms: AtomicU64,
+    /// When it came into memory, in the same milliseconds.
+    admitted_ms: u64,
     /// Stops the subject's refresher (after an attempt in flight has finished).
     stop: watch::Sender<bool>,
 }
@@ -206,8 +208,29 @@ impl SubjectRegistry {
         token: &secrecy::SecretString,
     ) -> (SubjectKey, Arc<CredentialSlot>) {
         let subject = SubjectKey::of_token(token);
-        let live = self.admit_with(&subject, Some(token));
+        let mut live = self.admit_with(&subject, Some(token));
+        if self.may_exchange_again(&live) {
+            if let Some((subject, gone)) =
+                self.live.remove_if(&subject, |_, l| Arc::ptr_eq(l, &live))
+            {
+                self.leave_memory(&subject, &gone);
+            }
+            live = self.admit_with(&subject, Some(token));
+        }
         (subject, Arc::clone(&live.credential.slot))
+    }
+
+    /// With an actor token, a refused exchange may be the actor's fault (revoked, or renewed
+    /// late), not the user's: a failed user is exchanged again on a request once
+    /// `min_refresh_interval` has passed since the failed attempt began, rather than staying
+    /// refused for as long as the app sends that user token. Without an actor the refusal
+    /// is the user token's, and final for it.
+    fn may_exchange_again(&self, live: &LiveSubject) -> bool {
+        let with_actor = self.exchange.as_ref().is_some_and(|x| x.actor.is_some());
+        with_actor
+            && live.slot.state() == CredentialState::Failed
+            && self.now_ms().saturating_sub(live.admitted_ms)
+                >= self.credential_config.policy.min_interval.as_millis() as u64
     }
 
     fn admit_with(
@@ -287,6 +310,7 @@ impl SubjectRegistry {
             slot: Arc::clone(&credential.slot),
             credential,
             last_used_ms: AtomicU64::new(self.now_ms()),
+            admitted_ms: self.now_ms(),
             stop,
         })
     }
