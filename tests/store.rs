@@ -610,7 +610,7 @@ async fn a_fleet_on_redis_makes_the_token_requests_of_one_sidecar() {
 /// restarted with them), the sidecars reconnect with the new files without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_on_rediss_with_a_private_ca_and_client_certificates_shares_one_token() {
-    let f = Fleet::start_on(Duration::from_secs(60), RedisServer::start_tls()).await;
+    let f = Fleet::start_on(Duration::from_secs(300), RedisServer::start_tls()).await;
     let a = f.sidecar(CLIENT_CREDENTIALS).await;
     let b = f.sidecar(CLIENT_CREDENTIALS).await;
     assert_eq!(
@@ -694,12 +694,19 @@ async fn a_fleet_on_rediss_with_a_private_ca_and_client_certificates_shares_one_
     // The CA and every certificate are renewed in place, and Redis restarts with them: the
     // sidecars read the files again and get back in without a restart of their own (with
     // the files of their start, the server's new certificate is of an unknown CA).
+    let loads_ok = |m: &str| {
+        support::metric(
+            m,
+            "bearerd_store_operations_total{op=\"load\",result=\"ok\"}",
+        )
+        .unwrap_or(0.0)
+    };
+    let mut loads_before = Vec::new();
+    for s in [&a, &b] {
+        loads_before.push(loads_ok(&f.admin(s, "/metrics").await));
+    }
     let mut f = f;
     f.redis.renew_pki_and_restart();
-    for s in [&a, &b] {
-        store_up_becomes(&f.client, s, true).await;
-        assert_eq!(f.get(s, "/api/x").await.status(), 200);
-    }
     let back = std::time::Instant::now();
     while !f.redis.dump().iter().any(|(k, _)| k.contains(":set:")) {
         assert!(
@@ -707,6 +714,19 @@ async fn a_fleet_on_rediss_with_a_private_ca_and_client_certificates_shares_one_
             "the set never came back over the renewed TLS"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Each sidecar (not only the one that wrote the set back) reads the store again over
+    // the renewed files: the emptied Redis made both look.
+    for (s, before) in [&a, &b].into_iter().zip(loads_before) {
+        while loads_ok(&f.admin(s, "/metrics").await) <= before {
+            assert!(
+                back.elapsed() < Duration::from_secs(15),
+                "a sidecar never read the store over the renewed TLS"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        store_up_becomes(&f.client, s, true).await;
+        assert_eq!(f.get(s, "/api/x").await.status(), 200);
     }
     assert_eq!(f.requests(), 3, "no token request for the renewal");
     drop(vec![a, b]);

@@ -12,7 +12,7 @@ use std::path::Path;
 
 pub use error::ConfigError;
 use error::SourceMap;
-pub use lower::{load_ca_file, parse_store_key};
+pub use lower::{load_ca_file, parse_ca_pem, parse_store_key};
 pub use model::*;
 pub use secret::{same_secret, SecretRef};
 

@@ -23,7 +23,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
@@ -145,12 +145,23 @@ end
 return 0
 ";
 
+/// The store's connection, and the TLS files' generation it was made with.
+struct StoreConnection {
+    built_from: u64,
+    con: ConnectionManager,
+    /// After a failed attempt with renewed files: not before then again.
+    retry_at: Option<Instant>,
+}
+
+/// How long the open connection serves on after renewed TLS files failed to connect.
+const RENEWED_RETRY: Duration = Duration::from_secs(5);
+
 pub struct RedisStore {
     clients: Arc<RedisClients>,
     /// Connected on first use, on the runtime that uses it; reconnects by itself, and is
     /// built again when the client's TLS files were renewed (the generation it was built
     /// from is older than the client's).
-    connection: tokio::sync::Mutex<Option<(u64, ConnectionManager)>>,
+    connection: tokio::sync::Mutex<Option<StoreConnection>>,
     sealer: Sealer,
     prefix: String,
     /// Credential name → its key suffix (`name:hash-of-binding`).
@@ -388,29 +399,41 @@ impl RedisStore {
             .map_err(|why| self.unavailable(&why))
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        // While the health check finds Redis down, fail at once: waiting out a connection
-        // attempt per operation would make a refresh that may go on without the store (a
-        // client-credentials token) late. The check notices a recovery within a second.
-        if self.subscribed.load(Ordering::SeqCst) && !self.health.up.load(Ordering::SeqCst) {
-            let why = self
-                .health
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-                .unwrap_or_else(|| "no answer".into());
-            return Err(StoreError::Unavailable {
-                store: self.describe(),
-                message: why,
-            });
+    /// While the health check finds Redis down, operations fail at once: waiting out a
+    /// connection attempt per operation would make a refresh that may go on without the
+    /// store (a client-credentials token) late. The check notices a recovery within a second.
+    fn known_down(&self) -> Option<StoreError> {
+        if !self.subscribed.load(Ordering::SeqCst) || self.health.up.load(Ordering::SeqCst) {
+            return None;
         }
-        // Held while connecting, so concurrent first uses make one connection.
+        let why = self
+            .health
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| "no answer".into());
+        Some(StoreError::Unavailable {
+            store: self.describe(),
+            message: why,
+        })
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+        if let Some(down) = self.known_down() {
+            return Err(down);
+        }
+        // Held while connecting, so concurrent first uses make one connection; whoever
+        // waited looks at the health again.
         let mut slot = self.connection.lock().await;
+        if let Some(down) = self.known_down() {
+            return Err(down);
+        }
         let generation = self.clients.generation();
-        if let Some((built_from, con)) = slot.as_ref() {
-            if *built_from == generation {
-                return Ok(con.clone());
+        if let Some(current) = slot.as_ref() {
+            let backing_off = current.retry_at.is_some_and(|at| Instant::now() < at);
+            if current.built_from == generation || backing_off {
+                return Ok(current.con.clone());
             }
         }
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -418,14 +441,30 @@ impl RedisStore {
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2));
-        let con = within(
+        let connected = within(
             CONNECT_TIMEOUT * 2,
             ConnectionManager::new_with_config(self.clients.client(), config),
         )
-        .await
-        .map_err(|why| self.unavailable(&why))?;
-        *slot = Some((generation, con.clone()));
-        Ok(con)
+        .await;
+        match (connected, slot.as_mut()) {
+            (Ok(con), _) => {
+                *slot = Some(StoreConnection {
+                    built_from: generation,
+                    con: con.clone(),
+                    retry_at: None,
+                });
+                Ok(con)
+            }
+            // Renewed TLS files that do not get in yet: the open connection serves on (TLS
+            // checked its certificates at its handshake), and the new files are tried again
+            // in a few seconds rather than by every operation in turn.
+            (Err(why), Some(current)) => {
+                tracing::warn!(store = %self.health.store, error = %why, "a connection with the renewed TLS files failed; the open one serves on");
+                current.retry_at = Some(Instant::now() + RENEWED_RETRY);
+                Ok(current.con.clone())
+            }
+            (Err(why), None) => Err(self.unavailable(&why)),
+        }
     }
 
     /// Runs one command within the time limit, noting whether Redis answered.
@@ -595,6 +634,9 @@ async fn watch_health(
     (key_check_key, key_check): (String, String),
 ) {
     let mut connection: Option<redis::aio::MultiplexedConnection> = None;
+    // The server's run id as last seen: a new one means Redis restarted (or failed over)
+    // since, perhaps empty, even when no ping failed in between.
+    let mut run_id: Option<String> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
@@ -632,9 +674,10 @@ async fn watch_health(
             Ok(_) => {
                 let recovered = health.mark_up();
                 // On every new connection, not only after an outage this check saw: Redis
-                // may have restarted empty between two pings (while this connection was
-                // being replaced for renewed TLS files, say). A key check that was missing
-                // means the data is gone, and the sets are written back as after an outage.
+                // may have restarted between two pings (while this connection was being
+                // replaced for renewed TLS files, say). Another run id, or a key check that
+                // was missing, means the data may be gone: every credential looks, and
+                // writes its set back if it is (only over nothing or an older set).
                 if recovered || reconnected {
                     let mut restore = redis::cmd("SET");
                     restore.arg(&key_check_key).arg(&key_check).arg("NX");
@@ -642,7 +685,20 @@ async fn watch_health(
                         within(COMMAND_TIMEOUT, restore.query_async::<Option<String>>(con))
                             .await
                             .is_ok_and(|set| set.is_some());
-                    if recovered || emptied {
+                    let info = within(
+                        COMMAND_TIMEOUT,
+                        redis::cmd("INFO").arg("server").query_async::<String>(con),
+                    )
+                    .await;
+                    let now_run = info.ok().and_then(|i| {
+                        i.lines()
+                            .find_map(|l| l.trim().strip_prefix("run_id:").map(str::to_string))
+                    });
+                    let restarted = matches!((&run_id, &now_run), (Some(a), Some(b)) if a != b);
+                    if now_run.is_some() {
+                        run_id = now_run;
+                    }
+                    if recovered || emptied || restarted {
                         for name in &credentials {
                             local.changed(name);
                         }

@@ -166,11 +166,12 @@ fn build(
     tls: &RedisTls,
     files: TlsFiles,
 ) -> Result<redis::Client, String> {
-    if let Some(path) = &tls.ca_file {
-        crate::config::load_ca_file(path)?;
+    // The bytes read, not the files again: they may have changed since.
+    if let (Some(path), Some(ca)) = (&tls.ca_file, &files.ca) {
+        crate::config::parse_ca_pem(path, ca)?;
     }
-    if let Some(identity) = &tls.identity {
-        crate::token::endpoint::transport::load_identity(identity)?;
+    if let (Some(identity), Some(cert), Some(key)) = (&tls.identity, &files.cert, &files.key) {
+        crate::token::endpoint::transport::identity_from_pem(identity, cert, key)?;
     }
     let certificates = redis::TlsCertificates {
         client_tls: match (files.cert, files.key) {

@@ -639,8 +639,13 @@ pub fn parse_store_key(text: &str) -> Result<[u8; 32], String> {
 pub fn load_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     let data =
         std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+    parse_ca_pem(path, &data)
+}
+
+/// The certificates of a CA file's content (`path` names it in messages).
+pub fn parse_ca_pem(path: &Path, data: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     let mut certs = Vec::new();
-    for item in rustls_pemfile::certs(&mut data.as_slice()) {
+    for item in rustls_pemfile::certs(&mut &data[..]) {
         let der = item.map_err(|e| format!("CA file {} is not valid PEM: {e}", path.display()))?;
         x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| {
             format!(

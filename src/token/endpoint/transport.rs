@@ -72,7 +72,17 @@ pub fn load_identity(id: &ClientIdentity) -> Result<LoadedIdentity, String> {
     };
     let cert_pem = read(&id.cert, "client_cert")?;
     let key_pem = zeroize::Zeroizing::new(read(&id.key, "client_key")?);
-    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    identity_from_pem(id, &cert_pem, &key_pem)
+}
+
+/// The identity of this certificate chain and key, as read from `id`'s files (which name
+/// them in messages).
+pub fn identity_from_pem(
+    id: &ClientIdentity,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<LoadedIdentity, String> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
         .collect::<Result<_, _>>()
         .map_err(|e| format!("client_cert {} is not valid PEM: {e}", id.cert.display()))?;
     let Some(leaf) = certs.first() else {
@@ -88,7 +98,7 @@ pub fn load_identity(id: &ClientIdentity) -> Result<LoadedIdentity, String> {
         )
     })?;
     let key =
-        parse_private_key(&key_pem).map_err(|e| format!("client_key {} {e}", id.key.display()))?;
+        parse_private_key(key_pem).map_err(|e| format!("client_key {} {e}", id.key.display()))?;
     if leaf.public_key().subject_public_key.data.as_ref() != key.public_key.as_slice() {
         return Err(format!(
             "client_cert {} does not match client_key {} (the certificate is for another key)",
@@ -98,7 +108,7 @@ pub fn load_identity(id: &ClientIdentity) -> Result<LoadedIdentity, String> {
     }
     let mut both = zeroize::Zeroizing::new(key_pem.to_vec());
     both.push(b'\n');
-    both.extend_from_slice(&cert_pem);
+    both.extend_from_slice(cert_pem);
     let identity = reqwest::Identity::from_pem(&both).map_err(|e| {
         format!(
             "client_cert {} and client_key {} cannot be used for TLS: {e}",
@@ -107,8 +117,8 @@ pub fn load_identity(id: &ClientIdentity) -> Result<LoadedIdentity, String> {
         )
     })?;
     let mut h = Sha256::new();
-    h.update(&cert_pem);
-    h.update(&*key_pem);
+    h.update(cert_pem);
+    h.update(key_pem);
     Ok(LoadedIdentity {
         identity,
         fingerprint: h.finalize().into(),
