@@ -146,6 +146,18 @@ fn write(name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// Runs check on `text` and asserts it passes; its output.
+fn assert_passes(name: &str, text: &str) -> std::process::Output {
+    let path = write(name, text);
+    let out = bearerd().args(["check", "-c"]).arg(&path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Runs check on `text` and asserts the error names `file:line:` and every `needle`.
 fn assert_error(text: &str, line: usize, needles: &[&str]) {
     let path = write("bad.toml", text);
@@ -223,13 +235,7 @@ fn per_subject_keys_are_checked_with_their_line() {
             "subject_header = \"x-bearerd-subject\"",
             "subject_token = { header = \"x-user-token\" }",
         );
-    let path = write("obo.toml", &obo);
-    let out = bearerd().args(["check", "-c"]).arg(&path).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_passes("obo.toml", &obo);
     let token_line = "subject_token = { header = \"x-user-token\" }";
     // An actor token is a file, checked like the plain exchange's.
     assert_error(
@@ -265,13 +271,7 @@ fn per_subject_keys_are_checked_with_their_line() {
 
 #[test]
 fn the_base_config_is_valid() {
-    let path = write("good.toml", BASE);
-    let out = bearerd().args(["check", "-c"]).arg(&path).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = assert_passes("good.toml", BASE);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("http://127.0.0.1:18080/crm/"), "{stdout}");
     assert!(stdout.contains("https://crm.example.com/api/"), "{stdout}");
@@ -790,16 +790,7 @@ fn redis_tls_mistakes_are_located() {
     let key = format!("client_key = {}", file(&pki.client_key));
 
     let valid = with_store(&format!("{}\n{ca}\n{cert}\n{key}", head("rediss")));
-    let out = bearerd()
-        .args(["check", "-c"])
-        .arg(write("ok.toml", &valid))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_passes("ok.toml", &valid);
 
     for (store, line, needles) in [
         (
