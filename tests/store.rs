@@ -973,3 +973,197 @@ async fn without_redis_client_credentials_refresh_locally() {
     );
     drop(vec![sidecar]);
 }
+
+/// How many empty restarts the settle test makes: 5 by default (CI), the full 20 with
+/// `BEARERD_EMPTY_RESTARTS=20` (the README's command).
+fn empty_restarts() -> usize {
+    std::env::var("BEARERD_EMPTY_RESTARTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5)
+}
+
+/// A request of the load that was not answered 2xx: when it was sent, its status, and the
+/// problem type bearerd answered with.
+struct BadAnswer {
+    sent: std::time::Instant,
+    status: u16,
+    problem: String,
+}
+
+/// `clients` loops of GETs through each proxy until `stop`: (ok, the slowest ok, the answers
+/// that were not 2xx).
+fn load_until(
+    proxies: Vec<std::net::SocketAddr>,
+    clients: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(usize, Duration, Vec<BadAnswer>)> {
+    tokio::spawn(async move {
+        let mut tasks = Vec::new();
+        for proxy in proxies {
+            for i in 0..clients {
+                let url = format!("http://{proxy}/api/load/{i}");
+                let stop = stop.clone();
+                tasks.push(tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    let (mut ok, mut slowest, mut bad) = (0, Duration::ZERO, Vec::new());
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let sent = std::time::Instant::now();
+                        match client.get(&url).send().await {
+                            Ok(r) if r.status().is_success() => {
+                                ok += 1;
+                                slowest = slowest.max(sent.elapsed());
+                            }
+                            Ok(r) => {
+                                let status = r.status().as_u16();
+                                let body: serde_json::Value = r.json().await.unwrap_or_default();
+                                let problem = format!(
+                                    "{} {}",
+                                    body["type"].as_str().unwrap_or(""),
+                                    body["detail"].as_str().unwrap_or("")
+                                );
+                                bad.push(BadAnswer {
+                                    sent,
+                                    status,
+                                    problem,
+                                });
+                            }
+                            Err(_) => bad.push(BadAnswer {
+                                sent,
+                                status: 0,
+                                problem: String::new(),
+                            }),
+                        }
+                    }
+                    (ok, slowest, bad)
+                }));
+            }
+        }
+        let mut total = (0, Duration::ZERO, Vec::new());
+        for t in tasks {
+            let (ok, slowest, bad) = t.await.unwrap();
+            total.0 += ok;
+            total.1 = total.1.max(slowest);
+            total.2.extend(bad);
+        }
+        total
+    })
+}
+
+/// Redis restarted empty inside a rotation, again and again, while three sidecars share a
+/// rotating refresh token (3-second tokens) against a strict provider (no reuse grace, the
+/// grant revoked on any reuse), under load. Each restart comes right after a rotation, when
+/// the holder has the new set and the other replicas still hold the one before it: the
+/// window where a replica with an older set could take the first lease on the empty Redis
+/// and send a spent refresh token. Every time the grant survives, no refresh token is sent
+/// twice, and the only answers that are not 2xx are 503 `store-unavailable` sent while the
+/// store settled (from the kill until every sidecar serves again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_restarted_empty_inside_a_rotation_never_burns_the_grant() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+    let mut f = Fleet::start(Duration::from_secs(3)).await;
+    let grant_lines = f.rotating_grant("");
+    let fleet: Vec<_> = futures::future::join_all((0..3).map(|_| f.sidecar(&grant_lines))).await;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let load = load_until(
+        fleet.iter().map(|s| s.proxy_addr).collect(),
+        4,
+        stop.clone(),
+    );
+    let mut rng = rand::thread_rng();
+    // (killed at, every sidecar served again at)
+    let mut settles: Vec<(Instant, Instant)> = Vec::new();
+    let mut rotated_after = Vec::new();
+    for round in 1..=empty_restarts() {
+        // Right after a rotation: one replica holds the new set, the others the one before.
+        let rotations = f.tokens.state.rotations();
+        let waiting = Instant::now();
+        while f.tokens.state.rotations() == rotations {
+            assert_eq!(
+                f.tokens.state.reuse_detected(),
+                0,
+                "after restart {}: a refresh token was sent twice, and the grant is revoked",
+                round - 1
+            );
+            assert!(
+                waiting.elapsed() < Duration::from_secs(30),
+                "round {round}: no rotation"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rand::Rng::gen_range(
+            &mut rng,
+            0..300,
+        )))
+        .await;
+        f.redis.kill();
+        let killed = Instant::now();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rotations = f.tokens.state.rotations();
+        f.redis.restart_empty();
+        let back = Instant::now();
+        // The settle ends with the next rotation: no refresh token goes out before it.
+        while f.tokens.state.rotations() == rotations && f.tokens.state.reuse_detected() == 0 {
+            assert!(
+                back.elapsed() < Duration::from_secs(60),
+                "round {round}: no rotation after the restart"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let first_rotation = back.elapsed();
+        // Served again through every sidecar (or the grant is gone).
+        for s in &fleet {
+            while f.tokens.state.reuse_detected() == 0
+                && f.get(s, "/api/probe").await.status() != 200
+            {
+                assert!(
+                    killed.elapsed() < Duration::from_secs(60),
+                    "round {round}: a sidecar never served again"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        assert_eq!(
+            f.tokens.state.reuse_detected(),
+            0,
+            "round {round}: a refresh token was sent twice, and the grant is revoked"
+        );
+        settles.push((killed, Instant::now()));
+        rotated_after.push(first_rotation);
+        eprintln!(
+            "restart {round}: the first rotation {:.1} s after Redis was back",
+            first_rotation.as_secs_f64()
+        );
+    }
+    // A last stretch after the last settle: every answer in it must be 2xx.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (ok, slowest, bad) = load.await.unwrap();
+    f.assert_grant_alive();
+    let in_a_settle = |b: &BadAnswer| settles.iter().any(|(k, s)| b.sent >= *k && b.sent <= *s);
+    for b in &bad {
+        assert!(
+            b.status == 503
+                && b.problem
+                    .starts_with("urn:bearerd:problem:store-unavailable "),
+            "an answer {} {:?}",
+            b.status,
+            b.problem
+        );
+        assert!(in_a_settle(b), "a 503 outside the settle after a restart");
+    }
+    let settle_s: Vec<String> = rotated_after
+        .iter()
+        .map(|d| format!("{:.1}", d.as_secs_f64()))
+        .collect();
+    eprintln!(
+        "{} empty restarts: the first rotation after each came [{}] s after Redis was back; {ok} requests answered 2xx (the slowest in {:.1} s), {} answered 503 store-unavailable while the store settled; {} rotations, no refresh token sent twice",
+        settles.len(),
+        settle_s.join(", "),
+        slowest.as_secs_f64(),
+        bad.len(),
+        f.tokens.state.rotations()
+    );
+    drop(fleet);
+}

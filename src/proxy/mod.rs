@@ -21,7 +21,7 @@ use pingora::{Error, ErrorSource, ErrorType};
 use crate::config::UpstreamConfig;
 use crate::metrics::Metrics;
 use crate::token::subject::{InvalidSubject, SubjectKey, SubjectRegistry, SubjectUnavailable};
-use crate::token::{CredentialSlot, ReplayDecision, TokenSnapshot};
+use crate::token::{CredentialSlot, ReplayDecision, TokenSnapshot, TokenUnavailable};
 use problem::Problem;
 use resolve::ResolvedAddr;
 use route::RouteTable;
@@ -194,6 +194,8 @@ pub struct RequestCtx {
     /// `None`: the incoming target goes upstream unchanged.
     target: Option<http::Uri>,
     token: Option<Arc<TokenSnapshot>>,
+    /// Why no token could be had when the request was about to leave (its own ran out).
+    token_unavailable: Option<TokenUnavailable>,
     replayed: bool,
     outcome_401: Option<&'static str>,
 }
@@ -558,16 +560,18 @@ impl ProxyHttp for BearerProxy {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         // The request may have waited (a slow body, a connect retry) since it took its
-        // token: never forward one that is past its usable time.
+        // token: never forward one that is past its usable time. It waits for a fresh one
+        // as a request without a token does (within the same budget).
         if let (Some(slot), Some(token)) = (&ctx.slot, &ctx.token) {
             if !token.is_usable(Instant::now()) {
-                match slot.current().filter(|t| t.is_usable(Instant::now())) {
-                    Some(fresh) => ctx.token = Some(fresh),
-                    None => {
+                match slot.token_for_request().await {
+                    Ok(fresh) => ctx.token = Some(fresh),
+                    Err(e) => {
+                        ctx.token_unavailable = Some(e);
                         return Error::e_explain(
                             ErrorType::HTTPStatus(503),
-                            "the token expired before the request was sent",
-                        )
+                            "the token expired before the request was sent, and no new one came in time",
+                        );
                     }
                 }
             }
@@ -693,7 +697,20 @@ impl ProxyHttp for BearerProxy {
         };
         if status > 0 && session.response_written().is_none() {
             let rid = ctx.request_id().to_string();
-            let mut p = Problem::new(slug, title, status, e.to_string(), &rid);
+            let mut p = match &ctx.token_unavailable {
+                Some(u) => {
+                    let mut p = Problem::new(
+                        u.reason.slug(),
+                        u.reason.title(),
+                        status,
+                        u.message.clone(),
+                        &rid,
+                    );
+                    p.requires_reauth = u.requires_reauth();
+                    p
+                }
+                None => Problem::new(slug, title, status, e.to_string(), &rid),
+            };
             p.upstream = ctx.upstream.as_ref().map(|u| &*u.name);
             p.credential = ctx.upstream.as_ref().map(|u| &*u.slot.name);
             let _ = p.send(session).await;

@@ -30,8 +30,8 @@ use super::memory::{compare_and_set, LocalCoordination};
 use super::sealed::Sealer;
 use super::{journal, lock};
 use super::{
-    HelperJournal, Lease, SaveOutcome, StoreBackend, StoreError, StoredSet, StoredSetRecord,
-    StoredToken, TokenStore,
+    HelperJournal, Lease, LeaseAnswer, SaveOutcome, StoreBackend, StoreError, StoredSet,
+    StoredSetRecord, StoredToken, TokenStore,
 };
 
 /// How long a starting sidecar waits for another instance on the store to go away.
@@ -191,7 +191,8 @@ impl TokenStore for FileStore {
         &self,
         credential: &str,
         hold_for: Duration,
-    ) -> Result<Option<Lease>, StoreError> {
+        _settle_first: bool,
+    ) -> Result<LeaseAnswer, StoreError> {
         // One sidecar per file store (the instance claim): leases are among its refreshers.
         Ok(self.local.lease(credential, hold_for))
     }

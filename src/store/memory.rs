@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use super::{Lease, SaveOutcome, StoreBackend, StoreError, StoredSet, StoredToken, TokenStore};
+use super::{
+    Lease, LeaseAnswer, SaveOutcome, StoreBackend, StoreError, StoredSet, StoredToken, TokenStore,
+};
 
 pub struct MemoryStore {
     sets: Mutex<HashMap<String, StoredSet>>,
@@ -88,7 +90,8 @@ impl TokenStore for MemoryStore {
         &self,
         credential: &str,
         hold_for: Duration,
-    ) -> Result<Option<Lease>, StoreError> {
+        _settle_first: bool,
+    ) -> Result<LeaseAnswer, StoreError> {
         Ok(self.local.lease(credential, hold_for))
     }
 
@@ -156,21 +159,21 @@ impl Default for LocalCoordination {
 
 impl LocalCoordination {
     /// The lease, unless a holder's has not run out yet.
-    pub(super) fn lease(&self, credential: &str, hold_for: Duration) -> Option<Lease> {
+    pub(super) fn lease(&self, credential: &str, hold_for: Duration) -> LeaseAnswer {
         let mut leases = lock(&self.leases);
         let now = Instant::now();
         if leases
             .get(credential)
             .is_some_and(|(_, until)| *until > now)
         {
-            return None;
+            return LeaseAnswer::Held;
         }
         let lease = Lease::new(credential, &self.owner);
         leases.insert(
             credential.to_string(),
             (lease.holder.clone(), now + hold_for),
         );
-        Some(lease)
+        LeaseAnswer::Taken(lease)
     }
 
     pub(super) fn renew(&self, lease: &Lease, hold_for: Duration) -> bool {
@@ -208,6 +211,16 @@ impl LocalCoordination {
     pub(super) fn changed(&self, credential: &str) {
         self.sender(credential)
             .send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Every record watched here changed (a shared store that may have lost writes): each
+    /// credential and each subject in memory looks at the store again. Watches nobody holds
+    /// any more (subjects that left memory) go.
+    pub(super) fn changed_all(&self) {
+        lock(&self.watches).retain(|_, tx| {
+            tx.send_modify(|v| *v = v.wrapping_add(1));
+            tx.receiver_count() > 0
+        });
     }
 }
 
@@ -249,28 +262,30 @@ mod tests {
     #[tokio::test]
     async fn one_lease_holder_at_a_time_until_it_runs_out() {
         let s = MemoryStore::new();
-        let lease = s
-            .lease("c", Duration::from_secs(60))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(s
-            .lease("c", Duration::from_secs(60))
-            .await
-            .unwrap()
-            .is_none());
-        assert!(s
-            .lease("d", Duration::from_secs(60))
-            .await
-            .unwrap()
-            .is_some());
-        s.release(&lease).await.unwrap();
-        assert!(s.lease("c", Duration::ZERO).await.unwrap().is_some());
+        let lease = |c: &'static str, hold_for| {
+            let s = &s;
+            async move { s.lease(c, hold_for, true).await.unwrap() }
+        };
+        let LeaseAnswer::Taken(taken) = lease("c", Duration::from_secs(60)).await else {
+            panic!("the first asker takes the lease (and never settles)")
+        };
+        assert!(matches!(
+            lease("c", Duration::from_secs(60)).await,
+            LeaseAnswer::Held
+        ));
+        assert!(matches!(
+            lease("d", Duration::from_secs(60)).await,
+            LeaseAnswer::Taken(_)
+        ));
+        s.release(&taken).await.unwrap();
+        assert!(matches!(
+            lease("c", Duration::ZERO).await,
+            LeaseAnswer::Taken(_)
+        ));
         // A lease of no time has run out at once.
-        assert!(s
-            .lease("c", Duration::from_secs(60))
-            .await
-            .unwrap()
-            .is_some());
+        assert!(matches!(
+            lease("c", Duration::from_secs(60)).await,
+            LeaseAnswer::Taken(_)
+        ));
     }
 }

@@ -9,8 +9,8 @@ use prometheus::IntCounterVec;
 use tokio::sync::watch;
 
 use super::{
-    HelperJournal, Lease, SaveOutcome, StoreBackend, StoreError, StoreHealth, StoredSet,
-    StoredToken, TokenStore,
+    HelperJournal, Lease, LeaseAnswer, SaveOutcome, StoreBackend, StoreError, StoreHealth,
+    StoredSet, StoredToken, TokenStore,
 };
 
 /// The `op` label values.
@@ -116,9 +116,10 @@ impl TokenStore for MeteredStore {
         &self,
         credential: &str,
         hold_for: Duration,
-    ) -> Result<Option<Lease>, StoreError> {
-        let r = self.inner.lease(credential, hold_for).await;
-        self.count(StoreOp::Lease, &r, Option::is_some);
+        settle_first: bool,
+    ) -> Result<LeaseAnswer, StoreError> {
+        let r = self.inner.lease(credential, hold_for, settle_first).await;
+        self.count(StoreOp::Lease, &r, |a| matches!(a, LeaseAnswer::Taken(_)));
         r
     }
 

@@ -83,6 +83,29 @@ pub struct Lease {
     pub holder: String,
 }
 
+/// How long a shared store that may have lost writes (it restarted, came back empty, or
+/// failed over to a replica) gives no lease to a credential whose refresh token must never
+/// be sent twice. It counts from the first replica that notices (its health check, a second
+/// apart, or a lease). Meanwhile every live replica notices too (within about two health
+/// checks) and writes back the set it holds, and a holder whose token request was in flight
+/// takes its lost lease back at its next renewal (every 2 s): 6 s covers both with room.
+pub const STORE_SETTLE: Duration = Duration::from_secs(6);
+
+/// What asking for the refresh lease got.
+#[derive(Debug)]
+pub enum LeaseAnswer {
+    Taken(Lease),
+    /// Another holder has it.
+    Held,
+    /// A shared store that may have lost writes since the credential's last lease (it
+    /// restarted, came back empty or failed over) gives no lease for `left` yet: the replicas
+    /// write back the sets they hold first, so none sends a refresh token that a newer set,
+    /// lost by the store, has already spent.
+    Settling {
+        left: Duration,
+    },
+}
+
 impl Lease {
     pub(crate) fn new(credential: &str, owner: &str) -> Lease {
         Lease {
@@ -115,13 +138,16 @@ pub trait TokenStore: Send + Sync {
 
     async fn remove(&self, credential: &str) -> Result<(), StoreError>;
 
-    /// Takes the credential's refresh lease for `hold_for`; `None` while another holder
-    /// has it.
+    /// Takes the credential's refresh lease for `hold_for`. With `settle_first`, a shared
+    /// store that may have lost writes since its last lease (a server it has not seen this
+    /// credential's lease on) first settles for [`STORE_SETTLE`]: no lease for anyone
+    /// meanwhile. Stores inside this process never lose writes and never settle.
     async fn lease(
         &self,
         credential: &str,
         hold_for: Duration,
-    ) -> Result<Option<Lease>, StoreError>;
+        settle_first: bool,
+    ) -> Result<LeaseAnswer, StoreError>;
 
     /// Writes back a set the store lost (a shared store that restarted empty): only when
     /// the store has no record, or an older generation than `set`'s, so an older set never

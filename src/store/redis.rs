@@ -9,6 +9,9 @@
 //! - `set:{c}`: a hash, `gen` (the generation, in clear for the compare-and-set) and
 //!   `sealed` (the token set, its generation inside);
 //! - `lease:{c}`: the refresh lease, its owner id, with a time to live;
+//! - `settle:{c}`: a hash, `run` (the run id of the server the credential's lease was last
+//!   given on) and `until` (when that server's settle ends, in its own clock): a lease on a
+//!   server this does not name waits for the settle (see `TAKE_LEASE`);
 //! - `subjects:{c}`: a per-subject credential's index, a sorted set of `{hash}:{sealed subject}`
 //!   (score 0, so in the order of the hashes): listing pages through it without a subject in
 //!   clear, and every save of a subject's record puts its entry back if it is missing;
@@ -34,10 +37,14 @@ use super::memory::LocalCoordination;
 use super::redis_client::{RedisClients, Reload};
 use super::sealed::Sealer;
 use super::{
-    Lease, SaveOutcome, StoreBackend, StoreError, StoreHealth, StoredSet, StoredSetRecord,
-    StoredToken, TokenStore,
+    Lease, LeaseAnswer, SaveOutcome, StoreBackend, StoreError, StoreHealth, StoredSet,
+    StoredSetRecord, StoredToken, TokenStore,
 };
 use crate::config::RedisTls;
+
+fn settle_ms() -> u64 {
+    super::STORE_SETTLE.as_millis() as u64
+}
 
 /// The longest one Redis command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
@@ -129,6 +136,64 @@ struct SubjectEntry {
     member: String,
 }
 
+/// Lua shared by the lease scripts: `settle(key, ms)` makes sure the credential's settle
+/// record (KEYS[2] of the lease) names this server. A server it does not name (a restart,
+/// perhaps empty, or a failover to a replica that may lack the last writes) or a missing
+/// record (an empty or new store) starts a settle of `ms` there. Returns the time left of
+/// the settle in this server's clock (0 when settled).
+macro_rules! settle {
+    () => {
+        r"
+local function settle(key, ms)
+  local ok, info = pcall(redis.call, 'INFO', 'server')
+  local run = (ok and string.match(info, 'run_id:(%w+)')) or ''
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local seen = redis.call('HMGET', key, 'run', 'until')
+  if seen[1] ~= run then
+    redis.call('HSET', key, 'run', run, 'until', now + ms)
+    return ms
+  end
+  return math.max(tonumber(seen[2]) - now, 0)
+end
+"
+    };
+}
+
+/// Takes the lease (`1`; `0` while another holder has it). With a settle time (ARGV[3] ms,
+/// `0` for none), a server that may have lost writes gives no lease until it has settled,
+/// and answers minus the time left, so every replica writes back the set it holds before
+/// anyone sends a refresh token.
+const TAKE_LEASE: &str = concat!(
+    settle!(),
+    r"
+local ms = tonumber(ARGV[3])
+if ms > 0 then
+  local left = settle(KEYS[2], ms)
+  if left > 0 then
+    return -left
+  end
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
+"
+);
+
+/// Starts the settle of each credential's record in KEYS (ARGV[1] ms) unless this server
+/// has seen it: the health check runs it when it finds the server restarted or back, so
+/// the settle counts from then rather than from the next lease.
+const BEGIN_SETTLE: &str = concat!(
+    settle!(),
+    r"
+for _, key in ipairs(KEYS) do
+  settle(key, tonumber(ARGV[1]))
+end
+return 1
+"
+);
+
 /// Deletes the lease only when this holder still has it.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -137,10 +202,17 @@ end
 return 0
 ";
 
-/// Extends the lease only when this holder still has it.
+/// Extends the lease only when this holder still has it. A lease that is gone (the store
+/// lost it: it restarted empty while the holder worked) is taken back by its live holder,
+/// so nobody else sends the refresh token the holder's request is rotating.
 const RENEW: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if holder == false then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
 end
 return 0
 ";
@@ -306,6 +378,16 @@ impl RedisStore {
 
     fn lease_key(&self, credential: &str) -> String {
         format!("{}:lease:{}", self.prefix, self.suffix(credential))
+    }
+
+    /// The credential's settle record (which server its lease was last given on, and until
+    /// when that server settles), shared by its subjects: a new subject on a settled store
+    /// does not wait.
+    fn settle_key(&self, credential: &str) -> String {
+        let name = credential
+            .rsplit_once('\n')
+            .map_or(credential, |(name, _)| name);
+        format!("{}:settle:{}", self.prefix, self.suffix(name))
     }
 
     fn channel(&self, credential: &str) -> String {
@@ -501,12 +583,10 @@ impl RedisStore {
         }
     }
 
-    /// After an outage every credential looks at the store again: it may have come back
-    /// empty, and the replica with the newest set writes it back.
+    /// After an outage every credential and subject in memory looks at the store again: it
+    /// may have come back empty, and the replica with the newest set writes it back.
     fn announce_recovery(&self) {
-        for name in self.keys.keys() {
-            self.local.changed(name);
-        }
+        self.local.changed_all();
     }
 
     fn unavailable(&self, why: &str) -> StoreError {
@@ -612,7 +692,7 @@ impl RedisStore {
             Arc::clone(&self.clients),
             Arc::clone(&self.health),
             Arc::clone(&self.local),
-            self.keys.keys().cloned().collect(),
+            self.keys.keys().map(|name| self.settle_key(name)).collect(),
             (
                 format!("{}:keycheck", self.prefix),
                 self.sealer.seal(KEY_CHECK, &self.key_check_aad()),
@@ -630,9 +710,10 @@ async fn watch_health(
     clients: Arc<RedisClients>,
     health: Arc<Health>,
     local: Arc<LocalCoordination>,
-    credentials: Vec<String>,
+    settle_keys: Vec<String>,
     (key_check_key, key_check): (String, String),
 ) {
+    let begin_settle = redis::Script::new(BEGIN_SETTLE);
     let mut connection: Option<redis::aio::MultiplexedConnection> = None;
     // The server's run id as last seen: a new one means Redis restarted (or failed over)
     // since, perhaps empty, even when no ping failed in between.
@@ -699,9 +780,19 @@ async fn watch_health(
                         run_id = now_run;
                     }
                     if recovered || emptied || restarted {
-                        for name in &credentials {
-                            local.changed(name);
+                        // A server that may have lost writes settles from now, not from
+                        // the next lease (see `STORE_SETTLE`).
+                        let mut settle = begin_settle.prepare_invoke();
+                        for settle_key in &settle_keys {
+                            settle.key(settle_key);
                         }
+                        settle.arg(settle_ms());
+                        if let Err(why) =
+                            within(COMMAND_TIMEOUT, settle.invoke_async::<i64>(con)).await
+                        {
+                            tracing::warn!(store = %health.store, error = %why, "could not start the store's settle; the next lease starts it");
+                        }
+                        local.changed_all();
                     }
                 }
             }
@@ -971,21 +1062,24 @@ impl TokenStore for RedisStore {
         &self,
         credential: &str,
         hold_for: Duration,
-    ) -> Result<Option<Lease>, StoreError> {
-        let mut con = self.connection().await?;
+        settle_first: bool,
+    ) -> Result<LeaseAnswer, StoreError> {
         let lease = Lease::new(credential, &self.owner);
-        let taken: Option<String> = self
-            .run(
-                redis::cmd("SET")
-                    .arg(self.lease_key(credential))
-                    .arg(&lease.holder)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(hold_for.as_millis().max(1) as u64),
-                &mut con,
-            )
-            .await?;
-        Ok(taken.map(|_| lease))
+        let script = redis::Script::new(TAKE_LEASE);
+        let mut invocation = script.key(self.lease_key(credential));
+        invocation
+            .key(self.settle_key(credential))
+            .arg(&lease.holder)
+            .arg(hold_for.as_millis().max(1) as u64)
+            .arg(if settle_first { settle_ms() } else { 0 });
+        let answer: i64 = self.script(&invocation).await?;
+        Ok(match answer {
+            1 => LeaseAnswer::Taken(lease),
+            left if left < 0 => LeaseAnswer::Settling {
+                left: Duration::from_millis(left.unsigned_abs()),
+            },
+            _ => LeaseAnswer::Held,
+        })
     }
 
     async fn renew(&self, lease: &Lease, hold_for: Duration) -> Result<bool, StoreError> {

@@ -23,6 +23,9 @@ pub struct Credential {
     /// The store generation of the set this process last loaded, adopted or saved: a set
     /// in the store with a higher one was written by someone else.
     stored: std::sync::Mutex<Option<u64>>,
+    /// The set held here is newer than `stored`: its save failed (the store was down), so
+    /// it goes back with the generation after `stored` when the store answers again.
+    unsaved: std::sync::atomic::AtomicBool,
 }
 
 /// What a logout did, for the admin API and the CLI.
@@ -60,6 +63,7 @@ impl Credential {
             store,
             op: tokio::sync::Mutex::new(()),
             stored: std::sync::Mutex::new(None),
+            unsaved: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -76,6 +80,18 @@ impl Credential {
     /// Notes that this process now holds the store's set of this generation.
     pub(super) fn hold_generation(&self, generation: u64) {
         self.set_held(Some(generation));
+        self.unsaved
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The generation the set held here deserves in the store: the one it was saved as, or
+    /// the next when its save failed. `None` when this process holds no set of the store's.
+    pub(super) fn generation_to_write_back(&self) -> Option<u64> {
+        let unsaved = self.unsaved.load(std::sync::atomic::Ordering::SeqCst);
+        match self.stored_generation() {
+            Some(g) => Some(g + u64::from(unsaved)),
+            None => unsaved.then_some(1),
+        }
     }
 
     /// Notes which generation the store has (`None`: no record), after a conflict.
@@ -101,11 +117,15 @@ impl Credential {
         let outcome = self
             .store
             .save(&self.store_key, token, self.stored_generation())
-            .await?;
-        if let SaveOutcome::Saved { generation } = outcome {
-            self.hold_generation(generation);
+            .await;
+        match &outcome {
+            Ok(SaveOutcome::Saved { generation }) => self.hold_generation(*generation),
+            Ok(SaveOutcome::Conflict { .. }) => {}
+            Err(_) => self
+                .unsaved
+                .store(true, std::sync::atomic::Ordering::SeqCst),
         }
-        Ok(outcome)
+        outcome
     }
 
     /// Saves an operator's decision (a logout's tombstone, a login's refresh token): it

@@ -22,7 +22,7 @@ use super::schedule::{backoff_delay, expiry_floor, refresh_delay};
 use super::slot::AttemptFailure;
 use super::GrantErrorKind;
 use super::{bearer_header, CredentialSlot, TokenSnapshot, Trigger};
-use crate::store::{Lease, SaveOutcome, StoredToken};
+use crate::store::{Lease, LeaseAnswer, SaveOutcome, StoredToken};
 
 /// The least time between two scheduled refreshes, whatever the token's lifetime.
 const MIN_REFRESH_GAP: Duration = Duration::from_millis(100);
@@ -87,7 +87,7 @@ fn is_open(changes: &watch::Receiver<u64>) -> bool {
 /// set, so the replica with the newest set wins.
 async fn refill_if_lost(cred: &Credential) {
     let (slot, grant) = (&cred.slot, &cred.grant);
-    let Some(held) = cred.stored_generation() else {
+    let Some(held) = cred.generation_to_write_back() else {
         return;
     };
     if !grant.persists() || slot.is_logged_out() {
@@ -115,11 +115,14 @@ async fn refill_if_lost(cred: &Credential) {
         generation: held,
     };
     match cred.store.refill(&cred.store_key, &set).await {
-        Ok(true) => tracing::warn!(
-            credential = &*slot.name,
-            generation = held,
-            "the store had lost the token set; written back"
-        ),
+        Ok(true) => {
+            cred.hold_generation(held);
+            tracing::warn!(
+                credential = &*slot.name,
+                generation = held,
+                "the store had lost the token set; written back"
+            )
+        }
         Ok(false) => {}
         Err(e) => {
             tracing::warn!(credential = &*slot.name, error = %e, "could not write the token set back")
@@ -291,10 +294,29 @@ async fn take_lease(cred: &Credential, trigger: Trigger, started: Instant) -> Le
     }
     let mut changes = cred.store.watch(&cred.store_key);
     let deadline = tokio::time::Instant::now() + slot.policy.wait_budget;
+    // Only a refresh token that a lost set may have spent waits for a store to settle.
+    let settle_first = grant.needs_lease();
+    let mut settling = false;
     let failure = loop {
-        match cred.store.lease(&cred.store_key, LEASE_HOLD).await {
-            Ok(Some(lease)) => return LeaseOutcome::Refresh(Some(lease)),
-            Ok(None) => {}
+        match cred
+            .store
+            .lease(&cred.store_key, LEASE_HOLD, settle_first)
+            .await
+        {
+            Ok(LeaseAnswer::Taken(lease)) => return LeaseOutcome::Refresh(Some(lease)),
+            Ok(LeaseAnswer::Held) => settling = false,
+            Ok(LeaseAnswer::Settling { left }) => {
+                if !settling {
+                    tracing::warn!(
+                        credential = &*slot.name,
+                        settle_s = left.as_secs_f64(),
+                        "the store may have lost writes (it restarted or failed over): no refresh token is sent until the replicas have written back their sets"
+                    );
+                }
+                settling = true;
+                // This replica's set may be the newest there is: it goes back first.
+                refill_if_lost(cred).await;
+            }
             Err(e) if grant.needs_lease() => {
                 // A rotating refresh token is never sent without the lease: another
                 // replica may be sending it now.
@@ -315,6 +337,13 @@ async fn take_lease(cred: &Credential, trigger: Trigger, started: Instant) -> Le
         }
         if adopt_newer(cred).await {
             return LeaseOutcome::Ended;
+        }
+        if tokio::time::Instant::now() >= deadline && settling {
+            break AttemptFailure {
+                kind: &GrantErrorKind::StoreSettling,
+                message: "the store may have lost writes (it restarted or failed over) and settles: no refresh token is sent until the replicas have written back their sets",
+                permanent: false,
+            };
         }
         if tokio::time::Instant::now() >= deadline {
             break AttemptFailure {
@@ -442,7 +471,6 @@ async fn persist(
 async fn attempt(cred: &Credential, trigger: Trigger) {
     let (slot, grant) = (&cred.slot, &cred.grant);
     let started = Instant::now();
-    let started_wall = SystemTime::now();
     slot.begin_attempt(trigger, started);
     if adopt_newer(cred).await {
         return;
@@ -460,11 +488,15 @@ async fn attempt(cred: &Credential, trigger: Trigger) {
             .has_lifetime()
             .then(|| t.effective_lifetime(slot.policy.default_lifetime))
     };
+    // A token's lifetime counts from when it was asked for, not from when the attempt began:
+    // the attempt may have waited for the lease (or a store's settle) for seconds.
+    let requested = Instant::now();
+    let requested_wall = SystemTime::now();
     let result = while_holding(cred, &lease, async {
         let result = grant.obtain().await;
         match &result {
             Ok(GrantOutcome::Issued(t)) if grant.persists() => {
-                persist(cred, t, started_wall, lifetime_of(t)).await
+                persist(cred, t, requested_wall, lifetime_of(t)).await
             }
             Err(e) if e.rotated_refresh_token.is_some() => {
                 // The provider rotated but its answer was unusable: keep the new refresh
@@ -507,7 +539,7 @@ async fn attempt(cred: &Credential, trigger: Trigger) {
             None
         }
         Ok(GrantOutcome::Issued(token))
-            if lifetime_of(&token).is_some_and(|l| started + l <= now + expiry_floor(l)) =>
+            if lifetime_of(&token).is_some_and(|l| requested + l <= now + expiry_floor(l)) =>
         {
             // Expired on arrival (a tiny expires_in, or a very slow provider): treat it as a
             // failure with backoff rather than refreshing in a tight loop.
@@ -523,7 +555,7 @@ async fn attempt(cred: &Credential, trigger: Trigger) {
             grant,
             trigger,
             token,
-            (started, started_wall),
+            (requested, requested_wall),
             elapsed,
         ),
         Err(e) => failed(&e.kind, &e.message, e.permanent, e.retry_after),
@@ -540,7 +572,7 @@ fn publish_issued(
     grant: &Grant,
     trigger: Trigger,
     token: IssuedToken,
-    (started, started_wall): (Instant, SystemTime),
+    (requested, requested_wall): (Instant, SystemTime),
     elapsed: Duration,
 ) -> Option<&'static str> {
     let now = Instant::now();
@@ -558,7 +590,7 @@ fn publish_issued(
     let next_refresh_at = match lifetime {
         // A floor keeps a pathological lifetime from becoming a busy loop.
         Some(l) => Some(
-            (started + refresh_delay(&slot.policy, l, &mut rand::thread_rng()))
+            (requested + refresh_delay(&slot.policy, l, &mut rand::thread_rng()))
                 .max(now + MIN_REFRESH_GAP),
         ),
         None => grant.poll_interval().map(|p| now + p),
@@ -569,10 +601,10 @@ fn publish_issued(
         TokenSnapshot {
             header,
             generation: 0,
-            issued_at: started,
-            issued_wall: started_wall,
+            issued_at: requested,
+            issued_wall: requested_wall,
             lifetime,
-            usable_until: lifetime.map(|l| started + l - expiry_floor(l)),
+            usable_until: lifetime.map(|l| requested + l - expiry_floor(l)),
             scopes: token.scopes,
         },
         next_refresh_at,

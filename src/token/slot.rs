@@ -192,11 +192,12 @@ impl CredentialSlot {
         };
         let reason = if c.permanent_failure {
             Unavailability::NeedsReauth
-        } else if c
-            .last_error
-            .as_ref()
-            .is_some_and(|e| e.kind == GrantErrorKind::StoreUnavailable)
-        {
+        } else if c.last_error.as_ref().is_some_and(|e| {
+            matches!(
+                e.kind,
+                GrantErrorKind::StoreUnavailable | GrantErrorKind::StoreSettling
+            )
+        }) {
             Unavailability::StoreUnavailable
         } else {
             Unavailability::NoValidToken

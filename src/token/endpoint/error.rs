@@ -174,6 +174,9 @@ pub enum GrantErrorKind {
     StoreUnavailable,
     /// Another replica holds the refresh lease and wrote nothing new in time.
     LeaseHeld,
+    /// The shared store may have lost writes (it restarted or failed over) and settles: no
+    /// replica sends a refresh token until every one has had time to write back its set.
+    StoreSettling,
     /// The new token set could not be persisted (it is used from memory).
     StoreWriteFailed,
 }
@@ -198,6 +201,7 @@ impl GrantErrorKind {
             GrantErrorKind::ExpiredOnArrival => Cow::Borrowed("expired_on_arrival"),
             GrantErrorKind::StoreUnavailable => Cow::Borrowed("store_unavailable"),
             GrantErrorKind::LeaseHeld => Cow::Borrowed("lease_held"),
+            GrantErrorKind::StoreSettling => Cow::Borrowed("store_settling"),
             GrantErrorKind::StoreWriteFailed => Cow::Borrowed("store_write_failed"),
         }
     }
