@@ -320,11 +320,11 @@ impl Sidecar {
                 name: c.name.clone(),
                 message,
             })?;
-            if let (Some(journal), Some(helper)) = (store.helper_journal(), &rotation_helper) {
+            if let (Some(journal), Some(helper)) = (store.helper_journal(&c.name), &rotation_helper)
+            {
                 grant.make_rotation_durable(token::endpoint::rotation::DurableRotation {
                     helper: Arc::clone(helper),
-                    store: journal.store,
-                    key: journal.key,
+                    journal,
                     credential: c.name.clone(),
                 });
             }

@@ -1167,3 +1167,58 @@ async fn redis_restarted_empty_inside_a_rotation_never_burns_the_grant() {
     );
     drop(fleet);
 }
+
+/// What a rotation costs with the rotation helper and its Redis journal, against the same
+/// exchange sent directly (no helper), on one Redis: the median of 40 forced refreshes each
+/// (README figure; `cargo test --test store rotation_cost -- --ignored --nocapture`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn rotation_cost_with_and_without_the_redis_journal() {
+    let f = Fleet::start(Duration::from_secs(3600)).await;
+    for helper in [false, true] {
+        let template = f.config(&f.redis, &f.key, &f.rotating_grant(""));
+        let (proxy, admin) = support::free_addr_pair();
+        let text = template
+            .replace("{proxy}", &proxy.to_string())
+            .replace("{admin}", &admin.to_string());
+        let mut config = support::sidecar_config(&text);
+        if !helper {
+            config.server.rotation_helper = None;
+        }
+        let sidecar = tokio::task::spawn_blocking(move || Sidecar::start(config))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut times = Vec::new();
+        for _ in 0..40 {
+            let started = std::time::Instant::now();
+            let r = f
+                .client
+                .post(format!(
+                    "http://{}/credentials/api/refresh",
+                    sidecar.admin_addr
+                ))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            times.push(started.elapsed());
+        }
+        times.sort();
+        eprintln!(
+            "{}: median {:.2} ms per forced rotation (min {:.2}, max {:.2})",
+            if helper {
+                "rotation helper with the Redis journal"
+            } else {
+                "sent directly, no journal"
+            },
+            times[20].as_secs_f64() * 1e3,
+            times[0].as_secs_f64() * 1e3,
+            times[39].as_secs_f64() * 1e3
+        );
+        tokio::task::spawn_blocking(move || sidecar.shutdown())
+            .await
+            .unwrap();
+    }
+    assert_eq!(f.tokens.state.reuse_detected(), 0);
+}

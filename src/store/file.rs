@@ -225,8 +225,8 @@ impl TokenStore for FileStore {
         self.inner.load_many(keys)
     }
 
-    fn helper_journal(&self) -> Option<HelperJournal> {
-        Some(HelperJournal {
+    fn helper_journal(&self, _record: &str) -> Option<HelperJournal> {
+        Some(HelperJournal::File {
             store: self.inner.path.clone(),
             key: SecretBox::new(Box::new(*self.key())),
         })

@@ -117,14 +117,9 @@ pub fn write(
     credential: &str,
     entry: &JournalEntry,
 ) -> std::io::Result<()> {
-    let record = JournalRecord {
-        refresh_token: entry.refresh_token.expose_secret().to_string(),
-        replaces: entry.replaces.clone(),
-    };
-    let plain = serde_json::to_vec(&record)?;
     let file = JournalFile {
         format: FORMAT.into(),
-        sealed: sealer.seal(&plain, aad(credential).as_bytes()),
+        sealed: seal_entry(sealer, aad(credential).as_bytes(), entry),
     };
     let path = journal_path(store, credential);
     write_and_rename(&path, &serde_json::to_vec(&file)?)?;
@@ -156,12 +151,34 @@ pub fn read(
     let plain = sealer
         .open(&file.sealed, aad(credential).as_bytes())
         .ok_or_else(|| err("the rotation journal fails authentication (wrong key, or tampered)"))?;
-    let record: JournalRecord =
-        serde_json::from_slice(&plain).map_err(|_| err("the rotation journal is malformed"))?;
-    Ok(Some(JournalEntry {
+    entry_from_plain(&plain)
+        .map(Some)
+        .ok_or_else(|| err("the rotation journal is malformed"))
+}
+
+/// An entry sealed with `aad`: the journal's content, wherever it is kept (a file beside
+/// the file store, a key in Redis).
+pub(crate) fn seal_entry(sealer: &Sealer, aad: &[u8], entry: &JournalEntry) -> String {
+    let record = JournalRecord {
+        refresh_token: entry.refresh_token.expose_secret().to_string(),
+        replaces: entry.replaces.clone(),
+    };
+    // A struct of two strings always serializes.
+    let plain = zeroize::Zeroizing::new(serde_json::to_vec(&record).unwrap_or_default());
+    sealer.seal(&plain, aad)
+}
+
+/// The entry in a sealed journal; `None` when it does not open or is malformed.
+pub(crate) fn open_entry(sealer: &Sealer, aad: &[u8], sealed: &str) -> Option<JournalEntry> {
+    entry_from_plain(&sealer.open(sealed, aad)?)
+}
+
+fn entry_from_plain(plain: &[u8]) -> Option<JournalEntry> {
+    let record: JournalRecord = serde_json::from_slice(plain).ok()?;
+    Some(JournalEntry {
         refresh_token: SecretString::from(record.refresh_token),
         replaces: record.replaces,
-    }))
+    })
 }
 
 /// Best effort: a journal left behind is recognised as stale at the next start.

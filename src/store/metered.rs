@@ -170,8 +170,8 @@ impl TokenStore for MeteredStore {
         self.inner.watch(credential)
     }
 
-    fn helper_journal(&self) -> Option<HelperJournal> {
-        self.inner.helper_journal()
+    fn helper_journal(&self, record: &str) -> Option<HelperJournal> {
+        self.inner.helper_journal(record)
     }
 
     fn health(&self) -> StoreHealth {

@@ -13,6 +13,7 @@ mod memory;
 pub mod metered;
 mod redis;
 mod redis_client;
+mod redis_journal;
 pub mod sealed;
 
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use crate::config::StoreConfig;
 pub use file::FileStore;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
+pub use redis_journal::{HelperJournalConnection, RedisJournalReader, RedisJournalTarget};
 
 /// The store backends; also the `backend` of `/status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -115,10 +117,19 @@ impl Lease {
     }
 }
 
-/// Where a rotation helper journals what it rotated: the file store's path and key.
-pub struct HelperJournal {
-    pub store: PathBuf,
-    pub key: SecretBox<[u8; 32]>,
+/// Where a rotation helper journals what it rotated, for one record.
+pub enum HelperJournal {
+    /// Beside the file store (its path and key), under the store's lock.
+    File {
+        store: PathBuf,
+        key: SecretBox<[u8; 32]>,
+    },
+    /// In Redis: what the helper needs to mark its exchange in flight and journal the
+    /// answer, and the reader with which the sidecar looks before it sends.
+    Redis {
+        target: RedisJournalTarget,
+        reader: Arc<RedisJournalReader>,
+    },
 }
 
 #[async_trait]
@@ -209,8 +220,9 @@ pub trait TokenStore: Send + Sync {
     /// Changes whenever the credential's record changes in the store.
     fn watch(&self, credential: &str) -> watch::Receiver<u64>;
 
-    /// Where a rotation helper may journal (stores that keep files only).
-    fn helper_journal(&self) -> Option<HelperJournal> {
+    /// Where a rotation helper journals the rotations of this record (stores that keep
+    /// files, and Redis).
+    fn helper_journal(&self, _record: &str) -> Option<HelperJournal> {
         None
     }
 

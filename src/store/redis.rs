@@ -35,10 +35,11 @@ use tokio::sync::watch;
 
 use super::memory::LocalCoordination;
 use super::redis_client::{RedisClients, Reload};
+use super::redis_journal::RedisJournalReader;
 use super::sealed::Sealer;
 use super::{
-    Lease, LeaseAnswer, SaveOutcome, StoreBackend, StoreError, StoreHealth, StoredSet,
-    StoredSetRecord, StoredToken, TokenStore,
+    HelperJournal, Lease, LeaseAnswer, SaveOutcome, StoreBackend, StoreError, StoreHealth,
+    StoredSet, StoredSetRecord, StoredToken, TokenStore,
 };
 use crate::config::RedisTls;
 
@@ -47,7 +48,7 @@ fn settle_ms() -> u64 {
 }
 
 /// The longest one Redis command may take.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+pub(super) const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 /// The longest a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -247,6 +248,8 @@ pub struct RedisStore {
     subject_names: [u8; 32],
     /// Names subjects as bearerd did before keyed names (tests of the move only).
     unkeyed_names: bool,
+    /// Reads rotation helpers' marks and journals (see `redis_journal`).
+    journal_reader: Arc<RedisJournalReader>,
 }
 
 /// Whether Redis answers, as the last command or health check found it.
@@ -297,6 +300,7 @@ impl RedisStore {
         credentials: &[(&str, String)],
     ) -> Result<RedisStore, StoreError> {
         let clients = Arc::new(RedisClients::new(url, tls)?);
+        let journal_reader = Arc::new(RedisJournalReader::new(Arc::clone(&clients), url, tls, key));
         let keys = credentials
             .iter()
             .map(|(name, binding)| {
@@ -312,7 +316,8 @@ impl RedisStore {
             sealer: Sealer::new(key),
             prefix: prefix.to_string(),
             keys,
-            owner: format!("{:032x}", rand::random::<u128>()),
+            // The process id first: which process holds a lease can be seen in Redis.
+            owner: format!("{}-{:032x}", std::process::id(), rand::random::<u128>()),
             local: Arc::new(LocalCoordination::default()),
             health: Arc::new(Health {
                 store: format!("redis store (prefix {prefix:?})"),
@@ -329,6 +334,7 @@ impl RedisStore {
                     .into()
             },
             unkeyed_names: false,
+            journal_reader,
         })
     }
 
@@ -806,7 +812,7 @@ async fn watch_health(
 
 /// `work` within `limit`: its result, or why there is none (never the URL: it may hold a
 /// password, and Redis errors do not quote it).
-async fn within<T>(
+pub(super) async fn within<T>(
     limit: Duration,
     work: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, String> {
@@ -818,7 +824,7 @@ async fn within<T>(
 }
 
 /// A plain multiplexed connection with bearerd's time limits.
-async fn connect_plain(
+pub(super) async fn connect_plain(
     client: &redis::Client,
 ) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
     let config = redis::AsyncConnectionConfig::new()
@@ -942,6 +948,11 @@ impl TokenStore for RedisStore {
             invocation.key(entry.index).arg(entry.hash);
         }
         let _: i64 = self.script(&invocation).await?;
+        // A removed record's rotation journal goes too (it only matters next to its record).
+        let journal = self
+            .journal_reader
+            .target(&self.prefix, &self.suffix(credential));
+        self.journal_reader.forget(&journal).await?;
         self.local.changed(credential);
         Ok(())
     }
@@ -1103,6 +1114,15 @@ impl TokenStore for RedisStore {
     fn watch(&self, credential: &str) -> watch::Receiver<u64> {
         self.subscribe();
         self.local.watch(credential)
+    }
+
+    fn helper_journal(&self, record: &str) -> Option<HelperJournal> {
+        Some(HelperJournal::Redis {
+            target: self
+                .journal_reader
+                .target(&self.prefix, &self.suffix(record)),
+            reader: Arc::clone(&self.journal_reader),
+        })
     }
 
     fn health(&self) -> StoreHealth {

@@ -285,8 +285,14 @@ impl TokenEndpoint {
                     Err(HelperError::Failed { timeout, message }) => {
                         let mut e = self.transport.transport_failure(timeout, message);
                         // The provider may have rotated and the helper journaled it.
-                        e.rotated_refresh_token = helper.journaled_successor(&replaces);
+                        e.rotated_refresh_token = helper.journaled_successor(&replaces).await;
                         return Err(e);
+                    }
+                    Err(HelperError::NotSent(message)) => {
+                        return Err(GrantError::transient(
+                            GrantErrorKind::StoreUnavailable,
+                            message,
+                        ));
                     }
                 }
             }

@@ -5,12 +5,17 @@
 //! of the new token; the next start must send the old one, and a provider without a reuse
 //! grace revokes the whole grant. So rotating exchanges run in a child process, the rotation
 //! helper (`bearerd rotation-helper`, the same binary): it sends the token request the
-//! sidecar built, writes any rotated refresh token to the store's journal
-//! (`store::journal`), and only then hands the answer back. A kill of the sidecar leaves the
-//! helper running in its own process group: it finishes the exchanges it has, and ends when
-//! its input closes; the next start waits for it (the store lock it holds) and applies its
-//! journals. What stays open is the loss of both processes at once (a machine or a whole
-//! container dying); that needs the provider's grace period.
+//! sidecar built, writes any rotated refresh token to the store's journal, and only then
+//! hands the answer back. A kill of the sidecar leaves the helper running in its own process
+//! group: it finishes the exchanges it has, and ends when its input closes.
+//! - File store (`store::journal`): the next start waits for the helper (the store lock it
+//!   holds) and applies its journals.
+//! - Redis (`store::redis_journal`): the helper marks the exchange in flight in Redis before
+//!   sending it and journals the answer there; whoever sends next under the lease waits for
+//!   a mark on its token and takes a journaled successor instead (`before_send`).
+//!
+//! What stays open is the loss of both processes at once (a machine or a whole container
+//! dying); that needs the provider's grace period.
 //!
 //! One helper serves every exchange of the sidecar, many at once: with thousands of
 //! subjects, a process per exchange would be dozens of spawns a second. Requests and
@@ -27,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
-use secrecy::{ExposeSecret, SecretBox, SecretString};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
@@ -37,6 +42,7 @@ use crate::config::ClientIdentity;
 use crate::store::journal::{self, JournalEntry, HELPER_MARGIN, HELPER_REQUEST_MAX};
 use crate::store::lock;
 use crate::store::sealed::Sealer;
+use crate::store::{HelperJournal, HelperJournalConnection, RedisJournalTarget};
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
@@ -45,8 +51,8 @@ fn b64() -> base64::engine::GeneralPurpose {
 /// Where a credential's rotations are journaled, and the helper that runs them.
 pub struct DurableRotation {
     pub helper: Arc<RotationHelper>,
-    pub store: PathBuf,
-    pub key: SecretBox<[u8; 32]>,
+    pub journal: HelperJournal,
+    /// The record's key in the store (a credential's name, or a subject's record key).
     pub credential: String,
 }
 
@@ -166,11 +172,22 @@ struct HelperRequest {
     /// tls_client_auth: the helper reads the certificate and key itself.
     #[serde(default)]
     client_identity: Option<ClientIdentity>,
-    store: PathBuf,
-    key: String,
-    credential: String,
+    journal: JournalTarget,
     /// Fingerprint of the refresh token in the request.
     replaces: String,
+}
+
+/// Where the helper journals a rotated refresh token.
+#[derive(Serialize, Deserialize)]
+enum JournalTarget {
+    /// Beside the file store (the store key in base64), holding the store's lock.
+    File {
+        store: PathBuf,
+        key: String,
+        credential: String,
+    },
+    /// In Redis, after marking the exchange in flight there.
+    Redis(RedisJournalTarget),
 }
 
 /// The helper's answer: the provider's response, or why there is none.
@@ -186,6 +203,10 @@ pub enum HelperAnswer {
         timeout: bool,
         message: String,
     },
+    /// Nothing was sent: the exchange could not be marked in flight in the store.
+    NotSent {
+        message: String,
+    },
 }
 
 /// Why the helper gave no response.
@@ -194,6 +215,9 @@ pub enum HelperError {
     NotStarted(String),
     /// The request failed (or may have been sent and its answer lost).
     Failed { timeout: bool, message: String },
+    /// The helper refused to send it (the store could not mark it in flight): nothing was
+    /// sent, and it must not be sent without the mark either.
+    NotSent(String),
 }
 
 impl DurableRotation {
@@ -224,9 +248,14 @@ impl DurableRotation {
             timeout_ms: timeout.as_millis() as u64,
             ca_file,
             client_identity,
-            store: self.store.clone(),
-            key: b64().encode(self.key.expose_secret()),
-            credential: self.credential.clone(),
+            journal: match &self.journal {
+                HelperJournal::File { store, key } => JournalTarget::File {
+                    store: store.clone(),
+                    key: b64().encode(key.expose_secret()),
+                    credential: self.credential.clone(),
+                },
+                HelperJournal::Redis { target, .. } => JournalTarget::Redis(target.clone()),
+            },
             replaces,
         };
         let connection = self.helper.connection().await?;
@@ -287,18 +316,72 @@ impl DurableRotation {
             HelperAnswer::Failed { timeout, message } => {
                 Err(HelperError::Failed { timeout, message })
             }
+            HelperAnswer::NotSent { message } => Err(HelperError::NotSent(message)),
         }
     }
 
     /// The refresh token a helper journaled for the exchange that sent the token with this
     /// fingerprint, when its answer never arrived (the helper was killed, or timed out after
     /// the journal was written). Without this, the next attempt would send the spent token.
-    pub fn journaled_successor(&self, replaced: &str) -> Option<SecretString> {
-        let sealer = Sealer::new(self.key.expose_secret());
-        let entry = journal::read(&sealer, &self.store, &self.credential).ok()??;
-        (entry.replaces.last().map(String::as_str) == Some(replaced)).then_some(entry.refresh_token)
+    pub async fn journaled_successor(&self, replaced: &str) -> Option<SecretString> {
+        match &self.journal {
+            HelperJournal::File { store, key } => {
+                let sealer = Sealer::new(key.expose_secret());
+                let entry = journal::read(&sealer, store, &self.credential).ok()??;
+                (entry.replaces.last().map(String::as_str) == Some(replaced))
+                    .then_some(entry.refresh_token)
+            }
+            HelperJournal::Redis { target, reader } => {
+                reader.successor(target, replaced).await.ok().flatten()
+            }
+        }
+    }
+
+    /// Looks before `refresh_token` is sent (under the lease) for a rotation of it that a
+    /// holder which died may have started: waits while one is in flight (at most as long as
+    /// its mark lasts), then answers the successor a helper journaled, to send instead.
+    /// A store that cannot be asked is an error: sending without knowing could burn the
+    /// grant. The file store needs none of this: a starting sidecar waits for its previous
+    /// helper and applies its journal before anything is sent.
+    pub async fn before_send(
+        &self,
+        refresh_token: &SecretString,
+    ) -> Result<Option<SecretString>, crate::store::StoreError> {
+        let HelperJournal::Redis { target, reader } = &self.journal else {
+            return Ok(None);
+        };
+        let fingerprint = crate::store::fingerprint(refresh_token);
+        let waited = std::time::Instant::now();
+        // A mark lasts an exchange's deadline and margin: this bounds the wait even if
+        // marks kept coming back.
+        let limit = HELPER_REQUEST_MAX + 2 * HELPER_MARGIN;
+        let mut told = false;
+        while let Some(lasts) = reader.in_flight(target, &fingerprint).await? {
+            if waited.elapsed() >= limit {
+                break;
+            }
+            if !told {
+                tracing::info!(
+                    credential = %crate::store::record_name(&self.credential),
+                    "a rotation of this refresh token is in flight (its holder died?); waiting for its answer"
+                );
+                told = true;
+            }
+            tokio::time::sleep(IN_FLIGHT_POLL.min(lasts.max(Duration::from_millis(10)))).await;
+        }
+        let successor = reader.successor(target, &fingerprint).await?;
+        if successor.is_some() {
+            tracing::warn!(
+                credential = %crate::store::record_name(&self.credential),
+                "a replica's rotation of this refresh token was journaled before it died; the new refresh token is used"
+            );
+        }
+        Ok(successor)
     }
 }
+
+/// How often a replica looks whether a rotation in flight has ended.
+const IN_FLIGHT_POLL: Duration = Duration::from_millis(100);
 
 /// `bearerd rotation-helper`: serves the exchanges its sidecar sends as JSON lines on
 /// stdin, many at once, answering each on stdout as a JSON line. Holds the store's lock
@@ -340,8 +423,8 @@ async fn serve() -> ExitCode {
             continue;
         };
         let (id, ask) = (framed.id, framed.body);
-        if store_lock.is_none() {
-            match lock::open_lock(&ask.store).and_then(|l| l.lock_shared().map(|()| l)) {
+        if let (None, JournalTarget::File { store, .. }) = (&store_lock, &ask.journal) {
+            match lock::open_lock(store).and_then(|l| l.lock_shared().map(|()| l)) {
                 Ok(l) => store_lock = Some(l),
                 Err(e) => {
                     let answer = HelperAnswer::Failed {
@@ -383,10 +466,18 @@ async fn write_answer(out: &tokio::sync::Mutex<tokio::io::Stdout>, id: u64, answ
 }
 
 /// One exchange: sent within its deadline, any rotated refresh token journaled before the
-/// answer goes back. `None` when the request is unusable.
+/// answer goes back. On Redis, the exchange is marked in flight there before it is sent (and
+/// not sent when it cannot be). `None` when the request is unusable.
 async fn exchange(ask: &HelperRequest) -> Option<HelperAnswer> {
-    let key: [u8; 32] = b64().decode(&ask.key).ok()?.try_into().ok()?;
     let deadline = Duration::from_millis(ask.timeout_ms) + HELPER_MARGIN;
+    let mut redis = match &ask.journal {
+        JournalTarget::Redis(target) => match mark_in_flight(target, &ask.replaces, deadline).await
+        {
+            Ok(c) => Some(c),
+            Err(message) => return Some(HelperAnswer::NotSent { message }),
+        },
+        JournalTarget::File { .. } => None,
+    };
     let response = match tokio::time::timeout(deadline, send(ask)).await {
         Ok(r) => r,
         Err(_) => Err(HelperAnswer::Failed {
@@ -396,27 +487,42 @@ async fn exchange(ask: &HelperRequest) -> Option<HelperAnswer> {
     };
     let (status, retry_after, body) = match response {
         Ok(r) => r,
-        Err(answer) => return Some(answer),
+        Err(answer) => {
+            if let Some(c) = redis.as_mut() {
+                c.clear_in_flight(&ask.replaces).await;
+            }
+            return Some(answer);
+        }
     };
     // From here on there is no deadline: a journaled token always gets its answer out too.
     let mut journaled = true;
     if (200..300).contains(&status) {
         if let Some(rt) = rotated_refresh_token(&body) {
-            let (store, credential, replaces) = (
-                ask.store.clone(),
-                ask.credential.clone(),
-                ask.replaces.clone(),
-            );
-            journaled = tokio::task::spawn_blocking(move || {
-                let sealer = Sealer::new(&key);
-                // An unreadable journal is not carried on: the new entry replaces it.
-                let previous = journal::read(&sealer, &store, &credential).ok().flatten();
-                let entry = JournalEntry::after(previous, rt, replaces);
-                journal::write(&sealer, &store, &credential, &entry).is_ok()
-            })
-            .await
-            .unwrap_or(false);
+            journaled = match (&ask.journal, redis.as_mut()) {
+                (
+                    JournalTarget::File {
+                        store,
+                        key,
+                        credential,
+                    },
+                    _,
+                ) => {
+                    journal_to_file(
+                        store.clone(),
+                        key,
+                        credential.clone(),
+                        rt,
+                        ask.replaces.clone(),
+                    )
+                    .await
+                }
+                (JournalTarget::Redis(_), Some(c)) => journal_to_redis(c, rt, &ask.replaces).await,
+                (JournalTarget::Redis(_), None) => false,
+            };
         }
+    }
+    if let Some(c) = redis.as_mut() {
+        c.clear_in_flight(&ask.replaces).await;
     }
     Some(HelperAnswer::Response {
         status,
@@ -424,6 +530,76 @@ async fn exchange(ask: &HelperRequest) -> Option<HelperAnswer> {
         body: b64().encode(body),
         journaled,
     })
+}
+
+/// Connects to Redis and marks the exchange of the token with fingerprint `replaces` in
+/// flight for `deadline` and a margin (a few tries: nothing is sent without the mark).
+async fn mark_in_flight(
+    target: &RedisJournalTarget,
+    replaces: &str,
+    deadline: Duration,
+) -> Result<HelperJournalConnection, String> {
+    let mut why = String::new();
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        match target.connect().await {
+            Ok(mut c) => match c.mark_in_flight(replaces, deadline + HELPER_MARGIN).await {
+                Ok(()) => return Ok(c),
+                Err(e) => why = e,
+            },
+            Err(e) => why = e,
+        }
+    }
+    Err(format!(
+        "the token request was not sent: the store did not take its in-flight mark ({why})"
+    ))
+}
+
+/// Journals a rotated token beside the file store, durably.
+async fn journal_to_file(
+    store: PathBuf,
+    key: &str,
+    credential: String,
+    rt: SecretString,
+    replaces: String,
+) -> bool {
+    let Some(key) = b64()
+        .decode(key)
+        .ok()
+        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+    else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || {
+        let sealer = Sealer::new(&key);
+        // An unreadable journal is not carried on: the new entry replaces it.
+        let previous = journal::read(&sealer, &store, &credential).ok().flatten();
+        let entry = JournalEntry::after(previous, rt, replaces);
+        journal::write(&sealer, &store, &credential, &entry).is_ok()
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Journals a rotated token in Redis, trying for a while: the sidecar that asked may be
+/// dead, and then the journal is the only copy.
+async fn journal_to_redis(
+    c: &mut HelperJournalConnection,
+    rt: SecretString,
+    replaces: &str,
+) -> bool {
+    let tried = std::time::Instant::now();
+    loop {
+        match c.journal(rt.clone(), replaces.to_string()).await {
+            Ok(()) => return true,
+            Err(_) if tried.elapsed() < HELPER_MARGIN => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Err(_) => return false,
+        }
+    }
 }
 
 async fn send(ask: &HelperRequest) -> Result<(u16, Option<String>, Vec<u8>), HelperAnswer> {
@@ -509,8 +685,10 @@ mod tests {
     fn rotation(dir: &std::path::Path) -> DurableRotation {
         DurableRotation {
             helper: RotationHelper::new(PathBuf::from("/nonexistent/bearerd")),
-            store: dir.join("tokens.store"),
-            key: SecretBox::new(Box::new([9u8; 32])),
+            journal: HelperJournal::File {
+                store: dir.join("tokens.store"),
+                key: secrecy::SecretBox::new(Box::new([9u8; 32])),
+            },
             credential: "api".into(),
         }
     }
@@ -519,20 +697,21 @@ mod tests {
         SecretString::from(s.to_string())
     }
 
-    #[test]
-    fn a_lost_answer_is_recovered_from_the_journal_for_the_token_it_replaced() {
+    #[tokio::test]
+    async fn a_lost_answer_is_recovered_from_the_journal_for_the_token_it_replaced() {
         let dir = std::env::temp_dir().join(format!("bearerd-rot-{:x}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
         let r = rotation(&dir);
         let fp = crate::store::fingerprint;
-        assert!(r.journaled_successor(&fp(&secret("rt-1"))).is_none());
-        let sealer = Sealer::new(r.key.expose_secret());
+        assert!(r.journaled_successor(&fp(&secret("rt-1"))).await.is_none());
+        let sealer = Sealer::new(&[9u8; 32]);
         let entry = JournalEntry::after(None, secret("rt-2"), fp(&secret("rt-1")));
-        journal::write(&sealer, &r.store, &r.credential, &entry).unwrap();
-        let got = r.journaled_successor(&fp(&secret("rt-1"))).unwrap();
+        let store = dir.join("tokens.store");
+        journal::write(&sealer, &store, &r.credential, &entry).unwrap();
+        let got = r.journaled_successor(&fp(&secret("rt-1"))).await.unwrap();
         assert_eq!(got.expose_secret(), "rt-2");
         // Not for another exchange: that one sent a different token.
-        assert!(r.journaled_successor(&fp(&secret("rt-0"))).is_none());
+        assert!(r.journaled_successor(&fp(&secret("rt-0"))).await.is_none());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -96,7 +96,7 @@ impl Grant {
     }
 
     /// Runs this grant's rotating exchanges through the rotation helper (refresh-token grants
-    /// with a file store; other grants have nothing to lose).
+    /// on a file or Redis store; other grants have nothing to lose).
     pub fn make_rotation_durable(&mut self, rotation: DurableRotation) {
         match self {
             Grant::RefreshToken(g) => g.make_durable(rotation),

@@ -85,7 +85,7 @@ impl RefreshTokenGrant {
     pub async fn obtain(&self) -> Result<IssuedToken, GrantError> {
         // Held across the request: one use of a refresh token at a time, ever.
         let mut current = self.current.lock().await;
-        let rt = match current.as_ref() {
+        let mut rt = match current.as_ref() {
             Some(rt) => rt.clone(),
             None => {
                 let Some(seed) = &self.seed else {
@@ -113,6 +113,23 @@ impl RefreshTokenGrant {
                 fresh
             }
         };
+        // A holder that died may have rotated this token (on a shared store): its helper's
+        // journal has the successor, which is what must be sent now.
+        if let Some(durable) = &self.durable {
+            match durable.before_send(&rt).await {
+                Ok(Some(successor)) => {
+                    *current = Some(successor.clone());
+                    rt = successor;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(GrantError::transient(
+                        GrantErrorKind::StoreUnavailable,
+                        format!("cannot tell whether a rotation of the refresh token is under way, so it is not sent: {e}"),
+                    ))
+                }
+            }
+        }
         let mut form = vec![
             ("grant_type", "refresh_token".to_string()),
             ("refresh_token", rt.expose_secret().to_string()),

@@ -278,11 +278,12 @@ impl SubjectRegistry {
                 Arc::clone(&self.store),
             ),
         };
-        if let (Some(journal), Some(helper)) = (store.helper_journal(), &self.rotation_helper) {
+        if let (Some(journal), Some(helper)) =
+            (store.helper_journal(&store_key), &self.rotation_helper)
+        {
             grant.make_rotation_durable(DurableRotation {
                 helper: Arc::clone(helper),
-                store: journal.store,
-                key: journal.key,
+                journal,
                 credential: store_key.clone(),
             });
         }

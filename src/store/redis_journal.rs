@@ -1,0 +1,256 @@
+//! The rotation journal on the Redis store: how a refresh token that a provider just rotated
+//! survives the death of the replica that asked for it.
+//!
+//! The lease holder's rotating exchange runs in its rotation helper, a child process in its
+//! own process group that outlives the sidecar (`token::endpoint::rotation`). Before the
+//! helper sends the request it marks the exchange in flight in Redis (`inflight:{c}`: the
+//! fingerprint of the refresh token it sends, with a time to live that outlasts the
+//! exchange). When the provider answers with a rotated token, the helper journals it
+//! (`journal:{c}`, sealed with the store key, naming the tokens it supersedes), and only then
+//! clears the mark and answers the sidecar.
+//!
+//! Whoever is about to send a refresh token under the lease looks first (`before_send`):
+//! while a mark names that token it waits, at most for the mark's time to live; then a
+//! journal entry that supersedes the token gives the successor to send instead. So the kill
+//! of a holder at any moment of its exchange costs the others a wait, never the grant, and a
+//! kill before the mark costs nothing: nothing was sent.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use redis::aio::MultiplexedConnection;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::journal::{open_entry, seal_entry, JournalEntry};
+use super::redis::{connect_plain, within, COMMAND_TIMEOUT};
+use super::redis_client::RedisClients;
+use super::sealed::Sealer;
+use super::StoreError;
+use crate::config::{ClientIdentity, RedisTls};
+
+/// Clears the mark only when it still names this exchange's token.
+const CLEAR_IN_FLIGHT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+/// What a rotation helper needs to journal one record's rotation in Redis. It crosses the
+/// helper's pipe (never its command line or environment): it holds the Redis URL, which may
+/// carry a password, and the store key. No `Debug`, for the same reason.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RedisJournalTarget {
+    url: String,
+    ca_file: Option<PathBuf>,
+    identity: Option<ClientIdentity>,
+    /// The store key, base64.
+    key: String,
+    journal: String,
+    in_flight: String,
+    aad: String,
+}
+
+/// The sidecar's side: reads marks and journals over a connection of its own.
+pub struct RedisJournalReader {
+    clients: Arc<RedisClients>,
+    connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    sealer: Sealer,
+    url: SecretString,
+    tls: RedisTls,
+    key: [u8; 32],
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+impl RedisJournalReader {
+    pub(super) fn new(
+        clients: Arc<RedisClients>,
+        url: &SecretString,
+        tls: &RedisTls,
+        key: &[u8; 32],
+    ) -> RedisJournalReader {
+        RedisJournalReader {
+            clients,
+            connection: tokio::sync::Mutex::new(None),
+            sealer: Sealer::new(key),
+            url: url.clone(),
+            tls: tls.clone(),
+            key: *key,
+        }
+    }
+
+    /// The target of one record, named by the store (`{prefix}:…:{suffix}`).
+    pub(super) fn target(&self, prefix: &str, suffix: &str) -> RedisJournalTarget {
+        RedisJournalTarget {
+            url: self.url.expose_secret().to_string(),
+            ca_file: self.tls.ca_file.clone(),
+            identity: self.tls.identity.clone(),
+            key: b64().encode(self.key),
+            journal: format!("{prefix}:journal:{suffix}"),
+            in_flight: format!("{prefix}:inflight:{suffix}"),
+            aad: format!("bearerd:redis-journal:{prefix}:{suffix}"),
+        }
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let mut slot = self.connection.lock().await;
+        let mut con = match slot.as_ref() {
+            Some(c) => c.clone(),
+            None => {
+                let c = within(COMMAND_TIMEOUT * 2, connect_plain(&self.clients.client()))
+                    .await
+                    .map_err(unavailable)?;
+                *slot = Some(c.clone());
+                c
+            }
+        };
+        drop(slot);
+        let answer = within(COMMAND_TIMEOUT, cmd.query_async(&mut con)).await;
+        if answer.is_err() {
+            // Connected again at the next use (the server may have restarted).
+            *self.connection.lock().await = None;
+        }
+        answer.map_err(unavailable)
+    }
+
+    /// Whether a helper marked an exchange of the refresh token with this fingerprint in
+    /// flight, and how long the mark lasts at most.
+    pub async fn in_flight(
+        &self,
+        target: &RedisJournalTarget,
+        fingerprint: &str,
+    ) -> Result<Option<Duration>, StoreError> {
+        let marked: Option<String> = self.run(redis::cmd("GET").arg(&target.in_flight)).await?;
+        if marked.as_deref() != Some(fingerprint) {
+            return Ok(None);
+        }
+        let ttl: i64 = self.run(redis::cmd("PTTL").arg(&target.in_flight)).await?;
+        Ok(Some(Duration::from_millis(ttl.max(0) as u64)))
+    }
+
+    /// Deletes the record's journal (the record itself is gone). A mark stays: it runs out
+    /// by itself, and an exchange it names may still be under way.
+    pub async fn forget(&self, target: &RedisJournalTarget) -> Result<(), StoreError> {
+        let _: i64 = self.run(redis::cmd("DEL").arg(&target.journal)).await?;
+        Ok(())
+    }
+
+    /// The refresh token a helper journaled as a successor of the one with this fingerprint.
+    /// A journal that does not open (another key, or tampered) counts as none, with a warning.
+    pub async fn successor(
+        &self,
+        target: &RedisJournalTarget,
+        fingerprint: &str,
+    ) -> Result<Option<SecretString>, StoreError> {
+        let sealed: Option<String> = self.run(redis::cmd("GET").arg(&target.journal)).await?;
+        let Some(sealed) = sealed else {
+            return Ok(None);
+        };
+        match open_entry(&self.sealer, target.aad.as_bytes(), &sealed) {
+            Some(entry) if entry.supersedes(fingerprint) => Ok(Some(entry.refresh_token)),
+            Some(_) => Ok(None),
+            None => {
+                tracing::warn!(
+                    "a rotation journal in the store does not open (tampered?); it is ignored"
+                );
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn unavailable(message: String) -> StoreError {
+    StoreError::Unavailable {
+        store: "redis store (rotation journal)".into(),
+        message,
+    }
+}
+
+/// The helper's side: one connection per exchange (an exchange is one rotation).
+pub struct HelperJournalConnection {
+    target: RedisJournalTarget,
+    sealer: Sealer,
+    con: MultiplexedConnection,
+}
+
+impl RedisJournalTarget {
+    /// Connects for one exchange. Errors never quote the URL.
+    pub async fn connect(&self) -> Result<HelperJournalConnection, String> {
+        let key: [u8; 32] = b64()
+            .decode(&self.key)
+            .ok()
+            .and_then(|k| k.try_into().ok())
+            .ok_or("the store key does not decode")?;
+        let tls = RedisTls {
+            ca_file: self.ca_file.clone(),
+            identity: self.identity.clone(),
+        };
+        let clients = RedisClients::new(&SecretString::from(self.url.clone()), &tls)
+            .map_err(|e| e.to_string())?;
+        let con = within(COMMAND_TIMEOUT * 2, connect_plain(&clients.client())).await?;
+        Ok(HelperJournalConnection {
+            target: self.clone(),
+            sealer: Sealer::new(&key),
+            con,
+        })
+    }
+}
+
+impl HelperJournalConnection {
+    /// Marks the exchange of the token with this fingerprint in flight, for `ttl`.
+    pub async fn mark_in_flight(&mut self, fingerprint: &str, ttl: Duration) -> Result<(), String> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(&self.target.in_flight)
+            .arg(fingerprint)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64);
+        within(COMMAND_TIMEOUT, cmd.query_async::<()>(&mut self.con)).await
+    }
+
+    /// Journals `refresh_token`, which replaced the token with fingerprint `replaced`
+    /// (carrying on the chain of the entry before, when that entry's token is the one
+    /// replaced).
+    pub async fn journal(
+        &mut self,
+        refresh_token: SecretString,
+        replaced: String,
+    ) -> Result<(), String> {
+        let aad = self.target.aad.clone();
+        let previous: Option<String> = within(
+            COMMAND_TIMEOUT,
+            redis::cmd("GET")
+                .arg(&self.target.journal)
+                .query_async(&mut self.con),
+        )
+        .await?;
+        let previous = previous.and_then(|s| open_entry(&self.sealer, aad.as_bytes(), &s));
+        let entry = JournalEntry::after(previous, refresh_token, replaced);
+        let sealed = seal_entry(&self.sealer, aad.as_bytes(), &entry);
+        within(
+            COMMAND_TIMEOUT,
+            redis::cmd("SET")
+                .arg(&self.target.journal)
+                .arg(sealed)
+                .query_async::<()>(&mut self.con),
+        )
+        .await
+    }
+
+    /// Clears the mark of this exchange (best effort: it runs out by itself).
+    pub async fn clear_in_flight(&mut self, fingerprint: &str) {
+        let script = redis::Script::new(CLEAR_IN_FLIGHT);
+        let mut invocation = script.key(&self.target.in_flight);
+        invocation.arg(fingerprint);
+        let _ = within(
+            COMMAND_TIMEOUT,
+            invocation.invoke_async::<i64>(&mut self.con),
+        )
+        .await;
+    }
+}
