@@ -413,3 +413,71 @@ fn default_ports_avoid_the_ones_apps_and_meshes_use() {
         assert!(addr.port() >= 10000, "{addr}: a low port collides sooner");
     }
 }
+
+/// A credential whose name needs percent-encoding in a path (`crm:eu`): the CLI encodes it,
+/// and the admin API decodes it on every route, so `refresh`, `status` and `logout` find the
+/// credential (refresh and logout used to answer `no credential named "crm%3Aeu"`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_credential_name_that_needs_encoding_works_with_every_command() {
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
+    let (proxy, admin) = support::free_addr_pair();
+    let name = "crm:eu";
+    let text = format!(
+        "[server]\nproxy_listen = \"{proxy}\"\nadmin_listen = \"{admin}\"\n[credentials.\"{name}\"]\ngrant = \"client_credentials\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\nrevocation_url = \"{}\"\n[upstreams.crm]\nurl = \"http://{}/\"\npath_prefix = \"/crm\"\ncredential = \"{name}\"\n",
+        tokens.token_url(),
+        support::token_server::CLIENT_ID,
+        support::token_server::CLIENT_SECRET,
+        tokens.revocation_url(),
+        upstream.addr,
+    );
+    let config = support::sidecar_config(&text);
+    let sidecar = tokio::task::spawn_blocking(move || bearerd::Sidecar::start(config))
+        .await
+        .unwrap()
+        .unwrap();
+    let run = |args: Vec<String>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_bearerd"));
+        cmd.args(args)
+            .arg("--admin")
+            .arg(format!("http://{admin}"))
+            .env_remove("BEARERD_CONFIG")
+            .env_remove("BEARERD_ADMIN_TOKEN");
+        async move {
+            let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            (out.status.success(), text)
+        }
+    };
+    let client = reqwest::Client::new();
+    for _ in 0..200 {
+        let ready = client
+            .get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200);
+        if ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let before = tokens.state.requests();
+    let (ok, out) = run(vec!["refresh".into(), name.into()]).await;
+    assert!(ok, "{out}");
+    assert_eq!(tokens.state.requests(), before + 1, "the refresh went out");
+    let (ok, out) = run(vec!["status".into(), name.into()]).await;
+    assert!(ok && out.contains(name), "{out}");
+    let (ok, out) = run(vec!["logout".into(), name.into()]).await;
+    assert!(ok, "{out}");
+    let r = client
+        .get(format!("http://{proxy}/crm/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "logged out: no token is served");
+    tokio::task::spawn_blocking(move || sidecar.shutdown())
+        .await
+        .unwrap();
+}

@@ -296,6 +296,15 @@ impl ServeHttp for AdminApp {
                 json!({"error": "this listener serves /healthz, /readyz and /metrics only; the rest is on admin_listen"}),
             );
         }
+        // A credential's name comes percent-encoded (the CLI encodes every segment): it is
+        // decoded here, once, for every route that names one.
+        let name = match segments.as_slice() {
+            ["credentials", raw, ..] => percent_encoding::percent_decode_str(raw)
+                .decode_utf8_lossy()
+                .into_owned(),
+            _ => String::new(),
+        };
+        let name = name.as_str();
         match (method.as_str(), segments.as_slice()) {
             ("GET", ["healthz"]) => respond(200, "text/plain", b"ok\n".to_vec()),
             ("GET", ["readyz"]) => self.readyz(),
@@ -322,7 +331,7 @@ impl ServeHttp for AdminApp {
             (_, ["credentials", _, "subjects", ..]) if !self.authorized(session) => {
                 json_response(401, json!({"error": "the admin token is missing or wrong"}))
             }
-            (_, ["credentials", name, "subjects", rest @ ..]) => {
+            (_, ["credentials", _, "subjects", rest @ ..]) => {
                 self.subjects(&method, name, rest, session).await
             }
             ("POST", ["credentials", _, "refresh" | "logout" | "login"])
@@ -330,15 +339,15 @@ impl ServeHttp for AdminApp {
             {
                 json_response(401, json!({"error": "the admin token is missing or wrong"}))
             }
-            ("POST", ["credentials", name, "refresh"]) => self.refresh(name).await,
-            ("POST", ["credentials", name, "logout"]) => match self.credential(name) {
+            ("POST", ["credentials", _, "refresh"]) => self.refresh(name).await,
+            ("POST", ["credentials", _, "logout"]) => match self.credential(name) {
                 Some(c) => json_response(200, json!(c.logout().await)),
                 None => json_response(
                     404,
                     json!({"error": format!("no credential named {name:?}")}),
                 ),
             },
-            ("POST", ["credentials", name, "login"]) => self.login(name, session).await,
+            ("POST", ["credentials", _, "login"]) => self.login(name, session).await,
             (_, ["healthz" | "readyz" | "status" | "metrics"])
             | (_, ["credentials", _, "refresh" | "logout" | "login"]) => {
                 json_response(405, json!({"error": "method not allowed"}))

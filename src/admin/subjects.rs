@@ -75,9 +75,9 @@ impl AdminApp {
         rest: &[&str],
         session: &mut ServerSession,
     ) -> Response<Vec<u8>> {
-        let name = percent_decode_str(name).decode_utf8_lossy().into_owned();
-        let Some(registry) = self.registry(&name).cloned() else {
-            return match self.credential(&name) {
+        // `name` is decoded already (by the router).
+        let Some(registry) = self.registry(name).cloned() else {
+            return match self.credential(name) {
                 Some(_) => json_response(
                     400,
                     json!({"error": format!("credential {name:?} has no subjects (it has no subject_header)")}),
