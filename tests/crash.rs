@@ -255,6 +255,106 @@ async fn wait_serving(proxy: SocketAddr, tokens: &support::TokenServer, log: &Pa
     }
 }
 
+/// Three sidecars on one Redis sharing a seeded rotating refresh token; `credential_extra`
+/// goes into each one's credential. Replica 0 is never killed: it serves the load.
+struct RedisFleet {
+    redis: support::redis_server::RedisServer,
+    base: PathBuf,
+    replicas: Vec<Files>,
+    children: Vec<KillOnDrop>,
+}
+
+impl RedisFleet {
+    async fn start(
+        tokens: &support::TokenServer,
+        upstream: &support::Upstream,
+        credential_extra: &str,
+    ) -> RedisFleet {
+        let redis = support::redis_server::RedisServer::start();
+        let store = format!(
+            "backend = \"redis\"\nurl = \"{}\"\nkey = \"{}\"",
+            redis.url(),
+            bearerd::store::generate_key()
+        );
+        let seed = tokens.state.seed_refresh_token();
+        let base =
+            std::env::temp_dir().join(format!("bearerd-fleet-kill-{}", support::rand_suffix()));
+        let replicas: Vec<Files> = (0..3)
+            .map(|i| {
+                let files =
+                    write_config_in(base.join(i.to_string()), tokens, upstream, &store, &seed);
+                let text = std::fs::read_to_string(&files.config).unwrap().replace(
+                    "backoff_cap = \"1s\"\n",
+                    &format!("backoff_cap = \"1s\"\n{credential_extra}"),
+                );
+                std::fs::write(&files.config, text).unwrap();
+                files
+            })
+            .collect();
+        let children = replicas
+            .iter()
+            .map(|r| KillOnDrop(spawn(&r.config, &r.log)))
+            .collect();
+        for r in &replicas {
+            wait_serving(r.proxy, tokens, &r.log, 0).await;
+        }
+        RedisFleet {
+            redis,
+            base,
+            replicas,
+            children,
+        }
+    }
+
+    /// GETs through replica 0 until `stop`: (answers 2xx, the statuses of the others).
+    fn load(
+        &self,
+        stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> tokio::task::JoinHandle<(usize, Vec<u16>)> {
+        let survivor = self.replicas[0].proxy;
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let (mut ok, mut bad) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match client
+                    .get(format!("http://{survivor}/api/load"))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status().is_success() => ok += 1,
+                    Ok(r) => bad.push(r.status().as_u16()),
+                    Err(_) => bad.push(0),
+                }
+            }
+            (ok, bad)
+        })
+    }
+
+    /// `kill -9` of replica `i`, and its restart.
+    fn kill_and_restart(&mut self, i: usize) {
+        self.children[i].kill().unwrap();
+        self.children[i].wait().unwrap();
+        self.children[i] = KillOnDrop(spawn(&self.replicas[i].config, &self.replicas[i].log));
+    }
+}
+
+impl Drop for RedisFleet {
+    fn drop(&mut self) {
+        self.children.clear();
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+/// No refresh token was sent twice, and the grant lives.
+fn assert_grant_survived(tokens: &support::TokenServer) {
+    assert_eq!(tokens.state.reuse_detected(), 0, "the grant was revoked");
+    assert_eq!(
+        tokens.state.active_refresh_tokens(),
+        1,
+        "the grant survived"
+    );
+}
+
 /// `kill -9` of random replicas at random moments while three sidecars on one Redis share a
 /// rotating refresh token (3-second tokens), each kill followed by a restart; the first
 /// replica is never killed and serves load throughout. Returns the survivor's non-2xx
@@ -264,58 +364,21 @@ async fn kill_replicas_on_redis(
     upstream: &support::Upstream,
     kills: usize,
 ) -> Vec<u16> {
-    let redis = support::redis_server::RedisServer::start();
-    let store = format!(
-        "backend = \"redis\"\nurl = \"{}\"\nkey = \"{}\"",
-        redis.url(),
-        bearerd::store::generate_key()
-    );
-    let seed = tokens.state.seed_refresh_token();
-    let base = std::env::temp_dir().join(format!("bearerd-fleet-kill-{}", support::rand_suffix()));
-    let replicas: Vec<Files> = (0..3)
-        .map(|i| write_config_in(base.join(i.to_string()), tokens, upstream, &store, &seed))
-        .collect();
-    let mut children: Vec<KillOnDrop> = replicas
-        .iter()
-        .map(|r| KillOnDrop(spawn(&r.config, &r.log)))
-        .collect();
-    for r in &replicas {
-        wait_serving(r.proxy, tokens, &r.log, 0).await;
-    }
-    let survivor = replicas[0].proxy;
+    let mut fleet = RedisFleet::start(tokens, upstream, "").await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let mut bad = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                match client
-                    .get(format!("http://{survivor}/api/load"))
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status().is_success() => {}
-                    Ok(r) => bad.push(r.status().as_u16()),
-                    Err(_) => bad.push(0),
-                }
-            }
-            bad
-        })
-    };
+    let load = fleet.load(stop.clone());
     let mut rng = rand::rngs::StdRng::from_entropy();
     use rand::SeedableRng;
     for round in 1..=kills {
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..1500))).await;
         let i = rng.gen_range(1..3);
-        children[i].kill().unwrap();
-        children[i].wait().unwrap();
-        children[i] = KillOnDrop(spawn(&replicas[i].config, &replicas[i].log));
+        fleet.kill_and_restart(i);
         // Serving again after the restart, unless the grant is gone (a strict provider).
         let started = Instant::now();
         let client = reqwest::Client::new();
+        let proxy = fleet.replicas[i].proxy;
         while !client
-            .get(format!("http://{}/api/probe", replicas[i].proxy))
+            .get(format!("http://{proxy}/api/probe"))
             .send()
             .await
             .is_ok_and(|r| r.status() == 200)
@@ -326,7 +389,7 @@ async fn kill_replicas_on_redis(
             assert!(
                 started.elapsed() < Duration::from_secs(30),
                 "round {round}: the restarted replica never served\n{}",
-                std::fs::read_to_string(&replicas[i].log).unwrap_or_default()
+                std::fs::read_to_string(&fleet.replicas[i].log).unwrap_or_default()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -335,10 +398,7 @@ async fn kill_replicas_on_redis(
         }
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let bad = load.await.unwrap();
-    drop(children);
-    let _ = std::fs::remove_dir_all(&base);
-    bad
+    load.await.unwrap().1
 }
 
 /// Twenty kills of random replicas on one Redis at random moments, with a strict provider
@@ -356,12 +416,7 @@ async fn kill_9_of_replicas_sharing_redis_never_burns_the_grant() {
         tokens.state.reuse_detected(),
         bad.len()
     );
-    assert_eq!(tokens.state.reuse_detected(), 0, "the grant was revoked");
-    assert_eq!(
-        tokens.state.active_refresh_tokens(),
-        1,
-        "the grant survived"
-    );
+    assert_grant_survived(&tokens);
     support::assert_all_2xx(&bad);
     // The refresh token rotated during the kills (about every 2.4 s; they take 10 to 30 s).
     assert!(
@@ -512,58 +567,12 @@ fn holder_kills() -> usize {
 async fn kill_9_of_the_lease_holder_inside_the_window_on_redis_never_burns_the_grant() {
     let (tokens, upstream) = support::start_peers(Duration::from_secs(5)).await;
     tokens.state.set_reuse_grace(Duration::ZERO);
-    let redis = support::redis_server::RedisServer::start();
-    let store = format!(
-        "backend = \"redis\"\nurl = \"{}\"\nkey = \"{}\"",
-        redis.url(),
-        bearerd::store::generate_key()
-    );
-    let seed = tokens.state.seed_refresh_token();
-    let base = std::env::temp_dir().join(format!("bearerd-holder-kill-{}", support::rand_suffix()));
-    let replicas: Vec<Files> = (0..3)
-        .map(|i| {
-            let files =
-                write_config_in(base.join(i.to_string()), &tokens, &upstream, &store, &seed);
-            // A replica whose token ran out while a dead holder's lease runs out (6 s) and
-            // the next exchange is answered (2 s) waits for it rather than answering 503.
-            let text = std::fs::read_to_string(&files.config).unwrap();
-            let text = text.replace(
-                "backoff_cap = \"1s\"\n",
-                "backoff_cap = \"1s\"\nwait_budget = \"30s\"\n",
-            );
-            std::fs::write(&files.config, text).unwrap();
-            files
-        })
-        .collect();
-    let mut children: Vec<KillOnDrop> = replicas
-        .iter()
-        .map(|r| KillOnDrop(spawn(&r.config, &r.log)))
-        .collect();
-    for r in &replicas {
-        wait_serving(r.proxy, &tokens, &r.log, 0).await;
-    }
+    // A replica whose token ran out while a dead holder's lease runs out (6 s) and the next
+    // exchange is answered (2 s) waits for it rather than answering 503.
+    let mut fleet = RedisFleet::start(&tokens, &upstream, "wait_budget = \"30s\"\n").await;
     tokens.state.set_answer_delay(Duration::from_secs(2));
-    let survivor = replicas[0].proxy;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let (mut ok, mut bad) = (0usize, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                match client
-                    .get(format!("http://{survivor}/api/load"))
-                    .send()
-                    .await
-                {
-                    Ok(r) if r.status().is_success() => ok += 1,
-                    Ok(r) => bad.push(r.status().as_u16()),
-                    Err(_) => bad.push(0),
-                }
-            }
-            (ok, bad)
-        })
-    };
+    let load = fleet.load(stop.clone());
     let mut rng = rand::rngs::StdRng::from_entropy();
     use rand::SeedableRng;
     let started = Instant::now();
@@ -588,18 +597,17 @@ async fn kill_9_of_the_lease_holder_inside_the_window_on_redis_never_burns_the_g
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let Some(holder) = lease_holder(&redis) else {
+        let Some(holder) = lease_holder(&fleet.redis) else {
             continue;
         };
-        let Some(i) = (1..3).find(|&i| children[i].id() == holder) else {
+        let Some(i) = (1..3).find(|&i| fleet.children[i].id() == holder) else {
             continue; // the replica that serves the load holds it: not this time
         };
         tokio::time::sleep(Duration::from_millis(rng.gen_range(0..1500))).await;
-        children[i].kill().unwrap();
-        children[i].wait().unwrap();
+        fleet.kill_and_restart(i);
         kills += 1;
-        children[i] = KillOnDrop(spawn(&replicas[i].config, &replicas[i].log));
-        wait_serving(replicas[i].proxy, &tokens, &replicas[i].log, kills).await;
+        let r = &fleet.replicas[i];
+        wait_serving(r.proxy, &tokens, &r.log, kills).await;
     }
     // The rotations after the last kill go through as well.
     let rotations = tokens.state.rotations();
@@ -620,13 +628,6 @@ async fn kill_9_of_the_lease_holder_inside_the_window_on_redis_never_burns_the_g
         tokens.state.reuse_detected(),
         bad.len()
     );
-    assert_eq!(tokens.state.reuse_detected(), 0, "the grant was revoked");
-    assert_eq!(
-        tokens.state.active_refresh_tokens(),
-        1,
-        "the grant survived"
-    );
+    assert_grant_survived(&tokens);
     support::assert_all_2xx(&bad);
-    drop(children);
-    let _ = std::fs::remove_dir_all(&base);
 }

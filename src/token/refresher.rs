@@ -338,19 +338,18 @@ async fn take_lease(cred: &Credential, trigger: Trigger, started: Instant) -> Le
         if adopt_newer(cred).await {
             return LeaseOutcome::Ended;
         }
-        if tokio::time::Instant::now() >= deadline && settling {
-            break AttemptFailure {
-                kind: &GrantErrorKind::StoreSettling,
-                message: "the store may have lost writes (it restarted or failed over) and settles: no refresh token is sent until the replicas have written back their sets",
-                permanent: false,
-            };
-        }
         if tokio::time::Instant::now() >= deadline {
-            break AttemptFailure {
-                kind: &GrantErrorKind::LeaseHeld,
-                message:
-                    "another replica holds the refresh lease and wrote no new token set in time",
-                permanent: false,
+            break match settling {
+                true => AttemptFailure {
+                    kind: &GrantErrorKind::StoreSettling,
+                    message: "the store may have lost writes (it restarted or failed over) and settles: no refresh token is sent until the replicas have written back their sets",
+                    permanent: false,
+                },
+                false => AttemptFailure {
+                    kind: &GrantErrorKind::LeaseHeld,
+                    message: "another replica holds the refresh lease and wrote no new token set in time",
+                    permanent: false,
+                },
             };
         }
         tokio::select! {
