@@ -1360,3 +1360,96 @@ async fn redis_names_subjects_by_a_keyed_hash_and_moves_records_from_unkeyed_nam
     assert_ne!(a, b);
     assert_ne!(a, unkeyed);
 }
+
+/// Redis restarted empty right after a rotation, five times, while two replicas share two
+/// users' token sets (12-second tokens, a provider that revokes a grant on any reuse): each
+/// subject in memory writes its set back when its replica notices the restart, so no user's
+/// refresh token is sent twice, and after each settle both users are served through both
+/// replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subjects_survive_redis_restarting_empty_inside_a_rotation() {
+    let mut redis = support::redis_server::RedisServer::start();
+    let store = format!(
+        "backend = \"redis\"\nurl = \"{}\"\nkey = \"{}\"",
+        redis.url(),
+        bearerd::store::generate_key()
+    );
+    // Tokens that outlive the settle: the replica holding a subject's newest set has no
+    // refresh of its own due during it, so only the notice of the restart makes it write back.
+    let a = start(Duration::from_secs(12), "", &store).await;
+    let (proxy, admin) = support::free_addr_pair();
+    let text = a
+        .config_text
+        .replace(&a.sidecar().proxy_addr.to_string(), &proxy.to_string())
+        .replace(&a.sidecar().admin_addr.to_string(), &admin.to_string());
+    let config = support::sidecar_config(&text);
+    let b = tokio::task::spawn_blocking(move || bearerd::Sidecar::start(config))
+        .await
+        .unwrap()
+        .unwrap();
+    let users = ["alice", "bob"];
+    for s in users {
+        let rt = a.tokens.state.seed_refresh_token_for(s);
+        assert_eq!(hand_over(&a, s, &rt).await.status(), 200);
+    }
+    served_everywhere(&a, b.proxy_addr, &users).await;
+    for round in 1..=5 {
+        let rotations = a.tokens.state.rotations();
+        let started = Instant::now();
+        while a.tokens.state.rotations() == rotations {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "round {round}: no rotation"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Often after the holder saved the new set and before the other replica adopted it
+        // (at its own next refresh): then only the holder has the newest set.
+        let after = rand::random::<u64>() % 400;
+        tokio::time::sleep(Duration::from_millis(after)).await;
+        redis.restart_empty();
+        served_everywhere(&a, b.proxy_addr, &users).await;
+    }
+    // The rotations go on after the last settle, each user's refresh token sent once.
+    let rotations = a.tokens.state.rotations();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    served_everywhere(&a, b.proxy_addr, &users).await;
+    assert!(
+        a.tokens.state.rotations() > rotations,
+        "no rotation after the restarts"
+    );
+    assert_eq!(
+        a.tokens.state.reuse_detected(),
+        0,
+        "a refresh token was sent twice"
+    );
+    tokio::task::spawn_blocking(move || b.shutdown())
+        .await
+        .unwrap();
+}
+
+/// Waits until every user is served through the harness's sidecar and through `other`
+/// (asserting meanwhile that no refresh token was sent twice).
+async fn served_everywhere(a: &Harness, other: std::net::SocketAddr, users: &[&str]) {
+    let started = Instant::now();
+    for &s in users {
+        for via in [a.url("/api/x"), format!("http://{other}/api/x")] {
+            loop {
+                assert_eq!(
+                    a.tokens.state.reuse_detected(),
+                    0,
+                    "a refresh token was sent twice"
+                );
+                let r = a.client.get(&via).header(HEADER, s).send().await.unwrap();
+                if r.status() == 200 && token_subject(r).await.as_deref() == Some(s) {
+                    break;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "{s} is not served again"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
