@@ -389,6 +389,19 @@ async fn the_probes_listener_serves_health_readiness_and_metrics_only() {
     }
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
     assert_eq!(h.get("/api/items").await.status(), 503);
+    // Off the admin listener, readiness says states only: never the provider's error text.
+    let probe: serde_json::Value = get("/readyz").await.unwrap().json().await.unwrap();
+    assert_eq!(probe["credentials"]["api"]["state"], "failed", "{probe}");
+    assert!(
+        probe["credentials"]["api"].get("last_error").is_none(),
+        "{probe}"
+    );
+    assert!(!probe.to_string().contains("invalid_client"), "{probe}");
+    let admin: serde_json::Value = h.admin_get("/readyz").await.json().await.unwrap();
+    assert!(
+        admin["credentials"]["api"]["last_error"]["kind"] == "invalid_client",
+        "{admin}"
+    );
 }
 
 /// The default listeners stay off the ports apps, meshes and agents take: an app on 8080

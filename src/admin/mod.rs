@@ -116,10 +116,13 @@ impl AdminApp {
             .filter(|c| !c.is_ready())
             .map(|c| {
                 let s = c.status();
-                (
-                    &*c.name,
-                    json!({"state": s.state, "last_error": s.last_error}),
-                )
+                // The probes listener is often off loopback (the kubelet, Prometheus): it
+                // says states only. A provider's error text stays on the admin listener.
+                let about = match self.scope {
+                    AdminScope::Probes => json!({"state": s.state}),
+                    _ => json!({"state": s.state, "last_error": s.last_error}),
+                };
+                (&*c.name, about)
             })
             .collect();
         if not_ready.is_empty() {
