@@ -1089,16 +1089,22 @@ async fn measure_memory_and_load_time_with_100000_stored_subjects() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replicas_on_redis_share_each_subjects_tokens_and_rotate_each_once() {
+/// One Redis and two replicas of the per-subject sidecar on it: the harness's (A, with the
+/// provider and upstream) and B, the same config on other ports.
+async fn replicas_on_redis(
+    lifetime: Duration,
+) -> (
+    support::redis_server::RedisServer,
+    Harness,
+    bearerd::SidecarHandle,
+) {
     let redis = support::redis_server::RedisServer::start();
     let store = format!(
         "backend = \"redis\"\nurl = \"{}\"\nkey = \"{}\"",
         redis.url(),
         bearerd::store::generate_key()
     );
-    let a = start(Duration::from_secs(3), "", &store).await;
-    // Replica B: the same config on other ports, the same provider, upstream and Redis.
+    let a = start(lifetime, "", &store).await;
     let (proxy, admin) = support::free_addr_pair();
     let text = a
         .config_text
@@ -1109,6 +1115,12 @@ async fn replicas_on_redis_share_each_subjects_tokens_and_rotate_each_once() {
         .await
         .unwrap()
         .unwrap();
+    (redis, a, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_on_redis_share_each_subjects_tokens_and_rotate_each_once() {
+    let (redis, a, b) = replicas_on_redis(Duration::from_secs(3)).await;
     let via_b = |subject: &str| {
         a.client
             .get(format!("http://{}/api/x", b.proxy_addr))
@@ -1368,25 +1380,9 @@ async fn redis_names_subjects_by_a_keyed_hash_and_moves_records_from_unkeyed_nam
 /// replicas.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subjects_survive_redis_restarting_empty_inside_a_rotation() {
-    let mut redis = support::redis_server::RedisServer::start();
-    let store = format!(
-        "backend = \"redis\"\nurl = \"{}\"\nkey = \"{}\"",
-        redis.url(),
-        bearerd::store::generate_key()
-    );
     // Tokens that outlive the settle: the replica holding a subject's newest set has no
     // refresh of its own due during it, so only the notice of the restart makes it write back.
-    let a = start(Duration::from_secs(12), "", &store).await;
-    let (proxy, admin) = support::free_addr_pair();
-    let text = a
-        .config_text
-        .replace(&a.sidecar().proxy_addr.to_string(), &proxy.to_string())
-        .replace(&a.sidecar().admin_addr.to_string(), &admin.to_string());
-    let config = support::sidecar_config(&text);
-    let b = tokio::task::spawn_blocking(move || bearerd::Sidecar::start(config))
-        .await
-        .unwrap()
-        .unwrap();
+    let (mut redis, a, b) = replicas_on_redis(Duration::from_secs(12)).await;
     let users = ["alice", "bob"];
     for s in users {
         let rt = a.tokens.state.seed_refresh_token_for(s);
