@@ -10,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use bearerd::config::Config;
 use bearerd::config::{KeySource, SecretRef, SigningConfig};
+use bearerd::material::signing::{AssertionClaims, AssertionSigner};
 use bearerd::metrics::Metrics;
 use bearerd::peers::TokenServer;
 use bearerd::proxy::route::{has_dot_segment, RouteTable};
 use bearerd::proxy::target::upstream_target;
 use bearerd::proxy::{new_request_id, rewrite_request, Upstream};
 use bearerd::token::credential::Credential;
-use bearerd::token::endpoint::signing::{AssertionClaims, AssertionSigner};
 use bearerd::token::grant::Grant;
 use bearerd::token::subject::{SubjectKey, SubjectRegistry, SubjectTagger};
 use bearerd::token::CredentialSlot;

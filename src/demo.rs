@@ -41,16 +41,45 @@ fn free_or(preferred: &str) -> SocketAddr {
         .unwrap_or(preferred)
 }
 
-pub fn run(duration: Option<Duration>, token_lifetime: Duration) -> Result<(), String> {
+/// Why the demo stopped short.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("cannot start the demo's {what}: {source}")]
+    Start {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the demo's config: {0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("the sidecar: {0}")]
+    Sidecar(String),
+    #[error("{0} demo requests failed")]
+    Failed(u32),
+}
+
+pub fn run(duration: Option<Duration>, token_lifetime: Duration) -> Result<(), DemoError> {
     logging::init(LogFormat::Pretty);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| DemoError::Start {
+            what: "runtime",
+            source,
+        })?;
     rt.block_on(async move {
-        let tokens = TokenServer::start(token_lifetime).await.map_err(|e| e.to_string())?;
-        let upstream = Upstream::start(tokens.state.clone()).await.map_err(|e| e.to_string())?;
+        let tokens = TokenServer::start(token_lifetime)
+            .await
+            .map_err(|source| DemoError::Start {
+                what: "token server",
+                source,
+            })?;
+        let upstream = Upstream::start(tokens.state.clone())
+            .await
+            .map_err(|source| DemoError::Start {
+                what: "upstream",
+                source,
+            })?;
         let proxy = free_or(crate::config::DEFAULT_PROXY_LISTEN);
         let admin = free_or(crate::config::DEFAULT_ADMIN_LISTEN);
         let text = DEMO_CONFIG
@@ -60,15 +89,15 @@ pub fn run(duration: Option<Duration>, token_lifetime: Duration) -> Result<(), S
             .replace("{client_id}", token_server::CLIENT_ID)
             .replace("{client_secret}", token_server::CLIENT_SECRET)
             .replace("{upstream}", &upstream.addr.to_string());
-        let config = Config::parse(Path::new("<demo>"), &text).map_err(|e| e.to_string())?;
+        let config = Config::parse(Path::new("<demo>"), &text)?;
         println!("bearerd demo: tokens live {}; Ctrl-C stops it", humantime::format_duration(token_lifetime));
         println!("  token server  http://{}/token", tokens.addr);
         println!("  upstream      http://{}/api (accepts only valid tokens)", upstream.addr);
         println!("  sidecar       http://{proxy}/echo/…  → upstream, admin http://{admin}/status");
         let sidecar = tokio::task::spawn_blocking(move || Sidecar::start(config))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| DemoError::Sidecar(e.to_string()))?
+            .map_err(|e| DemoError::Sidecar(e.to_string()))?;
 
         let client = reqwest::Client::new();
         let started = Instant::now();
@@ -110,9 +139,11 @@ pub fn run(duration: Option<Duration>, token_lifetime: Duration) -> Result<(), S
             tokens.state.requests(),
             started.elapsed().as_secs_f64()
         );
-        tokio::task::spawn_blocking(move || sidecar.shutdown()).await.map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(move || sidecar.shutdown())
+            .await
+            .map_err(|e| DemoError::Sidecar(e.to_string()))?;
         if failed > 0 {
-            return Err(format!("{failed} demo requests failed"));
+            return Err(DemoError::Failed(failed));
         }
         Ok(())
     })

@@ -101,9 +101,34 @@ pub struct PodConfig {
     pub hash: String,
 }
 
+/// Why the config in the ConfigMap cannot drive an injection.
+#[derive(Debug, thiserror::Error)]
+pub enum PodConfigError {
+    #[error("{0}")]
+    Toml(toml::de::Error),
+    #[error("the config needs `metrics_listen = \"0.0.0.0:14091\"` under [server]: the kubelet's probes and Prometheus reach bearerd there")]
+    NoMetricsListen,
+    #[error("metrics_listen {listen:?}: {source}")]
+    BadMetricsListen {
+        listen: String,
+        source: std::net::AddrParseError,
+    },
+    #[error("metrics_listen {0} is loopback: the kubelet's probes come from outside the pod (use 0.0.0.0)")]
+    LoopbackMetricsListen(std::net::SocketAddr),
+    #[error("the config has no [upstreams]")]
+    NoUpstreams,
+    #[error("upstream {0} has neither path_prefix nor listen")]
+    NoRoute(String),
+}
+
+/// What is wrong with one pod template, in words for the operator.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct TemplateProblem(String);
+
 impl PodConfig {
-    pub fn from_text(text: &str) -> Result<PodConfig, String> {
-        let doc: toml::Value = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn from_text(text: &str) -> Result<PodConfig, PodConfigError> {
+        let doc: toml::Value = toml::from_str(text).map_err(PodConfigError::Toml)?;
         Ok(PodConfig {
             urls: upstream_urls_in(&doc)?,
             probes_port: probes_port_in(&doc)?,
@@ -113,31 +138,33 @@ impl PodConfig {
 }
 
 /// `metrics_listen`, which must listen on the pod's IP.
-fn probes_port_in(doc: &toml::Value) -> Result<u16, String> {
+fn probes_port_in(doc: &toml::Value) -> Result<u16, PodConfigError> {
     let listen = doc
         .get("server")
         .and_then(|s| s.get("metrics_listen"))
         .and_then(toml::Value::as_str)
-        .ok_or("the config needs `metrics_listen = \"0.0.0.0:14091\"` under [server]: the kubelet's probes and Prometheus reach bearerd there")?;
-    let addr: std::net::SocketAddr = listen
-        .parse()
-        .map_err(|e| format!("metrics_listen {listen:?}: {e}"))?;
+        .ok_or(PodConfigError::NoMetricsListen)?;
+    let addr: std::net::SocketAddr =
+        listen
+            .parse()
+            .map_err(|source| PodConfigError::BadMetricsListen {
+                listen: listen.to_string(),
+                source,
+            })?;
     if addr.ip().is_loopback() {
-        return Err(format!(
-            "metrics_listen {addr} is loopback: the kubelet's probes come from outside the pod (use 0.0.0.0)"
-        ));
+        return Err(PodConfigError::LoopbackMetricsListen(addr));
     }
     Ok(addr.port())
 }
 
-fn upstream_urls_in(doc: &toml::Value) -> Result<Vec<(String, String)>, String> {
+fn upstream_urls_in(doc: &toml::Value) -> Result<Vec<(String, String)>, PodConfigError> {
     let proxy = doc
         .get("server")
         .and_then(|s| s.get("proxy_listen"))
         .and_then(toml::Value::as_str)
         .unwrap_or(crate::config::DEFAULT_PROXY_LISTEN);
     let Some(upstreams) = doc.get("upstreams").and_then(toml::Value::as_table) else {
-        return Err("the config has no [upstreams]".into());
+        return Err(PodConfigError::NoUpstreams);
     };
     upstreams
         .iter()
@@ -147,11 +174,7 @@ fn upstream_urls_in(doc: &toml::Value) -> Result<Vec<(String, String)>, String> 
             let url = match (prefix, listen) {
                 (Some(p), _) => format!("http://{proxy}{}", p.trim_end_matches('/')),
                 (None, Some(a)) => format!("http://{a}"),
-                (None, None) => {
-                    return Err(format!(
-                        "upstream {name} has neither path_prefix nor listen"
-                    ))
-                }
+                (None, None) => return Err(PodConfigError::NoRoute(name.clone())),
             };
             Ok((url_env_name(name), url))
         })
@@ -196,7 +219,7 @@ fn entry<'a>(value: &'a mut Value, key: &str) -> &'a mut Value {
 
 /// Refuses a pod template whose fields inject touches have the wrong type, so nothing
 /// below can meet one (a field left empty, `labels:`, is fine).
-fn check_shape(template: &Value) -> Result<(), String> {
+fn check_shape(template: &Value) -> Result<(), TemplateProblem> {
     fn kind_ok(v: Option<&Value>, want: fn(&Value) -> bool) -> bool {
         v.is_none_or(|v| v.is_null() || want(v))
     }
@@ -237,17 +260,17 @@ fn check_shape(template: &Value) -> Result<(), String> {
         ),
     ];
     if let Some((field, _)) = fields.iter().find(|(_, ok)| !ok) {
-        return Err(format!("{field} has the wrong type"));
+        return Err(TemplateProblem(format!("{field} has the wrong type")));
     }
     let containers = spec
         .and_then(|s| s.get("containers"))
         .and_then(Value::as_sequence);
     if containers.is_none_or(Vec::is_empty) {
-        return Err("the pod has no containers".into());
+        return Err(TemplateProblem("the pod has no containers".into()));
     }
     for c in containers.into_iter().flatten() {
         if !list_of_maps(c.get("env")) {
-            return Err("a container's env is not a list".into());
+            return Err(TemplateProblem("a container's env is not a list".into()));
         }
     }
     Ok(())
@@ -290,9 +313,9 @@ fn inject_pod(
     template: &mut Value,
     opts: &InjectOptions,
     config: &PodConfig,
-) -> Result<(), String> {
+) -> Result<(), TemplateProblem> {
     if !template.is_mapping() {
-        return Err("the pod template is not a mapping".into());
+        return Err(TemplateProblem("the pod template is not a mapping".into()));
     }
     check_shape(template)?;
     let spec = entry(template, "spec");
@@ -307,9 +330,9 @@ fn inject_pod(
         })
         .collect();
     if taken_names.iter().any(|n| n == CONTAINER) {
-        return Err(format!(
+        return Err(TemplateProblem(format!(
             "the pod already has a container named {CONTAINER:?} that inject did not add"
-        ));
+        )));
     }
     let mut added_volumes = Vec::new();
     let mut mounts = Vec::new();
@@ -668,13 +691,11 @@ pub fn inject_manifests(
                 message,
             }
         })?;
-        normalize_for_kubernetes(&mut value, None, text).map_err(|message| {
-            InjectError::Manifest {
-                doc: doc_no,
-                kind: kind_of(&value),
-                name: name_of(&value),
-                message,
-            }
+        normalize_for_kubernetes(&mut value, None, text).map_err(|p| InjectError::Manifest {
+            doc: doc_no,
+            kind: kind_of(&value),
+            name: name_of(&value),
+            message: p.0,
         })?;
         // JSON documents: every string quoted, so Kubernetes (a YAML 1.1 reader) reads each
         // value as this tool (YAML 1.2) did.
@@ -714,7 +735,7 @@ fn inject_object(
     // Injecting again starts from the clean manifest: the result is the same.
     uninject_pod(template);
     if let Some(config) = config {
-        inject_pod(template, opts, config).map_err(|message| (kind, name, message))?;
+        inject_pod(template, opts, config).map_err(|p| (kind, name, p.0))?;
     }
     Ok(())
 }
@@ -755,7 +776,7 @@ fn normalize_for_kubernetes(
     value: &mut Value,
     key: Option<&str>,
     text: &str,
-) -> Result<(), String> {
+) -> Result<(), TemplateProblem> {
     match value {
         Value::String(s) => {
             if matches!(key, Some("defaultMode" | "mode")) {
@@ -767,10 +788,10 @@ fn normalize_for_kubernetes(
             let ambiguous = YAML11_BOOLEANS.contains(&s.as_str()) || yaml11_octal(s).is_some();
             let quoted = text.contains(&format!("\"{s}\"")) || text.contains(&format!("'{s}'"));
             if ambiguous && !quoted {
-                return Err(format!(
+                return Err(TemplateProblem(format!(
                     "{} is {s}, which Kubernetes reads as a boolean or an octal number and this tool as text: quote it, or write true, false or a decimal number",
                     key.unwrap_or("a value")
-                ));
+                )));
             }
             Ok(())
         }

@@ -6,11 +6,14 @@
 
 pub mod admin;
 pub mod allocator;
+pub mod api;
 pub mod config;
 pub mod demo;
 pub mod inject;
 pub mod logging;
+pub mod material;
 pub mod metrics;
+pub mod oauth;
 pub mod peers;
 pub mod proxy;
 pub mod store;
@@ -314,15 +317,15 @@ impl Sidecar {
             .server
             .rotation_helper
             .clone()
-            .map(token::endpoint::rotation::RotationHelper::new);
+            .map(token::rotation::RotationHelper::new);
         for c in &config.credentials {
-            let mut grant = Grant::new(&c.grant).map_err(|message| StartError::Credential {
+            let mut grant = Grant::new(&c.grant).map_err(|e| StartError::Credential {
                 name: c.name.clone(),
-                message,
+                message: e.to_string(),
             })?;
             if let (Some(journal), Some(helper)) = (store.helper_journal(&c.name), &rotation_helper)
             {
-                grant.make_rotation_durable(token::endpoint::rotation::DurableRotation {
+                grant.make_rotation_durable(token::rotation::DurableRotation {
                     helper: Arc::clone(helper),
                     journal,
                     credential: c.name.clone(),
@@ -336,9 +339,9 @@ impl Sidecar {
                 rotation_helper.clone(),
                 tagger.clone(),
             )
-            .map_err(|message| StartError::Credential {
+            .map_err(|e| StartError::Credential {
                 name: c.name.clone(),
-                message,
+                message: e.to_string(),
             })?;
             if let Some(registry) = registry {
                 metrics.add_subject_credential(&c.name);
@@ -352,10 +355,10 @@ impl Sidecar {
         for u in &config.upstreams {
             let slot = Arc::clone(&credentials[u.credential]);
             let registry = subjects.iter().find(|r| r.credential == slot.name).cloned();
-            let up = Upstream::new(u.clone(), slot, registry, &metrics).map_err(|message| {
+            let up = Upstream::new(u.clone(), slot, registry, &metrics).map_err(|e| {
                 StartError::Upstream {
                     name: u.name.clone(),
-                    message,
+                    message: e.to_string(),
                 }
             })?;
             upstreams.push(Arc::new(up));

@@ -2,6 +2,7 @@
 //! can run in one test process), and every series for a configured credential or upstream is
 //! created at startup so dashboards and alerts see zeros before the first event.
 
+use crate::api::CredentialState;
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -9,14 +10,6 @@ use prometheus::{
 
 pub const TRIGGERS: [&str; 5] = ["startup", "scheduled", "on_demand", "on_401", "manual"];
 pub const RESULTS: [&str; 3] = ["success", "transient_error", "permanent_error"];
-pub const STATES: [&str; 6] = [
-    "valid",
-    "refreshing",
-    "retrying",
-    "expired",
-    "failed",
-    "logged_out",
-];
 pub const OUTCOMES_401: [&str; 4] = [
     "replayed_ok",
     "replayed_401",
@@ -215,8 +208,8 @@ impl Metrics {
             m.refresh_failing_since.with_label_values(&[cred]);
             m.token_wait_seconds.with_label_values(&[cred]);
             m.token_adopted_total.with_label_values(&[cred]);
-            for s in STATES {
-                m.credential_state.with_label_values(&[cred, s]);
+            for s in CredentialState::ALL {
+                m.credential_state.with_label_values(&[cred, s.as_str()]);
             }
         }
         for up in upstreams {
@@ -233,8 +226,8 @@ impl Metrics {
 
     /// Creates the `subjects` series of a per-subject credential (at zero).
     pub fn add_subject_credential(&self, credential: &str) {
-        for s in STATES {
-            self.subjects.with_label_values(&[credential, s]);
+        for s in CredentialState::ALL {
+            self.subjects.with_label_values(&[credential, s.as_str()]);
         }
     }
 

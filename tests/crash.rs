@@ -4,7 +4,7 @@
 //!
 //! The window that matters is between the provider committing a rotation and bearerd's
 //! durable write of the new refresh token. The rotation helper
-//! (src/token/endpoint/rotation.rs) closes it for the death of the sidecar process: it
+//! (src/token/rotation.rs) closes it for the death of the sidecar process: it
 //! journals the new token even when its sidecar is gone, beside the file store or in Redis.
 //! `a_rotation_committed_as_the_sidecar_dies_is_kept` and
 //! `kill_9_of_the_lease_holder_inside_the_window_on_redis_never_burns_the_grant` hit that

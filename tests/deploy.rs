@@ -1029,7 +1029,8 @@ fn state_series(
     step_s: u64,
     state_at: impl Fn(u64) -> &'static str,
 ) -> Vec<(String, Vec<f64>)> {
-    bearerd::metrics::STATES
+    bearerd::api::CredentialState::ALL
+        .map(|s| s.as_str())
         .into_iter()
         .map(|s| {
             let values = (0..steps)

@@ -39,7 +39,7 @@ async fn start_with(
 }
 
 fn seg(s: &str) -> String {
-    bearerd::admin::encode_segment(s)
+    bearerd::api::encode_segment(s)
 }
 
 fn subject_path(s: &str, op: &str) -> String {

@@ -1,10 +1,8 @@
 //! The admin listener: health, readiness, status, metrics, refresh, logout and login; and
 //! (in `client`) the CLI that talks to it.
 
-pub mod client;
 mod subjects;
-
-pub use subjects::encode_segment;
+mod view;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,8 +12,9 @@ use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use serde_json::json;
+use serde::Serialize;
 
+use crate::api::{self, AdminRoute, CredentialOp, ErrorBody};
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
 use crate::token::credential::Credential;
@@ -56,10 +55,19 @@ fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> 
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
-fn json_response(status: u16, value: serde_json::Value) -> Response<Vec<u8>> {
-    let mut body = serde_json::to_vec_pretty(&value).unwrap_or_default();
+fn json_response(status: u16, value: &impl Serialize) -> Response<Vec<u8>> {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
     body.push(b'\n');
     respond(status, "application/json", body)
+}
+
+/// A refusal: `{"error": "…"}`.
+fn error_response(status: u16, error: impl Into<String>) -> Response<Vec<u8>> {
+    json_response(status, &ErrorBody::new(error))
+}
+
+fn no_credential(name: &str) -> Response<Vec<u8>> {
+    error_response(404, format!("no credential named {name:?}"))
 }
 
 impl AdminApp {
@@ -111,127 +119,127 @@ impl AdminApp {
     }
 
     fn readyz(&self) -> Response<Vec<u8>> {
-        let not_ready: BTreeMap<&str, serde_json::Value> = self
+        let not_ready: BTreeMap<String, api::NotReady> = self
             .used_credentials()
             .filter(|c| !c.is_ready())
             .map(|c| {
                 let s = c.status();
                 // The probes listener is often off loopback (the kubelet, Prometheus): it
                 // says states only. A provider's error text stays on the admin listener.
-                let about = match self.scope {
-                    AdminScope::Probes => json!({"state": s.state}),
-                    _ => json!({"state": s.state, "last_error": s.last_error}),
+                let last_error = match self.scope {
+                    AdminScope::Probes => None,
+                    AdminScope::Full => s.last_error,
                 };
-                (&*c.name, about)
+                let about = api::NotReady {
+                    state: s.state,
+                    last_error,
+                };
+                (c.name.to_string(), about)
             })
             .collect();
-        if not_ready.is_empty() {
-            json_response(200, json!({"ready": true}))
-        } else {
-            json_response(
-                503,
-                json!({"ready": false, "reason": "credentials without a valid token", "credentials": not_ready}),
-            )
-        }
+        let ready = not_ready.is_empty();
+        let body = api::Readiness {
+            ready,
+            reason: (!ready).then(|| "credentials without a valid token".to_string()),
+            credentials: not_ready,
+        };
+        json_response(if ready { 200 } else { 503 }, &body)
     }
 
     fn status(&self) -> Response<Vec<u8>> {
-        let credentials: BTreeMap<&str, serde_json::Value> = self
+        let credentials = self
             .slots()
             .map(|c| {
                 let status = match self.registry(&c.name) {
-                    Some(r) => subjects::credential_status(r, c),
-                    None => json!(c.status()),
+                    Some(r) => api::CredentialView::PerSubject(subjects::credential_status(r, c)),
+                    None => api::CredentialView::Single(c.status()),
                 };
-                (&*c.name, status)
+                (c.name.to_string(), status)
             })
             .collect();
-        let upstreams: BTreeMap<&str, _> = self
+        let upstreams = self
             .upstreams
             .iter()
             .map(|u| {
                 let route = match &u.config.route {
-                    crate::config::RouteConfig::Prefix(p) => json!({"path_prefix": p}),
-                    crate::config::RouteConfig::Listen(a) => json!({"listen": a.to_string()}),
+                    crate::config::RouteConfig::Prefix(p) => {
+                        api::UpstreamRoute::PathPrefix(p.clone())
+                    }
+                    crate::config::RouteConfig::Listen(a) => {
+                        api::UpstreamRoute::Listen(a.to_string())
+                    }
                 };
-                (
-                    &*u.name,
-                    json!({
-                        "url": u.config.url.as_str(),
-                        "credential": &*u.slot.name,
-                        "route": route,
-                        "ready": u.subjects.is_some() || u.slot.is_ready(),
-                        "per_subject": u.subjects.is_some(),
-                    }),
-                )
+                let status = api::UpstreamStatus {
+                    url: u.config.url.to_string(),
+                    credential: u.slot.name.to_string(),
+                    route,
+                    ready: u.subjects.is_some() || u.slot.is_ready(),
+                    per_subject: u.subjects.is_some(),
+                };
+                (u.name.to_string(), status)
             })
             .collect();
-        json_response(
-            200,
-            json!({"credentials": credentials, "upstreams": upstreams, "store": self.store.health()}),
-        )
+        let status = api::Status {
+            credentials,
+            upstreams,
+            store: view::store_health(self.store.health()),
+        };
+        json_response(200, &status)
     }
 
     async fn refresh(&self, name: &str) -> Response<Vec<u8>> {
         let Some(cred) = self.credential(name) else {
-            return json_response(
-                404,
-                json!({"error": format!("no credential named {name:?}")}),
-            );
+            return no_credential(name);
         };
         if self.registry(name).is_some() {
-            return json_response(
+            return error_response(
                 400,
-                json!({"error": format!("credential {name:?} keeps a token per subject: refresh a subject (…/subjects/{{subject}}/refresh)")}),
+                format!("credential {name:?} keeps a token per subject: refresh a subject (…/subjects/{{subject}}/refresh)"),
             );
         }
-        refresh_slot(&cred.slot, json!({"credential": name})).await
+        refresh_slot(&cred.slot, name, None).await
     }
 }
 
-/// Forces a refresh of `slot` and answers how it went; `about` names what was refreshed.
-async fn refresh_slot(slot: &CredentialSlot, about: serde_json::Value) -> Response<Vec<u8>> {
+/// Forces a refresh of `slot` (a credential's, or a subject's) and answers how it went.
+async fn refresh_slot(
+    slot: &CredentialSlot,
+    credential: &str,
+    subject: Option<&str>,
+) -> Response<Vec<u8>> {
     let before = slot.current().map_or(0, |t| t.generation);
     let started = Instant::now();
     let target = slot.demand_manual();
     let finished = slot.wait_attempts(target, Duration::from_secs(60)).await;
     let status = slot.status();
     let ok = finished && status.generation > before;
-    let mut body = json!({
-        "outcome": if ok { "success" } else if finished { "failed" } else { "timeout" },
-        "duration_ms": started.elapsed().as_millis() as u64,
-        "generation": status.generation,
-        "previous_generation": before,
-        "status": status,
-    });
-    if let (Some(body), Some(about)) = (body.as_object_mut(), about.as_object()) {
-        body.extend(about.clone());
-    }
-    json_response(
-        if ok {
-            200
-        } else if finished {
-            502
-        } else {
-            504
-        },
-        body,
-    )
+    let (outcome, code) = match (ok, finished) {
+        (true, _) => (api::Outcome::Success, 200),
+        (false, true) => (api::Outcome::Failed, 502),
+        (false, false) => (api::Outcome::Timeout, 504),
+    };
+    let report = api::RefreshReport {
+        outcome,
+        duration_ms: started.elapsed().as_millis() as u64,
+        generation: status.generation,
+        previous_generation: before,
+        status,
+        credential: credential.to_string(),
+        subject: subject.map(str::to_string),
+    };
+    json_response(code, &report)
 }
 
 impl AdminApp {
     /// Takes `{"refresh_token": "…"}` from `bearerd login` and refreshes with it.
     async fn login(&self, name: &str, session: &mut ServerSession) -> Response<Vec<u8>> {
         let Some(cred) = self.credential(name) else {
-            return json_response(
-                404,
-                json!({"error": format!("no credential named {name:?}")}),
-            );
+            return no_credential(name);
         };
         if self.registry(name).is_some() {
-            return json_response(
+            return error_response(
                 400,
-                json!({"error": format!("credential {name:?} keeps a token per subject: log a subject in (…/subjects/{{subject}}/login)")}),
+                format!("credential {name:?} keeps a token per subject: log a subject in (…/subjects/{{subject}}/login)"),
             );
         }
         let refresh_token = match read_login(session).await {
@@ -239,7 +247,7 @@ impl AdminApp {
             Err(response) => return response,
         };
         if let Err(e) = cred.login(refresh_token).await {
-            return json_response(400, json!({"error": e}));
+            return error_response(400, e.to_string());
         }
         self.refresh(name).await
     }
@@ -253,12 +261,8 @@ async fn read_login(
     while let Ok(Some(chunk)) = session.read_request_body().await {
         body.extend_from_slice(&chunk);
         if body.len() > 64 * 1024 {
-            return Err(json_response(413, json!({"error": "body too large"})));
+            return Err(error_response(413, "body too large"));
         }
-    }
-    #[derive(serde::Deserialize)]
-    struct Login {
-        refresh_token: secrecy::SecretString,
     }
     let is_json = session
         .req_header()
@@ -266,20 +270,22 @@ async fn read_login(
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    let login: Login = match serde_json::from_slice(&body) {
-        Ok(l) if is_json => l,
+    match serde_json::from_slice::<api::LoginRequest>(&body) {
+        Ok(login) if is_json => Ok(login.refresh_token),
         // The parser's message could quote the body, a token: give only the position.
-        Ok(_) | Err(_) => {
-            let at = serde_json::from_slice::<Login>(&body)
+        parsed => {
+            let at = parsed
                 .err()
                 .map(|e| format!(" (line {}, column {})", e.line(), e.column()));
-            return Err(json_response(
+            Err(error_response(
                 400,
-                json!({"error": format!("expected application/json {{\"refresh_token\": \"…\"}}{}", at.unwrap_or_default())}),
-            ));
+                format!(
+                    "expected application/json {{\"refresh_token\": \"…\"}}{}",
+                    at.unwrap_or_default()
+                ),
+            ))
         }
-    };
-    Ok(login.refresh_token)
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -291,71 +297,79 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
-        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let probe = matches!(segments.as_slice(), ["healthz" | "readyz" | "metrics"]);
-        if self.scope == AdminScope::Probes && !probe {
-            return json_response(
-                404,
-                json!({"error": "this listener serves /healthz, /readyz and /metrics only; the rest is on admin_listen"}),
-            );
-        }
-        // A credential's name comes percent-encoded (the CLI encodes every segment): it is
-        // decoded here, once, for every route that names one.
-        let name = match segments.as_slice() {
-            ["credentials", raw, ..] => percent_encoding::percent_decode_str(raw)
-                .decode_utf8_lossy()
-                .into_owned(),
-            _ => String::new(),
+        // Names in the path come percent-encoded (the CLI encodes every segment): the route
+        // holds them decoded, once, for every endpoint that names one.
+        let Some(route) = AdminRoute::parse(&path) else {
+            return match self.scope {
+                AdminScope::Probes => probes_only(),
+                AdminScope::Full => error_response(404, format!("no admin endpoint {path:?}")),
+            };
         };
-        let name = name.as_str();
-        match (method.as_str(), segments.as_slice()) {
-            ("GET", ["healthz"]) => respond(200, "text/plain", b"ok\n".to_vec()),
-            ("GET", ["readyz"]) => self.readyz(),
-            ("GET", ["status"]) => self.status(),
-            ("GET", ["metrics"]) => {
-                for c in self.slots() {
-                    // A per-subject credential's own slot holds no token: its state is
-                    // in bearerd_subjects, so an alert on credential_state stays quiet.
-                    if self.registry(&c.name).is_none() {
-                        c.update_gauges();
-                    }
-                }
-                for r in &self.subjects {
-                    r.update_gauges();
-                }
-                self.metrics.store_up.set(i64::from(self.store.health().up));
-                respond(
-                    200,
-                    "text/plain; version=0.0.4",
-                    self.metrics.render().into_bytes(),
-                )
-            }
-            ("GET", ["connect", "callback"]) => self.connect_callback(session).await,
-            (_, ["credentials", _, "subjects", ..]) if !self.authorized(session) => {
-                json_response(401, json!({"error": "the admin token is missing or wrong"}))
-            }
-            (_, ["credentials", _, "subjects", rest @ ..]) => {
-                self.subjects(&method, name, rest, session).await
-            }
-            ("POST", ["credentials", _, "refresh" | "logout" | "login"])
-                if !self.authorized(session) =>
-            {
-                json_response(401, json!({"error": "the admin token is missing or wrong"}))
-            }
-            ("POST", ["credentials", _, "refresh"]) => self.refresh(name).await,
-            ("POST", ["credentials", _, "logout"]) => match self.credential(name) {
-                Some(c) => json_response(200, json!(c.logout().await)),
-                None => json_response(
-                    404,
-                    json!({"error": format!("no credential named {name:?}")}),
-                ),
-            },
-            ("POST", ["credentials", _, "login"]) => self.login(name, session).await,
-            (_, ["healthz" | "readyz" | "status" | "metrics"])
-            | (_, ["credentials", _, "refresh" | "logout" | "login"]) => {
-                json_response(405, json!({"error": "method not allowed"}))
-            }
-            _ => json_response(404, json!({"error": format!("no admin endpoint {path:?}")})),
+        let probe = matches!(
+            route,
+            AdminRoute::Healthz | AdminRoute::Readyz | AdminRoute::Metrics
+        );
+        if self.scope == AdminScope::Probes && !probe {
+            return probes_only();
         }
+        let get = method == http::Method::GET;
+        let post = method == http::Method::POST;
+        let operation = matches!(
+            route,
+            AdminRoute::Subjects { .. } | AdminRoute::Subject { .. } | AdminRoute::SubjectOp { .. }
+        ) || (post && matches!(route, AdminRoute::Credential { .. }));
+        if operation && !self.authorized(session) {
+            return error_response(401, "the admin token is missing or wrong");
+        }
+        match route {
+            AdminRoute::Healthz if get => respond(200, "text/plain", b"ok\n".to_vec()),
+            AdminRoute::Readyz if get => self.readyz(),
+            AdminRoute::Status if get => self.status(),
+            AdminRoute::Metrics if get => self.metrics(),
+            AdminRoute::ConnectCallback if get => self.connect_callback(session).await,
+            AdminRoute::ConnectCallback => {
+                error_response(404, format!("no admin endpoint {path:?}"))
+            }
+            AdminRoute::Credential { name, op } if post => match op {
+                CredentialOp::Refresh => self.refresh(&name).await,
+                CredentialOp::Login => self.login(&name, session).await,
+                CredentialOp::Logout => match self.credential(&name) {
+                    Some(c) => json_response(200, &c.logout().await),
+                    None => no_credential(&name),
+                },
+            },
+            AdminRoute::Subjects { .. }
+            | AdminRoute::Subject { .. }
+            | AdminRoute::SubjectOp { .. } => self.subjects(&method, route, session).await,
+            _ => error_response(405, "method not allowed"),
+        }
+    }
+}
+
+fn probes_only() -> Response<Vec<u8>> {
+    error_response(
+        404,
+        "this listener serves /healthz, /readyz and /metrics only; the rest is on admin_listen",
+    )
+}
+
+impl AdminApp {
+    fn metrics(&self) -> Response<Vec<u8>> {
+        for c in self.slots() {
+            // A per-subject credential's own slot holds no token: its state is in
+            // bearerd_subjects, so an alert on credential_state stays quiet.
+            if self.registry(&c.name).is_none() {
+                c.update_gauges();
+            }
+        }
+        for r in &self.subjects {
+            r.update_gauges();
+        }
+        self.metrics.store_up.set(i64::from(self.store.health().up));
+        respond(
+            200,
+            "text/plain; version=0.0.4",
+            self.metrics.render().into_bytes(),
+        )
     }
 }

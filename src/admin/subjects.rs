@@ -6,27 +6,14 @@
 use std::sync::Arc;
 
 use http::Response;
-use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use pingora::protocols::http::ServerSession;
-use serde_json::json;
 use tracing::Instrument;
 
-use super::{json_response, read_login, refresh_slot, AdminApp};
+use super::{error_response, json_response, no_credential, read_login, refresh_slot, AdminApp};
+use crate::api::{self, AdminRoute, ErrorBody, SubjectOp};
 use crate::token::subject::connect::ConnectRefused;
 use crate::token::subject::{SubjectKey, SubjectRegistry};
 use crate::token::{CredentialSlot, CredentialState};
-
-/// Everything but RFC 3986's unreserved characters is encoded.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// A path segment for a credential name or a subject.
-pub fn encode_segment(s: &str) -> String {
-    utf8_percent_encode(s, SEGMENT).to_string()
-}
 
 /// The most subjects one page lists.
 const MAX_PAGE: usize = 1000;
@@ -37,26 +24,26 @@ const DEFAULT_PAGE: usize = 100;
 pub(super) fn credential_status(
     registry: &SubjectRegistry,
     slot: &CredentialSlot,
-) -> serde_json::Value {
-    let counts: serde_json::Map<String, serde_json::Value> = crate::metrics::STATES
+) -> api::PerSubjectStatus {
+    let subjects = CredentialState::ALL
         .iter()
         .zip(registry.counts())
-        .map(|(state, n)| (state.to_string(), json!(n)))
+        .map(|(state, n)| (*state, n as u64))
         .collect();
-    json!({
-        "per_subject": true,
-        "grant": slot.grant_kind,
-        "client_auth": slot.client_auth,
-        "subject_header": registry.config.header.as_str(),
-        "on_behalf_of": registry.config.on_behalf_of(),
-        "subjects_in_memory": registry.in_memory(),
-        "subjects_at_rest": registry.at_rest(),
-        "subjects": counts,
-    })
+    api::PerSubjectStatus {
+        per_subject: true,
+        grant: slot.grant_kind.to_string(),
+        client_auth: slot.client_auth.map(str::to_string),
+        subject_header: registry.config.header.as_str().to_string(),
+        on_behalf_of: registry.config.on_behalf_of(),
+        subjects_in_memory: registry.in_memory() as u64,
+        subjects_at_rest: registry.at_rest() as u64,
+        subjects,
+    }
 }
 
 fn not_found(what: String) -> Response<Vec<u8>> {
-    json_response(404, json!({ "error": what }))
+    error_response(404, what)
 }
 
 fn query_param(session: &ServerSession, name: &str) -> Option<String> {
@@ -71,50 +58,48 @@ impl AdminApp {
     pub(super) async fn subjects(
         &self,
         method: &http::Method,
-        name: &str,
-        rest: &[&str],
+        route: AdminRoute,
         session: &mut ServerSession,
     ) -> Response<Vec<u8>> {
-        // `name` is decoded already (by the router).
+        let name = route.credential().unwrap_or_default().to_string();
+        let name = name.as_str();
         let Some(registry) = self.registry(name).cloned() else {
             return match self.credential(name) {
-                Some(_) => json_response(
+                Some(_) => error_response(
                     400,
-                    json!({"error": format!("credential {name:?} has no subjects (it has no subject_header)")}),
+                    format!("credential {name:?} has no subjects (it has no subject_header)"),
                 ),
-                None => not_found(format!("no credential named {name:?}")),
+                None => no_credential(name),
             };
         };
-        let subject = match rest.first() {
-            None => None,
-            Some(raw) => {
-                let decoded = percent_decode_str(raw).collect::<Vec<u8>>();
-                match SubjectKey::parse(&decoded) {
+        let subject = match &route {
+            AdminRoute::Subject { subject, .. } | AdminRoute::SubjectOp { subject, .. } => {
+                match SubjectKey::parse(subject.as_bytes()) {
                     Ok(s) => Some(s),
-                    Err(e) => return json_response(400, json!({"error": format!("{e}")})),
+                    Err(e) => return error_response(400, e.to_string()),
                 }
             }
+            _ => None,
         };
-        match (method.as_str(), subject, &rest[rest.len().min(1)..]) {
-            ("GET", None, []) => self.list_subjects(&registry, session).await,
-            ("GET", Some(s), []) => match registry.status_of(&s).await {
-                Ok(Some(status)) => json_response(200, json!(status)),
+        let get = method == http::Method::GET;
+        let post = method == http::Method::POST;
+        match (route, subject) {
+            (AdminRoute::Subjects { .. }, _) if get => self.list_subjects(&registry, session).await,
+            (AdminRoute::Subject { .. }, Some(s)) if get => match registry.status_of(&s).await {
+                Ok(Some(status)) => json_response(200, &status),
                 Ok(None) => not_found(format!(
                     "credential {name:?} has no subject {:?}",
                     s.as_str()
                 )),
-                Err(e) => json_response(503, json!({"error": e.to_string()})),
+                Err(e) => error_response(503, e.to_string()),
             },
-            ("POST", Some(s), [op @ ("refresh" | "logout" | "login" | "connect")]) => {
+            (AdminRoute::SubjectOp { op, .. }, Some(s)) if post => {
                 let span = tracing::info_span!("subject", subject = %registry.tagger.tag(&s));
                 self.subject_op(&registry, s, op, session)
                     .instrument(span)
                     .await
             }
-            (_, _, [] | ["refresh" | "logout" | "login" | "connect"]) => {
-                json_response(405, json!({"error": "method not allowed"}))
-            }
-            _ => not_found("no such subject endpoint".to_string()),
+            _ => error_response(405, "method not allowed"),
         }
     }
 
@@ -127,22 +112,22 @@ impl AdminApp {
             None => DEFAULT_PAGE,
             Some(Ok(l)) if (1..=MAX_PAGE).contains(&l) => l,
             Some(_) => {
-                return json_response(
-                    400,
-                    json!({"error": format!("limit must be a number from 1 to {MAX_PAGE}")}),
-                )
+                return error_response(400, format!("limit must be a number from 1 to {MAX_PAGE}"))
             }
         };
         let after = match query_param(session, "after") {
             None => None,
             Some(a) => match SubjectKey::parse(a.as_bytes()) {
                 Ok(s) => Some(s),
-                Err(e) => return json_response(400, json!({"error": format!("after: {e}")})),
+                Err(e) => return error_response(400, format!("after: {e}")),
             },
         };
         match registry.list(after.as_ref(), limit).await {
-            Ok((subjects, next)) => json_response(200, json!({"subjects": subjects, "next": next})),
-            Err(e) => json_response(503, json!({"error": e.to_string()})),
+            Ok((subjects, next)) => {
+                let page = api::SubjectPage { subjects, next };
+                json_response(200, &page)
+            }
+            Err(e) => error_response(503, e.to_string()),
         }
     }
 
@@ -150,38 +135,36 @@ impl AdminApp {
         &self,
         registry: &Arc<SubjectRegistry>,
         subject: SubjectKey,
-        op: &str,
+        op: SubjectOp,
         session: &mut ServerSession,
     ) -> Response<Vec<u8>> {
-        let about = json!({"credential": &*registry.credential, "subject": subject.as_str()});
         match op {
-            "login" | "connect" if registry.config.on_behalf_of() => json_response(
+            SubjectOp::Login | SubjectOp::Connect if registry.config.on_behalf_of() => error_response(
                 400,
-                json!({"error": "an on-behalf-of credential takes each user's token from the request; there is nothing to log in or connect"}),
+                "an on-behalf-of credential takes each user's token from the request; there is nothing to log in or connect",
             ),
-            "login" => {
+            SubjectOp::Login => {
                 let refresh_token = match read_login(session).await {
                     Ok(rt) => rt,
                     Err(response) => return response,
                 };
                 let live = match registry.hand_over(&subject, refresh_token).await {
                     Ok(live) => live,
-                    Err(e) => return json_response(400, json!({ "error": e })),
+                    Err(e) => return error_response(400, e.to_string()),
                 };
                 let status = live.credential.slot.status();
                 let ok = status.generation > 0 && status.state == CredentialState::Valid;
-                let mut body = json!({
-                    "outcome": if ok { "success" } else { "failed" },
-                    "generation": status.generation,
-                    "status": status,
-                });
-                if let (Some(body), Some(about)) = (body.as_object_mut(), about.as_object()) {
-                    body.extend(about.clone());
-                }
-                json_response(if ok { 200 } else { 502 }, body)
+                let report = api::LoginReport {
+                    outcome: if ok { api::Outcome::Success } else { api::Outcome::Failed },
+                    generation: status.generation,
+                    status,
+                    credential: registry.credential.to_string(),
+                    subject: subject.as_str().to_string(),
+                };
+                json_response(if ok { 200 } else { 502 }, &report)
             }
-            "connect" => self.connect(registry, &subject).await,
-            _ => {
+            SubjectOp::Connect => self.connect(registry, &subject).await,
+            SubjectOp::Refresh | SubjectOp::Logout => {
                 // Refresh and logout act on a subject bearerd knows.
                 match registry.status_of(&subject).await {
                     Ok(Some(_)) => {}
@@ -192,17 +175,15 @@ impl AdminApp {
                             subject.as_str()
                         ))
                     }
-                    Err(e) => return json_response(503, json!({"error": e.to_string()})),
+                    Err(e) => return error_response(503, e.to_string()),
                 }
                 let live = registry.admit(&subject);
-                if op == "logout" {
-                    let mut report = json!(live.credential.logout().await);
-                    if let Some(r) = report.as_object_mut() {
-                        r.insert("subject".into(), json!(subject.as_str()));
-                    }
-                    json_response(200, report)
+                if op == SubjectOp::Logout {
+                    let mut report = live.credential.logout().await;
+                    report.subject = Some(subject.as_str().to_string());
+                    json_response(200, &report)
                 } else {
-                    refresh_slot(&live.credential.slot, about).await
+                    refresh_slot(&live.credential.slot, &registry.credential, Some(subject.as_str())).await
                 }
             }
         }
@@ -211,29 +192,32 @@ impl AdminApp {
     /// Starts a connect flow: the authorization URL the app sends the user to.
     async fn connect(&self, registry: &SubjectRegistry, subject: &SubjectKey) -> Response<Vec<u8>> {
         let Some(redirect_uri) = registry.config.redirect_uri() else {
-            return json_response(
+            return error_response(
                 409,
-                json!({"error": format!("credential {:?} has no redirect_uri: connect flows need one", &*registry.credential)}),
+                format!(
+                    "credential {:?} has no redirect_uri: connect flows need one",
+                    &*registry.credential
+                ),
             );
         };
         let endpoints = match registry.endpoint().endpoints().await {
             Ok(e) => e,
-            Err(e) => return json_response(502, json!({"error": e.message})),
+            Err(e) => return error_response(502, e.message),
         };
         let Some(authorize) = endpoints.authorization else {
-            return json_response(
+            return error_response(
                 409,
-                json!({"error": "no authorization endpoint: set authorization_url or issuer"}),
+                "no authorization endpoint: set authorization_url or issuer",
             );
         };
-        let request = match crate::token::login::authorization_request(
+        let request = match crate::oauth::login::authorization_request(
             registry.endpoint().config(),
             authorize,
             endpoints.resource.clone(),
             redirect_uri.as_str(),
         ) {
             Ok(r) => r,
-            Err(e) => return json_response(500, json!({ "error": e })),
+            Err(e) => return error_response(500, e.to_string()),
         };
         if let Err(e) = self
             .connects
@@ -247,23 +231,21 @@ impl AdminApp {
             )
             .await
         {
-            return json_response(503, json!({"error": e.to_string()}));
+            return error_response(503, e.to_string());
         }
         tracing::info!(credential = &*registry.credential, "connect flow started");
-        json_response(
-            200,
-            json!({
-                "authorize_url": request.url.as_str(),
-                "expires_in_s": registry.config.connect_lifetime.as_secs(),
-            }),
-        )
+        let started = api::ConnectStarted {
+            authorize_url: request.url.to_string(),
+            expires_in_s: registry.config.connect_lifetime.as_secs(),
+        };
+        json_response(200, &started)
     }
 
     /// `GET /connect/callback?code=…&state=…[&subject=…]`: the provider's redirect, relayed
     /// by the app. The state is used up whatever happens next.
     pub(super) async fn connect_callback(&self, session: &ServerSession) -> Response<Vec<u8>> {
         let Some(state) = query_param(session, "state") else {
-            return json_response(400, json!({"error": "the callback has no state"}));
+            return error_response(400, "the callback has no state");
         };
         let subject = query_param(session, "subject");
         let flow = match self.connects.take(&state, subject.as_deref()).await {
@@ -274,37 +256,50 @@ impl AdminApp {
                     ConnectRefused::StoreUnavailable => 503,
                     _ => 400,
                 };
-                return json_response(status, json!({"error": refused.to_string()}));
+                return error_response(status, refused.to_string());
             }
         };
         let Some(registry) = self.registry(&flow.credential).cloned() else {
-            return json_response(400, json!({"error": "the flow's credential is gone"}));
+            return error_response(400, "the flow's credential is gone");
         };
         if let Some(error) = query_param(session, "error") {
             let error: String = error.chars().take(100).collect();
-            return json_response(
-                400,
-                json!({"error": format!("the authorization server refused: {error}"), "credential": &*registry.credential, "subject": flow.subject.as_str()}),
-            );
+            let body = ErrorBody {
+                error: format!("the authorization server refused: {error}"),
+                credential: Some(registry.credential.to_string()),
+                subject: Some(flow.subject.as_str().to_string()),
+            };
+            return json_response(400, &body);
         }
         let Some(code) = query_param(session, "code") else {
-            return json_response(400, json!({"error": "the callback has no code"}));
+            return error_response(400, "the callback has no code");
         };
         let subject = flow.subject.clone();
-        match registry.redeem(flow, code).await {
-            Ok(status) => json_response(
+        let (code, result) = match registry.redeem(flow, code).await {
+            Ok(status) => (
                 200,
-                json!({"credential": &*registry.credential, "connected": true, "subject": status.subject, "status": status.status}),
+                api::ConnectResult {
+                    credential: registry.credential.to_string(),
+                    subject: status.subject,
+                    connected: true,
+                    status: Some(status.status),
+                    error: None,
+                },
             ),
-            Err(e) => json_response(
+            Err(e) => (
                 502,
-                json!({
-                    "credential": &*registry.credential,
-                    "subject": subject.as_str(),
-                    "connected": false,
-                    "error": {"kind": e.kind, "message": e.message},
-                }),
+                api::ConnectResult {
+                    credential: registry.credential.to_string(),
+                    subject: subject.as_str().to_string(),
+                    connected: false,
+                    status: None,
+                    error: Some(api::ConnectFailure {
+                        kind: e.kind.label().into_owned(),
+                        message: e.message,
+                    }),
+                },
             ),
-        }
+        };
+        json_response(code, &result)
     }
 }

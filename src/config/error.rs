@@ -78,7 +78,7 @@ impl<'a> SourceMap<'a> {
     }
 
     /// An error at the key `path` (dotted), or at the top of the file when it is absent.
-    pub fn error_at(&self, path: &str, message: impl Into<String>) -> ConfigError {
+    pub fn error_at(&self, path: &str, message: impl fmt::Display) -> ConfigError {
         let parts: Vec<&str> = path.split('.').collect();
         // Fall back to the nearest enclosing key that exists.
         let span = (1..=parts.len())
@@ -90,7 +90,7 @@ impl<'a> SourceMap<'a> {
             line,
             column,
             key: Some(path.to_string()),
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 

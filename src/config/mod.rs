@@ -6,15 +6,17 @@ mod error;
 mod lower;
 mod model;
 mod raw;
-mod secret;
 
 use std::path::Path;
 
 pub use error::ConfigError;
 use error::SourceMap;
-pub use lower::{load_ca_file, parse_ca_pem, parse_store_key};
+// What the config names but `material` reads: re-exported so the model reads as one.
+pub use crate::material::{
+    load_ca_file, parse_ca_pem, parse_store_key, same_secret, ClientIdentity, KeySource,
+    RawSecretRef, SecretRef, SigningAlg, SigningConfig,
+};
 pub use model::*;
-pub use secret::{same_secret, SecretRef};
 
 impl Config {
     /// Reads and validates a config file.

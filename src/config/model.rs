@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::SecretRef;
+use super::{ClientIdentity, SecretRef, SigningConfig};
 
 /// The default listeners: a high pair in the app's network namespace that apps (8080,
 /// 3000, 5000…), Prometheus and Dapr (9090), Istio (15000–15090), Linkerd (4140–4191),
@@ -131,82 +131,6 @@ pub struct ClientAuth {
     /// without one.
     pub client_id: Option<String>,
     pub method: ClientAuthMethod,
-}
-
-/// JWS algorithms bearerd signs assertions with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SigningAlg {
-    RS256,
-    PS256,
-    ES256,
-    ES384,
-    EdDSA,
-}
-
-impl SigningAlg {
-    pub const ALL: [SigningAlg; 5] = [
-        SigningAlg::RS256,
-        SigningAlg::PS256,
-        SigningAlg::ES256,
-        SigningAlg::ES384,
-        SigningAlg::EdDSA,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SigningAlg::RS256 => "RS256",
-            SigningAlg::PS256 => "PS256",
-            SigningAlg::ES256 => "ES256",
-            SigningAlg::ES384 => "ES384",
-            SigningAlg::EdDSA => "EdDSA",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<SigningAlg> {
-        Self::ALL.into_iter().find(|a| a.as_str() == s)
-    }
-}
-
-/// Where a signing key comes from.
-#[derive(Debug, Clone)]
-pub enum KeySource {
-    /// A PEM private key.
-    Pem(SecretRef),
-    /// A Google service-account JSON key: key, key id and account in one file.
-    ServiceAccount(SecretRef),
-}
-
-impl KeySource {
-    pub fn source(&self) -> &SecretRef {
-        match self {
-            KeySource::Pem(s) | KeySource::ServiceAccount(s) => s,
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            KeySource::Pem(s) => format!("private key ({})", s.describe()),
-            KeySource::ServiceAccount(s) => format!("service-account key ({})", s.describe()),
-        }
-    }
-}
-
-/// A key that signs assertions, and the header and audience they carry.
-#[derive(Debug, Clone)]
-pub struct SigningConfig {
-    pub key: KeySource,
-    pub key_id: Option<String>,
-    /// `None`: the key's own default (RS256, ES256, ES384 or EdDSA).
-    pub alg: Option<SigningAlg>,
-    /// `aud` of the assertion; `None`: the token endpoint URL.
-    pub audience: Option<String>,
-}
-
-/// The client certificate (chain) and its key for mutual TLS, read again when they change.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ClientIdentity {
-    pub cert: std::path::PathBuf,
-    pub key: std::path::PathBuf,
 }
 
 /// What a token request asks for, shared by the OAuth grants.

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use super::secret::RawSecretRef;
+use crate::material::RawSecretRef;
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]

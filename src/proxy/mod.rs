@@ -49,6 +49,15 @@ pub struct Upstream {
     duration: prometheus::Histogram,
 }
 
+/// Why an upstream cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    CaFile(#[from] crate::material::ca::CaFileError),
+    #[error("{0:?} is not a valid Host header")]
+    Authority(String),
+}
+
 impl Upstream {
     fn count(&self, status: u16, elapsed: Duration) {
         match self.status_counters.get(usize::from(status)) {
@@ -71,10 +80,10 @@ impl Upstream {
         slot: Arc<CredentialSlot>,
         subjects: Option<Arc<SubjectRegistry>>,
         metrics: &Metrics,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, UpstreamError> {
         let ca = match &config.ca_file {
             Some(path) => {
-                let certs = crate::config::load_ca_file(path)?;
+                let certs = crate::material::load_ca_file(path)?;
                 let wrapped: Vec<_> = certs
                     .into_iter()
                     .map(|der| {
@@ -85,7 +94,8 @@ impl Upstream {
             }
             None => None,
         };
-        let authority = HeaderValue::from_str(&config.authority).map_err(|e| e.to_string())?;
+        let authority = HeaderValue::from_str(&config.authority)
+            .map_err(|_| UpstreamError::Authority(config.authority.clone()))?;
         let pool_key = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -298,11 +308,12 @@ impl BearerProxy {
             .as_ref()
             .is_some_and(|r| r.config.on_behalf_of()))
         .then(|| {
-            format!(
-                "/credentials/{}/subjects/{}/connect",
-                crate::admin::encode_segment(&upstream.slot.name),
-                crate::admin::encode_segment(subject)
-            )
+            crate::api::AdminRoute::SubjectOp {
+                name: upstream.slot.name.to_string(),
+                subject: subject.to_string(),
+                op: crate::api::SubjectOp::Connect,
+            }
+            .to_string()
         });
         let mut p = Problem::new(
             "subject-not-connected",
@@ -534,7 +545,7 @@ impl ProxyHttp for BearerProxy {
             .addr
             .get()
             .await
-            .map_err(|m| Error::explain(ErrorType::ConnectNoRoute, m))?;
+            .map_err(|m| Error::explain(ErrorType::ConnectNoRoute, m.to_string()))?;
         // SNI only means something over TLS: for plain HTTP, no per-request String.
         let sni = if up.config.tls {
             up.config.host.clone()

@@ -9,6 +9,18 @@ use arc_swap::ArcSwapOption;
 
 pub const RERESOLVE_EVERY: Duration = Duration::from_secs(30);
 
+/// Why an upstream's name gave no address.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("cannot resolve {host}: {source}")]
+    Lookup {
+        host: String,
+        source: std::io::Error,
+    },
+    #[error("{host} resolved to no address")]
+    NoAddress { host: String },
+}
+
 pub struct ResolvedAddr {
     host: String,
     port: u16,
@@ -34,7 +46,7 @@ impl ResolvedAddr {
     }
 
     /// The cached address, or a fresh resolution when none is cached.
-    pub async fn get(&self) -> Result<SocketAddr, String> {
+    pub async fn get(&self) -> Result<SocketAddr, ResolveError> {
         if let Some(a) = self.addr.load().as_ref() {
             return Ok(**a);
         }
@@ -42,17 +54,22 @@ impl ResolvedAddr {
     }
 
     /// Resolves now and caches the answer; IPv4 first, as loopback services usually bind it.
-    pub async fn resolve(&self) -> Result<SocketAddr, String> {
+    pub async fn resolve(&self) -> Result<SocketAddr, ResolveError> {
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
             .await
-            .map_err(|e| format!("cannot resolve {}: {e}", self.host))?
+            .map_err(|source| ResolveError::Lookup {
+                host: self.host.clone(),
+                source,
+            })?
             .collect();
         let pick = addrs
             .iter()
             .find(|a| a.is_ipv4())
             .or(addrs.first())
             .copied()
-            .ok_or_else(|| format!("{} resolved to no address", self.host))?;
+            .ok_or_else(|| ResolveError::NoAddress {
+                host: self.host.clone(),
+            })?;
         self.addr.store(Some(std::sync::Arc::new(pick)));
         Ok(pick)
     }

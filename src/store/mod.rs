@@ -29,11 +29,13 @@ use crate::config::StoreConfig;
 pub use file::FileStore;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
-pub use redis_journal::{HelperJournalConnection, RedisJournalReader, RedisJournalTarget};
+pub use redis_client::RedisFailure;
+pub use redis_journal::{
+    HelperJournalConnection, JournalError, RedisJournalReader, RedisJournalTarget,
+};
 
 /// The store backends; also the `backend` of `/status`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreBackend {
     Memory,
     File,
@@ -51,7 +53,7 @@ impl StoreBackend {
 }
 
 /// The `store` of `/status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct StoreHealth {
     pub backend: StoreBackend,
     /// Whether the last operation reached the store.
@@ -268,7 +270,9 @@ pub fn open(
             prefix,
             tls,
         } => {
-            let url = url.resolve().map_err(StoreError::Invalid)?;
+            let url = url
+                .resolve()
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
             let store = RedisStore::new(&url, tls, &resolve_key(key)?, prefix, credentials)?;
             // Off the service runtimes, which do not exist yet: a runtime for this check.
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -296,8 +300,10 @@ pub fn sealing_key(config: &StoreConfig) -> Option<[u8; 32]> {
 }
 
 fn resolve_key(key: &crate::config::SecretRef) -> Result<[u8; 32], StoreError> {
-    let text = key.resolve().map_err(StoreError::Invalid)?;
-    parse_key(text.expose_secret()).map_err(StoreError::Invalid)
+    let text = key
+        .resolve()
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    parse_key(text.expose_secret()).map_err(|e| StoreError::Invalid(e.to_string()))
 }
 
 /// What is kept per credential.
@@ -450,7 +456,7 @@ pub enum StoreError {
     Unavailable { store: String, message: String },
 }
 
-pub use crate::config::parse_store_key as parse_key;
+pub use crate::material::parse_store_key as parse_key;
 
 /// SHA-256 of a secret, hex: how a spent or replaced refresh token is remembered without
 /// keeping the token.
@@ -488,7 +494,10 @@ mod tests {
         let bytes = parse_key(&k).unwrap();
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(parse_key(&hex).unwrap(), bytes);
-        assert!(parse_key("c2hvcnQ=").unwrap_err().contains("32 bytes"));
+        assert!(parse_key("c2hvcnQ=")
+            .unwrap_err()
+            .to_string()
+            .contains("32 bytes"));
         assert!(parse_key("not a key!").is_err());
     }
 }

@@ -34,7 +34,9 @@ use secrecy::SecretString;
 use tokio::sync::watch;
 
 use super::memory::LocalCoordination;
-use super::redis_client::{RedisClients, Reload};
+use super::redis_client::{
+    connect_plain, within, RedisClients, RedisFailure, Reload, COMMAND_TIMEOUT, CONNECT_TIMEOUT,
+};
 use super::redis_journal::RedisJournalReader;
 use super::sealed::Sealer;
 use super::{
@@ -46,11 +48,6 @@ use crate::config::RedisTls;
 fn settle_ms() -> u64 {
     super::STORE_SETTLE.as_millis() as u64
 }
-
-/// The longest one Redis command may take.
-pub(super) const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
-/// The longest a connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 const KEY_CHECK: &[u8] = b"bearerd key check";
 
@@ -484,7 +481,7 @@ impl RedisStore {
     async fn connect_once(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
         within(CONNECT_TIMEOUT * 2, connect_plain(&self.clients.client()))
             .await
-            .map_err(|why| self.unavailable(&why))
+            .map_err(|why| self.unavailable(&why.to_string()))
     }
 
     /// While the health check finds Redis down, operations fail at once: waiting out a
@@ -551,7 +548,7 @@ impl RedisStore {
                 current.retry_at = Some(Instant::now() + RENEWED_RETRY);
                 Ok(current.con.clone())
             }
-            (Err(why), None) => Err(self.unavailable(&why)),
+            (Err(why), None) => Err(self.unavailable(&why.to_string())),
         }
     }
 
@@ -573,13 +570,13 @@ impl RedisStore {
     }
 
     /// Notes whether Redis answered, and turns a failure into the store's error.
-    fn answered<T>(&self, result: Result<T, String>) -> Result<T, StoreError> {
+    fn answered<T>(&self, result: Result<T, RedisFailure>) -> Result<T, StoreError> {
         match result {
             Ok(v) => {
                 self.mark_up();
                 Ok(v)
             }
-            Err(why) => Err(self.unavailable(&why)),
+            Err(why) => Err(self.unavailable(&why.to_string())),
         }
     }
 
@@ -746,7 +743,7 @@ async fn watch_health(
                     connection = Some(c);
                     reconnected = true;
                 }
-                Err(why) => health.mark_down(&why),
+                Err(why) => health.mark_down(&why.to_string()),
             }
         }
         let Some(con) = connection.as_mut() else {
@@ -803,36 +800,11 @@ async fn watch_health(
                 }
             }
             Err(why) => {
-                health.mark_down(&why);
+                health.mark_down(&why.to_string());
                 connection = None;
             }
         }
     }
-}
-
-/// `work` within `limit`: its result, or why there is none (never the URL: it may hold a
-/// password, and Redis errors do not quote it).
-pub(super) async fn within<T>(
-    limit: Duration,
-    work: impl std::future::Future<Output = redis::RedisResult<T>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(limit, work).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {limit:?}")),
-    }
-}
-
-/// A plain multiplexed connection with bearerd's time limits.
-pub(super) async fn connect_plain(
-    client: &redis::Client,
-) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(COMMAND_TIMEOUT));
-    client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
 }
 
 /// Forwards change notifications from Redis to the local watches, reconnecting for as long

@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use secrecy::{ExposeSecret, SecretString};
@@ -16,15 +17,35 @@ use zeroize::Zeroizing;
 use super::StoreError;
 use crate::config::RedisTls;
 
+/// Why the TLS files of a Redis store cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsFilesError {
+    #[error("cannot read {what} {}: {source}", path.display())]
+    Unreadable {
+        what: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    CaFile(#[from] crate::material::ca::CaFileError),
+    #[error(transparent)]
+    Identity(#[from] crate::material::identity::IdentityError),
+    #[error("the TLS files ({files}) cannot be used: {source}")]
+    Unusable {
+        files: String,
+        source: redis::RedisError,
+    },
+}
+
 /// What a reload found.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Reload {
     /// The files are as they were (or as a set already refused).
     Unchanged,
     /// A new set is in use for new connections.
     Renewed,
     /// The files changed but cannot be used; the previous set stays. Said once per set.
-    Refused(String),
+    Refused(TlsFilesError),
 }
 
 pub struct RedisClients {
@@ -45,9 +66,13 @@ struct TlsFiles {
 }
 
 impl TlsFiles {
-    fn read(tls: &RedisTls) -> Result<TlsFiles, String> {
-        let read = |path: &std::path::Path, what: &str| {
-            std::fs::read(path).map_err(|e| format!("cannot read {what} {}: {e}", path.display()))
+    fn read(tls: &RedisTls) -> Result<TlsFiles, TlsFilesError> {
+        let read = |path: &std::path::Path, what: &'static str| {
+            std::fs::read(path).map_err(|source| TlsFilesError::Unreadable {
+                what,
+                path: path.to_path_buf(),
+                source,
+            })
         };
         Ok(TlsFiles {
             ca: tls
@@ -165,13 +190,13 @@ fn build(
     info: &redis::ConnectionInfo,
     tls: &RedisTls,
     files: TlsFiles,
-) -> Result<redis::Client, String> {
+) -> Result<redis::Client, TlsFilesError> {
     // The bytes read, not the files again: they may have changed since.
     if let (Some(path), Some(ca)) = (&tls.ca_file, &files.ca) {
-        crate::config::parse_ca_pem(path, ca)?;
+        crate::material::parse_ca_pem(path, ca)?;
     }
     if let (Some(identity), Some(cert), Some(key)) = (&tls.identity, &files.cert, &files.key) {
-        crate::token::endpoint::transport::identity_from_pem(identity, cert, key)?;
+        crate::material::identity::identity_from_pem(identity, cert, key)?;
     }
     let certificates = redis::TlsCertificates {
         client_tls: match (files.cert, files.key) {
@@ -184,8 +209,12 @@ fn build(
         },
         root_cert: files.ca,
     };
-    redis::Client::build_with_tls(info.clone(), certificates)
-        .map_err(|e| format!("the TLS files ({}) cannot be used: {e}", tls.describe()))
+    redis::Client::build_with_tls(info.clone(), certificates).map_err(|source| {
+        TlsFilesError::Unusable {
+            files: tls.describe(),
+            source,
+        }
+    })
 }
 
 #[cfg(test)]
@@ -228,23 +257,68 @@ mod tests {
         };
         let url = SecretString::from("rediss://127.0.0.1:1/0".to_string());
         let clients = RedisClients::new(&url, &tls).unwrap();
-        assert_eq!(clients.reload(), Reload::Unchanged);
+        assert!(matches!(clients.reload(), Reload::Unchanged));
         assert_eq!(clients.generation(), 0);
 
         let (cert2, key2) = pair(&dir, "second");
         std::fs::copy(&cert2, &live.0).unwrap();
-        assert!(matches!(clients.reload(), Reload::Refused(m) if m.contains("does not match")));
-        assert_eq!(clients.reload(), Reload::Unchanged, "refused once");
+        assert!(
+            matches!(clients.reload(), Reload::Refused(m) if m.to_string().contains("does not match"))
+        );
+        assert!(
+            matches!(clients.reload(), Reload::Unchanged),
+            "refused once"
+        );
         assert_eq!(clients.generation(), 0);
 
         std::fs::copy(&key2, &live.1).unwrap();
-        assert_eq!(clients.reload(), Reload::Renewed);
+        assert!(matches!(clients.reload(), Reload::Renewed));
         assert_eq!(clients.generation(), 1);
-        assert_eq!(clients.reload(), Reload::Unchanged);
+        assert!(matches!(clients.reload(), Reload::Unchanged));
 
         // A file missing for a moment (a volume being swapped) changes nothing.
         std::fs::remove_file(&live.1).unwrap();
-        assert_eq!(clients.reload(), Reload::Unchanged);
+        assert!(matches!(clients.reload(), Reload::Unchanged));
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// The longest one Redis command may take.
+pub(super) const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+/// The longest a connection attempt may take.
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a Redis call gave nothing.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RedisFailure {
+    /// Redis's (or the connection's) own words, which never quote the URL.
+    #[error("{0}")]
+    Refused(String),
+    #[error("no answer within {0:?}")]
+    NoAnswer(Duration),
+}
+
+/// `work` within `limit`: its result, or why there is none (never the URL: it may hold a
+/// password, and Redis errors do not quote it).
+pub(super) async fn within<T>(
+    limit: Duration,
+    work: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, RedisFailure> {
+    match tokio::time::timeout(limit, work).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(RedisFailure::Refused(e.to_string())),
+        Err(_) => Err(RedisFailure::NoAnswer(limit)),
+    }
+}
+
+/// A plain multiplexed connection with bearerd's time limits.
+pub(super) async fn connect_plain(
+    client: &redis::Client,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(COMMAND_TIMEOUT));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
 }

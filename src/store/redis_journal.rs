@@ -2,7 +2,7 @@
 //! survives the death of the replica that asked for it.
 //!
 //! The lease holder's rotating exchange runs in its rotation helper, a child process in its
-//! own process group that outlives the sidecar (`token::endpoint::rotation`). Before the
+//! own process group that outlives the sidecar (`token::rotation`). Before the
 //! helper sends the request it marks the exchange in flight in Redis (`inflight:{c}`: the
 //! fingerprint of the refresh token it sends, with a time to live that outlasts the
 //! exchange). When the provider answers with a rotated token, the helper journals it
@@ -25,8 +25,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::journal::{open_entry, seal_entry, JournalEntry};
-use super::redis::{connect_plain, within, COMMAND_TIMEOUT};
-use super::redis_client::RedisClients;
+use super::redis_client::{connect_plain, within, RedisClients, RedisFailure, COMMAND_TIMEOUT};
 use super::sealed::Sealer;
 use super::StoreError;
 use crate::config::{ClientIdentity, RedisTls};
@@ -105,7 +104,7 @@ impl RedisJournalReader {
             None => {
                 let c = within(COMMAND_TIMEOUT * 2, connect_plain(&self.clients.client()))
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(|e| unavailable(e.to_string()))?;
                 *slot = Some(c.clone());
                 c
             }
@@ -116,7 +115,7 @@ impl RedisJournalReader {
             // Connected again at the next use (the server may have restarted).
             *self.connection.lock().await = None;
         }
-        answer.map_err(unavailable)
+        answer.map_err(|e| unavailable(e.to_string()))
     }
 
     /// Whether a helper marked an exchange of the refresh token with this fingerprint in
@@ -172,6 +171,17 @@ fn unavailable(message: String) -> StoreError {
     }
 }
 
+/// Why the helper could not reach (or write) the journal in Redis.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("the store key does not decode")]
+    BadKey,
+    #[error(transparent)]
+    Client(#[from] StoreError),
+    #[error(transparent)]
+    Redis(#[from] RedisFailure),
+}
+
 /// The helper's side: one connection per exchange (an exchange is one rotation).
 pub struct HelperJournalConnection {
     target: RedisJournalTarget,
@@ -181,18 +191,17 @@ pub struct HelperJournalConnection {
 
 impl RedisJournalTarget {
     /// Connects for one exchange. Errors never quote the URL.
-    pub async fn connect(&self) -> Result<HelperJournalConnection, String> {
+    pub async fn connect(&self) -> Result<HelperJournalConnection, JournalError> {
         let key: [u8; 32] = b64()
             .decode(&self.key)
             .ok()
             .and_then(|k| k.try_into().ok())
-            .ok_or("the store key does not decode")?;
+            .ok_or(JournalError::BadKey)?;
         let tls = RedisTls {
             ca_file: self.ca_file.clone(),
             identity: self.identity.clone(),
         };
-        let clients = RedisClients::new(&SecretString::from(self.url.clone()), &tls)
-            .map_err(|e| e.to_string())?;
+        let clients = RedisClients::new(&SecretString::from(self.url.clone()), &tls)?;
         let con = within(COMMAND_TIMEOUT * 2, connect_plain(&clients.client())).await?;
         Ok(HelperJournalConnection {
             target: self.clone(),
@@ -204,7 +213,11 @@ impl RedisJournalTarget {
 
 impl HelperJournalConnection {
     /// Marks the exchange of the token with this fingerprint in flight, for `ttl`.
-    pub async fn mark_in_flight(&mut self, fingerprint: &str, ttl: Duration) -> Result<(), String> {
+    pub async fn mark_in_flight(
+        &mut self,
+        fingerprint: &str,
+        ttl: Duration,
+    ) -> Result<(), RedisFailure> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(&self.target.in_flight)
             .arg(fingerprint)
@@ -220,7 +233,7 @@ impl HelperJournalConnection {
         &mut self,
         refresh_token: SecretString,
         replaced: String,
-    ) -> Result<(), String> {
+    ) -> Result<(), RedisFailure> {
         let aad = self.target.aad.clone();
         let previous: Option<String> = within(
             COMMAND_TIMEOUT,

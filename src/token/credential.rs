@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use secrecy::SecretString;
-use serde::Serialize;
 
 use super::grant::Grant;
 use super::CredentialSlot;
@@ -28,20 +27,17 @@ pub struct Credential {
     unsaved: std::sync::atomic::AtomicBool,
 }
 
-/// What a logout did, for the admin API and the CLI.
-#[derive(Debug, Serialize)]
-pub struct LogoutReport {
-    pub credential: String,
-    /// One entry per token sent to the revocation endpoint: `revoked` or the error.
-    pub revocation: Vec<RevocationOutcome>,
-    pub forgotten: bool,
+/// Why a login's refresh token was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum HandOverError {
+    #[error("credential {0} does not use the refresh_token grant")]
+    NotRefreshToken(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-#[derive(Debug, Serialize)]
-pub struct RevocationOutcome {
-    pub token: &'static str,
-    pub outcome: String,
-}
+/// What a logout did, for the admin API and the CLI.
+pub use crate::api::LogoutReport;
 
 impl Credential {
     pub fn new(slot: Arc<CredentialSlot>, grant: Grant, store: Arc<dyn TokenStore>) -> Arc<Self> {
@@ -161,10 +157,10 @@ impl Credential {
                 if let Some(token) = token {
                     let outcome = match endpoint.revoke(&token, kind).await {
                         Ok(()) => "revoked".to_string(),
-                        Err(e) => e,
+                        Err(e) => e.to_string(),
                     };
-                    revocation.push(RevocationOutcome {
-                        token: kind,
+                    revocation.push(crate::api::Revocation {
+                        token: kind.to_string(),
                         outcome,
                     });
                 }
@@ -196,23 +192,24 @@ impl Credential {
             credential: self.slot.name.to_string(),
             revocation,
             forgotten,
+            subject: None,
         }
     }
 
     /// Takes a refresh token obtained by a login, persists it, and refreshes with it.
-    pub async fn login(&self, refresh_token: SecretString) -> Result<(), String> {
+    pub async fn login(&self, refresh_token: SecretString) -> Result<(), HandOverError> {
         let _op = self.op.lock().await;
         self.take_login(refresh_token).await
     }
 
     /// Takes a login's refresh token (the caller holds `op`): persists it and lets
     /// refreshes run again.
-    pub(super) async fn take_login(&self, refresh_token: SecretString) -> Result<(), String> {
+    pub(super) async fn take_login(
+        &self,
+        refresh_token: SecretString,
+    ) -> Result<(), HandOverError> {
         if !self.grant.forgets_refresh_token_on_failure() {
-            return Err(format!(
-                "credential {} does not use the refresh_token grant",
-                self.slot.name
-            ));
+            return Err(HandOverError::NotRefreshToken(self.slot.name.to_string()));
         }
         self.grant
             .restore_refresh_token(refresh_token.clone())
@@ -222,7 +219,7 @@ impl Credential {
             spent_seed: self.grant.spent_seed().await,
             ..StoredToken::empty()
         };
-        self.save_over(&record).await.map_err(|e| e.to_string())?;
+        self.save_over(&record).await?;
         self.slot.accept_login();
         tracing::info!(
             credential = &*self.slot.name,

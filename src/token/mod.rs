@@ -4,12 +4,9 @@
 //! through one loop, so there is exactly one refresh in flight per credential.
 
 pub mod credential;
-pub mod discovery;
-pub mod endpoint;
 pub mod grant;
-pub mod jwt;
-pub mod login;
 pub mod refresher;
+pub mod rotation;
 pub mod schedule;
 pub mod slot;
 pub mod subject;
@@ -19,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderValue;
 
-pub use endpoint::{rotation, GrantErrorKind};
+pub use crate::oauth::GrantErrorKind;
 pub use slot::{CredentialSlot, CredentialState, CredentialStatus};
 
 /// What started a refresh; also the `trigger` label of `bearerd_token_refresh_total`.
@@ -127,12 +124,23 @@ pub enum ReplayDecision {
     NoNewerToken,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct LastError {
-    pub kind: endpoint::GrantErrorKind,
+    pub kind: GrantErrorKind,
     pub message: String,
     /// RFC 3339.
     pub at: String,
+}
+
+impl LastError {
+    /// As `/status` shows it: the kind as its label.
+    pub fn view(&self) -> crate::api::LastError {
+        crate::api::LastError {
+            kind: self.kind.label().into_owned(),
+            message: self.message.clone(),
+            at: self.at.clone(),
+        }
+    }
 }
 
 /// The HTTP header value for a token, marked sensitive.

@@ -654,7 +654,7 @@ pub(super) async fn take_connected(
 pub(super) async fn hand_over(
     cred: &Credential,
     refresh_token: secrecy::SecretString,
-) -> Result<(), String> {
+) -> Result<(), super::credential::HandOverError> {
     let _op = cred.op.lock().await;
     cred.take_login(refresh_token).await?;
     attempt(cred, Trigger::Manual).await;

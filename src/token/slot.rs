@@ -57,47 +57,11 @@ pub struct CredentialSlot {
     metrics: Arc<Metrics>,
 }
 
-/// The state names of `/status` and `bearerd_credential_state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CredentialState {
-    Valid,
-    Refreshing,
-    Retrying,
-    Expired,
-    Failed,
-    LoggedOut,
-}
+/// The state names of `/status` and `bearerd_credential_state`: the admin API's own.
+pub use crate::api::CredentialState;
 
-impl CredentialState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CredentialState::Valid => "valid",
-            CredentialState::Refreshing => "refreshing",
-            CredentialState::Retrying => "retrying",
-            CredentialState::Expired => "expired",
-            CredentialState::Failed => "failed",
-            CredentialState::LoggedOut => "logged_out",
-        }
-    }
-}
-
-/// The `/status` view of one credential. Never holds a token.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct CredentialStatus {
-    pub state: CredentialState,
-    pub grant: &'static str,
-    pub client_auth: Option<&'static str>,
-    pub expires_in_s: Option<f64>,
-    pub token_age_s: Option<f64>,
-    pub generation: u64,
-    pub refreshes: u64,
-    pub consecutive_failures: u32,
-    pub last_error: Option<LastError>,
-    pub next_refresh_in_s: Option<f64>,
-    pub scopes: Vec<String>,
-    pub has_refresh_token: bool,
-}
+/// The `/status` view of one credential (never a token): the admin API's body.
+pub use crate::api::CredentialStatus;
 
 pub(super) fn rfc3339_now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
@@ -394,8 +358,8 @@ impl CredentialSlot {
         let token = self.current();
         CredentialStatus {
             state: self.state_of(&c),
-            grant: self.grant_kind,
-            client_auth: self.client_auth,
+            grant: self.grant_kind.to_string(),
+            client_auth: self.client_auth.map(str::to_string),
             expires_in_s: token
                 .as_ref()
                 .and_then(|t| t.expires_at())
@@ -406,7 +370,7 @@ impl CredentialSlot {
             generation: token.as_ref().map_or(0, |t| t.generation),
             refreshes: c.refreshes,
             consecutive_failures: c.consecutive_failures,
-            last_error: c.last_error.clone(),
+            last_error: c.last_error.as_ref().map(LastError::view),
             next_refresh_in_s: c
                 .next_refresh_at
                 .map(|n| round(n.saturating_duration_since(now).as_secs_f64())),
@@ -418,11 +382,11 @@ impl CredentialSlot {
     /// Refreshes the gauges that depend on time (called before each scrape).
     pub fn update_gauges(&self) {
         let state = self.state();
-        for s in crate::metrics::STATES {
+        for s in CredentialState::ALL {
             self.metrics
                 .credential_state
-                .with_label_values(&[&self.name, s])
-                .set(i64::from(s == state.as_str()));
+                .with_label_values(&[&self.name, s.as_str()])
+                .set(i64::from(s == state));
         }
         let expires_in = self
             .current()

@@ -5,8 +5,8 @@ use super::*;
 use secrecy::ExposeSecret;
 
 use crate::config::raw::{RawSchedule, RawTokenRequest, RawWait};
-use crate::config::secret::RawSecretRef;
-use crate::token::endpoint::signing::{load_key, KeyError, LoadedKey, ServiceAccountKey};
+use crate::material::signing::{load_key, KeyError, LoadedKey, ServiceAccountKey};
+use crate::material::RawSecretRef;
 
 pub(super) fn lower_credential(
     map: &SourceMap,
@@ -762,10 +762,8 @@ fn lower_client_auth(
                     &required("client_key", &rc.client_key)?,
                 )?,
             };
-            crate::token::endpoint::transport::load_identity(&identity).map_err(|m| {
-                let which = crate::token::endpoint::transport::identity_error_key(&m);
-                map.error_at(&key(which), m)
-            })?;
+            crate::material::identity::load_identity(&identity)
+                .map_err(|e| map.error_at(&key(e.file.config_key()), e))?;
             ClientAuthMethod::TlsClientAuth(identity)
         }
         Method::None => ClientAuthMethod::None,
@@ -837,7 +835,7 @@ fn lower_typed_token(
 
 fn check_jwt(map: &SourceMap, key: &str, source: &SecretRef) -> Result<(), ConfigError> {
     let value = source.resolve().map_err(|m| map.error_at(key, m))?;
-    crate::token::jwt::peek(value.expose_secret())
+    crate::material::jwt::peek(value.expose_secret())
         .map(|_| ())
         .map_err(|e| {
             let what = key.rsplit('.').next().unwrap_or(key);

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use super::error::SourceMap;
 use super::raw::{self, RawConfig, RawCredential, RawUpstream};
-use super::secret::RawSecretRef;
 use super::*;
+use crate::material::RawSecretRef;
 
 /// A schema error (syntax, type, unknown key) at its line and key. A credential key that
 /// its grant does not take says which grants do, or which keys this one takes.
@@ -296,11 +296,14 @@ fn lower_store_key(
             format!("the {backend} store needs `key = {{ env = \"BEARERD_STORE_KEY\" }}` (or {{ file = \"…\" }}): make one with `bearerd keygen`"),
         ));
     };
-    let help = |m: String| map.error_at("store.key", format!("{m}. {}", store_key_help(key)));
+    let help = |m: &dyn std::fmt::Display| {
+        map.error_at("store.key", format!("{m}. {}", store_key_help(key)))
+    };
     let text = SecretRef::lower(key)
         .and_then(|k| k.resolve())
-        .map_err(help)?;
-    parse_store_key(secrecy::ExposeSecret::expose_secret(&text)).map_err(help)?;
+        .map_err(|e| help(&e))?;
+    crate::material::parse_store_key(secrecy::ExposeSecret::expose_secret(&text))
+        .map_err(|e| help(&e))?;
     lower_secret(map, "store.key", key)
 }
 
@@ -352,10 +355,8 @@ fn lower_redis_tls(
                 cert: file("client_cert", cert)?,
                 key: file("client_key", key)?,
             };
-            crate::token::endpoint::transport::load_identity(&identity).map_err(|m| {
-                let key = crate::token::endpoint::transport::identity_error_key(&m);
-                map.error_at(&format!("store.{key}"), m)
-            })?;
+            crate::material::identity::load_identity(&identity)
+                .map_err(|e| map.error_at(&format!("store.{}", e.file.config_key()), e))?;
             Some(identity)
         }
     };
@@ -365,29 +366,39 @@ fn lower_redis_tls(
     })
 }
 
+/// Why a Redis URL cannot be used. Never quotes the URL: it may hold a password.
+#[derive(Debug, thiserror::Error)]
+enum RedisUrlError {
+    #[error("the redis url does not parse ({0}); expected redis://[user:pass@]host:port/db or rediss://…")]
+    Unparsable(url::ParseError),
+    #[error("the redis url's scheme is {0:?}; expected redis:// or rediss:// (TLS)")]
+    Scheme(String),
+    #[error("the redis url has no host")]
+    NoHost,
+    #[error("the redis url's path must be a database number, e.g. /0")]
+    Database,
+    #[error("the redis url may not have a #fragment (certificate checks cannot be turned off; trust a private CA with ca_file)")]
+    Fragment,
+}
+
 /// A Redis URL bearerd can use; true when it asks for TLS (`rediss://`). The message never
 /// quotes the URL: it may hold a password.
-fn check_redis_url(text: &str) -> Result<bool, String> {
-    let url = url::Url::parse(text.trim()).map_err(|e| {
-        format!("the redis url does not parse ({e}); expected redis://[user:pass@]host:port/db or rediss://…")
-    })?;
+fn check_redis_url(text: &str) -> Result<bool, RedisUrlError> {
+    let url = url::Url::parse(text.trim()).map_err(RedisUrlError::Unparsable)?;
     if !matches!(url.scheme(), "redis" | "rediss") {
-        return Err(format!(
-            "the redis url's scheme is {:?}; expected redis:// or rediss:// (TLS)",
-            url.scheme()
-        ));
+        return Err(RedisUrlError::Scheme(url.scheme().to_string()));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err("the redis url has no host".into());
+        return Err(RedisUrlError::NoHost);
     }
     let db = url.path().trim_start_matches('/');
     if !db.is_empty() && db.parse::<u16>().is_err() {
-        return Err("the redis url's path must be a database number, e.g. /0".into());
+        return Err(RedisUrlError::Database);
     }
     // The Redis client reads `#insecure` as "skip certificate checks", which this build
     // refuses at every connection; any other fragment makes the url unusable.
     if url.fragment().is_some() {
-        return Err("the redis url may not have a #fragment (certificate checks cannot be turned off; trust a private CA with ca_file)".into());
+        return Err(RedisUrlError::Fragment);
     }
     Ok(url.scheme() == "rediss")
 }
@@ -614,52 +625,4 @@ fn lower_upstream(
             .transpose()?,
         url,
     })
-}
-
-/// Parses a store key: 32 bytes as base64 (what `bearerd keygen` prints) or 64 hex digits.
-pub fn parse_store_key(text: &str) -> Result<[u8; 32], String> {
-    use base64::Engine;
-    let text = text.trim();
-    let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        (0..32)
-            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|e| e.to_string()))
-            .collect::<Result<Vec<u8>, String>>()?
-    } else {
-        base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map_err(|_| "the store key is neither base64 nor hex".to_string())?
-    };
-    bytes
-        .try_into()
-        .map_err(|b: Vec<u8>| format!("the store key must be 32 bytes, got {}", b.len()))
-}
-
-/// Reads a PEM bundle and returns its certificates as DER, each one checked to parse, so a
-/// bad file is a config error rather than a failure (or a panic) at the first connection.
-pub fn load_ca_file(path: &Path) -> Result<Vec<Vec<u8>>, String> {
-    let data =
-        std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
-    parse_ca_pem(path, &data)
-}
-
-/// The certificates of a CA file's content (`path` names it in messages).
-pub fn parse_ca_pem(path: &Path, data: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    let mut certs = Vec::new();
-    for item in rustls_pemfile::certs(&mut &data[..]) {
-        let der = item.map_err(|e| format!("CA file {} is not valid PEM: {e}", path.display()))?;
-        x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| {
-            format!(
-                "CA file {} holds a certificate that does not parse: {e}",
-                path.display()
-            )
-        })?;
-        certs.push(der.as_ref().to_vec());
-    }
-    if certs.is_empty() {
-        return Err(format!(
-            "CA file {} holds no PEM certificate",
-            path.display()
-        ));
-    }
-    Ok(certs)
 }

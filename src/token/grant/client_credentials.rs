@@ -1,7 +1,7 @@
 //! `grant = "client_credentials"` (RFC 6749 §4.4): the client's own token.
 
 use super::{GrantError, IssuedToken};
-use crate::token::endpoint::TokenEndpoint;
+use crate::oauth::TokenEndpoint;
 
 pub struct ClientCredentials {
     endpoint: TokenEndpoint,

@@ -6,8 +6,8 @@ use secrecy::ExposeSecret;
 
 use super::{GrantError, IssuedToken};
 use crate::config::{JwtBearerConfig, KeySource};
-use crate::token::endpoint::signing::{AssertionClaims, AssertionSigner};
-use crate::token::endpoint::{GrantErrorKind, GrantInput, TokenEndpoint};
+use crate::material::signing::{AssertionClaims, AssertionSigner};
+use crate::oauth::{GrantErrorKind, GrantInput, TokenEndpoint};
 
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 

@@ -13,36 +13,16 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::endpoint::rotation::DurableRotation;
-use super::endpoint::TokenEndpoint;
-pub use super::endpoint::{GrantError, GrantErrorKind};
+use super::rotation::DurableRotation;
 use crate::config::GrantConfig;
+pub use crate::oauth::IssuedToken;
+use crate::oauth::TokenEndpoint;
+pub use crate::oauth::{GrantError, GrantErrorKind};
 pub use client_credentials::ClientCredentials;
 pub use jwt_bearer::JwtBearer;
 pub use refresh_token::RefreshTokenGrant;
 pub use static_token::StaticToken;
 pub use token_exchange::TokenExchange;
-
-/// A token as the grant produced it.
-pub struct IssuedToken {
-    pub access_token: SecretString,
-    pub lifetime: Option<Duration>,
-    pub scopes: Vec<String>,
-    /// The refresh token to use next (after rotation), for grants that have one.
-    pub refresh_token: Option<SecretString>,
-    /// The token must be replaced within this long whatever its own lifetime says (a token
-    /// exchanged for a subject token is renewed before the subject token expires).
-    pub lifetime_cap: Option<Duration>,
-}
-
-impl IssuedToken {
-    /// The lifetime the schedule works with: the token's own (or the default when the
-    /// provider gave none), never beyond the cap.
-    pub fn effective_lifetime(&self, default: Duration) -> Duration {
-        let own = self.lifetime.unwrap_or(default);
-        self.lifetime_cap.map_or(own, |cap| own.min(cap))
-    }
-}
 
 /// What one grant attempt gave.
 pub enum GrantOutcome {
@@ -60,7 +40,7 @@ pub enum Grant {
 }
 
 impl Grant {
-    pub fn new(config: &GrantConfig) -> Result<Grant, String> {
+    pub fn new(config: &GrantConfig) -> Result<Grant, crate::oauth::transport::ClientError> {
         Ok(match config {
             GrantConfig::ClientCredentials(req) => {
                 Grant::ClientCredentials(ClientCredentials::new(TokenEndpoint::new(req)?))

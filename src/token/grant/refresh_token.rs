@@ -9,9 +9,10 @@ use tokio::sync::Mutex;
 
 use super::{GrantError, GrantErrorKind, IssuedToken};
 use crate::config::SecretRef;
+use crate::oauth::carrier::Carrier;
+use crate::oauth::{GrantInput, TokenEndpoint};
 use crate::store::fingerprint;
-use crate::token::endpoint::rotation::DurableRotation;
-use crate::token::endpoint::{GrantInput, TokenEndpoint};
+use crate::token::rotation::DurableRotation;
 
 pub struct RefreshTokenGrant {
     /// Shared by the subjects of a per-subject credential (one client, one discovery).
@@ -139,7 +140,10 @@ impl RefreshTokenGrant {
         if self.endpoint.config().scope_on_refresh {
             self.endpoint.add_scope(&mut form);
         }
-        let via = self.durable.as_deref().map(|d| (d, fingerprint(&rt)));
+        let via = self
+            .durable
+            .as_deref()
+            .map(|d| (d as &dyn Carrier, fingerprint(&rt)));
         match self.endpoint.exchange_via(form, via).await {
             Ok((mut token, rotated)) => {
                 // Keep the old one when the provider does not rotate.

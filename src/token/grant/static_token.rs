@@ -6,7 +6,7 @@ use tokio::sync::Mutex;
 
 use super::{GrantError, GrantOutcome, IssuedToken};
 use crate::config::{same_secret, SecretRef};
-use crate::token::endpoint::GrantInput;
+use crate::oauth::GrantInput;
 
 pub struct StaticToken {
     token: SecretRef,

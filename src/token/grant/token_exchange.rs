@@ -10,8 +10,8 @@ use secrecy::ExposeSecret;
 
 use super::{GrantError, IssuedToken};
 use crate::config::{TokenExchangeConfig, TypedToken, TOKEN_TYPE_ID_TOKEN, TOKEN_TYPE_JWT};
-use crate::token::endpoint::client_auth;
-use crate::token::endpoint::{GrantInput, TokenEndpoint};
+use crate::oauth::client_auth;
+use crate::oauth::{GrantInput, TokenEndpoint};
 
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 

@@ -13,11 +13,11 @@ use std::sync::{Mutex, MutexGuard};
 use super::StateCounts;
 use crate::token::slot::CredentialState;
 
-/// A subject's index in [`crate::metrics::STATES`] (and in [`StateCounts`]).
+/// A subject's index in [`CredentialState::ALL`] (and in [`StateCounts`]).
 pub fn state_index(state: CredentialState) -> usize {
-    crate::metrics::STATES
+    CredentialState::ALL
         .iter()
-        .position(|s| *s == state.as_str())
+        .position(|s| *s == state)
         .unwrap_or(0)
 }
 

@@ -31,15 +31,15 @@ use tracing::Instrument;
 pub use key::{InvalidSubject, SubjectKey, SubjectTagger};
 
 use super::credential::Credential;
-use super::endpoint::rotation::{DurableRotation, RotationHelper};
-use super::endpoint::TokenEndpoint;
 use super::grant::{Grant, TokenExchange};
+use super::rotation::{DurableRotation, RotationHelper};
 use super::slot::{CredentialState, CredentialStatus};
 use super::CredentialSlot;
 use crate::config::{
     CredentialConfig, GrantConfig, SubjectConfig, SubjectKind, TokenExchangeConfig,
 };
 use crate::metrics::Metrics;
+use crate::oauth::TokenEndpoint;
 use crate::store::StoredToken;
 use crate::store::{MemoryStore, StoreError, StoredSet, TokenStore};
 use census::RestingCensus;
@@ -88,8 +88,17 @@ pub struct SubjectRegistry {
     stopped: AtomicBool,
 }
 
-/// Counts of subjects per state, in [`crate::metrics::STATES`] order.
+/// Counts of subjects per state, in [`CredentialState::ALL`] order.
 pub type StateCounts = [usize; 6];
+
+/// Why a credential's subjects cannot be kept.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("per-subject credentials need grant = \"refresh_token\" (subject_header) or \"token_exchange\" (subject_token = {{ header = … }})")]
+    UnsupportedGrant,
+    #[error("on-behalf-of needs grant = \"token_exchange\"")]
+    OnBehalfOfNeedsTokenExchange,
+}
 
 impl SubjectRegistry {
     /// The registry of a per-subject credential; `None` when `config` is not one.
@@ -100,17 +109,17 @@ impl SubjectRegistry {
         metrics: Arc<Metrics>,
         rotation_helper: Option<Arc<RotationHelper>>,
         tagger: SubjectTagger,
-    ) -> Result<Option<Arc<SubjectRegistry>>, String> {
+    ) -> Result<Option<Arc<SubjectRegistry>>, RegistryError> {
         let Some(subjects) = &config.subjects else {
             return Ok(None);
         };
-        let endpoint = grant.subject_endpoint().ok_or(
-            "per-subject credentials need grant = \"refresh_token\" (subject_header) or \"token_exchange\" (subject_token = { header = … })",
-        )?;
+        let endpoint = grant
+            .subject_endpoint()
+            .ok_or(RegistryError::UnsupportedGrant)?;
         let exchange = match (&subjects.kind, &config.grant) {
             (SubjectKind::OnBehalfOf, GrantConfig::TokenExchange(x)) => Some(x.clone()),
             (SubjectKind::OnBehalfOf, _) => {
-                return Err("on-behalf-of needs grant = \"token_exchange\"".into())
+                return Err(RegistryError::OnBehalfOfNeedsTokenExchange)
             }
             (SubjectKind::Delegated { .. }, _) => None,
         };
@@ -478,10 +487,10 @@ impl SubjectRegistry {
 
     /// Sets `bearerd_subjects{credential,state}`.
     pub fn update_gauges(&self) {
-        for (state, n) in crate::metrics::STATES.iter().zip(self.counts()) {
+        for (state, n) in CredentialState::ALL.iter().zip(self.counts()) {
             self.metrics
                 .subjects
-                .with_label_values(&[&*self.credential, state])
+                .with_label_values(&[&*self.credential, state.as_str()])
                 .set(n as i64);
         }
     }
@@ -492,14 +501,14 @@ impl SubjectRegistry {
         subject: &SubjectKey,
     ) -> Result<Option<SubjectStatus>, StoreError> {
         if let Some(live) = self.get(subject) {
-            let mut status = SubjectStatus::live(subject, &live);
+            let mut status = live_status(subject, &live);
             if status.status.state == CredentialState::LoggedOut {
                 // The tombstone's details are in the record.
                 let set = self
                     .store
                     .load(&subject.store_key(&self.credential))
                     .await?;
-                status.logout = set.and_then(|s| s.token.logout);
+                status.logout = set.and_then(|s| s.token.logout).map(logout_view);
             }
             return Ok(Some(status));
         }
@@ -572,7 +581,7 @@ impl SubjectRegistry {
         &self,
         subject: &SubjectKey,
         refresh_token: secrecy::SecretString,
-    ) -> Result<Arc<LiveSubject>, String> {
+    ) -> Result<Arc<LiveSubject>, super::credential::HandOverError> {
         let live = self.admit(subject);
         super::refresher::hand_over(&live.credential, refresh_token).await?;
         Ok(live)
@@ -585,7 +594,7 @@ impl SubjectRegistry {
         &self,
         flow: connect::PendingConnect,
         code: String,
-    ) -> Result<SubjectStatus, super::endpoint::GrantError> {
+    ) -> Result<SubjectStatus, crate::oauth::GrantError> {
         use secrecy::ExposeSecret;
         let started = (Instant::now(), SystemTime::now());
         let (mut token, refresh_token) = self
@@ -612,7 +621,7 @@ impl SubjectRegistry {
         }
         .instrument(span)
         .await;
-        Ok(SubjectStatus::live(&flow.subject, &live))
+        Ok(live_status(&flow.subject, &live))
     }
 
     /// The status of a subject that is not in memory, as its record gives it.
@@ -624,11 +633,11 @@ impl SubjectRegistry {
         SubjectStatus {
             subject: subject.as_str().to_string(),
             in_memory: false,
-            logout: t.logout.clone(),
+            logout: t.logout.clone().map(logout_view),
             status: CredentialStatus {
                 state,
-                grant: self.credential_config.grant.kind(),
-                client_auth: Some(self.endpoint.config().client.method.name()),
+                grant: self.credential_config.grant.kind().to_string(),
+                client_auth: Some(self.endpoint.config().client.method.name().to_string()),
                 expires_in_s: remaining.map(|r| super::slot::round(r.as_secs_f64())),
                 token_age_s: (!t.logged_out && t.issued_at > SystemTime::UNIX_EPOCH)
                     .then(|| now.duration_since(t.issued_at).ok())
@@ -658,26 +667,22 @@ fn can_serve(set: &StoredSet) -> bool {
 }
 
 /// One subject as the admin API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct SubjectStatus {
-    pub subject: String,
-    /// Held in memory (refreshed ahead of expiry), or only in the store.
-    pub in_memory: bool,
-    /// After a logout: when, and what the provider answered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub logout: Option<crate::store::LogoutRecord>,
-    #[serde(flatten)]
-    pub status: CredentialStatus,
+pub use crate::api::SubjectStatus;
+
+/// A stored logout as the admin API shows it (the record's format is the store's own).
+fn logout_view(l: crate::store::LogoutRecord) -> crate::api::LogoutRecord {
+    crate::api::LogoutRecord {
+        at: l.at,
+        revocation: l.revocation,
+    }
 }
 
-impl SubjectStatus {
-    fn live(subject: &SubjectKey, live: &LiveSubject) -> SubjectStatus {
-        SubjectStatus {
-            subject: subject.as_str().to_string(),
-            in_memory: true,
-            logout: None,
-            status: live.credential.slot.status(),
-        }
+fn live_status(subject: &SubjectKey, live: &LiveSubject) -> SubjectStatus {
+    SubjectStatus {
+        subject: subject.as_str().to_string(),
+        in_memory: true,
+        logout: None,
+        status: live.credential.slot.status(),
     }
 }
 

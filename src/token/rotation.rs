@@ -37,12 +37,14 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-use super::transport::{error_chain, load_identity, token_http_client, RawResponse};
 use crate::config::ClientIdentity;
+use crate::material::identity::load_identity;
+use crate::oauth::carrier::{Carrier, CarrierError};
+use crate::oauth::transport::{error_chain, token_http_client, RawResponse};
 use crate::store::journal::{self, JournalEntry, HELPER_MARGIN, HELPER_REQUEST_MAX};
 use crate::store::lock;
 use crate::store::sealed::Sealer;
-use crate::store::{HelperJournal, HelperJournalConnection, RedisJournalTarget};
+use crate::store::{HelperJournal, HelperJournalConnection, JournalError, RedisJournalTarget};
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
@@ -96,7 +98,7 @@ impl RotationHelper {
     }
 
     /// The running helper, started if there is none (or the last one died).
-    async fn connection(&self) -> Result<Arc<HelperConnection>, HelperError> {
+    async fn connection(&self) -> Result<Arc<HelperConnection>, CarrierError> {
         let mut running = self.running.lock().await;
         if let Some(c) = running
             .as_ref()
@@ -113,14 +115,14 @@ impl RotationHelper {
             .process_group(0)
             .spawn()
             .map_err(|e| {
-                HelperError::NotStarted(format!(
+                CarrierError::NotStarted(format!(
                     "cannot start the rotation helper {}: {e}",
                     self.program.display()
                 ))
             })?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             let _ = child.start_kill();
-            return Err(HelperError::NotStarted("the helper has no pipes".into()));
+            return Err(CarrierError::NotStarted("the helper has no pipes".into()));
         };
         let answers = Arc::new(Answers {
             waiting: Mutex::new(HashMap::new()),
@@ -209,27 +211,17 @@ pub enum HelperAnswer {
     },
 }
 
-/// Why the helper gave no response.
-pub enum HelperError {
-    /// It did not start: nothing was sent, the sidecar may send the request itself.
-    NotStarted(String),
-    /// The request failed (or may have been sent and its answer lost).
-    Failed { timeout: bool, message: String },
-    /// The helper refused to send it (the store could not mark it in flight): nothing was
-    /// sent, and it must not be sent without the mark either.
-    NotSent(String),
-}
-
-impl DurableRotation {
+#[async_trait::async_trait]
+impl Carrier for DurableRotation {
     /// Runs one token request through the helper and returns the provider's response.
-    pub async fn send(
+    async fn send(
         &self,
         request: &reqwest::Request,
         timeout: Duration,
         ca_file: Option<PathBuf>,
         client_identity: Option<ClientIdentity>,
         replaces: String,
-    ) -> Result<RawResponse, HelperError> {
+    ) -> Result<RawResponse, CarrierError> {
         let timeout = timeout.min(HELPER_REQUEST_MAX);
         // Every header the grant sets is text; were one not, the request goes out directly
         // rather than without it.
@@ -238,7 +230,7 @@ impl DurableRotation {
             .iter()
             .map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.to_string())))
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| HelperError::NotStarted("a token request header is not text".into()))?;
+            .ok_or_else(|| CarrierError::NotStarted("a token request header is not text".into()))?;
         let body = request.body().and_then(|b| b.as_bytes()).unwrap_or(&[]);
         let ask = HelperRequest {
             parent: std::process::id(),
@@ -261,7 +253,7 @@ impl DurableRotation {
         let connection = self.helper.connection().await?;
         let id = connection.next_id.fetch_add(1, Ordering::Relaxed);
         let mut line = serde_json::to_string(&Framed { id, body: ask })
-            .map_err(|e| HelperError::NotStarted(e.to_string()))?;
+            .map_err(|e| CarrierError::NotStarted(e.to_string()))?;
         line.push('\n');
         let line = SecretString::from(line);
         let (answered, answer) = oneshot::channel();
@@ -273,7 +265,9 @@ impl DurableRotation {
             if let Err(e) = stdin.write_all(line.expose_secret().as_bytes()).await {
                 lock_ignoring_poison(&connection.answers.waiting).remove(&id);
                 connection.answers.alive.store(false, Ordering::SeqCst);
-                return Err(HelperError::NotStarted(format!("the rotation helper: {e}")));
+                return Err(CarrierError::NotStarted(format!(
+                    "the rotation helper: {e}"
+                )));
             }
             let _ = stdin.flush().await;
         }
@@ -281,14 +275,14 @@ impl DurableRotation {
         let answer = match tokio::time::timeout(timeout + 2 * HELPER_MARGIN, answer).await {
             Ok(Ok(a)) => a,
             Ok(Err(_)) => {
-                return Err(HelperError::Failed {
+                return Err(CarrierError::Failed {
                     timeout: false,
                     message: "the rotation helper ended without an answer".into(),
                 })
             }
             Err(_) => {
                 lock_ignoring_poison(&connection.answers.waiting).remove(&id);
-                return Err(HelperError::Failed {
+                return Err(CarrierError::Failed {
                     timeout: true,
                     message: "the rotation helper did not answer".into(),
                 });
@@ -314,16 +308,16 @@ impl DurableRotation {
                 })
             }
             HelperAnswer::Failed { timeout, message } => {
-                Err(HelperError::Failed { timeout, message })
+                Err(CarrierError::Failed { timeout, message })
             }
-            HelperAnswer::NotSent { message } => Err(HelperError::NotSent(message)),
+            HelperAnswer::NotSent { message } => Err(CarrierError::NotSent(message)),
         }
     }
 
     /// The refresh token a helper journaled for the exchange that sent the token with this
     /// fingerprint, when its answer never arrived (the helper was killed, or timed out after
     /// the journal was written). Without this, the next attempt would send the spent token.
-    pub async fn journaled_successor(&self, replaced: &str) -> Option<SecretString> {
+    async fn journaled_successor(&self, replaced: &str) -> Option<SecretString> {
         match &self.journal {
             HelperJournal::File { store, key } => {
                 let sealer = Sealer::new(key.expose_secret());
@@ -336,7 +330,9 @@ impl DurableRotation {
             }
         }
     }
+}
 
+impl DurableRotation {
     /// Looks before `refresh_token` is sent (under the lease) for a rotation of it that a
     /// holder which died may have started: waits while one is in flight (at most as long as
     /// its mark lasts), then answers the successor a helper journaled, to send instead.
@@ -474,7 +470,12 @@ async fn exchange(ask: &HelperRequest) -> Option<HelperAnswer> {
         JournalTarget::Redis(target) => match mark_in_flight(target, &ask.replaces, deadline).await
         {
             Ok(c) => Some(c),
-            Err(message) => return Some(HelperAnswer::NotSent { message }),
+            Err(why) => {
+                let message = format!(
+                    "the token request was not sent: the store did not take its in-flight mark ({why})"
+                );
+                return Some(HelperAnswer::NotSent { message });
+            }
         },
         JournalTarget::File { .. } => None,
     };
@@ -538,8 +539,8 @@ async fn mark_in_flight(
     target: &RedisJournalTarget,
     replaces: &str,
     deadline: Duration,
-) -> Result<HelperJournalConnection, String> {
-    let mut why = String::new();
+) -> Result<HelperJournalConnection, JournalError> {
+    let mut why = JournalError::BadKey;
     for attempt in 0..3 {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -547,14 +548,12 @@ async fn mark_in_flight(
         match target.connect().await {
             Ok(mut c) => match c.mark_in_flight(replaces, deadline + HELPER_MARGIN).await {
                 Ok(()) => return Ok(c),
-                Err(e) => why = e,
+                Err(e) => why = e.into(),
             },
             Err(e) => why = e,
         }
     }
-    Err(format!(
-        "the token request was not sent: the store did not take its in-flight mark ({why})"
-    ))
+    Err(why)
 }
 
 /// Journals a rotated token beside the file store, durably.
@@ -608,7 +607,7 @@ async fn send(ask: &HelperRequest) -> Result<(u16, Option<String>, Vec<u8>), Hel
     // A client certificate is read again at every exchange (it may have rotated); the
     // client itself is built once per setting: building one loads the system's roots.
     let identity = match &ask.client_identity {
-        Some(id) => Some(load_identity(id).map_err(|m| failed(false, m))?),
+        Some(id) => Some(load_identity(id).map_err(|m| failed(false, m.to_string()))?),
         None => None,
     };
     let setting = (
@@ -625,7 +624,7 @@ async fn send(ask: &HelperRequest) -> Result<(u16, Option<String>, Vec<u8>), Hel
                 ask.ca_file.as_deref(),
                 identity.map(|i| i.identity),
             )
-            .map_err(|m| failed(false, m))?;
+            .map_err(|m| failed(false, m.to_string()))?;
             lock_ignoring_poison(clients()).insert(setting, c.clone());
             c
         }
@@ -726,7 +725,7 @@ mod tests {
         let sent = rotation(&dir)
             .send(&request, Duration::from_secs(1), None, None, "fp".into())
             .await;
-        assert!(matches!(sent, Err(HelperError::NotStarted(_))));
+        assert!(matches!(sent, Err(CarrierError::NotStarted(_))));
     }
 
     #[test]

@@ -23,6 +23,25 @@ pub enum RawSecretRef {
     },
 }
 
+/// Why a secret reference gives no value. The messages name the variable or file, never
+/// a value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {0} is empty")]
+    EnvEmpty(String),
+    #[error("environment variable {0} is not set")]
+    EnvUnset(String),
+    #[error("{{ header = \"…\" }} takes a value from each request: only a token_exchange subject_token can come from there (on-behalf-of)")]
+    HeaderNotAllowed,
+    #[error("cannot read secret file {}: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("secret file {} is empty", path.display())]
+    EmptyFile { path: PathBuf },
+}
+
 /// A validated secret reference. `Env` values are captured at load time: the environment of a
 /// running process does not change, so resolving once gives the error at startup.
 #[derive(Clone)]
@@ -42,19 +61,17 @@ impl std::fmt::Debug for SecretRef {
 
 impl SecretRef {
     /// Lowers the raw form; errors are plain messages, the caller adds file, line and key.
-    pub fn lower(raw: &RawSecretRef) -> Result<Self, String> {
+    pub fn lower(raw: &RawSecretRef) -> Result<Self, SecretError> {
         match raw {
             RawSecretRef::Inline(s) => Ok(SecretRef::Value(s.clone())),
             RawSecretRef::Env { env } => match std::env::var(env) {
                 Ok(v) if !v.trim().is_empty() => {
                     Ok(SecretRef::Value(SecretString::from(v.trim().to_string())))
                 }
-                Ok(_) => Err(format!("environment variable {env} is empty")),
-                Err(_) => Err(format!("environment variable {env} is not set")),
+                Ok(_) => Err(SecretError::EnvEmpty(env.clone())),
+                Err(_) => Err(SecretError::EnvUnset(env.clone())),
             },
-            RawSecretRef::Header { .. } => Err(
-                "{ header = \"…\" } takes a value from each request: only a token_exchange subject_token can come from there (on-behalf-of)".into(),
-            ),
+            RawSecretRef::Header { .. } => Err(SecretError::HeaderNotAllowed),
             RawSecretRef::File { file } => {
                 // Read once now so a missing or unreadable file is a config error, not a
                 // failure at the first refresh.
@@ -65,7 +82,7 @@ impl SecretRef {
     }
 
     /// The current value. Files are read again on every call.
-    pub fn resolve(&self) -> Result<SecretString, String> {
+    pub fn resolve(&self) -> Result<SecretString, SecretError> {
         match self {
             SecretRef::Value(s) => Ok(s.clone()),
             SecretRef::File(p) => read_secret_file(p),
@@ -88,12 +105,14 @@ impl SecretRef {
     }
 }
 
-fn read_secret_file(path: &PathBuf) -> Result<SecretString, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read secret file {}: {e}", path.display()))?;
+fn read_secret_file(path: &PathBuf) -> Result<SecretString, SecretError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SecretError::Unreadable {
+        path: path.clone(),
+        source,
+    })?;
     let value = text.trim();
     if value.is_empty() {
-        return Err(format!("secret file {} is empty", path.display()));
+        return Err(SecretError::EmptyFile { path: path.clone() });
     }
     Ok(SecretString::from(value.to_string()))
 }

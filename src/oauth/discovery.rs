@@ -58,12 +58,30 @@ struct ProtectedResourceMetadata {
     authorization_servers: Vec<String>,
 }
 
-fn parse_url(field: &str, value: Option<String>) -> Result<Option<Url>, String> {
+/// Why discovery found no usable endpoints.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// A document could not be fetched or read (often transient).
+    #[error("{0}")]
+    Fetch(String),
+    /// A document says something bearerd does not follow: plain http off this host, another
+    /// issuer or resource, no authorization server.
+    #[error("{0}")]
+    Refused(String),
+    #[error("no authorization server metadata for {issuer}: {}", tried.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    NoMetadata {
+        issuer: Url,
+        tried: Vec<DiscoveryError>,
+    },
+}
+
+fn parse_url(field: &str, value: Option<String>) -> Result<Option<Url>, DiscoveryError> {
     match value {
         None => Ok(None),
         Some(v) => {
-            let url = Url::parse(&v)
-                .map_err(|e| format!("metadata field {field} is not a URL ({v:?}): {e}"))?;
+            let url = Url::parse(&v).map_err(|e| {
+                DiscoveryError::Refused(format!("metadata field {field} is not a URL ({v:?}): {e}"))
+            })?;
             require_https(field, &url)?;
             Ok(Some(url))
         }
@@ -71,7 +89,7 @@ fn parse_url(field: &str, value: Option<String>) -> Result<Option<Url>, String> 
 }
 
 /// Secrets only travel to https endpoints, or to plain http on this machine.
-fn require_https(what: &str, url: &Url) -> Result<(), String> {
+fn require_https(what: &str, url: &Url) -> Result<(), DiscoveryError> {
     let loopback = match url.host() {
         Some(url::Host::Domain(d)) => d == "localhost",
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -81,7 +99,9 @@ fn require_https(what: &str, url: &Url) -> Result<(), String> {
     if url.scheme() == "https" || (url.scheme() == "http" && loopback) {
         Ok(())
     } else {
-        Err(format!("{what} {url} must use https"))
+        Err(DiscoveryError::Refused(format!(
+            "{what} {url} must use https"
+        )))
     }
 }
 
@@ -106,25 +126,29 @@ fn well_known_appended(base: &Url, suffix: &str) -> Url {
 async fn get_json<T: for<'de> Deserialize<'de>>(
     http: &reqwest::Client,
     url: &Url,
-) -> Result<T, String> {
+) -> Result<T, DiscoveryError> {
+    let fetch = |message: String| DiscoveryError::Fetch(message);
     let resp = http
         .get(url.clone())
         .header("accept", "application/json")
         .send()
         .await
-        .map_err(|e| format!("{url}: {e}"))?;
+        .map_err(|e| fetch(format!("{url}: {e}")))?;
     if !resp.status().is_success() {
-        return Err(format!("{url} answered {}", resp.status()));
+        return Err(fetch(format!("{url} answered {}", resp.status())));
     }
-    let bytes = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("{url} is not valid metadata: {e}"))
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| fetch(format!("{url}: {e}")))?;
+    serde_json::from_slice(&bytes).map_err(|e| fetch(format!("{url} is not valid metadata: {e}")))
 }
 
 /// Authorization server metadata for `issuer`: RFC 8414 first, then OpenID Connect.
 pub async fn from_issuer(
     http: &reqwest::Client,
     issuer: &Url,
-) -> Result<ProviderEndpoints, String> {
+) -> Result<ProviderEndpoints, DiscoveryError> {
     let candidates = [
         well_known_inserted(issuer, "oauth-authorization-server"),
         well_known_inserted(issuer, "openid-configuration"),
@@ -137,7 +161,9 @@ pub async fn from_issuer(
                 // RFC 8414 §3.3: the metadata must name the issuer that was asked for.
                 let found = m.issuer.as_deref().unwrap_or("");
                 if found.trim_end_matches('/') != issuer.as_str().trim_end_matches('/') {
-                    errors.push(format!("{url} names issuer {found:?}, not {issuer}"));
+                    errors.push(DiscoveryError::Refused(format!(
+                        "{url} names issuer {found:?}, not {issuer}"
+                    )));
                     continue;
                 }
                 return Ok(ProviderEndpoints {
@@ -164,10 +190,10 @@ pub async fn from_issuer(
             Err(e) => errors.push(e),
         }
     }
-    Err(format!(
-        "no authorization server metadata for {issuer}: {}",
-        errors.join("; ")
-    ))
+    Err(DiscoveryError::NoMetadata {
+        issuer: issuer.clone(),
+        tried: errors,
+    })
 }
 
 /// The `resource_metadata` parameter of a `WWW-Authenticate: Bearer …` challenge.
@@ -187,12 +213,13 @@ pub fn resource_metadata_param(header: &str) -> Option<String> {
 pub async fn from_protected_resource(
     http: &reqwest::Client,
     resource: &Url,
-) -> Result<ProviderEndpoints, String> {
+) -> Result<ProviderEndpoints, DiscoveryError> {
+    let refused = |message: String| DiscoveryError::Refused(message);
     let resp = http
         .get(resource.clone())
         .send()
         .await
-        .map_err(|e| format!("{resource}: {e}"))?;
+        .map_err(|e| DiscoveryError::Fetch(format!("{resource}: {e}")))?;
     let advertised = resp
         .headers()
         .get_all("www-authenticate")
@@ -200,34 +227,33 @@ pub async fn from_protected_resource(
         .filter_map(|v| v.to_str().ok())
         .find_map(resource_metadata_param);
     let metadata_url = match advertised {
-        Some(u) => {
-            Url::parse(&u).map_err(|e| format!("resource_metadata {u:?} is not a URL: {e}"))?
-        }
+        Some(u) => Url::parse(&u)
+            .map_err(|e| refused(format!("resource_metadata {u:?} is not a URL: {e}")))?,
         None => well_known_inserted(resource, "oauth-protected-resource"),
     };
     require_https("resource_metadata", &metadata_url)?;
     if metadata_url.origin() != resource.origin() {
-        return Err(format!(
+        return Err(refused(format!(
             "resource_metadata {metadata_url} is not on the upstream's origin {}",
             resource.origin().ascii_serialization()
-        ));
+        )));
     }
     let prm: ProtectedResourceMetadata = get_json(http, &metadata_url).await?;
     // RFC 9728 §3.3: the metadata must describe this resource, not another one.
     if let Some(r) = &prm.resource {
         let same = Url::parse(r).is_ok_and(|u| u.origin() == resource.origin());
         if !same {
-            return Err(format!(
+            return Err(refused(format!(
                 "{metadata_url} describes resource {r:?}, not {resource}"
-            ));
+            )));
         }
     }
     let issuer = prm
         .authorization_servers
         .first()
-        .ok_or_else(|| format!("{metadata_url} lists no authorization_servers"))?;
+        .ok_or_else(|| refused(format!("{metadata_url} lists no authorization_servers")))?;
     let issuer = Url::parse(issuer)
-        .map_err(|e| format!("authorization server {issuer:?} is not a URL: {e}"))?;
+        .map_err(|e| refused(format!("authorization server {issuer:?} is not a URL: {e}")))?;
     let mut endpoints = from_issuer(http, &issuer).await?;
     endpoints.resource = prm.resource;
     Ok(endpoints)

@@ -1,30 +1,56 @@
-//! Talking to the authorization server. A token request goes through these steps:
+//! Speaking to authorization servers: what a token request and its answer are, and how
+//! they travel. A token request goes through these steps:
 //!
 //! ```text
 //!  grant (token/grant/*)        builds the grant's form fields
 //!    └─ TokenEndpoint::exchange adds scope/resource/params, finds the endpoint (discovery)
 //!         ├─ client_auth.rs     Basic | post | private_key_jwt | client_assertion | tls | none
 //!         ├─ transport.rs       direct (mTLS identity re-read) ─┐
-//!         │  rotation.rs        or via the rotation helper ─────┴─▶ RawResponse
+//!         │  a Carrier          or carried by another (token/rotation's helper) ─┴─▶ RawResponse
 //!         └─ response.rs        classify: IssuedToken | GrantError{GrantErrorKind, permanent}
 //! ```
+//!
+//! It knows nothing of slots, stores or grants' lifecycles: the token engine calls it.
 
+pub mod carrier;
 pub mod client_auth;
+pub mod discovery;
 pub mod error;
+pub mod login;
 pub mod response;
-pub mod rotation;
-pub mod signing;
 pub mod transport;
+
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::discovery::{self, ProviderEndpoints};
-use super::grant::IssuedToken;
 use crate::config::{ClientAuthMethod, TokenRequestConfig};
+use carrier::{Carrier, CarrierError};
 use client_auth::{ClientAuthenticator, Form};
+use discovery::ProviderEndpoints;
 pub use error::{GrantError, GrantErrorKind, GrantInput, OAuthErrorCode};
-use rotation::{DurableRotation, HelperError};
 use transport::{error_chain, Transport};
+
+/// A token as the authorization server issued it (or a grant produced it).
+pub struct IssuedToken {
+    pub access_token: SecretString,
+    pub lifetime: Option<Duration>,
+    pub scopes: Vec<String>,
+    /// The refresh token to use next (after rotation), for grants that have one.
+    pub refresh_token: Option<SecretString>,
+    /// The token must be replaced within this long whatever its own lifetime says (a token
+    /// exchanged for a subject token is renewed before the subject token expires).
+    pub lifetime_cap: Option<Duration>,
+}
+
+impl IssuedToken {
+    /// The lifetime the schedule works with: the token's own (or the default when the
+    /// provider gave none), never beyond the cap.
+    pub fn effective_lifetime(&self, default: Duration) -> Duration {
+        let own = self.lifetime.unwrap_or(default);
+        self.lifetime_cap.map_or(own, |cap| own.min(cap))
+    }
+}
 
 /// Form fields that carry a secret: never repeated in an error, log line or `/status`.
 const SECRET_FIELDS: [&str; 9] = [
@@ -53,6 +79,19 @@ fn scrub(message: &str, secrets: &[String]) -> String {
     out
 }
 
+/// Why a revocation (RFC 7009) did not go through; reported in the logout's answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RevocationError {
+    #[error("{}", .0.message)]
+    Endpoint(GrantError),
+    #[error("the provider has no revocation endpoint (set revocation_url)")]
+    NoEndpoint,
+    #[error("revocation endpoint unreachable: {0}")]
+    Unreachable(String),
+    #[error("revocation endpoint answered {}", http::StatusCode::from_u16(*.0).map_or(.0.to_string(), |s| s.to_string()))]
+    Answered(u16),
+}
+
 /// A client for one OAuth token endpoint.
 pub struct TokenEndpoint {
     transport: Transport,
@@ -66,7 +105,7 @@ pub struct TokenEndpoint {
 pub type Exchanged = (IssuedToken, Option<SecretString>);
 
 impl TokenEndpoint {
-    pub fn new(config: &TokenRequestConfig) -> Result<Self, String> {
+    pub fn new(config: &TokenRequestConfig) -> Result<Self, transport::ClientError> {
         let identity = match &config.client.method {
             ClientAuthMethod::TlsClientAuth(id) => Some(id),
             ClientAuthMethod::Basic(_)
@@ -128,7 +167,10 @@ impl TokenEndpoint {
             Ok(d) => Ok(self.with_mtls_aliases(explicit.or(d.clone()))),
             // An explicit token endpoint keeps working while discovery is down.
             Err(_) if explicit.token.is_some() => Ok(explicit),
-            Err(m) => Err(GrantError::transient(GrantErrorKind::DiscoveryFailed, m)),
+            Err(m) => Err(GrantError::transient(
+                GrantErrorKind::DiscoveryFailed,
+                m.to_string(),
+            )),
         }
     }
 
@@ -175,30 +217,34 @@ impl TokenEndpoint {
     }
 
     /// Revokes one token (RFC 7009). Best effort: the outcome is reported, never retried.
-    pub async fn revoke(&self, token: &SecretString, hint: &'static str) -> Result<(), String> {
-        let endpoints = self.endpoints().await.map_err(|e| e.message)?;
+    pub async fn revoke(
+        &self,
+        token: &SecretString,
+        hint: &'static str,
+    ) -> Result<(), RevocationError> {
+        let endpoints = self.endpoints().await.map_err(RevocationError::Endpoint)?;
         let Some(url) = &endpoints.revocation else {
-            return Err("the provider has no revocation endpoint (set revocation_url)".into());
+            return Err(RevocationError::NoEndpoint);
         };
         let mut form = vec![
             ("token", token.expose_secret().to_string()),
             ("token_type_hint", hint.to_string()),
         ];
-        let http = self.http().map_err(|e| e.message)?;
+        let http = self.http().map_err(RevocationError::Endpoint)?;
         let req = http.post(url.clone());
         let req = self
             .authenticate(req, &mut form, url)
             .await
-            .map_err(|e| e.message)?;
+            .map_err(RevocationError::Endpoint)?;
         let resp = req
             .form(&form)
             .send()
             .await
-            .map_err(|e| format!("revocation endpoint unreachable: {}", error_chain(&e)))?;
+            .map_err(|e| RevocationError::Unreachable(error_chain(&e)))?;
         if resp.status().is_success() {
             Ok(())
         } else {
-            Err(format!("revocation endpoint answered {}", resp.status()))
+            Err(RevocationError::Answered(resp.status().as_u16()))
         }
     }
 
@@ -225,7 +271,7 @@ impl TokenEndpoint {
     pub async fn exchange_via(
         &self,
         mut form: Form,
-        via: Option<(&DurableRotation, String)>,
+        via: Option<(&dyn Carrier, String)>,
     ) -> Result<Exchanged, GrantError> {
         let c = &self.config;
         let endpoints = self.endpoints().await?;
@@ -277,18 +323,18 @@ impl TokenEndpoint {
                     .await;
                 match sent {
                     Ok(raw) => raw,
-                    Err(HelperError::NotStarted(why)) => {
+                    Err(CarrierError::NotStarted(why)) => {
                         // Nothing was sent: send it here, without the journal.
                         tracing::warn!("{why}; sending the token request directly");
                         self.transport.send(&http, request).await?
                     }
-                    Err(HelperError::Failed { timeout, message }) => {
+                    Err(CarrierError::Failed { timeout, message }) => {
                         let mut e = self.transport.transport_failure(timeout, message);
                         // The provider may have rotated and the helper journaled it.
                         e.rotated_refresh_token = helper.journaled_successor(&replaces).await;
                         return Err(e);
                     }
-                    Err(HelperError::NotSent(message)) => {
+                    Err(CarrierError::NotSent(message)) => {
                         return Err(GrantError::transient(
                             GrantErrorKind::StoreUnavailable,
                             message,

@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::endpoint::{OAuthErrorCode, TokenEndpoint};
-use super::grant::IssuedToken;
+use super::{GrantError, IssuedToken, OAuthErrorCode, TokenEndpoint};
 use crate::config::TokenRequestConfig;
 
 /// How long a login attempt (its `state`, or its device code) stays valid.
@@ -24,8 +23,36 @@ pub trait LoginPrompt {
     fn enter_code(&self, verification_uri: &str, user_code: &str, complete: Option<&str>);
 }
 
+/// Why a login ended without a refresh token. The CLI prints it.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    /// The endpoints could not be found, or the client not built.
+    #[error("{}", .0.message)]
+    Endpoint(GrantError),
+    /// The token endpoint refused the code (or the device code).
+    #[error("{}: {}", .0.kind, .0.message)]
+    Token(GrantError),
+    #[error("{0}")]
+    NoEndpoint(&'static str),
+    #[error("cannot listen for the redirect on 127.0.0.1:{port}: {source}")]
+    Listen { port: u16, source: std::io::Error },
+    /// The redirect URI (or the authorization URL) cannot be built.
+    #[error("{0}")]
+    BadRedirect(String),
+    /// The authorization server, or the redirect, said no.
+    #[error("{0}")]
+    Refused(String),
+    /// The device authorization request failed.
+    #[error("{0}")]
+    Device(String),
+    #[error("the login expired after 10 minutes")]
+    Expired,
+    #[error("the device code expired before the login was completed{}", .last_error.as_ref().map_or(String::new(), |e| format!(" (last error: {e})")))]
+    DeviceCodeExpired { last_error: Option<String> },
+}
+
 /// What the loopback redirect brought: the code, or why the login ended.
-type Redirect = Result<String, String>;
+type Redirect = Result<String, LoginError>;
 
 /// The loopback redirect handler's state: the `state` of this attempt, and where the
 /// outcome goes.
@@ -46,10 +73,10 @@ async fn callback(
     } else if let Some(err) = params.get("error") {
         (
             "The authorization server refused the login.",
-            Some(Err(format!(
+            Some(Err(LoginError::Refused(format!(
                 "authorization failed: {}",
                 err.chars().take(100).collect::<String>()
-            ))),
+            )))),
         )
     } else if let Some(code) = params.get("code") {
         (
@@ -59,7 +86,9 @@ async fn callback(
     } else {
         (
             "The redirect carried no code.",
-            Some(Err("the redirect carried no code".to_string())),
+            Some(Err(LoginError::Refused(
+                "the redirect carried no code".to_string(),
+            ))),
         )
     };
     if let Some(outcome) = outcome {
@@ -81,17 +110,18 @@ pub async fn authorization_code(
     endpoint: &TokenEndpoint,
     port: u16,
     prompt: &dyn LoginPrompt,
-) -> Result<(IssuedToken, Option<SecretString>), String> {
-    let endpoints = endpoint.endpoints().await.map_err(|e| e.message)?;
-    let authorize = endpoints
-        .authorization
-        .ok_or("no authorization endpoint: set authorization_url or issuer")?;
+) -> Result<(IssuedToken, Option<SecretString>), LoginError> {
+    let endpoints = endpoint.endpoints().await.map_err(LoginError::Endpoint)?;
+    let authorize = endpoints.authorization.ok_or(LoginError::NoEndpoint(
+        "no authorization endpoint: set authorization_url or issuer",
+    ))?;
+    let listen = |source| LoginError::Listen { port, source };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
-        .map_err(|e| format!("cannot listen for the redirect on 127.0.0.1:{port}: {e}"))?;
+        .map_err(listen)?;
     let redirect_uri = format!(
         "http://127.0.0.1:{}/callback",
-        listener.local_addr().map_err(|e| e.to_string())?.port()
+        listener.local_addr().map_err(listen)?.port()
     );
     let AuthorizationRequest {
         url,
@@ -126,7 +156,7 @@ pub async fn authorization_code(
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     let code = match waited {
         Ok(Some(result)) => result?,
-        Ok(None) | Err(_) => return Err("the login expired after 10 minutes".into()),
+        Ok(None) | Err(_) => return Err(LoginError::Expired),
     };
     endpoint
         .exchange(vec![
@@ -136,7 +166,7 @@ pub async fn authorization_code(
             ("code_verifier", verifier.expose_secret().to_string()),
         ])
         .await
-        .map_err(|e| format!("{}: {}", e.kind, e.message))
+        .map_err(LoginError::Token)
 }
 
 /// An authorization URL with its `state` and PKCE verifier.
@@ -154,14 +184,17 @@ pub fn authorization_request(
     authorize: url::Url,
     discovered_resource: Option<String>,
     redirect_uri: &str,
-) -> Result<AuthorizationRequest, String> {
+) -> Result<AuthorizationRequest, LoginError> {
     use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
 
     let client = oauth2::basic::BasicClient::new(ClientId::new(
         c.client.client_id.clone().unwrap_or_default(),
     ))
     .set_auth_uri(AuthUrl::from_url(authorize))
-    .set_redirect_uri(RedirectUrl::new(redirect_uri.to_string()).map_err(|e| e.to_string())?);
+    .set_redirect_uri(
+        RedirectUrl::new(redirect_uri.to_string())
+            .map_err(|e| LoginError::BadRedirect(e.to_string()))?,
+    );
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let mut request = client
         .authorize_url(CsrfToken::new_random)
@@ -195,11 +228,13 @@ struct DeviceAuthorization {
 pub async fn device(
     endpoint: &TokenEndpoint,
     prompt: &dyn LoginPrompt,
-) -> Result<(IssuedToken, Option<SecretString>), String> {
-    let endpoints = endpoint.endpoints().await.map_err(|e| e.message)?;
+) -> Result<(IssuedToken, Option<SecretString>), LoginError> {
+    let endpoints = endpoint.endpoints().await.map_err(LoginError::Endpoint)?;
     let device_url = endpoints
         .device_authorization
-        .ok_or("no device authorization endpoint: set device_authorization_url or issuer")?;
+        .ok_or(LoginError::NoEndpoint(
+            "no device authorization endpoint: set device_authorization_url or issuer",
+        ))?;
     let c = endpoint.config();
     let mut form: Vec<(&'static str, String)> = Vec::new();
     if !c.scopes.is_empty() {
@@ -208,29 +243,32 @@ pub async fn device(
     if let Some(r) = c.resource.clone().or(endpoints.resource.clone()) {
         form.push(("resource", r));
     }
-    let http = endpoint.http().map_err(|e| e.message)?;
+    let http = endpoint.http().map_err(LoginError::Endpoint)?;
     let req = endpoint
         .authenticate(http.post(device_url.clone()), &mut form, &device_url)
         .await
-        .map_err(|e| e.message)?;
+        .map_err(LoginError::Endpoint)?;
     let resp = req
         .form(&form)
         .send()
         .await
-        .map_err(|e| format!("device authorization failed: {e}"))?;
+        .map_err(|e| LoginError::Device(format!("device authorization failed: {e}")))?;
     let status = resp.status();
-    let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
+    let bytes = resp
+        .bytes()
+        .await
+        .map_err(|e| LoginError::Device(e.to_string()))?;
     if !status.is_success() {
-        return Err(format!(
+        return Err(LoginError::Device(format!(
             "device authorization answered {status}: {}",
             String::from_utf8_lossy(&bytes)
                 .chars()
                 .take(300)
                 .collect::<String>()
-        ));
+        )));
     }
-    let da: DeviceAuthorization =
-        serde_json::from_slice(&bytes).map_err(|e| format!("device authorization answer: {e}"))?;
+    let da: DeviceAuthorization = serde_json::from_slice(&bytes)
+        .map_err(|e| LoginError::Device(format!("device authorization answer: {e}")))?;
     prompt.enter_code(
         &da.verification_uri,
         &da.user_code,
@@ -247,10 +285,9 @@ pub async fn device(
         tokio::time::sleep(wait).await;
         wait = interval;
         if Instant::now() > deadline {
-            let why = last_hiccup.map_or(String::new(), |e| format!(" (last error: {e})"));
-            return Err(format!(
-                "the device code expired before the login was completed{why}"
-            ));
+            return Err(LoginError::DeviceCodeExpired {
+                last_error: last_hiccup,
+            });
         }
         let result = endpoint
             .exchange(vec![
@@ -276,7 +313,7 @@ pub async fn device(
                 }
                 last_hiccup = Some(format!("{}: {}", e.kind, e.message));
             }
-            Err(e) => return Err(format!("{}: {}", e.kind, e.message)),
+            Err(e) => return Err(LoginError::Token(e)),
         }
     }
 }

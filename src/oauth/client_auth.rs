@@ -5,8 +5,8 @@
 use secrecy::ExposeSecret;
 
 use super::error::{GrantError, GrantInput};
-use super::signing::{AssertionClaims, AssertionSigner};
 use crate::config::{ClientAuthMethod, SecretRef};
+use crate::material::signing::{AssertionClaims, AssertionSigner};
 
 /// RFC 7523 §2.2: the `client_assertion_type` of a JWT assertion.
 pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -138,7 +138,7 @@ pub fn read_token(
     let value = source
         .resolve()
         .map_err(|m| GrantError::unavailable(input, m))?;
-    let left = match crate::token::jwt::peek(value.expose_secret()) {
+    let left = match crate::material::jwt::peek(value.expose_secret()) {
         Ok(facts) => facts.time_left(),
         Err(e) if must_be_jwt => {
             return Err(GrantError::unavailable(

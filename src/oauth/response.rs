@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::error::{GrantError, GrantErrorKind, OAuthErrorCode};
 use super::transport::RawResponse;
-use crate::token::grant::IssuedToken;
+use super::IssuedToken;
 
 #[derive(Deserialize)]
 struct TokenResponse {

@@ -17,7 +17,76 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{KeySource, SigningAlg, SigningConfig};
+use super::secret::SecretRef;
+
+/// JWS algorithms bearerd signs assertions with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SigningAlg {
+    RS256,
+    PS256,
+    ES256,
+    ES384,
+    EdDSA,
+}
+
+impl SigningAlg {
+    pub const ALL: [SigningAlg; 5] = [
+        SigningAlg::RS256,
+        SigningAlg::PS256,
+        SigningAlg::ES256,
+        SigningAlg::ES384,
+        SigningAlg::EdDSA,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SigningAlg::RS256 => "RS256",
+            SigningAlg::PS256 => "PS256",
+            SigningAlg::ES256 => "ES256",
+            SigningAlg::ES384 => "ES384",
+            SigningAlg::EdDSA => "EdDSA",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SigningAlg> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+}
+
+/// Where a signing key comes from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// A PEM private key.
+    Pem(SecretRef),
+    /// A Google service-account JSON key: key, key id and account in one file.
+    ServiceAccount(SecretRef),
+}
+
+impl KeySource {
+    pub fn source(&self) -> &SecretRef {
+        match self {
+            KeySource::Pem(s) | KeySource::ServiceAccount(s) => s,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            KeySource::Pem(s) => format!("private key ({})", s.describe()),
+            KeySource::ServiceAccount(s) => format!("service-account key ({})", s.describe()),
+        }
+    }
+}
+
+/// A key that signs assertions, and the header and audience they carry.
+#[derive(Debug, Clone)]
+pub struct SigningConfig {
+    pub key: KeySource,
+    pub key_id: Option<String>,
+    /// `None`: the key's own default (RS256, ES256, ES384 or EdDSA).
+    pub alg: Option<SigningAlg>,
+    /// `aud` of the assertion; `None`: the token endpoint URL.
+    pub audience: Option<String>,
+}
 
 /// How long an assertion is valid: short, so a captured one is soon worthless.
 pub const ASSERTION_LIFETIME: Duration = Duration::from_secs(60);
@@ -78,7 +147,9 @@ impl SigningAlg {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("{0}")]
-    Unreadable(String),
+    Unreadable(#[from] super::secret::SecretError),
+    #[error("cannot sign with the key: {0}")]
+    Signing(jsonwebtoken::errors::Error),
     #[error(
         "holds no PEM private key (expected BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)"
     )]
@@ -246,11 +317,7 @@ pub struct LoadedKey {
 
 /// Reads a key source once and checks it against the configured algorithm.
 pub fn load_key(config: &SigningConfig) -> Result<LoadedKey, KeyError> {
-    let text = config
-        .key
-        .source()
-        .resolve()
-        .map_err(KeyError::Unreadable)?;
+    let text = config.key.source().resolve()?;
     key_from_text(config, &text)
 }
 
@@ -330,12 +397,7 @@ impl AssertionSigner {
 
     /// The current key: the cached one while its source is unchanged, else read again.
     pub fn current_key(&self) -> Result<Arc<LoadedKey>, KeyError> {
-        let text = self
-            .config
-            .key
-            .source()
-            .resolve()
-            .map_err(KeyError::Unreadable)?;
+        let text = self.config.key.source().resolve()?;
         let fingerprint: [u8; 32] = Sha256::digest(text.expose_secret().as_bytes()).into();
         let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((fp, key)) = cached.as_ref() {
@@ -375,6 +437,6 @@ impl AssertionSigner {
         };
         jsonwebtoken::encode(&header, &body, &key.key.encoding)
             .map(SecretString::from)
-            .map_err(|e| KeyError::Unreadable(format!("cannot sign with the key: {e}")))
+            .map_err(KeyError::Signing)
     }
 }

@@ -263,8 +263,8 @@ impl GrantError {
     /// A local input that cannot be used (missing, unreadable, not a key or a JWT). It is
     /// transient: the platform rewrites projected tokens and mounted secrets, and a fixed
     /// file must be picked up on the next attempt without a restart or a command.
-    pub fn unavailable(input: GrantInput, message: impl Into<String>) -> Self {
-        GrantError::transient(GrantErrorKind::Unavailable(input), message)
+    pub fn unavailable(input: GrantInput, message: impl std::fmt::Display) -> Self {
+        GrantError::transient(GrantErrorKind::Unavailable(input), message.to_string())
     }
 }
 

@@ -1,0 +1,282 @@
+//! One type per body of the admin API. The wire names are the contract (DESIGN §3): a
+//! field renamed here is renamed for every user of `/status`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The state names of `/status` and `bearerd_credential_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialState {
+    Valid,
+    Refreshing,
+    Retrying,
+    Expired,
+    Failed,
+    LoggedOut,
+}
+
+impl CredentialState {
+    pub const ALL: [CredentialState; 6] = [
+        Self::Valid,
+        Self::Refreshing,
+        Self::Retrying,
+        Self::Expired,
+        Self::Failed,
+        Self::LoggedOut,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Valid => "valid",
+            Self::Refreshing => "refreshing",
+            Self::Retrying => "retrying",
+            Self::Expired => "expired",
+            Self::Failed => "failed",
+            Self::LoggedOut => "logged_out",
+        }
+    }
+}
+
+/// The last failed attempt: `kind` is a label such as `oauth_invalid_grant` or `http_503`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastError {
+    pub kind: String,
+    pub message: String,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// One credential that holds one token (or one subject's token). Never holds a token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CredentialStatus {
+    pub state: CredentialState,
+    pub grant: String,
+    pub client_auth: Option<String>,
+    pub expires_in_s: Option<f64>,
+    pub token_age_s: Option<f64>,
+    pub generation: u64,
+    pub refreshes: u64,
+    pub consecutive_failures: u32,
+    pub last_error: Option<LastError>,
+    pub next_refresh_in_s: Option<f64>,
+    pub scopes: Vec<String>,
+    pub has_refresh_token: bool,
+}
+
+/// A per-subject credential in `/status`: what it is and how many subjects are in each
+/// state, never which subjects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PerSubjectStatus {
+    /// Always true: what tells this shape apart.
+    pub per_subject: bool,
+    pub grant: String,
+    pub client_auth: Option<String>,
+    pub subject_header: String,
+    pub on_behalf_of: bool,
+    pub subjects_in_memory: u64,
+    pub subjects_at_rest: u64,
+    pub subjects: BTreeMap<CredentialState, u64>,
+}
+
+/// A credential in `/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum CredentialView {
+    PerSubject(PerSubjectStatus),
+    Single(CredentialStatus),
+}
+
+/// How requests reach an upstream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamRoute {
+    PathPrefix(String),
+    Listen(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamStatus {
+    pub url: String,
+    pub credential: String,
+    pub route: UpstreamRoute,
+    pub ready: bool,
+    pub per_subject: bool,
+}
+
+/// Where tokens are kept, and whether that store answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreHealth {
+    /// `memory`, `file` or `redis`.
+    pub backend: String,
+    /// Whether the last operation reached the store.
+    pub up: bool,
+    pub last_error: Option<String>,
+}
+
+/// `GET /status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub credentials: BTreeMap<String, CredentialView>,
+    pub upstreams: BTreeMap<String, UpstreamStatus>,
+    pub store: StoreHealth,
+}
+
+/// `GET /readyz`, 200 or 503.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Readiness {
+    pub ready: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The credentials that hold readiness back.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub credentials: BTreeMap<String, NotReady>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NotReady {
+    pub state: CredentialState,
+    /// Only on the admin listener: the probes listener says states only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<LastError>,
+}
+
+/// Every refusal of the admin API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+impl ErrorBody {
+    pub fn new(error: impl Into<String>) -> ErrorBody {
+        ErrorBody {
+            error: error.into(),
+            credential: None,
+            subject: None,
+        }
+    }
+}
+
+/// How a forced refresh (or a login) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Success,
+    Failed,
+    /// Still running when the server stopped waiting for it.
+    Timeout,
+}
+
+/// `POST …/refresh` (and a credential's login, which ends in a refresh).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefreshReport {
+    pub outcome: Outcome,
+    pub duration_ms: u64,
+    pub generation: u64,
+    pub previous_generation: u64,
+    pub status: CredentialStatus,
+    pub credential: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+/// `POST …/login`'s body: a refresh token the caller already holds.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct LoginRequest {
+    #[serde(serialize_with = "expose")]
+    pub refresh_token: secrecy::SecretString,
+}
+
+/// The one place a secret is written out: the login body, sent to the admin API only over
+/// a private channel (the CLI checks).
+fn expose<S: serde::Serializer>(secret: &secrecy::SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(secrecy::ExposeSecret::expose_secret(secret))
+}
+
+/// `POST …/subjects/{subject}/login`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoginReport {
+    pub outcome: Outcome,
+    pub generation: u64,
+    pub status: CredentialStatus,
+    pub credential: String,
+    pub subject: String,
+}
+
+/// `POST …/logout`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogoutReport {
+    pub credential: String,
+    /// One entry per token sent to the revocation endpoint.
+    pub revocation: Vec<Revocation>,
+    pub forgotten: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// `refresh_token` or `access_token`.
+    pub token: String,
+    /// `revoked`, or what went wrong.
+    pub outcome: String,
+}
+
+/// A subject's logout, remembered with its record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogoutRecord {
+    /// RFC 3339.
+    pub at: String,
+    /// `refresh_token: revoked`, `access_token: revocation endpoint answered 503`, …
+    pub revocation: Vec<String>,
+}
+
+/// `GET …/subjects/{subject}`, and one entry of a page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubjectStatus {
+    pub subject: String,
+    /// Held in memory (refreshed ahead of expiry), or only in the store.
+    pub in_memory: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logout: Option<LogoutRecord>,
+    #[serde(flatten)]
+    pub status: CredentialStatus,
+}
+
+/// `GET …/subjects?after=…&limit=…`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubjectPage {
+    pub subjects: Vec<SubjectStatus>,
+    /// The `after` of the next page; none on the last.
+    pub next: Option<String>,
+}
+
+/// `POST …/subjects/{subject}/connect`: where the app sends its user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectStarted {
+    pub authorize_url: String,
+    pub expires_in_s: u64,
+}
+
+/// `GET /connect/callback` after the code was redeemed (or not).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectResult {
+    pub credential: String,
+    pub subject: String,
+    pub connected: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<CredentialStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ConnectFailure>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectFailure {
+    pub kind: String,
+    pub message: String,
+}

@@ -1,0 +1,172 @@
+//! The admin API's paths: parsed by the server, built by the CLI and the proxy (the connect
+//! path of a `subject-not-connected` problem), with one percent-encoding for names.
+
+use std::fmt;
+
+use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// Everything but RFC 3986's unreserved characters is encoded.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// A path segment for a credential name or a subject.
+pub fn encode_segment(s: &str) -> String {
+    utf8_percent_encode(s, SEGMENT).to_string()
+}
+
+/// A segment as the client meant it. Bytes that are not UTF-8 become U+FFFD, which no
+/// credential name or subject holds, so such a name is simply not found (or refused).
+pub fn decode_segment(raw: &str) -> String {
+    percent_decode_str(raw).decode_utf8_lossy().into_owned()
+}
+
+/// What can be done to a credential that holds one token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialOp {
+    Refresh,
+    Logout,
+    Login,
+}
+
+impl CredentialOp {
+    pub const ALL: [CredentialOp; 3] = [Self::Refresh, Self::Logout, Self::Login];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refresh => "refresh",
+            Self::Logout => "logout",
+            Self::Login => "login",
+        }
+    }
+}
+
+/// What can be done to one subject of a per-subject credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubjectOp {
+    Refresh,
+    Logout,
+    Login,
+    Connect,
+}
+
+impl SubjectOp {
+    pub const ALL: [SubjectOp; 4] = [Self::Refresh, Self::Logout, Self::Login, Self::Connect];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refresh => "refresh",
+            Self::Logout => "logout",
+            Self::Login => "login",
+            Self::Connect => "connect",
+        }
+    }
+}
+
+fn op_named<T: Copy>(all: &[T], name: &str, as_str: fn(T) -> &'static str) -> Option<T> {
+    all.iter().copied().find(|op| as_str(*op) == name)
+}
+
+/// Every path the admin API serves (the method is the server's to check). Names and
+/// subjects are held decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminRoute {
+    Healthz,
+    Readyz,
+    Status,
+    Metrics,
+    /// `GET /connect/callback?code=…&state=…&subject=…`, relayed by the app.
+    ConnectCallback,
+    /// `POST /credentials/{name}/{op}`.
+    Credential {
+        name: String,
+        op: CredentialOp,
+    },
+    /// `GET /credentials/{name}/subjects?after=…&limit=…`.
+    Subjects {
+        name: String,
+    },
+    /// `GET /credentials/{name}/subjects/{subject}`.
+    Subject {
+        name: String,
+        subject: String,
+    },
+    /// `POST /credentials/{name}/subjects/{subject}/{op}`.
+    SubjectOp {
+        name: String,
+        subject: String,
+        op: SubjectOp,
+    },
+}
+
+impl AdminRoute {
+    /// The route of a request path (without its query), if it is one.
+    pub fn parse(path: &str) -> Option<AdminRoute> {
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        Some(match segments.as_slice() {
+            ["healthz"] => AdminRoute::Healthz,
+            ["readyz"] => AdminRoute::Readyz,
+            ["status"] => AdminRoute::Status,
+            ["metrics"] => AdminRoute::Metrics,
+            ["connect", "callback"] => AdminRoute::ConnectCallback,
+            ["credentials", name, "subjects"] => AdminRoute::Subjects {
+                name: decode_segment(name),
+            },
+            ["credentials", name, "subjects", subject] => AdminRoute::Subject {
+                name: decode_segment(name),
+                subject: decode_segment(subject),
+            },
+            ["credentials", name, "subjects", subject, op] => AdminRoute::SubjectOp {
+                name: decode_segment(name),
+                subject: decode_segment(subject),
+                op: op_named(&SubjectOp::ALL, op, SubjectOp::as_str)?,
+            },
+            ["credentials", name, op] => AdminRoute::Credential {
+                name: decode_segment(name),
+                op: op_named(&CredentialOp::ALL, op, CredentialOp::as_str)?,
+            },
+            _ => return None,
+        })
+    }
+
+    /// The credential a route names, if any.
+    pub fn credential(&self) -> Option<&str> {
+        match self {
+            AdminRoute::Credential { name, .. }
+            | AdminRoute::Subjects { name }
+            | AdminRoute::Subject { name, .. }
+            | AdminRoute::SubjectOp { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// The path, names encoded.
+impl fmt::Display for AdminRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = encode_segment;
+        match self {
+            AdminRoute::Healthz => f.write_str("/healthz"),
+            AdminRoute::Readyz => f.write_str("/readyz"),
+            AdminRoute::Status => f.write_str("/status"),
+            AdminRoute::Metrics => f.write_str("/metrics"),
+            AdminRoute::ConnectCallback => f.write_str("/connect/callback"),
+            AdminRoute::Credential { name, op } => {
+                write!(f, "/credentials/{}/{}", e(name), op.as_str())
+            }
+            AdminRoute::Subjects { name } => write!(f, "/credentials/{}/subjects", e(name)),
+            AdminRoute::Subject { name, subject } => {
+                write!(f, "/credentials/{}/subjects/{}", e(name), e(subject))
+            }
+            AdminRoute::SubjectOp { name, subject, op } => write!(
+                f,
+                "/credentials/{}/subjects/{}/{}",
+                e(name),
+                e(subject),
+                op.as_str()
+            ),
+        }
+    }
+}

@@ -1,0 +1,446 @@
+//! The commands of the `bearerd` binary: each parses nothing (clap did), calls the library
+//! or the admin API through `api`, and prints.
+
+mod admin_client;
+mod print;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use bearerd::api::{self, AdminRoute, CredentialOp, SubjectOp};
+use bearerd::config::{Config, ConfigError};
+
+use admin_client::{AdminClient, Answer};
+
+/// Why a command failed; printed as `error: …`.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Config(ConfigError),
+    #[error("cannot reach the bearerd admin API at {base}: {error}")]
+    Unreachable { base: String, error: reqwest::Error },
+    #[error("unexpected answer from {base}: {error}")]
+    Unexpected { base: String, error: String },
+    #[error("refusing to send {what} in clear to {base}: plain http is only for loopback. Reach the admin API on its host, through `kubectl port-forward` (then --admin http://127.0.0.1:PORT), or over https")]
+    NotPrivate { what: &'static str, base: String },
+    #[error("cannot start the admin client: {0}")]
+    Http(reqwest::Error),
+    #[error("cannot start a runtime: {0}")]
+    Runtime(std::io::Error),
+    /// What the sidecar (or the provider) refused, in its words.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Where the admin API is: `--admin` (or `BEARERD_ADMIN`) and `-c`.
+pub struct AdminTarget {
+    pub admin: Option<String>,
+    pub config: Option<PathBuf>,
+}
+
+/// Runs one admin-API command on a small runtime; prints errors and maps them to exit 1.
+fn with_admin<F, Fut>(target: AdminTarget, f: F) -> ExitCode
+where
+    F: FnOnce(AdminClient) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, CliError>>,
+{
+    let run = || -> Result<bool, CliError> {
+        let client = AdminClient::resolve(target.admin, target.config)?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(CliError::Runtime)?;
+        rt.block_on(f(client))
+    };
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `NAME`, or `NAME [subject]`, for messages.
+fn who(name: &str, subject: Option<&str>) -> String {
+    match subject {
+        Some(s) => format!("{name} [{s}]"),
+        None => name.to_string(),
+    }
+}
+
+/// The route of a credential's operation, or of one of its subject's.
+fn operation(name: &str, subject: Option<&str>, op: CredentialOp) -> AdminRoute {
+    let name = name.to_string();
+    match subject {
+        Some(s) => AdminRoute::SubjectOp {
+            name,
+            subject: s.to_string(),
+            op: match op {
+                CredentialOp::Refresh => SubjectOp::Refresh,
+                CredentialOp::Logout => SubjectOp::Logout,
+                CredentialOp::Login => SubjectOp::Login,
+            },
+        },
+        None => AdminRoute::Credential { name, op },
+    }
+}
+
+fn pretty(v: &impl serde::Serialize) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// `bearerd check`.
+pub fn check(config: &Path) -> ExitCode {
+    match Config::load(config) {
+        Ok(c) => {
+            println!("{}: ok", config.display());
+            print!("{}", c.describe_routes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `bearerd run`.
+pub fn run(config: &Path) -> ExitCode {
+    let mut c = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    bearerd::logging::init(c.server.log_format);
+    // The running image itself, even if the file on disk was replaced by an upgrade.
+    let proc_exe = PathBuf::from("/proc/self/exe");
+    c.server.rotation_helper = if proc_exe.exists() {
+        Some(proc_exe)
+    } else {
+        std::env::current_exe().ok()
+    };
+    tracing::info!(
+        config = %config.display(),
+        proxy = %c.server.proxy_listen,
+        admin = %c.server.admin_listen,
+        upstreams = c.upstreams.len(),
+        credentials = c.credentials.len(),
+        "bearerd starting"
+    );
+    match bearerd::Sidecar::start(c) {
+        Ok(handle) => {
+            handle.wait();
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `bearerd status [NAME] [--json] [--subjects | --subject S]`.
+pub fn status(
+    target: AdminTarget,
+    name: Option<String>,
+    json: bool,
+    subjects: bool,
+    subject: Option<String>,
+) -> ExitCode {
+    with_admin(target, |client| async move {
+        if let (Some(n), true) = (&name, subjects || subject.is_some()) {
+            return show_subjects(&client, n, subject.as_deref(), json).await;
+        }
+        let status = client.status().await?;
+        let Some(n) = &name else {
+            match json {
+                true => println!("{}", pretty(&status)),
+                false => print!("{}", print::status_table(&status)),
+            }
+            return Ok(true);
+        };
+        let Some(c) = status.credentials.get(n) else {
+            return Err(CliError::Refused(format!("no credential named {n:?}")));
+        };
+        match (json, c) {
+            (true, c) => println!("{}", pretty(c)),
+            (false, api::CredentialView::Single(c)) => print!("{}", print::credential_detail(n, c)),
+            // A per-subject credential has no token of its own to detail.
+            (false, c @ api::CredentialView::PerSubject(_)) => println!("{}", pretty(c)),
+        }
+        Ok(true)
+    })
+}
+
+/// `bearerd refresh NAME [--subject S] [--verbose]`.
+pub fn refresh(
+    target: AdminTarget,
+    name: String,
+    subject: Option<String>,
+    verbose: bool,
+) -> ExitCode {
+    with_admin(target, |client| async move {
+        let route = operation(&name, subject.as_deref(), CredentialOp::Refresh);
+        let answer = client.post::<api::RefreshReport>(&route, None).await?;
+        let name = who(&name, subject.as_deref());
+        let v = match answer {
+            Answer::Body(_, v) => v,
+            Answer::Refused(_, e) => return Err(CliError::Refused(e.error)),
+        };
+        let s = &v.status;
+        match v.outcome {
+            api::Outcome::Success => println!(
+                "{name}: refreshed in {} ms, generation {} -> {}, expires in {}",
+                v.duration_ms,
+                v.previous_generation,
+                v.generation,
+                s.expires_in_s.map_or("-".into(), |e| format!("{e}s"))
+            ),
+            outcome => println!(
+                "{name}: refresh {} after {} ms (attempt {}): {}",
+                if outcome == api::Outcome::Failed {
+                    "failed"
+                } else {
+                    "timeout"
+                },
+                v.duration_ms,
+                s.consecutive_failures,
+                print::last_error(s.last_error.as_ref()),
+            ),
+        }
+        if verbose {
+            print!("{}", print::credential_detail(&name, s));
+        }
+        Ok(v.outcome == api::Outcome::Success)
+    })
+}
+
+/// `bearerd logout NAME [--subject S]`.
+pub fn logout(target: AdminTarget, name: String, subject: Option<String>) -> ExitCode {
+    with_admin(target, |client| async move {
+        let route = operation(&name, subject.as_deref(), CredentialOp::Logout);
+        let answer = client.post::<api::LogoutReport>(&route, None).await?;
+        let name = who(&name, subject.as_deref());
+        let v = match answer {
+            Answer::Body(200, v) => v,
+            Answer::Body(code, _) => return Err(CliError::Refused(format!("{code}: refused"))),
+            Answer::Refused(_, e) => return Err(CliError::Refused(e.error)),
+        };
+        for r in &v.revocation {
+            println!("{name}: {} at the provider: {}", r.token, r.outcome);
+        }
+        if v.revocation.is_empty() {
+            println!("{name}: nothing to revoke at the provider");
+        }
+        println!("{name}: forgotten locally; requests now get 503 until a login");
+        Ok(v.forgotten)
+    })
+}
+
+/// `bearerd status NAME --subjects` (every page) or `--subject S`.
+async fn show_subjects(
+    client: &AdminClient,
+    name: &str,
+    subject: Option<&str>,
+    json: bool,
+) -> Result<bool, CliError> {
+    let refused = |code: u16, e: api::ErrorBody| CliError::Refused(format!("{code}: {}", e.error));
+    if let Some(s) = subject {
+        let route = AdminRoute::Subject {
+            name: name.to_string(),
+            subject: s.to_string(),
+        };
+        let v = match client.get::<api::SubjectStatus>(&route.to_string()).await? {
+            Answer::Body(_, v) => v,
+            Answer::Refused(code, e) => return Err(refused(code, e)),
+        };
+        match json {
+            true => println!("{}", pretty(&v)),
+            false => print!(
+                "{}",
+                print::credential_detail(&who(name, Some(s)), &v.status)
+            ),
+        }
+        return Ok(true);
+    }
+    let mut all = Vec::new();
+    let mut after = String::new();
+    let route = AdminRoute::Subjects {
+        name: name.to_string(),
+    };
+    loop {
+        let path = format!("{route}?limit=1000{after}");
+        let page = match client.get::<api::SubjectPage>(&path).await? {
+            Answer::Body(_, page) => page,
+            Answer::Refused(code, e) => return Err(refused(code, e)),
+        };
+        all.extend(page.subjects);
+        match page.next {
+            Some(next) => {
+                after = format!(
+                    "&after={}",
+                    url::form_urlencoded::byte_serialize(next.as_bytes()).collect::<String>()
+                )
+            }
+            None => break,
+        }
+    }
+    match json {
+        true => println!("{}", pretty(&serde_json::json!({ "subjects": all }))),
+        false => print!("{}", print::subjects_table(&all)),
+    }
+    Ok(true)
+}
+
+struct TerminalPrompt;
+
+impl bearerd::oauth::login::LoginPrompt for TerminalPrompt {
+    fn open_url(&self, url: &str) {
+        println!("Open this URL in a browser to log in (waiting up to 10 minutes):\n\n  {url}\n");
+    }
+    fn enter_code(&self, verification_uri: &str, user_code: &str, complete: Option<&str>) {
+        println!("Go to {verification_uri} and enter the code {user_code}");
+        if let Some(c) = complete {
+            println!("(or open {c})");
+        }
+    }
+}
+
+/// `bearerd login NAME [--subject S] [--device]`.
+pub fn login(target: AdminTarget, name: String, subject: Option<String>, device: bool) -> ExitCode {
+    let config = target
+        .config
+        .clone()
+        .or_else(|| std::env::var_os("BEARERD_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("bearerd.toml"));
+    let loaded = match Config::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    with_admin(target, |client| async move {
+        login_and_hand_over(&loaded, &name, subject.as_deref(), device, &client).await
+    })
+}
+
+/// Runs the login flow for `name` and hands the refresh token to the sidecar.
+async fn login_and_hand_over(
+    config: &Config,
+    name: &str,
+    subject: Option<&str>,
+    device: bool,
+    client: &AdminClient,
+) -> Result<bool, CliError> {
+    use bearerd::config::GrantConfig;
+    use bearerd::oauth::{login, TokenEndpoint};
+    let cred = config.credential(name).ok_or_else(|| {
+        CliError::Refused(format!(
+            "no credential named {name:?} in {}",
+            config.source.display()
+        ))
+    })?;
+    let GrantConfig::RefreshToken { request, .. } = &cred.grant else {
+        return Err(CliError::Refused(format!(
+            "credential {name} uses grant {:?}; login needs grant \"refresh_token\"",
+            cred.grant.kind()
+        )));
+    };
+    // Checked before the login, not after: a refresh token is a long-lived credential, and
+    // this is where it would travel in clear.
+    client.ensure_private("a refresh token")?;
+    let endpoint = TokenEndpoint::new(request).map_err(|e| CliError::Refused(e.to_string()))?;
+    let flow = if device {
+        login::device(&endpoint, &TerminalPrompt).await
+    } else {
+        let port = request.redirect_port.unwrap_or(0);
+        login::authorization_code(&endpoint, port, &TerminalPrompt).await
+    };
+    let (token, refresh_token) = flow.map_err(|e| CliError::Refused(e.to_string()))?;
+    let Some(refresh_token) = refresh_token else {
+        return Err(CliError::Refused(
+            "the provider issued no refresh token (does the client need the offline_access scope?)"
+                .into(),
+        ));
+    };
+    drop(token);
+    let body = api::LoginRequest { refresh_token };
+    let route = operation(name, subject, CredentialOp::Login);
+    let answer = match subject {
+        // A subject's login answers how the hand-over went; a credential's, with a refresh.
+        Some(_) => client
+            .post::<api::LoginReport>(&route, Some(&body))
+            .await?
+            .map(|r| (r.generation, r.status)),
+        None => client
+            .post::<api::RefreshReport>(&route, Some(&body))
+            .await?
+            .map(|r| (r.generation, r.status)),
+    };
+    let name = who(name, subject);
+    match answer {
+        Answer::Body(200, (generation, _)) => {
+            println!("{name}: logged in; the sidecar holds a token (generation {generation})");
+            Ok(true)
+        }
+        Answer::Body(code, (_, status)) => Err(CliError::Refused(format!(
+            "logged in at the provider, but the sidecar refused the refresh token ({code}): {}",
+            status.last_error.map_or("unknown".into(), |e| e.message)
+        ))),
+        Answer::Refused(code, e) => Err(CliError::Refused(format!(
+            "logged in at the provider, but the sidecar refused the refresh token ({code}): {}",
+            e.error
+        ))),
+    }
+}
+
+/// `bearerd inject`: the manifests' text in, the changed text out.
+pub fn inject(
+    file: Option<&Path>,
+    opts: &bearerd::inject::InjectOptions,
+    config: Option<&Path>,
+) -> ExitCode {
+    let pod_config = match config {
+        None => None,
+        Some(config) => {
+            let read = std::fs::read_to_string(config)
+                .map_err(|e| e.to_string())
+                .and_then(|t| bearerd::inject::PodConfig::from_text(&t).map_err(|e| e.to_string()));
+            match read {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    eprintln!("error: {}: {e}", config.display());
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    let text = match file.filter(|f| *f != Path::new("-")) {
+        Some(f) => {
+            std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))
+        }
+        None => {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .map(|_| s)
+                .map_err(|e| format!("cannot read stdin: {e}"))
+        }
+    };
+    match text.and_then(|t| {
+        bearerd::inject::inject_manifests(&t, opts, pod_config.as_ref()).map_err(|e| e.to_string())
+    }) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
