@@ -12,7 +12,6 @@ use bearerd::config::Config;
 use bearerd::config::{KeySource, SecretRef, SigningConfig};
 use bearerd::material::signing::{AssertionClaims, AssertionSigner};
 use bearerd::metrics::Metrics;
-use bearerd::peers::TokenServer;
 use bearerd::proxy::route::{has_dot_segment, RouteTable};
 use bearerd::proxy::target::upstream_target;
 use bearerd::proxy::{new_request_id, rewrite_request, Upstream};
@@ -21,6 +20,7 @@ use bearerd::token::grant::Grant;
 use bearerd::token::subject::{SubjectKey, SubjectRegistry, SubjectTagger};
 use bearerd::token::CredentialSlot;
 use criterion::{black_box, criterion_group, Criterion};
+use testkit::TokenServer;
 // The tests' key generator: one way to write a PEM key in the project's tests and benches.
 #[allow(dead_code)]
 #[path = "../tests/support/keys.rs"]
@@ -63,8 +63,8 @@ fn fixture() -> Fixture {
     let text = format!(
         "[credentials.api]\ngrant = \"client_credentials\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\n[upstreams.api]\nurl = \"http://127.0.0.1:1/base\"\npath_prefix = \"/api\"\ncredential = \"api\"\n",
         tokens.token_url(),
-        bearerd::peers::token_server::CLIENT_ID,
-        bearerd::peers::token_server::CLIENT_SECRET
+        testkit::token_server::CLIENT_ID,
+        testkit::token_server::CLIENT_SECRET
     );
     let config = Config::parse(Path::new("bench.toml"), &text).unwrap();
     let metrics = Arc::new(Metrics::new(["api"], ["api"]));
@@ -128,8 +128,8 @@ fn subjects_fixture(f: &Fixture, n: usize) -> (Arc<SubjectRegistry>, Vec<http::H
     let text = format!(
         "[credentials.users]\ngrant = \"refresh_token\"\ntoken_url = \"{}\"\nclient_id = \"{}\"\nclient_secret = \"{}\"\nsubject_header = \"x-bearerd-subject\"\n[upstreams.users]\nurl = \"http://127.0.0.1:1/base\"\npath_prefix = \"/users\"\ncredential = \"users\"\n",
         f._tokens.token_url(),
-        bearerd::peers::token_server::CLIENT_ID,
-        bearerd::peers::token_server::CLIENT_SECRET
+        testkit::token_server::CLIENT_ID,
+        testkit::token_server::CLIENT_SECRET
     );
     let config = Config::parse(Path::new("bench.toml"), &text).unwrap();
     let cred = &config.credentials[0];

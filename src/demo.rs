@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, LogFormat};
-use crate::peers::{token_server, TokenServer, Upstream};
 use crate::{logging, Sidecar};
+use testkit::{token_server, TokenServer, Upstream};
 
 /// The demo's config; `{…}` placeholders are filled in at startup.
 pub const DEMO_CONFIG: &str = r#"

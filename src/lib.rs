@@ -8,13 +8,13 @@ pub mod admin;
 pub mod allocator;
 pub mod api;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod inject;
 pub mod logging;
 pub mod material;
 pub mod metrics;
 pub mod oauth;
-pub mod peers;
 pub mod proxy;
 pub mod store;
 pub mod token;

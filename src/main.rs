@@ -127,6 +127,7 @@ enum Command {
         admin: AdminArgs,
     },
     /// Run an embedded token server, an echo upstream and the sidecar between them.
+    #[cfg(feature = "demo")]
     Demo {
         /// Stop after this long (e.g. "30s"); runs until Ctrl-C when absent.
         #[arg(long)]
@@ -218,6 +219,7 @@ fn main() -> ExitCode {
             println!("{}", bearerd::store::generate_key());
             ExitCode::SUCCESS
         }
+        #[cfg(feature = "demo")]
         Command::Demo {
             duration,
             token_lifetime,

@@ -1,7 +1,8 @@
 //! The layout rules of the README's Layout section, checked on the source text (this test
 //! does not link bearerd):
 //! - no import cycle: between the rooms of `src/` (its top-level modules), nor between the
-//!   modules inside any room.
+//!   modules inside any room;
+//! - no `Result<_, String>` outside `main.rs`: errors are typed at module boundaries.
 //!
 //! `cargo test --test layout` runs it; a failure names the cycle, the signature or the
 //! function.
@@ -370,6 +371,88 @@ fn no_import_cycle_between_rooms_or_between_the_modules_of_a_room() {
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
 
+/// The `Result<…>` types in `code` whose error is a bare `String`, with their line.
+fn string_results(code: &str) -> Vec<(usize, String)> {
+    let chars: Vec<char> = code.chars().collect();
+    let mut found = Vec::new();
+    let mut i = 0;
+    while let Some(at) = code[char_offset(&chars, i)..].find("Result<") {
+        let start = i + code[char_offset(&chars, i)..][..at].chars().count();
+        let open = start + "Result".len();
+        i = open + 1;
+        if start > 0 && is_ident(chars[start - 1]) {
+            continue;
+        }
+        // The top-level arguments between the angle brackets; the error is the last one
+        // (a trailing comma leaves an empty one after it).
+        let (mut depth, mut from, mut j) = (0i32, open + 1, open);
+        let mut args: Vec<String> = Vec::new();
+        while j < chars.len() {
+            match chars[j] {
+                '<' | '(' | '[' => depth += 1,
+                '>' | ')' | ']' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                ',' if depth == 1 => {
+                    args.push(
+                        chars[from..j]
+                            .iter()
+                            .filter(|c| !c.is_whitespace())
+                            .collect(),
+                    );
+                    from = j + 1;
+                }
+                _ => {}
+            }
+            j += 1;
+        }
+        let end = j.min(chars.len());
+        args.push(
+            chars[from..end]
+                .iter()
+                .filter(|c| !c.is_whitespace())
+                .collect(),
+        );
+        args.retain(|a| !a.is_empty());
+        let error = args.last().map(String::as_str).unwrap_or_default();
+        if args.len() == 2 && matches!(error, "String" | "std::string::String") {
+            let line = chars[..start].iter().filter(|c| **c == '\n').count() + 1;
+            let text: String = chars[start..=j.min(chars.len() - 1)].iter().collect();
+            found.push((line, text.split_whitespace().collect::<Vec<_>>().join(" ")));
+        }
+    }
+    found
+}
+
+fn char_offset(chars: &[char], n: usize) -> usize {
+    chars[..n.min(chars.len())]
+        .iter()
+        .map(|c| c.len_utf8())
+        .sum()
+}
+
+#[test]
+fn no_result_with_a_string_error_outside_main() {
+    let mut found = Vec::new();
+    for f in sources() {
+        if f.module.is_empty() && f.path.ends_with("main.rs") {
+            continue;
+        }
+        for (line, text) in string_results(&f.code) {
+            found.push(format!("{}:{line}: {text}", f.path.display()));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "{} Result<_, String>:\n{}",
+        found.len(),
+        found.join("\n")
+    );
+}
+
 #[test]
 fn the_checker_sees_a_cycle_and_a_string_error_when_there_is_one() {
     // The rules above pass only if the parsing finds imports at all: a checker that sees
@@ -403,4 +486,14 @@ fn the_checker_sees_a_cycle_and_a_string_error_when_there_is_one() {
     );
     let nodes: BTreeSet<Module> = edges.keys().cloned().collect();
     assert_eq!(cycles(&nodes, &edges).len(), 1);
+    let typed = "fn a() -> Result<Vec<(u8, String)>, Error> {}\nfn b() -> Result<String, E> {}";
+    assert!(string_results(typed).is_empty());
+    let untyped =
+        "fn a() -> Result<\n    Vec<u8>,\n    String,\n> {}\ntype R = Result<(), String>;";
+    assert_eq!(
+        string_results(untyped).len(),
+        2,
+        "{:?}",
+        string_results(untyped)
+    );
 }

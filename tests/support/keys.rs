@@ -10,7 +10,7 @@ use aws_lc_rs::signature::{
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
-pub use bearerd::peers::TrustedSigner;
+pub use testkit::TrustedSigner;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {

@@ -8,11 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bearerd::config::Config;
-#[allow(unused_imports)]
-pub use bearerd::peers::{
-    token_server, FailMode, TokenServer, TokenServerState, Upstream, UpstreamState,
-};
 use bearerd::{Sidecar, SidecarHandle};
+#[allow(unused_imports)]
+pub use testkit::{token_server, FailMode, TokenServer, TokenServerState, Upstream, UpstreamState};
 
 pub mod keys;
 pub mod mtls;

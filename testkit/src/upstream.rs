@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde_json::json;
 
-use super::token_server::TokenServerState;
+use crate::token_server::TokenServerState;
 
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]

@@ -16,7 +16,7 @@ use axum::{Json, Router};
 use base64::Engine;
 use serde_json::json;
 
-use super::assertions::{AssertionPolicy, TrustedSigner, Use};
+use crate::assertions::{AssertionPolicy, TrustedSigner, Use};
 
 /// How the token endpoint misbehaves.
 #[derive(Debug, Clone, PartialEq)]
