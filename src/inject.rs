@@ -334,86 +334,7 @@ fn inject_pod(
             "the pod already has a container named {CONTAINER:?} that inject did not add"
         )));
     }
-    let mut added_volumes = Vec::new();
-    let mut mounts = Vec::new();
-    let taken = names(
-        spec.get("volumes")
-            .and_then(Value::as_sequence)
-            .map_or(&[], Vec::as_slice),
-    );
-    let mut add_volume = |wanted: &str, source: Value, mount: Value| {
-        let name = free_name(&taken_plus(&taken, &added_volumes), wanted);
-        let mut volume = map(vec![("name", v(&name))]);
-        if let (Value::Mapping(vm), Value::Mapping(sm)) = (&mut volume, source) {
-            vm.extend(sm);
-        }
-        let mut mount = mount;
-        if let Value::Mapping(mm) = &mut mount {
-            mm.insert(v("name"), v(&name));
-        }
-        added_volumes.push(name);
-        mounts.push(mount);
-        volume
-    };
-    let mut volumes = vec![add_volume(
-        "bearerd-config",
-        map(vec![(
-            "configMap",
-            map(vec![("name", v(&opts.config_map))]),
-        )]),
-        map(vec![
-            ("mountPath", v(CONFIG_DIR)),
-            ("readOnly", Value::Bool(true)),
-        ]),
-    )];
-    if let Some(secret) = &opts.secret {
-        volumes.push(add_volume(
-            "bearerd-secrets",
-            map(vec![(
-                "secret",
-                map(vec![
-                    ("secretName", v(secret)),
-                    // Read-only for owner and group (the pod's fsGroup); only bearerd mounts it.
-                    ("defaultMode", Value::Number(0o440.into())),
-                ]),
-            )]),
-            map(vec![
-                ("mountPath", v(SECRET_DIR)),
-                ("readOnly", Value::Bool(true)),
-            ]),
-        ));
-    }
-    volumes.push(add_volume(
-        "bearerd-store",
-        map(vec![(
-            "emptyDir",
-            map(vec![("medium", v("Memory")), ("sizeLimit", v("1Mi"))]),
-        )]),
-        map(vec![("mountPath", v("/var/lib/bearerd"))]),
-    ));
-    if let Some(audience) = &opts.token_audience {
-        volumes.push(add_volume(
-            "bearerd-tokens",
-            map(vec![(
-                "projected",
-                map(vec![(
-                    "sources",
-                    Value::Sequence(vec![map(vec![(
-                        "serviceAccountToken",
-                        map(vec![
-                            ("path", v("token")),
-                            ("audience", v(audience)),
-                            ("expirationSeconds", Value::Number(3600.into())),
-                        ]),
-                    )])]),
-                )]),
-            )]),
-            map(vec![
-                ("mountPath", v(TOKEN_DIR)),
-                ("readOnly", Value::Bool(true)),
-            ]),
-        ));
-    }
+    let added = SidecarVolumes::for_pod(spec, opts);
     // The Secret's files and the store belong to the pod's fsGroup: bearerd runs in that
     // group (its own, 65532, when the pod sets none and inject adds it).
     let group = spec
@@ -421,6 +342,148 @@ fn inject_pod(
         .and_then(|s| s.get("fsGroup"))
         .and_then(Value::as_u64)
         .unwrap_or(UID);
+    let sidecar = sidecar_container(opts, config, group, added.mounts);
+    seq(spec, "initContainers").insert(0, sidecar);
+    seq(spec, "volumes").extend(added.volumes);
+    let added_env = add_url_env(spec, config);
+    let security = entry(spec, "securityContext");
+    let fs_group_added = security.get("fsGroup").is_none();
+    if fs_group_added {
+        entry(spec, "securityContext")
+            .as_mapping_mut()
+            .expect("a mapping")
+            .insert(v("fsGroup"), Value::Number(UID.into()));
+    }
+    // What was added, for --uninject.
+    let record = format!(
+        "volumes={};env={};fsGroup={}",
+        added.names.join(","),
+        added_env.join(","),
+        fs_group_added
+    );
+    let metadata = entry(template, "metadata");
+    entry(metadata, "annotations")
+        .as_mapping_mut()
+        .expect("a mapping")
+        .extend([
+            (v(ANNOTATION), v(env!("CARGO_PKG_VERSION"))),
+            (v(ADDED), v(&record)),
+            (v("bearerd.dev/config-map"), v(&opts.config_map)),
+            (v(CONFIG_HASH), v(&config.hash)),
+        ]);
+    entry(metadata, "labels")
+        .as_mapping_mut()
+        .expect("a mapping")
+        .insert(v(LABEL), v("true"));
+    Ok(())
+}
+
+/// The sidecar's volumes (config, secrets, store, projected token), named so as not to
+/// clash with the pod's own, and the mounts that go with them.
+struct SidecarVolumes {
+    volumes: Vec<Value>,
+    mounts: Vec<Value>,
+    names: Vec<String>,
+}
+
+impl SidecarVolumes {
+    fn for_pod(spec: &Value, opts: &InjectOptions) -> SidecarVolumes {
+        let mut added_volumes = Vec::new();
+        let mut mounts = Vec::new();
+        let taken = names(
+            spec.get("volumes")
+                .and_then(Value::as_sequence)
+                .map_or(&[], Vec::as_slice),
+        );
+        let mut add_volume = |wanted: &str, source: Value, mount: Value| {
+            let name = free_name(&taken_plus(&taken, &added_volumes), wanted);
+            let mut volume = map(vec![("name", v(&name))]);
+            if let (Value::Mapping(vm), Value::Mapping(sm)) = (&mut volume, source) {
+                vm.extend(sm);
+            }
+            let mut mount = mount;
+            if let Value::Mapping(mm) = &mut mount {
+                mm.insert(v("name"), v(&name));
+            }
+            added_volumes.push(name);
+            mounts.push(mount);
+            volume
+        };
+        let mut volumes = vec![add_volume(
+            "bearerd-config",
+            map(vec![(
+                "configMap",
+                map(vec![("name", v(&opts.config_map))]),
+            )]),
+            map(vec![
+                ("mountPath", v(CONFIG_DIR)),
+                ("readOnly", Value::Bool(true)),
+            ]),
+        )];
+        if let Some(secret) = &opts.secret {
+            volumes.push(add_volume(
+                "bearerd-secrets",
+                map(vec![(
+                    "secret",
+                    map(vec![
+                        ("secretName", v(secret)),
+                        // Read-only for owner and group (the pod's fsGroup); only bearerd mounts it.
+                        ("defaultMode", Value::Number(0o440.into())),
+                    ]),
+                )]),
+                map(vec![
+                    ("mountPath", v(SECRET_DIR)),
+                    ("readOnly", Value::Bool(true)),
+                ]),
+            ));
+        }
+        volumes.push(add_volume(
+            "bearerd-store",
+            map(vec![(
+                "emptyDir",
+                map(vec![("medium", v("Memory")), ("sizeLimit", v("1Mi"))]),
+            )]),
+            map(vec![("mountPath", v("/var/lib/bearerd"))]),
+        ));
+        if let Some(audience) = &opts.token_audience {
+            volumes.push(add_volume(
+                "bearerd-tokens",
+                map(vec![(
+                    "projected",
+                    map(vec![(
+                        "sources",
+                        Value::Sequence(vec![map(vec![(
+                            "serviceAccountToken",
+                            map(vec![
+                                ("path", v("token")),
+                                ("audience", v(audience)),
+                                ("expirationSeconds", Value::Number(3600.into())),
+                            ]),
+                        )])]),
+                    )]),
+                )]),
+                map(vec![
+                    ("mountPath", v(TOKEN_DIR)),
+                    ("readOnly", Value::Bool(true)),
+                ]),
+            ));
+        }
+        SidecarVolumes {
+            volumes,
+            mounts,
+            names: added_volumes,
+        }
+    }
+}
+
+/// The native sidecar (an init container that keeps running): its probes, resources and
+/// a locked-down security context.
+fn sidecar_container(
+    opts: &InjectOptions,
+    config: &PodConfig,
+    group: u64,
+    mounts: Vec<Value>,
+) -> Value {
     let probe = |path: &str, period: u64, failures: u64| {
         map(vec![
             (
@@ -431,7 +494,7 @@ fn inject_pod(
             ("failureThreshold", Value::Number(failures.into())),
         ])
     };
-    let sidecar = map(vec![
+    map(vec![
         ("name", v(CONTAINER)),
         ("image", v(&opts.image)),
         ("restartPolicy", v("Always")),
@@ -484,9 +547,12 @@ fn inject_pod(
             ]),
         ),
         ("volumeMounts", Value::Sequence(mounts)),
-    ]);
-    seq(spec, "initContainers").insert(0, sidecar);
-    seq(spec, "volumes").extend(volumes);
+    ])
+}
+
+/// Each app container gets `BEARERD_URL_<UPSTREAM>` (unless it sets its own); answers what
+/// was added, per container, for --uninject.
+fn add_url_env(spec: &mut Value, config: &PodConfig) -> Vec<String> {
     // Per container: an app's own value of the same name is neither replaced nor, by
     // --uninject, removed.
     let mut added_env = Vec::new();
@@ -509,36 +575,7 @@ fn inject_pod(
             added_env.push(format!("{container_name}:{}", added.join("+")));
         }
     }
-    let security = entry(spec, "securityContext");
-    let fs_group_added = security.get("fsGroup").is_none();
-    if fs_group_added {
-        entry(spec, "securityContext")
-            .as_mapping_mut()
-            .expect("a mapping")
-            .insert(v("fsGroup"), Value::Number(UID.into()));
-    }
-    // What was added, for --uninject.
-    let record = format!(
-        "volumes={};env={};fsGroup={}",
-        added_volumes.join(","),
-        added_env.join(","),
-        fs_group_added
-    );
-    let metadata = entry(template, "metadata");
-    entry(metadata, "annotations")
-        .as_mapping_mut()
-        .expect("a mapping")
-        .extend([
-            (v(ANNOTATION), v(env!("CARGO_PKG_VERSION"))),
-            (v(ADDED), v(&record)),
-            (v("bearerd.dev/config-map"), v(&opts.config_map)),
-            (v(CONFIG_HASH), v(&config.hash)),
-        ]);
-    entry(metadata, "labels")
-        .as_mapping_mut()
-        .expect("a mapping")
-        .insert(v(LABEL), v("true"));
-    Ok(())
+    added_env
 }
 
 fn taken_plus(taken: &[String], added: &[String]) -> Vec<String> {
@@ -547,95 +584,11 @@ fn taken_plus(taken: &[String], added: &[String]) -> Vec<String> {
 
 /// Takes out of one pod template what `inject_pod` recorded adding.
 fn uninject_pod(template: &mut Value) {
-    let record = template
-        .get("metadata")
-        .and_then(|m| m.get("annotations"))
-        .and_then(|a| a.get(ADDED))
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let Some(record) = record else {
+    let Some(record) = InjectionRecord::of(template) else {
         return;
     };
-    let field = |key: &str| -> Vec<String> {
-        record
-            .split(';')
-            .find_map(|part| part.strip_prefix(&format!("{key}=")))
-            .map(|list| {
-                list.split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let volumes = field("volumes");
-    // container name → the env vars inject added to it.
-    let env: Vec<(String, Vec<String>)> = field("env")
-        .iter()
-        .filter_map(|entry| {
-            let (container, names) = entry.split_once(':')?;
-            Some((
-                container.to_string(),
-                names.split('+').map(str::to_string).collect(),
-            ))
-        })
-        .collect();
-    let fs_group_added = field("fsGroup") == ["true"];
     if let Some(spec) = template.get_mut("spec") {
-        let drop_named = |items: &mut Vec<Value>, gone: &[String]| {
-            items.retain(|i| {
-                !i.get("name")
-                    .and_then(Value::as_str)
-                    .is_some_and(|n| gone.iter().any(|g| g == n))
-            });
-        };
-        for (key, gone) in [
-            ("initContainers", vec![CONTAINER.to_string()]),
-            ("volumes", volumes),
-        ] {
-            if let Some(items) = spec.get_mut(key).and_then(Value::as_sequence_mut) {
-                drop_named(items, &gone);
-            }
-            if spec
-                .get(key)
-                .and_then(Value::as_sequence)
-                .is_some_and(Vec::is_empty)
-            {
-                spec.as_mapping_mut().map(|m| m.remove(key));
-            }
-        }
-        if let Some(containers) = spec.get_mut("containers").and_then(Value::as_sequence_mut) {
-            for c in containers {
-                let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
-                let Some((_, added)) = env.iter().find(|(n, _)| n == name) else {
-                    continue;
-                };
-                if let Some(items) = c.get_mut("env").and_then(Value::as_sequence_mut) {
-                    drop_named(items, added);
-                }
-                if c.get("env")
-                    .and_then(Value::as_sequence)
-                    .is_some_and(Vec::is_empty)
-                {
-                    c.as_mapping_mut().map(|m| m.remove("env"));
-                }
-            }
-        }
-        if fs_group_added {
-            if let Some(sc) = spec
-                .get_mut("securityContext")
-                .and_then(Value::as_mapping_mut)
-            {
-                sc.remove("fsGroup");
-            }
-            if spec
-                .get("securityContext")
-                .and_then(Value::as_mapping)
-                .is_some_and(Mapping::is_empty)
-            {
-                spec.as_mapping_mut().map(|m| m.remove("securityContext"));
-            }
-        }
+        remove_from_spec(spec, record);
     }
     if let Some(metadata) = template.get_mut("metadata") {
         for (key, gone) in [
@@ -660,6 +613,119 @@ fn uninject_pod(template: &mut Value) {
         }
         if metadata.as_mapping().is_some_and(Mapping::is_empty) {
             template.as_mapping_mut().map(|m| m.remove("metadata"));
+        }
+    }
+}
+
+/// What inject added to a pod template, as its annotation records it.
+struct InjectionRecord {
+    volumes: Vec<String>,
+    /// container name → the env vars inject added to it.
+    env: Vec<(String, Vec<String>)>,
+    fs_group_added: bool,
+}
+
+impl InjectionRecord {
+    fn of(template: &Value) -> Option<InjectionRecord> {
+        let record = template
+            .get("metadata")
+            .and_then(|m| m.get("annotations"))
+            .and_then(|a| a.get(ADDED))
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let record = record?;
+        let field = |key: &str| -> Vec<String> {
+            record
+                .split(';')
+                .find_map(|part| part.strip_prefix(&format!("{key}=")))
+                .map(|list| {
+                    list.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let volumes = field("volumes");
+        // container name → the env vars inject added to it.
+        let env: Vec<(String, Vec<String>)> = field("env")
+            .iter()
+            .filter_map(|entry| {
+                let (container, names) = entry.split_once(':')?;
+                Some((
+                    container.to_string(),
+                    names.split('+').map(str::to_string).collect(),
+                ))
+            })
+            .collect();
+        let fs_group_added = field("fsGroup") == ["true"];
+        Some(InjectionRecord {
+            volumes,
+            env,
+            fs_group_added,
+        })
+    }
+}
+
+/// Takes the sidecar, its volumes, the env vars and the fsGroup inject added out of `spec`.
+fn remove_from_spec(spec: &mut Value, record: InjectionRecord) {
+    let InjectionRecord {
+        volumes,
+        env,
+        fs_group_added,
+    } = record;
+    let drop_named = |items: &mut Vec<Value>, gone: &[String]| {
+        items.retain(|i| {
+            !i.get("name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| gone.iter().any(|g| g == n))
+        });
+    };
+    for (key, gone) in [
+        ("initContainers", vec![CONTAINER.to_string()]),
+        ("volumes", volumes),
+    ] {
+        if let Some(items) = spec.get_mut(key).and_then(Value::as_sequence_mut) {
+            drop_named(items, &gone);
+        }
+        if spec
+            .get(key)
+            .and_then(Value::as_sequence)
+            .is_some_and(Vec::is_empty)
+        {
+            spec.as_mapping_mut().map(|m| m.remove(key));
+        }
+    }
+    if let Some(containers) = spec.get_mut("containers").and_then(Value::as_sequence_mut) {
+        for c in containers {
+            let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+            let Some((_, added)) = env.iter().find(|(n, _)| n == name) else {
+                continue;
+            };
+            if let Some(items) = c.get_mut("env").and_then(Value::as_sequence_mut) {
+                drop_named(items, added);
+            }
+            if c.get("env")
+                .and_then(Value::as_sequence)
+                .is_some_and(Vec::is_empty)
+            {
+                c.as_mapping_mut().map(|m| m.remove("env"));
+            }
+        }
+    }
+    if fs_group_added {
+        if let Some(sc) = spec
+            .get_mut("securityContext")
+            .and_then(Value::as_mapping_mut)
+        {
+            sc.remove("fsGroup");
+        }
+        if spec
+            .get("securityContext")
+            .and_then(Value::as_mapping)
+            .is_some_and(Mapping::is_empty)
+        {
+            spec.as_mapping_mut().map(|m| m.remove("securityContext"));
         }
     }
 }

@@ -8,14 +8,81 @@ use prometheus::{
     TextEncoder,
 };
 
-pub const TRIGGERS: [&str; 5] = ["startup", "scheduled", "on_demand", "on_401", "manual"];
-pub const RESULTS: [&str; 3] = ["success", "transient_error", "permanent_error"];
-pub const OUTCOMES_401: [&str; 4] = [
-    "replayed_ok",
-    "replayed_401",
-    "not_replayable",
-    "rate_limited",
-];
+/// An enum of a label's values, in the order they are declared: it lists its own (`ALL`)
+/// and names each (`as_str`), so a value is written once.
+macro_rules! labels {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $label:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)*
+                }
+            }
+        }
+    };
+}
+
+labels! {
+    /// What started a refresh: `trigger` of `bearerd_token_refresh_total`.
+    pub enum Trigger {
+        Startup = "startup",
+        Scheduled = "scheduled",
+        OnDemand = "on_demand",
+        On401 = "on_401",
+        Manual = "manual",
+    }
+}
+
+labels! {
+    /// How a refresh ended: `result` of `bearerd_token_refresh_total`.
+    pub enum RefreshResult {
+        Success = "success",
+        TransientError = "transient_error",
+        PermanentError = "permanent_error",
+    }
+}
+
+labels! {
+    /// What bearerd did about an upstream's 401: `outcome` of `bearerd_upstream_401_total`.
+    pub enum Outcome401 {
+        ReplayedOk = "replayed_ok",
+        Replayed401 = "replayed_401",
+        NotReplayable = "not_replayable",
+        RateLimited = "rate_limited",
+    }
+}
+
+labels! {
+    /// A store operation: `op` of `bearerd_store_operations_total`.
+    pub enum StoreOp {
+        Load = "load",
+        Save = "save",
+        Refill = "refill",
+        Remove = "remove",
+        Lease = "lease",
+        Renew = "renew",
+        Release = "release",
+    }
+}
+
+labels! {
+    /// How a store operation ended: done, refused by the store's rules (a compare-and-set
+    /// that lost, a lease someone else holds), or the store failed.
+    pub enum StoreResult {
+        Ok = "ok",
+        Conflict = "conflict",
+        Error = "error",
+    }
+}
+
 /// Statuses whose series exist from startup; others appear when first seen.
 const INITIAL_STATUSES: [&str; 5] = ["200", "401", "502", "503", "504"];
 
@@ -37,6 +104,40 @@ pub struct Metrics {
     pub subjects: IntGaugeVec,
 }
 
+/// Buckets of the latency histograms, in seconds.
+const LATENCY: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A registry that each metric joins as it is defined (names are fixed: a failure is a bug).
+struct Registering(Registry);
+
+impl Registering {
+    fn register<C: prometheus::core::Collector + Clone + 'static>(&self, c: C) -> C {
+        self.0
+            .register(Box::new(c.clone()))
+            .expect("metrics are registered once");
+        c
+    }
+
+    fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(opts(name, help), labels).expect("metric definition"))
+    }
+
+    fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        self.register(GaugeVec::new(opts(name, help), labels).expect("metric definition"))
+    }
+
+    fn int_gauge(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.register(IntGaugeVec::new(opts(name, help), labels).expect("metric definition"))
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
+        let opts = hopts(name, help, buckets.to_vec());
+        self.register(HistogramVec::new(opts, labels).expect("metric definition"))
+    }
+}
+
 fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace("bearerd")
 }
@@ -52,154 +153,109 @@ impl Metrics {
         credentials: impl IntoIterator<Item = &'a str> + Clone,
         upstreams: impl IntoIterator<Item = &'a str> + Clone,
     ) -> Metrics {
-        let latency = vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            30.0,
-        ];
+        let r = Registering(Registry::new());
         let m = Metrics {
-            registry: Registry::new(),
-            token_refresh_total: IntCounterVec::new(
-                opts(
-                    "token_refresh_total",
-                    "Token refresh attempts by trigger and result.",
-                ),
+            token_refresh_total: r.counter(
+                "token_refresh_total",
+                "Token refresh attempts by trigger and result.",
                 &["credential", "trigger", "result"],
-            )
-            .expect("metric definition"),
-            token_refresh_duration_seconds: HistogramVec::new(
-                hopts(
-                    "token_refresh_duration_seconds",
-                    "Duration of token requests.",
-                    latency.clone(),
-                ),
+            ),
+            token_refresh_duration_seconds: r.histogram(
+                "token_refresh_duration_seconds",
+                "Duration of token requests.",
+                &LATENCY,
                 &["credential"],
-            )
-            .expect("metric definition"),
-            token_expires_in_seconds: GaugeVec::new(
-                opts(
-                    "token_expires_in_seconds",
-                    "Seconds until the current token expires (0 when there is none).",
-                ),
+            ),
+            token_expires_in_seconds: r.gauge(
+                "token_expires_in_seconds",
+                "Seconds until the current token expires (0 when there is none).",
                 &["credential"],
-            )
-            .expect("metric definition"),
-            token_lifetime_seconds: GaugeVec::new(
-                opts(
-                    "token_lifetime_seconds",
-                    "The whole lifetime of the current token (0 when there is none): alerts compare what is left with it.",
-                ),
+            ),
+            token_lifetime_seconds: r.gauge(
+                "token_lifetime_seconds",
+                "The whole lifetime of the current token (0 when there is none): alerts compare what is left with it.",
                 &["credential"],
-            )
-            .expect("metric definition"),
-            refresh_failing_since: GaugeVec::new(
-                opts(
-                    "refresh_failing_since_timestamp_seconds",
-                    "Unix time of the first failed refresh since the last success (0 while refreshes succeed): how long a credential has been failing, however slowly the backoff retries.",
-                ),
+            ),
+            refresh_failing_since: r.gauge(
+                "refresh_failing_since_timestamp_seconds",
+                "Unix time of the first failed refresh since the last success (0 while refreshes succeed): how long a credential has been failing, however slowly the backoff retries.",
                 &["credential"],
-            )
-            .expect("metric definition"),
-            credential_state: IntGaugeVec::new(
-                opts(
-                    "credential_state",
-                    "1 for the state each credential is in, 0 for the others.",
-                ),
+            ),
+            credential_state: r.int_gauge(
+                "credential_state",
+                "1 for the state each credential is in, 0 for the others.",
                 &["credential", "state"],
-            )
-            .expect("metric definition"),
-            requests_total: IntCounterVec::new(
-                opts(
-                    "requests_total",
-                    "Requests answered, by upstream and status.",
-                ),
+            ),
+            requests_total: r.counter(
+                "requests_total",
+                "Requests answered, by upstream and status.",
                 &["upstream", "status"],
-            )
-            .expect("metric definition"),
-            request_duration_seconds: HistogramVec::new(
-                hopts(
-                    "request_duration_seconds",
-                    "Time from request to the response header.",
-                    latency.clone(),
-                ),
+            ),
+            request_duration_seconds: r.histogram(
+                "request_duration_seconds",
+                "Time from request to the response header.",
+                &LATENCY,
                 &["upstream"],
-            )
-            .expect("metric definition"),
-            upstream_401_total: IntCounterVec::new(
-                opts(
-                    "upstream_401_total",
-                    "401 answers from upstreams, by what bearerd did about them.",
-                ),
+            ),
+            upstream_401_total: r.counter(
+                "upstream_401_total",
+                "401 answers from upstreams, by what bearerd did about them.",
                 &["upstream", "outcome"],
-            )
-            .expect("metric definition"),
-            token_wait_seconds: HistogramVec::new(
-                hopts(
-                    "token_wait_seconds",
-                    "Time requests waited for a token.",
-                    latency,
-                ),
+            ),
+            token_wait_seconds: r.histogram(
+                "token_wait_seconds",
+                "Time requests waited for a token.",
+                &LATENCY,
                 &["credential"],
-            )
-            .expect("metric definition"),
-            store_up: prometheus::IntGauge::with_opts(opts(
-                "store_up",
-                "1 while the token store answers (always for the memory and file stores).",
-            ))
-            .expect("metric definition"),
-            store_operations_total: IntCounterVec::new(
-                opts(
-                    "store_operations_total",
-                    "Token store operations, by operation and result (ok, conflict: a compare-and-set that lost or a lease held elsewhere, error).",
-                ),
+            ),
+            store_operations_total: r.counter(
+                "store_operations_total",
+                "Token store operations, by operation and result (ok, conflict: a compare-and-set that lost or a lease held elsewhere, error).",
                 &["op", "result"],
-            )
-            .expect("metric definition"),
-            subjects: IntGaugeVec::new(
-                opts(
-                    "subjects",
-                    "Subjects of per-subject credentials held in memory, by state (never which subjects).",
-                ),
+            ),
+            subjects: r.int_gauge(
+                "subjects",
+                "Subjects of per-subject credentials held in memory, by state (never which subjects).",
                 &["credential", "state"],
-            )
-            .expect("metric definition"),
-            token_adopted_total: IntCounterVec::new(
-                opts(
-                    "token_adopted_total",
-                    "Token sets taken from the store (written by another replica) instead of a token request.",
-                ),
+            ),
+            token_adopted_total: r.counter(
+                "token_adopted_total",
+                "Token sets taken from the store (written by another replica) instead of a token request.",
                 &["credential"],
-            )
-            .expect("metric definition"),
+            ),
+            store_up: r.register(
+                prometheus::IntGauge::with_opts(opts(
+                    "store_up",
+                    "1 while the token store answers (always for the memory and file stores).",
+                ))
+                .expect("metric definition"),
+            ),
+            registry: r.0,
         };
-        for c in [
-            Box::new(m.token_refresh_total.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.token_refresh_duration_seconds.clone()),
-            Box::new(m.token_expires_in_seconds.clone()),
-            Box::new(m.token_lifetime_seconds.clone()),
-            Box::new(m.refresh_failing_since.clone()),
-            Box::new(m.credential_state.clone()),
-            Box::new(m.requests_total.clone()),
-            Box::new(m.request_duration_seconds.clone()),
-            Box::new(m.upstream_401_total.clone()),
-            Box::new(m.token_wait_seconds.clone()),
-            Box::new(m.token_adopted_total.clone()),
-            Box::new(m.store_up.clone()),
-            Box::new(m.store_operations_total.clone()),
-            Box::new(m.subjects.clone()),
-        ] {
-            m.registry.register(c).expect("metrics are registered once");
-        }
+        m.create_series(credentials, upstreams);
+        m
+    }
+
+    /// Every series of the configured credentials and upstreams, at zero, so dashboards
+    /// and alerts see them before the first event.
+    fn create_series<'a>(
+        &self,
+        credentials: impl IntoIterator<Item = &'a str>,
+        upstreams: impl IntoIterator<Item = &'a str>,
+    ) {
+        let m = self;
         m.store_up.set(1);
-        for op in crate::store::metered::StoreOp::ALL {
-            for result in crate::store::metered::RESULTS {
+        for op in StoreOp::ALL {
+            for result in StoreResult::ALL {
                 m.store_operations_total
-                    .with_label_values(&[op.as_str(), result]);
+                    .with_label_values(&[op.as_str(), result.as_str()]);
             }
         }
         for cred in credentials {
-            for t in TRIGGERS {
-                for r in RESULTS {
-                    m.token_refresh_total.with_label_values(&[cred, t, r]);
+            for t in Trigger::ALL {
+                for r in RefreshResult::ALL {
+                    m.token_refresh_total
+                        .with_label_values(&[cred, t.as_str(), r.as_str()]);
                 }
             }
             m.token_refresh_duration_seconds.with_label_values(&[cred]);
@@ -217,11 +273,10 @@ impl Metrics {
                 m.requests_total.with_label_values(&[up, s]);
             }
             m.request_duration_seconds.with_label_values(&[up]);
-            for o in OUTCOMES_401 {
-                m.upstream_401_total.with_label_values(&[up, o]);
+            for o in Outcome401::ALL {
+                m.upstream_401_total.with_label_values(&[up, o.as_str()]);
             }
         }
-        m
     }
 
     /// Creates the `subjects` series of a per-subject credential (at zero).

@@ -2,7 +2,8 @@
 //! does not link bearerd):
 //! - no import cycle: between the rooms of `src/` (its top-level modules), nor between the
 //!   modules inside any room;
-//! - no `Result<_, String>` outside `main.rs`: errors are typed at module boundaries.
+//! - no `Result<_, String>` outside `main.rs`: errors are typed at module boundaries;
+//! - no function longer than 100 lines.
 //!
 //! `cargo test --test layout` runs it; a failure names the cycle, the signature or the
 //! function.
@@ -451,6 +452,62 @@ fn no_result_with_a_string_error_outside_main() {
         found.len(),
         found.join("\n")
     );
+}
+
+#[test]
+fn no_function_over_100_lines() {
+    let mut found = Vec::new();
+    for f in sources() {
+        let lines: Vec<&str> = f.code.lines().collect();
+        let mut i = 0;
+        while i < lines.len() {
+            let Some(name) = fn_name(lines[i]) else {
+                i += 1;
+                continue;
+            };
+            let (mut depth, mut opened, mut end) = (0i32, false, i);
+            for (j, line) in lines.iter().enumerate().skip(i) {
+                for c in line.chars() {
+                    match c {
+                        '{' => {
+                            depth += 1;
+                            opened = true;
+                        }
+                        '}' => depth -= 1,
+                        _ => {}
+                    }
+                }
+                end = j;
+                if (opened && depth <= 0) || (!opened && line.trim_end().ends_with(';')) {
+                    break;
+                }
+            }
+            let length = end - i + 1;
+            if length > 100 {
+                found.push(format!(
+                    "{}:{}: fn {name} is {length} lines",
+                    f.path.display(),
+                    i + 1
+                ));
+            }
+            i += 1;
+        }
+    }
+    assert!(found.is_empty(), "{}", found.join("\n"));
+}
+
+fn fn_name(line: &str) -> Option<&str> {
+    let at = line.find("fn ")?;
+    let before = line[..at].trim();
+    let keywords_only = before.split_whitespace().all(|w| {
+        matches!(w, "pub" | "async" | "const" | "unsafe" | "extern") || w.starts_with("pub(")
+    });
+    if !keywords_only {
+        return None;
+    }
+    let rest = &line[at + 3..];
+    let end = rest.find(|c: char| !is_ident(c))?;
+    (end > 0).then(|| &rest[..end])
 }
 
 #[test]

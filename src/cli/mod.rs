@@ -361,14 +361,13 @@ async fn login_and_hand_over(
         let port = request.redirect_port.unwrap_or(0);
         login::authorization_code(&endpoint, port, &TerminalPrompt).await
     };
-    let (token, refresh_token) = flow.map_err(|e| CliError::Refused(e.to_string()))?;
-    let Some(refresh_token) = refresh_token else {
+    let token = flow.map_err(|e| CliError::Refused(e.to_string()))?;
+    let Some(refresh_token) = token.refresh_token else {
         return Err(CliError::Refused(
             "the provider issued no refresh token (does the client need the offline_access scope?)"
                 .into(),
         ));
     };
-    drop(token);
     let body = api::LoginRequest { refresh_token };
     let route = operation(name, subject, CredentialOp::Login);
     let answer = match subject {

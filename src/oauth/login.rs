@@ -110,7 +110,7 @@ pub async fn authorization_code(
     endpoint: &TokenEndpoint,
     port: u16,
     prompt: &dyn LoginPrompt,
-) -> Result<(IssuedToken, Option<SecretString>), LoginError> {
+) -> Result<IssuedToken, LoginError> {
     let endpoints = endpoint.endpoints().await.map_err(LoginError::Endpoint)?;
     let authorize = endpoints.authorization.ok_or(LoginError::NoEndpoint(
         "no authorization endpoint: set authorization_url or issuer",
@@ -228,7 +228,7 @@ struct DeviceAuthorization {
 pub async fn device(
     endpoint: &TokenEndpoint,
     prompt: &dyn LoginPrompt,
-) -> Result<(IssuedToken, Option<SecretString>), LoginError> {
+) -> Result<IssuedToken, LoginError> {
     let endpoints = endpoint.endpoints().await.map_err(LoginError::Endpoint)?;
     let device_url = endpoints
         .device_authorization

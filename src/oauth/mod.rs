@@ -36,7 +36,8 @@ pub struct IssuedToken {
     pub access_token: SecretString,
     pub lifetime: Option<Duration>,
     pub scopes: Vec<String>,
-    /// The refresh token to use next (after rotation), for grants that have one.
+    /// The refresh token the provider issued with it (a rotation), if any: the token
+    /// endpoint hands it over here, and the refresh_token grant keeps it for next time.
     pub refresh_token: Option<SecretString>,
     /// The token must be replaced within this long whatever its own lifetime says (a token
     /// exchanged for a subject token is renewed before the subject token expires).
@@ -44,6 +45,13 @@ pub struct IssuedToken {
 }
 
 impl IssuedToken {
+    /// The token without any refresh token: for grants that never use one (a provider
+    /// that sends one anyway is ignored, as before).
+    pub fn without_refresh_token(mut self) -> IssuedToken {
+        self.refresh_token = None;
+        self
+    }
+
     /// The lifetime the schedule works with: the token's own (or the default when the
     /// provider gave none), never beyond the cap.
     pub fn effective_lifetime(&self, default: Duration) -> Duration {
@@ -100,9 +108,6 @@ pub struct TokenEndpoint {
     /// Endpoints found by discovery, once it has succeeded.
     discovered: tokio::sync::OnceCell<ProviderEndpoints>,
 }
-
-/// A token answer: the token and, when the provider rotated it, the new refresh token.
-pub type Exchanged = (IssuedToken, Option<SecretString>);
 
 impl TokenEndpoint {
     pub fn new(config: &TokenRequestConfig) -> Result<Self, transport::ClientError> {
@@ -249,7 +254,7 @@ impl TokenEndpoint {
     }
 
     /// Sends one token request with `scope` added.
-    pub async fn request(&self, mut form: Form) -> Result<Exchanged, GrantError> {
+    pub async fn request(&self, mut form: Form) -> Result<IssuedToken, GrantError> {
         self.add_scope(&mut form);
         self.exchange(form).await
     }
@@ -262,7 +267,7 @@ impl TokenEndpoint {
 
     /// Sends a token request with exactly these grant fields (plus client authentication,
     /// `resource` and `params`). Used by the grants and by `bearerd login`.
-    pub async fn exchange(&self, form: Form) -> Result<Exchanged, GrantError> {
+    pub async fn exchange(&self, form: Form) -> Result<IssuedToken, GrantError> {
         self.exchange_via(form, None).await
     }
 
@@ -272,7 +277,7 @@ impl TokenEndpoint {
         &self,
         mut form: Form,
         via: Option<(&dyn Carrier, String)>,
-    ) -> Result<Exchanged, GrantError> {
+    ) -> Result<IssuedToken, GrantError> {
         let c = &self.config;
         let endpoints = self.endpoints().await?;
         let token_url = endpoints.token.ok_or_else(|| {

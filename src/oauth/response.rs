@@ -55,9 +55,7 @@ fn httpdate_parse(s: &str) -> Option<SystemTime> {
 
 /// What a token endpoint's answer means: a token (only from a well-formed 2xx), or a
 /// classified error. Total: no status, header or body makes it panic.
-pub fn classify_response(
-    raw: &RawResponse,
-) -> Result<(IssuedToken, Option<SecretString>), GrantError> {
+pub fn classify_response(raw: &RawResponse) -> Result<IssuedToken, GrantError> {
     if (200..300).contains(&raw.status) {
         return parse_success(&raw.body);
     }
@@ -69,7 +67,7 @@ pub fn classify_response(
 /// error: the provider glitched, and the next attempt may well succeed. A refresh token in
 /// such a body is still handed back (in the error): the provider has rotated, and the old
 /// one must never be sent again.
-pub fn parse_success(body: &[u8]) -> Result<(IssuedToken, Option<SecretString>), GrantError> {
+pub fn parse_success(body: &[u8]) -> Result<IssuedToken, GrantError> {
     let r: TokenResponse = serde_json::from_slice(body).map_err(|e| {
         GrantError::transient(
             GrantErrorKind::MalformedResponse,
@@ -135,16 +133,13 @@ pub fn parse_success(body: &[u8]) -> Result<(IssuedToken, Option<SecretString>),
         .scope
         .map(|s| s.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default();
-    Ok((
-        IssuedToken {
-            access_token: SecretString::from(access),
-            lifetime,
-            scopes,
-            refresh_token: None,
-            lifetime_cap: None,
-        },
-        rotated,
-    ))
+    Ok(IssuedToken {
+        access_token: SecretString::from(access),
+        lifetime,
+        scopes,
+        refresh_token: rotated,
+        lifetime_cap: None,
+    })
 }
 
 const MAX_LIFETIME_SECS: f64 = 365.0 * 86400.0;
@@ -200,10 +195,10 @@ mod tests {
 
     #[test]
     fn parses_a_normal_response() {
-        let (t, rt) = parse_success(br#"{"access_token":"abc","token_type":"bearer","expires_in":"30","refresh_token":"r2","scope":"a b"}"#).unwrap();
+        let t = parse_success(br#"{"access_token":"abc","token_type":"bearer","expires_in":"30","refresh_token":"r2","scope":"a b"}"#).unwrap();
         assert_eq!(t.lifetime, Some(Duration::from_secs(30)));
         assert_eq!(t.scopes, vec!["a", "b"]);
-        assert!(rt.is_some());
+        assert!(t.refresh_token.is_some());
     }
 
     #[test]
@@ -413,7 +408,7 @@ mod tests {
                 let outcome = super::classify_response(&raw);
                 let oracle = well_formed_success(status, &body);
                 match (&outcome, &oracle) {
-                    (Ok((token, _)), Some(access)) => {
+                    (Ok(token), Some(access)) => {
                         prop_assert_eq!(secrecy::ExposeSecret::expose_secret(&token.access_token), access.as_str());
                         prop_assert!(token.lifetime.is_none_or(|l| !l.is_zero()));
                     }

@@ -19,7 +19,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::config::UpstreamConfig;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Outcome401};
 use crate::token::subject::{InvalidSubject, SubjectKey, SubjectRegistry, SubjectUnavailable};
 use crate::token::{CredentialSlot, ReplayDecision, TokenSnapshot, TokenUnavailable};
 use problem::Problem;
@@ -59,6 +59,20 @@ pub enum UpstreamError {
 }
 
 impl Upstream {
+    /// Resolves the upstream's name again every [`resolve::RERESOLVE_EVERY`] until
+    /// `shutdown` changes (on the control runtime, never on a request).
+    pub async fn keep_resolved(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if let Err(e) = self.addr.resolve().await {
+                tracing::warn!(upstream = &*self.name, "{e}");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(resolve::RERESOLVE_EVERY) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
     fn count(&self, status: u16, elapsed: Duration) {
         match self.status_counters.get(usize::from(status)) {
             Some(cell) => cell
@@ -207,7 +221,7 @@ pub struct RequestCtx {
     /// Why no token could be had when the request was about to leave (its own ran out).
     token_unavailable: Option<TokenUnavailable>,
     replayed: bool,
-    outcome_401: Option<&'static str>,
+    outcome_401: Option<Outcome401>,
 }
 
 impl RequestCtx {
@@ -371,6 +385,133 @@ impl BearerProxy {
     }
 }
 
+impl BearerProxy {
+    /// Checks the request head and finds its upstream (and the path to send there), or the
+    /// problem to answer: a head too large, a forward-proxy request, a dot segment, no
+    /// route, a path that cannot be forwarded.
+    fn route_request<'r>(
+        &self,
+        req: &RequestHeader,
+        ctx: &mut RequestCtx,
+        rid: &'r str,
+    ) -> Result<Arc<Upstream>, Box<Problem<'r>>> {
+        // Pingora reads heads of up to 1 MiB; bearerd forwards only what an upstream (and
+        // the memory of a thousand connections) can be expected to take.
+        let head = request_head_bytes(req);
+        if head > self.max_request_header_bytes {
+            return Err(Box::new(Problem::new(
+                "request-header-too-large",
+                "Request header fields too large",
+                431,
+                format!(
+                    "the request line and headers are {head} bytes; bearerd forwards at most {} (server.max_request_header_bytes)",
+                    self.max_request_header_bytes
+                ),
+                rid,
+            )));
+        }
+        // Never an open proxy: absolute-form targets and CONNECT are refused outright, so
+        // no request can name a host that is not a configured upstream.
+        if !req.raw_path().starts_with(b"/")
+            || req.uri.authority().is_some()
+            || req.method == http::Method::CONNECT
+        {
+            return Err(Box::new(Problem::new(
+                "no-route",
+                "No route",
+                404,
+                "bearerd forwards only origin-form requests to configured upstreams; it is not a forward proxy",
+                rid,
+            )));
+        }
+        let path = req.uri.path();
+        if route::has_dot_segment(path) {
+            // `/a/../b` would leave the upstream's base path, and with it its credential.
+            return Err(Box::new(Problem::new(
+                "bad-path",
+                "Bad request",
+                400,
+                "paths with dot segments are not forwarded",
+                rid,
+            )));
+        }
+        let Some((upstream, rest)) = self.route(path) else {
+            let detail = format!("no upstream is configured for path {path:?}");
+            return Err(Box::new(Problem::new(
+                "no-route", "No route", 404, detail, rid,
+            )));
+        };
+        match target::upstream_target(&upstream.config.base_path, path, rest, req.uri.query()) {
+            None => ctx.target = None,
+            Some(Ok(uri)) => ctx.target = Some(uri),
+            Some(Err(_)) => {
+                return Err(Box::new(Problem::new(
+                    "bad-request",
+                    "Bad request",
+                    400,
+                    "the request path cannot be forwarded",
+                    rid,
+                )))
+            }
+        }
+        ctx.upstream = Some(Arc::clone(&upstream));
+        Ok(upstream)
+    }
+
+    /// A request to a delegated per-subject credential: the subject header picks the
+    /// subject's slot (in memory, or loaded from the store), then its token is taken.
+    async fn serve_subject(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        upstream: &Arc<Upstream>,
+        registry: &SubjectRegistry,
+        rid: &str,
+    ) -> pingora::Result<bool> {
+        let subject = match subject_of(session.req_header(), registry) {
+            Ok(s) => s,
+            Err(why) => {
+                let p = subject_required(upstream, registry, why, rid);
+                return self.answer(session, ctx, p).await;
+            }
+        };
+        // In memory (the common case): no allocation, no await.
+        if let Some((key, slot)) = registry.live_slot(subject) {
+            ctx.subject = Some(key);
+            return self.take_token(session, ctx, upstream, slot, rid).await;
+        }
+        let subject = match SubjectKey::parse(subject.as_bytes()) {
+            Ok(s) => s,
+            Err(why) => {
+                let p = subject_required(upstream, registry, why, rid);
+                return self.answer(session, ctx, p).await;
+            }
+        };
+        let found = registry.slot_for_request(&subject).await;
+        ctx.subject = Some(subject);
+        match found {
+            Ok(slot) => self.take_token(session, ctx, upstream, slot, rid).await,
+            Err(SubjectUnavailable::NotConnected) => {
+                let detail = "the subject has no token: connect it (the connect flow, or a login that hands over a refresh token)";
+                self.not_connected(session, ctx, upstream, rid, detail.into())
+                    .await
+            }
+            Err(SubjectUnavailable::Store(message)) => {
+                let mut p = Problem::new(
+                    "store-unavailable",
+                    "Token store unavailable",
+                    503,
+                    message,
+                    rid,
+                );
+                p.credential = Some(&upstream.slot.name);
+                p.upstream = Some(&upstream.name);
+                self.answer(session, ctx, p).await
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for BearerProxy {
     type CTX = RequestCtx;
@@ -401,81 +542,14 @@ impl ProxyHttp for BearerProxy {
             .unwrap_or_else(|| HeaderValue::from_static("-"));
         let rid = rid_value.to_str().unwrap_or("-");
 
-        // Pingora reads heads of up to 1 MiB; bearerd forwards only what an upstream (and
-        // the memory of a thousand connections) can be expected to take.
-        let head = request_head_bytes(req);
-        if head > self.max_request_header_bytes {
-            let p = Problem::new(
-                "request-header-too-large",
-                "Request header fields too large",
-                431,
-                format!(
-                    "the request line and headers are {head} bytes; bearerd forwards at most {} (server.max_request_header_bytes)",
-                    self.max_request_header_bytes
-                ),
-                rid,
-            );
-            return self.answer(session, ctx, p).await;
-        }
-
-        // Never an open proxy: absolute-form targets and CONNECT are refused outright, so
-        // no request can name a host that is not a configured upstream.
-        if !req.raw_path().starts_with(b"/")
-            || req.uri.authority().is_some()
-            || req.method == http::Method::CONNECT
-        {
-            let p = Problem::new(
-                "no-route",
-                "No route",
-                404,
-                "bearerd forwards only origin-form requests to configured upstreams; it is not a forward proxy",
-                rid,
-            );
-            return self.answer(session, ctx, p).await;
-        }
-
-        let path = req.uri.path();
-        if route::has_dot_segment(path) {
-            // `/a/../b` would leave the upstream's base path, and with it its credential.
-            let p = Problem::new(
-                "bad-path",
-                "Bad request",
-                400,
-                "paths with dot segments are not forwarded",
-                rid,
-            );
-            return self.answer(session, ctx, p).await;
-        }
-        let Some((upstream, rest)) = self.route(path) else {
-            let detail = format!("no upstream is configured for path {path:?}");
-            return self
-                .answer(
-                    session,
-                    ctx,
-                    Problem::new("no-route", "No route", 404, detail, rid),
-                )
-                .await;
+        let upstream = match self.route_request(session.req_header(), ctx, rid) {
+            Ok(upstream) => upstream,
+            Err(p) => return self.answer(session, ctx, *p).await,
         };
-        match target::upstream_target(&upstream.config.base_path, path, rest, req.uri.query()) {
-            None => ctx.target = None,
-            Some(Ok(uri)) => ctx.target = Some(uri),
-            Some(Err(_)) => {
-                let p = Problem::new(
-                    "bad-request",
-                    "Bad request",
-                    400,
-                    "the request path cannot be forwarded",
-                    rid,
-                );
-                return self.answer(session, ctx, p).await;
-            }
-        }
-        ctx.upstream = Some(Arc::clone(&upstream));
-
         let slot = match &upstream.subjects {
             None => Arc::clone(&upstream.slot),
             Some(registry) if registry.config.on_behalf_of() => {
-                match subject_token_of(req, registry) {
+                match subject_token_of(session.req_header(), registry) {
                     Ok(token) => {
                         let (subject, slot) = registry.slot_for_subject_token(&token);
                         ctx.subject = Some(subject);
@@ -488,48 +562,9 @@ impl ProxyHttp for BearerProxy {
                 }
             }
             Some(registry) => {
-                let subject = match subject_of(req, registry) {
-                    Ok(s) => s,
-                    Err(why) => {
-                        let p = subject_required(&upstream, registry, why, rid);
-                        return self.answer(session, ctx, p).await;
-                    }
-                };
-                // In memory (the common case): no allocation, no await.
-                if let Some((key, slot)) = registry.live_slot(subject) {
-                    ctx.subject = Some(key);
-                    return self.take_token(session, ctx, &upstream, slot, rid).await;
-                }
-                let subject = match SubjectKey::parse(subject.as_bytes()) {
-                    Ok(s) => s,
-                    Err(why) => {
-                        let p = subject_required(&upstream, registry, why, rid);
-                        return self.answer(session, ctx, p).await;
-                    }
-                };
-                let found = registry.slot_for_request(&subject).await;
-                ctx.subject = Some(subject);
-                match found {
-                    Ok(slot) => slot,
-                    Err(SubjectUnavailable::NotConnected) => {
-                        let detail = "the subject has no token: connect it (the connect flow, or a login that hands over a refresh token)";
-                        return self
-                            .not_connected(session, ctx, &upstream, rid, detail.into())
-                            .await;
-                    }
-                    Err(SubjectUnavailable::Store(message)) => {
-                        let mut p = Problem::new(
-                            "store-unavailable",
-                            "Token store unavailable",
-                            503,
-                            message,
-                            rid,
-                        );
-                        p.credential = Some(&upstream.slot.name);
-                        p.upstream = Some(&upstream.name);
-                        return self.answer(session, ctx, p).await;
-                    }
-                }
+                return self
+                    .serve_subject(session, ctx, &upstream, registry, rid)
+                    .await
             }
         };
         self.take_token(session, ctx, &upstream, slot, rid).await
@@ -610,7 +645,7 @@ impl ProxyHttp for BearerProxy {
     ) -> pingora::Result<()> {
         if resp.status != http::StatusCode::UNAUTHORIZED {
             if ctx.replayed && !resp.status.is_informational() {
-                ctx.outcome_401 = Some("replayed_ok");
+                ctx.outcome_401 = Some(Outcome401::ReplayedOk);
             }
             return Ok(());
         }
@@ -618,7 +653,7 @@ impl ProxyHttp for BearerProxy {
             return Ok(());
         };
         if ctx.replayed {
-            ctx.outcome_401 = Some("replayed_401");
+            ctx.outcome_401 = Some(Outcome401::Replayed401);
             return Ok(());
         }
         let rejected = token.generation;
@@ -626,7 +661,7 @@ impl ProxyHttp for BearerProxy {
             // The body is too large to send again: pass the 401 through, but refresh now so
             // the next request carries a good token.
             slot.refresh_in_background(rejected);
-            ctx.outcome_401 = Some("not_replayable");
+            ctx.outcome_401 = Some(Outcome401::NotReplayable);
             return Ok(());
         }
         match slot.refresh_if_generation(rejected).await {
@@ -645,11 +680,11 @@ impl ProxyHttp for BearerProxy {
                 Err(e)
             }
             ReplayDecision::RateLimited => {
-                ctx.outcome_401 = Some("rate_limited");
+                ctx.outcome_401 = Some(Outcome401::RateLimited);
                 Ok(())
             }
             ReplayDecision::NoNewerToken => {
-                ctx.outcome_401 = Some("not_replayable");
+                ctx.outcome_401 = Some(Outcome401::NotReplayable);
                 Ok(())
             }
         }
@@ -758,7 +793,7 @@ impl ProxyHttp for BearerProxy {
         if let Some(outcome) = ctx.outcome_401 {
             self.metrics
                 .upstream_401_total
-                .with_label_values(&[upstream, outcome])
+                .with_label_values(&[upstream, outcome.as_str()])
                 .inc();
         }
         if self.access_log {

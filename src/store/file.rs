@@ -19,19 +19,18 @@ use serde::{Deserialize, Serialize};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::watch;
 
 use super::durable::{parent_dir, sync_dir, write_and_rename};
-use super::memory::{compare_and_set, LocalCoordination};
+use super::memory::compare_and_set;
 use super::sealed::Sealer;
+use super::LocalCoordination;
 use super::{journal, lock};
 use super::{
-    HelperJournal, Lease, LeaseAnswer, SaveOutcome, StoreBackend, StoreError, StoredSet,
-    StoredSetRecord, StoredToken, TokenStore,
+    HelperJournal, SaveOutcome, StoreBackend, StoreError, StoredSet, StoredSetRecord, StoredToken,
+    TokenStore,
 };
 
 /// How long a starting sidecar waits for another instance on the store to go away.
@@ -187,27 +186,8 @@ impl TokenStore for FileStore {
         Ok(())
     }
 
-    async fn lease(
-        &self,
-        credential: &str,
-        hold_for: Duration,
-        _settle_first: bool,
-    ) -> Result<LeaseAnswer, StoreError> {
-        // One sidecar per file store (the instance claim): leases are among its refreshers.
-        Ok(self.local.lease(credential, hold_for))
-    }
-
-    async fn renew(&self, lease: &Lease, hold_for: Duration) -> Result<bool, StoreError> {
-        Ok(self.local.renew(lease, hold_for))
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
-        self.local.release(lease);
-        Ok(())
-    }
-
-    fn watch(&self, credential: &str) -> watch::Receiver<u64> {
-        self.local.watch(credential)
+    fn coordination(&self) -> &LocalCoordination {
+        &self.local
     }
 
     async fn list(

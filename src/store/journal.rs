@@ -97,7 +97,7 @@ pub(super) fn file_name(store: &Path) -> &str {
 /// A subject's record key (up to 256 bytes of subject) would make too long a file name: it
 /// is named by the key's SHA-256 instead.
 pub fn journal_path(store: &Path, credential: &str) -> PathBuf {
-    let name = if credential.contains('\n') {
+    let name = if super::RecordKey::parse(credential).subject().is_some() {
         let digest = super::fingerprint(&SecretString::from(credential.to_string()));
         format!("s{digest}")
     } else {

@@ -9,49 +9,11 @@ use prometheus::IntCounterVec;
 use tokio::sync::watch;
 
 use super::{
-    HelperJournal, Lease, LeaseAnswer, SaveOutcome, StoreBackend, StoreError, StoreHealth,
-    StoredSet, StoredToken, TokenStore,
+    HelperJournal, Lease, LeaseAnswer, LocalCoordination, SaveOutcome, StoreBackend, StoreError,
+    StoreHealth, StoredSet, StoredToken, TokenStore,
 };
 
-/// The `op` label values.
-#[derive(Debug, Clone, Copy)]
-pub enum StoreOp {
-    Load,
-    Save,
-    Refill,
-    Remove,
-    Lease,
-    Renew,
-    Release,
-}
-
-impl StoreOp {
-    pub const ALL: [StoreOp; 7] = [
-        StoreOp::Load,
-        StoreOp::Save,
-        StoreOp::Refill,
-        StoreOp::Remove,
-        StoreOp::Lease,
-        StoreOp::Renew,
-        StoreOp::Release,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StoreOp::Load => "load",
-            StoreOp::Save => "save",
-            StoreOp::Refill => "refill",
-            StoreOp::Remove => "remove",
-            StoreOp::Lease => "lease",
-            StoreOp::Renew => "renew",
-            StoreOp::Release => "release",
-        }
-    }
-}
-
-/// The `result` label values: done, refused by the store's rules (a compare-and-set that
-/// lost, a lease someone else holds), or the store failed.
-pub const RESULTS: [&str; 3] = ["ok", "conflict", "error"];
+pub use crate::metrics::{StoreOp, StoreResult};
 
 pub struct MeteredStore {
     inner: Arc<dyn TokenStore>,
@@ -65,12 +27,12 @@ impl MeteredStore {
 
     fn count<T>(&self, op: StoreOp, r: &Result<T, StoreError>, done: impl Fn(&T) -> bool) {
         let result = match r {
-            Ok(v) if done(v) => "ok",
-            Ok(_) => "conflict",
-            Err(_) => "error",
+            Ok(v) if done(v) => StoreResult::Ok,
+            Ok(_) => StoreResult::Conflict,
+            Err(_) => StoreResult::Error,
         };
         self.operations
-            .with_label_values(&[op.as_str(), result])
+            .with_label_values(&[op.as_str(), result.as_str()])
             .inc();
     }
 }
@@ -164,6 +126,10 @@ impl TokenStore for MeteredStore {
         let r = self.inner.load_many(keys).await;
         self.count(StoreOp::Load, &r, |_| true);
         r
+    }
+
+    fn coordination(&self) -> &LocalCoordination {
+        self.inner.coordination()
     }
 
     fn watch(&self, credential: &str) -> watch::Receiver<u64> {

@@ -5,12 +5,14 @@
 //! either the old set or the new one, never a torn mix, and a write touches one record only;
 //! `redis` is shared by replicas. The refresher never knows which one it talks to.
 
+mod coord;
 mod durable;
 mod file;
 pub mod journal;
 pub mod lock;
 mod memory;
 pub mod metered;
+mod record_key;
 mod redis;
 mod redis_client;
 mod redis_journal;
@@ -26,8 +28,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::StoreConfig;
+pub use coord::LocalCoordination;
 pub use file::FileStore;
 pub use memory::MemoryStore;
+pub use record_key::RecordKey;
 pub use redis::RedisStore;
 pub use redis_client::RedisFailure;
 pub use redis_journal::{
@@ -154,13 +158,19 @@ pub trait TokenStore: Send + Sync {
     /// Takes the credential's refresh lease for `hold_for`. With `settle_first`, a shared
     /// store that may have lost writes since its last lease (a server it has not seen this
     /// credential's lease on) first settles for [`STORE_SETTLE`]: no lease for anyone
-    /// meanwhile. Stores inside this process never lose writes and never settle.
+    /// meanwhile. Stores inside this process never lose writes and never settle: their
+    /// leases are among this process's refreshers (one sidecar per file store).
     async fn lease(
         &self,
         credential: &str,
         hold_for: Duration,
-        settle_first: bool,
-    ) -> Result<LeaseAnswer, StoreError>;
+        _settle_first: bool,
+    ) -> Result<LeaseAnswer, StoreError> {
+        Ok(self.coordination().lease(credential, hold_for))
+    }
+
+    /// The leases and change notifications among this process's refreshers.
+    fn coordination(&self) -> &LocalCoordination;
 
     /// Writes back a set the store lost (a shared store that restarted empty): only when
     /// the store has no record, or an older generation than `set`'s, so an older set never
@@ -170,9 +180,14 @@ pub trait TokenStore: Send + Sync {
     }
 
     /// Extends a lease this holder still has: `false` when it ran out and is gone.
-    async fn renew(&self, lease: &Lease, hold_for: Duration) -> Result<bool, StoreError>;
+    async fn renew(&self, lease: &Lease, hold_for: Duration) -> Result<bool, StoreError> {
+        Ok(self.coordination().renew(lease, hold_for))
+    }
 
-    async fn release(&self, lease: &Lease) -> Result<(), StoreError>;
+    async fn release(&self, lease: &Lease) -> Result<(), StoreError> {
+        self.coordination().release(lease);
+        Ok(())
+    }
 
     /// Record keys that start with `prefix`, in order, those after `after` only, at most
     /// `limit` (the subjects of a per-subject credential, a page at a time). A store that
@@ -220,7 +235,9 @@ pub trait TokenStore: Send + Sync {
     }
 
     /// Changes whenever the credential's record changes in the store.
-    fn watch(&self, credential: &str) -> watch::Receiver<u64>;
+    fn watch(&self, credential: &str) -> watch::Receiver<u64> {
+        self.coordination().watch(credential)
+    }
 
     /// Where a rotation helper journals the rotations of this record (stores that keep
     /// files, and Redis).
@@ -253,7 +270,12 @@ pub fn open(
             let store = FileStore::open(path, &resolve_key(key)?)?;
             // Subjects' records too: a helper may have rotated a subject's token.
             let mut keys: Vec<String> = credentials.iter().map(|(n, _)| n.to_string()).collect();
-            keys.extend(store.keys().into_iter().filter(|k| k.contains('\n')));
+            keys.extend(
+                store
+                    .keys()
+                    .into_iter()
+                    .filter(|k| RecordKey::parse(k).subject().is_some()),
+            );
             for name in &keys {
                 if store.recover_rotation(name)? {
                     tracing::info!(
@@ -449,8 +471,13 @@ impl From<StoredTokenRecord> for StoredToken {
 pub enum StoreError {
     #[error("{0}")]
     Invalid(String),
+    /// A store file could not be read or written.
     #[error("store {path}: {message}")]
     Io { path: String, message: String },
+    /// A shared store's value does not open or parse (another key, another app's prefix,
+    /// tampering); the store named as it describes itself.
+    #[error("store {store}: {message}")]
+    Unreadable { store: String, message: String },
     /// The store did not answer (a shared store that is down, slow or unreachable).
     #[error("{store} is unavailable: {message}")]
     Unavailable { store: String, message: String },
@@ -460,13 +487,9 @@ pub use crate::material::parse_store_key as parse_key;
 
 /// SHA-256 of a secret, hex: how a spent or replaced refresh token is remembered without
 /// keeping the token.
-/// A record as errors name it: a subject's never shows the subject (often an e-mail address,
-/// and errors reach the logs).
+/// A record as errors name it (see [`RecordKey::describe`]).
 pub(crate) fn record_name(key: &str) -> String {
-    match key.rsplit_once('\n') {
-        Some((credential, _)) => format!("a subject's record of credential {credential:?}"),
-        None => format!("the record for credential {key:?}"),
-    }
+    RecordKey::parse(key).describe()
 }
 
 pub fn fingerprint(secret: &SecretString) -> String {

@@ -33,7 +33,6 @@ use redis::aio::ConnectionManager;
 use secrecy::SecretString;
 use tokio::sync::watch;
 
-use super::memory::LocalCoordination;
 use super::redis_client::{
     connect_plain, within, RedisClients, RedisFailure, Reload, COMMAND_TIMEOUT, CONNECT_TIMEOUT,
 };
@@ -43,6 +42,7 @@ use super::{
     HelperJournal, Lease, LeaseAnswer, SaveOutcome, StoreBackend, StoreError, StoreHealth,
     StoredSet, StoredSetRecord, StoredToken, TokenStore,
 };
+use super::{LocalCoordination, RecordKey};
 use crate::config::RedisTls;
 
 fn settle_ms() -> u64 {
@@ -366,7 +366,11 @@ impl RedisStore {
     fn suffix(&self, credential: &str) -> String {
         // A subject's record: under its credential's binding, named by a hash of the
         // subject, so Redis key names never show a subject (often an e-mail address).
-        if let Some((name, subject)) = credential.rsplit_once('\n') {
+        if let RecordKey::Subject {
+            credential: name,
+            subject,
+        } = RecordKey::parse(credential)
+        {
             return format!("{}:s:{}", self.suffix(name), self.subject_hash(subject));
         }
         self.keys
@@ -387,9 +391,7 @@ impl RedisStore {
     /// when that server settles), shared by its subjects: a new subject on a settled store
     /// does not wait.
     fn settle_key(&self, credential: &str) -> String {
-        let name = credential
-            .rsplit_once('\n')
-            .map_or(credential, |(name, _)| name);
+        let name = RecordKey::parse(credential).credential();
         format!("{}:settle:{}", self.prefix, self.suffix(name))
     }
 
@@ -416,7 +418,13 @@ impl RedisStore {
 
     /// The index entry of a subject's record; `None` for a credential's own record.
     fn subject_entry(&self, key: &str) -> Option<SubjectEntry> {
-        let (name, subject) = key.rsplit_once('\n')?;
+        let RecordKey::Subject {
+            credential: name,
+            subject,
+        } = RecordKey::parse(key)
+        else {
+            return None;
+        };
         let hash = self.subject_hash(subject);
         let sealed = self
             .sealer
@@ -462,8 +470,8 @@ impl RedisStore {
         match existing {
             Some(sealed) => match self.sealer.open(&sealed, &self.key_check_aad()) {
                 Some(check) if check == KEY_CHECK => Ok(()),
-                _ => Err(StoreError::Io {
-                    path: self.describe(),
+                _ => Err(StoreError::Unreadable {
+                    store: self.describe(),
                     message: "the store key does not open this store's values (wrong key, or another app's prefix); nothing was changed".into(),
                 }),
             },
@@ -614,13 +622,13 @@ impl RedisStore {
         let plain = self
             .sealer
             .open(sealed, aad)
-            .ok_or_else(|| StoreError::Io {
-                path: self.describe(),
+            .ok_or_else(|| StoreError::Unreadable {
+                store: self.describe(),
                 message: format!("{what} does not open (wrong key, or tampered)"),
             })?;
         let record: StoredSetRecord =
-            serde_json::from_slice(&plain).map_err(|e| StoreError::Io {
-                path: self.describe(),
+            serde_json::from_slice(&plain).map_err(|e| StoreError::Unreadable {
+                store: self.describe(),
                 message: format!("{what} is malformed: {e}"),
             })?;
         Ok(record.into())
@@ -646,7 +654,11 @@ impl RedisStore {
     /// A subject's record under the unkeyed name an earlier bearerd gave it, moved to its
     /// keyed name (written there unless a newer set is there, then removed from the old).
     async fn adopt_unkeyed(&self, credential: &str) -> Result<Option<StoredSet>, StoreError> {
-        let Some((name, subject)) = credential.rsplit_once('\n') else {
+        let RecordKey::Subject {
+            credential: name,
+            subject,
+        } = RecordKey::parse(credential)
+        else {
             return Ok(None);
         };
         let old_suffix = format!("{}:s:{}", self.suffix(name), unkeyed_subject_hash(subject));
@@ -937,7 +949,7 @@ impl TokenStore for RedisStore {
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
         // Only a credential's subjects are indexed (`prefix` is "{credential}\n").
-        let Some(name) = prefix.strip_suffix('\n').filter(|n| !n.contains('\n')) else {
+        let Some(name) = RecordKey::credential_of_subjects_prefix(prefix) else {
             return Ok(Vec::new());
         };
         let mut min = match after.and_then(|a| a.strip_prefix(prefix)) {
@@ -1018,8 +1030,8 @@ impl TokenStore for RedisStore {
     }
 
     fn list_order(&self, key: &str) -> String {
-        match key.rsplit_once('\n') {
-            Some((_, subject)) => self.subject_hash(subject),
+        match RecordKey::parse(key).subject() {
+            Some(subject) => self.subject_hash(subject),
             None => key.to_string(),
         }
     }
@@ -1081,6 +1093,10 @@ impl TokenStore for RedisStore {
         invocation.arg(&lease.holder);
         let _: i64 = self.script(&invocation).await?;
         Ok(())
+    }
+
+    fn coordination(&self) -> &LocalCoordination {
+        &self.local
     }
 
     fn watch(&self, credential: &str) -> watch::Receiver<u64> {

@@ -4,6 +4,7 @@
 //! through one loop, so there is exactly one refresh in flight per credential.
 
 pub mod credential;
+pub mod engine;
 pub mod grant;
 pub mod refresher;
 pub mod rotation;
@@ -19,27 +20,10 @@ use http::HeaderValue;
 pub use crate::oauth::GrantErrorKind;
 pub use slot::{CredentialSlot, CredentialState, CredentialStatus};
 
-/// What started a refresh; also the `trigger` label of `bearerd_token_refresh_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Trigger {
-    Startup,
-    Scheduled,
-    OnDemand,
-    On401,
-    Manual,
-}
+/// What started a refresh (a label of `bearerd_token_refresh_total`).
+pub use crate::metrics::Trigger;
 
 impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Startup => "startup",
-            Trigger::Scheduled => "scheduled",
-            Trigger::OnDemand => "on_demand",
-            Trigger::On401 => "on_401",
-            Trigger::Manual => "manual",
-        }
-    }
-
     /// Triggered by traffic, and so subject to the rate limit.
     fn is_request_triggered(self) -> bool {
         matches!(self, Trigger::OnDemand | Trigger::On401)

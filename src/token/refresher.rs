@@ -22,6 +22,7 @@ use super::schedule::{backoff_delay, expiry_floor, refresh_delay};
 use super::slot::AttemptFailure;
 use super::GrantErrorKind;
 use super::{bearer_header, CredentialSlot, TokenSnapshot, Trigger};
+use crate::metrics::RefreshResult;
 use crate::store::{Lease, LeaseAnswer, SaveOutcome, StoredToken};
 
 /// The least time between two scheduled refreshes, whatever the token's lifetime.
@@ -573,7 +574,7 @@ fn publish_issued(
     token: IssuedToken,
     (requested, requested_wall): (Instant, SystemTime),
     elapsed: Duration,
-) -> Option<&'static str> {
+) -> Option<RefreshResult> {
     let now = Instant::now();
     let lifetime = grant
         .has_lifetime()
@@ -612,14 +613,14 @@ fn publish_issued(
         credential = &*slot.name,
         trigger = trigger.as_str(),
         attempt,
-        outcome = "success",
+        outcome = RefreshResult::Success.as_str(),
         generation,
         duration_ms = elapsed.as_millis() as u64,
         expires_in_s = lifetime.map(|l| l.as_secs_f64()),
         next_refresh_in_s = next_refresh_at.map(|n| n.saturating_duration_since(now).as_secs_f64()),
         "token refreshed"
     );
-    Some("success")
+    Some(RefreshResult::Success)
 }
 
 /// Takes a token set a connect flow obtained for a subject (the code was redeemed now):
@@ -645,7 +646,7 @@ pub(super) async fn take_connected(
         started,
         started.0.elapsed(),
     );
-    result == Some("success")
+    result == Some(RefreshResult::Success)
 }
 
 /// A subject's refresh token handed over by the app: stored, then used at once, all under
@@ -671,7 +672,7 @@ fn record_failure(
     elapsed: std::time::Duration,
     failure: &AttemptFailure,
     retry_after: Option<std::time::Duration>,
-) -> Option<&'static str> {
+) -> Option<RefreshResult> {
     let now = Instant::now();
     let record = slot.record_failure(failure, |failures| match grant.poll_interval() {
         // A watched file is read again soon whatever the error: fixing it fixes bearerd.
@@ -682,9 +683,9 @@ fn record_failure(
         }
     });
     let result = if failure.permanent {
-        "permanent_error"
+        RefreshResult::PermanentError
     } else {
-        "transient_error"
+        RefreshResult::TransientError
     };
     if grant.poll_interval().is_some() && record.repeated {
         return None;
@@ -697,7 +698,7 @@ fn record_failure(
             credential = &*slot.name,
             trigger = trigger.as_str(),
             attempt = record.consecutive_failures,
-            outcome = "permanent_error",
+            outcome = result.as_str(),
             error_kind = %failure.kind,
             error = failure.message,
             duration_ms = elapsed.as_millis() as u64,
@@ -708,7 +709,7 @@ fn record_failure(
             credential = &*slot.name,
             trigger = trigger.as_str(),
             attempt = record.consecutive_failures,
-            outcome = "transient_error",
+            outcome = result.as_str(),
             error_kind = %failure.kind,
             error = failure.message,
             duration_ms = elapsed.as_millis() as u64,

@@ -41,6 +41,18 @@ struct Control {
     logged_out: bool,
 }
 
+impl Control {
+    /// The attempt in flight is over and went well: any failure is over too.
+    fn end_in_success(&mut self, next_refresh_at: Option<Instant>) {
+        self.in_flight = false;
+        self.attempts_completed += 1;
+        self.consecutive_failures = 0;
+        self.failing_since = None;
+        self.permanent_failure = false;
+        self.next_refresh_at = next_refresh_at;
+    }
+}
+
 pub struct CredentialSlot {
     pub name: Arc<str>,
     pub grant_kind: &'static str,
@@ -516,14 +528,9 @@ impl CredentialSlot {
         let generation = token.generation;
         self.token.store(Some(Arc::new(token)));
         let attempts = c.consecutive_failures + 1;
-        c.in_flight = false;
-        c.attempts_completed += 1;
-        c.consecutive_failures = 0;
-        c.failing_since = None;
-        c.permanent_failure = false;
+        c.end_in_success(next_refresh_at);
         c.logged_out = false;
         c.refreshes += 1;
-        c.next_refresh_at = next_refresh_at;
         drop(c);
         self.bump();
         (generation, attempts)
@@ -532,14 +539,7 @@ impl CredentialSlot {
     /// Ends an attempt that found the token's source unchanged (a watched static file): the
     /// token in use stands, and any failure is over.
     pub(super) fn finish_unchanged(&self, next_refresh_at: Option<Instant>) {
-        let mut c = self.control();
-        c.in_flight = false;
-        c.attempts_completed += 1;
-        c.consecutive_failures = 0;
-        c.failing_since = None;
-        c.permanent_failure = false;
-        c.next_refresh_at = next_refresh_at;
-        drop(c);
+        self.control().end_in_success(next_refresh_at);
         self.bump();
     }
 
@@ -636,10 +636,15 @@ impl CredentialSlot {
     }
 
     /// Counts a finished attempt in `bearerd_token_refresh_total` and its duration.
-    pub(super) fn count_attempt(&self, trigger: Trigger, result: &'static str, took: Duration) {
+    pub(super) fn count_attempt(
+        &self,
+        trigger: Trigger,
+        result: crate::metrics::RefreshResult,
+        took: Duration,
+    ) {
         self.metrics
             .token_refresh_total
-            .with_label_values(&[&self.name, trigger.as_str(), result])
+            .with_label_values(&[&self.name, trigger.as_str(), result.as_str()])
             .inc();
         self.metrics
             .token_refresh_duration_seconds

@@ -14,8 +14,7 @@ pub(super) fn lower_credential(
     rc: &RawCredential,
 ) -> Result<CredentialConfig, ConfigError> {
     let key = |k: &str| format!("credentials.{name}.{k}");
-    let mut subjects = None;
-    let (grant, policy) = match rc {
+    let (grant, policy, subjects) = match rc {
         RawCredential::ClientCredentials(t) => {
             let policy = lower_policy(map, name, &t.schedule(), &t.wait())?;
             let request = lower_token_request(
@@ -26,43 +25,12 @@ pub(super) fn lower_credential(
                 ClientIdRule::Required,
                 false,
             )?;
-            (GrantConfig::ClientCredentials(request), policy)
+            (GrantConfig::ClientCredentials(request), policy, None)
         }
         RawCredential::RefreshToken(t) => {
             let policy = lower_policy(map, name, &t.schedule(), &t.wait())?;
-            let mut request = lower_token_request(
-                map,
-                name,
-                &t.grant,
-                &t.token_request(),
-                ClientIdRule::Required,
-                false,
-            )?;
-            let optional_url = |field: &str, value: &Option<String>| {
-                value
-                    .as_deref()
-                    .map(|v| http_url(map, &key(field), v))
-                    .transpose()
-            };
-            request.authorization_url = optional_url("authorization_url", &t.authorization_url)?;
-            request.device_authorization_url =
-                optional_url("device_authorization_url", &t.device_authorization_url)?;
-            request.redirect_port = t.redirect_port;
-            request.scope_on_refresh = t.scope_on_refresh.unwrap_or(false);
-            // Without a seed the credential waits for `bearerd login`.
-            let seed = t
-                .refresh_token
-                .as_ref()
-                .map(|r| lower_secret(map, &key("refresh_token"), r))
-                .transpose()?;
-            subjects = lower_subjects(map, name, t)?;
-            if subjects.is_some() && seed.is_some() {
-                return Err(map.error_at(
-                    &key("refresh_token"),
-                    "a per-subject credential (subject_header) gets a refresh token per subject (connect flow, login, or the admin API), not one configured seed",
-                ));
-            }
-            (GrantConfig::RefreshToken { request, seed }, policy)
+            let (grant, subjects) = lower_refresh_token(map, name, t)?;
+            (grant, policy, subjects)
         }
         RawCredential::Static(t) => {
             // A static token has no lifetime of its own: nothing to schedule.
@@ -77,163 +45,16 @@ pub(super) fn lower_credential(
                 ));
             };
             let token = lower_secret(map, &key("token"), token)?;
-            (GrantConfig::Static { token }, policy)
+            (GrantConfig::Static { token }, policy, None)
         }
         RawCredential::TokenExchange(t) => {
             let policy = lower_policy(map, name, &t.schedule(), &t.wait())?;
-            let request = lower_token_request(
-                map,
-                name,
-                &t.grant,
-                &t.token_request(),
-                ClientIdRule::Optional,
-                false,
-            )?;
-            let Some(subject) = &t.subject_token else {
-                return Err(map.error_at(
-                    &key("grant"),
-                    "grant \"token_exchange\" needs `subject_token = { file = \"…\" }` (or `{ header = \"…\" }` on behalf of each request's user)",
-                ));
-            };
-            let subject = match subject {
-                RawSecretRef::Header { header } => {
-                    subjects = Some(lower_on_behalf_of(map, name, header, t)?);
-                    TypedToken {
-                        // Never sent: each subject's grant takes the request's token.
-                        token: SecretRef::Value(secrecy::SecretString::from(String::new())),
-                        token_type: match &t.subject_token_type {
-                            Some(ty) => token_type_uri(map, &key("subject_token_type"), ty)?,
-                            None => TOKEN_TYPE_JWT.to_string(),
-                        },
-                    }
-                }
-                _ => {
-                    for (field, set) in [
-                        ("subject_idle", t.subject_idle.is_some()),
-                        ("max_subjects_in_memory", t.max_subjects_in_memory.is_some()),
-                    ] {
-                        if set {
-                            return Err(map.error_at(
-                                &key(field),
-                                format!("{field} belongs to on-behalf-of exchanges: subject_token = {{ header = \"…\" }}"),
-                            ));
-                        }
-                    }
-                    lower_typed_token(
-                        map,
-                        name,
-                        ("subject_token", subject),
-                        ("subject_token_type", &t.subject_token_type),
-                    )?
-                }
-            };
-            let actor = match (&t.actor_token, &t.actor_token_type) {
-                (Some(actor), ty) => Some(lower_typed_token(
-                    map,
-                    name,
-                    ("actor_token", actor),
-                    ("actor_token_type", ty),
-                )?),
-                (None, Some(_)) => {
-                    return Err(map.error_at(
-                        &key("actor_token_type"),
-                        "actor_token_type needs `actor_token`",
-                    ))
-                }
-                (None, None) => None,
-            };
-            let requested_token_type = t
-                .requested_token_type
-                .as_deref()
-                .map(|v| token_type_uri(map, &key("requested_token_type"), v))
-                .transpose()?;
-            let audience = non_empty(map, &key("audience"), &t.audience)?;
-            if request.params.contains_key("audience") {
-                return Err(map.error_at(
-                    &key("params"),
-                    "a token_exchange credential sets `audience` as a key of its own, not in params",
-                ));
-            }
-            let exchange = TokenExchangeConfig {
-                request,
-                subject,
-                actor,
-                audience,
-                requested_token_type,
-            };
-            (GrantConfig::TokenExchange(exchange), policy)
+            let (grant, subjects) = lower_token_exchange(map, name, t)?;
+            (grant, policy, subjects)
         }
         RawCredential::JwtBearer(t) => {
             let policy = lower_policy(map, name, &t.schedule(), &t.wait())?;
-            let rc = t.token_request();
-            let source = match (&rc.private_key, &t.service_account_key) {
-                (Some(_), Some(_)) => {
-                    return Err(map.error_at(
-                        &key("service_account_key"),
-                        "give `private_key` or `service_account_key`, not both",
-                    ))
-                }
-                (Some(pem), None) => (
-                    "private_key",
-                    KeySource::Pem(key_source(map, &key("private_key"), pem)?),
-                ),
-                (None, Some(sa)) => {
-                    if rc.key_id.is_some() {
-                        return Err(map.error_at(
-                            &key("key_id"),
-                            "key_id comes from the service-account key (private_key_id)",
-                        ));
-                    }
-                    (
-                        "service_account_key",
-                        KeySource::ServiceAccount(key_source(map, &key("service_account_key"), sa)?),
-                    )
-                }
-                (None, None) => {
-                    return Err(map.error_at(
-                        &key("grant"),
-                        "grant \"jwt_bearer\" needs `private_key = { file = \"…\" }` or `service_account_key = { file = \"…\" }`",
-                    ))
-                }
-            };
-            let (source_key, source) = source;
-            let (signing, loaded) = lower_signing(map, name, &rc, source, source_key)?;
-            let mut request =
-                lower_token_request(map, name, &t.grant, &rc, ClientIdRule::Optional, true)?;
-            // A service-account key names its token endpoint.
-            if let (KeySource::ServiceAccount(sa), None, None) =
-                (&signing.key, &request.token_url, &request.issuer)
-            {
-                let uri = sa
-                    .resolve()
-                    .ok()
-                    .and_then(|text| ServiceAccountKey::parse(text.expose_secret()).ok())
-                    .and_then(|k| k.token_uri);
-                if let Some(uri) = uri {
-                    request.token_url = Some(http_url(map, &key("service_account_key"), &uri)?);
-                }
-            }
-            if loaded.account.is_some() && request.scopes.is_empty() {
-                // Google refuses a service-account assertion without a scope.
-                return Err(map.error_at(
-                    &key("service_account_key"),
-                    "a service-account key needs `scopes` (they go into the assertion)",
-                ));
-            }
-            let issuer = non_empty(map, &key("assertion_issuer"), &t.assertion_issuer)?;
-            if issuer.is_none() && loaded.account.is_none() && request.client.client_id.is_none() {
-                return Err(map.error_at(
-                    &key("grant"),
-                    "grant \"jwt_bearer\" needs `client_id` or `assertion_issuer` (the assertion's issuer)",
-                ));
-            }
-            let jwt = JwtBearerConfig {
-                request,
-                signing,
-                issuer,
-                subject: non_empty(map, &key("assertion_subject"), &t.assertion_subject)?,
-            };
-            (GrantConfig::JwtBearer(jwt), policy)
+            (lower_jwt_bearer(map, name, t)?, policy, None)
         }
         RawCredential::Unknown(other) => {
             return Err(map.error_at(
@@ -260,6 +81,219 @@ pub(super) fn lower_credential(
         policy,
         subjects,
     })
+}
+
+/// A `refresh_token` credential: the token request, the login endpoints, the seed, and the
+/// subjects when it keeps one refresh token per user.
+fn lower_refresh_token(
+    map: &SourceMap,
+    name: &str,
+    t: &crate::config::raw::RawRefreshTokenCredential,
+) -> Result<(GrantConfig, Option<SubjectConfig>), ConfigError> {
+    let key = |k: &str| format!("credentials.{name}.{k}");
+    let mut request = lower_token_request(
+        map,
+        name,
+        &t.grant,
+        &t.token_request(),
+        ClientIdRule::Required,
+        false,
+    )?;
+    let optional_url = |field: &str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|v| http_url(map, &key(field), v))
+            .transpose()
+    };
+    request.authorization_url = optional_url("authorization_url", &t.authorization_url)?;
+    request.device_authorization_url =
+        optional_url("device_authorization_url", &t.device_authorization_url)?;
+    request.redirect_port = t.redirect_port;
+    request.scope_on_refresh = t.scope_on_refresh.unwrap_or(false);
+    // Without a seed the credential waits for `bearerd login`.
+    let seed = t
+        .refresh_token
+        .as_ref()
+        .map(|r| lower_secret(map, &key("refresh_token"), r))
+        .transpose()?;
+    let subjects = lower_subjects(map, name, t)?;
+    if subjects.is_some() && seed.is_some() {
+        return Err(map.error_at(
+            &key("refresh_token"),
+            "a per-subject credential (subject_header) gets a refresh token per subject (connect flow, login, or the admin API), not one configured seed",
+        ));
+    }
+    Ok((GrantConfig::RefreshToken { request, seed }, subjects))
+}
+
+/// A `token_exchange` credential (RFC 8693): a subject token from a file, or from each
+/// request's header (on behalf of its user), and an optional actor token.
+fn lower_token_exchange(
+    map: &SourceMap,
+    name: &str,
+    t: &crate::config::raw::RawTokenExchangeCredential,
+) -> Result<(GrantConfig, Option<SubjectConfig>), ConfigError> {
+    let key = |k: &str| format!("credentials.{name}.{k}");
+    let mut subjects = None;
+    let request = lower_token_request(
+        map,
+        name,
+        &t.grant,
+        &t.token_request(),
+        ClientIdRule::Optional,
+        false,
+    )?;
+    let Some(subject) = &t.subject_token else {
+        return Err(map.error_at(
+            &key("grant"),
+            "grant \"token_exchange\" needs `subject_token = { file = \"…\" }` (or `{ header = \"…\" }` on behalf of each request's user)",
+        ));
+    };
+    let subject = match subject {
+        RawSecretRef::Header { header } => {
+            subjects = Some(lower_on_behalf_of(map, name, header, t)?);
+            TypedToken {
+                // Never sent: each subject's grant takes the request's token.
+                token: SecretRef::Value(secrecy::SecretString::from(String::new())),
+                token_type: match &t.subject_token_type {
+                    Some(ty) => token_type_uri(map, &key("subject_token_type"), ty)?,
+                    None => TOKEN_TYPE_JWT.to_string(),
+                },
+            }
+        }
+        _ => {
+            for (field, set) in [
+                ("subject_idle", t.subject_idle.is_some()),
+                ("max_subjects_in_memory", t.max_subjects_in_memory.is_some()),
+            ] {
+                if set {
+                    return Err(map.error_at(
+                        &key(field),
+                        format!("{field} belongs to on-behalf-of exchanges: subject_token = {{ header = \"…\" }}"),
+                    ));
+                }
+            }
+            lower_typed_token(
+                map,
+                name,
+                ("subject_token", subject),
+                ("subject_token_type", &t.subject_token_type),
+            )?
+        }
+    };
+    let actor = match (&t.actor_token, &t.actor_token_type) {
+        (Some(actor), ty) => Some(lower_typed_token(
+            map,
+            name,
+            ("actor_token", actor),
+            ("actor_token_type", ty),
+        )?),
+        (None, Some(_)) => {
+            return Err(map.error_at(
+                &key("actor_token_type"),
+                "actor_token_type needs `actor_token`",
+            ))
+        }
+        (None, None) => None,
+    };
+    let requested_token_type = t
+        .requested_token_type
+        .as_deref()
+        .map(|v| token_type_uri(map, &key("requested_token_type"), v))
+        .transpose()?;
+    let audience = non_empty(map, &key("audience"), &t.audience)?;
+    if request.params.contains_key("audience") {
+        return Err(map.error_at(
+            &key("params"),
+            "a token_exchange credential sets `audience` as a key of its own, not in params",
+        ));
+    }
+    let exchange = TokenExchangeConfig {
+        request,
+        subject,
+        actor,
+        audience,
+        requested_token_type,
+    };
+    Ok((GrantConfig::TokenExchange(exchange), subjects))
+}
+
+/// A `jwt_bearer` credential (RFC 7523): a signing key (PEM or a service-account file),
+/// the assertion's issuer and subject.
+fn lower_jwt_bearer(
+    map: &SourceMap,
+    name: &str,
+    t: &crate::config::raw::RawJwtBearerCredential,
+) -> Result<GrantConfig, ConfigError> {
+    let key = |k: &str| format!("credentials.{name}.{k}");
+    let rc = t.token_request();
+    let source = match (&rc.private_key, &t.service_account_key) {
+        (Some(_), Some(_)) => {
+            return Err(map.error_at(
+                &key("service_account_key"),
+                "give `private_key` or `service_account_key`, not both",
+            ))
+        }
+        (Some(pem), None) => (
+            "private_key",
+            KeySource::Pem(key_source(map, &key("private_key"), pem)?),
+        ),
+        (None, Some(sa)) => {
+            if rc.key_id.is_some() {
+                return Err(map.error_at(
+                    &key("key_id"),
+                    "key_id comes from the service-account key (private_key_id)",
+                ));
+            }
+            (
+                "service_account_key",
+                KeySource::ServiceAccount(key_source(map, &key("service_account_key"), sa)?),
+            )
+        }
+        (None, None) => {
+            return Err(map.error_at(
+                &key("grant"),
+                "grant \"jwt_bearer\" needs `private_key = { file = \"…\" }` or `service_account_key = { file = \"…\" }`",
+            ))
+        }
+    };
+    let (source_key, source) = source;
+    let (signing, loaded) = lower_signing(map, name, &rc, source, source_key)?;
+    let mut request = lower_token_request(map, name, &t.grant, &rc, ClientIdRule::Optional, true)?;
+    // A service-account key names its token endpoint.
+    if let (KeySource::ServiceAccount(sa), None, None) =
+        (&signing.key, &request.token_url, &request.issuer)
+    {
+        let uri = sa
+            .resolve()
+            .ok()
+            .and_then(|text| ServiceAccountKey::parse(text.expose_secret()).ok())
+            .and_then(|k| k.token_uri);
+        if let Some(uri) = uri {
+            request.token_url = Some(http_url(map, &key("service_account_key"), &uri)?);
+        }
+    }
+    if loaded.account.is_some() && request.scopes.is_empty() {
+        // Google refuses a service-account assertion without a scope.
+        return Err(map.error_at(
+            &key("service_account_key"),
+            "a service-account key needs `scopes` (they go into the assertion)",
+        ));
+    }
+    let issuer = non_empty(map, &key("assertion_issuer"), &t.assertion_issuer)?;
+    if issuer.is_none() && loaded.account.is_none() && request.client.client_id.is_none() {
+        return Err(map.error_at(
+            &key("grant"),
+            "grant \"jwt_bearer\" needs `client_id` or `assertion_issuer` (the assertion's issuer)",
+        ));
+    }
+    let jwt = JwtBearerConfig {
+        request,
+        signing,
+        issuer,
+        subject: non_empty(map, &key("assertion_subject"), &t.assertion_subject)?,
+    };
+    Ok(GrantConfig::JwtBearer(jwt))
 }
 
 /// Request headers a subject header may not be: bearerd or HTTP itself gives them meaning.
@@ -657,6 +691,39 @@ fn lower_client_auth(
     grant_signs: bool,
 ) -> Result<ClientAuth, ConfigError> {
     let key = |k: &str| format!("credentials.{name}.{k}");
+    let method = client_auth_method(map, name, rc, grant_signs)?;
+    let at_method = key(if rc.client_auth.is_some() {
+        "client_auth"
+    } else {
+        "grant"
+    });
+    let needs = |k: &str| {
+        map.error_at(
+            &at_method,
+            format!("client_auth {:?} needs `{k}`", method.name()),
+        )
+    };
+    let client_id = rc.client_id.clone().filter(|c| !c.trim().is_empty());
+    let id_needed = client_id_rule == ClientIdRule::Required || method.needs_client_id();
+    if client_id.is_none() && (id_needed || rc.client_id.is_some()) {
+        return Err(map.error_at(
+            &key("client_id"),
+            format!("grant {grant:?} needs a non-empty `client_id`"),
+        ));
+    }
+    let method = lower_client_auth_method(map, name, rc, method, needs)?;
+    Ok(ClientAuth { client_id, method })
+}
+
+/// The client authentication method: `client_auth`, else the one the credential's keys
+/// imply. A key that belongs to another method is an error.
+fn client_auth_method(
+    map: &SourceMap,
+    name: &str,
+    rc: &RawTokenRequest,
+    grant_signs: bool,
+) -> Result<Method, ConfigError> {
+    let key = |k: &str| format!("credentials.{name}.{k}");
     let given: [(&str, bool); 8] = [
         ("client_secret", rc.client_secret.is_some()),
         ("private_key", rc.private_key.is_some()),
@@ -706,27 +773,21 @@ fn lower_client_auth(
             ));
         }
     }
-    let at_method = key(if rc.client_auth.is_some() {
-        "client_auth"
-    } else {
-        "grant"
-    });
-    let needs = |k: &str| {
-        map.error_at(
-            &at_method,
-            format!("client_auth {:?} needs `{k}`", method.name()),
-        )
-    };
-    let client_id = rc.client_id.clone().filter(|c| !c.trim().is_empty());
-    let id_needed = client_id_rule == ClientIdRule::Required || method.needs_client_id();
-    if client_id.is_none() && (id_needed || rc.client_id.is_some()) {
-        return Err(map.error_at(
-            &key("client_id"),
-            format!("grant {grant:?} needs a non-empty `client_id`"),
-        ));
-    }
+    Ok(method)
+}
+
+/// The method with what it needs read and checked: a secret, a key, a client assertion
+/// file (a JWT), or a certificate and key that belong together.
+fn lower_client_auth_method(
+    map: &SourceMap,
+    name: &str,
+    rc: &RawTokenRequest,
+    method: Method,
+    needs: impl Fn(&str) -> ConfigError,
+) -> Result<ClientAuthMethod, ConfigError> {
+    let key = |k: &str| format!("credentials.{name}.{k}");
     let required = |k: &str, raw: &Option<RawSecretRef>| raw.clone().ok_or_else(|| needs(k));
-    let method = match method {
+    Ok(match method {
         Method::Basic => ClientAuthMethod::Basic(lower_secret(
             map,
             &key("client_secret"),
@@ -767,8 +828,7 @@ fn lower_client_auth(
             ClientAuthMethod::TlsClientAuth(identity)
         }
         Method::None => ClientAuthMethod::None,
-    };
-    Ok(ClientAuth { client_id, method })
+    })
 }
 
 /// A signing key and its header: the key is read now, so a wrong kind of key, an

@@ -542,29 +542,7 @@ fn lower_upstream(
     };
     let base_path = url.path().trim_end_matches('/').to_string();
 
-    let route = match (&ru.path_prefix, &ru.listen) {
-        (Some(_), Some(_)) => {
-            return Err(map.error_at(&key("listen"), "set either `path_prefix` or `listen`, not both"))
-        }
-        (None, None) => {
-            return Err(map.error_at(
-                &key("url"),
-                "the upstream needs a route: `path_prefix = \"/name\"` or a dedicated `listen = \"127.0.0.1:PORT\"`",
-            ))
-        }
-        (Some(p), None) => {
-            let p = p.trim_end_matches('/');
-            if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
-                return Err(map.error_at(&key("path_prefix"), format!("path_prefix {p:?} must start with '/' and hold only a path")));
-            }
-            if p.is_empty() {
-                return Err(map.error_at(&key("path_prefix"), "path_prefix \"/\" would route everything; use a dedicated `listen` instead"));
-            }
-            RouteConfig::Prefix(p.to_string())
-        }
-        (None, Some(l)) => RouteConfig::Listen(socket_addr(map, &key("listen"), l)?),
-    };
-
+    let route = lower_route(map, name, ru)?;
     let Some(&credential) = credentials.get(&ru.credential) else {
         let known: Vec<&str> = credentials.keys().map(String::as_str).collect();
         return Err(map.error_at(
@@ -624,5 +602,33 @@ fn lower_upstream(
             })
             .transpose()?,
         url,
+    })
+}
+
+/// How requests reach an upstream: a path prefix on the proxy listener, or a listener of
+/// its own.
+fn lower_route(map: &SourceMap, name: &str, ru: &RawUpstream) -> Result<RouteConfig, ConfigError> {
+    let key = |k: &str| format!("upstreams.{name}.{k}");
+    Ok(match (&ru.path_prefix, &ru.listen) {
+        (Some(_), Some(_)) => {
+            return Err(map.error_at(&key("listen"), "set either `path_prefix` or `listen`, not both"))
+        }
+        (None, None) => {
+            return Err(map.error_at(
+                &key("url"),
+                "the upstream needs a route: `path_prefix = \"/name\"` or a dedicated `listen = \"127.0.0.1:PORT\"`",
+            ))
+        }
+        (Some(p), None) => {
+            let p = p.trim_end_matches('/');
+            if !p.starts_with('/') || p.contains(['?', '#', ' ']) {
+                return Err(map.error_at(&key("path_prefix"), format!("path_prefix {p:?} must start with '/' and hold only a path")));
+            }
+            if p.is_empty() {
+                return Err(map.error_at(&key("path_prefix"), "path_prefix \"/\" would route everything; use a dedicated `listen` instead"));
+            }
+            RouteConfig::Prefix(p.to_string())
+        }
+        (None, Some(l)) => RouteConfig::Listen(socket_addr(map, &key("listen"), l)?),
     })
 }

@@ -18,6 +18,9 @@ impl ClientCredentials {
 
     pub async fn obtain(&self) -> Result<IssuedToken, GrantError> {
         let form = vec![("grant_type", "client_credentials".to_string())];
-        self.endpoint.request(form).await.map(|(t, _)| t)
+        self.endpoint
+            .request(form)
+            .await
+            .map(IssuedToken::without_refresh_token)
     }
 }

@@ -82,11 +82,11 @@ impl JwtBearer {
             ("grant_type", GRANT_TYPE.to_string()),
             ("assertion", assertion.expose_secret().to_string()),
         ];
-        let (token, _) = if in_assertion {
+        let token = if in_assertion {
             self.endpoint.exchange(form).await?
         } else {
             self.endpoint.request(form).await?
         };
-        Ok(token)
+        Ok(token.without_refresh_token())
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::rotation::DurableRotation;
+use super::rotation::{DurableRotation, RotationHelper};
 use crate::config::GrantConfig;
 pub use crate::oauth::IssuedToken;
 use crate::oauth::TokenEndpoint;
@@ -77,6 +77,24 @@ impl Grant {
 
     /// Runs this grant's rotating exchanges through the rotation helper (refresh-token grants
     /// on a file or Redis store; other grants have nothing to lose).
+    /// Sends this grant's rotating exchanges (of the record `record`) through the rotation
+    /// helper, when the store journals rotations (a file store, Redis) and the sidecar has
+    /// a helper.
+    pub fn carry_rotations(
+        &mut self,
+        store: &dyn crate::store::TokenStore,
+        helper: Option<&Arc<RotationHelper>>,
+        record: &str,
+    ) {
+        if let (Some(journal), Some(helper)) = (store.helper_journal(record), helper) {
+            self.make_rotation_durable(DurableRotation {
+                helper: Arc::clone(helper),
+                journal,
+                credential: record.to_string(),
+            });
+        }
+    }
+
     pub fn make_rotation_durable(&mut self, rotation: DurableRotation) {
         match self {
             Grant::RefreshToken(g) => g.make_durable(rotation),

@@ -145,9 +145,9 @@ impl RefreshTokenGrant {
             .as_deref()
             .map(|d| (d as &dyn Carrier, fingerprint(&rt)));
         match self.endpoint.exchange_via(form, via).await {
-            Ok((mut token, rotated)) => {
+            Ok(mut token) => {
                 // Keep the old one when the provider does not rotate.
-                let next = rotated.unwrap_or(rt);
+                let next = token.refresh_token.take().unwrap_or(rt);
                 *current = Some(next.clone());
                 token.refresh_token = Some(next);
                 Ok(token)

@@ -87,7 +87,7 @@ impl TokenExchange {
         if let Some(t) = &self.requested_token_type {
             form.push(("requested_token_type", t.clone()));
         }
-        let (mut token, _) = self.endpoint.request(form).await?;
+        let mut token = self.endpoint.request(form).await?.without_refresh_token();
         token.lifetime_cap = cap;
         Ok(token)
     }

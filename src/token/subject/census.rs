@@ -123,6 +123,73 @@ impl RestingCensus {
     }
 }
 
+use std::time::SystemTime;
+
+use super::{stored_state, SubjectKey};
+use crate::store::StoreError;
+
+impl super::SubjectRegistry {
+    /// Counts the subjects at rest in the store by state, a page at a time (see
+    /// [`census`]); answers how many it found.
+    pub async fn take_census(&self) -> Result<usize, StoreError> {
+        const PAGE: usize = 500;
+        if self.config.on_behalf_of() {
+            return Ok(0); // nothing of theirs is stored
+        }
+        // One census at a time: the moves noted during one belong to it alone.
+        let _one_at_a_time = self.census_running.lock().await;
+        let prefix = SubjectKey::store_prefix(&self.credential);
+        let mut count = self.census.begin();
+        let mut found = 0;
+        let mut after: Option<String> = None;
+        loop {
+            let keys = match self.store.list(&prefix, after.as_deref(), PAGE).await {
+                Ok(keys) => keys,
+                Err(e) => {
+                    self.census.abandon();
+                    return Err(e);
+                }
+            };
+            let resting: Vec<(SubjectKey, String)> = keys
+                .iter()
+                .filter_map(|k| {
+                    SubjectKey::from_store_key(&self.credential, k).map(|s| (s, k.clone()))
+                })
+                .filter(|(s, _)| !self.live.contains_key(s))
+                .collect();
+            let store_keys: Vec<String> = resting.iter().map(|(_, k)| k.clone()).collect();
+            let sets = match self.store.load_many(&store_keys).await {
+                Ok(sets) => sets,
+                // One record that does not open must not stop the count: the page again,
+                // record by record, leaving out those that fail.
+                Err(_) => {
+                    let mut sets = Vec::with_capacity(store_keys.len());
+                    for key in &store_keys {
+                        sets.push(self.store.load(key).await.ok().flatten());
+                    }
+                    sets
+                }
+            };
+            let now = SystemTime::now();
+            for ((subject, _), set) in resting.iter().zip(sets) {
+                if let Some(set) = set {
+                    self.census
+                        .found(&mut count, subject.as_str(), stored_state(&set.token, now));
+                    found += 1;
+                }
+            }
+            if keys.len() < PAGE {
+                break;
+            }
+            after = keys.last().cloned();
+            // A large store is counted in slices, between the runtime's other work.
+            tokio::task::yield_now().await;
+        }
+        self.census.finish(count);
+        Ok(found)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

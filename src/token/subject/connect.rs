@@ -198,6 +198,48 @@ fn from_shared(bytes: &[u8]) -> Option<PendingConnect> {
     })
 }
 
+use tracing::Instrument;
+
+use super::{live_status, SubjectStatus};
+
+impl super::SubjectRegistry {
+    /// Ends a connect flow: redeems the code (with the flow's PKCE verifier and redirect
+    /// URI), then stores and publishes the subject's tokens. Nothing is stored when the
+    /// provider refuses.
+    pub async fn redeem(
+        &self,
+        flow: PendingConnect,
+        code: String,
+    ) -> Result<SubjectStatus, crate::oauth::GrantError> {
+        use secrecy::ExposeSecret;
+        let started = (Instant::now(), SystemTime::now());
+        let token = self
+            .endpoint
+            .exchange(vec![
+                ("grant_type", "authorization_code".to_string()),
+                ("code", code),
+                ("redirect_uri", flow.redirect_uri.clone()),
+                ("code_verifier", flow.verifier.expose_secret().to_string()),
+            ])
+            .await?;
+        let live = self.admit(&flow.subject);
+        let span = tracing::info_span!("subject", subject = %self.tagger.tag(&flow.subject));
+        async {
+            if token.refresh_token.is_none() {
+                tracing::warn!(
+                    credential = &*self.credential,
+                    "the provider issued no refresh token: the subject is served until its access token expires (does the client need the offline_access scope?)"
+                );
+            }
+            crate::token::refresher::take_connected(&live.credential, token, started).await;
+            tracing::info!(credential = &*self.credential, "subject connected");
+        }
+        .instrument(span)
+        .await;
+        Ok(live_status(&flow.subject, &live))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
+use crate::store::RecordKey;
+
 /// A valid subject: 1–256 printable ASCII bytes, no space at either end.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubjectKey(Arc<str>);
@@ -48,23 +50,29 @@ impl SubjectKey {
         &self.0
     }
 
-    /// The subject's record key in the store: the credential's name, a newline (which no
-    /// subject holds), the subject.
+    /// The subject's record key in the store.
     pub fn store_key(&self, credential: &str) -> String {
-        format!("{credential}\n{}", self.0)
+        RecordKey::Subject {
+            credential,
+            subject: &self.0,
+        }
+        .to_key()
     }
 
     /// The subject of a store key of `credential`, if it is one.
     pub fn from_store_key(credential: &str, key: &str) -> Option<SubjectKey> {
-        let (cred, subject) = key.rsplit_once('\n')?;
-        (cred == credential)
-            .then(|| SubjectKey::parse(subject.as_bytes()).ok())
-            .flatten()
+        match RecordKey::parse(key) {
+            RecordKey::Subject {
+                credential: c,
+                subject,
+            } if c == credential => SubjectKey::parse(subject.as_bytes()).ok(),
+            _ => None,
+        }
     }
 
     /// The prefix every store key of `credential`'s subjects starts with.
     pub fn store_prefix(credential: &str) -> String {
-        format!("{credential}\n")
+        RecordKey::subjects_prefix(credential)
     }
 }
 

@@ -1,0 +1,405 @@
+//! The composition root: [`Sidecar::start`] wires the rooms into Pingora services (the
+//! proxy listeners, the admin and probes listeners, the control service that runs the token
+//! engine) and waits until they listen. Nothing else lives here.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+
+use crate::config::{Config, RouteConfig};
+use crate::metrics::Metrics;
+use crate::proxy::{self, BearerProxy, Routing, Upstream};
+use crate::token::engine::TokenEngine;
+use crate::token::subject::SubjectRegistry;
+use crate::token::CredentialSlot;
+use crate::{admin, store};
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        addr: SocketAddr,
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("credential {name}: {message}")]
+    Credential { name: String, message: String },
+    #[error("upstream {name}: {message}")]
+    Upstream { name: String, message: String },
+    #[error("{0}")]
+    Store(#[from] store::StoreError),
+    #[error("the proxy did not start listening within 10 s")]
+    NotListening,
+}
+
+/// The running parts shared by the services, and by tests through the handle.
+pub struct Shared {
+    pub credentials: Vec<Arc<CredentialSlot>>,
+    /// The registries of per-subject credentials.
+    pub subjects: Vec<Arc<SubjectRegistry>>,
+    pub upstreams: Arc<Vec<Arc<Upstream>>>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub struct Sidecar;
+
+/// A running sidecar. Dropping it shuts the sidecar down (fast).
+pub struct SidecarHandle {
+    pub proxy_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<ShutdownSignal>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SidecarHandle {
+    pub fn credential(&self, name: &str) -> Option<&Arc<CredentialSlot>> {
+        self.shared.credentials.iter().find(|c| &*c.name == name)
+    }
+
+    /// The subject registry of a per-subject credential.
+    pub fn subjects(&self, name: &str) -> Option<&Arc<SubjectRegistry>> {
+        self.shared.subjects.iter().find(|r| &*r.credential == name)
+    }
+
+    /// Stops the sidecar and waits for its threads.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(ShutdownSignal::FastShutdown);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Blocks until the server exits (for the binary).
+    pub fn wait(mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.stop.take();
+    }
+}
+
+impl Drop for SidecarHandle {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// Shutdown from the handle, or from Unix signals for the binary. A graceful stop
+/// (SIGTERM) waits here for the requests in flight, at most `grace`, and then lets Pingora
+/// stop at once: Pingora's own grace period is a fixed sleep, which an idle sidecar (the
+/// app has exited before it) would pay on every pod termination.
+struct HandleShutdown {
+    stop: tokio::sync::Mutex<Option<tokio::sync::oneshot::Receiver<ShutdownSignal>>>,
+    in_flight: proxy::InFlight,
+    grace: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for HandleShutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        let signal = self.first_signal().await;
+        if matches!(signal, ShutdownSignal::GracefulTerminate) {
+            let deadline = Instant::now() + self.grace;
+            let waiting = self.in_flight.count();
+            tracing::info!(
+                in_flight = waiting,
+                grace_s = self.grace.as_secs_f64(),
+                "stopping: waiting for the requests in flight"
+            );
+            // A second signal (SIGINT, or another SIGTERM) stops at once.
+            let second = pingora::server::UnixShutdownSignalWatch.recv();
+            tokio::pin!(second);
+            while self.in_flight.count() > 0 && Instant::now() < deadline {
+                tokio::select! {
+                    _ = &mut second => {
+                        tracing::warn!("stopping now: a second signal arrived while requests were in flight");
+                        return ShutdownSignal::FastShutdown;
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+            }
+            let left = self.in_flight.count();
+            if left > 0 {
+                tracing::warn!(
+                    in_flight = left,
+                    "stopping: the grace period ended with requests in flight"
+                );
+            }
+        }
+        signal
+    }
+}
+
+impl HandleShutdown {
+    async fn first_signal(&self) -> ShutdownSignal {
+        let rx = self.stop.lock().await.take();
+        let from_handle = async {
+            match rx {
+                Some(rx) => rx.await.unwrap_or(ShutdownSignal::FastShutdown),
+                None => std::future::pending().await,
+            }
+        };
+        let from_signals = pingora::server::UnixShutdownSignalWatch.recv();
+        tokio::select! {
+            s = from_handle => s,
+            s = from_signals => s,
+        }
+    }
+}
+
+/// The control service: the token engine and upstream re-resolution, on their own runtime
+/// so token traffic never competes with request threads.
+struct ControlService {
+    engine: Arc<TokenEngine>,
+    upstreams: Arc<Vec<Arc<Upstream>>>,
+}
+
+#[async_trait]
+impl BackgroundService for ControlService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let resolving = self
+            .upstreams
+            .iter()
+            .filter(|u| u.addr.needs_resolution())
+            .map(|u| tokio::spawn(Arc::clone(u).keep_resolved(shutdown.clone())))
+            .collect::<Vec<_>>();
+        self.engine.run(shutdown).await;
+        for t in resolving {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Sidecar {
+    /// Starts every service and returns once the proxy accepts connections.
+    pub fn start(config: Config) -> Result<SidecarHandle, StartError> {
+        check_listeners(&config)?;
+        let bindings: Vec<(&str, String)> = config
+            .credentials
+            .iter()
+            .map(|c| (c.name.as_str(), c.binding()))
+            .collect();
+        let metrics = Arc::new(Metrics::new(
+            config.credentials.iter().map(|c| c.name.as_str()),
+            config.upstreams.iter().map(|u| u.name.as_str()),
+        ));
+        let store: Arc<dyn store::TokenStore> = Arc::new(store::metered::MeteredStore::new(
+            store::open(&config.store, &bindings)?,
+            metrics.store_operations_total.clone(),
+        ));
+        let engine =
+            TokenEngine::build(&config, &store, &metrics).map_err(|e| StartError::Credential {
+                name: e.name.clone(),
+                message: e.reason().to_string(),
+            })?;
+        let engine = Arc::new(engine);
+        let upstreams = Arc::new(build_upstreams(&config, &engine, &metrics)?);
+        let shared = Arc::new(Shared {
+            credentials: engine.slots(),
+            subjects: engine.subjects.clone(),
+            upstreams: Arc::clone(&upstreams),
+            metrics: Arc::clone(&metrics),
+        });
+        let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
+        server.bootstrap();
+        let in_flight = proxy::InFlight::default();
+        add_proxies(&mut server, &config, &upstreams, &metrics, &in_flight);
+        let admin_app = admin::AdminApp {
+            scope: admin::AdminScope::Full,
+            credentials: engine.credentials.clone(),
+            admin_token: config.server.admin_token.clone(),
+            upstreams: Arc::clone(&upstreams),
+            metrics: Arc::clone(&metrics),
+            store: Arc::clone(&store),
+            subjects: engine.subjects.clone(),
+            connects: Arc::clone(&engine.connects),
+        };
+        add_admin(&mut server, &config, admin_app);
+        let mut control = background_service("control", ControlService { engine, upstreams });
+        // Token requests are few; one thread keeps them off the request threads.
+        control.threads = Some(1);
+        server.add_service(control);
+        run(server, &config, shared, in_flight)
+    }
+}
+
+/// Bind-tests every address first: Pingora exits the process on a bind failure, and this
+/// gives the user a clear message instead.
+fn check_listeners(config: &Config) -> Result<(), StartError> {
+    let mut addrs = vec![
+        (
+            config.server.proxy_listen,
+            "server.proxy_listen".to_string(),
+        ),
+        (
+            config.server.admin_listen,
+            "server.admin_listen".to_string(),
+        ),
+    ];
+    if let Some(a) = config.server.metrics_listen {
+        addrs.push((a, "server.metrics_listen".to_string()));
+    }
+    for u in &config.upstreams {
+        if let RouteConfig::Listen(a) = u.route {
+            addrs.push((a, format!("upstreams.{}.listen", u.name)));
+        }
+    }
+    for (addr, what) in addrs {
+        TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, what, source })?;
+    }
+    Ok(())
+}
+
+/// Each upstream with its credential's slot (and registry, when per-subject).
+fn build_upstreams(
+    config: &Config,
+    engine: &TokenEngine,
+    metrics: &Metrics,
+) -> Result<Vec<Arc<Upstream>>, StartError> {
+    config
+        .upstreams
+        .iter()
+        .map(|u| {
+            let slot = Arc::clone(&engine.credentials[u.credential].slot);
+            let registry = engine.registry(&slot.name).cloned();
+            Upstream::new(u.clone(), slot, registry, metrics)
+                .map(Arc::new)
+                .map_err(|e| StartError::Upstream {
+                    name: u.name.clone(),
+                    message: e.to_string(),
+                })
+        })
+        .collect()
+}
+
+fn server_conf(config: &Config) -> ServerConf {
+    ServerConf {
+        threads: config.server.threads,
+        work_stealing: config.server.work_stealing,
+        // The wait for requests in flight is bearerd's (HandleShutdown): Pingora's grace
+        // period would be a fixed sleep.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    }
+}
+
+/// The main proxy listener (prefix routes) and one listener per upstream with its own port.
+fn add_proxies(
+    server: &mut Server,
+    config: &Config,
+    upstreams: &Arc<Vec<Arc<Upstream>>>,
+    metrics: &Arc<Metrics>,
+    in_flight: &proxy::InFlight,
+) {
+    let server_conf = Arc::clone(&server.configuration);
+    let proxy_for = |routing: Routing| BearerProxy {
+        routing,
+        in_flight: in_flight.clone(),
+        upstreams: Arc::clone(upstreams),
+        metrics: Arc::clone(metrics),
+        access_log: config.server.access_log,
+        max_request_header_bytes: config.server.max_request_header_bytes,
+    };
+    let prefixes: Vec<(String, usize)> = config
+        .upstreams
+        .iter()
+        .enumerate()
+        .filter_map(|(i, u)| match &u.route {
+            RouteConfig::Prefix(p) => Some((p.clone(), i)),
+            RouteConfig::Listen(_) => None,
+        })
+        .collect();
+    let mut main = pingora::proxy::http_proxy_service_with_name(
+        &server_conf,
+        proxy_for(Routing::Prefix(proxy::route::RouteTable::new(prefixes))),
+        "proxy",
+    );
+    main.add_tcp(&config.server.proxy_listen.to_string());
+    server.add_service(main);
+    for (i, u) in config.upstreams.iter().enumerate() {
+        if let RouteConfig::Listen(a) = u.route {
+            let mut svc = pingora::proxy::http_proxy_service_with_name(
+                &server_conf,
+                proxy_for(Routing::Dedicated(i)),
+                &format!("proxy {}", u.name),
+            );
+            svc.add_tcp(&a.to_string());
+            server.add_service(svc);
+        }
+    }
+}
+
+/// The admin listener, and the probes listener (`metrics_listen`) when there is one.
+fn add_admin(server: &mut Server, config: &Config, admin_app: admin::AdminApp) {
+    if let Some(addr) = config.server.metrics_listen {
+        let probes = admin::AdminApp {
+            scope: admin::AdminScope::Probes,
+            ..admin_app.clone()
+        };
+        let mut svc = Service::new("metrics".to_string(), probes);
+        svc.add_tcp(&addr.to_string());
+        server.add_service(svc);
+    }
+    let mut admin = Service::new("admin".to_string(), admin_app);
+    admin.add_tcp(&config.server.admin_listen.to_string());
+    server.add_service(admin);
+}
+
+/// Runs the server on its own thread and returns once the proxy and admin listeners accept
+/// connections.
+fn run(
+    server: Server,
+    config: &Config,
+    shared: Arc<Shared>,
+    in_flight: proxy::InFlight,
+) -> Result<SidecarHandle, StartError> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let watch = HandleShutdown {
+        stop: tokio::sync::Mutex::new(Some(stop_rx)),
+        in_flight,
+        grace: config.server.shutdown_grace,
+    };
+    let thread = std::thread::Builder::new()
+        .name("bearerd-server".into())
+        .spawn(move || {
+            server.run(RunArgs {
+                shutdown_signal: Box::new(watch),
+            })
+        })
+        .map_err(|source| StartError::Listen {
+            addr: config.server.proxy_listen,
+            what: "server thread".into(),
+            source,
+        })?;
+    let handle = SidecarHandle {
+        proxy_addr: config.server.proxy_listen,
+        admin_addr: config.server.admin_listen,
+        shared,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listening = |addr| TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok();
+    while !listening(&config.server.proxy_listen) || !listening(&config.server.admin_listen) {
+        if Instant::now() > deadline {
+            return Err(StartError::NotListening);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(handle)
+}
