@@ -66,15 +66,35 @@ impl IdentityError {
 
 /// Reads the certificate chain and key for mutual TLS.
 pub fn load_identity(id: &ClientIdentity) -> Result<LoadedIdentity, IdentityError> {
+    let files = read_identity(id)?;
+    identity_from_pem(id, &files.cert, &files.key)
+}
+
+/// The bytes of a certificate chain and its key, read together.
+pub struct IdentityFiles {
+    pub cert: Vec<u8>,
+    /// Wiped when dropped.
+    pub key: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl IdentityFiles {
+    pub fn fingerprint(&self) -> [u8; 32] {
+        super::watched::fingerprint([self.cert.as_slice(), self.key.as_slice()])
+    }
+}
+
+/// Reads both files, without checking them.
+pub fn read_identity(id: &ClientIdentity) -> Result<IdentityFiles, IdentityError> {
     let read = |p: &Path, file: IdentityFile| {
         std::fs::read(p).map_err(|e| IdentityError {
             file,
             message: format!("cannot read {} {}: {e}", file.config_key(), p.display()),
         })
     };
-    let cert_pem = read(&id.cert, IdentityFile::Cert)?;
-    let key_pem = zeroize::Zeroizing::new(read(&id.key, IdentityFile::Key)?);
-    identity_from_pem(id, &cert_pem, &key_pem)
+    Ok(IdentityFiles {
+        cert: read(&id.cert, IdentityFile::Cert)?,
+        key: zeroize::Zeroizing::new(read(&id.key, IdentityFile::Key)?),
+    })
 }
 
 /// The identity of this certificate chain and key, as read from `id`'s files (which name

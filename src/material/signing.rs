@@ -4,7 +4,7 @@
 //! through `jsonwebtoken` (aws-lc-rs underneath); nothing here hand-rolls JWS.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::signature::{
@@ -15,9 +15,9 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rustls_pemfile::Item;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use super::secret::SecretRef;
+use super::watched::{fingerprint, Seen, Watched};
 
 /// JWS algorithms bearerd signs assertions with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,7 +374,7 @@ struct Claims<'a> {
 pub struct AssertionSigner {
     config: SigningConfig,
     /// The last key read, by the SHA-256 of its source text.
-    cached: Mutex<Option<([u8; 32], Arc<LoadedKey>)>>,
+    cached: Watched<LoadedKey>,
 }
 
 impl fmt::Debug for AssertionSigner {
@@ -387,7 +387,7 @@ impl AssertionSigner {
     pub fn new(config: SigningConfig) -> AssertionSigner {
         AssertionSigner {
             config,
-            cached: Mutex::new(None),
+            cached: Watched::default(),
         }
     }
 
@@ -395,23 +395,24 @@ impl AssertionSigner {
         &self.config
     }
 
-    /// The current key: the cached one while its source is unchanged, else read again.
+    /// The current key: the cached one while its source is unchanged, else read again. A
+    /// changed source that does not give a usable key (a torn write) leaves the last good
+    /// key in use.
     pub fn current_key(&self) -> Result<Arc<LoadedKey>, KeyError> {
-        let text = self.config.key.source().resolve()?;
-        let fingerprint: [u8; 32] = Sha256::digest(text.expose_secret().as_bytes()).into();
-        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((fp, key)) = cached.as_ref() {
-            if *fp == fingerprint {
-                return Ok(Arc::clone(key));
+        let seen = self.cached.look(
+            self.config.key.source().resolve().map_err(KeyError::from),
+            |text| fingerprint([text.expose_secret().as_bytes()]),
+            |text| key_from_text(&self.config, &text),
+        )?;
+        let key = self.config.key.describe();
+        match &seen {
+            Seen::Renewed(_) => tracing::info!(%key, "signing key changed; using the new one"),
+            Seen::Kept { why: Some(e), .. } => {
+                tracing::warn!(%key, error = %e, "signing key unusable; keeping the previous one")
             }
+            _ => {}
         }
-        // Parsed from the text just hashed: a rotation in between is seen next time.
-        let key = Arc::new(key_from_text(&self.config, &text)?);
-        if cached.is_some() {
-            tracing::info!(key = %self.config.key.describe(), "signing key changed; using the new one");
-        }
-        *cached = Some((fingerprint, Arc::clone(&key)));
-        Ok(key)
+        Ok(Arc::clone(seen.value()))
     }
 
     /// A fresh assertion: a new `jti`, issued now, valid for [`ASSERTION_LIFETIME`].

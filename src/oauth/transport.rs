@@ -3,12 +3,12 @@
 //! through the rotation helper, and the raw answer that `response` classifies.
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use super::error::{GrantError, GrantErrorKind, GrantInput};
 use crate::material::ca::CaFileError;
-use crate::material::identity::{load_identity, IdentityError};
+use crate::material::identity::{identity_from_pem, read_identity, IdentityError, IdentityFiles};
+use crate::material::watched::{Seen, Watched};
 use crate::material::ClientIdentity;
 
 /// A provider response as the grant reads it.
@@ -61,9 +61,14 @@ pub(crate) fn token_http_client(
 pub struct Transport {
     timeout: Duration,
     ca_file: Option<std::path::PathBuf>,
-    identity: Option<ClientIdentity>,
-    /// The client, and the fingerprint of the identity it was built with.
-    client: Mutex<(Option<[u8; 32]>, reqwest::Client)>,
+    clients: Clients,
+}
+
+enum Clients {
+    /// No client certificate: one client.
+    Plain(reqwest::Client),
+    /// Mutual TLS: the client built from the certificate and key as last read.
+    WithIdentity(ClientIdentity, Watched<reqwest::Client>),
 }
 
 impl Transport {
@@ -72,61 +77,67 @@ impl Transport {
         ca_file: Option<&Path>,
         identity: Option<&ClientIdentity>,
     ) -> Result<Transport, ClientError> {
-        let (fingerprint, client) = match identity {
-            Some(id) => {
-                let loaded = load_identity(id)?;
-                (
-                    Some(loaded.fingerprint),
-                    token_http_client(timeout, ca_file, Some(loaded.identity))?,
-                )
-            }
-            None => (None, token_http_client(timeout, ca_file, None)?),
+        let clients = match identity {
+            None => Clients::Plain(token_http_client(timeout, ca_file, None)?),
+            Some(id) => Clients::WithIdentity(id.clone(), Watched::default()),
         };
-        Ok(Transport {
+        let transport = Transport {
             timeout,
             ca_file: ca_file.map(Path::to_path_buf),
-            identity: identity.cloned(),
-            client: Mutex::new((fingerprint, client)),
-        })
+            clients,
+        };
+        // Read once now: a pair that cannot be used is a startup error.
+        if let Clients::WithIdentity(id, watched) = &transport.clients {
+            transport.look_at_identity(id, watched)?;
+        }
+        Ok(transport)
+    }
+
+    /// The client for the certificate and key as they are now (see [`Watched`]).
+    fn look_at_identity(
+        &self,
+        id: &ClientIdentity,
+        watched: &Watched<reqwest::Client>,
+    ) -> Result<Seen<reqwest::Client, ClientError>, ClientError> {
+        watched.look(
+            read_identity(id).map_err(ClientError::from),
+            IdentityFiles::fingerprint,
+            |files| {
+                let loaded = identity_from_pem(id, &files.cert, &files.key)?;
+                token_http_client(self.timeout, self.ca_file.as_deref(), Some(loaded.identity))
+            },
+        )
     }
 
     pub fn identity(&self) -> Option<&ClientIdentity> {
-        self.identity.as_ref()
+        match &self.clients {
+            Clients::Plain(_) => None,
+            Clients::WithIdentity(id, _) => Some(id),
+        }
     }
 
     /// The client to send with. With mutual TLS the certificate and key are read again,
-    /// and a rotated pair gets a new client (and new connections) from this request on.
+    /// and a rotated pair gets a new client (and new connections) from this request on;
+    /// mid-rotation (the key written, the certificate not yet) the last pair that worked
+    /// stays in use until the files agree again.
     pub fn client(&self) -> Result<reqwest::Client, GrantError> {
-        let mut current = self.client.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(id) = &self.identity {
-            let loaded = match load_identity(id) {
-                Ok(loaded) => loaded,
-                // Mid-rotation (the key written, the certificate not yet), or gone: the
-                // last pair that worked is used until the files agree again.
-                Err(m) if current.0.is_some() => {
-                    tracing::warn!(error = %m, "client certificate unusable; keeping the previous one");
-                    return Ok(current.1.clone());
-                }
-                Err(m) => {
-                    return Err(GrantError::unavailable(
-                        GrantInput::ClientCertificate,
-                        m.to_string(),
-                    ))
-                }
-            };
-            if current.0 != Some(loaded.fingerprint) {
-                let client =
-                    token_http_client(self.timeout, self.ca_file.as_deref(), Some(loaded.identity))
-                        .map_err(|m| {
-                            GrantError::unavailable(GrantInput::ClientCertificate, m.to_string())
-                        })?;
-                if current.0.is_some() {
-                    tracing::info!(cert = %id.cert.display(), "client certificate changed; using the new one");
-                }
-                *current = (Some(loaded.fingerprint), client);
+        let (id, watched) = match &self.clients {
+            Clients::Plain(client) => return Ok(client.clone()),
+            Clients::WithIdentity(id, watched) => (id, watched),
+        };
+        let seen = self
+            .look_at_identity(id, watched)
+            .map_err(|e| GrantError::unavailable(GrantInput::ClientCertificate, e))?;
+        match &seen {
+            Seen::Renewed(_) => {
+                tracing::info!(cert = %id.cert.display(), "client certificate changed; using the new one")
             }
+            Seen::Kept { why: Some(e), .. } => {
+                tracing::warn!(error = %e, "client certificate unusable; keeping the previous one")
+            }
+            _ => {}
         }
-        Ok(current.1.clone())
+        Ok((**seen.value()).clone())
     }
 
     pub fn transport_failure(&self, timeout: bool, message: String) -> GrantError {

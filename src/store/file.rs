@@ -23,14 +23,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::codec::{open_set, seal_set, Unsealed};
 use super::durable::{parent_dir, sync_dir, write_and_rename};
 use super::memory::compare_and_set;
 use super::sealed::Sealer;
 use super::LocalCoordination;
 use super::{journal, lock};
 use super::{
-    HelperJournal, SaveOutcome, StoreBackend, StoreError, StoredSet, StoredSetRecord, StoredToken,
-    TokenStore,
+    HelperJournal, SaveOutcome, StoreBackend, StoreError, StoredSet, StoredToken, TokenStore,
 };
 
 /// How long a starting sidecar waits for another instance on the store to go away.
@@ -115,7 +115,7 @@ impl FileStore {
     }
 
     /// A record as it is on disk (sealed), for tests that tamper with it.
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "test-hooks"))]
     pub fn sealed_record(&self, credential: &str) -> Option<String> {
         let txn = self.inner.db.begin_read().ok()?;
         let table = txn.open_table(RECORDS).ok()?;
@@ -440,9 +440,7 @@ impl FileInner {
                     token: t.clone(),
                     generation,
                 };
-                let plain = serde_json::to_vec(&StoredSetRecord::from(&set))
-                    .map_err(|e| StoreError::Invalid(e.to_string()))?;
-                let sealed = self.sealer.seal(&plain, aad(credential).as_bytes());
+                let sealed = seal_set(&self.sealer, &set, aad(credential).as_bytes())?;
                 table
                     .insert(credential, sealed.as_str())
                     .map_err(|e| cannot(&e))?;
@@ -498,17 +496,15 @@ fn open_record(
     sealed: &str,
 ) -> Result<StoredSet, StoreError> {
     let what = super::record_name(credential);
-    let plain = sealer
-        .open(sealed, aad(credential).as_bytes())
-        .ok_or_else(|| {
-            FileInner::err(
-                path,
-                format!("{what} fails authentication (tampered); the store was left unchanged"),
-            )
-        })?;
-    let parsed: StoredSetRecord = serde_json::from_slice(&plain)
-        .map_err(|e| FileInner::err(path, format!("{what} is malformed: {e}")))?;
-    Ok(parsed.into())
+    open_set(sealer, sealed, aad(credential).as_bytes()).map_err(|why| {
+        let message = match why {
+            Unsealed::DoesNotOpen => {
+                format!("{what} fails authentication (tampered); the store was left unchanged")
+            }
+            Unsealed::Malformed => format!("{what} is malformed"),
+        };
+        FileInner::err(path, message)
+    })
 }
 
 /// Runs `f` on a file that may be damaged: redb asserts some of its invariants on what it
@@ -708,6 +704,7 @@ fn migrate_v1(path: &Path, bytes: &[u8], sealer: &Sealer) -> Result<redb::Databa
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::StoredSetRecord;
     use secrecy::{ExposeSecret, SecretString};
     use std::time::SystemTime;
 

@@ -5,6 +5,7 @@
 //! either the old set or the new one, never a torn mix, and a write touches one record only;
 //! `redis` is shared by replicas. The refresher never knows which one it talks to.
 
+mod codec;
 mod coord;
 mod durable;
 mod file;

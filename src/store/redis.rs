@@ -33,6 +33,7 @@ use redis::aio::ConnectionManager;
 use secrecy::SecretString;
 use tokio::sync::watch;
 
+use super::codec::{open_set, seal_set, Unsealed};
 use super::redis_client::{
     connect_plain, within, RedisClients, RedisFailure, Reload, COMMAND_TIMEOUT, CONNECT_TIMEOUT,
 };
@@ -40,7 +41,7 @@ use super::redis_journal::RedisJournalReader;
 use super::sealed::Sealer;
 use super::{
     HelperJournal, Lease, LeaseAnswer, SaveOutcome, StoreBackend, StoreError, StoreHealth,
-    StoredSet, StoredSetRecord, StoredToken, TokenStore,
+    StoredSet, StoredToken, TokenStore,
 };
 use super::{LocalCoordination, RecordKey};
 use crate::config::RedisTls;
@@ -336,7 +337,7 @@ impl RedisStore {
     }
 
     /// Names subjects as bearerd did before keyed names, to test the move of such records.
-    #[doc(hidden)]
+    #[cfg(feature = "test-hooks")]
     pub fn with_unkeyed_subject_names(mut self) -> RedisStore {
         self.unkeyed_names = true;
         self
@@ -619,19 +620,14 @@ impl RedisStore {
         aad: &[u8],
     ) -> Result<StoredSet, StoreError> {
         let what = super::record_name(credential);
-        let plain = self
-            .sealer
-            .open(sealed, aad)
-            .ok_or_else(|| StoreError::Unreadable {
-                store: self.describe(),
-                message: format!("{what} does not open (wrong key, or tampered)"),
-            })?;
-        let record: StoredSetRecord =
-            serde_json::from_slice(&plain).map_err(|e| StoreError::Unreadable {
-                store: self.describe(),
-                message: format!("{what} is malformed: {e}"),
-            })?;
-        Ok(record.into())
+        open_set(&self.sealer, sealed, aad).map_err(|why| StoreError::Unreadable {
+            store: self.describe(),
+            // The parser's words could quote the value: only what is wrong.
+            message: match why {
+                Unsealed::DoesNotOpen => format!("{what} does not open (wrong key, or tampered)"),
+                Unsealed::Malformed => format!("{what} is malformed"),
+            },
+        })
     }
 
     /// A record as it is under its name now.
@@ -881,9 +877,7 @@ impl TokenStore for RedisStore {
             token: token.clone(),
             generation,
         };
-        let plain = serde_json::to_vec(&StoredSetRecord::from(&set))
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let sealed = self.sealer.seal(&plain, &self.aad(credential));
+        let sealed = seal_set(&self.sealer, &set, &self.aad(credential))?;
         let script = redis::Script::new(COMPARE_AND_SET);
         let mut invocation = script.key(self.set_key(credential));
         invocation
@@ -907,13 +901,12 @@ impl TokenStore for RedisStore {
     }
 
     async fn refill(&self, credential: &str, set: &StoredSet) -> Result<bool, StoreError> {
-        let plain = serde_json::to_vec(&StoredSetRecord::from(set))
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let sealed = seal_set(&self.sealer, set, &self.aad(credential))?;
         let script = redis::Script::new(REFILL);
         let mut invocation = script.key(self.set_key(credential));
         invocation
             .arg(set.generation.to_string())
-            .arg(self.sealer.seal(&plain, &self.aad(credential)))
+            .arg(sealed)
             .arg(self.channel(credential));
         if let Some(entry) = self.subject_entry(credential) {
             invocation

@@ -6,16 +6,16 @@
 //! written before its key, say) is reported once and the previous set stays in use.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::StoreError;
 use crate::config::RedisTls;
+use crate::material::watched::{fingerprint, Seen, Watched};
 
 /// Why the TLS files of a Redis store cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -54,8 +54,8 @@ pub struct RedisClients {
     current: ArcSwap<redis::Client>,
     /// Counts the sets put in use; a connection built from an older one is rebuilt.
     generation: AtomicU64,
-    /// The fingerprint of the files as last read (in use or refused).
-    last_seen: Mutex<[u8; 32]>,
+    /// The TLS files as last read, and the client built from the last good set.
+    files: Watched<redis::Client>,
 }
 
 /// The files' bytes, read together.
@@ -94,18 +94,11 @@ impl TlsFiles {
     }
 
     fn fingerprint(&self) -> [u8; 32] {
-        let mut h = Sha256::new();
-        for part in [
-            self.ca.as_deref(),
-            self.cert.as_deref(),
-            self.key.as_deref().map(|k| &k[..]),
-        ] {
-            // A length prefix, so moving bytes between files changes the fingerprint.
-            let bytes = part.unwrap_or_default();
-            h.update((bytes.len() as u64).to_le_bytes());
-            h.update(bytes);
-        }
-        h.finalize().into()
+        fingerprint([
+            self.ca.as_deref().unwrap_or_default(),
+            self.cert.as_deref().unwrap_or_default(),
+            self.key.as_deref().map(|k| &k[..]).unwrap_or_default(),
+        ])
     }
 }
 
@@ -117,25 +110,26 @@ impl RedisClients {
             .map_err(|e| {
                 StoreError::Invalid(format!("redis store: unusable url: {:?}", e.kind()))
             })?;
-        let (client, fingerprint) = if tls.ca_file.is_none() && tls.identity.is_none() {
+        let files = Watched::default();
+        let client = if tls.ca_file.is_none() && tls.identity.is_none() {
             let client = redis::Client::open(info.clone()).map_err(|e| {
                 StoreError::Invalid(format!("redis store: unusable url: {:?}", e.kind()))
             })?;
-            (client, [0; 32])
+            Arc::new(client)
         } else {
-            let files = TlsFiles::read(tls)
+            let seen = files
+                .look(TlsFiles::read(tls), TlsFiles::fingerprint, |f| {
+                    build(&info, tls, f)
+                })
                 .map_err(|m| StoreError::Invalid(format!("redis store: {m}")))?;
-            let fingerprint = files.fingerprint();
-            let client = build(&info, tls, files)
-                .map_err(|m| StoreError::Invalid(format!("redis store: {m}")))?;
-            (client, fingerprint)
+            Arc::clone(seen.value())
         };
         Ok(RedisClients {
             info,
             tls: tls.clone(),
-            current: ArcSwap::from_pointee(client),
+            current: ArcSwap::new(client),
             generation: AtomicU64::new(0),
-            last_seen: Mutex::new(fingerprint),
+            files,
         })
     }
 
@@ -158,27 +152,26 @@ impl RedisClients {
         if !self.has_tls_files() {
             return Reload::Unchanged;
         }
-        let files = match TlsFiles::read(&self.tls) {
-            Ok(files) => files,
-            // Missing for a moment (a volume being updated) is not a change: the next
-            // second reads them again.
-            Err(_) => return Reload::Unchanged,
-        };
-        let fingerprint = files.fingerprint();
-        {
-            let mut last = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
-            if *last == fingerprint {
-                return Reload::Unchanged;
-            }
-            *last = fingerprint;
-        }
-        match build(&self.info, &self.tls, files) {
-            Ok(client) => {
-                self.current.store(Arc::new(client));
+        let seen = self
+            .files
+            .look(TlsFiles::read(&self.tls), TlsFiles::fingerprint, |f| {
+                build(&self.info, &self.tls, f)
+            });
+        match seen {
+            Ok(Seen::Renewed(client)) => {
+                self.current.store(client);
                 self.generation.fetch_add(1, Ordering::SeqCst);
                 Reload::Renewed
             }
-            Err(message) => Reload::Refused(message),
+            // Missing for a moment (a volume being updated) is not a change: the next
+            // second reads them again.
+            Ok(Seen::Kept {
+                why: Some(why),
+                unreadable: false,
+                ..
+            }) => Reload::Refused(why),
+            Ok(_) => Reload::Unchanged,
+            Err(why) => Reload::Refused(why),
         }
     }
 }

@@ -4,12 +4,15 @@ use super::{GrantError, IssuedToken};
 use crate::oauth::TokenEndpoint;
 
 pub struct ClientCredentials {
-    endpoint: TokenEndpoint,
+    /// Boxed: an endpoint is large, and a grant is built once per credential.
+    endpoint: Box<TokenEndpoint>,
 }
 
 impl ClientCredentials {
     pub fn new(endpoint: TokenEndpoint) -> Self {
-        ClientCredentials { endpoint }
+        ClientCredentials {
+            endpoint: Box::new(endpoint),
+        }
     }
 
     pub fn endpoint(&self) -> &TokenEndpoint {

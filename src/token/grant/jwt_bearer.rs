@@ -12,7 +12,8 @@ use crate::oauth::{GrantErrorKind, GrantInput, TokenEndpoint};
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 pub struct JwtBearer {
-    endpoint: TokenEndpoint,
+    /// Boxed: an endpoint is large, and a grant is built once per credential.
+    endpoint: Box<TokenEndpoint>,
     signer: AssertionSigner,
     issuer: Option<String>,
     subject: Option<String>,
@@ -21,7 +22,7 @@ pub struct JwtBearer {
 impl JwtBearer {
     pub fn new(endpoint: TokenEndpoint, config: &JwtBearerConfig) -> Self {
         JwtBearer {
-            endpoint,
+            endpoint: Box::new(endpoint),
             signer: AssertionSigner::new(config.signing.clone()),
             issuer: config.issuer.clone(),
             subject: config.subject.clone(),
