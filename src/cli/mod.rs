@@ -193,15 +193,16 @@ pub fn refresh(
         };
         let s = &v.status;
         match v.outcome {
+            // The number as the JSON has it (`59.9`, `3600.0`, `null`).
             api::Outcome::Success => println!(
-                "{name}: refreshed in {} ms, generation {} -> {}, expires in {}",
+                "{name}: refreshed in {} ms, generation {} -> {}, expires in {}s",
                 v.duration_ms,
                 v.previous_generation,
                 v.generation,
-                s.expires_in_s.map_or("-".into(), |e| format!("{e}s"))
+                serde_json::json!(s.expires_in_s)
             ),
             outcome => println!(
-                "{name}: refresh {} after {} ms (attempt {}): {}",
+                "{name}: refresh {} after {} ms (attempt {}): {}: {}",
                 if outcome == api::Outcome::Failed {
                     "failed"
                 } else {
@@ -209,7 +210,8 @@ pub fn refresh(
                 },
                 v.duration_ms,
                 s.consecutive_failures,
-                print::last_error(s.last_error.as_ref()),
+                s.last_error.as_ref().map_or("-", |e| e.kind.as_str()),
+                s.last_error.as_ref().map_or("-", |e| e.message.as_str()),
             ),
         }
         if verbose {

@@ -85,7 +85,10 @@ impl<T> Watched<T> {
         let fp = fingerprint_of(&bytes);
         if let Some((good, value)) = &state.good {
             if *good == fp {
-                return Ok(Seen::Same(Arc::clone(value)));
+                let value = Arc::clone(value);
+                // Back to the good bytes: the next failure is news again.
+                state.reported = None;
+                return Ok(Seen::Same(value));
             }
             // Bytes already refused are not built again (they are read every second).
             if state.reported == Some(Some(fp)) {
@@ -176,6 +179,12 @@ mod tests {
         assert!(matches!(
             look(&w, Err("gone")),
             Ok(Seen::Kept { why: None, .. })
+        ));
+        // Back to the good file, then the same outage again: reported again.
+        assert!(matches!(look(&w, Ok("v1")), Ok(Seen::Same(_))));
+        assert!(matches!(
+            look(&w, Err("gone")),
+            Ok(Seen::Kept { why: Some(_), .. })
         ));
         // The completed change is put in use.
         assert!(matches!(look(&w, Ok("v2")), Ok(Seen::Renewed(v)) if *v == "v2"));
