@@ -9,8 +9,8 @@ use prometheus::IntCounterVec;
 use tokio::sync::watch;
 
 use super::{
-    HelperJournal, Lease, LeaseAnswer, LocalCoordination, SaveOutcome, StoreBackend, StoreError,
-    StoreHealth, StoredSet, StoredToken, TokenStore,
+    FlowStore, HelperJournal, Lease, LeaseAnswer, LocalCoordination, SaveOutcome, StoreBackend,
+    StoreError, StoreHealth, StoredSet, StoredToken, TokenStore,
 };
 
 pub use crate::metrics::{StoreOp, StoreResult};
@@ -106,16 +106,8 @@ impl TokenStore for MeteredStore {
         self.inner.list(prefix, after, limit).await
     }
 
-    fn shares_connect_flows(&self) -> bool {
-        self.inner.shares_connect_flows()
-    }
-
-    async fn put_connect(&self, id: &str, flow: &[u8], ttl: Duration) -> Result<(), StoreError> {
-        self.inner.put_connect(id, flow, ttl).await
-    }
-
-    async fn take_connect(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.inner.take_connect(id).await
+    fn flow_store(self: Arc<Self>) -> Option<Arc<dyn FlowStore>> {
+        Arc::clone(&self.inner).flow_store()
     }
 
     fn list_order(&self, key: &str) -> String {

@@ -139,6 +139,17 @@ pub enum HelperJournal {
     },
 }
 
+/// Connect flows shared between replicas: kept by the replica that starts one, taken once
+/// by whichever the callback reaches. Only a store replicas share has one.
+#[async_trait]
+pub trait FlowStore: Send + Sync {
+    /// Keeps a connect flow (sealed by the store) under `id` for `ttl`.
+    async fn put_connect(&self, id: &str, flow: &[u8], ttl: Duration) -> Result<(), StoreError>;
+
+    /// Takes a connect flow: the first replica to ask gets it, every later one `None`.
+    async fn take_connect(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
 #[async_trait]
 pub trait TokenStore: Send + Sync {
     fn backend(&self) -> StoreBackend;
@@ -219,20 +230,10 @@ pub trait TokenStore: Send + Sync {
         Ok(sets)
     }
 
-    /// Whether replicas share this store, so a connect flow started on one can finish on
-    /// another (see `token::subject::connect`).
-    fn shares_connect_flows(&self) -> bool {
-        false
-    }
-
-    /// Keeps a connect flow (sealed by the store) under `id` for `ttl`.
-    async fn put_connect(&self, _id: &str, _flow: &[u8], _ttl: Duration) -> Result<(), StoreError> {
-        Ok(())
-    }
-
-    /// Takes a connect flow: the first replica to ask gets it, every later one `None`.
-    async fn take_connect(&self, _id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(None)
+    /// Where connect flows are shared, when replicas share this store (so a flow started
+    /// on one can finish on another; see `token::subject::connect`).
+    fn flow_store(self: Arc<Self>) -> Option<Arc<dyn FlowStore>> {
+        None
     }
 
     /// Changes whenever the credential's record changes in the store.

@@ -39,11 +39,11 @@ use super::redis_client::{
 };
 use super::redis_journal::RedisJournalReader;
 use super::sealed::Sealer;
+use super::{FlowStore, LocalCoordination, RecordKey};
 use super::{
     HelperJournal, Lease, LeaseAnswer, SaveOutcome, StoreBackend, StoreError, StoreHealth,
     StoredSet, StoredToken, TokenStore,
 };
-use super::{LocalCoordination, RecordKey};
 use crate::config::RedisTls;
 
 fn settle_ms() -> u64 {
@@ -989,37 +989,8 @@ impl TokenStore for RedisStore {
         Ok(keys)
     }
 
-    fn shares_connect_flows(&self) -> bool {
-        true
-    }
-
-    async fn put_connect(&self, id: &str, flow: &[u8], ttl: Duration) -> Result<(), StoreError> {
-        let sealed = self.sealer.seal(flow, &self.connect_aad(id));
-        let mut con = self.connection().await?;
-        let _: Option<String> = self
-            .run(
-                redis::cmd("SET")
-                    .arg(format!("{}:connect:{id}", self.prefix))
-                    .arg(sealed)
-                    .arg("PX")
-                    .arg(ttl.as_millis().max(1) as u64),
-                &mut con,
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn take_connect(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let script = redis::Script::new(TAKE);
-        let invocation = script.key(format!("{}:connect:{id}", self.prefix));
-        let sealed: Option<String> = self.script(&invocation).await?;
-        Ok(sealed.and_then(|s| {
-            let flow = self.sealer.open(&s, &self.connect_aad(id));
-            if flow.is_none() {
-                tracing::warn!(store = %self.health.store, "a connect flow in the store does not open (tampered?); it is refused");
-            }
-            flow
-        }))
+    fn flow_store(self: Arc<Self>) -> Option<Arc<dyn FlowStore>> {
+        Some(self)
     }
 
     fn list_order(&self, key: &str) -> String {
@@ -1117,5 +1088,37 @@ impl TokenStore for RedisStore {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
         }
+    }
+}
+
+#[async_trait]
+impl FlowStore for RedisStore {
+    async fn put_connect(&self, id: &str, flow: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        let sealed = self.sealer.seal(flow, &self.connect_aad(id));
+        let mut con = self.connection().await?;
+        let _: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(format!("{}:connect:{id}", self.prefix))
+                    .arg(sealed)
+                    .arg("PX")
+                    .arg(ttl.as_millis().max(1) as u64),
+                &mut con,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn take_connect(&self, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let script = redis::Script::new(TAKE);
+        let invocation = script.key(format!("{}:connect:{id}", self.prefix));
+        let sealed: Option<String> = self.script(&invocation).await?;
+        Ok(sealed.and_then(|s| {
+            let flow = self.sealer.open(&s, &self.connect_aad(id));
+            if flow.is_none() {
+                tracing::warn!(store = %self.health.store, "a connect flow in the store does not open (tampered?); it is refused");
+            }
+            flow
+        }))
     }
 }

@@ -9,8 +9,10 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
 
-use super::StateCounts;
+use super::{stored_state, StateCounts, SubjectKey};
+use crate::store::StoreError;
 use crate::token::slot::CredentialState;
 
 /// A subject's index in [`CredentialState::ALL`] (and in [`StateCounts`]).
@@ -122,11 +124,6 @@ impl RestingCensus {
         self.lock().moved_during_census = None;
     }
 }
-
-use std::time::SystemTime;
-
-use super::{stored_state, SubjectKey};
-use crate::store::StoreError;
 
 impl super::SubjectRegistry {
     /// Counts the subjects at rest in the store by state, a page at a time (see

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant, SystemTime};
 use dashmap::DashMap;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
-use super::SubjectKey;
-use crate::store::TokenStore;
+use super::{live_status, SubjectKey, SubjectStatus};
+use crate::store::{FlowStore, TokenStore};
 
 /// How long a shared flow outlives its lifetime in the store, so a late callback is told
 /// it expired rather than that its state is unknown.
@@ -80,8 +81,8 @@ pub enum ConnectRefused {
 #[derive(Default)]
 pub struct ConnectStates {
     pending: DashMap<String, PendingConnect>,
-    /// The store, when it is shared between replicas.
-    shared: Option<Arc<dyn TokenStore>>,
+    /// Where flows are shared, when replicas share the store.
+    shared: Option<Arc<dyn FlowStore>>,
 }
 
 impl ConnectStates {
@@ -89,7 +90,7 @@ impl ConnectStates {
     pub fn new(store: Arc<dyn TokenStore>) -> ConnectStates {
         ConnectStates {
             pending: DashMap::new(),
-            shared: store.shares_connect_flows().then_some(store),
+            shared: store.flow_store(),
         }
     }
 
@@ -197,10 +198,6 @@ fn from_shared(bytes: &[u8]) -> Option<PendingConnect> {
         expires: Instant::now() + left,
     })
 }
-
-use tracing::Instrument;
-
-use super::{live_status, SubjectStatus};
 
 impl super::SubjectRegistry {
     /// Ends a connect flow: redeems the code (with the flow's PKCE verifier and redirect
