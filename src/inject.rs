@@ -88,9 +88,10 @@ pub fn url_env_name(upstream: &str) -> String {
     name
 }
 
-/// What inject takes from the config the ConfigMap holds. Only the listeners and routes
-/// are read: the files the config names (secrets, keys, projected tokens) exist in the pod,
-/// not where `inject` runs; the sidecar checks them when it starts.
+/// What inject takes from the config the ConfigMap holds. The config is lowered in full
+/// (every key, type and cross-reference), but its files are not read: the secrets, keys and
+/// projected tokens it names exist in the pod, not where `inject` runs; the sidecar's check
+/// step reads them when it starts.
 pub struct PodConfig {
     /// Each upstream's URL through bearerd, as `BEARERD_URL_<UPSTREAM>`.
     pub urls: Vec<(String, String)>,
@@ -105,20 +106,11 @@ pub struct PodConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum PodConfigError {
     #[error("{0}")]
-    Toml(toml::de::Error),
+    Config(#[from] crate::config::ConfigError),
     #[error("the config needs `metrics_listen = \"0.0.0.0:14091\"` under [server]: the kubelet's probes and Prometheus reach bearerd there")]
     NoMetricsListen,
-    #[error("metrics_listen {listen:?}: {source}")]
-    BadMetricsListen {
-        listen: String,
-        source: std::net::AddrParseError,
-    },
     #[error("metrics_listen {0} is loopback: the kubelet's probes come from outside the pod (use 0.0.0.0)")]
     LoopbackMetricsListen(std::net::SocketAddr),
-    #[error("the config has no [upstreams]")]
-    NoUpstreams,
-    #[error("upstream {0} has neither path_prefix nor listen")]
-    NoRoute(String),
 }
 
 /// What is wrong with one pod template, in words for the operator.
@@ -127,58 +119,35 @@ pub enum PodConfigError {
 struct TemplateProblem(String);
 
 impl PodConfig {
-    pub fn from_text(text: &str) -> Result<PodConfig, PodConfigError> {
-        let doc: toml::Value = toml::from_str(text).map_err(PodConfigError::Toml)?;
+    /// The pod's view of the config `text`; `source` names it in errors.
+    pub fn from_text(source: &std::path::Path, text: &str) -> Result<PodConfig, PodConfigError> {
+        let config = crate::config::Config::lower(source, text)?;
+        let metrics = config
+            .server
+            .metrics_listen
+            .ok_or(PodConfigError::NoMetricsListen)?;
+        // metrics_listen must listen on the pod's IP.
+        if metrics.ip().is_loopback() {
+            return Err(PodConfigError::LoopbackMetricsListen(metrics));
+        }
+        let proxy = config.server.proxy_listen;
+        let urls = config
+            .upstreams
+            .iter()
+            .map(|u| {
+                let url = match &u.route {
+                    crate::config::RouteConfig::Prefix(p) => format!("http://{proxy}{p}"),
+                    crate::config::RouteConfig::Listen(a) => format!("http://{a}"),
+                };
+                (url_env_name(&u.name), url)
+            })
+            .collect();
         Ok(PodConfig {
-            urls: upstream_urls_in(&doc)?,
-            probes_port: probes_port_in(&doc)?,
+            urls,
+            probes_port: metrics.port(),
             hash: config_hash(text),
         })
     }
-}
-
-/// `metrics_listen`, which must listen on the pod's IP.
-fn probes_port_in(doc: &toml::Value) -> Result<u16, PodConfigError> {
-    let listen = doc
-        .get("server")
-        .and_then(|s| s.get("metrics_listen"))
-        .and_then(toml::Value::as_str)
-        .ok_or(PodConfigError::NoMetricsListen)?;
-    let addr: std::net::SocketAddr =
-        listen
-            .parse()
-            .map_err(|source| PodConfigError::BadMetricsListen {
-                listen: listen.to_string(),
-                source,
-            })?;
-    if addr.ip().is_loopback() {
-        return Err(PodConfigError::LoopbackMetricsListen(addr));
-    }
-    Ok(addr.port())
-}
-
-fn upstream_urls_in(doc: &toml::Value) -> Result<Vec<(String, String)>, PodConfigError> {
-    let proxy = doc
-        .get("server")
-        .and_then(|s| s.get("proxy_listen"))
-        .and_then(toml::Value::as_str)
-        .unwrap_or(crate::config::DEFAULT_PROXY_LISTEN);
-    let Some(upstreams) = doc.get("upstreams").and_then(toml::Value::as_table) else {
-        return Err(PodConfigError::NoUpstreams);
-    };
-    upstreams
-        .iter()
-        .map(|(name, u)| {
-            let prefix = u.get("path_prefix").and_then(toml::Value::as_str);
-            let listen = u.get("listen").and_then(toml::Value::as_str);
-            let url = match (prefix, listen) {
-                (Some(p), _) => format!("http://{proxy}{}", p.trim_end_matches('/')),
-                (None, Some(a)) => format!("http://{a}"),
-                (None, None) => return Err(PodConfigError::NoRoute(name.clone())),
-            };
-            Ok((url_env_name(name), url))
-        })
-        .collect()
 }
 
 fn v(s: &str) -> Value {
@@ -885,9 +854,37 @@ mod tests {
     /// A config with one upstream, `crm`, and the probes on the pod's IP.
     fn config() -> PodConfig {
         PodConfig::from_text(
-            "[server]\nmetrics_listen = \"0.0.0.0:14091\"\n[upstreams.crm]\nurl = \"https://crm.test/\"\npath_prefix = \"/crm\"\ncredential = \"c\"\n",
+            std::path::Path::new("bearerd.toml"),
+            "[server]\nmetrics_listen = \"0.0.0.0:14091\"\n[upstreams.crm]\nurl = \"https://crm.test/\"\npath_prefix = \"/crm\"\ncredential = \"c\"\n[credentials.c]\ngrant = \"static\"\ntoken = { file = \"/var/run/secrets/crm/token\" }\n",
         )
         .unwrap()
+    }
+
+    /// inject lowers the whole config (a mistake is an error at its line), but reads none
+    /// of the pod's files.
+    #[test]
+    fn the_config_is_lowered_in_full_without_its_files() {
+        let c = config();
+        assert_eq!(
+            c.urls,
+            [(
+                "BEARERD_URL_CRM".to_string(),
+                "http://127.0.0.1:14080/crm".to_string()
+            )]
+        );
+        assert_eq!(c.probes_port, 14091);
+        let typo = "[server]\nmetrics_listen = \"0.0.0.0:14091\"\n[upstreams.crm]\nurl = \"https://crm.test/\"\npath_prefix = \"/crm\"\ncredentail = \"c\"\n";
+        let e = PodConfig::from_text(std::path::Path::new("bearerd.toml"), typo)
+            .err()
+            .unwrap();
+        assert!(e.to_string().starts_with("bearerd.toml:6:"), "{e}");
+        let loopback = typo
+            .replace("credentail = \"c\"", "credential = \"c\"\n[credentials.c]\ngrant = \"static\"\ntoken = { env = \"UNSET_HERE\" }")
+            .replace("0.0.0.0:14091", "127.0.0.1:14091");
+        let e = PodConfig::from_text(std::path::Path::new("bearerd.toml"), &loopback)
+            .err()
+            .unwrap();
+        assert!(matches!(e, PodConfigError::LoopbackMetricsListen(_)), "{e}");
     }
 
     #[test]

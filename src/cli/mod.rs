@@ -409,11 +409,20 @@ pub fn inject(
     let pod_config = match config {
         None => None,
         Some(config) => {
-            let read = std::fs::read_to_string(config)
-                .map_err(|e| e.to_string())
-                .and_then(|t| bearerd::inject::PodConfig::from_text(&t).map_err(|e| e.to_string()));
-            match read {
+            let text = match std::fs::read_to_string(config) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("error: {}: {e}", config.display());
+                    return ExitCode::from(2);
+                }
+            };
+            // Lowering only: the files the config names exist in the pod, not here.
+            match bearerd::inject::PodConfig::from_text(config, &text) {
                 Ok(c) => Some(c),
+                Err(bearerd::inject::PodConfigError::Config(e)) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
                 Err(e) => {
                     eprintln!("error: {}: {e}", config.display());
                     return ExitCode::from(2);

@@ -1,8 +1,11 @@
 //! Config errors that name the file, the line and column, and the key.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+
+use super::pending::{Material, MaterialCheck, Place};
 
 #[derive(Debug, Clone)]
 pub struct ConfigError {
@@ -32,12 +35,19 @@ pub struct SourceMap<'a> {
     file: &'a Path,
     text: &'a str,
     doc: Option<toml_edit::ImDocument<&'a str>>,
+    /// What lowering found to read later, in the order it was written (the check step).
+    checks: RefCell<Vec<MaterialCheck>>,
 }
 
 impl<'a> SourceMap<'a> {
     pub fn new(file: &'a Path, text: &'a str) -> Self {
         let doc = toml_edit::ImDocument::parse(text).ok();
-        SourceMap { file, text, doc }
+        SourceMap {
+            file,
+            text,
+            doc,
+            checks: RefCell::default(),
+        }
     }
 
     fn line_col(&self, offset: usize) -> (usize, usize) {
@@ -77,21 +87,42 @@ impl<'a> SourceMap<'a> {
         item.as_str()
     }
 
-    /// An error at the key `path` (dotted), or at the top of the file when it is absent.
-    pub fn error_at(&self, path: &str, message: impl fmt::Display) -> ConfigError {
+    /// The place of the key `path` (dotted), or of the nearest enclosing key that exists,
+    /// or the top of the file.
+    pub fn place(&self, path: &str) -> Place {
         let parts: Vec<&str> = path.split('.').collect();
-        // Fall back to the nearest enclosing key that exists.
         let span = (1..=parts.len())
             .rev()
             .find_map(|n| self.span_of(&parts[..n]));
         let (line, column) = span.map_or((1, 1), |s| self.line_col(s.start));
-        ConfigError {
-            file: self.file.to_path_buf(),
+        Place {
             line,
             column,
-            key: Some(path.to_string()),
+            key: path.to_string(),
+        }
+    }
+
+    /// An error at the key `path` (dotted), or at the top of the file when it is absent.
+    pub fn error_at(&self, path: &str, message: impl fmt::Display) -> ConfigError {
+        let at = self.place(path);
+        ConfigError {
+            file: self.file.to_path_buf(),
+            line: at.line,
+            column: at.column,
+            key: Some(at.key),
             message: message.to_string(),
         }
+    }
+
+    /// Records `what` for the check step, at the key `path`.
+    pub fn check_later(&self, path: &str, what: Material) {
+        let at = self.place(path);
+        self.checks.borrow_mut().push(MaterialCheck { at, what });
+    }
+
+    /// What lowering recorded for the check step.
+    pub fn take_checks(&self) -> Vec<MaterialCheck> {
+        self.checks.take()
     }
 
     /// Turns a serde/TOML error (unknown key, wrong type, syntax) into a located error.

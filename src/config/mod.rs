@@ -1,16 +1,21 @@
 //! Configuration: the TOML schema (`raw`), lowered (`lower`) into the validated model
-//! (`model`) the rest of bearerd uses. Lowering is where every mistake is caught, with file,
-//! line and key.
+//! (`model`) the rest of bearerd uses, then the files and variables it names read (`check`).
+//! Lowering is pure (text in, model out); between them the two steps catch every mistake,
+//! with file, line and key.
 
+mod check;
 mod error;
 mod lower;
 mod model;
+mod pending;
 mod raw;
+mod urls;
 
 use std::path::Path;
 
 pub use error::ConfigError;
 use error::SourceMap;
+pub use pending::{Material, MaterialCheck, Place};
 // What the config names but `material` reads: re-exported so the model reads as one.
 pub use crate::material::{
     load_ca_file, parse_ca_pem, parse_store_key, same_secret, ClientIdentity, KeySource,
@@ -31,11 +36,22 @@ impl Config {
         Config::parse(path, &text)
     }
 
-    /// Validates config text; `source` names it in errors.
+    /// Validates config text and everything it names (both steps); `source` names it in
+    /// errors.
     pub fn parse(source: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config = Config::lower(source, text)?;
+        config.check_material()?;
+        Ok(config)
+    }
+
+    /// Validates config text alone: reads no file and no environment variable. What the
+    /// text names outside itself is left for [`Config::check_material`].
+    pub fn lower(source: &Path, text: &str) -> Result<Config, ConfigError> {
         let map = SourceMap::new(source, text);
         let raw = raw::parse(text).map_err(|e| lower::schema_error(&map, &e))?;
-        lower::lower(source, &map, raw)
+        let mut config = lower::lower(source, &map, raw)?;
+        config.material = map.take_checks();
+        Ok(config)
     }
 }
 
@@ -67,6 +83,44 @@ credential = "crm"
         assert_eq!(c.upstreams[0].authority, "127.0.0.1:2");
         assert_eq!(c.upstreams[0].route, RouteConfig::Prefix("/crm".into()));
         assert_eq!(c.credentials[0].policy.ratio, 0.8);
+    }
+
+    /// Lowering reads nothing: a config naming files and variables that do not exist here
+    /// lowers, and the check step then names the first of them at its line.
+    #[test]
+    fn lowering_reads_no_file_and_the_check_step_reads_them_all() {
+        let text = GOOD
+            .replace(
+                "client_secret = \"s3cret\"",
+                "client_secret = { env = \"BEARERD_TEST_UNSET_VARIABLE\" }\nca_file = \"/nonexistent/ca.pem\"",
+            )
+            .replace(
+                "credential = \"crm\"",
+                "credential = \"crm\"\nca_file = \"/nonexistent/upstream-ca.pem\"",
+            )
+            .replace("http://127.0.0.1:2/api/", "https://127.0.0.1:2/api/");
+        let lowered = Config::lower(Path::new("t.toml"), &text).unwrap();
+        let keys: Vec<&str> = lowered.material.iter().map(|c| c.at.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "credentials.crm.client_secret",
+                "credentials.crm.ca_file",
+                "upstreams.crm.ca_file"
+            ]
+        );
+        let e = lowered.check_material().unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("credentials.crm.client_secret"));
+        assert!(e.to_string().starts_with("t.toml:6:"), "{e}");
+        assert!(e.message.contains("BEARERD_TEST_UNSET_VARIABLE"), "{e}");
+        // `parse` runs both steps.
+        assert_eq!(parse(&text).unwrap_err().to_string(), e.to_string());
+
+        let without_secret =
+            text.replace("{ env = \"BEARERD_TEST_UNSET_VARIABLE\" }", "\"s3cret\"");
+        let e = parse(&without_secret).unwrap_err();
+        assert_eq!(e.key.as_deref(), Some("credentials.crm.ca_file"), "{e}");
+        assert!(e.message.contains("/nonexistent/ca.pem"), "{e}");
     }
 
     #[test]

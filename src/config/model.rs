@@ -23,6 +23,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub credentials: Vec<CredentialConfig>,
     pub upstreams: Vec<UpstreamConfig>,
+    /// What the config names outside its text, for the check step.
+    pub material: Vec<super::MaterialCheck>,
 }
 
 #[derive(Debug, Clone)]

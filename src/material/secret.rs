@@ -42,11 +42,15 @@ pub enum SecretError {
     EmptyFile { path: PathBuf },
 }
 
-/// A validated secret reference. `Env` values are captured at load time: the environment of a
-/// running process does not change, so resolving once gives the error at startup.
+/// A validated secret reference. Lowering only names the source; reading it (the
+/// environment variable, the file) is the check step's work, so that a config can be
+/// validated where its files and variables do not exist (`bearerd inject`).
 #[derive(Clone)]
 pub enum SecretRef {
     Value(SecretString),
+    /// An environment variable, read at each use (the environment of a running process
+    /// does not change, so the check step's read stands for all of them).
+    Env(String),
     File(PathBuf),
 }
 
@@ -54,37 +58,33 @@ impl std::fmt::Debug for SecretRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SecretRef::Value(_) => f.write_str("SecretRef::Value([REDACTED])"),
+            SecretRef::Env(name) => write!(f, "SecretRef::Env({name})"),
             SecretRef::File(p) => write!(f, "SecretRef::File({})", p.display()),
         }
     }
 }
 
 impl SecretRef {
-    /// Lowers the raw form; errors are plain messages, the caller adds file, line and key.
+    /// Lowers the raw form without reading anything; errors are plain messages, the caller
+    /// adds file, line and key.
     pub fn lower(raw: &RawSecretRef) -> Result<Self, SecretError> {
         match raw {
             RawSecretRef::Inline(s) => Ok(SecretRef::Value(s.clone())),
-            RawSecretRef::Env { env } => match std::env::var(env) {
-                Ok(v) if !v.trim().is_empty() => {
-                    Ok(SecretRef::Value(SecretString::from(v.trim().to_string())))
-                }
-                Ok(_) => Err(SecretError::EnvEmpty(env.clone())),
-                Err(_) => Err(SecretError::EnvUnset(env.clone())),
-            },
+            RawSecretRef::Env { env } => Ok(SecretRef::Env(env.clone())),
             RawSecretRef::Header { .. } => Err(SecretError::HeaderNotAllowed),
-            RawSecretRef::File { file } => {
-                // Read once now so a missing or unreadable file is a config error, not a
-                // failure at the first refresh.
-                read_secret_file(file)?;
-                Ok(SecretRef::File(file.clone()))
-            }
+            RawSecretRef::File { file } => Ok(SecretRef::File(file.clone())),
         }
     }
 
-    /// The current value. Files are read again on every call.
+    /// The current value. Files and variables are read again on every call.
     pub fn resolve(&self) -> Result<SecretString, SecretError> {
         match self {
             SecretRef::Value(s) => Ok(s.clone()),
+            SecretRef::Env(name) => match std::env::var(name) {
+                Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_string())),
+                Ok(_) => Err(SecretError::EnvEmpty(name.clone())),
+                Err(_) => Err(SecretError::EnvUnset(name.clone())),
+            },
             SecretRef::File(p) => read_secret_file(p),
         }
     }
@@ -92,7 +92,7 @@ impl SecretRef {
     /// Where the value comes from, for `check` output and status (never the value).
     pub fn describe(&self) -> String {
         match self {
-            SecretRef::Value(_) => "inline/env".to_string(),
+            SecretRef::Value(_) | SecretRef::Env(_) => "inline/env".to_string(),
             SecretRef::File(p) => format!("file {}", p.display()),
         }
     }
@@ -100,7 +100,7 @@ impl SecretRef {
     pub fn file(&self) -> Option<&PathBuf> {
         match self {
             SecretRef::File(p) => Some(p),
-            SecretRef::Value(_) => None,
+            SecretRef::Value(_) | SecretRef::Env(_) => None,
         }
     }
 }

@@ -306,6 +306,12 @@ impl ServiceAccountKey {
     }
 }
 
+/// The token endpoint a service-account key file names, if it names one.
+pub fn service_account_token_uri(source: &SecretRef) -> Result<Option<String>, KeyError> {
+    let text = source.resolve()?;
+    Ok(ServiceAccountKey::parse(text.expose_secret())?.token_uri)
+}
+
 /// A key as read from its source, with what a service-account file adds.
 pub struct LoadedKey {
     pub key: PrivateKey,

@@ -66,35 +66,36 @@ end
     };
 }
 
-/// Saves when the stored generation is the expected one ('' for none), and announces it.
-const COMPARE_AND_SET: &str = concat!(
+/// Writes a set, and announces it, when the rule in ARGV[1] holds: 'cas' when the stored
+/// generation is ARGV[2] ('' for none; a save), 'newer' when the store has none or an older
+/// one than ARGV[3] (a refill after the store lost it).
+const WRITE_SET: &str = concat!(
     index_subject!(),
     r"
 local current = redis.call('HGET', KEYS[1], 'gen')
-if (current == false and ARGV[1] == '') or (current ~= false and current == ARGV[1]) then
-  redis.call('HSET', KEYS[1], 'gen', ARGV[2], 'sealed', ARGV[3])
-  redis.call('PUBLISH', ARGV[4], ARGV[2])
-  index_subject(ARGV[5], ARGV[6])
+local write
+if ARGV[1] == 'cas' then
+  write = (current == false and ARGV[2] == '') or (current ~= false and current == ARGV[2])
+else
+  write = current == false or tonumber(current) < tonumber(ARGV[3])
+end
+if write then
+  redis.call('HSET', KEYS[1], 'gen', ARGV[3], 'sealed', ARGV[4])
+  redis.call('PUBLISH', ARGV[5], ARGV[3])
+  index_subject(ARGV[6], ARGV[7])
   return 1
 end
 return 0
 "
 );
 
-/// Writes a set back when the store has none, or an older one.
-const REFILL: &str = concat!(
-    index_subject!(),
-    r"
-local current = redis.call('HGET', KEYS[1], 'gen')
-if current == false or tonumber(current) < tonumber(ARGV[1]) then
-  redis.call('HSET', KEYS[1], 'gen', ARGV[1], 'sealed', ARGV[2])
-  redis.call('PUBLISH', ARGV[3], ARGV[1])
-  index_subject(ARGV[4], ARGV[5])
-  return 1
-end
-return 0
-"
-);
+/// When [`WRITE_SET`] writes.
+enum WriteRule {
+    /// A save: the stored generation is this one (`None`: there is no record).
+    IfGeneration(Option<u64>),
+    /// A refill: the store has no record, or an older one.
+    IfNewer,
+}
 
 /// Reads a record; a subject's gets its index entry back if it lacks one (a record written
 /// before the index existed is listed from its first load on).
@@ -415,6 +416,36 @@ impl RedisStore {
             self.suffix(credential)
         )
         .into_bytes()
+    }
+
+    /// Writes a sealed set under `rule` (see [`WRITE_SET`]); true when it was written.
+    async fn write_set(
+        &self,
+        credential: &str,
+        rule: WriteRule,
+        generation: u64,
+        sealed: String,
+    ) -> Result<bool, StoreError> {
+        let script = redis::Script::new(WRITE_SET);
+        let mut invocation = script.key(self.set_key(credential));
+        match rule {
+            WriteRule::IfGeneration(expected) => invocation
+                .arg("cas")
+                .arg(expected.map_or(String::new(), |g| g.to_string())),
+            WriteRule::IfNewer => invocation.arg("newer").arg(""),
+        };
+        invocation
+            .arg(generation.to_string())
+            .arg(sealed)
+            .arg(self.channel(credential));
+        if let Some(entry) = self.subject_entry(credential) {
+            invocation
+                .key(entry.index)
+                .arg(entry.hash)
+                .arg(entry.member);
+        }
+        let written: i64 = self.script(&invocation).await?;
+        Ok(written == 1)
     }
 
     /// The index entry of a subject's record; `None` for a credential's own record.
@@ -878,21 +909,15 @@ impl TokenStore for RedisStore {
             generation,
         };
         let sealed = seal_set(&self.sealer, &set, &self.aad(credential))?;
-        let script = redis::Script::new(COMPARE_AND_SET);
-        let mut invocation = script.key(self.set_key(credential));
-        invocation
-            .arg(expected.map_or(String::new(), |g| g.to_string()))
-            .arg(generation.to_string())
-            .arg(sealed)
-            .arg(self.channel(credential));
-        if let Some(entry) = self.subject_entry(credential) {
-            invocation
-                .key(entry.index)
-                .arg(entry.hash)
-                .arg(entry.member);
-        }
-        let saved: i64 = self.script(&invocation).await?;
-        if saved == 1 {
+        let saved = self
+            .write_set(
+                credential,
+                WriteRule::IfGeneration(expected),
+                generation,
+                sealed,
+            )
+            .await?;
+        if saved {
             self.local.changed(credential);
             return Ok(SaveOutcome::Saved { generation });
         }
@@ -902,20 +927,8 @@ impl TokenStore for RedisStore {
 
     async fn refill(&self, credential: &str, set: &StoredSet) -> Result<bool, StoreError> {
         let sealed = seal_set(&self.sealer, set, &self.aad(credential))?;
-        let script = redis::Script::new(REFILL);
-        let mut invocation = script.key(self.set_key(credential));
-        invocation
-            .arg(set.generation.to_string())
-            .arg(sealed)
-            .arg(self.channel(credential));
-        if let Some(entry) = self.subject_entry(credential) {
-            invocation
-                .key(entry.index)
-                .arg(entry.hash)
-                .arg(entry.member);
-        }
-        let written: i64 = self.script(&invocation).await?;
-        Ok(written == 1)
+        self.write_set(credential, WriteRule::IfNewer, set.generation, sealed)
+            .await
     }
 
     async fn remove(&self, credential: &str) -> Result<(), StoreError> {

@@ -693,26 +693,30 @@ fn record_failure(
     let next_in = record
         .next_refresh_at
         .map(|n| n.saturating_duration_since(now).as_secs_f64());
+    // One event: at error when retries stop, at warn while they go on (tracing takes the
+    // level at compile time, hence the macro).
+    macro_rules! refresh_failed {
+        ($level:ident, $($rest:tt)*) => {
+            tracing::$level!(
+                credential = &*slot.name,
+                trigger = trigger.as_str(),
+                attempt = record.consecutive_failures,
+                outcome = result.as_str(),
+                error_kind = %failure.kind,
+                error = failure.message,
+                duration_ms = elapsed.as_millis() as u64,
+                $($rest)*
+            )
+        };
+    }
     if failure.permanent {
-        tracing::error!(
-            credential = &*slot.name,
-            trigger = trigger.as_str(),
-            attempt = record.consecutive_failures,
-            outcome = result.as_str(),
-            error_kind = %failure.kind,
-            error = failure.message,
-            duration_ms = elapsed.as_millis() as u64,
+        refresh_failed!(
+            error,
             "token refresh failed permanently; automatic retries stop until re-authorization"
         );
     } else {
-        tracing::warn!(
-            credential = &*slot.name,
-            trigger = trigger.as_str(),
-            attempt = record.consecutive_failures,
-            outcome = result.as_str(),
-            error_kind = %failure.kind,
-            error = failure.message,
-            duration_ms = elapsed.as_millis() as u64,
+        refresh_failed!(
+            warn,
             next_refresh_in_s = next_in,
             "token refresh failed; retrying with backoff"
         );

@@ -2,10 +2,8 @@
 //! own strict table through the shared key groups (token request, schedule, waiting).
 
 use super::*;
-use secrecy::ExposeSecret;
 
 use crate::config::raw::{RawSchedule, RawTokenRequest, RawWait};
-use crate::material::signing::{load_key, KeyError, LoadedKey, ServiceAccountKey};
 use crate::material::RawSecretRef;
 
 pub(super) fn lower_credential(
@@ -258,30 +256,16 @@ fn lower_jwt_bearer(
         }
     };
     let (source_key, source) = source;
-    let (signing, loaded) = lower_signing(map, name, &rc, source, source_key)?;
-    let mut request = lower_token_request(map, name, &t.grant, &rc, ClientIdRule::Optional, true)?;
-    // A service-account key names its token endpoint.
-    if let (KeySource::ServiceAccount(sa), None, None) =
-        (&signing.key, &request.token_url, &request.issuer)
-    {
-        let uri = sa
-            .resolve()
-            .ok()
-            .and_then(|text| ServiceAccountKey::parse(text.expose_secret()).ok())
-            .and_then(|k| k.token_uri);
-        if let Some(uri) = uri {
-            request.token_url = Some(http_url(map, &key("service_account_key"), &uri)?);
-        }
-    }
-    if loaded.account.is_some() && request.scopes.is_empty() {
-        // Google refuses a service-account assertion without a scope.
-        return Err(map.error_at(
-            &key("service_account_key"),
-            "a service-account key needs `scopes` (they go into the assertion)",
-        ));
-    }
+    // Google refuses a service-account assertion without a scope; said once the key has
+    // been read (a file that is no service-account key is the first thing to fix).
+    let service_account = matches!(source, KeySource::ServiceAccount(_));
+    let scopes_missing = service_account && rc.scopes.as_ref().is_none_or(Vec::is_empty);
+    let signing = lower_signing(map, name, &rc, (source, source_key), scopes_missing)?;
+    let request = lower_token_request(map, name, &t.grant, &rc, ClientIdRule::Optional, true)?;
+    // A service-account key names the assertion's issuer (its account) and may name the
+    // token endpoint (read when the grant is built).
     let issuer = non_empty(map, &key("assertion_issuer"), &t.assertion_issuer)?;
-    if issuer.is_none() && loaded.account.is_none() && request.client.client_id.is_none() {
+    if issuer.is_none() && !service_account && request.client.client_id.is_none() {
         return Err(map.error_at(
             &key("grant"),
             "grant \"jwt_bearer\" needs `client_id` or `assertion_issuer` (the assertion's issuer)",
@@ -557,7 +541,7 @@ fn lower_token_request(
         }
     }
     if let Some(ca) = &rc.ca_file {
-        load_ca_file(ca).map_err(|m| map.error_at(&key("ca_file"), m))?;
+        map.check_later(&key("ca_file"), Material::CaFile(ca.clone()));
     }
     let revocation_url = optional_url("revocation_url", &rc.revocation_url)?;
     Ok(TokenRequestConfig {
@@ -801,13 +785,14 @@ fn lower_client_auth_method(
         Method::PrivateKeyJwt => {
             let raw = required("private_key", &rc.private_key)?;
             let pem = key_source(map, &key("private_key"), &raw)?;
-            let (signing, _) = lower_signing(map, name, rc, KeySource::Pem(pem), "private_key")?;
+            let signing =
+                lower_signing(map, name, rc, (KeySource::Pem(pem), "private_key"), false)?;
             ClientAuthMethod::PrivateKeyJwt(signing)
         }
         Method::ClientAssertion => {
             let raw = required("client_assertion", &rc.client_assertion)?;
             let source = SecretRef::File(file_only(map, &key("client_assertion"), &raw)?);
-            check_jwt(map, &key("client_assertion"), &source)?;
+            map.check_later(&key("client_assertion"), Material::Jwt(source.clone()));
             ClientAuthMethod::ClientAssertion(source)
         }
         Method::TlsClientAuth => {
@@ -823,23 +808,22 @@ fn lower_client_auth_method(
                     &required("client_key", &rc.client_key)?,
                 )?,
             };
-            crate::material::identity::load_identity(&identity)
-                .map_err(|e| map.error_at(&key(e.file.config_key()), e))?;
+            check_identity_later(map, &format!("credentials.{name}"), &identity);
             ClientAuthMethod::TlsClientAuth(identity)
         }
         Method::None => ClientAuthMethod::None,
     })
 }
 
-/// A signing key and its header: the key is read now, so a wrong kind of key, an
+/// A signing key and its header: the check step reads the key, so a wrong kind of key, an
 /// unreadable file or an algorithm the key cannot sign with is a config error.
 fn lower_signing(
     map: &SourceMap,
     name: &str,
     rc: &RawTokenRequest,
-    source: KeySource,
-    source_key: &str,
-) -> Result<(SigningConfig, LoadedKey), ConfigError> {
+    (source, source_key): (KeySource, &str),
+    scopes_missing: bool,
+) -> Result<SigningConfig, ConfigError> {
     let key = |k: &str| format!("credentials.{name}.{k}");
     let alg = match rc.signing_alg.as_deref() {
         None => None,
@@ -859,14 +843,15 @@ fn lower_signing(
         alg,
         audience: non_empty(map, &key("assertion_audience"), &rc.assertion_audience)?,
     };
-    let loaded = load_key(&config).map_err(|e| {
-        let at = match e {
-            KeyError::WrongAlgorithm { .. } => "signing_alg",
-            _ => source_key,
-        };
-        map.error_at(&key(at), format!("{} {e}", config.key.describe()))
-    })?;
-    Ok((config, loaded))
+    map.check_later(
+        &key(source_key),
+        Material::SigningKey {
+            config: config.clone(),
+            alg_at: map.place(&key("signing_alg")),
+            scopes_missing,
+        },
+    );
+    Ok(config)
 }
 
 /// A token read at every use, with its RFC 8693 type (a JWT unless said otherwise; one
@@ -883,24 +868,13 @@ fn lower_typed_token(
         Some(t) => token_type_uri(map, &key(type_key), t)?,
         None => TOKEN_TYPE_JWT.to_string(),
     };
-    if token_type == TOKEN_TYPE_JWT || token_type == TOKEN_TYPE_ID_TOKEN {
-        check_jwt(map, &key(token_key), &token)?;
+    let check = if token_type == TOKEN_TYPE_JWT || token_type == TOKEN_TYPE_ID_TOKEN {
+        Material::Jwt(token.clone())
     } else {
-        token
-            .resolve()
-            .map_err(|m| map.error_at(&key(token_key), m))?;
-    }
+        Material::Secret(token.clone())
+    };
+    map.check_later(&key(token_key), check);
     Ok(TypedToken { token, token_type })
-}
-
-fn check_jwt(map: &SourceMap, key: &str, source: &SecretRef) -> Result<(), ConfigError> {
-    let value = source.resolve().map_err(|m| map.error_at(key, m))?;
-    crate::material::jwt::peek(value.expose_secret())
-        .map(|_| ())
-        .map_err(|e| {
-            let what = key.rsplit('.').next().unwrap_or(key);
-            map.error_at(key, format!("{what} ({}) {e}", source.describe()))
-        })
 }
 
 fn token_type_uri(map: &SourceMap, key: &str, value: &str) -> Result<String, ConfigError> {

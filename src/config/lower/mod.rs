@@ -11,7 +11,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::error::SourceMap;
+use super::pending::Material;
 use super::raw::{self, RawConfig, RawCredential, RawUpstream};
+use super::urls::parse_http_url;
 use super::*;
 use crate::material::RawSecretRef;
 
@@ -181,10 +183,42 @@ pub(super) fn lower(source: &Path, map: &SourceMap, raw: RawConfig) -> Result<Co
         }
         upstreams.push(up);
     }
-    // Every OAuth credential must be able to find its token endpoint.
-    for (cred, name) in credentials.iter().zip(raw.credentials.keys()) {
+    every_token_endpoint_found(map, &credentials)?;
+
+    Ok(Config {
+        source: source.to_path_buf(),
+        server,
+        store,
+        credentials,
+        upstreams,
+        material: Vec::new(),
+    })
+}
+
+/// Every OAuth credential must be able to find its token endpoint: configured, discovered,
+/// or named by its service-account key (which the check step reads).
+fn every_token_endpoint_found(
+    map: &SourceMap,
+    credentials: &[CredentialConfig],
+) -> Result<(), ConfigError> {
+    for cred in credentials {
+        let name = &cred.name;
         if let Some(req) = cred.grant.request() {
-            if req.token_url.is_none() && req.issuer.is_none() && req.protected_resource.is_none() {
+            let configured = req.token_url.is_some() || req.issuer.is_some();
+            if let (false, Some(sa)) = (configured, service_account_key(&cred.grant)) {
+                // The key file may name the endpoint: the check step reads it.
+                let required_at = req
+                    .protected_resource
+                    .is_none()
+                    .then(|| map.place(&format!("credentials.{name}.grant")));
+                map.check_later(
+                    &format!("credentials.{name}.service_account_key"),
+                    Material::ServiceAccountEndpoint {
+                        key: sa.clone(),
+                        required_at,
+                    },
+                );
+            } else if !configured && req.protected_resource.is_none() {
                 return Err(map.error_at(
                     &format!("credentials.{name}.grant"),
                     format!(
@@ -195,14 +229,22 @@ pub(super) fn lower(source: &Path, map: &SourceMap, raw: RawConfig) -> Result<Co
             }
         }
     }
+    Ok(())
+}
 
-    Ok(Config {
-        source: source.to_path_buf(),
-        server,
-        store,
-        credentials,
-        upstreams,
-    })
+/// The service-account key of a jwt_bearer credential that has one.
+fn service_account_key(grant: &GrantConfig) -> Option<&SecretRef> {
+    match grant {
+        GrantConfig::JwtBearer(JwtBearerConfig {
+            signing:
+                SigningConfig {
+                    key: KeySource::ServiceAccount(sa),
+                    ..
+                },
+            ..
+        }) => Some(sa),
+        _ => None,
+    }
 }
 
 fn lower_store(map: &SourceMap, raw: &raw::RawStore) -> Result<StoreConfig, ConfigError> {
@@ -253,10 +295,24 @@ fn lower_store(map: &SourceMap, raw: &raw::RawStore) -> Result<StoreConfig, Conf
                 ));
             };
             let url = lower_secret(map, "store.url", url)?;
-            let text = url.resolve().map_err(|m| map.error_at("store.url", m))?;
-            let tls = check_redis_url(secrecy::ExposeSecret::expose_secret(&text))
-                .map_err(|m| map.error_at("store.url", m))?;
-            let tls = lower_redis_tls(map, raw, tls)?;
+            let tls_keys = [
+                ("ca_file", raw.ca_file.is_some()),
+                ("client_cert", raw.client_cert.is_some()),
+                ("client_key", raw.client_key.is_some()),
+            ]
+            .into_iter()
+            .filter(|(_, set)| *set)
+            .map(|(key, _)| map.place(&format!("store.{key}")))
+            .collect();
+            // Whether the url asks for TLS is known once it is read: the check step.
+            map.check_later(
+                "store.url",
+                Material::RedisUrl {
+                    url: url.clone(),
+                    tls_keys,
+                },
+            );
+            let tls = lower_redis_tls(map, raw)?;
             let key = lower_store_key(map, raw, "redis")?;
             let prefix = raw.prefix.clone().unwrap_or_else(|| "bearerd".to_string());
             if prefix.is_empty()
@@ -296,38 +352,24 @@ fn lower_store_key(
             format!("the {backend} store needs `key = {{ env = \"BEARERD_STORE_KEY\" }}` (or {{ file = \"…\" }}): make one with `bearerd keygen`"),
         ));
     };
-    let help = |m: &dyn std::fmt::Display| {
-        map.error_at("store.key", format!("{m}. {}", store_key_help(key)))
-    };
-    let text = SecretRef::lower(key)
-        .and_then(|k| k.resolve())
-        .map_err(|e| help(&e))?;
-    crate::material::parse_store_key(secrecy::ExposeSecret::expose_secret(&text))
-        .map_err(|e| help(&e))?;
-    lower_secret(map, "store.key", key)
+    let help = store_key_help(key);
+    let key =
+        SecretRef::lower(key).map_err(|e| map.error_at("store.key", format!("{e}. {help}")))?;
+    map.check_later(
+        "store.key",
+        Material::StoreKey {
+            key: key.clone(),
+            help,
+        },
+    );
+    Ok(key)
 }
 
-/// The TLS keys of a Redis store: only with a `rediss://` url, the certificate and its key
-/// together, and each file readable and well formed now rather than at the first refresh.
-fn lower_redis_tls(
-    map: &SourceMap,
-    raw: &raw::RawStore,
-    url_is_tls: bool,
-) -> Result<RedisTls, ConfigError> {
-    for (key, set) in [
-        ("ca_file", raw.ca_file.is_some()),
-        ("client_cert", raw.client_cert.is_some()),
-        ("client_key", raw.client_key.is_some()),
-    ] {
-        if set && !url_is_tls {
-            return Err(map.error_at(
-                &format!("store.{key}"),
-                "only applies to a TLS connection: the url is redis://, use rediss://",
-            ));
-        }
-    }
+/// The TLS keys of a Redis store: the certificate and its key together, each file read
+/// and parsed by the check step rather than at the first refresh.
+fn lower_redis_tls(map: &SourceMap, raw: &raw::RawStore) -> Result<RedisTls, ConfigError> {
     if let Some(ca) = &raw.ca_file {
-        load_ca_file(ca).map_err(|m| map.error_at("store.ca_file", m))?;
+        map.check_later("store.ca_file", Material::CaFile(ca.clone()));
     }
     let identity = match (&raw.client_cert, &raw.client_key) {
         (None, None) => None,
@@ -355,8 +397,7 @@ fn lower_redis_tls(
                 cert: file("client_cert", cert)?,
                 key: file("client_key", key)?,
             };
-            crate::material::identity::load_identity(&identity)
-                .map_err(|e| map.error_at(&format!("store.{}", e.file.config_key()), e))?;
+            check_identity_later(map, "store", &identity);
             Some(identity)
         }
     };
@@ -366,41 +407,15 @@ fn lower_redis_tls(
     })
 }
 
-/// Why a Redis URL cannot be used. Never quotes the URL: it may hold a password.
-#[derive(Debug, thiserror::Error)]
-enum RedisUrlError {
-    #[error("the redis url does not parse ({0}); expected redis://[user:pass@]host:port/db or rediss://…")]
-    Unparsable(url::ParseError),
-    #[error("the redis url's scheme is {0:?}; expected redis:// or rediss:// (TLS)")]
-    Scheme(String),
-    #[error("the redis url has no host")]
-    NoHost,
-    #[error("the redis url's path must be a database number, e.g. /0")]
-    Database,
-    #[error("the redis url may not have a #fragment (certificate checks cannot be turned off; trust a private CA with ca_file)")]
-    Fragment,
-}
-
-/// A Redis URL bearerd can use; true when it asks for TLS (`rediss://`). The message never
-/// quotes the URL: it may hold a password.
-fn check_redis_url(text: &str) -> Result<bool, RedisUrlError> {
-    let url = url::Url::parse(text.trim()).map_err(RedisUrlError::Unparsable)?;
-    if !matches!(url.scheme(), "redis" | "rediss") {
-        return Err(RedisUrlError::Scheme(url.scheme().to_string()));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(RedisUrlError::NoHost);
-    }
-    let db = url.path().trim_start_matches('/');
-    if !db.is_empty() && db.parse::<u16>().is_err() {
-        return Err(RedisUrlError::Database);
-    }
-    // The Redis client reads `#insecure` as "skip certificate checks", which this build
-    // refuses at every connection; any other fragment makes the url unusable.
-    if url.fragment().is_some() {
-        return Err(RedisUrlError::Fragment);
-    }
-    Ok(url.scheme() == "rediss")
+/// A certificate and its key, for the check step to read together.
+pub(super) fn check_identity_later(map: &SourceMap, table: &str, identity: &ClientIdentity) {
+    map.check_later(
+        &format!("{table}.client_cert"),
+        Material::Identity {
+            identity: identity.clone(),
+            key_at: map.place(&format!("{table}.client_key")),
+        },
+    );
 }
 
 /// What the store key is for and how to make one, said with every store key error.
@@ -492,30 +507,21 @@ fn lower_server(map: &SourceMap, raw: &RawConfig) -> Result<ServerConfig, Config
     })
 }
 
+/// A secret reference; a variable or a file is read by the check step.
 pub(super) fn lower_secret(
     map: &SourceMap,
     key: &str,
     raw: &RawSecretRef,
 ) -> Result<SecretRef, ConfigError> {
-    SecretRef::lower(raw).map_err(|m| map.error_at(key, m))
+    let secret = SecretRef::lower(raw).map_err(|m| map.error_at(key, m))?;
+    if !matches!(secret, SecretRef::Value(_)) {
+        map.check_later(key, Material::Secret(secret.clone()));
+    }
+    Ok(secret)
 }
 
 fn http_url(map: &SourceMap, key: &str, value: &str) -> Result<url::Url, ConfigError> {
-    let url = url::Url::parse(value)
-        .map_err(|e| map.error_at(key, format!("invalid URL {value:?}: {e}")))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(map.error_at(key, format!("URL {value:?} must use http or https")));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(map.error_at(key, format!("URL {value:?} has no host")));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(map.error_at(
-            key,
-            format!("URL {value:?} may not carry a query or fragment"),
-        ));
-    }
-    Ok(url)
+    parse_http_url(value).map_err(|e| map.error_at(key, e))
 }
 
 fn lower_upstream(
@@ -562,7 +568,7 @@ fn lower_upstream(
         if !tls {
             return Err(map.error_at(&key("ca_file"), "ca_file needs an https upstream url"));
         }
-        load_ca_file(ca).map_err(|m| map.error_at(&key("ca_file"), m))?;
+        map.check_later(&key("ca_file"), Material::CaFile(ca.clone()));
     }
     Ok(UpstreamConfig {
         name: name.to_string(),

@@ -5,8 +5,10 @@
 use secrecy::ExposeSecret;
 
 use super::{GrantError, IssuedToken};
-use crate::config::{JwtBearerConfig, KeySource};
-use crate::material::signing::{AssertionClaims, AssertionSigner};
+use crate::config::{JwtBearerConfig, KeySource, TokenRequestConfig};
+use crate::material::signing::{
+    service_account_token_uri, AssertionClaims, AssertionSigner, KeyError,
+};
 use crate::oauth::{GrantErrorKind, GrantInput, TokenEndpoint};
 
 pub const GRANT_TYPE: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -17,6 +19,40 @@ pub struct JwtBearer {
     signer: AssertionSigner,
     issuer: Option<String>,
     subject: Option<String>,
+}
+
+/// Why the token endpoint a service-account key names cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceAccountEndpointError {
+    #[error("service_account_key ({source_name}) {error}")]
+    Key {
+        source_name: String,
+        error: KeyError,
+    },
+    #[error("service_account_key's token_uri is not a URL: {0}")]
+    Url(url::ParseError),
+}
+
+/// The credential's token request, with the endpoint its service-account key names when
+/// the config names none (the check step has read the key and its URL already).
+pub fn token_request(
+    config: &JwtBearerConfig,
+) -> Result<TokenRequestConfig, ServiceAccountEndpointError> {
+    let mut request = config.request.clone();
+    if let (KeySource::ServiceAccount(sa), None, None) =
+        (&config.signing.key, &request.token_url, &request.issuer)
+    {
+        let uri =
+            service_account_token_uri(sa).map_err(|error| ServiceAccountEndpointError::Key {
+                source_name: sa.describe(),
+                error,
+            })?;
+        if let Some(uri) = uri {
+            request.token_url =
+                Some(url::Url::parse(&uri).map_err(ServiceAccountEndpointError::Url)?);
+        }
+    }
+    Ok(request)
 }
 
 impl JwtBearer {

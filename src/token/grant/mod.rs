@@ -39,8 +39,17 @@ pub enum Grant {
     JwtBearer(JwtBearer),
 }
 
+/// Why a grant cannot be built from its (checked) config.
+#[derive(Debug, thiserror::Error)]
+pub enum GrantBuildError {
+    #[error(transparent)]
+    Transport(#[from] crate::oauth::transport::ClientError),
+    #[error(transparent)]
+    ServiceAccountEndpoint(#[from] jwt_bearer::ServiceAccountEndpointError),
+}
+
 impl Grant {
-    pub fn new(config: &GrantConfig) -> Result<Grant, crate::oauth::transport::ClientError> {
+    pub fn new(config: &GrantConfig) -> Result<Grant, GrantBuildError> {
         Ok(match config {
             GrantConfig::ClientCredentials(req) => {
                 Grant::ClientCredentials(ClientCredentials::new(TokenEndpoint::new(req)?))
@@ -54,7 +63,8 @@ impl Grant {
                 x,
             )),
             GrantConfig::JwtBearer(j) => {
-                Grant::JwtBearer(JwtBearer::new(TokenEndpoint::new(&j.request)?, j))
+                let request = jwt_bearer::token_request(j)?;
+                Grant::JwtBearer(JwtBearer::new(TokenEndpoint::new(&request)?, j))
             }
         })
     }

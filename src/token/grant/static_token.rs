@@ -24,7 +24,7 @@ impl StaticToken {
     pub fn poll_interval(&self) -> Option<Duration> {
         match self.token {
             SecretRef::File(_) => Some(Duration::from_secs(1)),
-            SecretRef::Value(_) => None,
+            SecretRef::Value(_) | SecretRef::Env(_) => None,
         }
     }
 

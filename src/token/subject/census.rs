@@ -27,6 +27,8 @@ pub fn state_index(state: CredentialState) -> usize {
 pub struct RestingCensus {
     hasher: RandomState,
     inner: Mutex<Resting>,
+    /// Held while a census runs: the moves noted during one belong to it alone.
+    running: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -134,13 +136,18 @@ impl super::SubjectRegistry {
             return Ok(0); // nothing of theirs is stored
         }
         // One census at a time: the moves noted during one belong to it alone.
-        let _one_at_a_time = self.census_running.lock().await;
+        let _one_at_a_time = self.census.running.lock().await;
         let prefix = SubjectKey::store_prefix(&self.credential);
         let mut count = self.census.begin();
         let mut found = 0;
         let mut after: Option<String> = None;
         loop {
-            let keys = match self.store.list(&prefix, after.as_deref(), PAGE).await {
+            let keys = match self
+                .starter
+                .store
+                .list(&prefix, after.as_deref(), PAGE)
+                .await
+            {
                 Ok(keys) => keys,
                 Err(e) => {
                     self.census.abandon();
@@ -155,14 +162,14 @@ impl super::SubjectRegistry {
                 .filter(|(s, _)| !self.live.contains_key(s))
                 .collect();
             let store_keys: Vec<String> = resting.iter().map(|(_, k)| k.clone()).collect();
-            let sets = match self.store.load_many(&store_keys).await {
+            let sets = match self.starter.store.load_many(&store_keys).await {
                 Ok(sets) => sets,
                 // One record that does not open must not stop the count: the page again,
                 // record by record, leaving out those that fail.
                 Err(_) => {
                     let mut sets = Vec::with_capacity(store_keys.len());
                     for key in &store_keys {
-                        sets.push(self.store.load(key).await.ok().flatten());
+                        sets.push(self.starter.store.load(key).await.ok().flatten());
                     }
                     sets
                 }

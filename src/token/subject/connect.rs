@@ -211,7 +211,7 @@ impl super::SubjectRegistry {
         use secrecy::ExposeSecret;
         let started = (Instant::now(), SystemTime::now());
         let token = self
-            .endpoint
+            .endpoint()
             .exchange(vec![
                 ("grant_type", "authorization_code".to_string()),
                 ("code", code),

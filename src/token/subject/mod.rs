@@ -19,6 +19,7 @@
 mod census;
 mod eviction;
 mod on_behalf_of;
+mod starter;
 mod views;
 use views::{live_status, stored_state};
 pub mod connect;
@@ -30,23 +31,21 @@ use std::time::{Duration, Instant, SystemTime};
 
 use dashmap::DashMap;
 use tokio::sync::watch;
-use tracing::Instrument;
 
 pub use key::{InvalidSubject, SubjectKey, SubjectTagger};
 
 use super::credential::Credential;
-use super::grant::{Grant, TokenExchange};
+use super::grant::Grant;
 use super::rotation::RotationHelper;
 use super::slot::{CredentialState, CredentialStatus};
 use super::CredentialSlot;
-use crate::config::{
-    CredentialConfig, GrantConfig, SubjectConfig, SubjectKind, TokenExchangeConfig,
-};
+use crate::config::{CredentialConfig, GrantConfig, SubjectConfig, SubjectKind};
 use crate::metrics::Metrics;
 use crate::oauth::TokenEndpoint;
 use crate::store::StoredToken;
-use crate::store::{MemoryStore, StoreError, StoredSet, TokenStore};
+use crate::store::{StoreError, StoredSet, TokenStore};
 use census::RestingCensus;
+use starter::SubjectStarter;
 
 /// Why a request's subject has no slot to take a token from.
 #[derive(Debug)]
@@ -73,22 +72,16 @@ pub struct LiveSubject {
 pub struct SubjectRegistry {
     pub credential: Arc<str>,
     pub config: SubjectConfig,
-    credential_config: CredentialConfig,
-    /// The client and discovery every subject shares.
-    endpoint: Arc<TokenEndpoint>,
-    /// On behalf of: the exchange each subject's grant runs with its user's token.
-    exchange: Option<TokenExchangeConfig>,
-    store: Arc<dyn TokenStore>,
-    metrics: Arc<Metrics>,
-    rotation_helper: Option<Arc<RotationHelper>>,
+    /// How a subject's credential is made and its refresher started.
+    starter: SubjectStarter,
+    /// The subjects in memory.
     live: DashMap<SubjectKey, Arc<LiveSubject>>,
     /// The subjects at rest in the store, per state.
     census: RestingCensus,
-    census_running: tokio::sync::Mutex<()>,
     pub tagger: SubjectTagger,
-    /// The control runtime, where subjects' refreshers run (set when it starts).
-    runtime: OnceLock<tokio::runtime::Handle>,
+    /// The zero of `LiveSubject`'s milliseconds.
     epoch: Instant,
+    /// Set at shutdown: subjects admitted afterwards start stopped.
     stopped: AtomicBool,
 }
 
@@ -127,32 +120,35 @@ impl SubjectRegistry {
             }
             (SubjectKind::Delegated { .. }, _) => None,
         };
+        let credential: Arc<str> = Arc::from(config.name.as_str());
         Ok(Some(Arc::new(SubjectRegistry {
-            credential: Arc::from(config.name.as_str()),
+            starter: SubjectStarter {
+                credential: Arc::clone(&credential),
+                credential_config: config.clone(),
+                endpoint,
+                exchange,
+                store,
+                metrics,
+                rotation_helper,
+                runtime: OnceLock::new(),
+            },
+            credential,
             config: subjects.clone(),
-            credential_config: config.clone(),
-            endpoint,
-            exchange,
-            store,
-            metrics,
-            rotation_helper,
             live: DashMap::new(),
             census: RestingCensus::default(),
-            census_running: tokio::sync::Mutex::new(()),
             tagger,
-            runtime: OnceLock::new(),
             epoch: Instant::now(),
             stopped: AtomicBool::new(false),
         })))
     }
 
     pub fn endpoint(&self) -> &TokenEndpoint {
-        &self.endpoint
+        &self.starter.endpoint
     }
 
     /// Runs subjects' refreshers on this runtime from now on.
     pub fn attach(&self, runtime: tokio::runtime::Handle) {
-        let _ = self.runtime.set(runtime);
+        let _ = self.starter.runtime.set(runtime);
     }
 
     fn now_ms(&self) -> u64 {
@@ -173,11 +169,12 @@ impl SubjectRegistry {
         if let Some(live) = self.touch(subject.as_str()) {
             return Ok(Arc::clone(&live.credential.slot));
         }
-        if self.exchange.is_some() {
+        if self.starter.exchange.is_some() {
             // On behalf of: known only while in memory (by a request's token).
             return Err(SubjectUnavailable::NotConnected);
         }
         let set = self
+            .starter
             .store
             .load(&subject.store_key(&self.credential))
             .await
@@ -236,50 +233,16 @@ impl SubjectRegistry {
         live
     }
 
-    /// A subject's credential and its refresher task.
+    /// A subject's credential with its refresher running, counted as in memory.
     fn start(
         &self,
         subject: &SubjectKey,
         subject_token: Option<&secrecy::SecretString>,
     ) -> Arc<LiveSubject> {
-        let store_key = subject.store_key(&self.credential);
-        let (mut grant, store) = match (&self.exchange, subject_token) {
-            // An exchanged token is kept in memory only: it is worth nothing without the
-            // user's token, which bearerd never stores.
-            (Some(exchange), Some(token)) => (
-                Grant::TokenExchange(TokenExchange::on_behalf_of(
-                    Arc::clone(&self.endpoint),
-                    exchange,
-                    token.clone(),
-                )),
-                Arc::new(MemoryStore::new()) as Arc<dyn TokenStore>,
-            ),
-            _ => (
-                Grant::for_subject(Arc::clone(&self.endpoint)),
-                Arc::clone(&self.store),
-            ),
-        };
-        grant.carry_rotations(&*store, self.rotation_helper.as_ref(), &store_key);
         self.census.wake(subject.as_str());
-        let slot = CredentialSlot::new(&self.credential_config, Arc::clone(&self.metrics));
-        let credential = Credential::with_store_key(slot, grant, store, Arc::from(store_key));
-        let (stop, stopped) = watch::channel(self.stopped.load(Ordering::SeqCst));
         let span = tracing::info_span!("subject", subject = %self.tagger.tag(subject));
-        let task = super::refresher::run(Arc::clone(&credential), stopped).instrument(span);
-        match self
-            .runtime
-            .get()
-            .cloned()
-            .or_else(|| tokio::runtime::Handle::try_current().ok())
-        {
-            Some(rt) => {
-                rt.spawn(task);
-            }
-            None => tracing::error!(
-                credential = &*self.credential,
-                "no runtime for a subject's refresher; it is served without refreshes"
-            ),
-        }
+        let stopped = self.stopped.load(Ordering::SeqCst);
+        let (credential, stop) = self.starter.start(subject, subject_token, stopped, span);
         Arc::new(LiveSubject {
             slot: Arc::clone(&credential.slot),
             credential,

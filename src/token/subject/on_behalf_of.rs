@@ -28,10 +28,19 @@ impl SubjectRegistry {
     /// refused for as long as the app sends that user token. Without an actor the refusal
     /// is the user token's, and final for it.
     pub(super) fn may_exchange_again(&self, live: &LiveSubject) -> bool {
-        let with_actor = self.exchange.as_ref().is_some_and(|x| x.actor.is_some());
+        let with_actor = self
+            .starter
+            .exchange
+            .as_ref()
+            .is_some_and(|x| x.actor.is_some());
         with_actor
             && live.slot.state() == CredentialState::Failed
             && self.now_ms().saturating_sub(live.admitted_ms)
-                >= self.credential_config.policy.min_interval.as_millis() as u64
+                >= self
+                    .starter
+                    .credential_config
+                    .policy
+                    .min_interval
+                    .as_millis() as u64
     }
 }

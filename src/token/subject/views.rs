@@ -19,7 +19,8 @@ impl SubjectRegistry {
     /// Sets `bearerd_subjects{credential,state}`.
     pub fn update_gauges(&self) {
         for (state, n) in CredentialState::ALL.iter().zip(self.counts()) {
-            self.metrics
+            self.starter
+                .metrics
                 .subjects
                 .with_label_values(&[&*self.credential, state.as_str()])
                 .set(n as i64);
@@ -35,6 +36,7 @@ impl SubjectRegistry {
             if status.status.state == CredentialState::LoggedOut {
                 // The tombstone's details are in the record.
                 let set = self
+                    .starter
                     .store
                     .load(&subject.store_key(&self.credential))
                     .await?;
@@ -43,6 +45,7 @@ impl SubjectRegistry {
             return Ok(Some(status));
         }
         let set = self
+            .starter
             .store
             .load(&subject.store_key(&self.credential))
             .await?;
@@ -57,12 +60,17 @@ impl SubjectRegistry {
         let prefix = SubjectKey::store_prefix(&self.credential);
         let after_key = after.map(|a| a.store_key(&self.credential));
         let stored = self
+            .starter
             .store
             .list(&prefix, after_key.as_deref(), limit)
             .await?;
         // Subjects in memory whose record the store has no listing of (on behalf of: in
         // memory only), merged in the store's order.
-        let order = |k: &SubjectKey| self.store.list_order(&k.store_key(&self.credential));
+        let order = |k: &SubjectKey| {
+            self.starter
+                .store
+                .list_order(&k.store_key(&self.credential))
+        };
         let after_order = after.map(order);
         let mut subjects: Vec<(String, SubjectKey)> = stored
             .iter()
@@ -85,7 +93,12 @@ impl SubjectRegistry {
             .filter(|(_, live)| !**live)
             .map(|((_, k), _)| k.store_key(&self.credential))
             .collect();
-        let mut stored_sets = self.store.load_many(&stored_keys).await?.into_iter();
+        let mut stored_sets = self
+            .starter
+            .store
+            .load_many(&stored_keys)
+            .await?
+            .into_iter();
         let mut page = Vec::with_capacity(subjects.len());
         for ((_, subject), live) in subjects.iter().zip(in_memory) {
             let status = if live {
@@ -115,8 +128,16 @@ impl SubjectRegistry {
             logout: t.logout.clone().map(logout_view),
             status: CredentialStatus {
                 state,
-                grant: self.credential_config.grant.kind().to_string(),
-                client_auth: Some(self.endpoint.config().client.method.name().to_string()),
+                grant: self.starter.credential_config.grant.kind().to_string(),
+                client_auth: Some(
+                    self.starter
+                        .endpoint
+                        .config()
+                        .client
+                        .method
+                        .name()
+                        .to_string(),
+                ),
                 expires_in_s: remaining.map(|r| crate::token::slot::round(r.as_secs_f64())),
                 token_age_s: (!t.logged_out && t.issued_at > SystemTime::UNIX_EPOCH)
                     .then(|| now.duration_since(t.issued_at).ok())
