@@ -563,7 +563,7 @@ host, port = sys.argv[1].split(":"); pid = sys.argv[2]
 conns = []
 for _ in range(1000):
     s = socket.create_connection((host, int(port)))
-    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
     conns.append(s)
 for s in conns:
     data = b""

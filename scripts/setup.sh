@@ -30,6 +30,12 @@ if [ "$node_major" -lt 20 ] && [ ! -x target/node/node_modules/.bin/node ]; then
   echo "node $node_major is older than 20: fetching Node 20 into target/node" >&2
   npm install --no-audit --no-fund --loglevel=error --prefix target/node node@20
 fi
+# The MCP project's conformance suite (tests/conformance) needs Node 22: fetched the same
+# way into target/node22 when the system's is older.
+if [ "$node_major" -lt 22 ] && [ ! -x target/node22/node_modules/.bin/node ]; then
+  echo "node $node_major is older than 22: fetching Node 22 into target/node22" >&2
+  npm install --no-audit --no-fund --loglevel=error --prefix target/node22 node@22
+fi
 # tests/deploy.rs validates the manifests against the Kubernetes API schema with
 # kubernetes-validate (PyPI), kept in target/pylib so nothing outside the project changes.
 if [ ! -d target/pylib/kubernetes_validate ]; then

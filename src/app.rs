@@ -227,6 +227,7 @@ impl Sidecar {
             store: Arc::clone(&store),
             subjects: engine.subjects.clone(),
             connects: Arc::clone(&engine.connects),
+            boundary: boundary(&config),
         };
         add_admin(&mut server, &config, admin_app);
         let mut control = background_service("control", ControlService { engine, upstreams });
@@ -314,6 +315,7 @@ fn add_proxies(
         metrics: Arc::clone(metrics),
         access_log: config.server.access_log,
         max_request_header_bytes: config.server.max_request_header_bytes,
+        boundary: boundary(config),
     };
     let prefixes: Vec<(String, usize)> = config
         .upstreams
@@ -402,4 +404,9 @@ fn run(
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(handle)
+}
+
+/// The trust boundary of the proxy and admin listeners, with the configured exceptions.
+fn boundary(config: &Config) -> proxy::boundary::Boundary {
+    proxy::boundary::Boundary::new(&config.server.allowed_hosts, &config.server.allowed_origins)
 }

@@ -31,6 +31,24 @@ macro_rules! labels {
 }
 
 labels! {
+    /// Which listener refused a request: `listener` of `bearerd_requests_refused_total`.
+    pub enum Listener {
+        Proxy = "proxy",
+        Admin = "admin",
+    }
+}
+
+labels! {
+    /// Why the trust boundary refused a request: `reason` of
+    /// `bearerd_requests_refused_total`.
+    pub enum RefusalReason {
+        Host = "host",
+        Origin = "origin",
+        SecFetchSite = "sec_fetch_site",
+    }
+}
+
+labels! {
     /// What started a refresh: `trigger` of `bearerd_token_refresh_total`.
     pub enum Trigger {
         Startup = "startup",
@@ -102,6 +120,7 @@ pub struct Metrics {
     pub store_up: prometheus::IntGauge,
     pub store_operations_total: IntCounterVec,
     pub subjects: IntGaugeVec,
+    pub requests_refused_total: IntCounterVec,
 }
 
 /// Buckets of the latency histograms, in seconds.
@@ -218,6 +237,11 @@ impl Metrics {
                 "Subjects of per-subject credentials held in memory, by state (never which subjects).",
                 &["credential", "state"],
             ),
+            requests_refused_total: r.counter(
+                "requests_refused_total",
+                "Requests the trust boundary refused (a Host, Origin or Sec-Fetch-Site of a web page), by listener and reason; none was forwarded.",
+                &["listener", "reason"],
+            ),
             token_adopted_total: r.counter(
                 "token_adopted_total",
                 "Token sets taken from the store (written by another replica) instead of a token request.",
@@ -245,6 +269,12 @@ impl Metrics {
     ) {
         let m = self;
         m.store_up.set(1);
+        for listener in Listener::ALL {
+            for reason in RefusalReason::ALL {
+                m.requests_refused_total
+                    .with_label_values(&[listener.as_str(), reason.as_str()]);
+            }
+        }
         for op in StoreOp::ALL {
             for result in StoreResult::ALL {
                 m.store_operations_total

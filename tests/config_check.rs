@@ -871,3 +871,56 @@ fn redis_tls_mistakes_are_located() {
         assert_error(&with_store(&store), line, &needles);
     }
 }
+
+/// The trust boundary's exceptions: each entry is checked with its line, and `check`
+/// prints a warning line for each relaxation in force.
+#[test]
+fn allowed_hosts_and_origins_are_checked_and_warned_about() {
+    let with = |lines: &str| {
+        BASE.replace(
+            "admin_listen = \"127.0.0.1:19090\"",
+            &format!("admin_listen = \"127.0.0.1:19090\"\n{lines}"),
+        )
+    };
+    assert_error(
+        &with("allowed_origins = [\"*\"]"),
+        4,
+        &["server.allowed_origins", "\"*\" is not an origin"],
+    );
+    assert_error(
+        &with("allowed_origins = [\"https://console.example.com/app\"]"),
+        4,
+        &["server.allowed_origins", "no path"],
+    );
+    assert_error(
+        &with("allowed_hosts = [\"bearerd.local:14080\"]"),
+        4,
+        &["server.allowed_hosts", "bare host name"],
+    );
+    assert_error(
+        &with("allowed_hosts = [\"*.example.com\"]"),
+        4,
+        &["server.allowed_hosts", "wildcards"],
+    );
+    let quiet = assert_passes("quiet.toml", BASE);
+    assert!(!String::from_utf8_lossy(&quiet.stdout).contains("warning:"));
+    let out = assert_passes(
+        "relaxed.toml",
+        &with("allowed_hosts = [\"Bearerd.Local\"]\nallowed_origins = [\"https://Console.Example.com:8443\"]"),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{stdout}");
+    assert!(
+        warnings[0].contains("server.allowed_hosts") && warnings[0].contains("bearerd.local"),
+        "{stdout}"
+    );
+    assert!(
+        warnings[1].contains("server.allowed_origins")
+            && warnings[1].contains("https://console.example.com:8443"),
+        "{stdout}"
+    );
+}

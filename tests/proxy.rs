@@ -481,7 +481,7 @@ async fn dot_segments_cannot_escape_the_base_path() {
     ] {
         let resp = raw_request(
             addr,
-            &format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            &format!("GET {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
         )
         .await;
         assert!(resp.starts_with("HTTP/1.1 400"), "{target}: {resp}");
@@ -616,7 +616,7 @@ proptest::proptest! {
         let before = h.upstream.state.requests();
         let resp = rt.block_on(raw_request(
             h.sidecar().proxy_addr,
-            &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            &format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
         ));
         if resp.starts_with("HTTP/1.1 200") {
             let seen = h.upstream.state.seen();
@@ -639,7 +639,7 @@ proptest::proptest! {
 async fn oversized_request_heads_get_431_and_are_never_forwarded() {
     let request = |header_len: usize| {
         format!(
-            "GET /api/x HTTP/1.1\r\nHost: x\r\nx-big: {}\r\nConnection: close\r\n\r\n",
+            "GET /api/x HTTP/1.1\r\nHost: localhost\r\nx-big: {}\r\nConnection: close\r\n\r\n",
             "a".repeat(header_len)
         )
     };
@@ -681,4 +681,106 @@ async fn oversized_request_heads_get_431_and_are_never_forwarded() {
     let resp = raw_request(addr, &request(3_000)).await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert_eq!(h.upstream.state.requests(), 1);
+}
+
+/// The trust boundary (issue 20, hole 1): a web page open in a browser on the same host
+/// cannot spend the credential, neither through DNS rebinding (its own name in `Host`) nor
+/// by a cross-site request (its `Origin`, or `Sec-Fetch-Site`), and cannot read the admin
+/// listener. Each refusal is a 403 `cross-origin-refused` that reaches nothing, carries no
+/// CORS permission, and is counted; the app's own requests, and the configured exceptions,
+/// pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn web_pages_cannot_spend_the_credential_by_rebinding_or_cross_site_requests() {
+    let h = Harness::start(Options {
+        server_extra:
+            "allowed_hosts = [\"bearerd.local\"]\nallowed_origins = [\"https://console.test\"]\n"
+                .into(),
+        ..Default::default()
+    })
+    .await;
+    h.wait_ready().await;
+    let proxy = h.sidecar().proxy_addr;
+    let admin = h.sidecar().admin_addr;
+    let port = proxy.port();
+    let refused: Vec<(std::net::SocketAddr, String)> = vec![
+        (
+            proxy,
+            format!("GET /api/steal HTTP/1.1\r\nHost: rebind.attacker.test:{port}\r\nOrigin: http://rebind.attacker.test:{port}\r\nConnection: close\r\n\r\n"),
+        ),
+        (
+            proxy,
+            format!("POST /api/steal HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: text/plain\r\nSec-Fetch-Site: cross-site\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"),
+        ),
+        (
+            proxy,
+            format!("POST /api/steal HTTP/1.1\r\nHost: localhost:{port}\r\nOrigin: https://evil.example\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"),
+        ),
+        (
+            proxy,
+            format!("OPTIONS /api/steal HTTP/1.1\r\nHost: localhost:{port}\r\nOrigin: https://evil.example\r\nAccess-Control-Request-Method: DELETE\r\nConnection: close\r\n\r\n"),
+        ),
+        (
+            admin,
+            "GET /status HTTP/1.1\r\nHost: evil.test\r\nConnection: close\r\n\r\n".to_string(),
+        ),
+        (
+            admin,
+            "GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: null\r\nConnection: close\r\n\r\n".to_string(),
+        ),
+    ];
+    for (addr, request) in &refused {
+        let resp = raw_request(*addr, request).await;
+        assert!(resp.starts_with("HTTP/1.1 403"), "{request}\n{resp}");
+        assert!(resp.contains("application/problem+json"), "{resp}");
+        assert!(
+            resp.contains("urn:bearerd:problem:cross-origin-refused"),
+            "{resp}"
+        );
+        assert!(
+            !resp.to_ascii_lowercase().contains("access-control-allow"),
+            "no CORS permission: {resp}"
+        );
+        assert!(!resp.contains("tok_"), "no token in a refusal: {resp}");
+    }
+    assert_eq!(
+        h.upstream.state.requests(),
+        0,
+        "nothing refused was forwarded"
+    );
+    let metrics = h.metrics().await;
+    for (listener, reason, count) in [
+        ("proxy", "host", 1.0),
+        ("proxy", "origin", 2.0),
+        ("proxy", "sec_fetch_site", 1.0),
+        ("admin", "host", 1.0),
+        ("admin", "origin", 1.0),
+    ] {
+        let series = format!(
+            "bearerd_requests_refused_total{{listener=\"{listener}\",reason=\"{reason}\"}}"
+        );
+        assert_eq!(
+            metric(&metrics, &series),
+            Some(count),
+            "{series}\n{metrics}"
+        );
+    }
+
+    // The app, and the exceptions the operator configured, are served.
+    let allowed = [
+        format!("GET /api/a HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"),
+        format!("GET /api/b HTTP/1.1\r\nHost: localhost:{port}\r\nOrigin: http://localhost:6274\r\nSec-Fetch-Site: same-site\r\nConnection: close\r\n\r\n"),
+        format!("GET /api/c HTTP/1.1\r\nHost: bearerd.local:{port}\r\nOrigin: https://console.test\r\nSec-Fetch-Site: cross-site\r\nConnection: close\r\n\r\n"),
+        format!("POST /api/d HTTP/1.1\r\nHost: [::1]:{port}\r\nSec-Fetch-Site: same-origin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+    ];
+    for request in &allowed {
+        let resp = raw_request(proxy, request).await;
+        assert!(resp.starts_with("HTTP/1.1 200"), "{request}\n{resp}");
+    }
+    assert_eq!(h.upstream.state.requests(), allowed.len());
+    let status = raw_request(
+        admin,
+        "GET /status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
 }

@@ -15,7 +15,8 @@ use pingora::protocols::http::ServerSession;
 use serde::Serialize;
 
 use crate::api::{self, AdminRoute, CredentialOp, ErrorBody};
-use crate::metrics::Metrics;
+use crate::metrics::{Listener, Metrics};
+use crate::proxy::boundary::{self, Boundary, Navigation, Refusal};
 use crate::proxy::Upstream;
 use crate::token::credential::Credential;
 use crate::token::CredentialSlot;
@@ -43,6 +44,8 @@ pub struct AdminApp {
     pub subjects: Vec<Arc<crate::token::subject::SubjectRegistry>>,
     /// Connect flows waiting for their callback.
     pub connects: Arc<crate::token::subject::connect::ConnectStates>,
+    /// Who may use the admin listener: the operator's tools, not a web page.
+    pub boundary: Boundary,
 }
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -312,6 +315,15 @@ impl ServeHttp for AdminApp {
         if self.scope == AdminScope::Probes && !probe {
             return probes_only();
         }
+        // The probes listener serves the kubelet and Prometheus, which are no browsers.
+        if self.scope == AdminScope::Full {
+            if let Err(refusal) = self
+                .boundary
+                .check(&session.req_header().headers, navigation(session, &route))
+            {
+                return refused(&self.metrics, refusal);
+            }
+        }
         let get = method == http::Method::GET;
         let post = method == http::Method::POST;
         let operation = matches!(
@@ -344,6 +356,34 @@ impl ServeHttp for AdminApp {
             _ => error_response(405, "method not allowed"),
         }
     }
+}
+
+/// A callback is reached by a top-level navigation from the provider's site; its `state`
+/// protects it, so its site is not held against it.
+fn navigation(session: &ServerSession, route: &AdminRoute) -> Navigation {
+    let req = session.req_header();
+    let navigating = req.method == http::Method::GET
+        && req
+            .headers
+            .get("sec-fetch-mode")
+            .is_some_and(|v| v.as_bytes() == b"navigate");
+    match route {
+        AdminRoute::ConnectCallback if navigating => Navigation::Exempt,
+        _ => Navigation::NotExempt,
+    }
+}
+
+/// 403 `cross-origin-refused`, counted.
+fn refused(metrics: &Metrics, refusal: Refusal) -> Response<Vec<u8>> {
+    let rid = crate::proxy::new_request_id();
+    let rid = rid.to_str().unwrap_or("-");
+    let problem = boundary::refused(metrics, Listener::Admin, refusal, rid);
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    let mut response = respond(403, "application/problem+json", body);
+    if let Ok(v) = http::HeaderValue::from_str(rid) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
 }
 
 fn probes_only() -> Response<Vec<u8>> {

@@ -96,6 +96,9 @@ pub fn check(config: &Path) -> ExitCode {
     match Config::load(config) {
         Ok(c) => {
             println!("{}: ok", config.display());
+            for warning in c.relaxations() {
+                println!("warning: {warning}");
+            }
             print!("{}", c.describe_routes());
             ExitCode::SUCCESS
         }
@@ -131,6 +134,9 @@ pub fn run(config: &Path) -> ExitCode {
         credentials = c.credentials.len(),
         "bearerd starting"
     );
+    for warning in c.relaxations() {
+        tracing::warn!("{warning}");
+    }
     match bearerd::Sidecar::start(c) {
         Ok(handle) => {
             handle.wait();

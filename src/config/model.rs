@@ -90,6 +90,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Requests with a larger head (request line and headers) get 431, never forwarded.
     pub max_request_header_bytes: usize,
+    /// Host names accepted besides IP literals and loopback names (lowercase, no port).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins allowed besides loopback ones (`scheme://host[:port]`).
+    pub allowed_origins: Vec<String>,
     /// The program that runs `rotation-helper` (this binary), for rotations that survive a
     /// kill. Not a config key: `bearerd run` sets it; embedders may.
     pub rotation_helper: Option<PathBuf>,
@@ -417,6 +421,26 @@ impl Config {
     }
 
     /// A human-readable list of the routes, for `bearerd check`.
+    /// One warning line for each relaxation of the trust boundary in force, for `check`
+    /// and the startup log.
+    pub fn relaxations(&self) -> Vec<String> {
+        let s = &self.server;
+        let mut out = Vec::new();
+        if !s.allowed_hosts.is_empty() {
+            out.push(format!(
+                "server.allowed_hosts: requests naming {} are served like the app's (whoever can make those names resolve here can use the credentials)",
+                s.allowed_hosts.join(", ")
+            ));
+        }
+        if !s.allowed_origins.is_empty() {
+            out.push(format!(
+                "server.allowed_origins: web pages from {} may use the credentials",
+                s.allowed_origins.join(", ")
+            ));
+        }
+        out
+    }
+
     pub fn describe_routes(&self) -> String {
         let mut out = String::new();
         for up in &self.upstreams {

@@ -70,6 +70,10 @@ pub struct RawServer {
     pub shutdown_grace: Option<String>,
     /// The largest request head (request line and headers) that is forwarded.
     pub max_request_header_bytes: Option<usize>,
+    /// Host names accepted besides IP literals and loopback names (proxy and admin).
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Browser origins allowed besides loopback ones (proxy and admin).
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]

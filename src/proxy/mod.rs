@@ -2,6 +2,7 @@
 //! rewrite the request, replay once after a 401, stream the response back untouched.
 
 mod arena;
+pub mod boundary;
 pub mod problem;
 pub mod resolve;
 pub mod route;
@@ -19,7 +20,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::config::UpstreamConfig;
-use crate::metrics::{Metrics, Outcome401};
+use crate::metrics::{Listener, Metrics, Outcome401};
 use crate::token::subject::{InvalidSubject, SubjectKey, SubjectRegistry, SubjectUnavailable};
 use crate::token::{CredentialSlot, ReplayDecision, TokenSnapshot, TokenUnavailable};
 use problem::Problem;
@@ -201,6 +202,8 @@ pub struct BearerProxy {
     pub access_log: bool,
     /// Requests whose head (request line and headers) is larger get 431.
     pub max_request_header_bytes: usize,
+    /// Who may spend a credential: the app, not a web page (`boundary`).
+    pub boundary: boundary::Boundary,
 }
 
 #[derive(Default)]
@@ -542,6 +545,13 @@ impl ProxyHttp for BearerProxy {
             .unwrap_or_else(|| HeaderValue::from_static("-"));
         let rid = rid_value.to_str().unwrap_or("-");
 
+        if let Err(refusal) = self.boundary.check(
+            &session.req_header().headers,
+            boundary::Navigation::NotExempt,
+        ) {
+            let p = boundary::refused(&self.metrics, Listener::Proxy, refusal, rid);
+            return self.answer(session, ctx, p).await;
+        }
         let upstream = match self.route_request(session.req_header(), ctx, rid) {
             Ok(upstream) => upstream,
             Err(p) => return self.answer(session, ctx, *p).await,

@@ -17,7 +17,7 @@ import { LoggingMessageNotificationSchema } from '@modelcontextprotocol/sdk/type
 
 import { authorize, completeDeviceFlow } from './browser.mjs';
 import {
-  bearerd, bearerdCli, freePorts, getJson, sleep, startNodeService, until,
+  bearerd, bearerdCli, freePorts, getJson, sleep, start, startNodeService, until,
 } from './harness.mjs';
 import { CLIENTS } from './clients.mjs';
 
@@ -368,6 +368,23 @@ async function login({ device, username }) {
     await cli.stop();
   }
 }
+
+// Issue 20, hole 1: the MCP project's own conformance check for DNS rebinding, run against
+// bearerd in front of the MCP server. It sends `initialize` with a foreign Host and Origin
+// (which must get a 4xx, and reach nothing), then with the URL's own (a 2xx, through bearerd).
+test('MCP conformance: dns-rebinding-protection passes against bearerd in front of the MCP server', { timeout: 60000 }, async () => {
+  const { CONFORMANCE_NODE, CONFORMANCE_BIN } = process.env;
+  assert.ok(CONFORMANCE_NODE && CONFORMANCE_BIN, 'run.sh sets CONFORMANCE_NODE and CONFORMANCE_BIN');
+  const before = (await mcpStats()).mcpRequests.POST;
+  const c = await start('conformance', CONFORMANCE_NODE, [
+    CONFORMANCE_BIN, 'server', '--url', `${mcpListen}/mcp`, '--scenario', 'dns-rebinding-protection',
+  ]);
+  const { code } = await c.wait(50000);
+  assert.equal(code, 0, `conformance failed:\n${c.stdout}\n${c.stderr}`);
+  assert.match(c.stdout, /localhost-host-rebinding-rejected/);
+  // Only the accepted initialize reached the MCP server.
+  assert.equal((await mcpStats()).mcpRequests.POST, before + 1);
+});
 
 test('per-subject: two users connect through bearerd, and each request carries its own user\'s token', async () => {
   const users = ['alice@example.com', 'bob@example.com'];

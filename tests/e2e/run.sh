@@ -22,6 +22,15 @@ else
   npm install --no-audit --no-fund --loglevel=error
 fi
 
+# The MCP conformance suite (@modelcontextprotocol/conformance) runs on Node 22.
+(cd ../conformance && npm ci --no-audit --no-fund --loglevel=error)
+CONFORMANCE_NODE=node
+if [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 22 ]; then
+  CONFORMANCE_NODE="$(cd ../../target/node22/node_modules/.bin && pwd)/node"
+fi
+export CONFORMANCE_NODE
+export CONFORMANCE_BIN="$(cd ../conformance/node_modules/@modelcontextprotocol/conformance && pwd)/dist/index.js"
+
 export BEARERD_BIN="${BEARERD_BIN:-../../target/debug/bearerd}"
 case "$BEARERD_BIN" in
   /*) ;;

@@ -489,6 +489,8 @@ fn lower_server(map: &SourceMap, raw: &RawConfig) -> Result<ServerConfig, Config
     }
     Ok(ServerConfig {
         max_request_header_bytes,
+        allowed_hosts: lower_allowed_hosts(map, &s.allowed_hosts)?,
+        allowed_origins: lower_allowed_origins(map, &s.allowed_origins)?,
         proxy_listen,
         admin_listen,
         metrics_listen,
@@ -505,6 +507,60 @@ fn lower_server(map: &SourceMap, raw: &RawConfig) -> Result<ServerConfig, Config
             Duration::from_secs(5),
         )?,
     })
+}
+
+/// `server.allowed_hosts`: names as they appear in `Host`, without a port.
+fn lower_allowed_hosts(
+    map: &SourceMap,
+    hosts: &Option<Vec<String>>,
+) -> Result<Vec<String>, ConfigError> {
+    let key = "server.allowed_hosts";
+    let mut out = Vec::new();
+    for h in hosts.iter().flatten() {
+        let name = h.trim().trim_end_matches('.').to_ascii_lowercase();
+        let problem = if name.is_empty() || name == "*" || name.contains('*') {
+            Some("wildcards and empty names are not accepted: list each host name")
+        } else if name.contains(['/', ':', '@', ' ']) {
+            Some("give the bare host name: no scheme, port or path (e.g. \"bearerd.local\")")
+        } else if url::Host::parse(&name).is_err() {
+            Some("is not a valid host name")
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            return Err(map.error_at(key, format!("{h:?}: {p}")));
+        }
+        out.push(name);
+    }
+    Ok(out)
+}
+
+/// `server.allowed_origins`: origins exactly as browsers send them.
+fn lower_allowed_origins(
+    map: &SourceMap,
+    origins: &Option<Vec<String>>,
+) -> Result<Vec<String>, ConfigError> {
+    let key = "server.allowed_origins";
+    let mut out = Vec::new();
+    for o in origins.iter().flatten() {
+        let url = url::Url::parse(o.trim()).ok().filter(|u| {
+            matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some_and(|h| !h.contains('*'))
+                && u.path() == "/"
+                && u.query().is_none()
+                && u.fragment().is_none()
+                && u.username().is_empty()
+                && u.password().is_none()
+        });
+        let Some(url) = url else {
+            return Err(map.error_at(
+                key,
+                format!("{o:?} is not an origin: give scheme://host[:port], e.g. \"https://console.example.com\" (no path, no wildcard)"),
+            ));
+        };
+        out.push(url.origin().ascii_serialization());
+    }
+    Ok(out)
 }
 
 /// A secret reference; a variable or a file is read by the check step.
