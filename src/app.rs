@@ -308,6 +308,11 @@ fn add_proxies(
     in_flight: &proxy::InFlight,
 ) {
     let server_conf = Arc::clone(&server.configuration);
+    let subject_headers: Arc<[http::HeaderName]> = config
+        .credentials
+        .iter()
+        .filter_map(|c| c.subjects.as_ref().map(|s| s.header.clone()))
+        .collect();
     let proxy_for = |routing: Routing| BearerProxy {
         routing,
         in_flight: in_flight.clone(),
@@ -316,6 +321,7 @@ fn add_proxies(
         access_log: config.server.access_log,
         max_request_header_bytes: config.server.max_request_header_bytes,
         boundary: boundary(config),
+        subject_headers: Arc::clone(&subject_headers),
     };
     let prefixes: Vec<(String, usize)> = config
         .upstreams

@@ -784,3 +784,67 @@ async fn web_pages_cannot_spend_the_credential_by_rebinding_or_cross_site_reques
     .await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
 }
+
+/// Issue 20, hole 10: the headers that name a subject or carry a user's token are
+/// stripped on every route, not only on the per-subject upstream: an app that sends them
+/// on every request tells no other upstream who its user is, or hands it the user's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn subject_and_user_token_headers_reach_no_upstream_on_any_route() {
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
+    let client = format!(
+        "client_id = \"{}\"\nclient_secret = \"{}\"",
+        support::token_server::CLIENT_ID,
+        support::token_server::CLIENT_SECRET
+    );
+    let extra = format!(
+        r#"
+[credentials.users]
+grant = "refresh_token"
+token_url = "{url}"
+{client}
+subject_header = "x-bearerd-subject"
+
+[credentials.agents]
+grant = "token_exchange"
+token_url = "{url}"
+{client}
+subject_token = {{ header = "x-user-token" }}
+
+[upstreams.users]
+url = "http://{up}/u"
+path_prefix = "/users"
+credential = "users"
+
+[upstreams.agents]
+url = "http://{up}/a"
+path_prefix = "/agents"
+credential = "agents"
+"#,
+        url = tokens.token_url(),
+        up = upstream.addr,
+    );
+    let h = Harness::start_with(
+        tokens,
+        upstream,
+        Options {
+            upstream_extra: extra,
+            ..Default::default()
+        },
+    )
+    .await;
+    let resp = h
+        .client
+        .get(h.url("/api/x"))
+        .header("x-bearerd-subject", "alice@example.com")
+        .header("x-user-token", "the-users-own-token")
+        .header("x-app-header", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = h.upstream.state.seen();
+    let headers = &seen.last().unwrap().headers;
+    assert_eq!(headers["x-app-header"], "kept");
+    assert!(headers.get("x-bearerd-subject").is_none(), "{headers:?}");
+    assert!(headers.get("x-user-token").is_none(), "{headers:?}");
+}

@@ -204,6 +204,9 @@ pub struct BearerProxy {
     pub max_request_header_bytes: usize,
     /// Who may spend a credential: the app, not a web page (`boundary`).
     pub boundary: boundary::Boundary,
+    /// Every header that names a subject or carries a user's token, of any per-subject
+    /// credential: stripped from every forwarded request, whatever its route.
+    pub subject_headers: Arc<[HeaderName]>,
 }
 
 #[derive(Default)]
@@ -639,9 +642,10 @@ impl ProxyHttp for BearerProxy {
                 "no token for the upstream request",
             );
         };
-        if let Some(registry) = &up.subjects {
-            // Whose token it is stays between the app and bearerd.
-            req.remove_header(&registry.config.header);
+        // Whose token it is stays between the app and bearerd, on every route: an app
+        // that sends its subject header everywhere must not tell other upstreams.
+        for header in self.subject_headers.iter() {
+            req.remove_header(header);
         }
         let new_id = ctx.request_id.as_ref().filter(|_| !ctx.request_id_from_app);
         rewrite_request(req, up, token, ctx.target.as_ref(), new_id)
