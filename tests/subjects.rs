@@ -382,9 +382,14 @@ async fn start_connect(h: &Harness, subject: &str) -> String {
     body["authorize_url"].as_str().unwrap().to_string()
 }
 
-/// The app relays the provider's redirect to bearerd.
-async fn relay(h: &Harness, query: &str) -> reqwest::Response {
-    h.admin_get(&format!("/connect/callback?{query}")).await
+/// The app relays the provider's redirect to bearerd, naming the user of its own session
+/// (`subject=`, which the callback requires: issue 20, hole 2).
+async fn relay(h: &Harness, subject: &str, query: &str) -> reqwest::Response {
+    h.admin_get(&format!(
+        "/connect/callback?{query}&subject={}",
+        seg(subject)
+    ))
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,7 +398,7 @@ async fn the_connect_flow_stores_the_subjects_tokens_once_and_only_for_that_subj
     let url = start_connect(&h, "alice@example.com").await;
     assert!(url.contains("code_challenge_method=S256"), "{url}");
     let query = consent(&h, "alice@example.com", &url).await;
-    let r = relay(&h, &query).await;
+    let r = relay(&h, "alice@example.com", &query).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let r = get_as(&h, "alice@example.com", "/api/x").await;
     assert_eq!(r.status(), 200);
@@ -401,7 +406,7 @@ async fn the_connect_flow_stores_the_subjects_tokens_once_and_only_for_that_subj
     let token_requests = h.tokens.state.requests();
 
     // The same callback again (a replay) is refused, and changes nothing.
-    let r = relay(&h, &query).await;
+    let r = relay(&h, "alice@example.com", &query).await;
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("unknown"));
     assert_eq!(
@@ -410,22 +415,33 @@ async fn the_connect_flow_stores_the_subjects_tokens_once_and_only_for_that_subj
         "no code was redeemed"
     );
 
-    // A flow started for Bob, relayed by the app for Carol: refused, nothing stored.
+    // A flow started for Bob, relayed by the app for Carol (Mallory sent Carol the link
+    // of a flow he started for himself): 403, the state used up, nothing stored.
     let url = start_connect(&h, "bob").await;
     let query = consent(&h, "bob", &url).await;
-    let r = relay(&h, &format!("{query}&subject=carol")).await;
-    assert_eq!(r.status(), 400);
+    let r = relay(&h, "carol", &query).await;
+    assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("another subject"));
+    let r = relay(&h, "bob", &query).await;
+    assert_eq!(r.status(), 400, "the refused state was used up");
     for s in ["bob", "carol"] {
         assert_eq!(get_as(&h, s, "/api/x").await.status(), 403, "{s}");
     }
+    // A callback that names no subject: 403, the state used up, nothing stored.
+    let url = start_connect(&h, "bob").await;
+    let query = consent(&h, "bob", &url).await;
+    let r = h.admin_get(&format!("/connect/callback?{query}")).await;
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("names no subject"));
+    assert_eq!(relay(&h, "bob", &query).await.status(), 400);
+    assert_eq!(get_as(&h, "bob", "/api/x").await.status(), 403);
     // A forged state, and an expired one.
-    let r = relay(&h, "code=x&state=forged").await;
+    let r = relay(&h, "dave", "code=x&state=forged").await;
     assert_eq!(r.status(), 400);
     let url = start_connect(&h, "dave").await;
     let query = consent(&h, "dave", &url).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let r = relay(&h, &query).await;
+    let r = relay(&h, "dave", &query).await;
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("expired"));
     assert_eq!(get_as(&h, "dave", "/api/x").await.status(), 403);
@@ -443,9 +459,61 @@ async fn the_connect_flow_stores_the_subjects_tokens_once_and_only_for_that_subj
         .unwrap()
         .1
         .into_owned();
-    let r = relay(&h, &format!("error=access_denied&state={state}")).await;
+    let r = relay(&h, "erin", &format!("error=access_denied&state={state}")).await;
     assert_eq!(r.status(), 400);
     assert_eq!(get_as(&h, "erin", "/api/x").await.status(), 403);
+}
+
+/// Issue 20, hole 2 (RFC 9207, a MUST of MCP 2026-07-28): when the provider's metadata
+/// says authorization responses carry `iss`, a response naming another issuer (a mix-up)
+/// or none is refused with 403 before its code is redeemed; the state is used up and
+/// nothing is stored. The provider's own issuer is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authorization_response_from_another_issuer_is_refused() {
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
+    let issuer = tokens.issuer();
+    tokens.state.set_response_issuer(Some(&issuer));
+    let h = start_with(tokens, upstream, "", "").await;
+    let url = start_connect(&h, "alice").await;
+    let query = consent(&h, "alice", &url).await;
+    assert!(query.contains("iss="), "{query}");
+    assert_eq!(relay(&h, "alice", &query).await.status(), 200);
+    let token_requests = h.tokens.state.requests();
+
+    h.tokens
+        .state
+        .set_response_issuer(Some("https://evil.example"));
+    let url = start_connect(&h, "bob").await;
+    let query = consent(&h, "bob", &url).await;
+    let r = relay(&h, "bob", &query).await;
+    assert_eq!(r.status(), 403);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("another authorization server"));
+    assert_eq!(relay(&h, "bob", &query).await.status(), 400, "used up");
+
+    h.tokens.state.set_response_issuer(Some(&issuer));
+    let url = start_connect(&h, "carol").await;
+    let query = consent(&h, "carol", &url).await;
+    let stripped = query
+        .split('&')
+        .filter(|p| !p.starts_with("iss="))
+        .collect::<Vec<_>>()
+        .join("&");
+    let r = relay(&h, "carol", &stripped).await;
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("no `iss`"));
+    assert_eq!(
+        h.tokens.state.requests(),
+        token_requests,
+        "no code was redeemed"
+    );
+    for s in ["bob", "carol"] {
+        assert_eq!(get_as(&h, s, "/api/x").await.status(), 403, "{s}");
+    }
+    assert_eq!(get_as(&h, "alice", "/api/x").await.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -616,7 +684,7 @@ async fn subject_endpoints_need_the_admin_token_and_the_callback_does_not() {
         .unwrap()
         .to_string();
     let query = consent(&h, "alice", &url).await;
-    assert_eq!(relay(&h, &query).await.status(), 200);
+    assert_eq!(relay(&h, "alice", &query).await.status(), 200);
     assert_eq!(get_as(&h, "alice", "/api/x").await.status(), 200);
 }
 
@@ -1250,7 +1318,10 @@ async fn replicas_on_redis_share_each_subjects_tokens_and_rotate_each_once() {
     let query = consent(&a, "dave", &url).await;
     let r = a
         .client
-        .get(format!("http://{}/connect/callback?{query}", b.admin_addr))
+        .get(format!(
+            "http://{}/connect/callback?{query}&subject=dave",
+            b.admin_addr
+        ))
         .send()
         .await
         .unwrap();
@@ -1262,7 +1333,7 @@ async fn replicas_on_redis_share_each_subjects_tokens_and_rotate_each_once() {
         assert_eq!(token_subject(r).await.as_deref(), Some("dave"));
     }
     let token_requests = a.tokens.state.requests();
-    let r = relay(&a, &query).await;
+    let r = relay(&a, "dave", &query).await;
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("unknown"));
     assert_eq!(
@@ -1277,7 +1348,7 @@ async fn replicas_on_redis_share_each_subjects_tokens_and_rotate_each_once() {
     redis.freeze();
     let r = a.admin_post(&subject_path("frank", "/connect")).await;
     assert_eq!(r.status(), 503);
-    let r = relay(&a, &query).await;
+    let r = relay(&a, "erin", &query).await;
     assert_eq!(r.status(), 503);
     redis.thaw();
     // (Only the addresses: "@" never occurs in base64 by chance, where "bob" may.)

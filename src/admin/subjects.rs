@@ -254,7 +254,10 @@ impl AdminApp {
                 tracing::warn!(reason = %refused, "connect callback refused");
                 let status = match refused {
                     ConnectRefused::StoreUnavailable => 503,
-                    _ => 400,
+                    ConnectRefused::OtherSubject | ConnectRefused::NoSubject => 403,
+                    ConnectRefused::UnknownState
+                    | ConnectRefused::Expired
+                    | ConnectRefused::TooMany => 400,
                 };
                 return error_response(status, refused.to_string());
             }
@@ -262,6 +265,23 @@ impl AdminApp {
         let Some(registry) = self.registry(&flow.credential).cloned() else {
             return error_response(400, "the flow's credential is gone");
         };
+        // RFC 9207: a response from another authorization server than the flow's (a
+        // mix-up) is refused before its code or error is looked at; the state is used up.
+        let iss = query_param(session, "iss");
+        match registry.endpoint().endpoints().await {
+            Ok(endpoints) => {
+                if let Err(e) = endpoints.check_response_issuer(iss.as_deref()) {
+                    tracing::warn!(credential = &*registry.credential, reason = %e, "connect callback refused");
+                    return error_response(403, e.to_string());
+                }
+            }
+            Err(e) => {
+                return error_response(
+                    502,
+                    format!("cannot check the authorization response against the authorization server's metadata: {}", e.message),
+                )
+            }
+        }
         if let Some(error) = query_param(session, "error") {
             let error: String = error.chars().take(100).collect();
             let body = ErrorBody {

@@ -18,6 +18,21 @@ pub struct ProviderEndpoints {
     /// must send its token and revocation requests.
     pub mtls_token: Option<Url>,
     pub mtls_revocation: Option<Url>,
+    /// The issuer the metadata named (discovery only).
+    pub issuer: Option<String>,
+    /// RFC 9207 `authorization_response_iss_parameter_supported`: every authorization
+    /// response carries `iss`, which must then be this issuer.
+    pub iss_in_authorization_responses: bool,
+}
+
+/// Why an authorization response is refused by RFC 9207: it may come from another
+/// authorization server than the one the flow was started with (a mix-up).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResponseIssuerError {
+    #[error("the authorization response carries no `iss`, and the authorization server's metadata says every response does (RFC 9207): it may come from another server")]
+    Missing,
+    #[error("the authorization response names issuer {got:?}, not {expected:?} (RFC 9207): it comes from another authorization server")]
+    Different { got: String, expected: String },
 }
 
 impl ProviderEndpoints {
@@ -31,6 +46,26 @@ impl ProviderEndpoints {
             resource: self.resource.or(other.resource),
             mtls_token: self.mtls_token.or(other.mtls_token),
             mtls_revocation: self.mtls_revocation.or(other.mtls_revocation),
+            issuer: self.issuer.or(other.issuer),
+            iss_in_authorization_responses: self.iss_in_authorization_responses
+                || other.iss_in_authorization_responses,
+        }
+    }
+
+    /// RFC 9207: the `iss` of an authorization response (success or error) against the
+    /// issuer discovery found. Required when the metadata says responses carry it; checked
+    /// whenever it is there and the issuer is known.
+    pub fn check_response_issuer(&self, iss: Option<&str>) -> Result<(), ResponseIssuerError> {
+        let same = |a: &str, b: &str| a.trim_end_matches('/') == b.trim_end_matches('/');
+        match (iss, &self.issuer) {
+            (None, _) if self.iss_in_authorization_responses => Err(ResponseIssuerError::Missing),
+            (Some(got), Some(expected)) if !same(got, expected) => {
+                Err(ResponseIssuerError::Different {
+                    got: got.chars().take(200).collect(),
+                    expected: expected.clone(),
+                })
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -43,6 +78,8 @@ struct AuthorizationServerMetadata {
     authorization_endpoint: Option<String>,
     device_authorization_endpoint: Option<String>,
     mtls_endpoint_aliases: Option<MtlsAliases>,
+    #[serde(default)]
+    authorization_response_iss_parameter_supported: bool,
 }
 
 #[derive(Deserialize)]
@@ -167,6 +204,9 @@ pub async fn from_issuer(
                     continue;
                 }
                 return Ok(ProviderEndpoints {
+                    issuer: Some(found.to_string()),
+                    iss_in_authorization_responses: m
+                        .authorization_response_iss_parameter_supported,
                     token: parse_url("token_endpoint", m.token_endpoint)?,
                     revocation: parse_url("revocation_endpoint", m.revocation_endpoint)?,
                     authorization: parse_url("authorization_endpoint", m.authorization_endpoint)?,
@@ -278,6 +318,36 @@ mod tests {
         assert_eq!(
             well_known_inserted(&root, "oauth-authorization-server").as_str(),
             "https://idp.example.com/.well-known/oauth-authorization-server"
+        );
+    }
+
+    #[test]
+    fn an_authorization_response_must_come_from_the_discovered_issuer() {
+        let mut e = ProviderEndpoints {
+            issuer: Some("https://idp.example/".into()),
+            ..Default::default()
+        };
+        // Not announced: checked when it is there, not required.
+        assert_eq!(e.check_response_issuer(None), Ok(()));
+        assert_eq!(e.check_response_issuer(Some("https://idp.example")), Ok(()));
+        assert!(matches!(
+            e.check_response_issuer(Some("https://evil.example")),
+            Err(ResponseIssuerError::Different { .. })
+        ));
+        e.iss_in_authorization_responses = true;
+        assert_eq!(
+            e.check_response_issuer(None),
+            Err(ResponseIssuerError::Missing)
+        );
+        assert_eq!(
+            e.check_response_issuer(Some("https://idp.example/")),
+            Ok(())
+        );
+        // Nothing discovered, nothing announced: nothing to check against.
+        let plain = ProviderEndpoints::default();
+        assert_eq!(
+            plain.check_response_issuer(Some("https://any.example")),
+            Ok(())
         );
     }
 

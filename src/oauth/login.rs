@@ -52,7 +52,8 @@ pub enum LoginError {
 }
 
 /// What the loopback redirect brought: the code, or why the login ended.
-type Redirect = Result<String, LoginError>;
+/// The redirect's code and its `iss` (RFC 9207), or why there is no code.
+type Redirect = Result<(String, Option<String>), LoginError>;
 
 /// The loopback redirect handler's state: the `state` of this attempt, and where the
 /// outcome goes.
@@ -81,7 +82,7 @@ async fn callback(
     } else if let Some(code) = params.get("code") {
         (
             "Logged in. You can close this window.",
-            Some(Ok(code.clone())),
+            Some(Ok((code.clone(), params.get("iss").cloned()))),
         )
     } else {
         (
@@ -112,9 +113,12 @@ pub async fn authorization_code(
     prompt: &dyn LoginPrompt,
 ) -> Result<IssuedToken, LoginError> {
     let endpoints = endpoint.endpoints().await.map_err(LoginError::Endpoint)?;
-    let authorize = endpoints.authorization.ok_or(LoginError::NoEndpoint(
-        "no authorization endpoint: set authorization_url or issuer",
-    ))?;
+    let authorize = endpoints
+        .authorization
+        .clone()
+        .ok_or(LoginError::NoEndpoint(
+            "no authorization endpoint: set authorization_url or issuer",
+        ))?;
     let listen = |source| LoginError::Listen { port, source };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
@@ -154,10 +158,14 @@ pub async fn authorization_code(
     // The page for the redirect is answered before the server stops.
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
-    let code = match waited {
+    let (code, iss) = match waited {
         Ok(Some(result)) => result?,
         Ok(None) | Err(_) => return Err(LoginError::Expired),
     };
+    // RFC 9207: a code from another authorization server (a mix-up) is never redeemed.
+    endpoints
+        .check_response_issuer(iss.as_deref())
+        .map_err(|e| LoginError::Refused(e.to_string()))?;
     endpoint
         .exchange(vec![
             ("grant_type", "authorization_code".to_string()),

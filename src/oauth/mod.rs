@@ -141,6 +141,8 @@ impl TokenEndpoint {
             resource: None,
             mtls_token: None,
             mtls_revocation: None,
+            issuer: None,
+            iss_in_authorization_responses: false,
         };
         if c.issuer.is_none() && c.protected_resource.is_none() {
             return Ok(explicit);

@@ -86,6 +86,9 @@ pub struct TokenServerState {
     public_client: std::sync::atomic::AtomicBool,
     /// RFC 8705 `mtls_endpoint_aliases.token_endpoint` in the metadata, when set.
     mtls_token_alias: Mutex<Option<String>>,
+    /// RFC 9207: when set, the metadata says authorization responses carry `iss`, and the
+    /// redirect carries this value (the real issuer, or another for a mix-up).
+    response_issuer: Mutex<Option<String>>,
 }
 
 pub struct TokenServer {
@@ -139,6 +142,7 @@ impl TokenServer {
             assertions: Mutex::new(AssertionPolicy::default()),
             public_client: std::sync::atomic::AtomicBool::new(false),
             mtls_token_alias: Mutex::new(None),
+            response_issuer: Mutex::new(None),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -163,6 +167,9 @@ impl TokenServer {
                     let alias = metadata_state.mtls_token_alias.lock().unwrap().clone();
                     if let Some(alias) = alias {
                         metadata["mtls_endpoint_aliases"] = json!({ "token_endpoint": alias });
+                    }
+                    if metadata_state.response_issuer.lock().unwrap().is_some() {
+                        metadata["authorization_response_iss_parameter_supported"] = json!(true);
                     }
                     Json(metadata)
                 }),
@@ -328,6 +335,10 @@ impl TokenServerState {
         *self.client_secrets.lock().unwrap() = secrets.iter().map(|s| s.to_string()).collect();
     }
     /// Advertises this mTLS token endpoint alias in the metadata (RFC 8705 §5).
+    /// RFC 9207: authorization responses carry `iss = issuer` (and the metadata says so).
+    pub fn set_response_issuer(&self, issuer: Option<&str>) {
+        *self.response_issuer.lock().unwrap() = issuer.map(str::to_string);
+    }
     pub fn set_mtls_token_alias(&self, url: &str) {
         *self.mtls_token_alias.lock().unwrap() = Some(url.to_string());
     }
@@ -695,10 +706,11 @@ async fn authorize(
         .lock()
         .unwrap()
         .insert(code.clone(), (challenge.clone(), redirect.clone(), user));
-    let location = format!(
-        "{redirect}?code={code}&state={}",
-        url::form_urlencoded::byte_serialize(st.as_bytes()).collect::<String>()
-    );
+    let encode = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+    let mut location = format!("{redirect}?code={code}&state={}", encode(st));
+    if let Some(iss) = state.response_issuer.lock().unwrap().as_deref() {
+        location.push_str(&format!("&iss={}", encode(iss)));
+    }
     (StatusCode::FOUND, [("location", location)]).into_response()
 }
 

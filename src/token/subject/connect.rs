@@ -70,6 +70,10 @@ pub enum ConnectRefused {
     Expired,
     #[error("the connect flow was started for another subject")]
     OtherSubject,
+    /// The app must say whom it relays for (`subject=`, from its own session): otherwise
+    /// whoever brings the code back finishes a flow someone else started.
+    #[error("the callback names no subject: the app relays the provider's redirect with &subject=… (the user of its own session)")]
+    NoSubject,
     #[error("too many connect flows are waiting for their callback")]
     TooMany,
     /// The shared store did not answer: a shared flow is never finished without it, or a
@@ -145,7 +149,8 @@ impl ConnectStates {
     }
 
     /// Takes the flow of `state`, once: a second callback with the same state finds
-    /// nothing. `subject`, when the app names whom it relays for, must be the flow's.
+    /// nothing. `subject`, whom the app relays for, must be the flow's; a flow refused for
+    /// its subject is used up all the same.
     pub async fn take(
         &self,
         state: &str,
@@ -169,8 +174,10 @@ impl ConnectStates {
         if Instant::now() >= flow.expires {
             return Err(ConnectRefused::Expired);
         }
-        if subject.is_some_and(|s| s != flow.subject.as_str()) {
-            return Err(ConnectRefused::OtherSubject);
+        match subject {
+            None => return Err(ConnectRefused::NoSubject),
+            Some(s) if s != flow.subject.as_str() => return Err(ConnectRefused::OtherSubject),
+            Some(_) => {}
         }
         Ok(flow)
     }
@@ -283,6 +290,20 @@ mod tests {
         assert_eq!(
             states.take(&b, Some("alice")).await.err(),
             Some(ConnectRefused::OtherSubject)
+        );
+        // Refused for its subject, the state is used up all the same.
+        assert_eq!(
+            states.take(&b, Some("bob")).await.err(),
+            Some(ConnectRefused::UnknownState)
+        );
+        let d = start(&states, "dave").await;
+        assert_eq!(
+            states.take(&d, None).await.err(),
+            Some(ConnectRefused::NoSubject)
+        );
+        assert_eq!(
+            states.take(&d, Some("dave")).await.err(),
+            Some(ConnectRefused::UnknownState)
         );
         let c = start_for(&states, "carol", Duration::ZERO).await;
         assert_eq!(
