@@ -135,6 +135,76 @@ async fn restart_with_an_expired_token_refreshes_once_with_the_stored_refresh_to
     assert_eq!(h.tokens.state.active_refresh_tokens(), 1);
 }
 
+/// Issue 20, hole 5: a stored token does not outlive a config change. Reproduced on the
+/// file store: a token for one scope and endpoint A was served after the config changed,
+/// and its refresh token went to the new endpoint B.
+/// - Same issuer, other scopes: the old access token is not served; the stored refresh
+///   token goes back to the issuer that issued it, once, for a token that fits the config.
+/// - Another issuer: its token endpoint sees nothing; the credential needs a login or a
+///   new seed, and its status says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_config_change_never_serves_the_old_token_nor_sends_its_refresh_token_elsewhere() {
+    let dir = store_dir();
+    let key = bearerd::store::generate_key();
+    let mut h = Harness::start(Options {
+        grant: "refresh_token",
+        store: file_store(&dir, &key),
+        ..Default::default()
+    })
+    .await;
+    h.wait_ready().await;
+    let first: serde_json::Value = h.get("/api/a").await.json().await.unwrap();
+
+    h.config_text = h.config_text.replace(
+        "scopes = [\"demo.read\"]",
+        "scopes = [\"demo.read\", \"demo.write\"]",
+    );
+    let before = h.tokens.state.requests();
+    restart(&mut h).await;
+    h.wait_ready().await;
+    let second: serde_json::Value = h.get("/api/b").await.json().await.unwrap();
+    assert_ne!(
+        second["token_serial"], first["token_serial"],
+        "the token of the old config is not served"
+    );
+    assert_eq!(
+        h.tokens.state.requests(),
+        before + 1,
+        "one refresh, with the stored refresh token"
+    );
+    assert_eq!(h.tokens.state.reuse_detected(), 0);
+    assert_eq!(h.tokens.state.active_refresh_tokens(), 1);
+
+    let other = TokenServer::start(Duration::from_secs(60)).await.unwrap();
+    h.config_text = h
+        .config_text
+        .replace(&h.tokens.token_url(), &other.token_url());
+    restart(&mut h).await;
+    let status = loop {
+        let s = h.status().await;
+        if s["credentials"]["api"]["state"] != "initializing" {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let api = &status["credentials"]["api"];
+    assert_eq!(api["state"], "failed", "{api}");
+    let message = api["last_error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("issued by {}", h.tokens.issuer())),
+        "the status says why: {message}"
+    );
+    assert_eq!(
+        other.state.requests(),
+        0,
+        "nothing was sent to the new endpoint"
+    );
+    let r = h.get("/api/c").await;
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["requires_reauth"], true);
+}
+
 fn run_bearerd(config: &Path) -> std::process::Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_bearerd"))
         .args(["run", "-c"])
@@ -186,6 +256,7 @@ fn a_bad_store_stops_startup_with_a_clear_error_and_is_left_unchanged() {
         logged_out: false,
         spent_seed: None,
         logout: None,
+        bound_to: None,
     };
     fs.save("c", Some(&token)).unwrap();
     let sealed = fs.sealed_record("c").unwrap();

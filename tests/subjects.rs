@@ -1099,6 +1099,7 @@ async fn measure_memory_and_load_time_with_100000_stored_subjects() {
                             logged_out: false,
                             spent_seed: None,
                             logout: None,
+                            bound_to: None,
                         };
                         fs.save(&format!("api\n{s}"), Some(&token)).unwrap();
                     }
@@ -1389,6 +1390,7 @@ async fn redis_names_subjects_by_a_keyed_hash_and_moves_records_from_unkeyed_nam
         logged_out: false,
         spent_seed: None,
         logout: None,
+        bound_to: None,
     };
     let unkeyed: String = sha2::Sha256::digest(subject.as_bytes())[..16]
         .iter()

@@ -718,6 +718,7 @@ mod tests {
             logged_out: false,
             spent_seed: None,
             logout: None,
+            bound_to: None,
         }
     }
 

@@ -345,6 +345,59 @@ pub struct StoredToken {
     pub spent_seed: Option<String>,
     /// A logout's tombstone: when, and what the provider answered.
     pub logout: Option<LogoutRecord>,
+    /// What the token was obtained for (`None` in records written before bindings).
+    pub bound_to: Option<RecordBinding>,
+}
+
+/// What a record's tokens were obtained for, the same in every store: a fingerprint of the
+/// credential's binding (grant, endpoint, client, scopes, resource, audience, identity),
+/// and the origin of its token endpoint (or issuer), the only place its refresh token may
+/// be sent. A record bound otherwise is never served.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordBinding {
+    pub fingerprint: String,
+    pub issuer: Option<String>,
+}
+
+impl RecordBinding {
+    pub fn of(config: &crate::config::CredentialConfig) -> RecordBinding {
+        let issuer = config.grant.request().and_then(|r| {
+            r.token_url
+                .as_ref()
+                .or(r.issuer.as_ref())
+                .or(r.protected_resource.as_ref())
+                .map(|u| u.origin().ascii_serialization())
+        });
+        RecordBinding {
+            fingerprint: fingerprint(&SecretString::from(config.binding())),
+            issuer,
+        }
+    }
+}
+
+/// How a stored record's binding compares with the credential's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindingMatch {
+    /// The same, or a record from before bindings (served as before).
+    Same,
+    /// Obtained under another config, from the same issuer: its access token is not
+    /// served; its refresh token may be used.
+    SameIssuer,
+    /// Obtained from another issuer: neither token is used.
+    OtherIssuer { was: Option<String> },
+}
+
+impl RecordBinding {
+    pub fn compare(&self, stored: &StoredToken) -> BindingMatch {
+        match &stored.bound_to {
+            None => BindingMatch::Same,
+            Some(b) if b.fingerprint == self.fingerprint => BindingMatch::Same,
+            Some(b) if b.issuer.is_some() && b.issuer == self.issuer => BindingMatch::SameIssuer,
+            Some(b) => BindingMatch::OtherIssuer {
+                was: b.issuer.clone(),
+            },
+        }
+    }
 }
 
 /// When a logout happened and what the revocation endpoint answered for each token.
@@ -368,6 +421,7 @@ impl StoredToken {
             logged_out: false,
             spent_seed: None,
             logout: None,
+            bound_to: None,
         }
     }
 }
@@ -397,6 +451,8 @@ pub(crate) struct StoredTokenRecord {
     spent_seed: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     logout: Option<LogoutRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bound_to: Option<RecordBinding>,
 }
 
 /// A record as it is sealed: the token set and its generation (0 in stores written before
@@ -450,6 +506,7 @@ impl From<&StoredToken> for StoredTokenRecord {
             logged_out: t.logged_out,
             spent_seed: t.spent_seed.clone(),
             logout: t.logout.clone(),
+            bound_to: t.bound_to.clone(),
         }
     }
 }
@@ -465,6 +522,7 @@ impl From<StoredTokenRecord> for StoredToken {
             logged_out: r.logged_out,
             spent_seed: r.spent_seed,
             logout: r.logout,
+            bound_to: r.bound_to,
         }
     }
 }

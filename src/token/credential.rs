@@ -178,6 +178,7 @@ impl Credential {
                     .map(|r| format!("{}: {}", r.token, r.outcome))
                     .collect(),
             }),
+            bound_to: Some(self.slot.binding.clone()),
             ..StoredToken::empty()
         };
         let forgotten = self.save_over(&tombstone).await.is_ok();
@@ -217,6 +218,7 @@ impl Credential {
         let record = StoredToken {
             refresh_token: Some(refresh_token),
             spent_seed: self.grant.spent_seed().await,
+            bound_to: Some(self.slot.binding.clone()),
             ..StoredToken::empty()
         };
         self.save_over(&record).await?;

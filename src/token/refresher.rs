@@ -23,7 +23,7 @@ use super::slot::AttemptFailure;
 use super::GrantErrorKind;
 use super::{bearer_header, CredentialSlot, TokenSnapshot, Trigger};
 use crate::metrics::RefreshResult;
-use crate::store::{Lease, LeaseAnswer, SaveOutcome, StoredToken};
+use crate::store::{BindingMatch, Lease, LeaseAnswer, SaveOutcome, StoredToken};
 
 /// The least time between two scheduled refreshes, whatever the token's lifetime.
 const MIN_REFRESH_GAP: Duration = Duration::from_millis(100);
@@ -112,6 +112,7 @@ async fn refill_if_lost(cred: &Credential) {
             logged_out: false,
             spent_seed: grant.spent_seed().await,
             logout: None,
+            bound_to: Some(slot.binding.clone()),
         },
         generation: held,
     };
@@ -167,6 +168,33 @@ async fn restore(cred: &Credential) -> Option<Trigger> {
     }
     if !grant.persists() {
         return Some(Trigger::Startup);
+    }
+    // A record obtained under another config is never served (issue 20, hole 5).
+    match slot.binding.compare(&set.token) {
+        BindingMatch::Same => {}
+        BindingMatch::SameIssuer => {
+            // Its refresh token goes back to the issuer that issued it, for a token that
+            // fits the config now.
+            take_refresh_state(grant, &set.token).await;
+            tracing::info!(
+                credential = &*slot.name,
+                "the stored token was obtained under another config: not served; refreshing now"
+            );
+            return Some(Trigger::Startup);
+        }
+        BindingMatch::OtherIssuer { was } => {
+            if let Some(fp) = set.token.spent_seed.clone() {
+                grant.restore_spent_seed(fp).await;
+            }
+            let was = was.unwrap_or_else(|| "another issuer".to_string());
+            let why = format!(
+                "the stored refresh token was issued by {was}, and the config now names {}: it is never sent there",
+                slot.binding.issuer.as_deref().unwrap_or("another issuer")
+            );
+            tracing::warn!(credential = &*slot.name, "{why}");
+            grant.refuse_stored_refresh_token(why).await;
+            return Some(Trigger::Startup);
+        }
     }
     take_refresh_state(grant, &set.token).await;
     match stored_snapshot(slot, &set.token) {
@@ -464,6 +492,7 @@ async fn persist(
         logged_out: false,
         spent_seed: cred.grant.spent_seed().await,
         logout: None,
+        bound_to: Some(cred.slot.binding.clone()),
     };
     save(cred, &record).await;
 }

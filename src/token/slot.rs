@@ -60,6 +60,8 @@ pub struct CredentialSlot {
     pub client_auth: Option<&'static str>,
     pub has_refresh_token: bool,
     pub policy: RefreshPolicy,
+    /// What its tokens are obtained for: stamped on every record it saves.
+    pub binding: crate::store::RecordBinding,
     token: ArcSwapOption<TokenSnapshot>,
     control: Mutex<Control>,
     /// Wakes the refresher when a demand is registered.
@@ -90,6 +92,7 @@ impl CredentialSlot {
                 crate::config::GrantConfig::RefreshToken { .. }
             ),
             policy: config.policy.clone(),
+            binding: crate::store::RecordBinding::of(config),
             token: ArcSwapOption::empty(),
             control: Mutex::new(Control::default()),
             wake: Notify::new(),

@@ -208,6 +208,13 @@ impl Grant {
         self.take_stored_refresh_token(Some(rt)).await;
     }
 
+    /// Leaves the store's refresh token unused (it belongs to another issuer), saying why.
+    pub async fn refuse_stored_refresh_token(&self, why: String) {
+        if let Some(g) = self.refresh_grant() {
+            g.refuse_stored(why).await;
+        }
+    }
+
     /// Takes the store's refresh token as the current one; `None` (another replica's
     /// provider dropped the grant) forgets the one held here, so it is never sent again.
     pub async fn take_stored_refresh_token(&self, rt: Option<SecretString>) {

@@ -25,6 +25,9 @@ pub struct RefreshTokenGrant {
     spent_seed: Mutex<Option<String>>,
     /// Exchanges run through the rotation helper, so a rotated token survives a kill.
     durable: Option<Box<DurableRotation>>,
+    /// Why a stored refresh token was not taken (it belongs to another issuer): said when
+    /// a login is asked for.
+    refused_stored: std::sync::Mutex<Option<String>>,
 }
 
 impl RefreshTokenGrant {
@@ -35,6 +38,7 @@ impl RefreshTokenGrant {
             current: Mutex::new(None),
             spent_seed: Mutex::new(None),
             durable: None,
+            refused_stored: std::sync::Mutex::new(None),
         }
     }
 
@@ -83,16 +87,33 @@ impl RefreshTokenGrant {
         *self.current.lock().await = rt;
     }
 
+    /// Leaves a stored refresh token unused, and says why when a login is asked for.
+    pub async fn refuse_stored(&self, why: String) {
+        *self.current.lock().await = None;
+        *self
+            .refused_stored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
     pub async fn obtain(&self) -> Result<IssuedToken, GrantError> {
         // Held across the request: one use of a refresh token at a time, ever.
         let mut current = self.current.lock().await;
         let mut rt = match current.as_ref() {
             Some(rt) => rt.clone(),
             None => {
+                // Why the store's refresh token was left unused, said with the error.
+                let why = self
+                    .refused_stored
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .map(|why| format!("{why}; "))
+                    .unwrap_or_default();
                 let Some(seed) = &self.seed else {
                     return Err(GrantError::permanent(
                         GrantErrorKind::LoginRequired,
-                        "no refresh token yet: log in (`bearerd login`, or the connect flow for a subject)",
+                        format!("{why}no refresh token yet: log in (`bearerd login`, or the connect flow for a subject)"),
                     ));
                 };
                 let fresh = seed
@@ -104,7 +125,7 @@ impl RefreshTokenGrant {
                     // Sending a refresh token twice makes providers revoke the grant.
                     return Err(GrantError::permanent(
                         GrantErrorKind::RefreshTokenSpent,
-                        "the configured refresh token was already used; provide a new one (log in again)",
+                        format!("{why}the configured refresh token was already used; provide a new one (log in again)"),
                     ));
                 }
                 *spent = Some(fp);
