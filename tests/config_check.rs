@@ -924,3 +924,49 @@ fn allowed_hosts_and_origins_are_checked_and_warned_about() {
         "{stdout}"
     );
 }
+
+/// `discover = true` needs the credential to pin its authorization server (issue 20,
+/// hole 3), and a pin is an https issuer (http only on loopback) or a host.
+#[test]
+fn discovery_from_an_upstream_must_be_pinned() {
+    let unpinned = r#"[credentials.tools]
+grant = "client_credentials"
+client_id = "agent"
+client_secret = "s"
+
+[upstreams.tools]
+url = "https://mcp.example.com/"
+path_prefix = "/tools"
+credential = "tools"
+discover = true
+"#;
+    assert_error(
+        unpinned,
+        10,
+        &[
+            "upstreams.tools.discover",
+            "allowed_authorization_servers",
+            "issuer",
+        ],
+    );
+    let pinned = |pin: &str| {
+        unpinned.replace(
+            "client_secret = \"s\"\n",
+            &format!("client_secret = \"s\"\nallowed_authorization_servers = [{pin}]\n"),
+        )
+    };
+    assert_passes(
+        "pinned.toml",
+        &pinned("\"auth.example.com\", \"https://login.example.com/t1\""),
+    );
+    assert_error(
+        &pinned("\"http://auth.example.com\""),
+        5,
+        &["allowed_authorization_servers", "must use https"],
+    );
+    assert_error(
+        &pinned("\"*.example.com\""),
+        5,
+        &["allowed_authorization_servers", "wildcards"],
+    );
+}

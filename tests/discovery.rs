@@ -59,3 +59,80 @@ async fn explicit_urls_override_discovery() {
     assert_eq!(h.tokens.state.requests(), 1);
     assert_eq!(other.state.requests(), 0);
 }
+
+/// Issue 20, hole 3: with `discover = true` the upstream names the authorization server,
+/// and so would choose who receives the client's secret. Discovery is pinned: a server
+/// outside the credential's `allowed_authorization_servers` fails the credential with a
+/// clear error, and nothing at all reaches it (not even a metadata request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_cannot_send_the_clients_secret_to_an_authorization_server_of_its_choosing() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    // The server the upstream names: it counts every connection made to it.
+    let trap = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trap_url = format!("http://{}", trap.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = trap.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    let (tokens, upstream) = support::start_peers(std::time::Duration::from_secs(60)).await;
+    let mcp = support::Upstream::start(Arc::clone(&tokens.state))
+        .await
+        .unwrap();
+    *mcp.state.authorization_server.lock().unwrap() = Some(trap_url.clone());
+    let extra = format!(
+        r#"
+[credentials.mcp]
+grant = "client_credentials"
+client_id = "{id}"
+client_secret = "{secret}"
+allowed_authorization_servers = ["{issuer}"]
+
+[upstreams.mcp]
+url = "http://{mcp}/"
+path_prefix = "/mcp"
+credential = "mcp"
+discover = true
+"#,
+        id = support::token_server::CLIENT_ID,
+        secret = support::token_server::CLIENT_SECRET,
+        issuer = tokens.issuer(),
+        mcp = mcp.addr,
+    );
+    let h = Harness::start_with(
+        tokens,
+        upstream,
+        Options {
+            upstream_extra: extra,
+            ..Default::default()
+        },
+    )
+    .await;
+    let mcp_status = loop {
+        let s = h.status().await;
+        let c = s["credentials"]["mcp"].clone();
+        if c["state"] == "failed" {
+            break c;
+        }
+        assert_ne!(c["state"], "valid", "{c}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let message = mcp_status["last_error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&trap_url) && message.contains("allowed_authorization_servers"),
+        "{message}"
+    );
+    let r = h.get("/mcp/tools").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "nothing reached the upstream's server"
+    );
+    // The other credential, pinned by its token_url, is not touched.
+    assert_eq!(h.get("/api/x").await.status(), 200);
+}

@@ -16,6 +16,7 @@ use std::path::Path;
 pub use error::ConfigError;
 use error::SourceMap;
 pub use pending::{Material, MaterialCheck, Place};
+pub use urls::secure_or_loopback;
 // What the config names but `material` reads: re-exported so the model reads as one.
 pub use crate::material::{
     load_ca_file, parse_ca_pem, parse_store_key, same_secret, ClientIdentity, KeySource,

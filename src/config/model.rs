@@ -159,6 +159,9 @@ pub struct TokenRequestConfig {
     pub params: BTreeMap<String, String>,
     pub timeout: Duration,
     pub ca_file: Option<PathBuf>,
+    /// What discovery from a protected resource may use: issuer URLs (no trailing slash)
+    /// or hosts (`host` or `host:port`, lowercase).
+    pub allowed_authorization_servers: Vec<String>,
 }
 
 #[derive(Debug, Clone)]

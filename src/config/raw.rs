@@ -213,6 +213,9 @@ macro_rules! token_request_keys {
         token_timeout: Option<String>,
         /// A PEM bundle trusted for the token endpoint instead of the system roots.
         ca_file: Option<PathBuf>,
+        /// `discover = true`: the authorization servers (issuers, or hosts) an upstream's
+        /// metadata may name; any other is refused before anything is sent to it.
+        allowed_authorization_servers: Option<Vec<String>>,
     } $($args)*); };
 }
 

@@ -65,3 +65,14 @@ pub(in crate::config) fn check_redis_url(text: &str) -> Result<bool, RedisUrlErr
     }
     Ok(url.scheme() == "rediss")
 }
+
+/// https, or plain http to a loopback host (this machine, where nobody can listen in).
+pub fn secure_or_loopback(url: &url::Url) -> bool {
+    url.scheme() == "https"
+        || match url.host() {
+            Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        }
+}

@@ -105,6 +105,10 @@ pub enum DiscoveryError {
     /// issuer or resource, no authorization server.
     #[error("{0}")]
     Refused(String),
+    /// The protected resource names no authorization server the credential allows: nothing
+    /// was sent to any of them. Permanent: only a config change helps.
+    #[error("the upstream names authorization server {named}, which is not in the credential's allowed_authorization_servers ({allowed}): nothing was sent to it")]
+    NotAllowed { named: String, allowed: String },
     #[error("no authorization server metadata for {issuer}: {}", tried.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     NoMetadata {
         issuer: Url,
@@ -127,19 +131,28 @@ fn parse_url(field: &str, value: Option<String>) -> Result<Option<Url>, Discover
 
 /// Secrets only travel to https endpoints, or to plain http on this machine.
 fn require_https(what: &str, url: &Url) -> Result<(), DiscoveryError> {
-    let loopback = match url.host() {
-        Some(url::Host::Domain(d)) => d == "localhost",
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
-    if url.scheme() == "https" || (url.scheme() == "http" && loopback) {
+    if crate::config::secure_or_loopback(url) {
         Ok(())
     } else {
         Err(DiscoveryError::Refused(format!(
             "{what} {url} must use https"
         )))
     }
+}
+
+/// Whether `issuer` is one of `allowed`: an issuer URL (without its trailing slash) or a
+/// host (`host`, or `host:port` with the URL's port or its scheme's default).
+fn is_allowed(issuer: &Url, allowed: &[String]) -> bool {
+    let url = issuer.as_str().trim_end_matches('/');
+    let host = issuer.host_str().unwrap_or_default().to_ascii_lowercase();
+    let port = issuer.port_or_known_default().unwrap_or(0);
+    allowed.iter().any(|pin| {
+        if pin.contains("://") {
+            pin == url
+        } else {
+            *pin == host || *pin == format!("{host}:{port}")
+        }
+    })
 }
 
 /// `https://host/path` → `https://host/.well-known/{suffix}/path` (RFC 8414 §3, RFC 9728 §3).
@@ -253,6 +266,7 @@ pub fn resource_metadata_param(header: &str) -> Option<String> {
 pub async fn from_protected_resource(
     http: &reqwest::Client,
     resource: &Url,
+    allowed: &[String],
 ) -> Result<ProviderEndpoints, DiscoveryError> {
     let refused = |message: String| DiscoveryError::Refused(message);
     let resp = http
@@ -288,12 +302,22 @@ pub async fn from_protected_resource(
             )));
         }
     }
+    if prm.authorization_servers.is_empty() {
+        return Err(refused(format!(
+            "{metadata_url} lists no authorization_servers"
+        )));
+    }
+    // The first server the credential allows (and that is https, or http on loopback):
+    // the upstream may not choose where the client's secrets go.
     let issuer = prm
         .authorization_servers
-        .first()
-        .ok_or_else(|| refused(format!("{metadata_url} lists no authorization_servers")))?;
-    let issuer = Url::parse(issuer)
-        .map_err(|e| refused(format!("authorization server {issuer:?} is not a URL: {e}")))?;
+        .iter()
+        .filter_map(|s| Url::parse(s).ok())
+        .find(|u| crate::config::secure_or_loopback(u) && is_allowed(u, allowed))
+        .ok_or_else(|| DiscoveryError::NotAllowed {
+            named: prm.authorization_servers.join(", "),
+            allowed: allowed.join(", "),
+        })?;
     let mut endpoints = from_issuer(http, &issuer).await?;
     endpoints.resource = prm.resource;
     Ok(endpoints)
@@ -319,6 +343,24 @@ mod tests {
             well_known_inserted(&root, "oauth-authorization-server").as_str(),
             "https://idp.example.com/.well-known/oauth-authorization-server"
         );
+    }
+
+    #[test]
+    fn discovery_takes_only_a_pinned_authorization_server() {
+        let pins = [
+            "idp.example.com".to_string(),
+            "127.0.0.1:9000".to_string(),
+            "https://login.example.com/tenant".to_string(),
+        ];
+        let allowed = |u: &str| is_allowed(&Url::parse(u).unwrap(), &pins);
+        assert!(allowed("https://idp.example.com"));
+        assert!(allowed("https://IDP.example.com/any/path"));
+        assert!(allowed("http://127.0.0.1:9000"));
+        assert!(allowed("https://login.example.com/tenant/"));
+        assert!(!allowed("https://login.example.com/other"));
+        assert!(!allowed("https://idp.example.com.evil.test"));
+        assert!(!allowed("http://127.0.0.1:9001"));
+        assert!(!allowed("https://evil.example"));
     }
 
     #[test]

@@ -154,7 +154,12 @@ impl TokenEndpoint {
                 let found = match (&c.issuer, &c.protected_resource) {
                     (Some(issuer), _) => discovery::from_issuer(&http, issuer).await,
                     (None, Some(resource)) => {
-                        discovery::from_protected_resource(&http, resource).await
+                        discovery::from_protected_resource(
+                            &http,
+                            resource,
+                            &c.allowed_authorization_servers,
+                        )
+                        .await
                     }
                     (None, None) => Ok(ProviderEndpoints::default()),
                 };
@@ -174,6 +179,11 @@ impl TokenEndpoint {
             Ok(d) => Ok(self.with_mtls_aliases(explicit.or(d.clone()))),
             // An explicit token endpoint keeps working while discovery is down.
             Err(_) if explicit.token.is_some() => Ok(explicit),
+            // A server the credential does not allow stays so until the config changes.
+            Err(m @ discovery::DiscoveryError::NotAllowed { .. }) => Err(GrantError::permanent(
+                GrantErrorKind::DiscoveryFailed,
+                m.to_string(),
+            )),
             Err(m) => Err(GrantError::transient(
                 GrantErrorKind::DiscoveryFailed,
                 m.to_string(),

@@ -169,7 +169,9 @@ credential = "api"
                 (None, d) => match d {
                     Discovery::None => format!("token_url = \"{}\"", tokens.token_url()),
                     Discovery::Issuer => format!("issuer = \"{}\"", tokens.issuer()),
-                    Discovery::ProtectedResource => String::new(),
+                    // discover = true is pinned to the one authorization server it may use.
+                    Discovery::ProtectedResource =>
+                        format!("allowed_authorization_servers = [\"{}\"]", tokens.issuer()),
                 },
             },
             discover = if opts.discovery == Discovery::ProtectedResource {

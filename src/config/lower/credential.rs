@@ -565,7 +565,53 @@ fn lower_token_request(
             Duration::from_millis(100),
         )?,
         ca_file: rc.ca_file.clone(),
+        allowed_authorization_servers: lower_pins(
+            map,
+            &key("allowed_authorization_servers"),
+            &rc.allowed_authorization_servers,
+        )?,
     })
+}
+
+/// `allowed_authorization_servers`: issuer URLs (https, or http on loopback) or hosts.
+fn lower_pins(
+    map: &SourceMap,
+    key: &str,
+    pins: &Option<Vec<String>>,
+) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for pin in pins.iter().flatten() {
+        let pin = pin.trim();
+        let normalized = if pin.contains("://") {
+            let url = http_url(map, key, pin)?;
+            if !secure_or_loopback(&url) {
+                return Err(map.error_at(
+                    key,
+                    format!("{pin:?}: an authorization server must use https (plain http only on loopback)"),
+                ));
+            }
+            url.as_str().trim_end_matches('/').to_string()
+        } else {
+            let (host, port) = match pin.rsplit_once(':') {
+                Some((h, p)) if !h.contains(']') || h.ends_with(']') => (h, Some(p)),
+                _ => (pin, None),
+            };
+            let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
+            if pin.is_empty()
+                || pin.contains(['*', '/', '@', ' '])
+                || !port_ok
+                || url::Host::parse(host).is_err()
+            {
+                return Err(map.error_at(
+                    key,
+                    format!("{pin:?} is neither an issuer URL nor a host (e.g. \"https://idp.example.com/tenant\" or \"idp.example.com\"); wildcards are not accepted"),
+                ));
+            }
+            pin.to_ascii_lowercase()
+        };
+        out.push(normalized);
+    }
+    Ok(out)
 }
 
 /// Whether a grant needs `client_id` whatever its client authentication.

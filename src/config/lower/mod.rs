@@ -170,6 +170,15 @@ pub(super) fn lower(source: &Path, map: &SourceMap, raw: RawConfig) -> Result<Co
         if ru.discover == Some(true) {
             let cred = &mut credentials[up.credential];
             match cred.grant.request_mut() {
+                // The upstream would choose who receives the client's credentials.
+                Some(req)
+                    if req.issuer.is_none() && req.allowed_authorization_servers.is_empty() =>
+                {
+                    return Err(map.error_at(
+                        &format!("upstreams.{name}.discover"),
+                        format!("discover = true lets the upstream name the authorization server that receives credential {:?}'s secrets: pin it on the credential with `issuer = \"https://…\"` or `allowed_authorization_servers = [\"idp.example.com\"]`", cred.name),
+                    ));
+                }
                 Some(req) => {
                     req.protected_resource.get_or_insert_with(|| up.url.clone());
                 }
