@@ -228,6 +228,7 @@ impl Sidecar {
             subjects: engine.subjects.clone(),
             connects: Arc::clone(&engine.connects),
             boundary: boundary(&config),
+            relaxations: config.relaxations(),
         };
         add_admin(&mut server, &config, admin_app);
         let mut control = background_service("control", ControlService { engine, upstreams });

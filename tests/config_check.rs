@@ -970,3 +970,68 @@ discover = true
         &["allowed_authorization_servers", "wildcards"],
     );
 }
+
+/// Plaintext and open listeners no longer pass silently (issue 20, hole 4): a listener
+/// that spends credentials off loopback needs `allow_remote_clients`, and plain http to
+/// another host needs `insecure_http` on its table; each is then a warning line.
+#[test]
+fn open_listeners_and_plain_http_need_saying_so() {
+    let open = BASE.replace("127.0.0.1:18080", "0.0.0.0:18080");
+    assert_error(
+        &open,
+        2,
+        &[
+            "server.proxy_listen",
+            "not a loopback address",
+            "allow_remote_clients",
+        ],
+    );
+    let allowed = open.replace("[server]\n", "[server]\nallow_remote_clients = true\n");
+    let out = assert_passes("open.toml", &allowed);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("warning: server.allow_remote_clients"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let listener = format!(
+        "{BASE}\n[upstreams.direct]\nurl = \"https://api.example.com/\"\nlisten = \"0.0.0.0:19191\"\ncredential = \"crm\"\n"
+    );
+    let line = listener
+        .lines()
+        .position(|l| l.starts_with("listen = \"0.0"))
+        .unwrap()
+        + 1;
+    assert_error(
+        &listener,
+        line,
+        &["upstreams.direct.listen", "not a loopback address"],
+    );
+
+    let plain = BASE.replace(
+        "https://idp.example.com/token",
+        "http://idp.example.com/token",
+    );
+    assert!(plain != BASE, "the base config has that token_url");
+    let line = plain
+        .lines()
+        .position(|l| l.contains("http://idp."))
+        .unwrap()
+        + 1;
+    assert_error(
+        &plain,
+        line,
+        &["token_url", "plain http to another host", "insecure_http"],
+    );
+    let insecure = plain.replace(
+        "token_url = \"http://idp.example.com/token\"",
+        "token_url = \"http://idp.example.com/token\"\ninsecure_http = true",
+    );
+    let out = assert_passes("insecure.toml", &insecure);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("insecure_http"));
+    // On this machine, plain http is fine.
+    assert_passes(
+        "loopback.toml",
+        &BASE.replace("https://idp.example.com/token", "http://127.0.0.1:9/token"),
+    );
+}

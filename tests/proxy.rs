@@ -783,6 +783,17 @@ async fn web_pages_cannot_spend_the_credential_by_rebinding_or_cross_site_reques
     )
     .await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    // /status shows the relaxations in force.
+    let relaxations = h.status().await["relaxations"].clone();
+    let relaxations: Vec<&str> = relaxations
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    assert_eq!(relaxations.len(), 2, "{relaxations:?}");
+    assert!(relaxations[0].starts_with("server.allowed_hosts"));
+    assert!(relaxations[1].starts_with("server.allowed_origins"));
 }
 
 /// Issue 20, hole 10: the headers that name a subject or carry a user's token are

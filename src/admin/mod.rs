@@ -46,6 +46,8 @@ pub struct AdminApp {
     pub connects: Arc<crate::token::subject::connect::ConnectStates>,
     /// Who may use the admin listener: the operator's tools, not a web page.
     pub boundary: Boundary,
+    /// The config's relaxations of the trust boundary, shown in `/status`.
+    pub relaxations: Vec<String>,
 }
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -186,6 +188,7 @@ impl AdminApp {
             credentials,
             upstreams,
             store: view::store_health(self.store.health()),
+            relaxations: self.relaxations.clone(),
         };
         json_response(200, &status)
     }

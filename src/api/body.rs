@@ -121,6 +121,10 @@ pub struct Status {
     pub credentials: BTreeMap<String, CredentialView>,
     pub upstreams: BTreeMap<String, UpstreamStatus>,
     pub store: StoreHealth,
+    /// The relaxations of the trust boundary in force (`allow_remote_clients`,
+    /// `insecure_http`, `allowed_hosts`, `allowed_origins`), one line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relaxations: Vec<String>,
 }
 
 /// `GET /readyz`, 200 or 503.

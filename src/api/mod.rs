@@ -154,6 +154,7 @@ mod tests {
                 up: false,
                 last_error: Some("connection refused".into()),
             },
+            relaxations: vec!["server.allow_remote_clients: …".into()],
         });
         let mut not_ready = BTreeMap::new();
         for (name, last_error) in [("crm", Some(error())), ("erp", None)] {

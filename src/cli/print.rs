@@ -78,6 +78,9 @@ pub fn status_table(status: &Status) -> String {
             store.last_error.as_deref().unwrap_or("no answer")
         ));
     }
+    for r in &status.relaxations {
+        out.push_str(&format!("warning: {r}\n"));
+    }
     out
 }
 
@@ -188,6 +191,7 @@ mod tests {
                 up,
                 last_error: last_error.map(str::to_string),
             },
+            relaxations: Vec::new(),
         };
         let up = status_table(&status(true, None));
         assert!(up.ends_with("store: redis, up\n"), "{up}");

@@ -94,6 +94,9 @@ pub struct ServerConfig {
     pub allowed_hosts: Vec<String>,
     /// Browser origins allowed besides loopback ones (`scheme://host[:port]`).
     pub allowed_origins: Vec<String>,
+    /// `allow_remote_clients = true`: the proxy (or an upstream's listener) may listen off
+    /// loopback, where others than the app can spend the credentials.
+    pub allow_remote_clients: bool,
     /// The program that runs `rotation-helper` (this binary), for rotations that survive a
     /// kill. Not a config key: `bearerd run` sets it; embedders may.
     pub rotation_helper: Option<PathBuf>,
@@ -162,6 +165,8 @@ pub struct TokenRequestConfig {
     /// What discovery from a protected resource may use: issuer URLs (no trailing slash)
     /// or hosts (`host` or `host:port`, lowercase).
     pub allowed_authorization_servers: Vec<String>,
+    /// `insecure_http = true`: its endpoints may be plain http to another host.
+    pub insecure_http: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -416,6 +421,8 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     /// The longest one read from the upstream may wait; `None`: no limit (streams may idle).
     pub read_timeout: Option<Duration>,
+    /// `insecure_http = true`: its url may be plain http to another host.
+    pub insecure_http: bool,
 }
 
 impl Config {
@@ -429,6 +436,25 @@ impl Config {
     pub fn relaxations(&self) -> Vec<String> {
         let s = &self.server;
         let mut out = Vec::new();
+        if s.allow_remote_clients {
+            out.push("server.allow_remote_clients: the proxy may listen off loopback, where others than the app can spend the credentials".to_string());
+        }
+        for c in &self.credentials {
+            if c.grant.request().is_some_and(|r| r.insecure_http) {
+                out.push(format!(
+                    "credentials.{}.insecure_http: its endpoints may be plain http to another host (tokens and secrets in clear on the network)",
+                    c.name
+                ));
+            }
+        }
+        for u in &self.upstreams {
+            if u.insecure_http {
+                out.push(format!(
+                    "upstreams.{}.insecure_http: its url may be plain http to another host (its token in clear on the network)",
+                    u.name
+                ));
+            }
+        }
         if !s.allowed_hosts.is_empty() {
             out.push(format!(
                 "server.allowed_hosts: requests naming {} are served like the app's (whoever can make those names resolve here can use the credentials)",

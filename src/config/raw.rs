@@ -74,6 +74,8 @@ pub struct RawServer {
     pub allowed_hosts: Option<Vec<String>>,
     /// Browser origins allowed besides loopback ones (proxy and admin).
     pub allowed_origins: Option<Vec<String>>,
+    /// Accept a proxy_listen or upstream listen off loopback.
+    pub allow_remote_clients: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
@@ -216,6 +218,9 @@ macro_rules! token_request_keys {
         /// `discover = true`: the authorization servers (issuers, or hosts) an upstream's
         /// metadata may name; any other is refused before anything is sent to it.
         allowed_authorization_servers: Option<Vec<String>>,
+        /// Accept plain http to a host that is not this machine for this credential's
+        /// endpoints (token_url, issuer, revocation_url, redirect_uri).
+        insecure_http: Option<bool>,
     } $($args)*); };
 }
 
@@ -409,4 +414,6 @@ pub struct RawUpstream {
     /// body read cuts the response off. Unset by default: SSE streams, long polls and
     /// websockets may idle longer.
     pub read_timeout: Option<String>,
+    /// Accept a plain http url to a host that is not this machine.
+    pub insecure_http: Option<bool>,
 }

@@ -323,7 +323,7 @@ fn lower_subjects(
     let redirect_uri = t
         .redirect_uri
         .as_deref()
-        .map(|v| http_url(map, &key("redirect_uri"), v))
+        .map(|v| private_url(map, &key("redirect_uri"), v, t.insecure_http))
         .transpose()?;
     let (idle, max_in_memory) =
         subjects_in_memory(map, name, &t.subject_idle, t.max_subjects_in_memory)?;
@@ -498,7 +498,7 @@ fn lower_token_request(
         |field: &str, value: &Option<String>| -> Result<Option<url::Url>, ConfigError> {
             value
                 .as_deref()
-                .map(|v| http_url(map, &key(field), v))
+                .map(|v| private_url(map, &key(field), v, rc.insecure_http))
                 .transpose()
         };
     let token_url = optional_url("token_url", &rc.token_url)?;
@@ -565,6 +565,7 @@ fn lower_token_request(
             Duration::from_millis(100),
         )?,
         ca_file: rc.ca_file.clone(),
+        insecure_http: rc.insecure_http.unwrap_or(false),
         allowed_authorization_servers: lower_pins(
             map,
             &key("allowed_authorization_servers"),

@@ -118,6 +118,12 @@ fn socket_addr(map: &SourceMap, key: &str, value: &str) -> Result<SocketAddr, Co
 
 pub(super) fn lower(source: &Path, map: &SourceMap, raw: RawConfig) -> Result<Config, ConfigError> {
     let server = lower_server(map, &raw)?;
+    app_listener(
+        map,
+        "server.proxy_listen",
+        server.proxy_listen,
+        server.allow_remote_clients,
+    )?;
 
     let store = lower_store(map, &raw.store)?;
 
@@ -159,6 +165,8 @@ pub(super) fn lower(source: &Path, map: &SourceMap, raw: RawConfig) -> Result<Co
                 }
             }
             RouteConfig::Listen(a) => {
+                let key = format!("upstreams.{name}.listen");
+                app_listener(map, &key, *a, server.allow_remote_clients)?;
                 if let Some(other) = ports.insert(*a, format!("upstreams.{name}.listen")) {
                     return Err(map.error_at(
                         &format!("upstreams.{name}.listen"),
@@ -500,6 +508,7 @@ fn lower_server(map: &SourceMap, raw: &RawConfig) -> Result<ServerConfig, Config
         max_request_header_bytes,
         allowed_hosts: lower_allowed_hosts(map, &s.allowed_hosts)?,
         allowed_origins: lower_allowed_origins(map, &s.allowed_origins)?,
+        allow_remote_clients: s.allow_remote_clients.unwrap_or(false),
         proxy_listen,
         admin_listen,
         metrics_listen,
@@ -589,6 +598,40 @@ fn http_url(map: &SourceMap, key: &str, value: &str) -> Result<url::Url, ConfigE
     parse_http_url(value).map_err(|e| map.error_at(key, e))
 }
 
+/// A URL that tokens or secrets travel to: https, or plain http on this machine, unless
+/// its table says `insecure_http = true`.
+fn private_url(
+    map: &SourceMap,
+    key: &str,
+    value: &str,
+    insecure_http: Option<bool>,
+) -> Result<url::Url, ConfigError> {
+    let url = http_url(map, key, value)?;
+    if !insecure_http.unwrap_or(false) && !secure_or_loopback(&url) {
+        return Err(map.error_at(
+            key,
+            format!("{value:?} is plain http to another host: tokens and secrets would cross the network in clear. Use https, or set `insecure_http = true` on this table"),
+        ));
+    }
+    Ok(url)
+}
+
+/// A listener that spends credentials: on loopback, unless `allow_remote_clients = true`.
+fn app_listener(
+    map: &SourceMap,
+    key: &str,
+    addr: SocketAddr,
+    allow_remote_clients: bool,
+) -> Result<(), ConfigError> {
+    if addr.ip().is_loopback() || allow_remote_clients {
+        return Ok(());
+    }
+    Err(map.error_at(
+        key,
+        format!("{addr} is not a loopback address: anyone who reaches it spends the credentials. Keep it on 127.0.0.1, or set `allow_remote_clients = true` under [server] (and keep others out with a network policy)"),
+    ))
+}
+
 fn lower_upstream(
     map: &SourceMap,
     name: &str,
@@ -596,7 +639,7 @@ fn lower_upstream(
     credentials: &HashMap<String, usize>,
 ) -> Result<UpstreamConfig, ConfigError> {
     let key = |k: &str| format!("upstreams.{name}.{k}");
-    let url = http_url(map, &key("url"), &ru.url)?;
+    let url = private_url(map, &key("url"), &ru.url, ru.insecure_http)?;
     let tls = url.scheme() == "https";
     let host = url
         .host_str()
@@ -658,6 +701,7 @@ fn lower_upstream(
             &ru.idle_timeout,
             Duration::from_secs(4),
         )?,
+        insecure_http: ru.insecure_http.unwrap_or(false),
         // Unset: no limit.
         read_timeout: ru
             .read_timeout
