@@ -1035,3 +1035,37 @@ fn open_listeners_and_plain_http_need_saying_so() {
         &BASE.replace("https://idp.example.com/token", "http://127.0.0.1:9/token"),
     );
 }
+
+/// The on-behalf-of limits are checked with their line, and belong to on-behalf-of
+/// exchanges only.
+#[test]
+fn on_behalf_of_limits_are_checked() {
+    let obo = r#"[credentials.crm]
+grant = "token_exchange"
+token_url = "https://sts.example.com/token"
+client_id = "agent"
+client_secret = "s"
+subject_token = { header = "x-user-token" }
+new_subjects_per_second = 0
+
+[upstreams.crm]
+url = "https://crm.example.com/"
+path_prefix = "/crm"
+credential = "crm"
+"#;
+    assert_error(obo, 7, &["new_subjects_per_second", "at least 1"]);
+    let ok = obo.replace(
+        "new_subjects_per_second = 0",
+        "new_subjects_per_second = 5\nopaque_token_lifetime = \"10m\"",
+    );
+    assert_passes("obo.toml", &ok);
+    let not_obo = ok.replace(
+        "subject_token = { header = \"x-user-token\" }",
+        "subject_token = { file = \"/var/run/secrets/t\" }",
+    );
+    assert_error(
+        &not_obo,
+        7,
+        &["new_subjects_per_second", "belongs to on-behalf-of"],
+    );
+}

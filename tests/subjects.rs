@@ -1522,3 +1522,90 @@ async fn served_everywhere(a: &Harness, other: std::net::SocketAddr, users: &[&s
         }
     }
 }
+
+/// Issue 20, hole 8: every distinct user token cost a subject, a refresher and an exchange,
+/// with no limit. Now user tokens not seen before are exchanged at most
+/// `new_subjects_per_second` a second (and as many at once); the others get 429 with
+/// `Retry-After`, and users already exchanged keep being served through the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_of_new_user_tokens_is_held_to_the_rate_and_known_users_are_served() {
+    const RATE: usize = 20;
+    const FLOOD: usize = 10_000;
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(300)).await;
+    let users = UserIdp::trusted_by(&tokens);
+    let opts = Options {
+        grant: "token_exchange",
+        lifetime: Duration::from_secs(300),
+        credential_extra: format!(
+            "subject_token = {{ header = \"x-user-token\" }}\naudience = \"crm\"\nnew_subjects_per_second = {RATE}\n"
+        ),
+        ..Options::default()
+    };
+    let h = std::sync::Arc::new(Harness::start_raw(tokens, upstream, opts, String::new()).await);
+    let alice = users.mint("alice", "a1", 600);
+    assert_eq!(with_user_token(&h, alice.clone(), true).await.status(), 200);
+    let before = h.tokens.state.requests();
+    let started = std::time::Instant::now();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let known = {
+        let (h, done, alice) = (h.clone(), done.clone(), alice.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                statuses.push(
+                    with_user_token(&h, alice.clone(), true)
+                        .await
+                        .status()
+                        .as_u16(),
+                );
+            }
+            statuses
+        })
+    };
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..32 {
+        let h = h.clone();
+        workers.spawn(async move {
+            let (mut refused, mut others, mut retry_after) = (0, 0, true);
+            for i in (w..FLOOD).step_by(32) {
+                let r = with_user_token(&h, format!("flood-{i}"), true).await;
+                if r.status() == 429 {
+                    refused += 1;
+                    retry_after &= r.headers().contains_key("retry-after");
+                } else {
+                    others += 1;
+                }
+            }
+            (refused, others, retry_after)
+        });
+    }
+    let (mut refused, mut others, mut retry_after) = (0, 0, true);
+    while let Some(r) = workers.join_next().await {
+        let (a, b, c) = r.unwrap();
+        refused += a;
+        others += b;
+        retry_after &= c;
+    }
+    let elapsed = started.elapsed();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let alice_statuses = known.await.unwrap();
+    let exchanges = h.tokens.state.requests() - before;
+    let bound = RATE + (RATE as f64 * elapsed.as_secs_f64()).ceil() as usize;
+    assert_eq!(refused + others, FLOOD);
+    assert!(
+        exchanges <= bound,
+        "{exchanges} exchanges in {elapsed:?}: at most {bound} allowed"
+    );
+    assert!(refused >= FLOOD - bound, "{refused} refused");
+    assert!(retry_after, "every 429 says when to retry");
+    assert!(!alice_statuses.is_empty());
+    assert!(
+        alice_statuses.iter().all(|s| *s == 200),
+        "a known user is served through the flood: {:?}",
+        alice_statuses
+            .iter()
+            .filter(|s| **s != 200)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+}

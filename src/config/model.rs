@@ -311,24 +311,31 @@ pub enum SubjectKind {
     },
     /// On behalf of: the header carries the user's own token, exchanged (RFC 8693) and
     /// cached under a hash of it (`grant = "token_exchange"`).
-    OnBehalfOf,
+    OnBehalfOf {
+        /// User tokens not seen before that may be exchanged per second (and at once).
+        new_per_second: u32,
+        /// How long an opaque user token's exchange is served before it is done again.
+        opaque_lifetime: Duration,
+    },
 }
 
 impl SubjectConfig {
     pub fn redirect_uri(&self) -> Option<&url::Url> {
         match &self.kind {
             SubjectKind::Delegated { redirect_uri } => redirect_uri.as_ref(),
-            SubjectKind::OnBehalfOf => None,
+            SubjectKind::OnBehalfOf { .. } => None,
         }
     }
 
     pub fn on_behalf_of(&self) -> bool {
-        matches!(self.kind, SubjectKind::OnBehalfOf)
+        matches!(self.kind, SubjectKind::OnBehalfOf { .. })
     }
 
     pub const DEFAULT_IDLE: Duration = Duration::from_secs(15 * 60);
     pub const DEFAULT_MAX_IN_MEMORY: usize = 100_000;
     pub const DEFAULT_CONNECT_LIFETIME: Duration = Duration::from_secs(600);
+    pub const DEFAULT_NEW_PER_SECOND: u32 = 50;
+    pub const DEFAULT_OPAQUE_LIFETIME: Duration = Duration::from_secs(15 * 60);
 }
 
 impl CredentialConfig {

@@ -305,6 +305,12 @@ credential_table! {
         subject_idle: Option<String>,
         /// On-behalf-of: the most subject tokens' exchanges kept in memory.
         max_subjects_in_memory: Option<usize>,
+        /// On-behalf-of: how many user tokens not seen before may be exchanged per second
+        /// (and at once); beyond it a request gets 429.
+        new_subjects_per_second: Option<u32>,
+        /// On-behalf-of: how long an opaque user token (not a JWT, so with no `exp`) is
+        /// served before it is exchanged again.
+        opaque_token_lifetime: Option<String>,
     }
 }
 

@@ -21,7 +21,9 @@ use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::config::UpstreamConfig;
 use crate::metrics::{Listener, Metrics, Outcome401};
-use crate::token::subject::{InvalidSubject, SubjectKey, SubjectRegistry, SubjectUnavailable};
+use crate::token::subject::{
+    InvalidSubject, SubjectKey, SubjectRegistry, SubjectUnavailable, TooManyNewSubjects,
+};
 use crate::token::{CredentialSlot, ReplayDecision, TokenSnapshot, TokenUnavailable};
 use problem::Problem;
 use resolve::ResolvedAddr;
@@ -563,11 +565,16 @@ impl ProxyHttp for BearerProxy {
             None => Arc::clone(&upstream.slot),
             Some(registry) if registry.config.on_behalf_of() => {
                 match subject_token_of(session.req_header(), registry) {
-                    Ok(token) => {
-                        let (subject, slot) = registry.slot_for_subject_token(&token);
-                        ctx.subject = Some(subject);
-                        slot
-                    }
+                    Ok(token) => match registry.slot_for_subject_token(&token) {
+                        Ok((subject, slot)) => {
+                            ctx.subject = Some(subject);
+                            slot
+                        }
+                        Err(busy) => {
+                            let p = too_many_new_subjects(&upstream, busy, rid);
+                            return self.answer(session, ctx, p).await;
+                        }
+                    },
                     Err(why) => {
                         let p = subject_required(&upstream, registry, why, rid);
                         return self.answer(session, ctx, p).await;
@@ -863,6 +870,26 @@ fn subject_required<'a>(
 }
 
 /// The registry of a per-subject upstream.
+/// 429 `too-many-new-subjects`: the rate of user tokens not seen before is spent; users
+/// already exchanged are served meanwhile.
+fn too_many_new_subjects<'a>(
+    upstream: &'a Upstream,
+    busy: TooManyNewSubjects,
+    rid: &'a str,
+) -> Problem<'a> {
+    let mut p = Problem::new(
+        "too-many-new-subjects",
+        "Too many new users",
+        429,
+        "more user tokens not seen before than new_subjects_per_second allows; try again after Retry-After",
+        rid,
+    );
+    p.credential = Some(&upstream.slot.name);
+    p.upstream = Some(&upstream.name);
+    p.retry_after = Some(busy.retry_after.as_secs().max(1));
+    p
+}
+
 fn u_subjects(upstream: &Option<Arc<Upstream>>) -> Option<&SubjectRegistry> {
     upstream.as_ref()?.subjects.as_deref()
 }

@@ -23,6 +23,9 @@ pub struct Problem<'a> {
     pub subject: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect: Option<String>,
+    /// Seconds for `Retry-After` (a 429).
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl<'a> Problem<'a> {
@@ -44,6 +47,7 @@ impl<'a> Problem<'a> {
             request_id,
             subject: None,
             connect: None,
+            retry_after: None,
         }
     }
 
@@ -56,6 +60,9 @@ impl<'a> Problem<'a> {
         header.insert_header("content-length", body.len().to_string())?;
         header.insert_header("x-request-id", self.request_id)?;
         header.insert_header("cache-control", "no-store")?;
+        if let Some(seconds) = self.retry_after {
+            header.insert_header("retry-after", seconds.to_string())?;
+        }
         session.set_keepalive(None);
         session
             .write_response_header(Box::new(header), false)

@@ -163,6 +163,11 @@ fn lower_token_exchange(
             for (field, set) in [
                 ("subject_idle", t.subject_idle.is_some()),
                 ("max_subjects_in_memory", t.max_subjects_in_memory.is_some()),
+                (
+                    "new_subjects_per_second",
+                    t.new_subjects_per_second.is_some(),
+                ),
+                ("opaque_token_lifetime", t.opaque_token_lifetime.is_some()),
             ] {
                 if set {
                     return Err(map.error_at(
@@ -408,9 +413,28 @@ fn lower_on_behalf_of(
     let header = subject_header_name(map, &key("subject_token"), header)?;
     let (idle, max_in_memory) =
         subjects_in_memory(map, name, &t.subject_idle, t.max_subjects_in_memory)?;
+    let new_per_second = t
+        .new_subjects_per_second
+        .unwrap_or(SubjectConfig::DEFAULT_NEW_PER_SECOND);
+    if new_per_second == 0 {
+        return Err(map.error_at(
+            &key("new_subjects_per_second"),
+            "new_subjects_per_second must be at least 1",
+        ));
+    }
+    let opaque_lifetime = bounded_duration(
+        map,
+        &key("opaque_token_lifetime"),
+        &t.opaque_token_lifetime,
+        SubjectConfig::DEFAULT_OPAQUE_LIFETIME,
+        Duration::from_secs(1),
+    )?;
     Ok(SubjectConfig {
         header,
-        kind: SubjectKind::OnBehalfOf,
+        kind: SubjectKind::OnBehalfOf {
+            new_per_second,
+            opaque_lifetime,
+        },
         idle,
         max_in_memory,
         connect_lifetime: SubjectConfig::DEFAULT_CONNECT_LIFETIME,

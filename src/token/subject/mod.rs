@@ -45,6 +45,8 @@ use crate::oauth::TokenEndpoint;
 use crate::store::StoredToken;
 use crate::store::{StoreError, StoredSet, TokenStore};
 use census::RestingCensus;
+use on_behalf_of::NewSubjectRate;
+pub use on_behalf_of::TooManyNewSubjects;
 use starter::SubjectStarter;
 
 /// Why a request's subject has no slot to take a token from.
@@ -67,6 +69,8 @@ pub struct LiveSubject {
     admitted_ms: u64,
     /// Stops the subject's refresher (after an attempt in flight has finished).
     stop: watch::Sender<bool>,
+    /// On behalf of an opaque user token: when it must be exchanged again.
+    serve_until_ms: Option<u64>,
 }
 
 pub struct SubjectRegistry {
@@ -83,6 +87,8 @@ pub struct SubjectRegistry {
     epoch: Instant,
     /// Set at shutdown: subjects admitted afterwards start stopped.
     stopped: AtomicBool,
+    /// On behalf of: the rate at which user tokens not seen before may be exchanged.
+    new_subjects: Option<NewSubjectRate>,
 }
 
 /// Counts of subjects per state, in [`CredentialState::ALL`] order.
@@ -114,8 +120,8 @@ impl SubjectRegistry {
             .subject_endpoint()
             .ok_or(RegistryError::UnsupportedGrant)?;
         let exchange = match (&subjects.kind, &config.grant) {
-            (SubjectKind::OnBehalfOf, GrantConfig::TokenExchange(x)) => Some(x.clone()),
-            (SubjectKind::OnBehalfOf, _) => {
+            (SubjectKind::OnBehalfOf { .. }, GrantConfig::TokenExchange(x)) => Some(x.clone()),
+            (SubjectKind::OnBehalfOf { .. }, _) => {
                 return Err(RegistryError::OnBehalfOfNeedsTokenExchange)
             }
             (SubjectKind::Delegated { .. }, _) => None,
@@ -139,6 +145,12 @@ impl SubjectRegistry {
             tagger,
             epoch: Instant::now(),
             stopped: AtomicBool::new(false),
+            new_subjects: match subjects.kind {
+                SubjectKind::OnBehalfOf { new_per_second, .. } => {
+                    Some(NewSubjectRate::new(new_per_second))
+                }
+                SubjectKind::Delegated { .. } => None,
+            },
         })))
     }
 
@@ -249,6 +261,7 @@ impl SubjectRegistry {
             last_used_ms: AtomicU64::new(self.now_ms()),
             admitted_ms: self.now_ms(),
             stop,
+            serve_until_ms: self.serve_until_ms(subject_token),
         })
     }
 
