@@ -1029,6 +1029,17 @@ fn open_listeners_and_plain_http_need_saying_so() {
     );
     let out = assert_passes("insecure.toml", &insecure);
     assert!(String::from_utf8_lossy(&out.stdout).contains("insecure_http"));
+    // The device endpoint takes the client's secret too.
+    let device = BASE.replace(
+        "grant = \"client_credentials\"",
+        "grant = \"refresh_token\"\ndevice_authorization_url = \"http://idp.example.com/device\"",
+    );
+    let line = device
+        .lines()
+        .position(|l| l.starts_with("device_authorization_url"))
+        .unwrap()
+        + 1;
+    assert_error(&device, line, &["device_authorization_url", "plain http"]);
     // On this machine, plain http is fine.
     assert_passes(
         "loopback.toml",

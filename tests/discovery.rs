@@ -112,15 +112,20 @@ discover = true
         },
     )
     .await;
-    let mcp_status = loop {
-        let s = h.status().await;
-        let c = s["credentials"]["mcp"].clone();
-        if c["state"] == "failed" {
-            break c;
+    // A deadline, so a regression fails the test instead of hanging it.
+    let mcp_status = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            let s = h.status().await;
+            let c = s["credentials"]["mcp"].clone();
+            if c["state"] == "failed" {
+                break c;
+            }
+            assert_ne!(c["state"], "valid", "{c}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        assert_ne!(c["state"], "valid", "{c}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    })
+    .await
+    .expect("the credential fails within 30 s");
     let message = mcp_status["last_error"]["message"].as_str().unwrap();
     assert!(
         message.contains(&trap_url) && message.contains("allowed_authorization_servers"),

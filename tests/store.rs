@@ -180,13 +180,18 @@ async fn a_config_change_never_serves_the_old_token_nor_sends_its_refresh_token_
         .config_text
         .replace(&h.tokens.token_url(), &other.token_url());
     restart(&mut h).await;
-    let status = loop {
-        let s = h.status().await;
-        if s["credentials"]["api"]["state"] != "initializing" {
-            break s;
+    // A deadline, so a regression fails the test instead of hanging it.
+    let status = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let s = h.status().await;
+            if s["credentials"]["api"]["state"] != "initializing" {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await
+    .expect("the credential settles within 30 s");
     let api = &status["credentials"]["api"];
     assert_eq!(api["state"], "failed", "{api}");
     let message = api["last_error"]["message"].as_str().unwrap();

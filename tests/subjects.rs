@@ -514,6 +514,18 @@ async fn an_authorization_response_from_another_issuer_is_refused() {
         assert_eq!(get_as(&h, s, "/api/x").await.status(), 403, "{s}");
     }
     assert_eq!(get_as(&h, "alice", "/api/x").await.status(), 200);
+
+    // A `subject=` or `iss=` smuggled into the provider's redirect would come first in
+    // the relayed query: a repeated parameter is refused (RFC 6749 §3.1).
+    let url = start_connect(&h, "mallory").await;
+    let query = consent(&h, "mallory", &url).await;
+    let r = relay(&h, "dave", &format!("subject=mallory&{query}")).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("repeats `subject`"));
+    let r = relay(&h, "mallory", &format!("iss={}&{query}", seg(&issuer))).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("repeats `iss`"));
+    assert_eq!(get_as(&h, "dave", "/api/x").await.status(), 403);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,6 +46,22 @@ fn not_found(what: String) -> Response<Vec<u8>> {
     error_response(404, what)
 }
 
+/// The authorization response's parameters that must appear once (RFC 6749 §3.1): with
+/// first-wins, a `subject=` or `iss=` smuggled into the provider's redirect would beat the
+/// one the app appends.
+const ONCE: [&str; 5] = ["state", "code", "iss", "error", "subject"];
+
+/// The first of `ONCE` that the query repeats.
+fn repeated_param(session: &ServerSession) -> Option<&'static str> {
+    let query = session.req_header().uri.query()?;
+    ONCE.into_iter().find(|name| {
+        url::form_urlencoded::parse(query.as_bytes())
+            .filter(|(k, _)| k == name)
+            .count()
+            > 1
+    })
+}
+
 fn query_param(session: &ServerSession, name: &str) -> Option<String> {
     let query = session.req_header().uri.query()?;
     url::form_urlencoded::parse(query.as_bytes())
@@ -244,6 +260,9 @@ impl AdminApp {
     /// `GET /connect/callback?code=…&state=…[&subject=…]`: the provider's redirect, relayed
     /// by the app. The state is used up whatever happens next.
     pub(super) async fn connect_callback(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        if let Some(name) = repeated_param(session) {
+            return error_response(400, format!("the callback repeats `{name}`"));
+        }
         let Some(state) = query_param(session, "state") else {
             return error_response(400, "the callback has no state");
         };

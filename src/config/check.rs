@@ -10,7 +10,7 @@
 use secrecy::ExposeSecret;
 
 use super::pending::{Material, MaterialCheck, Place};
-use super::urls::{check_redis_url, parse_http_url};
+use super::urls::{check_redis_url, parse_http_url, secure_or_loopback};
 use super::{Config, ConfigError};
 use crate::material::signing::{load_key, service_account_token_uri, KeyError};
 use crate::material::{identity, jwt, load_ca_file, parse_store_key};
@@ -69,9 +69,19 @@ impl Config {
                 }
                 Ok(())
             }
-            Material::ServiceAccountEndpoint { key, required_at } => {
+            Material::ServiceAccountEndpoint {
+                key,
+                required_at,
+                insecure_http,
+            } => {
                 match (service_account_token_uri(key).map_err(|e| fail(&e))?, required_at) {
-                    (Some(uri), _) => parse_http_url(&uri).map(drop).map_err(|e| fail(&e)),
+                    (Some(uri), _) => {
+                        let url = parse_http_url(&uri).map_err(|e| fail(&e))?;
+                        if !insecure_http && !secure_or_loopback(&url) {
+                            return Err(fail(&format!("the key's token_uri {uri:?} is plain http to another host: assertions would cross the network in clear. Use https, or set `insecure_http = true` on this credential")));
+                        }
+                        Ok(())
+                    }
                     (None, Some(grant_at)) => Err((
                         grant_at,
                         "grant \"jwt_bearer\" needs `token_url`, or `issuer` for discovery, or an upstream with `discover = true`".to_string(),

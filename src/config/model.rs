@@ -388,6 +388,11 @@ impl CredentialConfig {
         // Empty for the older grants, so their bindings (and the stored sets keyed by them)
         // stay what they were.
         let identity = (!identity.is_empty()).then_some(identity);
+        // The authorization servers discovery may pick (absent for credentials without
+        // pins, so their bindings stay what they were).
+        let mut pins = request.allowed_authorization_servers.clone();
+        pins.sort();
+        let pins = (!pins.is_empty()).then(|| format!("pins {}", pins.join(" ")));
         [
             self.grant.kind(),
             endpoint,
@@ -398,6 +403,7 @@ impl CredentialConfig {
         ]
         .into_iter()
         .chain(identity.as_deref())
+        .chain(pins.as_deref())
         .collect::<Vec<_>>()
         .join("\n")
     }

@@ -45,6 +45,8 @@ pub enum Material {
     ServiceAccountEndpoint {
         key: SecretRef,
         required_at: Option<Place>,
+        /// The credential says `insecure_http = true`: plain http to another host is taken.
+        insecure_http: bool,
     },
     /// The store key: 32 bytes; `help` says how to make one.
     StoreKey {

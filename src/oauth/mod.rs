@@ -141,7 +141,9 @@ impl TokenEndpoint {
             resource: None,
             mtls_token: None,
             mtls_revocation: None,
-            issuer: None,
+            // The configured issuer is what an authorization response must name, even
+            // while its metadata cannot be fetched.
+            issuer: c.issuer.as_ref().map(|u| u.to_string()),
             iss_in_authorization_responses: false,
         };
         if c.issuer.is_none() && c.protected_resource.is_none() {

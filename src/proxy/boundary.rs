@@ -2,8 +2,10 @@
 //! a credential, never a web page open in a browser on the same host.
 //!
 //! Browsers mark what a page sends. A cross-origin request carries the page's `Origin`
-//! (every one but a GET navigation), and `Sec-Fetch-Site` says how the page relates to the
-//! target. A DNS-rebinding page reaches loopback under a name of its own, which arrives
+//! (except a GET or HEAD without CORS: a navigation, an `<img>`, a no-cors fetch), and
+//! `Sec-Fetch-Site` (every request of a current browser) says how the page relates to the
+//! target. A browser without Fetch Metadata (Safari before 16.4) can still make such a
+//! GET reach an upstream blind; it cannot read the answer. A DNS-rebinding page reaches loopback under a name of its own, which arrives
 //! in `Host`. The app's requests carry none of that, or loopback values. So:
 //!
 //! - `Host` must be an IP literal, a loopback name (`localhost`, `*.localhost`), or listed

@@ -361,11 +361,13 @@ pub struct RecordBinding {
 
 impl RecordBinding {
     pub fn of(config: &crate::config::CredentialConfig) -> RecordBinding {
+        // Only an issuer the config names: one found through an upstream's metadata is
+        // not known here, so a record of such a credential counts as another issuer's on
+        // any config change (its refresh token is never sent on a guess).
         let issuer = config.grant.request().and_then(|r| {
             r.token_url
                 .as_ref()
                 .or(r.issuer.as_ref())
-                .or(r.protected_resource.as_ref())
                 .map(|u| u.origin().ascii_serialization())
         });
         RecordBinding {

@@ -100,9 +100,11 @@ fn lower_refresh_token(
     let optional_url = |field: &str, value: &Option<String>| {
         value
             .as_deref()
-            .map(|v| http_url(map, &key(field), v))
+            .map(|v| private_url(map, &key(field), v, t.insecure_http))
             .transpose()
     };
+    // The device endpoint takes the client's credentials; the authorization endpoint,
+    // the user's.
     request.authorization_url = optional_url("authorization_url", &t.authorization_url)?;
     request.device_authorization_url =
         optional_url("device_authorization_url", &t.device_authorization_url)?;

@@ -233,6 +233,7 @@ fn every_token_endpoint_found(
                     Material::ServiceAccountEndpoint {
                         key: sa.clone(),
                         required_at,
+                        insecure_http: req.insecure_http,
                     },
                 );
             } else if !configured && req.protected_resource.is_none() {

@@ -58,18 +58,22 @@ impl SubjectRegistry {
         token: &secrecy::SecretString,
     ) -> Result<(SubjectKey, Arc<CredentialSlot>), TooManyNewSubjects> {
         let subject = SubjectKey::of_token(token);
-        if let Some(live) = self.touch(subject.as_str()) {
-            if !self.may_exchange_again(&live) && !self.past_serve_until(&live) {
+        let live = self.touch(subject.as_str());
+        if let Some(live) = &live {
+            if !self.may_exchange_again(live) && !self.past_serve_until(live) {
                 return Ok((subject, Arc::clone(&live.credential.slot)));
             }
+        }
+        // A new exchange, counted before anything is dropped.
+        if let Some(rate) = &self.new_subjects {
+            rate.take(Instant::now())?;
+        }
+        if let Some(live) = live {
             if let Some((subject, gone)) =
                 self.live.remove_if(&subject, |_, l| Arc::ptr_eq(l, &live))
             {
                 self.leave_memory(&subject, &gone);
             }
-        }
-        if let Some(rate) = &self.new_subjects {
-            rate.take(Instant::now())?;
         }
         let live = self.admit_with(&subject, Some(token));
         Ok((subject, Arc::clone(&live.credential.slot)))
