@@ -1080,3 +1080,58 @@ credential = "crm"
         &["new_subjects_per_second", "belongs to on-behalf-of"],
     );
 }
+
+/// `subject_from = { jwt = … }` (issue 20, hole 11): errors name the file, line and key.
+#[test]
+fn a_subject_from_a_jwt_is_checked_like_the_rest() {
+    let per_user = |subject: &str| {
+        BASE.replace(
+            "grant = \"client_credentials\"",
+            &format!("grant = \"refresh_token\"\n{subject}"),
+        )
+    };
+    let line_of =
+        |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let good = per_user(
+        "subject_from = { jwt = { issuer = \"https://login.example.com\", audience = \"api://crm\" } }",
+    );
+    assert_passes("jwt.toml", &good);
+    let both = per_user(
+        "subject_header = \"x-user\"\nsubject_from = { jwt = { issuer = \"https://login.example.com\", audience = \"api://crm\" } }",
+    );
+    assert_error(
+        &both,
+        line_of(&both, "subject_from"),
+        &["credentials.crm.subject_from", "keep one"],
+    );
+    let plain = per_user(
+        "subject_from = { jwt = { issuer = \"http://login.example.com\", audience = \"api://crm\" } }",
+    );
+    assert_error(
+        &plain,
+        line_of(&plain, "subject_from"),
+        &[
+            "credentials.crm.subject_from.jwt.issuer",
+            "plain http to another host",
+        ],
+    );
+    let no_audience = per_user(
+        "subject_from = { jwt = { issuer = \"https://login.example.com\", audience = \" \" } }",
+    );
+    assert_error(
+        &no_audience,
+        line_of(&no_audience, "subject_from"),
+        &[
+            "credentials.crm.subject_from.jwt.audience",
+            "may not be empty",
+        ],
+    );
+    let reserved = per_user(
+        "subject_from = { jwt = { header = \"cookie\", issuer = \"https://login.example.com\", audience = \"api://crm\" } }",
+    );
+    assert_error(
+        &reserved,
+        line_of(&reserved, "subject_from"),
+        &["credentials.crm.subject_from.jwt.header", "cookie"],
+    );
+}

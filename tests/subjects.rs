@@ -596,11 +596,24 @@ async fn idle_subjects_leave_memory_and_come_back_from_the_store_after_a_restart
         assert_eq!(s["state"], "valid", "{s}");
         assert_eq!(s["in_memory"], false);
     }
-    let names: Vec<&str> = listed
+    let mut names: Vec<&str> = listed
         .iter()
         .map(|s| s["subject"].as_str().unwrap())
         .collect();
+    // Listed in the order of their keyed hashes, as the Redis store lists them.
+    names.sort();
     assert_eq!(names, subjects);
+    // The store's directory shows no subject: row keys and journal names are keyed hashes.
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let text = format!("{} {}", path.display(), String::from_utf8_lossy(&bytes));
+        assert!(
+            !text.contains("user-"),
+            "a subject in clear in {}",
+            path.display()
+        );
+    }
     // Served again from the store, without a token request.
     let token_requests = h.tokens.state.requests();
     let r = get_as(&h, "user-3", "/api/x").await;
@@ -1463,6 +1476,70 @@ async fn redis_names_subjects_by_a_keyed_hash_and_moves_records_from_unkeyed_nam
 /// subject in memory writes its set back when its replica notices the restart, so no user's
 /// refresh token is sent twice, and after each settle both users are served through both
 /// replicas.
+/// Issue 20, hole 6: someone with write access to Redis puts back the value alice's record
+/// had before she logged out. The replica that saw the logout refuses it (its generation is
+/// older than the tombstone's), even after alice left its memory: she stays logged out, and
+/// her old refresh token is never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pre_logout_value_put_back_in_redis_leaves_the_subject_logged_out() {
+    let redis = support::redis_server::RedisServer::start();
+    let store = format!(
+        "backend = \"redis\"\nurl = \"{}\"\nkey = \"{}\"",
+        redis.url(),
+        bearerd::store::generate_key()
+    );
+    let h = start(Duration::from_secs(60), "subject_idle = \"1s\"\n", &store).await;
+    let rt = h.tokens.state.seed_refresh_token_for("alice");
+    assert_eq!(hand_over(&h, "alice", &rt).await.status(), 200);
+    let r = get_as(&h, "alice", "/api/x").await;
+    assert_eq!(token_subject(r).await.as_deref(), Some("alice"));
+    // Alice's record as Redis holds it now (her only record: the one set key of a subject).
+    let key = redis
+        .dump()
+        .into_iter()
+        .map(|(k, _)| k)
+        .find(|k| k.contains(":set:") && k.contains(":s:"))
+        .expect("alice's record");
+    let before: Vec<(String, String)> = redis.query(redis::cmd("HGETALL").arg(&key));
+    assert_eq!(
+        h.admin_post(&subject_path("alice", "/logout"))
+            .await
+            .status(),
+        200
+    );
+    let registry = h.sidecar().subjects("api").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while registry.in_memory() > 0 {
+        assert!(Instant::now() < deadline, "alice never left memory");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Put back with redis-cli, as an operator (or an attacker) with access to Redis would.
+    let mut put_back = std::process::Command::new("redis-cli");
+    put_back.args(["-p", &redis.port.to_string(), "HSET", &key]);
+    for (field, value) in &before {
+        put_back.args([field, value]);
+    }
+    assert!(put_back.output().expect("redis-cli runs").status.success());
+    let token_requests = h.tokens.state.requests();
+    let r = get_as(&h, "alice", "/api/x").await;
+    assert_eq!(r.status(), 403, "served from a rolled-back record");
+    assert!(token_subject(r).await.is_none());
+    assert_eq!(
+        h.tokens.state.requests(),
+        token_requests,
+        "the pre-logout refresh token was sent"
+    );
+    let status = subject_status(&h, "alice").await;
+    assert_eq!(status["state"], "failed", "{status}");
+    assert!(
+        status["last_error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("older"),
+        "{status}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn subjects_survive_redis_restarting_empty_inside_a_rotation() {
     // Tokens that outlive the settle: the replica holding a subject's newest set has no
@@ -1619,5 +1696,193 @@ async fn a_flood_of_new_user_tokens_is_held_to_the_rate_and_known_users_are_serv
             .filter(|s| **s != 200)
             .take(5)
             .collect::<Vec<_>>()
+    );
+}
+
+/// Issue 20, hole 11: the subject from the user's own JWT, verified against the issuer's
+/// JWKS. A subject header written by any process on loopback is not believed; a token
+/// signed by another key, for another audience, expired, or unsigned is refused with 401;
+/// a rotated-in key is fetched when a token names it, and a flood of made-up key ids does
+/// not become a flood of fetches; the user's token never reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subject_from_a_verified_jwt_cannot_be_spoofed() {
+    use support::keys::{KeyKind, TestKey};
+    let idp = support::idp::Idp::start().await;
+    let (old_key, new_key, attacker) = (
+        TestKey::generate(KeyKind::EcP256),
+        TestKey::generate(KeyKind::Ed25519),
+        TestKey::generate(KeyKind::EcP256),
+    );
+    idp.publish(vec![old_key.jwk("k1")]);
+    let audience = "api://bearerd-test";
+    let opts = Options {
+        grant: "refresh_token",
+        discovery: support::Discovery::Issuer,
+        credential_extra: format!(
+            "subject_from = {{ jwt = {{ header = \"x-user-jwt\", issuer = \"{}\", audience = \"{audience}\" }} }}\n",
+            idp.issuer()
+        ),
+        ..Options::default()
+    };
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
+    let h = Harness::start_raw(tokens, upstream, opts, String::new()).await;
+    for user in ["alice", "bob"] {
+        let rt = h.tokens.state.seed_refresh_token_for(user);
+        assert_eq!(hand_over(&h, user, &rt).await.status(), 200);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = |sub: &str, aud: &str, exp: u64| json!({ "iss": idp.issuer(), "sub": sub, "aud": aud, "exp": exp, "iat": now });
+    let send = |jwt: Option<String>, spoof: Option<&'static str>| {
+        let mut r = h.client.get(h.url("/api/x"));
+        if let Some(jwt) = jwt {
+            r = r.header("x-user-jwt", format!("Bearer {jwt}"));
+        }
+        if let Some(s) = spoof {
+            r = r.header(HEADER, s);
+        }
+        r.send()
+    };
+
+    // Alice's own token: her subject, and the upstream never sees her JWT.
+    let alice = old_key.mint_with_kid("k1", &claims("alice", audience, now + 300));
+    let r = send(Some(alice.clone()), Some("bob")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        token_subject(r).await.as_deref(),
+        Some("alice"),
+        "the header is not believed"
+    );
+    let seen = h.upstream.state.seen();
+    let last = seen.last().unwrap();
+    assert!(
+        last.headers.get("x-user-jwt").is_none(),
+        "the user's JWT went upstream"
+    );
+    assert!(!format!("{:?}", last.headers).contains(&alice));
+
+    // Refused, each with 401 problem+json, and nothing forwarded.
+    let forwarded = h.upstream.state.requests();
+    let unsigned = {
+        let header = base64_url(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = base64_url(claims("bob", audience, now + 300).to_string().as_bytes());
+        format!("{header}.{body}.")
+    };
+    let hmac = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims("bob", audience, now + 300),
+        &jsonwebtoken::EncodingKey::from_secret(b"guessable").unwrap(),
+    )
+    .unwrap();
+    for (what, jwt, spoof) in [
+        ("no token, only the subject header", None, Some("bob")),
+        (
+            "another key under a known kid",
+            Some(attacker.mint_with_kid("k1", &claims("bob", audience, now + 300))),
+            None,
+        ),
+        (
+            "another audience",
+            Some(old_key.mint_with_kid("k1", &claims("bob", "api://other", now + 300))),
+            None,
+        ),
+        (
+            "expired",
+            Some(old_key.mint_with_kid("k1", &claims("bob", audience, now - 120))),
+            None,
+        ),
+        ("unsigned", Some(unsigned), None),
+        ("a MAC", Some(hmac), None),
+        ("not a JWT", Some("bob".to_string()), None),
+    ] {
+        let r = send(jwt, spoof).await.unwrap();
+        assert_eq!(r.status(), 401, "{what}");
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            "Bearer error=\"invalid_token\"",
+            "{what}"
+        );
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            body["type"], "urn:bearerd:problem:invalid-user-token",
+            "{what}: {body}"
+        );
+    }
+    assert_eq!(
+        h.upstream.state.requests(),
+        forwarded,
+        "a refused request was forwarded"
+    );
+
+    // The issuer rotates to a new key: a token naming it makes bearerd fetch the keys again
+    // (not sooner than 5 s after the last fetch).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let fetches = idp.jwks_fetches();
+    idp.publish(vec![old_key.jwk("k1"), new_key.jwk("k2")]);
+    let bob = new_key.mint_with_kid("k2", &claims("bob", audience, now + 300));
+    let r = send(Some(bob), None).await.unwrap();
+    assert_eq!(token_subject(r).await.as_deref(), Some("bob"));
+    assert_eq!(idp.jwks_fetches(), fetches + 1);
+    // Made-up key ids: refused, with no more fetches (at most one each 5 s).
+    for i in 0..20 {
+        let forged =
+            attacker.mint_with_kid(&format!("made-up-{i}"), &claims("bob", audience, now + 300));
+        assert_eq!(send(Some(forged), None).await.unwrap().status(), 401);
+    }
+    assert_eq!(
+        idp.jwks_fetches(),
+        fetches + 1,
+        "a fetch per made-up key id"
+    );
+    // Alice is still served with the keys there are.
+    let r = send(Some(alice), None).await.unwrap();
+    assert_eq!(token_subject(r).await.as_deref(), Some("alice"));
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Issue 20, hole 8: an opaque user token (not a JWT, so bearerd cannot read when it
+/// expires) is exchanged again after `opaque_token_lifetime`, so a token the provider has
+/// revoked since stops being served by then; within the lifetime it is exchanged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opaque_user_token_is_exchanged_again_after_its_lifetime() {
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(300)).await;
+    tokens
+        .state
+        .accept_opaque_subject_token("opaque-token-of-dana", "dana");
+    let opts = Options {
+        grant: "token_exchange",
+        lifetime: Duration::from_secs(300),
+        credential_extra:
+            "subject_token = { header = \"x-user-token\" }\nsubject_token_type = \"urn:ietf:params:oauth:token-type:access_token\"\nopaque_token_lifetime = \"2s\"\n".into(),
+        ..Options::default()
+    };
+    let h = Harness::start_raw(tokens, upstream, opts, String::new()).await;
+    let dana = || with_user_token(&h, "opaque-token-of-dana".to_string(), true);
+    let r = dana().await;
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let r = dana().await;
+    assert_eq!(token_subject(r).await.as_deref(), Some("dana"));
+    let exchanges = h.tokens.state.requests();
+    for _ in 0..3 {
+        assert_eq!(token_subject(dana().await).await.as_deref(), Some("dana"));
+    }
+    assert_eq!(
+        h.tokens.state.requests(),
+        exchanges,
+        "exchanged once within its lifetime"
+    );
+    // The exchanged token lives 300 s, yet past the opaque lifetime it is exchanged again.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(token_subject(dana().await).await.as_deref(), Some("dana"));
+    assert_eq!(
+        h.tokens.state.requests(),
+        exchanges + 1,
+        "exchanged again after 2 s"
     );
 }

@@ -298,6 +298,22 @@ pub struct SubjectConfig {
     pub max_in_memory: usize,
     /// How long a connect flow's `state` is accepted.
     pub connect_lifetime: Duration,
+    /// `subject_from = { jwt = … }`: `header` carries the user's JWT, and the subject is
+    /// its verified claim.
+    pub from_jwt: Option<JwtSubjectConfig>,
+}
+
+/// A user JWT that names the subject, and what it must say to be believed.
+#[derive(Debug, Clone)]
+pub struct JwtSubjectConfig {
+    /// Its `iss`, exactly; its keys are discovered from this issuer's metadata.
+    pub issuer: String,
+    pub audience: String,
+    /// The claim that names the subject.
+    pub claim: String,
+    pub jwks_url: Option<url::Url>,
+    /// The table's `insecure_http`: a discovered `jwks_uri` may be plain http.
+    pub insecure_http: bool,
 }
 
 /// How a subject gets its tokens.

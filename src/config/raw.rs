@@ -272,6 +272,8 @@ credential_table! {
         scope_on_refresh: Option<bool>,
         /// Per-subject: the request header that names the end user; one token set each.
         subject_header: Option<String>,
+        /// Per-subject, instead of `subject_header`: the subject from a verified JWT.
+        subject_from: Option<RawSubjectFrom>,
         /// Per-subject: the redirect URI of connect flows (the app relays it to bearerd).
         redirect_uri: Option<String>,
         /// Per-subject: subjects unused this long leave memory (default 15m).
@@ -422,4 +424,27 @@ pub struct RawUpstream {
     pub read_timeout: Option<String>,
     /// Accept a plain http url to a host that is not this machine.
     pub insecure_http: Option<bool>,
+}
+
+/// `subject_from = { jwt = { … } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubjectFrom {
+    pub jwt: RawSubjectJwt,
+}
+
+/// The user's JWT a per-subject credential takes its subject from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSubjectJwt {
+    /// The request header that carries it (default `authorization`).
+    pub header: Option<String>,
+    /// Its `iss`, and where its keys are discovered (OpenID or RFC 8414 metadata).
+    pub issuer: String,
+    /// Its `aud` must name this.
+    pub audience: String,
+    /// The claim that names the subject (default `sub`).
+    pub claim: Option<String>,
+    /// The JWK set, when it is not the one the issuer's metadata names.
+    pub jwks_url: Option<String>,
 }

@@ -23,6 +23,7 @@ use crate::config::UpstreamConfig;
 use crate::metrics::{Listener, Metrics, Outcome401};
 use crate::token::subject::{
     InvalidSubject, SubjectKey, SubjectRegistry, SubjectUnavailable, TooManyNewSubjects,
+    UserJwtRejected,
 };
 use crate::token::{CredentialSlot, ReplayDecision, TokenSnapshot, TokenUnavailable};
 use problem::Problem;
@@ -476,6 +477,18 @@ impl BearerProxy {
         registry: &SubjectRegistry,
         rid: &str,
     ) -> pingora::Result<bool> {
+        if let Some(verifier) = &registry.user_jwt {
+            return match verifier.subject(&session.req_header().headers).await {
+                Ok(subject) => {
+                    self.serve_subject_key(session, ctx, upstream, registry, subject, rid)
+                        .await
+                }
+                Err(why) => {
+                    let p = user_token_refused(upstream, why, rid);
+                    self.answer(session, ctx, p).await
+                }
+            };
+        }
         let subject = match subject_of(session.req_header(), registry) {
             Ok(s) => s,
             Err(why) => {
@@ -495,6 +508,20 @@ impl BearerProxy {
                 return self.answer(session, ctx, p).await;
             }
         };
+        self.serve_subject_key(session, ctx, upstream, registry, subject, rid)
+            .await
+    }
+
+    /// A request whose subject is known (and not found in memory by the fast path).
+    async fn serve_subject_key(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        upstream: &Arc<Upstream>,
+        registry: &SubjectRegistry,
+        subject: SubjectKey,
+        rid: &str,
+    ) -> pingora::Result<bool> {
         let found = registry.slot_for_request(&subject).await;
         ctx.subject = Some(subject);
         match found {
@@ -869,7 +896,39 @@ fn subject_required<'a>(
     p
 }
 
-/// The registry of a per-subject upstream.
+/// 401 `invalid-user-token`: the user's JWT that names the subject does not verify; 503
+/// `user-token-keys-unavailable` when the issuer's keys cannot be fetched (not the user's
+/// fault). The detail says why, never the token.
+fn user_token_refused<'a>(
+    upstream: &'a Upstream,
+    why: UserJwtRejected,
+    rid: &'a str,
+) -> Problem<'a> {
+    let mut p = match why {
+        UserJwtRejected::KeysUnavailable(_) => Problem::new(
+            "user-token-keys-unavailable",
+            "User token keys unavailable",
+            503,
+            why.to_string(),
+            rid,
+        ),
+        _ => {
+            let mut p = Problem::new(
+                "invalid-user-token",
+                "Invalid user token",
+                401,
+                why.to_string(),
+                rid,
+            );
+            p.www_authenticate = Some("Bearer error=\"invalid_token\"");
+            p
+        }
+    };
+    p.credential = Some(&upstream.slot.name);
+    p.upstream = Some(&upstream.name);
+    p
+}
+
 /// 429 `too-many-new-subjects`: the rate of user tokens not seen before is spent; users
 /// already exchanged are served meanwhile.
 fn too_many_new_subjects<'a>(

@@ -26,6 +26,9 @@ pub struct Problem<'a> {
     /// Seconds for `Retry-After` (a 429).
     #[serde(skip)]
     pub retry_after: Option<u64>,
+    /// `WWW-Authenticate` (a 401 for the user's own token, RFC 6750).
+    #[serde(skip)]
+    pub www_authenticate: Option<&'static str>,
 }
 
 impl<'a> Problem<'a> {
@@ -48,6 +51,7 @@ impl<'a> Problem<'a> {
             subject: None,
             connect: None,
             retry_after: None,
+            www_authenticate: None,
         }
     }
 
@@ -62,6 +66,9 @@ impl<'a> Problem<'a> {
         header.insert_header("cache-control", "no-store")?;
         if let Some(seconds) = self.retry_after {
             header.insert_header("retry-after", seconds.to_string())?;
+        }
+        if let Some(challenge) = self.www_authenticate {
+            header.insert_header("www-authenticate", challenge)?;
         }
         session.set_keepalive(None);
         session

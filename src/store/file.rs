@@ -7,8 +7,14 @@
 //! A save is one write transaction, committed durably (redb fsyncs its commit) before it
 //! returns: a crash leaves the old record or the new one, never a torn mix, and writing one
 //! record never rewrites the others, so 100,000 subjects cost no more per write than one.
+//!
+//! A subject's row is keyed by its credential and a hash of the subject keyed by the store
+//! key ([`SubjectNames`]), and the subject itself is kept sealed in a table of its own, for
+//! listing: the file shows no subject, and a guessed one cannot be checked against it.
+//!
 //! A store of the first format (one JSON file) is migrated at open, its file kept beside
-//! the new one as `…v1.bak`.
+//! the new one as `…v1.bak`. A store of the second (subjects' keys in clear) is rewritten
+//! into a new file at open, without a backup (it would show the subjects).
 
 use std::ops::Bound;
 use std::os::unix::fs::OpenOptionsExt;
@@ -27,11 +33,11 @@ use super::codec::{open_set, seal_set, Unsealed};
 use super::durable::{parent_dir, sync_dir, write_and_rename};
 use super::memory::compare_and_set;
 use super::sealed::Sealer;
-use super::LocalCoordination;
 use super::{journal, lock};
 use super::{
     HelperJournal, SaveOutcome, StoreBackend, StoreError, StoredSet, StoredToken, TokenStore,
 };
+use super::{LocalCoordination, RecordKey, SubjectNames};
 
 /// How long a starting sidecar waits for another instance on the store to go away.
 const INSTANCE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -42,15 +48,19 @@ const HELPER_PATIENCE: std::time::Duration = std::time::Duration::from_secs(
     2 * (journal::HELPER_REQUEST_MAX.as_secs() + journal::HELPER_MARGIN.as_secs()),
 );
 
-const FORMAT: &str = "bearerd-store-v2";
+const FORMAT: &str = "bearerd-store-v3";
+/// Subjects' rows keyed by the subject in clear.
+const V2_FORMAT: &str = "bearerd-store-v2";
 const V1_FORMAT: &str = "bearerd-store-v1";
 const KEY_CHECK: &[u8] = b"bearerd key check";
 const KEY_CHECK_AAD: &[u8] = b"bearerd:key-check";
 
 /// `format` and `key_check`.
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
-/// Record key → the sealed record (base64).
+/// Stored key ([`SubjectNames::stored_key`]) → the sealed record (base64).
 const RECORDS: TableDefinition<&str, &str> = TableDefinition::new("records");
+/// A subject's stored key → the subject, sealed: what listing the subjects reads.
+const SUBJECTS: TableDefinition<&str, &str> = TableDefinition::new("subjects");
 
 /// The first format: one JSON document holding every sealed record.
 #[derive(Serialize, Deserialize)]
@@ -69,6 +79,7 @@ pub struct FileStore {
 struct FileInner {
     path: PathBuf,
     sealer: Sealer,
+    names: SubjectNames,
     /// Kept for the rotation helper, which seals the journal with it.
     key: SecretBox<[u8; 32]>,
     /// Declared before the claim, so it is closed (its own lock released) before the claim
@@ -119,7 +130,9 @@ impl FileStore {
     pub fn sealed_record(&self, credential: &str) -> Option<String> {
         let txn = self.inner.db.begin_read().ok()?;
         let table = txn.open_table(RECORDS).ok()?;
-        let value = table.get(credential).ok()??;
+        let value = table
+            .get(self.inner.names.stored_key(credential).as_str())
+            .ok()??;
         Some(value.value().to_string())
     }
 
@@ -138,6 +151,11 @@ impl FileStore {
 
     pub fn recover_rotation(&self, credential: &str) -> Result<bool, StoreError> {
         self.inner.recover_rotation(credential)
+    }
+
+    /// Where the rotation helper journals this record's rotations.
+    pub fn journal_path(&self, credential: &str) -> PathBuf {
+        journal::journal_path(&self.inner.path, &self.inner.names, credential)
     }
 
     /// Runs a write on the blocking pool: it fsyncs.
@@ -199,6 +217,11 @@ impl TokenStore for FileStore {
         self.inner.list(prefix, after, limit)
     }
 
+    /// Subjects are listed in the order of their stored keys (their hashes).
+    fn list_order(&self, key: &str) -> String {
+        self.inner.names.stored_key(key)
+    }
+
     async fn load_many(&self, keys: &[String]) -> Result<Vec<Option<StoredSet>>, StoreError> {
         // Reads from the page cache as a rule, as `load` does; a page of a census is at most
         // a few hundred records.
@@ -222,7 +245,7 @@ impl FileInner {
     }
 
     fn open(path: &Path, key: &[u8; 32]) -> Result<FileInner, StoreError> {
-        let sealer = Sealer::new(key);
+        let (sealer, names) = (Sealer::new(key), SubjectNames::new(key));
         let err = |message: String| Self::err(path, message);
         // Checked at startup: a store that cannot be written would lose rotated tokens.
         let dir = parent_dir(path);
@@ -245,15 +268,18 @@ impl FileInner {
         };
         let db = match existing {
             None => create_database(path, &sealer)?,
-            Some(bytes) if bytes.first() == Some(&b'{') => migrate_v1(path, &bytes, &sealer)?,
-            Some(_) => without_panics(path, || {
-                check_database(path, &sealer)?;
-                database().open(path).map_err(|e| unreadable(path, &e))
+            Some(bytes) if bytes.first() == Some(&b'{') => {
+                migrate_v1(path, &bytes, &sealer, &names)?
+            }
+            Some(_) => without_panics(path, || match check_database(path, &sealer, &names)? {
+                Format::Current => database().open(path).map_err(|e| unreadable(path, &e)),
+                Format::SubjectsInClear => migrate_v2(path, &sealer, &names),
             })?,
         };
         Ok(FileInner {
             path: path.to_path_buf(),
             sealer,
+            names,
             key: SecretBox::new(Box::new(*key)),
             _claim: claim,
             db,
@@ -266,8 +292,9 @@ impl FileInner {
         Self::err(&self.path, format!("{what}: {e}"))
     }
 
-    fn open_record(&self, credential: &str, sealed: &str) -> Result<StoredSet, StoreError> {
-        open_record(&self.path, &self.sealer, credential, sealed)
+    /// A row of the records table, opened (`stored` is its stored key).
+    fn open_record(&self, stored: &str, sealed: &str) -> Result<StoredSet, StoreError> {
+        open_record(&self.path, &self.sealer, stored, sealed)
     }
 
     /// The records table, as of now.
@@ -282,11 +309,12 @@ impl FileInner {
 
     fn load(&self, credential: &str) -> Result<Option<StoredSet>, StoreError> {
         let table = self.records()?;
+        let stored = self.names.stored_key(credential);
         let sealed = table
-            .get(credential)
+            .get(stored.as_str())
             .map_err(|e| self.io("cannot read", e))?;
         sealed
-            .map(|s| self.open_record(credential, s.value()))
+            .map(|s| self.open_record(&stored, s.value()))
             .transpose()
     }
 
@@ -295,37 +323,61 @@ impl FileInner {
         let table = self.records()?;
         keys.iter()
             .map(|key| {
+                let stored = self.names.stored_key(key);
                 let sealed = table
-                    .get(key.as_str())
+                    .get(stored.as_str())
                     .map_err(|e| self.io("cannot read", e))?;
-                sealed.map(|s| self.open_record(key, s.value())).transpose()
+                sealed
+                    .map(|s| self.open_record(&stored, s.value()))
+                    .transpose()
             })
             .collect()
     }
 
-    /// Keys with `prefix`, after `after`, in order, at most `limit`.
+    /// Keys with `prefix` (a credential's subjects' prefix, or "" for all), after `after`,
+    /// in the order of their stored keys, at most `limit`.
     fn list(
         &self,
         prefix: &str,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        let table = self.records()?;
-        let start = match after {
-            Some(a) if a >= prefix => Bound::Excluded(a),
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.io("cannot read", e))?;
+        let cannot = |e: &dyn std::fmt::Display| self.io("cannot read", e);
+        let table = txn.open_table(RECORDS).map_err(|e| cannot(&e))?;
+        let subjects = txn.open_table(SUBJECTS).map_err(|e| cannot(&e))?;
+        let after = after.map(|a| self.names.stored_key(a));
+        let start = match &after {
+            Some(a) if a.as_str() >= prefix => Bound::Excluded(a.as_str()),
             _ => Bound::Included(prefix),
         };
         let mut keys = Vec::new();
         let range = table
             .range::<&str>((start, Bound::Unbounded))
-            .map_err(|e| self.io("cannot read", e))?;
+            .map_err(|e| cannot(&e))?;
         for row in range {
-            let (k, _) = row.map_err(|e| self.io("cannot read", e))?;
-            let k = k.value();
-            if !k.starts_with(prefix) || keys.len() >= limit {
+            let (k, _) = row.map_err(|e| cannot(&e))?;
+            let stored = k.value();
+            if !stored.starts_with(prefix) || keys.len() >= limit {
                 break;
             }
-            keys.push(k.to_string());
+            let RecordKey::Subject { credential, .. } = RecordKey::parse(stored) else {
+                keys.push(stored.to_string());
+                continue;
+            };
+            let sealed = subjects.get(stored).map_err(|e| cannot(&e))?;
+            match sealed.and_then(|s| open_subject(&self.sealer, &self.names, stored, s.value())) {
+                Some(subject) => keys.push(format!("{credential}\n{subject}")),
+                // Checked at open: only a row written since, by something else, gets here.
+                None => tracing::warn!(
+                    store = %self.path.display(),
+                    credential,
+                    "a subject's record has no readable name; it is not listed"
+                ),
+            }
         }
         Ok(keys)
     }
@@ -394,12 +446,13 @@ impl FileInner {
         };
         let mut outcomes = Vec::with_capacity(batch.len());
         {
-            let mut table = match txn.open_table(RECORDS) {
-                Ok(t) => t,
-                Err(e) => return failed_all(&e),
+            let mut tables = match (txn.open_table(RECORDS), txn.open_table(SUBJECTS)) {
+                (Ok(records), Ok(subjects)) => (records, subjects),
+                (Err(e), _) => return failed_all(&e),
+                (_, Err(e)) => return failed_all(&e),
             };
             for w in batch {
-                outcomes.push((w.ticket, self.apply(&mut table, w)));
+                outcomes.push((w.ticket, self.apply(&mut tables, w)));
             }
         }
         // The commit point: durable when it returns.
@@ -409,7 +462,7 @@ impl FileInner {
         for (w, (_, outcome)) in batch.iter().zip(&outcomes) {
             if matches!(outcome, Ok(SaveOutcome::Saved { .. })) {
                 // The record now holds at least what a rotation journal held.
-                journal::remove(&self.path, &w.credential);
+                journal::remove(&self.path, &self.names, &w.credential);
             }
         }
         outcomes
@@ -418,13 +471,14 @@ impl FileInner {
     /// One write inside the batch's transaction.
     fn apply(
         &self,
-        table: &mut redb::Table<&'static str, &'static str>,
+        (table, subjects): &mut (StrTable<'_>, StrTable<'_>),
         w: &PendingWrite,
     ) -> Result<SaveOutcome, StoreError> {
         let cannot = |e: &dyn std::fmt::Display| self.io("cannot write", e);
-        let credential = w.credential.as_str();
-        let current = match table.get(credential).map_err(|e| cannot(&e))? {
-            Some(sealed) => Some(self.open_record(credential, sealed.value())?),
+        let stored = self.names.stored_key(&w.credential);
+        let stored = stored.as_str();
+        let current = match table.get(stored).map_err(|e| cannot(&e))? {
+            Some(sealed) => Some(self.open_record(stored, sealed.value())?),
             None => None,
         };
         let generation = match w.expected {
@@ -440,13 +494,22 @@ impl FileInner {
                     token: t.clone(),
                     generation,
                 };
-                let sealed = seal_set(&self.sealer, &set, aad(credential).as_bytes())?;
+                let sealed = seal_set(&self.sealer, &set, aad(stored).as_bytes())?;
                 table
-                    .insert(credential, sealed.as_str())
+                    .insert(stored, sealed.as_str())
                     .map_err(|e| cannot(&e))?;
+                if let Some(subject) = RecordKey::parse(&w.credential).subject() {
+                    if subjects.get(stored).map_err(|e| cannot(&e))?.is_none() {
+                        let name = seal_subject(&self.sealer, stored, subject);
+                        subjects
+                            .insert(stored, name.as_str())
+                            .map_err(|e| cannot(&e))?;
+                    }
+                }
             }
             None => {
-                table.remove(credential).map_err(|e| cannot(&e))?;
+                table.remove(stored).map_err(|e| cannot(&e))?;
+                subjects.remove(stored).map_err(|e| cannot(&e))?;
             }
         }
         Ok(SaveOutcome::Saved { generation })
@@ -456,7 +519,7 @@ impl FileInner {
     /// sidecar: its refresh token replaces the stored one when the store still holds the
     /// token it replaced (or none). Returns whether it was applied.
     fn recover_rotation(&self, credential: &str) -> Result<bool, StoreError> {
-        let Some(entry) = journal::read(&self.sealer, &self.path, credential)? else {
+        let Some(entry) = journal::read(&self.sealer, &self.names, &self.path, credential)? else {
             return Ok(false);
         };
         let current = self.load(credential)?.map(|s| s.token);
@@ -471,7 +534,7 @@ impl FileInner {
                 credential,
                 "a rotation journal older than the stored token was discarded"
             );
-            journal::remove(&self.path, credential);
+            journal::remove(&self.path, &self.names, credential);
             return Ok(false);
         }
         let mut record = current.unwrap_or_else(StoredToken::empty);
@@ -485,18 +548,48 @@ impl FileInner {
     }
 }
 
-fn aad(credential: &str) -> String {
-    format!("bearerd:credential:{credential}")
+type StrTable<'t> = redb::Table<'t, &'static str, &'static str>;
+
+/// A record's associated data: its stored key (a record moved to another row does not open).
+fn aad(stored: &str) -> String {
+    format!("bearerd:credential:{stored}")
+}
+
+fn subject_aad(stored: &str) -> String {
+    format!("bearerd:subject:{stored}")
+}
+
+/// A subject's name as the subjects table holds it.
+fn seal_subject(sealer: &Sealer, stored: &str, subject: &str) -> String {
+    sealer.seal(subject.as_bytes(), subject_aad(stored).as_bytes())
+}
+
+/// The subject a subjects-table row names: `None` unless it opens and is the subject its
+/// stored key was made from.
+fn open_subject(
+    sealer: &Sealer,
+    names: &SubjectNames,
+    stored: &str,
+    sealed: &str,
+) -> Option<String> {
+    let subject = String::from_utf8(sealer.open(sealed, subject_aad(stored).as_bytes())?).ok()?;
+    let credential = RecordKey::parse(stored).credential();
+    let key = RecordKey::Subject {
+        credential,
+        subject: &subject,
+    }
+    .to_key();
+    (names.stored_key(&key) == stored).then_some(subject)
 }
 
 fn open_record(
     path: &Path,
     sealer: &Sealer,
-    credential: &str,
+    stored: &str,
     sealed: &str,
 ) -> Result<StoredSet, StoreError> {
-    let what = super::record_name(credential);
-    open_set(sealer, sealed, aad(credential).as_bytes()).map_err(|why| {
+    let what = super::record_name(stored);
+    open_set(sealer, sealed, aad(stored).as_bytes()).map_err(|why| {
         let message = match why {
             Unsealed::DoesNotOpen => {
                 format!("{what} fails authentication (tampered); the store was left unchanged")
@@ -550,23 +643,18 @@ fn create_database(path: &Path, sealer: &Sealer) -> Result<redb::Database, Store
         .create(path)
         .map_err(|e| err(format!("cannot create: {e}")))?;
     {
-        let txn = db
-            .begin_write()
-            .map_err(|e| err(format!("cannot write: {e}")))?;
+        let cannot = |e: &dyn std::fmt::Display| err(format!("cannot write: {e}"));
+        let txn = db.begin_write().map_err(|e| cannot(&e))?;
         {
-            let mut meta = txn
-                .open_table(META)
-                .map_err(|e| err(format!("cannot write: {e}")))?;
-            meta.insert("format", FORMAT)
-                .map_err(|e| err(format!("cannot write: {e}")))?;
+            let mut meta = txn.open_table(META).map_err(|e| cannot(&e))?;
+            meta.insert("format", FORMAT).map_err(|e| cannot(&e))?;
             let check = sealer.seal(KEY_CHECK, KEY_CHECK_AAD);
             meta.insert("key_check", check.as_str())
-                .map_err(|e| err(format!("cannot write: {e}")))?;
-            txn.open_table(RECORDS)
-                .map_err(|e| err(format!("cannot write: {e}")))?;
+                .map_err(|e| cannot(&e))?;
+            txn.open_table(RECORDS).map_err(|e| cannot(&e))?;
+            txn.open_table(SUBJECTS).map_err(|e| cannot(&e))?;
         }
-        txn.commit()
-            .map_err(|e| err(format!("cannot write: {e}")))?;
+        txn.commit().map_err(|e| cannot(&e))?;
     }
     sync_dir(path).map_err(|e| err(format!("cannot sync its directory: {e}")))?;
     Ok(db)
@@ -580,23 +668,38 @@ fn unreadable(path: &Path, e: &dyn std::fmt::Display) -> StoreError {
     )
 }
 
+/// The formats of a database file that open reads.
+enum Format {
+    Current,
+    /// The second format: rewritten at open (see [`migrate_v2`]).
+    SubjectsInClear,
+}
+
 /// Checks an existing store before anything writes to it: it is a bearerd store, the key
 /// opens it, and every record authenticates. Opened read-only, so that a refusal leaves the
 /// file exactly as it was.
-fn check_database(path: &Path, sealer: &Sealer) -> Result<(), StoreError> {
+fn check_database(
+    path: &Path,
+    sealer: &Sealer,
+    names: &SubjectNames,
+) -> Result<Format, StoreError> {
     let damaged = |e: &dyn std::fmt::Display| unreadable(path, e);
     let db = match redb::ReadOnlyDatabase::open(path) {
         Ok(db) => db,
         // Not shut down cleanly (a killed sidecar): redb's own recovery runs when it is
         // opened for writing, and the records are checked after.
-        Err(redb::DatabaseError::RepairAborted) => return check_after_repair(path, sealer),
+        Err(redb::DatabaseError::RepairAborted) => return check_after_repair(path, sealer, names),
         Err(e) => return Err(damaged(&e)),
     };
     let txn = db.begin_read().map_err(|e| damaged(&e))?;
-    check_contents(path, sealer, &txn)
+    check_contents(path, sealer, names, &txn)
 }
 
-fn check_after_repair(path: &Path, sealer: &Sealer) -> Result<(), StoreError> {
+fn check_after_repair(
+    path: &Path,
+    sealer: &Sealer,
+    names: &SubjectNames,
+) -> Result<Format, StoreError> {
     let db = database().open(path).map_err(|e| {
         FileInner::err(
             path,
@@ -606,14 +709,15 @@ fn check_after_repair(path: &Path, sealer: &Sealer) -> Result<(), StoreError> {
     let txn = db
         .begin_read()
         .map_err(|e| FileInner::err(path, format!("cannot read: {e}")))?;
-    check_contents(path, sealer, &txn)
+    check_contents(path, sealer, names, &txn)
 }
 
 fn check_contents(
     path: &Path,
     sealer: &Sealer,
+    names: &SubjectNames,
     txn: &redb::ReadTransaction,
-) -> Result<(), StoreError> {
+) -> Result<Format, StoreError> {
     let err = |m: String| FileInner::err(path, m);
     let damaged = |e: &dyn std::fmt::Display| unreadable(path, e);
     let meta = txn.open_table(META).map_err(|e| damaged(&e))?;
@@ -621,11 +725,15 @@ fn check_contents(
         .get("format")
         .map_err(|e| damaged(&e))?
         .map(|v| v.value().to_string());
-    if format.as_deref() != Some(FORMAT) {
-        return Err(err(format!(
-            "unknown store format {format:?}; it was left unchanged"
-        )));
-    }
+    let found = match format.as_deref() {
+        Some(FORMAT) => Format::Current,
+        Some(V2_FORMAT) => Format::SubjectsInClear,
+        _ => {
+            return Err(err(format!(
+                "unknown store format {format:?}; it was left unchanged"
+            )))
+        }
+    };
     let check = meta
         .get("key_check")
         .map_err(|e| damaged(&e))?
@@ -637,17 +745,41 @@ fn check_contents(
         ));
     }
     let records = txn.open_table(RECORDS).map_err(|e| damaged(&e))?;
+    let subjects = match found {
+        Format::Current => Some(txn.open_table(SUBJECTS).map_err(|e| damaged(&e))?),
+        Format::SubjectsInClear => None,
+    };
     for row in records.iter().map_err(|e| damaged(&e))? {
         let (k, v) = row.map_err(|e| damaged(&e))?;
-        open_record(path, sealer, k.value(), v.value())?;
+        let stored = k.value();
+        open_record(path, sealer, stored, v.value())?;
+        let Some(subjects) = &subjects else { continue };
+        if RecordKey::parse(stored).subject().is_none() {
+            continue;
+        }
+        let name = subjects.get(stored).map_err(|e| damaged(&e))?;
+        if name
+            .and_then(|n| open_subject(sealer, names, stored, n.value()))
+            .is_none()
+        {
+            return Err(err(format!(
+                "the name of {} fails authentication (tampered); the store was left unchanged",
+                super::record_name(stored)
+            )));
+        }
     }
-    Ok(())
+    Ok(found)
 }
 
 /// A store of the first format: checked as it always was, its sealed records copied into a
 /// new database beside it, which then replaces it; the old file is kept as `….v1.bak`. A
 /// crash at any point leaves the old file in place, and the next start migrates again.
-fn migrate_v1(path: &Path, bytes: &[u8], sealer: &Sealer) -> Result<redb::Database, StoreError> {
+fn migrate_v1(
+    path: &Path,
+    bytes: &[u8],
+    sealer: &Sealer,
+    names: &SubjectNames,
+) -> Result<redb::Database, StoreError> {
     let err = |m: String| FileInner::err(path, m);
     let contents: V1Contents = serde_json::from_slice(bytes).map_err(|e| unreadable(path, &e))?;
     if contents.format != V1_FORMAT {
@@ -665,31 +797,11 @@ fn migrate_v1(path: &Path, bytes: &[u8], sealer: &Sealer) -> Result<redb::Databa
     for (name, record) in &contents.records {
         open_record(path, sealer, name, record)?;
     }
-    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("store");
-    let next = parent_dir(path).join(format!(".{file_name}.migrating"));
-    let _ = std::fs::remove_file(&next);
-    {
-        let db = create_database(&next, sealer)?;
-        let txn = db
-            .begin_write()
-            .map_err(|e| err(format!("cannot migrate: {e}")))?;
-        {
-            let mut table = txn
-                .open_table(RECORDS)
-                .map_err(|e| err(format!("cannot migrate: {e}")))?;
-            for (name, record) in &contents.records {
-                table
-                    .insert(name.as_str(), record.as_str())
-                    .map_err(|e| err(format!("cannot migrate: {e}")))?;
-            }
-        }
-        txn.commit()
-            .map_err(|e| err(format!("cannot migrate: {e}")))?;
-    }
-    let backup = parent_dir(path).join(format!("{file_name}.v1.bak"));
-    write_and_rename(&backup, bytes).map_err(|e| err(format!("cannot keep the old store: {e}")))?;
-    std::fs::rename(&next, path).map_err(|e| err(format!("cannot migrate: {e}")))?;
-    sync_dir(path).map_err(|e| err(format!("cannot sync its directory: {e}")))?;
+    let backup = parent_dir(path).join(format!("{}.v1.bak", journal::file_name(path)));
+    let keep_backup = || {
+        write_and_rename(&backup, bytes).map_err(|e| err(format!("cannot keep the old store: {e}")))
+    };
+    rewrite(path, sealer, names, &contents.records, keep_backup)?;
     tracing::info!(
         store = %path.display(),
         records = contents.records.len(),
@@ -699,6 +811,91 @@ fn migrate_v1(path: &Path, bytes: &[u8], sealer: &Sealer) -> Result<redb::Databa
     database()
         .open(path)
         .map_err(|e| err(format!("cannot open after migrating: {e}")))
+}
+
+/// A store of the second format (checked): rewritten into a new file with subjects under
+/// their keyed names. A new file, not rows changed in place: the old rows' pages, subjects
+/// in clear, would stay in the file until reused. No backup is kept, for the same reason.
+fn migrate_v2(
+    path: &Path,
+    sealer: &Sealer,
+    names: &SubjectNames,
+) -> Result<redb::Database, StoreError> {
+    let err = |m: String| FileInner::err(path, m);
+    let cannot = |e: &dyn std::fmt::Display| err(format!("cannot migrate: {e}"));
+    let records: BTreeMap<String, String> = {
+        let db = database().open(path).map_err(|e| cannot(&e))?;
+        let txn = db.begin_read().map_err(|e| cannot(&e))?;
+        let table = txn.open_table(RECORDS).map_err(|e| cannot(&e))?;
+        let rows = table.iter().map_err(|e| cannot(&e))?;
+        rows.map(|row| {
+            let (k, v) = row.map_err(|e| cannot(&e))?;
+            Ok((k.value().to_string(), v.value().to_string()))
+        })
+        .collect::<Result<_, StoreError>>()?
+    };
+    rewrite(path, sealer, names, &records, || Ok(()))?;
+    tracing::info!(
+        store = %path.display(),
+        records = records.len(),
+        "the store was migrated: subjects are kept under keyed names"
+    );
+    database()
+        .open(path)
+        .map_err(|e| err(format!("cannot open after migrating: {e}")))
+}
+
+/// Writes `records` (record key → sealed under its key as an older format did) into a new
+/// database beside `path`, each under its stored key; moves their rotation journals to
+/// their keyed names; runs `before_replacing`; then puts the new file in place. A crash at
+/// any point leaves the old file in place (a moved journal is found under its new name when
+/// the next start migrates again).
+fn rewrite(
+    path: &Path,
+    sealer: &Sealer,
+    names: &SubjectNames,
+    records: &BTreeMap<String, String>,
+    before_replacing: impl FnOnce() -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let err = |m: String| FileInner::err(path, m);
+    let cannot = |e: &dyn std::fmt::Display| err(format!("cannot migrate: {e}"));
+    let next = parent_dir(path).join(format!(".{}.migrating", journal::file_name(path)));
+    let _ = std::fs::remove_file(&next);
+    {
+        let db = create_database(&next, sealer)?;
+        let txn = db.begin_write().map_err(|e| cannot(&e))?;
+        {
+            let mut table = txn.open_table(RECORDS).map_err(|e| cannot(&e))?;
+            let mut subjects = txn.open_table(SUBJECTS).map_err(|e| cannot(&e))?;
+            for (key, sealed) in records {
+                let stored = names.stored_key(key);
+                let Some(subject) = RecordKey::parse(key).subject() else {
+                    table
+                        .insert(key.as_str(), sealed.as_str())
+                        .map_err(|e| cannot(&e))?;
+                    continue;
+                };
+                let set = open_record(path, sealer, key, sealed)?;
+                let resealed = seal_set(sealer, &set, aad(&stored).as_bytes())?;
+                table
+                    .insert(stored.as_str(), resealed.as_str())
+                    .map_err(|e| cannot(&e))?;
+                let name = seal_subject(sealer, &stored, subject);
+                subjects
+                    .insert(stored.as_str(), name.as_str())
+                    .map_err(|e| cannot(&e))?;
+                let old_journal = journal::unkeyed_journal_path(path, key);
+                if old_journal.exists() {
+                    std::fs::rename(&old_journal, journal::journal_path(path, names, key))
+                        .map_err(|e| cannot(&e))?;
+                }
+            }
+        }
+        txn.commit().map_err(|e| cannot(&e))?;
+    }
+    before_replacing()?;
+    std::fs::rename(&next, path).map_err(|e| cannot(&e))?;
+    sync_dir(path).map_err(|e| err(format!("cannot sync its directory: {e}")))
 }
 
 #[cfg(test)]
@@ -853,11 +1050,133 @@ mod tests {
         ] {
             s.save(k, Some(&token(k))).unwrap();
         }
+        // In the order of their stored keys, a page at a time.
+        let mut all = ["gmail\nalice", "gmail\nbob", "gmail\ncarol"];
+        all.sort_by_key(|k| TokenStore::list_order(&s, k));
         let page = s.inner.list("gmail\n", None, 2).unwrap();
-        assert_eq!(page, ["gmail\nalice", "gmail\nbob"]);
-        let page = s.inner.list("gmail\n", Some("gmail\nbob"), 2).unwrap();
-        assert_eq!(page, ["gmail\ncarol"]);
+        assert_eq!(page, all[..2]);
+        let page = s.inner.list("gmail\n", Some(all[1]), 2).unwrap();
+        assert_eq!(page, all[2..]);
         assert_eq!(s.keys().len(), 5);
+        // A subject's record read back, removed, and gone from the list.
+        assert_eq!(s.inner.load("gmail\nbob").unwrap().unwrap().generation, 1);
+        s.save("gmail\nbob", None).unwrap();
+        let listed = s.inner.list("gmail\n", None, 10).unwrap();
+        assert!(!listed.contains(&"gmail\nbob".to_string()), "{listed:?}");
+        assert_eq!(listed.len(), 2);
+    }
+
+    /// Every file in the store's directory, read whole.
+    fn directory_bytes(path: &Path) -> Vec<(String, Vec<u8>)> {
+        std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (p.display().to_string(), std::fs::read(&p).unwrap())
+            })
+            .collect()
+    }
+
+    fn shows(files: &[(String, Vec<u8>)], text: &str) -> bool {
+        files
+            .iter()
+            .any(|(name, bytes)| name.contains(text) || find_in(bytes, text.as_bytes()))
+    }
+
+    fn find_in(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    #[test]
+    fn the_directory_shows_no_subject_and_no_unkeyed_hash_of_one() {
+        let (path, key) = (temp_path(), [11u8; 32]);
+        let s = FileStore::open(&path, &key).unwrap();
+        let record = "gmail\nalice@example.com";
+        s.save(record, Some(&token("rt-a"))).unwrap();
+        // A rotation journaled by a helper whose answer never came.
+        let (sealer, names) = (Sealer::new(&key), SubjectNames::new(&key));
+        let entry =
+            journal::JournalEntry::after(None, SecretString::from("rt-b".to_string()), fp("rt-a"));
+        journal::write(&sealer, &names, &path, record, &entry).unwrap();
+        let files = directory_bytes(&path);
+        assert!(!shows(&files, "alice"), "a subject in clear");
+        assert!(!shows(&files, &fp(record)), "an unkeyed hash of a subject");
+        // Still listed, and the journal still applies, after a restart.
+        let s = reopen(s, &path, &key);
+        assert!(s.recover_rotation(record).unwrap());
+        assert_eq!(
+            s.inner.list("gmail\n", None, 10).unwrap(),
+            [record.to_string()]
+        );
+    }
+
+    /// A store as bearerd wrote it before subjects had keyed names (format 2), with a
+    /// subject's journal under its unkeyed name.
+    fn write_v2_store(path: &Path, key: &[u8; 32], records: &[(&str, &StoredSet)]) {
+        let sealer = Sealer::new(key);
+        let db = database().create(path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("format", V2_FORMAT).unwrap();
+            let check = sealer.seal(KEY_CHECK, KEY_CHECK_AAD);
+            meta.insert("key_check", check.as_str()).unwrap();
+            let mut table = txn.open_table(RECORDS).unwrap();
+            for (k, set) in records {
+                let sealed = seal_set(&sealer, set, aad(k).as_bytes()).unwrap();
+                table.insert(*k, sealed.as_str()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_store_with_subjects_in_clear_is_rewritten_under_keyed_names() {
+        let (path, key) = (temp_path(), [12u8; 32]);
+        let set = |rt: &str, generation| StoredSet {
+            token: token(rt),
+            generation,
+        };
+        let (alice, crm) = (set("rt-alice", 7), set("rt-crm", 3));
+        let record = "gmail\nalice@example.com";
+        write_v2_store(&path, &key, &[(record, &alice), ("crm", &crm)]);
+        // Its helper's journal, under the old name.
+        let sealer = Sealer::new(&key);
+        let entry = journal::JournalEntry::after(
+            None,
+            SecretString::from("rt-alice-2".to_string()),
+            fp("rt-alice"),
+        );
+        let old_journal = journal::unkeyed_journal_path(&path, record);
+        let sealed = journal::seal_entry(
+            &sealer,
+            format!("bearerd:rotation:{record}").as_bytes(),
+            &entry,
+        );
+        let file = serde_json::json!({"format": "bearerd-rotation-v1", "sealed": sealed});
+        std::fs::write(&old_journal, file.to_string()).unwrap();
+        assert!(
+            shows(&directory_bytes(&path), "alice"),
+            "the old format shows it"
+        );
+
+        let s = FileStore::open(&path, &key).unwrap();
+        let files = directory_bytes(&path);
+        assert!(!shows(&files, "alice"), "a subject in clear after the move");
+        assert!(
+            !shows(&files, &fp(record)),
+            "an unkeyed hash after the move"
+        );
+        assert!(!old_journal.exists());
+        assert_eq!(s.inner.load(record).unwrap().unwrap().generation, 7);
+        assert_eq!(s.inner.load("crm").unwrap().unwrap().generation, 3);
+        assert_eq!(s.inner.list("gmail\n", None, 10).unwrap(), [record]);
+        assert!(
+            s.recover_rotation(record).unwrap(),
+            "the journal moved with it"
+        );
+        let rt = s.load(record).unwrap().refresh_token.unwrap();
+        assert_eq!(rt.expose_secret(), "rt-alice-2");
     }
 
     fn fp(s: &str) -> String {
@@ -866,14 +1185,14 @@ mod tests {
 
     /// Journals `rt` replacing `replaces`, on top of the journal there, as the helper does.
     fn journal(path: &Path, key: &[u8; 32], rt: &str, replaces: &str) {
-        let sealer = Sealer::new(key);
-        let previous = journal::read(&sealer, path, "crm").unwrap();
+        let (sealer, names) = (Sealer::new(key), SubjectNames::new(key));
+        let previous = journal::read(&sealer, &names, path, "crm").unwrap();
         let entry = journal::JournalEntry::after(
             previous,
             SecretString::from(rt.to_string()),
             fp(replaces),
         );
-        journal::write(&sealer, path, "crm", &entry).unwrap();
+        journal::write(&sealer, &names, path, "crm", &entry).unwrap();
     }
 
     fn stored_rt(s: &FileStore) -> Option<String> {
@@ -893,10 +1212,7 @@ mod tests {
         let s = reopen(s, &path, &key);
         assert!(s.recover_rotation("crm").unwrap());
         assert_eq!(stored_rt(&s).as_deref(), Some("rt-2"));
-        assert!(
-            !journal::journal_path(&path, "crm").exists(),
-            "applied once"
-        );
+        assert!(!s.journal_path("crm").exists(), "applied once");
         let s = reopen(s, &path, &key);
         assert_eq!(stored_rt(&s).as_deref(), Some("rt-2"), "durable");
 
@@ -904,12 +1220,12 @@ mod tests {
         journal(&path, &key, "rt-1", "rt-0");
         assert!(!s.recover_rotation("crm").unwrap());
         assert_eq!(stored_rt(&s).as_deref(), Some("rt-2"));
-        assert!(!journal::journal_path(&path, "crm").exists());
+        assert!(!s.journal_path("crm").exists());
 
         // Saving the record makes the journal redundant.
         journal(&path, &key, "rt-3", "rt-2");
         s.save("crm", Some(&token("rt-3"))).unwrap();
-        assert!(!journal::journal_path(&path, "crm").exists());
+        assert!(!s.journal_path("crm").exists());
     }
 
     #[test]
@@ -940,7 +1256,7 @@ mod tests {
     fn a_damaged_journal_is_an_error_naming_it_and_left_alone() {
         let (path, key) = (temp_path(), [5u8; 32]);
         journal(&path, &key, "rt-2", "rt-1");
-        let jp = journal::journal_path(&path, "crm");
+        let jp = journal::journal_path(&path, &SubjectNames::new(&key), "crm");
         let mut bytes = std::fs::read(&jp).unwrap();
         let n = bytes.len();
         bytes[n - 5] ^= 1;

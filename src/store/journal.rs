@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::durable::{parent_dir, sync_dir, write_and_rename};
 use super::sealed::Sealer;
-use super::StoreError;
+use super::{RecordKey, StoreError, SubjectNames};
 
 const FORMAT: &str = "bearerd-rotation-v1";
 
@@ -94,16 +94,29 @@ pub(super) fn file_name(store: &Path) -> &str {
 }
 
 /// The journal of one credential. The name is hex-encoded: credential names are free text.
-/// A subject's record key (up to 256 bytes of subject) would make too long a file name: it
-/// is named by the key's SHA-256 instead.
-pub fn journal_path(store: &Path, credential: &str) -> PathBuf {
-    let name = if super::RecordKey::parse(credential).subject().is_some() {
-        let digest = super::fingerprint(&SecretString::from(credential.to_string()));
-        format!("s{digest}")
+/// A subject's is named by its record's stored key (see [`SubjectNames::stored_key`]), so a
+/// directory listing shows no subject, and a guessed one cannot be checked against it.
+pub fn journal_path(store: &Path, names: &SubjectNames, credential: &str) -> PathBuf {
+    let name = if RecordKey::parse(credential).subject().is_some() {
+        let stored = names.stored_key(credential);
+        let hash = stored.rsplit_once('\n').map_or(stored.as_str(), |(_, h)| h);
+        let credential = RecordKey::parse(credential).credential();
+        format!("s{}-{hash}", hex(credential))
     } else {
-        credential.bytes().map(|b| format!("{b:02x}")).collect()
+        hex(credential)
     };
     parent_dir(store).join(format!(".{}.rotation-{name}", file_name(store)))
+}
+
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Where bearerd before keyed names journaled a subject's rotation: named by a plain
+/// SHA-256 of the record key. Read only to move such a journal when its store is migrated.
+pub(super) fn unkeyed_journal_path(store: &Path, credential: &str) -> PathBuf {
+    let digest = super::fingerprint(&SecretString::from(credential.to_string()));
+    parent_dir(store).join(format!(".{}.rotation-s{digest}", file_name(store)))
 }
 
 fn aad(credential: &str) -> String {
@@ -113,6 +126,7 @@ fn aad(credential: &str) -> String {
 /// Writes the entry durably (temporary file, fsync, rename, directory fsync).
 pub fn write(
     sealer: &Sealer,
+    names: &SubjectNames,
     store: &Path,
     credential: &str,
     entry: &JournalEntry,
@@ -121,7 +135,7 @@ pub fn write(
         format: FORMAT.into(),
         sealed: seal_entry(sealer, aad(credential).as_bytes(), entry),
     };
-    let path = journal_path(store, credential);
+    let path = journal_path(store, names, credential);
     write_and_rename(&path, &serde_json::to_vec(&file)?)?;
     sync_dir(&path)
 }
@@ -130,10 +144,11 @@ pub fn write(
 /// error naming the file, which is left as it is.
 pub fn read(
     sealer: &Sealer,
+    names: &SubjectNames,
     store: &Path,
     credential: &str,
 ) -> Result<Option<JournalEntry>, StoreError> {
-    let path = journal_path(store, credential);
+    let path = journal_path(store, names, credential);
     let err = |message: &str| StoreError::Io {
         path: path.display().to_string(),
         message: format!("{message}; it was left unchanged"),
@@ -182,6 +197,6 @@ fn entry_from_plain(plain: &[u8]) -> Option<JournalEntry> {
 }
 
 /// Best effort: a journal left behind is recognised as stale at the next start.
-pub fn remove(store: &Path, credential: &str) {
-    let _ = std::fs::remove_file(journal_path(store, credential));
+pub fn remove(store: &Path, names: &SubjectNames, credential: &str) {
+    let _ = std::fs::remove_file(journal_path(store, names, credential));
 }

@@ -32,7 +32,7 @@ use crate::config::StoreConfig;
 pub use coord::LocalCoordination;
 pub use file::FileStore;
 pub use memory::MemoryStore;
-pub use record_key::RecordKey;
+pub use record_key::{RecordKey, SubjectNames};
 pub use redis::RedisStore;
 pub use redis_client::RedisFailure;
 pub use redis_journal::{

@@ -15,6 +15,53 @@ pub enum RecordKey<'a> {
 
 const SEPARATOR: char = '\n';
 
+/// How a store names a subject where others can read the name (a file store's row keys, a
+/// rotation journal's file name, a Redis key): 32 hex digits of a SHA-256 keyed by a key
+/// derived from the store key, so nobody without the store key can check a guessed subject
+/// (an e-mail address) against a listing.
+pub struct SubjectNames {
+    key: [u8; 32],
+}
+
+impl SubjectNames {
+    pub fn new(store_key: &[u8; 32]) -> SubjectNames {
+        use sha2::Digest;
+        // The label is the Redis store's, which named subjects this way first: one
+        // derivation for every store, and no Redis key moves.
+        SubjectNames {
+            key: sha2::Sha256::new()
+                .chain_update(b"bearerd redis subject names\0")
+                .chain_update(store_key)
+                .finalize()
+                .into(),
+        }
+    }
+
+    /// The subject's keyed hash.
+    pub fn hash(&self, subject: &str) -> String {
+        use sha2::Digest;
+        sha2::Sha256::new()
+            .chain_update(self.key)
+            .chain_update(subject.as_bytes())
+            .finalize()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// The key a record is kept under where it can be read: a credential's own as it is, a
+    /// subject's as `{credential}\n{hash}`. Ordered by the hash, not the subject.
+    pub fn stored_key(&self, key: &str) -> String {
+        match RecordKey::parse(key) {
+            RecordKey::Subject {
+                credential,
+                subject,
+            } => format!("{credential}{SEPARATOR}{}", self.hash(subject)),
+            RecordKey::Credential(c) => c.to_string(),
+        }
+    }
+}
+
 impl<'a> RecordKey<'a> {
     pub fn parse(key: &'a str) -> RecordKey<'a> {
         match key.rsplit_once(SEPARATOR) {
@@ -106,5 +153,19 @@ mod tests {
         assert!(!RecordKey::parse("gmail\nalice@example.com")
             .describe()
             .contains("alice"));
+    }
+
+    #[test]
+    fn stored_keys_hide_the_subject_behind_the_store_key() {
+        let (one, other) = (SubjectNames::new(&[1; 32]), SubjectNames::new(&[2; 32]));
+        let key = "gmail\nalice@example.com";
+        let stored = one.stored_key(key);
+        assert!(
+            stored.starts_with("gmail\n") && !stored.contains("alice"),
+            "{stored}"
+        );
+        assert_eq!(stored, one.stored_key(key), "the same name every time");
+        assert_ne!(stored, other.stored_key(key), "another key, another name");
+        assert_eq!(one.stored_key("gmail"), "gmail");
     }
 }

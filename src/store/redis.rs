@@ -39,7 +39,7 @@ use super::redis_client::{
 };
 use super::redis_journal::RedisJournalReader;
 use super::sealed::Sealer;
-use super::{FlowStore, LocalCoordination, RecordKey};
+use super::{FlowStore, LocalCoordination, RecordKey, SubjectNames};
 use super::{
     HelperJournal, Lease, LeaseAnswer, SaveOutcome, StoreBackend, StoreError, StoreHealth,
     StoredSet, StoredToken, TokenStore,
@@ -244,7 +244,7 @@ pub struct RedisStore {
     /// Whether the tasks that forward change notifications and watch health run.
     subscribed: AtomicBool,
     /// The key of subjects' names (derived from the store key).
-    subject_names: [u8; 32],
+    subject_names: SubjectNames,
     /// Names subjects as bearerd did before keyed names (tests of the move only).
     unkeyed_names: bool,
     /// Reads rotation helpers' marks and journals (see `redis_journal`).
@@ -324,14 +324,7 @@ impl RedisStore {
                 last_error: Mutex::new(None),
             }),
             subscribed: AtomicBool::new(false),
-            subject_names: {
-                use sha2::Digest;
-                sha2::Sha256::new()
-                    .chain_update(b"bearerd redis subject names\0")
-                    .chain_update(key)
-                    .finalize()
-                    .into()
-            },
+            subject_names: SubjectNames::new(key),
             unkeyed_names: false,
             journal_reader,
         })
@@ -347,17 +340,10 @@ impl RedisStore {
     /// A subject as Redis names it: 32 hex digits of a hash keyed by the store key, so
     /// nobody without the key can check a guessed subject (an e-mail address) against them.
     fn subject_hash(&self, subject: &str) -> String {
-        use sha2::Digest;
         if self.unkeyed_names {
             return unkeyed_subject_hash(subject);
         }
-        sha2::Sha256::new()
-            .chain_update(self.subject_names)
-            .chain_update(subject.as_bytes())
-            .finalize()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        self.subject_names.hash(subject)
     }
 
     /// Names the store in errors: the prefix (never the URL, which may hold a password).

@@ -44,7 +44,9 @@ use crate::oauth::transport::{error_chain, token_http_client, RawResponse};
 use crate::store::journal::{self, JournalEntry, HELPER_MARGIN, HELPER_REQUEST_MAX};
 use crate::store::lock;
 use crate::store::sealed::Sealer;
-use crate::store::{HelperJournal, HelperJournalConnection, JournalError, RedisJournalTarget};
+use crate::store::{
+    HelperJournal, HelperJournalConnection, JournalError, RedisJournalTarget, SubjectNames,
+};
 
 fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
@@ -321,7 +323,8 @@ impl Carrier for DurableRotation {
         match &self.journal {
             HelperJournal::File { store, key } => {
                 let sealer = Sealer::new(key.expose_secret());
-                let entry = journal::read(&sealer, store, &self.credential).ok()??;
+                let names = SubjectNames::new(key.expose_secret());
+                let entry = journal::read(&sealer, &names, store, &self.credential).ok()??;
                 (entry.replaces.last().map(String::as_str) == Some(replaced))
                     .then_some(entry.refresh_token)
             }
@@ -572,11 +575,13 @@ async fn journal_to_file(
         return false;
     };
     tokio::task::spawn_blocking(move || {
-        let sealer = Sealer::new(&key);
+        let (sealer, names) = (Sealer::new(&key), SubjectNames::new(&key));
         // An unreadable journal is not carried on: the new entry replaces it.
-        let previous = journal::read(&sealer, &store, &credential).ok().flatten();
+        let previous = journal::read(&sealer, &names, &store, &credential)
+            .ok()
+            .flatten();
         let entry = JournalEntry::after(previous, rt, replaces);
-        journal::write(&sealer, &store, &credential, &entry).is_ok()
+        journal::write(&sealer, &names, &store, &credential, &entry).is_ok()
     })
     .await
     .unwrap_or(false)
@@ -706,7 +711,8 @@ mod tests {
         let sealer = Sealer::new(&[9u8; 32]);
         let entry = JournalEntry::after(None, secret("rt-2"), fp(&secret("rt-1")));
         let store = dir.join("tokens.store");
-        journal::write(&sealer, &store, &r.credential, &entry).unwrap();
+        let names = crate::store::SubjectNames::new(&[9u8; 32]);
+        journal::write(&sealer, &names, &store, &r.credential, &entry).unwrap();
         let got = r.journaled_successor(&fp(&secret("rt-1"))).await.unwrap();
         assert_eq!(got.expose_secret(), "rt-2");
         // Not for another exchange: that one sent a different token.

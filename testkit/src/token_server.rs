@@ -82,6 +82,8 @@ pub struct TokenServerState {
     devices: Mutex<HashMap<String, (bool, u32)>>,
     /// Keys trusted for signed assertions and subject tokens.
     assertions: Mutex<AssertionPolicy>,
+    /// Opaque subject tokens a token exchange accepts, and the user each stands for.
+    opaque_subjects: Mutex<HashMap<String, String>>,
     /// Accept the client by its `client_id` alone (behind a mutual-TLS front, or public).
     public_client: std::sync::atomic::AtomicBool,
     /// RFC 8705 `mtls_endpoint_aliases.token_endpoint` in the metadata, when set.
@@ -140,6 +142,7 @@ impl TokenServer {
             authorizing_user: Mutex::new(None),
             devices: Mutex::new(HashMap::new()),
             assertions: Mutex::new(AssertionPolicy::default()),
+            opaque_subjects: Mutex::new(HashMap::new()),
             public_client: std::sync::atomic::AtomicBool::new(false),
             mtls_token_alias: Mutex::new(None),
             response_issuer: Mutex::new(None),
@@ -329,6 +332,14 @@ impl TokenServerState {
     /// Trusts these keys for jwt_bearer assertions and token-exchange subject tokens.
     pub fn trust_grant_assertions(&self, signers: Vec<TrustedSigner>) {
         self.assertions.lock().unwrap().grant = signers;
+    }
+    /// Accepts `token`, an opaque (not a JWT) token of `user`, as a token-exchange subject
+    /// token, as a provider that introspects its own tokens does.
+    pub fn accept_opaque_subject_token(&self, token: &str, user: &str) {
+        self.opaque_subjects
+            .lock()
+            .unwrap()
+            .insert(token.to_string(), user.to_string());
     }
     /// The client secrets accepted from now on (a rotation accepts the old and the new).
     pub fn set_client_secrets(&self, secrets: &[&str]) {
@@ -523,6 +534,12 @@ async fn token(
             else {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
             };
+            let opaque_user = state.opaque_subjects.lock().unwrap().get(subject).cloned();
+            if let Some(user) = opaque_user {
+                let mut body = state.issue_for(false, Some(&user));
+                body["issued_token_type"] = json!("urn:ietf:params:oauth:token-type:access_token");
+                return Json(body).into_response();
+            }
             issue_if_verified(&state, subject, Use::Reusable, |body| {
                 body["issued_token_type"] = json!("urn:ietf:params:oauth:token-type:access_token");
             })

@@ -28,6 +28,8 @@ pub struct TestKey {
     pub public_pem: String,
     pub alg: Algorithm,
     encoding: EncodingKey,
+    /// The public key as the algorithm writes it (an EC point, an Ed25519 key), for its JWK.
+    public_raw: Vec<u8>,
 }
 
 pub fn pem(label: &str, der: &[u8]) -> String {
@@ -45,6 +47,7 @@ pub fn pem(label: &str, der: &[u8]) -> String {
 
 impl TestKey {
     pub fn generate(kind: KeyKind) -> TestKey {
+        let mut public_raw = Vec::new();
         let (private_pem, public_der, alg) = match kind {
             KeyKind::Rsa => {
                 let pair = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
@@ -64,6 +67,7 @@ impl TestKey {
                     (&ECDSA_P256_SHA256_FIXED_SIGNING, Algorithm::ES256)
                 };
                 let pair = EcdsaKeyPair::generate(alg).unwrap();
+                public_raw = pair.public_key().as_ref().to_vec();
                 let public: aws_lc_rs::encoding::PublicKeyX509Der =
                     pair.public_key().as_der().unwrap();
                 let private = if kind == KeyKind::EcP256Sec1 {
@@ -77,6 +81,7 @@ impl TestKey {
             }
             KeyKind::Ed25519 => {
                 let pair = Ed25519KeyPair::generate().unwrap();
+                public_raw = pair.public_key().as_ref().to_vec();
                 let public: aws_lc_rs::encoding::PublicKeyX509Der =
                     pair.public_key().as_der().unwrap();
                 (
@@ -108,7 +113,40 @@ impl TestKey {
             public_pem: pem("PUBLIC KEY", &public_der),
             alg,
             encoding,
+            public_raw,
         }
+    }
+
+    /// The public key as a JWK named `kid` (EC and Ed25519 keys).
+    pub fn jwk(&self, kid: &str) -> serde_json::Value {
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let raw = &self.public_raw;
+        match self.kind {
+            KeyKind::Ed25519 => serde_json::json!({
+                "kty": "OKP", "crv": "Ed25519", "x": b64(raw), "kid": kid, "use": "sig", "alg": "EdDSA"
+            }),
+            KeyKind::Rsa => panic!("no JWK for test RSA keys"),
+            _ => {
+                // An uncompressed point: 0x04, then x and y.
+                let half = (raw.len() - 1) / 2;
+                let (crv, alg) = if self.kind == KeyKind::EcP384 {
+                    ("P-384", "ES384")
+                } else {
+                    ("P-256", "ES256")
+                };
+                serde_json::json!({
+                    "kty": "EC", "crv": crv, "x": b64(&raw[1..1 + half]), "y": b64(&raw[1 + half..]),
+                    "kid": kid, "use": "sig", "alg": alg
+                })
+            }
+        }
+    }
+
+    /// A JWT signed with this key, its header naming `kid`.
+    pub fn mint_with_kid(&self, kid: &str, claims: &serde_json::Value) -> String {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, claims, &self.encoding).unwrap()
     }
 
     /// Trust for tokens this key signs, with these claims.

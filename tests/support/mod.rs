@@ -12,6 +12,7 @@ use bearerd::{Sidecar, SidecarHandle};
 #[allow(unused_imports)]
 pub use testkit::{token_server, FailMode, TokenServer, TokenServerState, Upstream, UpstreamState};
 
+pub mod idp;
 pub mod keys;
 pub mod mtls;
 pub mod pki;

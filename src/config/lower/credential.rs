@@ -310,7 +310,23 @@ fn lower_subjects(
     t: &crate::config::raw::RawRefreshTokenCredential,
 ) -> Result<Option<SubjectConfig>, ConfigError> {
     let key = |k: &str| format!("credentials.{name}.{k}");
-    let Some(header) = &t.subject_header else {
+    if let (Some(_), Some(_)) = (&t.subject_header, &t.subject_from) {
+        return Err(map.error_at(
+            &key("subject_from"),
+            "subject_header and subject_from both name the subject: keep one",
+        ));
+    }
+    let from_jwt = t
+        .subject_from
+        .as_ref()
+        .map(|f| lower_subject_jwt(map, name, &f.jwt, t.insecure_http.unwrap_or(false)))
+        .transpose()?;
+    let header = match (&t.subject_header, &from_jwt) {
+        (Some(header), _) => Some(subject_header_name(map, &key("subject_header"), header)?),
+        (None, Some((header, _))) => Some(header.clone()),
+        (None, None) => None,
+    };
+    let Some(parsed) = header else {
         for (field, set) in [
             ("redirect_uri", t.redirect_uri.is_some()),
             ("subject_idle", t.subject_idle.is_some()),
@@ -326,7 +342,6 @@ fn lower_subjects(
         }
         return Ok(None);
     };
-    let parsed = subject_header_name(map, &key("subject_header"), header)?;
     let redirect_uri = t
         .redirect_uri
         .as_deref()
@@ -353,7 +368,50 @@ fn lower_subjects(
         idle,
         max_in_memory,
         connect_lifetime,
+        from_jwt: from_jwt.map(|(_, jwt)| jwt),
     }))
+}
+
+/// `subject_from = { jwt = … }`: the header that carries the user's JWT (`authorization`
+/// by default, which bearerd replaces before forwarding) and what the JWT must say.
+fn lower_subject_jwt(
+    map: &SourceMap,
+    name: &str,
+    raw: &crate::config::raw::RawSubjectJwt,
+    insecure_http: bool,
+) -> Result<(http::HeaderName, JwtSubjectConfig), ConfigError> {
+    let key = |k: &str| format!("credentials.{name}.subject_from.jwt.{k}");
+    let header = match raw.header.as_deref().map(str::trim) {
+        None => http::header::AUTHORIZATION,
+        Some(h) if h.eq_ignore_ascii_case("authorization") => http::header::AUTHORIZATION,
+        Some(h) => subject_header_name(map, &key("header"), h)?,
+    };
+    let insecure = Some(insecure_http);
+    // The issuer is compared with `iss` as written, and its metadata is fetched from it.
+    private_url(map, &key("issuer"), &raw.issuer, insecure)?;
+    let jwks_url = raw
+        .jwks_url
+        .as_deref()
+        .map(|v| private_url(map, &key("jwks_url"), v, insecure))
+        .transpose()?;
+    let audience = raw.audience.trim();
+    if audience.is_empty() {
+        return Err(map.error_at(&key("audience"), "audience may not be empty"));
+    }
+    let claim = raw.claim.as_deref().unwrap_or("sub").trim();
+    if claim.is_empty() {
+        return Err(map.error_at(&key("claim"), "claim may not be empty"));
+    }
+    Ok((
+        header,
+        JwtSubjectConfig {
+            issuer: raw.issuer.clone(),
+            audience: audience.to_string(),
+            claim: claim.to_string(),
+            jwks_url,
+            insecure_http,
+        },
+    ))
 }
 
 /// `subject_idle` and `max_subjects_in_memory`: how subjects leave memory.
@@ -440,6 +498,7 @@ fn lower_on_behalf_of(
         idle,
         max_in_memory,
         connect_lifetime: SubjectConfig::DEFAULT_CONNECT_LIFETIME,
+        from_jwt: None,
     })
 }
 

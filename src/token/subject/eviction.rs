@@ -62,6 +62,9 @@ impl SubjectRegistry {
         if self.config.on_behalf_of() {
             return;
         }
+        if let Some(generation) = live.credential.stored_generation() {
+            self.left_at.insert(rollback_id(subject), generation);
+        }
         // Counted as its record will read (see `stored_state`); a subject that never held a
         // token (a refused hand-over) has none, and the next census finds whatever it has.
         let token = live.slot.current();
@@ -74,6 +77,24 @@ impl SubjectRegistry {
         };
         self.census.rest(subject.as_str(), state);
     }
+    /// Whether a record of `generation` is older than the subject's when it left memory
+    /// (logged as the error it is).
+    pub(super) fn rolled_back(&self, subject: &SubjectKey, generation: u64) -> bool {
+        let Some(left) = self.left_at.get(&rollback_id(subject)).map(|g| *g) else {
+            return false;
+        };
+        if generation >= left {
+            return false;
+        }
+        tracing::error!(
+            credential = &*self.credential,
+            found = generation,
+            left_at = left,
+            "a subject's record is older than when it left memory: put back by someone with write access to the store? Refused; the subject must connect again"
+        );
+        true
+    }
+
     /// Stops every subject's refresher (shutdown).
     pub fn stop_all(&self) {
         self.stopped.store(true, Ordering::SeqCst);
@@ -86,4 +107,13 @@ impl SubjectRegistry {
     pub fn sweep_interval(&self) -> Duration {
         (self.config.idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
     }
+}
+
+/// A subject's entry in `left_at`: the subject itself is not kept.
+fn rollback_id(subject: &SubjectKey) -> [u8; 16] {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(subject.as_str().as_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id
 }

@@ -20,6 +20,7 @@ mod census;
 mod eviction;
 mod on_behalf_of;
 mod starter;
+mod user_jwt;
 mod views;
 use views::{live_status, stored_state};
 pub mod connect;
@@ -48,6 +49,7 @@ use census::RestingCensus;
 use on_behalf_of::NewSubjectRate;
 pub use on_behalf_of::TooManyNewSubjects;
 use starter::SubjectStarter;
+pub use user_jwt::{UserJwtRejected, UserJwtVerifier};
 
 /// Why a request's subject has no slot to take a token from.
 #[derive(Debug)]
@@ -89,6 +91,13 @@ pub struct SubjectRegistry {
     stopped: AtomicBool,
     /// On behalf of: the rate at which user tokens not seen before may be exchanged.
     new_subjects: Option<NewSubjectRate>,
+    /// `subject_from = { jwt = … }`: verifies the user's JWT that names the subject.
+    pub user_jwt: Option<Arc<UserJwtVerifier>>,
+    /// The generation each subject's record had when it left memory, by a hash of the
+    /// subject (issue 20, hole 6): a record brought back older than that was put back by
+    /// someone with write access to the store (a logout undone, a spent refresh token
+    /// revived) and is refused. In memory, the held generation does the same.
+    left_at: DashMap<[u8; 16], u64>,
 }
 
 /// Counts of subjects per state, in [`CredentialState::ALL`] order.
@@ -151,6 +160,11 @@ impl SubjectRegistry {
                 }
                 SubjectKind::Delegated { .. } => None,
             },
+            left_at: DashMap::new(),
+            user_jwt: subjects
+                .from_jwt
+                .clone()
+                .map(|jwt| UserJwtVerifier::new(subjects.header.clone(), jwt)),
         })))
     }
 
@@ -191,6 +205,12 @@ impl SubjectRegistry {
             .load(&subject.store_key(&self.credential))
             .await
             .map_err(|e| SubjectUnavailable::Store(e.to_string()))?;
+        if let Some(set) = &set {
+            if self.rolled_back(subject, set.generation) {
+                // The subject must connect again, as after the logout a put-back undid.
+                return Err(SubjectUnavailable::NotConnected);
+            }
+        }
         match set {
             Some(set) if can_serve(&set) => Ok(Arc::clone(&self.admit(subject).credential.slot)),
             _ => Err(SubjectUnavailable::NotConnected),

@@ -121,7 +121,12 @@ impl SubjectRegistry {
         let t = &set.token;
         let now = SystemTime::now();
         let remaining = t.expires_at.and_then(|e| e.duration_since(now).ok());
-        let state = stored_state(t, now);
+        // Shown as it is served: a rolled-back record is not.
+        let rolled_back = self.rolled_back(subject, set.generation);
+        let state = match rolled_back {
+            true => CredentialState::Failed,
+            false => stored_state(t, now),
+        };
         SubjectStatus {
             subject: subject.as_str().to_string(),
             in_memory: false,
@@ -146,7 +151,11 @@ impl SubjectRegistry {
                 generation: 0,
                 refreshes: 0,
                 consecutive_failures: 0,
-                last_error: None,
+                last_error: rolled_back.then(|| crate::api::LastError {
+                    kind: "rolled_back".into(),
+                    message: "the stored record is older than when the subject left memory (put back by someone with write access to the store?): refused; connect again".into(),
+                    at: crate::token::slot::rfc3339_now(),
+                }),
                 next_refresh_in_s: None,
                 scopes: t.scopes.clone(),
                 has_refresh_token: t.refresh_token.is_some(),
