@@ -1529,6 +1529,30 @@ async fn a_pre_logout_value_put_back_in_redis_leaves_the_subject_logged_out() {
         token_requests,
         "the pre-logout refresh token was sent"
     );
+    // The operator's refresh brings alice back into memory: still refused, on every path.
+    h.admin_post(&subject_path("alice", "/refresh")).await;
+    let r = get_as(&h, "alice", "/api/x").await;
+    assert_eq!(
+        r.status(),
+        403,
+        "served from a rolled-back record after a refresh"
+    );
+    assert_eq!(
+        h.tokens.state.requests(),
+        token_requests,
+        "the pre-logout refresh token was sent after a refresh"
+    );
+    let status = subject_status(&h, "alice").await;
+    assert_ne!(status["state"], "valid", "{status}");
+    // And once it has left memory again, the record is still refused.
+    while registry.in_memory() > 0 {
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(10),
+            "alice never left memory"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(get_as(&h, "alice", "/api/x").await.status(), 403);
     let status = subject_status(&h, "alice").await;
     assert_eq!(status["state"], "failed", "{status}");
     assert!(

@@ -6,6 +6,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use super::pending::{Material, MaterialCheck, Place};
+use super::{ClientIdentity, SecretRef};
+use crate::material::RawSecretRef;
 
 #[derive(Debug, Clone)]
 pub struct ConfigError {
@@ -112,6 +114,26 @@ impl<'a> SourceMap<'a> {
             key: Some(at.key),
             message: message.to_string(),
         }
+    }
+
+    /// A secret reference; a variable or a file is read by the check step.
+    pub fn lower_secret(&self, key: &str, raw: &RawSecretRef) -> Result<SecretRef, ConfigError> {
+        let secret = SecretRef::lower(raw).map_err(|m| self.error_at(key, m))?;
+        if !matches!(secret, SecretRef::Value(_)) {
+            self.check_later(key, Material::Secret(secret.clone()));
+        }
+        Ok(secret)
+    }
+
+    /// A certificate and its key, for the check step to read together.
+    pub fn check_identity_later(&self, table: &str, identity: &ClientIdentity) {
+        self.check_later(
+            &format!("{table}.client_cert"),
+            Material::Identity {
+                identity: identity.clone(),
+                key_at: self.place(&format!("{table}.client_key")),
+            },
+        );
     }
 
     /// Records `what` for the check step, at the key `path`.

@@ -9,6 +9,7 @@ mod lower;
 mod model;
 mod pending;
 mod raw;
+mod store;
 mod urls;
 
 use std::path::Path;

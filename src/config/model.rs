@@ -314,6 +314,8 @@ pub struct JwtSubjectConfig {
     pub jwks_url: Option<url::Url>,
     /// The table's `insecure_http`: a discovered `jwks_uri` may be plain http.
     pub insecure_http: bool,
+    /// The credential's `ca_file`, trusted for the issuer's metadata and keys too.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// How a subject gets its tokens.

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use super::store::RawStore;
 use crate::material::RawSecretRef;
 
 #[derive(Deserialize, Default)]
@@ -21,7 +22,10 @@ use crate::material::RawSecretRef;
 pub struct RawConfig {
     #[serde(default)]
     pub server: RawServer,
-    #[serde(default)]
+    /// Only the backend's name: the table itself is read strictly by [`parse`].
+    #[serde(default, rename = "store")]
+    store_backend: BackendName,
+    #[serde(skip)]
     pub store: RawStore,
     /// Only the grant names: the tables themselves are read strictly by [`parse`].
     #[serde(default, rename = "credentials")]
@@ -30,6 +34,12 @@ pub struct RawConfig {
     pub credentials: BTreeMap<String, RawCredential>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, RawUpstream>,
+}
+
+/// The first pass over the `[store]` table: which backend it names, nothing else.
+#[derive(Deserialize, Default)]
+struct BackendName {
+    backend: Option<String>,
 }
 
 /// The first pass over a credential table: which grant it names, nothing else.
@@ -46,7 +56,17 @@ pub fn parse(text: &str) -> Result<RawConfig, toml::de::Error> {
         .into_iter()
         .map(|(name, g)| (name, g.grant))
         .collect();
-    config.credentials = CredentialTables(&grants).deserialize(toml::Deserializer::new(text))?;
+    config.credentials = TopLevel {
+        key: "credentials",
+        seed: EachCredential(&grants),
+    }
+    .deserialize(toml::Deserializer::new(text))?;
+    let backend = config.store_backend.backend.take();
+    config.store = TopLevel {
+        key: "store",
+        seed: StoreAs(backend.as_deref()),
+    }
+    .deserialize(toml::Deserializer::new(text))?;
     Ok(config)
 }
 
@@ -76,25 +96,6 @@ pub struct RawServer {
     pub allowed_origins: Option<Vec<String>>,
     /// Accept a proxy_listen or upstream listen off loopback.
     pub allow_remote_clients: Option<bool>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RawStore {
-    pub backend: Option<String>,
-    pub path: Option<PathBuf>,
-    pub key: Option<RawSecretRef>,
-    /// redis: `redis://[user:pass@]host:port/db` or `rediss://…` (TLS); it may hold a password.
-    pub url: Option<RawSecretRef>,
-    /// redis: the key namespace, so several apps can share one Redis.
-    pub prefix: Option<String>,
-    /// rediss: the CA certificates (PEM) that sign the Redis server's certificate, instead
-    /// of the system roots.
-    pub ca_file: Option<PathBuf>,
-    /// rediss: a client certificate (chain) and its key, PEM files, for a Redis that asks
-    /// for one (`tls-auth-clients yes`).
-    pub client_cert: Option<RawSecretRef>,
-    pub client_key: Option<RawSecretRef>,
 }
 
 /// A credential table, strict for the grant it names.
@@ -329,37 +330,52 @@ credential_table! {
     }
 }
 
-/// The second pass: the `credentials` table, each entry read as the grant it names.
-struct CredentialTables<'g>(&'g HashMap<String, Option<String>>);
+/// A second pass over one top-level table of the document: `seed` reads it (its default
+/// when the document has none), and every other key is skipped.
+struct TopLevel<S> {
+    key: &'static str,
+    seed: S,
+}
 
-impl<'de> DeserializeSeed<'de> for CredentialTables<'_> {
-    type Value = BTreeMap<String, RawCredential>;
+impl<'de, S> DeserializeSeed<'de> for TopLevel<S>
+where
+    S: DeserializeSeed<'de>,
+    S::Value: Default,
+{
+    type Value = S::Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de> Visitor<'de> for CredentialTables<'_> {
-    type Value = BTreeMap<String, RawCredential>;
+impl<'de, S> Visitor<'de> for TopLevel<S>
+where
+    S: DeserializeSeed<'de>,
+    S::Value: Default,
+{
+    type Value = S::Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a config document")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut tables = BTreeMap::new();
+        let (mut seed, mut value) = (Some(self.seed), None);
         while let Some(key) = map.next_key::<String>()? {
-            if key == "credentials" {
-                tables = map.next_value_seed(EachCredential(self.0))?;
-            } else {
-                map.next_value::<IgnoredAny>()?;
+            match seed.take() {
+                Some(s) if key == self.key => value = Some(map.next_value_seed(s)?),
+                other => {
+                    seed = other;
+                    map.next_value::<IgnoredAny>()?;
+                }
             }
         }
-        Ok(tables)
+        Ok(value.unwrap_or_default())
     }
 }
 
+/// The second pass over `credentials`: each entry read as the grant it names.
 struct EachCredential<'g>(&'g HashMap<String, Option<String>>);
 
 impl<'de> DeserializeSeed<'de> for EachCredential<'_> {
@@ -399,6 +415,17 @@ impl<'de> Visitor<'de> for EachCredential<'_> {
             tables.insert(name, table);
         }
         Ok(tables)
+    }
+}
+
+/// The second pass over `[store]`: the table read as the backend it names.
+struct StoreAs<'b>(Option<&'b str>);
+
+impl<'de> DeserializeSeed<'de> for StoreAs<'_> {
+    type Value = RawStore;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        RawStore::read(self.0, d)
     }
 }
 

@@ -531,7 +531,7 @@ impl FileInner {
         };
         if !applies {
             tracing::info!(
-                credential,
+                record = %super::record_name(credential),
                 "a rotation journal older than the stored token was discarded"
             );
             journal::remove(&self.path, &self.names, credential);

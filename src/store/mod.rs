@@ -280,8 +280,9 @@ pub fn open(
             );
             for name in &keys {
                 if store.recover_rotation(name)? {
+                    // Named as errors name records: never the subject.
                     tracing::info!(
-                        credential = %name,
+                        record = %record_name(name),
                         "applied a refresh token rotated by the previous run's helper"
                     );
                 }

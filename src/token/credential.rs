@@ -25,6 +25,10 @@ pub struct Credential {
     /// The set held here is newer than `stored`: its save failed (the store was down), so
     /// it goes back with the generation after `stored` when the store answers again.
     unsaved: std::sync::atomic::AtomicBool,
+    /// A subject's generation when it last left memory (0: none). Until this process holds
+    /// a set of its own, a stored set older than that is refused wherever it is read: it
+    /// was put back by someone with write access to the store (issue 20, hole 6).
+    floor: std::sync::atomic::AtomicU64,
 }
 
 /// Why a login's refresh token was not taken.
@@ -60,7 +64,20 @@ impl Credential {
             op: tokio::sync::Mutex::new(()),
             stored: std::sync::Mutex::new(None),
             unsaved: std::sync::atomic::AtomicBool::new(false),
+            floor: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// Refuses stored sets older than `generation` (see `floor`).
+    pub(super) fn refuse_older_than(&self, generation: u64) {
+        self.floor
+            .store(generation, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The generation a stored set must reach to be believed: the floor, or the set held.
+    pub(super) fn generation_seen(&self) -> u64 {
+        let floor = self.floor.load(std::sync::atomic::Ordering::SeqCst);
+        floor.max(self.stored_generation().unwrap_or(0))
     }
 
     /// One subject of a per-subject credential (its record is not the credential's own).
@@ -75,6 +92,8 @@ impl Credential {
 
     /// Notes that this process now holds the store's set of this generation.
     pub(super) fn hold_generation(&self, generation: u64) {
+        // From the first set held here on, the held generation guards what is adopted.
+        self.floor.store(0, std::sync::atomic::Ordering::SeqCst);
         self.set_held(Some(generation));
         self.unsaved
             .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -99,6 +118,17 @@ impl Credential {
     /// (and is logged): the credential then works from what it has.
     pub(super) async fn load_set(&self) -> Option<StoredSet> {
         match self.store.load(&self.store_key).await {
+            Ok(Some(set))
+                if set.generation < self.floor.load(std::sync::atomic::Ordering::SeqCst) =>
+            {
+                tracing::error!(
+                    credential = &*self.slot.name,
+                    found = set.generation,
+                    seen = self.floor.load(std::sync::atomic::Ordering::SeqCst),
+                    "a stored set is older than one this process held (put back by someone with write access to the store?): refused"
+                );
+                None
+            }
             Ok(set) => set,
             Err(e) => {
                 tracing::warn!(credential = &*self.slot.name, error = %e, "could not read the store");

@@ -42,7 +42,7 @@ pub(super) fn lower_credential(
                     ),
                 ));
             };
-            let token = lower_secret(map, &key("token"), token)?;
+            let token = map.lower_secret(&key("token"), token)?;
             (GrantConfig::Static { token }, policy, None)
         }
         RawCredential::TokenExchange(t) => {
@@ -114,7 +114,7 @@ fn lower_refresh_token(
     let seed = t
         .refresh_token
         .as_ref()
-        .map(|r| lower_secret(map, &key("refresh_token"), r))
+        .map(|r| map.lower_secret(&key("refresh_token"), r))
         .transpose()?;
     let subjects = lower_subjects(map, name, t)?;
     if subjects.is_some() && seed.is_some() {
@@ -320,7 +320,11 @@ fn lower_subjects(
         .subject_from
         .as_ref()
         .map(|f| lower_subject_jwt(map, name, &f.jwt, t.insecure_http.unwrap_or(false)))
-        .transpose()?;
+        .transpose()?
+        .map(|(header, mut jwt)| {
+            jwt.ca_file = t.ca_file.clone();
+            (header, jwt)
+        });
     let header = match (&t.subject_header, &from_jwt) {
         (Some(header), _) => Some(subject_header_name(map, &key("subject_header"), header)?),
         (None, Some((header, _))) => Some(header.clone()),
@@ -410,6 +414,7 @@ fn lower_subject_jwt(
             claim: claim.to_string(),
             jwks_url,
             insecure_http,
+            ca_file: None,
         },
     ))
 }
@@ -793,7 +798,7 @@ fn key_source(map: &SourceMap, key: &str, raw: &RawSecretRef) -> Result<SecretRe
             ))
         }
         RawSecretRef::Env { .. } | RawSecretRef::File { .. } | RawSecretRef::Header { .. } => {
-            lower_secret(map, key, raw)
+            map.lower_secret(key, raw)
         }
     }
 }
@@ -904,13 +909,11 @@ fn lower_client_auth_method(
     let key = |k: &str| format!("credentials.{name}.{k}");
     let required = |k: &str, raw: &Option<RawSecretRef>| raw.clone().ok_or_else(|| needs(k));
     Ok(match method {
-        Method::Basic => ClientAuthMethod::Basic(lower_secret(
-            map,
+        Method::Basic => ClientAuthMethod::Basic(map.lower_secret(
             &key("client_secret"),
             &required("client_secret", &rc.client_secret)?,
         )?),
-        Method::Post => ClientAuthMethod::Post(lower_secret(
-            map,
+        Method::Post => ClientAuthMethod::Post(map.lower_secret(
             &key("client_secret"),
             &required("client_secret", &rc.client_secret)?,
         )?),
@@ -940,7 +943,7 @@ fn lower_client_auth_method(
                     &required("client_key", &rc.client_key)?,
                 )?,
             };
-            check_identity_later(map, &format!("credentials.{name}"), &identity);
+            map.check_identity_later(&format!("credentials.{name}"), &identity);
             ClientAuthMethod::TlsClientAuth(identity)
         }
         Method::None => ClientAuthMethod::None,

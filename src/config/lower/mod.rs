@@ -12,16 +12,37 @@ use std::time::Duration;
 
 use super::error::SourceMap;
 use super::pending::Material;
-use super::raw::{self, RawConfig, RawCredential, RawUpstream};
+use super::raw::{RawConfig, RawCredential, RawUpstream};
+use super::store::RawStore;
 use super::urls::parse_http_url;
 use super::*;
-use crate::material::RawSecretRef;
 
 /// A schema error (syntax, type, unknown key) at its line and key. A credential key that
 /// its grant does not take says which grants do, or which keys this one takes.
 pub(super) fn schema_error(map: &SourceMap, err: &toml::de::Error) -> ConfigError {
     let mut e = map.toml_error(err);
     let path = e.key.clone().unwrap_or_default();
+    if let ["store", field] = path.split('.').collect::<Vec<_>>()[..] {
+        let backend = map.str_at(&["store", "backend"]).unwrap_or("memory");
+        if let (true, Some(keys)) = (
+            e.message.starts_with("unknown field"),
+            RawStore::keys_of(backend),
+        ) {
+            let takers: Vec<&str> = RawStore::BACKENDS
+                .iter()
+                .copied()
+                .filter(|b| RawStore::keys_of(b).is_some_and(|k| k.contains(&field)))
+                .collect();
+            let hint = match takers.is_empty() {
+                false => format!("it only applies to the {} backend", takers.join(" and ")),
+                true => "no backend takes it".to_string(),
+            };
+            e.message = format!(
+                "unknown field `{field}`: {hint}, not {backend:?}; backend {backend:?} takes: {}",
+                keys.join(", ")
+            );
+        }
+    }
     if let ["credentials", name, field] = path.split('.').collect::<Vec<_>>()[..] {
         let grant = map
             .str_at(&["credentials", name, "grant"])
@@ -125,7 +146,7 @@ pub(super) fn lower(source: &Path, map: &SourceMap, raw: RawConfig) -> Result<Co
         server.allow_remote_clients,
     )?;
 
-    let store = lower_store(map, &raw.store)?;
+    let store = super::store::lower_store(map, &raw.store)?;
 
     let mut credentials = Vec::new();
     let mut index = HashMap::new();
@@ -265,194 +286,6 @@ fn service_account_key(grant: &GrantConfig) -> Option<&SecretRef> {
     }
 }
 
-fn lower_store(map: &SourceMap, raw: &raw::RawStore) -> Result<StoreConfig, ConfigError> {
-    let only_for = |key: &str, set: bool, backends: &str| -> Result<(), ConfigError> {
-        if set {
-            Err(map.error_at(
-                &format!("store.{key}"),
-                format!("only applies to the {backends} backend"),
-            ))
-        } else {
-            Ok(())
-        }
-    };
-    match raw.backend.as_deref() {
-        None | Some("memory") | Some("file") => {
-            only_for("ca_file", raw.ca_file.is_some(), "redis")?;
-            only_for("client_cert", raw.client_cert.is_some(), "redis")?;
-            only_for("client_key", raw.client_key.is_some(), "redis")?;
-        }
-        Some(_) => {}
-    }
-    match raw.backend.as_deref() {
-        None | Some("memory") => {
-            only_for("path", raw.path.is_some(), "file")?;
-            only_for("key", raw.key.is_some(), "file and redis")?;
-            only_for("url", raw.url.is_some(), "redis")?;
-            only_for("prefix", raw.prefix.is_some(), "redis")?;
-            Ok(StoreConfig::Memory)
-        }
-        Some("file") => {
-            only_for("url", raw.url.is_some(), "redis")?;
-            only_for("prefix", raw.prefix.is_some(), "redis")?;
-            let Some(path) = raw.path.clone() else {
-                return Err(map.error_at(
-                    "store.backend",
-                    "the file store needs `path = \"/var/lib/bearerd/tokens.store\"`",
-                ));
-            };
-            let key = lower_store_key(map, raw, "file")?;
-            Ok(StoreConfig::File { path, key })
-        }
-        Some("redis") => {
-            only_for("path", raw.path.is_some(), "file")?;
-            let Some(url) = &raw.url else {
-                return Err(map.error_at(
-                    "store.backend",
-                    "the redis store needs `url = { env = \"BEARERD_REDIS_URL\" }` (redis://[user:pass@]host:port/db, or rediss:// for TLS)",
-                ));
-            };
-            let url = lower_secret(map, "store.url", url)?;
-            let tls_keys = [
-                ("ca_file", raw.ca_file.is_some()),
-                ("client_cert", raw.client_cert.is_some()),
-                ("client_key", raw.client_key.is_some()),
-            ]
-            .into_iter()
-            .filter(|(_, set)| *set)
-            .map(|(key, _)| map.place(&format!("store.{key}")))
-            .collect();
-            // Whether the url asks for TLS is known once it is read: the check step.
-            map.check_later(
-                "store.url",
-                Material::RedisUrl {
-                    url: url.clone(),
-                    tls_keys,
-                },
-            );
-            let tls = lower_redis_tls(map, raw)?;
-            let key = lower_store_key(map, raw, "redis")?;
-            let prefix = raw.prefix.clone().unwrap_or_else(|| "bearerd".to_string());
-            if prefix.is_empty()
-                || prefix.len() > 64
-                || !prefix
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-            {
-                return Err(map.error_at(
-                    "store.prefix",
-                    format!("prefix {prefix:?} must be 1 to 64 letters, digits, '-', '_' or '.'"),
-                ));
-            }
-            Ok(StoreConfig::Redis {
-                url,
-                key,
-                prefix,
-                tls,
-            })
-        }
-        Some(other) => Err(map.error_at(
-            "store.backend",
-            format!("unknown store backend {other:?} (expected memory | file | redis)"),
-        )),
-    }
-}
-
-/// The store key of a backend that seals its values: present, resolvable, 32 bytes.
-fn lower_store_key(
-    map: &SourceMap,
-    raw: &raw::RawStore,
-    backend: &str,
-) -> Result<SecretRef, ConfigError> {
-    let Some(key) = &raw.key else {
-        return Err(map.error_at(
-            "store.backend",
-            format!("the {backend} store needs `key = {{ env = \"BEARERD_STORE_KEY\" }}` (or {{ file = \"…\" }}): make one with `bearerd keygen`"),
-        ));
-    };
-    let help = store_key_help(key);
-    let key =
-        SecretRef::lower(key).map_err(|e| map.error_at("store.key", format!("{e}. {help}")))?;
-    map.check_later(
-        "store.key",
-        Material::StoreKey {
-            key: key.clone(),
-            help,
-        },
-    );
-    Ok(key)
-}
-
-/// The TLS keys of a Redis store: the certificate and its key together, each file read
-/// and parsed by the check step rather than at the first refresh.
-fn lower_redis_tls(map: &SourceMap, raw: &raw::RawStore) -> Result<RedisTls, ConfigError> {
-    if let Some(ca) = &raw.ca_file {
-        map.check_later("store.ca_file", Material::CaFile(ca.clone()));
-    }
-    let identity = match (&raw.client_cert, &raw.client_key) {
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err(map.error_at(
-                "store.client_cert",
-                "needs `client_key = { file = \"…\" }`, the certificate's private key",
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(map.error_at(
-                "store.client_key",
-                "needs `client_cert = { file = \"…\" }`, the certificate it belongs to",
-            ))
-        }
-        (Some(cert), Some(key)) => {
-            let file = |key: &str, raw: &RawSecretRef| match raw {
-                RawSecretRef::File { file } => Ok(file.clone()),
-                _ => Err(map.error_at(
-                    &format!("store.{key}"),
-                    format!("`{key}` must be a PEM file: {key} = {{ file = \"…\" }}"),
-                )),
-            };
-            let identity = ClientIdentity {
-                cert: file("client_cert", cert)?,
-                key: file("client_key", key)?,
-            };
-            check_identity_later(map, "store", &identity);
-            Some(identity)
-        }
-    };
-    Ok(RedisTls {
-        ca_file: raw.ca_file.clone(),
-        identity,
-    })
-}
-
-/// A certificate and its key, for the check step to read together.
-pub(super) fn check_identity_later(map: &SourceMap, table: &str, identity: &ClientIdentity) {
-    map.check_later(
-        &format!("{table}.client_cert"),
-        Material::Identity {
-            identity: identity.clone(),
-            key_at: map.place(&format!("{table}.client_key")),
-        },
-    );
-}
-
-/// What the store key is for and how to make one, said with every store key error.
-fn store_key_help(key: &RawSecretRef) -> String {
-    let purpose = "The store key (32 random bytes) seals every token the store keeps at rest";
-    match key {
-        RawSecretRef::Env { env } => format!(
-            "{purpose}: make one with `bearerd keygen` and set it, e.g. `export {env}=\"$(bearerd keygen)\"` (in Kubernetes, from a Secret)"
-        ),
-        RawSecretRef::File { file } => format!(
-            "{purpose}: make one with `bearerd keygen > {}` (in Kubernetes, a mounted Secret)",
-            file.display()
-        ),
-        RawSecretRef::Inline(_) | RawSecretRef::Header { .. } => format!(
-            "{purpose}: make one with `bearerd keygen`, and keep it out of the config: `key = {{ env = \"BEARERD_STORE_KEY\" }}`"
-        ),
-    }
-}
-
 fn lower_server(map: &SourceMap, raw: &RawConfig) -> Result<ServerConfig, ConfigError> {
     let s = &raw.server;
     let proxy_listen = socket_addr(
@@ -488,7 +321,7 @@ fn lower_server(map: &SourceMap, raw: &RawConfig) -> Result<ServerConfig, Config
         }
     };
     let admin_token = match &s.admin_token {
-        Some(r) => Some(lower_secret(map, "server.admin_token", r)?),
+        Some(r) => Some(map.lower_secret("server.admin_token", r)?),
         None => None,
     };
     if admin_token.is_none() && !admin_listen.ip().is_loopback() {
@@ -580,19 +413,6 @@ fn lower_allowed_origins(
         out.push(url.origin().ascii_serialization());
     }
     Ok(out)
-}
-
-/// A secret reference; a variable or a file is read by the check step.
-pub(super) fn lower_secret(
-    map: &SourceMap,
-    key: &str,
-    raw: &RawSecretRef,
-) -> Result<SecretRef, ConfigError> {
-    let secret = SecretRef::lower(raw).map_err(|m| map.error_at(key, m))?;
-    if !matches!(secret, SecretRef::Value(_)) {
-        map.check_later(key, Material::Secret(secret.clone()));
-    }
-    Ok(secret)
 }
 
 fn http_url(map: &SourceMap, key: &str, value: &str) -> Result<url::Url, ConfigError> {

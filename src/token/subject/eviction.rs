@@ -62,7 +62,8 @@ impl SubjectRegistry {
         if self.config.on_behalf_of() {
             return;
         }
-        if let Some(generation) = live.credential.stored_generation() {
+        let generation = live.credential.generation_seen();
+        if generation > 0 {
             self.left_at.insert(rollback_id(subject), generation);
         }
         // Counted as its record will read (see `stored_state`); a subject that never held a
@@ -110,7 +111,7 @@ impl SubjectRegistry {
 }
 
 /// A subject's entry in `left_at`: the subject itself is not kept.
-fn rollback_id(subject: &SubjectKey) -> [u8; 16] {
+pub(super) fn rollback_id(subject: &SubjectKey) -> [u8; 16] {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(subject.as_str().as_bytes());
     let mut id = [0u8; 16];

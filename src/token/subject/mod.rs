@@ -110,6 +110,8 @@ pub enum RegistryError {
     UnsupportedGrant,
     #[error("on-behalf-of needs grant = \"token_exchange\"")]
     OnBehalfOfNeedsTokenExchange,
+    #[error("subject_from: {0}")]
+    UserJwtClient(#[from] crate::oauth::transport::ClientError),
 }
 
 impl SubjectRegistry {
@@ -164,7 +166,8 @@ impl SubjectRegistry {
             user_jwt: subjects
                 .from_jwt
                 .clone()
-                .map(|jwt| UserJwtVerifier::new(subjects.header.clone(), jwt)),
+                .map(|jwt| UserJwtVerifier::new(subjects.header.clone(), jwt))
+                .transpose()?,
         })))
     }
 
@@ -274,7 +277,14 @@ impl SubjectRegistry {
         self.census.wake(subject.as_str());
         let span = tracing::info_span!("subject", subject = %self.tagger.tag(subject));
         let stopped = self.stopped.load(Ordering::SeqCst);
-        let (credential, stop) = self.starter.start(subject, subject_token, stopped, span);
+        // Handed to the credential, which refuses older sets wherever it reads them.
+        let floor = self
+            .left_at
+            .remove(&eviction::rollback_id(subject))
+            .map_or(0, |(_, g)| g);
+        let (credential, stop) = self
+            .starter
+            .start(subject, subject_token, stopped, span, floor);
         Arc::new(LiveSubject {
             slot: Arc::clone(&credential.slot),
             credential,

@@ -41,6 +41,7 @@ impl SubjectStarter {
         subject_token: Option<&secrecy::SecretString>,
         stopped: bool,
         span: tracing::Span,
+        floor: u64,
     ) -> (Arc<Credential>, watch::Sender<bool>) {
         let store_key = subject.store_key(&self.credential);
         let (mut grant, store) = match (&self.exchange, subject_token) {
@@ -62,6 +63,7 @@ impl SubjectStarter {
         grant.carry_rotations(&*store, self.rotation_helper.as_ref(), &store_key);
         let slot = CredentialSlot::new(&self.credential_config, Arc::clone(&self.metrics));
         let credential = Credential::with_store_key(slot, grant, store, Arc::from(store_key));
+        credential.refuse_older_than(floor);
         let (stop, stop_seen) = watch::channel(stopped);
         let task =
             crate::token::refresher::run(Arc::clone(&credential), stop_seen).instrument(span);

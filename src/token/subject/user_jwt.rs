@@ -17,6 +17,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use super::{InvalidSubject, SubjectKey};
 use crate::config::{secure_or_loopback, JwtSubjectConfig};
+use crate::oauth::transport::{token_http_client, ClientError};
 
 /// A token naming an unknown key refetches the set at most this often: soon enough for a
 /// key the issuer signs with as soon as it publishes it, and a flood of made-up key ids
@@ -63,13 +64,14 @@ pub enum UserJwtRejected {
     Subject(InvalidSubject),
     /// Not the user's fault: answered 503, not 401.
     #[error("the issuer's keys cannot be fetched: {0}")]
-    KeysUnavailable(KeysFetchError),
+    KeysUnavailable(Arc<KeysFetchError>),
 }
 
-/// The keys, and when they were fetched (`None`: never).
+/// The keys, when they were fetched (`None`: never), and the last failure to fetch them.
 struct Keys {
     set: JwkSet,
     fetched: Option<Instant>,
+    failed: Option<(Instant, Arc<KeysFetchError>)>,
 }
 
 pub struct UserJwtVerifier {
@@ -82,35 +84,57 @@ pub struct UserJwtVerifier {
 }
 
 impl UserJwtVerifier {
-    pub fn new(header: http::HeaderName, config: JwtSubjectConfig) -> Arc<UserJwtVerifier> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
-        Arc::new(UserJwtVerifier {
+    pub fn new(
+        header: http::HeaderName,
+        config: JwtSubjectConfig,
+    ) -> Result<Arc<UserJwtVerifier>, ClientError> {
+        // The credential's `ca_file`, when it has one, is trusted here too.
+        let http = token_http_client(Duration::from_secs(5), config.ca_file.as_deref(), None)?;
+        Ok(Arc::new(UserJwtVerifier {
             config,
             header,
             keys: ArcSwap::from_pointee(Keys {
                 set: JwkSet { keys: Vec::new() },
                 fetched: None,
+                failed: None,
             }),
             fetching: tokio::sync::Mutex::new(()),
             http,
-        })
+        }))
     }
 
     /// The subject of the request's user token, verified.
-    pub async fn subject(&self, headers: &HeaderMap) -> Result<SubjectKey, UserJwtRejected> {
+    pub async fn subject(
+        self: &Arc<Self>,
+        headers: &HeaderMap,
+    ) -> Result<SubjectKey, UserJwtRejected> {
         let token = self.token_in(headers)?;
         let header = jsonwebtoken::decode_header(token).map_err(|_| UserJwtRejected::NotAJwt)?;
         if !ACCEPTED.contains(&header.alg) {
             return Err(UserJwtRejected::Algorithm(header.alg));
         }
         let kid = header.kid.as_deref();
-        let stale = |k: &Keys| k.fetched.is_none_or(|at| at.elapsed() > MAX_AGE);
-        if stale(&self.keys.load()) {
-            self.refetch(|k| !stale(k)).await?;
+        let keys = self.keys.load();
+        match keys.fetched {
+            None => {
+                // Never fetched: a failure within MIN_REFETCH answers at once, so requests
+                // do not queue behind fetches of an issuer that is down.
+                if let Some((at, why)) = &keys.failed {
+                    if at.elapsed() < MIN_REFETCH {
+                        return Err(UserJwtRejected::KeysUnavailable(Arc::clone(why)));
+                    }
+                }
+                self.refetch(|k| k.fetched.is_some()).await?;
+            }
+            // Old keys: fetched again in the background, requests go on with these.
+            Some(at) if at.elapsed() > MAX_AGE => {
+                let verifier = Arc::clone(self);
+                tokio::spawn(async move {
+                    let fresh = |k: &Keys| k.fetched.is_some_and(|at| at.elapsed() <= MAX_AGE);
+                    let _ = verifier.refetch(fresh).await;
+                });
+            }
+            Some(_) => {}
         }
         let claims = match self.verify(token, header.alg, kid)? {
             Some(claims) => claims,
@@ -173,7 +197,7 @@ impl UserJwtVerifier {
         validation.validate_nbf = true;
         validation.leeway = LEEWAY_S;
         let mut last = None;
-        for jwk in candidates.take(8) {
+        for jwk in candidates.take(16) {
             let Ok(key) = DecodingKey::from_jwk(jwk) else {
                 continue;
             };
@@ -205,20 +229,28 @@ impl UserJwtVerifier {
                 self.keys.store(Arc::new(Keys {
                     set,
                     fetched: Some(Instant::now()),
+                    failed: None,
                 }));
                 Ok(())
             }
-            Err(why) if current.fetched.is_some() => {
-                // The keys there are stay in use; the next refetch is not before
-                // MIN_REFETCH from now.
-                tracing::warn!(issuer = %self.config.issuer, error = %why, "the user tokens' keys could not be fetched again; the previous ones stay in use");
+            Err(why) => {
+                let why = Arc::new(why);
+                tracing::warn!(issuer = %self.config.issuer, error = %why, "the user tokens' keys could not be fetched; keys fetched before stay in use");
+                // Keys there are stay in use, and count as fetched MIN_REFETCH ago at most
+                // so the next try is not before then.
+                let fetched = current
+                    .fetched
+                    .map(|_| Instant::now() - MAX_AGE + MIN_REFETCH);
                 self.keys.store(Arc::new(Keys {
                     set: current.set.clone(),
-                    fetched: Some(Instant::now() - MAX_AGE + MIN_REFETCH),
+                    fetched,
+                    failed: Some((Instant::now(), Arc::clone(&why))),
                 }));
-                Ok(())
+                match fetched {
+                    Some(_) => Ok(()),
+                    None => Err(UserJwtRejected::KeysUnavailable(why)),
+                }
             }
-            Err(why) => Err(UserJwtRejected::KeysUnavailable(why)),
         }
     }
 
@@ -236,13 +268,18 @@ impl UserJwtVerifier {
     /// configured issuer.
     async fn discover_jwks_url(&self) -> Result<url::Url, KeysFetchError> {
         let base = self.config.issuer.trim_end_matches('/');
+        let issuer = url::Url::parse(base).map_err(|e| KeysFetchError::at(base, e.to_string()))?;
+        let origin = issuer.origin().ascii_serialization();
+        let path = issuer.path().trim_end_matches('/');
         let mut last = None;
-        for path in [
-            "/.well-known/openid-configuration",
-            "/.well-known/oauth-authorization-server",
+        // OpenID Connect appends its suffix to the issuer; RFC 8414 inserts its prefix
+        // between the host and the issuer's path.
+        for candidate in [
+            format!("{base}/.well-known/openid-configuration"),
+            format!("{origin}/.well-known/oauth-authorization-server{path}"),
         ] {
-            let url = url::Url::parse(&format!("{base}{path}"))
-                .map_err(|e| KeysFetchError::at(base, e.to_string()))?;
+            let url = url::Url::parse(&candidate)
+                .map_err(|e| KeysFetchError::at(&candidate, e.to_string()))?;
             let body = match self.get(&url).await {
                 Ok(b) => b,
                 Err(e) => {
