@@ -197,8 +197,19 @@ impl Sidecar {
             config.credentials.iter().map(|c| c.name.as_str()),
             config.upstreams.iter().map(|u| u.name.as_str()),
         ));
+        let opened = store::open(&config.store, &bindings)?;
+        // Before anything reads the store: rotations a helper of the previous run journaled.
+        let names: Vec<&str> = bindings.iter().map(|(name, _)| *name).collect();
+        for record in
+            opened.recover_journals(&names, crate::token::rotation::policy::after_journal)?
+        {
+            tracing::info!(
+                record = %store::RecordKey::parse(&record).describe(),
+                "applied a refresh token rotated by the previous run's helper"
+            );
+        }
         let store: Arc<dyn store::TokenStore> = Arc::new(store::metered::MeteredStore::new(
-            store::open(&config.store, &bindings)?,
+            opened,
             metrics.store_operations_total.clone(),
         ));
         let engine =

@@ -35,7 +35,8 @@ use super::memory::compare_and_set;
 use super::sealed::Sealer;
 use super::{journal, lock};
 use super::{
-    HelperJournal, SaveOutcome, StoreBackend, StoreError, StoredSet, StoredToken, TokenStore,
+    HelperJournal, JournalPolicy, SaveOutcome, StoreBackend, StoreError, StoredSet, StoredToken,
+    TokenStore,
 };
 use super::{LocalCoordination, RecordKey, SubjectNames};
 
@@ -149,8 +150,12 @@ impl FileStore {
         self.inner.key.expose_secret()
     }
 
-    pub fn recover_rotation(&self, credential: &str) -> Result<bool, StoreError> {
-        self.inner.recover_rotation(credential)
+    pub fn recover_rotation(
+        &self,
+        credential: &str,
+        policy: JournalPolicy,
+    ) -> Result<bool, StoreError> {
+        self.inner.recover_rotation(credential, policy)
     }
 
     /// Where the rotation helper journals this record's rotations.
@@ -226,6 +231,27 @@ impl TokenStore for FileStore {
         // Reads from the page cache as a rule, as `load` does; a page of a census is at most
         // a few hundred records.
         self.inner.load_many(keys)
+    }
+
+    fn recover_journals(
+        &self,
+        credentials: &[&str],
+        policy: JournalPolicy,
+    ) -> Result<Vec<String>, StoreError> {
+        // Subjects' records too: a helper may have rotated a subject's token.
+        let mut records: Vec<String> = credentials.iter().map(|c| c.to_string()).collect();
+        records.extend(
+            self.keys()
+                .into_iter()
+                .filter(|k| RecordKey::parse(k).subject().is_some()),
+        );
+        let mut applied = Vec::new();
+        for record in records {
+            if self.inner.recover_rotation(&record, policy)? {
+                applied.push(record);
+            }
+        }
+        Ok(applied)
     }
 
     fn helper_journal(&self, _record: &str) -> Option<HelperJournal> {
@@ -516,33 +542,24 @@ impl FileInner {
     }
 
     /// Applies the credential's rotation journal, left by a helper that outlived its
-    /// sidecar: its refresh token replaces the stored one when the store still holds the
-    /// token it replaced (or none). Returns whether it was applied.
-    fn recover_rotation(&self, credential: &str) -> Result<bool, StoreError> {
+    /// sidecar, as `policy` rules. Returns whether it was applied.
+    fn recover_rotation(
+        &self,
+        credential: &str,
+        policy: JournalPolicy,
+    ) -> Result<bool, StoreError> {
         let Some(entry) = journal::read(&self.sealer, &self.names, &self.path, credential)? else {
             return Ok(false);
         };
         let current = self.load(credential)?.map(|s| s.token);
-        let stored_rt = current.as_ref().and_then(|c| c.refresh_token.as_ref());
-        let applies = match (&current, stored_rt) {
-            (Some(c), _) if c.logged_out => false,
-            (_, Some(rt)) => entry.supersedes(&super::fingerprint(rt)),
-            (_, None) => true,
-        };
-        if !applies {
+        let Some(record) = policy(current, entry) else {
             tracing::info!(
                 record = %super::record_name(credential),
                 "a rotation journal older than the stored token was discarded"
             );
             journal::remove(&self.path, &self.names, credential);
             return Ok(false);
-        }
-        let mut record = current.unwrap_or_else(StoredToken::empty);
-        if record.refresh_token.is_none() {
-            // The first replaced token was a configured seed: it must never be sent again.
-            record.spent_seed = entry.replaces.first().cloned();
-        }
-        record.refresh_token = Some(entry.refresh_token);
+        };
         self.write(credential, Some(&record), None)?;
         Ok(true)
     }
@@ -1103,7 +1120,7 @@ mod tests {
         assert!(!shows(&files, &fp(record)), "an unkeyed hash of a subject");
         // Still listed, and the journal still applies, after a restart.
         let s = reopen(s, &path, &key);
-        assert!(s.recover_rotation(record).unwrap());
+        assert!(s.recover_rotation(record, apply).unwrap());
         assert_eq!(
             s.inner.list("gmail\n", None, 10).unwrap(),
             [record.to_string()]
@@ -1172,7 +1189,7 @@ mod tests {
         assert_eq!(s.inner.load("crm").unwrap().unwrap().generation, 3);
         assert_eq!(s.inner.list("gmail\n", None, 10).unwrap(), [record]);
         assert!(
-            s.recover_rotation(record).unwrap(),
+            s.recover_rotation(record, apply).unwrap(),
             "the journal moved with it"
         );
         let rt = s.load(record).unwrap().refresh_token.unwrap();
@@ -1201,8 +1218,21 @@ mod tests {
             .map(|r| r.expose_secret().to_string())
     }
 
+    /// The journal's token over whatever the store holds. These tests are of the
+    /// mechanics; the engine's rule (which journal wins, when a seed is spent) is
+    /// `token::rotation::policy`'s, tested there and by tests/crash.rs.
+    fn apply(current: Option<StoredToken>, entry: journal::JournalEntry) -> Option<StoredToken> {
+        let mut record = current.unwrap_or_else(StoredToken::empty);
+        record.refresh_token = Some(entry.refresh_token);
+        Some(record)
+    }
+
+    fn discard(_: Option<StoredToken>, _: journal::JournalEntry) -> Option<StoredToken> {
+        None
+    }
+
     #[test]
-    fn a_rotation_journal_applies_only_over_the_token_it_replaced() {
+    fn a_rotation_journal_is_applied_or_discarded_as_the_policy_rules() {
         let (path, key) = (temp_path(), [3u8; 32]);
         let s = FileStore::open(&path, &key).unwrap();
         s.save("crm", Some(&token("rt-1"))).unwrap();
@@ -1210,15 +1240,23 @@ mod tests {
         // A helper rotated rt-1 into rt-2 after its sidecar died.
         journal(&path, &key, "rt-2", "rt-1");
         let s = reopen(s, &path, &key);
-        assert!(s.recover_rotation("crm").unwrap());
+        assert!(s.recover_rotation("crm", apply).unwrap());
         assert_eq!(stored_rt(&s).as_deref(), Some("rt-2"));
         assert!(!s.journal_path("crm").exists(), "applied once");
         let s = reopen(s, &path, &key);
         assert_eq!(stored_rt(&s).as_deref(), Some("rt-2"), "durable");
+        // Every record the store holds is looked at, subjects' included.
+        s.save("crm\nalice", Some(&token("rt-a"))).unwrap();
+        let (sealer, names) = (Sealer::new(&key), SubjectNames::new(&key));
+        let entry =
+            journal::JournalEntry::after(None, SecretString::from("rt-a2".to_string()), fp("rt-a"));
+        journal::write(&sealer, &names, &path, "crm\nalice", &entry).unwrap();
+        let applied = TokenStore::recover_journals(&s, &["crm"], apply).unwrap();
+        assert_eq!(applied, ["crm\nalice"]);
 
-        // A stale journal (the store moved past it) never brings back a spent token.
+        // A journal the policy discards leaves the record, and goes.
         journal(&path, &key, "rt-1", "rt-0");
-        assert!(!s.recover_rotation("crm").unwrap());
+        assert!(!s.recover_rotation("crm", discard).unwrap());
         assert_eq!(stored_rt(&s).as_deref(), Some("rt-2"));
         assert!(!s.journal_path("crm").exists());
 
@@ -1226,30 +1264,6 @@ mod tests {
         journal(&path, &key, "rt-3", "rt-2");
         s.save("crm", Some(&token("rt-3"))).unwrap();
         assert!(!s.journal_path("crm").exists());
-    }
-
-    #[test]
-    fn a_journal_over_a_seed_marks_the_seed_spent() {
-        let (path, key) = (temp_path(), [4u8; 32]);
-        journal(&path, &key, "rt-1", "the-seed");
-        let s = FileStore::open(&path, &key).unwrap();
-        assert!(s.recover_rotation("crm").unwrap());
-        let rec = s.load("crm").unwrap();
-        assert_eq!(stored_rt(&s).as_deref(), Some("rt-1"));
-        assert_eq!(rec.spent_seed, Some(fp("the-seed")));
-    }
-
-    #[test]
-    fn rotations_while_the_store_cannot_be_written_chain_in_the_journal() {
-        let (path, key) = (temp_path(), [8u8; 32]);
-        let s = FileStore::open(&path, &key).unwrap();
-        s.save("crm", Some(&token("rt-1"))).unwrap();
-        // Two rotations journaled, neither saved to the store (say, a full disk).
-        journal(&path, &key, "rt-2", "rt-1");
-        journal(&path, &key, "rt-3", "rt-2");
-        let s = reopen(s, &path, &key);
-        assert!(s.recover_rotation("crm").unwrap());
-        assert_eq!(stored_rt(&s).as_deref(), Some("rt-3"));
     }
 
     #[test]
@@ -1262,14 +1276,14 @@ mod tests {
         bytes[n - 5] ^= 1;
         std::fs::write(&jp, &bytes).unwrap();
         let s = FileStore::open(&path, &key).unwrap();
-        let e = s.recover_rotation("crm").unwrap_err().to_string();
+        let e = s.recover_rotation("crm", apply).unwrap_err().to_string();
         assert!(e.contains(&jp.display().to_string()), "{e}");
         assert_eq!(std::fs::read(&jp).unwrap(), bytes);
         drop(s); // one sidecar per store: the claim goes with it
         std::fs::remove_file(&path).unwrap(); // a store of the other key, the journal kept
         let e = FileStore::open(&path, &[6u8; 32])
             .unwrap()
-            .recover_rotation("crm")
+            .recover_rotation("crm", apply)
             .unwrap_err()
             .to_string();
         assert!(

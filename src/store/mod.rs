@@ -213,6 +213,18 @@ pub trait TokenStore: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Applies the rotation journals that helpers of the previous run left, for these
+    /// credentials' records and every stored subject's, each under `policy` (the engine's
+    /// rule, see `token::rotation::policy`). Returns the records it changed. Only a store
+    /// whose journals are files beside it keeps any.
+    fn recover_journals(
+        &self,
+        _credentials: &[&str],
+        _policy: JournalPolicy,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
     /// What `list` orders keys by: their text, unless the store orders otherwise (Redis lists
     /// a credential's subjects in the order of their hashes). Whoever merges a page with
     /// keys from elsewhere sorts by this.
@@ -259,8 +271,8 @@ pub trait TokenStore: Send + Sync {
 
 /// Opens the configured store for these credentials (name, binding). A file store is read
 /// and every record decrypted now, so a wrong key or a damaged file stops startup with a
-/// clear error (and the file is left exactly as it was); rotations that helpers of the
-/// previous run journaled are applied. A Redis store checks its key when Redis answers, and
+/// clear error (and the file is left exactly as it was); the engine then applies the
+/// rotations that helpers of the previous run journaled (`recover_journals`). A Redis store checks its key when Redis answers, and
 /// starts without it when it does not (it reconnects by itself).
 pub fn open(
     config: &StoreConfig,
@@ -270,23 +282,6 @@ pub fn open(
         StoreConfig::Memory => Ok(Arc::new(MemoryStore::new())),
         StoreConfig::File { path, key } => {
             let store = FileStore::open(path, &resolve_key(key)?)?;
-            // Subjects' records too: a helper may have rotated a subject's token.
-            let mut keys: Vec<String> = credentials.iter().map(|(n, _)| n.to_string()).collect();
-            keys.extend(
-                store
-                    .keys()
-                    .into_iter()
-                    .filter(|k| RecordKey::parse(k).subject().is_some()),
-            );
-            for name in &keys {
-                if store.recover_rotation(name)? {
-                    // Named as errors name records: never the subject.
-                    tracing::info!(
-                        record = %record_name(name),
-                        "applied a refresh token rotated by the previous run's helper"
-                    );
-                }
-            }
             Ok(Arc::new(store))
         }
         StoreConfig::Redis {
@@ -550,6 +545,10 @@ pub use crate::material::parse_store_key as parse_key;
 
 /// SHA-256 of a secret, hex: how a spent or replaced refresh token is remembered without
 /// keeping the token.
+/// What a rotation journal does to the stored record: the record to write, or `None` for a
+/// journal older than the record (it is discarded).
+pub type JournalPolicy = fn(Option<StoredToken>, journal::JournalEntry) -> Option<StoredToken>;
+
 /// A record as errors name it (see [`RecordKey::describe`]).
 pub(crate) fn record_name(key: &str) -> String {
     RecordKey::parse(key).describe()

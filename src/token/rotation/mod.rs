@@ -24,6 +24,8 @@
 //! dies is replaced at the next exchange; the exchanges it had fail as transient errors (a
 //! journal it wrote is still found).
 
+pub mod policy;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
