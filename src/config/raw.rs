@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use super::error::SourceMap;
 use super::store::RawStore;
+use super::{ConfigError, GrantConfig, RefreshPolicy, SubjectConfig};
 use crate::material::RawSecretRef;
 
 #[derive(Deserialize, Default)]
@@ -98,40 +100,82 @@ pub struct RawServer {
     pub allow_remote_clients: Option<bool>,
 }
 
-/// A credential table, strict for the grant it names.
-pub enum RawCredential {
-    ClientCredentials(RawClientCredentials),
-    RefreshToken(RawRefreshTokenCredential),
-    Static(RawStaticCredential),
-    TokenExchange(RawTokenExchangeCredential),
-    JwtBearer(RawJwtBearerCredential),
-    /// A grant name this build does not know (the table is not read further).
-    Unknown(String),
-    /// No `grant` key at all.
-    Missing,
+/// The registry of grant kinds: a grant's name, its variant and its strict table (declared
+/// below with [`credential_table!`]). Its lowering is `lower/grant/<kind>.rs`'s
+/// [`LowerGrant`] impl; a new grant is its table, that file and one line here.
+macro_rules! grants {
+    ($($name:literal => $variant:ident($raw:ident),)*) => {
+        /// A credential table, strict for the grant it names.
+        pub enum RawCredential {
+            $($variant($raw),)*
+            /// A grant name this build does not know (the table is not read further).
+            Unknown(String),
+            /// No `grant` key at all.
+            Missing,
+        }
+
+        impl RawCredential {
+            /// The keys a credential of this grant accepts, for the "belongs to another
+            /// grant" hint.
+            pub fn keys_of(grant: &str) -> Option<&'static [&'static str]> {
+                match grant {
+                    $($name => Some($raw::KEYS),)*
+                    _ => None,
+                }
+            }
+
+            /// Every grant kind this build reads, in the order error messages list them.
+            pub const GRANTS: &'static [&'static str] = &[$($name),*];
+
+            /// The table, as lowering reads it; `None` for an unknown or missing grant.
+            pub fn table(&self) -> Option<&dyn LowerGrant> {
+                match self {
+                    $(RawCredential::$variant(t) => Some(t),)*
+                    RawCredential::Unknown(_) | RawCredential::Missing => None,
+                }
+            }
+
+            /// Reads a credential's table as the grant it names.
+            fn read<'de, A: MapAccess<'de>>(
+                grant: Option<&str>,
+                map: &mut A,
+            ) -> Result<RawCredential, A::Error> {
+                Ok(match grant {
+                    $(Some($name) => RawCredential::$variant(map.next_value()?),)*
+                    Some(other) => {
+                        map.next_value::<IgnoredAny>()?;
+                        RawCredential::Unknown(other.to_string())
+                    }
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                        RawCredential::Missing
+                    }
+                })
+            }
+        }
+    };
 }
 
-impl RawCredential {
-    /// The keys a credential of this grant accepts, for the "belongs to another grant" hint.
-    pub fn keys_of(grant: &str) -> Option<&'static [&'static str]> {
-        match grant {
-            "client_credentials" => Some(RawClientCredentials::KEYS),
-            "refresh_token" => Some(RawRefreshTokenCredential::KEYS),
-            "static" => Some(RawStaticCredential::KEYS),
-            "token_exchange" => Some(RawTokenExchangeCredential::KEYS),
-            "jwt_bearer" => Some(RawJwtBearerCredential::KEYS),
-            _ => None,
-        }
-    }
+grants! {
+    "client_credentials" => ClientCredentials(RawClientCredentials),
+    "refresh_token" => RefreshToken(RawRefreshTokenCredential),
+    "token_exchange" => TokenExchange(RawTokenExchangeCredential),
+    "jwt_bearer" => JwtBearer(RawJwtBearerCredential),
+    "static" => Static(RawStaticCredential),
+}
 
-    /// Every grant kind this build reads, in the order error messages list them.
-    pub const GRANTS: [&'static str; 5] = [
-        "client_credentials",
-        "refresh_token",
-        "token_exchange",
-        "jwt_bearer",
-        "static",
-    ];
+/// One grant's table lowered into the model: implemented once per grant, in
+/// `lower/grant/<kind>.rs`.
+pub trait LowerGrant {
+    fn lower(&self, map: &SourceMap, name: &str) -> Result<LoweredGrant, ConfigError>;
+}
+
+/// What a grant's table lowers into.
+pub struct LoweredGrant {
+    pub grant: GrantConfig,
+    pub policy: RefreshPolicy,
+    /// Set for a per-subject credential.
+    pub subjects: Option<SubjectConfig>,
 }
 
 /// Declares a strict credential table: `grant`, the keys of each named group, then its own.
@@ -397,21 +441,7 @@ impl<'de> Visitor<'de> for EachCredential<'_> {
         let mut tables = BTreeMap::new();
         while let Some(name) = map.next_key::<String>()? {
             let grant = self.0.get(&name).cloned().flatten();
-            let table = match grant.as_deref() {
-                Some("client_credentials") => RawCredential::ClientCredentials(map.next_value()?),
-                Some("refresh_token") => RawCredential::RefreshToken(map.next_value()?),
-                Some("static") => RawCredential::Static(map.next_value()?),
-                Some("token_exchange") => RawCredential::TokenExchange(map.next_value()?),
-                Some("jwt_bearer") => RawCredential::JwtBearer(map.next_value()?),
-                Some(other) => {
-                    map.next_value::<IgnoredAny>()?;
-                    RawCredential::Unknown(other.to_string())
-                }
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                    RawCredential::Missing
-                }
-            };
+            let table = RawCredential::read(grant.as_deref(), &mut map)?;
             tables.insert(name, table);
         }
         Ok(tables)

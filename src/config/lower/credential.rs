@@ -3,6 +3,8 @@
 
 use super::*;
 
+use crate::config::raw::LoweredGrant;
+
 use crate::config::raw::{RawSchedule, RawTokenRequest, RawWait};
 use crate::material::RawSecretRef;
 
@@ -12,67 +14,29 @@ pub(super) fn lower_credential(
     rc: &RawCredential,
 ) -> Result<CredentialConfig, ConfigError> {
     let key = |k: &str| format!("credentials.{name}.{k}");
-    let (grant, policy, subjects) = match rc {
-        RawCredential::ClientCredentials(t) => {
-            let policy = lower_policy(map, name, &t.schedule(), &t.wait())?;
-            let request = lower_token_request(
-                map,
-                name,
-                &t.grant,
-                &t.token_request(),
-                ClientIdRule::Required,
-                false,
-            )?;
-            (GrantConfig::ClientCredentials(request), policy, None)
-        }
-        RawCredential::RefreshToken(t) => {
-            let policy = lower_policy(map, name, &t.schedule(), &t.wait())?;
-            let (grant, subjects) = lower_refresh_token(map, name, t)?;
-            (grant, policy, subjects)
-        }
-        RawCredential::Static(t) => {
-            // A static token has no lifetime of its own: nothing to schedule.
-            let policy = lower_policy(map, name, &RawSchedule::default(), &t.wait())?;
-            let Some(token) = &t.token else {
-                return Err(map.error_at(
-                    &key("grant"),
-                    format!(
-                        "grant {:?} needs `token = {{ file = \"…\" }}` (or {{ env = \"…\" }})",
-                        t.grant
-                    ),
-                ));
-            };
-            let token = map.lower_secret(&key("token"), token)?;
-            (GrantConfig::Static { token }, policy, None)
-        }
-        RawCredential::TokenExchange(t) => {
-            let policy = lower_policy(map, name, &t.schedule(), &t.wait())?;
-            let (grant, subjects) = lower_token_exchange(map, name, t)?;
-            (grant, policy, subjects)
-        }
-        RawCredential::JwtBearer(t) => {
-            let policy = lower_policy(map, name, &t.schedule(), &t.wait())?;
-            (lower_jwt_bearer(map, name, t)?, policy, None)
-        }
-        RawCredential::Unknown(other) => {
-            return Err(map.error_at(
+    let Some(table) = rc.table() else {
+        return Err(match rc {
+            RawCredential::Unknown(other) => map.error_at(
                 &key("grant"),
                 format!(
                     "unknown grant {other:?} (expected {})",
                     RawCredential::GRANTS.join(" | ")
                 ),
-            ))
-        }
-        RawCredential::Missing => {
-            return Err(map.error_at(
+            ),
+            _ => map.error_at(
                 &format!("credentials.{name}"),
                 format!(
                     "the credential needs `grant = \"…\"` ({})",
                     RawCredential::GRANTS.join(" | ")
                 ),
-            ))
-        }
+            ),
+        });
     };
+    let LoweredGrant {
+        grant,
+        policy,
+        subjects,
+    } = table.lower(map, name)?;
     Ok(CredentialConfig {
         name: name.to_string(),
         grant,
@@ -81,214 +45,8 @@ pub(super) fn lower_credential(
     })
 }
 
-/// A `refresh_token` credential: the token request, the login endpoints, the seed, and the
-/// subjects when it keeps one refresh token per user.
-fn lower_refresh_token(
-    map: &SourceMap,
-    name: &str,
-    t: &crate::config::raw::RawRefreshTokenCredential,
-) -> Result<(GrantConfig, Option<SubjectConfig>), ConfigError> {
-    let key = |k: &str| format!("credentials.{name}.{k}");
-    let mut request = lower_token_request(
-        map,
-        name,
-        &t.grant,
-        &t.token_request(),
-        ClientIdRule::Required,
-        false,
-    )?;
-    let optional_url = |field: &str, value: &Option<String>| {
-        value
-            .as_deref()
-            .map(|v| private_url(map, &key(field), v, t.insecure_http))
-            .transpose()
-    };
-    // The device endpoint takes the client's credentials; the authorization endpoint,
-    // the user's.
-    request.authorization_url = optional_url("authorization_url", &t.authorization_url)?;
-    request.device_authorization_url =
-        optional_url("device_authorization_url", &t.device_authorization_url)?;
-    request.redirect_port = t.redirect_port;
-    request.scope_on_refresh = t.scope_on_refresh.unwrap_or(false);
-    // Without a seed the credential waits for `bearerd login`.
-    let seed = t
-        .refresh_token
-        .as_ref()
-        .map(|r| map.lower_secret(&key("refresh_token"), r))
-        .transpose()?;
-    let subjects = lower_subjects(map, name, t)?;
-    if subjects.is_some() && seed.is_some() {
-        return Err(map.error_at(
-            &key("refresh_token"),
-            "a per-subject credential (subject_header) gets a refresh token per subject (connect flow, login, or the admin API), not one configured seed",
-        ));
-    }
-    Ok((GrantConfig::RefreshToken { request, seed }, subjects))
-}
-
-/// A `token_exchange` credential (RFC 8693): a subject token from a file, or from each
-/// request's header (on behalf of its user), and an optional actor token.
-fn lower_token_exchange(
-    map: &SourceMap,
-    name: &str,
-    t: &crate::config::raw::RawTokenExchangeCredential,
-) -> Result<(GrantConfig, Option<SubjectConfig>), ConfigError> {
-    let key = |k: &str| format!("credentials.{name}.{k}");
-    let mut subjects = None;
-    let request = lower_token_request(
-        map,
-        name,
-        &t.grant,
-        &t.token_request(),
-        ClientIdRule::Optional,
-        false,
-    )?;
-    let Some(subject) = &t.subject_token else {
-        return Err(map.error_at(
-            &key("grant"),
-            "grant \"token_exchange\" needs `subject_token = { file = \"…\" }` (or `{ header = \"…\" }` on behalf of each request's user)",
-        ));
-    };
-    let subject = match subject {
-        RawSecretRef::Header { header } => {
-            subjects = Some(lower_on_behalf_of(map, name, header, t)?);
-            TypedToken {
-                // Never sent: each subject's grant takes the request's token.
-                token: SecretRef::Value(secrecy::SecretString::from(String::new())),
-                token_type: match &t.subject_token_type {
-                    Some(ty) => token_type_uri(map, &key("subject_token_type"), ty)?,
-                    None => TOKEN_TYPE_JWT.to_string(),
-                },
-            }
-        }
-        _ => {
-            for (field, set) in [
-                ("subject_idle", t.subject_idle.is_some()),
-                ("max_subjects_in_memory", t.max_subjects_in_memory.is_some()),
-                (
-                    "new_subjects_per_second",
-                    t.new_subjects_per_second.is_some(),
-                ),
-                ("opaque_token_lifetime", t.opaque_token_lifetime.is_some()),
-            ] {
-                if set {
-                    return Err(map.error_at(
-                        &key(field),
-                        format!("{field} belongs to on-behalf-of exchanges: subject_token = {{ header = \"…\" }}"),
-                    ));
-                }
-            }
-            lower_typed_token(
-                map,
-                name,
-                ("subject_token", subject),
-                ("subject_token_type", &t.subject_token_type),
-            )?
-        }
-    };
-    let actor = match (&t.actor_token, &t.actor_token_type) {
-        (Some(actor), ty) => Some(lower_typed_token(
-            map,
-            name,
-            ("actor_token", actor),
-            ("actor_token_type", ty),
-        )?),
-        (None, Some(_)) => {
-            return Err(map.error_at(
-                &key("actor_token_type"),
-                "actor_token_type needs `actor_token`",
-            ))
-        }
-        (None, None) => None,
-    };
-    let requested_token_type = t
-        .requested_token_type
-        .as_deref()
-        .map(|v| token_type_uri(map, &key("requested_token_type"), v))
-        .transpose()?;
-    let audience = non_empty(map, &key("audience"), &t.audience)?;
-    if request.params.contains_key("audience") {
-        return Err(map.error_at(
-            &key("params"),
-            "a token_exchange credential sets `audience` as a key of its own, not in params",
-        ));
-    }
-    let exchange = TokenExchangeConfig {
-        request,
-        subject,
-        actor,
-        audience,
-        requested_token_type,
-    };
-    Ok((GrantConfig::TokenExchange(exchange), subjects))
-}
-
-/// A `jwt_bearer` credential (RFC 7523): a signing key (PEM or a service-account file),
-/// the assertion's issuer and subject.
-fn lower_jwt_bearer(
-    map: &SourceMap,
-    name: &str,
-    t: &crate::config::raw::RawJwtBearerCredential,
-) -> Result<GrantConfig, ConfigError> {
-    let key = |k: &str| format!("credentials.{name}.{k}");
-    let rc = t.token_request();
-    let source = match (&rc.private_key, &t.service_account_key) {
-        (Some(_), Some(_)) => {
-            return Err(map.error_at(
-                &key("service_account_key"),
-                "give `private_key` or `service_account_key`, not both",
-            ))
-        }
-        (Some(pem), None) => (
-            "private_key",
-            KeySource::Pem(key_source(map, &key("private_key"), pem)?),
-        ),
-        (None, Some(sa)) => {
-            if rc.key_id.is_some() {
-                return Err(map.error_at(
-                    &key("key_id"),
-                    "key_id comes from the service-account key (private_key_id)",
-                ));
-            }
-            (
-                "service_account_key",
-                KeySource::ServiceAccount(key_source(map, &key("service_account_key"), sa)?),
-            )
-        }
-        (None, None) => {
-            return Err(map.error_at(
-                &key("grant"),
-                "grant \"jwt_bearer\" needs `private_key = { file = \"…\" }` or `service_account_key = { file = \"…\" }`",
-            ))
-        }
-    };
-    let (source_key, source) = source;
-    // Google refuses a service-account assertion without a scope; said once the key has
-    // been read (a file that is no service-account key is the first thing to fix).
-    let service_account = matches!(source, KeySource::ServiceAccount(_));
-    let scopes_missing = service_account && rc.scopes.as_ref().is_none_or(Vec::is_empty);
-    let signing = lower_signing(map, name, &rc, (source, source_key), scopes_missing)?;
-    let request = lower_token_request(map, name, &t.grant, &rc, ClientIdRule::Optional, true)?;
-    // A service-account key names the assertion's issuer (its account) and may name the
-    // token endpoint (read when the grant is built).
-    let issuer = non_empty(map, &key("assertion_issuer"), &t.assertion_issuer)?;
-    if issuer.is_none() && !service_account && request.client.client_id.is_none() {
-        return Err(map.error_at(
-            &key("grant"),
-            "grant \"jwt_bearer\" needs `client_id` or `assertion_issuer` (the assertion's issuer)",
-        ));
-    }
-    let jwt = JwtBearerConfig {
-        request,
-        signing,
-        issuer,
-        subject: non_empty(map, &key("assertion_subject"), &t.assertion_subject)?,
-    };
-    Ok(GrantConfig::JwtBearer(jwt))
-}
-
 /// Request headers a subject header may not be: bearerd or HTTP itself gives them meaning.
-const RESERVED_SUBJECT_HEADERS: [&str; 12] = [
+pub(super) const RESERVED_SUBJECT_HEADERS: [&str; 12] = [
     "authorization",
     "host",
     "content-length",
@@ -303,124 +61,8 @@ const RESERVED_SUBJECT_HEADERS: [&str; 12] = [
     "proxy-authorization",
 ];
 
-/// `subject_header` and its companions (which mean nothing without it).
-fn lower_subjects(
-    map: &SourceMap,
-    name: &str,
-    t: &crate::config::raw::RawRefreshTokenCredential,
-) -> Result<Option<SubjectConfig>, ConfigError> {
-    let key = |k: &str| format!("credentials.{name}.{k}");
-    if let (Some(_), Some(_)) = (&t.subject_header, &t.subject_from) {
-        return Err(map.error_at(
-            &key("subject_from"),
-            "subject_header and subject_from both name the subject: keep one",
-        ));
-    }
-    let from_jwt = t
-        .subject_from
-        .as_ref()
-        .map(|f| lower_subject_jwt(map, name, &f.jwt, t.insecure_http.unwrap_or(false)))
-        .transpose()?
-        .map(|(header, mut jwt)| {
-            jwt.ca_file = t.ca_file.clone();
-            (header, jwt)
-        });
-    let header = match (&t.subject_header, &from_jwt) {
-        (Some(header), _) => Some(subject_header_name(map, &key("subject_header"), header)?),
-        (None, Some((header, _))) => Some(header.clone()),
-        (None, None) => None,
-    };
-    let Some(parsed) = header else {
-        for (field, set) in [
-            ("redirect_uri", t.redirect_uri.is_some()),
-            ("subject_idle", t.subject_idle.is_some()),
-            ("max_subjects_in_memory", t.max_subjects_in_memory.is_some()),
-            ("connect_lifetime", t.connect_lifetime.is_some()),
-        ] {
-            if set {
-                return Err(map.error_at(
-                    &key(field),
-                    format!("{field} belongs to per-subject credentials: set subject_header too"),
-                ));
-            }
-        }
-        return Ok(None);
-    };
-    let redirect_uri = t
-        .redirect_uri
-        .as_deref()
-        .map(|v| private_url(map, &key("redirect_uri"), v, t.insecure_http))
-        .transpose()?;
-    let (idle, max_in_memory) =
-        subjects_in_memory(map, name, &t.subject_idle, t.max_subjects_in_memory)?;
-    let connect_lifetime = bounded_duration(
-        map,
-        &key("connect_lifetime"),
-        &t.connect_lifetime,
-        SubjectConfig::DEFAULT_CONNECT_LIFETIME,
-        Duration::from_secs(1),
-    )?;
-    if connect_lifetime > Duration::from_secs(3600) {
-        return Err(map.error_at(
-            &key("connect_lifetime"),
-            "connect_lifetime may be at most 1h: a state is a key to the subject's account",
-        ));
-    }
-    Ok(Some(SubjectConfig {
-        header: parsed,
-        kind: SubjectKind::Delegated { redirect_uri },
-        idle,
-        max_in_memory,
-        connect_lifetime,
-        from_jwt: from_jwt.map(|(_, jwt)| jwt),
-    }))
-}
-
-/// `subject_from = { jwt = … }`: the header that carries the user's JWT (`authorization`
-/// by default, which bearerd replaces before forwarding) and what the JWT must say.
-fn lower_subject_jwt(
-    map: &SourceMap,
-    name: &str,
-    raw: &crate::config::raw::RawSubjectJwt,
-    insecure_http: bool,
-) -> Result<(http::HeaderName, JwtSubjectConfig), ConfigError> {
-    let key = |k: &str| format!("credentials.{name}.subject_from.jwt.{k}");
-    let header = match raw.header.as_deref().map(str::trim) {
-        None => http::header::AUTHORIZATION,
-        Some(h) if h.eq_ignore_ascii_case("authorization") => http::header::AUTHORIZATION,
-        Some(h) => subject_header_name(map, &key("header"), h)?,
-    };
-    let insecure = Some(insecure_http);
-    // The issuer is compared with `iss` as written, and its metadata is fetched from it.
-    private_url(map, &key("issuer"), &raw.issuer, insecure)?;
-    let jwks_url = raw
-        .jwks_url
-        .as_deref()
-        .map(|v| private_url(map, &key("jwks_url"), v, insecure))
-        .transpose()?;
-    let audience = raw.audience.trim();
-    if audience.is_empty() {
-        return Err(map.error_at(&key("audience"), "audience may not be empty"));
-    }
-    let claim = raw.claim.as_deref().unwrap_or("sub").trim();
-    if claim.is_empty() {
-        return Err(map.error_at(&key("claim"), "claim may not be empty"));
-    }
-    Ok((
-        header,
-        JwtSubjectConfig {
-            issuer: raw.issuer.clone(),
-            audience: audience.to_string(),
-            claim: claim.to_string(),
-            jwks_url,
-            insecure_http,
-            ca_file: None,
-        },
-    ))
-}
-
 /// `subject_idle` and `max_subjects_in_memory`: how subjects leave memory.
-fn subjects_in_memory(
+pub(super) fn subjects_in_memory(
     map: &SourceMap,
     name: &str,
     idle: &Option<String>,
@@ -445,7 +87,7 @@ fn subjects_in_memory(
 }
 
 /// A header the app names its end user (or passes the user's token) in.
-fn subject_header_name(
+pub(super) fn subject_header_name(
     map: &SourceMap,
     key: &str,
     header: &str,
@@ -464,50 +106,7 @@ fn subject_header_name(
     Ok(parsed)
 }
 
-/// `subject_token = { header = "…" }`: each request carries its user's token, exchanged
-/// (and cached under a hash of it) on that user's behalf.
-fn lower_on_behalf_of(
-    map: &SourceMap,
-    name: &str,
-    header: &str,
-    t: &crate::config::raw::RawTokenExchangeCredential,
-) -> Result<SubjectConfig, ConfigError> {
-    let key = |k: &str| format!("credentials.{name}.{k}");
-    // An `actor_token` (the agent's own token, from a file) goes with every user's
-    // exchange, lowered with the other grant keys.
-    let header = subject_header_name(map, &key("subject_token"), header)?;
-    let (idle, max_in_memory) =
-        subjects_in_memory(map, name, &t.subject_idle, t.max_subjects_in_memory)?;
-    let new_per_second = t
-        .new_subjects_per_second
-        .unwrap_or(SubjectConfig::DEFAULT_NEW_PER_SECOND);
-    if new_per_second == 0 {
-        return Err(map.error_at(
-            &key("new_subjects_per_second"),
-            "new_subjects_per_second must be at least 1",
-        ));
-    }
-    let opaque_lifetime = bounded_duration(
-        map,
-        &key("opaque_token_lifetime"),
-        &t.opaque_token_lifetime,
-        SubjectConfig::DEFAULT_OPAQUE_LIFETIME,
-        Duration::from_secs(1),
-    )?;
-    Ok(SubjectConfig {
-        header,
-        kind: SubjectKind::OnBehalfOf {
-            new_per_second,
-            opaque_lifetime,
-        },
-        idle,
-        max_in_memory,
-        connect_lifetime: SubjectConfig::DEFAULT_CONNECT_LIFETIME,
-        from_jwt: None,
-    })
-}
-
-fn lower_policy(
+pub(super) fn lower_policy(
     map: &SourceMap,
     name: &str,
     schedule: &RawSchedule,
@@ -575,7 +174,7 @@ fn lower_policy(
 }
 
 /// The token request of an OAuth grant; the login endpoints are the refresh_token grant's.
-fn lower_token_request(
+pub(super) fn lower_token_request(
     map: &SourceMap,
     name: &str,
     grant: &str,
@@ -665,7 +264,7 @@ fn lower_token_request(
 }
 
 /// `allowed_authorization_servers`: issuer URLs (https, or http on loopback) or hosts.
-fn lower_pins(
+pub(super) fn lower_pins(
     map: &SourceMap,
     key: &str,
     pins: &Option<Vec<String>>,
@@ -707,7 +306,7 @@ fn lower_pins(
 
 /// Whether a grant needs `client_id` whatever its client authentication.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum ClientIdRule {
+pub(super) enum ClientIdRule {
     Required,
     /// jwt_bearer and token_exchange: the assertion or subject token says who is asking.
     Optional,
@@ -715,7 +314,7 @@ enum ClientIdRule {
 
 /// The `client_auth` values, parsed before the method's keys are read.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Method {
+pub(super) enum Method {
     Basic,
     Post,
     PrivateKeyJwt,
@@ -766,11 +365,12 @@ impl Method {
 }
 
 /// Keys a jwt_bearer credential uses for its own assertion.
-const SIGNING_KEYS: [&str; 4] = ["private_key", "key_id", "signing_alg", "assertion_audience"];
+pub(super) const SIGNING_KEYS: [&str; 4] =
+    ["private_key", "key_id", "signing_alg", "assertion_audience"];
 
 /// A file, required for what the platform rewrites (a projected token, a certificate):
 /// a value given inline or in the environment could never be renewed.
-fn file_only(
+pub(super) fn file_only(
     map: &SourceMap,
     key: &str,
     raw: &RawSecretRef,
@@ -788,7 +388,11 @@ fn file_only(
 }
 
 /// A private key from a file or the environment, never written into the config itself.
-fn key_source(map: &SourceMap, key: &str, raw: &RawSecretRef) -> Result<SecretRef, ConfigError> {
+pub(super) fn key_source(
+    map: &SourceMap,
+    key: &str,
+    raw: &RawSecretRef,
+) -> Result<SecretRef, ConfigError> {
     match raw {
         RawSecretRef::Inline(_) => {
             let name = key.rsplit('.').next().unwrap_or(key);
@@ -803,7 +407,7 @@ fn key_source(map: &SourceMap, key: &str, raw: &RawSecretRef) -> Result<SecretRe
     }
 }
 
-fn lower_client_auth(
+pub(super) fn lower_client_auth(
     map: &SourceMap,
     name: &str,
     grant: &str,
@@ -838,7 +442,7 @@ fn lower_client_auth(
 
 /// The client authentication method: `client_auth`, else the one the credential's keys
 /// imply. A key that belongs to another method is an error.
-fn client_auth_method(
+pub(super) fn client_auth_method(
     map: &SourceMap,
     name: &str,
     rc: &RawTokenRequest,
@@ -899,7 +503,7 @@ fn client_auth_method(
 
 /// The method with what it needs read and checked: a secret, a key, a client assertion
 /// file (a JWT), or a certificate and key that belong together.
-fn lower_client_auth_method(
+pub(super) fn lower_client_auth_method(
     map: &SourceMap,
     name: &str,
     rc: &RawTokenRequest,
@@ -952,7 +556,7 @@ fn lower_client_auth_method(
 
 /// A signing key and its header: the check step reads the key, so a wrong kind of key, an
 /// unreadable file or an algorithm the key cannot sign with is a config error.
-fn lower_signing(
+pub(super) fn lower_signing(
     map: &SourceMap,
     name: &str,
     rc: &RawTokenRequest,
@@ -991,7 +595,7 @@ fn lower_signing(
 
 /// A token read at every use, with its RFC 8693 type (a JWT unless said otherwise; one
 /// declared as a JWT must be one already).
-fn lower_typed_token(
+pub(super) fn lower_typed_token(
     map: &SourceMap,
     name: &str,
     (token_key, raw): (&str, &RawSecretRef),
@@ -1012,7 +616,11 @@ fn lower_typed_token(
     Ok(TypedToken { token, token_type })
 }
 
-fn token_type_uri(map: &SourceMap, key: &str, value: &str) -> Result<String, ConfigError> {
+pub(super) fn token_type_uri(
+    map: &SourceMap,
+    key: &str,
+    value: &str,
+) -> Result<String, ConfigError> {
     if value.contains(':') && !value.chars().any(char::is_whitespace) {
         Ok(value.to_string())
     } else {
@@ -1023,7 +631,7 @@ fn token_type_uri(map: &SourceMap, key: &str, value: &str) -> Result<String, Con
     }
 }
 
-fn non_empty(
+pub(super) fn non_empty(
     map: &SourceMap,
     key: &str,
     value: &Option<String>,

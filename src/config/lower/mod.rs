@@ -2,6 +2,7 @@
 //! file, line and key. Credentials, one grant at a time, are in `credential`.
 
 mod credential;
+mod grant;
 
 use credential::lower_credential;
 
@@ -52,7 +53,8 @@ pub(super) fn schema_error(map: &SourceMap, err: &toml::de::Error) -> ConfigErro
             RawCredential::keys_of(grant),
         ) {
             let takers: Vec<&str> = RawCredential::GRANTS
-                .into_iter()
+                .iter()
+                .copied()
                 .filter(|g| RawCredential::keys_of(g).is_some_and(|k| k.contains(&field)))
                 .collect();
             let hint = if !takers.is_empty() {
