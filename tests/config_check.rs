@@ -1135,3 +1135,22 @@ fn a_subject_from_a_jwt_is_checked_like_the_rest() {
         &["credentials.crm.subject_from.jwt.header", "cookie"],
     );
 }
+
+/// Every grant lowers its schedule first: of two errors, a bad schedule value is the one
+/// reported (a move of the grants' lowering into files of their own once changed this
+/// for two grants).
+#[test]
+fn a_bad_schedule_is_reported_first_for_every_grant() {
+    for grant in [
+        "client_credentials",
+        "refresh_token",
+        "token_exchange",
+        "jwt_bearer",
+    ] {
+        // Nothing else the grant needs is there either.
+        let text = format!(
+            "[credentials.a]\ngrant = \"{grant}\"\ntoken_url = \"https://idp.example.com/token\"\nrefresh_ratio = 2.0\n\n[upstreams.a]\nurl = \"https://api.example.com/\"\npath_prefix = \"/a\"\ncredential = \"a\"\n"
+        );
+        assert_error(&text, 4, &["credentials.a.refresh_ratio"]);
+    }
+}

@@ -1,8 +1,10 @@
 //! Lowering: the raw TOML tables into the validated model, with every error located at its
 //! file, line and key. Credentials, one grant at a time, are in `credential`.
 
+mod client_auth;
 mod credential;
 mod grant;
+mod token_request;
 
 use credential::lower_credential;
 

@@ -1,6 +1,7 @@
 //! `grant = "client_credentials"` (RFC 6749 §4.4): the client's own token.
 
 use super::super::credential::*;
+use super::super::token_request::lower_token_request;
 use super::super::*;
 use crate::config::raw::{LowerGrant, LoweredGrant};
 use raw::RawClientCredentials;

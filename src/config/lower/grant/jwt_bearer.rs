@@ -2,6 +2,7 @@
 //! Google service-account key.
 
 use super::super::credential::*;
+use super::super::token_request::lower_token_request;
 use super::super::*;
 use crate::config::raw::{LowerGrant, LoweredGrant};
 use raw::RawJwtBearerCredential;

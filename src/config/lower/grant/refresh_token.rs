@@ -3,6 +3,7 @@
 //! per end user.
 
 use super::super::credential::*;
+use super::super::token_request::lower_token_request;
 use super::super::*;
 use crate::config::raw::{LowerGrant, LoweredGrant};
 use raw::RawRefreshTokenCredential;
@@ -20,6 +21,8 @@ fn lower_refresh_token(
     name: &str,
     t: &raw::RawRefreshTokenCredential,
 ) -> Result<LoweredGrant, ConfigError> {
+    // The schedule first, as for every grant: its errors are reported before the others.
+    let policy = lower_policy(map, name, &t.schedule(), &t.wait())?;
     let key = |k: &str| format!("credentials.{name}.{k}");
     let mut request = lower_token_request(
         map,
@@ -57,7 +60,7 @@ fn lower_refresh_token(
     }
     Ok(LoweredGrant {
         grant: GrantConfig::RefreshToken { request, seed },
-        policy: lower_policy(map, name, &t.schedule(), &t.wait())?,
+        policy,
         subjects,
     })
 }

@@ -2,6 +2,7 @@
 //! request's header (on behalf of its user), and an optional actor token.
 
 use super::super::credential::*;
+use super::super::token_request::lower_token_request;
 use super::super::*;
 use crate::config::raw::{LowerGrant, LoweredGrant};
 use raw::RawTokenExchangeCredential;
@@ -19,6 +20,8 @@ fn lower_token_exchange(
     name: &str,
     t: &raw::RawTokenExchangeCredential,
 ) -> Result<LoweredGrant, ConfigError> {
+    // The schedule first, as for every grant: its errors are reported before the others.
+    let policy = lower_policy(map, name, &t.schedule(), &t.wait())?;
     let key = |k: &str| format!("credentials.{name}.{k}");
     let mut subjects = None;
     let request = lower_token_request(
@@ -108,7 +111,7 @@ fn lower_token_exchange(
     };
     Ok(LoweredGrant {
         grant: GrantConfig::TokenExchange(exchange),
-        policy: lower_policy(map, name, &t.schedule(), &t.wait())?,
+        policy,
         subjects,
     })
 }

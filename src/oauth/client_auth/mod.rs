@@ -1,12 +1,19 @@
-//! Client authentication at the token endpoint, one arm per `client_auth` method
-//! (RFC 6749 §2.3.1, RFC 7523 §2.2, RFC 8705 §2.1). Secrets, keys and assertions are read
-//! at each use, so a rotated file counts from the next request on.
+//! Client authentication at the token endpoint: one file per `client_auth` method that
+//! puts something in the request (RFC 6749 §2.3.1, RFC 7523 §2.2), and an arm each here;
+//! `tls_client_auth` (RFC 8705 §2.1) is the transport's, `none` names the client only.
+//! Secrets, keys and assertions are read at each use, so a rotated file counts from the
+//! next request on.
+
+mod basic;
+mod client_assertion;
+mod post;
+mod private_key_jwt;
 
 use secrecy::ExposeSecret;
 
 use super::error::{GrantError, GrantInput};
 use crate::config::{ClientAuthMethod, SecretRef};
-use crate::material::signing::{AssertionClaims, AssertionSigner};
+use crate::material::signing::AssertionSigner;
 
 /// RFC 7523 §2.2: the `client_assertion_type` of a JWT assertion.
 pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -51,68 +58,18 @@ impl ClientAuthenticator {
             s.resolve()
                 .map_err(|m| GrantError::unavailable(GrantInput::ClientSecret, m))
         };
-        let with_id = |form: &mut Form| {
-            if let Some(id) = client_id {
-                form.push(("client_id", id.to_string()));
-            }
-        };
         match self {
-            ClientAuthenticator::Basic(s) => {
-                let secret = secret(s)?;
-                // RFC 6749 §2.3.1: both parts are form-urlencoded before base64.
-                use base64::Engine;
-                let user = form_encode(client_id.unwrap_or_default());
-                let pass = form_encode(secret.expose_secret());
-                let b64 =
-                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-                let mut value =
-                    http::HeaderValue::try_from(format!("Basic {b64}")).map_err(|_| {
-                        GrantError::unavailable(
-                            GrantInput::ClientSecret,
-                            "the client secret cannot go in a header",
-                        )
-                    })?;
-                value.set_sensitive(true);
-                req = req.header("authorization", value);
-            }
-            ClientAuthenticator::Post(s) => {
-                let secret = secret(s)?;
-                with_id(form);
-                form.push(("client_secret", secret.expose_secret().to_string()));
-            }
+            ClientAuthenticator::Basic(s) => req = basic::apply(req, secret(s)?, client_id)?,
+            ClientAuthenticator::Post(s) => post::apply(form, secret(s)?, client_id),
             ClientAuthenticator::PrivateKeyJwt(signer) => {
-                let id = client_id.unwrap_or_default();
-                let key = signer.current_key().map_err(|e| {
-                    GrantError::unavailable(
-                        GrantInput::PrivateKey,
-                        format!("{} {e}", signer.config().key.describe()),
-                    )
-                })?;
-                let audience = signer
-                    .config()
-                    .audience
-                    .as_deref()
-                    .unwrap_or(token_endpoint);
-                let claims = AssertionClaims {
-                    issuer: id,
-                    subject: id,
-                    audience,
-                    scope: None,
-                };
-                let assertion = signer
-                    .sign(&key, &claims)
-                    .map_err(|e| GrantError::unavailable(GrantInput::PrivateKey, e.to_string()))?;
-                with_id(form);
-                form.push(("client_assertion_type", JWT_BEARER_ASSERTION.to_string()));
-                form.push(("client_assertion", assertion.expose_secret().to_string()));
+                private_key_jwt::apply(form, signer, client_id, token_endpoint)?
             }
             ClientAuthenticator::ClientAssertion(source) => {
-                let assertion = read_jwt(source, GrantInput::ClientAssertion)?;
-                with_id(form);
-                form.push(("client_assertion_type", JWT_BEARER_ASSERTION.to_string()));
-                form.push(("client_assertion", assertion.expose_secret().to_string()));
+                client_assertion::apply(form, source, client_id)?
             }
-            ClientAuthenticator::TlsClientAuth | ClientAuthenticator::None => with_id(form),
+            ClientAuthenticator::TlsClientAuth | ClientAuthenticator::None => {
+                with_client_id(form, client_id)
+            }
         }
         Ok(req)
     }
@@ -163,6 +120,20 @@ pub fn read_token(
         ));
     }
     Ok((value, left))
+}
+
+/// The form names the client, when it has an id.
+fn with_client_id(form: &mut Form, client_id: Option<&str>) {
+    if let Some(id) = client_id {
+        form.push(("client_id", id.to_string()));
+    }
+}
+
+/// A JWT assertion in the form, as RFC 7523 §2.2 carries it.
+fn with_assertion(form: &mut Form, client_id: Option<&str>, assertion: &secrecy::SecretString) {
+    with_client_id(form, client_id);
+    form.push(("client_assertion_type", JWT_BEARER_ASSERTION.to_string()));
+    form.push(("client_assertion", assertion.expose_secret().to_string()));
 }
 
 fn form_encode(s: &str) -> String {
