@@ -27,3 +27,16 @@ impl ClientCredentials {
             .map(IssuedToken::without_refresh_token)
     }
 }
+
+#[async_trait::async_trait]
+impl super::GrantKind for ClientCredentials {
+    async fn obtain(&self) -> Result<super::GrantOutcome, GrantError> {
+        ClientCredentials::obtain(self)
+            .await
+            .map(super::GrantOutcome::Issued)
+    }
+
+    fn endpoint(&self) -> Option<&TokenEndpoint> {
+        Some(&self.endpoint)
+    }
+}

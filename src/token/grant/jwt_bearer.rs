@@ -127,3 +127,16 @@ impl JwtBearer {
         Ok(token.without_refresh_token())
     }
 }
+
+#[async_trait::async_trait]
+impl super::GrantKind for JwtBearer {
+    async fn obtain(&self) -> Result<super::GrantOutcome, GrantError> {
+        JwtBearer::obtain(self)
+            .await
+            .map(super::GrantOutcome::Issued)
+    }
+
+    fn endpoint(&self) -> Option<&TokenEndpoint> {
+        Some(&self.endpoint)
+    }
+}

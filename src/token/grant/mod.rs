@@ -1,6 +1,6 @@
-//! Grants: how a token is obtained. One file per grant kind holds what it sends and what it
-//! keeps between attempts; this file dispatches with one arm per kind and no defaults, so a
-//! new grant is a file plus an arm the compiler asks for everywhere it matters.
+//! Grants: how a token is obtained. One file per grant kind holds what it sends, what it
+//! keeps between attempts, and its [`GrantKind`] impl; [`Grant::new`] has the one line per
+//! kind that builds it from its config. A new grant is a file plus that line.
 
 mod client_credentials;
 mod jwt_bearer;
@@ -31,13 +31,42 @@ pub enum GrantOutcome {
     Unchanged,
 }
 
-pub enum Grant {
-    ClientCredentials(ClientCredentials),
-    RefreshToken(RefreshTokenGrant),
-    Static(StaticToken),
-    TokenExchange(TokenExchange),
-    JwtBearer(JwtBearer),
+/// What every grant kind does, implemented once per kind in its file. `obtain` and
+/// `endpoint` are each kind's own; the rest default to what most grants do.
+#[async_trait::async_trait]
+pub trait GrantKind: Send + Sync {
+    async fn obtain(&self) -> Result<GrantOutcome, GrantError>;
+
+    /// The token endpoint (a static token has none).
+    fn endpoint(&self) -> Option<&TokenEndpoint>;
+
+    /// The endpoint a per-subject credential's subjects share (refresh-token and
+    /// on-behalf-of token-exchange grants).
+    fn subject_endpoint(&self) -> Option<Arc<TokenEndpoint>> {
+        None
+    }
+
+    /// Static tokens are watched by polling; OAuth tokens are refreshed on a schedule.
+    fn poll_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Tokens of this grant expire (static ones are used until their source changes).
+    fn has_lifetime(&self) -> bool {
+        true
+    }
+
+    /// The refresh-token grant's state: its refresh tokens, its seed, its rotations.
+    fn refresh_grant(&self) -> Option<&RefreshTokenGrant> {
+        None
+    }
+
+    /// Sends rotating exchanges through the rotation helper (a grant that rotates).
+    fn make_rotation_durable(&mut self, _rotation: DurableRotation) {}
 }
+
+/// A credential's grant, whatever its kind.
+pub struct Grant(Box<dyn GrantKind>);
 
 /// Why a grant cannot be built from its (checked) config.
 #[derive(Debug, thiserror::Error)]
@@ -50,39 +79,41 @@ pub enum GrantBuildError {
 
 impl Grant {
     pub fn new(config: &GrantConfig) -> Result<Grant, GrantBuildError> {
-        Ok(match config {
+        let kind: Box<dyn GrantKind> = match config {
             GrantConfig::ClientCredentials(req) => {
-                Grant::ClientCredentials(ClientCredentials::new(TokenEndpoint::new(req)?))
+                Box::new(ClientCredentials::new(TokenEndpoint::new(req)?))
             }
-            GrantConfig::RefreshToken { request, seed } => Grant::RefreshToken(
-                RefreshTokenGrant::new(Arc::new(TokenEndpoint::new(request)?), seed.clone()),
-            ),
-            GrantConfig::Static { token } => Grant::Static(StaticToken::new(token.clone())),
-            GrantConfig::TokenExchange(x) => Grant::TokenExchange(TokenExchange::new(
+            GrantConfig::RefreshToken { request, seed } => Box::new(RefreshTokenGrant::new(
+                Arc::new(TokenEndpoint::new(request)?),
+                seed.clone(),
+            )),
+            GrantConfig::Static { token } => Box::new(StaticToken::new(token.clone())),
+            GrantConfig::TokenExchange(x) => Box::new(TokenExchange::new(
                 Arc::new(TokenEndpoint::new(&x.request)?),
                 x,
             )),
             GrantConfig::JwtBearer(j) => {
                 let request = jwt_bearer::token_request(j)?;
-                Grant::JwtBearer(JwtBearer::new(TokenEndpoint::new(&request)?, j))
+                Box::new(JwtBearer::new(TokenEndpoint::new(&request)?, j))
             }
-        })
+        };
+        Ok(Grant(kind))
     }
 
-    /// The endpoint a per-subject credential's subjects share (refresh-token and
-    /// on-behalf-of token-exchange grants).
+    /// A grant of a kind built elsewhere (an on-behalf-of exchange for one user's token).
+    pub fn of(kind: impl GrantKind + 'static) -> Grant {
+        Grant(Box::new(kind))
+    }
+
+    /// The endpoint a per-subject credential's subjects share.
     pub fn subject_endpoint(&self) -> Option<Arc<TokenEndpoint>> {
-        match self {
-            Grant::RefreshToken(g) => Some(g.shared_endpoint()),
-            Grant::TokenExchange(g) => Some(g.shared_endpoint()),
-            Grant::ClientCredentials(_) | Grant::Static(_) | Grant::JwtBearer(_) => None,
-        }
+        self.0.subject_endpoint()
     }
 
     /// The grant of one subject: the shared endpoint, and a refresh token of the subject's
     /// own (from the store, a connect flow or a login; never a configured seed).
     pub fn for_subject(endpoint: Arc<TokenEndpoint>) -> Grant {
-        Grant::RefreshToken(RefreshTokenGrant::new(endpoint, None))
+        Grant::of(RefreshTokenGrant::new(endpoint, None))
     }
 
     /// Runs this grant's rotating exchanges through the rotation helper (refresh-token grants
@@ -106,35 +137,15 @@ impl Grant {
     }
 
     pub fn make_rotation_durable(&mut self, rotation: DurableRotation) {
-        match self {
-            Grant::RefreshToken(g) => g.make_durable(rotation),
-            Grant::ClientCredentials(_)
-            | Grant::Static(_)
-            | Grant::TokenExchange(_)
-            | Grant::JwtBearer(_) => {}
-        }
+        self.0.make_rotation_durable(rotation);
     }
 
-    /// Static tokens are watched by polling; OAuth tokens are refreshed on a schedule.
     pub fn poll_interval(&self) -> Option<Duration> {
-        match self {
-            Grant::Static(g) => g.poll_interval(),
-            Grant::ClientCredentials(_)
-            | Grant::RefreshToken(_)
-            | Grant::TokenExchange(_)
-            | Grant::JwtBearer(_) => None,
-        }
+        self.0.poll_interval()
     }
 
-    /// Tokens of this grant expire (static ones are used until their source changes).
     pub fn has_lifetime(&self) -> bool {
-        match self {
-            Grant::Static(_) => false,
-            Grant::ClientCredentials(_)
-            | Grant::RefreshToken(_)
-            | Grant::TokenExchange(_)
-            | Grant::JwtBearer(_) => true,
-        }
+        self.0.has_lifetime()
     }
 
     /// Tokens of this grant are worth persisting (static ones are re-read from their source).
@@ -146,13 +157,7 @@ impl Grant {
     /// token): without the store's lease it is not sent at all. The others may refresh
     /// locally while the store is down.
     pub fn needs_lease(&self) -> bool {
-        match self {
-            Grant::RefreshToken(_) => true,
-            Grant::ClientCredentials(_)
-            | Grant::Static(_)
-            | Grant::TokenExchange(_)
-            | Grant::JwtBearer(_) => false,
-        }
+        self.refresh_grant().is_some()
     }
 
     pub fn forgets_refresh_token_on_failure(&self) -> bool {
@@ -160,23 +165,11 @@ impl Grant {
     }
 
     pub fn endpoint(&self) -> Option<&TokenEndpoint> {
-        match self {
-            Grant::ClientCredentials(g) => Some(g.endpoint()),
-            Grant::RefreshToken(g) => Some(g.endpoint()),
-            Grant::TokenExchange(g) => Some(g.endpoint()),
-            Grant::JwtBearer(g) => Some(g.endpoint()),
-            Grant::Static(_) => None,
-        }
+        self.0.endpoint()
     }
 
     fn refresh_grant(&self) -> Option<&RefreshTokenGrant> {
-        match self {
-            Grant::RefreshToken(g) => Some(g),
-            Grant::ClientCredentials(_)
-            | Grant::Static(_)
-            | Grant::TokenExchange(_)
-            | Grant::JwtBearer(_) => None,
-        }
+        self.0.refresh_grant()
     }
 
     /// The refresh token the grant would use next (none for other grants).
@@ -224,12 +217,6 @@ impl Grant {
     }
 
     pub async fn obtain(&self) -> Result<GrantOutcome, GrantError> {
-        match self {
-            Grant::ClientCredentials(g) => g.obtain().await.map(GrantOutcome::Issued),
-            Grant::RefreshToken(g) => g.obtain().await.map(GrantOutcome::Issued),
-            Grant::Static(g) => g.obtain().await,
-            Grant::TokenExchange(g) => g.obtain().await.map(GrantOutcome::Issued),
-            Grant::JwtBearer(g) => g.obtain().await.map(GrantOutcome::Issued),
-        }
+        self.0.obtain().await
     }
 }

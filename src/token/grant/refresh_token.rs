@@ -186,3 +186,28 @@ impl RefreshTokenGrant {
         }
     }
 }
+
+#[async_trait::async_trait]
+impl super::GrantKind for RefreshTokenGrant {
+    async fn obtain(&self) -> Result<super::GrantOutcome, GrantError> {
+        RefreshTokenGrant::obtain(self)
+            .await
+            .map(super::GrantOutcome::Issued)
+    }
+
+    fn endpoint(&self) -> Option<&TokenEndpoint> {
+        Some(&self.endpoint)
+    }
+
+    fn subject_endpoint(&self) -> Option<Arc<TokenEndpoint>> {
+        Some(self.shared_endpoint())
+    }
+
+    fn refresh_grant(&self) -> Option<&RefreshTokenGrant> {
+        Some(self)
+    }
+
+    fn make_rotation_durable(&mut self, rotation: DurableRotation) {
+        self.make_durable(rotation);
+    }
+}

@@ -47,3 +47,22 @@ impl StaticToken {
         }))
     }
 }
+
+#[async_trait::async_trait]
+impl super::GrantKind for StaticToken {
+    async fn obtain(&self) -> Result<GrantOutcome, GrantError> {
+        StaticToken::obtain(self).await
+    }
+
+    fn endpoint(&self) -> Option<&crate::oauth::TokenEndpoint> {
+        None
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        StaticToken::poll_interval(self)
+    }
+
+    fn has_lifetime(&self) -> bool {
+        false
+    }
+}

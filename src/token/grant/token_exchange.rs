@@ -106,3 +106,20 @@ fn read_token(
     let (value, left) = client_auth::read_token(&token.token, input, declared_jwt)?;
     Ok((value.expose_secret().to_string(), left))
 }
+
+#[async_trait::async_trait]
+impl super::GrantKind for TokenExchange {
+    async fn obtain(&self) -> Result<super::GrantOutcome, GrantError> {
+        TokenExchange::obtain(self)
+            .await
+            .map(super::GrantOutcome::Issued)
+    }
+
+    fn endpoint(&self) -> Option<&TokenEndpoint> {
+        Some(&self.endpoint)
+    }
+
+    fn subject_endpoint(&self) -> Option<Arc<TokenEndpoint>> {
+        Some(self.shared_endpoint())
+    }
+}

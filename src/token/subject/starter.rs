@@ -48,7 +48,7 @@ impl SubjectStarter {
             // An exchanged token is kept in memory only: it is worth nothing without the
             // user's token, which bearerd never stores.
             (Some(exchange), Some(token)) => (
-                Grant::TokenExchange(TokenExchange::on_behalf_of(
+                Grant::of(TokenExchange::on_behalf_of(
                     Arc::clone(&self.endpoint),
                     exchange,
                     token.clone(),
