@@ -20,59 +20,67 @@ use super::store::RawStore;
 use super::urls::parse_http_url;
 use super::*;
 
-/// A schema error (syntax, type, unknown key) at its line and key. A credential key that
-/// its grant does not take says which grants do, or which keys this one takes.
+/// A schema error (syntax, type, unknown key) at its line and key. A key of a table that
+/// its kind (a credential's grant, the store's backend) does not take says which kinds
+/// take it, or which keys this one takes.
 pub(super) fn schema_error(map: &SourceMap, err: &toml::de::Error) -> ConfigError {
     let mut e = map.toml_error(err);
-    let path = e.key.clone().unwrap_or_default();
-    if let ["store", field] = path.split('.').collect::<Vec<_>>()[..] {
-        let backend = map.str_at(&["store", "backend"]).unwrap_or("memory");
-        if let (true, Some(keys)) = (
-            e.message.starts_with("unknown field"),
-            RawStore::keys_of(backend),
-        ) {
-            let takers: Vec<&str> = RawStore::BACKENDS
-                .iter()
-                .copied()
-                .filter(|b| RawStore::keys_of(b).is_some_and(|k| k.contains(&field)))
-                .collect();
-            let hint = match takers.is_empty() {
-                false => format!("it only applies to the {} backend", takers.join(" and ")),
-                true => "no backend takes it".to_string(),
-            };
-            e.message = format!(
-                "unknown field `{field}`: {hint}, not {backend:?}; backend {backend:?} takes: {}",
-                keys.join(", ")
-            );
-        }
+    if !e.message.starts_with("unknown field") {
+        return e;
     }
-    if let ["credentials", name, field] = path.split('.').collect::<Vec<_>>()[..] {
-        let grant = map
-            .str_at(&["credentials", name, "grant"])
-            .unwrap_or_default();
-        if let (true, Some(keys)) = (
-            e.message.starts_with("unknown field"),
-            RawCredential::keys_of(grant),
-        ) {
-            let takers: Vec<&str> = RawCredential::GRANTS
-                .iter()
-                .copied()
-                .filter(|g| RawCredential::keys_of(g).is_some_and(|k| k.contains(&field)))
-                .collect();
-            let hint = if !takers.is_empty() {
-                format!("it is a key of grant {}, not {grant:?}", takers.join(" | "))
-            } else if let Some(near) = keys.iter().find(|k| edit_distance(k, field) <= 2) {
-                format!("did you mean `{near}`?")
-            } else {
-                "no grant takes it".to_string()
-            };
-            e.message = format!(
-                "unknown field `{field}`: {hint}; grant {grant:?} takes: {}",
-                keys.join(", ")
-            );
+    let path = e.key.clone().unwrap_or_default();
+    let hint = match path.split('.').collect::<Vec<_>>()[..] {
+        ["store", field] => {
+            let backend = map.str_at(&["store", "backend"]).unwrap_or("memory");
+            let kinds = ("backend", RawStore::BACKENDS, RawStore::keys_of as KeysOf);
+            unknown_key_hint(field, backend, kinds)
         }
+        ["credentials", name, field] => {
+            let grant = map
+                .str_at(&["credentials", name, "grant"])
+                .unwrap_or_default();
+            let kinds = (
+                "grant",
+                RawCredential::GRANTS,
+                RawCredential::keys_of as KeysOf,
+            );
+            unknown_key_hint(field, grant, kinds)
+        }
+        _ => None,
+    };
+    if let Some(message) = hint {
+        e.message = message;
     }
     e
+}
+
+/// The keys a table of one kind takes (`None`: a kind this build does not know).
+type KeysOf = fn(&str) -> Option<&'static [&'static str]>;
+
+/// Says which kinds take `field` (or the near key it may be a typo of), and the keys the
+/// table's own kind takes; `None` when the kind itself is unknown.
+fn unknown_key_hint(
+    field: &str,
+    kind: &str,
+    (noun, all, keys_of): (&str, &[&str], KeysOf),
+) -> Option<String> {
+    let keys = keys_of(kind)?;
+    let takers: Vec<&str> = all
+        .iter()
+        .copied()
+        .filter(|k| keys_of(k).is_some_and(|keys| keys.contains(&field)))
+        .collect();
+    let hint = if !takers.is_empty() {
+        format!("it is a key of {noun} {}, not {kind:?}", takers.join(" | "))
+    } else if let Some(near) = keys.iter().find(|k| edit_distance(k, field) <= 2) {
+        format!("did you mean `{near}`?")
+    } else {
+        format!("no {noun} takes it")
+    };
+    Some(format!(
+        "unknown field `{field}`: {hint}; {noun} {kind:?} takes: {}",
+        keys.join(", ")
+    ))
 }
 
 /// Levenshtein distance, for "did you mean" on short key names.
