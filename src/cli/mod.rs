@@ -345,7 +345,7 @@ async fn login_and_hand_over(
     device: bool,
     client: &AdminClient,
 ) -> Result<bool, CliError> {
-    use bearerd::config::GrantConfig;
+    use bearerd::grant::RefreshTokenConfig;
     use bearerd::oauth::{login, TokenEndpoint};
     let cred = config.credential(name).ok_or_else(|| {
         CliError::Refused(format!(
@@ -353,7 +353,7 @@ async fn login_and_hand_over(
             config.source.display()
         ))
     })?;
-    let GrantConfig::RefreshToken { request, .. } = &cred.grant else {
+    let Some(RefreshTokenConfig { request, .. }) = cred.grant.settings() else {
         return Err(CliError::Refused(format!(
             "credential {name} uses grant {:?}; login needs grant \"refresh_token\"",
             cred.grant.kind()

@@ -2,20 +2,27 @@
 //! (`model`) the rest of bearerd uses, then the files and variables it names read (`check`).
 //! Lowering is pure (text in, model out); between them the two steps catch every mistake,
 //! with file, line and key.
+//!
+//! Config knows no grant kind: each is a file of the `grant` room, which hands its registry
+//! to [`Config::lower_with`] (`grant` also writes `Config::load`, `parse` and `lower` with
+//! it). `lowering` is what a kind's own lowering uses of config.
 
 mod check;
 mod error;
+mod grant;
 mod lower;
+pub mod lowering;
 mod model;
 mod pending;
 mod raw;
 mod store;
+pub(crate) mod table;
 mod urls;
 
 use std::path::Path;
 
-pub use error::ConfigError;
-use error::SourceMap;
+pub use error::{ConfigError, SourceMap};
+pub use grant::{GrantConfig, GrantSettings, GrantTables, LowerGrant, LoweredGrant, RawGrantTable};
 pub use pending::{Material, MaterialCheck, Place};
 pub use urls::secure_or_loopback;
 // What the config names but `material` reads: re-exported so the model reads as one.
@@ -26,8 +33,8 @@ pub use crate::material::{
 pub use model::*;
 
 impl Config {
-    /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    /// Reads and validates a config file, with the grant kinds `G`.
+    pub fn load_with<G: GrantTables>(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
             line: 0,
@@ -35,23 +42,23 @@ impl Config {
             key: None,
             message: format!("cannot read config: {e}"),
         })?;
-        Config::parse(path, &text)
+        Config::parse_with::<G>(path, &text)
     }
 
     /// Validates config text and everything it names (both steps); `source` names it in
     /// errors.
-    pub fn parse(source: &Path, text: &str) -> Result<Config, ConfigError> {
-        let config = Config::lower(source, text)?;
+    pub fn parse_with<G: GrantTables>(source: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config = Config::lower_with::<G>(source, text)?;
         config.check_material()?;
         Ok(config)
     }
 
     /// Validates config text alone: reads no file and no environment variable. What the
     /// text names outside itself is left for [`Config::check_material`].
-    pub fn lower(source: &Path, text: &str) -> Result<Config, ConfigError> {
+    pub fn lower_with<G: GrantTables>(source: &Path, text: &str) -> Result<Config, ConfigError> {
         let map = SourceMap::new(source, text);
-        let raw = raw::parse(text).map_err(|e| lower::schema_error(&map, &e))?;
-        let mut config = lower::lower(source, &map, raw)?;
+        let raw = raw::parse::<G>(text).map_err(|e| lower::schema_error::<G>(&map, &e))?;
+        let mut config = lower::lower::<G>(source, &map, raw)?;
         config.material = map.take_checks();
         Ok(config)
     }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{ClientIdentity, SecretRef, SigningConfig};
+use super::{ClientIdentity, GrantConfig, SecretRef, SigningConfig};
 
 /// The default listeners: a high pair in the app's network namespace that apps (8080,
 /// 3000, 5000…), Prometheus and Dapr (9090), Istio (15000–15090), Linkerd (4140–4191),
@@ -169,87 +169,6 @@ pub struct TokenRequestConfig {
     pub insecure_http: bool,
 }
 
-#[derive(Debug, Clone)]
-pub enum GrantConfig {
-    ClientCredentials(TokenRequestConfig),
-    RefreshToken {
-        request: TokenRequestConfig,
-        /// The configured refresh token; none when it comes from `bearerd login`.
-        seed: Option<SecretRef>,
-    },
-    Static {
-        token: SecretRef,
-    },
-    TokenExchange(TokenExchangeConfig),
-    JwtBearer(JwtBearerConfig),
-}
-
-/// A token (read at every exchange) and its RFC 8693 type URI.
-#[derive(Debug, Clone)]
-pub struct TypedToken {
-    pub token: SecretRef,
-    pub token_type: String,
-}
-
-/// `grant = "token_exchange"` (RFC 8693).
-#[derive(Debug, Clone)]
-pub struct TokenExchangeConfig {
-    pub request: TokenRequestConfig,
-    pub subject: TypedToken,
-    pub actor: Option<TypedToken>,
-    pub audience: Option<String>,
-    pub requested_token_type: Option<String>,
-}
-
-/// `grant = "jwt_bearer"` (RFC 7523 §2.1).
-#[derive(Debug, Clone)]
-pub struct JwtBearerConfig {
-    pub request: TokenRequestConfig,
-    pub signing: SigningConfig,
-    /// `iss`; `None`: the service account's email, else the client id.
-    pub issuer: Option<String>,
-    /// `sub`; `None`: the issuer.
-    pub subject: Option<String>,
-}
-
-/// RFC 8693's default subject token type (a JWT, such as a service-account token).
-pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
-/// An OpenID Connect ID token as the subject: also a JWT.
-pub const TOKEN_TYPE_ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
-
-impl GrantConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            GrantConfig::ClientCredentials(_) => "client_credentials",
-            GrantConfig::RefreshToken { .. } => "refresh_token",
-            GrantConfig::Static { .. } => "static",
-            GrantConfig::TokenExchange(_) => "token_exchange",
-            GrantConfig::JwtBearer(_) => "jwt_bearer",
-        }
-    }
-
-    /// The token request of an OAuth grant (none for a static token).
-    pub fn request(&self) -> Option<&TokenRequestConfig> {
-        match self {
-            GrantConfig::ClientCredentials(r)
-            | GrantConfig::RefreshToken { request: r, .. }
-            | GrantConfig::TokenExchange(TokenExchangeConfig { request: r, .. })
-            | GrantConfig::JwtBearer(JwtBearerConfig { request: r, .. }) => Some(r),
-            GrantConfig::Static { .. } => None,
-        }
-    }
-
-    pub fn request_mut(&mut self) -> Option<&mut TokenRequestConfig> {
-        match self {
-            GrantConfig::ClientCredentials(r)
-            | GrantConfig::RefreshToken { request: r, .. }
-            | GrantConfig::TokenExchange(TokenExchangeConfig { request: r, .. })
-            | GrantConfig::JwtBearer(JwtBearerConfig { request: r, .. }) => Some(r),
-            GrantConfig::Static { .. } => None,
-        }
-    }
-}
-
 /// When to refresh, how to back off, how long requests wait. See DESIGN §4.
 #[derive(Debug, Clone)]
 pub struct RefreshPolicy {
@@ -366,34 +285,7 @@ impl CredentialConfig {
         };
         // Who the token stands for, beyond the client: the assertion's issuer and subject,
         // or the subject and actor tokens' sources and the requested type.
-        let (audience, identity) = match &self.grant {
-            GrantConfig::TokenExchange(x) => (
-                x.audience.as_deref(),
-                format!(
-                    "{} {}|{}|{}",
-                    x.subject.token.describe(),
-                    x.subject.token_type,
-                    x.actor.as_ref().map_or(String::new(), |a| format!(
-                        "{} {}",
-                        a.token.describe(),
-                        a.token_type
-                    )),
-                    x.requested_token_type.as_deref().unwrap_or("")
-                ),
-            ),
-            GrantConfig::JwtBearer(j) => (
-                None,
-                format!(
-                    "{}|{}|{}",
-                    j.signing.key.describe(),
-                    j.issuer.as_deref().unwrap_or(""),
-                    j.subject.as_deref().unwrap_or("")
-                ),
-            ),
-            GrantConfig::ClientCredentials(_)
-            | GrantConfig::RefreshToken { .. }
-            | GrantConfig::Static { .. } => (None, String::new()),
-        };
+        let (audience, identity) = self.grant.identity();
         let audience = audience.or(request.params.get("audience").map(String::as_str));
         let endpoint = request
             .token_url

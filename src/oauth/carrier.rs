@@ -24,8 +24,23 @@ pub enum CarrierError {
     NotSent(String),
 }
 
+/// Why a carrier cannot tell whether a rotation of a refresh token is under way (its store
+/// cannot be asked): the token must not be sent.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct RotationUnknown(pub Box<dyn std::error::Error + Send + Sync>);
+
 #[async_trait]
 pub trait Carrier: Send + Sync {
+    /// Before a refresh token is sent: the successor a holder that died journaled for it,
+    /// to send instead.
+    async fn successor_before_send(
+        &self,
+        _refresh_token: &SecretString,
+    ) -> Result<Option<SecretString>, RotationUnknown> {
+        Ok(None)
+    }
+
     /// Sends one token request (whose refresh token has the fingerprint `replaces`) and
     /// returns the provider's response.
     async fn send(

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 
-use super::grant::Grant;
 use super::CredentialSlot;
+use crate::grant::Grant;
 use crate::store::{SaveOutcome, StoreError, StoredSet, StoredToken, TokenStore};
 
 pub struct Credential {

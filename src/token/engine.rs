@@ -10,12 +10,12 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::credential::Credential;
-use super::grant::Grant;
-use super::rotation::RotationHelper;
+use super::rotation::{carry_rotations, RotationHelper};
 use super::subject::connect::ConnectStates;
 use super::subject::{SubjectRegistry, SubjectTagger};
 use super::CredentialSlot;
 use crate::config::Config;
+use crate::grant::Grant;
 use crate::metrics::Metrics;
 use crate::store::TokenStore;
 
@@ -65,7 +65,7 @@ impl TokenEngine {
                 reason,
             };
             let mut grant = Grant::new(&c.grant).map_err(|e| failed(e.to_string()))?;
-            grant.carry_rotations(&**store, rotation_helper.as_ref(), &c.name);
+            carry_rotations(&mut grant, &**store, rotation_helper.as_ref(), &c.name);
             let registry = SubjectRegistry::new(
                 c,
                 &grant,

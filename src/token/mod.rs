@@ -5,7 +5,6 @@
 
 pub mod credential;
 pub mod engine;
-pub mod grant;
 pub mod refresher;
 pub mod rotation;
 pub mod schedule;
@@ -17,6 +16,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderValue;
 
+/// Grants live in their own room; the old path stays for users of the library.
+pub use crate::grant;
 pub use crate::oauth::GrantErrorKind;
 pub use slot::{CredentialSlot, CredentialState, CredentialStatus};
 

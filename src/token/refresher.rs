@@ -17,11 +17,11 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 use super::credential::Credential;
-use super::grant::{Grant, GrantOutcome, IssuedToken};
 use super::schedule::{backoff_delay, expiry_floor, refresh_delay};
 use super::slot::AttemptFailure;
 use super::GrantErrorKind;
 use super::{bearer_header, CredentialSlot, TokenSnapshot, Trigger};
+use crate::grant::{Grant, GrantOutcome, IssuedToken};
 use crate::metrics::RefreshResult;
 use crate::store::{BindingMatch, Lease, LeaseAnswer, SaveOutcome, StoredToken};
 

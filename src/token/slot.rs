@@ -87,10 +87,10 @@ impl CredentialSlot {
             name: Arc::from(config.name.as_str()),
             grant_kind: config.grant.kind(),
             client_auth: config.grant.request().map(|r| r.client.method.name()),
-            has_refresh_token: matches!(
-                config.grant,
-                crate::config::GrantConfig::RefreshToken { .. }
-            ),
+            has_refresh_token: config
+                .grant
+                .settings::<crate::grant::RefreshTokenConfig>()
+                .is_some(),
             policy: config.policy.clone(),
             binding: crate::store::RecordBinding::of(config),
             token: ArcSwapOption::empty(),

@@ -3,34 +3,36 @@
 
 use super::*;
 
-use crate::config::raw::LoweredGrant;
-
-use crate::config::raw::{RawSchedule, RawTokenRequest, RawWait};
+use crate::config::grant::{GrantTables, LoweredGrant};
+use crate::config::table::{RawSchedule, RawTokenRequest, RawWait};
 use crate::material::RawSecretRef;
 
-pub(super) fn lower_credential(
+pub(crate) fn lower_credential<G: GrantTables>(
     map: &SourceMap,
     name: &str,
     rc: &RawCredential,
 ) -> Result<CredentialConfig, ConfigError> {
     let key = |k: &str| format!("credentials.{name}.{k}");
-    let Some(table) = rc.table() else {
-        return Err(match rc {
-            RawCredential::Unknown(other) => map.error_at(
+    let table = match rc {
+        RawCredential::Table(table) => table,
+        RawCredential::Unknown(other) => {
+            return Err(map.error_at(
                 &key("grant"),
                 format!(
                     "unknown grant {other:?} (expected {})",
-                    RawCredential::GRANTS.join(" | ")
+                    G::NAMES.join(" | ")
                 ),
-            ),
-            _ => map.error_at(
+            ))
+        }
+        RawCredential::Missing => {
+            return Err(map.error_at(
                 &format!("credentials.{name}"),
                 format!(
                     "the credential needs `grant = \"…\"` ({})",
-                    RawCredential::GRANTS.join(" | ")
+                    G::NAMES.join(" | ")
                 ),
-            ),
-        });
+            ))
+        }
     };
     let LoweredGrant {
         grant,
@@ -62,7 +64,7 @@ pub(super) const RESERVED_SUBJECT_HEADERS: [&str; 12] = [
 ];
 
 /// `subject_idle` and `max_subjects_in_memory`: how subjects leave memory.
-pub(super) fn subjects_in_memory(
+pub(crate) fn subjects_in_memory(
     map: &SourceMap,
     name: &str,
     idle: &Option<String>,
@@ -87,7 +89,7 @@ pub(super) fn subjects_in_memory(
 }
 
 /// A header the app names its end user (or passes the user's token) in.
-pub(super) fn subject_header_name(
+pub(crate) fn subject_header_name(
     map: &SourceMap,
     key: &str,
     header: &str,
@@ -106,7 +108,7 @@ pub(super) fn subject_header_name(
     Ok(parsed)
 }
 
-pub(super) fn lower_policy(
+pub(crate) fn lower_policy(
     map: &SourceMap,
     name: &str,
     schedule: &RawSchedule,
@@ -175,19 +177,19 @@ pub(super) fn lower_policy(
 
 /// Whether a grant needs `client_id` whatever its client authentication.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum ClientIdRule {
+pub(crate) enum ClientIdRule {
     Required,
     /// jwt_bearer and token_exchange: the assertion or subject token says who is asking.
     Optional,
 }
 
 /// Keys a jwt_bearer credential uses for its own assertion.
-pub(super) const SIGNING_KEYS: [&str; 4] =
+pub(crate) const SIGNING_KEYS: [&str; 4] =
     ["private_key", "key_id", "signing_alg", "assertion_audience"];
 
 /// A file, required for what the platform rewrites (a projected token, a certificate):
 /// a value given inline or in the environment could never be renewed.
-pub(super) fn file_only(
+pub(crate) fn file_only(
     map: &SourceMap,
     key: &str,
     raw: &RawSecretRef,
@@ -205,7 +207,7 @@ pub(super) fn file_only(
 }
 
 /// A private key from a file or the environment, never written into the config itself.
-pub(super) fn key_source(
+pub(crate) fn key_source(
     map: &SourceMap,
     key: &str,
     raw: &RawSecretRef,
@@ -226,7 +228,7 @@ pub(super) fn key_source(
 
 /// A signing key and its header: the check step reads the key, so a wrong kind of key, an
 /// unreadable file or an algorithm the key cannot sign with is a config error.
-pub(super) fn lower_signing(
+pub(crate) fn lower_signing(
     map: &SourceMap,
     name: &str,
     rc: &RawTokenRequest,
@@ -263,45 +265,7 @@ pub(super) fn lower_signing(
     Ok(config)
 }
 
-/// A token read at every use, with its RFC 8693 type (a JWT unless said otherwise; one
-/// declared as a JWT must be one already).
-pub(super) fn lower_typed_token(
-    map: &SourceMap,
-    name: &str,
-    (token_key, raw): (&str, &RawSecretRef),
-    (type_key, token_type): (&str, &Option<String>),
-) -> Result<TypedToken, ConfigError> {
-    let key = |k: &str| format!("credentials.{name}.{k}");
-    let token = SecretRef::File(file_only(map, &key(token_key), raw)?);
-    let token_type = match token_type {
-        Some(t) => token_type_uri(map, &key(type_key), t)?,
-        None => TOKEN_TYPE_JWT.to_string(),
-    };
-    let check = if token_type == TOKEN_TYPE_JWT || token_type == TOKEN_TYPE_ID_TOKEN {
-        Material::Jwt(token.clone())
-    } else {
-        Material::Secret(token.clone())
-    };
-    map.check_later(&key(token_key), check);
-    Ok(TypedToken { token, token_type })
-}
-
-pub(super) fn token_type_uri(
-    map: &SourceMap,
-    key: &str,
-    value: &str,
-) -> Result<String, ConfigError> {
-    if value.contains(':') && !value.chars().any(char::is_whitespace) {
-        Ok(value.to_string())
-    } else {
-        Err(map.error_at(
-            key,
-            format!("{value:?} is not a token type URI (such as {TOKEN_TYPE_JWT})"),
-        ))
-    }
-}
-
-pub(super) fn non_empty(
+pub(crate) fn non_empty(
     map: &SourceMap,
     key: &str,
     value: &Option<String>,

@@ -3,10 +3,15 @@
 
 mod client_auth;
 mod credential;
-mod grant;
 mod token_request;
 
 use credential::lower_credential;
+// What a grant kind's lowering (in the `grant` room) shares, through `config::lowering`.
+pub(crate) use credential::{
+    file_only, key_source, lower_policy, lower_signing, non_empty, subject_header_name,
+    subjects_in_memory, ClientIdRule,
+};
+pub(crate) use token_request::lower_token_request;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,6 +19,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::error::SourceMap;
+use super::grant::GrantTables;
 use super::pending::Material;
 use super::raw::{RawConfig, RawCredential, RawUpstream};
 use super::store::RawStore;
@@ -23,7 +29,7 @@ use super::*;
 /// A schema error (syntax, type, unknown key) at its line and key. A key of a table that
 /// its kind (a credential's grant, the store's backend) does not take says which kinds
 /// take it, or which keys this one takes.
-pub(super) fn schema_error(map: &SourceMap, err: &toml::de::Error) -> ConfigError {
+pub(super) fn schema_error<G: GrantTables>(map: &SourceMap, err: &toml::de::Error) -> ConfigError {
     let mut e = map.toml_error(err);
     if !e.message.starts_with("unknown field") {
         return e;
@@ -39,11 +45,7 @@ pub(super) fn schema_error(map: &SourceMap, err: &toml::de::Error) -> ConfigErro
             let grant = map
                 .str_at(&["credentials", name, "grant"])
                 .unwrap_or_default();
-            let kinds = (
-                "grant",
-                RawCredential::GRANTS,
-                RawCredential::keys_of as KeysOf,
-            );
+            let kinds = ("grant", G::NAMES, G::keys_of as KeysOf);
             unknown_key_hint(field, grant, kinds)
         }
         _ => None,
@@ -114,7 +116,7 @@ fn duration(
 }
 
 /// A duration of at least `min` (a zero wait budget or timeout would fail every request).
-fn bounded_duration(
+pub(crate) fn bounded_duration(
     map: &SourceMap,
     key: &str,
     value: &Option<String>,
@@ -149,7 +151,11 @@ fn socket_addr(map: &SourceMap, key: &str, value: &str) -> Result<SocketAddr, Co
     })
 }
 
-pub(super) fn lower(source: &Path, map: &SourceMap, raw: RawConfig) -> Result<Config, ConfigError> {
+pub(super) fn lower<G: GrantTables>(
+    source: &Path,
+    map: &SourceMap,
+    raw: RawConfig,
+) -> Result<Config, ConfigError> {
     let server = lower_server(map, &raw)?;
     app_listener(
         map,
@@ -164,7 +170,7 @@ pub(super) fn lower(source: &Path, map: &SourceMap, raw: RawConfig) -> Result<Co
     let mut index = HashMap::new();
     for (name, rc) in &raw.credentials {
         index.insert(name.clone(), credentials.len());
-        credentials.push(lower_credential(map, name, rc)?);
+        credentials.push(lower_credential::<G>(map, name, rc)?);
     }
 
     if raw.upstreams.is_empty() {
@@ -255,7 +261,7 @@ fn every_token_endpoint_found(
         let name = &cred.name;
         if let Some(req) = cred.grant.request() {
             let configured = req.token_url.is_some() || req.issuer.is_some();
-            if let (false, Some(sa)) = (configured, service_account_key(&cred.grant)) {
+            if let (false, Some(sa)) = (configured, cred.grant.service_account_key()) {
                 // The key file may name the endpoint: the check step reads it.
                 let required_at = req
                     .protected_resource
@@ -281,21 +287,6 @@ fn every_token_endpoint_found(
         }
     }
     Ok(())
-}
-
-/// The service-account key of a jwt_bearer credential that has one.
-fn service_account_key(grant: &GrantConfig) -> Option<&SecretRef> {
-    match grant {
-        GrantConfig::JwtBearer(JwtBearerConfig {
-            signing:
-                SigningConfig {
-                    key: KeySource::ServiceAccount(sa),
-                    ..
-                },
-            ..
-        }) => Some(sa),
-        _ => None,
-    }
 }
 
 fn lower_server(map: &SourceMap, raw: &RawConfig) -> Result<ServerConfig, ConfigError> {
@@ -433,7 +424,7 @@ fn http_url(map: &SourceMap, key: &str, value: &str) -> Result<url::Url, ConfigE
 
 /// A URL that tokens or secrets travel to: https, or plain http on this machine, unless
 /// its table says `insecure_http = true`.
-fn private_url(
+pub(crate) fn private_url(
     map: &SourceMap,
     key: &str,
     value: &str,

@@ -5,10 +5,10 @@
 use super::client_auth::lower_client_auth;
 use super::credential::*;
 use super::*;
-use crate::config::raw::RawTokenRequest;
+use crate::config::table::RawTokenRequest;
 
 /// The token request of an OAuth grant; the login endpoints are the refresh_token grant's.
-pub(super) fn lower_token_request(
+pub(crate) fn lower_token_request(
     map: &SourceMap,
     name: &str,
     grant: &str,

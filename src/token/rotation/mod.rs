@@ -217,6 +217,15 @@ pub enum HelperAnswer {
 
 #[async_trait::async_trait]
 impl Carrier for DurableRotation {
+    async fn successor_before_send(
+        &self,
+        refresh_token: &SecretString,
+    ) -> Result<Option<SecretString>, crate::oauth::carrier::RotationUnknown> {
+        self.before_send(refresh_token)
+            .await
+            .map_err(|e| crate::oauth::carrier::RotationUnknown(Box::new(e)))
+    }
+
     /// Runs one token request through the helper and returns the provider's response.
     async fn send(
         &self,
@@ -334,6 +343,24 @@ impl Carrier for DurableRotation {
                 reader.successor(target, replaced).await.ok().flatten()
             }
         }
+    }
+}
+
+/// Sends a grant's rotating exchanges (of the record `record`) through the rotation helper,
+/// when the store journals rotations (a file store, Redis) and the sidecar has a helper;
+/// other grants have nothing to lose.
+pub fn carry_rotations(
+    grant: &mut crate::grant::Grant,
+    store: &dyn crate::store::TokenStore,
+    helper: Option<&Arc<RotationHelper>>,
+    record: &str,
+) {
+    if let (Some(journal), Some(helper)) = (store.helper_journal(record), helper) {
+        grant.make_rotation_durable(Box::new(DurableRotation {
+            helper: Arc::clone(helper),
+            journal,
+            credential: record.to_string(),
+        }));
     }
 }
 

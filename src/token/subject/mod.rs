@@ -36,11 +36,12 @@ use tokio::sync::watch;
 pub use key::{InvalidSubject, SubjectKey, SubjectTagger};
 
 use super::credential::Credential;
-use super::grant::Grant;
 use super::rotation::RotationHelper;
 use super::slot::{CredentialState, CredentialStatus};
 use super::CredentialSlot;
-use crate::config::{CredentialConfig, GrantConfig, SubjectConfig, SubjectKind};
+use crate::config::{CredentialConfig, SubjectConfig, SubjectKind};
+use crate::grant::Grant;
+use crate::grant::TokenExchangeConfig;
 use crate::metrics::Metrics;
 use crate::oauth::TokenEndpoint;
 use crate::store::StoredToken;
@@ -130,9 +131,10 @@ impl SubjectRegistry {
         let endpoint = grant
             .subject_endpoint()
             .ok_or(RegistryError::UnsupportedGrant)?;
-        let exchange = match (&subjects.kind, &config.grant) {
-            (SubjectKind::OnBehalfOf { .. }, GrantConfig::TokenExchange(x)) => Some(x.clone()),
-            (SubjectKind::OnBehalfOf { .. }, _) => {
+        let exchange = config.grant.settings::<TokenExchangeConfig>();
+        let exchange = match (&subjects.kind, exchange) {
+            (SubjectKind::OnBehalfOf { .. }, Some(x)) => Some(x.clone()),
+            (SubjectKind::OnBehalfOf { .. }, None) => {
                 return Err(RegistryError::OnBehalfOfNeedsTokenExchange)
             }
             (SubjectKind::Delegated { .. }, _) => None,

@@ -9,13 +9,13 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::SubjectKey;
-use crate::config::{CredentialConfig, TokenExchangeConfig};
+use crate::config::CredentialConfig;
+use crate::grant::{Grant, TokenExchange, TokenExchangeConfig};
 use crate::metrics::Metrics;
 use crate::oauth::TokenEndpoint;
 use crate::store::{MemoryStore, TokenStore};
 use crate::token::credential::Credential;
-use crate::token::grant::{Grant, TokenExchange};
-use crate::token::rotation::RotationHelper;
+use crate::token::rotation::{carry_rotations, RotationHelper};
 use crate::token::CredentialSlot;
 
 pub(super) struct SubjectStarter {
@@ -60,7 +60,12 @@ impl SubjectStarter {
                 Arc::clone(&self.store),
             ),
         };
-        grant.carry_rotations(&*store, self.rotation_helper.as_ref(), &store_key);
+        carry_rotations(
+            &mut grant,
+            &*store,
+            self.rotation_helper.as_ref(),
+            &store_key,
+        );
         let slot = CredentialSlot::new(&self.credential_config, Arc::clone(&self.metrics));
         let credential = Credential::with_store_key(slot, grant, store, Arc::from(store_key));
         credential.refuse_older_than(floor);

@@ -12,7 +12,7 @@ mod tls_client_auth;
 
 use super::credential::*;
 use super::*;
-use crate::config::raw::RawTokenRequest;
+use crate::config::table::RawTokenRequest;
 use crate::material::RawSecretRef;
 
 /// The registry: a method's `client_auth` value, its variant and its file, which has

@@ -1,6 +1,10 @@
-//! Grants: how a token is obtained. One file per grant kind holds what it sends, what it
-//! keeps between attempts, and its [`GrantKind`] impl; [`Grant::new`] has the one line per
-//! kind that builds it from its config. A new grant is a file plus that line.
+//! Grants: how a token is obtained. One file per grant kind holds all of it: its strict
+//! table (`credential_table!`), its lowering ([`LowerGrant`]), its settings
+//! ([`GrantSettings`]) and its behaviour ([`GrantKind`]), tied together by its [`Kind`]
+//! impl. A new grant is its file plus one line of [`grants!`].
+//!
+//! Config knows no grant kind: this room hands the registry, [`Grants`], to
+//! `Config::lower_with`, and writes `Config::load`, `parse` and `lower` with it.
 
 mod client_credentials;
 mod jwt_bearer;
@@ -8,21 +12,130 @@ mod refresh_token;
 mod static_token;
 mod token_exchange;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
+use serde::de::{DeserializeOwned, MapAccess};
 
-use super::rotation::{DurableRotation, RotationHelper};
-use crate::config::GrantConfig;
+use crate::config::{
+    Config, ConfigError, GrantConfig, GrantSettings, GrantTables, LowerGrant, RawGrantTable,
+};
+use crate::oauth::carrier::Carrier;
 pub use crate::oauth::IssuedToken;
 use crate::oauth::TokenEndpoint;
 pub use crate::oauth::{GrantError, GrantErrorKind};
 pub use client_credentials::ClientCredentials;
-pub use jwt_bearer::JwtBearer;
-pub use refresh_token::RefreshTokenGrant;
-pub use static_token::StaticToken;
-pub use token_exchange::TokenExchange;
+pub use jwt_bearer::{JwtBearer, JwtBearerConfig};
+pub use refresh_token::{RefreshTokenConfig, RefreshTokenGrant};
+pub use static_token::{StaticToken, StaticTokenConfig};
+pub use token_exchange::{TokenExchange, TokenExchangeConfig, TypedToken};
+
+/// One grant kind, as the registry sees it: the name a config gives it, its strict table
+/// (which lowers into its settings), and how its settings become its behaviour.
+pub trait Kind {
+    const NAME: &'static str;
+    type Table: RawGrantTable + LowerGrant + DeserializeOwned + 'static;
+    type Settings: GrantSettings;
+
+    fn build(settings: &Self::Settings) -> Result<Box<dyn GrantKind>, GrantBuildError>;
+}
+
+/// The registry: one line per grant kind, in the order error messages list them.
+macro_rules! grants {
+    ($($kind:ty,)*) => {
+        /// Every grant kind this build reads.
+        pub struct Grants;
+
+        impl GrantTables for Grants {
+            const NAMES: &'static [&'static str] = &[$(<$kind as Kind>::NAME),*];
+
+            fn keys_of(grant: &str) -> Option<&'static [&'static str]> {
+                $(if grant == <$kind as Kind>::NAME {
+                    return Some(<<$kind as Kind>::Table as RawGrantTable>::KEYS);
+                })*
+                None
+            }
+
+            fn read<'de, A: MapAccess<'de>>(
+                grant: &str,
+                map: &mut A,
+            ) -> Result<Option<Box<dyn LowerGrant>>, A::Error> {
+                $(if grant == <$kind as Kind>::NAME {
+                    let table: <$kind as Kind>::Table = map.next_value()?;
+                    return Ok(Some(Box::new(table)));
+                })*
+                Ok(None)
+            }
+        }
+
+        /// The behaviour of a grant's settings, by the kind that wrote them.
+        fn build(config: &GrantConfig) -> Result<Box<dyn GrantKind>, GrantBuildError> {
+            $(if let Some(settings) = config.settings::<<$kind as Kind>::Settings>() {
+                return <$kind as Kind>::build(settings);
+            })*
+            Err(GrantBuildError::UnknownKind(config.kind()))
+        }
+    };
+}
+
+grants! {
+    client_credentials::ClientCredentialsKind,
+    refresh_token::RefreshTokenKind,
+    token_exchange::TokenExchangeKind,
+    jwt_bearer::JwtBearerKind,
+    static_token::StaticKind,
+}
+
+/// The config API with every grant kind of this build.
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with::<Grants>(path)
+    }
+
+    /// Validates config text and everything it names (both steps); `source` names it in
+    /// errors.
+    pub fn parse(source: &Path, text: &str) -> Result<Config, ConfigError> {
+        Config::parse_with::<Grants>(source, text)
+    }
+
+    /// Validates config text alone: reads no file and no environment variable.
+    pub fn lower(source: &Path, text: &str) -> Result<Config, ConfigError> {
+        Config::lower_with::<Grants>(source, text)
+    }
+}
+
+/// Writes the [`GrantSettings`] methods every kind's settings write the same way: its
+/// name, its token request (the `request` field, or none) and the copy and downcast.
+macro_rules! settings_of {
+    ($kind:ty, request) => {
+        fn request(&self) -> Option<&$crate::config::TokenRequestConfig> {
+            Some(&self.request)
+        }
+
+        fn request_mut(&mut self) -> Option<&mut $crate::config::TokenRequestConfig> {
+            Some(&mut self.request)
+        }
+
+        $crate::grant::settings_of!($kind);
+    };
+    ($kind:ty) => {
+        fn kind(&self) -> &'static str {
+            <$kind as $crate::grant::Kind>::NAME
+        }
+
+        fn clone_box(&self) -> Box<dyn $crate::config::GrantSettings> {
+            Box::new(self.clone())
+        }
+
+        fn as_any(&self) -> &dyn ::std::any::Any {
+            self
+        }
+    };
+}
+pub(crate) use settings_of;
 
 /// What one grant attempt gave.
 pub enum GrantOutcome {
@@ -61,8 +174,8 @@ pub trait GrantKind: Send + Sync {
         None
     }
 
-    /// Sends rotating exchanges through the rotation helper (a grant that rotates).
-    fn make_rotation_durable(&mut self, _rotation: DurableRotation) {}
+    /// Sends rotating exchanges through a carrier that journals them (a grant that rotates).
+    fn make_rotation_durable(&mut self, _carrier: Box<dyn Carrier>) {}
 }
 
 /// A credential's grant, whatever its kind.
@@ -75,29 +188,14 @@ pub enum GrantBuildError {
     Transport(#[from] crate::oauth::transport::ClientError),
     #[error(transparent)]
     ServiceAccountEndpoint(#[from] jwt_bearer::ServiceAccountEndpointError),
+    /// Settings no kind of the registry wrote (only a grant built outside it).
+    #[error("grant {0:?} is not in the registry")]
+    UnknownKind(&'static str),
 }
 
 impl Grant {
     pub fn new(config: &GrantConfig) -> Result<Grant, GrantBuildError> {
-        let kind: Box<dyn GrantKind> = match config {
-            GrantConfig::ClientCredentials(req) => {
-                Box::new(ClientCredentials::new(TokenEndpoint::new(req)?))
-            }
-            GrantConfig::RefreshToken { request, seed } => Box::new(RefreshTokenGrant::new(
-                Arc::new(TokenEndpoint::new(request)?),
-                seed.clone(),
-            )),
-            GrantConfig::Static { token } => Box::new(StaticToken::new(token.clone())),
-            GrantConfig::TokenExchange(x) => Box::new(TokenExchange::new(
-                Arc::new(TokenEndpoint::new(&x.request)?),
-                x,
-            )),
-            GrantConfig::JwtBearer(j) => {
-                let request = jwt_bearer::token_request(j)?;
-                Box::new(JwtBearer::new(TokenEndpoint::new(&request)?, j))
-            }
-        };
-        Ok(Grant(kind))
+        build(config).map(Grant)
     }
 
     /// A grant of a kind built elsewhere (an on-behalf-of exchange for one user's token).
@@ -116,28 +214,9 @@ impl Grant {
         Grant::of(RefreshTokenGrant::new(endpoint, None))
     }
 
-    /// Runs this grant's rotating exchanges through the rotation helper (refresh-token grants
-    /// on a file or Redis store; other grants have nothing to lose).
-    /// Sends this grant's rotating exchanges (of the record `record`) through the rotation
-    /// helper, when the store journals rotations (a file store, Redis) and the sidecar has
-    /// a helper.
-    pub fn carry_rotations(
-        &mut self,
-        store: &dyn crate::store::TokenStore,
-        helper: Option<&Arc<RotationHelper>>,
-        record: &str,
-    ) {
-        if let (Some(journal), Some(helper)) = (store.helper_journal(record), helper) {
-            self.make_rotation_durable(DurableRotation {
-                helper: Arc::clone(helper),
-                journal,
-                credential: record.to_string(),
-            });
-        }
-    }
-
-    pub fn make_rotation_durable(&mut self, rotation: DurableRotation) {
-        self.0.make_rotation_durable(rotation);
+    /// Sends this grant's rotating exchanges through a carrier that journals them.
+    pub fn make_rotation_durable(&mut self, carrier: Box<dyn Carrier>) {
+        self.0.make_rotation_durable(carrier);
     }
 
     pub fn poll_interval(&self) -> Option<Duration> {
