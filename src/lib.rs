@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod grant;
 pub mod inject;
+pub mod kinds;
 pub mod logging;
 pub mod material;
 pub mod metrics;

@@ -6,7 +6,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use super::pending::{Material, MaterialCheck, Place};
-use super::{ClientIdentity, SecretRef};
+use super::{ClientAuthKind, ClientIdentity, SecretRef};
 use crate::material::RawSecretRef;
 
 #[derive(Debug, Clone)]
@@ -39,6 +39,8 @@ pub struct SourceMap<'a> {
     doc: Option<toml_edit::ImDocument<&'a str>>,
     /// What lowering found to read later, in the order it was written (the check step).
     checks: RefCell<Vec<MaterialCheck>>,
+    /// The client authentication methods the config is read with.
+    client_auths: &'static [&'static dyn ClientAuthKind],
 }
 
 impl<'a> SourceMap<'a> {
@@ -49,7 +51,20 @@ impl<'a> SourceMap<'a> {
             text,
             doc,
             checks: RefCell::default(),
+            client_auths: &[],
         }
+    }
+
+    /// Lowering with these client authentication methods.
+    pub fn with_client_auths(self, methods: &'static [&'static dyn ClientAuthKind]) -> Self {
+        SourceMap {
+            client_auths: methods,
+            ..self
+        }
+    }
+
+    pub fn client_auths(&self) -> &'static [&'static dyn ClientAuthKind] {
+        self.client_auths
     }
 
     fn line_col(&self, offset: usize) -> (usize, usize) {

@@ -1,7 +1,7 @@
 //! What config knows of grant kinds: nothing of any one kind. Each kind lives in its own
 //! file of the `grant` room (its strict table, its lowering, its settings and its
 //! behaviour), and the `grant` room's registry is handed to [`Config::lower_with`] as a
-//! [`GrantTables`]. Config only reads each credential's table as the kind it names, lowers
+//! [`GrantTables`] (through [`Kinds`](super::Kinds)). Config only reads each credential's table as the kind it names, lowers
 //! it through [`LowerGrant`], and keeps the result behind [`GrantSettings`].
 //!
 //! [`Config::lower_with`]: super::Config::lower_with
@@ -29,11 +29,6 @@ pub trait GrantTables {
         grant: &str,
         map: &mut A,
     ) -> Result<Option<Box<dyn LowerGrant>>, A::Error>;
-}
-
-/// A grant kind's strict table: every key it accepts (written by `credential_table!`).
-pub trait RawGrantTable {
-    const KEYS: &'static [&'static str];
 }
 
 /// One grant's table lowered into the model: implemented once per grant, in its file.

@@ -3,13 +3,16 @@
 //! Lowering is pure (text in, model out); between them the two steps catch every mistake,
 //! with file, line and key.
 //!
-//! Config knows no grant kind: each is a file of the `grant` room, which hands its registry
-//! to [`Config::lower_with`] (`grant` also writes `Config::load`, `parse` and `lower` with
-//! it). `lowering` is what a kind's own lowering uses of config.
+//! Config knows no grant kind and no store backend: each is a file of the `grant` or the
+//! `store` room, whose registries are handed to [`Config::lower_with`] as [`Kinds`]
+//! (`crate::kinds` writes `Config::load`, `parse` and `lower` with this build's).
+//! `lowering` is what a kind's own lowering uses of config.
 
 mod check;
+mod client_auth;
 mod error;
 mod grant;
+mod kinds;
 mod lower;
 pub mod lowering;
 mod model;
@@ -21,9 +24,12 @@ mod urls;
 
 use std::path::Path;
 
+pub use client_auth::{ClientAuthKind, ClientAuthMethod, ClientAuthSettings, Needed};
 pub use error::{ConfigError, SourceMap};
-pub use grant::{GrantConfig, GrantSettings, GrantTables, LowerGrant, LoweredGrant, RawGrantTable};
+pub use grant::{GrantConfig, GrantSettings, GrantTables, LowerGrant, LoweredGrant};
+pub use kinds::{Kinds, StrictTable};
 pub use pending::{Material, MaterialCheck, Place};
+pub use store::{LowerStore, StoreTables, DEFAULT_BACKEND};
 pub use urls::secure_or_loopback;
 // What the config names but `material` reads: re-exported so the model reads as one.
 pub use crate::material::{
@@ -34,7 +40,7 @@ pub use model::*;
 
 impl Config {
     /// Reads and validates a config file, with the grant kinds `G`.
-    pub fn load_with<G: GrantTables>(path: &Path) -> Result<Config, ConfigError> {
+    pub fn load_with<K: Kinds>(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             file: path.to_path_buf(),
             line: 0,
@@ -42,23 +48,23 @@ impl Config {
             key: None,
             message: format!("cannot read config: {e}"),
         })?;
-        Config::parse_with::<G>(path, &text)
+        Config::parse_with::<K>(path, &text)
     }
 
     /// Validates config text and everything it names (both steps); `source` names it in
     /// errors.
-    pub fn parse_with<G: GrantTables>(source: &Path, text: &str) -> Result<Config, ConfigError> {
-        let config = Config::lower_with::<G>(source, text)?;
+    pub fn parse_with<K: Kinds>(source: &Path, text: &str) -> Result<Config, ConfigError> {
+        let config = Config::lower_with::<K>(source, text)?;
         config.check_material()?;
         Ok(config)
     }
 
     /// Validates config text alone: reads no file and no environment variable. What the
     /// text names outside itself is left for [`Config::check_material`].
-    pub fn lower_with<G: GrantTables>(source: &Path, text: &str) -> Result<Config, ConfigError> {
-        let map = SourceMap::new(source, text);
-        let raw = raw::parse::<G>(text).map_err(|e| lower::schema_error::<G>(&map, &e))?;
-        let mut config = lower::lower::<G>(source, &map, raw)?;
+    pub fn lower_with<K: Kinds>(source: &Path, text: &str) -> Result<Config, ConfigError> {
+        let map = SourceMap::new(source, text).with_client_auths(K::CLIENT_AUTHS);
+        let raw = raw::parse::<K>(text).map_err(|e| lower::schema_error::<K>(&map, &e))?;
+        let mut config = lower::lower::<K>(source, &map, raw)?;
         config.material = map.take_checks();
         Ok(config)
     }

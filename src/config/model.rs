@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{ClientIdentity, GrantConfig, SecretRef, SigningConfig};
+use super::{ClientAuthMethod, ClientIdentity, GrantConfig, SecretRef};
 
 /// The default listeners: a high pair in the app's network namespace that apps (8080,
 /// 3000, 5000…), Prometheus and Dapr (9090), Istio (15000–15090), Linkerd (4140–4191),
@@ -100,38 +100,6 @@ pub struct ServerConfig {
     /// The program that runs `rotation-helper` (this binary), for rotations that survive a
     /// kill. Not a config key: `bearerd run` sets it; embedders may.
     pub rotation_helper: Option<PathBuf>,
-}
-
-/// How the client proves who it is to the token endpoint (DESIGN §3). Each method holds
-/// exactly what it needs, so a combination that cannot work cannot be written down.
-#[derive(Debug, Clone)]
-pub enum ClientAuthMethod {
-    /// HTTP Basic with the client secret (RFC 6749 §2.3.1).
-    Basic(SecretRef),
-    /// `client_id` and `client_secret` in the form.
-    Post(SecretRef),
-    /// A JWT signed with the client's private key (RFC 7523 §2.2).
-    PrivateKeyJwt(SigningConfig),
-    /// A JWT minted elsewhere (a projected service-account token), read at every use.
-    ClientAssertion(SecretRef),
-    /// Mutual TLS with a client certificate (RFC 8705 §2.1).
-    TlsClientAuth(ClientIdentity),
-    /// A public client: `client_id` only.
-    None,
-}
-
-impl ClientAuthMethod {
-    /// The `client_auth` value, for `bearerd status` and `/status`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            ClientAuthMethod::Basic(_) => "basic",
-            ClientAuthMethod::Post(_) => "post",
-            ClientAuthMethod::PrivateKeyJwt(_) => "private_key_jwt",
-            ClientAuthMethod::ClientAssertion(_) => "client_assertion",
-            ClientAuthMethod::TlsClientAuth(_) => "tls_client_auth",
-            ClientAuthMethod::None => "none",
-        }
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -17,7 +17,8 @@ use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::grant::{GrantTables, LowerGrant};
-use super::store::RawStore;
+use super::kinds::Kinds;
+use super::store::{RawStore, StoreTables};
 use crate::material::RawSecretRef;
 
 #[derive(Deserialize, Default)]
@@ -53,7 +54,7 @@ struct GrantName {
 
 /// Parses config text: first the whole document with each credential's grant name, then
 /// each credential table strictly as the grant it names.
-pub fn parse<G: GrantTables>(text: &str) -> Result<RawConfig, toml::de::Error> {
+pub fn parse<K: Kinds>(text: &str) -> Result<RawConfig, toml::de::Error> {
     let mut config: RawConfig = toml::from_str(text)?;
     let grants: HashMap<String, Option<String>> = std::mem::take(&mut config.grants)
         .into_iter()
@@ -61,13 +62,13 @@ pub fn parse<G: GrantTables>(text: &str) -> Result<RawConfig, toml::de::Error> {
         .collect();
     config.credentials = TopLevel {
         key: "credentials",
-        seed: EachCredential::<G>(&grants, PhantomData),
+        seed: EachCredential::<K::Grants>(&grants, PhantomData),
     }
     .deserialize(toml::Deserializer::new(text))?;
     let backend = config.store_backend.backend.take();
     config.store = TopLevel {
         key: "store",
-        seed: StoreAs(backend.as_deref()),
+        seed: StoreAs::<K::Stores>(backend.as_deref(), PhantomData),
     }
     .deserialize(toml::Deserializer::new(text))?;
     Ok(config)
@@ -205,13 +206,13 @@ impl<'de, G: GrantTables> Visitor<'de> for EachCredential<'_, G> {
 }
 
 /// The second pass over `[store]`: the table read as the backend it names.
-struct StoreAs<'b>(Option<&'b str>);
+struct StoreAs<'b, S>(Option<&'b str>, PhantomData<S>);
 
-impl<'de> DeserializeSeed<'de> for StoreAs<'_> {
+impl<'de, S: StoreTables> DeserializeSeed<'de> for StoreAs<'_, S> {
     type Value = RawStore;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        RawStore::read(self.0, d)
+        RawStore::read::<S, D>(self.0, d)
     }
 }
 

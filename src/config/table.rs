@@ -1,5 +1,6 @@
 //! The strict table of a grant kind, declared in its file of the `grant` room with
-//! [`credential_table!`], and the key groups several grants share (token request, schedule,
+//! [`credential_table!`] (and of a store backend, in its file of `store`, with
+//! [`store_table!`]), and the key groups several grants share (token request, schedule,
 //! waiting). serde's `flatten` would turn strictness off, so each group's keys are pasted
 //! into each table that takes them, with an accessor that copies them into the group's
 //! view struct: lowering code shared by several grants reads one type.
@@ -23,7 +24,7 @@ macro_rules! credential_table {
             $($(#[$fm])* pub $field: $ty,)*
         }
 
-        impl $crate::config::RawGrantTable for $name {
+        impl $crate::config::StrictTable for $name {
             const KEYS: &'static [&'static str] = &["grant", $(stringify!($field)),*];
         }
     };
@@ -120,4 +121,25 @@ token_request_keys!(@view);
 schedule_keys!(@view);
 wait_keys!(@view);
 
-pub(crate) use {credential_table, key_group, schedule_keys, token_request_keys, wait_keys};
+/// Declares a strict `[store]` table: `backend`, then the backend's own keys, and `KEYS`.
+macro_rules! store_table {
+    ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* $field:ident : $ty:ty,)* }) => {
+        $(#[$m])*
+        #[derive(::serde::Deserialize, Default)]
+        #[serde(deny_unknown_fields)]
+        pub struct $name {
+            /// Read by the first pass, to choose this table; accepted here.
+            #[allow(dead_code)]
+            backend: Option<String>,
+            $($(#[$fm])* pub $field: $ty,)*
+        }
+
+        impl $crate::config::StrictTable for $name {
+            const KEYS: &'static [&'static str] = &["backend", $(stringify!($field)),*];
+        }
+    };
+}
+
+pub(crate) use {
+    credential_table, key_group, schedule_keys, store_table, token_request_keys, wait_keys,
+};

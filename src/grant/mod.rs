@@ -3,8 +3,8 @@
 //! ([`GrantSettings`]) and its behaviour ([`GrantKind`]), tied together by its [`Kind`]
 //! impl. A new grant is its file plus one line of [`grants!`].
 //!
-//! Config knows no grant kind: this room hands the registry, [`Grants`], to
-//! `Config::lower_with`, and writes `Config::load`, `parse` and `lower` with it.
+//! Config knows no grant kind: it is read with this room's registry, [`Grants`] (see
+//! `crate::kinds`).
 
 mod client_credentials;
 mod jwt_bearer;
@@ -12,16 +12,13 @@ mod refresh_token;
 mod static_token;
 mod token_exchange;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::de::{DeserializeOwned, MapAccess};
 
-use crate::config::{
-    Config, ConfigError, GrantConfig, GrantSettings, GrantTables, LowerGrant, RawGrantTable,
-};
+use crate::config::{GrantConfig, GrantSettings, GrantTables, LowerGrant, StrictTable};
 use crate::oauth::carrier::Carrier;
 pub use crate::oauth::IssuedToken;
 use crate::oauth::TokenEndpoint;
@@ -36,7 +33,7 @@ pub use token_exchange::{TokenExchange, TokenExchangeConfig, TypedToken};
 /// (which lowers into its settings), and how its settings become its behaviour.
 pub trait Kind {
     const NAME: &'static str;
-    type Table: RawGrantTable + LowerGrant + DeserializeOwned + 'static;
+    type Table: StrictTable + LowerGrant + DeserializeOwned + 'static;
     type Settings: GrantSettings;
 
     fn build(settings: &Self::Settings) -> Result<Box<dyn GrantKind>, GrantBuildError>;
@@ -53,7 +50,7 @@ macro_rules! grants {
 
             fn keys_of(grant: &str) -> Option<&'static [&'static str]> {
                 $(if grant == <$kind as Kind>::NAME {
-                    return Some(<<$kind as Kind>::Table as RawGrantTable>::KEYS);
+                    return Some(<<$kind as Kind>::Table as StrictTable>::KEYS);
                 })*
                 None
             }
@@ -86,25 +83,6 @@ grants! {
     token_exchange::TokenExchangeKind,
     jwt_bearer::JwtBearerKind,
     static_token::StaticKind,
-}
-
-/// The config API with every grant kind of this build.
-impl Config {
-    /// Reads and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Config::load_with::<Grants>(path)
-    }
-
-    /// Validates config text and everything it names (both steps); `source` names it in
-    /// errors.
-    pub fn parse(source: &Path, text: &str) -> Result<Config, ConfigError> {
-        Config::parse_with::<Grants>(source, text)
-    }
-
-    /// Validates config text alone: reads no file and no environment variable.
-    pub fn lower(source: &Path, text: &str) -> Result<Config, ConfigError> {
-        Config::lower_with::<Grants>(source, text)
-    }
 }
 
 /// Writes the [`GrantSettings`] methods every kind's settings write the same way: its

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{ClientAuthMethod, TokenRequestConfig};
+use crate::config::TokenRequestConfig;
 use carrier::{Carrier, CarrierError};
 use client_auth::{ClientAuthenticator, Form};
 use discovery::ProviderEndpoints;
@@ -111,14 +111,7 @@ pub struct TokenEndpoint {
 
 impl TokenEndpoint {
     pub fn new(config: &TokenRequestConfig) -> Result<Self, transport::ClientError> {
-        let identity = match &config.client.method {
-            ClientAuthMethod::TlsClientAuth(id) => Some(id),
-            ClientAuthMethod::Basic(_)
-            | ClientAuthMethod::Post(_)
-            | ClientAuthMethod::PrivateKeyJwt(_)
-            | ClientAuthMethod::ClientAssertion(_)
-            | ClientAuthMethod::None => None,
-        };
+        let identity = config.client.method.identity();
         let transport = Transport::new(config.timeout, config.ca_file.as_deref(), identity)?;
         Ok(TokenEndpoint {
             transport,

@@ -40,6 +40,37 @@ use super::{
 };
 use super::{LocalCoordination, RecordKey, SubjectNames};
 
+/// `backend = "file"`: an encrypted file (one sealed row per record) that survives restarts.
+pub struct FileBackend;
+
+impl super::Backend for FileBackend {
+    const NAME: &'static str = "file";
+    type Table = RawFileStore;
+}
+
+crate::config::lowering::store_table! {
+    pub struct RawFileStore {
+        path: Option<PathBuf>,
+        key: Option<crate::material::RawSecretRef>,
+    }
+}
+
+impl crate::config::LowerStore for RawFileStore {
+    fn lower(
+        &self,
+        map: &crate::config::SourceMap,
+    ) -> Result<crate::config::StoreConfig, crate::config::ConfigError> {
+        let Some(path) = self.path.clone() else {
+            return Err(map.error_at(
+                "store.backend",
+                "the file store needs `path = \"/var/lib/bearerd/tokens.store\"`",
+            ));
+        };
+        let key = crate::config::lowering::lower_store_key(map, &self.key, "file")?;
+        Ok(crate::config::StoreConfig::File { path, key })
+    }
+}
+
 /// How long a starting sidecar waits for another instance on the store to go away.
 const INSTANCE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(10);
 

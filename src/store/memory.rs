@@ -10,6 +10,28 @@ use super::{
     LocalCoordination, SaveOutcome, StoreBackend, StoreError, StoredSet, StoredToken, TokenStore,
 };
 
+/// `backend = "memory"` (the default): tokens live as long as the process.
+pub struct MemoryBackend;
+
+impl super::Backend for MemoryBackend {
+    const NAME: &'static str = crate::config::DEFAULT_BACKEND;
+    type Table = RawMemoryStore;
+}
+
+crate::config::lowering::store_table! {
+    /// The memory store takes no keys of its own.
+    pub struct RawMemoryStore {}
+}
+
+impl crate::config::LowerStore for RawMemoryStore {
+    fn lower(
+        &self,
+        _map: &crate::config::SourceMap,
+    ) -> Result<crate::config::StoreConfig, crate::config::ConfigError> {
+        Ok(crate::config::StoreConfig::Memory)
+    }
+}
+
 pub struct MemoryStore {
     sets: Mutex<HashMap<String, StoredSet>>,
     local: LocalCoordination,

@@ -28,7 +28,7 @@ use secrecy::{ExposeSecret, SecretBox, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::config::StoreConfig;
+use crate::config::{LowerStore, StoreConfig, StoreTables, StrictTable};
 pub use coord::LocalCoordination;
 pub use file::FileStore;
 pub use memory::MemoryStore;
@@ -539,6 +539,50 @@ pub enum StoreError {
     /// The store did not answer (a shared store that is down, slow or unreachable).
     #[error("{store} is unavailable: {message}")]
     Unavailable { store: String, message: String },
+}
+
+/// One store backend as the registry sees it: the name `[store] backend` gives it and its
+/// strict table, which lowers into its arm of `StoreConfig` (opened by [`open`]).
+pub trait Backend {
+    const NAME: &'static str;
+    type Table: StrictTable + LowerStore + serde::de::DeserializeOwned + 'static;
+}
+
+/// The registry: one line per backend, in the order error messages list them.
+macro_rules! store_backends {
+    ($($backend:ty,)*) => {
+        /// Every store backend this build has.
+        pub struct Backends;
+
+        impl StoreTables for Backends {
+            const NAMES: &'static [&'static str] = &[$(<$backend as Backend>::NAME),*];
+
+            fn keys_of(backend: &str) -> Option<&'static [&'static str]> {
+                $(if backend == <$backend as Backend>::NAME {
+                    return Some(<<$backend as Backend>::Table as StrictTable>::KEYS);
+                })*
+                None
+            }
+
+            fn read<'de, D: serde::Deserializer<'de>>(
+                backend: &str,
+                table: D,
+            ) -> Result<Option<Box<dyn LowerStore>>, D::Error> {
+                $(if backend == <$backend as Backend>::NAME {
+                    let table: <$backend as Backend>::Table = Deserialize::deserialize(table)?;
+                    return Ok(Some(Box::new(table)));
+                })*
+                serde::de::IgnoredAny::deserialize(table)?;
+                Ok(None)
+            }
+        }
+    };
+}
+
+store_backends! {
+    memory::MemoryBackend,
+    file::FileBackend,
+    redis::RedisBackend,
 }
 
 pub use crate::material::parse_store_key as parse_key;

@@ -9,7 +9,7 @@ use credential::lower_credential;
 // What a grant kind's lowering (in the `grant` room) shares, through `config::lowering`.
 pub(crate) use credential::{
     file_only, key_source, lower_policy, lower_signing, non_empty, subject_header_name,
-    subjects_in_memory, ClientIdRule,
+    subjects_in_memory, ClientIdRule, SIGNING_KEYS,
 };
 pub(crate) use token_request::lower_token_request;
 
@@ -20,16 +20,17 @@ use std::time::Duration;
 
 use super::error::SourceMap;
 use super::grant::GrantTables;
+use super::kinds::Kinds;
 use super::pending::Material;
 use super::raw::{RawConfig, RawCredential, RawUpstream};
-use super::store::RawStore;
+use super::store::StoreTables;
 use super::urls::parse_http_url;
 use super::*;
 
 /// A schema error (syntax, type, unknown key) at its line and key. A key of a table that
 /// its kind (a credential's grant, the store's backend) does not take says which kinds
 /// take it, or which keys this one takes.
-pub(super) fn schema_error<G: GrantTables>(map: &SourceMap, err: &toml::de::Error) -> ConfigError {
+pub(super) fn schema_error<K: Kinds>(map: &SourceMap, err: &toml::de::Error) -> ConfigError {
     let mut e = map.toml_error(err);
     if !e.message.starts_with("unknown field") {
         return e;
@@ -37,15 +38,15 @@ pub(super) fn schema_error<G: GrantTables>(map: &SourceMap, err: &toml::de::Erro
     let path = e.key.clone().unwrap_or_default();
     let hint = match path.split('.').collect::<Vec<_>>()[..] {
         ["store", field] => {
-            let backend = map.str_at(&["store", "backend"]).unwrap_or("memory");
-            let kinds = ("backend", RawStore::BACKENDS, RawStore::keys_of as KeysOf);
+            let backend = map.str_at(&["store", "backend"]).unwrap_or(DEFAULT_BACKEND);
+            let kinds = ("backend", K::Stores::NAMES, K::Stores::keys_of as KeysOf);
             unknown_key_hint(field, backend, kinds)
         }
         ["credentials", name, field] => {
             let grant = map
                 .str_at(&["credentials", name, "grant"])
                 .unwrap_or_default();
-            let kinds = ("grant", G::NAMES, G::keys_of as KeysOf);
+            let kinds = ("grant", K::Grants::NAMES, K::Grants::keys_of as KeysOf);
             unknown_key_hint(field, grant, kinds)
         }
         _ => None,
@@ -151,7 +152,7 @@ fn socket_addr(map: &SourceMap, key: &str, value: &str) -> Result<SocketAddr, Co
     })
 }
 
-pub(super) fn lower<G: GrantTables>(
+pub(super) fn lower<K: Kinds>(
     source: &Path,
     map: &SourceMap,
     raw: RawConfig,
@@ -164,13 +165,13 @@ pub(super) fn lower<G: GrantTables>(
         server.allow_remote_clients,
     )?;
 
-    let store = super::store::lower_store(map, &raw.store)?;
+    let store = super::store::lower_store::<K::Stores>(map, &raw.store)?;
 
     let mut credentials = Vec::new();
     let mut index = HashMap::new();
     for (name, rc) in &raw.credentials {
         index.insert(name.clone(), credentials.len());
-        credentials.push(lower_credential::<G>(map, name, rc)?);
+        credentials.push(lower_credential::<K::Grants>(map, name, rc)?);
     }
 
     if raw.upstreams.is_empty() {

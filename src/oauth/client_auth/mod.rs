@@ -1,19 +1,21 @@
-//! Client authentication at the token endpoint: one file per `client_auth` method that
-//! puts something in the request (RFC 6749 §2.3.1, RFC 7523 §2.2), and an arm each here;
-//! `tls_client_auth` (RFC 8705 §2.1) is the transport's, `none` names the client only.
-//! Secrets, keys and assertions are read at each use, so a rotated file counts from the
-//! next request on.
+//! Client authentication at the token endpoint (RFC 6749 §2.3.1, RFC 7523 §2.2, RFC 8705
+//! §2.1): one file per `client_auth` method, holding all of it: the keys it reads and its
+//! lowering (`config::ClientAuthKind`), its settings (`config::ClientAuthSettings`) and
+//! what it puts in a request ([`Authenticate`]). A new method is its file plus one line of
+//! [`client_auth_methods!`]. Secrets, keys and assertions are read at each use, so a
+//! rotated file counts from the next request on.
 
 mod basic;
 mod client_assertion;
+mod none;
 mod post;
 mod private_key_jwt;
+mod tls_client_auth;
 
 use secrecy::ExposeSecret;
 
 use super::error::{GrantError, GrantInput};
-use crate::config::{ClientAuthMethod, SecretRef};
-use crate::material::signing::AssertionSigner;
+use crate::config::{ClientAuthKind, ClientAuthMethod, ClientAuthSettings, SecretRef};
 
 /// RFC 7523 §2.2: the `client_assertion_type` of a JWT assertion.
 pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -21,58 +23,98 @@ pub const JWT_BEARER_ASSERTION: &str = "urn:ietf:params:oauth:client-assertion-t
 /// A form being built for the token endpoint.
 pub type Form = Vec<(&'static str, String)>;
 
-pub enum ClientAuthenticator {
-    Basic(SecretRef),
-    Post(SecretRef),
-    PrivateKeyJwt(AssertionSigner),
-    ClientAssertion(SecretRef),
-    /// The certificate is presented by the transport; the form names the client.
-    TlsClientAuth,
-    None,
+/// What a method puts in a token request.
+pub trait Authenticate: Send + Sync {
+    /// Adds the client's credentials to a request for `token_endpoint` (its URL is the
+    /// default audience of a signed assertion).
+    fn apply(
+        &self,
+        req: reqwest::RequestBuilder,
+        form: &mut Form,
+        client_id: Option<&str>,
+        token_endpoint: &str,
+    ) -> Result<reqwest::RequestBuilder, GrantError>;
 }
+
+/// One method, as the registry builds it: its settings type and what they become.
+trait Method: ClientAuthKind {
+    type Settings: ClientAuthSettings;
+
+    fn authenticator(settings: &Self::Settings) -> Box<dyn Authenticate>;
+}
+
+/// The registry: one line per method, in the order error messages list them (and, for a
+/// credential without `client_auth`, the order in which its keys imply one).
+macro_rules! client_auth_methods {
+    ($($method:ty = $value:expr,)*) => {
+        /// Every client authentication method of this build (config is read with them).
+        pub static METHODS: &[&dyn ClientAuthKind] = &[$(&$value),*];
+
+        /// What a method's settings put in a request, by the method that wrote them.
+        fn authenticator(method: &ClientAuthMethod) -> Option<Box<dyn Authenticate>> {
+            $(if let Some(settings) = method.settings::<<$method as Method>::Settings>() {
+                return Some(<$method as Method>::authenticator(settings));
+            })*
+            None
+        }
+    };
+}
+
+client_auth_methods! {
+    basic::Basic = basic::Basic,
+    post::Post = post::Post,
+    private_key_jwt::PrivateKeyJwt = private_key_jwt::PrivateKeyJwt,
+    client_assertion::ClientAssertion = client_assertion::ClientAssertion,
+    tls_client_auth::TlsClientAuth = tls_client_auth::TlsClientAuth,
+    none::Public = none::Public,
+}
+
+/// Writes the `ClientAuthSettings` methods every method's settings write the same way.
+macro_rules! settings_of {
+    ($kind:expr) => {
+        fn name(&self) -> &'static str {
+            $crate::config::ClientAuthKind::name(&$kind)
+        }
+
+        fn clone_box(&self) -> Box<dyn $crate::config::ClientAuthSettings> {
+            Box::new(self.clone())
+        }
+
+        fn as_any(&self) -> &dyn ::std::any::Any {
+            self
+        }
+    };
+}
+use settings_of;
+
+/// A credential's client authentication, ready to apply.
+pub struct ClientAuthenticator(Box<dyn Authenticate>);
 
 impl ClientAuthenticator {
     pub fn new(method: &ClientAuthMethod) -> ClientAuthenticator {
-        match method {
-            ClientAuthMethod::Basic(s) => ClientAuthenticator::Basic(s.clone()),
-            ClientAuthMethod::Post(s) => ClientAuthenticator::Post(s.clone()),
-            ClientAuthMethod::PrivateKeyJwt(signing) => {
-                ClientAuthenticator::PrivateKeyJwt(AssertionSigner::new(signing.clone()))
-            }
-            ClientAuthMethod::ClientAssertion(s) => ClientAuthenticator::ClientAssertion(s.clone()),
-            ClientAuthMethod::TlsClientAuth(_) => ClientAuthenticator::TlsClientAuth,
-            ClientAuthMethod::None => ClientAuthenticator::None,
-        }
+        // Settings written by no method of the registry (only a config built by hand)
+        // name the client and prove nothing.
+        ClientAuthenticator(
+            authenticator(method).unwrap_or_else(|| Box::new(tls_client_auth::NamesTheClient)),
+        )
     }
 
-    /// Adds the client's credentials to a request for `endpoint` (the token endpoint's URL
-    /// is the default audience of a signed assertion).
+    /// Adds the client's credentials to a request for `token_endpoint`.
     pub fn apply(
         &self,
-        mut req: reqwest::RequestBuilder,
+        req: reqwest::RequestBuilder,
         form: &mut Form,
         client_id: Option<&str>,
         token_endpoint: &str,
     ) -> Result<reqwest::RequestBuilder, GrantError> {
-        let secret = |s: &SecretRef| {
-            s.resolve()
-                .map_err(|m| GrantError::unavailable(GrantInput::ClientSecret, m))
-        };
-        match self {
-            ClientAuthenticator::Basic(s) => req = basic::apply(req, secret(s)?, client_id)?,
-            ClientAuthenticator::Post(s) => post::apply(form, secret(s)?, client_id),
-            ClientAuthenticator::PrivateKeyJwt(signer) => {
-                private_key_jwt::apply(form, signer, client_id, token_endpoint)?
-            }
-            ClientAuthenticator::ClientAssertion(source) => {
-                client_assertion::apply(form, source, client_id)?
-            }
-            ClientAuthenticator::TlsClientAuth | ClientAuthenticator::None => {
-                with_client_id(form, client_id)
-            }
-        }
-        Ok(req)
+        self.0.apply(req, form, client_id, token_endpoint)
     }
+}
+
+/// The current value of a secret, read again at every use.
+fn secret(s: &SecretRef) -> Result<secrecy::SecretString, GrantError> {
+    s.resolve()
+        .map_err(|m| GrantError::unavailable(GrantInput::ClientSecret, m))
 }
 
 /// Reads a JWT from its source (again at every call) and checks that it is one, and not
