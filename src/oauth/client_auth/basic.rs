@@ -3,7 +3,7 @@
 use base64::Engine;
 use secrecy::ExposeSecret;
 
-use super::{form_encode, secret, Authenticate, Form, Method};
+use super::{form_encode, secret, Authenticate, Form};
 use crate::config::{ClientAuthKind, ClientAuthMethod, ClientAuthSettings, ConfigError};
 use crate::config::{Needed, SecretRef};
 use crate::oauth::error::{GrantError, GrantInput};
@@ -40,13 +40,7 @@ impl ClientAuthSettings for BasicSecret {
     super::settings_of!(Basic);
 }
 
-impl Method for Basic {
-    type Settings = BasicSecret;
-
-    fn authenticator(settings: &BasicSecret) -> Box<dyn Authenticate> {
-        Box::new(settings.clone())
-    }
-}
+super::applies_its_settings!(Basic, BasicSecret);
 
 impl Authenticate for BasicSecret {
     fn apply(

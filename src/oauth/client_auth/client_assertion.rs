@@ -2,7 +2,7 @@
 //! token), from a file read again at every use and checked to be an unexpired JWT before
 //! it is sent; the check step reads it once.
 
-use super::{read_jwt, with_assertion, Authenticate, Form, Method};
+use super::{read_jwt, with_assertion, Authenticate, Form};
 use crate::config::lowering::file_only;
 use crate::config::{ClientAuthKind, ClientAuthMethod, ClientAuthSettings, ConfigError};
 use crate::config::{Material, Needed, SecretRef};
@@ -45,13 +45,7 @@ impl ClientAuthSettings for AssertionFile {
     super::settings_of!(ClientAssertion);
 }
 
-impl Method for ClientAssertion {
-    type Settings = AssertionFile;
-
-    fn authenticator(settings: &AssertionFile) -> Box<dyn Authenticate> {
-        Box::new(settings.clone())
-    }
-}
+super::applies_its_settings!(ClientAssertion, AssertionFile);
 
 impl Authenticate for AssertionFile {
     fn apply(

@@ -87,6 +87,20 @@ macro_rules! settings_of {
 }
 use settings_of;
 
+/// The `Method` impl of a method whose settings are all it applies (no state of its own).
+macro_rules! applies_its_settings {
+    ($method:ty, $settings:ty) => {
+        impl super::Method for $method {
+            type Settings = $settings;
+
+            fn authenticator(settings: &$settings) -> Box<dyn super::Authenticate> {
+                Box::new(settings.clone())
+            }
+        }
+    };
+}
+use applies_its_settings;
+
 /// A credential's client authentication, ready to apply.
 pub struct ClientAuthenticator(Box<dyn Authenticate>);
 

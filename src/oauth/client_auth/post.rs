@@ -2,7 +2,7 @@
 
 use secrecy::ExposeSecret;
 
-use super::{secret, with_client_id, Authenticate, Form, Method};
+use super::{secret, with_client_id, Authenticate, Form};
 use crate::config::{ClientAuthKind, ClientAuthMethod, ClientAuthSettings, ConfigError};
 use crate::config::{Needed, SecretRef};
 use crate::oauth::error::GrantError;
@@ -40,13 +40,7 @@ impl ClientAuthSettings for PostSecret {
     super::settings_of!(Post);
 }
 
-impl Method for Post {
-    type Settings = PostSecret;
-
-    fn authenticator(settings: &PostSecret) -> Box<dyn Authenticate> {
-        Box::new(settings.clone())
-    }
-}
+super::applies_its_settings!(Post, PostSecret);
 
 impl Authenticate for PostSecret {
     fn apply(
