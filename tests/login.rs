@@ -127,6 +127,69 @@ async fn login_with_code_and_pkce_hands_the_refresh_token_to_the_sidecar() {
     assert_eq!(h.tokens.state.reuse_detected(), 0);
 }
 
+/// A provider without offline access issues no refresh token at the login: the access
+/// token is served until it expires, nothing is ever refreshed, and then the credential
+/// asks for a login again (503 with `requires_reauth`), never forwarding a dead token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_login_without_a_refresh_token_serves_its_access_token_until_it_expires() {
+    let h = harness_without_refresh_token().await;
+    h.tokens.state.no_refresh_token_on_login();
+    h.tokens.state.set_lifetime(Duration::from_secs(4));
+    let (child, rx) = start_login(&h, false, &[]);
+    let url = wait_line(&rx, |l| l.trim_start().starts_with("http"))
+        .trim()
+        .to_string();
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = no_redirects.get(&url).send().await.unwrap();
+    let callback = resp.headers()["location"].to_str().unwrap().to_string();
+    let page = reqwest::get(&callback).await.unwrap().text().await.unwrap();
+    assert!(page.contains("Logged in"), "{page}");
+    wait_line(&rx, |l| l.contains("logged in"));
+    let (ok, stderr) = finish(child).await;
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("no refresh token"), "{stderr}");
+
+    // The upstream gets the login's access token.
+    let resp = h.get("/api/x").await;
+    assert_eq!(resp.status(), 200);
+    let seen = h.upstream.state.seen();
+    assert!(seen.last().unwrap().token_serial.is_some(), "a live token");
+    let status = h.status().await;
+    assert_eq!(status["credentials"]["api"]["state"], "valid");
+    assert_eq!(status["credentials"]["api"]["has_refresh_token"], false);
+    let token_requests = h.tokens.state.requests();
+
+    // Once it has expired, the credential asks for a login; no token request was sent.
+    let expired = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = h.get("/api/y").await;
+        if resp.status() == 503 {
+            let body: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(body["requires_reauth"], true, "{body}");
+            break;
+        }
+        assert_eq!(resp.status(), 200);
+        assert!(
+            tokio::time::Instant::now() < expired,
+            "still served after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        h.tokens.state.requests(),
+        token_requests,
+        "nothing to refresh with"
+    );
+    let status = h.status().await;
+    assert_eq!(
+        status["credentials"]["api"]["last_error"]["kind"],
+        "login_required"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn login_with_the_device_grant_polls_until_approved() {
     let h = harness_without_refresh_token().await;

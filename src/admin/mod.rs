@@ -248,21 +248,65 @@ impl AdminApp {
                 format!("credential {name:?} keeps a token per subject: log a subject in (…/subjects/{{subject}}/login)"),
             );
         }
-        let refresh_token = match read_login(session).await {
-            Ok(rt) => rt,
+        let login = match read_login(session).await {
+            Ok(login) => login,
             Err(response) => return response,
         };
-        if let Err(e) = cred.login(refresh_token).await {
-            return error_response(400, e.to_string());
-        }
-        self.refresh(name).await
+        let access_token = match login {
+            api::LoginRequest {
+                refresh_token: Some(refresh_token),
+                ..
+            } => {
+                if let Err(e) = cred.login(refresh_token).await {
+                    return error_response(400, e.to_string());
+                }
+                return self.refresh(name).await;
+            }
+            api::LoginRequest {
+                access_token: Some(access_token),
+                expires_in,
+                scope,
+                ..
+            } => crate::oauth::IssuedToken {
+                access_token,
+                lifetime: expires_in.map(Duration::from_secs),
+                scopes: scope
+                    .map(|s| s.split_whitespace().map(str::to_string).collect())
+                    .unwrap_or_default(),
+                refresh_token: None,
+                lifetime_cap: None,
+            },
+            api::LoginRequest { .. } => {
+                return error_response(400, "a login carries `refresh_token` or `access_token`")
+            }
+        };
+        let before = cred.slot.current().map_or(0, |t| t.generation);
+        let started = Instant::now();
+        let published = match crate::token::refresher::login_access_token(cred, access_token).await
+        {
+            Ok(published) => published,
+            Err(e) => return error_response(400, e.to_string()),
+        };
+        let status = cred.slot.status();
+        let report = api::RefreshReport {
+            outcome: if published {
+                api::Outcome::Success
+            } else {
+                api::Outcome::Failed
+            },
+            duration_ms: started.elapsed().as_millis() as u64,
+            generation: status.generation,
+            previous_generation: before,
+            status,
+            credential: name.to_string(),
+            subject: None,
+        };
+        json_response(if published { 200 } else { 502 }, &report)
     }
 }
 
-/// Reads `{"refresh_token": "…"}`, the body of a login.
-async fn read_login(
-    session: &mut ServerSession,
-) -> Result<secrecy::SecretString, Response<Vec<u8>>> {
+/// Reads the body of a login: `{"refresh_token": "…"}`, or an access token alone.
+async fn read_login(session: &mut ServerSession) -> Result<api::LoginRequest, Response<Vec<u8>>> {
     let mut body = Vec::new();
     while let Ok(Some(chunk)) = session.read_request_body().await {
         body.extend_from_slice(&chunk);
@@ -277,7 +321,7 @@ async fn read_login(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     match serde_json::from_slice::<api::LoginRequest>(&body) {
-        Ok(login) if is_json => Ok(login.refresh_token),
+        Ok(login) if is_json => Ok(login),
         // The parser's message could quote the body, a token: give only the position.
         parsed => {
             let at = parsed

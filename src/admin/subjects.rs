@@ -160,9 +160,16 @@ impl AdminApp {
                 "an on-behalf-of credential takes each user's token from the request; there is nothing to log in or connect",
             ),
             SubjectOp::Login => {
-                let refresh_token = match read_login(session).await {
-                    Ok(rt) => rt,
+                let login = match read_login(session).await {
+                    Ok(login) => login,
                     Err(response) => return response,
+                };
+                // A subject has no login of its own that could give an access token alone.
+                let Some(refresh_token) = login.refresh_token else {
+                    return error_response(
+                        400,
+                        "a subject's login hands over a refresh token: {\"refresh_token\": \"…\"}",
+                    );
                 };
                 let live = match registry.hand_over(&subject, refresh_token).await {
                     Ok(live) => live,

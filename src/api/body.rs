@@ -189,17 +189,55 @@ pub struct RefreshReport {
     pub subject: Option<String>,
 }
 
-/// `POST …/login`'s body: a refresh token the caller already holds.
+/// `POST …/login`'s body: what a login obtained, or a refresh token the caller already
+/// holds. A provider that issues no refresh token (one that does not offer
+/// `offline_access`) leaves only the access token: it serves until it expires, and then the
+/// credential asks for a login again.
 #[derive(Debug, Deserialize, Serialize)]
 pub struct LoginRequest {
-    #[serde(serialize_with = "expose")]
-    pub refresh_token: secrecy::SecretString,
+    #[serde(
+        default,
+        serialize_with = "expose",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub refresh_token: Option<secrecy::SecretString>,
+    /// Only without `refresh_token`.
+    #[serde(
+        default,
+        serialize_with = "expose",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub access_token: Option<secrecy::SecretString>,
+    /// The access token's `expires_in`, in seconds, as the provider gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<u64>,
+    /// The scopes the provider granted (space-separated, as in a token response).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+impl LoginRequest {
+    /// The body that hands over a refresh token.
+    pub fn refresh_token(refresh_token: secrecy::SecretString) -> LoginRequest {
+        LoginRequest {
+            refresh_token: Some(refresh_token),
+            access_token: None,
+            expires_in: None,
+            scope: None,
+        }
+    }
 }
 
 /// The one place a secret is written out: the login body, sent to the admin API only over
 /// a private channel (the CLI checks).
-fn expose<S: serde::Serializer>(secret: &secrecy::SecretString, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(secrecy::ExposeSecret::expose_secret(secret))
+fn expose<S: serde::Serializer>(
+    secret: &Option<secrecy::SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(secret) => s.serialize_str(secrecy::ExposeSecret::expose_secret(secret)),
+        None => s.serialize_none(),
+    }
 }
 
 /// `POST …/subjects/{subject}/login`.

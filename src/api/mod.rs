@@ -237,14 +237,24 @@ mod tests {
     #[test]
     fn a_login_body_carries_its_refresh_token_there_and_back() {
         use secrecy::ExposeSecret;
-        let login = LoginRequest {
-            refresh_token: "rt-1".to_string().into(),
-        };
+        let login = LoginRequest::refresh_token("rt-1".to_string().into());
         let text = serde_json::to_string(&login).expect("serializes");
         assert_eq!(text, r#"{"refresh_token":"rt-1"}"#);
         let back: LoginRequest = serde_json::from_str(&text).expect("parses");
-        assert_eq!(back.refresh_token.expose_secret(), "rt-1");
+        let rt = back.refresh_token.as_ref().expect("a refresh token");
+        assert_eq!(rt.expose_secret(), "rt-1");
         // Debug, which ends up in logs by accident, never shows it.
         assert!(!format!("{back:?}").contains("rt-1"));
+        // A login without a refresh token carries its access token and what it is for.
+        let text = r#"{"access_token":"at-1","expires_in":30,"scope":"a b"}"#;
+        let back: LoginRequest = serde_json::from_str(text).expect("parses");
+        assert!(back.refresh_token.is_none());
+        assert_eq!(back.access_token.as_ref().unwrap().expose_secret(), "at-1");
+        assert_eq!(
+            (back.expires_in, back.scope.as_deref()),
+            (Some(30), Some("a b"))
+        );
+        assert_eq!(serde_json::to_string(&back).unwrap(), text);
+        assert!(!format!("{back:?}").contains("at-1"));
     }
 }

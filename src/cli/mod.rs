@@ -370,13 +370,25 @@ async fn login_and_hand_over(
         login::authorization_code(&endpoint, port, &TerminalPrompt).await
     };
     let token = flow.map_err(|e| CliError::Refused(e.to_string()))?;
-    let Some(refresh_token) = token.refresh_token else {
-        return Err(CliError::Refused(
+    let body = match token.refresh_token {
+        Some(refresh_token) => api::LoginRequest::refresh_token(refresh_token),
+        // A provider that offers no offline access: the access token serves until it
+        // expires, and then the credential asks for a login again. A per-subject
+        // credential needs a refresh token per subject.
+        None if subject.is_some() => return Err(CliError::Refused(
             "the provider issued no refresh token (does the client need the offline_access scope?)"
                 .into(),
-        ));
+        )),
+        None => {
+            eprintln!("note: the provider issued no refresh token: the token serves until it expires, then log in again");
+            api::LoginRequest {
+                refresh_token: None,
+                access_token: Some(token.access_token),
+                expires_in: token.lifetime.map(|l| l.as_secs()),
+                scope: (!token.scopes.is_empty()).then(|| token.scopes.join(" ")),
+            }
+        }
     };
-    let body = api::LoginRequest { refresh_token };
     let route = operation(name, subject, CredentialOp::Login);
     let answer = match subject {
         // A subject's login answers how the hand-over went; a credential's, with a refresh.

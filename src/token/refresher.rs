@@ -292,7 +292,14 @@ async fn adopt_newer(cred: &Credential) -> bool {
     let Some((token, next, remaining)) = stored_snapshot(&cred.slot, &set.token) else {
         return false;
     };
-    let (generation, _) = cred.slot.publish(token, Some(next));
+    // A set without a refresh token (a login at a provider without offline access) is
+    // kept until it expires: there is nothing to refresh it with before then.
+    let held = set.token.refresh_token.is_some() || !cred.grant.needs_lease();
+    let next = match (held, token.usable_until) {
+        (false, Some(until)) => until,
+        _ => next,
+    };
+    let (generation, _) = cred.slot.publish(token, Some(next), held);
     cred.slot.count_adoption();
     tracing::info!(
         credential = &*cred.slot.name,
@@ -616,7 +623,11 @@ fn publish_issued(
         };
         return record_failure(slot, grant, trigger, elapsed, &failure, None);
     };
+    // A token without a refresh token (a login at a provider without offline access) is
+    // kept until it expires: there is nothing to refresh it with before then.
+    let held = token.refresh_token.is_some() || !grant.needs_lease();
     let next_refresh_at = match lifetime {
+        Some(l) if !held => Some((requested + l - expiry_floor(l)).max(now + MIN_REFRESH_GAP)),
         // A floor keeps a pathological lifetime from becoming a busy loop.
         Some(l) => Some(
             (requested + refresh_delay(&slot.policy, l, &mut rand::thread_rng()))
@@ -637,6 +648,7 @@ fn publish_issued(
             scopes: token.scopes,
         },
         next_refresh_at,
+        held,
     );
     tracing::info!(
         credential = &*slot.name,
@@ -676,6 +688,27 @@ pub(super) async fn take_connected(
         started.0.elapsed(),
     );
     result == Some(RefreshResult::Success)
+}
+
+/// A login that gave an access token and no refresh token (a provider that offers no
+/// offline access): persisted and published. It serves until it expires; the attempt then
+/// finds no refresh token, and the credential asks for a login. Answers whether the token
+/// was published.
+pub async fn login_access_token(
+    cred: &Credential,
+    token: IssuedToken,
+) -> Result<bool, super::credential::HandOverError> {
+    if !cred.grant.forgets_refresh_token_on_failure() {
+        return Err(super::credential::HandOverError::NotRefreshToken(
+            cred.slot.name.to_string(),
+        ));
+    }
+    tracing::info!(
+        credential = &*cred.slot.name,
+        "access token received from a login, without a refresh token: a new login is needed when it expires"
+    );
+    let started = (Instant::now(), SystemTime::now());
+    Ok(take_connected(cred, token, started).await)
 }
 
 /// A subject's refresh token handed over by the app: stored, then used at once, all under

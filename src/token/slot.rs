@@ -39,6 +39,9 @@ struct Control {
     refreshes: u64,
     /// Logged out by an operator: no automatic refresh until a login or manual refresh.
     logged_out: bool,
+    /// The token in use came with no refresh token (a login at a provider without
+    /// offline access): it cannot be renewed without another login.
+    no_refresh_token: bool,
 }
 
 impl Control {
@@ -390,7 +393,10 @@ impl CredentialSlot {
                 .next_refresh_at
                 .map(|n| round(n.saturating_duration_since(now).as_secs_f64())),
             scopes: token.as_ref().map(|t| t.scopes.clone()).unwrap_or_default(),
-            has_refresh_token: self.has_refresh_token && !c.permanent_failure && !c.logged_out,
+            has_refresh_token: self.has_refresh_token
+                && !c.no_refresh_token
+                && !c.permanent_failure
+                && !c.logged_out,
         }
     }
 
@@ -521,12 +527,16 @@ impl CredentialSlot {
     /// Ends an attempt with a new token: publishes it under the next generation (under the
     /// control lock, so a 401 that looks for a newer token sees this one or its attempt
     /// still in flight) and returns the generation and how many attempts it took.
+    /// Publishes a token; `refresh_token_held`: it came with a refresh token (or its grant
+    /// needs none).
     pub(super) fn publish(
         &self,
         mut token: TokenSnapshot,
         next_refresh_at: Option<Instant>,
+        refresh_token_held: bool,
     ) -> (u64, u32) {
         let mut c = self.control();
+        c.no_refresh_token = !refresh_token_held;
         token.generation = self.current().map_or(0, |t| t.generation) + 1;
         let generation = token.generation;
         self.token.store(Some(Arc::new(token)));

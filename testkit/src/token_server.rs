@@ -60,6 +60,8 @@ pub struct TokenServerState {
     rotations: AtomicUsize,
     fail: Mutex<FailMode>,
     send_expires_in: std::sync::atomic::AtomicBool,
+    /// Logins (authorization code) get a refresh token (no offline access when false).
+    login_refresh_tokens: std::sync::atomic::AtomicBool,
     issued: Mutex<HashMap<String, Issued>>,
     refresh: Mutex<RefreshTokens>,
     reuse_detected: AtomicUsize,
@@ -127,6 +129,7 @@ impl TokenServer {
             rotations: AtomicUsize::new(0),
             fail: Mutex::new(FailMode::None),
             send_expires_in: std::sync::atomic::AtomicBool::new(true),
+            login_refresh_tokens: std::sync::atomic::AtomicBool::new(true),
             issued: Mutex::new(HashMap::new()),
             refresh: Mutex::new(RefreshTokens::default()),
             reuse_detected: AtomicUsize::new(0),
@@ -225,6 +228,11 @@ impl TokenServerState {
     /// Leave `expires_in` out of token responses.
     pub fn omit_expires_in(&self, omit: bool) {
         self.send_expires_in.store(!omit, Ordering::SeqCst);
+    }
+    /// Logins by authorization code get no refresh token (a provider without offline
+    /// access, as MCP authorization servers often are).
+    pub fn no_refresh_token_on_login(&self) {
+        self.login_refresh_tokens.store(false, Ordering::SeqCst);
     }
     /// Revokes every access token issued so far (an upstream-side revocation).
     pub fn revoke_access_tokens(&self) {
@@ -563,7 +571,8 @@ async fn token(
             if computed != challenge || redirect != &expected_redirect {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
             }
-            Json(state.issue_for(true, user.as_deref())).into_response()
+            let with_refresh = state.login_refresh_tokens.load(Ordering::SeqCst);
+            Json(state.issue_for(with_refresh, user.as_deref())).into_response()
         }
         Some("urn:ietf:params:oauth:grant-type:device_code") => {
             let Some(device_code) = form.get("device_code") else {

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { after, before, test } from 'node:test';
 
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
@@ -17,7 +17,7 @@ import { LoggingMessageNotificationSchema } from '@modelcontextprotocol/sdk/type
 
 import { authorize, completeDeviceFlow } from './browser.mjs';
 import {
-  bearerd, bearerdCli, freePorts, getJson, sleep, start, startNodeService, until,
+  BEARERD_BIN, HERE, bearerd, bearerdCli, freePorts, getJson, sleep, start, startNodeService, until,
 } from './harness.mjs';
 import { CLIENTS } from './clients.mjs';
 
@@ -385,6 +385,25 @@ test('MCP conformance: dns-rebinding-protection passes against bearerd in front 
   // Only the accepted initialize reached the MCP server.
   assert.equal((await mcpStats()).mcpRequests.POST, before + 1);
 });
+
+// Issue 21: the conformance suite's `client` mode, with an MCP SDK client that has no auth
+// code of its own behind bearerd (tests/conformance/client.mjs). Only the scenarios bearerd
+// passes today run here; tests/conformance/run.sh runs them all.
+for (const scenario of ['auth/pre-registration']) {
+  test(`MCP conformance (client, through bearerd): ${scenario}`, { timeout: 90000 }, async () => {
+    const { CONFORMANCE_NODE, CONFORMANCE_BIN } = process.env;
+    const client = resolve(HERE, '../conformance/client.mjs');
+    const c = await start('conformance', CONFORMANCE_NODE, [
+      CONFORMANCE_BIN, 'client', '--command', `${CONFORMANCE_NODE} ${client}`, '--scenario', scenario,
+      '--timeout', '60000',
+    ], { env: { BEARERD_BIN } });
+    const { code } = await c.wait(85000);
+    const out = `${c.stdout}\n${c.stderr}`;
+    assert.equal(code, 0, `conformance failed:\n${out}`);
+    assert.match(out, /OVERALL: PASSED/);
+    assert.doesNotMatch(out, /CLIENT EXITED WITH ERROR/);
+  });
+}
 
 test('per-subject: two users connect through bearerd, and each request carries its own user\'s token', async () => {
   const users = ['alice@example.com', 'bob@example.com'];
