@@ -287,14 +287,27 @@ fn build_upstreams(
         .upstreams
         .iter()
         .map(|u| {
-            let slot = Arc::clone(&engine.credentials[u.credential].slot);
-            let registry = engine.registry(&slot.name).cloned();
-            Upstream::new(u.clone(), slot, registry, metrics)
-                .map(Arc::new)
-                .map_err(|e| StartError::Upstream {
-                    name: u.name.clone(),
-                    message: e.to_string(),
+            let credential = |index: usize| {
+                let slot = Arc::clone(&engine.credentials[index].slot);
+                let registry = engine.registry(&slot.name).cloned();
+                (slot, registry)
+            };
+            let failed = |e: crate::proxy::UpstreamError| StartError::Upstream {
+                name: u.name.clone(),
+                message: e.to_string(),
+            };
+            let (slot, registry) = credential(u.credential);
+            let mut upstream = Upstream::new(u.clone(), slot, registry, metrics).map_err(failed)?;
+            let tools = u
+                .tools
+                .iter()
+                .map(|(tool, index)| {
+                    let (slot, registry) = credential(*index);
+                    (tool.clone(), upstream.with_credential(slot, registry))
                 })
+                .collect();
+            upstream.set_tools(tools).map_err(failed)?;
+            Ok(Arc::new(upstream))
         })
         .collect()
 }

@@ -297,6 +297,28 @@ fn missing_credential() {
 }
 
 #[test]
+fn a_tools_credential_is_checked_with_its_line() {
+    let tools = format!("{BASE}\n[upstreams.crm.tools]\n\"create_issue\" = \"crm\"\n");
+    assert_passes("tools.toml", &tools);
+    assert_error(
+        &tools.replace(
+            "\"create_issue\" = \"crm\"",
+            "\"create_issue\" = \"crm-write\"",
+        ),
+        17,
+        &[
+            "upstreams.crm.tools.create_issue",
+            "no credential named \"crm-write\"",
+        ],
+    );
+    assert_error(
+        &tools.replace("\"create_issue\"", "\"bad\\ntool\""),
+        17,
+        &["cannot be an Mcp-Name header value"],
+    );
+}
+
+#[test]
 fn bad_url() {
     let text = BASE.replace("https://crm.example.com/api", "crm.example.com/api");
     assert_error(&text, 12, &["upstreams.crm.url", "invalid URL"]);

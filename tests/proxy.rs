@@ -859,3 +859,75 @@ credential = "agents"
     assert!(headers.get("x-bearerd-subject").is_none(), "{headers:?}");
     assert!(headers.get("x-user-token").is_none(), "{headers:?}");
 }
+
+/// MCP's stateless transport names the tool of each request in `Mcp-Name`: an upstream may
+/// give a tool a credential of its own (`[upstreams.X.tools]`), without reading bodies.
+/// Other tools, and requests without the header, use the route's credential; `Mcp-Method`
+/// and `Mcp-Name` reach the upstream untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tool_named_in_mcp_name_gets_its_own_credential() {
+    // The tool's credential has a token server of its own, so the upstream's view tells
+    // which credential each request carried.
+    let writes = support::TokenServer::start(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let opts = Options {
+        upstream_extra: format!(
+            "[upstreams.api.tools]\n\"create_issue\" = \"gh-write\"\n\n\
+             [credentials.gh-write]\ngrant = \"client_credentials\"\ntoken_url = \"{}\"\n\
+             client_id = \"{}\"\nclient_secret = \"{}\"\n",
+            writes.token_url(),
+            support::token_server::CLIENT_ID,
+            support::token_server::CLIENT_SECRET,
+        ),
+        ..Default::default()
+    };
+    let h = Harness::start(opts).await;
+    let call = |tool: Option<&'static str>| {
+        let mut req = h
+            .client
+            .post(h.url("/api/mcp"))
+            .header("mcp-method", "tools/call")
+            .body("{}");
+        if let Some(tool) = tool {
+            req = req.header("mcp-name", tool);
+        }
+        req.send()
+    };
+    call(Some("create_issue")).await.unwrap();
+    assert_eq!(call(Some("list_issues")).await.unwrap().status(), 200);
+    assert_eq!(call(None).await.unwrap().status(), 200);
+
+    let seen = h.upstream.state.seen();
+    let token_of = |i: usize| {
+        seen[i].headers["authorization"]
+            .to_str()
+            .unwrap()
+            .strip_prefix("Bearer ")
+            .unwrap()
+            .to_string()
+    };
+    // The tool's request: the tool's credential (its token server issued the token).
+    assert!(writes.state.validate(&token_of(0)).is_some());
+    assert!(h.tokens.state.validate(&token_of(0)).is_none());
+    assert_eq!(seen[0].headers["mcp-name"], "create_issue");
+    assert_eq!(seen[0].headers["mcp-method"], "tools/call");
+    // Another tool, and no tool at all: the route's credential.
+    let last = seen.len() - 1;
+    for i in [last - 1, last] {
+        assert!(
+            h.tokens.state.validate(&token_of(i)).is_some(),
+            "request {i}"
+        );
+        assert!(writes.state.validate(&token_of(i)).is_none(), "request {i}");
+    }
+    assert_eq!(seen[last - 1].headers["mcp-name"], "list_issues");
+
+    // The tool's credential counts for readiness like the route's.
+    assert_eq!(h.admin_get("/readyz").await.status(), 200);
+    h.admin_post("/credentials/gh-write/logout").await;
+    let ready = h.admin_get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert!(body["credentials"]["gh-write"].is_object(), "{body}");
+}

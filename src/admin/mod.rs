@@ -114,8 +114,7 @@ impl AdminApp {
     fn used_credentials(&self) -> impl Iterator<Item = &Arc<CredentialSlot>> {
         // A per-subject credential has no token of its own: it never holds readiness back.
         self.slots().filter(|c| {
-            self.registry(&c.name).is_none()
-                && self.upstreams.iter().any(|u| Arc::ptr_eq(&u.slot, c))
+            self.registry(&c.name).is_none() && self.upstreams.iter().any(|u| u.uses(c))
         })
     }
 

@@ -307,6 +307,9 @@ pub struct UpstreamConfig {
     pub route: RouteConfig,
     /// Index into `Config::credentials`.
     pub credential: usize,
+    /// A tool's credential instead of `credential`, for requests whose `Mcp-Name` header
+    /// names the tool: (the tool's name, index into `Config::credentials`).
+    pub tools: Vec<(String, usize)>,
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,

@@ -238,6 +238,9 @@ pub struct RawUpstream {
     pub read_timeout: Option<String>,
     /// Accept a plain http url to a host that is not this machine.
     pub insecure_http: Option<bool>,
+    /// MCP's stateless transport: a credential per tool, by the request's `Mcp-Name`
+    /// header (`"create_issue" = "gh-write"`); other requests use `credential`.
+    pub tools: Option<BTreeMap<String, String>>,
 }
 
 /// `subject_from = { jwt = { … } }`.

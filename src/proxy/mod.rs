@@ -42,7 +42,11 @@ pub struct Upstream {
     pub slot: Arc<CredentialSlot>,
     /// Set when the credential is per-subject: the request's subject header picks the slot.
     pub subjects: Option<Arc<SubjectRegistry>>,
-    pub addr: ResolvedAddr,
+    /// Shared with the tools' views of this upstream, which it keeps resolved.
+    pub addr: Arc<ResolvedAddr>,
+    /// Tools with a credential of their own (MCP's `Mcp-Name`): the tool's name and this
+    /// upstream with that credential. Empty for most upstreams, which then pay nothing.
+    tools: Vec<(HeaderValue, Arc<Upstream>)>,
     ca: Option<Arc<CaType>>,
     authority: HeaderValue,
     pool_key: u64,
@@ -60,6 +64,8 @@ pub enum UpstreamError {
     CaFile(#[from] crate::material::ca::CaFileError),
     #[error("{0:?} is not a valid Host header")]
     Authority(String),
+    #[error("tool {0:?} cannot be an Mcp-Name header value")]
+    Tool(String),
 }
 
 impl Upstream {
@@ -129,7 +135,8 @@ impl Upstream {
             requests_total: metrics.requests_total.clone(),
             pool_key,
             name: Arc::from(config.name.as_str()),
-            addr: ResolvedAddr::new(&config.host, config.port),
+            addr: Arc::new(ResolvedAddr::new(&config.host, config.port)),
+            tools: Vec::new(),
             slot,
             subjects,
             ca,
@@ -137,7 +144,63 @@ impl Upstream {
             config,
         })
     }
+
+    /// This upstream with a tool's credential: the same address, pool and metrics.
+    pub fn with_credential(
+        &self,
+        slot: Arc<CredentialSlot>,
+        subjects: Option<Arc<SubjectRegistry>>,
+    ) -> Upstream {
+        Upstream {
+            config: self.config.clone(),
+            name: Arc::clone(&self.name),
+            slot,
+            subjects,
+            addr: Arc::clone(&self.addr),
+            tools: Vec::new(),
+            ca: self.ca.clone(),
+            authority: self.authority.clone(),
+            pool_key: self.pool_key,
+            status_counters: (0..600).map(|_| std::sync::OnceLock::new()).collect(),
+            requests_total: self.requests_total.clone(),
+            duration: self.duration.clone(),
+        }
+    }
+
+    /// Whether requests to this upstream may spend `slot`'s token: its own, or a tool's.
+    pub fn uses(&self, slot: &Arc<CredentialSlot>) -> bool {
+        Arc::ptr_eq(&self.slot, slot) || self.tools.iter().any(|(_, t)| Arc::ptr_eq(&t.slot, slot))
+    }
+
+    /// Gives tools credentials of their own (`[upstreams.X.tools]`).
+    pub fn set_tools(&mut self, tools: Vec<(String, Upstream)>) -> Result<(), UpstreamError> {
+        self.tools = tools
+            .into_iter()
+            .map(|(name, view)| {
+                let value = HeaderValue::from_str(&name).map_err(|_| UpstreamError::Tool(name))?;
+                Ok((value, Arc::new(view)))
+            })
+            .collect::<Result<_, UpstreamError>>()?;
+        Ok(())
+    }
+
+    /// The upstream a request goes to: the view of the tool its `Mcp-Name` names, when that
+    /// tool has a credential of its own; else this one.
+    fn for_request(self: Arc<Self>, req: &RequestHeader) -> Arc<Upstream> {
+        if self.tools.is_empty() {
+            return self;
+        }
+        let tool = req.headers.get(&MCP_NAME);
+        match self.tools.iter().find(|(name, _)| Some(name) == tool) {
+            Some((_, view)) => Arc::clone(view),
+            None => self,
+        }
+    }
 }
+
+/// The header in which MCP's stateless transport names the tool (or resource, or prompt)
+/// of a request.
+static MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
 
 /// The upstream request: target, `Host`, the token, and a request id that bearerd generated
 /// (one the app sent is in the request already). `insert`, not `append`: this runs again on
@@ -463,6 +526,7 @@ impl BearerProxy {
                 )))
             }
         }
+        let upstream = upstream.for_request(req);
         ctx.upstream = Some(Arc::clone(&upstream));
         Ok(upstream)
     }

@@ -482,21 +482,8 @@ fn lower_upstream(
     let base_path = url.path().trim_end_matches('/').to_string();
 
     let route = lower_route(map, name, ru)?;
-    let Some(&credential) = credentials.get(&ru.credential) else {
-        let known: Vec<&str> = credentials.keys().map(String::as_str).collect();
-        return Err(map.error_at(
-            &key("credential"),
-            format!(
-                "no credential named {:?} (defined: {})",
-                ru.credential,
-                if known.is_empty() {
-                    "none".into()
-                } else {
-                    known.join(", ")
-                }
-            ),
-        ));
-    };
+    let credential = credential_named(map, &key("credential"), &ru.credential, credentials)?;
+    let tools = lower_tools(map, name, ru, credentials)?;
     if let Some(ca) = &ru.ca_file {
         if !tls {
             return Err(map.error_at(&key("ca_file"), "ca_file needs an https upstream url"));
@@ -512,6 +499,7 @@ fn lower_upstream(
         authority,
         route,
         credential,
+        tools,
         ca_file: ru.ca_file.clone(),
         connect_timeout: bounded_duration(
             map,
@@ -543,6 +531,53 @@ fn lower_upstream(
             .transpose()?,
         url,
     })
+}
+
+/// The index of the credential `name` names, or an error at `key` listing those defined.
+fn credential_named(
+    map: &SourceMap,
+    key: &str,
+    name: &str,
+    credentials: &HashMap<String, usize>,
+) -> Result<usize, ConfigError> {
+    credentials.get(name).copied().ok_or_else(|| {
+        let mut known: Vec<&str> = credentials.keys().map(String::as_str).collect();
+        known.sort_unstable();
+        let known = if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        };
+        map.error_at(
+            key,
+            format!("no credential named {name:?} (defined: {known})"),
+        )
+    })
+}
+
+/// `[upstreams.X.tools]`: the credential of each tool an `Mcp-Name` header may name. A
+/// tool's name is sent by the app as a header value, so it must be one.
+fn lower_tools(
+    map: &SourceMap,
+    name: &str,
+    ru: &RawUpstream,
+    credentials: &HashMap<String, usize>,
+) -> Result<Vec<(String, usize)>, ConfigError> {
+    let mut tools = Vec::new();
+    for (tool, credential) in ru.tools.iter().flatten() {
+        let key = format!("upstreams.{name}.tools.{tool}");
+        if tool.is_empty() || http::HeaderValue::from_str(tool).is_err() {
+            return Err(map.error_at(
+                &key,
+                format!("{tool:?} cannot be an Mcp-Name header value: use the tool's name"),
+            ));
+        }
+        tools.push((
+            tool.clone(),
+            credential_named(map, &key, credential, credentials)?,
+        ));
+    }
+    Ok(tools)
 }
 
 /// How requests reach an upstream: a path prefix on the proxy listener, or a listener of
