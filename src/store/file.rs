@@ -365,30 +365,30 @@ impl FileInner {
     }
 
     fn load(&self, credential: &str) -> Result<Option<StoredSet>, StoreError> {
-        let table = self.records()?;
-        let stored = self.names.stored_key(credential);
-        let sealed = table
-            .get(stored.as_str())
-            .map_err(|e| self.io("cannot read", e))?;
-        sealed
-            .map(|s| self.open_record(&stored, s.value()))
-            .transpose()
+        self.read_record(&self.records()?, credential)
     }
 
     /// Several records from one read transaction (one snapshot).
     fn load_many(&self, keys: &[String]) -> Result<Vec<Option<StoredSet>>, StoreError> {
         let table = self.records()?;
         keys.iter()
-            .map(|key| {
-                let stored = self.names.stored_key(key);
-                let sealed = table
-                    .get(stored.as_str())
-                    .map_err(|e| self.io("cannot read", e))?;
-                sealed
-                    .map(|s| self.open_record(&stored, s.value()))
-                    .transpose()
-            })
+            .map(|key| self.read_record(&table, key))
             .collect()
+    }
+
+    /// One record, opened, from a read transaction's table.
+    fn read_record(
+        &self,
+        table: &redb::ReadOnlyTable<&'static str, &'static str>,
+        key: &str,
+    ) -> Result<Option<StoredSet>, StoreError> {
+        let stored = self.names.stored_key(key);
+        let sealed = table
+            .get(stored.as_str())
+            .map_err(|e| self.io("cannot read", e))?;
+        sealed
+            .map(|s| self.open_record(&stored, s.value()))
+            .transpose()
     }
 
     /// Keys with `prefix` (a credential's subjects' prefix, or "" for all), after `after`,
