@@ -931,3 +931,37 @@ async fn a_tool_named_in_mcp_name_gets_its_own_credential() {
     let body: serde_json::Value = ready.json().await.unwrap();
     assert!(body["credentials"]["gh-write"].is_object(), "{body}");
 }
+
+/// A token the upstream rejected, whose refresh then failed permanently, is dead: it is
+/// never sent again, even before its expiry (DESIGN §4, dead tokens). The app gets the
+/// answer of a failed credential, which says a new login or secret is needed, rather than
+/// the upstream's 401 again and again (on which MCP clients start an OAuth flow of their
+/// own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rejected_token_that_cannot_be_replaced_is_never_sent_again() {
+    let h = Harness::start(Options::default()).await;
+    h.wait_ready().await;
+    assert_eq!(h.get("/api/a").await.status(), 200);
+    // The provider now refuses the client, and the upstream the token (revoked, say).
+    h.tokens
+        .state
+        .set_fail(support::FailMode::OAuthError("invalid_client".into()));
+    h.upstream.state.reject_all(true);
+    assert_eq!(h.get("/api/b").await.status(), 401, "the upstream's answer");
+    let sent = h.upstream.state.requests();
+
+    // Even an upstream that would take the token again never sees it.
+    h.upstream.state.reject_all(false);
+    let resp = h.get("/api/c").await;
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["requires_reauth"], true, "{body}");
+    assert_eq!(body["credential"], "api", "{body}");
+    assert_eq!(
+        h.upstream.state.requests(),
+        sent,
+        "the dead token was sent again"
+    );
+    let status = h.status().await;
+    assert_eq!(status["credentials"]["api"]["state"], "failed", "{status}");
+}

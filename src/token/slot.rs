@@ -207,6 +207,22 @@ impl CredentialSlot {
         }
     }
 
+    /// The upstream rejected generation `rejected` and no newer token can be had (the
+    /// credential failed permanently, or was logged out): that token is dead, so it is not
+    /// served again, even before its expiry. Requests then get the permanently failed
+    /// credential's answer. Called under the control lock, which publishing also holds, so
+    /// a token published meanwhile is never the one retired.
+    fn retire_rejected(&self, _held: &Control, rejected: u64) {
+        if self.current().is_some_and(|t| t.generation == rejected) {
+            self.token.store(None);
+            tracing::warn!(
+                credential = &*self.name,
+                generation = rejected,
+                "the upstream rejected the token and no new one can be had: it is not served again"
+            );
+        }
+    }
+
     fn merge_demand(c: &mut Control, trigger: Trigger, below_generation: u64) {
         c.demand = Some(match c.demand {
             Some(d) => Demand {
@@ -240,6 +256,7 @@ impl CredentialSlot {
                 return ReplayDecision::Replay(t);
             }
             if c.permanent_failure || c.logged_out {
+                self.retire_rejected(&c, rejected);
                 return ReplayDecision::NoNewerToken;
             }
             if !c.in_flight {
@@ -267,7 +284,11 @@ impl CredentialSlot {
                 if let Some(t) = self.usable_newer_than(rejected) {
                     return ReplayDecision::Replay(t);
                 }
-                if c.permanent_failure || c.logged_out || c.attempts_completed >= target_attempts {
+                if c.permanent_failure || c.logged_out {
+                    self.retire_rejected(&c, rejected);
+                    return ReplayDecision::NoNewerToken;
+                }
+                if c.attempts_completed >= target_attempts {
                     return ReplayDecision::NoNewerToken;
                 }
             }
@@ -282,10 +303,11 @@ impl CredentialSlot {
     /// replayed, but the next one should get a fresh token).
     pub fn refresh_in_background(&self, rejected: u64) -> bool {
         let mut c = self.control();
-        if c.permanent_failure
-            || c.logged_out
-            || self.current().is_some_and(|t| t.generation > rejected)
-        {
+        if c.permanent_failure || c.logged_out {
+            self.retire_rejected(&c, rejected);
+            return false;
+        }
+        if self.current().is_some_and(|t| t.generation > rejected) {
             return false;
         }
         if !c.in_flight {
