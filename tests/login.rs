@@ -281,3 +281,38 @@ async fn login_with_a_subject_connects_that_subject_only() {
         .unwrap();
     assert_eq!(alice["state"], "valid", "{alice}");
 }
+
+/// The admin API takes a handed-over access token only when it could be sent: not empty,
+/// no spaces, a lifetime of at least a second; a silly lifetime is taken for a year.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_handed_over_access_token_is_checked() {
+    let h = harness_without_refresh_token().await;
+    let login = |body: serde_json::Value| {
+        h.client
+            .post(h.admin("/credentials/api/login"))
+            .json(&body)
+            .send()
+    };
+    for bad in [
+        serde_json::json!({}),
+        serde_json::json!({"access_token": ""}),
+        serde_json::json!({"access_token": "a b"}),
+        serde_json::json!({"access_token": "t", "expires_in": 0}),
+    ] {
+        let resp = login(bad.clone()).await.unwrap();
+        assert_eq!(resp.status(), 400, "{bad}");
+        let text = resp.text().await.unwrap();
+        assert!(!text.contains("a b"), "the token is not echoed: {text}");
+    }
+    let (access_token, _) = h.tokens.state.tokens_for("alice");
+    let resp = login(serde_json::json!({"access_token": access_token, "expires_in": u64::MAX}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let status = h.status().await;
+    let left = status["credentials"]["api"]["expires_in_s"]
+        .as_f64()
+        .unwrap();
+    assert!(left > 364.0 * 86400.0, "{status}");
+    assert_eq!(h.get("/api/x").await.status(), 200);
+}

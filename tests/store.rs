@@ -1298,3 +1298,56 @@ async fn rotation_cost_with_and_without_the_redis_journal() {
     }
     assert_eq!(f.tokens.state.reuse_detected(), 0);
 }
+
+/// A login's access token without a refresh token (a provider without offline access),
+/// after a restart: still served until it expires, still said to have no refresh token,
+/// and no refresh is tried before then (it would fail and mark a valid token failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_access_token_without_a_refresh_token_is_kept_to_its_expiry_across_a_restart() {
+    let dir = store_dir();
+    let key = bearerd::store::generate_key();
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(6)).await;
+    let opts = Options {
+        grant: "refresh_token",
+        store: file_store(&dir, &key),
+        ..Default::default()
+    };
+    let mut h = Harness::start_raw(tokens, upstream, opts, String::new()).await;
+    let (access_token, _) = h.tokens.state.tokens_for("alice");
+    let handed = h
+        .client
+        .post(h.admin("/credentials/api/login"))
+        .json(&serde_json::json!({"access_token": access_token, "expires_in": 6}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(handed.status(), 200);
+    let token_requests = h.tokens.state.requests();
+
+    restart(&mut h).await;
+    let status = h.status().await;
+    assert_eq!(status["credentials"]["api"]["state"], "valid", "{status}");
+    assert_eq!(status["credentials"]["api"]["has_refresh_token"], false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let resp = h.get("/api/x").await;
+        if resp.status() == 503 {
+            break;
+        }
+        assert_eq!(resp.status(), 200);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["token_subject"], "alice", "the handed-over token");
+        let status = h.status().await;
+        assert_eq!(status["credentials"]["api"]["state"], "valid", "{status}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still served after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        h.tokens.state.requests(),
+        token_requests,
+        "nothing to refresh with"
+    );
+}

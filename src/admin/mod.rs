@@ -267,8 +267,21 @@ impl AdminApp {
                 scope,
                 ..
             } => crate::oauth::IssuedToken {
-                access_token,
-                lifetime: expires_in.map(Duration::from_secs),
+                access_token: match usable_access_token(access_token) {
+                    Some(t) => t,
+                    None => {
+                        return error_response(
+                            400,
+                            "access_token must be a token: printable characters, no spaces",
+                        )
+                    }
+                },
+                // As a token response's: at least a second, at most a year, so instant
+                // arithmetic can never overflow on a silly value.
+                lifetime: match expires_in {
+                    Some(0) => return error_response(400, "expires_in must be at least 1"),
+                    other => other.map(|s| Duration::from_secs(s.min(MAX_LOGIN_LIFETIME_SECS))),
+                },
                 scopes: scope
                     .map(|s| s.split_whitespace().map(str::to_string).collect())
                     .unwrap_or_default(),
@@ -302,6 +315,16 @@ impl AdminApp {
         };
         json_response(if published { 200 } else { 502 }, &report)
     }
+}
+
+/// The longest lifetime a login's access token is taken for (a year, as a token response's).
+const MAX_LOGIN_LIFETIME_SECS: u64 = 365 * 86400;
+
+/// A login's access token when it can go in a header: not empty, printable, no spaces.
+fn usable_access_token(token: secrecy::SecretString) -> Option<secrecy::SecretString> {
+    use secrecy::ExposeSecret;
+    let t = token.expose_secret();
+    (!t.is_empty() && t.bytes().all(|b| (0x21..=0x7e).contains(&b))).then_some(token)
 }
 
 /// Reads the body of a login: `{"refresh_token": "…"}`, or an access token alone.

@@ -156,7 +156,7 @@ impl Credential {
 
     /// Saves an operator's decision (a logout's tombstone, a login's refresh token): it
     /// replaces whatever set is there, still by compare-and-set so no write is torn.
-    async fn save_over(&self, token: &StoredToken) -> Result<(), StoreError> {
+    pub(super) async fn save_over(&self, token: &StoredToken) -> Result<(), StoreError> {
         for _ in 0..8 {
             match self.save_set(token).await? {
                 SaveOutcome::Saved { .. } => return Ok(()),

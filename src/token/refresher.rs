@@ -197,9 +197,9 @@ async fn restore(cred: &Credential) -> Option<Trigger> {
         }
     }
     take_refresh_state(grant, &set.token).await;
-    match stored_snapshot(slot, &set.token) {
-        Some((token, next, remaining)) => {
-            slot.restore(token, next);
+    match stored_snapshot(slot, grant, &set.token) {
+        Some((token, next, remaining, held)) => {
+            slot.restore(token, next, held);
             tracing::info!(
                 credential = &*slot.name,
                 outcome = "restored",
@@ -223,12 +223,15 @@ async fn take_refresh_state(grant: &Grant, stored: &StoredToken) {
         .await;
 }
 
-/// A stored access token as a snapshot, with the time of its refresh and the time it has
-/// left; `None` when it is not usable any more.
+/// A stored access token as a snapshot, with the time of its refresh, the time it has
+/// left, and whether a refresh token came with it; `None` when it is not usable any more.
+/// A set without a refresh token (a login at a provider without offline access) is kept
+/// until it expires: there is nothing to refresh it with before then.
 fn stored_snapshot(
     slot: &CredentialSlot,
+    grant: &Grant,
     stored: &StoredToken,
-) -> Option<(TokenSnapshot, Instant, Duration)> {
+) -> Option<(TokenSnapshot, Instant, Duration, bool)> {
     let (now, now_wall) = (Instant::now(), SystemTime::now());
     let expires_at = stored.expires_at?;
     let remaining = expires_at.duration_since(now_wall).ok()?;
@@ -247,17 +250,22 @@ fn stored_snapshot(
         return None;
     }
     let header = bearer_header(&stored.access_token)?;
-    let next = issued_at + refresh_delay(&slot.policy, lifetime, &mut rand::thread_rng());
+    let held = stored.refresh_token.is_some() || !grant.needs_lease();
+    let usable_until = issued_at + lifetime - expiry_floor(lifetime);
+    let next = match held {
+        true => issued_at + refresh_delay(&slot.policy, lifetime, &mut rand::thread_rng()),
+        false => usable_until,
+    };
     let token = TokenSnapshot {
         header,
         generation: 0,
         issued_at,
         issued_wall: stored.issued_at,
         lifetime: Some(lifetime),
-        usable_until: Some(issued_at + lifetime - expiry_floor(lifetime)),
+        usable_until: Some(usable_until),
         scopes: stored.scopes.clone(),
     };
-    Some((token, next.max(now), remaining))
+    Some((token, next.max(now), remaining, held))
 }
 
 /// Adopts a set from the store that is newer than the one held here (another replica
@@ -289,15 +297,9 @@ async fn adopt_newer(cred: &Credential) -> bool {
         );
         return true;
     }
-    let Some((token, next, remaining)) = stored_snapshot(&cred.slot, &set.token) else {
+    let Some((token, next, remaining, held)) = stored_snapshot(&cred.slot, &cred.grant, &set.token)
+    else {
         return false;
-    };
-    // A set without a refresh token (a login at a provider without offline access) is
-    // kept until it expires: there is nothing to refresh it with before then.
-    let held = set.token.refresh_token.is_some() || !cred.grant.needs_lease();
-    let next = match (held, token.usable_until) {
-        (false, Some(until)) => until,
-        _ => next,
     };
     let (generation, _) = cred.slot.publish(token, Some(next), held);
     cred.slot.count_adoption();
@@ -490,7 +492,17 @@ async fn persist(
     issued: SystemTime,
     lifetime: Option<Duration>,
 ) {
-    let record = StoredToken {
+    save(cred, &record_of(cred, token, issued, lifetime).await).await;
+}
+
+/// The store record of an issued token.
+async fn record_of(
+    cred: &Credential,
+    token: &IssuedToken,
+    issued: SystemTime,
+    lifetime: Option<Duration>,
+) -> StoredToken {
+    StoredToken {
         access_token: token.access_token.clone(),
         issued_at: issued,
         expires_at: lifetime.map(|l| issued + l),
@@ -500,8 +512,7 @@ async fn persist(
         spent_seed: cred.grant.spent_seed().await,
         logout: None,
         bound_to: Some(cred.slot.binding.clone()),
-    };
-    save(cred, &record).await;
+    }
 }
 
 async fn attempt(cred: &Credential, trigger: Trigger) {
@@ -677,6 +688,12 @@ pub(super) async fn take_connected(
         .await;
     let lifetime = Some(token.effective_lifetime(cred.slot.policy.default_lifetime));
     persist(cred, &token, started.1, lifetime).await;
+    publish_taken(cred, token, started)
+}
+
+/// Publishes a token set taken from a login or a connect flow (already persisted), as a
+/// manual refresh would; answers whether it was published.
+fn publish_taken(cred: &Credential, token: IssuedToken, started: (Instant, SystemTime)) -> bool {
     cred.slot.accept_login();
     cred.slot.begin_attempt(Trigger::Manual, started.0);
     let result = publish_issued(
@@ -707,8 +724,15 @@ pub async fn login_access_token(
         credential = &*cred.slot.name,
         "access token received from a login, without a refresh token: a new login is needed when it expires"
     );
+    let _op = cred.op.lock().await;
     let started = (Instant::now(), SystemTime::now());
-    Ok(take_connected(cred, token, started).await)
+    cred.grant.take_stored_refresh_token(None).await;
+    // An operator's decision, as a login's refresh token is: it replaces whatever set the
+    // store holds (still by compare-and-set, so no write is torn).
+    let lifetime = Some(token.effective_lifetime(cred.slot.policy.default_lifetime));
+    cred.save_over(&record_of(cred, &token, started.1, lifetime).await)
+        .await?;
+    Ok(publish_taken(cred, token, started))
 }
 
 /// A subject's refresh token handed over by the app: stored, then used at once, all under

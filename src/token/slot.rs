@@ -42,6 +42,10 @@ struct Control {
     /// The token in use came with no refresh token (a login at a provider without
     /// offline access): it cannot be renewed without another login.
     no_refresh_token: bool,
+    /// The last generation published. It never goes back, not even when the token is
+    /// dropped (a logout, a dead token), so a 401 on an old token is never taken for one
+    /// on a token published since.
+    last_generation: u64,
 }
 
 impl Control {
@@ -559,7 +563,8 @@ impl CredentialSlot {
     ) -> (u64, u32) {
         let mut c = self.control();
         c.no_refresh_token = !refresh_token_held;
-        token.generation = self.current().map_or(0, |t| t.generation) + 1;
+        c.last_generation += 1;
+        token.generation = c.last_generation;
         let generation = token.generation;
         self.token.store(Some(Arc::new(token)));
         let attempts = c.consecutive_failures + 1;
@@ -611,10 +616,18 @@ impl CredentialSlot {
         record
     }
 
-    /// Publishes a token restored from the store at startup, as generation 1.
-    pub(super) fn restore(&self, mut token: TokenSnapshot, next_refresh_at: Instant) {
-        token.generation = 1;
+    /// Publishes a token restored from the store at startup (generation 1: nothing was
+    /// published before it).
+    pub(super) fn restore(
+        &self,
+        mut token: TokenSnapshot,
+        next_refresh_at: Instant,
+        refresh_token_held: bool,
+    ) {
         let mut c = self.control();
+        c.last_generation += 1;
+        token.generation = c.last_generation;
+        c.no_refresh_token = !refresh_token_held;
         self.token.store(Some(Arc::new(token)));
         c.next_refresh_at = Some(next_refresh_at);
         drop(c);
