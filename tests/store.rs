@@ -180,11 +180,13 @@ async fn a_config_change_never_serves_the_old_token_nor_sends_its_refresh_token_
         .config_text
         .replace(&h.tokens.token_url(), &other.token_url());
     restart(&mut h).await;
-    // A deadline, so a regression fails the test instead of hanging it.
+    // A deadline, so a regression fails the test instead of hanging it. The first attempt
+    // may still be in flight ("refreshing") when the status is first read.
     let status = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
             let s = h.status().await;
-            if s["credentials"]["api"]["state"] != "initializing" {
+            let state = &s["credentials"]["api"]["state"];
+            if state != "initializing" && state != "refreshing" {
                 break s;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
