@@ -37,6 +37,14 @@ enum Command {
     },
     /// Print a new random store key (base64, 32 bytes).
     Keygen,
+    /// Print the OAuth client ID metadata document to host at a credential's
+    /// client_metadata_url (every such credential's, or NAME's).
+    ClientMetadata {
+        #[arg(short, long, env = "BEARERD_CONFIG", default_value = "bearerd.toml")]
+        config: PathBuf,
+        /// One credential (default: the only one with client_metadata_url).
+        name: Option<String>,
+    },
     /// Add the bearerd sidecar to Kubernetes manifests (or take it out), like `linkerd
     /// inject`: reads multi-document YAML from -f (or stdin), writes it to stdout.
     Inject {
@@ -163,6 +171,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => cli::check(&config),
+        Command::ClientMetadata { config, name } => cli::client_metadata(&config, name.as_deref()),
         Command::RotationHelper => bearerd::token::rotation::helper_main(),
         Command::Run { config } => cli::run(&config),
         Command::Status {

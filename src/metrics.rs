@@ -56,6 +56,25 @@ labels! {
         OnDemand = "on_demand",
         On401 = "on_401",
         Manual = "manual",
+        /// An upstream's 403 `insufficient_scope`, for a token with more scopes.
+        StepUp = "step_up",
+    }
+}
+
+labels! {
+    /// What bearerd did about an upstream's 403 `insufficient_scope`: `outcome` of
+    /// `bearerd_step_up_total`.
+    pub enum StepUpOutcome {
+        /// A token with the union of scopes was got and the request replayed.
+        SteppedUp = "stepped_up",
+        /// No challenged scope is in the credential's `step_up_scopes`: the 403 passes.
+        NotAllowed = "not_allowed",
+        /// This scope set was asked for already: the 403 passes.
+        AlreadyTried = "already_tried",
+        /// The token request for the union failed, or the body cannot be sent again.
+        Failed = "failed",
+        /// A user grant: the app is told to log in again for the union.
+        RequiresReauth = "requires_reauth",
     }
 }
 
@@ -115,6 +134,7 @@ pub struct Metrics {
     pub requests_total: IntCounterVec,
     pub request_duration_seconds: HistogramVec,
     pub upstream_401_total: IntCounterVec,
+    pub step_up_total: IntCounterVec,
     pub token_wait_seconds: HistogramVec,
     pub token_adopted_total: IntCounterVec,
     pub store_up: prometheus::IntGauge,
@@ -221,6 +241,11 @@ impl Metrics {
                 "401 answers from upstreams, by what bearerd did about them.",
                 &["upstream", "outcome"],
             ),
+            step_up_total: r.counter(
+                "step_up_total",
+                "403 insufficient_scope answers from upstreams, by credential and what bearerd did about them.",
+                &["credential", "outcome"],
+            ),
             token_wait_seconds: r.histogram(
                 "token_wait_seconds",
                 "Time requests waited for a token.",
@@ -294,6 +319,9 @@ impl Metrics {
             m.refresh_failing_since.with_label_values(&[cred]);
             m.token_wait_seconds.with_label_values(&[cred]);
             m.token_adopted_total.with_label_values(&[cred]);
+            for o in StepUpOutcome::ALL {
+                m.step_up_total.with_label_values(&[cred, o.as_str()]);
+            }
             for s in CredentialState::ALL {
                 m.credential_state.with_label_values(&[cred, s.as_str()]);
             }

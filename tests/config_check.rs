@@ -269,6 +269,107 @@ fn per_subject_keys_are_checked_with_their_line() {
     );
 }
 
+const REGISTERING: &str = r#"[credentials.mcp]
+grant = "refresh_token"
+issuer = "https://as.example.com"
+registration = "auto"
+
+[upstreams.mcp]
+url = "https://mcp.example.com/mcp"
+path_prefix = "/mcp"
+credential = "mcp"
+"#;
+
+/// `registration = "auto"` and its companion: a registered client is never also named or
+/// authenticated in the config, and only one person's credential registers.
+#[test]
+fn registration_keys_are_checked_with_their_line() {
+    assert_passes("registering.toml", REGISTERING);
+    let doc = "client_metadata_url = \"https://app.example.com/bearerd-client.json\"";
+    let path = write(
+        "documents.toml",
+        &REGISTERING.replace(
+            "registration = \"auto\"",
+            &format!("registration = \"auto\"\n{doc}"),
+        ),
+    );
+    let out = bearerd()
+        .args(["client-metadata", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let document: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        document["client_id"],
+        "https://app.example.com/bearerd-client.json"
+    );
+    assert_eq!(document["token_endpoint_auth_method"], "none");
+    assert_eq!(document["application_type"], "native");
+    assert_eq!(document["redirect_uris"][0], "http://127.0.0.1/callback");
+    // Without a document, there is nothing to print.
+    let out = bearerd()
+        .args(["client-metadata", "-c"])
+        .arg(write("plain.toml", REGISTERING))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("client_metadata_url"));
+
+    let with = |extra: &str| {
+        REGISTERING.replace(
+            "registration = \"auto\"",
+            &format!("registration = \"auto\"\n{extra}"),
+        )
+    };
+    assert_error(
+        &with("client_id = \"app\""),
+        5,
+        &[
+            "credentials.mcp.client_id",
+            "registration = \"auto\" registers the client",
+        ],
+    );
+    assert_error(
+        &with("client_secret = \"s\""),
+        5,
+        &["credentials.mcp.client_secret", "remove client_secret"],
+    );
+    assert_error(
+        &with("client_metadata_url = \"http://app.example.com/c.json\""),
+        5,
+        &["client_metadata_url", "https, with a path"],
+    );
+    assert_error(
+        &with("subject_header = \"x-user\""),
+        4,
+        &["credentials.mcp.registration", "per-subject"],
+    );
+    assert_error(
+        &REGISTERING.replace("\"auto\"", "\"dynamic\""),
+        4,
+        &["registration must be \"auto\""],
+    );
+    assert_error(
+        &REGISTERING.replace("registration = \"auto\"", doc),
+        4,
+        &["client_metadata_url", "needs registration = \"auto\""],
+    );
+    // Only a grant a person logs in to registers.
+    assert_error(
+        &REGISTERING.replace(
+            "grant = \"refresh_token\"",
+            "grant = \"client_credentials\"",
+        ),
+        4,
+        &["registration", "unknown field"],
+    );
+}
+
 #[test]
 fn the_base_config_is_valid() {
     let out = assert_passes("good.toml", BASE);

@@ -135,21 +135,7 @@ async fn a_login_without_a_refresh_token_serves_its_access_token_until_it_expire
     let h = harness_without_refresh_token().await;
     h.tokens.state.no_refresh_token_on_login();
     h.tokens.state.set_lifetime(Duration::from_secs(4));
-    let (child, rx) = start_login(&h, false, &[]);
-    let url = wait_line(&rx, |l| l.trim_start().starts_with("http"))
-        .trim()
-        .to_string();
-    let no_redirects = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let resp = no_redirects.get(&url).send().await.unwrap();
-    let callback = resp.headers()["location"].to_str().unwrap().to_string();
-    let page = reqwest::get(&callback).await.unwrap().text().await.unwrap();
-    assert!(page.contains("Logged in"), "{page}");
-    wait_line(&rx, |l| l.contains("logged in"));
-    let (ok, stderr) = finish(child).await;
-    assert!(ok, "{stderr}");
+    let (_, stderr) = log_in(&h).await;
     assert!(stderr.contains("no refresh token"), "{stderr}");
 
     // The upstream gets the login's access token.
@@ -315,4 +301,303 @@ async fn a_handed_over_access_token_is_checked() {
         .unwrap();
     assert!(left > 364.0 * 86400.0, "{status}");
     assert_eq!(h.get("/api/x").await.status(), 200);
+}
+
+/// A file store in a new directory, as `[store]` lines.
+fn file_store() -> String {
+    let dir = std::env::temp_dir().join(format!("bearerd-login-{}", support::rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    format!(
+        "backend = \"file\"\npath = {:?}\nkey = \"{}\"",
+        dir.join("tokens.store").display().to_string(),
+        bearerd::store::generate_key()
+    )
+}
+
+/// Runs `bearerd login` through the authorization server (which approves at once) and
+/// returns the authorization URL it showed, and what it said on stderr.
+async fn log_in(h: &Harness) -> (String, String) {
+    let (child, rx) = start_login(h, false, &[]);
+    let url = wait_line(&rx, |l| l.trim_start().starts_with("http"))
+        .trim()
+        .to_string();
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let resp = no_redirects.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 302, "{url}");
+    let callback = resp.headers()["location"].to_str().unwrap().to_string();
+    let page = reqwest::get(&callback).await.unwrap().text().await.unwrap();
+    assert!(page.contains("Logged in"), "{page}");
+    wait_line(&rx, |l| l.contains("logged in"));
+    let (ok, stderr) = finish(child).await;
+    assert!(ok, "{stderr}");
+    (url, stderr)
+}
+
+/// A credential with `registration = "auto"` has no client in its config: the sidecar
+/// registers one (RFC 7591: native, loopback redirect, public where allowed), keeps it in
+/// the store, and refreshes with it, before and after a restart, without registering again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_credential_without_a_client_registers_one_and_keeps_it() {
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(3)).await;
+    tokens.state.offer_registration(false);
+    let opts = Options {
+        grant: "refresh_token",
+        discovery: Discovery::Issuer,
+        client: Some("registration = \"auto\"".into()),
+        store: file_store(),
+        ..Default::default()
+    };
+    let mut h = Harness::start_raw(tokens, upstream, opts, String::new()).await;
+    assert_eq!(h.get("/api/x").await.status(), 503, "no login yet");
+    assert!(
+        h.tokens.state.registrations().is_empty(),
+        "nothing registered before a login"
+    );
+
+    let (url, _) = log_in(&h).await;
+    let registrations = h.tokens.state.registrations();
+    assert_eq!(registrations.len(), 1, "{registrations:?}");
+    let asked = &registrations[0];
+    assert_eq!(asked["application_type"], "native");
+    assert_eq!(
+        asked["redirect_uris"],
+        serde_json::json!(["http://127.0.0.1/callback"])
+    );
+    assert_eq!(asked["token_endpoint_auth_method"], "none");
+    assert_eq!(
+        asked["grant_types"],
+        serde_json::json!(["authorization_code", "refresh_token"])
+    );
+    assert!(
+        url.contains("client_id=reg-"),
+        "the registered client logs in: {url}"
+    );
+    assert_eq!(h.get("/api/x").await.status(), 200);
+
+    // Tokens live 3 s: a refresh with the registered client happens within the test.
+    let before = h.tokens.state.requests();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while h.tokens.state.requests() == before {
+        assert!(tokio::time::Instant::now() < deadline, "no refresh in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let form = h.tokens.state.last_form();
+    assert!(
+        form.iter()
+            .any(|(k, v)| k == "client_id" && v.starts_with("reg-")),
+        "{form:?}"
+    );
+
+    support::restart(&mut h).await;
+    let answer = h.admin_post("/credentials/api/register").await;
+    assert_eq!(answer.status(), 200);
+    let report: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(report["mode"], "dynamic");
+    assert_eq!(report["token_endpoint_auth_method"], "none");
+    assert!(
+        report.get("client_secret").is_none(),
+        "a public client has none"
+    );
+    let served = h.get("/api/y").await;
+    assert_eq!(served.status(), 200, "the login survives the restart");
+    assert_eq!(
+        h.tokens.state.registrations().len(),
+        1,
+        "the stored registration is used, not a new one"
+    );
+}
+
+/// Where the authorization server takes client ID metadata documents, the document's URL
+/// is the client: nothing is registered, and `bearerd client-metadata` prints what to host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_metadata_document_url_is_the_client_where_the_server_takes_one() {
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
+    tokens.state.offer_registration(false);
+    tokens.state.offer_client_metadata_documents();
+    let document = "https://app.example/bearerd-client.json";
+    let opts = Options {
+        grant: "refresh_token",
+        discovery: Discovery::Issuer,
+        client: Some(format!(
+            "registration = \"auto\"\nclient_metadata_url = \"{document}\""
+        )),
+        ..Default::default()
+    };
+    let h = Harness::start_raw(tokens, upstream, opts, String::new()).await;
+    let (url, _) = log_in(&h).await;
+    let encoded: String = url::form_urlencoded::byte_serialize(document.as_bytes()).collect();
+    assert!(url.contains(&format!("client_id={encoded}")), "{url}");
+    assert!(
+        h.tokens.state.registrations().is_empty(),
+        "documents come first"
+    );
+    assert_eq!(h.get("/api/x").await.status(), 200);
+    let report: serde_json::Value = h
+        .admin_post("/credentials/api/register")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["mode"], "client_id_metadata_document");
+    assert_eq!(report["client_id"], document);
+}
+
+/// A confidential registration: the server hands out a secret, and the refreshes
+/// authenticate with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_confidential_registration_authenticates_with_its_secret() {
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
+    tokens.state.offer_registration(true);
+    let opts = Options {
+        grant: "refresh_token",
+        discovery: Discovery::Issuer,
+        client: Some("registration = \"auto\"".into()),
+        ..Default::default()
+    };
+    let h = Harness::start_raw(tokens, upstream, opts, String::new()).await;
+    log_in(&h).await;
+    assert_eq!(
+        h.tokens.state.registrations()[0]["token_endpoint_auth_method"],
+        "client_secret_basic",
+        "asks for what the server supports"
+    );
+    assert_eq!(h.get("/api/x").await.status(), 200);
+    let refreshed = h.admin_post("/credentials/api/refresh").await;
+    assert_eq!(
+        refreshed.status(),
+        200,
+        "the registered secret authenticates"
+    );
+}
+
+/// A server that offers no registration: the login says what to do instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_registration_mode_the_login_says_what_to_do() {
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
+    let opts = Options {
+        grant: "refresh_token",
+        discovery: Discovery::Issuer,
+        client: Some("registration = \"auto\"".into()),
+        ..Default::default()
+    };
+    let h = Harness::start_raw(tokens, upstream, opts, String::new()).await;
+    let (child, _rx) = start_login(&h, false, &[]);
+    let (ok, stderr) = finish(child).await;
+    assert!(!ok);
+    assert!(
+        stderr.contains("neither client ID metadata documents nor dynamic registration")
+            && stderr.contains("client_id"),
+        "{stderr}"
+    );
+}
+
+/// Issue 21: a registration is bound to its issuer. When the upstream names another
+/// authorization server, nothing is sent there with the old client or its refresh token;
+/// the credential asks for a login, which registers at the new server and drops the old
+/// grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_registered_at_one_server_is_never_used_at_another() {
+    let (first, upstream) = support::start_peers(Duration::from_secs(3)).await;
+    let second = support::TokenServer::start(Duration::from_secs(3))
+        .await
+        .unwrap();
+    first.state.offer_registration(false);
+    second.state.offer_registration(false);
+    let opts = Options {
+        grant: "refresh_token",
+        discovery: Discovery::ProtectedResource,
+        client: Some(format!(
+            "registration = \"auto\"\nallowed_authorization_servers = [\"{}\", \"{}\"]",
+            first.issuer(),
+            second.issuer()
+        )),
+        // The pin line the harness writes for discovery is replaced by the two above.
+        endpoint: Some(String::new()),
+        store: file_store(),
+        ..Default::default()
+    };
+    let mut h = Harness::start_raw(first, upstream, opts, String::new()).await;
+    *h.upstream.state.authorization_server.lock().unwrap() = Some(h.tokens.issuer());
+    log_in(&h).await;
+    assert_eq!(h.get("/api/x").await.status(), 200);
+    assert_eq!(h.tokens.state.registrations().len(), 1);
+
+    // The upstream moves to another authorization server.
+    *h.upstream.state.authorization_server.lock().unwrap() = Some(second.issuer());
+    support::restart(&mut h).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let s = h.status().await;
+        let api = s["credentials"]["api"].clone();
+        if api["last_error"]["kind"] == "registration_required" {
+            break api;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{api}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let message = status["last_error"]["message"].as_str().unwrap();
+    assert!(message.contains(&second.issuer()), "{message}");
+    assert_eq!(second.state.requests(), 0, "nothing sent to the new server");
+
+    // A login registers at the new server; the first server's grant is gone.
+    log_in(&h).await;
+    assert_eq!(second.state.registrations().len(), 1);
+    // What the new server has seen since is its own grant's (the login's refresh).
+    let form = second.state.last_form();
+    let sent = form
+        .iter()
+        .find(|(k, _)| k == "refresh_token")
+        .map(|(_, v)| v);
+    assert!(
+        sent.is_none_or(|rt| second.state.every_issued().contains(rt)),
+        "{form:?}"
+    );
+    let report: serde_json::Value = h
+        .admin_post("/credentials/api/register")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["issuer"], second.issuer());
+}
+
+/// Issue 21: a user grant's 403 `insufficient_scope` is the person's to consent to: the
+/// app gets 403 `insufficient-scope` with the scopes and the login path, and the next
+/// login asks for the union.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_grant_asks_for_a_login_with_the_union_of_scopes() {
+    let h = harness_without_refresh_token().await;
+    log_in(&h).await;
+    assert_eq!(h.get("/api/x").await.status(), 200);
+    *h.upstream.state.required_scope.lock().unwrap() = Some("demo.write".into());
+    let before = h.tokens.state.requests();
+    let r = h.get("/api/write").await;
+    assert_eq!(r.status(), 403);
+    let problem: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        problem["type"], "urn:bearerd:problem:insufficient-scope",
+        "{problem}"
+    );
+    assert_eq!(problem["requires_reauth"], true);
+    assert_eq!(
+        problem["scopes"],
+        serde_json::json!(["demo.read", "demo.write"])
+    );
+    assert_eq!(problem["login"], "/credentials/api/login");
+    assert_eq!(
+        h.tokens.state.requests(),
+        before,
+        "no token request on a person's behalf"
+    );
+    let status = h.status().await;
+    assert_eq!(
+        status["credentials"]["api"]["step_up_scopes"],
+        serde_json::json!(["demo.read", "demo.write"]),
+        "what the upstream asked for"
+    );
+    let (url, _) = log_in(&h).await;
+    assert!(url.contains("scope=demo.read+demo.write"), "{url}");
 }

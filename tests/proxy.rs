@@ -965,3 +965,87 @@ async fn a_rejected_token_that_cannot_be_replaced_is_never_sent_again() {
     let status = h.status().await;
     assert_eq!(status["credentials"]["api"]["state"], "failed", "{status}");
 }
+
+/// Issue 21: a machine grant steps up on an upstream's 403 `insufficient_scope`, within its
+/// `step_up_scopes`: one token request for the union of scopes, and the request (body
+/// included) replayed once with it; later requests carry the broader token. A scope outside
+/// `step_up_scopes` is never asked for: that 403 passes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_machine_grant_steps_up_within_its_step_up_scopes() {
+    let h = Harness::start(Options {
+        credential_extra: "step_up_scopes = [\"demo.write\"]".into(),
+        ..Default::default()
+    })
+    .await;
+    h.wait_ready().await;
+    *h.upstream.state.required_scope.lock().unwrap() = Some("demo.write".into());
+    let before = h.tokens.state.requests();
+    let body = vec![b'x'; 3000];
+    let r = h
+        .client
+        .post(h.url("/api/write"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "replayed with the broader token");
+    let seen: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(seen["body_bytes"], 3000, "the body went again");
+    assert_eq!(h.upstream.state.forbidden(), 1);
+    assert_eq!(h.tokens.state.requests(), before + 1, "one token request");
+    let form = h.tokens.state.last_form();
+    let scope = form
+        .iter()
+        .find(|(k, _)| k == "scope")
+        .map(|(_, v)| v.clone());
+    assert_eq!(scope.as_deref(), Some("demo.read demo.write"), "the union");
+    assert_eq!(h.get("/api/again").await.status(), 200);
+    assert_eq!(h.upstream.state.forbidden(), 1, "later requests carry it");
+    let status = h.status().await;
+    assert_eq!(
+        status["credentials"]["api"]["step_up_scopes"],
+        serde_json::json!(["demo.write"])
+    );
+
+    // Outside step_up_scopes: the 403 reaches the app, and nothing is asked for.
+    *h.upstream.state.required_scope.lock().unwrap() = Some("demo.admin".into());
+    let r = h.get("/api/admin").await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(h.tokens.state.requests(), before + 1);
+    let m = h
+        .metric_eventually(
+            "bearerd_step_up_total{credential=\"api\",outcome=\"not_allowed\"}",
+            1.0,
+        )
+        .await;
+    assert_eq!(
+        metric(
+            &m,
+            "bearerd_step_up_total{credential=\"api\",outcome=\"stepped_up\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "bearerd_step_up_total{credential=\"api\",outcome=\"not_allowed\"}"
+        ),
+        Some(1.0)
+    );
+}
+
+/// Without `step_up_scopes` (the default), a machine grant never widens its scopes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_step_up_scopes_an_insufficient_scope_passes_through() {
+    let h = Harness::start(Options::default()).await;
+    h.wait_ready().await;
+    *h.upstream.state.required_scope.lock().unwrap() = Some("demo.write".into());
+    let before = h.tokens.state.requests();
+    let r = h.get("/api/write").await;
+    assert_eq!(r.status(), 403);
+    assert!(r
+        .headers()
+        .get("www-authenticate")
+        .is_some_and(|v| v.to_str().unwrap().contains("insufficient_scope")));
+    assert_eq!(h.tokens.state.requests(), before);
+}

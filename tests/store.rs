@@ -22,31 +22,7 @@ fn file_store(dir: &Path, key: &str) -> String {
     )
 }
 
-/// Stops the harness's sidecar and starts a new one from the same config (same store).
-async fn restart(h: &mut Harness) {
-    let old = h.sidecar.take().unwrap();
-    tokio::task::spawn_blocking(move || old.shutdown())
-        .await
-        .unwrap();
-    // The same ports again: the old listeners can take a moment to be released (one CI run
-    // met "address in use" here), so a failed bind is tried again for up to 2 s.
-    for attempt in 0.. {
-        let config = support::sidecar_config(&h.config_text);
-        match tokio::task::spawn_blocking(move || Sidecar::start(config))
-            .await
-            .unwrap()
-        {
-            Ok(s) => {
-                h.sidecar = Some(s);
-                return;
-            }
-            Err(bearerd::StartError::Listen { .. }) if attempt < 20 => {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("the sidecar did not restart: {e}"),
-        }
-    }
-}
+use support::restart;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restart_with_a_valid_stored_token_makes_no_token_request_and_is_ready_at_once() {
@@ -264,6 +240,7 @@ fn a_bad_store_stops_startup_with_a_clear_error_and_is_left_unchanged() {
         spent_seed: None,
         logout: None,
         bound_to: None,
+        registration: None,
     };
     fs.save("c", Some(&token)).unwrap();
     let sealed = fs.sealed_record("c").unwrap();
@@ -1339,8 +1316,11 @@ async fn an_access_token_without_a_refresh_token_is_kept_to_its_expiry_across_a_
         assert_eq!(resp.status(), 200);
         let body: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(body["token_subject"], "alice", "the handed-over token");
+        // Valid while served; the token may cross its expiry floor between the request
+        // and this look (then it is expired, and the next request gets 503).
         let status = h.status().await;
-        assert_eq!(status["credentials"]["api"]["state"], "valid", "{status}");
+        let state = &status["credentials"]["api"]["state"];
+        assert!(state == "valid" || state == "expired", "{status}");
         assert!(
             tokio::time::Instant::now() < deadline,
             "still served after 30 s"

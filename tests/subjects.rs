@@ -1125,6 +1125,7 @@ async fn measure_memory_and_load_time_with_100000_stored_subjects() {
                             spent_seed: None,
                             logout: None,
                             bound_to: None,
+                            registration: None,
                         };
                         fs.save(&format!("api\n{s}"), Some(&token)).unwrap();
                     }
@@ -1416,6 +1417,7 @@ async fn redis_names_subjects_by_a_keyed_hash_and_moves_records_from_unkeyed_nam
         spent_seed: None,
         logout: None,
         bound_to: None,
+        registration: None,
     };
     let unkeyed: String = sha2::Sha256::digest(subject.as_bytes())[..16]
         .iter()

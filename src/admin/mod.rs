@@ -317,6 +317,37 @@ impl AdminApp {
     }
 }
 
+impl AdminApp {
+    /// `POST /credentials/{name}/register`: the client a `registration = "auto"`
+    /// credential logs in with, registered first when it has none at its issuer.
+    async fn register(&self, name: &str) -> Response<Vec<u8>> {
+        use crate::token::credential::RegisterError;
+        let Some(cred) = self.credential(name) else {
+            return no_credential(name);
+        };
+        match cred.register_client().await {
+            Ok(r) => json_response(
+                200,
+                &api::RegistrationReport {
+                    credential: name.to_string(),
+                    issuer: r.issuer,
+                    client_id: r.client_id,
+                    client_secret: r.client_secret,
+                    token_endpoint_auth_method: r.auth.as_str().to_string(),
+                    mode: r.mode,
+                    registered_at: r.registered_at,
+                },
+            ),
+            Err(e @ RegisterError::NotRegistering(_)) => error_response(409, e.to_string()),
+            Err(e @ RegisterError::Store(_)) => error_response(503, e.to_string()),
+            Err(RegisterError::Registration(e)) if e.is_transient() => {
+                error_response(503, e.to_string())
+            }
+            Err(e) => error_response(502, e.to_string()),
+        }
+    }
+}
+
 /// The longest lifetime a login's access token is taken for (a year, as a token response's).
 const MAX_LOGIN_LIFETIME_SECS: u64 = 365 * 86400;
 
@@ -418,6 +449,7 @@ impl ServeHttp for AdminApp {
                     Some(c) => json_response(200, &c.logout().await),
                     None => no_credential(&name),
                 },
+                CredentialOp::Register => self.register(&name).await,
             },
             AdminRoute::Subjects { .. }
             | AdminRoute::Subject { .. }

@@ -227,16 +227,16 @@ impl AdminApp {
             Ok(e) => e,
             Err(e) => return error_response(502, e.message),
         };
-        let Some(authorize) = endpoints.authorization else {
+        let Some(authorize) = endpoints.authorization.clone() else {
             return error_response(
                 409,
                 "no authorization endpoint: set authorization_url or issuer",
             );
         };
         let request = match crate::oauth::login::authorization_request(
-            registry.endpoint().config(),
+            registry.endpoint(),
             authorize,
-            endpoints.resource.clone(),
+            &endpoints,
             redirect_uri.as_str(),
         ) {
             Ok(r) => r,

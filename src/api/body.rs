@@ -63,6 +63,10 @@ pub struct CredentialStatus {
     pub next_refresh_in_s: Option<f64>,
     pub scopes: Vec<String>,
     pub has_refresh_token: bool,
+    /// Scopes added after upstreams' 403 `insufficient_scope`: a machine grant asks for
+    /// them already; a user grant's next login asks for them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_up_scopes: Vec<String>,
 }
 
 /// A per-subject credential in `/status`: what it is and how many subjects are in each
@@ -228,7 +232,31 @@ impl LoginRequest {
     }
 }
 
-/// The one place a secret is written out: the login body, sent to the admin API only over
+/// `POST /credentials/{name}/register`: the client the sidecar registered for a
+/// credential with `registration = "auto"`, for `bearerd login` to log in with. A
+/// confidential client's secret travels like a login's refresh token: only over a private
+/// channel, to a caller with the admin token.
+#[derive(Debug, Deserialize, Serialize)]
+pub struct RegistrationReport {
+    pub credential: String,
+    /// The issuer it was registered at, the only one it is used with.
+    pub issuer: String,
+    pub client_id: String,
+    #[serde(
+        default,
+        serialize_with = "expose",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_secret: Option<secrecy::SecretString>,
+    /// `none`, `client_secret_basic` or `client_secret_post`.
+    pub token_endpoint_auth_method: String,
+    /// `client_id_metadata_document` or `dynamic`.
+    pub mode: String,
+    /// RFC 3339.
+    pub registered_at: String,
+}
+
+/// The one place a secret is written out: the login body (and a registration), sent to the admin API only over
 /// a private channel (the CLI checks).
 fn expose<S: serde::Serializer>(
     secret: &Option<secrecy::SecretString>,

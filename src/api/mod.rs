@@ -41,6 +41,7 @@ mod tests {
             next_refresh_in_s: None,
             scopes: vec!["read".into(), "write".into()],
             has_refresh_token: true,
+            step_up_scopes: Vec::new(),
         }
     }
 

@@ -29,16 +29,19 @@ pub enum CredentialOp {
     Refresh,
     Logout,
     Login,
+    /// The client a credential with `registration = "auto"` logs in with.
+    Register,
 }
 
 impl CredentialOp {
-    pub const ALL: [CredentialOp; 3] = [Self::Refresh, Self::Logout, Self::Login];
+    pub const ALL: [CredentialOp; 4] = [Self::Refresh, Self::Logout, Self::Login, Self::Register];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Refresh => "refresh",
             Self::Logout => "logout",
             Self::Login => "login",
+            Self::Register => "register",
         }
     }
 }

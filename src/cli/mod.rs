@@ -73,17 +73,20 @@ fn who(name: &str, subject: Option<&str>) -> String {
 /// The route of a credential's operation, or of one of its subject's.
 fn operation(name: &str, subject: Option<&str>, op: CredentialOp) -> AdminRoute {
     let name = name.to_string();
-    match subject {
-        Some(s) => AdminRoute::SubjectOp {
+    let subject_op = match op {
+        CredentialOp::Refresh => Some(SubjectOp::Refresh),
+        CredentialOp::Logout => Some(SubjectOp::Logout),
+        CredentialOp::Login => Some(SubjectOp::Login),
+        // Subjects log in with their credential's client.
+        CredentialOp::Register => None,
+    };
+    match (subject, subject_op) {
+        (Some(s), Some(op)) => AdminRoute::SubjectOp {
             name,
             subject: s.to_string(),
-            op: match op {
-                CredentialOp::Refresh => SubjectOp::Refresh,
-                CredentialOp::Logout => SubjectOp::Logout,
-                CredentialOp::Login => SubjectOp::Login,
-            },
+            op,
         },
-        None => AdminRoute::Credential { name, op },
+        _ => AdminRoute::Credential { name, op },
     }
 }
 
@@ -104,6 +107,52 @@ pub fn check(config: &Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `bearerd client-metadata`: the client ID metadata document of the credential with
+/// `client_metadata_url` (NAME's, when several have one).
+pub fn client_metadata(config: &Path, name: Option<&str>) -> ExitCode {
+    let loaded = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let documents: Vec<(&str, serde_json::Value)> = loaded
+        .credentials
+        .iter()
+        .filter(|c| name.is_none_or(|n| n == c.name))
+        .filter_map(|c| {
+            let request = c.grant.request()?;
+            Some((
+                c.name.as_str(),
+                bearerd::oauth::registration::client_metadata_document(request)?,
+            ))
+        })
+        .collect();
+    match documents.as_slice() {
+        [(_, doc)] => {
+            println!("{}", pretty(doc));
+            ExitCode::SUCCESS
+        }
+        [] => {
+            eprintln!(
+                "error: {}: no credential{} has registration = \"auto\" with client_metadata_url",
+                config.display(),
+                name.map(|n| format!(" named {n:?}")).unwrap_or_default()
+            );
+            ExitCode::from(2)
+        }
+        several => {
+            let names: Vec<&str> = several.iter().map(|(n, _)| *n).collect();
+            eprintln!(
+                "error: several credentials have a client_metadata_url ({}): name one",
+                names.join(", ")
+            );
             ExitCode::from(2)
         }
     }
@@ -318,6 +367,42 @@ impl bearerd::oauth::login::LoginPrompt for TerminalPrompt {
     }
 }
 
+/// The client the sidecar registered for `name` (registering it first if needed).
+async fn registered_client(
+    client: &AdminClient,
+    name: &str,
+) -> Result<bearerd::oauth::registration::ClientRegistration, CliError> {
+    use bearerd::oauth::registration::{ClientRegistration, RegisteredAuth};
+    let route = operation(name, None, CredentialOp::Register);
+    let report = match client.post::<api::RegistrationReport>(&route, None).await? {
+        Answer::Body(_, report) => report,
+        Answer::Refused(code, e) => {
+            return Err(CliError::Refused(format!(
+                "the sidecar could not register a client ({code}): {}",
+                e.error
+            )))
+        }
+    };
+    let auth = RegisteredAuth::named(&report.token_endpoint_auth_method).ok_or_else(|| {
+        CliError::Refused(format!(
+            "the sidecar registered a client with token_endpoint_auth_method {:?}, which this bearerd cannot use",
+            report.token_endpoint_auth_method
+        ))
+    })?;
+    println!(
+        "{name}: client {} registered at {} ({})",
+        report.client_id, report.issuer, report.mode
+    );
+    Ok(ClientRegistration {
+        issuer: report.issuer,
+        client_id: report.client_id,
+        client_secret: report.client_secret,
+        auth,
+        mode: report.mode,
+        registered_at: report.registered_at,
+    })
+}
+
 /// `bearerd login NAME [--subject S] [--device]`.
 pub fn login(target: AdminTarget, name: String, subject: Option<String>, device: bool) -> ExitCode {
     let config = target
@@ -363,6 +448,24 @@ async fn login_and_hand_over(
     // this is where it would travel in clear.
     client.ensure_private("a refresh token")?;
     let endpoint = TokenEndpoint::new(request).map_err(|e| CliError::Refused(e.to_string()))?;
+    if request.registration.is_some() {
+        // The sidecar registers the client (and keeps it); the login uses it.
+        endpoint.use_registration(registered_client(client, name).await?);
+    }
+    // Scopes an upstream asked for since (403 insufficient_scope): this login asks too.
+    if subject.is_none() {
+        if let Ok(status) = client.status().await {
+            if let Some(api::CredentialView::Single(c)) = status.credentials.get(name) {
+                if !c.step_up_scopes.is_empty() {
+                    println!(
+                        "{name}: asking for {} too (step-up)",
+                        c.step_up_scopes.join(" ")
+                    );
+                    endpoint.step_up().require(&c.step_up_scopes);
+                }
+            }
+        }
+    }
     let flow = if device {
         login::device(&endpoint, &TerminalPrompt).await
     } else {

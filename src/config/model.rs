@@ -135,6 +135,29 @@ pub struct TokenRequestConfig {
     pub allowed_authorization_servers: Vec<String>,
     /// `insecure_http = true`: its endpoints may be plain http to another host.
     pub insecure_http: bool,
+    /// `registration = "auto"`: no `client_id` in the config; the sidecar registers one.
+    pub registration: Option<RegistrationConfig>,
+    /// What a 403 `insufficient_scope` may add (see `oauth::step_up`).
+    pub step_up: StepUpRule,
+}
+
+/// Who may widen a credential's scopes after an upstream's 403 `insufficient_scope`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepUpRule {
+    /// A machine grant: bearerd itself, within `step_up_scopes` (none by default).
+    Machine { allowed: Vec<String> },
+    /// A user grant: the person, at the next login.
+    User,
+}
+
+/// How a credential with `registration = "auto"` gets its client (see `oauth::registration`).
+#[derive(Debug, Clone)]
+pub struct RegistrationConfig {
+    /// `client_metadata_url`: the client ID metadata document the operator hosts; its URL
+    /// is the `client_id` wherever the authorization server accepts such documents.
+    pub client_metadata_url: Option<url::Url>,
+    /// What the authorization server shows the user: `bearerd ({credential})`.
+    pub client_name: String,
 }
 
 /// When to refresh, how to back off, how long requests wait. See DESIGN §4.

@@ -80,6 +80,8 @@ macro_rules! token_request_keys {
         client_cert: Option<$crate::material::RawSecretRef>,
         client_key: Option<$crate::material::RawSecretRef>,
         scopes: Option<Vec<String>>,
+        /// Machine grants: scopes bearerd may add on an upstream's 403 insufficient_scope.
+        step_up_scopes: Option<Vec<String>>,
         resource: Option<String>,
         params: Option<::std::collections::BTreeMap<String, String>>,
         /// Timeout of one token request.

@@ -276,4 +276,24 @@ impl Grant {
     pub async fn obtain(&self) -> Result<GrantOutcome, GrantError> {
         self.0.obtain().await
     }
+
+    /// The client the sidecar registered, as the store keeps it: every record a save
+    /// writes carries it over.
+    pub fn registration_record(&self) -> Option<SecretString> {
+        Some(self.endpoint()?.registration()?.to_record())
+    }
+
+    /// Uses the registered client a stored record carries (another replica's, or this
+    /// process's before a restart). A record without one leaves the client as it is.
+    pub fn take_registration(&self, record: Option<&SecretString>) {
+        let (Some(endpoint), Some(record)) = (self.endpoint(), record) else {
+            return;
+        };
+        match crate::oauth::registration::ClientRegistration::from_record(record) {
+            Some(r) => endpoint.use_registration(r),
+            None => tracing::warn!(
+                "the stored client registration cannot be read; a login registers again"
+            ),
+        }
+    }
 }

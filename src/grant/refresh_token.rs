@@ -14,6 +14,7 @@ use crate::config::lowering::*;
 use crate::config::TokenRequestConfig;
 use crate::config::{ConfigError, GrantConfig, GrantSettings, LowerGrant, LoweredGrant};
 use crate::config::{JwtSubjectConfig, SecretRef, SourceMap, SubjectConfig, SubjectKind};
+use crate::config::{RegistrationConfig, StepUpRule};
 use crate::oauth::carrier::Carrier;
 use crate::oauth::{GrantInput, TokenEndpoint};
 use crate::store::fingerprint;
@@ -46,6 +47,12 @@ credential_table! {
         device_authorization_url: Option<String>,
         /// Loopback port for the login redirect (default: any free port, RFC 8252).
         redirect_port: Option<u16>,
+        /// `"auto"`: no client_id; the sidecar registers a client (`oauth::registration`).
+        registration: Option<String>,
+        /// With `registration = "auto"`: the https URL of the client ID metadata document
+        /// the operator hosts (`bearerd client-metadata`), used as the client_id where the
+        /// authorization server accepts such documents.
+        client_metadata_url: Option<String>,
         /// Send `scope` with refresh_token requests too (some providers, e.g. Microsoft's,
         /// require it); by default the refresh keeps the scope originally granted.
         scope_on_refresh: Option<bool>,
@@ -72,14 +79,26 @@ impl LowerGrant for RawRefreshTokenCredential {
         // The schedule first, as for every grant: its errors are reported before the others.
         let policy = lower_policy(map, name, &t.schedule(), &t.wait())?;
         let key = |k: &str| format!("credentials.{name}.{k}");
+        let registration = lower_registration(map, name, t)?;
         let mut request = lower_token_request(
             map,
             name,
             &t.grant,
             &t.token_request(),
-            ClientIdRule::Required,
+            match registration {
+                Some(_) => ClientIdRule::Optional,
+                None => ClientIdRule::Required,
+            },
             false,
         )?;
+        request.registration = registration;
+        if t.step_up_scopes.is_some() {
+            return Err(map.error_at(
+                &key("step_up_scopes"),
+                "a person consents to more scopes at the next login, which asks for whatever the upstream asked: step_up_scopes is for machine grants",
+            ));
+        }
+        request.step_up = StepUpRule::User;
         let optional_url = |field: &str, value: &Option<String>| {
             value
                 .as_deref()
@@ -112,6 +131,82 @@ impl LowerGrant for RawRefreshTokenCredential {
             subjects,
         })
     }
+}
+
+/// `registration = "auto"` and `client_metadata_url`: a client the sidecar registers,
+/// which the config then may not name or authenticate.
+fn lower_registration(
+    map: &SourceMap,
+    name: &str,
+    t: &RawRefreshTokenCredential,
+) -> Result<Option<RegistrationConfig>, ConfigError> {
+    let key = |k: &str| format!("credentials.{name}.{k}");
+    let Some(mode) = &t.registration else {
+        if t.client_metadata_url.is_some() {
+            return Err(map.error_at(
+                &key("client_metadata_url"),
+                "client_metadata_url is the client_id of a registered client: it needs registration = \"auto\"",
+            ));
+        }
+        return Ok(None);
+    };
+    if mode != "auto" {
+        return Err(map.error_at(
+            &key("registration"),
+            format!(
+                "registration must be \"auto\" (got {mode:?}); without it, configure client_id"
+            ),
+        ));
+    }
+    let rc = t.token_request();
+    let configured_client = [
+        ("client_id", rc.client_id.is_some()),
+        ("client_auth", rc.client_auth.is_some()),
+        ("client_secret", rc.client_secret.is_some()),
+        ("private_key", rc.private_key.is_some()),
+        ("client_assertion", rc.client_assertion.is_some()),
+        ("client_cert", rc.client_cert.is_some()),
+    ];
+    if let Some((k, _)) = configured_client.iter().find(|(_, given)| *given) {
+        return Err(map.error_at(
+            &key(k),
+            format!("registration = \"auto\" registers the client, and its registration says how it authenticates: remove {k} (or registration, to use a client registered by hand)"),
+        ));
+    }
+    if t.refresh_token.is_some() {
+        return Err(map.error_at(
+            &key("refresh_token"),
+            "a configured refresh token belongs to a client registered by hand: with registration = \"auto\", `bearerd login` gets one",
+        ));
+    }
+    if t.subject_header.is_some() || t.subject_from.is_some() {
+        return Err(map.error_at(
+            &key("registration"),
+            "registration = \"auto\" is for a credential that one person logs in to; a per-subject credential needs a client registered by hand (client_id)",
+        ));
+    }
+    let client_metadata_url = t
+        .client_metadata_url
+        .as_deref()
+        .map(|u| client_metadata_url(map, &key("client_metadata_url"), u))
+        .transpose()?;
+    Ok(Some(RegistrationConfig {
+        client_metadata_url,
+        client_name: format!("bearerd ({name})"),
+    }))
+}
+
+/// A client ID metadata document's URL: https with a path (it is the client_id).
+fn client_metadata_url(map: &SourceMap, key: &str, value: &str) -> Result<url::Url, ConfigError> {
+    let url = url::Url::parse(value)
+        .map_err(|e| map.error_at(key, format!("{value:?} is not a URL: {e}")))?;
+    if url.scheme() != "https" || url.path() == "/" || url.fragment().is_some() {
+        return Err(map.error_at(
+            key,
+            format!("{value:?}: a client ID metadata document's URL is https, with a path and no fragment (e.g. \"https://app.example.com/bearerd-client.json\")"),
+        ));
+    }
+    Ok(url)
 }
 
 /// `subject_header` and its companions (which mean nothing without it).
@@ -387,7 +482,7 @@ impl RefreshTokenGrant {
         // RFC 6749 §6: without `scope` the refresh keeps the scope originally granted;
         // asking again for one the grant lacks (say, a dropped offline_access) fails.
         if self.endpoint.config().scope_on_refresh {
-            self.endpoint.add_scope(&mut form);
+            self.endpoint.add_scope(&mut form).await;
         }
         let via = self.durable.as_deref().map(|d| (d, fingerprint(&rt)));
         match self.endpoint.exchange_via(form, via).await {

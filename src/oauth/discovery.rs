@@ -23,6 +23,17 @@ pub struct ProviderEndpoints {
     /// RFC 9207 `authorization_response_iss_parameter_supported`: every authorization
     /// response carries `iss`, which must then be this issuer.
     pub iss_in_authorization_responses: bool,
+    /// RFC 7591 `registration_endpoint`.
+    pub registration: Option<Url>,
+    /// `client_id_metadata_document_supported`: a client's id may be its document's URL.
+    pub client_id_metadata_documents: bool,
+    /// `token_endpoint_auth_methods_supported`.
+    pub token_auth_methods: Vec<String>,
+    /// The scopes the protected resource asks for: its challenge's `scope`, else its
+    /// metadata's `scopes_supported` (used when the credential configures none).
+    pub resource_scopes: Vec<String>,
+    /// The authorization server's `scopes_supported` (whether it offers `offline_access`).
+    pub server_scopes: Vec<String>,
 }
 
 /// Why an authorization response is refused by RFC 9207: it may come from another
@@ -49,6 +60,12 @@ impl ProviderEndpoints {
             issuer: self.issuer.or(other.issuer),
             iss_in_authorization_responses: self.iss_in_authorization_responses
                 || other.iss_in_authorization_responses,
+            registration: self.registration.or(other.registration),
+            client_id_metadata_documents: self.client_id_metadata_documents
+                || other.client_id_metadata_documents,
+            token_auth_methods: or_list(self.token_auth_methods, other.token_auth_methods),
+            resource_scopes: or_list(self.resource_scopes, other.resource_scopes),
+            server_scopes: or_list(self.server_scopes, other.server_scopes),
         }
     }
 
@@ -70,6 +87,14 @@ impl ProviderEndpoints {
     }
 }
 
+fn or_list(a: Vec<String>, b: Vec<String>) -> Vec<String> {
+    if a.is_empty() {
+        b
+    } else {
+        a
+    }
+}
+
 #[derive(Deserialize)]
 struct AuthorizationServerMetadata {
     issuer: Option<String>,
@@ -80,6 +105,13 @@ struct AuthorizationServerMetadata {
     mtls_endpoint_aliases: Option<MtlsAliases>,
     #[serde(default)]
     authorization_response_iss_parameter_supported: bool,
+    registration_endpoint: Option<String>,
+    #[serde(default)]
+    client_id_metadata_document_supported: bool,
+    #[serde(default)]
+    token_endpoint_auth_methods_supported: Vec<String>,
+    #[serde(default)]
+    scopes_supported: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -93,6 +125,8 @@ struct ProtectedResourceMetadata {
     resource: Option<String>,
     #[serde(default)]
     authorization_servers: Vec<String>,
+    #[serde(default)]
+    scopes_supported: Vec<String>,
 }
 
 /// Why discovery found no usable endpoints.
@@ -101,6 +135,9 @@ pub enum DiscoveryError {
     /// A document could not be fetched or read (often transient).
     #[error("{0}")]
     Fetch(String),
+    /// There is no such document (404).
+    #[error("{0} answered 404 Not Found")]
+    Missing(Url),
     /// A document says something bearerd does not follow: plain http off this host, another
     /// issuer or resource, no authorization server.
     #[error("{0}")]
@@ -184,6 +221,9 @@ async fn get_json<T: for<'de> Deserialize<'de>>(
         .send()
         .await
         .map_err(|e| fetch(format!("{url}: {e}")))?;
+    if resp.status() == http::StatusCode::NOT_FOUND {
+        return Err(DiscoveryError::Missing(url.clone()));
+    }
     if !resp.status().is_success() {
         return Err(fetch(format!("{url} answered {}", resp.status())));
     }
@@ -192,6 +232,39 @@ async fn get_json<T: for<'de> Deserialize<'de>>(
         .await
         .map_err(|e| fetch(format!("{url}: {e}")))?;
     serde_json::from_slice(&bytes).map_err(|e| fetch(format!("{url} is not valid metadata: {e}")))
+}
+
+/// The endpoints an authorization server's metadata names (its issuer already checked).
+fn endpoints_from_metadata(
+    m: AuthorizationServerMetadata,
+) -> Result<ProviderEndpoints, DiscoveryError> {
+    Ok(ProviderEndpoints {
+        issuer: m.issuer.clone(),
+        iss_in_authorization_responses: m.authorization_response_iss_parameter_supported,
+        token: parse_url("token_endpoint", m.token_endpoint)?,
+        revocation: parse_url("revocation_endpoint", m.revocation_endpoint)?,
+        authorization: parse_url("authorization_endpoint", m.authorization_endpoint)?,
+        device_authorization: parse_url(
+            "device_authorization_endpoint",
+            m.device_authorization_endpoint,
+        )?,
+        resource: None,
+        registration: parse_url("registration_endpoint", m.registration_endpoint)?,
+        client_id_metadata_documents: m.client_id_metadata_document_supported,
+        token_auth_methods: m.token_endpoint_auth_methods_supported,
+        server_scopes: m.scopes_supported,
+        resource_scopes: Vec::new(),
+        mtls_token: parse_url(
+            "mtls_endpoint_aliases.token_endpoint",
+            m.mtls_endpoint_aliases
+                .as_ref()
+                .and_then(|a| a.token_endpoint.clone()),
+        )?,
+        mtls_revocation: parse_url(
+            "mtls_endpoint_aliases.revocation_endpoint",
+            m.mtls_endpoint_aliases.and_then(|a| a.revocation_endpoint),
+        )?,
+    })
 }
 
 /// Authorization server metadata for `issuer`: RFC 8414 first, then OpenID Connect.
@@ -216,29 +289,7 @@ pub async fn from_issuer(
                     )));
                     continue;
                 }
-                return Ok(ProviderEndpoints {
-                    issuer: Some(found.to_string()),
-                    iss_in_authorization_responses: m
-                        .authorization_response_iss_parameter_supported,
-                    token: parse_url("token_endpoint", m.token_endpoint)?,
-                    revocation: parse_url("revocation_endpoint", m.revocation_endpoint)?,
-                    authorization: parse_url("authorization_endpoint", m.authorization_endpoint)?,
-                    device_authorization: parse_url(
-                        "device_authorization_endpoint",
-                        m.device_authorization_endpoint,
-                    )?,
-                    resource: None,
-                    mtls_token: parse_url(
-                        "mtls_endpoint_aliases.token_endpoint",
-                        m.mtls_endpoint_aliases
-                            .as_ref()
-                            .and_then(|a| a.token_endpoint.clone()),
-                    )?,
-                    mtls_revocation: parse_url(
-                        "mtls_endpoint_aliases.revocation_endpoint",
-                        m.mtls_endpoint_aliases.and_then(|a| a.revocation_endpoint),
-                    )?,
-                });
+                return endpoints_from_metadata(m);
             }
             Err(e) => errors.push(e),
         }
@@ -251,13 +302,120 @@ pub async fn from_issuer(
 
 /// The `resource_metadata` parameter of a `WWW-Authenticate: Bearer …` challenge.
 pub fn resource_metadata_param(header: &str) -> Option<String> {
-    let at = header.find("resource_metadata=")? + "resource_metadata=".len();
-    let rest = &header[at..];
-    let value = match rest.strip_prefix('"') {
-        Some(quoted) => &quoted[..quoted.find('"')?],
-        None => rest.split([',', ' ']).next()?,
+    challenge_param(header, "resource_metadata")
+}
+
+/// A parameter of a `WWW-Authenticate` challenge (RFC 9110 §11.2: `name=token` or
+/// `name="quoted"`), found only where a parameter starts.
+pub fn challenge_param(header: &str, name: &str) -> Option<String> {
+    let wanted = format!("{name}=");
+    let mut from = 0;
+    while let Some(found) = header[from..].find(&wanted) {
+        let at = from + found;
+        from = at + wanted.len();
+        let starts = header[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| c == ' ' || c == ',');
+        if !starts {
+            continue;
+        }
+        let rest = &header[from..];
+        let value = match rest.strip_prefix('"') {
+            Some(quoted) => &quoted[..quoted.find('"')?],
+            None => rest.split([',', ' ']).next()?,
+        };
+        return Some(value.to_string());
+    }
+    None
+}
+
+/// The `resource_metadata` of the protected resource's challenge to a request without a
+/// token. A GET first; a resource that does not challenge it (an MCP server serves only
+/// POST) gets a JSON-RPC `ping`, which a server that needs a token refuses unread.
+async fn challenge_metadata(
+    http: &reqwest::Client,
+    resource: &Url,
+) -> Result<Challenge, DiscoveryError> {
+    let challenged = |resp: &reqwest::Response| {
+        let values = || {
+            resp.headers()
+                .get_all("www-authenticate")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+        };
+        Challenge {
+            metadata: values().find_map(resource_metadata_param),
+            scope: values().find_map(|v| challenge_param(v, "scope")),
+        }
     };
-    Some(value.to_string())
+    let fetch = |e: reqwest::Error| DiscoveryError::Fetch(format!("{resource}: {e}"));
+    let resp = http.get(resource.clone()).send().await.map_err(fetch)?;
+    if resp.status() == http::StatusCode::UNAUTHORIZED
+        || resp.headers().contains_key("www-authenticate")
+    {
+        return Ok(challenged(&resp));
+    }
+    let resp = http
+        .post(resource.clone())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(r#"{"jsonrpc":"2.0","id":"bearerd-discovery","method":"ping"}"#)
+        .send()
+        .await
+        .map_err(fetch)?;
+    Ok(challenged(&resp))
+}
+
+/// The 2025-03-26 MCP authorization: the server's origin is its authorization server,
+/// with RFC 8414 metadata at the root, or else the default endpoints `/authorize`,
+/// `/token` and `/register`. Pinned like any other server.
+async fn server_on_the_resources_origin(
+    http: &reqwest::Client,
+    resource: &Url,
+    allowed: &[String],
+) -> Result<ProviderEndpoints, DiscoveryError> {
+    let mut origin = resource.clone();
+    origin.set_path("/");
+    origin.set_query(None);
+    if !is_allowed(&origin, allowed) {
+        return Err(DiscoveryError::NotAllowed {
+            named: origin.as_str().trim_end_matches('/').to_string(),
+            allowed: allowed.join(", "),
+        });
+    }
+    let base = origin.as_str().trim_end_matches('/').to_string();
+    let metadata_url = well_known_inserted(&origin, "oauth-authorization-server");
+    match get_json::<AuthorizationServerMetadata>(http, &metadata_url).await {
+        // The metadata at the root names its issuer, which may have a path: on this origin
+        // it is the server's own.
+        Ok(m) => {
+            let named = m.issuer.as_deref().and_then(|i| Url::parse(i).ok());
+            match named {
+                Some(issuer) if issuer.origin() == origin.origin() => endpoints_from_metadata(m),
+                _ => Err(DiscoveryError::Refused(format!(
+                    "{metadata_url} names issuer {:?}, which is not on {base}",
+                    m.issuer.unwrap_or_default()
+                ))),
+            }
+        }
+        Err(DiscoveryError::Missing(_)) => {
+            let at = |path: &str| Url::parse(&format!("{base}{path}")).ok();
+            Ok(ProviderEndpoints {
+                token: at("/token"),
+                authorization: at("/authorize"),
+                registration: at("/register"),
+                ..ProviderEndpoints::default()
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What a protected resource's challenge says.
+struct Challenge {
+    metadata: Option<String>,
+    scope: Option<String>,
 }
 
 /// RFC 9728: asks the protected resource (without a token) where its authorization server
@@ -269,30 +427,51 @@ pub async fn from_protected_resource(
     allowed: &[String],
 ) -> Result<ProviderEndpoints, DiscoveryError> {
     let refused = |message: String| DiscoveryError::Refused(message);
-    let resp = http
-        .get(resource.clone())
-        .send()
-        .await
-        .map_err(|e| DiscoveryError::Fetch(format!("{resource}: {e}")))?;
-    let advertised = resp
-        .headers()
-        .get_all("www-authenticate")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(resource_metadata_param);
-    let metadata_url = match advertised {
-        Some(u) => Url::parse(&u)
-            .map_err(|e| refused(format!("resource_metadata {u:?} is not a URL: {e}")))?,
-        None => well_known_inserted(resource, "oauth-protected-resource"),
+    let challenge = challenge_metadata(http, resource).await?;
+    let candidates = match challenge.metadata {
+        Some(u) => vec![Url::parse(&u)
+            .map_err(|e| refused(format!("resource_metadata {u:?} is not a URL: {e}")))?],
+        // RFC 9728 §3.1: the path-suffixed well-known URI, then (as MCP clients do) the
+        // root's.
+        None => {
+            let mut root = resource.clone();
+            root.set_path("/");
+            let mut c = vec![well_known_inserted(resource, "oauth-protected-resource")];
+            c.push(well_known_inserted(&root, "oauth-protected-resource"));
+            c.dedup();
+            c
+        }
     };
-    require_https("resource_metadata", &metadata_url)?;
-    if metadata_url.origin() != resource.origin() {
-        return Err(refused(format!(
-            "resource_metadata {metadata_url} is not on the upstream's origin {}",
-            resource.origin().ascii_serialization()
-        )));
+    let mut errors = Vec::new();
+    let mut found = None;
+    let mut all_missing = true;
+    for metadata_url in candidates {
+        require_https("resource_metadata", &metadata_url)?;
+        if metadata_url.origin() != resource.origin() {
+            return Err(refused(format!(
+                "resource_metadata {metadata_url} is not on the upstream's origin {}",
+                resource.origin().ascii_serialization()
+            )));
+        }
+        match get_json::<ProtectedResourceMetadata>(http, &metadata_url).await {
+            Ok(prm) => {
+                found = Some((metadata_url, prm));
+                break;
+            }
+            Err(e) => {
+                all_missing &= matches!(e, DiscoveryError::Missing(_));
+                errors.push(e.to_string());
+            }
+        }
     }
-    let prm: ProtectedResourceMetadata = get_json(http, &metadata_url).await?;
+    let Some((metadata_url, prm)) = found else {
+        if all_missing {
+            // No protected-resource metadata at all: the 2025-03-26 MCP servers, whose
+            // own origin is their authorization server.
+            return server_on_the_resources_origin(http, resource, allowed).await;
+        }
+        return Err(DiscoveryError::Fetch(errors.join("; ")));
+    };
     // RFC 9728 §3.3: the metadata must describe this resource, not another one.
     if let Some(r) = &prm.resource {
         let same = Url::parse(r).is_ok_and(|u| u.origin() == resource.origin());
@@ -320,6 +499,11 @@ pub async fn from_protected_resource(
         })?;
     let mut endpoints = from_issuer(http, &issuer).await?;
     endpoints.resource = prm.resource;
+    // The MCP authorization spec's order: the challenge's scope, else the metadata's.
+    endpoints.resource_scopes = match challenge.scope {
+        Some(s) => s.split_whitespace().map(str::to_string).collect(),
+        None => prm.scopes_supported,
+    };
     Ok(endpoints)
 }
 
@@ -404,5 +588,11 @@ mod tests {
             Some("https://x/y")
         );
         assert_eq!(resource_metadata_param("Bearer realm=\"x\""), None);
+        let h = r#"Bearer error="insufficient_scope", scope="mcp:read mcp:write", resource_metadata="https://m/x""#;
+        assert_eq!(
+            challenge_param(h, "scope").as_deref(),
+            Some("mcp:read mcp:write")
+        );
+        assert_eq!(challenge_param("Bearer xscope=\"a\"", "scope"), None);
     }
 }

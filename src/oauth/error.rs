@@ -179,6 +179,9 @@ pub enum GrantErrorKind {
     StoreSettling,
     /// The new token set could not be persisted (it is used from memory).
     StoreWriteFailed,
+    /// A credential that registers its own client has none for the authorization server
+    /// (not yet, or it was registered at another issuer): `bearerd login` registers one.
+    RegistrationRequired,
 }
 
 impl GrantErrorKind {
@@ -203,6 +206,7 @@ impl GrantErrorKind {
             GrantErrorKind::LeaseHeld => Cow::Borrowed("lease_held"),
             GrantErrorKind::StoreSettling => Cow::Borrowed("store_settling"),
             GrantErrorKind::StoreWriteFailed => Cow::Borrowed("store_write_failed"),
+            GrantErrorKind::RegistrationRequired => Cow::Borrowed("registration_required"),
         }
     }
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use super::discovery::ProviderEndpoints;
 use super::{GrantError, IssuedToken, OAuthErrorCode, TokenEndpoint};
-use crate::config::TokenRequestConfig;
 
 /// How long a login attempt (its `state`, or its device code) stays valid.
 pub const ATTEMPT_LIFETIME: Duration = Duration::from_secs(600);
@@ -131,12 +131,7 @@ pub async fn authorization_code(
         url,
         state,
         verifier,
-    } = authorization_request(
-        endpoint.config(),
-        authorize,
-        endpoints.resource.clone(),
-        &redirect_uri,
-    )?;
+    } = authorization_request(endpoint, authorize, &endpoints, &redirect_uri)?;
 
     let (outcome, mut redirected) = tokio::sync::mpsc::channel::<Redirect>(1);
     let app = axum::Router::new()
@@ -188,30 +183,32 @@ pub struct AuthorizationRequest {
 /// client and scopes, with `prompt=consent` when offline_access is asked for (OpenID
 /// Connect §11 ignores it otherwise) and RFC 8707's `resource`.
 pub fn authorization_request(
-    c: &TokenRequestConfig,
+    endpoint: &TokenEndpoint,
     authorize: url::Url,
-    discovered_resource: Option<String>,
+    discovered: &ProviderEndpoints,
     redirect_uri: &str,
 ) -> Result<AuthorizationRequest, LoginError> {
     use oauth2::{AuthUrl, ClientId, CsrfToken, PkceCodeChallenge, RedirectUrl, Scope};
 
-    let client = oauth2::basic::BasicClient::new(ClientId::new(
-        c.client.client_id.clone().unwrap_or_default(),
-    ))
-    .set_auth_uri(AuthUrl::from_url(authorize))
-    .set_redirect_uri(
-        RedirectUrl::new(redirect_uri.to_string())
-            .map_err(|e| LoginError::BadRedirect(e.to_string()))?,
-    );
+    let c = endpoint.config();
+    // The registered client's id, for a credential that registers its own.
+    let client =
+        oauth2::basic::BasicClient::new(ClientId::new(endpoint.client_id().unwrap_or_default()))
+            .set_auth_uri(AuthUrl::from_url(authorize))
+            .set_redirect_uri(
+                RedirectUrl::new(redirect_uri.to_string())
+                    .map_err(|e| LoginError::BadRedirect(e.to_string()))?,
+            );
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let scopes = endpoint.login_scopes(discovered);
     let mut request = client
         .authorize_url(CsrfToken::new_random)
-        .add_scopes(c.scopes.iter().cloned().map(Scope::new))
+        .add_scopes(scopes.iter().cloned().map(Scope::new))
         .set_pkce_challenge(challenge);
-    if c.scopes.iter().any(|s| s == "offline_access") {
+    if scopes.iter().any(|s| s == "offline_access") {
         request = request.add_extra_param("prompt", "consent");
     }
-    if let Some(r) = c.resource.clone().or(discovered_resource) {
+    if let Some(r) = c.resource.clone().or(discovered.resource.clone()) {
         request = request.add_extra_param("resource", r);
     }
     let (url, state) = request.url();
@@ -240,13 +237,15 @@ pub async fn device(
     let endpoints = endpoint.endpoints().await.map_err(LoginError::Endpoint)?;
     let device_url = endpoints
         .device_authorization
+        .clone()
         .ok_or(LoginError::NoEndpoint(
             "no device authorization endpoint: set device_authorization_url or issuer",
         ))?;
     let c = endpoint.config();
     let mut form: Vec<(&'static str, String)> = Vec::new();
-    if !c.scopes.is_empty() {
-        form.push(("scope", c.scopes.join(" ")));
+    let scopes = endpoint.login_scopes(&endpoints);
+    if !scopes.is_empty() {
+        form.push(("scope", scopes.join(" ")));
     }
     if let Some(r) = c.resource.clone().or(endpoints.resource.clone()) {
         form.push(("resource", r));

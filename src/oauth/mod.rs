@@ -17,7 +17,9 @@ pub mod client_auth;
 pub mod discovery;
 pub mod error;
 pub mod login;
+pub mod registration;
 pub mod response;
+pub mod step_up;
 pub mod transport;
 
 use std::time::Duration;
@@ -29,6 +31,7 @@ use carrier::{Carrier, CarrierError};
 use client_auth::{ClientAuthenticator, Form};
 use discovery::ProviderEndpoints;
 pub use error::{GrantError, GrantErrorKind, GrantInput, OAuthErrorCode};
+use registration::ClientRegistration;
 use transport::{error_chain, Transport};
 
 /// A token as the authorization server issued it (or a grant produced it).
@@ -107,6 +110,21 @@ pub struct TokenEndpoint {
     config: TokenRequestConfig,
     /// Endpoints found by discovery, once it has succeeded.
     discovered: tokio::sync::OnceCell<ProviderEndpoints>,
+    /// The client the sidecar registered (`registration = "auto"`), once there is one.
+    registered: arc_swap::ArcSwapOption<RegisteredClient>,
+    /// Scopes added after an upstream's 403 `insufficient_scope`.
+    step_up: std::sync::Arc<step_up::StepUp>,
+}
+
+/// A registered client, ready to authenticate.
+struct RegisteredClient {
+    registration: ClientRegistration,
+    auth: ClientAuthenticator,
+}
+
+/// Why a credential with `registration = "auto"` cannot send a token request.
+fn registration_required(message: String) -> GrantError {
+    GrantError::permanent(GrantErrorKind::RegistrationRequired, message)
 }
 
 impl TokenEndpoint {
@@ -118,7 +136,74 @@ impl TokenEndpoint {
             client_auth: ClientAuthenticator::new(&config.client.method),
             config: config.clone(),
             discovered: tokio::sync::OnceCell::new(),
+            registered: arc_swap::ArcSwapOption::empty(),
+            step_up: std::sync::Arc::new(step_up::StepUp::new(config.step_up.clone())),
         })
+    }
+
+    /// The client registered for this credential, if any.
+    pub fn registration(&self) -> Option<ClientRegistration> {
+        self.registered
+            .load()
+            .as_ref()
+            .map(|r| r.registration.clone())
+    }
+
+    /// Uses this registered client from now on (from the store, or a new registration).
+    pub fn use_registration(&self, registration: ClientRegistration) {
+        let auth = ClientAuthenticator::new(&registration.method());
+        self.registered
+            .store(Some(std::sync::Arc::new(RegisteredClient {
+                registration,
+                auth,
+            })));
+    }
+
+    /// The client id requests name: the registered one, else the configured one.
+    pub fn client_id(&self) -> Option<String> {
+        match self.registered.load().as_ref() {
+            Some(r) => Some(r.registration.client_id.clone()),
+            None => self.config.client.client_id.clone(),
+        }
+    }
+
+    /// Applies the client's authentication: the configured client's, or for a credential
+    /// that registers its own, the registered client's, and only at the issuer it was
+    /// registered at (its secret and its grant are never sent elsewhere).
+    fn apply_client(
+        &self,
+        endpoints: &ProviderEndpoints,
+        req: reqwest::RequestBuilder,
+        form: &mut Form,
+        audience: &str,
+    ) -> Result<reqwest::RequestBuilder, GrantError> {
+        if self.config.registration.is_none() {
+            return self.client_auth.apply(
+                req,
+                form,
+                self.config.client.client_id.as_deref(),
+                audience,
+            );
+        }
+        let registered = self.registered.load();
+        let Some(client) = registered.as_ref() else {
+            return Err(registration_required(
+                "no client is registered yet: `bearerd login` registers one".into(),
+            ));
+        };
+        let now = registration::issuer_of(endpoints).unwrap_or_default();
+        if !client.registration.is_for(&now) {
+            return Err(registration_required(format!(
+                "the client was registered at {}, and the authorization server is now {now}: nothing is sent there with it; `bearerd login` registers again (the old grant is dropped)",
+                client.registration.issuer
+            )));
+        }
+        client.auth.apply(
+            req,
+            form,
+            Some(client.registration.client_id.as_str()),
+            audience,
+        )
     }
 
     /// The configured endpoints, completed by discovery (from the issuer, or from the
@@ -138,6 +223,7 @@ impl TokenEndpoint {
             // while its metadata cannot be fetched.
             issuer: c.issuer.as_ref().map(|u| u.to_string()),
             iss_in_authorization_responses: false,
+            ..ProviderEndpoints::default()
         };
         if c.issuer.is_none() && c.protected_resource.is_none() {
             return Ok(explicit);
@@ -201,6 +287,16 @@ impl TokenEndpoint {
         e
     }
 
+    /// Whom a signed client assertion is addressed to (unless `assertion_audience` says):
+    /// the token endpoint (RFC 7523), or for an authorization server an upstream names, its
+    /// issuer identifier, as the MCP authorization spec asks (RFC 7523bis).
+    fn audience(&self, endpoints: &ProviderEndpoints, token_url: &url::Url) -> String {
+        match (&self.config.protected_resource, &endpoints.issuer) {
+            (Some(_), Some(issuer)) => issuer.clone(),
+            _ => token_url.as_str().to_string(),
+        }
+    }
+
     /// The HTTP client of this endpoint (with the client certificate, when there is one).
     pub fn http(&self) -> Result<reqwest::Client, GrantError> {
         self.transport.client()
@@ -218,14 +314,9 @@ impl TokenEndpoint {
         form: &mut Form,
         url: &url::Url,
     ) -> Result<reqwest::RequestBuilder, GrantError> {
-        let token = self.endpoints().await.ok().and_then(|e| e.token);
-        let audience = token.as_ref().unwrap_or(url).as_str().to_string();
-        self.client_auth.apply(
-            req,
-            form,
-            self.config.client.client_id.as_deref(),
-            &audience,
-        )
+        let endpoints = self.endpoints().await.unwrap_or_default();
+        let audience = self.audience(&endpoints, endpoints.token.as_ref().unwrap_or(url));
+        self.apply_client(&endpoints, req, form, &audience)
     }
 
     /// Revokes one token (RFC 7009). Best effort: the outcome is reported, never retried.
@@ -262,14 +353,50 @@ impl TokenEndpoint {
 
     /// Sends one token request with `scope` added.
     pub async fn request(&self, mut form: Form) -> Result<IssuedToken, GrantError> {
-        self.add_scope(&mut form);
+        self.add_scope(&mut form).await;
         self.exchange(form).await
     }
 
-    pub fn add_scope(&self, form: &mut Form) {
-        if !self.config.scopes.is_empty() {
-            form.push(("scope", self.config.scopes.join(" ")));
+    pub async fn add_scope(&self, form: &mut Form) {
+        let scopes = self.scopes(&self.endpoints().await.unwrap_or_default());
+        if !scopes.is_empty() {
+            form.push(("scope", scopes.join(" ")));
         }
+    }
+
+    /// The scopes to ask for: the configured ones, else what the protected resource asks
+    /// for (its challenge's `scope`, else its metadata's `scopes_supported`), else none;
+    /// with those a step-up added.
+    pub fn scopes(&self, endpoints: &ProviderEndpoints) -> Vec<String> {
+        let mut scopes = if self.config.scopes.is_empty() {
+            endpoints.resource_scopes.clone()
+        } else {
+            self.config.scopes.clone()
+        };
+        for s in self.step_up.added() {
+            if !scopes.contains(&s) {
+                scopes.push(s);
+            }
+        }
+        scopes
+    }
+
+    /// The scopes step-ups added, shared with the credential's slot (which plans them).
+    pub fn step_up(&self) -> std::sync::Arc<step_up::StepUp> {
+        std::sync::Arc::clone(&self.step_up)
+    }
+
+    /// The scopes a login asks for: [`Self::scopes`], with `offline_access` when the
+    /// authorization server offers it (a login is for a refresh token), never otherwise.
+    pub fn login_scopes(&self, endpoints: &ProviderEndpoints) -> Vec<String> {
+        let mut scopes = self.scopes(endpoints);
+        let offline = "offline_access";
+        if endpoints.server_scopes.iter().any(|s| s == offline)
+            && !scopes.iter().any(|s| s == offline)
+        {
+            scopes.push(offline.to_string());
+        }
+        scopes
     }
 
     /// Sends a token request with exactly these grant fields (plus client authentication,
@@ -287,25 +414,21 @@ impl TokenEndpoint {
     ) -> Result<IssuedToken, GrantError> {
         let c = &self.config;
         let endpoints = self.endpoints().await?;
-        let token_url = endpoints.token.ok_or_else(|| {
+        let token_url = endpoints.token.clone().ok_or_else(|| {
             GrantError::permanent(
                 GrantErrorKind::NoTokenEndpoint,
                 "discovery found no token_endpoint",
             )
         })?;
-        if let Some(r) = c.resource.clone().or(endpoints.resource) {
+        if let Some(r) = c.resource.clone().or(endpoints.resource.clone()) {
             form.push(("resource", r));
         }
         let http = self.http()?;
         let req = http
             .post(token_url.clone())
             .header("accept", "application/json");
-        let req = self.client_auth.apply(
-            req,
-            &mut form,
-            c.client.client_id.as_deref(),
-            token_url.as_str(),
-        )?;
+        let audience = self.audience(&endpoints, &token_url);
+        let req = self.apply_client(&endpoints, req, &mut form, &audience)?;
         let mut body: Vec<(String, String)> =
             form.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         for (k, v) in &c.params {

@@ -25,13 +25,17 @@ use crate::token::subject::{
     InvalidSubject, SubjectKey, SubjectRegistry, SubjectUnavailable, TooManyNewSubjects,
     UserJwtRejected,
 };
-use crate::token::{CredentialSlot, ReplayDecision, TokenSnapshot, TokenUnavailable};
+use crate::token::{
+    CredentialSlot, ReplayDecision, StepUpDecision, TokenSnapshot, TokenUnavailable,
+};
 use problem::Problem;
 use resolve::ResolvedAddr;
 use route::RouteTable;
 
 /// The error type that asks Pingora to replay the request after a 401.
 const REPLAY_AFTER_401: ErrorType = ErrorType::Custom("bearerd: replay after 401");
+/// The error type for a user grant's 403 `insufficient_scope`: answered `insufficient-scope`.
+const STEP_UP_LOGIN: ErrorType = ErrorType::Custom("bearerd: step-up needs a login");
 /// The error type for requests bearerd answered itself (already written).
 const ANSWERED: ErrorType = ErrorType::Custom("bearerd: answered");
 
@@ -294,6 +298,14 @@ pub struct RequestCtx {
     token_unavailable: Option<TokenUnavailable>,
     replayed: bool,
     outcome_401: Option<Outcome401>,
+    /// The replay is a step-up's (not a 401's), or the scopes a login must ask for.
+    step_up: Option<StepUpReplay>,
+}
+
+/// What a step-up did to the request.
+enum StepUpReplay {
+    Replayed,
+    NeedsLogin(Vec<String>),
 }
 
 impl RequestCtx {
@@ -375,6 +387,50 @@ impl BearerProxy {
             );
         }
         Ok(true)
+    }
+
+    /// An upstream's 403: with `error="insufficient_scope"`, a machine grant steps up and
+    /// replays once, a user grant's answer asks for a login with the union of scopes.
+    async fn insufficient_scope(
+        &self,
+        session: &mut Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let Some(challenged) = resp
+            .headers
+            .get_all("www-authenticate")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(crate::token::insufficient_scope)
+        else {
+            return Ok(());
+        };
+        let (Some(slot), Some(token)) = (&ctx.slot, &ctx.token) else {
+            return Ok(());
+        };
+        match slot.step_up(&challenged, token).await {
+            StepUpDecision::Replay(fresh) if !session.as_ref().retry_buffer_truncated() => {
+                tracing::info!(
+                    request_id = ctx.request_id(),
+                    credential = &*slot.name,
+                    scopes = %challenged.join(" "),
+                    "upstream answered 403 insufficient_scope; replaying with a token for more scopes"
+                );
+                ctx.token = Some(fresh);
+                ctx.replayed = true;
+                ctx.step_up = Some(StepUpReplay::Replayed);
+                let mut e = Error::new(REPLAY_AFTER_401);
+                e.set_retry(true);
+                Err(e)
+            }
+            // Too large to send again: the next request carries the broader token.
+            StepUpDecision::Replay(_) | StepUpDecision::PassThrough => Ok(()),
+            StepUpDecision::Login { scopes } => {
+                ctx.step_up = Some(StepUpReplay::NeedsLogin(scopes));
+                Err(Error::new(STEP_UP_LOGIN))
+            }
+        }
     }
 
     /// 403 `subject-not-connected`: what the app turns into a "connect your account" prompt,
@@ -755,8 +811,11 @@ impl ProxyHttp for BearerProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        if resp.status == http::StatusCode::FORBIDDEN && !ctx.replayed {
+            return self.insufficient_scope(session, resp, ctx).await;
+        }
         if resp.status != http::StatusCode::UNAUTHORIZED {
-            if ctx.replayed && !resp.status.is_informational() {
+            if ctx.replayed && ctx.step_up.is_none() && !resp.status.is_informational() {
                 ctx.outcome_401 = Some(Outcome401::ReplayedOk);
             }
             return Ok(());
@@ -849,6 +908,7 @@ impl ProxyHttp for BearerProxy {
             }
             ErrorType::HTTPStatus(503) => (503, "token-unavailable", "No valid token"),
             t if t == &REPLAY_AFTER_401 => (503, "token-rejected", "Upstream rejected the token"),
+            t if t == &STEP_UP_LOGIN => (403, "insufficient-scope", "Insufficient scope"),
             t if t == &ANSWERED => (0, "", ""),
             _ if e.esource() == &ErrorSource::Downstream => (0, "", ""),
             _ => (502, "upstream-unreachable", "Upstream unreachable"),
@@ -871,6 +931,24 @@ impl ProxyHttp for BearerProxy {
             };
             p.upstream = ctx.upstream.as_ref().map(|u| &*u.name);
             p.credential = ctx.upstream.as_ref().map(|u| &*u.slot.name);
+            if let (Some(StepUpReplay::NeedsLogin(scopes)), Some(slot)) = (&ctx.step_up, &ctx.slot)
+            {
+                p.requires_reauth = true;
+                p.credential = Some(&slot.name);
+                p.detail = format!(
+                    "the upstream needs scopes {} that the user has not consented to: log in again (bearerd login {}); the login asks for them",
+                    scopes.join(" "),
+                    slot.name
+                );
+                p.scopes = Some(scopes.clone());
+                p.login = Some(
+                    crate::api::AdminRoute::Credential {
+                        name: slot.name.to_string(),
+                        op: crate::api::CredentialOp::Login,
+                    }
+                    .to_string(),
+                );
+            }
             let _ = p.send(session).await;
         }
         tracing::warn!(

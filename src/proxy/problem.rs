@@ -23,6 +23,11 @@ pub struct Problem<'a> {
     pub subject: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect: Option<String>,
+    /// 403 `insufficient-scope`: the scopes the next login asks for, and its admin path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login: Option<String>,
     /// Seconds for `Retry-After` (a 429).
     #[serde(skip)]
     pub retry_after: Option<u64>,
@@ -50,6 +55,8 @@ impl<'a> Problem<'a> {
             request_id,
             subject: None,
             connect: None,
+            scopes: None,
+            login: None,
             retry_after: None,
             www_authenticate: None,
         }

@@ -964,6 +964,7 @@ mod tests {
             spent_seed: None,
             logout: None,
             bound_to: None,
+            registration: None,
         }
     }
 

@@ -343,6 +343,10 @@ pub struct StoredToken {
     pub logout: Option<LogoutRecord>,
     /// What the token was obtained for (`None` in records written before bindings).
     pub bound_to: Option<RecordBinding>,
+    /// The client the sidecar registered for the credential (`registration = "auto"`),
+    /// with the issuer it belongs to: opaque here (the token engine writes and reads it),
+    /// sealed with the rest. Carried over by every save.
+    pub registration: Option<SecretString>,
 }
 
 /// What a record's tokens were obtained for, the same in every store: a fingerprint of the
@@ -420,6 +424,7 @@ impl StoredToken {
             spent_seed: None,
             logout: None,
             bound_to: None,
+            registration: None,
         }
     }
 }
@@ -451,6 +456,8 @@ pub(crate) struct StoredTokenRecord {
     logout: Option<LogoutRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     bound_to: Option<RecordBinding>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    registration: Option<String>,
 }
 
 /// A record as it is sealed: the token set and its generation (0 in stores written before
@@ -505,6 +512,10 @@ impl From<&StoredToken> for StoredTokenRecord {
             spent_seed: t.spent_seed.clone(),
             logout: t.logout.clone(),
             bound_to: t.bound_to.clone(),
+            registration: t
+                .registration
+                .as_ref()
+                .map(|r| r.expose_secret().to_string()),
         }
     }
 }
@@ -521,6 +532,7 @@ impl From<StoredTokenRecord> for StoredToken {
             spent_seed: r.spent_seed,
             logout: r.logout,
             bound_to: r.bound_to,
+            registration: r.registration.map(SecretString::from),
         }
     }
 }

@@ -209,6 +209,7 @@ impl Credential {
                     .collect(),
             }),
             bound_to: Some(self.slot.binding.clone()),
+            registration: self.grant.registration_record(),
             ..StoredToken::empty()
         };
         let forgotten = self.save_over(&tombstone).await.is_ok();
@@ -249,6 +250,7 @@ impl Credential {
             refresh_token: Some(refresh_token),
             spent_seed: self.grant.spent_seed().await,
             bound_to: Some(self.slot.binding.clone()),
+            registration: self.grant.registration_record(),
             ..StoredToken::empty()
         };
         self.save_over(&record).await?;
@@ -258,5 +260,77 @@ impl Credential {
             "refresh token received from a login"
         );
         Ok(())
+    }
+}
+
+/// Why no registered client could be given to a login.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("credential {0} has no `registration = \"auto\"`: its client is the configured one")]
+    NotRegistering(String),
+    /// The authorization server's metadata could not be found.
+    #[error("{}", .0.message)]
+    Discovery(crate::oauth::GrantError),
+    #[error("the authorization server's metadata names no issuer and no token endpoint")]
+    NoIssuer,
+    #[error(transparent)]
+    Registration(#[from] crate::oauth::registration::RegistrationError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Credential {
+    /// The client this credential logs in with, registered now if it has none at the
+    /// authorization server it is used with. A client of another issuer is replaced, and
+    /// its grant dropped: that issuer's refresh token is never sent to the new one.
+    pub async fn register_client(
+        &self,
+    ) -> Result<crate::oauth::registration::ClientRegistration, RegisterError> {
+        use crate::oauth::registration::{self, RegistrationRequest};
+        let not_registering = || RegisterError::NotRegistering(self.slot.name.to_string());
+        let endpoint = self.grant.endpoint().ok_or_else(not_registering)?;
+        let config = endpoint.config();
+        let wanted = config.registration.as_ref().ok_or_else(not_registering)?;
+        let _op = self.op.lock().await;
+        let endpoints = endpoint
+            .endpoints()
+            .await
+            .map_err(RegisterError::Discovery)?;
+        let issuer = registration::issuer_of(&endpoints).ok_or(RegisterError::NoIssuer)?;
+        let held = endpoint.registration();
+        if let Some(r) = held.as_ref().filter(|r| r.is_for(&issuer)) {
+            return Ok(r.clone());
+        }
+        let request = RegistrationRequest {
+            config: wanted,
+            endpoints: &endpoints,
+            issuer: &issuer,
+            scopes: &endpoint.login_scopes(&endpoints),
+            redirect_uris: registration::loopback_redirect_uris(config.redirect_port),
+            timeout: config.timeout,
+        };
+        let http = endpoint.http().map_err(RegisterError::Discovery)?;
+        let registered = registration::register(&http, &request).await?;
+        endpoint.use_registration(registered.clone());
+        // Whatever refresh token is held was issued to another client.
+        self.grant.forget().await;
+        let record = StoredToken {
+            spent_seed: self.grant.spent_seed().await,
+            bound_to: Some(self.slot.binding.clone()),
+            registration: Some(registered.to_record()),
+            ..StoredToken::empty()
+        };
+        self.save_over(&record).await?;
+        if let Some(old) = held {
+            // The old issuer's tokens are not served any more: a login at the new one.
+            self.slot.mark_logged_out();
+            tracing::warn!(
+                credential = &*self.slot.name,
+                was = old.issuer,
+                now = issuer,
+                "the authorization server changed: registered again, and the old grant dropped"
+            );
+        }
+        Ok(registered)
     }
 }

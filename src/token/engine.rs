@@ -80,6 +80,9 @@ impl TokenEngine {
                 subjects.push(registry);
             }
             let slot = CredentialSlot::new(c, Arc::clone(metrics));
+            if let Some(endpoint) = grant.endpoint() {
+                slot.attach_step_up(endpoint.step_up());
+            }
             credentials.push(Credential::new(slot, grant, Arc::clone(store)));
         }
         Ok(TokenEngine {

@@ -99,6 +99,27 @@ impl TokenUnavailable {
     }
 }
 
+/// The scopes a `WWW-Authenticate` challenge with `error="insufficient_scope"` asks for
+/// (RFC 6750 §3.1); `None` for any other challenge.
+pub fn insufficient_scope(challenge: &str) -> Option<Vec<String>> {
+    use crate::oauth::discovery::challenge_param;
+    if challenge_param(challenge, "error")? != "insufficient_scope" {
+        return None;
+    }
+    let scope = challenge_param(challenge, "scope").unwrap_or_default();
+    Some(scope.split_whitespace().map(str::to_string).collect())
+}
+
+/// What a request should do after its upstream answered 403 `insufficient_scope`.
+pub enum StepUpDecision {
+    /// Replay with this token, obtained for the union of scopes.
+    Replay(Arc<TokenSnapshot>),
+    /// A person must log in again for these scopes (a user grant).
+    Login { scopes: Vec<String> },
+    /// Pass the 403 through.
+    PassThrough,
+}
+
 /// What a request should do after its upstream answered 401.
 pub enum ReplayDecision {
     /// Replay with this (newer) token.

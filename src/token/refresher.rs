@@ -113,6 +113,7 @@ async fn refill_if_lost(cred: &Credential) {
             spent_seed: grant.spent_seed().await,
             logout: None,
             bound_to: Some(slot.binding.clone()),
+            registration: grant.registration_record(),
         },
         generation: held,
     };
@@ -158,6 +159,7 @@ async fn restore(cred: &Credential) -> Option<Trigger> {
         return (!cred.is_subject()).then_some(Trigger::Startup);
     };
     cred.hold_generation(set.generation);
+    grant.take_registration(set.token.registration.as_ref());
     if set.token.logged_out {
         // Logged out before the restart: stay so until a login.
         if let Some(fp) = set.token.spent_seed {
@@ -286,6 +288,8 @@ async fn adopt_newer(cred: &Credential) -> bool {
         return false;
     }
     cred.hold_generation(set.generation);
+    cred.grant
+        .take_registration(set.token.registration.as_ref());
     take_refresh_state(&cred.grant, &set.token).await;
     if set.token.logged_out {
         cred.grant.forget().await;
@@ -512,6 +516,7 @@ async fn record_of(
         spent_seed: cred.grant.spent_seed().await,
         logout: None,
         bound_to: Some(cred.slot.binding.clone()),
+        registration: cred.grant.registration_record(),
     }
 }
 

@@ -11,9 +11,12 @@ use tokio::sync::{watch, Notify};
 
 use super::schedule;
 use super::GrantErrorKind;
-use super::{LastError, ReplayDecision, TokenSnapshot, TokenUnavailable, Trigger, Unavailability};
+use super::{LastError, ReplayDecision, StepUpDecision, TokenSnapshot, TokenUnavailable};
+use super::{Trigger, Unavailability};
 use crate::config::{CredentialConfig, RefreshPolicy};
 use crate::metrics::Metrics;
+use crate::metrics::StepUpOutcome;
+use crate::oauth::step_up::{StepUp, StepUpPlan};
 
 /// A pending request for a refresh: refresh unless the slot already holds a generation
 /// above `below_generation` (so a 401 on an old token does not refresh again).
@@ -76,6 +79,9 @@ pub struct CredentialSlot {
     /// Bumped on every change of token or state; waiters re-check on each bump.
     changed: watch::Sender<u64>,
     metrics: Arc<Metrics>,
+    /// The scopes a 403 `insufficient_scope` may add (the grant's token endpoint's), for
+    /// the credentials that have one.
+    step_up: std::sync::OnceLock<Arc<StepUp>>,
 }
 
 /// The state names of `/status` and `bearerd_credential_state`: the admin API's own.
@@ -105,6 +111,7 @@ impl CredentialSlot {
             wake: Notify::new(),
             changed: watch::channel(0).0,
             metrics,
+            step_up: std::sync::OnceLock::new(),
         })
     }
 
@@ -248,6 +255,61 @@ impl CredentialSlot {
     /// After an upstream rejected generation `rejected`: replay with a newer token when one
     /// exists or a refresh can get one; refresh at most once per request-triggered interval.
     pub async fn refresh_if_generation(&self, rejected: u64) -> ReplayDecision {
+        self.refresh_past(rejected, Trigger::On401, true).await
+    }
+
+    /// After an upstream's 403 `insufficient_scope` naming `challenged`, for `rejected`: a
+    /// machine grant gets a token for the union of scopes (once per scope set, single-flight
+    /// like every refresh) to replay with; a user grant's next login asks for the union.
+    pub async fn step_up(&self, challenged: &[String], rejected: &TokenSnapshot) -> StepUpDecision {
+        let Some(step_up) = self.step_up.get() else {
+            return StepUpDecision::PassThrough;
+        };
+        let (decision, outcome) = match step_up.plan(&rejected.scopes, challenged) {
+            StepUpPlan::NotAllowed => (StepUpDecision::PassThrough, StepUpOutcome::NotAllowed),
+            StepUpPlan::AlreadyTried => (StepUpDecision::PassThrough, StepUpOutcome::AlreadyTried),
+            StepUpPlan::Login { scopes } => (
+                StepUpDecision::Login { scopes },
+                StepUpOutcome::RequiresReauth,
+            ),
+            StepUpPlan::Refresh => {
+                match self
+                    .refresh_past(rejected.generation, Trigger::StepUp, false)
+                    .await
+                {
+                    ReplayDecision::Replay(t) => {
+                        (StepUpDecision::Replay(t), StepUpOutcome::SteppedUp)
+                    }
+                    _ => (StepUpDecision::PassThrough, StepUpOutcome::Failed),
+                }
+            }
+        };
+        self.count_step_up(outcome);
+        decision
+    }
+
+    /// Counts a step-up that went no further than `outcome` (the body could not be sent
+    /// again, say).
+    pub fn count_step_up(&self, outcome: StepUpOutcome) {
+        self.metrics
+            .step_up_total
+            .with_label_values(&[&self.name, outcome.as_str()])
+            .inc();
+    }
+
+    /// Gives the slot the scopes a step-up may add (its grant's token endpoint's).
+    pub(super) fn attach_step_up(&self, step_up: Arc<StepUp>) {
+        let _ = self.step_up.set(step_up);
+    }
+
+    /// A refresh for a token newer than `rejected`, waited for; `rate_limited`: at most
+    /// once per request-triggered interval.
+    async fn refresh_past(
+        &self,
+        rejected: u64,
+        trigger: Trigger,
+        rate_limited: bool,
+    ) -> ReplayDecision {
         let mut rx = self.changed.subscribe();
         let target_attempts = {
             if let Some(t) = self.usable_newer_than(rejected) {
@@ -263,7 +325,7 @@ impl CredentialSlot {
                 self.retire_rejected(&c, rejected);
                 return ReplayDecision::NoNewerToken;
             }
-            if !c.in_flight {
+            if !c.in_flight && rate_limited {
                 let lifetime = self.current().and_then(|t| t.lifetime);
                 let interval = schedule::min_interval(&self.policy, lifetime);
                 if c.last_request_attempt
@@ -272,7 +334,7 @@ impl CredentialSlot {
                     return ReplayDecision::RateLimited;
                 }
             }
-            Self::merge_demand(&mut c, Trigger::On401, rejected);
+            Self::merge_demand(&mut c, trigger, rejected);
             // Whatever attempt finishes next either publishes a newer generation or fails;
             // either way this request has waited long enough.
             let target = c.attempts_completed + 1;
@@ -419,6 +481,7 @@ impl CredentialSlot {
                 .next_refresh_at
                 .map(|n| round(n.saturating_duration_since(now).as_secs_f64())),
             scopes: token.as_ref().map(|t| t.scopes.clone()).unwrap_or_default(),
+            step_up_scopes: self.step_up.get().map(|s| s.added()).unwrap_or_default(),
             has_refresh_token: self.has_refresh_token
                 && !c.no_refresh_token
                 && !c.permanent_failure

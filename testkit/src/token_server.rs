@@ -93,6 +93,25 @@ pub struct TokenServerState {
     /// RFC 9207: when set, the metadata says authorization responses carry `iss`, and the
     /// redirect carries this value (the real issuer, or another for a mix-up).
     response_issuer: Mutex<Option<String>>,
+    /// Client registration (RFC 7591, client ID metadata documents).
+    registration: Mutex<Registration>,
+    /// The scopes of client_credentials tokens issued for a requested `scope`.
+    scopes: Mutex<HashMap<String, Vec<String>>>,
+}
+
+/// What the server offers for client registration, and who registered.
+#[derive(Default)]
+struct Registration {
+    /// `registration_endpoint` is in the metadata and `/register` answers.
+    dynamic: bool,
+    /// `client_id_metadata_document_supported`: an https client_id is taken as it is.
+    documents: bool,
+    /// Registered clients get a secret (client_secret_basic) even when they ask for none.
+    confidential: bool,
+    /// Registered clients: client_id → secret (none for a public client).
+    clients: HashMap<String, Option<String>>,
+    /// Every registration request's body.
+    requests: Vec<serde_json::Value>,
 }
 
 pub struct TokenServer {
@@ -149,6 +168,8 @@ impl TokenServer {
             public_client: std::sync::atomic::AtomicBool::new(false),
             mtls_token_alias: Mutex::new(None),
             response_issuer: Mutex::new(None),
+            registration: Mutex::new(Registration::default()),
+            scopes: Mutex::new(HashMap::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -166,6 +187,7 @@ impl TokenServer {
             .route("/revoke", post(revoke))
             .route("/authorize", axum::routing::get(authorize))
             .route("/device", post(device_authorization))
+            .route("/register", post(register))
             .route(
                 "/.well-known/oauth-authorization-server",
                 axum::routing::get(move || async move {
@@ -177,6 +199,21 @@ impl TokenServer {
                     if metadata_state.response_issuer.lock().unwrap().is_some() {
                         metadata["authorization_response_iss_parameter_supported"] = json!(true);
                     }
+                    let reg = metadata_state.registration.lock().unwrap();
+                    if reg.dynamic {
+                        metadata["registration_endpoint"] = json!(format!(
+                            "{}/register",
+                            metadata["issuer"].as_str().unwrap_or("")
+                        ));
+                        metadata["token_endpoint_auth_methods_supported"] = match reg.confidential {
+                            true => json!(["client_secret_basic"]),
+                            false => json!(["none", "client_secret_basic"]),
+                        };
+                    }
+                    if reg.documents {
+                        metadata["client_id_metadata_document_supported"] = json!(true);
+                    }
+                    drop(reg);
                     Json(metadata)
                 }),
             )
@@ -362,6 +399,55 @@ impl TokenServerState {
         *self.mtls_token_alias.lock().unwrap() = Some(url.to_string());
     }
     /// Accepts the registered client by its `client_id` alone.
+    /// Offers RFC 7591 dynamic registration; `confidential`: registered clients get a
+    /// secret whatever they ask for.
+    pub fn offer_registration(&self, confidential: bool) {
+        let mut r = self.registration.lock().unwrap();
+        r.dynamic = true;
+        r.confidential = confidential;
+    }
+
+    /// Offers client ID metadata documents (an https client_id is taken as it is).
+    pub fn offer_client_metadata_documents(&self) {
+        self.registration.lock().unwrap().documents = true;
+    }
+
+    /// The bodies of the registration requests so far.
+    pub fn registrations(&self) -> Vec<serde_json::Value> {
+        self.registration.lock().unwrap().requests.clone()
+    }
+
+    /// Whether `client_id` is one this server knows: its own, a registered one, or a
+    /// metadata document's URL when it takes those.
+    fn knows_client(&self, client_id: &str) -> bool {
+        let r = self.registration.lock().unwrap();
+        client_id == self.client_id
+            || r.clients.contains_key(client_id)
+            || (r.documents && client_id.starts_with("https://"))
+    }
+
+    /// A registered (or document) client's authentication: `Some(true)` when it proves
+    /// who it is, `None` when the client is not one of those.
+    fn registered_client_ok(&self, client_id: &str, secret: Option<&str>) -> Option<bool> {
+        let r = self.registration.lock().unwrap();
+        if r.documents && client_id.starts_with("https://") {
+            return Some(secret.is_none());
+        }
+        let registered = r.clients.get(client_id)?;
+        Some(registered.as_deref() == secret)
+    }
+
+    /// The scopes a token was issued with (`demo.read` unless a client_credentials
+    /// request asked for others).
+    pub fn scopes_of(&self, token: &str) -> Vec<String> {
+        self.scopes
+            .lock()
+            .unwrap()
+            .get(token)
+            .cloned()
+            .unwrap_or_else(|| vec!["demo.read".to_string()])
+    }
+
     pub fn allow_public_client(&self, allow: bool) {
         self.public_client.store(allow, Ordering::SeqCst);
     }
@@ -453,6 +539,26 @@ fn client_authenticated(
     {
         return true;
     }
+    let basic_pair = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|d| String::from_utf8(d).ok())
+        .and_then(|d| {
+            d.split_once(':')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+        });
+    let (id, secret) = match &basic_pair {
+        Some((id, secret)) => (Some(id.as_str()), Some(secret.as_str())),
+        None => (
+            form.get("client_id").map(String::as_str),
+            form.get("client_secret").map(String::as_str),
+        ),
+    };
+    if let Some(ok) = id.and_then(|id| state.registered_client_ok(id, secret)) {
+        return ok;
+    }
     if let Some(basic) = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
@@ -529,7 +635,20 @@ async fn token(
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
     }
     match form.get("grant_type").map(String::as_str) {
-        Some("client_credentials") => Json(state.issue(false)).into_response(),
+        Some("client_credentials") => {
+            let mut body = state.issue(false);
+            // The scopes asked for are granted (the tests' upstream may require one).
+            if let (Some(scope), Some(token)) = (form.get("scope"), body["access_token"].as_str()) {
+                let scopes: Vec<String> = scope.split_whitespace().map(str::to_string).collect();
+                state
+                    .scopes
+                    .lock()
+                    .unwrap()
+                    .insert(token.to_string(), scopes);
+                body["scope"] = json!(scope);
+            }
+            Json(body).into_response()
+        }
         Some(JWT_BEARER_GRANT) => {
             let Some(assertion) = form.get("assertion") else {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
@@ -717,7 +836,7 @@ async fn authorize(
             .into_response();
     };
     if q.get("code_challenge_method").map(String::as_str) != Some("S256")
-        || q.get("client_id") != Some(&state.client_id)
+        || !q.get("client_id").is_some_and(|c| state.knows_client(c))
     {
         return (
             StatusCode::BAD_REQUEST,
@@ -738,6 +857,40 @@ async fn authorize(
         location.push_str(&format!("&iss={}", encode(iss)));
     }
     (StatusCode::FOUND, [("location", location)]).into_response()
+}
+
+/// RFC 7591 dynamic registration: a public client when it asks for one (and the server
+/// allows it), else a confidential one with a secret.
+async fn register(
+    State(state): State<Arc<TokenServerState>>,
+    Json(body): Json<serde_json::Value>,
+) -> Response {
+    let mut r = state.registration.lock().unwrap();
+    if !r.dynamic {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    r.requests.push(body.clone());
+    if !body["redirect_uris"].is_array() {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({"error": "invalid_redirect_uri", "error_description": "redirect_uris is required"})),
+        )
+            .into_response();
+    }
+    let client_id = format!("reg-{}", random_hex());
+    let public = !r.confidential && body["token_endpoint_auth_method"] == "none";
+    let secret = (!public).then(|| format!("regsecret-{}", random_hex()));
+    r.clients.insert(client_id.clone(), secret.clone());
+    let mut answer = json!({
+        "client_id": client_id,
+        "client_name": body["client_name"],
+        "redirect_uris": body["redirect_uris"],
+        "token_endpoint_auth_method": if public { "none" } else { "client_secret_basic" },
+    });
+    if let Some(secret) = secret {
+        answer["client_secret"] = json!(secret);
+    }
+    (StatusCode::CREATED, Json(answer)).into_response()
 }
 
 /// RFC 8628 device authorization: the test approves with `approve_devices`.

@@ -43,6 +43,9 @@ pub struct UpstreamState {
     /// When set, the upstream is an RFC 9728 protected resource of this authorization
     /// server: its 401s name the metadata, served at /.well-known/oauth-protected-resource.
     pub authorization_server: Mutex<Option<String>>,
+    /// Answer 403 `insufficient_scope` naming this scope to tokens without it.
+    pub required_scope: Mutex<Option<String>>,
+    forbidden: AtomicUsize,
 }
 
 pub struct Upstream {
@@ -87,7 +90,13 @@ impl UpstreamState {
             seen: Mutex::new(Vec::new()),
             sse_gap: Mutex::new(Duration::from_secs(3)),
             authorization_server: Mutex::new(None),
+            required_scope: Mutex::new(None),
+            forbidden: AtomicUsize::new(0),
         }
+    }
+    /// How many requests got 403 `insufficient_scope`.
+    pub fn forbidden(&self) -> usize {
+        self.forbidden.load(Ordering::SeqCst)
     }
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
@@ -169,6 +178,20 @@ async fn handle(State(state): State<Arc<UpstreamState>>, req: Request) -> Respon
         )
             .into_response();
     };
+    let required = state.required_scope.lock().unwrap().clone();
+    if let (Some(scope), Some(token)) = (required, token.as_deref()) {
+        if !state.tokens.scopes_of(token).contains(&scope) {
+            state.forbidden.fetch_add(1, Ordering::SeqCst);
+            let challenge =
+                format!("Bearer error=\"insufficient_scope\", scope=\"demo.read {scope}\"");
+            return (
+                StatusCode::FORBIDDEN,
+                [("www-authenticate", challenge)],
+                Json(json!({"error": "insufficient_scope"})),
+            )
+                .into_response();
+        }
+    }
     if parts.uri.path().ends_with("/sse") {
         let gap = *state.sse_gap.lock().unwrap();
         let events = futures::stream::unfold(0u32, move |n| async move {

@@ -27,6 +27,9 @@ const scenario = process.env.MCP_CONFORMANCE_SCENARIO || '';
 const context = JSON.parse(process.env.MCP_CONFORMANCE_CONTEXT || '{}');
 const log = (...a) => console.error('[client]', ...a);
 
+/** Where the suite expects a client's metadata document (auth/basic-cimd). */
+const CLIENT_METADATA_URL = 'https://conformance-test.local/client-metadata.json';
+
 /** TOML string literal. */
 const q = (s) => JSON.stringify(String(s));
 
@@ -85,7 +88,15 @@ function credentialFor(dir) {
     };
   }
   // No client yet: bearerd registers one (client ID metadata document, else RFC 7591).
-  return { login: true, lines: ['grant = "refresh_token"', 'registration = "auto"'] };
+  // The suite's servers take the document's URL without fetching it.
+  return {
+    login: true,
+    lines: [
+      'grant = "refresh_token"',
+      'registration = "auto"',
+      `client_metadata_url = ${q(CLIENT_METADATA_URL)}`,
+    ],
+  };
 }
 
 async function loginAgent(cfgPath) {

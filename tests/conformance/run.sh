@@ -3,7 +3,8 @@
 # the scenarios' MCP server and an MCP SDK client that has no auth code of its own
 # (client.mjs). Prints one line per scenario, then the suite's summary.
 #
-#   tests/conformance/run.sh                       # every auth scenario
+#   tests/conformance/run.sh                       # every auth scenario (the suite's, and
+#                                                  # those --suite auth leaves out)
 #   tests/conformance/run.sh auth/pre-registration # one scenario, with the suite's checks
 #   BEARERD_BIN=/path/to/bearerd tests/conformance/run.sh
 set -euo pipefail
@@ -31,4 +32,24 @@ if [ $# -gt 0 ]; then
 fi
 baseline=()
 [ -f expected-failures.yml ] && baseline=(--expected-failures expected-failures.yml)
-exec "${suite[@]}" --suite auth "${baseline[@]}"
+status=0
+suite_log=$(mktemp)
+trap 'rm -f "$suite_log"' EXIT
+"${suite[@]}" --suite auth "${baseline[@]}" 2>&1 | tee "$suite_log" || status=1
+# A scenario with a failed check is a failure whatever the suite's exit code says.
+if grep -q '^✗' "$suite_log" || ! grep -q '^Total: [0-9]* passed, 0 failed' "$suite_log"; then
+  status=1
+fi
+# Scenarios `--suite auth` leaves out (DESIGN §7): one at a time, each with its checks.
+for scenario in auth/2025-03-26-oauth-metadata-backcompat auth/2025-03-26-oauth-endpoint-fallback \
+  auth/resource-mismatch auth/offline-access-scope auth/offline-access-not-supported \
+  auth/client-credentials-jwt auth/client-credentials-basic; do
+  if out=$("${suite[@]}" --scenario "$scenario" 2>&1); then
+    echo "✓ $scenario: $(grep -Eo 'Passed: [0-9]+/[0-9]+' <<<"$out" | tail -1)"
+  else
+    echo "✗ $scenario"
+    echo "$out" | tail -40
+    status=1
+  fi
+done
+exit $status

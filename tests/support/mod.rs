@@ -320,6 +320,32 @@ impl Drop for Harness {
 }
 
 /// A token server issuing tokens of this lifetime, and an upstream that checks them.
+/// Stops the harness's sidecar and starts a new one from the same config (same store).
+pub async fn restart(h: &mut Harness) {
+    let old = h.sidecar.take().unwrap();
+    tokio::task::spawn_blocking(move || old.shutdown())
+        .await
+        .unwrap();
+    // The same ports again: the old listeners can take a moment to be released (one CI run
+    // met "address in use" here), so a failed bind is tried again for up to 2 s.
+    for attempt in 0.. {
+        let config = sidecar_config(&h.config_text);
+        match tokio::task::spawn_blocking(move || Sidecar::start(config))
+            .await
+            .unwrap()
+        {
+            Ok(s) => {
+                h.sidecar = Some(s);
+                return;
+            }
+            Err(bearerd::StartError::Listen { .. }) if attempt < 20 => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the sidecar did not restart: {e}"),
+        }
+    }
+}
+
 pub async fn start_peers(lifetime: Duration) -> (TokenServer, Upstream) {
     let tokens = TokenServer::start(lifetime).await.unwrap();
     let upstream = Upstream::start(Arc::clone(&tokens.state)).await.unwrap();

@@ -89,6 +89,10 @@ pub(crate) fn lower_token_request(
         )?,
         ca_file: rc.ca_file.clone(),
         insecure_http: rc.insecure_http.unwrap_or(false),
+        registration: None,
+        step_up: StepUpRule::Machine {
+            allowed: rc.step_up_scopes.clone().unwrap_or_default(),
+        },
         allowed_authorization_servers: lower_pins(
             map,
             &key("allowed_authorization_servers"),

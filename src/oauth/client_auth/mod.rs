@@ -101,6 +101,24 @@ macro_rules! applies_its_settings {
 }
 use applies_its_settings;
 
+/// The methods a registered client may use (`oauth::registration`), as its registration
+/// names them.
+pub mod registered {
+    use crate::config::{ClientAuthMethod, SecretRef};
+
+    pub fn public() -> ClientAuthMethod {
+        ClientAuthMethod::new(super::none::PublicClient)
+    }
+
+    pub fn basic(secret: SecretRef) -> ClientAuthMethod {
+        ClientAuthMethod::new(super::basic::BasicSecret(secret))
+    }
+
+    pub fn post(secret: SecretRef) -> ClientAuthMethod {
+        ClientAuthMethod::new(super::post::PostSecret(secret))
+    }
+}
+
 /// A credential's client authentication, ready to apply.
 pub struct ClientAuthenticator(Box<dyn Authenticate>);
 

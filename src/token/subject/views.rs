@@ -159,6 +159,7 @@ impl SubjectRegistry {
                 next_refresh_in_s: None,
                 scopes: t.scopes.clone(),
                 has_refresh_token: t.refresh_token.is_some(),
+                step_up_scopes: Vec::new(),
             },
         }
     }
