@@ -370,6 +370,62 @@ fn registration_keys_are_checked_with_their_line() {
     );
 }
 
+const ASSERTED: &str = r#"[credentials.mcp]
+grant = "jwt_bearer"
+token_url = "https://as.example.com/token"
+client_id = "app"
+assertion = { file = "/var/run/secrets/tokens/token" }
+
+[upstreams.mcp]
+url = "https://mcp.example.com/mcp"
+path_prefix = "/mcp"
+credential = "mcp"
+"#;
+
+/// jwt_bearer's `assertion` sources: a platform's file, or an ID-JAG from an enterprise
+/// IdP; never together, and never with the keys of an assertion bearerd signs.
+#[test]
+fn assertion_sources_are_checked_with_their_line() {
+    assert_passes("asserted.toml", ASSERTED);
+    let file_line = "assertion = { file = \"/var/run/secrets/tokens/token\" }";
+    let id_token = write("id-token", "eyJ.x.y");
+    let jag = format!("assertion = {{ id_jag = {{ token_url = \"https://idp.example.com/token\", client_id = \"c\", subject_token = {{ file = {:?} }} }} }}", id_token.display().to_string());
+    let jag = jag.as_str();
+    assert_passes("id-jag.toml", &ASSERTED.replace(file_line, jag));
+    assert_error(
+        &ASSERTED.replace(file_line, "assertion = { }"),
+        5,
+        &["credentials.mcp.assertion", "one of them"],
+    );
+    assert_error(
+        &ASSERTED.replace(
+            file_line,
+            &format!("{file_line}\nassertion_subject = \"x\""),
+        ),
+        6,
+        &["assertion_subject", "bearerd signs"],
+    );
+    assert_error(
+        &ASSERTED.replace(
+            file_line,
+            &jag.replace("client_id = \"c\"", "client_id = \"c\", colour = 1"),
+        ),
+        5,
+        &["colour"],
+    );
+    assert_error(
+        &ASSERTED.replace(
+            file_line,
+            &jag.replace(
+                "https://idp.example.com/token",
+                "http://idp.example.com/token",
+            ),
+        ),
+        5,
+        &["credentials.mcp.assertion.id_jag.token_url"],
+    );
+}
+
 #[test]
 fn the_base_config_is_valid() {
     let out = assert_passes("good.toml", BASE);

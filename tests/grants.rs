@@ -678,3 +678,128 @@ async fn secrets_a_provider_echoes_back_are_redacted_from_errors() {
         );
     }
 }
+
+/// Issue 21 (SEP-1933 workload identity): `assertion = { file = … }` presents a JWT the
+/// platform issued and rewrites; each exchange reads the file again, so a rotated token
+/// counts from the next refresh on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_bearer_presents_a_platform_issued_assertion_read_at_every_exchange() {
+    let (tokens, upstream) = start_peers(Duration::from_secs(1)).await;
+    let platform = TestKey::generate(KeyKind::EcP256);
+    let mut signer = platform.signer(CLUSTER, None, &tokens.issuer());
+    signer.single_use = false;
+    tokens.state.trust_grant_assertions(vec![signer]);
+    let audience = tokens.issuer();
+    let workload_token = |sub: &str| {
+        platform.mint(&json!({
+            "iss": CLUSTER, "sub": sub, "aud": audience,
+            "iat": now(), "exp": now() + 600, "jti": sub,
+        }))
+    };
+    let dir = fixture_dir();
+    let path = put(&dir, "token", &workload_token("workload-a"));
+    let mut o = opts(
+        format!(
+            "client_id = \"{CLIENT_ID}\"\nclient_secret = \"{}\"",
+            support::token_server::CLIENT_SECRET
+        ),
+        format!("assertion = {{ file = \"{path}\" }}"),
+    );
+    o.grant = "jwt_bearer";
+    let h = Harness::start_with(tokens, upstream, o).await;
+    h.wait_ready().await;
+    requests_succeed_across_refreshes(&h, 2).await;
+    assert_eq!(
+        h.tokens.state.last_assertion_claims().unwrap()["sub"],
+        "workload-a"
+    );
+    // The platform rotates the token: the next exchange presents the new one.
+    put(&dir, "token", &workload_token("workload-b"));
+    eventually!(
+        "the rotated assertion presented",
+        h.tokens.state.last_assertion_claims().unwrap()["sub"] == "workload-b"
+    );
+    requests_succeed_across_refreshes(&h, 1).await;
+    // A file that holds no JWT is refused before anything is sent.
+    let before = h.tokens.state.requests();
+    put(&dir, "token", "not a jwt");
+    let r = h.admin_post("/credentials/api/refresh").await;
+    assert_ne!(r.status(), 200);
+    assert_eq!(h.tokens.state.requests(), before, "nothing sent");
+    let status = h.status().await;
+    assert_eq!(
+        status["credentials"]["api"]["last_error"]["kind"], "assertion_unavailable",
+        "{status}"
+    );
+}
+
+/// Issue 21 (enterprise-managed authorization, the suite's cross-app access): the user's
+/// ID token is exchanged at the enterprise IdP for an ID-JAG addressed to the MCP server's
+/// authorization server, which takes it as a jwt-bearer assertion. A new ID-JAG each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_bearer_presents_an_id_jag_from_the_enterprise_idp() {
+    let (tokens, upstream) = start_peers(Duration::from_secs(1)).await;
+    let idp = support::TokenServer::start(Duration::from_secs(60))
+        .await
+        .unwrap();
+    const ENTERPRISE: &str = "https://login.enterprise.test";
+    // The user's ID token, issued by the enterprise to bearerd's client there.
+    let user_keys = TestKey::generate(KeyKind::Rsa);
+    let mut id_token_signer = user_keys.signer(ENTERPRISE, None, CLIENT_ID);
+    id_token_signer.single_use = false;
+    idp.state.trust_grant_assertions(vec![id_token_signer]);
+    let jag_keys = TestKey::generate(KeyKind::EcP256);
+    idp.state
+        .issue_id_jags(&jag_keys.private_pem, &idp.issuer());
+    // The MCP server's authorization server trusts the IdP's ID-JAGs addressed to it.
+    tokens.state.trust_grant_assertions(vec![jag_keys.signer(
+        &idp.issuer(),
+        Some("alice@enterprise.test"),
+        &tokens.issuer(),
+    )]);
+    let id_token = user_keys.mint(&json!({
+        "iss": ENTERPRISE, "sub": "alice@enterprise.test", "aud": CLIENT_ID,
+        "iat": now(), "exp": now() + 600,
+    }));
+    let path = put(&fixture_dir(), "id-token", &id_token);
+    let secret = support::token_server::CLIENT_SECRET;
+    let mut o = opts(
+        format!("client_id = \"{CLIENT_ID}\"\nclient_secret = \"{secret}\""),
+        format!(
+            "assertion = {{ id_jag = {{ token_url = \"{}\", client_id = \"{CLIENT_ID}\", client_secret = \"{secret}\", subject_token = {{ file = \"{path}\" }} }} }}",
+            idp.token_url()
+        ),
+    );
+    o.grant = "jwt_bearer";
+    let h = Harness::start_with(tokens, upstream, o).await;
+    h.wait_ready().await;
+    requests_succeed_across_refreshes(&h, 2).await;
+    let at_idp: std::collections::HashMap<String, String> =
+        idp.state.last_form().into_iter().collect();
+    assert_eq!(
+        at_idp["grant_type"],
+        "urn:ietf:params:oauth:grant-type:token-exchange"
+    );
+    assert_eq!(
+        at_idp["requested_token_type"],
+        "urn:ietf:params:oauth:token-type:id-jag"
+    );
+    assert_eq!(
+        at_idp["subject_token_type"],
+        "urn:ietf:params:oauth:token-type:id_token"
+    );
+    assert_eq!(at_idp["audience"], h.tokens.issuer());
+    assert!(
+        idp.state.requests() >= 2,
+        "a new ID-JAG for each token request"
+    );
+    assert_eq!(
+        form_value(&h, "grant_type").as_deref(),
+        Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+    );
+    let claims = h.tokens.state.last_assertion_claims().unwrap();
+    assert_eq!(claims["iss"], idp.issuer());
+    assert_eq!(claims["sub"], "alice@enterprise.test");
+    let served: serde_json::Value = h.get("/api/x").await.json().await.unwrap();
+    assert_eq!(served["token_subject"], "alice@enterprise.test");
+}

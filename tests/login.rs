@@ -314,6 +314,23 @@ fn file_store() -> String {
     )
 }
 
+/// A `registration = "auto"` credential (issuer discovery) before its first login, against
+/// a token server that offers dynamic registration (`Some(confidential)`) or none.
+async fn registering(lifetime: Duration, offer: Option<bool>, store: String) -> Harness {
+    let (tokens, upstream) = support::start_peers(lifetime).await;
+    if let Some(confidential) = offer {
+        tokens.state.offer_registration(confidential);
+    }
+    let opts = Options {
+        grant: "refresh_token",
+        discovery: Discovery::Issuer,
+        client: Some("registration = \"auto\"".into()),
+        store,
+        ..Default::default()
+    };
+    Harness::start_raw(tokens, upstream, opts, String::new()).await
+}
+
 /// Runs `bearerd login` through the authorization server (which approves at once) and
 /// returns the authorization URL it showed, and what it said on stderr.
 async fn log_in(h: &Harness) -> (String, String) {
@@ -341,16 +358,7 @@ async fn log_in(h: &Harness) -> (String, String) {
 /// the store, and refreshes with it, before and after a restart, without registering again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_credential_without_a_client_registers_one_and_keeps_it() {
-    let (tokens, upstream) = support::start_peers(Duration::from_secs(3)).await;
-    tokens.state.offer_registration(false);
-    let opts = Options {
-        grant: "refresh_token",
-        discovery: Discovery::Issuer,
-        client: Some("registration = \"auto\"".into()),
-        store: file_store(),
-        ..Default::default()
-    };
-    let mut h = Harness::start_raw(tokens, upstream, opts, String::new()).await;
+    let mut h = registering(Duration::from_secs(3), Some(false), file_store()).await;
     assert_eq!(h.get("/api/x").await.status(), 503, "no login yet");
     assert!(
         h.tokens.state.registrations().is_empty(),
@@ -367,9 +375,14 @@ async fn a_credential_without_a_client_registers_one_and_keeps_it() {
         serde_json::json!(["http://127.0.0.1/callback"])
     );
     assert_eq!(asked["token_endpoint_auth_method"], "none");
+    // The server has a device endpoint: `bearerd login --device` may use the client too.
     assert_eq!(
         asked["grant_types"],
-        serde_json::json!(["authorization_code", "refresh_token"])
+        serde_json::json!([
+            "authorization_code",
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:device_code"
+        ])
     );
     assert!(
         url.contains("client_id=reg-"),
@@ -449,15 +462,7 @@ async fn a_metadata_document_url_is_the_client_where_the_server_takes_one() {
 /// authenticate with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_confidential_registration_authenticates_with_its_secret() {
-    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
-    tokens.state.offer_registration(true);
-    let opts = Options {
-        grant: "refresh_token",
-        discovery: Discovery::Issuer,
-        client: Some("registration = \"auto\"".into()),
-        ..Default::default()
-    };
-    let h = Harness::start_raw(tokens, upstream, opts, String::new()).await;
+    let h = registering(Duration::from_secs(60), Some(true), String::new()).await;
     log_in(&h).await;
     assert_eq!(
         h.tokens.state.registrations()[0]["token_endpoint_auth_method"],
@@ -473,17 +478,31 @@ async fn a_confidential_registration_authenticates_with_its_secret() {
     );
 }
 
+/// A server that forgot its registered clients (it kept them in memory and restarted):
+/// the refresh fails with `invalid_client`, and the next login registers a new client
+/// instead of handing out the dead one again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_the_server_forgot_is_registered_again_at_the_next_login() {
+    let h = registering(Duration::from_secs(60), Some(false), String::new()).await;
+    log_in(&h).await;
+    h.tokens.state.forget_registered_clients();
+    let refreshed = h.admin_post("/credentials/api/refresh").await;
+    assert_ne!(refreshed.status(), 200);
+    let status = h.status().await;
+    assert_eq!(
+        status["credentials"]["api"]["last_error"]["kind"], "invalid_client",
+        "{status}"
+    );
+    let (url, _) = log_in(&h).await;
+    let registrations = h.tokens.state.registrations();
+    assert_eq!(registrations.len(), 2, "registered again");
+    assert_eq!(h.get("/api/x").await.status(), 200, "{url}");
+}
+
 /// A server that offers no registration: the login says what to do instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_a_registration_mode_the_login_says_what_to_do() {
-    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
-    let opts = Options {
-        grant: "refresh_token",
-        discovery: Discovery::Issuer,
-        client: Some("registration = \"auto\"".into()),
-        ..Default::default()
-    };
-    let h = Harness::start_raw(tokens, upstream, opts, String::new()).await;
+    let h = registering(Duration::from_secs(60), None, String::new()).await;
     let (child, _rx) = start_login(&h, false, &[]);
     let (ok, stderr) = finish(child).await;
     assert!(!ok);
@@ -598,6 +617,15 @@ async fn a_user_grant_asks_for_a_login_with_the_union_of_scopes() {
         serde_json::json!(["demo.read", "demo.write"]),
         "what the upstream asked for"
     );
+    // Never asked for in a refresh: only the person can consent to it.
+    let refreshed = h.admin_post("/credentials/api/refresh").await;
+    assert_eq!(refreshed.status(), 200);
+    assert!(!h
+        .tokens
+        .state
+        .last_form()
+        .iter()
+        .any(|(k, v)| k == "scope" && v.contains("demo.write")));
     let (url, _) = log_in(&h).await;
     assert!(url.contains("scope=demo.read+demo.write"), "{url}");
 }

@@ -1034,6 +1034,47 @@ async fn a_machine_grant_steps_up_within_its_step_up_scopes() {
     );
 }
 
+/// A step-up the authorization server refuses (`invalid_scope`, a permanent error for a
+/// refresh) costs nothing else: the 403 passes through, the credential stays valid with its
+/// token, later requests that need no more are served, and the set is not asked for again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_step_up_leaves_the_credential_as_it_was() {
+    let h = Harness::start(Options {
+        credential_extra: "step_up_scopes = [\"demo.write\"]".into(),
+        ..Default::default()
+    })
+    .await;
+    h.wait_ready().await;
+    h.tokens.state.refuse_scope("demo.write");
+    *h.upstream.state.required_scope.lock().unwrap() = Some("demo.write".into());
+    let before = h.tokens.state.requests();
+    assert_eq!(h.get("/api/write").await.status(), 403);
+    assert_eq!(h.tokens.state.requests(), before + 1, "asked once");
+    assert_eq!(h.get("/api/write").await.status(), 403);
+    assert_eq!(h.tokens.state.requests(), before + 1, "not asked again");
+    *h.upstream.state.required_scope.lock().unwrap() = None;
+    assert_eq!(
+        h.get("/api/read").await.status(),
+        200,
+        "the token still serves"
+    );
+    let status = h.status().await;
+    assert_eq!(status["credentials"]["api"]["state"], "valid", "{status}");
+    assert!(
+        status["credentials"]["api"].get("step_up_scopes").is_none(),
+        "nothing added: {status}"
+    );
+    // The next refresh asks for what it asked before the step-up.
+    let r = h.admin_post("/credentials/api/refresh").await;
+    assert_eq!(r.status(), 200);
+    let form = h.tokens.state.last_form();
+    let scope = form
+        .iter()
+        .find(|(k, _)| k == "scope")
+        .map(|(_, v)| v.clone());
+    assert_eq!(scope.as_deref(), Some("demo.read"));
+}
+
 /// Without `step_up_scopes` (the default), a machine grant never widens its scopes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_step_up_scopes_an_insufficient_scope_passes_through() {

@@ -1912,3 +1912,25 @@ async fn an_opaque_user_token_is_exchanged_again_after_its_lifetime() {
         "exchanged again after 2 s"
     );
 }
+
+/// Issue 21: a subject's 403 `insufficient_scope` is that user's to consent to: the app
+/// gets 403 `insufficient-scope` with the scopes and the subject's connect path, and no
+/// token request is made on the user's behalf.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subject_that_needs_more_scopes_is_sent_to_its_connect_flow() {
+    let h = start(Duration::from_secs(60), "", "").await;
+    let rt = h.tokens.state.seed_refresh_token_for("alice");
+    assert_eq!(hand_over(&h, "alice", &rt).await.status(), 200);
+    assert_eq!(get_as(&h, "alice", "/api/x").await.status(), 200);
+    *h.upstream.state.required_scope.lock().unwrap() = Some("demo.write".into());
+    let before = h.tokens.state.requests();
+    let r = get_as(&h, "alice", "/api/write").await;
+    assert_eq!(r.status(), 403);
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["type"], "urn:bearerd:problem:insufficient-scope", "{p}");
+    assert_eq!(p["requires_reauth"], true);
+    assert_eq!(p["subject"], "alice");
+    assert_eq!(p["connect"], "/credentials/api/subjects/alice/connect");
+    assert_eq!(p["scopes"], json!(["demo.read", "demo.write"]));
+    assert_eq!(h.tokens.state.requests(), before);
+}

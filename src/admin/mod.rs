@@ -288,8 +288,25 @@ impl AdminApp {
                 refresh_token: None,
                 lifetime_cap: None,
             },
+            api::LoginRequest {
+                code: Some(grant), ..
+            } => match cred.redeem_code(grant).await {
+                Ok(issued) => issued,
+                Err(e) => {
+                    return error_response(
+                        502,
+                        format!(
+                            "the token endpoint refused the code: {}: {}",
+                            e.kind, e.message
+                        ),
+                    )
+                }
+            },
             api::LoginRequest { .. } => {
-                return error_response(400, "a login carries `refresh_token` or `access_token`")
+                return error_response(
+                    400,
+                    "a login carries `refresh_token`, `access_token` or `code`",
+                )
             }
         };
         let before = cred.slot.current().map_or(0, |t| t.generation);
@@ -332,7 +349,6 @@ impl AdminApp {
                     credential: name.to_string(),
                     issuer: r.issuer,
                     client_id: r.client_id,
-                    client_secret: r.client_secret,
                     token_endpoint_auth_method: r.auth.as_str().to_string(),
                     mode: r.mode,
                     registered_at: r.registered_at,
@@ -340,9 +356,7 @@ impl AdminApp {
             ),
             Err(e @ RegisterError::NotRegistering(_)) => error_response(409, e.to_string()),
             Err(e @ RegisterError::Store(_)) => error_response(503, e.to_string()),
-            Err(RegisterError::Registration(e)) if e.is_transient() => {
-                error_response(503, e.to_string())
-            }
+            Err(e) if e.is_transient() => error_response(503, e.to_string()),
             Err(e) => error_response(502, e.to_string()),
         }
     }

@@ -197,7 +197,7 @@ pub struct RefreshReport {
 /// holds. A provider that issues no refresh token (one that does not offer
 /// `offline_access`) leaves only the access token: it serves until it expires, and then the
 /// credential asks for a login again.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 pub struct LoginRequest {
     #[serde(
         default,
@@ -218,6 +218,27 @@ pub struct LoginRequest {
     /// The scopes the provider granted (space-separated, as in a token response).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
+    /// Instead of tokens: an authorization code (with its PKCE verifier and redirect URI)
+    /// for the sidecar to redeem, for a client it registered (whose secret stays there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<CodeGrant>,
+}
+
+/// An authorization code and what redeeming it takes (RFC 6749 §4.1.3, RFC 7636 §4.5).
+#[derive(Debug, Deserialize, Serialize)]
+pub struct CodeGrant {
+    #[serde(serialize_with = "expose_one")]
+    pub code: secrecy::SecretString,
+    #[serde(serialize_with = "expose_one")]
+    pub code_verifier: secrecy::SecretString,
+    pub redirect_uri: String,
+}
+
+fn expose_one<S: serde::Serializer>(
+    secret: &secrecy::SecretString,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.serialize_str(secrecy::ExposeSecret::expose_secret(secret))
 }
 
 impl LoginRequest {
@@ -228,26 +249,20 @@ impl LoginRequest {
             access_token: None,
             expires_in: None,
             scope: None,
+            code: None,
         }
     }
 }
 
 /// `POST /credentials/{name}/register`: the client the sidecar registered for a
-/// credential with `registration = "auto"`, for `bearerd login` to log in with. A
-/// confidential client's secret travels like a login's refresh token: only over a private
-/// channel, to a caller with the admin token.
+/// credential with `registration = "auto"`, for `bearerd login` to log in with. Never its
+/// secret: a confidential client's code is redeemed by the sidecar (`CodeGrant`).
 #[derive(Debug, Deserialize, Serialize)]
 pub struct RegistrationReport {
     pub credential: String,
     /// The issuer it was registered at, the only one it is used with.
     pub issuer: String,
     pub client_id: String,
-    #[serde(
-        default,
-        serialize_with = "expose",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub client_secret: Option<secrecy::SecretString>,
     /// `none`, `client_secret_basic` or `client_secret_post`.
     pub token_endpoint_auth_method: String,
     /// `client_id_metadata_document` or `dynamic`.

@@ -367,6 +367,58 @@ impl bearerd::oauth::login::LoginPrompt for TerminalPrompt {
     }
 }
 
+/// Runs the login flow and builds what the sidecar is handed: the tokens, or for a client
+/// the sidecar registered, the authorization code for it to redeem (the client's secret
+/// never leaves the sidecar).
+async fn login_body(
+    endpoint: &bearerd::oauth::TokenEndpoint,
+    redirect_port: Option<u16>,
+    subject: Option<&str>,
+    device: bool,
+    registered: bool,
+) -> Result<api::LoginRequest, CliError> {
+    use bearerd::oauth::login;
+    let refused = |e: login::LoginError| CliError::Refused(e.to_string());
+    let port = redirect_port.unwrap_or(0);
+    if registered && !device {
+        let grant = login::authorize(endpoint, port, &TerminalPrompt)
+            .await
+            .map_err(refused)?;
+        return Ok(api::LoginRequest {
+            code: Some(api::CodeGrant {
+                code: grant.code,
+                code_verifier: grant.code_verifier,
+                redirect_uri: grant.redirect_uri,
+            }),
+            ..Default::default()
+        });
+    }
+    let token = match device {
+        true => login::device(endpoint, &TerminalPrompt).await,
+        false => login::authorization_code(endpoint, port, &TerminalPrompt).await,
+    }
+    .map_err(refused)?;
+    match token.refresh_token {
+        Some(refresh_token) => Ok(api::LoginRequest::refresh_token(refresh_token)),
+        // A provider that offers no offline access: the access token serves until it
+        // expires, and then the credential asks for a login again. A per-subject
+        // credential needs a refresh token per subject.
+        None if subject.is_some() => Err(CliError::Refused(
+            "the provider issued no refresh token (does the client need the offline_access scope?)"
+                .into(),
+        )),
+        None => {
+            eprintln!("note: the provider issued no refresh token: the token serves until it expires, then log in again");
+            Ok(api::LoginRequest {
+                access_token: Some(token.access_token),
+                expires_in: token.lifetime.map(|l| l.as_secs()),
+                scope: (!token.scopes.is_empty()).then(|| token.scopes.join(" ")),
+                ..Default::default()
+            })
+        }
+    }
+}
+
 /// The client the sidecar registered for `name` (registering it first if needed).
 async fn registered_client(
     client: &AdminClient,
@@ -396,7 +448,10 @@ async fn registered_client(
     Ok(ClientRegistration {
         issuer: report.issuer,
         client_id: report.client_id,
-        client_secret: report.client_secret,
+        // Never handed out: the sidecar redeems the code.
+        client_secret: None,
+        redirect_uris: Vec::new(),
+        client_secret_expires_at: None,
         auth,
         mode: report.mode,
         registered_at: report.registered_at,
@@ -431,7 +486,7 @@ async fn login_and_hand_over(
     client: &AdminClient,
 ) -> Result<bool, CliError> {
     use bearerd::grant::RefreshTokenConfig;
-    use bearerd::oauth::{login, TokenEndpoint};
+    use bearerd::oauth::TokenEndpoint;
     let cred = config.credential(name).ok_or_else(|| {
         CliError::Refused(format!(
             "no credential named {name:?} in {}",
@@ -450,7 +505,13 @@ async fn login_and_hand_over(
     let endpoint = TokenEndpoint::new(request).map_err(|e| CliError::Refused(e.to_string()))?;
     if request.registration.is_some() {
         // The sidecar registers the client (and keeps it); the login uses it.
-        endpoint.use_registration(registered_client(client, name).await?);
+        let registration = registered_client(client, name).await?;
+        if device && registration.auth != bearerd::oauth::registration::RegisteredAuth::None {
+            return Err(CliError::Refused(format!(
+                "the client registered for {name} is confidential, and its secret stays in the sidecar: log in in a browser (without --device)"
+            )));
+        }
+        endpoint.use_registration(registration);
     }
     // Scopes an upstream asked for since (403 insufficient_scope): this login asks too.
     if subject.is_none() {
@@ -461,37 +522,20 @@ async fn login_and_hand_over(
                         "{name}: asking for {} too (step-up)",
                         c.step_up_scopes.join(" ")
                     );
-                    endpoint.step_up().require(&c.step_up_scopes);
+                    endpoint.step_up().require_at_login(&c.step_up_scopes);
                 }
             }
         }
     }
-    let flow = if device {
-        login::device(&endpoint, &TerminalPrompt).await
-    } else {
-        let port = request.redirect_port.unwrap_or(0);
-        login::authorization_code(&endpoint, port, &TerminalPrompt).await
-    };
-    let token = flow.map_err(|e| CliError::Refused(e.to_string()))?;
-    let body = match token.refresh_token {
-        Some(refresh_token) => api::LoginRequest::refresh_token(refresh_token),
-        // A provider that offers no offline access: the access token serves until it
-        // expires, and then the credential asks for a login again. A per-subject
-        // credential needs a refresh token per subject.
-        None if subject.is_some() => return Err(CliError::Refused(
-            "the provider issued no refresh token (does the client need the offline_access scope?)"
-                .into(),
-        )),
-        None => {
-            eprintln!("note: the provider issued no refresh token: the token serves until it expires, then log in again");
-            api::LoginRequest {
-                refresh_token: None,
-                access_token: Some(token.access_token),
-                expires_in: token.lifetime.map(|l| l.as_secs()),
-                scope: (!token.scopes.is_empty()).then(|| token.scopes.join(" ")),
-            }
-        }
-    };
+    let registered = request.registration.is_some();
+    let body = login_body(
+        &endpoint,
+        request.redirect_port,
+        subject,
+        device,
+        registered,
+    )
+    .await?;
     let route = operation(name, subject, CredentialOp::Login);
     let answer = match subject {
         // A subject's login answers how the hand-over went; a credential's, with a refresh.

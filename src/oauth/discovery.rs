@@ -305,29 +305,65 @@ pub fn resource_metadata_param(header: &str) -> Option<String> {
     challenge_param(header, "resource_metadata")
 }
 
-/// A parameter of a `WWW-Authenticate` challenge (RFC 9110 §11.2: `name=token` or
-/// `name="quoted"`), found only where a parameter starts.
+/// A parameter of a `WWW-Authenticate` header (RFC 9110 §11.2: `name=token` or
+/// `name="quoted"`, names case-insensitive, spaces around `=`), never found inside another
+/// parameter's quoted value.
 pub fn challenge_param(header: &str, name: &str) -> Option<String> {
-    let wanted = format!("{name}=");
-    let mut from = 0;
-    while let Some(found) = header[from..].find(&wanted) {
-        let at = from + found;
-        from = at + wanted.len();
-        let starts = header[..at]
-            .chars()
-            .next_back()
-            .is_none_or(|c| c == ' ' || c == ',');
-        if !starts {
+    challenge_params(header)
+        .into_iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+}
+
+/// Every `name=value` of a `WWW-Authenticate` header, in order (schemes and token68s are
+/// skipped).
+fn challenge_params(header: &str) -> Vec<(String, String)> {
+    let c: Vec<char> = header.chars().collect();
+    let skip_spaces = |mut i: usize| {
+        while i < c.len() && c[i].is_whitespace() {
+            i += 1;
+        }
+        i
+    };
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < c.len() {
+        while i < c.len() && (c[i] == ',' || c[i].is_whitespace()) {
+            i += 1;
+        }
+        let start = i;
+        while i < c.len() && c[i] != '=' && c[i] != ',' && !c[i].is_whitespace() {
+            i += 1;
+        }
+        let name: String = c[start..i].iter().collect();
+        let mut j = skip_spaces(i);
+        if name.is_empty() || j >= c.len() || c[j] != '=' {
+            // A scheme (or a stray character): go on after it.
+            i = if i == start { i + 1 } else { i };
             continue;
         }
-        let rest = &header[from..];
-        let value = match rest.strip_prefix('"') {
-            Some(quoted) => &quoted[..quoted.find('"')?],
-            None => rest.split([',', ' ']).next()?,
-        };
-        return Some(value.to_string());
+        j = skip_spaces(j + 1);
+        let mut value = String::new();
+        if j < c.len() && c[j] == '"' {
+            j += 1;
+            while j < c.len() && c[j] != '"' {
+                if c[j] == '\\' && j + 1 < c.len() {
+                    j += 1;
+                }
+                value.push(c[j]);
+                j += 1;
+            }
+            j += 1;
+        } else {
+            while j < c.len() && c[j] != ',' && !c[j].is_whitespace() {
+                value.push(c[j]);
+                j += 1;
+            }
+        }
+        out.push((name, value));
+        i = j;
     }
-    None
+    out
 }
 
 /// The `resource_metadata` of the protected resource's challenge to a request without a
@@ -428,6 +464,7 @@ pub async fn from_protected_resource(
 ) -> Result<ProviderEndpoints, DiscoveryError> {
     let refused = |message: String| DiscoveryError::Refused(message);
     let challenge = challenge_metadata(http, resource).await?;
+    let advertised = challenge.metadata.is_some();
     let candidates = match challenge.metadata {
         Some(u) => vec![Url::parse(&u)
             .map_err(|e| refused(format!("resource_metadata {u:?} is not a URL: {e}")))?],
@@ -465,7 +502,7 @@ pub async fn from_protected_resource(
         }
     }
     let Some((metadata_url, prm)) = found else {
-        if all_missing {
+        if all_missing && !advertised {
             // No protected-resource metadata at all: the 2025-03-26 MCP servers, whose
             // own origin is their authorization server.
             return server_on_the_resources_origin(http, resource, allowed).await;
@@ -594,5 +631,17 @@ mod tests {
             Some("mcp:read mcp:write")
         );
         assert_eq!(challenge_param("Bearer xscope=\"a\"", "scope"), None);
+        // Not inside another parameter's quoted value; names are case-insensitive.
+        let tricky = r#"Bearer error_description="set scope=admin, please", SCOPE = "a \"b\"""#;
+        assert_eq!(
+            challenge_param(tricky, "scope").as_deref(),
+            Some(r#"a "b""#)
+        );
+        assert_eq!(challenge_param("Bearer", "scope"), None);
+        assert_eq!(challenge_param("==,,=", "scope"), None);
+        assert_eq!(
+            challenge_param("Bearer scope=\"unterminated", "scope").as_deref(),
+            Some("unterminated")
+        );
     }
 }

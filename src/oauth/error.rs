@@ -111,10 +111,12 @@ pub enum GrantInput {
     ClientCertificate,
     SubjectToken,
     ActorToken,
+    /// jwt_bearer's `assertion = { file = … }`.
+    Assertion,
 }
 
 impl GrantInput {
-    pub const ALL: [GrantInput; 8] = [
+    pub const ALL: [GrantInput; 9] = [
         GrantInput::ClientSecret,
         GrantInput::RefreshToken,
         GrantInput::StaticToken,
@@ -123,6 +125,7 @@ impl GrantInput {
         GrantInput::ClientCertificate,
         GrantInput::SubjectToken,
         GrantInput::ActorToken,
+        GrantInput::Assertion,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -135,6 +138,7 @@ impl GrantInput {
             GrantInput::ClientCertificate => "client_certificate",
             GrantInput::SubjectToken => "subject_token",
             GrantInput::ActorToken => "actor_token",
+            GrantInput::Assertion => "assertion",
         }
     }
 }

@@ -112,6 +112,43 @@ pub async fn authorization_code(
     port: u16,
     prompt: &dyn LoginPrompt,
 ) -> Result<IssuedToken, LoginError> {
+    let grant = authorize(endpoint, port, prompt).await?;
+    endpoint
+        .exchange(grant.form())
+        .await
+        .map_err(LoginError::Token)
+}
+
+/// An authorization code, with what redeeming it takes.
+pub struct CodeGrant {
+    pub code: SecretString,
+    pub code_verifier: SecretString,
+    pub redirect_uri: String,
+}
+
+impl CodeGrant {
+    /// The token request's grant fields (RFC 6749 §4.1.3, RFC 7636 §4.5).
+    pub fn form(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("grant_type", "authorization_code".to_string()),
+            ("code", self.code.expose_secret().to_string()),
+            ("redirect_uri", self.redirect_uri.clone()),
+            (
+                "code_verifier",
+                self.code_verifier.expose_secret().to_string(),
+            ),
+        ]
+    }
+}
+
+/// The browser half of [`authorization_code`]: the code the redirect brought, checked
+/// (`state`, RFC 9207 `iss`), not yet redeemed. A client registered by the sidecar has
+/// it redeemed there, where its secret stays.
+pub async fn authorize(
+    endpoint: &TokenEndpoint,
+    port: u16,
+    prompt: &dyn LoginPrompt,
+) -> Result<CodeGrant, LoginError> {
     let endpoints = endpoint.endpoints().await.map_err(LoginError::Endpoint)?;
     let authorize = endpoints
         .authorization
@@ -161,15 +198,11 @@ pub async fn authorization_code(
     endpoints
         .check_response_issuer(iss.as_deref())
         .map_err(|e| LoginError::Refused(e.to_string()))?;
-    endpoint
-        .exchange(vec![
-            ("grant_type", "authorization_code".to_string()),
-            ("code", code),
-            ("redirect_uri", redirect_uri),
-            ("code_verifier", verifier.expose_secret().to_string()),
-        ])
-        .await
-        .map_err(LoginError::Token)
+    Ok(CodeGrant {
+        code: SecretString::from(code),
+        code_verifier: verifier,
+        redirect_uri,
+    })
 }
 
 /// An authorization URL with its `state` and PKCE verifier.

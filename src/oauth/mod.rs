@@ -192,6 +192,14 @@ impl TokenEndpoint {
             ));
         };
         let now = registration::issuer_of(endpoints).unwrap_or_default();
+        if !client.registration.is_for(&now) && self.discovered.get().is_none() {
+            // Discovery failed and the configured endpoints stand in: the issuer is not
+            // known, so this may well be the same server. Tried again at the next attempt.
+            return Err(GrantError::transient(
+                GrantErrorKind::DiscoveryFailed,
+                "the authorization server's metadata could not be read: the registered client waits for it",
+            ));
+        }
         if !client.registration.is_for(&now) {
             return Err(registration_required(format!(
                 "the client was registered at {}, and the authorization server is now {now}: nothing is sent there with it; `bearerd login` registers again (the old grant is dropped)",
@@ -373,7 +381,7 @@ impl TokenEndpoint {
         } else {
             self.config.scopes.clone()
         };
-        for s in self.step_up.added() {
+        for s in self.step_up.request_scopes() {
             if !scopes.contains(&s) {
                 scopes.push(s);
             }
@@ -390,6 +398,11 @@ impl TokenEndpoint {
     /// authorization server offers it (a login is for a refresh token), never otherwise.
     pub fn login_scopes(&self, endpoints: &ProviderEndpoints) -> Vec<String> {
         let mut scopes = self.scopes(endpoints);
+        for s in self.step_up.recorded() {
+            if !scopes.contains(&s) {
+                scopes.push(s);
+            }
+        }
         let offline = "offline_access";
         if endpoints.server_scopes.iter().any(|s| s == offline)
             && !scopes.iter().any(|s| s == offline)

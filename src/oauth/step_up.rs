@@ -1,83 +1,141 @@
 //! Step-up on 403 `insufficient_scope` (RFC 6750 §3.1, the MCP authorization spec): the
-//! scopes an upstream asked for beyond what a credential's requests carry. A machine grant
-//! adds those of its `step_up_scopes` and gets a token for the union, once per scope set;
-//! a user grant records them, and the next login asks for the union.
+//! scopes an upstream asked for beyond what a credential's token has.
+//! - A machine grant may add those of its `step_up_scopes`: they are asked for (pending)
+//!   by one refresh, and kept only once a token with them was issued; a set the server
+//!   refused is not asked for again.
+//! - A user grant's are the person's to consent to: they are recorded for the next login
+//!   (or connect), never sent in a refresh.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use crate::config::StepUpRule;
 
-/// The scopes added to a credential's token requests, and the sets tried so far.
+/// The scopes step-ups added to a credential's requests, and the sets that failed.
 pub struct StepUp {
     rule: StepUpRule,
+    /// Machine grants: scopes a token was issued with after a step-up.
     added: ArcSwap<Vec<String>>,
-    tried: Mutex<BTreeSet<Vec<String>>>,
+    /// Machine grants: scopes the step-up refresh under way asks for.
+    pending: ArcSwap<Vec<String>>,
+    /// User grants: what the next login asks for besides the configured scopes.
+    needed: ArcSwap<Vec<String>>,
+    /// Sets of added scopes the authorization server would not issue: not asked for again.
+    refused: Mutex<BTreeSet<Vec<String>>>,
 }
 
 /// What to do about one challenge.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StepUpPlan {
-    /// Refresh: the next token request asks for these scopes too (a machine grant).
-    Refresh,
+    /// Refresh for these scopes too (a machine grant); they are pending until
+    /// [`StepUp::commit`] or [`StepUp::abandon`].
+    Refresh { wanted: Vec<String> },
     /// A person must consent to more: the next login asks for these (a user grant).
     Login { scopes: Vec<String> },
-    /// Nothing bearerd may add (outside `step_up_scopes`, or none at all).
+    /// Nothing bearerd may add (outside `step_up_scopes`).
     NotAllowed,
-    /// This scope set was asked for already, and the upstream still refuses.
+    /// The token has what was asked for already, or the server refused this set before: a
+    /// new token (or login) would not help.
     AlreadyTried,
 }
 
 impl StepUp {
     pub fn new(rule: StepUpRule) -> StepUp {
+        let empty = || ArcSwap::from_pointee(Vec::new());
         StepUp {
             rule,
-            added: ArcSwap::from_pointee(Vec::new()),
-            tried: Mutex::new(BTreeSet::new()),
+            added: empty(),
+            pending: empty(),
+            needed: empty(),
+            refused: Mutex::new(BTreeSet::new()),
         }
     }
 
-    /// The scopes added so far (sent with token requests, and asked for at a login).
-    pub fn added(&self) -> Vec<String> {
-        self.added.load().as_ref().clone()
+    /// The scopes token requests carry besides the configured ones (machine grants).
+    pub fn request_scopes(&self) -> Vec<String> {
+        union(&self.added.load(), &self.pending.load())
     }
 
-    /// Asks for these scopes too from now on (`bearerd login`, from the sidecar's record).
-    pub fn require(&self, scopes: &[String]) {
-        self.added
-            .store(std::sync::Arc::new(union(&self.added(), scopes)));
+    /// What a login asks for besides the configured scopes (user grants), and what
+    /// `/status` shows as `step_up_scopes` (machine grants: what was added).
+    pub fn recorded(&self) -> Vec<String> {
+        match self.rule {
+            StepUpRule::User => self.needed.load().as_ref().clone(),
+            StepUpRule::Machine { .. } => self.added.load().as_ref().clone(),
+        }
     }
 
-    /// The plan for a challenge naming `challenged`, while the token held has `current`.
+    /// Asks the next login for these scopes too (`bearerd login`, from the sidecar's record).
+    pub fn require_at_login(&self, scopes: &[String]) {
+        self.needed
+            .store(Arc::new(union(&self.needed.load(), scopes)));
+    }
+
+    /// The plan for a challenge naming `challenged`, for a token that has `current`
+    /// (empty: the server did not say).
     pub fn plan(&self, current: &[String], challenged: &[String]) -> StepUpPlan {
-        let have = union(current, &self.added());
+        let covered = |have: &[String]| challenged.iter().all(|s| have.contains(s));
         match &self.rule {
             StepUpRule::User => {
-                // Consent is the person's: whatever the upstream asks is asked at the login.
-                let scopes = union(&have, challenged);
-                self.require(challenged);
-                StepUpPlan::Login { scopes }
-            }
-            StepUpRule::Machine { allowed } => {
-                let wanted: Vec<String> = challenged
-                    .iter()
-                    .filter(|s| allowed.contains(s))
-                    .cloned()
-                    .collect();
-                if wanted.is_empty() {
-                    return StepUpPlan::NotAllowed;
-                }
-                let set = union(&have, &wanted);
-                let mut tried = self.tried.lock().unwrap_or_else(|p| p.into_inner());
-                if !tried.insert(set) {
+                if challenged.is_empty() || (!current.is_empty() && covered(current)) {
+                    // The user consented to all of it: the 403 is for another reason.
                     return StepUpPlan::AlreadyTried;
                 }
-                self.require(&wanted);
-                StepUpPlan::Refresh
+                self.require_at_login(challenged);
+                StepUpPlan::Login {
+                    scopes: union(current, &self.needed.load()),
+                }
+            }
+            StepUpRule::Machine { allowed } => {
+                if !challenged.iter().any(|s| allowed.contains(s)) {
+                    return StepUpPlan::NotAllowed;
+                }
+                let have = union(current, &self.added.load());
+                let wanted: Vec<String> = challenged
+                    .iter()
+                    .filter(|s| allowed.contains(s) && !have.contains(s))
+                    .cloned()
+                    .collect();
+                let wanted = union(&wanted, &[]);
+                let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+                if wanted.is_empty() || refused.contains(&wanted) {
+                    return StepUpPlan::AlreadyTried;
+                }
+                drop(refused);
+                self.pending
+                    .store(Arc::new(union(&self.pending.load(), &wanted)));
+                StepUpPlan::Refresh { wanted }
             }
         }
+    }
+
+    /// A token with `wanted` was issued: they stay in every request from now on.
+    pub fn commit(&self, wanted: &[String]) {
+        self.added
+            .store(Arc::new(union(&self.added.load(), wanted)));
+        self.drop_pending(wanted);
+    }
+
+    /// No token with `wanted` came: they are not asked for again.
+    pub fn abandon(&self, wanted: &[String]) {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(union(wanted, &[]));
+        self.drop_pending(wanted);
+    }
+
+    fn drop_pending(&self, wanted: &[String]) {
+        let left: Vec<String> = self
+            .pending
+            .load()
+            .iter()
+            .filter(|s| !wanted.contains(s))
+            .cloned()
+            .collect();
+        self.pending.store(Arc::new(left));
     }
 }
 
@@ -100,7 +158,7 @@ mod tests {
     }
 
     #[test]
-    fn a_machine_grant_adds_only_allowed_scopes_once_per_set() {
+    fn a_machine_grant_keeps_added_scopes_only_once_a_token_has_them() {
         let s = StepUp::new(StepUpRule::Machine {
             allowed: v(&["mcp:write"]),
         });
@@ -108,20 +166,39 @@ mod tests {
             s.plan(&v(&["mcp:read"]), &v(&["mcp:admin"])),
             StepUpPlan::NotAllowed
         );
+        let wanted = v(&["mcp:write"]);
         assert_eq!(
             s.plan(&v(&["mcp:read"]), &v(&["mcp:read", "mcp:write"])),
-            StepUpPlan::Refresh
+            StepUpPlan::Refresh {
+                wanted: wanted.clone()
+            }
         );
-        assert_eq!(s.added(), v(&["mcp:write"]));
-        // The broader token is refused too: the same set is not asked for again.
+        assert_eq!(s.request_scopes(), wanted, "pending during the refresh");
+        s.abandon(&wanted);
+        assert!(
+            s.request_scopes().is_empty(),
+            "refused: not asked for again"
+        );
         assert_eq!(
-            s.plan(&v(&["mcp:read", "mcp:write"]), &v(&["mcp:write"])),
+            s.plan(&v(&["mcp:read"]), &v(&["mcp:write"])),
             StepUpPlan::AlreadyTried
         );
     }
 
     #[test]
-    fn a_user_grant_asks_the_next_login_for_the_union() {
+    fn a_committed_step_up_is_not_repeated_for_a_token_that_has_it() {
+        let s = StepUp::new(StepUpRule::Machine {
+            allowed: v(&["mcp:write"]),
+        });
+        let wanted = v(&["mcp:write"]);
+        assert!(matches!(s.plan(&[], &wanted), StepUpPlan::Refresh { .. }));
+        s.commit(&wanted);
+        assert_eq!(s.request_scopes(), wanted);
+        assert_eq!(s.plan(&[], &wanted), StepUpPlan::AlreadyTried);
+    }
+
+    #[test]
+    fn a_user_grant_asks_the_next_login_and_never_a_refresh() {
         let s = StepUp::new(StepUpRule::User);
         assert_eq!(
             s.plan(&v(&["mcp:read"]), &v(&["mcp:write"])),
@@ -129,6 +206,13 @@ mod tests {
                 scopes: v(&["mcp:read", "mcp:write"])
             }
         );
-        assert_eq!(s.added(), v(&["mcp:write"]));
+        assert_eq!(s.recorded(), v(&["mcp:write"]));
+        assert!(s.request_scopes().is_empty());
+        // Nothing named, or nothing the token lacks: a login would not help.
+        assert_eq!(s.plan(&v(&["mcp:read"]), &[]), StepUpPlan::AlreadyTried);
+        assert_eq!(
+            s.plan(&v(&["mcp:read", "mcp:write"]), &v(&["mcp:write"])),
+            StepUpPlan::AlreadyTried
+        );
     }
 }

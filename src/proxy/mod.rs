@@ -936,18 +936,35 @@ impl ProxyHttp for BearerProxy {
                 p.requires_reauth = true;
                 p.credential = Some(&slot.name);
                 p.detail = format!(
-                    "the upstream needs scopes {} that the user has not consented to: log in again (bearerd login {}); the login asks for them",
+                    "the upstream needs scopes {} that the user has not consented to: the next login (or connect) of {} asks for them",
                     scopes.join(" "),
                     slot.name
                 );
                 p.scopes = Some(scopes.clone());
-                p.login = Some(
-                    crate::api::AdminRoute::Credential {
-                        name: slot.name.to_string(),
-                        op: crate::api::CredentialOp::Login,
+                // A subject consents through its connect flow; the credential's person
+                // through a login.
+                match &ctx.subject {
+                    Some(subject) => {
+                        p.subject = Some(subject.as_str());
+                        p.connect = Some(
+                            crate::api::AdminRoute::SubjectOp {
+                                name: slot.name.to_string(),
+                                subject: subject.as_str().to_string(),
+                                op: crate::api::SubjectOp::Connect,
+                            }
+                            .to_string(),
+                        );
                     }
-                    .to_string(),
-                );
+                    None => {
+                        p.login = Some(
+                            crate::api::AdminRoute::Credential {
+                                name: slot.name.to_string(),
+                                op: crate::api::CredentialOp::Login,
+                            }
+                            .to_string(),
+                        )
+                    }
+                }
             }
             let _ = p.send(session).await;
         }

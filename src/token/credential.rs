@@ -279,10 +279,44 @@ pub enum RegisterError {
     Store(#[from] StoreError),
 }
 
+impl RegisterError {
+    /// Whether trying again later may help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RegisterError::Registration(e) => e.is_transient(),
+            RegisterError::Discovery(e) => !e.permanent,
+            RegisterError::Store(_) => true,
+            RegisterError::NotRegistering(_) | RegisterError::NoIssuer => false,
+        }
+    }
+}
+
 impl Credential {
-    /// The client this credential logs in with, registered now if it has none at the
-    /// authorization server it is used with. A client of another issuer is replaced, and
-    /// its grant dropped: that issuer's refresh token is never sent to the new one.
+    /// Redeems a login's authorization code at the token endpoint, with the client the
+    /// sidecar holds (a registered client's secret never leaves it).
+    pub async fn redeem_code(
+        &self,
+        grant: crate::api::CodeGrant,
+    ) -> Result<crate::oauth::IssuedToken, crate::oauth::GrantError> {
+        let endpoint = self.grant.endpoint().ok_or_else(|| {
+            crate::oauth::GrantError::permanent(
+                crate::oauth::GrantErrorKind::LoginRequired,
+                format!("credential {} has no token endpoint", self.slot.name),
+            )
+        })?;
+        let code = crate::oauth::login::CodeGrant {
+            code: grant.code,
+            code_verifier: grant.code_verifier,
+            redirect_uri: grant.redirect_uri,
+        };
+        endpoint.exchange(code.form()).await
+    }
+
+    /// The client this credential logs in with, registered now if it has none that fits
+    /// the authorization server it is used with (see `ClientRegistration::unfit_for`, or
+    /// the server no longer knows it: `invalid_client`). A client of another issuer is
+    /// replaced, and its grant dropped: that issuer's refresh token is never sent to the
+    /// new one.
     pub async fn register_client(
         &self,
     ) -> Result<crate::oauth::registration::ClientRegistration, RegisterError> {
@@ -292,13 +326,29 @@ impl Credential {
         let config = endpoint.config();
         let wanted = config.registration.as_ref().ok_or_else(not_registering)?;
         let _op = self.op.lock().await;
+        // What the store holds first: another replica may have registered (and logged in).
+        if let Some(set) = self.load_set().await {
+            self.grant
+                .take_registration(set.token.registration.as_ref());
+        }
         let endpoints = endpoint
             .endpoints()
             .await
             .map_err(RegisterError::Discovery)?;
         let issuer = registration::issuer_of(&endpoints).ok_or(RegisterError::NoIssuer)?;
+        let redirect_uris = registration::loopback_redirect_uris(config.redirect_port);
         let held = endpoint.registration();
-        if let Some(r) = held.as_ref().filter(|r| r.is_for(&issuer)) {
+        let forgotten = self
+            .slot
+            .status()
+            .last_error
+            .is_some_and(|e| e.kind == "invalid_client");
+        let why_new = match &held {
+            None => None,
+            Some(_) if forgotten => Some("the authorization server answered invalid_client"),
+            Some(r) => r.unfit_for(&issuer, wanted, &redirect_uris),
+        };
+        if let (Some(r), None) = (&held, why_new) {
             return Ok(r.clone());
         }
         let request = RegistrationRequest {
@@ -306,7 +356,8 @@ impl Credential {
             endpoints: &endpoints,
             issuer: &issuer,
             scopes: &endpoint.login_scopes(&endpoints),
-            redirect_uris: registration::loopback_redirect_uris(config.redirect_port),
+            redirect_uris,
+            device: endpoints.device_authorization.is_some(),
             timeout: config.timeout,
         };
         let http = endpoint.http().map_err(RegisterError::Discovery)?;
@@ -321,14 +372,15 @@ impl Credential {
             ..StoredToken::empty()
         };
         self.save_over(&record).await?;
-        if let Some(old) = held {
-            // The old issuer's tokens are not served any more: a login at the new one.
+        if let (Some(old), Some(why)) = (held, why_new) {
+            // The old client's tokens are not served any more: a login with the new one.
             self.slot.mark_logged_out();
             tracing::warn!(
                 credential = &*self.slot.name,
                 was = old.issuer,
                 now = issuer,
-                "the authorization server changed: registered again, and the old grant dropped"
+                why,
+                "registered a new client, and dropped the old one's grant"
             );
         }
         Ok(registered)

@@ -610,11 +610,33 @@ async fn attempt(cred: &Credential, trigger: Trigger) {
             (requested, requested_wall),
             elapsed,
         ),
+        // A step-up's token request for more scopes failed: the credential stays as it
+        // was (the scopes are dropped by the step-up), its token still serves the rest.
+        Err(e) if trigger == Trigger::StepUp && slot.is_ready() => keep_after_step_up(slot, &e),
         Err(e) => failed(&e.kind, &e.message, e.permanent, e.retry_after),
     };
     if let Some(result) = outcome {
         slot.count_attempt(trigger, result, elapsed);
     }
+}
+
+/// Ends a step-up attempt that got no token: the current one stays, as does its schedule.
+fn keep_after_step_up(
+    slot: &CredentialSlot,
+    e: &crate::oauth::GrantError,
+) -> Option<RefreshResult> {
+    tracing::warn!(
+        credential = &*slot.name,
+        error = %e.message,
+        kind = %e.kind,
+        "the token request for more scopes (step-up) failed; the current token stays"
+    );
+    slot.finish_unchanged(slot.next_refresh_at());
+    Some(if e.permanent {
+        RefreshResult::PermanentError
+    } else {
+        RefreshResult::TransientError
+    })
 }
 
 /// Publishes a token the provider just issued (and the caller persisted), with its refresh
@@ -712,9 +734,10 @@ fn publish_taken(cred: &Credential, token: IssuedToken, started: (Instant, Syste
     result == Some(RefreshResult::Success)
 }
 
-/// A login that gave an access token and no refresh token (a provider that offers no
-/// offline access): persisted and published. It serves until it expires; the attempt then
-/// finds no refresh token, and the credential asks for a login. Answers whether the token
+/// A login's token set, published as it came: from a code the sidecar redeemed (with its
+/// refresh token, when the provider gave one), or an access token alone (a provider that
+/// offers no offline access). Persisted and published; without a refresh token it serves
+/// until it expires, and the credential then asks for a login. Answers whether the token
 /// was published.
 pub async fn login_access_token(
     cred: &Credential,
@@ -725,13 +748,17 @@ pub async fn login_access_token(
             cred.slot.name.to_string(),
         ));
     }
-    tracing::info!(
-        credential = &*cred.slot.name,
-        "access token received from a login, without a refresh token: a new login is needed when it expires"
-    );
+    if token.refresh_token.is_none() {
+        tracing::info!(
+            credential = &*cred.slot.name,
+            "access token received from a login, without a refresh token: a new login is needed when it expires"
+        );
+    }
     let _op = cred.op.lock().await;
     let started = (Instant::now(), SystemTime::now());
-    cred.grant.take_stored_refresh_token(None).await;
+    cred.grant
+        .take_stored_refresh_token(token.refresh_token.clone())
+        .await;
     // An operator's decision, as a login's refresh token is: it replaces whatever set the
     // store holds (still by compare-and-set, so no write is torn).
     let lifetime = Some(token.effective_lifetime(cred.slot.policy.default_lifetime));

@@ -255,7 +255,7 @@ impl CredentialSlot {
     /// After an upstream rejected generation `rejected`: replay with a newer token when one
     /// exists or a refresh can get one; refresh at most once per request-triggered interval.
     pub async fn refresh_if_generation(&self, rejected: u64) -> ReplayDecision {
-        self.refresh_past(rejected, Trigger::On401, true).await
+        self.refresh_past(rejected, Trigger::On401, None).await
     }
 
     /// After an upstream's 403 `insufficient_scope` naming `challenged`, for `rejected`: a
@@ -272,15 +272,19 @@ impl CredentialSlot {
                 StepUpDecision::Login { scopes },
                 StepUpOutcome::RequiresReauth,
             ),
-            StepUpPlan::Refresh => {
-                match self
-                    .refresh_past(rejected.generation, Trigger::StepUp, false)
-                    .await
-                {
+            StepUpPlan::Refresh { wanted } => {
+                let fresh = self
+                    .refresh_past(rejected.generation, Trigger::StepUp, Some(&wanted))
+                    .await;
+                match fresh {
                     ReplayDecision::Replay(t) => {
+                        step_up.commit(&wanted);
                         (StepUpDecision::Replay(t), StepUpOutcome::SteppedUp)
                     }
-                    _ => (StepUpDecision::PassThrough, StepUpOutcome::Failed),
+                    _ => {
+                        step_up.abandon(&wanted);
+                        (StepUpDecision::PassThrough, StepUpOutcome::Failed)
+                    }
                 }
             }
         };
@@ -298,34 +302,45 @@ impl CredentialSlot {
     }
 
     /// Gives the slot the scopes a step-up may add (its grant's token endpoint's).
-    pub(super) fn attach_step_up(&self, step_up: Arc<StepUp>) {
+    pub(crate) fn attach_step_up(&self, step_up: Arc<StepUp>) {
         let _ = self.step_up.set(step_up);
     }
 
-    /// A refresh for a token newer than `rejected`, waited for; `rate_limited`: at most
-    /// once per request-triggered interval.
+    /// A refresh for a token newer than `rejected`, waited for. A 401's is rate-limited (at
+    /// most once per request-triggered interval); a step-up's (`covers`: the scopes it
+    /// added) is not, waits out an attempt that began before it asked, and takes only a
+    /// token that has those scopes (or names none).
     async fn refresh_past(
         &self,
         rejected: u64,
         trigger: Trigger,
-        rate_limited: bool,
+        covers: Option<&[String]>,
     ) -> ReplayDecision {
+        let fits = |t: &Arc<TokenSnapshot>| {
+            covers.is_none_or(|wanted| {
+                t.scopes.is_empty() || wanted.iter().all(|s| t.scopes.contains(s))
+            })
+        };
+        let newer = || self.usable_newer_than(rejected).filter(fits);
         let mut rx = self.changed.subscribe();
         let target_attempts = {
-            if let Some(t) = self.usable_newer_than(rejected) {
+            if let Some(t) = newer() {
                 return ReplayDecision::Replay(t);
             }
             let mut c = self.control();
             // Looked at again under the lock: the refresher publishes while holding it, so a
             // refresh that ended just now is seen here, not taken for a rate-limited one.
-            if let Some(t) = self.usable_newer_than(rejected) {
+            if let Some(t) = newer() {
                 return ReplayDecision::Replay(t);
             }
             if c.permanent_failure || c.logged_out {
-                self.retire_rejected(&c, rejected);
+                // Only a 401 says the token is dead; a step-up's 403 does not.
+                if covers.is_none() {
+                    self.retire_rejected(&c, rejected);
+                }
                 return ReplayDecision::NoNewerToken;
             }
-            if !c.in_flight && rate_limited {
+            if !c.in_flight && covers.is_none() {
                 let lifetime = self.current().and_then(|t| t.lifetime);
                 let interval = schedule::min_interval(&self.policy, lifetime);
                 if c.last_request_attempt
@@ -336,8 +351,9 @@ impl CredentialSlot {
             }
             Self::merge_demand(&mut c, trigger, rejected);
             // Whatever attempt finishes next either publishes a newer generation or fails;
-            // either way this request has waited long enough.
-            let target = c.attempts_completed + 1;
+            // either way this request has waited long enough. A step-up's scopes are in
+            // the attempt after one under way.
+            let target = c.attempts_completed + 1 + u64::from(covers.is_some() && c.in_flight);
             drop(c);
             self.wake.notify_one();
             target
@@ -347,11 +363,13 @@ impl CredentialSlot {
             {
                 // Under the lock, so the token and the attempt count are of the same moment.
                 let c = self.control();
-                if let Some(t) = self.usable_newer_than(rejected) {
+                if let Some(t) = newer() {
                     return ReplayDecision::Replay(t);
                 }
                 if c.permanent_failure || c.logged_out {
-                    self.retire_rejected(&c, rejected);
+                    if covers.is_none() {
+                        self.retire_rejected(&c, rejected);
+                    }
                     return ReplayDecision::NoNewerToken;
                 }
                 if c.attempts_completed >= target_attempts {
@@ -481,7 +499,7 @@ impl CredentialSlot {
                 .next_refresh_at
                 .map(|n| round(n.saturating_duration_since(now).as_secs_f64())),
             scopes: token.as_ref().map(|t| t.scopes.clone()).unwrap_or_default(),
-            step_up_scopes: self.step_up.get().map(|s| s.added()).unwrap_or_default(),
+            step_up_scopes: self.step_up.get().map(|s| s.recorded()).unwrap_or_default(),
             has_refresh_token: self.has_refresh_token
                 && !c.no_refresh_token
                 && !c.permanent_failure

@@ -97,6 +97,18 @@ pub struct TokenServerState {
     registration: Mutex<Registration>,
     /// The scopes of client_credentials tokens issued for a requested `scope`.
     scopes: Mutex<HashMap<String, Vec<String>>>,
+    /// Scopes this client may not have: a request for one gets `invalid_scope`.
+    refused_scopes: Mutex<Vec<String>>,
+    /// An enterprise IdP: token exchanges for an ID-JAG are answered with a JWT signed
+    /// with this key, as this issuer.
+    id_jags: Mutex<Option<IdJagSigner>>,
+}
+
+/// The key and issuer of the ID-JAGs an enterprise IdP signs.
+struct IdJagSigner {
+    key: jsonwebtoken::EncodingKey,
+    alg: jsonwebtoken::Algorithm,
+    issuer: String,
 }
 
 /// What the server offers for client registration, and who registered.
@@ -170,6 +182,8 @@ impl TokenServer {
             response_issuer: Mutex::new(None),
             registration: Mutex::new(Registration::default()),
             scopes: Mutex::new(HashMap::new()),
+            refused_scopes: Mutex::new(Vec::new()),
+            id_jags: Mutex::new(None),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -412,6 +426,12 @@ impl TokenServerState {
         self.registration.lock().unwrap().documents = true;
     }
 
+    /// Forgets every registered client, as a server that keeps them in memory does when it
+    /// restarts.
+    pub fn forget_registered_clients(&self) {
+        self.registration.lock().unwrap().clients.clear();
+    }
+
     /// The bodies of the registration requests so far.
     pub fn registrations(&self) -> Vec<serde_json::Value> {
         self.registration.lock().unwrap().requests.clone()
@@ -446,6 +466,47 @@ impl TokenServerState {
             .get(token)
             .cloned()
             .unwrap_or_else(|| vec!["demo.read".to_string()])
+    }
+
+    /// Refuses client_credentials requests that ask for this scope (`invalid_scope`).
+    pub fn refuse_scope(&self, scope: &str) {
+        self.refused_scopes.lock().unwrap().push(scope.to_string());
+    }
+
+    /// Plays an enterprise IdP: a token exchange of a trusted ID token for
+    /// `urn:ietf:params:oauth:token-type:id-jag` gets a JWT signed with this EC P-256 key
+    /// (PEM), as `issuer`, for the requested audience.
+    pub fn issue_id_jags(&self, private_pem: &str, issuer: &str) {
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(private_pem.as_bytes())
+            .expect("an EC private key");
+        *self.id_jags.lock().unwrap() = Some(IdJagSigner {
+            key,
+            alg: jsonwebtoken::Algorithm::ES256,
+            issuer: issuer.to_string(),
+        });
+    }
+
+    /// An ID-JAG for the verified ID token's subject, or `None` when this is no IdP.
+    fn id_jag(&self, claims: &serde_json::Value, form: &HashMap<String, String>) -> Option<String> {
+        let signer = self.id_jags.lock().unwrap();
+        let signer = signer.as_ref()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let jag = json!({
+            "iss": signer.issuer,
+            "sub": claims["sub"],
+            "aud": form.get("audience"),
+            "client_id": form.get("client_id"),
+            "resource": form.get("resource"),
+            "scope": form.get("scope"),
+            "jti": random_hex(),
+            "iat": now,
+            "exp": now + 300,
+        });
+        let mut header = jsonwebtoken::Header::new(signer.alg);
+        header.typ = Some("oauth-id-jag+jwt".to_string());
+        jsonwebtoken::encode(&header, &jag, &signer.key).ok()
     }
 
     pub fn allow_public_client(&self, allow: bool) {
@@ -636,6 +697,13 @@ async fn token(
     }
     match form.get("grant_type").map(String::as_str) {
         Some("client_credentials") => {
+            let refused = state.refused_scopes.lock().unwrap().clone();
+            if form
+                .get("scope")
+                .is_some_and(|s| s.split_whitespace().any(|x| refused.iter().any(|r| r == x)))
+            {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_scope");
+            }
             let mut body = state.issue(false);
             // The scopes asked for are granted (the tests' upstream may require one).
             if let (Some(scope), Some(token)) = (form.get("scope"), body["access_token"].as_str()) {
@@ -661,6 +729,29 @@ async fn token(
             else {
                 return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
             };
+            if form.get("requested_token_type").map(String::as_str)
+                == Some("urn:ietf:params:oauth:token-type:id-jag")
+            {
+                let verified =
+                    state
+                        .assertions
+                        .lock()
+                        .unwrap()
+                        .verify(subject, true, Use::Reusable);
+                let jag = verified
+                    .ok()
+                    .and_then(|claims| state.id_jag(&claims, &form));
+                return match jag {
+                    Some(jag) => Json(json!({
+                        "access_token": jag,
+                        "issued_token_type": "urn:ietf:params:oauth:token-type:id-jag",
+                        "token_type": "N_A",
+                        "expires_in": 300,
+                    }))
+                    .into_response(),
+                    None => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
+                };
+            }
             let opaque_user = state.opaque_subjects.lock().unwrap().get(subject).cloned();
             if let Some(user) = opaque_user {
                 let mut body = state.issue_for(false, Some(&user));

@@ -17,6 +17,7 @@ struct Registered {
     client_id: Option<String>,
     client_secret: Option<String>,
     token_endpoint_auth_method: Option<String>,
+    client_secret_expires_at: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -50,7 +51,7 @@ impl Mode for Dynamic {
             "client_name": request.config.client_name,
             "application_type": "native",
             "redirect_uris": request.redirect_uris,
-            "grant_types": ["authorization_code", "refresh_token"],
+            "grant_types": super::grant_types(request.device),
             "response_types": ["code"],
             "token_endpoint_auth_method": asked.as_str(),
             "software_id": "bearerd",
@@ -128,6 +129,8 @@ impl Mode for Dynamic {
             auth,
             mode: self.name().to_string(),
             registered_at: now(),
+            redirect_uris: request.redirect_uris.clone(),
+            client_secret_expires_at: answer.client_secret_expires_at,
         })
     }
 }

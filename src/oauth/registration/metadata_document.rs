@@ -39,6 +39,8 @@ impl Mode for MetadataDocument {
             auth: RegisteredAuth::None,
             mode: self.name().to_string(),
             registered_at: now(),
+            redirect_uris: request.redirect_uris.clone(),
+            client_secret_expires_at: None,
         })
     }
 }
@@ -58,7 +60,7 @@ pub fn document(request: &TokenRequestConfig) -> Option<serde_json::Value> {
         "client_name": client_name,
         "application_type": "native",
         "redirect_uris": loopback_redirect_uris(request.redirect_port),
-        "grant_types": ["authorization_code", "refresh_token"],
+        "grant_types": super::grant_types(request.device_authorization_url.is_some()),
         "response_types": ["code"],
         "token_endpoint_auth_method": "none",
         "software_id": "bearerd",

@@ -80,6 +80,12 @@ pub struct ClientRegistration {
     pub mode: String,
     /// RFC 3339.
     pub registered_at: String,
+    /// The redirect URIs it was registered with (a login on another port needs another).
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    /// RFC 7591 `client_secret_expires_at` (seconds since the epoch; none or 0: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_expires_at: Option<u64>,
 }
 
 impl std::fmt::Debug for ClientRegistration {
@@ -113,6 +119,34 @@ impl ClientRegistration {
     /// Whether this client was registered at `issuer`.
     pub fn is_for(&self, issuer: &str) -> bool {
         same_issuer(&self.issuer, issuer)
+    }
+
+    /// Why this client cannot serve a login at `issuer` with `config` any more, if so: another
+    /// issuer, another document URL or redirect, or a secret past its expiry.
+    pub fn unfit_for(
+        &self,
+        issuer: &str,
+        config: &RegistrationConfig,
+        redirect_uris: &[String],
+    ) -> Option<&'static str> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if !self.is_for(issuer) {
+            Some("it was registered at another authorization server")
+        } else if self.mode == metadata_document::MetadataDocument.name() {
+            let url = config.client_metadata_url.as_ref().map(|u| u.as_str());
+            (url != Some(self.client_id.as_str())).then_some("client_metadata_url changed")
+        } else if !self.redirect_uris.is_empty() && self.redirect_uris != redirect_uris {
+            Some("its redirect URIs are not the login's (redirect_port changed)")
+        } else if self
+            .client_secret_expires_at
+            .is_some_and(|at| at != 0 && at <= now)
+        {
+            Some("its client secret expired")
+        } else {
+            None
+        }
     }
 
     /// How the client authenticates, as a configured one would.
@@ -163,6 +197,8 @@ pub struct RegistrationRequest<'a> {
     pub scopes: &'a [String],
     /// The loopback redirect of `bearerd login` (RFC 8252 §7.3: any port).
     pub redirect_uris: Vec<String>,
+    /// Whether the client will also use the device grant (the server has the endpoint).
+    pub device: bool,
     pub timeout: Duration,
 }
 
@@ -263,6 +299,16 @@ pub fn loopback_redirect_uris(port: Option<u16>) -> Vec<String> {
     }
 }
 
+/// The grants a login's client uses: the code (and refresh), and the device grant when
+/// `bearerd login --device` can use one.
+fn grant_types(device: bool) -> Vec<&'static str> {
+    let mut grants = vec!["authorization_code", "refresh_token"];
+    if device {
+        grants.push("urn:ietf:params:oauth:grant-type:device_code");
+    }
+    grants
+}
+
 /// The time now, RFC 3339.
 fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
@@ -302,7 +348,31 @@ mod tests {
             auth: RegisteredAuth::None,
             mode: "dynamic".into(),
             registered_at: now(),
+            redirect_uris: loopback_redirect_uris(None),
+            client_secret_expires_at: Some(1),
         };
+        let config = RegistrationConfig {
+            client_metadata_url: None,
+            client_name: "bearerd (t)".into(),
+        };
+        let redirects = loopback_redirect_uris(None);
+        assert!(
+            r.unfit_for("https://as.example", &config, &redirects)
+                .is_some(),
+            "expired"
+        );
+        let r = ClientRegistration {
+            client_secret_expires_at: Some(0),
+            ..r
+        };
+        assert_eq!(r.unfit_for("https://as.example", &config, &redirects), None);
+        assert!(r
+            .unfit_for(
+                "https://as.example",
+                &config,
+                &loopback_redirect_uris(Some(8765))
+            )
+            .is_some());
         assert!(r.is_for("https://as.example"));
         assert!(!r.is_for("https://other.example"));
     }

@@ -67,6 +67,8 @@ impl SubjectStarter {
             &store_key,
         );
         let slot = CredentialSlot::new(&self.credential_config, Arc::clone(&self.metrics));
+        // The subjects share the credential's endpoint, and so its step-ups.
+        slot.attach_step_up(self.endpoint.step_up());
         let credential = Credential::with_store_key(slot, grant, store, Arc::from(store_key));
         credential.refuse_older_than(floor);
         let (stop, stop_seen) = watch::channel(stopped);
