@@ -44,6 +44,13 @@ if [ ! -d target/pylib/kubernetes_validate ]; then
   # Debian's own Python refuses installs without this flag, even into a target directory.
   "${pip[@]}" 2>/dev/null || "${pip[@]}" --break-system-packages
 fi
+# The end-to-end suite runs the MCP Python SDK client (tests/e2e/python_client.py) through
+# bearerd, from target/pymcp.
+if [ ! -d target/pymcp/mcp ]; then
+  echo "installing the MCP Python SDK into target/pymcp" >&2
+  pip=(python3 -m pip install --quiet --disable-pip-version-check --target target/pymcp mcp==1.23.3)
+  "${pip[@]}" 2>/dev/null || "${pip[@]}" --break-system-packages
+fi
 # tests/deploy.rs checks and unit-tests the alerting rules with promtool. Only that one
 # binary is needed: it is taken out of Debian's prometheus package into target/prometheus,
 # without installing the package (and its service).

@@ -228,7 +228,12 @@ impl Sidecar {
         let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
         server.bootstrap();
         let in_flight = proxy::InFlight::default();
-        add_proxies(&mut server, &config, &upstreams, &metrics, &in_flight);
+        add_proxies(
+            &mut server,
+            &config,
+            (&upstreams, &metrics, &in_flight),
+            &engine.connects,
+        );
         let admin_app = admin::AdminApp {
             scope: admin::AdminScope::Full,
             credentials: engine.credentials.clone(),
@@ -328,9 +333,8 @@ fn server_conf(config: &Config) -> ServerConf {
 fn add_proxies(
     server: &mut Server,
     config: &Config,
-    upstreams: &Arc<Vec<Arc<Upstream>>>,
-    metrics: &Arc<Metrics>,
-    in_flight: &proxy::InFlight,
+    (upstreams, metrics, in_flight): (&Arc<Vec<Arc<Upstream>>>, &Arc<Metrics>, &proxy::InFlight),
+    connects: &Arc<crate::token::subject::connect::ConnectStates>,
 ) {
     let server_conf = Arc::clone(&server.configuration);
     let subject_headers: Arc<[http::HeaderName]> = config
@@ -347,6 +351,7 @@ fn add_proxies(
         max_request_header_bytes: config.server.max_request_header_bytes,
         boundary: boundary(config),
         subject_headers: Arc::clone(&subject_headers),
+        connects: Arc::clone(connects),
     };
     let prefixes: Vec<(String, usize)> = config
         .upstreams

@@ -1934,3 +1934,94 @@ async fn a_subject_that_needs_more_scopes_is_sent_to_its_connect_flow() {
     assert_eq!(p["scopes"], json!(["demo.read", "demo.write"]));
     assert_eq!(h.tokens.state.requests(), before);
 }
+
+/// Issue 21: on an MCP upstream (`mcp = true`), a user who has not connected is asked to
+/// by the MCP client: the JSON-RPC request gets the URL-elicitation-required error
+/// (-32042) whose URL starts that user's connect flow, and the flow finishes as any other.
+/// A request that is no JSON-RPC request gets the usual problem+json.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_mcp_client_is_asked_to_connect_its_user_with_a_url_elicitation() {
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
+    let opts = Options {
+        grant: "refresh_token",
+        discovery: support::Discovery::Issuer,
+        credential_extra: format!("subject_header = \"{HEADER}\"\nredirect_uri = \"{REDIRECT}\""),
+        upstream_extra: "mcp = true".into(),
+        ..Options::default()
+    };
+    let h = Harness::start_raw(tokens, upstream, opts, String::new()).await;
+    let call = json!({"jsonrpc": "2.0", "id": 41, "method": "tools/call", "params": {"name": "x"}});
+    let r = h
+        .client
+        .post(h.url("/api/mcp"))
+        .header(HEADER, "alice")
+        .json(&call)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(answer["jsonrpc"], "2.0");
+    assert_eq!(answer["id"], 41, "{answer}");
+    assert_eq!(answer["error"]["code"], -32042);
+    let elicitation = &answer["error"]["data"]["elicitations"][0];
+    assert_eq!(elicitation["mode"], "url");
+    assert!(elicitation["elicitationId"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
+    let url = elicitation["url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&format!("{}/authorize?", h.tokens.issuer())),
+        "{url}"
+    );
+    assert_eq!(h.upstream.state.requests(), 0, "nothing forwarded");
+
+    // The user follows it; the provider's redirect comes back (relayed by the app).
+    h.tokens.state.set_authorizing_user(Some("alice"));
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let back = no_redirects.get(url).send().await.unwrap();
+    let location = back.headers()["location"].to_str().unwrap().to_string();
+    let query = location.split_once('?').unwrap().1;
+    let done = h
+        .admin_get(&format!("/connect/callback?{query}&subject=alice"))
+        .await;
+    assert_eq!(done.status(), 200, "{}", done.text().await.unwrap());
+    let r = h
+        .client
+        .post(h.url("/api/mcp"))
+        .header(HEADER, "alice")
+        .json(&call)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(token_subject(r).await.as_deref(), Some("alice"));
+
+    // A tool that needs more scopes: the client asks the user to consent, the same way.
+    *h.upstream.state.required_scope.lock().unwrap() = Some("demo.write".into());
+    let r = h
+        .client
+        .post(h.url("/api/mcp"))
+        .header(HEADER, "alice")
+        .json(&call)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(answer["error"]["code"], -32042, "{answer}");
+    let url = answer["error"]["data"]["elicitations"][0]["url"]
+        .as_str()
+        .unwrap();
+    assert!(url.contains("scope=demo.read+demo.write"), "{url}");
+    *h.upstream.state.required_scope.lock().unwrap() = None;
+
+    // No JSON-RPC request (a GET stream, a notification): the problem+json answer.
+    let r = get_as(&h, "bob", "/api/mcp").await;
+    assert_eq!(r.status(), 403);
+    let p: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(p["type"], "urn:bearerd:problem:subject-not-connected");
+}

@@ -214,54 +214,10 @@ impl AdminApp {
 
     /// Starts a connect flow: the authorization URL the app sends the user to.
     async fn connect(&self, registry: &SubjectRegistry, subject: &SubjectKey) -> Response<Vec<u8>> {
-        let Some(redirect_uri) = registry.config.redirect_uri() else {
-            return error_response(
-                409,
-                format!(
-                    "credential {:?} has no redirect_uri: connect flows need one",
-                    &*registry.credential
-                ),
-            );
-        };
-        let endpoints = match registry.endpoint().endpoints().await {
-            Ok(e) => e,
-            Err(e) => return error_response(502, e.message),
-        };
-        let Some(authorize) = endpoints.authorization.clone() else {
-            return error_response(
-                409,
-                "no authorization endpoint: set authorization_url or issuer",
-            );
-        };
-        let request = match crate::oauth::login::authorization_request(
-            registry.endpoint(),
-            authorize,
-            &endpoints,
-            redirect_uri.as_str(),
-        ) {
-            Ok(r) => r,
-            Err(e) => return error_response(500, e.to_string()),
-        };
-        if let Err(e) = self
-            .connects
-            .begin(
-                &registry.credential,
-                subject,
-                redirect_uri.as_str(),
-                request.state,
-                request.verifier,
-                registry.config.connect_lifetime,
-            )
-            .await
-        {
-            return error_response(503, e.to_string());
+        match crate::token::subject::connect::start(&self.connects, registry, subject).await {
+            Ok(started) => json_response(200, &started),
+            Err(e) => error_response(e.status(), e.to_string()),
         }
-        tracing::info!(credential = &*registry.credential, "connect flow started");
-        let started = api::ConnectStarted {
-            authorize_url: request.url.to_string(),
-            expires_in_s: registry.config.connect_lifetime.as_secs(),
-        };
-        json_response(200, &started)
     }
 
     /// `GET /connect/callback?code=…&state=…[&subject=…]`: the provider's redirect, relayed

@@ -340,6 +340,8 @@ pub struct UpstreamConfig {
     pub read_timeout: Option<Duration>,
     /// `insecure_http = true`: its url may be plain http to another host.
     pub insecure_http: bool,
+    /// `mcp = true`: an MCP server (see `proxy::elicitation`).
+    pub mcp: bool,
 }
 
 impl Config {

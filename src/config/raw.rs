@@ -226,6 +226,9 @@ pub struct RawUpstream {
     /// Find the credential's authorization server from this upstream's protected resource
     /// metadata (RFC 9728), as MCP servers advertise it.
     pub discover: Option<bool>,
+    /// An MCP server: a user who must connect (or consent to more) is asked to with an MCP
+    /// URL elicitation, which MCP clients show, instead of a problem+json answer.
+    pub mcp: Option<bool>,
     /// A PEM bundle trusted for this upstream instead of the system roots.
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Option<String>,

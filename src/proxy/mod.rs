@@ -3,6 +3,7 @@
 
 mod arena;
 pub mod boundary;
+pub mod elicitation;
 pub mod problem;
 pub mod resolve;
 pub mod route;
@@ -277,6 +278,9 @@ pub struct BearerProxy {
     /// Every header that names a subject or carries a user's token, of any per-subject
     /// credential: stripped from every forwarded request, whatever its route.
     pub subject_headers: Arc<[HeaderName]>,
+    /// Connect flows, which an MCP URL elicitation starts (shared with the admin API,
+    /// where their callback arrives).
+    pub connects: Arc<crate::token::subject::connect::ConnectStates>,
 }
 
 #[derive(Default)]
@@ -389,6 +393,49 @@ impl BearerProxy {
         Ok(true)
     }
 
+    /// Answers with an MCP URL elicitation that starts the subject's connect flow, when the
+    /// request is a JSON-RPC request (its `id` from `body`, or read now) and the flow can
+    /// be started; `false` when it was not answered.
+    async fn elicit(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        upstream: &Upstream,
+        body: Option<bytes::Bytes>,
+        message: &str,
+    ) -> bool {
+        let (Some(registry), Some(subject)) = (&upstream.subjects, &ctx.subject) else {
+            return false;
+        };
+        if registry.config.on_behalf_of() {
+            return false;
+        }
+        let id = match body {
+            Some(b) => elicitation::request_id(&b),
+            None => elicitation::read_request_id(session).await,
+        };
+        let Some(id) = id else {
+            return false;
+        };
+        let started = match crate::token::subject::connect::start(&self.connects, registry, subject)
+            .await
+        {
+            Ok(started) => started,
+            Err(e) => {
+                tracing::warn!(request_id = ctx.request_id(), error = %e, "could not start a connect flow for an MCP elicitation");
+                return false;
+            }
+        };
+        let answer = elicitation::answer(id, &started.authorize_url, message);
+        if let Err(e) = elicitation::send(session, answer, ctx.request_id()).await {
+            tracing::debug!(
+                request_id = ctx.request_id(),
+                "could not write the elicitation: {e}"
+            );
+        }
+        true
+    }
+
     /// An upstream's 403: with `error="insufficient_scope"`, a machine grant steps up and
     /// replays once, a user grant's answer asks for a login with the union of scopes.
     async fn insufficient_scope(
@@ -443,6 +490,15 @@ impl BearerProxy {
         rid: &str,
         detail: String,
     ) -> pingora::Result<bool> {
+        if upstream.config.mcp {
+            let message = format!(
+                "Connect your account for {} to go on ({detail})",
+                upstream.name
+            );
+            if self.elicit(session, ctx, upstream, None, &message).await {
+                return Ok(true);
+            }
+        }
         let subject = ctx.subject.as_ref().map_or("", |s| s.as_str());
         // On behalf of, the app needs a fresh token of the user, not a connect flow.
         let connect = (!upstream
@@ -913,6 +969,18 @@ impl ProxyHttp for BearerProxy {
             _ if e.esource() == &ErrorSource::Downstream => (0, "", ""),
             _ => (502, "upstream-unreachable", "Upstream unreachable"),
         };
+        if let (Some(StepUpReplay::NeedsLogin(scopes)), Some(up)) = (&ctx.step_up, &ctx.upstream) {
+            // An MCP client asks its user to consent, with the subject's connect flow.
+            let up = Arc::clone(up);
+            let message = format!("Consent to {} for {} to go on", scopes.join(" "), up.name);
+            let body = session.as_ref().get_retry_buffer();
+            if up.config.mcp && self.elicit(session, ctx, &up, body, &message).await {
+                return FailToProxy {
+                    error_code: 200,
+                    can_reuse_downstream: false,
+                };
+            }
+        }
         if status > 0 && session.response_written().is_none() {
             let rid = ctx.request_id().to_string();
             let mut p = match &ctx.token_unavailable {

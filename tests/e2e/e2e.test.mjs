@@ -13,7 +13,8 @@ import { after, before, test } from 'node:test';
 
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
-import { LoggingMessageNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
+import { LoggingMessageNotificationSchema, UrlElicitationRequiredError } from '@modelcontextprotocol/sdk/types.js';
+import { execFile } from 'node:child_process';
 
 import { authorize, completeDeviceFlow } from './browser.mjs';
 import {
@@ -147,6 +148,12 @@ redirect_uri = "${appCallback}"
 url = "${mcp.origin}/"
 path_prefix = "/users"
 credential = "users"
+
+[upstreams.usersmcp]
+url = "${mcp.origin}/"
+path_prefix = "/users-mcp"
+credential = "users"
+mcp = true
 
 [upstreams.api]
 url = "${mcp.origin}/"
@@ -472,6 +479,78 @@ test('per-subject: two users connect through bearerd, and each request carries i
     assert.equal(r.status, 403);
     assert.equal(r.body.requires_reauth, true);
   }
+});
+
+/** An MCP TypeScript SDK client through bearerd's `users-mcp` route, as `user`. */
+async function tsClientAs(user) {
+  const client = new Client({ name: 'bearerd-e2e', version: '1.0.0' });
+  const transport = new StreamableHTTPClientTransport(new URL(`${proxy}/users-mcp/mcp`), {
+    requestInit: { headers: { 'x-bearerd-subject': user } },
+  });
+  await client.connect(transport);
+  return client;
+}
+
+/** The MCP Python SDK client (tests/e2e/python_client.py) as `user`: what it surfaced. */
+async function pythonClientAs(user) {
+  const out = await new Promise((resolveRun, reject) => {
+    execFile('python3', [join(HERE, 'python_client.py'), `${proxy}/users-mcp/mcp`, user], {
+      env: { ...process.env, PYTHONPATH: resolve(HERE, '../../target/pymcp') },
+      timeout: 30000,
+    }, (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolveRun(stdout)));
+  });
+  return JSON.parse(out.trim().split('\n').pop());
+}
+
+test('URL elicitation: MCP SDK clients (TypeScript, Python) show "connect your account" for a user who has not connected, and work once they have', { timeout: 90000 }, async () => {
+  const user = 'carol@example.com';
+  // The TypeScript SDK surfaces bearerd's answer as its URL-elicitation error.
+  let surfaced;
+  try {
+    await tsClientAs(user);
+  } catch (err) {
+    surfaced = err;
+  }
+  assert.ok(surfaced instanceof UrlElicitationRequiredError, `surfaced: ${surfaced}`);
+  const [elicitation] = surfaced.elicitations;
+  assert.equal(elicitation.mode, 'url');
+  assert.ok(elicitation.elicitationId, 'an elicitation id');
+  const url = new URL(elicitation.url);
+  assert.ok(elicitation.url.startsWith(oidc.info.issuer), elicitation.url);
+  assert.ok(url.searchParams.get('state') && url.searchParams.get('code_challenge'), elicitation.url);
+  // So does the Python SDK, for another user.
+  const py = await pythonClientAs('dave@example.com');
+  assert.equal(py.code, -32042, JSON.stringify(py));
+  const [pyElicitation] = py.data.elicitations;
+  assert.equal(pyElicitation.mode, 'url');
+  assert.ok(new URL(pyElicitation.url).searchParams.get('state'), JSON.stringify(py));
+  // The user opens the URL and logs in; the app relays the provider's redirect to bearerd.
+  const app = createServer(async (req, res) => {
+    const query = new URL(req.url, appCallback).search;
+    const r = await fetch(`${admin}/connect/callback${query}&subject=${encodeURIComponent(user)}`);
+    res.writeHead(r.status, { 'content-type': 'application/json' });
+    res.end(await r.text());
+  });
+  await new Promise((ok) => app.listen(Number(new URL(appCallback).port), '127.0.0.1', ok));
+  try {
+    const r = await authorize(elicitation.url, { username: user });
+    assert.equal(r.status, 200, `the relayed callback: ${r.body}`);
+    assert.equal(JSON.parse(r.body).connected, true);
+  } finally {
+    app.close();
+  }
+  // The MCP client calls again, and gets through as that user.
+  const client = await tsClientAs(user);
+  try {
+    const { tools } = await client.listTools();
+    assert.ok(tools.some((t) => t.name === 'echo'));
+    const echoed = await client.callTool({ name: 'echo', arguments: { text: 'connected' } });
+    assert.equal(echoed.content[0].text, 'connected');
+  } finally {
+    await client.close();
+  }
+  const out = await getJson(`${admin}/credentials/users/subjects/${encodeURIComponent(user)}/logout`, { method: 'POST' });
+  assert.equal(out.status, 200);
 });
 
 /** Requests through the `agent` upstream until bearerd rotated `n` times; all must succeed. */

@@ -500,6 +500,7 @@ fn lower_upstream(
         route,
         credential,
         tools,
+        mcp: ru.mcp.unwrap_or(false),
         ca_file: ru.ca_file.clone(),
         connect_timeout: bounded_duration(
             map,

@@ -82,6 +82,80 @@ pub enum ConnectRefused {
     StoreUnavailable,
 }
 
+/// Why a connect flow could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectStartError {
+    #[error("credential {0:?} has no redirect_uri: connect flows need one")]
+    NoRedirectUri(String),
+    /// The authorization server's endpoints could not be found.
+    #[error("{0}")]
+    Discovery(String),
+    #[error("no authorization endpoint: set authorization_url or issuer")]
+    NoAuthorizationEndpoint,
+    #[error("{0}")]
+    Request(String),
+    #[error(transparent)]
+    Refused(#[from] ConnectRefused),
+}
+
+impl ConnectStartError {
+    /// The admin API's status for it.
+    pub fn status(&self) -> u16 {
+        match self {
+            ConnectStartError::NoRedirectUri(_) | ConnectStartError::NoAuthorizationEndpoint => 409,
+            ConnectStartError::Discovery(_) => 502,
+            ConnectStartError::Request(_) => 500,
+            ConnectStartError::Refused(_) => 503,
+        }
+    }
+}
+
+/// Starts a connect flow for `subject`: the authorization URL to send the user to (code +
+/// PKCE, the credential's client and login scopes), with its `state` kept here (and in a
+/// shared store). Used by `POST …/subjects/{s}/connect` and by MCP URL elicitations.
+pub async fn start(
+    states: &ConnectStates,
+    registry: &super::SubjectRegistry,
+    subject: &SubjectKey,
+) -> Result<crate::api::ConnectStarted, ConnectStartError> {
+    let Some(redirect_uri) = registry.config.redirect_uri() else {
+        return Err(ConnectStartError::NoRedirectUri(
+            registry.credential.to_string(),
+        ));
+    };
+    let endpoints = registry
+        .endpoint()
+        .endpoints()
+        .await
+        .map_err(|e| ConnectStartError::Discovery(e.message))?;
+    let authorize = endpoints
+        .authorization
+        .clone()
+        .ok_or(ConnectStartError::NoAuthorizationEndpoint)?;
+    let request = crate::oauth::login::authorization_request(
+        registry.endpoint(),
+        authorize,
+        &endpoints,
+        redirect_uri.as_str(),
+    )
+    .map_err(|e| ConnectStartError::Request(e.to_string()))?;
+    states
+        .begin(
+            &registry.credential,
+            subject,
+            redirect_uri.as_str(),
+            request.state,
+            request.verifier,
+            registry.config.connect_lifetime,
+        )
+        .await?;
+    tracing::info!(credential = &*registry.credential, "connect flow started");
+    Ok(crate::api::ConnectStarted {
+        authorize_url: request.url.to_string(),
+        expires_in_s: registry.config.connect_lifetime.as_secs(),
+    })
+}
+
 #[derive(Default)]
 pub struct ConnectStates {
     pending: DashMap<String, PendingConnect>,
