@@ -359,6 +359,12 @@ fn registration_keys_are_checked_with_their_line() {
         4,
         &["client_metadata_url", "needs registration = \"auto\""],
     );
+    // A person consents to more scopes at a login: step_up_scopes is for machine grants.
+    assert_error(
+        &with("step_up_scopes = [\"mcp:write\"]"),
+        5,
+        &["credentials.mcp.step_up_scopes", "machine grants"],
+    );
     // Only a grant a person logs in to registers.
     assert_error(
         &REGISTERING.replace(

@@ -56,6 +56,21 @@ async fn hand_over(h: &Harness, subject: &str, rt: &str) -> reqwest::Response {
         .unwrap()
 }
 
+async fn post_as(
+    h: &Harness,
+    subject: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> reqwest::Response {
+    h.client
+        .post(h.url(path))
+        .header(HEADER, subject)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn get_as(h: &Harness, subject: &str, path: &str) -> reqwest::Response {
     h.client
         .get(h.url(path))
@@ -1951,14 +1966,7 @@ async fn an_mcp_client_is_asked_to_connect_its_user_with_a_url_elicitation() {
     };
     let h = Harness::start_raw(tokens, upstream, opts, String::new()).await;
     let call = json!({"jsonrpc": "2.0", "id": 41, "method": "tools/call", "params": {"name": "x"}});
-    let r = h
-        .client
-        .post(h.url("/api/mcp"))
-        .header(HEADER, "alice")
-        .json(&call)
-        .send()
-        .await
-        .unwrap();
+    let r = post_as(&h, "alice", "/api/mcp", &call).await;
     assert_eq!(r.status(), 200);
     let answer: serde_json::Value = r.json().await.unwrap();
     assert_eq!(answer["jsonrpc"], "2.0");
@@ -1989,27 +1997,13 @@ async fn an_mcp_client_is_asked_to_connect_its_user_with_a_url_elicitation() {
         .admin_get(&format!("/connect/callback?{query}&subject=alice"))
         .await;
     assert_eq!(done.status(), 200, "{}", done.text().await.unwrap());
-    let r = h
-        .client
-        .post(h.url("/api/mcp"))
-        .header(HEADER, "alice")
-        .json(&call)
-        .send()
-        .await
-        .unwrap();
+    let r = post_as(&h, "alice", "/api/mcp", &call).await;
     assert_eq!(r.status(), 200);
     assert_eq!(token_subject(r).await.as_deref(), Some("alice"));
 
     // A tool that needs more scopes: the client asks the user to consent, the same way.
     *h.upstream.state.required_scope.lock().unwrap() = Some("demo.write".into());
-    let r = h
-        .client
-        .post(h.url("/api/mcp"))
-        .header(HEADER, "alice")
-        .json(&call)
-        .send()
-        .await
-        .unwrap();
+    let r = post_as(&h, "alice", "/api/mcp", &call).await;
     assert_eq!(r.status(), 200);
     let answer: serde_json::Value = r.json().await.unwrap();
     assert_eq!(answer["error"]["code"], -32042, "{answer}");

@@ -412,6 +412,21 @@ for (const scenario of ['auth/pre-registration']) {
   });
 }
 
+/**
+ * The multi-user app's redirect URI: it relays the provider's redirect to bearerd for the
+ * user signed in at that browser (`signedIn()`). Close it when done.
+ */
+async function appRelay(signedIn) {
+  const app = createServer(async (req, res) => {
+    const query = new URL(req.url, appCallback).search;
+    const r = await fetch(`${admin}/connect/callback${query}&subject=${encodeURIComponent(signedIn())}`);
+    res.writeHead(r.status, { 'content-type': 'application/json' });
+    res.end(await r.text());
+  });
+  await new Promise((ok) => app.listen(Number(new URL(appCallback).port), '127.0.0.1', ok));
+  return app;
+}
+
 test('per-subject: two users connect through bearerd, and each request carries its own user\'s token', async () => {
   const users = ['alice@example.com', 'bob@example.com'];
   // Not connected yet: the app is told to start the connect flow.
@@ -422,13 +437,7 @@ test('per-subject: two users connect through bearerd, and each request carries i
   // The app: its redirect URI relays the provider's redirect to bearerd, for the user it
   // knows is signed in at that browser.
   let signedIn;
-  const app = createServer(async (req, res) => {
-    const query = new URL(req.url, appCallback).search;
-    const r = await fetch(`${admin}/connect/callback${query}&subject=${encodeURIComponent(signedIn)}`);
-    res.writeHead(r.status, { 'content-type': 'application/json' });
-    res.end(await r.text());
-  });
-  await new Promise((ok) => app.listen(Number(new URL(appCallback).port), '127.0.0.1', ok));
+  const app = await appRelay(() => signedIn);
   try {
     for (const user of users) {
       signedIn = user;
@@ -525,13 +534,7 @@ test('URL elicitation: MCP SDK clients (TypeScript, Python) show "connect your a
   assert.equal(pyElicitation.mode, 'url');
   assert.ok(new URL(pyElicitation.url).searchParams.get('state'), JSON.stringify(py));
   // The user opens the URL and logs in; the app relays the provider's redirect to bearerd.
-  const app = createServer(async (req, res) => {
-    const query = new URL(req.url, appCallback).search;
-    const r = await fetch(`${admin}/connect/callback${query}&subject=${encodeURIComponent(user)}`);
-    res.writeHead(r.status, { 'content-type': 'application/json' });
-    res.end(await r.text());
-  });
-  await new Promise((ok) => app.listen(Number(new URL(appCallback).port), '127.0.0.1', ok));
+  const app = await appRelay(() => user);
   try {
     const r = await authorize(elicitation.url, { username: user });
     assert.equal(r.status, 200, `the relayed callback: ${r.body}`);
