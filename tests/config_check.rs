@@ -19,6 +19,7 @@ fn bearerd() -> Command {
         "GITHUB_TOKEN",
         "GITHUB_CLIENT_SECRET",
         "TOOLS_CLIENT_SECRET",
+        "CI_CLIENT_SECRET",
         "BEARERD_ADMIN_TOKEN",
     ] {
         c.env(var, "example-value");
