@@ -1983,6 +1983,24 @@ async fn an_mcp_client_is_asked_to_connect_its_user_with_a_url_elicitation() {
         "{url}"
     );
     assert_eq!(h.upstream.state.requests(), 0, "nothing forwarded");
+    // Calling again before connecting: the same flow, not a new one each time.
+    let again: serde_json::Value = post_as(&h, "alice", "/api/mcp", &call)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["error"]["data"]["elicitations"][0]["url"], url);
+    // A client of a revision before URL elicitations gets the problem+json.
+    let old = h
+        .client
+        .post(h.url("/api/mcp"))
+        .header(HEADER, "alice")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&call)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old.status(), 403);
 
     // The user follows it; the provider's redirect comes back (relayed by the app).
     h.tokens.state.set_authorizing_user(Some("alice"));

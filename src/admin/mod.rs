@@ -266,31 +266,20 @@ impl AdminApp {
                 expires_in,
                 scope,
                 ..
-            } => crate::oauth::IssuedToken {
-                access_token: match usable_access_token(access_token) {
-                    Some(t) => t,
-                    None => {
-                        return error_response(
-                            400,
-                            "access_token must be a token: printable characters, no spaces",
-                        )
-                    }
-                },
-                // As a token response's: at least a second, at most a year, so instant
-                // arithmetic can never overflow on a silly value.
-                lifetime: match expires_in {
-                    Some(0) => return error_response(400, "expires_in must be at least 1"),
-                    other => other.map(|s| Duration::from_secs(s.min(MAX_LOGIN_LIFETIME_SECS))),
-                },
-                scopes: scope
-                    .map(|s| s.split_whitespace().map(str::to_string).collect())
-                    .unwrap_or_default(),
-                refresh_token: None,
-                lifetime_cap: None,
+            } => match handed_over_token(access_token, expires_in, scope) {
+                Ok(token) => token,
+                Err(why) => return error_response(400, why),
             },
             api::LoginRequest {
                 code: Some(grant), ..
-            } => match cred.redeem_code(grant).await {
+            } => match cred
+                .redeem_code(crate::oauth::login::CodeGrant {
+                    code: grant.code,
+                    code_verifier: grant.code_verifier,
+                    redirect_uri: grant.redirect_uri,
+                })
+                .await
+            {
                 Ok(issued) => issued,
                 Err(e) => {
                     return error_response(
@@ -360,6 +349,32 @@ impl AdminApp {
             Err(e) => error_response(502, e.to_string()),
         }
     }
+}
+
+/// A login's access token, checked, as a token response's would be; why not (a 400).
+fn handed_over_token(
+    access_token: secrecy::SecretString,
+    expires_in: Option<u64>,
+    scope: Option<String>,
+) -> Result<crate::oauth::IssuedToken, &'static str> {
+    let Some(access_token) = usable_access_token(access_token) else {
+        return Err("access_token must be a token: printable characters, no spaces");
+    };
+    Ok(crate::oauth::IssuedToken {
+        access_token,
+        // As a token response's: at least a second, at most a year, so instant arithmetic
+        // can never overflow on a silly value.
+        lifetime: match expires_in {
+            Some(0) => return Err("expires_in must be at least 1"),
+            other => other.map(|s| Duration::from_secs(s.min(MAX_LOGIN_LIFETIME_SECS))),
+        },
+        scopes: scope
+            .map(|s| s.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default(),
+        refresh_token: None,
+        lifetime_cap: None,
+        issued_token_type: None,
+    })
 }
 
 /// The longest lifetime a login's access token is taken for (a year, as a token response's).

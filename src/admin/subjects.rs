@@ -215,7 +215,13 @@ impl AdminApp {
     /// Starts a connect flow: the authorization URL the app sends the user to.
     async fn connect(&self, registry: &SubjectRegistry, subject: &SubjectKey) -> Response<Vec<u8>> {
         match crate::token::subject::connect::start(&self.connects, registry, subject).await {
-            Ok(started) => json_response(200, &started),
+            Ok(started) => json_response(
+                200,
+                &api::ConnectStarted {
+                    authorize_url: started.authorize_url,
+                    expires_in_s: started.lifetime.as_secs(),
+                },
+            ),
             Err(e) => error_response(e.status(), e.to_string()),
         }
     }

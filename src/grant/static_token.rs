@@ -98,6 +98,7 @@ impl StaticToken {
             scopes: Vec::new(),
             refresh_token: None,
             lifetime_cap: None,
+            issued_token_type: None,
         }))
     }
 }

@@ -308,16 +308,20 @@ pub fn resource_metadata_param(header: &str) -> Option<String> {
 /// A parameter of a `WWW-Authenticate` header (RFC 9110 §11.2: `name=token` or
 /// `name="quoted"`, names case-insensitive, spaces around `=`), never found inside another
 /// parameter's quoted value.
+/// Only the `Bearer` challenge's: a header may carry others (`DPoP`, `Basic`), whose
+/// parameters say nothing of a bearer token.
 pub fn challenge_param(header: &str, name: &str) -> Option<String> {
     challenge_params(header)
         .into_iter()
-        .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v)
+        .find(|(scheme, n, _)| {
+            scheme.eq_ignore_ascii_case("bearer") && n.eq_ignore_ascii_case(name)
+        })
+        .map(|(_, _, v)| v)
 }
 
-/// Every `name=value` of a `WWW-Authenticate` header, in order (schemes and token68s are
-/// skipped).
-fn challenge_params(header: &str) -> Vec<(String, String)> {
+/// Every `name=value` of a `WWW-Authenticate` header with the scheme of its challenge, in
+/// order (token68s are skipped).
+fn challenge_params(header: &str) -> Vec<(String, String, String)> {
     let c: Vec<char> = header.chars().collect();
     let skip_spaces = |mut i: usize| {
         while i < c.len() && c[i].is_whitespace() {
@@ -326,6 +330,7 @@ fn challenge_params(header: &str) -> Vec<(String, String)> {
         i
     };
     let mut out = Vec::new();
+    let mut scheme = String::new();
     let mut i = 0;
     while i < c.len() {
         while i < c.len() && (c[i] == ',' || c[i].is_whitespace()) {
@@ -338,7 +343,10 @@ fn challenge_params(header: &str) -> Vec<(String, String)> {
         let name: String = c[start..i].iter().collect();
         let mut j = skip_spaces(i);
         if name.is_empty() || j >= c.len() || c[j] != '=' {
-            // A scheme (or a stray character): go on after it.
+            // A scheme starts a challenge (or a stray character): go on after it.
+            if !name.is_empty() {
+                scheme = name;
+            }
             i = if i == start { i + 1 } else { i };
             continue;
         }
@@ -360,7 +368,7 @@ fn challenge_params(header: &str) -> Vec<(String, String)> {
                 j += 1;
             }
         }
-        out.push((name, value));
+        out.push((scheme.clone(), name, value));
         i = j;
     }
     out
@@ -638,6 +646,10 @@ mod tests {
             Some(r#"a "b""#)
         );
         assert_eq!(challenge_param("Bearer", "scope"), None);
+        // Another scheme's parameters are not the bearer challenge's.
+        let two = r#"DPoP error="use_dpop_nonce", scope="x", Bearer scope="y""#;
+        assert_eq!(challenge_param(two, "scope").as_deref(), Some("y"));
+        assert_eq!(challenge_param(two, "error"), None);
         assert_eq!(challenge_param("==,,=", "scope"), None);
         assert_eq!(
             challenge_param("Bearer scope=\"unterminated", "scope").as_deref(),

@@ -45,6 +45,8 @@ pub struct IssuedToken {
     /// The token must be replaced within this long whatever its own lifetime says (a token
     /// exchanged for a subject token is renewed before the subject token expires).
     pub lifetime_cap: Option<Duration>,
+    /// RFC 8693 `issued_token_type`, when a token exchange said.
+    pub issued_token_type: Option<String>,
 }
 
 impl IssuedToken {

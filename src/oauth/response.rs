@@ -17,6 +17,8 @@ struct TokenResponse {
     expires_in: Option<serde_json::Value>,
     refresh_token: Option<String>,
     scope: Option<String>,
+    /// RFC 8693 §2.2.1: what a token exchange issued.
+    issued_token_type: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -139,6 +141,7 @@ pub fn parse_success(body: &[u8]) -> Result<IssuedToken, GrantError> {
         scopes,
         refresh_token: rotated,
         lifetime_cap: None,
+        issued_token_type: r.issued_token_type,
     })
 }
 

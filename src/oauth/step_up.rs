@@ -1,36 +1,41 @@
 //! Step-up on 403 `insufficient_scope` (RFC 6750 §3.1, the MCP authorization spec): the
 //! scopes an upstream asked for beyond what a credential's token has.
-//! - A machine grant may add those of its `step_up_scopes`: they are asked for (pending)
-//!   by one refresh, and kept only once a token with them was issued; a set the server
-//!   refused is not asked for again.
+//! - A machine grant may add those of its `step_up_scopes`. A challenge leaves them
+//!   pending; the next step-up attempt of the refresher asks for them ([`StepUp::arm`]) and
+//!   reports how it went ([`StepUp::finish`]): issued, they stay in every request; refused
+//!   (`invalid_scope`), that set is not asked for again. No other attempt carries them.
 //! - A user grant's are the person's to consent to: they are recorded for the next login
 //!   (or connect), never sent in a refresh.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
-
-use arc_swap::ArcSwap;
+use std::sync::Mutex;
 
 use crate::config::StepUpRule;
 
-/// The scopes step-ups added to a credential's requests, and the sets that failed.
+/// The step-up state of one credential, under one lock so no update is lost.
 pub struct StepUp {
     rule: StepUpRule,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
     /// Machine grants: scopes a token was issued with after a step-up.
-    added: ArcSwap<Vec<String>>,
-    /// Machine grants: scopes the step-up refresh under way asks for.
-    pending: ArcSwap<Vec<String>>,
+    added: Vec<String>,
+    /// Machine grants: scopes challenges asked for, for the next step-up attempt.
+    pending: Vec<String>,
+    /// Machine grants: what the step-up attempt under way asks for.
+    in_request: Vec<String>,
     /// User grants: what the next login asks for besides the configured scopes.
-    needed: ArcSwap<Vec<String>>,
-    /// Sets of added scopes the authorization server would not issue: not asked for again.
-    refused: Mutex<BTreeSet<Vec<String>>>,
+    needed: Vec<String>,
+    /// Sets of scopes the authorization server refused (`invalid_scope`).
+    refused: BTreeSet<Vec<String>>,
 }
 
 /// What to do about one challenge.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StepUpPlan {
-    /// Refresh for these scopes too (a machine grant); they are pending until
-    /// [`StepUp::commit`] or [`StepUp::abandon`].
+    /// Refresh with a step-up attempt (a machine grant): the scopes wait for it.
     Refresh { wanted: Vec<String> },
     /// A person must consent to more: the next login asks for these (a user grant).
     Login { scopes: Vec<String> },
@@ -41,101 +46,117 @@ pub enum StepUpPlan {
     AlreadyTried,
 }
 
+/// How a step-up attempt's token request went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepUpResult {
+    Issued,
+    /// `invalid_scope`: the server will not give this client these scopes.
+    Refused,
+    /// Anything else (unreachable, 5xx): they stay pending for another try.
+    Failed,
+}
+
 impl StepUp {
     pub fn new(rule: StepUpRule) -> StepUp {
-        let empty = || ArcSwap::from_pointee(Vec::new());
         StepUp {
             rule,
-            added: empty(),
-            pending: empty(),
-            needed: empty(),
-            refused: Mutex::new(BTreeSet::new()),
+            state: Mutex::new(State::default()),
         }
     }
 
-    /// The scopes token requests carry besides the configured ones (machine grants).
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether step-ups are a machine grant's (bearerd asks) rather than a person's.
+    pub fn is_machine(&self) -> bool {
+        matches!(self.rule, StepUpRule::Machine { .. })
+    }
+
+    /// The scopes token requests carry besides the configured ones: those a step-up got,
+    /// and those the step-up attempt under way asks for.
     pub fn request_scopes(&self) -> Vec<String> {
-        union(&self.added.load(), &self.pending.load())
+        let s = self.state();
+        union(&s.added, &s.in_request)
     }
 
     /// What a login asks for besides the configured scopes (user grants), and what
     /// `/status` shows as `step_up_scopes` (machine grants: what was added).
     pub fn recorded(&self) -> Vec<String> {
+        let s = self.state();
         match self.rule {
-            StepUpRule::User => self.needed.load().as_ref().clone(),
-            StepUpRule::Machine { .. } => self.added.load().as_ref().clone(),
+            StepUpRule::User => s.needed.clone(),
+            StepUpRule::Machine { .. } => s.added.clone(),
         }
     }
 
     /// Asks the next login for these scopes too (`bearerd login`, from the sidecar's record).
     pub fn require_at_login(&self, scopes: &[String]) {
-        self.needed
-            .store(Arc::new(union(&self.needed.load(), scopes)));
+        let mut s = self.state();
+        s.needed = union(&s.needed, scopes);
     }
 
     /// The plan for a challenge naming `challenged`, for a token that has `current`
     /// (empty: the server did not say).
     pub fn plan(&self, current: &[String], challenged: &[String]) -> StepUpPlan {
         let covered = |have: &[String]| challenged.iter().all(|s| have.contains(s));
+        let mut s = self.state();
         match &self.rule {
             StepUpRule::User => {
                 if challenged.is_empty() || (!current.is_empty() && covered(current)) {
                     // The user consented to all of it: the 403 is for another reason.
                     return StepUpPlan::AlreadyTried;
                 }
-                self.require_at_login(challenged);
+                s.needed = union(&s.needed, challenged);
                 StepUpPlan::Login {
-                    scopes: union(current, &self.needed.load()),
+                    scopes: union(current, &s.needed),
                 }
             }
             StepUpRule::Machine { allowed } => {
-                if !challenged.iter().any(|s| allowed.contains(s)) {
-                    return StepUpPlan::NotAllowed;
-                }
-                let have = union(current, &self.added.load());
-                let wanted: Vec<String> = challenged
+                let permitted: Vec<String> = challenged
                     .iter()
-                    .filter(|s| allowed.contains(s) && !have.contains(s))
+                    .filter(|c| allowed.contains(c))
                     .cloned()
                     .collect();
-                let wanted = union(&wanted, &[]);
-                let refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
-                if wanted.is_empty() || refused.contains(&wanted) {
+                if permitted.is_empty() {
+                    return StepUpPlan::NotAllowed;
+                }
+                let have = union(current, &s.added);
+                let wanted = union(
+                    &permitted
+                        .into_iter()
+                        .filter(|c| !have.contains(c))
+                        .collect::<Vec<_>>(),
+                    &[],
+                );
+                if wanted.is_empty() || s.refused.contains(&wanted) {
                     return StepUpPlan::AlreadyTried;
                 }
-                drop(refused);
-                self.pending
-                    .store(Arc::new(union(&self.pending.load(), &wanted)));
+                // Already asked for (pending, or the attempt under way): join it.
+                s.pending = union(&s.pending, &wanted);
                 StepUpPlan::Refresh { wanted }
             }
         }
     }
 
-    /// A token with `wanted` was issued: they stay in every request from now on.
-    pub fn commit(&self, wanted: &[String]) {
-        self.added
-            .store(Arc::new(union(&self.added.load(), wanted)));
-        self.drop_pending(wanted);
+    /// A step-up attempt begins: the pending scopes are what it asks for.
+    pub fn arm(&self) -> Vec<String> {
+        let mut s = self.state();
+        s.in_request = std::mem::take(&mut s.pending);
+        s.in_request.clone()
     }
 
-    /// No token with `wanted` came: they are not asked for again.
-    pub fn abandon(&self, wanted: &[String]) {
-        self.refused
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(union(wanted, &[]));
-        self.drop_pending(wanted);
-    }
-
-    fn drop_pending(&self, wanted: &[String]) {
-        let left: Vec<String> = self
-            .pending
-            .load()
-            .iter()
-            .filter(|s| !wanted.contains(s))
-            .cloned()
-            .collect();
-        self.pending.store(Arc::new(left));
+    /// The step-up attempt that asked for `asked` ended.
+    pub fn finish(&self, asked: &[String], result: StepUpResult) {
+        let mut s = self.state();
+        s.in_request.clear();
+        match result {
+            StepUpResult::Issued => s.added = union(&s.added, asked),
+            StepUpResult::Refused => {
+                s.refused.insert(union(asked, &[]));
+            }
+            StepUpResult::Failed => s.pending = union(&s.pending, asked),
+        }
     }
 }
 
@@ -157,11 +178,15 @@ mod tests {
         s.iter().map(|x| x.to_string()).collect()
     }
 
-    #[test]
-    fn a_machine_grant_keeps_added_scopes_only_once_a_token_has_them() {
-        let s = StepUp::new(StepUpRule::Machine {
+    fn machine() -> StepUp {
+        StepUp::new(StepUpRule::Machine {
             allowed: v(&["mcp:write"]),
-        });
+        })
+    }
+
+    #[test]
+    fn only_the_step_up_attempt_asks_for_the_scopes() {
+        let s = machine();
         assert_eq!(
             s.plan(&v(&["mcp:read"]), &v(&["mcp:admin"])),
             StepUpPlan::NotAllowed
@@ -173,27 +198,33 @@ mod tests {
                 wanted: wanted.clone()
             }
         );
-        assert_eq!(s.request_scopes(), wanted, "pending during the refresh");
-        s.abandon(&wanted);
         assert!(
             s.request_scopes().is_empty(),
-            "refused: not asked for again"
+            "pending: no request carries them yet"
         );
+        let asked = s.arm();
+        assert_eq!(asked, wanted);
+        assert_eq!(s.request_scopes(), wanted, "the step-up attempt's request");
+        s.finish(&asked, StepUpResult::Refused);
+        assert!(s.request_scopes().is_empty());
         assert_eq!(
             s.plan(&v(&["mcp:read"]), &v(&["mcp:write"])),
-            StepUpPlan::AlreadyTried
+            StepUpPlan::AlreadyTried,
+            "a refused set is not asked for again"
         );
     }
 
     #[test]
-    fn a_committed_step_up_is_not_repeated_for_a_token_that_has_it() {
-        let s = StepUp::new(StepUpRule::Machine {
-            allowed: v(&["mcp:write"]),
-        });
+    fn issued_scopes_stay_and_failed_ones_wait_for_another_try() {
+        let s = machine();
         let wanted = v(&["mcp:write"]);
         assert!(matches!(s.plan(&[], &wanted), StepUpPlan::Refresh { .. }));
-        s.commit(&wanted);
+        let asked = s.arm();
+        s.finish(&asked, StepUpResult::Failed);
+        assert_eq!(s.arm(), wanted, "pending again after a transient failure");
+        s.finish(&wanted, StepUpResult::Issued);
         assert_eq!(s.request_scopes(), wanted);
+        assert_eq!(s.recorded(), wanted);
         assert_eq!(s.plan(&[], &wanted), StepUpPlan::AlreadyTried);
     }
 
@@ -208,6 +239,7 @@ mod tests {
         );
         assert_eq!(s.recorded(), v(&["mcp:write"]));
         assert!(s.request_scopes().is_empty());
+        assert!(s.arm().is_empty());
         // Nothing named, or nothing the token lacks: a login would not help.
         assert_eq!(s.plan(&v(&["mcp:read"]), &[]), StepUpPlan::AlreadyTried);
         assert_eq!(

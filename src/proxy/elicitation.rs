@@ -16,6 +16,10 @@ use serde_json::{json, Value};
 /// elicitations in `data.elicitations`.
 pub const URL_ELICITATION_REQUIRED: i64 = -32042;
 
+/// The first MCP revision with URL elicitation; a request that names an older
+/// `MCP-Protocol-Version` is not answered with one.
+pub const FIRST_VERSION: &str = "2025-11-25";
+
 /// The most of a request body read to find its JSON-RPC `id`.
 const MAX_BODY: usize = 1 << 20;
 

@@ -417,8 +417,21 @@ impl BearerProxy {
         let Some(id) = id else {
             return false;
         };
-        let started = match crate::token::subject::connect::start(&self.connects, registry, subject)
-            .await
+        // A client older than the URL elicitation (MCP 2025-11-25) gets the problem+json.
+        let version = session
+            .req_header()
+            .headers
+            .get("mcp-protocol-version")
+            .and_then(|v| v.to_str().ok());
+        if version.is_some_and(|v| v < elicitation::FIRST_VERSION) {
+            return false;
+        }
+        let started = match crate::token::subject::connect::start_for_request(
+            &self.connects,
+            registry,
+            subject,
+        )
+        .await
         {
             Ok(started) => started,
             Err(e) => {

@@ -296,7 +296,7 @@ impl Credential {
     /// sidecar holds (a registered client's secret never leaves it).
     pub async fn redeem_code(
         &self,
-        grant: crate::api::CodeGrant,
+        code: crate::oauth::login::CodeGrant,
     ) -> Result<crate::oauth::IssuedToken, crate::oauth::GrantError> {
         let endpoint = self.grant.endpoint().ok_or_else(|| {
             crate::oauth::GrantError::permanent(
@@ -304,11 +304,16 @@ impl Credential {
                 format!("credential {} has no token endpoint", self.slot.name),
             )
         })?;
-        let code = crate::oauth::login::CodeGrant {
-            code: grant.code,
-            code_verifier: grant.code_verifier,
-            redirect_uri: grant.redirect_uri,
-        };
+        if !self.grant.forgets_refresh_token_on_failure() {
+            // Checked before the code is spent: only a login grant takes its tokens.
+            return Err(crate::oauth::GrantError::permanent(
+                crate::oauth::GrantErrorKind::LoginRequired,
+                format!(
+                    "credential {} does not use the refresh_token grant",
+                    self.slot.name
+                ),
+            ));
+        }
         endpoint.exchange(code.form()).await
     }
 
@@ -338,11 +343,13 @@ impl Credential {
         let issuer = registration::issuer_of(&endpoints).ok_or(RegisterError::NoIssuer)?;
         let redirect_uris = registration::loopback_redirect_uris(config.redirect_port);
         let held = endpoint.registration();
-        let forgotten = self
-            .slot
-            .status()
-            .last_error
-            .is_some_and(|e| e.kind == "invalid_client");
+        // Only the credential's state now: an old invalid_client since recovered from says
+        // nothing about the client held.
+        let status = self.slot.status();
+        let forgotten = status.state == crate::api::CredentialState::Failed
+            && status
+                .last_error
+                .is_some_and(|e| e.kind == "invalid_client");
         let why_new = match &held {
             None => None,
             Some(_) if forgotten => Some("the authorization server answered invalid_client"),

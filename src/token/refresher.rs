@@ -544,37 +544,22 @@ async fn attempt(cred: &Credential, trigger: Trigger) {
     // the attempt may have waited for the lease (or a store's settle) for seconds.
     let requested = Instant::now();
     let requested_wall = SystemTime::now();
-    let result = while_holding(cred, &lease, async {
-        let result = grant.obtain().await;
-        match &result {
-            Ok(GrantOutcome::Issued(t)) if grant.persists() => {
-                persist(cred, t, requested_wall, lifetime_of(t)).await
-            }
-            Err(e) if e.rotated_refresh_token.is_some() => {
-                // The provider rotated but its answer was unusable: keep the new refresh
-                // token.
-                let mut stored = cred
-                    .load_set()
-                    .await
-                    .map_or_else(StoredToken::empty, |s| s.token);
-                stored.refresh_token = e.rotated_refresh_token.clone();
-                stored.spent_seed = grant.spent_seed().await;
-                save(cred, &stored).await;
-            }
-            Err(e) if e.drops_refresh_token() && grant.forgets_refresh_token_on_failure() => {
-                // The provider dropped the grant: the stored refresh token goes too.
-                if let Some(set) = cred.load_set().await {
-                    let mut stored = set.token;
-                    stored.refresh_token = None;
-                    save(cred, &stored).await;
-                }
-            }
-            _ => {}
-        }
-        result
-    })
+    // A step-up attempt asks for the scopes challenges left pending; no other does.
+    let step_up = grant.endpoint().map(|e| e.step_up());
+    let asked = match (&step_up, trigger) {
+        (Some(s), Trigger::StepUp) => s.arm(),
+        _ => Vec::new(),
+    };
+    let result = while_holding(
+        cred,
+        &lease,
+        obtain_and_persist(cred, requested_wall, &lifetime_of),
+    )
     .await;
     release(cred, lease).await;
+    if let (Some(s), false) = (&step_up, asked.is_empty()) {
+        s.finish(&asked, step_up_result(&result));
+    }
     let elapsed = started.elapsed();
     let now = Instant::now();
     let failed = |kind: &GrantErrorKind, message: &str, permanent: bool, retry_after| {
@@ -612,7 +597,9 @@ async fn attempt(cred: &Credential, trigger: Trigger) {
         ),
         // A step-up's token request for more scopes failed: the credential stays as it
         // was (the scopes are dropped by the step-up), its token still serves the rest.
-        Err(e) if trigger == Trigger::StepUp && slot.is_ready() => keep_after_step_up(slot, &e),
+        Err(e) if !asked.is_empty() && refused_scope(&e) && slot.is_ready() => {
+            keep_after_step_up(slot, &e)
+        }
         Err(e) => failed(&e.kind, &e.message, e.permanent, e.retry_after),
     };
     if let Some(result) = outcome {
@@ -620,7 +607,62 @@ async fn attempt(cred: &Credential, trigger: Trigger) {
     }
 }
 
-/// Ends a step-up attempt that got no token: the current one stays, as does its schedule.
+/// One token request, and what it leaves in the store: the issued set, a rotated refresh
+/// token kept from an unusable answer, or a dropped grant's refresh token gone.
+async fn obtain_and_persist(
+    cred: &Credential,
+    requested_wall: SystemTime,
+    lifetime_of: &impl Fn(&IssuedToken) -> Option<Duration>,
+) -> Result<GrantOutcome, crate::oauth::GrantError> {
+    let grant = &cred.grant;
+    let result = grant.obtain().await;
+    match &result {
+        Ok(GrantOutcome::Issued(t)) if grant.persists() => {
+            persist(cred, t, requested_wall, lifetime_of(t)).await
+        }
+        Err(e) if e.rotated_refresh_token.is_some() => {
+            // The provider rotated but its answer was unusable: keep the new refresh
+            // token.
+            let mut stored = cred
+                .load_set()
+                .await
+                .map_or_else(StoredToken::empty, |s| s.token);
+            stored.refresh_token = e.rotated_refresh_token.clone();
+            stored.spent_seed = grant.spent_seed().await;
+            save(cred, &stored).await;
+        }
+        Err(e) if e.drops_refresh_token() && grant.forgets_refresh_token_on_failure() => {
+            // The provider dropped the grant: the stored refresh token goes too.
+            if let Some(set) = cred.load_set().await {
+                let mut stored = set.token;
+                stored.refresh_token = None;
+                save(cred, &stored).await;
+            }
+        }
+        _ => {}
+    }
+    result
+}
+
+/// How a step-up attempt's token request went, for the step-up's record.
+fn step_up_result(
+    result: &Result<GrantOutcome, crate::oauth::GrantError>,
+) -> crate::oauth::step_up::StepUpResult {
+    use crate::oauth::step_up::StepUpResult;
+    match result {
+        Ok(_) => StepUpResult::Issued,
+        Err(e) if refused_scope(e) => StepUpResult::Refused,
+        Err(_) => StepUpResult::Failed,
+    }
+}
+
+/// `invalid_scope`: the server will not give this client the scopes it asked for.
+fn refused_scope(e: &crate::oauth::GrantError) -> bool {
+    e.kind.is_oauth(crate::oauth::OAuthErrorCode::InvalidScope)
+}
+
+/// Ends a step-up attempt whose scopes the server refused: the current token stays, as do
+/// the credential's schedule and health (the refusal was the step-up's, not the grant's).
 fn keep_after_step_up(
     slot: &CredentialSlot,
     e: &crate::oauth::GrantError,
@@ -628,15 +670,10 @@ fn keep_after_step_up(
     tracing::warn!(
         credential = &*slot.name,
         error = %e.message,
-        kind = %e.kind,
-        "the token request for more scopes (step-up) failed; the current token stays"
+        "the authorization server refused the scopes a step-up asked for; the current token stays"
     );
-    slot.finish_unchanged(slot.next_refresh_at());
-    Some(if e.permanent {
-        RefreshResult::PermanentError
-    } else {
-        RefreshResult::TransientError
-    })
+    slot.end_attempt_as_it_was();
+    Some(RefreshResult::PermanentError)
 }
 
 /// Publishes a token the provider just issued (and the caller persisted), with its refresh
@@ -756,14 +793,15 @@ pub async fn login_access_token(
     }
     let _op = cred.op.lock().await;
     let started = (Instant::now(), SystemTime::now());
-    cred.grant
-        .take_stored_refresh_token(token.refresh_token.clone())
-        .await;
     // An operator's decision, as a login's refresh token is: it replaces whatever set the
-    // store holds (still by compare-and-set, so no write is torn).
+    // store holds (still by compare-and-set, so no write is torn). Saved before the grant
+    // takes its refresh token: one that could not be saved is never used.
     let lifetime = Some(token.effective_lifetime(cred.slot.policy.default_lifetime));
     cred.save_over(&record_of(cred, &token, started.1, lifetime).await)
         .await?;
+    cred.grant
+        .take_stored_refresh_token(token.refresh_token.clone())
+        .await;
     Ok(publish_taken(cred, token, started))
 }
 

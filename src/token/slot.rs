@@ -273,18 +273,15 @@ impl CredentialSlot {
                 StepUpOutcome::RequiresReauth,
             ),
             StepUpPlan::Refresh { wanted } => {
+                // The refresher's step-up attempt asks for them, and keeps them or not.
                 let fresh = self
                     .refresh_past(rejected.generation, Trigger::StepUp, Some(&wanted))
                     .await;
                 match fresh {
                     ReplayDecision::Replay(t) => {
-                        step_up.commit(&wanted);
                         (StepUpDecision::Replay(t), StepUpOutcome::SteppedUp)
                     }
-                    _ => {
-                        step_up.abandon(&wanted);
-                        (StepUpDecision::PassThrough, StepUpOutcome::Failed)
-                    }
+                    _ => (StepUpDecision::PassThrough, StepUpOutcome::Failed),
                 }
             }
         };
@@ -659,6 +656,16 @@ impl CredentialSlot {
 
     /// Ends an attempt that found the token's source unchanged (a watched static file): the
     /// token in use stands, and any failure is over.
+    /// Ends an attempt that changed nothing and says nothing of the credential's health (a
+    /// step-up the server refused): its failures and schedule stay as they were.
+    pub(super) fn end_attempt_as_it_was(&self) {
+        let mut c = self.control();
+        c.in_flight = false;
+        c.attempts_completed += 1;
+        drop(c);
+        self.bump();
+    }
+
     pub(super) fn finish_unchanged(&self, next_refresh_at: Option<Instant>) {
         self.control().end_in_success(next_refresh_at);
         self.bump();

@@ -39,6 +39,16 @@ pub(crate) fn lower_credential<G: GrantTables>(
         policy,
         subjects,
     } = table.lower(map, name)?;
+    let steps_up = grant.request().is_some_and(|r| {
+        matches!(&r.step_up, crate::config::StepUpRule::Machine { allowed } if !allowed.is_empty())
+    });
+    if steps_up && subjects.is_some() {
+        // The subjects share one token endpoint: one user's step-up would be every user's.
+        return Err(map.error_at(
+            &format!("credentials.{name}.step_up_scopes"),
+            "step_up_scopes is for a credential with one token; a per-subject credential's scopes are its users'",
+        ));
+    }
     Ok(CredentialConfig {
         name: name.to_string(),
         grant,

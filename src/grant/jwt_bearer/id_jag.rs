@@ -161,6 +161,20 @@ impl AssertionSource for IdJag {
             e.message = format!("the enterprise IdP's ID-JAG exchange: {}", e.message);
             e
         })?;
+        // Only an ID-JAG goes on to the other authorization server: an IdP that issued
+        // something else (the user's own access token) is not taken at its word.
+        if issued.issued_token_type.as_deref() != Some(ID_JAG) {
+            return Err(GrantError::permanent(
+                crate::oauth::GrantErrorKind::MalformedResponse,
+                format!(
+                    "the enterprise IdP issued {:?}, not an ID-JAG ({ID_JAG}): nothing was sent on",
+                    issued
+                        .issued_token_type
+                        .as_deref()
+                        .unwrap_or("no issued_token_type")
+                ),
+            ));
+        }
         Ok(Assertion {
             jwt: issued.access_token,
             scopes_inside: false,

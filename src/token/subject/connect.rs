@@ -117,7 +117,7 @@ pub async fn start(
     states: &ConnectStates,
     registry: &super::SubjectRegistry,
     subject: &SubjectKey,
-) -> Result<crate::api::ConnectStarted, ConnectStartError> {
+) -> Result<ConnectStart, ConnectStartError> {
     let Some(redirect_uri) = registry.config.redirect_uri() else {
         return Err(ConnectStartError::NoRedirectUri(
             registry.credential.to_string(),
@@ -139,6 +139,7 @@ pub async fn start(
         redirect_uri.as_str(),
     )
     .map_err(|e| ConnectStartError::Request(e.to_string()))?;
+    let state = request.state.expose_secret().to_string();
     states
         .begin(
             &registry.credential,
@@ -150,14 +151,76 @@ pub async fn start(
         )
         .await?;
     tracing::info!(credential = &*registry.credential, "connect flow started");
-    Ok(crate::api::ConnectStarted {
+    let started = ConnectStart {
         authorize_url: request.url.to_string(),
-        expires_in_s: registry.config.connect_lifetime.as_secs(),
-    })
+        lifetime: registry.config.connect_lifetime,
+    };
+    let key = (
+        registry.credential.to_string(),
+        subject.as_str().to_string(),
+    );
+    if states.latest.len() >= MAX_PENDING {
+        states.latest.clear();
+    }
+    states.latest.insert(
+        key,
+        (
+            state,
+            started.authorize_url.clone(),
+            Instant::now() + started.lifetime,
+        ),
+    );
+    Ok(started)
+}
+
+/// Flows started by requests (MCP URL elicitations) at most this many a second: whoever
+/// can send requests cannot fill the flows waiting for a callback, which every user's
+/// connect needs.
+const REQUEST_FLOWS_PER_SECOND: u32 = 20;
+
+/// A connect flow for a request that found `subject` not connected: the subject's flow
+/// still waiting for its callback when there is one (a client that calls again gets the same
+/// URL), else a new one within the requests' budget.
+pub async fn start_for_request(
+    states: &ConnectStates,
+    registry: &super::SubjectRegistry,
+    subject: &SubjectKey,
+) -> Result<ConnectStart, ConnectStartError> {
+    let key = (
+        registry.credential.to_string(),
+        subject.as_str().to_string(),
+    );
+    let reusable = states.latest.get(&key).and_then(|entry| {
+        let (state, url, until) = entry.value();
+        let left = until.saturating_duration_since(Instant::now());
+        (states.pending.contains_key(state) && left > Duration::from_secs(30)).then(|| {
+            ConnectStart {
+                authorize_url: url.clone(),
+                lifetime: left,
+            }
+        })
+    });
+    if let Some(started) = reusable {
+        return Ok(started);
+    }
+    if !states.take_request_budget() {
+        return Err(ConnectStartError::Refused(ConnectRefused::TooMany));
+    }
+    start(states, registry, subject).await
+}
+
+/// A connect flow just started: where to send the user, and for how long it is good.
+pub struct ConnectStart {
+    pub authorize_url: String,
+    pub lifetime: Duration,
 }
 
 #[derive(Default)]
 pub struct ConnectStates {
+    /// The latest flow of each (credential, subject): its state, URL and end.
+    latest: DashMap<(String, String), (String, String, Instant)>,
+    /// This second's count of flows started by requests.
+    request_budget: std::sync::Mutex<Option<(Instant, u32)>>,
     pending: DashMap<String, PendingConnect>,
     /// Where flows are shared, when replicas share the store.
     shared: Option<Arc<dyn FlowStore>>,
@@ -167,8 +230,27 @@ impl ConnectStates {
     /// Flows kept in this process, and in `store` too when replicas share it.
     pub fn new(store: Arc<dyn TokenStore>) -> ConnectStates {
         ConnectStates {
-            pending: DashMap::new(),
             shared: store.flow_store(),
+            ..ConnectStates::default()
+        }
+    }
+
+    /// Takes one of this second's flows for requests; `false` when they are used up.
+    fn take_request_budget(&self) -> bool {
+        let mut budget = self
+            .request_budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match budget.as_mut() {
+            Some((since, used)) if now.duration_since(*since) < Duration::from_secs(1) => {
+                *used += 1;
+                *used <= REQUEST_FLOWS_PER_SECOND
+            }
+            _ => {
+                *budget = Some((now, 1));
+                true
+            }
         }
     }
 

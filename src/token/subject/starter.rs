@@ -67,8 +67,12 @@ impl SubjectStarter {
             &store_key,
         );
         let slot = CredentialSlot::new(&self.credential_config, Arc::clone(&self.metrics));
-        // The subjects share the credential's endpoint, and so its step-ups.
-        slot.attach_step_up(self.endpoint.step_up());
+        // A user's consent to more scopes is recorded where the next connect reads it (a
+        // machine step-up is never a per-subject credential's: config refuses it).
+        let step_up = self.endpoint.step_up();
+        if !step_up.is_machine() {
+            slot.attach_step_up(step_up);
+        }
         let credential = Credential::with_store_key(slot, grant, store, Arc::from(store_key));
         credential.refuse_older_than(floor);
         let (stop, stop_seen) = watch::channel(stopped);
