@@ -141,3 +141,74 @@ discover = true
     // The other credential, pinned by its token_url, is not touched.
     assert_eq!(h.get("/api/x").await.status(), 200);
 }
+
+/// Discovery asks a protected resource without a token. A GET that draws no challenge is
+/// followed by a JSON-RPC `ping` POST only for an MCP server (`mcp = true`, which serves
+/// POST only): any other upstream is never sent a request that could change something.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_an_mcp_upstream_is_probed_with_a_post() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    for mcp in [false, true] {
+        // An upstream that challenges nothing: every request gets 404, POSTs are counted.
+        let posts = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&posts);
+        let app = axum::Router::new().fallback(move |method: http::Method| {
+            let counter = Arc::clone(&counter);
+            async move {
+                if method == http::Method::POST {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                http::StatusCode::NOT_FOUND
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let (tokens, upstream) = support::start_peers(std::time::Duration::from_secs(60)).await;
+        let extra = format!(
+            r#"
+[credentials.quiet]
+grant = "client_credentials"
+client_id = "{id}"
+client_secret = "{secret}"
+allowed_authorization_servers = ["{issuer}"]
+
+[upstreams.quiet]
+url = "http://{addr}/"
+path_prefix = "/quiet"
+credential = "quiet"
+discover = true
+mcp = {mcp}
+"#,
+            id = support::token_server::CLIENT_ID,
+            secret = support::token_server::CLIENT_SECRET,
+            issuer = tokens.issuer(),
+        );
+        let h = Harness::start_with(
+            tokens,
+            upstream,
+            Options {
+                upstream_extra: extra,
+                ..Default::default()
+            },
+        )
+        .await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let s = h.status().await;
+            if !s["credentials"]["quiet"]["last_error"].is_null() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{s}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let sent = posts.load(Ordering::SeqCst);
+        match mcp {
+            false => assert_eq!(sent, 0, "a plain upstream is never POSTed to"),
+            true => assert!(sent >= 1, "an MCP server is asked with a ping"),
+        }
+    }
+}

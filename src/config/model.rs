@@ -122,6 +122,9 @@ pub struct TokenRequestConfig {
     pub issuer: Option<url::Url>,
     /// RFC 9728 discovery from this protected resource (an upstream with `discover = true`).
     pub protected_resource: Option<url::Url>,
+    /// The protected resource is an MCP server (`mcp = true`): when a GET draws no challenge,
+    /// discovery asks with a JSON-RPC `ping` (MCP servers serve POST only).
+    pub resource_speaks_mcp: bool,
     pub redirect_port: Option<u16>,
     pub scope_on_refresh: bool,
     pub client: ClientAuth,

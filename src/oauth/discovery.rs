@@ -375,11 +375,13 @@ fn challenge_params(header: &str) -> Vec<(String, String, String)> {
 }
 
 /// The `resource_metadata` of the protected resource's challenge to a request without a
-/// token. A GET first; a resource that does not challenge it (an MCP server serves only
-/// POST) gets a JSON-RPC `ping`, which a server that needs a token refuses unread.
+/// token. A GET first; an MCP server that does not challenge it (it serves only POST) gets
+/// a JSON-RPC `ping`, which a server that needs a token refuses unread. Any other upstream
+/// is never sent a POST.
 async fn challenge_metadata(
     http: &reqwest::Client,
     resource: &Url,
+    speaks_mcp: bool,
 ) -> Result<Challenge, DiscoveryError> {
     let challenged = |resp: &reqwest::Response| {
         let values = || {
@@ -395,7 +397,8 @@ async fn challenge_metadata(
     };
     let fetch = |e: reqwest::Error| DiscoveryError::Fetch(format!("{resource}: {e}"));
     let resp = http.get(resource.clone()).send().await.map_err(fetch)?;
-    if resp.status() == http::StatusCode::UNAUTHORIZED
+    if !speaks_mcp
+        || resp.status() == http::StatusCode::UNAUTHORIZED
         || resp.headers().contains_key("www-authenticate")
     {
         return Ok(challenged(&resp));
@@ -469,9 +472,10 @@ pub async fn from_protected_resource(
     http: &reqwest::Client,
     resource: &Url,
     allowed: &[String],
+    speaks_mcp: bool,
 ) -> Result<ProviderEndpoints, DiscoveryError> {
     let refused = |message: String| DiscoveryError::Refused(message);
-    let challenge = challenge_metadata(http, resource).await?;
+    let challenge = challenge_metadata(http, resource, speaks_mcp).await?;
     let advertised = challenge.metadata.is_some();
     let candidates = match challenge.metadata {
         Some(u) => vec![Url::parse(&u)

@@ -249,6 +249,7 @@ impl TokenEndpoint {
                             &http,
                             resource,
                             &c.allowed_authorization_servers,
+                            c.resource_speaks_mcp,
                         )
                         .await
                     }

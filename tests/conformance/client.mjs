@@ -163,6 +163,7 @@ async function main() {
       `path_prefix = ${q(server.pathname)}`,
       'credential = "mcp"',
       'discover = true',
+      'mcp = true',
       '',
     ].join('\n'),
   );

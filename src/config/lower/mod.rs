@@ -229,6 +229,7 @@ pub(super) fn lower<K: Kinds>(
                 }
                 Some(req) => {
                     req.protected_resource.get_or_insert_with(|| up.url.clone());
+                    req.resource_speaks_mcp |= up.mcp;
                 }
                 None => {
                     return Err(map.error_at(

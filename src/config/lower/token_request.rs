@@ -74,6 +74,7 @@ pub(crate) fn lower_token_request(
         device_authorization_url: None,
         issuer,
         protected_resource: None,
+        resource_speaks_mcp: false,
         redirect_port: None,
         scope_on_refresh: false,
         client,

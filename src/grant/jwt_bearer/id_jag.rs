@@ -85,6 +85,7 @@ pub(super) fn lower(
             device_authorization_url: None,
             issuer: None,
             protected_resource: None,
+            resource_speaks_mcp: false,
             redirect_port: None,
             scope_on_refresh: false,
             client: ClientAuth {
