@@ -60,6 +60,19 @@ async fn explicit_urls_override_discovery() {
     assert_eq!(other.state.requests(), 0);
 }
 
+/// The harness's sidecar with more credential and upstream tables after its own.
+async fn with_tables(
+    tokens: support::TokenServer,
+    upstream: support::Upstream,
+    tables: String,
+) -> Harness {
+    let opts = Options {
+        upstream_extra: tables,
+        ..Default::default()
+    };
+    Harness::start_with(tokens, upstream, opts).await
+}
+
 /// Issue 20, hole 3: with `discover = true` the upstream names the authorization server,
 /// and so would choose who receives the client's secret. Discovery is pinned: a server
 /// outside the credential's `allowed_authorization_servers` fails the credential with a
@@ -103,15 +116,7 @@ discover = true
         issuer = tokens.issuer(),
         mcp = mcp.addr,
     );
-    let h = Harness::start_with(
-        tokens,
-        upstream,
-        Options {
-            upstream_extra: extra,
-            ..Default::default()
-        },
-    )
-    .await;
+    let h = with_tables(tokens, upstream, extra).await;
     // A deadline, so a regression fails the test instead of hanging it.
     let mcp_status = tokio::time::timeout(std::time::Duration::from_secs(30), async {
         loop {
@@ -187,15 +192,7 @@ mcp = {mcp}
             secret = support::token_server::CLIENT_SECRET,
             issuer = tokens.issuer(),
         );
-        let h = Harness::start_with(
-            tokens,
-            upstream,
-            Options {
-                upstream_extra: extra,
-                ..Default::default()
-            },
-        )
-        .await;
+        let h = with_tables(tokens, upstream, extra).await;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             let s = h.status().await;
