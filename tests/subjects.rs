@@ -2037,3 +2037,78 @@ async fn an_mcp_client_is_asked_to_connect_its_user_with_a_url_elicitation() {
     let p: serde_json::Value = r.json().await.unwrap();
     assert_eq!(p["type"], "urn:bearerd:problem:subject-not-connected");
 }
+
+/// Issue 21: a per-subject credential with `registration = "auto"` registers a web client
+/// with its connect flows' redirect_uri before its first user connects, keeps it in its own
+/// store record, and its users' tokens are refreshed with it, after a restart too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_per_subject_credential_registers_a_web_client_for_its_connect_flows() {
+    let (tokens, upstream) = support::start_peers(Duration::from_secs(3)).await;
+    tokens.state.offer_registration(false);
+    let dir = std::env::temp_dir().join(format!("bearerd-subjects-{}", support::rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let opts = Options {
+        grant: "refresh_token",
+        discovery: support::Discovery::Issuer,
+        client: Some("registration = \"auto\"".into()),
+        credential_extra: format!("subject_header = \"{HEADER}\"\nredirect_uri = \"{REDIRECT}\""),
+        store: format!(
+            "backend = \"file\"\npath = {:?}\nkey = \"{}\"",
+            dir.join("tokens.store").display().to_string(),
+            bearerd::store::generate_key()
+        ),
+        ..Options::default()
+    };
+    let mut h = Harness::start_raw(tokens, upstream, opts, String::new()).await;
+    let started = h.admin_post(&subject_path("alice", "/connect")).await;
+    assert_eq!(started.status(), 200);
+    let started: serde_json::Value = started.json().await.unwrap();
+    let url = started["authorize_url"].as_str().unwrap().to_string();
+    assert!(url.contains("client_id=reg-"), "{url}");
+    let registrations = h.tokens.state.registrations();
+    assert_eq!(registrations.len(), 1);
+    assert_eq!(registrations[0]["application_type"], "web");
+    assert_eq!(registrations[0]["redirect_uris"], json!([REDIRECT]));
+
+    h.tokens.state.set_authorizing_user(Some("alice"));
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let back = no_redirects.get(&url).send().await.unwrap();
+    let location = back.headers()["location"].to_str().unwrap().to_string();
+    let query = location.split_once('?').unwrap().1;
+    let done = h
+        .admin_get(&format!("/connect/callback?{query}&subject=alice"))
+        .await;
+    assert_eq!(done.status(), 200, "{}", done.text().await.unwrap());
+    assert_eq!(
+        token_subject(get_as(&h, "alice", "/api/x").await)
+            .await
+            .as_deref(),
+        Some("alice")
+    );
+
+    // After a restart the stored client is used: the user's token (3 s) is refreshed with it.
+    support::restart(&mut h).await;
+    let before = h.tokens.state.requests();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while h.tokens.state.requests() == before {
+        let r = get_as(&h, "alice", "/api/x").await;
+        assert_eq!(r.status(), 200);
+        assert!(std::time::Instant::now() < deadline, "no refresh in 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(get_as(&h, "alice", "/api/x").await.status(), 200);
+    let form = h.tokens.state.last_form();
+    assert!(
+        form.iter()
+            .any(|(k, v)| k == "client_id" && v.starts_with("reg-")),
+        "{form:?}"
+    );
+    assert_eq!(
+        h.tokens.state.registrations().len(),
+        1,
+        "not registered again"
+    );
+}

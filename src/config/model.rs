@@ -161,6 +161,9 @@ pub struct RegistrationConfig {
     pub client_metadata_url: Option<url::Url>,
     /// What the authorization server shows the user: `bearerd ({credential})`.
     pub client_name: String,
+    /// A per-subject credential's connect flows come back to this https `redirect_uri`
+    /// (a "web" client); without one, `bearerd login`'s loopback redirect (a "native" one).
+    pub web_redirect: Option<url::Url>,
 }
 
 /// When to refresh, how to back off, how long requests wait. See DESIGN §4.

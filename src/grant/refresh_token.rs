@@ -179,12 +179,19 @@ fn lower_registration(
             "a configured refresh token belongs to a client registered by hand: with registration = \"auto\", `bearerd login` gets one",
         ));
     }
-    if t.subject_header.is_some() || t.subject_from.is_some() {
-        return Err(map.error_at(
-            &key("registration"),
-            "registration = \"auto\" is for a credential that one person logs in to; a per-subject credential needs a client registered by hand (client_id)",
-        ));
-    }
+    // A per-subject credential's users connect through the app's redirect_uri: the client
+    // is a web one, registered with it.
+    let per_subject = t.subject_header.is_some() || t.subject_from.is_some();
+    let web_redirect = match (&t.redirect_uri, per_subject) {
+        (Some(uri), true) => Some(private_url(map, &key("redirect_uri"), uri, t.insecure_http)?),
+        (None, true) => {
+            return Err(map.error_at(
+                &key("registration"),
+                "a per-subject credential registers a web client with its connect flows' redirect_uri: set redirect_uri",
+            ))
+        }
+        _ => None,
+    };
     let client_metadata_url = t
         .client_metadata_url
         .as_deref()
@@ -193,6 +200,7 @@ fn lower_registration(
     Ok(Some(RegistrationConfig {
         client_metadata_url,
         client_name: format!("bearerd ({name})"),
+        web_redirect,
     }))
 }
 

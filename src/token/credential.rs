@@ -317,6 +317,15 @@ impl Credential {
         endpoint.exchange(code.form()).await
     }
 
+    /// Uses the client registered before, as the store keeps it (a per-subject credential
+    /// at startup: its own record holds no token, and no refresher reads it).
+    pub async fn take_stored_registration(&self) {
+        if let Some(set) = self.load_set().await {
+            self.grant
+                .take_registration(set.token.registration.as_ref());
+        }
+    }
+
     /// The client this credential logs in with, registered now if it has none that fits
     /// the authorization server it is used with (see `ClientRegistration::unfit_for`, or
     /// the server no longer knows it: `invalid_client`). A client of another issuer is
@@ -341,7 +350,8 @@ impl Credential {
             .await
             .map_err(RegisterError::Discovery)?;
         let issuer = registration::issuer_of(&endpoints).ok_or(RegisterError::NoIssuer)?;
-        let redirect_uris = registration::loopback_redirect_uris(config.redirect_port);
+        let (redirect_uris, application_type) =
+            registration::redirect_uris(wanted, config.redirect_port);
         let held = endpoint.registration();
         // Only the credential's state now: an old invalid_client since recovered from says
         // nothing about the client held.
@@ -364,7 +374,8 @@ impl Credential {
             issuer: &issuer,
             scopes: &endpoint.login_scopes(&endpoints),
             redirect_uris,
-            device: endpoints.device_authorization.is_some(),
+            application_type,
+            device: endpoints.device_authorization.is_some() && wanted.web_redirect.is_none(),
             timeout: config.timeout,
         };
         let http = endpoint.http().map_err(RegisterError::Discovery)?;

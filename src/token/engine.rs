@@ -75,15 +75,17 @@ impl TokenEngine {
                 tagger.clone(),
             )
             .map_err(|e| failed(e.to_string()))?;
-            if let Some(registry) = registry {
-                metrics.add_subject_credential(&c.name);
-                subjects.push(registry);
-            }
             let slot = CredentialSlot::new(c, Arc::clone(metrics));
             if let Some(endpoint) = grant.endpoint() {
                 slot.attach_step_up(endpoint.step_up());
             }
-            credentials.push(Credential::new(slot, grant, Arc::clone(store)));
+            let credential = Credential::new(slot, grant, Arc::clone(store));
+            if let Some(registry) = registry {
+                metrics.add_subject_credential(&c.name);
+                registry.set_own(Arc::clone(&credential));
+                subjects.push(registry);
+            }
+            credentials.push(credential);
         }
         Ok(TokenEngine {
             credentials,
@@ -109,8 +111,10 @@ impl TokenEngine {
     pub async fn run(&self, shutdown: watch::Receiver<bool>) {
         let mut tasks = Vec::new();
         for cred in &self.credentials {
-            // A per-subject credential has no token of its own: its subjects refresh.
+            // A per-subject credential has no token of its own: its subjects refresh. Its
+            // record keeps the client it registered, which they use: taken before they start.
             if self.registry(&cred.slot.name).is_some() {
+                cred.take_stored_registration().await;
                 continue;
             }
             tasks.push(tokio::spawn(super::refresher::run(

@@ -1,6 +1,6 @@
 //! RFC 7591 dynamic client registration: a native client (`application_type = "native"`)
-//! with the loopback redirect of `bearerd login`, asking to be public where the server
-//! allows it.
+//! with the loopback redirect of `bearerd login`, or a web one with a per-subject
+//! credential's redirect_uri, asking to be public where the server allows it.
 
 use serde::Deserialize;
 
@@ -49,7 +49,7 @@ impl Mode for Dynamic {
         let asked = RegisteredAuth::preferred(&request.endpoints.token_auth_methods);
         let mut body = serde_json::json!({
             "client_name": request.config.client_name,
-            "application_type": "native",
+            "application_type": request.application_type,
             "redirect_uris": request.redirect_uris,
             "grant_types": super::grant_types(request.device),
             "response_types": ["code"],

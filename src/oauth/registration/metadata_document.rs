@@ -4,8 +4,7 @@
 //! fetches the document when the user logs in.
 
 use super::{
-    loopback_redirect_uris, now, ClientRegistration, Mode, RegisteredAuth, RegistrationError,
-    RegistrationRequest,
+    now, ClientRegistration, Mode, RegisteredAuth, RegistrationError, RegistrationRequest,
 };
 use crate::config::{RegistrationConfig, TokenRequestConfig};
 
@@ -48,18 +47,21 @@ impl Mode for MetadataDocument {
 /// The document to host at `client_metadata_url`: a public native client with the
 /// loopback redirect of `bearerd login`. `None` without registration or without the URL.
 pub fn document(request: &TokenRequestConfig) -> Option<serde_json::Value> {
+    let config = request.registration.as_ref()?;
     let RegistrationConfig {
         client_metadata_url: Some(url),
         client_name,
-    } = request.registration.as_ref()?
+        ..
+    } = config
     else {
         return None;
     };
+    let (redirect_uris, application_type) = super::redirect_uris(config, request.redirect_port);
     let mut doc = serde_json::json!({
         "client_id": url.as_str(),
         "client_name": client_name,
-        "application_type": "native",
-        "redirect_uris": loopback_redirect_uris(request.redirect_port),
+        "application_type": application_type,
+        "redirect_uris": redirect_uris,
         "grant_types": super::grant_types(request.device_authorization_url.is_some()),
         "response_types": ["code"],
         "token_endpoint_auth_method": "none",

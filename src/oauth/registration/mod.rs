@@ -195,8 +195,11 @@ pub struct RegistrationRequest<'a> {
     pub endpoints: &'a ProviderEndpoints,
     pub issuer: &'a str,
     pub scopes: &'a [String],
-    /// The loopback redirect of `bearerd login` (RFC 8252 §7.3: any port).
+    /// The loopback redirect of `bearerd login` (RFC 8252 §7.3: any port), or the connect
+    /// flows' redirect_uri.
     pub redirect_uris: Vec<String>,
+    /// "native" or "web" (see [`redirect_uris`]).
+    pub application_type: &'static str,
     /// Whether the client will also use the device grant (the server has the endpoint).
     pub device: bool,
     pub timeout: Duration,
@@ -290,8 +293,20 @@ pub async fn register(
     Ok(registration)
 }
 
-/// The redirect URIs a login's client registers: the loopback callback of `bearerd login`,
-/// on its configured port or (RFC 8252 §7.3) any.
+/// The redirect URIs a credential's client registers, and its `application_type`: a
+/// per-subject credential's connect flows' `redirect_uri` ("web"), else the loopback
+/// callback of `bearerd login` ("native").
+pub fn redirect_uris(
+    config: &RegistrationConfig,
+    port: Option<u16>,
+) -> (Vec<String>, &'static str) {
+    match &config.web_redirect {
+        Some(uri) => (vec![uri.to_string()], "web"),
+        None => (loopback_redirect_uris(port), "native"),
+    }
+}
+
+/// The loopback callback of `bearerd login`, on its configured port or (RFC 8252 §7.3) any.
 pub fn loopback_redirect_uris(port: Option<u16>) -> Vec<String> {
     match port {
         Some(p) => vec![format!("http://127.0.0.1:{p}/callback")],
@@ -354,6 +369,7 @@ mod tests {
         let config = RegistrationConfig {
             client_metadata_url: None,
             client_name: "bearerd (t)".into(),
+            web_redirect: None,
         };
         let redirects = loopback_redirect_uris(None);
         assert!(

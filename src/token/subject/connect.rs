@@ -94,6 +94,9 @@ pub enum ConnectStartError {
     NoAuthorizationEndpoint,
     #[error("{0}")]
     Request(String),
+    /// No client could be registered for the connect flow (`registration = "auto"`).
+    #[error("{0}")]
+    Registration(String),
     #[error(transparent)]
     Refused(#[from] ConnectRefused),
 }
@@ -103,7 +106,7 @@ impl ConnectStartError {
     pub fn status(&self) -> u16 {
         match self {
             ConnectStartError::NoRedirectUri(_) | ConnectStartError::NoAuthorizationEndpoint => 409,
-            ConnectStartError::Discovery(_) => 502,
+            ConnectStartError::Discovery(_) | ConnectStartError::Registration(_) => 502,
             ConnectStartError::Request(_) => 500,
             ConnectStartError::Refused(_) => 503,
         }
@@ -123,6 +126,14 @@ pub async fn start(
             registry.credential.to_string(),
         ));
     };
+    // A credential that registers its own client has one before its first user connects.
+    if registry.endpoint().config().registration.is_some() {
+        if let Some(own) = registry.own() {
+            own.register_client()
+                .await
+                .map_err(|e| ConnectStartError::Registration(e.to_string()))?;
+        }
+    }
     let endpoints = registry
         .endpoint()
         .endpoints()

@@ -99,6 +99,9 @@ pub struct SubjectRegistry {
     /// someone with write access to the store (a logout undone, a spent refresh token
     /// revived) and is refused. In memory, the held generation does the same.
     left_at: DashMap<[u8; 16], u64>,
+    /// The credential's own record: where a client it registers is kept (subjects are
+    /// connected with that client).
+    own: std::sync::OnceLock<Arc<crate::token::credential::Credential>>,
 }
 
 /// Counts of subjects per state, in [`CredentialState::ALL`] order.
@@ -165,6 +168,7 @@ impl SubjectRegistry {
                 SubjectKind::Delegated { .. } => None,
             },
             left_at: DashMap::new(),
+            own: std::sync::OnceLock::new(),
             user_jwt: subjects
                 .from_jwt
                 .clone()
@@ -175,6 +179,16 @@ impl SubjectRegistry {
 
     pub fn endpoint(&self) -> &TokenEndpoint {
         &self.starter.endpoint
+    }
+
+    /// Ties the registry to the credential's own record (set once, when it is built).
+    pub(crate) fn set_own(&self, credential: Arc<crate::token::credential::Credential>) {
+        let _ = self.own.set(credential);
+    }
+
+    /// The credential's own record, which registers its client (`registration = "auto"`).
+    pub fn own(&self) -> Option<&Arc<crate::token::credential::Credential>> {
+        self.own.get()
     }
 
     /// Runs subjects' refreshers on this runtime from now on.
