@@ -2003,17 +2003,8 @@ async fn an_mcp_client_is_asked_to_connect_its_user_with_a_url_elicitation() {
     assert_eq!(old.status(), 403);
 
     // The user follows it; the provider's redirect comes back (relayed by the app).
-    h.tokens.state.set_authorizing_user(Some("alice"));
-    let no_redirects = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let back = no_redirects.get(url).send().await.unwrap();
-    let location = back.headers()["location"].to_str().unwrap().to_string();
-    let query = location.split_once('?').unwrap().1;
-    let done = h
-        .admin_get(&format!("/connect/callback?{query}&subject=alice"))
-        .await;
+    let query = consent(&h, "alice", url).await;
+    let done = relay(&h, "alice", &query).await;
     assert_eq!(done.status(), 200, "{}", done.text().await.unwrap());
     let r = post_as(&h, "alice", "/api/mcp", &call).await;
     assert_eq!(r.status(), 200);
@@ -2070,17 +2061,8 @@ async fn a_per_subject_credential_registers_a_web_client_for_its_connect_flows()
     assert_eq!(registrations[0]["application_type"], "web");
     assert_eq!(registrations[0]["redirect_uris"], json!([REDIRECT]));
 
-    h.tokens.state.set_authorizing_user(Some("alice"));
-    let no_redirects = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let back = no_redirects.get(&url).send().await.unwrap();
-    let location = back.headers()["location"].to_str().unwrap().to_string();
-    let query = location.split_once('?').unwrap().1;
-    let done = h
-        .admin_get(&format!("/connect/callback?{query}&subject=alice"))
-        .await;
+    let query = consent(&h, "alice", &url).await;
+    let done = relay(&h, "alice", &query).await;
     assert_eq!(done.status(), 200, "{}", done.text().await.unwrap());
     assert_eq!(
         token_subject(get_as(&h, "alice", "/api/x").await)
