@@ -219,6 +219,30 @@ fn benches(c: &mut Criterion) {
         let mut req = RequestHeader::build("GET", b"/api/v1/items?limit=5", Some(8)).unwrap();
         b.iter(|| rewrite_request(&mut req, &f.upstream, &token, Some(&target), Some(&id)).unwrap())
     });
+    // DPoP (RFC 9449): the same rewrite with a DPoP-bound token, which adds a proof signed
+    // per request (ES256), and the signature alone.
+    let dpop_token = dpop_bound(&token);
+    c.bench_function("header_injection_dpop", |b| {
+        let mut req = RequestHeader::build("GET", b"/api/v1/items?limit=5", Some(8)).unwrap();
+        b.iter(|| {
+            rewrite_request(&mut req, &f.upstream, &dpop_token, Some(&target), Some(&id)).unwrap()
+        })
+    });
+    let key = dpop_token.dpop.as_ref().unwrap();
+    c.bench_function("dpop_proof", |b| {
+        b.iter(|| {
+            black_box(
+                key.key
+                    .proof(
+                        "GET",
+                        "http://127.0.0.1/base/v1/items",
+                        Some(&key.ath),
+                        None,
+                    )
+                    .unwrap(),
+            )
+        })
+    });
     c.bench_function("request_head_size", |b| {
         let mut req = RequestHeader::build("GET", b"/api/v1/items?limit=5", Some(8)).unwrap();
         one_request(&f, &mut req, false);
@@ -285,6 +309,22 @@ fn benches(c: &mut Criterion) {
             })
         })
     });
+}
+
+/// `token` as if it were DPoP-bound to a new key.
+fn dpop_bound(token: &bearerd::token::TokenSnapshot) -> bearerd::token::TokenSnapshot {
+    let access = secrecy::SecretString::from("tok_0123456789abcdef0123456789abcdef".to_string());
+    let key = Arc::new(bearerd::material::dpop::DpopKey::generate().unwrap());
+    bearerd::token::TokenSnapshot {
+        header: bearerd::token::authorization_header(&access, true).unwrap(),
+        dpop: Some(bearerd::token::DpopBinding::new(key, &access)),
+        generation: token.generation,
+        issued_at: token.issued_at,
+        issued_wall: token.issued_wall,
+        lifetime: token.lifetime,
+        usable_until: token.usable_until,
+        scopes: token.scopes.clone(),
+    }
 }
 
 /// One PEM private key of each kind bearerd signs with.

@@ -51,6 +51,12 @@ if [ ! -d target/pymcp/mcp ]; then
   pip=(python3 -m pip install --quiet --disable-pip-version-check --target target/pymcp mcp==1.23.3)
   "${pip[@]}" 2>/dev/null || "${pip[@]}" --break-system-packages
 fi
+# And its 2.x line, which speaks the 2026-07-28 revision (tests/e2e/python_client_2026.py).
+if [ ! -d target/pymcp2026/mcp ]; then
+  echo "installing the MCP Python SDK 2.x into target/pymcp2026" >&2
+  pip=(python3 -m pip install --quiet --disable-pip-version-check --target target/pymcp2026 mcp==2.3.0)
+  "${pip[@]}" 2>/dev/null || "${pip[@]}" --break-system-packages
+fi
 # tests/deploy.rs checks and unit-tests the alerting rules with promtool. Only that one
 # binary is needed: it is taken out of Debian's prometheus package into target/prometheus,
 # without installing the package (and its service).

@@ -434,6 +434,28 @@ fn assertion_sources_are_checked_with_their_line() {
 }
 
 #[test]
+fn dpop_is_checked_with_its_line() {
+    let on = |line: &str| {
+        BASE.replace(
+            "client_secret = \"s\"",
+            &format!("client_secret = \"s\"\n{line}"),
+        )
+    };
+    assert_passes("dpop.toml", &on("dpop = true"));
+    assert_error(&on("dpop = \"yes\""), 10, &["credentials.crm.dpop"]);
+    // A static token has no token endpoint to bind it: the key is not one of its keys.
+    let static_token = on("dpop = true")
+        .replace("grant = \"client_credentials\"", "grant = \"static\"")
+        .replace("token_url = \"https://idp.example.com/token\"\n", "")
+        .replace("client_id = \"billing\"\n", "")
+        .replace(
+            "client_secret = \"s\"",
+            "token = { env = \"BEARERD_TEST_TOKEN\" }",
+        );
+    assert_error(&static_token, 8, &["dpop", "unknown field"]);
+}
+
+#[test]
 fn the_base_config_is_valid() {
     let out = assert_passes("good.toml", BASE);
     let stdout = String::from_utf8_lossy(&out.stdout);

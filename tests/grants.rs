@@ -1,8 +1,9 @@
 //! Secretless and delegated grants against the real sidecar: `private_key_jwt` with RSA,
 //! EC and Ed25519 keys, `client_assertion` from a projected-token file, `tls_client_auth`
 //! through a mutual-TLS front, `token_exchange` (RFC 8693) and `jwt_bearer` (RFC 7523),
-//! also with a Google service-account key. The test token server verifies every signed
-//! token as a provider would (signature, `iss`, `sub`, `aud`, `exp`, `jti` never reused).
+//! also with a Google service-account key, and DPoP-bound tokens (RFC 9449). The test token
+//! server verifies every signed token as a provider would (signature, `iss`, `sub`, `aud`,
+//! `exp`, `jti` never reused); it and the upstream verify DPoP proofs and key bindings.
 //! Tokens live for a second or so, so every test sees rotations.
 
 mod support;
@@ -802,4 +803,139 @@ async fn jwt_bearer_presents_an_id_jag_from_the_enterprise_idp() {
     assert_eq!(claims["sub"], "alice@enterprise.test");
     let served: serde_json::Value = h.get("/api/x").await.json().await.unwrap();
     assert_eq!(served["token_subject"], "alice@enterprise.test");
+}
+
+/// The `Authorization` scheme and the DPoP proof of every request the upstream saw.
+fn dpop_requests(h: &Harness) -> Vec<(String, bool)> {
+    h.upstream
+        .state
+        .seen()
+        .iter()
+        .map(|r| {
+            let auth = r.headers.get("authorization").and_then(|v| v.to_str().ok());
+            let scheme = auth.and_then(|a| a.split_once(' ')).map(|(s, _)| s);
+            (
+                scheme.unwrap_or("").to_string(),
+                r.headers.contains_key("dpop"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dpop_binds_every_token_to_one_key_proven_at_the_token_endpoint_and_upstream() {
+    let (tokens, upstream) = support::start_peers(Duration::from_millis(1500)).await;
+    // Both ask for a nonce first (RFC 9449 §8, §9): one retry each, then the nonce is kept.
+    tokens.state.require_dpop(Some("as-nonce-1"));
+    upstream.state.require_dpop_nonce("rs-nonce-1");
+    let opts = Options {
+        credential_extra: "dpop = true".into(),
+        ..Options::default()
+    };
+    let h = Harness::start_with(tokens, upstream, opts).await;
+    h.wait_ready().await;
+    requests_succeed_across_refreshes(&h, 3).await;
+    let every = h.tokens.state.every_issued();
+    let keys: std::collections::HashSet<_> = every
+        .iter()
+        .filter_map(|t| h.tokens.state.jkt_of(t))
+        .collect();
+    assert_eq!(keys.len(), 1, "one key binds every token: {keys:?}");
+    assert_eq!(
+        every.len(),
+        every
+            .iter()
+            .filter(|t| h.tokens.state.jkt_of(t).is_some())
+            .count(),
+        "every token issued is bound"
+    );
+    let (accepted, refused, challenged, why) = h.tokens.state.dpop_counts();
+    assert!(accepted >= 3, "{accepted}");
+    assert_eq!((refused, challenged), (0, 1), "{why:?}");
+    // Every request carried the token in the DPoP scheme with a proof of its key; only
+    // the first was answered with the nonce, and replayed with it.
+    let seen = dpop_requests(&h);
+    assert!(
+        seen.iter()
+            .all(|(scheme, proof)| scheme == "DPoP" && *proof),
+        "{seen:?}"
+    );
+    let (accepted, refused, challenged, why) = h.upstream.state.dpop_counts();
+    assert_eq!((refused, challenged), (0, 1), "{why:?}");
+    // The upstream records only the requests it served.
+    assert_eq!(accepted, seen.len());
+
+    // Both rotate their nonce: the next token request and the next upstream request are
+    // each answered use_dpop_nonce once, then go through; the app sees none of it.
+    h.tokens.state.require_dpop(Some("as-nonce-2"));
+    h.upstream.state.require_dpop_nonce("rs-nonce-2");
+    requests_succeed_across_refreshes(&h, 2).await;
+    assert_eq!(h.tokens.state.dpop_counts().2, 2);
+    assert_eq!(h.upstream.state.dpop_counts().2, 2);
+    let status = h.status().await;
+    assert_eq!(
+        status["credentials"]["api"]["last_error"],
+        serde_json::Value::Null,
+        "a nonce retry is not a failed refresh: {status}"
+    );
+    let refused = (
+        h.tokens.state.dpop_counts().1,
+        h.upstream.state.dpop_counts().1,
+    );
+    assert_eq!(refused, (0, 0));
+
+    // A new nonce and a revoked token at once: the nonce replay, then the token's own
+    // refresh and replay; the app still sees 200.
+    h.tokens.state.revoke_access_tokens();
+    h.upstream.state.require_dpop_nonce("rs-nonce-3");
+    let r = h.get("/api/items").await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(h.upstream.state.dpop_counts().2, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dpop_key_is_kept_in_the_store_and_used_again_after_a_restart() {
+    let dir = fixture_dir();
+    let (tokens, upstream) = support::start_peers(Duration::from_millis(1500)).await;
+    // With a nonce: the rotations go through the file store's rotation helper, which
+    // carries the nonce challenge back.
+    tokens.state.require_dpop(Some("as-nonce"));
+    let opts = Options {
+        grant: "refresh_token",
+        credential_extra: "dpop = true".into(),
+        store: format!(
+            "backend = \"file\"\npath = \"{}\"\nkey = \"{}\"",
+            dir.join("tokens.store").display(),
+            bearerd::store::generate_key()
+        ),
+        ..Options::default()
+    };
+    let mut h = Harness::start_with(tokens, upstream, opts).await;
+    h.wait_ready().await;
+    requests_succeed_across_refreshes(&h, 2).await;
+    let last = |h: &Harness| h.tokens.state.every_issued().last().cloned().unwrap();
+    let key_before = h.tokens.state.jkt_of(&last(&h)).expect("bound");
+    let issued_before = h.tokens.state.every_issued().len();
+    support::restart(&mut h).await;
+    h.wait_ready().await;
+    // The refresh tokens are bound to the key too: a new key could not refresh at all.
+    requests_succeed_across_refreshes(&h, 2).await;
+    assert!(h.tokens.state.every_issued().len() > issued_before);
+    assert_eq!(
+        h.tokens.state.jkt_of(&last(&h)).as_deref(),
+        Some(key_before.as_str())
+    );
+    let (_, refused, _, why) = h.tokens.state.dpop_counts();
+    assert_eq!(refused, 0, "{why:?}");
+    assert_eq!(h.tokens.state.reuse_detected(), 0);
+    assert_eq!(h.status().await["credentials"]["api"]["state"], "valid");
+    assert_eq!(
+        h.tokens.state.dpop_counts().2,
+        2,
+        "one nonce challenge per run"
+    );
+    // The key is sealed with the tokens: its PKCS#8 form never lies in the file in clear.
+    let sealed = std::fs::read(dir.join("tokens.store")).unwrap();
+    let pkcs8_p256 = b"MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEH";
+    assert!(!sealed.windows(pkcs8_p256.len()).any(|w| w == pkcs8_p256));
 }

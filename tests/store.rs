@@ -241,6 +241,7 @@ fn a_bad_store_stops_startup_with_a_clear_error_and_is_left_unchanged() {
         logout: None,
         bound_to: None,
         registration: None,
+        dpop: None,
     };
     fs.save("c", Some(&token)).unwrap();
     let sealed = fs.sealed_record("c").unwrap();
@@ -856,6 +857,39 @@ async fn a_fleet_on_redis_sends_a_rotating_refresh_token_once() {
         f.tokens.state.rotations()
     );
     f.assert_grant_alive();
+    f.assert_only_sealed_values();
+    drop(fleet);
+}
+
+/// DPoP on a fleet: the key travels with the token set through Redis, so every replica
+/// proves possession with the one key the tokens are bound to (the upstream checks each
+/// proof against the token's binding), and the rotating grant, whose refresh tokens are
+/// bound too, survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_on_redis_shares_the_dpop_key_with_its_tokens() {
+    let f = Fleet::start(Duration::from_secs(2)).await;
+    f.tokens.state.require_dpop(Some("fleet-nonce"));
+    let grant_lines = f.rotating_grant("dpop = true\n");
+    let fleet: Vec<_> = futures::future::join_all((0..3).map(|_| f.sidecar(&grant_lines))).await;
+    let (_, bad) = fleet_load(&fleet, 4, Duration::from_secs(8)).await;
+    support::assert_all_2xx(&bad);
+    assert!(
+        f.tokens.state.rotations() >= 3,
+        "{}",
+        f.tokens.state.rotations()
+    );
+    f.assert_grant_alive();
+    let keys: std::collections::HashSet<String> = f
+        .tokens
+        .state
+        .every_issued()
+        .iter()
+        .filter_map(|t| f.tokens.state.jkt_of(t))
+        .collect();
+    assert_eq!(keys.len(), 1, "one key for the fleet's tokens");
+    let (accepted, refused, _, why) = f.upstream.state.dpop_counts();
+    assert!(accepted > 0);
+    assert_eq!(refused, 0, "{why:?}");
     f.assert_only_sealed_values();
     drop(fleet);
 }

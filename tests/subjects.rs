@@ -38,6 +38,18 @@ async fn start_with(
     Harness::start_raw(tokens, upstream, opts, String::new()).await
 }
 
+/// A `[store]` body: a sealed file store in a new temporary directory (also given).
+fn file_store(name: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("bearerd-{name}-{}", support::rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = format!(
+        "backend = \"file\"\npath = {:?}\nkey = \"{}\"",
+        dir.join("tokens.store").display().to_string(),
+        bearerd::store::generate_key()
+    );
+    (dir, store)
+}
+
 fn seg(s: &str) -> String {
     bearerd::api::encode_segment(s)
 }
@@ -580,13 +592,7 @@ async fn a_handed_over_refresh_token_works_and_a_spent_one_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_subjects_leave_memory_and_come_back_from_the_store_after_a_restart() {
-    let dir = std::env::temp_dir().join(format!("bearerd-subjects-{}", support::rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = format!(
-        "backend = \"file\"\npath = {:?}\nkey = \"{}\"",
-        dir.join("tokens.store").display().to_string(),
-        bearerd::store::generate_key()
-    );
+    let (dir, store) = file_store("subjects");
     let extra = "subject_idle = \"1s\"\nmax_subjects_in_memory = 5\n";
     let (tokens, upstream) = support::start_peers(Duration::from_secs(60)).await;
     let mut h = start_with(tokens, upstream, extra, &store).await;
@@ -1029,13 +1035,7 @@ async fn a_subject_back_after_its_token_expired_is_refreshed_on_its_first_reques
 /// rotation helper, for `run_for`: the rotations per second it sustains and how many
 /// subjects have no usable token at the end; never a refresh token sent twice.
 async fn rotations_on_the_file_store(subjects: usize, run_for: Duration) -> (f64, u64) {
-    let dir = std::env::temp_dir().join(format!("bearerd-rot-{}", support::rand_suffix()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let store = format!(
-        "backend = \"file\"\npath = {:?}\nkey = \"{}\"",
-        dir.join("tokens.store").display().to_string(),
-        bearerd::store::generate_key()
-    );
+    let (_, store) = file_store("rot");
     let h = start(Duration::from_secs(3), "", &store).await;
     let names: Vec<String> = (0..subjects).map(|i| format!("user-{i:05}")).collect();
     let h = Arc::new(h);
@@ -1141,6 +1141,7 @@ async fn measure_memory_and_load_time_with_100000_stored_subjects() {
                             logout: None,
                             bound_to: None,
                             registration: None,
+                            dpop: None,
                         };
                         fs.save(&format!("api\n{s}"), Some(&token)).unwrap();
                     }
@@ -1433,6 +1434,7 @@ async fn redis_names_subjects_by_a_keyed_hash_and_moves_records_from_unkeyed_nam
         logout: None,
         bound_to: None,
         registration: None,
+        dpop: None,
     };
     let unkeyed: String = sha2::Sha256::digest(subject.as_bytes())[..16]
         .iter()
@@ -2093,4 +2095,56 @@ async fn a_per_subject_credential_registers_a_web_client_for_its_connect_flows()
         1,
         "not registered again"
     );
+}
+
+/// DPoP for a per-subject credential: every subject's tokens are bound to the one key the
+/// credential keeps in its own store record, proven on each request, and used again after
+/// a restart (a refresh with another key would be refused: the test server binds refresh
+/// tokens too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_subject_dpop_tokens_share_the_credentials_key_across_a_restart() {
+    let (_, store) = file_store("subjects");
+    let (tokens, upstream) = support::start_peers(Duration::from_millis(1500)).await;
+    tokens.state.require_dpop(Some("as-nonce"));
+    upstream.state.require_dpop_nonce("rs-nonce");
+    let mut h = start_with(tokens, upstream, "dpop = true\n", &store).await;
+    for user in ["alice", "bob"] {
+        let url = start_connect(&h, user).await;
+        let query = consent(&h, user, &url).await;
+        let r = relay(&h, user, &query).await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+    support::restart(&mut h).await;
+    // A user who connects after the restart, before the others are loaded again, gets the
+    // same key (a key of this process's own would be lost to theirs).
+    let url = start_connect(&h, "carol").await;
+    let query = consent(&h, "carol", &url).await;
+    assert_eq!(relay(&h, "carol", &query).await.status(), 200);
+    // Every user's tokens rotate after the restart, each request proven with the key.
+    let issued = h.tokens.state.every_issued().len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while h.tokens.state.every_issued().len() < issued + 6 {
+        for user in ["alice", "bob", "carol"] {
+            let r = get_as(&h, user, "/api/x").await;
+            assert_eq!(r.status(), 200, "{user}: {}", r.text().await.unwrap());
+        }
+        assert!(std::time::Instant::now() < deadline, "no rotations");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let every = h.tokens.state.every_issued();
+    let keys: std::collections::HashSet<String> = every
+        .iter()
+        .filter_map(|t| h.tokens.state.jkt_of(t))
+        .collect();
+    assert_eq!(keys.len(), 1, "one key for every subject's tokens");
+    assert!(h
+        .upstream
+        .state
+        .seen()
+        .iter()
+        .all(|r| r.headers.contains_key("dpop")));
+    let (_, refused, _, why) = h.tokens.state.dpop_counts();
+    assert_eq!(refused, 0, "{why:?}");
+    assert_eq!(h.upstream.state.dpop_counts().1, 0);
+    assert_eq!(h.tokens.state.reuse_detected(), 0);
 }

@@ -262,6 +262,15 @@ impl AdminApp {
                 return self.refresh(name).await;
             }
             api::LoginRequest {
+                access_token: Some(_),
+                ..
+            } if cred.uses_dpop() => {
+                return error_response(
+                    400,
+                    "dpop = true: an access token obtained elsewhere is not bound to the sidecar's key; hand over the login's code",
+                );
+            }
+            api::LoginRequest {
                 access_token: Some(access_token),
                 expires_in,
                 scope,
@@ -374,6 +383,8 @@ fn handed_over_token(
         refresh_token: None,
         lifetime_cap: None,
         issued_token_type: None,
+        dpop_bound: false,
+        dpop_key: None,
     })
 }
 

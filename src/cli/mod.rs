@@ -380,7 +380,15 @@ async fn login_body(
     use bearerd::oauth::login;
     let refused = |e: login::LoginError| CliError::Refused(e.to_string());
     let port = redirect_port.unwrap_or(0);
-    if registered && !device {
+    // DPoP: the tokens are bound to the key that redeems the code, which only the sidecar
+    // holds, so the sidecar redeems it.
+    let dpop = endpoint.config().dpop;
+    if dpop && (device || subject.is_some()) {
+        return Err(CliError::Refused(
+            "dpop = true binds the tokens to the sidecar's key, so the sidecar redeems the login: log in in a browser (without --device); a subject connects through POST /credentials/NAME/subjects/SUBJECT/connect".into(),
+        ));
+    }
+    if (registered || dpop) && !device {
         let grant = login::authorize(endpoint, port, &TerminalPrompt)
             .await
             .map_err(refused)?;

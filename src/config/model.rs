@@ -142,6 +142,9 @@ pub struct TokenRequestConfig {
     pub registration: Option<RegistrationConfig>,
     /// What a 403 `insufficient_scope` may add (see `oauth::step_up`).
     pub step_up: StepUpRule,
+    /// `dpop = true`: tokens bound to a key the sidecar keeps (RFC 9449), proven at the
+    /// token endpoint and on every upstream request.
+    pub dpop: bool,
 }
 
 /// Who may widen a credential's scopes after an upstream's 403 `insufficient_scope`.
@@ -300,6 +303,9 @@ impl CredentialConfig {
         let mut pins = request.allowed_authorization_servers.clone();
         pins.sort();
         let pins = (!pins.is_empty()).then(|| format!("pins {}", pins.join(" ")));
+        // A DPoP-bound token cannot be sent as a bearer token, nor the other way round
+        // (absent without DPoP, so other bindings stay what they were).
+        let dpop = request.dpop.then_some("dpop");
         [
             self.grant.kind(),
             endpoint,
@@ -311,6 +317,7 @@ impl CredentialConfig {
         .into_iter()
         .chain(identity.as_deref())
         .chain(pins.as_deref())
+        .chain(dpop)
         .collect::<Vec<_>>()
         .join("\n")
     }

@@ -94,6 +94,8 @@ macro_rules! token_request_keys {
         /// Accept plain http to a host that is not this machine for this credential's
         /// endpoints (token_url, issuer, revocation_url, redirect_uri).
         insecure_http: Option<bool>,
+        /// RFC 9449: tokens bound to a key the sidecar keeps, proven on every request.
+        dpop: Option<bool>,
     } $($args)*); };
 }
 

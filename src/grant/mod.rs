@@ -283,6 +283,31 @@ impl Grant {
         Some(self.endpoint()?.registration()?.to_record())
     }
 
+    /// The credential's DPoP key as the store keeps it (`dpop = true`).
+    pub fn dpop_key_record(&self) -> Option<SecretString> {
+        self.endpoint()?.dpop_record()
+    }
+
+    /// The key DPoP proofs are signed with now.
+    pub fn dpop_key(&self) -> Option<Arc<crate::material::dpop::DpopKey>> {
+        self.endpoint()?.dpop_key()
+    }
+
+    /// The stored DPoP key, if any, is taken: token requests may be sent.
+    pub fn settle_dpop_key(&self) {
+        if let Some(endpoint) = self.endpoint() {
+            endpoint.settle_dpop_key();
+        }
+    }
+
+    /// Uses the DPoP key a stored record carries (its tokens are bound to it). A record
+    /// without one leaves the key as it is.
+    pub fn take_dpop_key(&self, record: Option<&SecretString>) {
+        if let (Some(endpoint), Some(record)) = (self.endpoint(), record) {
+            endpoint.take_dpop_record(record);
+        }
+    }
+
     /// Uses the registered client a stored record carries (another replica's, or this
     /// process's before a restart). A record without one leaves the client as it is.
     pub fn take_registration(&self, record: Option<&SecretString>) {

@@ -99,6 +99,8 @@ impl StaticToken {
             refresh_token: None,
             lifetime_cap: None,
             issued_token_type: None,
+            dpop_bound: false,
+            dpop_key: None,
         }))
     }
 }

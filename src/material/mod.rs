@@ -1,10 +1,11 @@
 //! Everything read from files (or the environment): secret references, CA files, client
-//! identities for mutual TLS, private keys and the assertions they sign, and what a JWT says
-//! about itself, and `Watched<T>`: the one rule for files read again while running. A leaf:
+//! identities for mutual TLS, private keys and the assertions they sign, DPoP keys and
+//! their proofs, and what a JWT says about itself, and `Watched<T>`: the one rule for files read again while running. A leaf:
 //! it imports nothing of bearerd, so the config, the OAuth client and the stores can all use
 //! it.
 
 pub mod ca;
+pub mod dpop;
 pub mod identity;
 pub mod jwt;
 pub mod secret;

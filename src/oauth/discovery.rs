@@ -311,11 +311,15 @@ pub fn resource_metadata_param(header: &str) -> Option<String> {
 /// Only the `Bearer` challenge's: a header may carry others (`DPoP`, `Basic`), whose
 /// parameters say nothing of a bearer token.
 pub fn challenge_param(header: &str, name: &str) -> Option<String> {
+    scheme_param(header, "bearer", name)
+}
+
+/// The parameter `name` of the challenge of `scheme` (`Bearer`, `DPoP`) in a
+/// `WWW-Authenticate` header.
+pub fn scheme_param(header: &str, scheme: &str, name: &str) -> Option<String> {
     challenge_params(header)
         .into_iter()
-        .find(|(scheme, n, _)| {
-            scheme.eq_ignore_ascii_case("bearer") && n.eq_ignore_ascii_case(name)
-        })
+        .find(|(s, n, _)| s.eq_ignore_ascii_case(scheme) && n.eq_ignore_ascii_case(name))
         .map(|(_, _, v)| v)
 }
 
@@ -654,6 +658,10 @@ mod tests {
         let two = r#"DPoP error="use_dpop_nonce", scope="x", Bearer scope="y""#;
         assert_eq!(challenge_param(two, "scope").as_deref(), Some("y"));
         assert_eq!(challenge_param(two, "error"), None);
+        assert_eq!(
+            scheme_param(two, "dpop", "error").as_deref(),
+            Some("use_dpop_nonce")
+        );
         assert_eq!(challenge_param("==,,=", "scope"), None);
         assert_eq!(
             challenge_param("Bearer scope=\"unterminated", "scope").as_deref(),

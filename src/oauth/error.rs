@@ -23,12 +23,16 @@ pub enum OAuthErrorCode {
     ExpiredToken,
     TemporarilyUnavailable,
     ServerError,
+    /// RFC 9449 §8: the server wants a DPoP proof with the nonce it sent.
+    UseDpopNonce,
+    /// RFC 9449 §5: the proof was refused (most often a clock skew in its `iat`).
+    InvalidDpopProof,
     /// A code no RFC above defines, reduced to `[A-Za-z0-9_]`, at most 64 characters.
     Other(String),
 }
 
 impl OAuthErrorCode {
-    const KNOWN: [OAuthErrorCode; 13] = [
+    const KNOWN: [OAuthErrorCode; 15] = [
         OAuthErrorCode::InvalidRequest,
         OAuthErrorCode::InvalidClient,
         OAuthErrorCode::InvalidGrant,
@@ -42,6 +46,8 @@ impl OAuthErrorCode {
         OAuthErrorCode::ExpiredToken,
         OAuthErrorCode::TemporarilyUnavailable,
         OAuthErrorCode::ServerError,
+        OAuthErrorCode::UseDpopNonce,
+        OAuthErrorCode::InvalidDpopProof,
     ];
 
     pub fn parse(code: &str) -> OAuthErrorCode {
@@ -74,6 +80,8 @@ impl OAuthErrorCode {
             OAuthErrorCode::ExpiredToken => "expired_token",
             OAuthErrorCode::TemporarilyUnavailable => "temporarily_unavailable",
             OAuthErrorCode::ServerError => "server_error",
+            OAuthErrorCode::UseDpopNonce => "use_dpop_nonce",
+            OAuthErrorCode::InvalidDpopProof => "invalid_dpop_proof",
             OAuthErrorCode::Other(code) => code,
         }
     }
@@ -84,7 +92,9 @@ impl OAuthErrorCode {
         match self {
             OAuthErrorCode::TemporarilyUnavailable
             | OAuthErrorCode::ServerError
-            | OAuthErrorCode::SlowDown => true,
+            | OAuthErrorCode::SlowDown
+            // Answered once with the nonce; asked again, the next attempt brings it.
+            | OAuthErrorCode::UseDpopNonce => true,
             OAuthErrorCode::InvalidRequest
             | OAuthErrorCode::InvalidClient
             | OAuthErrorCode::InvalidGrant
@@ -95,6 +105,9 @@ impl OAuthErrorCode {
             | OAuthErrorCode::AccessDenied
             | OAuthErrorCode::AuthorizationPending
             | OAuthErrorCode::ExpiredToken
+            // A proof the server will not take (an algorithm or URL it does not accept)
+            // needs the config looked at; a skewed clock is caught by the nonce.
+            | OAuthErrorCode::InvalidDpopProof
             | OAuthErrorCode::Other(_) => false,
         }
     }
@@ -113,10 +126,12 @@ pub enum GrantInput {
     ActorToken,
     /// jwt_bearer's `assertion = { file = … }`.
     Assertion,
+    /// The DPoP key (`dpop = true`) that signs proofs.
+    DpopKey,
 }
 
 impl GrantInput {
-    pub const ALL: [GrantInput; 9] = [
+    pub const ALL: [GrantInput; 10] = [
         GrantInput::ClientSecret,
         GrantInput::RefreshToken,
         GrantInput::StaticToken,
@@ -126,6 +141,7 @@ impl GrantInput {
         GrantInput::SubjectToken,
         GrantInput::ActorToken,
         GrantInput::Assertion,
+        GrantInput::DpopKey,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -139,6 +155,7 @@ impl GrantInput {
             GrantInput::SubjectToken => "subject_token",
             GrantInput::ActorToken => "actor_token",
             GrantInput::Assertion => "assertion",
+            GrantInput::DpopKey => "dpop_key",
         }
     }
 }

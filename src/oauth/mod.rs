@@ -15,6 +15,7 @@
 pub mod carrier;
 pub mod client_auth;
 pub mod discovery;
+pub mod dpop;
 pub mod error;
 pub mod login;
 pub mod registration;
@@ -47,6 +48,11 @@ pub struct IssuedToken {
     pub lifetime_cap: Option<Duration>,
     /// RFC 8693 `issued_token_type`, when a token exchange said.
     pub issued_token_type: Option<String>,
+    /// `token_type` DPoP: the token is bound to the key that proved possession of it.
+    pub dpop_bound: bool,
+    /// The key a DPoP-bound token is bound to (set by the endpoint that sent the proof):
+    /// every request that carries the token proves possession of it.
+    pub dpop_key: Option<std::sync::Arc<crate::material::dpop::DpopKey>>,
 }
 
 impl IssuedToken {
@@ -116,6 +122,8 @@ pub struct TokenEndpoint {
     registered: arc_swap::ArcSwapOption<RegisteredClient>,
     /// Scopes added after an upstream's 403 `insufficient_scope`.
     step_up: std::sync::Arc<step_up::StepUp>,
+    /// `dpop = true`: the key tokens are bound to, and the server's nonce.
+    dpop: Option<dpop::DpopProver>,
 }
 
 /// A registered client, ready to authenticate.
@@ -133,6 +141,10 @@ impl TokenEndpoint {
     pub fn new(config: &TokenRequestConfig) -> Result<Self, transport::ClientError> {
         let identity = config.client.method.identity();
         let transport = Transport::new(config.timeout, config.ca_file.as_deref(), identity)?;
+        let dpop = match config.dpop {
+            true => Some(dpop::DpopProver::new().map_err(transport::ClientError::DpopKey)?),
+            false => None,
+        };
         Ok(TokenEndpoint {
             transport,
             client_auth: ClientAuthenticator::new(&config.client.method),
@@ -140,6 +152,7 @@ impl TokenEndpoint {
             discovered: tokio::sync::OnceCell::new(),
             registered: arc_swap::ArcSwapOption::empty(),
             step_up: std::sync::Arc::new(step_up::StepUp::new(config.step_up.clone())),
+            dpop,
         })
     }
 
@@ -159,6 +172,30 @@ impl TokenEndpoint {
                 registration,
                 auth,
             })));
+    }
+
+    /// The DPoP key tokens are bound to (`dpop = true`), as the store keeps it.
+    pub fn dpop_record(&self) -> Option<SecretString> {
+        Some(self.dpop.as_ref()?.key().to_record())
+    }
+
+    /// The key DPoP proofs are signed with now (`dpop = true`).
+    pub fn dpop_key(&self) -> Option<std::sync::Arc<crate::material::dpop::DpopKey>> {
+        Some(self.dpop.as_ref()?.key())
+    }
+
+    /// The stored DPoP key, if any, is taken: token requests may be sent.
+    pub fn settle_dpop_key(&self) {
+        if let Some(d) = &self.dpop {
+            d.settle();
+        }
+    }
+
+    /// Uses the DPoP key a stored record carries: the tokens in it are bound to it.
+    pub fn take_dpop_record(&self, record: &SecretString) {
+        if let Some(d) = &self.dpop {
+            d.take_record(record);
+        }
     }
 
     /// The client id requests name: the registered one, else the configured one.
@@ -422,13 +459,13 @@ impl TokenEndpoint {
     }
 
     /// `exchange`, through the rotation helper when `via` names one (with the fingerprint of
-    /// the refresh token in the form).
+    /// the refresh token in the form). With DPoP, a `use_dpop_nonce` answer is tried once
+    /// more with the server's nonce (RFC 9449 §8); the grant was not spent by it.
     pub async fn exchange_via(
         &self,
         mut form: Form,
         via: Option<(&dyn Carrier, String)>,
     ) -> Result<IssuedToken, GrantError> {
-        let c = &self.config;
         let endpoints = self.endpoints().await?;
         let token_url = endpoints.token.clone().ok_or_else(|| {
             GrantError::permanent(
@@ -436,68 +473,153 @@ impl TokenEndpoint {
                 "discovery found no token_endpoint",
             )
         })?;
-        if let Some(r) = c.resource.clone().or(endpoints.resource.clone()) {
+        if let Some(r) = self.config.resource.clone().or(endpoints.resource.clone()) {
             form.push(("resource", r));
         }
+        if let Some(d) = &self.dpop {
+            d.settled().await;
+        }
+        let key = self.dpop.as_ref().map(|d| d.key());
+        let mut retried = false;
+        loop {
+            let (proof, sent_nonce) = match (&self.dpop, &key) {
+                (Some(d), Some(k)) => {
+                    let (proof, nonce) = d.proof(k, &token_url)?;
+                    (Some(proof), nonce)
+                }
+                _ => (None, None),
+            };
+            let (request, sent_secrets) =
+                self.token_request(&endpoints, &token_url, form.clone(), proof)?;
+            let via = via.as_ref().map(|(h, r)| (*h, r.clone()));
+            let raw = self.carry(request, via).await?;
+            if let Some(d) = &self.dpop {
+                d.remember_nonce(raw.dpop_nonce.as_ref());
+            }
+            // Another nonce than the proof carried: a try with it may succeed.
+            let new_nonce = raw.dpop_nonce.is_some() && raw.dpop_nonce != sent_nonce;
+            let result = response::classify_response(&raw).map_err(|mut e| {
+                e.message = scrub(&e.message, &sent_secrets);
+                e
+            });
+            match result {
+                Err(e) if !retried && new_nonce && use_dpop_nonce(&e) => retried = true,
+                result => return self.bind_to_key(result, key),
+            }
+        }
+    }
+
+    /// The token request as it goes out: client authentication, `params`, the DPoP proof;
+    /// with the secrets it carries, which the answer may not quote back.
+    fn token_request(
+        &self,
+        endpoints: &ProviderEndpoints,
+        token_url: &url::Url,
+        mut form: Form,
+        proof: Option<String>,
+    ) -> Result<(reqwest::Request, Vec<String>), GrantError> {
         let http = self.http()?;
-        let req = http
+        let mut req = http
             .post(token_url.clone())
             .header("accept", "application/json");
-        let audience = self.audience(&endpoints, &token_url);
-        let req = self.apply_client(&endpoints, req, &mut form, &audience)?;
+        if let Some(proof) = proof {
+            req = req.header(dpop::DPOP, proof);
+        }
+        let audience = self.audience(endpoints, token_url);
+        let req = self.apply_client(endpoints, req, &mut form, &audience)?;
         let mut body: Vec<(String, String)> =
             form.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-        for (k, v) in &c.params {
+        for (k, v) in &self.config.params {
             body.push((k.clone(), v.clone()));
         }
         let request = req.form(&body).build().map_err(|e| {
             let message = format!("cannot build the token request: {}", error_chain(&e));
             self.transport.transport_failure(false, message)
         })?;
-        // What the answer may not quote back: a provider's error_description sometimes
-        // echoes the request.
+        // A provider's error_description sometimes echoes the request.
         let sent_secrets: Vec<String> = body
             .iter()
             .filter(|(k, _)| SECRET_FIELDS.contains(&k.as_str()))
             .map(|(_, v)| v.clone())
             .collect();
-        let raw = match via {
-            Some((helper, replaces)) => {
-                let sent = helper
-                    .send(
-                        &request,
-                        c.timeout,
-                        c.ca_file.clone(),
-                        self.transport.identity().cloned(),
-                        replaces.clone(),
-                    )
-                    .await;
-                match sent {
-                    Ok(raw) => raw,
-                    Err(CarrierError::NotStarted(why)) => {
-                        // Nothing was sent: send it here, without the journal.
-                        tracing::warn!("{why}; sending the token request directly");
-                        self.transport.send(&http, request).await?
-                    }
-                    Err(CarrierError::Failed { timeout, message }) => {
-                        let mut e = self.transport.transport_failure(timeout, message);
-                        // The provider may have rotated and the helper journaled it.
-                        e.rotated_refresh_token = helper.journaled_successor(&replaces).await;
-                        return Err(e);
-                    }
-                    Err(CarrierError::NotSent(message)) => {
-                        return Err(GrantError::transient(
-                            GrantErrorKind::StoreUnavailable,
-                            message,
-                        ));
-                    }
-                }
-            }
-            None => self.transport.send(&http, request).await?,
-        };
-        response::classify_response(&raw).map_err(|mut e| {
-            e.message = scrub(&e.message, &sent_secrets);
-            e
-        })
+        Ok((request, sent_secrets))
     }
+
+    /// Sends a token request: directly, or through the rotation helper when `via` names one.
+    async fn carry(
+        &self,
+        request: reqwest::Request,
+        via: Option<(&dyn Carrier, String)>,
+    ) -> Result<transport::RawResponse, GrantError> {
+        let c = &self.config;
+        let Some((helper, replaces)) = via else {
+            return self.transport.send(&self.http()?, request).await;
+        };
+        let sent = helper
+            .send(
+                &request,
+                c.timeout,
+                c.ca_file.clone(),
+                self.transport.identity().cloned(),
+                replaces.clone(),
+            )
+            .await;
+        match sent {
+            Ok(raw) => Ok(raw),
+            Err(CarrierError::NotStarted(why)) => {
+                // Nothing was sent: send it here, without the journal.
+                tracing::warn!("{why}; sending the token request directly");
+                self.transport.send(&self.http()?, request).await
+            }
+            Err(CarrierError::Failed { timeout, message }) => {
+                let mut e = self.transport.transport_failure(timeout, message);
+                // The provider may have rotated and the helper journaled it.
+                e.rotated_refresh_token = helper.journaled_successor(&replaces).await;
+                Err(e)
+            }
+            Err(CarrierError::NotSent(message)) => Err(GrantError::transient(
+                GrantErrorKind::StoreUnavailable,
+                message,
+            )),
+        }
+    }
+
+    /// A DPoP-bound token gets the key that proved possession. One the credential did not
+    /// ask to bind is refused (it could not be used as a bearer token), and so is a bearer
+    /// token for a credential that asked for bound ones.
+    fn bind_to_key(
+        &self,
+        result: Result<IssuedToken, GrantError>,
+        key: Option<std::sync::Arc<crate::material::dpop::DpopKey>>,
+    ) -> Result<IssuedToken, GrantError> {
+        let mut token = result?;
+        match (token.dpop_bound, key) {
+            (true, Some(key)) => token.dpop_key = Some(key),
+            (true, None) => {
+                let mut e = GrantError::permanent(
+                    GrantErrorKind::UnsupportedTokenType,
+                    "the token endpoint issued a DPoP-bound token to a request without a proof (token_type DPoP)",
+                );
+                // The provider rotated all the same: the old refresh token is spent.
+                e.rotated_refresh_token = token.refresh_token.take();
+                return Err(e);
+            }
+            (false, Some(_)) => {
+                // The operator asked for bound tokens: a bearer one is not used in their place.
+                let mut e = GrantError::permanent(
+                    GrantErrorKind::UnsupportedTokenType,
+                    "dpop = true, and the authorization server issued a token that is not DPoP-bound (it does not support DPoP?)",
+                );
+                e.rotated_refresh_token = token.refresh_token.take();
+                return Err(e);
+            }
+            (false, None) => {}
+        }
+        Ok(token)
+    }
+}
+
+/// RFC 9449 §8: the server wants the nonce it sent in the proof.
+fn use_dpop_nonce(e: &GrantError) -> bool {
+    e.kind.is_oauth(error::OAuthErrorCode::UseDpopNonce)
 }

@@ -102,13 +102,18 @@ pub fn parse_success(body: &[u8]) -> Result<IssuedToken, GrantError> {
             "access_token holds characters that cannot go in an Authorization header",
         )));
     }
+    // RFC 9449 §5: a token bound to the DPoP key that proved possession of it.
+    let dpop_bound = r
+        .token_type
+        .as_deref()
+        .is_some_and(|tt| tt.eq_ignore_ascii_case("dpop"));
     if let Some(tt) = &r.token_type {
         // RFC 8693 §2.2.1: "N_A" when an exchange issues something other than an access
         // token (a JWT, say), which the upstream still takes as a bearer credential.
-        if !tt.eq_ignore_ascii_case("bearer") && tt != "N_A" {
+        if !tt.eq_ignore_ascii_case("bearer") && tt != "N_A" && !dpop_bound {
             return Err(with_rotated(GrantError::permanent(
                 GrantErrorKind::UnsupportedTokenType,
-                format!("token_type {tt:?} is not Bearer"),
+                format!("token_type {tt:?} is neither Bearer nor DPoP"),
             )));
         }
     }
@@ -142,6 +147,8 @@ pub fn parse_success(body: &[u8]) -> Result<IssuedToken, GrantError> {
         refresh_token: rotated,
         lifetime_cap: None,
         issued_token_type: r.issued_token_type,
+        dpop_bound,
+        dpop_key: None,
     })
 }
 
@@ -381,7 +388,11 @@ mod tests {
                 return None;
             }
             if let Some(Value::String(t)) = m.get("token_type") {
-                if !t.eq_ignore_ascii_case("bearer") && t != "N_A" {
+                // DPoP-bound tokens are read here; the endpoint refuses one it did not ask for.
+                if !t.eq_ignore_ascii_case("bearer")
+                    && !t.eq_ignore_ascii_case("dpop")
+                    && t != "N_A"
+                {
                     return None;
                 }
             }
@@ -407,7 +418,7 @@ mod tests {
                 retry_after in retry_after(),
                 body in body(),
             ) {
-                let raw = super::RawResponse { status, retry_after: retry_after.clone(), body: body.clone() };
+                let raw = super::RawResponse { status, retry_after: retry_after.clone(), body: body.clone(), dpop_nonce: None };
                 let outcome = super::classify_response(&raw);
                 let oracle = well_formed_success(status, &body);
                 match (&outcome, &oracle) {

@@ -16,6 +16,8 @@ pub struct RawResponse {
     pub status: u16,
     pub retry_after: Option<http::HeaderValue>,
     pub body: Vec<u8>,
+    /// RFC 9449 §8: the nonce the server wants in the next DPoP proof.
+    pub dpop_nonce: Option<String>,
 }
 
 /// Why the token client cannot be built.
@@ -29,6 +31,8 @@ pub enum ClientError {
     Certificate(reqwest::Error),
     #[error("cannot build the token client: {0}")]
     Build(reqwest::Error),
+    #[error(transparent)]
+    DpopKey(crate::material::dpop::DpopKeyError),
 }
 
 /// The HTTP client for token requests: the request timeout, no redirects, the configured CA
@@ -164,6 +168,7 @@ impl Transport {
         })?;
         let status = resp.status().as_u16();
         let retry_after = resp.headers().get("retry-after").cloned();
+        let dpop_nonce = dpop_nonce_of(resp.headers());
         let body = resp.bytes().await.map_err(|e| {
             GrantError::transient(
                 GrantErrorKind::Network,
@@ -174,8 +179,14 @@ impl Transport {
             status,
             retry_after,
             body: body.to_vec(),
+            dpop_nonce,
         })
     }
+}
+
+/// The `DPoP-Nonce` header (RFC 9449 §8), when it is a usable value.
+pub(crate) fn dpop_nonce_of(headers: &http::HeaderMap) -> Option<String> {
+    crate::material::dpop::valid_nonce(headers.get("dpop-nonce")?.to_str().ok()?)
 }
 
 pub(crate) fn error_chain(e: &reqwest::Error) -> String {

@@ -3,6 +3,7 @@
 
 mod arena;
 pub mod boundary;
+pub mod dpop;
 pub mod elicitation;
 pub mod problem;
 pub mod resolve;
@@ -49,6 +50,8 @@ pub struct Upstream {
     pub subjects: Option<Arc<SubjectRegistry>>,
     /// Shared with the tools' views of this upstream, which it keeps resolved.
     pub addr: Arc<ResolvedAddr>,
+    /// Proofs for DPoP-bound tokens, and the upstream's nonce (shared with tool views).
+    dpop: Arc<dpop::UpstreamDpop>,
     /// Tools with a credential of their own (MCP's `Mcp-Name`): the tool's name and this
     /// upstream with that credential. Empty for most upstreams, which then pay nothing.
     tools: Vec<(HeaderValue, Arc<Upstream>)>,
@@ -141,6 +144,7 @@ impl Upstream {
             pool_key,
             name: Arc::from(config.name.as_str()),
             addr: Arc::new(ResolvedAddr::new(&config.host, config.port)),
+            dpop: Arc::new(dpop::UpstreamDpop::new(&config)),
             tools: Vec::new(),
             slot,
             subjects,
@@ -162,6 +166,7 @@ impl Upstream {
             slot,
             subjects,
             addr: Arc::clone(&self.addr),
+            dpop: Arc::clone(&self.dpop),
             tools: Vec::new(),
             ca: self.ca.clone(),
             authority: self.authority.clone(),
@@ -207,16 +212,17 @@ impl Upstream {
 /// of a request.
 static MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
 
-/// The upstream request: target, `Host`, the token, and a request id that bearerd generated
-/// (one the app sent is in the request already). `insert`, not `append`: this runs again on
-/// the replay after a 401.
+/// The upstream request: target, `Host`, the token (with its DPoP proof, when it is bound
+/// to a key), and a request id that bearerd generated (one the app sent is in the request
+/// already). `insert`, not `append`: this runs again on a replay. Answers the DPoP nonce
+/// the proof carries.
 pub fn rewrite_request(
     req: &mut RequestHeader,
     up: &Upstream,
     token: &TokenSnapshot,
     target: Option<&http::Uri>,
     request_id: Option<&HeaderValue>,
-) -> pingora::Result<()> {
+) -> pingora::Result<Option<Arc<String>>> {
     if let Some(target) = target {
         req.set_uri(target.clone());
     }
@@ -225,10 +231,11 @@ pub fn rewrite_request(
     // map would copy "authorization" into a new buffer on every request.
     let name = bytes::Bytes::from_static(b"Authorization");
     req.insert_header(name, token.header.clone())?;
+    let nonce = up.dpop.add_proof(req, token)?;
     if let Some(id) = request_id {
         req.insert_header("x-request-id", id.clone())?;
     }
-    Ok(())
+    Ok(nonce)
 }
 
 /// How a listener picks the upstream.
@@ -301,6 +308,10 @@ pub struct RequestCtx {
     /// Why no token could be had when the request was about to leave (its own ran out).
     token_unavailable: Option<TokenUnavailable>,
     replayed: bool,
+    /// The DPoP nonce the upstream request's proof carried, and whether the request was
+    /// replayed for the upstream's nonce (once, apart from a token's 401 replay).
+    dpop_nonce_sent: Option<Arc<String>>,
+    nonce_replayed: bool,
     outcome_401: Option<Outcome401>,
     /// The replay is a step-up's (not a 401's), or the scopes a login must ask for.
     step_up: Option<StepUpReplay>,
@@ -410,11 +421,11 @@ impl BearerProxy {
         if registry.config.on_behalf_of() {
             return false;
         }
-        let id = match body {
-            Some(b) => elicitation::request_id(&b),
-            None => elicitation::read_request_id(session).await,
+        let request = match body {
+            Some(b) => elicitation::request(&b),
+            None => elicitation::read_request(session).await,
         };
-        let Some(id) = id else {
+        let Some(request) = request else {
             return false;
         };
         // A client older than the URL elicitation (MCP 2025-11-25) gets the problem+json.
@@ -422,8 +433,13 @@ impl BearerProxy {
             .req_header()
             .headers
             .get("mcp-protocol-version")
-            .and_then(|v| v.to_str().ok());
-        if version.is_some_and(|v| v < elicitation::FIRST_VERSION) {
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        if version
+            .as_deref()
+            .and_then(elicitation::revision)
+            .is_some_and(|v| v < elicitation::FIRST_VERSION)
+        {
             return false;
         }
         let started = match crate::token::subject::connect::start_for_request(
@@ -439,7 +455,8 @@ impl BearerProxy {
                 return false;
             }
         };
-        let answer = elicitation::answer(id, &started.authorize_url, message);
+        let answer =
+            elicitation::answer_for(request, version.as_deref(), &started.authorize_url, message);
         if let Err(e) = elicitation::send(session, answer, ctx.request_id()).await {
             tracing::debug!(
                 request_id = ctx.request_id(),
@@ -491,6 +508,37 @@ impl BearerProxy {
                 Err(Error::new(STEP_UP_LOGIN))
             }
         }
+    }
+
+    /// RFC 9449 §9: a DPoP request's answer may carry the upstream's next nonce. A 401
+    /// `use_dpop_nonce`: `Some(true)` replays it once with the same token and a proof with
+    /// the new nonce (apart from the one replay after a token's 401); `Some(false)` passes
+    /// it through. `None`: not such an answer.
+    fn dpop_nonce_step(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Option<bool> {
+        let (Some(up), Some(token)) = (&ctx.upstream, &ctx.token) else {
+            return None;
+        };
+        token.dpop.as_ref()?;
+        let dpop::NonceChallenge::UseNonce { fresh } =
+            up.dpop.nonce_challenge(resp, ctx.dpop_nonce_sent.as_ref())
+        else {
+            return None;
+        };
+        if !fresh || ctx.nonce_replayed || session.as_ref().retry_buffer_truncated() {
+            return Some(false);
+        }
+        tracing::debug!(
+            request_id = ctx.request_id(),
+            upstream = &*up.name,
+            "upstream asked for a DPoP nonce; replaying with it"
+        );
+        ctx.nonce_replayed = true;
+        Some(true)
     }
 
     /// 403 `subject-not-connected`: what the app turns into a "connect your account" prompt,
@@ -871,7 +919,8 @@ impl ProxyHttp for BearerProxy {
             req.remove_header(header);
         }
         let new_id = ctx.request_id.as_ref().filter(|_| !ctx.request_id_from_app);
-        rewrite_request(req, up, token, ctx.target.as_ref(), new_id)
+        ctx.dpop_nonce_sent = rewrite_request(req, up, token, ctx.target.as_ref(), new_id)?;
+        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -880,6 +929,16 @@ impl ProxyHttp for BearerProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        match self.dpop_nonce_step(session, resp, ctx) {
+            Some(true) => {
+                let mut e = Error::new(REPLAY_AFTER_401);
+                e.set_retry(true);
+                return Err(e);
+            }
+            // The nonce, not the token, was refused: no refresh for it.
+            Some(false) => return Ok(()),
+            None => {}
+        }
         if resp.status == http::StatusCode::FORBIDDEN && !ctx.replayed {
             return self.insufficient_scope(session, resp, ctx).await;
         }

@@ -965,6 +965,7 @@ mod tests {
             logout: None,
             bound_to: None,
             registration: None,
+            dpop: None,
         }
     }
 

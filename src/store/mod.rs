@@ -347,6 +347,19 @@ pub struct StoredToken {
     /// with the issuer it belongs to: opaque here (the token engine writes and reads it),
     /// sealed with the rest. Carried over by every save.
     pub registration: Option<SecretString>,
+    /// The credential's DPoP key (`dpop = true`), and whether the tokens here are bound to
+    /// it: opaque here too, sealed with the rest, carried over by every save.
+    pub dpop: Option<DpopRecord>,
+}
+
+/// A credential's DPoP key as a record carries it (RFC 9449).
+#[derive(Debug, Clone)]
+pub struct DpopRecord {
+    /// The private key, in the form the token engine reads.
+    pub key: SecretString,
+    /// The access token is bound to the key (`token_type` DPoP); so is the refresh token of
+    /// a public client (RFC 9449 §5).
+    pub bound: bool,
 }
 
 /// What a record's tokens were obtained for, the same in every store: a fingerprint of the
@@ -425,6 +438,7 @@ impl StoredToken {
             logout: None,
             bound_to: None,
             registration: None,
+            dpop: None,
         }
     }
 }
@@ -458,6 +472,10 @@ pub(crate) struct StoredTokenRecord {
     bound_to: Option<RecordBinding>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     registration: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dpop_key: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    dpop_bound: bool,
 }
 
 /// A record as it is sealed: the token set and its generation (0 in stores written before
@@ -516,6 +534,8 @@ impl From<&StoredToken> for StoredTokenRecord {
                 .registration
                 .as_ref()
                 .map(|r| r.expose_secret().to_string()),
+            dpop_key: t.dpop.as_ref().map(|d| d.key.expose_secret().to_string()),
+            dpop_bound: t.dpop.as_ref().is_some_and(|d| d.bound),
         }
     }
 }
@@ -533,6 +553,10 @@ impl From<StoredTokenRecord> for StoredToken {
             logout: r.logout,
             bound_to: r.bound_to,
             registration: r.registration.map(SecretString::from),
+            dpop: r.dpop_key.map(|key| DpopRecord {
+                key: SecretString::from(key),
+                bound: r.dpop_bound,
+            }),
         }
     }
 }

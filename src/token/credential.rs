@@ -8,7 +8,7 @@ use secrecy::SecretString;
 
 use super::CredentialSlot;
 use crate::grant::Grant;
-use crate::store::{SaveOutcome, StoreError, StoredSet, StoredToken, TokenStore};
+use crate::store::{DpopRecord, SaveOutcome, StoreError, StoredSet, StoredToken, TokenStore};
 
 pub struct Credential {
     pub slot: Arc<CredentialSlot>,
@@ -210,6 +210,7 @@ impl Credential {
             }),
             bound_to: Some(self.slot.binding.clone()),
             registration: self.grant.registration_record(),
+            dpop: dpop_record(&self.grant, None),
             ..StoredToken::empty()
         };
         let forgotten = self.save_over(&tombstone).await.is_ok();
@@ -251,6 +252,7 @@ impl Credential {
             spent_seed: self.grant.spent_seed().await,
             bound_to: Some(self.slot.binding.clone()),
             registration: self.grant.registration_record(),
+            dpop: dpop_record(&self.grant, None),
             ..StoredToken::empty()
         };
         self.save_over(&record).await?;
@@ -317,12 +319,60 @@ impl Credential {
         endpoint.exchange(code.form()).await
     }
 
-    /// Uses the client registered before, as the store keeps it (a per-subject credential
-    /// at startup: its own record holds no token, and no refresher reads it).
+    /// The stored DPoP key, if any, is taken: token requests may be sent.
+    pub fn settle_dpop_key(&self) {
+        self.grant.settle_dpop_key();
+    }
+
+    /// Its tokens are bound to a DPoP key the sidecar holds (`dpop = true`).
+    pub fn uses_dpop(&self) -> bool {
+        self.grant.dpop_key().is_some()
+    }
+
+    /// Uses the client registered before and the DPoP key, as the store keeps them (a
+    /// per-subject credential at startup: its own record holds no token, and no refresher
+    /// reads it). Its subjects share one DPoP key, kept in this record: made by the first
+    /// process to start, taken by the others.
     pub async fn take_stored_registration(&self) {
-        if let Some(set) = self.load_set().await {
+        let held = self.load_set().await;
+        if let Some(set) = &held {
+            self.hold_generation(set.generation);
+            self.take_client_material(&set.token);
+        }
+        if !self.uses_dpop() || held.as_ref().is_some_and(|s| s.token.dpop.is_some()) {
+            return;
+        }
+        let mut record = held.map_or_else(
+            || StoredToken {
+                bound_to: Some(self.slot.binding.clone()),
+                ..StoredToken::empty()
+            },
+            |s| s.token,
+        );
+        record.dpop = dpop_record(&self.grant, None);
+        match self.save_set(&record).await {
+            Ok(SaveOutcome::Saved { .. }) => {}
+            Ok(SaveOutcome::Conflict {
+                current: Some(current),
+            }) => self.take_client_material(&current.token),
+            Ok(SaveOutcome::Conflict { current: None }) => {}
+            Err(e) => tracing::warn!(
+                credential = &*self.slot.name,
+                error = %e,
+                "could not keep the DPoP key in the store: subjects connected now need a new connect after a restart"
+            ),
+        }
+    }
+
+    /// What a stored record says about the credential's client and key, taken into the
+    /// grant: the client the sidecar registered, and the DPoP key the record's tokens are
+    /// bound to. A subject's record never changes the key its credential's subjects share
+    /// (the credential's own record holds that one).
+    pub(super) fn take_client_material(&self, stored: &StoredToken) {
+        self.grant.take_registration(stored.registration.as_ref());
+        if !self.is_subject() {
             self.grant
-                .take_registration(set.token.registration.as_ref());
+                .take_dpop_key(stored.dpop.as_ref().map(|d| &d.key));
         }
     }
 
@@ -342,8 +392,7 @@ impl Credential {
         let _op = self.op.lock().await;
         // What the store holds first: another replica may have registered (and logged in).
         if let Some(set) = self.load_set().await {
-            self.grant
-                .take_registration(set.token.registration.as_ref());
+            self.take_client_material(&set.token);
         }
         let endpoints = endpoint
             .endpoints()
@@ -387,6 +436,7 @@ impl Credential {
             spent_seed: self.grant.spent_seed().await,
             bound_to: Some(self.slot.binding.clone()),
             registration: Some(registered.to_record()),
+            dpop: dpop_record(&self.grant, None),
             ..StoredToken::empty()
         };
         self.save_over(&record).await?;
@@ -402,5 +452,23 @@ impl Credential {
             );
         }
         Ok(registered)
+    }
+}
+
+/// The DPoP key a record carries: the key `bound` tokens are bound to, else the
+/// credential's own (so a restart or another replica signs with the same key).
+pub(super) fn dpop_record(
+    grant: &Grant,
+    bound: Option<&crate::material::dpop::DpopKey>,
+) -> Option<DpopRecord> {
+    match bound {
+        Some(key) => Some(DpopRecord {
+            key: key.to_record(),
+            bound: true,
+        }),
+        None => Some(DpopRecord {
+            key: grant.dpop_key_record()?,
+            bound: false,
+        }),
     }
 }

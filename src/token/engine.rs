@@ -115,6 +115,7 @@ impl TokenEngine {
             // record keeps the client it registered, which they use: taken before they start.
             if self.registry(&cred.slot.name).is_some() {
                 cred.take_stored_registration().await;
+                cred.settle_dpop_key();
                 continue;
             }
             tasks.push(tokio::spawn(super::refresher::run(

@@ -33,8 +33,10 @@ impl Trigger {
 
 /// A published token: the ready-made header value and what the engine knows about it.
 pub struct TokenSnapshot {
-    /// `Bearer …`, marked sensitive so HTTP libraries never print it.
+    /// `Bearer …` (or `DPoP …`), marked sensitive so HTTP libraries never print it.
     pub header: HeaderValue,
+    /// A DPoP-bound token: the key every request proves possession of.
+    pub dpop: Option<DpopBinding>,
     pub generation: u64,
     pub issued_at: Instant,
     pub issued_wall: SystemTime,
@@ -45,7 +47,40 @@ pub struct TokenSnapshot {
     pub scopes: Vec<String>,
 }
 
+/// What a request with a DPoP-bound token needs besides the token: the key, and the
+/// token's hash (`ath`), computed once per token rather than per request.
+pub struct DpopBinding {
+    pub key: Arc<crate::material::dpop::DpopKey>,
+    pub ath: String,
+}
+
+impl DpopBinding {
+    pub fn new(key: Arc<crate::material::dpop::DpopKey>, token: &secrecy::SecretString) -> Self {
+        use secrecy::ExposeSecret;
+        let ath = crate::material::dpop::access_token_hash(token.expose_secret());
+        DpopBinding { key, ath }
+    }
+}
+
 impl TokenSnapshot {
+    /// The `DPoP` header for one request with this token (RFC 9449 §7): `None` for a
+    /// bearer token, or when the proof cannot be made (the request is then not sent).
+    pub fn dpop_proof(
+        &self,
+        method: &str,
+        htu: &str,
+        nonce: Option<&str>,
+    ) -> Option<Result<HeaderValue, crate::material::dpop::DpopKeyError>> {
+        let binding = self.dpop.as_ref()?;
+        let proof = binding
+            .key
+            .proof(method, htu, Some(&binding.ath), nonce)
+            .and_then(|p| {
+                HeaderValue::try_from(p).map_err(|_| crate::material::dpop::DpopKeyError::Sign)
+            });
+        Some(proof)
+    }
+
     pub fn is_usable(&self, now: Instant) -> bool {
         self.usable_until.is_none_or(|u| now < u)
     }
@@ -101,13 +136,19 @@ impl TokenUnavailable {
 
 /// The scopes a `WWW-Authenticate` challenge with `error="insufficient_scope"` asks for
 /// (RFC 6750 §3.1); `None` for any other challenge.
+/// The `Bearer` challenge's, else the `DPoP` one's (RFC 9449 §7.1, for DPoP-bound tokens).
 pub fn insufficient_scope(challenge: &str) -> Option<Vec<String>> {
-    use crate::oauth::discovery::challenge_param;
-    if challenge_param(challenge, "error")? != "insufficient_scope" {
-        return None;
-    }
-    let scope = challenge_param(challenge, "scope").unwrap_or_default();
+    use crate::oauth::discovery::scheme_param;
+    let scheme = ["bearer", "dpop"]
+        .into_iter()
+        .find(|s| scheme_param(challenge, s, "error").as_deref() == Some("insufficient_scope"))?;
+    let scope = scheme_param(challenge, scheme, "scope").unwrap_or_default();
     Some(scope.split_whitespace().map(str::to_string).collect())
+}
+
+/// A `DPoP` challenge's `error` (RFC 9449 §7.1): `use_dpop_nonce`, `invalid_dpop_proof`, …
+pub fn dpop_challenge_error(challenge: &str) -> Option<String> {
+    crate::oauth::discovery::scheme_param(challenge, "dpop", "error")
 }
 
 /// What a request should do after its upstream answered 403 `insufficient_scope`.
@@ -149,10 +190,12 @@ impl LastError {
     }
 }
 
-/// The HTTP header value for a token, marked sensitive.
-pub fn bearer_header(token: &secrecy::SecretString) -> Option<HeaderValue> {
+/// The `Authorization` value for a token, marked sensitive: `Bearer`, or `DPoP` for a
+/// token bound to a key (RFC 9449 §7.1).
+pub fn authorization_header(token: &secrecy::SecretString, dpop: bool) -> Option<HeaderValue> {
     use secrecy::ExposeSecret;
-    let mut v = HeaderValue::try_from(format!("Bearer {}", token.expose_secret())).ok()?;
+    let scheme = if dpop { "DPoP" } else { "Bearer" };
+    let mut v = HeaderValue::try_from(format!("{scheme} {}", token.expose_secret())).ok()?;
     v.set_sensitive(true);
     Some(v)
 }

@@ -16,11 +16,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
+use super::credential::dpop_record;
 use super::credential::Credential;
 use super::schedule::{backoff_delay, expiry_floor, refresh_delay};
 use super::slot::AttemptFailure;
 use super::GrantErrorKind;
-use super::{bearer_header, CredentialSlot, TokenSnapshot, Trigger};
+use super::{authorization_header, CredentialSlot, DpopBinding, TokenSnapshot, Trigger};
 use crate::grant::{Grant, GrantOutcome, IssuedToken};
 use crate::metrics::RefreshResult;
 use crate::store::{BindingMatch, Lease, LeaseAnswer, SaveOutcome, StoredToken};
@@ -45,6 +46,10 @@ pub async fn run(cred: Arc<Credential>, mut shutdown: watch::Receiver<bool>) {
         let _op = cred.op.lock().await;
         Box::pin(restore(&cred)).await
     };
+    // A subject's key is its credential's, which the engine settles.
+    if !cred.is_subject() {
+        cred.settle_dpop_key();
+    }
     loop {
         if let Some(t) = trigger.take() {
             // The whole attempt (obtain, persist, publish) excludes logout and login.
@@ -114,6 +119,7 @@ async fn refill_if_lost(cred: &Credential) {
             logout: None,
             bound_to: Some(slot.binding.clone()),
             registration: grant.registration_record(),
+            dpop: dpop_record(grant, token.dpop.as_ref().map(|d| &*d.key)),
         },
         generation: held,
     };
@@ -159,7 +165,7 @@ async fn restore(cred: &Credential) -> Option<Trigger> {
         return (!cred.is_subject()).then_some(Trigger::Startup);
     };
     cred.hold_generation(set.generation);
-    grant.take_registration(set.token.registration.as_ref());
+    cred.take_client_material(&set.token);
     if set.token.logged_out {
         // Logged out before the restart: stay so until a login.
         if let Some(fp) = set.token.spent_seed {
@@ -251,7 +257,21 @@ fn stored_snapshot(
     if remaining <= expiry_floor(lifetime) {
         return None;
     }
-    let header = bearer_header(&stored.access_token)?;
+    // A token bound to a DPoP key goes only with proofs of that key: the record's own,
+    // and only while the credential still binds its tokens.
+    let dpop = match stored.dpop.as_ref().filter(|d| d.bound) {
+        Some(d) => {
+            use secrecy::ExposeSecret;
+            let held = grant.dpop_key()?;
+            let key = match held.to_record().expose_secret() == d.key.expose_secret() {
+                true => held,
+                false => Arc::new(crate::material::dpop::DpopKey::from_record(&d.key).ok()?),
+            };
+            Some(DpopBinding::new(key, &stored.access_token))
+        }
+        None => None,
+    };
+    let header = authorization_header(&stored.access_token, dpop.is_some())?;
     let held = stored.refresh_token.is_some() || !grant.needs_lease();
     let usable_until = issued_at + lifetime - expiry_floor(lifetime);
     let next = match held {
@@ -260,6 +280,7 @@ fn stored_snapshot(
     };
     let token = TokenSnapshot {
         header,
+        dpop,
         generation: 0,
         issued_at,
         issued_wall: stored.issued_at,
@@ -288,8 +309,7 @@ async fn adopt_newer(cred: &Credential) -> bool {
         return false;
     }
     cred.hold_generation(set.generation);
-    cred.grant
-        .take_registration(set.token.registration.as_ref());
+    cred.take_client_material(&set.token);
     take_refresh_state(&cred.grant, &set.token).await;
     if set.token.logged_out {
         cred.grant.forget().await;
@@ -517,6 +537,7 @@ async fn record_of(
         logout: None,
         bound_to: Some(cred.slot.binding.clone()),
         registration: cred.grant.registration_record(),
+        dpop: dpop_record(&cred.grant, token.dpop_key.as_deref()),
     }
 }
 
@@ -629,6 +650,16 @@ async fn obtain_and_persist(
                 .map_or_else(StoredToken::empty, |s| s.token);
             stored.refresh_token = e.rotated_refresh_token.clone();
             stored.spent_seed = grant.spent_seed().await;
+            // The new refresh token is bound to the key that asked for it: the credential's
+            // now. The stored access token stays bound only if that is its key too.
+            if let Some(mut now) = dpop_record(grant, None) {
+                use secrecy::ExposeSecret;
+                now.bound = stored
+                    .dpop
+                    .as_ref()
+                    .is_some_and(|d| d.bound && d.key.expose_secret() == now.key.expose_secret());
+                stored.dpop = Some(now);
+            }
             save(cred, &stored).await;
         }
         Err(e) if e.drops_refresh_token() && grant.forgets_refresh_token_on_failure() => {
@@ -690,7 +721,11 @@ fn publish_issued(
     let lifetime = grant
         .has_lifetime()
         .then(|| token.effective_lifetime(slot.policy.default_lifetime));
-    let Some(header) = bearer_header(&token.access_token) else {
+    let dpop = token
+        .dpop_key
+        .clone()
+        .map(|key| DpopBinding::new(key, &token.access_token));
+    let Some(header) = authorization_header(&token.access_token, dpop.is_some()) else {
         let failure = AttemptFailure {
             kind: &GrantErrorKind::MalformedResponse,
             message: "token is not a valid header value",
@@ -715,6 +750,7 @@ fn publish_issued(
     let (generation, attempt) = slot.publish(
         TokenSnapshot {
             header,
+            dpop,
             generation: 0,
             issued_at: requested,
             issued_wall: requested_wall,

@@ -464,7 +464,12 @@ impl CredentialSlot {
     /// The current access token as a secret (for revocation at logout).
     pub fn access_token(&self) -> Option<secrecy::SecretString> {
         let t = self.current()?;
-        let value = t.header.to_str().ok()?.strip_prefix("Bearer ")?.to_string();
+        let header = t.header.to_str().ok()?;
+        let value = match &t.dpop {
+            Some(_) => header.strip_prefix("DPoP ")?,
+            None => header.strip_prefix("Bearer ")?,
+        };
+        let value = value.to_string();
         Some(secrecy::SecretString::from(value))
     }
 

@@ -2,6 +2,7 @@
 //! upstream that count requests and fail on command. Both listen on 127.0.0.1 only.
 
 pub mod assertions;
+pub mod dpop;
 pub mod token_server;
 pub mod upstream;
 

@@ -102,6 +102,10 @@ pub struct TokenServerState {
     /// An enterprise IdP: token exchanges for an ID-JAG are answered with a JWT signed
     /// with this key, as this issuer.
     id_jags: Mutex<Option<IdJagSigner>>,
+    /// DPoP (RFC 9449): what proofs must be, and what they proved.
+    dpop: Mutex<crate::dpop::DpopVerifier>,
+    /// DPoP-bound access and refresh tokens → the thumbprint of their key.
+    bound: Mutex<HashMap<String, String>>,
 }
 
 /// The key and issuer of the ID-JAGs an enterprise IdP signs.
@@ -184,6 +188,8 @@ impl TokenServer {
             scopes: Mutex::new(HashMap::new()),
             refused_scopes: Mutex::new(Vec::new()),
             id_jags: Mutex::new(None),
+            dpop: Mutex::new(crate::dpop::DpopVerifier::default()),
+            bound: Mutex::new(HashMap::new()),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -509,6 +515,23 @@ impl TokenServerState {
         jsonwebtoken::encode(&header, &jag, &signer.key).ok()
     }
 
+    /// Requires a DPoP proof on every token request and binds what it issues to the
+    /// proof's key (`token_type` DPoP); with a nonce, proofs must carry it (a proof
+    /// without it gets 400 `use_dpop_nonce` and the nonce).
+    pub fn require_dpop(&self, nonce: Option<&str>) {
+        let mut d = self.dpop.lock().unwrap();
+        d.required = true;
+        d.nonce = nonce.map(str::to_string);
+    }
+    /// DPoP proofs accepted, refused, and answered with the nonce; the last refusal.
+    pub fn dpop_counts(&self) -> (usize, usize, usize, Option<String>) {
+        self.dpop.lock().unwrap().counts()
+    }
+    /// The thumbprint of the key a token is bound to (RFC 9449 `cnf.jkt`).
+    pub fn jkt_of(&self, token: &str) -> Option<String> {
+        self.bound.lock().unwrap().get(token).cloned()
+    }
+
     pub fn allow_public_client(&self, allow: bool) {
         self.public_client.store(allow, Ordering::SeqCst);
     }
@@ -642,7 +665,80 @@ fn client_authenticated(
             .is_some_and(|s| state.client_secrets.lock().unwrap().contains(s))
 }
 
+/// The token endpoint: DPoP (when proofs are required or sent) around the grants.
 async fn token(
+    State(state): State<Arc<TokenServerState>>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let proof = headers
+        .get("dpop")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let required = state.dpop.lock().unwrap().required;
+    let Some(proof) = proof.filter(|_| required) else {
+        if required {
+            state.requests.fetch_add(1, Ordering::SeqCst);
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_dpop_proof");
+        }
+        return token_grant(State(state), headers, body).await;
+    };
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let htu = format!("http://{host}/token");
+    let verified = state
+        .dpop
+        .lock()
+        .unwrap()
+        .verify(&proof, "POST", &htu, None);
+    let jkt = match verified {
+        Ok(jkt) => jkt,
+        Err(refused) => {
+            state.requests.fetch_add(1, Ordering::SeqCst);
+            return match refused {
+                crate::dpop::ProofRefused::NeedsNonce(nonce) => {
+                    let mut r = oauth_error(StatusCode::BAD_REQUEST, "use_dpop_nonce");
+                    r.headers_mut()
+                        .insert("dpop-nonce", nonce.parse().expect("a header value"));
+                    r
+                }
+                crate::dpop::ProofRefused::Invalid(_) => {
+                    oauth_error(StatusCode::BAD_REQUEST, "invalid_dpop_proof")
+                }
+            };
+        }
+    };
+    // A refresh token bound to a key is used only with a proof of that key.
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    if let Some(rt) = form.get("refresh_token") {
+        if state.jkt_of(rt).is_some_and(|k| k != jkt) {
+            state.requests.fetch_add(1, Ordering::SeqCst);
+            return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+        }
+    }
+    let resp = token_grant(State(Arc::clone(&state)), headers, body).await;
+    if resp.status() != StatusCode::OK {
+        return resp;
+    }
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    let mut answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    answer["token_type"] = json!("DPoP");
+    let mut bound = state.bound.lock().unwrap();
+    for field in ["access_token", "refresh_token"] {
+        if let Some(t) = answer[field].as_str() {
+            bound.insert(t.to_string(), jkt.clone());
+        }
+    }
+    Json(answer).into_response()
+}
+
+async fn token_grant(
     State(state): State<Arc<TokenServerState>>,
     headers: HeaderMap,
     body: String,

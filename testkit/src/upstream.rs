@@ -46,6 +46,9 @@ pub struct UpstreamState {
     /// Answer 403 `insufficient_scope` naming this scope to tokens without it.
     pub required_scope: Mutex<Option<String>>,
     forbidden: AtomicUsize,
+    /// DPoP-bound tokens (RFC 9449 §7): the proofs that come with them, and the nonce
+    /// this resource asks for (`require_dpop_nonce`).
+    dpop: Mutex<crate::dpop::DpopVerifier>,
 }
 
 pub struct Upstream {
@@ -92,6 +95,7 @@ impl UpstreamState {
             authorization_server: Mutex::new(None),
             required_scope: Mutex::new(None),
             forbidden: AtomicUsize::new(0),
+            dpop: Mutex::new(crate::dpop::DpopVerifier::default()),
         }
     }
     /// How many requests got 403 `insufficient_scope`.
@@ -111,6 +115,15 @@ impl UpstreamState {
     /// Answer 401 to every token issued for this subject (none: stop).
     pub fn reject_subject(&self, subject: Option<&str>) {
         *self.reject_subject.lock().unwrap() = subject.map(str::to_string);
+    }
+    /// Proofs for DPoP-bound tokens must carry this nonce (a 401 `use_dpop_nonce` with
+    /// the nonce answers one without it).
+    pub fn require_dpop_nonce(&self, nonce: &str) {
+        self.dpop.lock().unwrap().nonce = Some(nonce.to_string());
+    }
+    /// DPoP proofs accepted, refused, and answered with the nonce; the last refusal.
+    pub fn dpop_counts(&self) -> (usize, usize, usize, Option<String>) {
+        self.dpop.lock().unwrap().counts()
     }
     pub fn seen(&self) -> Vec<SeenRequest> {
         self.seen.lock().unwrap().clone()
@@ -139,12 +152,22 @@ async fn handle(State(state): State<Arc<UpstreamState>>, req: Request) -> Respon
     let body = axum::body::to_bytes(body, 16 * 1024 * 1024)
         .await
         .unwrap_or_default();
-    let token = parts
+    let authorization = parts
         .headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_string);
+        .unwrap_or_default();
+    let (scheme, token) = match authorization.split_once(' ') {
+        Some((scheme, token)) => (scheme, Some(token.to_string())),
+        None => ("", None),
+    };
+    let bound_to = token.as_deref().and_then(|t| state.tokens.jkt_of(t));
+    if let Some(rejection) =
+        dpop_rejection(&state, &parts, &host, scheme, token.as_deref(), bound_to)
+    {
+        state.unauthorized.fetch_add(1, Ordering::SeqCst);
+        return rejection;
+    }
     let serial = token.as_deref().and_then(|t| state.tokens.validate(t));
     let token_subject = token.as_deref().and_then(|t| state.tokens.subject_of(t));
     let subject_rejected =
@@ -219,4 +242,54 @@ async fn handle(State(state): State<Arc<UpstreamState>>, req: Request) -> Respon
         "body_bytes": body.len(),
     }))
     .into_response()
+}
+
+/// RFC 9449 §7: a DPoP-bound token only in the DPoP scheme, with a proof of its key for
+/// this request (and the nonce, when one is asked for); a bearer token never in the DPoP
+/// scheme. `None`: the request may go on.
+fn dpop_rejection(
+    state: &UpstreamState,
+    parts: &axum::http::request::Parts,
+    host: &str,
+    scheme: &str,
+    token: Option<&str>,
+    bound_to: Option<String>,
+) -> Option<Response> {
+    let challenge = |error: &str| {
+        (
+            StatusCode::UNAUTHORIZED,
+            [(
+                "www-authenticate",
+                format!("DPoP algs=\"ES256\", error=\"{error}\""),
+            )],
+            Json(json!({ "error": error })),
+        )
+            .into_response()
+    };
+    let Some(jkt) = bound_to else {
+        return (scheme == "DPoP").then(|| challenge("invalid_token"));
+    };
+    if scheme != "DPoP" {
+        return Some(challenge("invalid_token"));
+    }
+    let Some(proof) = parts.headers.get("dpop").and_then(|v| v.to_str().ok()) else {
+        return Some(challenge("invalid_dpop_proof"));
+    };
+    let htu = format!("http://{host}{}", parts.uri.path());
+    let verified = state
+        .dpop
+        .lock()
+        .unwrap()
+        .verify(proof, parts.method.as_str(), &htu, token);
+    match verified {
+        Ok(k) if k == jkt => None,
+        Ok(_) => Some(challenge("invalid_token")),
+        Err(crate::dpop::ProofRefused::NeedsNonce(nonce)) => {
+            let mut r = challenge("use_dpop_nonce");
+            r.headers_mut()
+                .insert("dpop-nonce", nonce.parse().expect("a header value"));
+            Some(r)
+        }
+        Err(crate::dpop::ProofRefused::Invalid(_)) => Some(challenge("invalid_dpop_proof")),
+    }
 }

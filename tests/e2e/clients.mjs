@@ -6,4 +6,6 @@ export const CLIENTS = {
   mcp: { id: 'mcp-server', secret: 'mcp-server-secret-c3e5f0' },
   // No secret: it authenticates with private_key_jwt (its key is made at provider start).
   signed: { id: 'signed' },
+  // Tokens bound to a DPoP key (RFC 9449): the provider refuses it any request without a proof.
+  dpop: { id: 'dpop', secret: 'dpop-secret-71ae0d' },
 };

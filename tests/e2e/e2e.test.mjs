@@ -14,6 +14,7 @@ import { after, before, test } from 'node:test';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { LoggingMessageNotificationSchema, UrlElicitationRequiredError } from '@modelcontextprotocol/sdk/types.js';
+import { Client as Client2026, StreamableHTTPClientTransport as Transport2026 } from '@modelcontextprotocol/client';
 import { execFile } from 'node:child_process';
 
 import { authorize, completeDeviceFlow } from './browser.mjs';
@@ -133,6 +134,16 @@ key_id = "e2e-1"
 scopes = ["api:read"]
 resource = "${resource}"
 
+[credentials.dpop]
+grant = "client_credentials"
+issuer = "${issuer}"
+client_id = "${CLIENTS.dpop.id}"
+client_secret = "${CLIENTS.dpop.secret}"
+client_auth = "basic"
+scopes = ["api:read"]
+resource = "${resource}"
+dpop = true
+
 [credentials.users]
 grant = "refresh_token"
 issuer = "${issuer}"
@@ -164,6 +175,11 @@ credential = "svc"
 url = "${mcp.origin}/"
 path_prefix = "/signed"
 credential = "signed"
+
+[upstreams.dpopapi]
+url = "${mcp.origin}/"
+path_prefix = "/dpop"
+credential = "dpop"
 
 [upstreams.agentapi]
 url = "${mcp.origin}/"
@@ -237,6 +253,47 @@ test('client_credentials: requests through bearerd reach the MCP server with val
   const cli = await runCli(['status', '--json', '-c', cfgPath]);
   assert.equal(cli.code, 0, cli.stderr);
   assert.equal(JSON.parse(cli.stdout).credentials.svc.state, 'valid');
+});
+
+test('DPoP: oidc-provider binds every token to bearerd\'s key, and the MCP server checks every proof', { timeout: 60000 }, async () => {
+  const issuedFor = async () => (await getJson(`${oidc.info.issuer}/test/issued`)).body
+    .filter((t) => t.clientId === CLIENTS.dpop.id && t.kind === 'client_credentials').length;
+  await until('dpop valid', async () => (await cred('dpop')).state === 'valid');
+  const first = await issuedFor();
+  const keys = new Set();
+  let calls = 0;
+  // Across two rotations (tokens live 4 s): each token request carried a proof the
+  // provider verified (with its nonce), each API request one the MCP server verified.
+  while ((await issuedFor()) < first + 2) {
+    const r = await getJson(`${proxy}/dpop/api/whoami?i=${calls}`);
+    assert.equal(r.status, 200, `request ${calls}: ${JSON.stringify(r.body)} (${await upstream401s()})`);
+    assert.equal(r.body.client_id, CLIENTS.dpop.id);
+    assert.equal(r.body.token_type, 'DPoP', 'the provider bound the token');
+    keys.add(r.body.jkt);
+    calls += 1;
+    await sleep(200);
+  }
+  assert.equal(keys.size, 1, `one key for every token: ${[...keys]}`);
+  const { dpop } = await mcpStats();
+  assert.ok(dpop.verified >= calls, JSON.stringify(dpop));
+  assert.deepEqual(dpop.refused, {}, 'no proof was refused');
+  assert.equal(dpop.nonceChallenges, 1, 'the resource\'s nonce was asked for once, then kept');
+  // The provider asked for its nonce too (use_dpop_nonce; only this client sends proofs),
+  // and nothing else of this client failed.
+  const { tokenErrors } = await providerStats();
+  assert.ok(tokenErrors.some((e) => e.error === 'use_dpop_nonce'), JSON.stringify(tokenErrors));
+  const other = tokenErrors.filter((e) => e.client === CLIENTS.dpop.id && e.error !== 'use_dpop_nonce');
+  assert.deepEqual(other, []);
+  const c = await cred('dpop');
+  assert.equal(c.last_error, null, JSON.stringify(c));
+  // A live token is worthless without the key: as a bearer token, or without a proof.
+  const live = (await getJson(`${oidc.info.issuer}/test/issued`)).body
+    .filter((t) => t.clientId === CLIENTS.dpop.id && t.kind === 'client_credentials').pop().value;
+  for (const [authorization, reason] of [[`Bearer ${live}`, 'wrong_scheme'], [`DPoP ${live}`, 'dpop_no_proof']]) {
+    const stolen = await getJson(`${mcp.origin}/api/whoami`, { headers: { authorization } });
+    assert.equal(stolen.status, 401, authorization.split(' ')[0]);
+    assert.equal(stolen.body.reason, reason);
+  }
 });
 
 test('private_key_jwt: oidc-provider verifies bearerd\'s signed assertions, and the MCP SDK client works through them', { timeout: 60000 }, async () => {
@@ -500,15 +557,33 @@ async function tsClientAs(user) {
   return client;
 }
 
-/** The MCP Python SDK client (tests/e2e/python_client.py) as `user`: what it surfaced. */
-async function pythonClientAs(user) {
+/** An MCP Python SDK client script as `user`: the JSON line it printed. */
+async function pythonClientAs(user, script = 'python_client.py', sdk = 'pymcp', path = '/users-mcp/mcp') {
   const out = await new Promise((resolveRun, reject) => {
-    execFile('python3', [join(HERE, 'python_client.py'), `${proxy}/users-mcp/mcp`, user], {
-      env: { ...process.env, PYTHONPATH: resolve(HERE, '../../target/pymcp') },
+    execFile('python3', [join(HERE, script), `${proxy}${path}`, user], {
+      env: { ...process.env, PYTHONPATH: resolve(HERE, `../../target/${sdk}`) },
       timeout: 30000,
     }, (err, stdout, stderr) => (err ? reject(new Error(`${err.message}\n${stderr}`)) : resolveRun(stdout)));
   });
   return JSON.parse(out.trim().split('\n').pop());
+}
+
+/**
+ * A TypeScript SDK 2.x client of the 2026-07-28 revision (stateless) as `user`, on the
+ * MCP server's /mcp2026. `onElicit` answers bearerd's URL elicitations. The platform knows
+ * the server's discovery already (`prior`), so the tool call is the first request.
+ */
+async function tsClient2026As(user, prior, onElicit) {
+  const client = new Client2026(
+    { name: 'bearerd-e2e-2026', version: '1.0.0' },
+    { capabilities: { elicitation: { url: {} } }, versionNegotiation: { mode: { pin: '2026-07-28' } } },
+  );
+  client.setRequestHandler('elicitation/create', async (request) => onElicit(request.params));
+  const transport = new Transport2026(new URL(`${proxy}/users-mcp/mcp2026`), {
+    requestInit: { headers: { 'x-bearerd-subject': user } },
+  });
+  await client.connect(transport, { prior: { kind: 'modern', discover: prior } });
+  return client;
 }
 
 test('URL elicitation: MCP SDK clients (TypeScript, Python) show "connect your account" for a user who has not connected, and work once they have', { timeout: 90000 }, async () => {
@@ -552,6 +627,59 @@ test('URL elicitation: MCP SDK clients (TypeScript, Python) show "connect your a
   } finally {
     await client.close();
   }
+  const out = await getJson(`${admin}/credentials/users/subjects/${encodeURIComponent(user)}/logout`, { method: 'POST' });
+  assert.equal(out.status, 200);
+});
+
+test('URL elicitation, 2026-07-28: MCP SDK 2.x clients (TypeScript, Python) get an input_required result, and the call goes through once the user has connected', { timeout: 90000 }, async () => {
+  // The server's discovery, as a platform caches it (through bearerd, as the svc client).
+  const discovery = new Client2026({ name: 'bearerd-e2e-discover', version: '1.0.0' }, {
+    versionNegotiation: { mode: { pin: '2026-07-28' } },
+  });
+  await discovery.connect(new Transport2026(new URL(`${proxy}/svc/mcp2026`)));
+  const prior = discovery.getDiscoverResult();
+  assert.ok(prior?.supportedVersions?.includes('2026-07-28'), JSON.stringify(prior));
+  await discovery.close();
+
+  // Python: the elicitation reaches its callback; it declines, and the retry gets a
+  // complete error result from bearerd (nothing reached the server for that user).
+  const before = (await mcpStats()).mcp2026.length;
+  const py = await pythonClientAs('frank@example.com', 'python_client_2026.py', 'pymcp2026', '/users-mcp/mcp2026');
+  assert.equal(py.protocol, '2026-07-28');
+  assert.equal(py.elicited.length, 1, JSON.stringify(py));
+  assert.ok(new URL(py.elicited[0].url).searchParams.get('state'), JSON.stringify(py));
+  assert.equal(py.result.isError, true, JSON.stringify(py));
+  assert.match(py.result.content[0].text, /connect/i, JSON.stringify(py));
+  assert.equal((await mcpStats()).mcp2026.length, before, 'nothing reached the server for that user');
+
+  // TypeScript: the user follows the URL and logs in; the handler accepts, the SDK
+  // retries, and the call reaches the server as that user.
+  const user = 'grace@example.com';
+  const seen = [];
+  const app = await appRelay(() => user);
+  let client;
+  try {
+    client = await tsClient2026As(user, prior, async (params) => {
+      seen.push(params);
+      assert.equal(params.mode, 'url');
+      const r = await authorize(params.url, { username: user });
+      assert.equal(r.status, 200, `the relayed callback: ${r.body}`);
+      return { action: 'accept' };
+    });
+    const calls = (await mcpStats()).mcp2026.length;
+    const echoed = await client.callTool({ name: 'echo', arguments: { text: 'connected in 2026' } });
+    assert.equal(echoed.content[0].text, 'connected in 2026', JSON.stringify(echoed));
+    assert.equal(seen.length, 1, 'one elicitation, then the retry went through');
+    assert.ok(seen[0].url.startsWith(oidc.info.issuer), seen[0].url);
+    // The server saw the retry only (the first call was answered by bearerd).
+    const reached = (await mcpStats()).mcp2026.slice(calls);
+    assert.deepEqual(reached.map((r) => r.method), ['tools/call'], JSON.stringify(reached));
+  } finally {
+    app.close();
+    await client?.close();
+  }
+  const who = await getJson(`${proxy}/users/api/whoami`, { headers: { 'x-bearerd-subject': user } });
+  assert.equal(who.body.sub, user);
   const out = await getJson(`${admin}/credentials/users/subjects/${encodeURIComponent(user)}/logout`, { method: 'POST' });
   assert.equal(out.status, 200);
 });

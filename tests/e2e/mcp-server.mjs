@@ -6,7 +6,8 @@
 // Prints {"event":"listening","port":...,"resource":...} on stdout when ready.
 // Also importable: `startMcpServer({ issuer, port })`.
 //
-// Every request to /mcp or /api/* must carry `Authorization: Bearer <token>`; the token is
+// Every request to /mcp or /api/* must carry `Authorization: Bearer <token>` (or, for a
+// DPoP-bound token, `DPoP <token>` with a proof of its key and this server's nonce); the token is
 // introspected at the provider (RFC 7662) on every request, so expired, revoked or foreign
 // tokens are refused with 401 and a `WWW-Authenticate: Bearer resource_metadata=...`
 // challenge (RFC 9728), whose document is served at /.well-known/oauth-protected-resource.
@@ -14,14 +15,16 @@
 // Without auth (test control, loopback only):
 //   GET  /stats            counters: requests, 401s, distinct tokens seen, GET SSE streams
 //   POST /test/broadcast   sends a notifications/message on every session's GET SSE stream
-import { createHash, randomUUID } from 'node:crypto';
+import { createHash, createPublicKey, randomUUID, verify } from 'node:crypto';
 import { createServer } from 'node:http';
 import { pathToFileURL } from 'node:url';
 
+import { McpServer as McpServer2026, createMcpHandler } from '@modelcontextprotocol/server';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StreamableHTTPServerTransport } from '@modelcontextprotocol/sdk/server/streamableHttp.js';
 import { isInitializeRequest } from '@modelcontextprotocol/sdk/types.js';
 import { z } from 'zod';
+import * as z4 from 'zod/v4';
 
 import { CLIENTS } from './clients.mjs';
 
@@ -41,6 +44,45 @@ function sendJson(res, status, body, headers = {}) {
   const data = JSON.stringify(body);
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data), ...headers });
   res.end(data);
+}
+
+const b64url = (buf) => Buffer.from(buf).toString('base64url');
+const sha256 = (s) => createHash('sha256').update(s).digest();
+
+/**
+ * RFC 9449 §7: checks the DPoP proof of a request that presents a DPoP-bound token (its
+ * introspection's `cnf.jkt`). Answers null when it holds, else why not ('use_dpop_nonce'
+ * when only the nonce is missing).
+ */
+function dpopProblem(req, token, jkt, dpop) {
+  const proof = req.headers.dpop;
+  if (typeof proof !== 'string') return 'no_proof';
+  const [h, p, sig] = proof.split('.');
+  let header;
+  let claims;
+  let signed;
+  try {
+    header = JSON.parse(Buffer.from(h, 'base64url'));
+    claims = JSON.parse(Buffer.from(p, 'base64url'));
+    if (header.typ !== 'dpop+jwt' || header.alg !== 'ES256' || header.jwk?.d) return 'bad_header';
+    const { crv, x, y } = header.jwk || {};
+    const key = createPublicKey({ key: { kty: 'EC', crv, x, y }, format: 'jwk' });
+    signed = verify('sha256', Buffer.from(`${h}.${p}`), { key, dsaEncoding: 'ieee-p1363' }, Buffer.from(sig || '', 'base64url'));
+  } catch {
+    return 'malformed_proof';
+  }
+  const { crv, x, y } = header.jwk;
+  if (!signed) return 'bad_signature';
+  const thumbprint = b64url(sha256(JSON.stringify({ crv, kty: 'EC', x, y })));
+  if (thumbprint !== jkt) return 'wrong_key';
+  const url = new URL(req.url, `http://${req.headers.host}`);
+  if (claims.htm !== req.method || claims.htu !== `http://${req.headers.host}${url.pathname}`) return 'wrong_htm_htu';
+  if (claims.ath !== b64url(sha256(token))) return 'wrong_ath';
+  if (Math.abs(Date.now() / 1000 - claims.iat) > 60) return 'stale_iat';
+  if (claims.nonce !== dpop.nonce) return 'use_dpop_nonce';
+  if (typeof claims.jti !== 'string' || dpop.jtis.has(claims.jti)) return 'replayed_jti';
+  dpop.jtis.add(claims.jti);
+  return null;
 }
 
 function buildMcpServer() {
@@ -71,6 +113,22 @@ function buildMcpServer() {
     },
   );
   return mcp;
+}
+
+/**
+ * The same server in the 2026-07-28 revision's stateless form (no session, no initialize),
+ * with the official SDK's server (@modelcontextprotocol/server 2.x), at /mcp2026.
+ */
+function buildMcp2026Handler() {
+  return createMcpHandler(() => {
+    const mcp = new McpServer2026({ name: 'bearerd-e2e-mcp-2026', version: '1.0.0' });
+    mcp.registerTool(
+      'echo',
+      { description: 'Returns its input', inputSchema: z4.object({ text: z4.string() }) },
+      async ({ text }) => ({ content: [{ type: 'text', text }] }),
+    );
+    return mcp;
+  });
 }
 
 export async function startMcpServer({ issuer, port = 0 }) {
@@ -105,7 +163,11 @@ export async function startMcpServer({ issuer, port = 0 }) {
     broadcasts: 0,
     sessions: 0,
     errors: [],
+    // DPoP-bound tokens: proofs verified, nonce challenges, refusals by reason.
+    dpop: { verified: 0, nonceChallenges: 0, refused: {} },
   };
+  // This resource's DPoP nonce (RFC 9449 §9) and the proofs' jtis it has seen.
+  const dpop = { nonce: `rs-${randomUUID()}`, jtis: new Set() };
   const transports = new Map(); // session id -> transport
   const servers = new Map(); // session id -> McpServer
 
@@ -121,9 +183,9 @@ export async function startMcpServer({ issuer, port = 0 }) {
       return null;
     };
     const header = req.headers.authorization || '';
-    const m = /^Bearer ([A-Za-z0-9\-._~+/]+=*)$/.exec(header);
+    const m = /^(Bearer|DPoP) ([A-Za-z0-9\-._~+/]+=*)$/.exec(header);
     if (!m) return reject('missing');
-    const token = m[1];
+    const [, scheme, token] = m;
     const r = await fetch(introspectionEndpoint, {
       method: 'POST',
       headers: { authorization: basic, 'content-type': 'application/x-www-form-urlencoded' },
@@ -135,7 +197,27 @@ export async function startMcpServer({ issuer, port = 0 }) {
     }
     const info = await r.json();
     if (!info.active) return reject('inactive');
-    if (info.token_type !== 'Bearer') return reject('not_an_access_token');
+    if (info.token_type !== 'Bearer' && info.token_type !== 'DPoP') return reject('not_an_access_token');
+    // A DPoP-bound token only in the DPoP scheme with a proof of its key, and a bearer
+    // token never in the DPoP scheme.
+    const jkt = info.cnf?.jkt;
+    if ((scheme === 'DPoP') !== Boolean(jkt)) return reject('wrong_scheme');
+    if (jkt) {
+      const problem = dpopProblem(req, token, jkt, dpop);
+      if (problem === 'use_dpop_nonce') {
+        stats.dpop.nonceChallenges += 1;
+        sendJson(res, 401, { error: 'use_dpop_nonce' }, {
+          'www-authenticate': 'DPoP error="use_dpop_nonce", algs="ES256"',
+          'dpop-nonce': dpop.nonce,
+        });
+        return null;
+      }
+      if (problem) {
+        stats.dpop.refused[problem] = (stats.dpop.refused[problem] || 0) + 1;
+        return reject(`dpop_${problem}`);
+      }
+      stats.dpop.verified += 1;
+    }
     const aud = Array.isArray(info.aud) ? info.aud : [info.aud];
     if (!aud.includes(resource)) return reject('wrong_audience');
     if (!String(info.scope || '').split(' ').includes('api:read')) return reject('insufficient_scope');
@@ -146,6 +228,25 @@ export async function startMcpServer({ issuer, port = 0 }) {
     (stats.tokensByClient[info.client_id] ||= new Set()).add(d);
     if (info.sub) stats.subjects[info.sub] = (stats.subjects[info.sub] || 0) + 1;
     return info;
+  }
+
+  const mcp2026 = buildMcp2026Handler();
+  // Requests to /mcp2026 as they arrived (method, and the params' keys), for the tests.
+  stats.mcp2026 = [];
+  async function handleMcp2026(req, res, url) {
+    const body = req.method === 'POST' ? await readBody(req) : undefined;
+    let parsed;
+    try {
+      parsed = body ? JSON.parse(body) : undefined;
+    } catch {
+      parsed = undefined;
+    }
+    stats.mcp2026.push({ method: parsed?.method, params: Object.keys(parsed?.params || {}) });
+    const headers = new Headers();
+    for (const [k, v] of Object.entries(req.headers)) if (typeof v === 'string') headers.set(k, v);
+    const response = await mcp2026.fetch(new Request(url, { method: req.method, headers, body }));
+    const text = await response.text();
+    res.writeHead(response.status, Object.fromEntries(response.headers)).end(text);
   }
 
   async function handleMcp(req, res) {
@@ -244,7 +345,7 @@ export async function startMcpServer({ issuer, port = 0 }) {
         });
       }
       stats.requests += 1;
-      if (url.pathname === '/mcp' || url.pathname.startsWith('/api/')) {
+      if (url.pathname === '/mcp' || url.pathname === '/mcp2026' || url.pathname.startsWith('/api/')) {
         const info = await authenticate(req, res);
         if (!info) return undefined;
         if (url.pathname === '/api/whoami') {
@@ -253,12 +354,15 @@ export async function startMcpServer({ issuer, port = 0 }) {
             sub: info.sub ?? null,
             scope: info.scope,
             aud: info.aud,
+            token_type: info.token_type,
+            jkt: info.cnf?.jkt ?? null,
             host: req.headers.host,
             path: url.pathname,
             query: url.search,
           });
         }
         if (url.pathname === '/mcp') return await handleMcp(req, res);
+        if (url.pathname === '/mcp2026') return await handleMcp2026(req, res, url);
       }
       return sendJson(res, 404, { error: 'not_found', path: url.pathname });
     } catch (err) {

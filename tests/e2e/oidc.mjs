@@ -13,10 +13,11 @@
 //   and checked by the MCP server through introspection (RFC 7662), so expired and revoked
 //   tokens are refused;
 // - refresh tokens that rotate on every use; reusing a consumed one revokes the grant;
-// - dev interactions (any user name logs in) and automatic consent.
+// - dev interactions (any user name logs in) and automatic consent;
+// - DPoP (RFC 9449) with nonces, required of the `dpop` client.
 // - test-only endpoints under /test/ (loopback only): counters and the tokens it issued,
 //   so a test can introspect a refresh token it never saw and grep logs for every token.
-import { generateKeyPairSync } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 import { pathToFileURL } from 'node:url';
 
@@ -92,6 +93,15 @@ export async function startProvider({ port = 0, log = () => {} } = {}) {
         token_endpoint_auth_method: 'client_secret_post',
       },
       {
+        client_id: CLIENTS.dpop.id,
+        client_secret: CLIENTS.dpop.secret,
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'client_secret_basic',
+        dpop_bound_access_tokens: true,
+      },
+      {
         client_id: CLIENTS.mcp.id,
         client_secret: CLIENTS.mcp.secret,
         grant_types: [],
@@ -115,6 +125,9 @@ export async function startProvider({ port = 0, log = () => {} } = {}) {
       introspection: { enabled: true },
       revocation: { enabled: true },
       deviceFlow: { enabled: true },
+      // RFC 9449, with server nonces: a proof without the current nonce gets
+      // use_dpop_nonce (requests without a proof are not affected).
+      dPoP: { enabled: true, nonceSecret: randomBytes(32), requireNonce: () => true },
       resourceIndicators: {
         enabled: true,
         // A refresh or code exchange without `resource` still gets the granted one.

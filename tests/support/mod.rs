@@ -341,6 +341,10 @@ pub async fn restart(h: &mut Harness) {
             Err(bearerd::StartError::Listen { .. }) if attempt < 20 => {
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
+            // The old sidecar's last task may still hold the file store's lock for a moment.
+            Err(e) if attempt < 20 && e.to_string().contains("Cannot acquire lock") => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
             Err(e) => panic!("the sidecar did not restart: {e}"),
         }
     }

@@ -94,6 +94,7 @@ pub(crate) fn lower_token_request(
         step_up: StepUpRule::Machine {
             allowed: rc.step_up_scopes.clone().unwrap_or_default(),
         },
+        dpop: rc.dpop.unwrap_or(false),
         allowed_authorization_servers: lower_pins(
             map,
             &key("allowed_authorization_servers"),

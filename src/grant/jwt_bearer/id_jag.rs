@@ -88,6 +88,7 @@ pub(super) fn lower(
             resource_speaks_mcp: false,
             redirect_port: None,
             scope_on_refresh: false,
+            dpop: false,
             client: ClientAuth {
                 client_id: Some(client_id),
                 method,

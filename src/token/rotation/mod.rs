@@ -204,6 +204,9 @@ pub enum HelperAnswer {
         retry_after: Option<String>,
         body: String,
         journaled: bool,
+        /// RFC 9449 §8: the server's `DPoP-Nonce`, for the proof of the next request.
+        #[serde(default)]
+        dpop_nonce: Option<String>,
     },
     Failed {
         timeout: bool,
@@ -213,6 +216,38 @@ pub enum HelperAnswer {
     NotSent {
         message: String,
     },
+}
+
+impl HelperAnswer {
+    /// The provider's response as the endpoint reads it, or why there is none.
+    fn into_raw(self, credential: &dyn std::fmt::Display) -> Result<RawResponse, CarrierError> {
+        match self {
+            HelperAnswer::Response {
+                status,
+                retry_after,
+                body,
+                journaled,
+                dpop_nonce,
+            } => {
+                if !journaled {
+                    tracing::warn!(
+                        credential = %credential,
+                        "the rotation helper could not journal the response; the sidecar persists it"
+                    );
+                }
+                Ok(RawResponse {
+                    status,
+                    retry_after: retry_after.and_then(|v| http::HeaderValue::from_str(&v).ok()),
+                    body: b64().decode(body).unwrap_or_default(),
+                    dpop_nonce,
+                })
+            }
+            HelperAnswer::Failed { timeout, message } => {
+                Err(CarrierError::Failed { timeout, message })
+            }
+            HelperAnswer::NotSent { message } => Err(CarrierError::NotSent(message)),
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -301,30 +336,7 @@ impl Carrier for DurableRotation {
                 });
             }
         };
-        match answer {
-            HelperAnswer::Response {
-                status,
-                retry_after,
-                body,
-                journaled,
-            } => {
-                if !journaled {
-                    tracing::warn!(
-                        credential = %self.credential,
-                        "the rotation helper could not journal the response; the sidecar persists it"
-                    );
-                }
-                Ok(RawResponse {
-                    status,
-                    retry_after: retry_after.and_then(|v| http::HeaderValue::from_str(&v).ok()),
-                    body: b64().decode(body).unwrap_or_default(),
-                })
-            }
-            HelperAnswer::Failed { timeout, message } => {
-                Err(CarrierError::Failed { timeout, message })
-            }
-            HelperAnswer::NotSent { message } => Err(CarrierError::NotSent(message)),
-        }
+        answer.into_raw(&self.credential)
     }
 
     /// The refresh token a helper journaled for the exchange that sent the token with this
@@ -518,7 +530,7 @@ async fn exchange(ask: &HelperRequest) -> Option<HelperAnswer> {
             message: "the token request did not finish within its deadline".into(),
         }),
     };
-    let (status, retry_after, body) = match response {
+    let (status, retry_after, body, dpop_nonce) = match response {
         Ok(r) => r,
         Err(answer) => {
             if let Some(c) = redis.as_mut() {
@@ -562,6 +574,7 @@ async fn exchange(ask: &HelperRequest) -> Option<HelperAnswer> {
         retry_after,
         body: b64().encode(body),
         journaled,
+        dpop_nonce,
     })
 }
 
@@ -635,7 +648,10 @@ async fn journal_to_redis(
     }
 }
 
-async fn send(ask: &HelperRequest) -> Result<(u16, Option<String>, Vec<u8>), HelperAnswer> {
+/// A provider's answer as the helper passes it on: status, `Retry-After`, body, `DPoP-Nonce`.
+type ProviderAnswer = (u16, Option<String>, Vec<u8>, Option<String>);
+
+async fn send(ask: &HelperRequest) -> Result<ProviderAnswer, HelperAnswer> {
     let failed = |timeout: bool, message: String| HelperAnswer::Failed { timeout, message };
     let timeout = Duration::from_millis(ask.timeout_ms);
     // A client certificate is read again at every exchange (it may have rotated); the
@@ -680,13 +696,14 @@ async fn send(ask: &HelperRequest) -> Result<(u16, Option<String>, Vec<u8>), Hel
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let dpop_nonce = crate::oauth::transport::dpop_nonce_of(resp.headers());
     let body = resp.bytes().await.map_err(|e| {
         failed(
             e.is_timeout(),
             format!("token response broke off: {}", error_chain(&e)),
         )
     })?;
-    Ok((status, retry_after, body.to_vec()))
+    Ok((status, retry_after, body.to_vec(), dpop_nonce))
 }
 
 /// The helper's token clients, one per (timeout, CA file, client certificate).
