@@ -624,7 +624,8 @@ async fn a_rotated_client_secret_file_is_used_without_a_restart() {
     requests_succeed_across_refreshes(&h, 2).await;
     h.tokens.state.set_client_secrets(&[new]);
     requests_succeed_across_refreshes(&h, 3).await;
-    assert_eq!(h.state().await, "valid");
+    // With 1-second tokens a refresh is often under way (`refreshing`): valid between them.
+    eventually!("valid", h.state().await == "valid");
     assert_eq!(
         h.status().await["credentials"]["api"]["consecutive_failures"],
         0
@@ -928,7 +929,8 @@ async fn the_dpop_key_is_kept_in_the_store_and_used_again_after_a_restart() {
     let (_, refused, _, why) = h.tokens.state.dpop_counts();
     assert_eq!(refused, 0, "{why:?}");
     assert_eq!(h.tokens.state.reuse_detected(), 0);
-    assert_eq!(h.status().await["credentials"]["api"]["state"], "valid");
+    // Valid between refreshes (with 1.5-second tokens one is often under way).
+    eventually!("valid", h.state().await == "valid");
     assert_eq!(
         h.tokens.state.dpop_counts().2,
         2,

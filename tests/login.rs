@@ -629,3 +629,16 @@ async fn a_user_grant_asks_for_a_login_with_the_union_of_scopes() {
     let (url, _) = log_in(&h).await;
     assert!(url.contains("scope=demo.read+demo.write"), "{url}");
 }
+
+/// A credential that needs a login says where the login goes: the admin API's login path,
+/// which `bearerd login` calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_credential_that_needs_a_login_says_where_the_login_goes() {
+    let h = harness_without_refresh_token().await;
+    let resp = h.get("/api/x").await;
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["requires_reauth"], true, "{body}");
+    assert_eq!(body["login"], "/credentials/api/login", "{body}");
+    assert_eq!(h.upstream.state.requests(), 0);
+}

@@ -615,6 +615,16 @@ impl BearerProxy {
                 p.credential = Some(&upstream.slot.name);
                 p.upstream = Some(&upstream.name);
                 p.requires_reauth = requires_reauth;
+                // A credential a person logs in to: where the login goes (`bearerd login`).
+                if requires_reauth && slot.has_refresh_token {
+                    p.login = Some(
+                        crate::api::AdminRoute::Credential {
+                            name: slot.name.to_string(),
+                            op: crate::api::CredentialOp::Login,
+                        }
+                        .to_string(),
+                    );
+                }
                 self.answer(session, ctx, p).await
             }
         }
