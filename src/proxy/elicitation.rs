@@ -123,6 +123,16 @@ pub async fn read_request(session: &mut Session) -> Option<JsonRpcRequest> {
     request(&body)
 }
 
+/// Whether the answer to `request` carries a URL (a connect flow to start): not for a
+/// 2026-07-28 client that lacks the capability, nor for its declined retry.
+pub fn needs_url(request: &JsonRpcRequest, version: Option<&str>) -> bool {
+    let modern = version
+        .and_then(revision)
+        .is_some_and(|v| v >= INPUT_REQUIRED_VERSION);
+    let input_method = INPUT_METHODS.contains(&request.method.as_str());
+    !(modern && input_method && (!request.declares_url_elicitation || request.declined))
+}
+
 /// The answer to `request` in the form of `version` (its `MCP-Protocol-Version`): one URL
 /// elicitation, `url`, saying `message`.
 pub fn answer_for(
@@ -257,6 +267,7 @@ mod tests {
             r#"{{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{{"name":"echo",{meta}}}}}"#
         );
         assert!(request(call.as_bytes()).unwrap().declares_url_elicitation);
+        assert!(needs_url(&request(call.as_bytes()).unwrap(), modern));
         let a = ask(&call, modern);
         assert_eq!(a["id"], 4);
         assert_eq!(a["result"]["resultType"], "input_required");
@@ -278,6 +289,10 @@ mod tests {
             r#"{{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{{"name":"echo","inputResponses":{{"{INPUT_KEY}":{{"action":"decline"}}}},{meta}}}}}"#
         );
         assert!(request(retry.as_bytes()).unwrap().declined);
+        assert!(
+            !needs_url(&request(retry.as_bytes()).unwrap(), modern),
+            "no flow for a no"
+        );
         let d = ask(&retry, modern);
         assert_eq!(d["result"]["resultType"], "complete");
         assert_eq!(d["result"]["isError"], true);
@@ -290,6 +305,11 @@ mod tests {
         // A client that does not declare URL elicitation is told which capability it lacks.
         let bare = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo"}}"#;
         assert_eq!(ask(bare, modern)["error"]["code"], MISSING_CAPABILITY);
+        assert!(!needs_url(&request(bare.as_bytes()).unwrap(), modern));
+        assert!(needs_url(
+            &request(bare.as_bytes()).unwrap(),
+            Some("2025-11-25")
+        ));
         // Versions are dates or nothing: a malformed one is not taken for a new revision.
         for v in ["9", "draft", "2026-07-28x", "2030", ""] {
             assert_eq!(revision(v), None, "{v}");

@@ -442,21 +442,25 @@ impl BearerProxy {
         {
             return false;
         }
-        let started = match crate::token::subject::connect::start_for_request(
-            &self.connects,
-            registry,
-            subject,
-        )
-        .await
-        {
-            Ok(started) => started,
-            Err(e) => {
-                tracing::warn!(request_id = ctx.request_id(), error = %e, "could not start a connect flow for an MCP elicitation");
-                return false;
-            }
+        // An answer without a URL (a client without the capability, a declined retry)
+        // starts no connect flow.
+        let url = match elicitation::needs_url(&request, version.as_deref()) {
+            true => match crate::token::subject::connect::start_for_request(
+                &self.connects,
+                registry,
+                subject,
+            )
+            .await
+            {
+                Ok(started) => started.authorize_url,
+                Err(e) => {
+                    tracing::warn!(request_id = ctx.request_id(), error = %e, "could not start a connect flow for an MCP elicitation");
+                    return false;
+                }
+            },
+            false => String::new(),
         };
-        let answer =
-            elicitation::answer_for(request, version.as_deref(), &started.authorize_url, message);
+        let answer = elicitation::answer_for(request, version.as_deref(), &url, message);
         if let Err(e) = elicitation::send(session, answer, ctx.request_id()).await {
             tracing::debug!(
                 request_id = ctx.request_id(),
