@@ -5,6 +5,7 @@
 //!  grant (token/grant/*)        builds the grant's form fields
 //!    └─ TokenEndpoint::exchange adds scope/resource/params, finds the endpoint (discovery)
 //!         ├─ client_auth.rs     Basic | post | private_key_jwt | client_assertion | tls | none
+//!         ├─ dpop.rs            a DPoP proof (`dpop = true`), once more on use_dpop_nonce
 //!         ├─ transport.rs       direct (mTLS identity re-read) ─┐
 //!         │  a Carrier          or carried by another (token/rotation's helper) ─┴─▶ RawResponse
 //!         └─ response.rs        classify: IssuedToken | GrantError{GrantErrorKind, permanent}

@@ -1,5 +1,7 @@
 //! The data path: Pingora's `ProxyHttp` for bearerd. Route, take the token from the slot,
-//! rewrite the request, replay once after a 401, stream the response back untouched.
+//! rewrite the request (with a DPoP proof for a bound token, `dpop`), replay once after a
+//! 401 (and once for an upstream's DPoP nonce), stream the response back untouched. An MCP
+//! client whose user must connect is asked to in MCP's own terms (`elicitation`).
 
 mod arena;
 pub mod boundary;
