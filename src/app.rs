@@ -18,7 +18,7 @@ use crate::proxy::{self, BearerProxy, Routing, Upstream};
 use crate::token::engine::TokenEngine;
 use crate::token::subject::SubjectRegistry;
 use crate::token::CredentialSlot;
-use crate::{admin, store};
+use crate::{admin, events, store};
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +37,10 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error("the proxy did not start listening within 10 s")]
     NotListening,
+    #[error("{0}")]
+    Webhook(#[from] events::webhook::WebhookError),
+    #[error("{0}")]
+    Audit(#[from] events::audit::AuditError),
 }
 
 /// The running parts shared by the services, and by tests through the handle.
@@ -46,6 +50,7 @@ pub struct Shared {
     pub subjects: Vec<Arc<SubjectRegistry>>,
     pub upstreams: Arc<Vec<Arc<Upstream>>>,
     pub metrics: Arc<Metrics>,
+    pub events: Arc<events::EventBus>,
 }
 
 pub struct Sidecar;
@@ -161,11 +166,22 @@ impl HandleShutdown {
     }
 }
 
-/// The control service: the token engine and upstream re-resolution, on their own runtime
+/// The control service: the token engine, upstream re-resolution and the event sinks
+/// (webhook deliveries, the audit writer, the store's health watch), on their own runtime
 /// so token traffic never competes with request threads.
 struct ControlService {
     engine: Arc<TokenEngine>,
     upstreams: Arc<Vec<Arc<Upstream>>>,
+    events: Arc<events::EventBus>,
+    store: Arc<dyn store::TokenStore>,
+    /// Taken when the service starts (it starts once).
+    sinks: std::sync::Mutex<EventSinks>,
+}
+
+#[derive(Default)]
+struct EventSinks {
+    deliveries: Vec<events::webhook::Delivery>,
+    audit: Option<events::audit::AuditWriter>,
 }
 
 #[async_trait]
@@ -177,6 +193,23 @@ impl BackgroundService for ControlService {
             .filter(|u| u.addr.needs_resolution())
             .map(|u| tokio::spawn(Arc::clone(u).keep_resolved(shutdown.clone())))
             .collect::<Vec<_>>();
+        let sinks = std::mem::take(&mut *self.sinks.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut resolving = resolving;
+        for d in sinks.deliveries {
+            resolving.push(tokio::spawn(d.run(shutdown.clone())));
+        }
+        if let Some(w) = sinks.audit {
+            resolving.push(tokio::spawn(w.run(shutdown.clone())));
+        }
+        let store = Arc::clone(&self.store);
+        resolving.push(tokio::spawn(events::watch_store(
+            Arc::clone(&self.events),
+            move || {
+                let h = store.health();
+                (h.up, h.last_error)
+            },
+            shutdown.clone(),
+        )));
         self.engine.run(shutdown).await;
         for t in resolving {
             let _ = t.await;
@@ -212,11 +245,28 @@ impl Sidecar {
             opened,
             metrics.store_operations_total.clone(),
         ));
-        let engine =
-            TokenEngine::build(&config, &store, &metrics).map_err(|e| StartError::Credential {
+        let events = events::EventBus::new(metrics.events_dropped_total.clone());
+        let mut sinks = EventSinks::default();
+        for w in &config.events.webhooks {
+            let results = metrics.webhook_deliveries_total.clone();
+            sinks
+                .deliveries
+                .push(events::webhook::attach(&events, w, results)?);
+        }
+        let audit = match &config.events.audit_file {
+            Some(path) => {
+                let (log, writer) = events::audit::open(path, Arc::clone(&events))?;
+                sinks.audit = Some(writer);
+                Some(log)
+            }
+            None => None,
+        };
+        let engine = TokenEngine::build(&config, &store, &metrics, &events).map_err(|e| {
+            StartError::Credential {
                 name: e.name.clone(),
                 message: e.reason().to_string(),
-            })?;
+            }
+        })?;
         let engine = Arc::new(engine);
         let upstreams = Arc::new(build_upstreams(&config, &engine, &metrics)?);
         let shared = Arc::new(Shared {
@@ -224,6 +274,7 @@ impl Sidecar {
             subjects: engine.subjects.clone(),
             upstreams: Arc::clone(&upstreams),
             metrics: Arc::clone(&metrics),
+            events: Arc::clone(&events),
         });
         let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
         server.bootstrap();
@@ -232,7 +283,7 @@ impl Sidecar {
             &mut server,
             &config,
             (&upstreams, &metrics, &in_flight),
-            &engine.connects,
+            (&engine.connects, audit),
         );
         let admin_app = admin::AdminApp {
             scope: admin::AdminScope::Full,
@@ -245,9 +296,18 @@ impl Sidecar {
             connects: Arc::clone(&engine.connects),
             boundary: boundary(&config),
             relaxations: config.relaxations(),
+            events: Arc::clone(&events),
+            tagger: engine.tagger.clone(),
         };
         add_admin(&mut server, &config, admin_app);
-        let mut control = background_service("control", ControlService { engine, upstreams });
+        let control = ControlService {
+            engine,
+            upstreams,
+            events,
+            store,
+            sinks: std::sync::Mutex::new(sinks),
+        };
+        let mut control = background_service("control", control);
         // Token requests are few; one thread keeps them off the request threads.
         control.threads = Some(1);
         server.add_service(control);
@@ -334,7 +394,10 @@ fn add_proxies(
     server: &mut Server,
     config: &Config,
     (upstreams, metrics, in_flight): (&Arc<Vec<Arc<Upstream>>>, &Arc<Metrics>, &proxy::InFlight),
-    connects: &Arc<crate::token::subject::connect::ConnectStates>,
+    (connects, audit): (
+        &Arc<crate::token::subject::connect::ConnectStates>,
+        Option<events::audit::AuditLog>,
+    ),
 ) {
     let server_conf = Arc::clone(&server.configuration);
     let subject_headers: Arc<[http::HeaderName]> = config
@@ -352,6 +415,7 @@ fn add_proxies(
         boundary: boundary(config),
         subject_headers: Arc::clone(&subject_headers),
         connects: Arc::clone(connects),
+        audit: audit.clone(),
     };
     let prefixes: Vec<(String, usize)> = config
         .upstreams
@@ -389,11 +453,11 @@ fn add_admin(server: &mut Server, config: &Config, admin_app: admin::AdminApp) {
             scope: admin::AdminScope::Probes,
             ..admin_app.clone()
         };
-        let mut svc = Service::new("metrics".to_string(), probes);
+        let mut svc = Service::new("metrics".to_string(), admin::AdminService(probes));
         svc.add_tcp(&addr.to_string());
         server.add_service(svc);
     }
-    let mut admin = Service::new("admin".to_string(), admin_app);
+    let mut admin = Service::new("admin".to_string(), admin::AdminService(admin_app));
     admin.add_tcp(&config.server.admin_listen.to_string());
     server.add_service(admin);
 }

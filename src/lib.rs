@@ -12,6 +12,7 @@ pub mod app;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod events;
 pub mod grant;
 pub mod inject;
 pub mod kinds;

@@ -34,6 +34,10 @@ enum Command {
     Check {
         #[arg(short, long, env = "BEARERD_CONFIG", default_value = "bearerd.toml")]
         config: PathBuf,
+        /// Also get a token for each credential from its real endpoint (in memory; no
+        /// store is touched, and refresh tokens are never spent).
+        #[arg(long)]
+        live: bool,
     },
     /// Print a new random store key (base64, 32 bytes).
     Keygen,
@@ -134,6 +138,31 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Rehearse a failure: the running sidecar's token requests for NAME fail as if the
+    /// provider answered so (none is sent), then it ends by itself.
+    Drill {
+        name: String,
+        /// The failure: 401, 500, timeout or invalid_grant.
+        #[arg(long, value_parser = parse_drill_failure, required_unless_present = "stop")]
+        fail: Option<bearerd::api::DrillFailure>,
+        /// How long (at most 1h).
+        #[arg(long = "for", default_value = "60s")]
+        duration: String,
+        /// End the drill that runs now.
+        #[arg(long, conflicts_with = "fail")]
+        stop: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show what a credential's current token says of itself (issuer, audience, scopes,
+    /// subject tag, expiry), decoded; never the token.
+    Inspect {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Run an embedded token server, an echo upstream and the sidecar between them.
     #[cfg(feature = "demo")]
     Demo {
@@ -165,12 +194,30 @@ struct AdminArgs {
     config: Option<PathBuf>,
 }
 
+fn parse_drill_failure(s: &str) -> Result<bearerd::api::DrillFailure, String> {
+    bearerd::api::DrillFailure::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = bearerd::api::DrillFailure::ALL
+            .iter()
+            .map(|f| f.as_str())
+            .collect();
+        format!("expected {}", all.join(" | "))
+    })
+}
+
 fn main() -> ExitCode {
     #[cfg(feature = "mimalloc")]
     bearerd::allocator::tune();
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => cli::check(&config),
+        Command::Check { config, live } => cli::check(&config, live),
+        Command::Drill {
+            name,
+            fail,
+            duration,
+            stop,
+            admin,
+        } => cli::drill(admin.into(), name, fail, duration, stop),
+        Command::Inspect { name, json, admin } => cli::inspect(admin.into(), name, json),
         Command::ClientMetadata { config, name } => cli::client_metadata(&config, name.as_deref()),
         Command::RotationHelper => bearerd::token::rotation::helper_main(),
         Command::Run { config } => cli::run(&config),

@@ -141,6 +141,9 @@ pub struct Metrics {
     pub store_operations_total: IntCounterVec,
     pub subjects: IntGaugeVec,
     pub requests_refused_total: IntCounterVec,
+    pub events_dropped_total: IntCounterVec,
+    pub webhook_deliveries_total: IntCounterVec,
+    pub drill_active: IntGaugeVec,
 }
 
 /// Buckets of the latency histograms, in seconds.
@@ -177,6 +180,29 @@ impl Registering {
     }
 }
 
+impl Registering {
+    /// What operators are told through: events' sinks and drills.
+    fn operator_metrics(&self) -> (IntCounterVec, IntCounterVec, IntGaugeVec) {
+        (
+            self.counter(
+                "events_dropped_total",
+                "Events (and audit records) a sink could not take because its queue was full, by sink (webhook, audit, stream); nothing waited for them.",
+                &["sink"],
+            ),
+            self.counter(
+                "webhook_deliveries_total",
+                "Webhook delivery attempts, by result (delivered, retried, abandoned).",
+                &["result"],
+            ),
+            self.int_gauge(
+                "drill_active",
+                "1 while a failure drill runs on the credential: its failures are rehearsed, not real.",
+                &["credential"],
+            ),
+        )
+    }
+}
+
 fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace("bearerd")
 }
@@ -193,6 +219,7 @@ impl Metrics {
         upstreams: impl IntoIterator<Item = &'a str> + Clone,
     ) -> Metrics {
         let r = Registering(Registry::new());
+        let (events_dropped_total, webhook_deliveries_total, drill_active) = r.operator_metrics();
         let m = Metrics {
             token_refresh_total: r.counter(
                 "token_refresh_total",
@@ -267,6 +294,9 @@ impl Metrics {
                 "Requests the trust boundary refused (a Host, Origin or Sec-Fetch-Site of a web page), by listener and reason; none was forwarded.",
                 &["listener", "reason"],
             ),
+            events_dropped_total,
+            webhook_deliveries_total,
+            drill_active,
             token_adopted_total: r.counter(
                 "token_adopted_total",
                 "Token sets taken from the store (written by another replica) instead of a token request.",
@@ -319,6 +349,7 @@ impl Metrics {
             m.refresh_failing_since.with_label_values(&[cred]);
             m.token_wait_seconds.with_label_values(&[cred]);
             m.token_adopted_total.with_label_values(&[cred]);
+            m.drill_active.with_label_values(&[cred]);
             for o in StepUpOutcome::ALL {
                 m.step_up_total.with_label_values(&[cred, o.as_str()]);
             }

@@ -1362,3 +1362,41 @@ fn a_bad_schedule_is_reported_first_for_every_grant() {
         assert_error(&text, 4, &["credentials.a.refresh_ratio"]);
     }
 }
+
+#[test]
+fn events_are_checked_with_their_line() {
+    // BASE ends on line 14; the webhook's keys are on lines 19 to 21.
+    let hook = |url: &str, on: &str, secret: &str| {
+        format!("{BASE}\n[events]\naudit_file = \"/tmp/bearerd-audit.jsonl\"\n[[events.webhook]]\nurl = \"{url}\"\non = {on}\nsecret = \"{secret}\"\n")
+    };
+    let (url, on, secret) = (
+        "https://hooks.example.com/bearerd",
+        r#"["failed", "requires_reauth_is_not_a_kind"]"#,
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    );
+    assert_passes(
+        "events.toml",
+        &hook(url, r#"["failed", "drill_started"]"#, secret),
+    );
+    assert_error(
+        &hook(url, on, secret),
+        20,
+        &[
+            "events.webhook.0.on",
+            "unknown event \"requires_reauth_is_not_a_kind\"",
+            "drill_ended",
+        ],
+    );
+    assert_error(
+        &hook("http://hooks.example.com/bearerd", "[]", secret),
+        19,
+        &["events.webhook.0.url", "plain http"],
+    );
+    assert_error(
+        &hook(url, "[]", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        21,
+        &["events.webhook.0.secret", "whsec_"],
+    );
+    let extra_key = hook(url, "[]", secret) + "retries = 3\n";
+    assert_error(&extra_key, 22, &["retries", "unknown field"]);
+}

@@ -1,7 +1,13 @@
-//! The operator's view: the CLI over the admin API (status, refresh, logout), the admin
-//! token, and logout's revocation at the provider.
+//! The operator's view: the CLI over the admin API (status, refresh, logout, drill,
+//! inspect, check --live), the admin token, logout's revocation at the provider, and
+//! events (the stream, webhooks, the audit file).
 
 mod support;
+
+#[path = "operator/drill.rs"]
+mod drill;
+#[path = "operator/events.rs"]
+mod events;
 
 use std::process::Command;
 use std::time::Duration;
@@ -43,6 +49,19 @@ async fn cli(h: &Harness, args: &[&str], token: Option<&str>) -> (bool, String) 
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
+}
+
+/// Waits (up to 20 s) until `/status` satisfies `check`.
+async fn status_eventually(h: &Harness, check: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let s: serde_json::Value = h.admin_get("/status").await.json().await.unwrap();
+        if check(&s) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn assert_no_secret(h: &Harness, text: &str) {

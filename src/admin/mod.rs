@@ -1,8 +1,12 @@
 //! The admin listener: health, readiness, status, metrics, refresh, logout and login; and
 //! (in `client`) the CLI that talks to it.
 
+mod operate;
+mod stream;
 mod subjects;
 mod view;
+
+pub use stream::AdminService;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,6 +19,7 @@ use pingora::protocols::http::ServerSession;
 use serde::Serialize;
 
 use crate::api::{self, AdminRoute, CredentialOp, ErrorBody};
+use crate::events::{EventKind, Happened};
 use crate::metrics::{Listener, Metrics};
 use crate::proxy::boundary::{self, Boundary, Navigation, Refusal};
 use crate::proxy::Upstream;
@@ -48,6 +53,10 @@ pub struct AdminApp {
     pub boundary: Boundary,
     /// The config's relaxations of the trust boundary, shown in `/status`.
     pub relaxations: Vec<String>,
+    /// Where events go, and where `/events` reads them.
+    pub events: Arc<crate::events::EventBus>,
+    /// Names subjects (a token's `sub`) by tag.
+    pub tagger: crate::token::subject::SubjectTagger,
 }
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -400,6 +409,14 @@ fn usable_access_token(token: secrecy::SecretString) -> Option<secrecy::SecretSt
 
 /// Reads the body of a login: `{"refresh_token": "…"}`, or an access token alone.
 async fn read_login(session: &mut ServerSession) -> Result<api::LoginRequest, Response<Vec<u8>>> {
+    read_json(session, r#"{"refresh_token": "…"}"#).await
+}
+
+/// Reads a JSON body of at most 64 KiB; a refusal (413, or 400 naming `example`).
+async fn read_json<T: serde::de::DeserializeOwned>(
+    session: &mut ServerSession,
+    example: &str,
+) -> Result<T, Response<Vec<u8>>> {
     let mut body = Vec::new();
     while let Ok(Some(chunk)) = session.read_request_body().await {
         body.extend_from_slice(&chunk);
@@ -413,8 +430,8 @@ async fn read_login(session: &mut ServerSession) -> Result<api::LoginRequest, Re
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    match serde_json::from_slice::<api::LoginRequest>(&body) {
-        Ok(login) if is_json => Ok(login),
+    match serde_json::from_slice::<T>(&body) {
+        Ok(value) if is_json => Ok(value),
         // The parser's message could quote the body, a token: give only the position.
         parsed => {
             let at = parsed
@@ -423,7 +440,7 @@ async fn read_login(session: &mut ServerSession) -> Result<api::LoginRequest, Re
             Err(error_response(
                 400,
                 format!(
-                    "expected application/json {{\"refresh_token\": \"…\"}}{}",
+                    "expected application/json {example}{}",
                     at.unwrap_or_default()
                 ),
             ))
@@ -455,21 +472,22 @@ impl ServeHttp for AdminApp {
         if self.scope == AdminScope::Probes && !probe {
             return probes_only();
         }
-        // The probes listener serves the kubelet and Prometheus, which are no browsers.
-        if self.scope == AdminScope::Full {
-            if let Err(refusal) = self
-                .boundary
-                .check(&session.req_header().headers, navigation(session, &route))
-            {
-                return refused(&self.metrics, refusal);
-            }
+        if let Some(refusal) = self.refusal(session, &route) {
+            return refusal;
         }
         let get = method == http::Method::GET;
         let post = method == http::Method::POST;
         let operation = matches!(
             route,
             AdminRoute::Subjects { .. } | AdminRoute::Subject { .. } | AdminRoute::SubjectOp { .. }
-        ) || (post && matches!(route, AdminRoute::Credential { .. }));
+        ) || (post && matches!(route, AdminRoute::Credential { .. }))
+            || matches!(
+                route,
+                AdminRoute::Credential {
+                    op: CredentialOp::Claims,
+                    ..
+                }
+            );
         if operation && !self.authorized(session) {
             return error_response(401, "the admin token is missing or wrong");
         }
@@ -482,20 +500,47 @@ impl ServeHttp for AdminApp {
             AdminRoute::ConnectCallback => {
                 error_response(404, format!("no admin endpoint {path:?}"))
             }
+            AdminRoute::Credential {
+                name,
+                op: CredentialOp::Claims,
+            } if get => self.claims(&name),
             AdminRoute::Credential { name, op } if post => match op {
                 CredentialOp::Refresh => self.refresh(&name).await,
-                CredentialOp::Login => self.login(&name, session).await,
+                CredentialOp::Login => {
+                    let answer = self.login(&name, session).await;
+                    if answer.status() == 200 {
+                        let h = Happened::new(EventKind::LoginCompleted, "success");
+                        self.events.emit(h.credential(&name));
+                    }
+                    answer
+                }
                 CredentialOp::Logout => match self.credential(&name) {
                     Some(c) => json_response(200, &c.logout().await),
                     None => no_credential(&name),
                 },
                 CredentialOp::Register => self.register(&name).await,
+                CredentialOp::Drill => self.drill(&name, session).await,
+                CredentialOp::Claims => error_response(405, "method not allowed"),
             },
             AdminRoute::Subjects { .. }
             | AdminRoute::Subject { .. }
             | AdminRoute::SubjectOp { .. } => self.subjects(&method, route, session).await,
             _ => error_response(405, "method not allowed"),
         }
+    }
+}
+
+impl AdminApp {
+    /// The trust boundary's 403 for a web page's request, if this is one. The probes
+    /// listener serves the kubelet and Prometheus, which are no browsers.
+    fn refusal(&self, session: &ServerSession, route: &AdminRoute) -> Option<Response<Vec<u8>>> {
+        if self.scope != AdminScope::Full {
+            return None;
+        }
+        self.boundary
+            .check(&session.req_header().headers, navigation(session, route))
+            .err()
+            .map(|r| refused(&self.metrics, r))
     }
 }
 

@@ -3,6 +3,7 @@
 //! the app relays the provider's redirect. All but the callback need the admin token (when
 //! one is set); the callback is protected by its single-use `state`.
 
+use crate::events::{EventKind, Happened};
 use std::sync::Arc;
 
 use http::Response;
@@ -177,6 +178,9 @@ impl AdminApp {
                 };
                 let status = live.credential.slot.status();
                 let ok = status.generation > 0 && status.state == CredentialState::Valid;
+                if ok {
+                    self.subject_event(registry, &subject, EventKind::SubjectConnected, "login");
+                }
                 let report = api::LoginReport {
                     outcome: if ok { api::Outcome::Success } else { api::Outcome::Failed },
                     generation: status.generation,
@@ -204,12 +208,26 @@ impl AdminApp {
                 if op == SubjectOp::Logout {
                     let mut report = live.credential.logout().await;
                     report.subject = Some(subject.as_str().to_string());
+                    self.subject_event(registry, &subject, EventKind::SubjectDisconnected, "logout");
                     json_response(200, &report)
                 } else {
                     refresh_slot(&live.credential.slot, &registry.credential, Some(subject.as_str())).await
                 }
             }
         }
+    }
+
+    /// Tells the operator a subject connected or left (by its tag, never in clear).
+    fn subject_event(
+        &self,
+        registry: &SubjectRegistry,
+        subject: &SubjectKey,
+        kind: EventKind,
+        outcome: &str,
+    ) {
+        let mut h = Happened::new(kind, outcome).credential(&registry.credential);
+        h.subject_tag = Some(registry.tagger.tag(subject));
+        self.events.emit(h);
     }
 
     /// Starts a connect flow: the authorization URL the app sends the user to.
@@ -284,16 +302,19 @@ impl AdminApp {
         };
         let subject = flow.subject.clone();
         let (code, result) = match registry.redeem(flow, code).await {
-            Ok(status) => (
-                200,
-                api::ConnectResult {
-                    credential: registry.credential.to_string(),
-                    subject: status.subject,
-                    connected: true,
-                    status: Some(status.status),
-                    error: None,
-                },
-            ),
+            Ok(status) => {
+                self.subject_event(&registry, &subject, EventKind::SubjectConnected, "connect");
+                (
+                    200,
+                    api::ConnectResult {
+                        credential: registry.credential.to_string(),
+                        subject: status.subject,
+                        connected: true,
+                        status: Some(status.status),
+                        error: None,
+                    },
+                )
+            }
             Err(e) => (
                 502,
                 api::ConnectResult {

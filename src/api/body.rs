@@ -67,6 +67,9 @@ pub struct CredentialStatus {
     /// them already; a user grant's next login asks for them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub step_up_scopes: Vec<String>,
+    /// A failure drill that runs now: what the state shows is rehearsed, not real.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drill: Option<super::DrillView>,
 }
 
 /// A per-subject credential in `/status`: what it is and how many subjects are in each

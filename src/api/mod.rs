@@ -6,9 +6,11 @@
 //! (or fails the round-trip test) instead of breaking the CLI silently.
 
 mod body;
+mod event;
 mod path;
 
 pub use body::*;
+pub use event::*;
 pub use path::{decode_segment, encode_segment, AdminRoute, CredentialOp, SubjectOp};
 
 #[cfg(test)]
@@ -42,6 +44,7 @@ mod tests {
             scopes: vec!["read".into(), "write".into()],
             has_refresh_token: true,
             step_up_scopes: Vec::new(),
+            drill: None,
         }
     }
 
@@ -73,6 +76,7 @@ mod tests {
             AdminRoute::Readyz,
             AdminRoute::Status,
             AdminRoute::Metrics,
+            AdminRoute::Events,
             AdminRoute::ConnectCallback,
         ];
         for name in names {

@@ -31,10 +31,21 @@ pub enum CredentialOp {
     Login,
     /// The client a credential with `registration = "auto"` logs in with.
     Register,
+    /// Rehearse a failure of its token requests (`POST`).
+    Drill,
+    /// What its current token says of itself (`GET`, admin token).
+    Claims,
 }
 
 impl CredentialOp {
-    pub const ALL: [CredentialOp; 4] = [Self::Refresh, Self::Logout, Self::Login, Self::Register];
+    pub const ALL: [CredentialOp; 6] = [
+        Self::Refresh,
+        Self::Logout,
+        Self::Login,
+        Self::Register,
+        Self::Drill,
+        Self::Claims,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -42,6 +53,8 @@ impl CredentialOp {
             Self::Logout => "logout",
             Self::Login => "login",
             Self::Register => "register",
+            Self::Drill => "drill",
+            Self::Claims => "claims",
         }
     }
 }
@@ -80,6 +93,8 @@ pub enum AdminRoute {
     Readyz,
     Status,
     Metrics,
+    /// `GET /events`: the event stream (SSE).
+    Events,
     /// `GET /connect/callback?code=…&state=…&subject=…`, relayed by the app.
     ConnectCallback,
     /// `POST /credentials/{name}/{op}`.
@@ -113,6 +128,7 @@ impl AdminRoute {
             ["readyz"] => AdminRoute::Readyz,
             ["status"] => AdminRoute::Status,
             ["metrics"] => AdminRoute::Metrics,
+            ["events"] => AdminRoute::Events,
             ["connect", "callback"] => AdminRoute::ConnectCallback,
             ["credentials", name, "subjects"] => AdminRoute::Subjects {
                 name: decode_segment(name),
@@ -155,6 +171,7 @@ impl fmt::Display for AdminRoute {
             AdminRoute::Readyz => f.write_str("/readyz"),
             AdminRoute::Status => f.write_str("/status"),
             AdminRoute::Metrics => f.write_str("/metrics"),
+            AdminRoute::Events => f.write_str("/events"),
             AdminRoute::ConnectCallback => f.write_str("/connect/callback"),
             AdminRoute::Credential { name, op } => {
                 write!(f, "/credentials/{}/{}", e(name), op.as_str())

@@ -132,6 +132,19 @@ impl AdminClient {
         self.answer(code, &body)
     }
 
+    /// A POST with the admin token and a JSON body.
+    pub async fn post_json<T: DeserializeOwned>(
+        &self,
+        route: &AdminRoute,
+        body: &impl serde::Serialize,
+    ) -> Result<Answer<T>, CliError> {
+        let body = serde_json::to_vec(body).map_err(|e| self.unexpected(e))?;
+        let (code, body) = self
+            .send(http::Method::POST, &route.to_string(), Some(body), true)
+            .await?;
+        self.answer(code, &body)
+    }
+
     /// Refuses, before anything is sent, to carry `what` to an admin URL where it would
     /// travel in clear off this host.
     pub fn ensure_private(&self, what: &'static str) -> Result<(), CliError> {

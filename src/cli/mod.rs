@@ -2,6 +2,7 @@
 //! or the admin API through `api`, and prints.
 
 mod admin_client;
+mod live;
 mod print;
 
 use std::path::{Path, PathBuf};
@@ -77,8 +78,9 @@ fn operation(name: &str, subject: Option<&str>, op: CredentialOp) -> AdminRoute 
         CredentialOp::Refresh => Some(SubjectOp::Refresh),
         CredentialOp::Logout => Some(SubjectOp::Logout),
         CredentialOp::Login => Some(SubjectOp::Login),
-        // Subjects log in with their credential's client.
-        CredentialOp::Register => None,
+        // Subjects log in with their credential's client; drills and claims are the
+        // credential's.
+        CredentialOp::Register | CredentialOp::Drill | CredentialOp::Claims => None,
     };
     match (subject, subject_op) {
         (Some(s), Some(op)) => AdminRoute::SubjectOp {
@@ -94,8 +96,8 @@ fn pretty(v: &impl serde::Serialize) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
-/// `bearerd check`.
-pub fn check(config: &Path) -> ExitCode {
+/// `bearerd check [--live]`.
+pub fn check(config: &Path, live: bool) -> ExitCode {
     match Config::load(config) {
         Ok(c) => {
             println!("{}: ok", config.display());
@@ -103,7 +105,10 @@ pub fn check(config: &Path) -> ExitCode {
                 println!("warning: {warning}");
             }
             print!("{}", c.describe_routes());
-            ExitCode::SUCCESS
+            match live {
+                true => live::check_live(&c),
+                false => ExitCode::SUCCESS,
+            }
         }
         Err(e) => {
             eprintln!("error: {e}");
@@ -295,6 +300,67 @@ pub fn logout(target: AdminTarget, name: String, subject: Option<String>) -> Exi
         }
         println!("{name}: forgotten locally; requests now get 503 until a login");
         Ok(v.forgotten)
+    })
+}
+
+/// `bearerd drill NAME --fail F [--for D]`, or `--stop`.
+pub fn drill(
+    target: AdminTarget,
+    name: String,
+    fail: Option<api::DrillFailure>,
+    duration: String,
+    stop: bool,
+) -> ExitCode {
+    with_admin(target, |client| async move {
+        let route = AdminRoute::Credential {
+            name: name.clone(),
+            op: CredentialOp::Drill,
+        };
+        let request = api::DrillRequest {
+            fail: (!stop).then_some(fail).flatten(),
+            duration: (!stop).then_some(duration),
+            stop,
+        };
+        let v = match client
+            .post_json::<api::DrillReport>(&route, &request)
+            .await?
+        {
+            Answer::Body(200, v) => v,
+            Answer::Body(code, _) => return Err(CliError::Refused(format!("{code}: refused"))),
+            Answer::Refused(code, e) => {
+                return Err(CliError::Refused(format!("{code}: {}", e.error)))
+            }
+        };
+        match v.drill {
+            Some(d) => println!(
+                "{name}: drill running: token requests fail with {} for {}s (nothing is sent; it ends by itself)",
+                d.fail.as_str(),
+                d.ends_in_s
+            ),
+            None => println!("{name}: no drill runs"),
+        }
+        Ok(true)
+    })
+}
+
+/// `bearerd inspect NAME`: what the current token says of itself, never the token.
+pub fn inspect(target: AdminTarget, name: String, json: bool) -> ExitCode {
+    with_admin(target, |client| async move {
+        let route = AdminRoute::Credential {
+            name: name.clone(),
+            op: CredentialOp::Claims,
+        };
+        let v = match client.get::<api::TokenClaims>(&route.to_string()).await? {
+            Answer::Body(_, v) => v,
+            Answer::Refused(code, e) => {
+                return Err(CliError::Refused(format!("{code}: {}", e.error)))
+            }
+        };
+        match json {
+            true => println!("{}", pretty(&v)),
+            false => print!("{}", print::claims(&v)),
+        }
+        Ok(true)
     })
 }
 

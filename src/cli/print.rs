@@ -176,6 +176,38 @@ pub fn credential_detail(name: &str, c: &CredentialStatus) -> String {
     out
 }
 
+/// `bearerd inspect`: one line per claim that is there.
+pub fn claims(c: &bearerd::api::TokenClaims) -> String {
+    let mut out = format!(
+        "{}: {} token ({}), generation {}, sha256 {}…\n",
+        c.credential, c.format, c.scheme, c.generation, c.sha256_prefix
+    );
+    let rows = [
+        ("issuer", c.issuer.clone()),
+        (
+            "audience",
+            (!c.audience.is_empty()).then(|| c.audience.join(", ")),
+        ),
+        ("scopes", (!c.scopes.is_empty()).then(|| c.scopes.join(" "))),
+        ("subject", c.subject_tag.clone()),
+        ("client_id", c.client_id.clone()),
+        ("issued_at", c.issued_at.clone()),
+        (
+            "expires_at",
+            c.expires_at.clone().map(|e| match c.expires_in_s {
+                Some(s) => format!("{e} (in {s}s)"),
+                None => e,
+            }),
+        ),
+    ];
+    for (k, v) in rows {
+        if let Some(v) = v {
+            out.push_str(&format!("  {k:<11} {v}\n"));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,6 +97,12 @@ impl Config {
                         .map(drop)
                         .map_err(|e| fail(&format!("{e}. {help}")))
                 }),
+            Material::WebhookSecret(secret) => {
+                let text = secret.resolve().map_err(|e| fail(&e))?;
+                crate::material::webhook_secret::parse_webhook_secret(text.expose_secret())
+                    .map(drop)
+                    .map_err(|e| fail(&e))
+            }
             Material::RedisUrl { url, tls_keys } => {
                 let text = url.resolve().map_err(|e| fail(&e))?;
                 let tls = check_redis_url(text.expose_secret()).map_err(|e| fail(&e))?;

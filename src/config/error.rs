@@ -80,15 +80,29 @@ impl<'a> SourceMap<'a> {
         let doc = self.doc.as_ref()?;
         let mut table: &dyn toml_edit::TableLike = doc.as_table();
         let mut best = None;
-        for (i, part) in path.iter().enumerate() {
-            let (key, item) = table.get_key_value(part)?;
+        let mut i = 0;
+        while i < path.len() {
+            let (key, item) = table.get_key_value(path[i])?;
             best = key.span().or_else(|| item.span()).or(best);
-            if i + 1 == path.len() {
+            i += 1;
+            if i == path.len() {
                 break;
             }
             table = match item {
                 toml_edit::Item::Table(t) => t,
                 toml_edit::Item::Value(toml_edit::Value::InlineTable(t)) => t,
+                // `[[events.webhook]]`: the next part is the entry's index.
+                toml_edit::Item::ArrayOfTables(a) => {
+                    let Some(entry) = path[i].parse().ok().and_then(|n: usize| a.get(n)) else {
+                        break;
+                    };
+                    best = entry.span().or(best);
+                    i += 1;
+                    if i == path.len() {
+                        break;
+                    }
+                    entry
+                }
                 _ => break,
             };
         }

@@ -23,6 +23,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub credentials: Vec<CredentialConfig>,
     pub upstreams: Vec<UpstreamConfig>,
+    pub events: EventsConfig,
     /// What the config names outside its text, for the check step.
     pub material: Vec<super::MaterialCheck>,
 }
@@ -67,6 +68,25 @@ impl RedisTls {
         }
         files.join(", ")
     }
+}
+
+/// Where events go besides `/events`: webhooks and the audit file.
+#[derive(Debug, Clone, Default)]
+pub struct EventsConfig {
+    pub webhooks: Vec<WebhookConfig>,
+    /// JSON lines, one per request a credential was used for; off when none.
+    pub audit_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url: url::Url,
+    /// The kinds it takes; every kind when empty.
+    pub on: Vec<crate::api::EventKind>,
+    /// `whsec_<base64>`; read and checked by the check step.
+    pub secret: SecretRef,
+    /// Events that may wait for delivery; beyond it new ones are dropped and counted.
+    pub queue: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -53,6 +53,8 @@ pub enum Material {
         key: SecretRef,
         help: String,
     },
+    /// A webhook's signing secret: `whsec_` and base64.
+    WebhookSecret(SecretRef),
     /// The Redis url, which must parse; the TLS keys written at `tls_keys` need `rediss://`.
     RedisUrl {
         url: SecretRef,

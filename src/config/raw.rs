@@ -38,6 +38,29 @@ pub struct RawConfig {
     pub credentials: BTreeMap<String, RawCredential>,
     #[serde(default)]
     pub upstreams: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    pub events: RawEvents,
+}
+
+/// `[events]` and its `[[events.webhook]]` entries.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvents {
+    #[serde(default)]
+    pub webhook: Vec<RawWebhook>,
+    pub audit_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    pub url: String,
+    /// Event kinds; every kind when absent.
+    pub on: Option<Vec<String>>,
+    /// `whsec_<base64>`, as Standard Webhooks gives it.
+    pub secret: RawSecretRef,
+    /// How many events may wait for delivery before new ones are dropped (and counted).
+    pub queue: Option<usize>,
 }
 
 /// The first pass over the `[store]` table: which backend it names, nothing else.

@@ -34,6 +34,17 @@ impl JwtFacts {
 
 /// Checks the shape of a compact JWS and reads its `exp`.
 pub fn peek(token: &str) -> Result<JwtFacts, NotAJwt> {
+    let claims = claims(token)?;
+    let expires_at = claims
+        .get("exp")
+        .and_then(serde_json::Value::as_f64)
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| UNIX_EPOCH + Duration::from_secs_f64(s.min(1e11)));
+    Ok(JwtFacts { expires_at })
+}
+
+/// The claims of a compact JWS, decoded without checking its signature.
+pub fn claims(token: &str) -> Result<serde_json::Map<String, serde_json::Value>, NotAJwt> {
     let parts: Vec<&str> = token.trim().split('.').collect();
     let [header, claims, signature] = parts[..] else {
         return Err(NotAJwt::Shape);
@@ -53,13 +64,10 @@ pub fn peek(token: &str) -> Result<JwtFacts, NotAJwt> {
             .ok_or(NotAJwt::Part(what))
     };
     decode(header, "header")?;
-    let claims = decode(claims, "claims")?;
-    let expires_at = claims
-        .get("exp")
-        .and_then(serde_json::Value::as_f64)
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(|s| UNIX_EPOCH + Duration::from_secs_f64(s.min(1e11)));
-    Ok(JwtFacts { expires_at })
+    match decode(claims, "claims")? {
+        serde_json::Value::Object(map) => Ok(map),
+        _ => Err(NotAJwt::Part("claims")),
+    }
 }
 
 #[cfg(test)]

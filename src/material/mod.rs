@@ -12,6 +12,7 @@ pub mod secret;
 pub mod signing;
 pub mod store_key;
 pub mod watched;
+pub mod webhook_secret;
 
 pub use ca::{load_ca_file, parse_ca_pem};
 pub use identity::ClientIdentity;

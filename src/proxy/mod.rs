@@ -290,6 +290,8 @@ pub struct BearerProxy {
     /// Connect flows, which an MCP URL elicitation starts (shared with the admin API,
     /// where their callback arrives).
     pub connects: Arc<crate::token::subject::connect::ConnectStates>,
+    /// `[events] audit_file`: one record per request a credential was used for.
+    pub audit: Option<crate::events::audit::AuditLog>,
 }
 
 #[derive(Default)]
@@ -1158,6 +1160,24 @@ impl ProxyHttp for BearerProxy {
                 .upstream_401_total
                 .with_label_values(&[upstream, outcome.as_str()])
                 .inc();
+        }
+        if let (Some(audit), Some(token), Some(slot), Some(u)) =
+            (&self.audit, &ctx.token, &ctx.slot, &ctx.upstream)
+        {
+            audit.record(crate::events::audit::AuditRecord {
+                at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                credential: Arc::clone(&slot.name),
+                upstream: Arc::clone(&u.name),
+                subject_tag: ctx
+                    .subject
+                    .as_ref()
+                    .zip(u_subjects(&ctx.upstream))
+                    .map(|(s, r)| r.tagger.tag(s)),
+                request_id: ctx.request_id().to_string(),
+                method: session.req_header().method.to_string(),
+                status,
+                generation: token.generation,
+            });
         }
         if self.access_log {
             let req = session.req_header();

@@ -15,6 +15,7 @@ use super::subject::connect::ConnectStates;
 use super::subject::{SubjectRegistry, SubjectTagger};
 use super::CredentialSlot;
 use crate::config::Config;
+use crate::events::{EventBus, EventTap};
 use crate::grant::Grant;
 use crate::metrics::Metrics;
 use crate::store::TokenStore;
@@ -42,6 +43,8 @@ pub struct TokenEngine {
     pub subjects: Vec<Arc<SubjectRegistry>>,
     /// Connect flows waiting for their callback.
     pub connects: Arc<ConnectStates>,
+    /// Names subjects in logs and events.
+    pub tagger: SubjectTagger,
 }
 
 impl TokenEngine {
@@ -49,6 +52,7 @@ impl TokenEngine {
         config: &Config,
         store: &Arc<dyn TokenStore>,
         metrics: &Arc<Metrics>,
+        events: &Arc<EventBus>,
     ) -> Result<TokenEngine, EngineError> {
         let tagger = SubjectTagger::new(crate::store::sealing_key(&config.store).as_ref());
         // One rotation helper serves every rotating exchange of this sidecar.
@@ -76,12 +80,17 @@ impl TokenEngine {
             )
             .map_err(|e| failed(e.to_string()))?;
             let slot = CredentialSlot::new(c, Arc::clone(metrics));
+            slot.attach_events(EventTap {
+                bus: Arc::clone(events),
+                subject_tag: None,
+            });
             if let Some(endpoint) = grant.endpoint() {
                 slot.attach_step_up(endpoint.step_up());
             }
             let credential = Credential::new(slot, grant, Arc::clone(store));
             if let Some(registry) = registry {
                 metrics.add_subject_credential(&c.name);
+                registry.attach_events(Arc::clone(events));
                 registry.set_own(Arc::clone(&credential));
                 subjects.push(registry);
             }
@@ -91,6 +100,7 @@ impl TokenEngine {
             credentials,
             subjects,
             connects: Arc::new(ConnectStates::new(Arc::clone(store))),
+            tagger,
         })
     }
 

@@ -545,6 +545,11 @@ async fn attempt(cred: &Credential, trigger: Trigger) {
     let (slot, grant) = (&cred.slot, &cred.grant);
     let started = Instant::now();
     slot.begin_attempt(trigger, started);
+    // A drill: the failure is recorded as a real one would be, and nothing is sent.
+    if let Some(fail) = slot.drilled_failure() {
+        drilled_attempt(slot, grant, trigger, fail, started);
+        return;
+    }
     if adopt_newer(cred).await {
         return;
     }
@@ -624,6 +629,43 @@ async fn attempt(cred: &Credential, trigger: Trigger) {
         Err(e) => failed(&e.kind, &e.message, e.permanent, e.retry_after),
     };
     if let Some(result) = outcome {
+        slot.count_attempt(trigger, result, elapsed);
+    }
+}
+
+/// An attempt during a failure drill: what the token endpoint's `fail` would make of the
+/// credential, classified as the real answer would be, without a request (so no refresh
+/// token is sent, and nothing is stored).
+fn drilled_attempt(
+    slot: &CredentialSlot,
+    grant: &Grant,
+    trigger: Trigger,
+    fail: crate::api::DrillFailure,
+    started: Instant,
+) {
+    use crate::api::DrillFailure;
+    use crate::oauth::response::classify_failure;
+    let e = match fail {
+        DrillFailure::Unauthorized => classify_failure(401, b"", None),
+        DrillFailure::ServerError => classify_failure(500, b"", None),
+        DrillFailure::InvalidGrant => classify_failure(
+            400,
+            br#"{"error":"invalid_grant","error_description":"failure drill"}"#,
+            None,
+        ),
+        DrillFailure::Timeout => crate::oauth::GrantError::transient(
+            GrantErrorKind::Timeout,
+            "the token endpoint did not answer in time",
+        ),
+    };
+    let message = format!("drill: {}", e.message);
+    let failure = AttemptFailure {
+        kind: &e.kind,
+        message: &message,
+        permanent: e.permanent,
+    };
+    let elapsed = started.elapsed();
+    if let Some(result) = record_failure(slot, grant, trigger, elapsed, &failure, None) {
         slot.count_attempt(trigger, result, elapsed);
     }
 }

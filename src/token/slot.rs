@@ -13,7 +13,9 @@ use super::schedule;
 use super::GrantErrorKind;
 use super::{LastError, ReplayDecision, StepUpDecision, TokenSnapshot, TokenUnavailable};
 use super::{Trigger, Unavailability};
+use crate::api::{DrillFailure, DrillView};
 use crate::config::{CredentialConfig, RefreshPolicy};
+use crate::events::{EventKind, EventTap, Happened};
 use crate::metrics::Metrics;
 use crate::metrics::StepUpOutcome;
 use crate::oauth::step_up::{StepUp, StepUpPlan};
@@ -49,6 +51,27 @@ struct Control {
     /// dropped (a logout, a dead token), so a 401 on an old token is never taken for one
     /// on a token published since.
     last_generation: u64,
+    /// A failure drill that runs, and what it put back when it ends.
+    drill: Option<Drill>,
+}
+
+/// A failure drill: token requests fail as `fail` says until `until`, without being sent.
+struct Drill {
+    fail: DrillFailure,
+    until: Instant,
+    /// Tells this drill from one started after it (its end timer checks it).
+    id: u64,
+    /// The failure state before the drill, which comes back when it ends.
+    before: FailureState,
+}
+
+/// What a drill changes and puts back.
+struct FailureState {
+    consecutive_failures: u32,
+    failing_since: Option<SystemTime>,
+    permanent_failure: bool,
+    last_error: Option<LastError>,
+    next_refresh_at: Option<Instant>,
 }
 
 impl Control {
@@ -82,6 +105,8 @@ pub struct CredentialSlot {
     /// The scopes a 403 `insufficient_scope` may add (the grant's token endpoint's), for
     /// the credentials that have one.
     step_up: std::sync::OnceLock<Arc<StepUp>>,
+    /// Where its events go (none in unit tests).
+    events: std::sync::OnceLock<EventTap>,
 }
 
 /// The state names of `/status` and `bearerd_credential_state`: the admin API's own.
@@ -112,6 +137,7 @@ impl CredentialSlot {
             changed: watch::channel(0).0,
             metrics,
             step_up: std::sync::OnceLock::new(),
+            events: std::sync::OnceLock::new(),
         })
     }
 
@@ -296,6 +322,18 @@ impl CredentialSlot {
             .step_up_total
             .with_label_values(&[&self.name, outcome.as_str()])
             .inc();
+        self.emit(Happened::new(EventKind::StepUp, outcome.as_str()));
+    }
+
+    /// Gives the slot its way to the event bus.
+    pub fn attach_events(&self, tap: EventTap) {
+        let _ = self.events.set(tap);
+    }
+
+    fn emit(&self, h: Happened) {
+        if let Some(tap) = self.events.get() {
+            tap.emit(&self.name, h);
+        }
     }
 
     /// Gives the slot the scopes a step-up may add (its grant's token endpoint's).
@@ -506,6 +544,10 @@ impl CredentialSlot {
                 && !c.no_refresh_token
                 && !c.permanent_failure
                 && !c.logged_out,
+            drill: c.drill.as_ref().map(|d| DrillView {
+                fail: d.fail,
+                ends_in_s: round(d.until.saturating_duration_since(now).as_secs_f64()),
+            }),
         }
     }
 
@@ -656,6 +698,9 @@ impl CredentialSlot {
         c.refreshes += 1;
         drop(c);
         self.bump();
+        let mut h = Happened::new(EventKind::Refreshed, "success");
+        h.generation = Some(generation);
+        self.emit(h);
         (generation, attempts)
     }
 
@@ -706,6 +751,13 @@ impl CredentialSlot {
         };
         drop(c);
         self.bump();
+        let (kind, outcome) = match failure.permanent {
+            true => (EventKind::Failed, "permanent_error"),
+            false => (EventKind::Retrying, "transient_error"),
+        };
+        let mut h = Happened::new(kind, outcome).detail(failure.message);
+        h.error_kind = Some(failure.kind.to_string());
+        self.emit(h);
         record
     }
 
@@ -757,6 +809,7 @@ impl CredentialSlot {
         self.bump();
         // Disarm the refresher's timer: it re-reads the (now empty) schedule.
         self.wake.notify_one();
+        self.emit(Happened::new(EventKind::LoggedOut, "logged_out"));
     }
 
     /// A login handed over a refresh token: automatic refreshes may run again.
@@ -766,6 +819,77 @@ impl CredentialSlot {
         c.permanent_failure = false;
         drop(c);
         self.bump();
+    }
+
+    /// Starts (or extends, or changes) a failure drill until `until`: token requests fail
+    /// as `fail` says, without being sent, and an attempt runs now to show it. Returns the
+    /// drill's id, for its end.
+    pub fn start_drill(&self, fail: DrillFailure, until: Instant) -> u64 {
+        let id = {
+            let mut c = self.control();
+            let before = match c.drill.take() {
+                Some(running) => running.before,
+                None => FailureState {
+                    consecutive_failures: c.consecutive_failures,
+                    failing_since: c.failing_since,
+                    permanent_failure: c.permanent_failure,
+                    last_error: c.last_error.clone(),
+                    next_refresh_at: c.next_refresh_at,
+                },
+            };
+            let id = rand::random();
+            c.drill = Some(Drill {
+                fail,
+                until,
+                id,
+                before,
+            });
+            id
+        };
+        self.metrics
+            .drill_active
+            .with_label_values(&[&self.name])
+            .set(1);
+        self.emit(Happened::new(EventKind::DrillStarted, fail.as_str()));
+        self.demand_manual();
+        id
+    }
+
+    /// The failure a running drill injects, if one runs.
+    pub(super) fn drilled_failure(&self) -> Option<DrillFailure> {
+        let c = self.control();
+        c.drill
+            .as_ref()
+            .filter(|d| d.until > Instant::now())
+            .map(|d| d.fail)
+    }
+
+    /// Ends the drill `id` (any drill when none) and puts back the state from before it;
+    /// answers whether one ended.
+    pub fn end_drill(&self, id: Option<u64>) -> bool {
+        let drill = {
+            let mut c = self.control();
+            let this_one = |d: &Drill| id.is_none_or(|id| d.id == id);
+            let Some(drill) = c.drill.take_if(|d| this_one(d)) else {
+                return false;
+            };
+            let b = &drill.before;
+            c.consecutive_failures = b.consecutive_failures;
+            c.failing_since = b.failing_since;
+            c.permanent_failure = b.permanent_failure;
+            c.last_error = b.last_error.clone();
+            // A refresh that fell due during the drill runs now.
+            c.next_refresh_at = b.next_refresh_at;
+            drill
+        };
+        self.metrics
+            .drill_active
+            .with_label_values(&[&self.name])
+            .set(0);
+        self.bump();
+        self.wake.notify_one();
+        self.emit(Happened::new(EventKind::DrillEnded, drill.fail.as_str()));
+        true
     }
 
     /// Counts a token set adopted from the store (`bearerd_token_adopted_total`).

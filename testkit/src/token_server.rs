@@ -60,6 +60,8 @@ pub struct TokenServerState {
     rotations: AtomicUsize,
     fail: Mutex<FailMode>,
     send_expires_in: std::sync::atomic::AtomicBool,
+    /// Access tokens are JWTs (with a signature nobody checks), for `bearerd inspect`.
+    jwt_access_tokens: std::sync::atomic::AtomicBool,
     /// Logins (authorization code) get a refresh token (no offline access when false).
     login_refresh_tokens: std::sync::atomic::AtomicBool,
     issued: Mutex<HashMap<String, Issued>>,
@@ -164,6 +166,7 @@ impl TokenServer {
             rotations: AtomicUsize::new(0),
             fail: Mutex::new(FailMode::None),
             send_expires_in: std::sync::atomic::AtomicBool::new(true),
+            jwt_access_tokens: std::sync::atomic::AtomicBool::new(false),
             login_refresh_tokens: std::sync::atomic::AtomicBool::new(true),
             issued: Mutex::new(HashMap::new()),
             refresh: Mutex::new(RefreshTokens::default()),
@@ -553,6 +556,39 @@ impl TokenServerState {
         self.last_form.lock().unwrap().clone()
     }
 
+    /// From now on, access tokens are JWTs: issuer, audience `https://api.example`, subject
+    /// `svc-reports`, scope, client_id, iat and exp.
+    pub fn issue_jwt_access_tokens(&self) {
+        self.jwt_access_tokens.store(true, Ordering::SeqCst);
+    }
+
+    fn jwt_access_token(&self, lifetime: Duration) -> String {
+        use base64::Engine;
+        let b64 = |v: serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = json!({
+            "iss": "https://issuer.testkit.example",
+            "aud": ["https://api.example"],
+            "sub": "svc-reports",
+            "scope": "demo.read",
+            "client_id": CLIENT_ID,
+            "iat": now,
+            "exp": now + lifetime.as_secs().max(1),
+            "jti": random_hex(),
+        });
+        format!(
+            "{}.{}.{}",
+            b64(json!({"alg": "RS256", "typ": "at+jwt"})),
+            b64(claims),
+            random_hex()
+        )
+    }
+
     fn issue(&self, with_refresh: bool) -> serde_json::Value {
         self.issue_for(with_refresh, None)
     }
@@ -574,7 +610,10 @@ impl TokenServerState {
     fn issue_unowned(&self, with_refresh: bool) -> serde_json::Value {
         let lifetime = Duration::from_millis(self.lifetime_ms.load(Ordering::SeqCst));
         let serial = self.serial.fetch_add(1, Ordering::SeqCst) + 1;
-        let token = format!("tok_{}", random_hex());
+        let token = match self.jwt_access_tokens.load(Ordering::SeqCst) {
+            true => self.jwt_access_token(lifetime),
+            false => format!("tok_{}", random_hex()),
+        };
         self.every_issued.lock().unwrap().push(token.clone());
         self.issued.lock().unwrap().insert(
             token.clone(),

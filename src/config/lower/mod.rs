@@ -3,6 +3,7 @@
 
 mod client_auth;
 mod credential;
+mod events;
 mod token_request;
 
 use credential::lower_credential;
@@ -182,17 +183,7 @@ pub(super) fn lower<K: Kinds>(
     }
     let mut upstreams = Vec::new();
     let mut prefixes: HashMap<String, String> = HashMap::new();
-    let mut ports: HashMap<SocketAddr, String> = HashMap::new();
-    ports.insert(server.proxy_listen, "server.proxy_listen".into());
-    let listeners = [
-        Some((server.admin_listen, "server.admin_listen")),
-        server.metrics_listen.map(|a| (a, "server.metrics_listen")),
-    ];
-    for (addr, key) in listeners.into_iter().flatten() {
-        if let Some(other) = ports.insert(addr, key.into()) {
-            return Err(map.error_at(key, format!("the same address is already used by {other}")));
-        }
-    }
+    let mut ports = server_ports(map, &server)?;
     for (name, ru) in &raw.upstreams {
         let up = lower_upstream(map, name, ru, &index)?;
         match &up.route {
@@ -249,8 +240,28 @@ pub(super) fn lower<K: Kinds>(
         store,
         credentials,
         upstreams,
+        events: events::lower_events(map, &raw.events)?,
         material: Vec::new(),
     })
+}
+
+/// The server's own listeners by address; two on one address is an error.
+fn server_ports(
+    map: &SourceMap,
+    server: &ServerConfig,
+) -> Result<HashMap<SocketAddr, String>, ConfigError> {
+    let mut ports: HashMap<SocketAddr, String> = HashMap::new();
+    ports.insert(server.proxy_listen, "server.proxy_listen".into());
+    let listeners = [
+        Some((server.admin_listen, "server.admin_listen")),
+        server.metrics_listen.map(|a| (a, "server.metrics_listen")),
+    ];
+    for (addr, key) in listeners.into_iter().flatten() {
+        if let Some(other) = ports.insert(addr, key.into()) {
+            return Err(map.error_at(key, format!("the same address is already used by {other}")));
+        }
+    }
+    Ok(ports)
 }
 
 /// Every OAuth credential must be able to find its token endpoint: configured, discovered,

@@ -153,6 +153,7 @@ impl SubjectRegistry {
                 metrics,
                 rotation_helper,
                 runtime: OnceLock::new(),
+                events: OnceLock::new(),
             },
             credential,
             config: subjects.clone(),
@@ -194,6 +195,11 @@ impl SubjectRegistry {
     /// Runs subjects' refreshers on this runtime from now on.
     pub fn attach(&self, runtime: tokio::runtime::Handle) {
         let _ = self.starter.runtime.set(runtime);
+    }
+
+    /// Where its subjects' events go (set once, before any subject starts).
+    pub fn attach_events(&self, bus: Arc<crate::events::EventBus>) {
+        let _ = self.starter.events.set(bus);
     }
 
     fn now_ms(&self) -> u64 {
@@ -291,7 +297,8 @@ impl SubjectRegistry {
         subject_token: Option<&secrecy::SecretString>,
     ) -> Arc<LiveSubject> {
         self.census.wake(subject.as_str());
-        let span = tracing::info_span!("subject", subject = %self.tagger.tag(subject));
+        let tag = self.tagger.tag(subject);
+        let span = tracing::info_span!("subject", subject = %tag);
         let stopped = self.stopped.load(Ordering::SeqCst);
         // Handed to the credential, which refuses older sets wherever it reads them.
         let floor = self
@@ -301,6 +308,12 @@ impl SubjectRegistry {
         let (credential, stop) = self
             .starter
             .start(subject, subject_token, stopped, span, floor);
+        if let Some(bus) = self.starter.events.get() {
+            credential.slot.attach_events(crate::events::EventTap {
+                bus: Arc::clone(bus),
+                subject_tag: Some(Arc::from(tag)),
+            });
+        }
         Arc::new(LiveSubject {
             slot: Arc::clone(&credential.slot),
             credential,

@@ -30,6 +30,8 @@ pub(super) struct SubjectStarter {
     pub rotation_helper: Option<Arc<RotationHelper>>,
     /// The control runtime, where subjects' refreshers run (set when it starts).
     pub runtime: OnceLock<tokio::runtime::Handle>,
+    /// Where subjects' slots send their events.
+    pub events: OnceLock<Arc<crate::events::EventBus>>,
 }
 
 impl SubjectStarter {

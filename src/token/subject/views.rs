@@ -160,6 +160,7 @@ impl SubjectRegistry {
                 scopes: t.scopes.clone(),
                 has_refresh_token: t.refresh_token.is_some(),
                 step_up_scopes: Vec::new(),
+                drill: None,
             },
         }
     }
