@@ -14,11 +14,12 @@ use pingora::services::listening::Service;
 
 use crate::config::{Config, RouteConfig};
 use crate::metrics::Metrics;
-use crate::proxy::{self, BearerProxy, Routing, Upstream};
+use crate::proxy::{self, BearerProxy, Routing};
 use crate::token::engine::TokenEngine;
 use crate::token::subject::SubjectRegistry;
 use crate::token::CredentialSlot;
-use crate::{admin, events, store};
+use crate::{admin, events, reload, store};
+use arc_swap::ArcSwap;
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -45,12 +46,12 @@ pub enum StartError {
 
 /// The running parts shared by the services, and by tests through the handle.
 pub struct Shared {
-    pub credentials: Vec<Arc<CredentialSlot>>,
-    /// The registries of per-subject credentials.
-    pub subjects: Vec<Arc<SubjectRegistry>>,
-    pub upstreams: Arc<Vec<Arc<Upstream>>>,
+    /// The admin listener's view of the config in force (a reload swaps it).
+    pub admin: Arc<ArcSwap<admin::AdminApp>>,
     pub metrics: Arc<Metrics>,
     pub events: Arc<events::EventBus>,
+    /// Asks the control service to reload the config file now.
+    reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<reload::ReloadOutcome>>,
 }
 
 pub struct Sidecar;
@@ -65,13 +66,33 @@ pub struct SidecarHandle {
 }
 
 impl SidecarHandle {
-    pub fn credential(&self, name: &str) -> Option<&Arc<CredentialSlot>> {
-        self.shared.credentials.iter().find(|c| &*c.name == name)
+    pub fn credential(&self, name: &str) -> Option<Arc<CredentialSlot>> {
+        let admin = self.shared.admin.load();
+        admin
+            .credentials
+            .iter()
+            .find(|c| &*c.slot.name == name)
+            .map(|c| Arc::clone(&c.slot))
     }
 
     /// The subject registry of a per-subject credential.
-    pub fn subjects(&self, name: &str) -> Option<&Arc<SubjectRegistry>> {
-        self.shared.subjects.iter().find(|r| &*r.credential == name)
+    pub fn subjects(&self, name: &str) -> Option<Arc<SubjectRegistry>> {
+        let admin = self.shared.admin.load();
+        admin
+            .subjects
+            .iter()
+            .find(|r| &*r.credential == name)
+            .cloned()
+    }
+
+    /// Reloads the config file now, as SIGHUP does, and says how it went.
+    pub async fn reload(&self) -> reload::ReloadOutcome {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.shared.reload.send(tx).await.is_err() {
+            return reload::ReloadOutcome::Refused("the sidecar is stopping".into());
+        }
+        rx.await
+            .unwrap_or_else(|_| reload::ReloadOutcome::Refused("the sidecar is stopping".into()))
     }
 
     /// Stops the sidecar and waits for its threads.
@@ -171,7 +192,8 @@ impl HandleShutdown {
 /// so token traffic never competes with request threads.
 struct ControlService {
     engine: Arc<TokenEngine>,
-    upstreams: Arc<Vec<Arc<Upstream>>>,
+    reloader: Arc<reload::Reloader>,
+    reloads: std::sync::Mutex<Option<reload::ReloadRequests>>,
     events: Arc<events::EventBus>,
     store: Arc<dyn store::TokenStore>,
     /// Taken when the service starts (it starts once).
@@ -187,14 +209,20 @@ struct EventSinks {
 #[async_trait]
 impl BackgroundService for ControlService {
     async fn start(&self, shutdown: ShutdownWatch) {
-        let resolving = self
-            .upstreams
-            .iter()
-            .filter(|u| u.addr.needs_resolution())
-            .map(|u| tokio::spawn(Arc::clone(u).keep_resolved(shutdown.clone())))
-            .collect::<Vec<_>>();
+        let mut resolving = Vec::new();
+        let reloads = self
+            .reloads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(reloads) = reloads {
+            resolving.push(tokio::spawn(reload::watch(
+                Arc::clone(&self.reloader),
+                reloads,
+                shutdown.clone(),
+            )));
+        }
         let sinks = std::mem::take(&mut *self.sinks.lock().unwrap_or_else(|p| p.into_inner()));
-        let mut resolving = resolving;
         for d in sinks.deliveries {
             resolving.push(tokio::spawn(d.run(shutdown.clone())));
         }
@@ -221,46 +249,12 @@ impl Sidecar {
     /// Starts every service and returns once the proxy accepts connections.
     pub fn start(config: Config) -> Result<SidecarHandle, StartError> {
         check_listeners(&config)?;
-        let bindings: Vec<(&str, String)> = config
-            .credentials
-            .iter()
-            .map(|c| (c.name.as_str(), c.binding()))
-            .collect();
         let metrics = Arc::new(Metrics::new(
             config.credentials.iter().map(|c| c.name.as_str()),
             config.upstreams.iter().map(|u| u.name.as_str()),
         ));
-        let opened = store::open(&config.store, &bindings)?;
-        // Before anything reads the store: rotations a helper of the previous run journaled.
-        let names: Vec<&str> = bindings.iter().map(|(name, _)| *name).collect();
-        for record in
-            opened.recover_journals(&names, crate::token::rotation::policy::after_journal)?
-        {
-            tracing::info!(
-                record = %store::RecordKey::parse(&record).describe(),
-                "applied a refresh token rotated by the previous run's helper"
-            );
-        }
-        let store: Arc<dyn store::TokenStore> = Arc::new(store::metered::MeteredStore::new(
-            opened,
-            metrics.store_operations_total.clone(),
-        ));
-        let events = events::EventBus::new(metrics.events_dropped_total.clone());
-        let mut sinks = EventSinks::default();
-        for w in &config.events.webhooks {
-            let results = metrics.webhook_deliveries_total.clone();
-            sinks
-                .deliveries
-                .push(events::webhook::attach(&events, w, results)?);
-        }
-        let audit = match &config.events.audit_file {
-            Some(path) => {
-                let (log, writer) = events::audit::open(path, Arc::clone(&events))?;
-                sinks.audit = Some(writer);
-                Some(log)
-            }
-            None => None,
-        };
+        let store = open_store(&config, &metrics)?;
+        let (events, sinks, audit) = event_sinks(&config, &metrics)?;
         let engine = TokenEngine::build(&config, &store, &metrics, &events).map_err(|e| {
             StartError::Credential {
                 name: e.name.clone(),
@@ -268,41 +262,64 @@ impl Sidecar {
             }
         })?;
         let engine = Arc::new(engine);
-        let upstreams = Arc::new(build_upstreams(&config, &engine, &metrics)?);
-        let shared = Arc::new(Shared {
-            credentials: engine.slots(),
-            subjects: engine.subjects.clone(),
-            upstreams: Arc::clone(&upstreams),
-            metrics: Arc::clone(&metrics),
-            events: Arc::clone(&events),
-        });
+        let upstreams =
+            proxy::build_upstreams(&config, &engine.credentials, &metrics).map_err(|e| {
+                StartError::Upstream {
+                    name: e.name.clone(),
+                    message: e.source.to_string(),
+                }
+            })?;
+        let upstreams = Arc::new(upstreams);
+        let routes = Arc::new(ArcSwap::from_pointee(proxy::LiveRoutes::new(
+            &config,
+            Arc::clone(&upstreams),
+        )));
         let mut server = Server::new_with_opt_and_conf(None, server_conf(&config));
         server.bootstrap();
         let in_flight = proxy::InFlight::default();
         add_proxies(
             &mut server,
             &config,
-            (&upstreams, &metrics, &in_flight),
+            (&routes, &metrics, &in_flight),
             (&engine.connects, audit),
         );
         let admin_app = admin::AdminApp {
             scope: admin::AdminScope::Full,
-            credentials: engine.credentials.clone(),
+            credentials: engine
+                .credentials
+                .iter()
+                .map(|p| Arc::clone(&p.credential))
+                .collect(),
             admin_token: config.server.admin_token.clone(),
             upstreams: Arc::clone(&upstreams),
             metrics: Arc::clone(&metrics),
             store: Arc::clone(&store),
-            subjects: engine.subjects.clone(),
+            subjects: engine.registries(),
             connects: Arc::clone(&engine.connects),
-            boundary: boundary(&config),
+            boundary: proxy::boundary::Boundary::of(&config.server),
             relaxations: config.relaxations(),
             events: Arc::clone(&events),
             tagger: engine.tagger.clone(),
         };
-        add_admin(&mut server, &config, admin_app);
+        let swap = add_admin(&mut server, &config, admin_app, routes);
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+        let shared = Arc::new(Shared {
+            admin: Arc::clone(&swap.admin),
+            metrics: Arc::clone(&metrics),
+            events: Arc::clone(&events),
+            reload: reload_tx,
+        });
+        let reloader = Arc::new(reload::Reloader::new(
+            Arc::new(config.clone()),
+            Arc::clone(&engine),
+            swap,
+            (Arc::clone(&metrics), Arc::clone(&events)),
+            upstreams,
+        ));
         let control = ControlService {
             engine,
-            upstreams,
+            reloader,
+            reloads: std::sync::Mutex::new(Some(reload_rx)),
             events,
             store,
             sinks: std::sync::Mutex::new(sinks),
@@ -313,6 +330,63 @@ impl Sidecar {
         server.add_service(control);
         run(server, &config, shared, in_flight)
     }
+}
+
+/// The token store, with the rotations a helper of the previous run journaled applied.
+fn open_store(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<Arc<dyn store::TokenStore>, StartError> {
+    let bindings: Vec<(&str, String)> = config
+        .credentials
+        .iter()
+        .map(|c| (c.name.as_str(), c.binding()))
+        .collect();
+    let opened = store::open(&config.store, &bindings)?;
+    // Before anything reads the store: rotations a helper of the previous run journaled.
+    let names: Vec<&str> = bindings.iter().map(|(name, _)| *name).collect();
+    for record in opened.recover_journals(&names, crate::token::rotation::policy::after_journal)? {
+        tracing::info!(
+            record = %store::RecordKey::parse(&record).describe(),
+            "applied a refresh token rotated by the previous run's helper"
+        );
+    }
+    Ok(Arc::new(store::metered::MeteredStore::new(
+        opened,
+        metrics.store_operations_total.clone(),
+    )))
+}
+
+/// The event bus and its sinks (webhooks, the audit file), ready to run; the audit log's
+/// end the proxy writes to.
+fn event_sinks(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<
+    (
+        Arc<events::EventBus>,
+        EventSinks,
+        Option<events::audit::AuditLog>,
+    ),
+    StartError,
+> {
+    let events = events::EventBus::new(metrics.events_dropped_total.clone());
+    let mut sinks = EventSinks::default();
+    for w in &config.events.webhooks {
+        let results = metrics.webhook_deliveries_total.clone();
+        sinks
+            .deliveries
+            .push(events::webhook::attach(&events, w, results)?);
+    }
+    let audit = match &config.events.audit_file {
+        Some(path) => {
+            let (log, writer) = events::audit::open(path, Arc::clone(&events))?;
+            sinks.audit = Some(writer);
+            Some(log)
+        }
+        None => None,
+    };
+    Ok((events, sinks, audit))
 }
 
 /// Bind-tests every address first: Pingora exits the process on a bind failure, and this
@@ -342,41 +416,6 @@ fn check_listeners(config: &Config) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Each upstream with its credential's slot (and registry, when per-subject).
-fn build_upstreams(
-    config: &Config,
-    engine: &TokenEngine,
-    metrics: &Metrics,
-) -> Result<Vec<Arc<Upstream>>, StartError> {
-    config
-        .upstreams
-        .iter()
-        .map(|u| {
-            let credential = |index: usize| {
-                let slot = Arc::clone(&engine.credentials[index].slot);
-                let registry = engine.registry(&slot.name).cloned();
-                (slot, registry)
-            };
-            let failed = |e: crate::proxy::UpstreamError| StartError::Upstream {
-                name: u.name.clone(),
-                message: e.to_string(),
-            };
-            let (slot, registry) = credential(u.credential);
-            let mut upstream = Upstream::new(u.clone(), slot, registry, metrics).map_err(failed)?;
-            let tools = u
-                .tools
-                .iter()
-                .map(|(tool, index)| {
-                    let (slot, registry) = credential(*index);
-                    (tool.clone(), upstream.with_credential(slot, registry))
-                })
-                .collect();
-            upstream.set_tools(tools).map_err(failed)?;
-            Ok(Arc::new(upstream))
-        })
-        .collect()
-}
-
 fn server_conf(config: &Config) -> ServerConf {
     ServerConf {
         threads: config.server.threads,
@@ -393,51 +432,39 @@ fn server_conf(config: &Config) -> ServerConf {
 fn add_proxies(
     server: &mut Server,
     config: &Config,
-    (upstreams, metrics, in_flight): (&Arc<Vec<Arc<Upstream>>>, &Arc<Metrics>, &proxy::InFlight),
+    (routes, metrics, in_flight): (
+        &Arc<ArcSwap<proxy::LiveRoutes>>,
+        &Arc<Metrics>,
+        &proxy::InFlight,
+    ),
     (connects, audit): (
         &Arc<crate::token::subject::connect::ConnectStates>,
         Option<events::audit::AuditLog>,
     ),
 ) {
     let server_conf = Arc::clone(&server.configuration);
-    let subject_headers: Arc<[http::HeaderName]> = config
-        .credentials
-        .iter()
-        .filter_map(|c| c.subjects.as_ref().map(|s| s.header.clone()))
-        .collect();
     let proxy_for = |routing: Routing| BearerProxy {
         routing,
         in_flight: in_flight.clone(),
-        upstreams: Arc::clone(upstreams),
+        live: Arc::clone(routes),
         metrics: Arc::clone(metrics),
         access_log: config.server.access_log,
         max_request_header_bytes: config.server.max_request_header_bytes,
-        boundary: boundary(config),
-        subject_headers: Arc::clone(&subject_headers),
         connects: Arc::clone(connects),
         audit: audit.clone(),
     };
-    let prefixes: Vec<(String, usize)> = config
-        .upstreams
-        .iter()
-        .enumerate()
-        .filter_map(|(i, u)| match &u.route {
-            RouteConfig::Prefix(p) => Some((p.clone(), i)),
-            RouteConfig::Listen(_) => None,
-        })
-        .collect();
     let mut main = pingora::proxy::http_proxy_service_with_name(
         &server_conf,
-        proxy_for(Routing::Prefix(proxy::route::RouteTable::new(prefixes))),
+        proxy_for(Routing::Prefix),
         "proxy",
     );
     main.add_tcp(&config.server.proxy_listen.to_string());
     server.add_service(main);
-    for (i, u) in config.upstreams.iter().enumerate() {
+    for u in &config.upstreams {
         if let RouteConfig::Listen(a) = u.route {
             let mut svc = pingora::proxy::http_proxy_service_with_name(
                 &server_conf,
-                proxy_for(Routing::Dedicated(i)),
+                proxy_for(Routing::Dedicated(Arc::from(u.name.as_str()))),
                 &format!("proxy {}", u.name),
             );
             svc.add_tcp(&a.to_string());
@@ -446,20 +473,39 @@ fn add_proxies(
     }
 }
 
-/// The admin listener, and the probes listener (`metrics_listen`) when there is one.
-fn add_admin(server: &mut Server, config: &Config, admin_app: admin::AdminApp) {
-    if let Some(addr) = config.server.metrics_listen {
-        let probes = admin::AdminApp {
+/// The admin listener, and the probes listener (`metrics_listen`) when there is one; what a
+/// reload swaps.
+fn add_admin(
+    server: &mut Server,
+    config: &Config,
+    admin_app: admin::AdminApp,
+    routes: Arc<ArcSwap<proxy::LiveRoutes>>,
+) -> reload::Swappable {
+    let probes = config.server.metrics_listen.map(|addr| {
+        let probes = Arc::new(ArcSwap::from_pointee(admin::AdminApp {
             scope: admin::AdminScope::Probes,
             ..admin_app.clone()
-        };
-        let mut svc = Service::new("metrics".to_string(), admin::AdminService(probes));
+        }));
+        let mut svc = Service::new(
+            "metrics".to_string(),
+            admin::AdminService(Arc::clone(&probes)),
+        );
         svc.add_tcp(&addr.to_string());
         server.add_service(svc);
-    }
-    let mut admin = Service::new("admin".to_string(), admin::AdminService(admin_app));
+        probes
+    });
+    let admin_app = Arc::new(ArcSwap::from_pointee(admin_app));
+    let mut admin = Service::new(
+        "admin".to_string(),
+        admin::AdminService(Arc::clone(&admin_app)),
+    );
     admin.add_tcp(&config.server.admin_listen.to_string());
     server.add_service(admin);
+    reload::Swappable {
+        routes,
+        admin: admin_app,
+        probes,
+    }
 }
 
 /// Runs the server on its own thread and returns once the proxy and admin listeners accept
@@ -504,9 +550,4 @@ fn run(
         std::thread::sleep(Duration::from_millis(10));
     }
     Ok(handle)
-}
-
-/// The trust boundary of the proxy and admin listeners, with the configured exceptions.
-fn boundary(config: &Config) -> proxy::boundary::Boundary {
-    proxy::boundary::Boundary::new(&config.server.allowed_hosts, &config.server.allowed_origins)
 }

@@ -21,6 +21,7 @@ pub mod material;
 pub mod metrics;
 pub mod oauth;
 pub mod proxy;
+pub mod reload;
 pub mod store;
 pub mod token;
 

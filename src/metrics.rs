@@ -49,6 +49,15 @@ labels! {
 }
 
 labels! {
+    /// How a config reload ended: `result` of `bearerd_config_reloads_total`.
+    pub enum ReloadResult {
+        Applied = "applied",
+        Refused = "refused",
+        RestartRequired = "restart_required",
+    }
+}
+
+labels! {
     /// What started a refresh: `trigger` of `bearerd_token_refresh_total`.
     pub enum Trigger {
         Startup = "startup",
@@ -144,6 +153,7 @@ pub struct Metrics {
     pub events_dropped_total: IntCounterVec,
     pub webhook_deliveries_total: IntCounterVec,
     pub drill_active: IntGaugeVec,
+    pub config_reloads_total: IntCounterVec,
 }
 
 /// Buckets of the latency histograms, in seconds.
@@ -174,6 +184,10 @@ impl Registering {
         self.register(IntGaugeVec::new(opts(name, help), labels).expect("metric definition"))
     }
 
+    fn single_gauge(&self, name: &str, help: &str) -> prometheus::IntGauge {
+        self.register(prometheus::IntGauge::with_opts(opts(name, help)).expect("metric definition"))
+    }
+
     fn histogram(&self, name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
         let opts = hopts(name, help, buckets.to_vec());
         self.register(HistogramVec::new(opts, labels).expect("metric definition"))
@@ -182,7 +196,7 @@ impl Registering {
 
 impl Registering {
     /// What operators are told through: events' sinks and drills.
-    fn operator_metrics(&self) -> (IntCounterVec, IntCounterVec, IntGaugeVec) {
+    fn operator_metrics(&self) -> (IntCounterVec, IntCounterVec, IntGaugeVec, IntCounterVec) {
         (
             self.counter(
                 "events_dropped_total",
@@ -198,6 +212,11 @@ impl Registering {
                 "drill_active",
                 "1 while a failure drill runs on the credential: its failures are rehearsed, not real.",
                 &["credential"],
+            ),
+            self.counter(
+                "config_reloads_total",
+                "Config reloads, by result (applied, refused: invalid or could not be built, restart_required: it changes what only a restart can).",
+                &["result"],
             ),
         )
     }
@@ -219,7 +238,8 @@ impl Metrics {
         upstreams: impl IntoIterator<Item = &'a str> + Clone,
     ) -> Metrics {
         let r = Registering(Registry::new());
-        let (events_dropped_total, webhook_deliveries_total, drill_active) = r.operator_metrics();
+        let (events_dropped_total, webhook_deliveries_total, drill_active, config_reloads_total) =
+            r.operator_metrics();
         let m = Metrics {
             token_refresh_total: r.counter(
                 "token_refresh_total",
@@ -297,17 +317,15 @@ impl Metrics {
             events_dropped_total,
             webhook_deliveries_total,
             drill_active,
+            config_reloads_total,
             token_adopted_total: r.counter(
                 "token_adopted_total",
                 "Token sets taken from the store (written by another replica) instead of a token request.",
                 &["credential"],
             ),
-            store_up: r.register(
-                prometheus::IntGauge::with_opts(opts(
-                    "store_up",
-                    "1 while the token store answers (always for the memory and file stores).",
-                ))
-                .expect("metric definition"),
+            store_up: r.single_gauge(
+                "store_up",
+                "1 while the token store answers (always for the memory and file stores).",
             ),
             registry: r.0,
         };
@@ -324,6 +342,9 @@ impl Metrics {
     ) {
         let m = self;
         m.store_up.set(1);
+        for r in ReloadResult::ALL {
+            m.config_reloads_total.with_label_values(&[r.as_str()]);
+        }
         for listener in Listener::ALL {
             for reason in RefusalReason::ALL {
                 m.requests_refused_total
@@ -337,34 +358,101 @@ impl Metrics {
             }
         }
         for cred in credentials {
-            for t in Trigger::ALL {
-                for r in RefreshResult::ALL {
-                    m.token_refresh_total
-                        .with_label_values(&[cred, t.as_str(), r.as_str()]);
-                }
-            }
-            m.token_refresh_duration_seconds.with_label_values(&[cred]);
-            m.token_expires_in_seconds.with_label_values(&[cred]);
-            m.token_lifetime_seconds.with_label_values(&[cred]);
-            m.refresh_failing_since.with_label_values(&[cred]);
-            m.token_wait_seconds.with_label_values(&[cred]);
-            m.token_adopted_total.with_label_values(&[cred]);
-            m.drill_active.with_label_values(&[cred]);
-            for o in StepUpOutcome::ALL {
-                m.step_up_total.with_label_values(&[cred, o.as_str()]);
-            }
-            for s in CredentialState::ALL {
-                m.credential_state.with_label_values(&[cred, s.as_str()]);
-            }
+            m.add_credential(cred);
         }
         for up in upstreams {
-            for s in INITIAL_STATUSES {
-                m.requests_total.with_label_values(&[up, s]);
+            m.add_upstream(up);
+        }
+    }
+
+    /// Every series of one credential, at zero (at startup, and when a reload adds it).
+    pub fn add_credential(&self, cred: &str) {
+        let m = self;
+        for t in Trigger::ALL {
+            for r in RefreshResult::ALL {
+                m.token_refresh_total
+                    .with_label_values(&[cred, t.as_str(), r.as_str()]);
             }
-            m.request_duration_seconds.with_label_values(&[up]);
-            for o in Outcome401::ALL {
-                m.upstream_401_total.with_label_values(&[up, o.as_str()]);
+        }
+        m.token_refresh_duration_seconds.with_label_values(&[cred]);
+        m.token_expires_in_seconds.with_label_values(&[cred]);
+        m.token_lifetime_seconds.with_label_values(&[cred]);
+        m.refresh_failing_since.with_label_values(&[cred]);
+        m.token_wait_seconds.with_label_values(&[cred]);
+        m.token_adopted_total.with_label_values(&[cred]);
+        m.drill_active.with_label_values(&[cred]);
+        for o in StepUpOutcome::ALL {
+            m.step_up_total.with_label_values(&[cred, o.as_str()]);
+        }
+        for s in CredentialState::ALL {
+            m.credential_state.with_label_values(&[cred, s.as_str()]);
+        }
+    }
+
+    /// Drops a credential's series (a reload removed it): its last state must not hold
+    /// an alert forever.
+    pub fn remove_credential(&self, cred: &str) {
+        let m = self;
+        for t in Trigger::ALL {
+            for r in RefreshResult::ALL {
+                let _ = m
+                    .token_refresh_total
+                    .remove_label_values(&[cred, t.as_str(), r.as_str()]);
             }
+        }
+        let _ = m
+            .token_refresh_duration_seconds
+            .remove_label_values(&[cred]);
+        let _ = m.token_expires_in_seconds.remove_label_values(&[cred]);
+        let _ = m.token_lifetime_seconds.remove_label_values(&[cred]);
+        let _ = m.refresh_failing_since.remove_label_values(&[cred]);
+        let _ = m.token_wait_seconds.remove_label_values(&[cred]);
+        let _ = m.token_adopted_total.remove_label_values(&[cred]);
+        let _ = m.drill_active.remove_label_values(&[cred]);
+        for o in StepUpOutcome::ALL {
+            let _ = m.step_up_total.remove_label_values(&[cred, o.as_str()]);
+        }
+        for s in CredentialState::ALL {
+            let _ = m.credential_state.remove_label_values(&[cred, s.as_str()]);
+            let _ = m.subjects.remove_label_values(&[cred, s.as_str()]);
+        }
+    }
+
+    /// Drops an upstream's series (a reload removed it); statuses seen since start go too.
+    pub fn remove_upstream(&self, up: &str) {
+        let m = self;
+        for family in m.registry.gather() {
+            if family.name() != "bearerd_requests_total" {
+                continue;
+            }
+            for metric in family.get_metric() {
+                let labels: Vec<(&str, &str)> = metric
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                if labels.contains(&("upstream", up)) {
+                    if let Some((_, status)) = labels.iter().find(|(k, _)| *k == "status") {
+                        let _ = m.requests_total.remove_label_values(&[up, status]);
+                    }
+                }
+            }
+        }
+        let _ = m.request_duration_seconds.remove_label_values(&[up]);
+        for o in Outcome401::ALL {
+            let _ = m.upstream_401_total.remove_label_values(&[up, o.as_str()]);
+        }
+    }
+
+    /// Every series of one upstream, at zero.
+    pub fn add_upstream(&self, up: &str) {
+        let m = self;
+        for s in INITIAL_STATUSES {
+            m.requests_total.with_label_values(&[up, s]);
+        }
+        m.request_duration_seconds.with_label_values(&[up]);
+        for o in Outcome401::ALL {
+            m.upstream_401_total.with_label_values(&[up, o.as_str()]);
         }
     }
 

@@ -8,6 +8,8 @@ mod support;
 mod drill;
 #[path = "operator/events.rs"]
 mod events;
+#[path = "operator/reload.rs"]
+mod reload;
 
 use std::process::Command;
 use std::time::Duration;

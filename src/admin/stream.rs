@@ -25,8 +25,9 @@ use crate::events::Sink;
 
 const KEEPALIVE: Duration = Duration::from_secs(15);
 
-/// The admin (or probes) listener's app.
-pub struct AdminService(pub AdminApp);
+/// The admin (or probes) listener's app: the view of the config in force, which a reload
+/// swaps (a request keeps the view it started with).
+pub struct AdminService(pub Arc<arc_swap::ArcSwap<AdminApp>>);
 
 #[async_trait]
 impl HttpServerApp for AdminService {
@@ -39,7 +40,8 @@ impl HttpServerApp for AdminService {
             return None;
         }
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
-        let app = &self.0;
+        let app = self.0.load_full();
+        let app = &*app;
         if wants_events(app, &session) {
             if let Some(refusal) = app.refusal(&session, &AdminRoute::Events) {
                 write(&mut session, refusal).await;

@@ -66,6 +66,7 @@ impl Config {
         let raw = raw::parse::<K>(text).map_err(|e| lower::schema_error::<K>(&map, &e))?;
         let mut config = lower::lower::<K>(source, &map, raw)?;
         config.material = map.take_checks();
+        config.text = SourceText(std::sync::Arc::from(text));
         Ok(config)
     }
 }

@@ -24,6 +24,8 @@ pub struct Config {
     pub credentials: Vec<CredentialConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub events: EventsConfig,
+    /// The text it was read from (a reload compares the next text with it).
+    pub text: SourceText,
     /// What the config names outside its text, for the check step.
     pub material: Vec<super::MaterialCheck>,
 }
@@ -67,6 +69,16 @@ impl RedisTls {
             files.push(format!("client_key {}", id.key.display()));
         }
         files.join(", ")
+    }
+}
+
+/// A config's text. It may hold secrets written inline: `Debug` never shows it.
+#[derive(Clone, Default)]
+pub struct SourceText(pub std::sync::Arc<str>);
+
+impl std::fmt::Debug for SourceText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SourceText({} bytes)", self.0.len())
     }
 }
 

@@ -73,6 +73,8 @@ enum AttemptError {
 /// One webhook's delivery task, ready to run.
 pub struct Delivery {
     url: url::Url,
+    /// Its scheme and host: what logs say (a webhook URL often holds a secret in its path).
+    shown: String,
     key: zeroize::Zeroizing<Vec<u8>>,
     client: reqwest::Client,
     queue: mpsc::Receiver<Arc<Event>>,
@@ -86,7 +88,7 @@ pub fn attach(
     config: &WebhookConfig,
     results: IntCounterVec,
 ) -> Result<Delivery, WebhookError> {
-    let url = config.url.to_string();
+    let url = shown(&config.url);
     let secret = config
         .secret
         .resolve()
@@ -109,12 +111,23 @@ pub fn attach(
         queue: tx,
     });
     Ok(Delivery {
+        shown: shown(&config.url),
         url: config.url.clone(),
         key,
         client,
         queue: rx,
         results,
     })
+}
+
+/// A webhook URL as logs show it: scheme, host and port, never its path or query.
+fn shown(url: &url::Url) -> String {
+    format!(
+        "{}://{}{}/…",
+        url.scheme(),
+        url.host_str().unwrap_or("-"),
+        url.port().map(|p| format!(":{p}")).unwrap_or_default()
+    )
 }
 
 /// The Standard Webhooks signature of one attempt.
@@ -177,10 +190,10 @@ impl Delivery {
             match (outcome, wait) {
                 (Ok(()), _) => return,
                 (Err(why), None) => {
-                    tracing::warn!(webhook = %self.url, event = %event.id, error = %why, "webhook delivery abandoned after its retries");
+                    tracing::warn!(webhook = %self.shown, event = %event.id, error = %why, "webhook delivery abandoned after its retries");
                 }
                 (Err(why), Some(wait)) => {
-                    tracing::debug!(webhook = %self.url, event = %event.id, error = %why, "webhook delivery failed; retrying");
+                    tracing::debug!(webhook = %self.shown, event = %event.id, error = %why, "webhook delivery failed; retrying");
                     tokio::time::sleep(*wait).await;
                 }
             }

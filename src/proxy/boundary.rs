@@ -51,6 +51,13 @@ pub enum Navigation {
 }
 
 impl Boundary {
+    /// The boundary a config's `[server]` draws: loopback, and its allowed hosts and origins.
+    pub fn of(server: &crate::config::ServerConfig) -> Boundary {
+        Boundary::new(&server.allowed_hosts, &server.allowed_origins)
+    }
+}
+
+impl Boundary {
     /// The boundary with these exceptions (already validated by the config).
     pub fn new(allowed_hosts: &[String], allowed_origins: &[String]) -> Self {
         Boundary {

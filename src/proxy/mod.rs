@@ -67,6 +67,50 @@ pub struct Upstream {
     duration: prometheus::Histogram,
 }
 
+/// An upstream of a config that cannot be set up, by name.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream {name}: {source}")]
+pub struct UpstreamBuildError {
+    pub name: String,
+    pub source: UpstreamError,
+}
+
+/// Each upstream of `config` with its credential's slot (and registry, when per-subject);
+/// `credentials` are the config's, in its order.
+pub fn build_upstreams(
+    config: &crate::config::Config,
+    credentials: &[crate::token::engine::CredentialParts],
+    metrics: &Metrics,
+) -> Result<Vec<Arc<Upstream>>, UpstreamBuildError> {
+    config
+        .upstreams
+        .iter()
+        .map(|u| {
+            let credential = |index: usize| {
+                let parts = &credentials[index];
+                (Arc::clone(&parts.credential.slot), parts.registry.clone())
+            };
+            let failed = |source| UpstreamBuildError {
+                name: u.name.clone(),
+                source,
+            };
+            let (slot, registry) = credential(u.credential);
+            metrics.add_upstream(&u.name);
+            let mut upstream = Upstream::new(u.clone(), slot, registry, metrics).map_err(failed)?;
+            let tools = u
+                .tools
+                .iter()
+                .map(|(tool, index)| {
+                    let (slot, registry) = credential(*index);
+                    (tool.clone(), upstream.with_credential(slot, registry))
+                })
+                .collect();
+            upstream.set_tools(tools).map_err(failed)?;
+            Ok(Arc::new(upstream))
+        })
+        .collect()
+}
+
 /// Why an upstream cannot be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -240,10 +284,48 @@ pub fn rewrite_request(
     Ok(nonce)
 }
 
-/// How a listener picks the upstream.
+/// How a listener picks the upstream: by path prefix (the main listener), or the one upstream
+/// it is for (an upstream's own `listen`).
 pub enum Routing {
-    Prefix(RouteTable),
-    Dedicated(usize),
+    Prefix,
+    Dedicated(Arc<str>),
+}
+
+/// What a config's upstreams are, as requests see them: swapped whole by a reload. A
+/// request keeps the upstream it was routed to until it ends.
+pub struct LiveRoutes {
+    /// In the config's order.
+    pub upstreams: Arc<Vec<Arc<Upstream>>>,
+    table: RouteTable,
+    /// Who may spend a credential: the app, not a web page (`boundary`).
+    pub boundary: boundary::Boundary,
+    /// Every header that names a subject or carries a user's token, of any per-subject
+    /// credential: stripped from every forwarded request, whatever its route.
+    subject_headers: Arc<[HeaderName]>,
+}
+
+impl LiveRoutes {
+    pub fn new(config: &crate::config::Config, upstreams: Arc<Vec<Arc<Upstream>>>) -> LiveRoutes {
+        let prefixes = config
+            .upstreams
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| match &u.route {
+                crate::config::RouteConfig::Prefix(p) => Some((p.clone(), i)),
+                crate::config::RouteConfig::Listen(_) => None,
+            })
+            .collect();
+        LiveRoutes {
+            upstreams,
+            table: RouteTable::new(prefixes),
+            boundary: boundary::Boundary::of(&config.server),
+            subject_headers: config
+                .credentials
+                .iter()
+                .filter_map(|c| c.subjects.as_ref().map(|s| s.header.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// Requests between their first phase and their end, for a shutdown that waits for them
@@ -277,16 +359,12 @@ impl Drop for InFlightGuard {
 pub struct BearerProxy {
     pub routing: Routing,
     pub in_flight: InFlight,
-    pub upstreams: Arc<Vec<Arc<Upstream>>>,
+    /// The routes of the config in force (a reload swaps them).
+    pub live: Arc<arc_swap::ArcSwap<LiveRoutes>>,
     pub metrics: Arc<Metrics>,
     pub access_log: bool,
     /// Requests whose head (request line and headers) is larger get 431.
     pub max_request_header_bytes: usize,
-    /// Who may spend a credential: the app, not a web page (`boundary`).
-    pub boundary: boundary::Boundary,
-    /// Every header that names a subject or carries a user's token, of any per-subject
-    /// credential: stripped from every forwarded request, whatever its route.
-    pub subject_headers: Arc<[HeaderName]>,
     /// Connect flows, which an MCP URL elicitation starts (shared with the admin API,
     /// where their callback arrives).
     pub connects: Arc<crate::token::subject::connect::ConnectStates>,
@@ -302,6 +380,9 @@ pub struct RequestCtx {
     /// The app sent the id: it is in the upstream request already.
     request_id_from_app: bool,
     upstream: Option<Arc<Upstream>>,
+    /// The routes the request was checked and routed with: a reload in the meantime does
+    /// not change what it strips or where it goes.
+    routes: Option<Arc<LiveRoutes>>,
     /// The slot the token comes from: the upstream's, or its subject's.
     slot: Option<Arc<CredentialSlot>>,
     /// The subject the request named (per-subject credentials).
@@ -638,12 +719,21 @@ impl BearerProxy {
         }
     }
 
-    fn route<'a>(&self, path: &'a str) -> Option<(Arc<Upstream>, &'a str)> {
-        match &self.routing {
-            Routing::Prefix(table) => table
+    fn route<'a>(
+        live: &LiveRoutes,
+        routing: &Routing,
+        path: &'a str,
+    ) -> Option<(Arc<Upstream>, &'a str)> {
+        match routing {
+            Routing::Prefix => live
+                .table
                 .lookup(path)
-                .map(|(i, rest)| (Arc::clone(&self.upstreams[i]), rest)),
-            Routing::Dedicated(i) => Some((Arc::clone(&self.upstreams[*i]), path)),
+                .map(|(i, rest)| (Arc::clone(&live.upstreams[i]), rest)),
+            Routing::Dedicated(name) => live
+                .upstreams
+                .iter()
+                .find(|u| u.name == *name)
+                .map(|u| (Arc::clone(u), path)),
         }
     }
 }
@@ -698,7 +788,11 @@ impl BearerProxy {
                 rid,
             )));
         }
-        let Some((upstream, rest)) = self.route(path) else {
+        let routed = match &ctx.routes {
+            Some(routes) => Self::route(routes, &self.routing, path),
+            None => Self::route(&self.live.load(), &self.routing, path),
+        };
+        let Some((upstream, rest)) = routed else {
             let detail = format!("no upstream is configured for path {path:?}");
             return Err(Box::new(Problem::new(
                 "no-route", "No route", 404, detail, rid,
@@ -832,10 +926,14 @@ impl ProxyHttp for BearerProxy {
             .unwrap_or_else(|| HeaderValue::from_static("-"));
         let rid = rid_value.to_str().unwrap_or("-");
 
-        if let Err(refusal) = self.boundary.check(
+        // One snapshot of the routes for the whole request.
+        let routes = self.live.load_full();
+        let refused = routes.boundary.check(
             &session.req_header().headers,
             boundary::Navigation::NotExempt,
-        ) {
+        );
+        ctx.routes = Some(routes);
+        if let Err(refusal) = refused {
             let p = boundary::refused(&self.metrics, Listener::Proxy, refusal, rid);
             return self.answer(session, ctx, p).await;
         }
@@ -933,8 +1031,20 @@ impl ProxyHttp for BearerProxy {
         };
         // Whose token it is stays between the app and bearerd, on every route: an app
         // that sends its subject header everywhere must not tell other upstreams.
-        for header in self.subject_headers.iter() {
+        let now;
+        let routes: &LiveRoutes = match &ctx.routes {
+            Some(routes) => routes,
+            None => {
+                now = self.live.load_full();
+                &now
+            }
+        };
+        for header in routes.subject_headers.iter() {
             req.remove_header(header);
+        }
+        // And the routed upstream's own subject header, whatever the routes say now.
+        if let Some(r) = &up.subjects {
+            req.remove_header(&r.config.header);
         }
         let new_id = ctx.request_id.as_ref().filter(|_| !ctx.request_id_from_app);
         ctx.dpop_nonce_sent = rewrite_request(req, up, token, ctx.target.as_ref(), new_id)?;

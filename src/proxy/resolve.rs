@@ -29,6 +29,16 @@ pub struct ResolvedAddr {
 }
 
 impl ResolvedAddr {
+    /// Takes over `old`'s resolved address when it names the same host and port (a reload
+    /// rebuilds upstreams: their names stay resolved, off the request path).
+    pub fn carry_over(&self, old: &ResolvedAddr) {
+        if !self.literal && self.host == old.host && self.port == old.port {
+            if let Some(a) = old.addr.load_full() {
+                self.addr.store(Some(a));
+            }
+        }
+    }
+
     pub fn new(host: &str, port: u16) -> Self {
         let literal = host.parse::<IpAddr>().ok();
         ResolvedAddr {

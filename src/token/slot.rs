@@ -75,7 +75,9 @@ struct FailureState {
 }
 
 impl Control {
-    /// The attempt in flight is over and went well: any failure is over too.
+    /// The attempt in flight is over and went well: any failure is over too. During a
+    /// drill (a real attempt that was in flight when it began, or a login), that is what
+    /// the drill's end puts back.
     fn end_in_success(&mut self, next_refresh_at: Option<Instant>) {
         self.in_flight = false;
         self.attempts_completed += 1;
@@ -83,6 +85,15 @@ impl Control {
         self.failing_since = None;
         self.permanent_failure = false;
         self.next_refresh_at = next_refresh_at;
+        if let Some(d) = &mut self.drill {
+            d.before = FailureState {
+                consecutive_failures: 0,
+                failing_since: None,
+                permanent_failure: false,
+                last_error: None,
+                next_refresh_at,
+            };
+        }
     }
 }
 
@@ -817,6 +828,9 @@ impl CredentialSlot {
         let mut c = self.control();
         c.logged_out = false;
         c.permanent_failure = false;
+        if let Some(d) = &mut c.drill {
+            d.before.permanent_failure = false;
+        }
         drop(c);
         self.bump();
     }

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,6 +65,9 @@ pub struct Options {
     pub client: Option<String>,
     /// Replaces the token endpoint line.
     pub endpoint: Option<String>,
+    /// Start from a config file (`Harness::config_path`), as `bearerd run` does, so it can
+    /// be reloaded.
+    pub from_file: bool,
 }
 
 impl Default for Options {
@@ -82,6 +85,7 @@ impl Default for Options {
             fail: None,
             client: None,
             endpoint: None,
+            from_file: false,
         }
     }
 }
@@ -92,6 +96,8 @@ pub struct Harness {
     pub sidecar: Option<SidecarHandle>,
     pub client: reqwest::Client,
     pub config_text: String,
+    /// The config file, when started from one (`Options::from_file`).
+    pub config_path: Option<PathBuf>,
 }
 
 impl Harness {
@@ -195,7 +201,7 @@ credential = "api"
         // Ports picked here can be taken by another test before the sidecar binds them:
         // try again with new ones.
         let mut attempt = 0;
-        let (sidecar, text) = loop {
+        let (sidecar, text, config_path) = loop {
             let (proxy, admin) = free_addr_pair();
             // A test's own extra listener or dead address (picked before) may be handed out
             // again here.
@@ -208,12 +214,25 @@ credential = "api"
             let text = template
                 .replace("{proxy}", &proxy.to_string())
                 .replace("{admin}", &admin.to_string());
-            let config = sidecar_config(&text);
+            let config = match opts.from_file {
+                true => {
+                    let dir =
+                        std::env::temp_dir().join(format!("bearerd-reload-{}", rand_suffix()));
+                    std::fs::create_dir_all(&dir).unwrap();
+                    let path = dir.join("bearerd.toml");
+                    std::fs::write(&path, &text).unwrap();
+                    let mut c = Config::load(&path).unwrap_or_else(|e| panic!("{e}\n{text}"));
+                    c.server.rotation_helper = Some(env!("CARGO_BIN_EXE_bearerd").into());
+                    c
+                }
+                false => sidecar_config(&text),
+            };
+            let path = opts.from_file.then(|| config.source.clone());
             match tokio::task::spawn_blocking(move || Sidecar::start(config))
                 .await
                 .unwrap()
             {
-                Ok(s) => break (s, text),
+                Ok(s) => break (s, text, path),
                 Err(e) if attempt < 3 => {
                     eprintln!("sidecar did not start ({e}); trying other ports");
                     attempt += 1;
@@ -230,6 +249,7 @@ credential = "api"
                 .build()
                 .unwrap(),
             config_text: text,
+            config_path,
         }
     }
 

@@ -349,6 +349,13 @@ impl ConnectStates {
         Ok(flow)
     }
 
+    /// Drops the flows of a credential a reload changed or removed: their code must not
+    /// go to what replaced it. (A shared store's flows are refused by the callback's checks
+    /// of the flow's own credential, and expire by their time to live.)
+    pub fn forget_credential(&self, credential: &str) {
+        self.pending.retain(|_, p| p.credential != credential);
+    }
+
     /// Drops flows past their lifetime (called by the registry's sweep); the shared store
     /// drops its own by their time to live.
     pub fn sweep(&self) {
