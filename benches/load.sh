@@ -12,6 +12,8 @@
 #
 #   benches/load.sh                 # DURATION=10 (seconds per wrk run), CONNECTIONS=64, ROUNDS=3
 #   QUICK=1 benches/load.sh         # only the 1-worker table
+#   BEARERD_EXTRA=$'[events]\naudit_file = "/tmp/a.jsonl"' QUICK=1 benches/load.sh
+#                                   # the same with extra config for bearerd (here: the audit file)
 #   INSTRUCTIONS=1 benches/load.sh  # only callgrind instructions per request, bare Pingora against bearerd
 #   SUBJECTS=1 benches/load.sh      # only the per-subject tables: a plain credential against a
 #                                   # per-subject one with 1 and with 10,000 subjects in memory,
@@ -137,6 +139,9 @@ url = "http://127.0.0.1:$UP/"
 path_prefix = "/api"
 credential = "bench"
 EOF
+  # BEARERD_EXTRA: TOML appended to bearerd's config (e.g. an [events] audit_file).
+  [ -n "${BEARERD_EXTRA:-}" ] && printf '%s\n' "$BEARERD_EXTRA" >> "$1"
+  return 0
 }
 
 # wrk's extra arguments (a Lua script for the per-subject table), empty by default.

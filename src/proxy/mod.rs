@@ -1275,7 +1275,7 @@ impl ProxyHttp for BearerProxy {
             (&self.audit, &ctx.token, &ctx.slot, &ctx.upstream)
         {
             audit.record(crate::events::audit::AuditRecord {
-                at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                at: std::time::SystemTime::now(),
                 credential: Arc::clone(&slot.name),
                 upstream: Arc::clone(&u.name),
                 subject_tag: ctx
@@ -1283,8 +1283,11 @@ impl ProxyHttp for BearerProxy {
                     .as_ref()
                     .zip(u_subjects(&ctx.upstream))
                     .map(|(s, r)| r.tagger.tag(s)),
-                request_id: ctx.request_id().to_string(),
-                method: session.req_header().method.to_string(),
+                request_id: ctx
+                    .request_id
+                    .clone()
+                    .unwrap_or_else(|| HeaderValue::from_static("-")),
+                method: session.req_header().method.clone(),
                 status,
                 generation: token.generation,
             });
