@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine with Rust lacks: cmake (Pingora builds zlib-ng
 # through it), Node with npm (the end-to-end suite), Python with pip (the Kubernetes
-# schema check of deploy/), redis-server (the shared-store tests) and promtool (the alert
-# rules' tests). Idempotent; safe to run
+# schema check of deploy/), redis-server (the shared-store tests), promtool (the alert
+# rules' tests) and Debian's chromium (the console's browser tests). Idempotent; safe to run
 # every time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +16,8 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 # The shared-store tests start their own redis-server on a free loopback port.
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+# The console is tested in headless Chromium (puppeteer-core drives it; nothing downloads one).
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

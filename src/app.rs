@@ -300,6 +300,7 @@ impl Sidecar {
             relaxations: config.relaxations(),
             events: Arc::clone(&events),
             tagger: engine.tagger.clone(),
+            console: Arc::default(),
         };
         let swap = add_admin(&mut server, &config, admin_app, routes);
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);

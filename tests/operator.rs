@@ -1,9 +1,11 @@
 //! The operator's view: the CLI over the admin API (status, refresh, logout, drill,
 //! inspect, check --live), the admin token, logout's revocation at the provider, and
-//! events (the stream, webhooks, the audit file).
+//! events (the stream, webhooks, the audit file), hot reload, and the console's server side.
 
 mod support;
 
+#[path = "operator/console.rs"]
+mod console;
 #[path = "operator/drill.rs"]
 mod drill;
 #[path = "operator/events.rs"]

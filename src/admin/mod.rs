@@ -1,11 +1,13 @@
 //! The admin listener: health, readiness, status, metrics, refresh, logout and login; and
 //! (in `client`) the CLI that talks to it.
 
+mod console;
 mod operate;
 mod stream;
 mod subjects;
 mod view;
 
+pub use console::ConsoleState;
 pub use stream::AdminService;
 
 use std::collections::BTreeMap;
@@ -57,6 +59,8 @@ pub struct AdminApp {
     pub events: Arc<crate::events::EventBus>,
     /// Names subjects (a token's `sub`) by tag.
     pub tagger: crate::token::subject::SubjectTagger,
+    /// The console's sessions and the logins it started.
+    pub console: Arc<ConsoleState>,
 }
 
 fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -95,6 +99,10 @@ impl AdminApp {
 
     /// Whether the request carries the admin token (always true when none is configured).
     fn authorized(&self, session: &ServerSession) -> bool {
+        // The console's page: its session cookie, CSRF token and own origin.
+        if self.console_authorizes(&session.req_header().headers) {
+            return true;
+        }
         // Browsers send Origin on every cross-site POST; the CLI never does. Refusing it
         // keeps a web page from driving the admin API on loopback (a forged login or logout).
         if session.req_header().headers.contains_key("origin") {
@@ -480,7 +488,11 @@ impl ServeHttp for AdminApp {
         let operation = matches!(
             route,
             AdminRoute::Subjects { .. } | AdminRoute::Subject { .. } | AdminRoute::SubjectOp { .. }
-        ) || (post && matches!(route, AdminRoute::Credential { .. }))
+        ) || (post
+            && matches!(
+                route,
+                AdminRoute::Credential { .. } | AdminRoute::ConsoleLogin { .. }
+            ))
             || matches!(
                 route,
                 AdminRoute::Credential {
@@ -499,6 +511,11 @@ impl ServeHttp for AdminApp {
             AdminRoute::ConnectCallback if get => self.connect_callback(session).await,
             AdminRoute::ConnectCallback => {
                 error_response(404, format!("no admin endpoint {path:?}"))
+            }
+            AdminRoute::Console(page) => self.console(page, session).await,
+            AdminRoute::ConsoleLogin { name } if post => {
+                self.console_login(&name, &session.req_header().headers.clone())
+                    .await
             }
             AdminRoute::Credential {
                 name,
@@ -554,7 +571,12 @@ fn navigation(session: &ServerSession, route: &AdminRoute) -> Navigation {
             .get("sec-fetch-mode")
             .is_some_and(|v| v.as_bytes() == b"navigate");
     match route {
-        AdminRoute::ConnectCallback if navigating => Navigation::Exempt,
+        AdminRoute::ConnectCallback
+        | AdminRoute::Console(api::ConsolePath::Page | api::ConsolePath::Callback)
+            if navigating =>
+        {
+            Navigation::Exempt
+        }
         _ => Navigation::NotExempt,
     }
 }

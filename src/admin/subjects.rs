@@ -53,7 +53,7 @@ fn not_found(what: String) -> Response<Vec<u8>> {
 const ONCE: [&str; 5] = ["state", "code", "iss", "error", "subject"];
 
 /// The first of `ONCE` that the query repeats.
-fn repeated_param(session: &ServerSession) -> Option<&'static str> {
+pub(super) fn repeated_param(session: &ServerSession) -> Option<&'static str> {
     let query = session.req_header().uri.query()?;
     ONCE.into_iter().find(|name| {
         url::form_urlencoded::parse(query.as_bytes())
@@ -63,11 +63,20 @@ fn repeated_param(session: &ServerSession) -> Option<&'static str> {
     })
 }
 
-fn query_param(session: &ServerSession, name: &str) -> Option<String> {
+pub(super) fn query_param(session: &ServerSession, name: &str) -> Option<String> {
     let query = session.req_header().uri.query()?;
     url::form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
+}
+
+/// Names each subject's tag, as events do.
+fn tag_all(registry: &SubjectRegistry, subjects: &mut [api::SubjectStatus]) {
+    for s in subjects {
+        if let Ok(key) = SubjectKey::parse(s.subject.as_bytes()) {
+            s.tag = Some(registry.tagger.tag(&key).to_string());
+        }
+    }
 }
 
 impl AdminApp {
@@ -103,7 +112,10 @@ impl AdminApp {
         match (route, subject) {
             (AdminRoute::Subjects { .. }, _) if get => self.list_subjects(&registry, session).await,
             (AdminRoute::Subject { .. }, Some(s)) if get => match registry.status_of(&s).await {
-                Ok(Some(status)) => json_response(200, &status),
+                Ok(Some(mut status)) => {
+                    status.tag = Some(registry.tagger.tag(&s).to_string());
+                    json_response(200, &status)
+                }
                 Ok(None) => not_found(format!(
                     "credential {name:?} has no subject {:?}",
                     s.as_str()
@@ -139,13 +151,47 @@ impl AdminApp {
                 Err(e) => return error_response(400, format!("after: {e}")),
             },
         };
+        if let Some(tag) = query_param(session, "tag") {
+            return self.find_tag(registry, &tag).await;
+        }
         match registry.list(after.as_ref(), limit).await {
-            Ok((subjects, next)) => {
+            Ok((mut subjects, next)) => {
+                tag_all(registry, &mut subjects);
                 let page = api::SubjectPage { subjects, next };
                 json_response(200, &page)
             }
             Err(e) => error_response(503, e.to_string()),
         }
+    }
+
+    /// `?tag=…`: the subject an event or the audit file named by its tag (a scan of every
+    /// subject: the tag is a keyed hash, not an index).
+    async fn find_tag(&self, registry: &SubjectRegistry, tag: &str) -> Response<Vec<u8>> {
+        let mut found = Vec::new();
+        let mut after: Option<SubjectKey> = None;
+        loop {
+            let (mut subjects, next) = match registry.list(after.as_ref(), MAX_PAGE).await {
+                Ok(page) => page,
+                Err(e) => return error_response(503, e.to_string()),
+            };
+            tag_all(registry, &mut subjects);
+            found.extend(
+                subjects
+                    .into_iter()
+                    .filter(|s| s.tag.as_deref() == Some(tag)),
+            );
+            after = next.and_then(|n| SubjectKey::parse(n.as_bytes()).ok());
+            if after.is_none() || !found.is_empty() {
+                break;
+            }
+        }
+        json_response(
+            200,
+            &api::SubjectPage {
+                subjects: found,
+                next: None,
+            },
+        )
     }
 
     async fn subject_op(

@@ -328,6 +328,9 @@ pub struct LogoutRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SubjectStatus {
     pub subject: String,
+    /// The subject's tag, as events, logs and the audit file name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
     /// Held in memory (refreshed ahead of expiry), or only in the store.
     pub in_memory: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -367,4 +370,21 @@ pub struct ConnectResult {
 pub struct ConnectFailure {
     pub kind: String,
     pub message: String,
+}
+
+/// `POST /console/session`: the admin token, once, for the console's session cookie.
+#[derive(Debug, Default, Deserialize)]
+pub struct ConsoleSignIn {
+    #[serde(default)]
+    pub admin_token: Option<secrecy::SecretString>,
+}
+
+/// `GET|POST /console/session`: the page's CSRF token (sent back as `x-bearerd-csrf` with
+/// every action), or, without a session, whether the page must ask for the admin token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleSession {
+    pub signed_in: bool,
+    pub admin_token_required: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csrf: Option<String>,
 }

@@ -11,7 +11,10 @@ mod path;
 
 pub use body::*;
 pub use event::*;
-pub use path::{decode_segment, encode_segment, AdminRoute, CredentialOp, SubjectOp};
+pub use path::{
+    decode_segment, encode_segment, AdminRoute, ConsolePath, CredentialOp, SubjectOp,
+    CONSOLE_COOKIE,
+};
 
 #[cfg(test)]
 mod tests {
@@ -59,6 +62,7 @@ mod tests {
     fn subject(name: &str) -> SubjectStatus {
         SubjectStatus {
             subject: name.into(),
+            tag: None,
             in_memory: false,
             logout: Some(LogoutRecord {
                 at: "2026-12-06T04:00:00Z".into(),
@@ -79,6 +83,7 @@ mod tests {
             AdminRoute::Events,
             AdminRoute::ConnectCallback,
         ];
+        routes.extend(ConsolePath::ALL.map(AdminRoute::Console));
         for name in names {
             let name = name.to_string();
             routes.extend(CredentialOp::ALL.map(|op| AdminRoute::Credential {
@@ -86,6 +91,7 @@ mod tests {
                 op,
             }));
             routes.push(AdminRoute::Subjects { name: name.clone() });
+            routes.push(AdminRoute::ConsoleLogin { name: name.clone() });
             for subject in ["alice@example.com", "bob/../x", "sha256:00ff"] {
                 let subject = subject.to_string();
                 routes.push(AdminRoute::Subject {
@@ -104,10 +110,17 @@ mod tests {
             assert_eq!(AdminRoute::parse(&path), Some(route.clone()), "{path}");
             assert_eq!(
                 route.credential().is_some(),
-                path.starts_with("/credentials/")
+                path.starts_with("/credentials/") || path.starts_with("/console/login/")
             );
         }
-        for unknown in ["/", "/credentials/x", "/credentials/x/rotate", "/status/x"] {
+        for unknown in [
+            "//",
+            "/console",
+            "/console/app.js/x",
+            "/credentials/x",
+            "/credentials/x/rotate",
+            "/status/x",
+        ] {
             assert_eq!(AdminRoute::parse(unknown), None, "{unknown}");
         }
     }

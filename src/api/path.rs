@@ -81,6 +81,49 @@ impl SubjectOp {
     }
 }
 
+/// The console's session cookie on the admin listener; the proxy strips it from whatever it
+/// forwards (cookies ignore ports: an app on the same host would send it along).
+pub const CONSOLE_COOKIE: &str = "bearerd_console";
+
+/// The console's own paths on the admin listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsolePath {
+    /// `GET /`: the page.
+    Page,
+    /// `GET /console/app.js`.
+    Script,
+    /// `GET /console/app.css`.
+    Style,
+    /// `GET /console/icon.svg`.
+    Icon,
+    /// `GET|POST|DELETE /console/session`: the page's session (cookie + CSRF token).
+    Session,
+    /// `GET /console/callback?code=…&state=…`: where a login started by the console returns.
+    Callback,
+}
+
+impl ConsolePath {
+    pub const ALL: [ConsolePath; 6] = [
+        Self::Page,
+        Self::Script,
+        Self::Style,
+        Self::Icon,
+        Self::Session,
+        Self::Callback,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Page => "/",
+            Self::Script => "/console/app.js",
+            Self::Style => "/console/app.css",
+            Self::Icon => "/console/icon.svg",
+            Self::Session => "/console/session",
+            Self::Callback => "/console/callback",
+        }
+    }
+}
+
 fn op_named<T: Copy>(all: &[T], name: &str, as_str: fn(T) -> &'static str) -> Option<T> {
     all.iter().copied().find(|op| as_str(*op) == name)
 }
@@ -97,6 +140,12 @@ pub enum AdminRoute {
     Events,
     /// `GET /connect/callback?code=…&state=…&subject=…`, relayed by the app.
     ConnectCallback,
+    /// The console: its page, assets, session and login callback.
+    Console(ConsolePath),
+    /// `POST /console/login/{name}`: the authorization URL of a login the console starts.
+    ConsoleLogin {
+        name: String,
+    },
     /// `POST /credentials/{name}/{op}`.
     Credential {
         name: String,
@@ -130,6 +179,9 @@ impl AdminRoute {
             ["metrics"] => AdminRoute::Metrics,
             ["events"] => AdminRoute::Events,
             ["connect", "callback"] => AdminRoute::ConnectCallback,
+            ["console", "login", name] => AdminRoute::ConsoleLogin {
+                name: decode_segment(name),
+            },
             ["credentials", name, "subjects"] => AdminRoute::Subjects {
                 name: decode_segment(name),
             },
@@ -146,7 +198,7 @@ impl AdminRoute {
                 name: decode_segment(name),
                 op: op_named(&CredentialOp::ALL, op, CredentialOp::as_str)?,
             },
-            _ => return None,
+            _ => AdminRoute::Console(op_named(&ConsolePath::ALL, path, ConsolePath::as_str)?),
         })
     }
 
@@ -154,6 +206,7 @@ impl AdminRoute {
     pub fn credential(&self) -> Option<&str> {
         match self {
             AdminRoute::Credential { name, .. }
+            | AdminRoute::ConsoleLogin { name }
             | AdminRoute::Subjects { name }
             | AdminRoute::Subject { name, .. }
             | AdminRoute::SubjectOp { name, .. } => Some(name),
@@ -173,6 +226,8 @@ impl fmt::Display for AdminRoute {
             AdminRoute::Metrics => f.write_str("/metrics"),
             AdminRoute::Events => f.write_str("/events"),
             AdminRoute::ConnectCallback => f.write_str("/connect/callback"),
+            AdminRoute::Console(c) => f.write_str(c.as_str()),
+            AdminRoute::ConsoleLogin { name } => write!(f, "/console/login/{}", e(name)),
             AdminRoute::Credential { name, op } => {
                 write!(f, "/credentials/{}/{}", e(name), op.as_str())
             }

@@ -149,13 +149,7 @@ pub async fn authorize(
     port: u16,
     prompt: &dyn LoginPrompt,
 ) -> Result<CodeGrant, LoginError> {
-    let endpoints = endpoint.endpoints().await.map_err(LoginError::Endpoint)?;
-    let authorize = endpoints
-        .authorization
-        .clone()
-        .ok_or(LoginError::NoEndpoint(
-            "no authorization endpoint: set authorization_url or issuer",
-        ))?;
+    let (endpoints, authorize) = authorization_endpoint(endpoint).await?;
     let listen = |source| LoginError::Listen { port, source };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
@@ -203,6 +197,20 @@ pub async fn authorize(
         code_verifier: verifier,
         redirect_uri,
     })
+}
+
+/// The provider's endpoints, and the authorization endpoint among them.
+pub async fn authorization_endpoint(
+    endpoint: &TokenEndpoint,
+) -> Result<(ProviderEndpoints, url::Url), LoginError> {
+    let endpoints = endpoint.endpoints().await.map_err(LoginError::Endpoint)?;
+    let authorize = endpoints
+        .authorization
+        .clone()
+        .ok_or(LoginError::NoEndpoint(
+            "no authorization endpoint: set authorization_url or issuer",
+        ))?;
+    Ok((endpoints, authorize))
 }
 
 /// An authorization URL with its `state` and PKCE verifier.

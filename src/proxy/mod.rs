@@ -284,6 +284,34 @@ pub fn rewrite_request(
     Ok(nonce)
 }
 
+/// Drops the console's session cookie (the admin listener's) from a request: a browser
+/// sends it to every port of the host, and an upstream must never get it.
+fn strip_console_cookie(req: &mut RequestHeader) {
+    let marker = crate::api::CONSOLE_COOKIE.as_bytes();
+    let cookies = req.headers.get_all(http::header::COOKIE);
+    if !cookies
+        .iter()
+        .any(|v| v.as_bytes().windows(marker.len()).any(|w| w == marker))
+    {
+        return;
+    }
+    let kept: Vec<String> = cookies
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(k, _)| k).trim();
+            !pair.is_empty() && name != crate::api::CONSOLE_COOKIE
+        })
+        .map(str::to_string)
+        .collect();
+    req.remove_header(&http::header::COOKIE);
+    if !kept.is_empty() {
+        let _ = req.insert_header(http::header::COOKIE, kept.join("; "));
+    }
+}
+
 /// How a listener picks the upstream: by path prefix (the main listener), or the one upstream
 /// it is for (an upstream's own `listen`).
 pub enum Routing {
@@ -1046,6 +1074,7 @@ impl ProxyHttp for BearerProxy {
         if let Some(r) = &up.subjects {
             req.remove_header(&r.config.header);
         }
+        strip_console_cookie(req);
         let new_id = ctx.request_id.as_ref().filter(|_| !ctx.request_id_from_app);
         ctx.dpop_nonce_sent = rewrite_request(req, up, token, ctx.target.as_ref(), new_id)?;
         Ok(())

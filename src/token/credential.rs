@@ -319,6 +319,51 @@ impl Credential {
         endpoint.exchange(code.form()).await
     }
 
+    /// The authorization URL (code + PKCE) of a login whose browser returns to
+    /// `redirect_uri` (the console's callback), registering the client first when the
+    /// credential registers its own. Only a login grant (`refresh_token`) takes one.
+    pub async fn authorization_request(
+        &self,
+        redirect_uri: &str,
+    ) -> Result<crate::oauth::login::AuthorizationRequest, crate::oauth::login::LoginError> {
+        use crate::oauth::login::LoginError;
+        let Some(endpoint) = self.grant.endpoint() else {
+            return Err(LoginError::NoEndpoint(
+                "the credential has no token endpoint",
+            ));
+        };
+        if !self.grant.forgets_refresh_token_on_failure() {
+            return Err(LoginError::NoEndpoint(
+                "only a refresh_token credential logs in",
+            ));
+        }
+        if endpoint.config().registration.is_some() {
+            self.register_client()
+                .await
+                .map_err(|e| LoginError::Refused(e.to_string()))?;
+        }
+        let (endpoints, authorize) = crate::oauth::login::authorization_endpoint(endpoint).await?;
+        crate::oauth::login::authorization_request(endpoint, authorize, &endpoints, redirect_uri)
+    }
+
+    /// Checks a login's redirect came from the credential's authorization server
+    /// (RFC 9207 `iss`): a code from another (a mix-up) is never redeemed.
+    pub async fn check_response_issuer(
+        &self,
+        iss: Option<&str>,
+    ) -> Result<(), crate::oauth::login::LoginError> {
+        use crate::oauth::login::LoginError;
+        let Some(endpoint) = self.grant.endpoint() else {
+            return Err(LoginError::NoEndpoint(
+                "the credential has no token endpoint",
+            ));
+        };
+        let endpoints = endpoint.endpoints().await.map_err(LoginError::Endpoint)?;
+        endpoints
+            .check_response_issuer(iss)
+            .map_err(|e| LoginError::Refused(e.to_string()))
+    }
+
     /// The stored DPoP key, if any, is taken: token requests may be sent.
     pub fn settle_dpop_key(&self) {
         self.grant.settle_dpop_key();

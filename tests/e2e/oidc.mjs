@@ -88,8 +88,9 @@ export async function startProvider({ port = 0, log = () => {} } = {}) {
         ],
         response_types: ['code'],
         // RFC 8252 §7.3: the port of a loopback redirect is not compared.
-        // The second: a multi-user app's redirect URI (bearerd's connect flow).
-        redirect_uris: ['http://127.0.0.1/callback', 'http://127.0.0.1/oauth/callback'],
+        // The second: a multi-user app's redirect URI (bearerd's connect flow); the third:
+        // bearerd's console, on its admin listener.
+        redirect_uris: ['http://127.0.0.1/callback', 'http://127.0.0.1/oauth/callback', 'http://127.0.0.1/console/callback'],
         token_endpoint_auth_method: 'client_secret_post',
       },
       {

@@ -42,4 +42,4 @@ if [ ! -x "$BEARERD_BIN" ]; then
 fi
 
 # node:test prints its summary last ("# pass N", "# fail N"); its exit code is the result.
-exec node --test e2e.test.mjs
+exec node --test e2e.test.mjs console.test.mjs

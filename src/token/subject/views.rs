@@ -129,6 +129,7 @@ impl SubjectRegistry {
         };
         SubjectStatus {
             subject: subject.as_str().to_string(),
+            tag: None,
             in_memory: false,
             logout: t.logout.clone().map(logout_view),
             status: CredentialStatus {
@@ -177,6 +178,7 @@ pub(super) fn logout_view(l: crate::store::LogoutRecord) -> crate::api::LogoutRe
 pub(super) fn live_status(subject: &SubjectKey, live: &LiveSubject) -> SubjectStatus {
     SubjectStatus {
         subject: subject.as_str().to_string(),
+        tag: None,
         in_memory: true,
         logout: None,
         status: live.credential.slot.status(),
