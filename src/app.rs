@@ -204,6 +204,7 @@ struct ControlService {
 struct EventSinks {
     deliveries: Vec<events::webhook::Delivery>,
     audit: Option<events::audit::AuditWriter>,
+    traces: Option<events::trace::Exporter>,
 }
 
 #[async_trait]
@@ -228,6 +229,9 @@ impl BackgroundService for ControlService {
         }
         if let Some(w) = sinks.audit {
             resolving.push(tokio::spawn(w.run(shutdown.clone())));
+        }
+        if let Some(t) = sinks.traces {
+            resolving.push(tokio::spawn(t.run(shutdown.clone())));
         }
         let store = Arc::clone(&self.store);
         resolving.push(tokio::spawn(events::watch_store(
@@ -281,7 +285,7 @@ impl Sidecar {
             &mut server,
             &config,
             (&routes, &metrics, &in_flight),
-            (&engine.connects, audit),
+            (&engine.connects, audit, events.tracer().cloned()),
         );
         let admin_app = admin::AdminApp {
             scope: admin::AdminScope::Full,
@@ -387,6 +391,12 @@ fn event_sinks(
         }
         None => None,
     };
+    if let Some(exporter) =
+        events::trace::Tracer::exporter(&config.telemetry, metrics.spans_total.clone())
+    {
+        events.attach_tracer(exporter.tracer());
+        sinks.traces = Some(exporter);
+    }
     Ok((events, sinks, audit))
 }
 
@@ -438,9 +448,10 @@ fn add_proxies(
         &Arc<Metrics>,
         &proxy::InFlight,
     ),
-    (connects, audit): (
+    (connects, audit, tracer): (
         &Arc<crate::token::subject::connect::ConnectStates>,
         Option<events::audit::AuditLog>,
+        Option<Arc<events::trace::Tracer>>,
     ),
 ) {
     let server_conf = Arc::clone(&server.configuration);
@@ -453,6 +464,7 @@ fn add_proxies(
         max_request_header_bytes: config.server.max_request_header_bytes,
         connects: Arc::clone(connects),
         audit: audit.clone(),
+        tracer: tracer.clone(),
     };
     let mut main = pingora::proxy::http_proxy_service_with_name(
         &server_conf,

@@ -49,6 +49,17 @@ labels! {
 }
 
 labels! {
+    /// What became of a span: `result` of `bearerd_spans_total`.
+    pub enum SpanResult {
+        Exported = "exported",
+        /// The collector refused it or did not answer (after a retry).
+        Failed = "failed",
+        /// The queue was full: the data path never waits for the exporter.
+        Dropped = "dropped",
+    }
+}
+
+labels! {
     /// How a config reload ended: `result` of `bearerd_config_reloads_total`.
     pub enum ReloadResult {
         Applied = "applied",
@@ -154,6 +165,7 @@ pub struct Metrics {
     pub webhook_deliveries_total: IntCounterVec,
     pub drill_active: IntGaugeVec,
     pub config_reloads_total: IntCounterVec,
+    pub spans_total: IntCounterVec,
 }
 
 /// Buckets of the latency histograms, in seconds.
@@ -194,10 +206,19 @@ impl Registering {
     }
 }
 
+/// Events' sinks, drills, reloads and spans, in `Metrics`' order.
+struct OperatorMetrics(
+    IntCounterVec,
+    IntCounterVec,
+    IntGaugeVec,
+    IntCounterVec,
+    IntCounterVec,
+);
+
 impl Registering {
     /// What operators are told through: events' sinks and drills.
-    fn operator_metrics(&self) -> (IntCounterVec, IntCounterVec, IntGaugeVec, IntCounterVec) {
-        (
+    fn operator_metrics(&self) -> OperatorMetrics {
+        OperatorMetrics(
             self.counter(
                 "events_dropped_total",
                 "Events (and audit records) a sink could not take because its queue was full, by sink (webhook, audit, stream); nothing waited for them.",
@@ -216,6 +237,11 @@ impl Registering {
             self.counter(
                 "config_reloads_total",
                 "Config reloads, by result (applied, refused: invalid or could not be built, restart_required: it changes what only a restart can).",
+                &["result"],
+            ),
+            self.counter(
+                "spans_total",
+                "OpenTelemetry spans ([telemetry] otlp_endpoint), by result (exported, failed, dropped).",
                 &["result"],
             ),
         )
@@ -238,8 +264,7 @@ impl Metrics {
         upstreams: impl IntoIterator<Item = &'a str> + Clone,
     ) -> Metrics {
         let r = Registering(Registry::new());
-        let (events_dropped_total, webhook_deliveries_total, drill_active, config_reloads_total) =
-            r.operator_metrics();
+        let op = r.operator_metrics();
         let m = Metrics {
             token_refresh_total: r.counter(
                 "token_refresh_total",
@@ -314,10 +339,11 @@ impl Metrics {
                 "Requests the trust boundary refused (a Host, Origin or Sec-Fetch-Site of a web page), by listener and reason; none was forwarded.",
                 &["listener", "reason"],
             ),
-            events_dropped_total,
-            webhook_deliveries_total,
-            drill_active,
-            config_reloads_total,
+            events_dropped_total: op.0,
+            webhook_deliveries_total: op.1,
+            drill_active: op.2,
+            config_reloads_total: op.3,
+            spans_total: op.4,
             token_adopted_total: r.counter(
                 "token_adopted_total",
                 "Token sets taken from the store (written by another replica) instead of a token request.",

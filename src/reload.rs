@@ -5,7 +5,7 @@
 //! ```text
 //!  file changed / SIGHUP / handle ─▶ read + check ──invalid──▶ refused (event, metric, log)
 //!                                        │
-//!          listeners, threads, [store], [events] changed ──▶ restart_required (nothing applied)
+//!          listeners, threads, [store], [events], [telemetry] changed ──▶ restart_required (nothing applied)
 //!                                        │
 //!      each credential: table unchanged ──▶ kept: its token, lease and refresher
 //!                       changed or new  ──▶ built (a failure refuses the whole reload)
@@ -400,7 +400,7 @@ fn needs_restart(running: &Running, config: &Config, text: &str) -> Option<Strin
             why.push(format!("[server] {k}"));
         }
     }
-    for key in ["store", "events"] {
+    for key in ["store", "events", "telemetry"] {
         if section(&old, key) != section(&new, key) {
             why.push(format!("[{key}]"));
         }

@@ -1400,3 +1400,27 @@ fn events_are_checked_with_their_line() {
     let extra_key = hook(url, "[]", secret) + "retries = 3\n";
     assert_error(&extra_key, 22, &["retries", "unknown field"]);
 }
+
+#[test]
+fn telemetry_is_checked_with_its_line() {
+    // BASE ends on line 14; `[telemetry]` is line 16, its keys 17 and 18.
+    let telemetry = |endpoint: &str, name: &str| {
+        format!("{BASE}\n[telemetry]\notlp_endpoint = \"{endpoint}\"\nservice_name = \"{name}\"\n")
+    };
+    assert_passes(
+        "telemetry.toml",
+        &telemetry("http://otel-collector.observability:4318", "checkout-bearerd"),
+    );
+    assert_error(
+        &telemetry("otel-collector:4318", "bearerd"),
+        17,
+        &["telemetry.otlp_endpoint"],
+    );
+    assert_error(
+        &telemetry("http://127.0.0.1:4318", ""),
+        18,
+        &["telemetry.service_name", "printable"],
+    );
+    let extra_key = telemetry("http://127.0.0.1:4318", "bearerd") + "sample_ratio = 0.5\n";
+    assert_error(&extra_key, 19, &["sample_ratio", "unknown field"]);
+}

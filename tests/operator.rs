@@ -1,6 +1,6 @@
 //! The operator's view: the CLI over the admin API (status, refresh, logout, drill,
 //! inspect, check --live), the admin token, logout's revocation at the provider, and
-//! events (the stream, webhooks, the audit file), hot reload, and the console's server side.
+//! events (the stream, webhooks, the audit file), hot reload, the console's server side, and traces.
 
 mod support;
 
@@ -12,6 +12,8 @@ mod drill;
 mod events;
 #[path = "operator/reload.rs"]
 mod reload;
+#[path = "operator/telemetry.rs"]
+mod telemetry;
 
 use std::process::Command;
 use std::time::Duration;

@@ -24,6 +24,7 @@ pub struct Config {
     pub credentials: Vec<CredentialConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     pub events: EventsConfig,
+    pub telemetry: TelemetryConfig,
     /// The text it was read from (a reload compares the next text with it).
     pub text: SourceText,
     /// What the config names outside its text, for the check step.
@@ -88,6 +89,24 @@ pub struct EventsConfig {
     pub webhooks: Vec<WebhookConfig>,
     /// JSON lines, one per request a credential was used for; off when none.
     pub audit_file: Option<PathBuf>,
+}
+
+/// Where spans go (OTLP over HTTP); no endpoint, no tracing and no cost on the data path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// The collector's base URL (`/v1/traces` is added), or the full traces URL.
+    pub otlp_endpoint: Option<url::Url>,
+    /// `service.name` of every span.
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: "bearerd".to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -11,6 +11,7 @@
 //! `bearerd_events_dropped_total{sink}`, so the data path never waits for a webhook or a disk.
 
 pub mod audit;
+pub mod trace;
 pub mod webhook;
 
 use std::collections::VecDeque;
@@ -123,6 +124,8 @@ pub struct EventBus {
     live: broadcast::Sender<Arc<Event>>,
     webhooks: Mutex<Vec<WebhookQueue>>,
     dropped: IntCounterVec,
+    /// Spans' way out, when `[telemetry]` names a collector.
+    tracer: std::sync::OnceLock<Arc<trace::Tracer>>,
 }
 
 impl EventBus {
@@ -139,7 +142,18 @@ impl EventBus {
             live: broadcast::channel(RING_CAPACITY).0,
             webhooks: Mutex::new(Vec::new()),
             dropped,
+            tracer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Spans from now on go to this tracer (set once, at start).
+    pub fn attach_tracer(&self, tracer: Arc<trace::Tracer>) {
+        let _ = self.tracer.set(tracer);
+    }
+
+    /// The tracer, when tracing is on.
+    pub fn tracer(&self) -> Option<&Arc<trace::Tracer>> {
+        self.tracer.get()
     }
 
     fn ring(&self) -> std::sync::MutexGuard<'_, Ring> {

@@ -24,6 +24,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::config::UpstreamConfig;
+use crate::events::trace::{Span, SpanContext, SpanKind, Tracer};
 use crate::metrics::{Listener, Metrics, Outcome401};
 use crate::token::subject::{
     InvalidSubject, SubjectKey, SubjectRegistry, SubjectUnavailable, TooManyNewSubjects,
@@ -312,6 +313,47 @@ fn strip_console_cookie(req: &mut RequestHeader) {
     }
 }
 
+/// The span of a proxied request: a child of the app's `traceparent`, if it sent one.
+fn request_span(tracer: &Tracer, req: &RequestHeader) -> Span {
+    let parent = req
+        .headers
+        .get("traceparent")
+        .and_then(|v| SpanContext::parse(v.as_bytes()));
+    let mut span = tracer.start("proxy request", SpanKind::Server, parent.as_ref());
+    span.set("http.request.method", req.method.to_string());
+    span.set("url.path", req.uri.path().to_string());
+    span
+}
+
+/// Ends the request's spans (the replay's first) with what became of it.
+fn end_request_spans(tracer: &Tracer, ctx: &mut RequestCtx, status: u16) {
+    if let Some(mut s) = ctx.replay_span.take() {
+        s.set("http.response.status_code", status);
+        if status == 401 {
+            s.fail("the upstream refused the newer token too");
+        }
+        tracer.end(s);
+    }
+    let Some(mut span) = ctx.span.take() else {
+        return;
+    };
+    if let Some(u) = &ctx.upstream {
+        span.set("bearerd.upstream", &u.name);
+    }
+    if let Some(slot) = &ctx.slot {
+        span.set("bearerd.credential", &slot.name);
+    }
+    if let Some(t) = &ctx.token {
+        span.set("bearerd.generation", t.generation);
+    }
+    span.set("bearerd.replayed", ctx.replayed);
+    span.set("http.response.status_code", status);
+    if status >= 500 || status == 0 {
+        span.fail(format!("status {status}"));
+    }
+    tracer.end(span);
+}
+
 /// How a listener picks the upstream: by path prefix (the main listener), or the one upstream
 /// it is for (an upstream's own `listen`).
 pub enum Routing {
@@ -398,6 +440,8 @@ pub struct BearerProxy {
     pub connects: Arc<crate::token::subject::connect::ConnectStates>,
     /// `[events] audit_file`: one record per request a credential was used for.
     pub audit: Option<crate::events::audit::AuditLog>,
+    /// `[telemetry] otlp_endpoint`: spans; none, and no span is made.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 #[derive(Default)]
@@ -428,6 +472,9 @@ pub struct RequestCtx {
     outcome_401: Option<Outcome401>,
     /// The replay is a step-up's (not a 401's), or the scopes a login must ask for.
     step_up: Option<StepUpReplay>,
+    /// The request's span and, after a 401, the replay's (tracing on).
+    span: Option<Span>,
+    replay_span: Option<Span>,
 }
 
 /// What a step-up did to the request.
@@ -717,7 +764,28 @@ impl BearerProxy {
         rid: &str,
     ) -> pingora::Result<bool> {
         ctx.slot = Some(Arc::clone(&slot));
-        match slot.token_for_request().await {
+        // A span for the wait on the single-flight refresh, when there is one to wait for.
+        let wait = match (&self.tracer, &ctx.span) {
+            (Some(t), Some(parent)) if !slot.has_usable_token() => {
+                let mut s = t.start(
+                    "single-flight wait",
+                    SpanKind::Internal,
+                    Some(&parent.context()),
+                );
+                s.set("bearerd.credential", &slot.name);
+                Some((t, s))
+            }
+            _ => None,
+        };
+        let taken = slot.token_for_request().await;
+        if let Some((tracer, mut span)) = wait {
+            match &taken {
+                Ok(t) => span.set("bearerd.generation", t.generation),
+                Err(e) => span.fail(e.message.clone()),
+            }
+            tracer.end(span);
+        }
+        match taken {
             Ok(t) => {
                 ctx.token = Some(t);
                 Ok(false)
@@ -939,6 +1007,9 @@ impl ProxyHttp for BearerProxy {
     ) -> pingora::Result<bool> {
         ctx.started = Some(Instant::now());
         ctx.in_flight = Some(self.in_flight.enter());
+        if let Some(tracer) = &self.tracer {
+            ctx.span = Some(request_span(tracer, session.req_header()));
+        }
         let req = session.req_header();
         ctx.request_id = Some(match req.headers.get(&X_REQUEST_ID) {
             Some(v) if valid_request_id(v) => {
@@ -1075,6 +1146,13 @@ impl ProxyHttp for BearerProxy {
             req.remove_header(&r.config.header);
         }
         strip_console_cookie(req);
+        // The app's traceparent goes on unchanged; a request without one gets bearerd's span
+        // as its parent, so the upstream joins the trace.
+        if let Some(span) = &ctx.span {
+            if !req.headers.contains_key("traceparent") {
+                req.insert_header("traceparent", span.context().traceparent())?;
+            }
+        }
         let new_id = ctx.request_id.as_ref().filter(|_| !ctx.request_id_from_app);
         ctx.dpop_nonce_sent = rewrite_request(req, up, token, ctx.target.as_ref(), new_id)?;
         Ok(())
@@ -1120,7 +1198,31 @@ impl ProxyHttp for BearerProxy {
             ctx.outcome_401 = Some(Outcome401::NotReplayable);
             return Ok(());
         }
-        match slot.refresh_if_generation(rejected).await {
+        let mut replay_span = self
+            .tracer
+            .as_ref()
+            .zip(ctx.span.as_ref())
+            .map(|(t, parent)| {
+                let mut s = t.start("401 replay", SpanKind::Internal, Some(&parent.context()));
+                s.set("bearerd.credential", &slot.name);
+                s.set("bearerd.rejected_generation", rejected);
+                s
+            });
+        let decision = slot.refresh_if_generation(rejected).await;
+        if let (Some(t), Some(mut s)) = (&self.tracer, replay_span.take()) {
+            match &decision {
+                ReplayDecision::Replay(fresh) => {
+                    s.set("bearerd.replay_generation", fresh.generation);
+                    // Ends with the request: the replay's answer is part of it.
+                    ctx.replay_span = Some(s);
+                }
+                ReplayDecision::RateLimited | ReplayDecision::NoNewerToken => {
+                    s.set("bearerd.replayed", false);
+                    t.end(s);
+                }
+            }
+        }
+        match decision {
             ReplayDecision::Replay(fresh) => {
                 tracing::info!(
                     request_id = ctx.request_id(),
@@ -1300,6 +1402,7 @@ impl ProxyHttp for BearerProxy {
                 .with_label_values(&[upstream, outcome.as_str()])
                 .inc();
         }
+
         if let (Some(audit), Some(token), Some(slot), Some(u)) =
             (&self.audit, &ctx.token, &ctx.slot, &ctx.upstream)
         {
@@ -1335,6 +1438,9 @@ impl ProxyHttp for BearerProxy {
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 "request"
             );
+        }
+        if let Some(tracer) = &self.tracer {
+            end_request_spans(tracer, ctx, status);
         }
     }
 

@@ -570,6 +570,7 @@ async fn attempt(cred: &Credential, trigger: Trigger) {
     // the attempt may have waited for the lease (or a store's settle) for seconds.
     let requested = Instant::now();
     let requested_wall = SystemTime::now();
+    let span = token_request_span(slot, trigger);
     // A step-up attempt asks for the scopes challenges left pending; no other does.
     let step_up = grant.endpoint().map(|e| e.step_up());
     let asked = match (&step_up, trigger) {
@@ -628,8 +629,40 @@ async fn attempt(cred: &Credential, trigger: Trigger) {
         }
         Err(e) => failed(&e.kind, &e.message, e.permanent, e.retry_after),
     };
+    end_token_request_span(span, outcome);
     if let Some(result) = outcome {
         slot.count_attempt(trigger, result, elapsed);
+    }
+}
+
+type TracedSpan<'a> = Option<(
+    &'a Arc<crate::events::trace::Tracer>,
+    crate::events::trace::Span,
+)>;
+
+/// A token request's span, when tracing is on: a trace of its own (one refresh serves
+/// every request waiting on it).
+fn token_request_span(slot: &CredentialSlot, trigger: Trigger) -> TracedSpan<'_> {
+    slot.tracer().map(|t| {
+        let mut s = t.start(
+            "token request",
+            crate::events::trace::SpanKind::Client,
+            None,
+        );
+        s.set("bearerd.credential", &slot.name);
+        s.set("bearerd.trigger", trigger.as_str());
+        (t, s)
+    })
+}
+
+fn end_token_request_span(span: TracedSpan<'_>, outcome: Option<crate::metrics::RefreshResult>) {
+    if let Some((tracer, mut s)) = span {
+        let result = outcome.map_or("unchanged", |r| r.as_str());
+        s.set("bearerd.result", result);
+        if outcome.is_some_and(|r| r != crate::metrics::RefreshResult::Success) {
+            s.fail(result);
+        }
+        tracer.end(s);
     }
 }
 

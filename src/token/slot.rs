@@ -168,6 +168,19 @@ impl CredentialSlot {
 
     /// A usable token for a request: at once from the slot, or after waiting (up to the wait
     /// budget) for the refresh that this call demands.
+    /// Where spans go, when tracing is on (through the events this slot is attached to).
+    pub(crate) fn tracer(&self) -> Option<&Arc<crate::events::trace::Tracer>> {
+        self.events.get().and_then(|tap| tap.bus.tracer())
+    }
+
+    /// Whether a request would get a token now, without waiting.
+    pub fn has_usable_token(&self) -> bool {
+        self.token
+            .load()
+            .as_ref()
+            .is_some_and(|t| t.is_usable(Instant::now()))
+    }
+
     pub async fn token_for_request(&self) -> Result<Arc<TokenSnapshot>, TokenUnavailable> {
         if let Some(t) = self.token.load().as_ref() {
             if t.is_usable(Instant::now()) {

@@ -1,11 +1,11 @@
 //! `[events]`: webhooks (where each goes, what it takes, how it is signed) and the audit
-//! file.
+//! file; `[telemetry]`: where spans go.
 
 use super::super::error::SourceMap;
 use super::super::pending::Material;
-use super::super::raw::RawEvents;
+use super::super::raw::{RawEvents, RawTelemetry};
 use super::super::urls::secure_or_loopback;
-use super::super::{ConfigError, EventsConfig, WebhookConfig};
+use super::super::{ConfigError, EventsConfig, TelemetryConfig, WebhookConfig};
 use super::http_url;
 use crate::api::EventKind;
 
@@ -68,4 +68,26 @@ pub(super) fn lower_events(map: &SourceMap, raw: &RawEvents) -> Result<EventsCon
         webhooks,
         audit_file: raw.audit_file.clone(),
     })
+}
+
+pub(super) fn lower_telemetry(
+    map: &SourceMap,
+    raw: &RawTelemetry,
+) -> Result<TelemetryConfig, ConfigError> {
+    let mut telemetry = TelemetryConfig::default();
+    if let Some(url) = &raw.otlp_endpoint {
+        // Spans name credentials, upstreams and paths, never a token: a collector in the
+        // cluster over plain http is the common case, so http is allowed anywhere.
+        telemetry.otlp_endpoint = Some(http_url(map, "telemetry.otlp_endpoint", url)?);
+    }
+    if let Some(name) = &raw.service_name {
+        if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(map.error_at(
+                "telemetry.service_name",
+                "must be 1 to 128 printable characters",
+            ));
+        }
+        telemetry.service_name = name.clone();
+    }
+    Ok(telemetry)
 }

@@ -241,6 +241,7 @@ pub(super) fn lower<K: Kinds>(
         credentials,
         upstreams,
         events: events::lower_events(map, &raw.events)?,
+        telemetry: events::lower_telemetry(map, &raw.telemetry)?,
         text: SourceText::default(),
         material: Vec::new(),
     })
