@@ -105,10 +105,19 @@ pub fn run(duration: Option<Duration>, token_lifetime: Duration) -> Result<(), D
         let mut failed = 0u32;
         let mut n = 0u32;
         let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        // SIGTERM (`timeout`, `docker stop`, a pod's end) stops the demo as Ctrl-C does: the
+        // sidecar shuts down on it, and a loop left running would only print failures.
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .map_err(|source| DemoError::Start {
+                    what: "SIGTERM handler",
+                    source,
+                })?;
         loop {
             tokio::select! {
                 _ = ticker.tick() => {}
                 _ = tokio::signal::ctrl_c() => break,
+                _ = terminate.recv() => break,
             }
             if duration.is_some_and(|d| started.elapsed() >= d) {
                 break;

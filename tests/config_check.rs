@@ -1409,7 +1409,10 @@ fn telemetry_is_checked_with_its_line() {
     };
     assert_passes(
         "telemetry.toml",
-        &telemetry("http://otel-collector.observability:4318", "checkout-bearerd"),
+        &telemetry(
+            "http://otel-collector.observability:4318",
+            "checkout-bearerd",
+        ),
     );
     assert_error(
         &telemetry("otel-collector:4318", "bearerd"),

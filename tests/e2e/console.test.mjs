@@ -28,6 +28,9 @@ const fetched = []; // { url, status, body } of every response the page got from
 const consoleErrors = [];
 
 const card = (name) => `[data-credential="${name}"]`;
+// The page re-renders its cards on every event (tokens here rotate every few seconds): find
+// and click in one step inside the page, so the button cannot be swapped in between.
+const press = (selector) => page.$eval(selector, (b) => b.click());
 const cardState = (name) => page.$eval(card(name), (e) => e.dataset.state);
 const generation = (name) => page.$eval(`${card(name)} [data-field="generation"]`, (e) => Number(e.textContent));
 
@@ -172,7 +175,7 @@ test('log in through oidc-provider\'s own login form, back to the console: the c
   assert.notEqual(await cardState('agent'), 'valid', 'agent has no login yet');
   await Promise.all([
     page.waitForNavigation({ waitUntil: 'domcontentloaded', timeout: 20000 }),
-    page.click(`${card('agent')} button[data-action="log-in"]`),
+    press(`${card('agent')} button[data-action="log-in"]`),
   ]);
   // The provider's pages: the dev login form (any user, any password), then consent.
   const issuerOrigin = new URL(oidc.info.issuer).origin;
@@ -207,15 +210,15 @@ test('log in through oidc-provider\'s own login form, back to the console: the c
 
 test('log out (asked twice, inline) shows logged_out; subjects list and connect link work', { timeout: 60000 }, async () => {
   const logout = `${card('agent')} button[data-action="log-out"]`;
-  await page.click(logout);
+  await press(logout);
   assert.match(await page.$eval(logout, (b) => b.textContent), /Confirm log out/);
   assert.notEqual(await cardState('agent'), 'logged_out', 'one press does nothing yet');
-  await page.click(logout);
+  await press(logout);
   await page.waitForSelector(`${card('agent')}[data-state="logged_out"]`, { timeout: 20000 });
   await page.waitForSelector('#events li[data-kind="logged_out"]', { timeout: 10000 });
 
   // Per subject: the list is empty, a connect link goes to the provider with the app's redirect.
-  await page.click(`${card('users')} form.search button[type="submit"]`);
+  await press(`${card('users')} form.search button[type="submit"]`);
   await page.waitForFunction((sel) => document.querySelector(sel)?.textContent.includes('No subject matches'), {}, card('users'));
   await page.type('#s-users', 'dave@example.com');
   await page.keyboard.press('Enter');
