@@ -4,12 +4,14 @@
 //! - **Reading** needs nothing more than `/status` does.
 //! - **Acting** needs a console session: the page asks for the admin token once
 //!   (`POST /console/session`) and gets an HttpOnly, `SameSite=Strict` cookie
-//!   (`bearerd_console`) and a CSRF token it sends back as `x-bearerd-csrf`. A request from
-//!   another origin can neither read the CSRF token nor send the header without a preflight
-//!   nobody answers; a session also dies when the admin token changes.
+//!   (`bearerd_console`) and a CSRF token it keeps in `sessionStorage` and sends back as
+//!   `x-bearerd-csrf`. The CSRF token is handed out by that answer only: a browser sends the
+//!   cookie to every port of the host, so another local server could read a token that a
+//!   cookie alone fetched. A session also dies when the admin token changes.
 //! - **Logging in** (`POST /console/login/{name}`): the browser goes to the provider and
-//!   comes back to `GET /console/callback`, whose `state` is bound to the attempt, good
-//!   once and for 10 minutes; the code is redeemed here, where the client's secret is.
+//!   comes back to `GET /console/callback`, whose `state` is bound to the attempt and to the
+//!   browser that started it (a `SameSite=Lax` cookie scoped to the callback), good once and
+//!   for 10 minutes; the code is redeemed here, where the client's secret is.
 //! - **Assets** are `include_bytes!`: no file is read, nothing is fetched from elsewhere,
 //!   and a strict Content-Security-Policy says so to the browser.
 
@@ -28,6 +30,9 @@ use crate::events::{EventKind, Happened};
 use crate::api::CONSOLE_COOKIE as COOKIE;
 /// The header that carries a session's CSRF token.
 const CSRF_HEADER: &str = "x-bearerd-csrf";
+/// Binds a console login's `state` to the browser that started it. `Lax`: it must come
+/// back on the provider's top-level redirect.
+const LOGIN_COOKIE: &str = "bearerd_console_login";
 const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 /// Sessions and logins waiting for their callback are bounded: signing in or starting
 /// logins in a loop cannot fill memory.
@@ -59,6 +64,8 @@ struct Session {
 
 struct PendingLogin {
     credential: String,
+    /// The value of the browser's `bearerd_console_login` cookie.
+    browser: String,
     verifier: SecretString,
     redirect_uri: String,
     expires: Instant,
@@ -91,6 +98,16 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// `kubectl port-forward` that is `http://localhost:PORT`.
 fn own_origin(headers: &HeaderMap) -> Option<String> {
     header(headers, "host").map(|h| format!("http://{h}"))
+}
+
+/// Whether `origin` is the page's own: its Host, over http, or https behind a TLS proxy.
+fn is_own_origin(headers: &HeaderMap, origin: &str) -> bool {
+    header(headers, "host").is_some_and(|h| {
+        origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            == Some(h)
+    })
 }
 
 fn with_headers(mut response: Response<Vec<u8>>, extra: &[(&str, &str)]) -> Response<Vec<u8>> {
@@ -144,6 +161,23 @@ impl ConsoleState {
         self.logins.retain(|_, l| l.expires > now);
     }
 
+    /// Room for one more session: the oldest goes when the table is full, so nobody can
+    /// lock the operator out by opening sessions in a loop.
+    fn make_room(&self) {
+        self.prune();
+        while self.sessions.len() >= MAX_SESSIONS {
+            let oldest = self
+                .sessions
+                .iter()
+                .min_by_key(|s| s.expires)
+                .map(|s| s.key().clone());
+            match oldest {
+                Some(id) => self.sessions.remove(&id),
+                None => break,
+            };
+        }
+    }
+
     /// Whether the request belongs to a live session opened with the current admin token,
     /// carries its CSRF token and comes from the page's own origin.
     fn authorizes(&self, headers: &HeaderMap, admin_token: Option<&SecretString>) -> bool {
@@ -154,10 +188,7 @@ impl ConsoleState {
             return false;
         };
         let csrf = header(headers, CSRF_HEADER).unwrap_or("");
-        let origin_ok = match header(headers, "origin") {
-            Some(origin) => own_origin(headers).is_some_and(|own| own == origin),
-            None => true,
-        };
+        let origin_ok = header(headers, "origin").is_none_or(|o| is_own_origin(headers, o));
         let site_ok = header(headers, "sec-fetch-site").is_none_or(|s| s == "same-origin");
         session.expires > Instant::now()
             && session.token == Self::token_hash(admin_token)
@@ -166,11 +197,11 @@ impl ConsoleState {
             && site_ok
     }
 
-    /// The session the cookie names, if it is alive: its CSRF token.
-    fn current(&self, headers: &HeaderMap, admin_token: Option<&SecretString>) -> Option<String> {
-        let session = self.sessions.get(cookie(headers, COOKIE)?)?;
-        (session.expires > Instant::now() && session.token == Self::token_hash(admin_token))
-            .then(|| session.csrf.clone())
+    /// Whether the cookie names a live session (its CSRF token is not handed out again).
+    fn current(&self, headers: &HeaderMap, admin_token: Option<&SecretString>) -> bool {
+        cookie(headers, COOKIE)
+            .and_then(|id| self.sessions.get(id))
+            .is_some_and(|s| s.expires > Instant::now() && s.token == Self::token_hash(admin_token))
     }
 }
 
@@ -221,15 +252,15 @@ impl AdminApp {
         };
         let required = token.is_some();
         let headers = &session.req_header().headers;
-        let view = |csrf: Option<String>| api::ConsoleSession {
-            signed_in: csrf.is_some(),
+        let view = |signed_in: bool, csrf: Option<String>| api::ConsoleSession {
+            signed_in,
             admin_token_required: required,
             csrf,
         };
         match *method {
             http::Method::GET => match self.console.current(headers, token.as_ref()) {
-                Some(csrf) => json_response(200, &view(Some(csrf))),
-                None => json_response(401, &view(None)),
+                true => json_response(200, &view(true, None)),
+                false => json_response(401, &view(false, None)),
             },
             http::Method::DELETE => {
                 if !self.console.authorizes(headers, token.as_ref()) {
@@ -239,12 +270,14 @@ impl AdminApp {
                     self.console.sessions.remove(id);
                 }
                 let cleared = format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
-                with_headers(json_response(200, &view(None)), &[("set-cookie", &cleared)])
+                with_headers(
+                    json_response(200, &view(false, None)),
+                    &[("set-cookie", &cleared)],
+                )
             }
             http::Method::POST => {
                 // A web page of another origin never opens a session, even with the token.
-                let origin = header(headers, "origin");
-                if origin.is_some() && origin.map(str::to_string) != own_origin(headers) {
+                if header(headers, "origin").is_some_and(|o| !is_own_origin(headers, o)) {
                     return error_response(403, "a console session is opened from the console");
                 }
                 let sign_in: api::ConsoleSignIn =
@@ -265,10 +298,11 @@ impl AdminApp {
                         return error_response(401, "the admin token is wrong");
                     }
                 }
-                self.console.prune();
-                if self.console.sessions.len() >= MAX_SESSIONS {
-                    return error_response(503, "too many console sessions");
+                // Signing in again replaces the browser's session.
+                if let Some(old) = cookie(&session.req_header().headers, COOKIE) {
+                    self.console.sessions.remove(old);
                 }
+                self.console.make_room();
                 let (id, csrf) = (random_id(), random_id());
                 self.console.sessions.insert(
                     id.clone(),
@@ -283,7 +317,7 @@ impl AdminApp {
                     SESSION_LIFETIME.as_secs()
                 );
                 with_headers(
-                    json_response(200, &view(Some(csrf))),
+                    json_response(200, &view(true, Some(csrf))),
                     &[("set-cookie", &set)],
                 )
             }
@@ -307,6 +341,13 @@ impl AdminApp {
             return error_response(400, "the request has no Host");
         };
         let redirect_uri = format!("{origin}{}", ConsolePath::Callback.as_str());
+        if cred.registers_its_client() {
+            // Its registration names `bearerd login`'s redirect, not this one.
+            return error_response(
+                409,
+                format!("credential {name:?} registers its own client (registration = \"auto\"): log in with `bearerd login {name}`"),
+            );
+        }
         let request = match cred.authorization_request(&redirect_uri).await {
             Ok(r) => r,
             Err(e) => return error_response(409, e.to_string()),
@@ -318,22 +359,32 @@ impl AdminApp {
                 "too many console logins are waiting for their callback",
             );
         }
+        let browser = random_id();
         self.console.logins.insert(
             request.state.expose_secret().to_string(),
             PendingLogin {
                 credential: name.to_string(),
+                browser: browser.clone(),
                 verifier: request.verifier,
                 redirect_uri,
                 expires: Instant::now() + crate::oauth::login::ATTEMPT_LIFETIME,
             },
         );
         tracing::info!(credential = name, "console login started");
-        json_response(
-            200,
-            &api::ConnectStarted {
-                authorize_url: request.url.to_string(),
-                expires_in_s: crate::oauth::login::ATTEMPT_LIFETIME.as_secs(),
-            },
+        let bound = format!(
+            "{LOGIN_COOKIE}={browser}; Path={}; HttpOnly; SameSite=Lax; Max-Age={}",
+            ConsolePath::Callback.as_str(),
+            crate::oauth::login::ATTEMPT_LIFETIME.as_secs()
+        );
+        with_headers(
+            json_response(
+                200,
+                &api::ConnectStarted {
+                    authorize_url: request.url.to_string(),
+                    expires_in_s: crate::oauth::login::ATTEMPT_LIFETIME.as_secs(),
+                },
+            ),
+            &[("set-cookie", &bound)],
         )
     }
 
@@ -361,6 +412,12 @@ impl AdminApp {
         };
         if login.expires <= Instant::now() {
             return fail("the login expired; start it again");
+        }
+        // Finished by the browser that started it, or not at all: a leaked authorization
+        // URL cannot log the credential in as someone else.
+        let browser = cookie(&session.req_header().headers, LOGIN_COOKIE).unwrap_or("");
+        if !super::constant_time_eq(browser.as_bytes(), login.browser.as_bytes()) {
+            return fail("this login was started in another browser");
         }
         let Some(cred) = self.credential(&name).cloned() else {
             return fail("the credential is gone");

@@ -69,7 +69,9 @@ impl SpanContext {
             return None;
         };
         // Version 00 has exactly four fields; a later version may add more after them.
-        if *version == b"ff" || (*version == b"00" && !rest.is_empty()) || version.len() != 2 {
+        let mut v = [0u8; 1];
+        hex_into(&mut v, version)?;
+        if v[0] == 0xff || (v[0] == 0 && !rest.is_empty()) {
             return None;
         }
         let mut c = SpanContext {
@@ -171,6 +173,11 @@ pub struct Span {
 impl Span {
     pub fn context(&self) -> SpanContext {
         self.context
+    }
+
+    /// It started its trace (no valid parent came with the request).
+    pub fn is_root(&self) -> bool {
+        self.parent.is_none()
     }
 
     pub fn set(&mut self, key: &'static str, value: impl Into<AttrValue>) {
@@ -386,6 +393,7 @@ mod tests {
             b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             b"00-4bf92f3577b34da6a3ce929d0e0e47-00f067aa0ba902b7-01",
             b"garbage",
+            b"zz-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
         ] {
             assert_eq!(
                 SpanContext::parse(bad),

@@ -296,20 +296,24 @@ fn strip_console_cookie(req: &mut RequestHeader) {
     {
         return;
     }
-    let kept: Vec<String> = cookies
+    // Bytes, not strings: another cookie's value may hold any octet and must pass as is.
+    let kept: Vec<&[u8]> = cookies
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(<[u8]>::trim_ascii)
         .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(k, _)| k).trim();
-            !pair.is_empty() && name != crate::api::CONSOLE_COOKIE
+            let name = pair
+                .split(|b| *b == b'=')
+                .next()
+                .unwrap_or(pair)
+                .trim_ascii();
+            !pair.is_empty() && name != marker
         })
-        .map(str::to_string)
         .collect();
+    let joined = kept.join(&b"; "[..]);
     req.remove_header(&http::header::COOKIE);
-    if !kept.is_empty() {
-        let _ = req.insert_header(http::header::COOKIE, kept.join("; "));
+    if let (false, Ok(v)) = (joined.is_empty(), HeaderValue::from_bytes(&joined)) {
+        let _ = req.insert_header(http::header::COOKIE, v);
     }
 }
 
@@ -352,6 +356,29 @@ fn end_request_spans(tracer: &Tracer, ctx: &mut RequestCtx, status: u16) {
         span.fail(format!("status {status}"));
     }
     tracer.end(span);
+}
+
+/// An upstream may not set the console's session cookie (it would plant a session of its
+/// choosing in the operator's browser, which sends one cookie jar to every port).
+fn drop_console_set_cookie(resp: &mut ResponseHeader) {
+    let marker = crate::api::CONSOLE_COOKIE.as_bytes();
+    let names_console = |v: &HeaderValue| {
+        let name = v
+            .as_bytes()
+            .split(|b| *b == b'=')
+            .next()
+            .unwrap_or_default();
+        name.trim_ascii().starts_with(marker)
+    };
+    let set = resp.headers.get_all(http::header::SET_COOKIE);
+    if !set.iter().any(names_console) {
+        return;
+    }
+    let kept: Vec<HeaderValue> = set.iter().filter(|v| !names_console(v)).cloned().collect();
+    resp.remove_header(&http::header::SET_COOKIE);
+    for v in kept {
+        let _ = resp.append_header(http::header::SET_COOKIE, v);
+    }
 }
 
 /// How a listener picks the upstream: by path prefix (the main listener), or the one upstream
@@ -1146,12 +1173,14 @@ impl ProxyHttp for BearerProxy {
             req.remove_header(&r.config.header);
         }
         strip_console_cookie(req);
-        // The app's traceparent goes on unchanged; a request without one gets bearerd's span
-        // as its parent, so the upstream joins the trace.
-        if let Some(span) = &ctx.span {
-            if !req.headers.contains_key("traceparent") {
-                req.insert_header("traceparent", span.context().traceparent())?;
+        // The app's traceparent goes on unchanged; a request without a valid one gets
+        // bearerd's span as its parent (and loses the invalid one's tracestate), so the
+        // upstream joins the trace.
+        if let Some(span) = ctx.span.as_ref().filter(|s| s.is_root()) {
+            if req.headers.contains_key("traceparent") {
+                req.remove_header("tracestate");
             }
+            req.insert_header("traceparent", span.context().traceparent())?;
         }
         let new_id = ctx.request_id.as_ref().filter(|_| !ctx.request_id_from_app);
         ctx.dpop_nonce_sent = rewrite_request(req, up, token, ctx.target.as_ref(), new_id)?;
@@ -1257,6 +1286,7 @@ impl ProxyHttp for BearerProxy {
         if let Some(id) = &ctx.request_id {
             resp.insert_header("x-request-id", id.clone())?;
         }
+        drop_console_set_cookie(resp);
         Ok(())
     }
 

@@ -346,6 +346,13 @@ impl Credential {
         crate::oauth::login::authorization_request(endpoint, authorize, &endpoints, redirect_uri)
     }
 
+    /// Whether it registers its own client (`registration = "auto"`).
+    pub fn registers_its_client(&self) -> bool {
+        self.grant
+            .endpoint()
+            .is_some_and(|e| e.config().registration.is_some())
+    }
+
     /// Checks a login's redirect came from the credential's authorization server
     /// (RFC 9207 `iss`): a code from another (a mix-up) is never redeemed.
     pub async fn check_response_issuer(

@@ -17,6 +17,7 @@ import { after, before, test } from 'node:test';
 import puppeteer from 'puppeteer-core';
 
 import { CLIENTS } from './clients.mjs';
+import { authorize } from './browser.mjs';
 import { HERE, bearerd, freePorts, getJson, startNodeService, until } from './harness.mjs';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -26,6 +27,7 @@ const ADMIN_TOKEN = 'console-admin-token-4d1e9b7c';
 let tmp; let oidc; let mcp; let sidecar; let admin; let browser; let page;
 const fetched = []; // { url, status, body } of every response the page got from bearerd
 const consoleErrors = [];
+const pageErrors = []; // uncaught exceptions in the page's script
 
 const card = (name) => `[data-credential="${name}"]`;
 // The page re-renders its cards on every event (tokens here rotate every few seconds): find
@@ -105,7 +107,7 @@ credential = "users"
   page = await browser.newPage();
   await page.setViewport({ width: 1280, height: 900 });
   page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
-  page.on('pageerror', (e) => consoleErrors.push(String(e)));
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
   page.on('response', async (r) => {
     if (!r.url().startsWith(admin)) return;
     const type = r.headers()['content-type'] || '';
@@ -228,6 +230,29 @@ test('log out (asked twice, inline) shows logged_out; subjects list and connect 
   assert.match(link.searchParams.get('redirect_uri'), /\/oauth\/callback$/);
 });
 
+test('a login finished by another browser (a leaked authorization URL) is refused', { timeout: 60000 }, async () => {
+  // A session of this test's own (not the page's): sign in, start a login for agent.
+  const headers = { origin: admin, 'content-type': 'application/json' };
+  const signIn = await fetch(`${admin}/console/session`, {
+    method: 'POST', headers, body: JSON.stringify({ admin_token: ADMIN_TOKEN }),
+  });
+  assert.equal(signIn.status, 200);
+  const cookie = signIn.headers.get('set-cookie').split(';')[0];
+  const { csrf } = await signIn.json();
+  const started = await fetch(`${admin}/console/login/agent`, {
+    method: 'POST', headers: { origin: admin, cookie, 'x-bearerd-csrf': csrf },
+  });
+  assert.equal(started.status, 200);
+  assert.match(started.headers.get('set-cookie'), /bearerd_console_login=.*Path=\/console\/callback; HttpOnly; SameSite=Lax/);
+  const { authorize_url: url } = await started.json();
+  // Someone else's browser (no login cookie) completes it at the provider.
+  const other = await authorize(url, { username: 'mallory' });
+  assert.equal(other.status, 303);
+  await until('the refusal in bearerd\'s log', async () => sidecar.stderr.includes('this login was started in another browser'));
+  const agent = (await getJson(`${admin}/status`)).body.credentials.agent;
+  assert.equal(agent.state, 'logged_out', 'the code was not redeemed');
+});
+
 test('dark mode and a narrow window: legible, nothing runs off the side', { timeout: 30000 }, async () => {
   await page.emulateMediaFeatures([{ name: 'prefers-color-scheme', value: 'dark' }]);
   await page.setViewport({ width: 380, height: 800 });
@@ -283,4 +308,5 @@ test('no token, secret or refresh token in the DOM or in any response the page f
   }
   assert.deepEqual(leaks, []);
   assert.deepEqual(consoleErrors.filter((e) => /Content Security Policy|Refused to/i.test(e)), []);
+  assert.deepEqual(pageErrors, [], 'no exception in the page\'s script');
 });

@@ -137,7 +137,8 @@ async fn console_actions_need_the_session_its_csrf_token_and_the_pages_own_origi
         .await
         .unwrap();
     assert_eq!(session["signed_in"], true);
-    assert_eq!(session["csrf"], csrf.as_str());
+    // The CSRF token is given once: another server on this host gets the cookie too.
+    assert!(session.get("csrf").is_none(), "{session}");
 
     let page = [
         ("cookie", cookie.as_str()),

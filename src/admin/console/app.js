@@ -11,10 +11,13 @@ const OK_KINDS = new Set(['refreshed', 'login_completed', 'subject_connected', '
 const MAX_EVENTS = 50;
 const PAGE = 20;
 
+// The CSRF token lives in this tab's sessionStorage: scoped to this origin and port (the
+// session cookie is sent to every port of the host), and never handed out again by bearerd.
+const CSRF_KEY = 'bearerd.csrf';
 const state = {
   status: null,
   fetchedAt: 0,
-  csrf: null,
+  csrf: sessionStorage.getItem(CSRF_KEY),
   tokenRequired: true,
   events: [],
   subjects: new Map(), // credential -> { rows, next, query, connectUrl, error }
@@ -54,7 +57,19 @@ async function api(path, { method = 'GET', body } = {}) {
   }
   let data = null;
   try { data = await response.json(); } catch { data = null; }
+  if (response.status === 401 && state.csrf && path !== '/console/session') {
+    // The session ended (expired, signed out elsewhere, a new admin token): ask again.
+    setCsrf(null);
+    notify('The console session ended: sign in again.', 'bad');
+    loadSession();
+  }
   return { ok: response.ok, status: response.status, data };
+}
+
+function setCsrf(csrf) {
+  state.csrf = csrf || null;
+  if (state.csrf) sessionStorage.setItem(CSRF_KEY, state.csrf);
+  else sessionStorage.removeItem(CSRF_KEY);
 }
 
 function problem(r) {
@@ -103,11 +118,12 @@ setInterval(() => document.querySelectorAll('[data-countdown]').forEach(paintCou
 async function loadSession() {
   const r = await api('/console/session');
   state.tokenRequired = r.data ? r.data.admin_token_required !== false : true;
-  state.csrf = r.ok && r.data ? r.data.csrf : null;
+  // Signed in (the cookie) and this tab holds the CSRF token: keep it; else start over.
+  if (!(r.ok && r.data && r.data.signed_in)) setCsrf(null);
   if (!state.csrf && !state.tokenRequired) {
     // No admin token configured: the session only carries the CSRF token.
     const opened = await api('/console/session', { method: 'POST', body: {} });
-    state.csrf = opened.ok ? opened.data.csrf : null;
+    setCsrf(opened.ok ? opened.data.csrf : null);
   }
   paintSession();
 }
@@ -125,7 +141,7 @@ $('signin').addEventListener('submit', async (e) => {
   input.value = '';
   const r = await api('/console/session', { method: 'POST', body: { admin_token: token } });
   if (r.ok) {
-    state.csrf = r.data.csrf;
+    setCsrf(r.data.csrf);
     $('notice').hidden = true;
   } else {
     notify(`Sign-in failed: ${problem(r)}`, 'bad');
@@ -135,7 +151,7 @@ $('signin').addEventListener('submit', async (e) => {
 });
 $('signout').addEventListener('click', async () => {
   await api('/console/session', { method: 'DELETE' });
-  state.csrf = null;
+  setCsrf(null);
   state.subjects.clear();
   paintSession();
 });
@@ -246,7 +262,7 @@ function perSubjectCard(name, c) {
       onsubmit: (e) => { e.preventDefault(); searchSubjects(name, e.currentTarget.elements.q.value.trim()); },
     },
     el('label', { class: 'muted', for: `q-${name}`, text: 'Subject or tag' }),
-    el('input', { id: `q-${name}`, name: 'q', type: 'search', value: view.query || '', 'data-key': `${name}/q`, placeholder: 'exact subject, or tag' }),
+    el('input', { id: `q-${name}`, name: 'q', type: 'search', value: view.query || '', 'data-key': `${name}/q`, placeholder: 'exact subject, or tag s:…' }),
     el('button', { type: 'submit', text: view.rows ? 'Search' : 'List' })));
     list.append(el('form', {
       class: 'connect',
@@ -305,8 +321,8 @@ async function searchSubjects(name, query) {
   view.query = query;
   state.subjects.set(name, view);
   if (!query) { await listSubjects(name); return; }
-  // A tag is 12 hex digits (events and the audit file name subjects by it).
-  const byTag = /^[0-9a-f]{12}$/.test(query);
+  // A tag is `s:` and 12 hex digits (events and the audit file name subjects by it).
+  const byTag = /^s:[0-9a-f]{12}$/.test(query);
   const r = byTag
     ? await api(`/credentials/${enc(name)}/subjects?tag=${enc(query)}`)
     : await api(`/credentials/${enc(name)}/subjects/${enc(query)}`);
