@@ -8,8 +8,9 @@
 //! - **Off costs one branch.** With no endpoint there is no tracer: the proxy checks one
 //!   `Option` per request and creates nothing.
 //! - **On never waits.** A finished span goes into a buffer the exporter takes every
-//!   second (the audit file's hand-off, with no wake per request); a full buffer drops new
-//!   spans and counts them (`bearerd_spans_total{result="dropped"}`).
+//!   second, or as soon as a batch of 512 is in it (one wake per batch, never one per
+//!   request); a full buffer drops new spans and counts them
+//!   (`bearerd_spans_total{result="dropped"}`).
 //!
 //! Its own small exporter rather than the `opentelemetry` SDK: four span kinds, one
 //! propagation format and one protocol, on the reqwest client bearerd already has.
@@ -20,14 +21,15 @@ use std::time::{Duration, SystemTime};
 
 use prometheus::IntCounterVec;
 use rand::RngCore;
-use serde_json::{json, Value};
+#[cfg(test)]
+use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::config::TelemetryConfig;
 use crate::metrics::SpanResult;
 
 /// Spans waiting for the exporter; beyond this, new ones are dropped (and counted).
-const MAX_QUEUED: usize = 8192;
+const MAX_QUEUED: usize = 16384;
 /// Spans per export request.
 const BATCH: usize = 512;
 const EVERY: Duration = Duration::from_secs(1);
@@ -122,6 +124,8 @@ impl SpanKind {
 #[derive(Debug, Clone)]
 pub enum AttrValue {
     Str(Cow<'static, str>),
+    /// A name bearerd holds already (an upstream's, a credential's): no copy per span.
+    Shared(Arc<str>),
     Int(i64),
     Bool(bool),
 }
@@ -138,7 +142,7 @@ impl From<String> for AttrValue {
 }
 impl From<&Arc<str>> for AttrValue {
     fn from(s: &Arc<str>) -> Self {
-        AttrValue::Str(Cow::Owned(s.to_string()))
+        AttrValue::Shared(Arc::clone(s))
     }
 }
 impl From<u64> for AttrValue {
@@ -189,49 +193,105 @@ impl Span {
         self.error = Some(message.into());
     }
 
-    fn to_otlp(&self) -> Value {
+    /// Appends the span as OTLP/JSON: written straight into the batch's buffer (a tree of
+    /// `serde_json::Value`s per span cost more than the request it describes).
+    fn write_otlp(&self, out: &mut String) {
+        use std::fmt::Write;
         let nanos = |t: SystemTime| {
             t.duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
-                .to_string()
         };
-        let attributes: Vec<Value> = self
-            .attributes
-            .iter()
-            .map(|(k, v)| {
-                let value = match v {
-                    AttrValue::Str(s) => json!({ "stringValue": s }),
-                    // OTLP/JSON writes 64-bit integers as strings.
-                    AttrValue::Int(n) => json!({ "intValue": n.to_string() }),
-                    AttrValue::Bool(b) => json!({ "boolValue": b }),
-                };
-                json!({ "key": k, "value": value })
-            })
-            .collect();
-        let mut span = json!({
-            "traceId": hex(&self.context.trace_id),
-            "spanId": hex(&self.context.span_id),
-            "name": self.name,
-            "kind": self.kind.otlp(),
-            "startTimeUnixNano": nanos(self.start),
-            "endTimeUnixNano": nanos(self.end.unwrap_or(self.start)),
-            "attributes": attributes,
-            "status": match &self.error {
-                Some(m) => json!({ "code": 2, "message": m }),
-                None => json!({ "code": 0 }),
-            },
-        });
+        out.push_str("{\"traceId\":\"");
+        push_hex(out, &self.context.trace_id);
+        out.push_str("\",\"spanId\":\"");
+        push_hex(out, &self.context.span_id);
+        out.push('"');
         if let Some(p) = self.parent {
-            span["parentSpanId"] = Value::String(hex(&p));
+            out.push_str(",\"parentSpanId\":\"");
+            push_hex(out, &p);
+            out.push('"');
         }
-        span
+        out.push_str(",\"name\":");
+        push_json_str(out, self.name);
+        // OTLP/JSON writes 64-bit integers as strings.
+        let _ = write!(
+            out,
+            ",\"kind\":{},\"startTimeUnixNano\":\"{}\",\"endTimeUnixNano\":\"{}\",\"attributes\":[",
+            self.kind.otlp(),
+            nanos(self.start),
+            nanos(self.end.unwrap_or(self.start))
+        );
+        for (i, (k, v)) in self.attributes.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str("{\"key\":");
+            push_json_str(out, k);
+            out.push_str(",\"value\":");
+            match v {
+                AttrValue::Str(s) => {
+                    out.push_str("{\"stringValue\":");
+                    push_json_str(out, s);
+                    out.push('}');
+                }
+                AttrValue::Shared(s) => {
+                    out.push_str("{\"stringValue\":");
+                    push_json_str(out, s);
+                    out.push('}');
+                }
+                AttrValue::Int(n) => {
+                    let _ = write!(out, "{{\"intValue\":\"{n}\"}}");
+                }
+                AttrValue::Bool(b) => {
+                    let _ = write!(out, "{{\"boolValue\":{b}}}");
+                }
+            }
+            out.push('}');
+        }
+        out.push_str("],\"status\":");
+        match &self.error {
+            Some(m) => {
+                out.push_str("{\"code\":2,\"message\":");
+                push_json_str(out, m);
+                out.push('}');
+            }
+            None => out.push_str("{\"code\":0}"),
+        }
+        out.push('}');
     }
+}
+
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+    }
+}
+
+/// A JSON string literal (RFC 8259 escapes).
+fn push_json_str(out: &mut String, s: &str) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// Makes spans and hands finished ones to the exporter.
 pub struct Tracer {
     queue: Mutex<Vec<Span>>,
     results: IntCounterVec,
+    /// Wakes the exporter when a whole batch waits.
+    batch_ready: tokio::sync::Notify,
 }
 
 /// Sends the tracer's spans to the collector; run on the control runtime.
@@ -269,6 +329,7 @@ impl Tracer {
             tracer: Arc::new(Tracer {
                 queue: Mutex::new(Vec::new()),
                 results,
+                batch_ready: tokio::sync::Notify::new(),
             }),
             url,
             service_name: config.service_name.clone(),
@@ -307,6 +368,11 @@ impl Tracer {
             return;
         }
         q.push(span);
+        let full_batch = q.len().is_multiple_of(BATCH);
+        drop(q);
+        if full_batch {
+            self.batch_ready.notify_one();
+        }
     }
 
     fn count(&self, result: SpanResult, n: usize) {
@@ -325,16 +391,22 @@ impl Exporter {
         Arc::clone(&self.tracer)
     }
 
-    fn body(&self, spans: &[Span]) -> Value {
-        json!({ "resourceSpans": [{
-            "resource": { "attributes": [
-                { "key": "service.name", "value": { "stringValue": self.service_name } },
-            ]},
-            "scopeSpans": [{
-                "scope": { "name": "bearerd", "version": env!("CARGO_PKG_VERSION") },
-                "spans": spans.iter().map(Span::to_otlp).collect::<Vec<_>>(),
-            }],
-        }]})
+    /// One export request's body (OTLP/JSON `ExportTraceServiceRequest`).
+    fn body(&self, spans: &[Span]) -> String {
+        let mut out = String::with_capacity(256 + spans.len() * 512);
+        out.push_str("{\"resourceSpans\":[{\"resource\":{\"attributes\":[{\"key\":\"service.name\",\"value\":{\"stringValue\":");
+        push_json_str(&mut out, &self.service_name);
+        out.push_str("}}]},\"scopeSpans\":[{\"scope\":{\"name\":\"bearerd\",\"version\":\"");
+        out.push_str(env!("CARGO_PKG_VERSION"));
+        out.push_str("\"},\"spans\":[");
+        for (i, span) in spans.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            span.write_otlp(&mut out);
+        }
+        out.push_str("]}]}]}");
+        out
     }
 
     /// Every second (and once more at shutdown), sends what was queued; a batch the
@@ -347,14 +419,20 @@ impl Exporter {
         loop {
             let stopping = tokio::select! {
                 _ = tokio::time::sleep(EVERY) => false,
+                _ = self.tracer.batch_ready.notified() => false,
                 _ = shutdown.changed() => true,
             };
             let spans = self.tracer.take();
             for batch in spans.chunks(BATCH) {
-                let body = self.body(batch);
+                let body = bytes::Bytes::from(self.body(batch));
                 let mut sent = false;
                 for _ in 0..2 {
-                    let r = client.post(self.url.clone()).json(&body).send().await;
+                    let r = client
+                        .post(self.url.clone())
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await;
                     if r.is_ok_and(|r| r.status().is_success()) {
                         sent = true;
                         break;
@@ -425,8 +503,24 @@ mod tests {
         let child = t.start("401 replay", SpanKind::Internal, Some(&root.context()));
         assert_eq!(child.context().trace_id, root.context().trace_id);
         assert_ne!(child.context().span_id, root.context().span_id);
-        let otlp = child.to_otlp();
+        let mut child = child;
+        child.set("url.path", "/a \"quoted\" \\ path\n".to_string());
+        child.set("bearerd.generation", 7u64);
+        child.fail("status 502");
+        let body: Value = serde_json::from_str(&exporter.body(&[child])).unwrap();
+        assert_eq!(
+            body["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],
+            "bearerd"
+        );
+        let otlp = &body["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
         assert_eq!(otlp["parentSpanId"], hex(&root.context().span_id));
+        assert_eq!(otlp["traceId"], hex(&root.context().trace_id));
         assert_eq!(otlp["kind"], 1);
+        assert_eq!(
+            otlp["attributes"][0]["value"]["stringValue"],
+            "/a \"quoted\" \\ path\n"
+        );
+        assert_eq!(otlp["attributes"][1]["value"]["intValue"], "7");
+        assert_eq!(otlp["status"]["code"], 2);
     }
 }

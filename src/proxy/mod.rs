@@ -324,7 +324,26 @@ fn request_span(tracer: &Tracer, req: &RequestHeader) -> Span {
         .get("traceparent")
         .and_then(|v| SpanContext::parse(v.as_bytes()));
     let mut span = tracer.start("proxy request", SpanKind::Server, parent.as_ref());
-    span.set("http.request.method", req.method.to_string());
+    // The common methods as static names: no allocation for them per span.
+    let method = &req.method;
+    match [
+        http::Method::GET,
+        http::Method::POST,
+        http::Method::PUT,
+        http::Method::DELETE,
+        http::Method::PATCH,
+        http::Method::HEAD,
+        http::Method::OPTIONS,
+    ]
+    .iter()
+    .position(|m| m == method)
+    {
+        Some(i) => span.set(
+            "http.request.method",
+            ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"][i],
+        ),
+        None => span.set("http.request.method", method.to_string()),
+    }
     span.set("url.path", req.uri.path().to_string());
     span
 }
