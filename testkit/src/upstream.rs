@@ -215,6 +215,14 @@ async fn handle(State(state): State<Arc<UpstreamState>>, req: Request) -> Respon
                 .into_response();
         }
     }
+    if parts.uri.path().ends_with("/set-cookies") {
+        // An upstream that sets cookies, one of them named like bearerd's console session.
+        return Response::builder()
+            .header("set-cookie", "bearerd_console=planted-by-upstream; Path=/")
+            .header("set-cookie", "theme=dark; Path=/")
+            .body(Body::from("{}"))
+            .unwrap_or_default();
+    }
     if parts.uri.path().ends_with("/sse") {
         let gap = *state.sse_gap.lock().unwrap();
         let events = futures::stream::unfold(0u32, move |n| async move {

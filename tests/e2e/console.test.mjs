@@ -272,6 +272,14 @@ test('dark mode and a narrow window: legible, nothing runs off the side', { time
   await page.setViewport({ width: 1280, height: 900 });
 });
 
+test('a link from elsewhere to the console cannot make it show a login message', { timeout: 30000 }, async () => {
+  await page.goto('about:blank');
+  await page.goto(`${admin}/#login=svc&login-error=${encodeURIComponent('call +1 555 0100 for help')}`, { waitUntil: 'domcontentloaded' });
+  await page.waitForSelector(`${card('svc')}[data-state]`, { timeout: 10000 });
+  assert.equal(await page.$eval('#notice', (n) => n.hidden), true);
+  assert.equal(new URL(page.url()).hash, '');
+});
+
 test('no token, secret or refresh token in the DOM or in any response the page fetched; no CSP violation', { timeout: 30000 }, async () => {
   const issued = (await getJson(`${oidc.info.issuer}/test/issued`)).body;
   assert.ok(issued.some((t) => t.kind === 'refresh_token'), 'the login issued a refresh token');

@@ -278,5 +278,14 @@ async fn the_proxy_never_forwards_the_console_session_cookie() {
             "{sent}"
         );
     }
+    // Nor may an upstream set it in the operator's browser; its other cookies pass.
+    let r = h.get("/api/set-cookies").await;
+    let set: Vec<&str> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(set, vec!["theme=dark; Path=/"]);
     h.stop().await;
 }

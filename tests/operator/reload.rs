@@ -183,6 +183,16 @@ async fn a_broken_edit_or_one_that_needs_a_restart_keeps_the_old_config_serving(
     }
     assert_eq!(h.get("/api/x").await.status(), 200);
     assert_eq!(h.get("/api2/x").await.status(), 404);
+    // So does turning tracing on: the exporter starts with the process.
+    let traced = format!(
+        "{}\n[telemetry]\notlp_endpoint = \"http://127.0.0.1:4318\"\n",
+        h.config_text
+    );
+    edit(&h, &traced);
+    match h.sidecar().reload().await {
+        ReloadOutcome::RestartRequired(why) => assert!(why.contains("[telemetry]"), "{why}"),
+        other => panic!("{other:?}"),
+    }
     let m = h.metrics().await;
     assert_eq!(reloads(&m, "applied"), 0.0, "{m}");
     assert_eq!(h.tokens.state.requests(), before);

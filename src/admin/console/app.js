@@ -14,6 +14,7 @@ const PAGE = 20;
 // The CSRF token lives in this tab's sessionStorage: scoped to this origin and port (the
 // session cookie is sent to every port of the host), and never handed out again by bearerd.
 const CSRF_KEY = 'bearerd.csrf';
+const LOGIN_KEY = 'bearerd.login';
 const state = {
   status: null,
   fetchedAt: 0,
@@ -221,6 +222,9 @@ async function logout(name) {
 async function login(name) {
   const r = await api(`/console/login/${enc(name)}`, { method: 'POST' });
   if (!r.ok) { notify(`${name}: cannot start a login: ${problem(r)}`, 'bad'); return; }
+  // Only a login this tab started is reported when the browser comes back: a link from
+  // elsewhere to `/#login=…` shows nothing.
+  sessionStorage.setItem(LOGIN_KEY, name);
   window.location.assign(r.data.authorize_url);
 }
 
@@ -433,9 +437,12 @@ function readReturn() {
   const p = new URLSearchParams(window.location.hash.slice(1));
   const name = p.get('login');
   const error = p.get('login-error');
-  if (error) notify(`${name ? `${name}: ` : ''}login failed: ${error}`, 'bad');
-  else if (name) notify(`${name}: logged in`, 'ok');
+  const started = sessionStorage.getItem(LOGIN_KEY);
+  sessionStorage.removeItem(LOGIN_KEY);
   history.replaceState(null, '', window.location.pathname);
+  if (!started || (name && name !== started)) return;
+  if (error) notify(`${started}: login failed: ${error}`, 'bad');
+  else if (name) notify(`${name}: logged in`, 'ok');
 }
 
 document.addEventListener('keydown', (e) => {
