@@ -1427,3 +1427,71 @@ fn telemetry_is_checked_with_its_line() {
     let extra_key = telemetry("http://127.0.0.1:4318", "bearerd") + "sample_ratio = 0.5\n";
     assert_error(&extra_key, 19, &["sample_ratio", "unknown field"]);
 }
+
+/// Sentinel and `min_replicas_acked` mistakes are located (file, line, key) and never print a
+/// url: `url` and `sentinels` together, sentinels without `master_name` (or the name without
+/// sentinels), an empty list, a sentinel entry that is not a redis url, a count out of range;
+/// a right Sentinel store passes, with entries as secret references too.
+#[test]
+fn redis_sentinel_mistakes_are_located() {
+    let with_store = |store: &str| {
+        BASE.replace(
+            "[credentials.crm]",
+            &format!("[store]\nbackend = \"redis\"\nkey = {{ env = \"BEARERD_STORE_KEY\" }}\n{store}\n\n[credentials.crm]"),
+        )
+    };
+    let sentinels =
+        "sentinels = [\"redis://:hunter2@sentinel-0:26379\", { env = \"BEARERD_SENTINEL_1\" }]";
+    std::env::set_var("BEARERD_SENTINEL_1", "redis://:hunter2@sentinel-1:26379");
+    std::env::set_var("BEARERD_STORE_KEY", bearerd::store::generate_key());
+    // `[store]` is line 5: backend 6, key 7, then the lines given.
+    assert_passes(
+        "sentinel.toml",
+        &with_store(&format!(
+            "{sentinels}\nmaster_name = \"mymaster\"\nmin_replicas_acked = 1"
+        )),
+    );
+    for (store, line, needles) in [
+        (
+            format!("url = \"redis://redis.example\"\n{sentinels}\nmaster_name = \"m\""),
+            9,
+            vec!["store.sentinels", "not both"],
+        ),
+        (
+            sentinels.to_string(),
+            8,
+            vec!["store.sentinels", "master_name"],
+        ),
+        (
+            "url = \"redis://redis.example\"\nmaster_name = \"m\"".to_string(),
+            9,
+            vec!["store.master_name", "only applies with `sentinels`"],
+        ),
+        (
+            "sentinels = []\nmaster_name = \"m\"".to_string(),
+            8,
+            vec!["store.sentinels", "at least one"],
+        ),
+        (
+            "sentinels = [\"https://:hunter2@sentinel-0:26379\"]\nmaster_name = \"m\"".to_string(),
+            8,
+            vec!["store.sentinels", "redis:// or rediss://"],
+        ),
+        (
+            format!("{sentinels}\nmaster_name = \"my master\""),
+            9,
+            vec!["store.master_name", "one word"],
+        ),
+        (
+            format!("{sentinels}\nmaster_name = \"m\"\nmin_replicas_acked = 99"),
+            10,
+            vec!["store.min_replicas_acked", "0 (do not wait) to 16"],
+        ),
+    ] {
+        let text = with_store(&store);
+        assert_error(&text, line, &needles);
+        let path = write("sentinel.toml", &text);
+        let out = bearerd().args(["check", "-c"]).arg(&path).output().unwrap();
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("hunter2"));
+    }
+}

@@ -1418,7 +1418,15 @@ async fn redis_names_subjects_by_a_keyed_hash_and_moves_records_from_unkeyed_nam
     let credentials = [("api", "binding".to_string())];
     let key = bearerd::store::parse_key(&bearerd::store::generate_key()).unwrap();
     let store = |key: &[u8; 32], prefix: &str| {
-        RedisStore::new(&url, &Default::default(), key, prefix, &credentials).unwrap()
+        RedisStore::new(
+            bearerd::store::RedisTarget::Url(&url),
+            &Default::default(),
+            key,
+            prefix,
+            &credentials,
+            None,
+        )
+        .unwrap()
     };
     let subject = "alice@example.com";
     let record = format!("api\n{subject}");

@@ -41,10 +41,25 @@ pub enum StoreConfig {
     },
     /// Shared by replicas: every value sealed with the key, under `prefix`.
     Redis {
-        url: SecretRef,
+        servers: RedisServers,
         key: SecretRef,
         prefix: String,
         tls: RedisTls,
+        /// Replicas that must have a stored refresh token before it is used or its lease
+        /// released (`WAIT`); `None`: 1 when the master has replicas, else 0.
+        min_replicas_acked: Option<u32>,
+    },
+}
+
+/// Where the Redis store's master is.
+#[derive(Debug, Clone)]
+pub enum RedisServers {
+    /// One address (a single server, or a managed service's primary endpoint).
+    Url(SecretRef),
+    /// Sentinels that name the master of `master_name`, followed through failovers.
+    Sentinel {
+        sentinels: Vec<SecretRef>,
+        master_name: String,
     },
 }
 

@@ -34,7 +34,7 @@ pub use file::FileStore;
 pub use memory::MemoryStore;
 pub use record_key::{RecordKey, SubjectNames};
 pub use redis::RedisStore;
-pub use redis_client::RedisFailure;
+pub use redis_client::{RedisFailure, RedisTarget};
 pub use redis_journal::{
     HelperJournalConnection, JournalError, RedisJournalReader, RedisJournalTarget,
 };
@@ -285,15 +285,40 @@ pub fn open(
             Ok(Arc::new(store))
         }
         StoreConfig::Redis {
-            url,
+            servers,
             key,
             prefix,
             tls,
+            min_replicas_acked,
         } => {
-            let url = url
-                .resolve()
-                .map_err(|e| StoreError::Invalid(e.to_string()))?;
-            let store = RedisStore::new(&url, tls, &resolve_key(key)?, prefix, credentials)?;
+            let resolve = |s: &crate::config::SecretRef| {
+                s.resolve().map_err(|e| StoreError::Invalid(e.to_string()))
+            };
+            let (url, sentinels);
+            let target = match servers {
+                crate::config::RedisServers::Url(u) => {
+                    url = resolve(u)?;
+                    redis_client::RedisTarget::Url(&url)
+                }
+                crate::config::RedisServers::Sentinel {
+                    sentinels: list,
+                    master_name,
+                } => {
+                    sentinels = list.iter().map(resolve).collect::<Result<Vec<_>, _>>()?;
+                    redis_client::RedisTarget::Sentinel {
+                        sentinels: &sentinels,
+                        master_name,
+                    }
+                }
+            };
+            let store = RedisStore::new(
+                target,
+                tls,
+                &resolve_key(key)?,
+                prefix,
+                credentials,
+                *min_replicas_acked,
+            )?;
             // Off the service runtimes, which do not exist yet: a runtime for this check.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -575,6 +600,26 @@ pub enum StoreError {
     /// The store did not answer (a shared store that is down, slow or unreachable).
     #[error("{store} is unavailable: {message}")]
     Unavailable { store: String, message: String },
+    /// The master took a write that holds a refresh token, but fewer replicas than
+    /// `min_replicas_acked` confirmed it in time: a failover now could lose it. The write is
+    /// retried while the refresh lease is held.
+    #[error("{store}: {acknowledged} of the {asked} replica(s) asked for (min_replicas_acked) confirmed the write in time; a failover could lose it")]
+    NotReplicated {
+        store: String,
+        asked: u32,
+        acknowledged: u32,
+    },
+}
+
+impl StoreError {
+    /// Whether trying the same write again later may succeed (the store was down, or its
+    /// replicas slow).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Unavailable { .. } | StoreError::NotReplicated { .. }
+        )
+    }
 }
 
 /// One store backend as the registry sees it: the name `[store] backend` gives it and its

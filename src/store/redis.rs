@@ -35,7 +35,8 @@ use tokio::sync::watch;
 
 use super::codec::{open_set, seal_set, Unsealed};
 use super::redis_client::{
-    connect_plain, within, RedisClients, RedisFailure, Reload, COMMAND_TIMEOUT, CONNECT_TIMEOUT,
+    connect_plain, within, Located, RedisClients, RedisFailure, RedisTarget, Reload,
+    COMMAND_TIMEOUT, CONNECT_TIMEOUT,
 };
 use super::redis_journal::RedisJournalReader;
 use super::sealed::Sealer;
@@ -60,7 +61,9 @@ mod table {
 
     use std::path::PathBuf;
 
-    use crate::config::{ClientIdentity, ConfigError, Material, RedisTls, SourceMap, StoreConfig};
+    use crate::config::{
+        ClientIdentity, ConfigError, Material, RedisServers, RedisTls, SourceMap, StoreConfig,
+    };
     use crate::material::RawSecretRef;
 
     crate::config::lowering::store_table! {
@@ -68,6 +71,12 @@ mod table {
             key: Option<RawSecretRef>,
             /// `redis://[user:pass@]host:port/db` or `rediss://…` (TLS); it may hold a password.
             url: Option<RawSecretRef>,
+            /// Instead of `url`: sentinels (`redis://[user:pass@]host:26379`, each may be a
+            /// secret reference) that name the master of `master_name`.
+            sentinels: Option<Vec<RawSecretRef>>,
+            master_name: Option<String>,
+            /// Replicas that must have a stored refresh token before it is used (`WAIT`).
+            min_replicas_acked: Option<i64>,
             /// The key namespace, so several apps can share one Redis.
             prefix: Option<String>,
             /// rediss: the CA certificates (PEM) that sign the Redis server's certificate,
@@ -86,15 +95,12 @@ mod table {
         }
     }
 
+    /// The most replicas a write may wait for: more is a typo (no deployment runs that many
+    /// replicas of one master, and every rotation would wait for them in vain).
+    const MAX_REPLICAS_ACKED: i64 = 16;
+
     fn lower_redis_store(map: &SourceMap, raw: &RawRedisStore) -> Result<StoreConfig, ConfigError> {
-        let Some(url) = &raw.url else {
-            return Err(map.error_at(
-                "store.backend",
-                "the redis store needs `url = { env = \"BEARERD_REDIS_URL\" }` (redis://[user:pass@]host:port/db, or rediss:// for TLS)",
-            ));
-        };
-        let url = map.lower_secret("store.url", url)?;
-        let tls_keys = [
+        let tls_keys: Vec<_> = [
             ("ca_file", raw.ca_file.is_some()),
             ("client_cert", raw.client_cert.is_some()),
             ("client_key", raw.client_key.is_some()),
@@ -103,14 +109,7 @@ mod table {
         .filter(|(_, set)| *set)
         .map(|(key, _)| map.place(&format!("store.{key}")))
         .collect();
-        // Whether the url asks for TLS is known once it is read: the check step.
-        map.check_later(
-            "store.url",
-            Material::RedisUrl {
-                url: url.clone(),
-                tls_keys,
-            },
-        );
+        let servers = lower_servers(map, raw, tls_keys)?;
         let tls = lower_tls(map, raw)?;
         let key = crate::config::lowering::lower_store_key(map, &raw.key, "redis")?;
         let prefix = raw.prefix.clone().unwrap_or_else(|| "bearerd".to_string());
@@ -125,12 +124,91 @@ mod table {
                 format!("prefix {prefix:?} must be 1 to 64 letters, digits, '-', '_' or '.'"),
             ));
         }
+        let min_replicas_acked = match raw.min_replicas_acked {
+            None => None,
+            Some(n @ 0..=MAX_REPLICAS_ACKED) => Some(n as u32),
+            Some(n) => {
+                return Err(map.error_at(
+                    "store.min_replicas_acked",
+                    format!("{n} replicas: must be 0 (do not wait) to {MAX_REPLICAS_ACKED}"),
+                ))
+            }
+        };
         Ok(StoreConfig::Redis {
-            url,
+            servers,
             key,
             prefix,
             tls,
+            min_replicas_acked,
         })
+    }
+
+    /// `url`, or `sentinels` with `master_name`: one of them. Whether a url asks for TLS is
+    /// known once it is read: the check step.
+    fn lower_servers(
+        map: &SourceMap,
+        raw: &RawRedisStore,
+        tls_keys: Vec<crate::config::Place>,
+    ) -> Result<RedisServers, ConfigError> {
+        match (&raw.url, &raw.sentinels, &raw.master_name) {
+            (Some(_), Some(_), _) => Err(map.error_at(
+                "store.sentinels",
+                "give `url` or `sentinels`, not both: with sentinels, the master's address comes from them",
+            )),
+            (Some(_), None, Some(_)) => Err(map.error_at(
+                "store.master_name",
+                "only applies with `sentinels` (the name the sentinels monitor the master under)",
+            )),
+            (Some(url), None, None) => {
+                let url = map.lower_secret("store.url", url)?;
+                map.check_later(
+                    "store.url",
+                    Material::RedisUrl {
+                        url: url.clone(),
+                        tls_keys,
+                    },
+                );
+                Ok(RedisServers::Url(url))
+            }
+            (None, Some(_), None) => Err(map.error_at(
+                "store.sentinels",
+                "needs `master_name = \"mymaster\"`, the name the sentinels monitor the master under",
+            )),
+            (None, Some(list), Some(name)) => {
+                if list.is_empty() {
+                    return Err(map.error_at(
+                        "store.sentinels",
+                        "lists no sentinel: give at least one, e.g. [\"redis://sentinel-0:26379\"]",
+                    ));
+                }
+                if name.trim().is_empty() || name.chars().any(char::is_whitespace) {
+                    return Err(map.error_at(
+                        "store.master_name",
+                        format!("{name:?} is not a master name (one word, as in `sentinel monitor <name> …`)"),
+                    ));
+                }
+                let mut sentinels = Vec::with_capacity(list.len());
+                for entry in list {
+                    let sentinel = map.lower_secret("store.sentinels", entry)?;
+                    map.check_later(
+                        "store.sentinels",
+                        Material::RedisUrl {
+                            url: sentinel.clone(),
+                            tls_keys: tls_keys.clone(),
+                        },
+                    );
+                    sentinels.push(sentinel);
+                }
+                Ok(RedisServers::Sentinel {
+                    sentinels,
+                    master_name: name.clone(),
+                })
+            }
+            (None, None, _) => Err(map.error_at(
+                "store.backend",
+                "the redis store needs `url = { env = \"BEARERD_REDIS_URL\" }` (redis://[user:pass@]host:port/db, or rediss:// for TLS), or `sentinels = [\"redis://host:26379\", …]` with `master_name`",
+            )),
+        }
     }
 
     /// The TLS keys: the certificate and its key together, each file read and parsed by the
@@ -199,7 +277,9 @@ end
 
 /// Writes a set, and announces it, when the rule in ARGV[1] holds: 'cas' when the stored
 /// generation is ARGV[2] ('' for none; a save), 'newer' when the store has none or an older
-/// one than ARGV[3] (a refill after the store lost it).
+/// one than ARGV[3] (a refill after the store lost it). A write of this holder's that the
+/// replicas did not confirm (ARGV[6], its sealed value; '' for none) may be written again
+/// over itself: the retry of a save.
 const WRITE_SET: &str = concat!(
     index_subject!(),
     r"
@@ -210,15 +290,21 @@ if ARGV[1] == 'cas' then
 else
   write = current == false or tonumber(current) < tonumber(ARGV[3])
 end
+if not write and ARGV[6] ~= '' and current == ARGV[3] then
+  write = redis.call('HGET', KEYS[1], 'sealed') == ARGV[6]
+end
 if write then
   redis.call('HSET', KEYS[1], 'gen', ARGV[3], 'sealed', ARGV[4])
   redis.call('PUBLISH', ARGV[5], ARGV[3])
-  index_subject(ARGV[6], ARGV[7])
+  index_subject(ARGV[7], ARGV[8])
   return 1
 end
 return 0
 "
 );
+
+/// How long one `WAIT` for the replicas may take (within the command's time limit).
+const REPLICA_WAIT: Duration = Duration::from_millis(500);
 
 /// When [`WRITE_SET`] writes.
 enum WriteRule {
@@ -361,6 +447,12 @@ const RENEWED_RETRY: Duration = Duration::from_secs(5);
 
 pub struct RedisStore {
     clients: Arc<RedisClients>,
+    /// `store.min_replicas_acked`: `None` is 1 once the master was seen with replicas (or
+    /// is found through sentinels), else 0.
+    min_replicas_acked: Option<u32>,
+    /// Per record, this holder's last write that the replicas did not confirm: its
+    /// generation and sealed value, so a retry may write over it (see [`WRITE_SET`]).
+    unconfirmed: Mutex<HashMap<String, (u64, String)>>,
     /// Connected on first use, on the runtime that uses it; reconnects by itself, and is
     /// built again when the client's TLS files were renewed (the generation it was built
     /// from is older than the client's).
@@ -387,6 +479,8 @@ struct Health {
     store: String,
     up: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// The replicas connected to the master at the last health check.
+    replicas: std::sync::atomic::AtomicU32,
 }
 
 impl Health {
@@ -416,6 +510,10 @@ fn unkeyed_subject_hash(subject: &str) -> String {
     hashed
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn binding_hash(binding: &str) -> String {
     super::fingerprint(&SecretString::from(binding.to_string()))[..16].to_string()
 }
@@ -423,14 +521,15 @@ fn binding_hash(binding: &str) -> String {
 impl RedisStore {
     /// A store for these credentials (name, binding). Nothing is sent yet.
     pub fn new(
-        url: &SecretString,
+        target: RedisTarget<'_>,
         tls: &RedisTls,
         key: &[u8; 32],
         prefix: &str,
         credentials: &[(&str, String)],
+        min_replicas_acked: Option<u32>,
     ) -> Result<RedisStore, StoreError> {
-        let clients = Arc::new(RedisClients::new(url, tls)?);
-        let journal_reader = Arc::new(RedisJournalReader::new(Arc::clone(&clients), url, tls, key));
+        let clients = Arc::new(RedisClients::new(target, tls)?);
+        let journal_reader = Arc::new(RedisJournalReader::new(Arc::clone(&clients), tls, key));
         let keys = credentials
             .iter()
             .map(|(name, binding)| {
@@ -442,6 +541,8 @@ impl RedisStore {
             .collect();
         Ok(RedisStore {
             clients,
+            min_replicas_acked,
+            unconfirmed: Mutex::new(HashMap::new()),
             connection: tokio::sync::Mutex::new(None),
             sealer: Sealer::new(key),
             prefix: prefix.to_string(),
@@ -453,6 +554,7 @@ impl RedisStore {
                 store: format!("redis store (prefix {prefix:?})"),
                 up: AtomicBool::new(true),
                 last_error: Mutex::new(None),
+                replicas: std::sync::atomic::AtomicU32::new(0),
             }),
             subscribed: AtomicBool::new(false),
             subject_names: SubjectNames::new(key),
@@ -535,33 +637,85 @@ impl RedisStore {
         .into_bytes()
     }
 
-    /// Writes a sealed set under `rule` (see [`WRITE_SET`]); true when it was written.
+    /// How many replicas must confirm a write that holds a refresh token: as configured,
+    /// or by default 1 while the master has a replica connected (a master without one has
+    /// nothing a failover could promote with this write; the replicas' write-back after a
+    /// failover covers that case, see `STORE_SETTLE`).
+    fn replicas_to_confirm(&self) -> u32 {
+        self.min_replicas_acked
+            .unwrap_or_else(|| self.health.replicas.load(Ordering::SeqCst).min(1))
+    }
+
+    /// Writes a sealed set under `rule` (see [`WRITE_SET`]); true when it was written. A set
+    /// that holds a refresh token (`confirm`) counts as written only once the replicas
+    /// `min_replicas_acked` asks for have it: the write and its `WAIT` go together on one
+    /// connection, so the wait is for this write.
     async fn write_set(
         &self,
         credential: &str,
         rule: WriteRule,
         generation: u64,
         sealed: String,
+        confirm: bool,
     ) -> Result<bool, StoreError> {
-        let script = redis::Script::new(WRITE_SET);
-        let mut invocation = script.key(self.set_key(credential));
-        match rule {
-            WriteRule::IfGeneration(expected) => invocation
-                .arg("cas")
-                .arg(expected.map_or(String::new(), |g| g.to_string())),
-            WriteRule::IfNewer => invocation.arg("newer").arg(""),
+        let mut keys = vec![self.set_key(credential)];
+        let (rule, expected) = match rule {
+            WriteRule::IfGeneration(expected) => {
+                ("cas", expected.map_or(String::new(), |g| g.to_string()))
+            }
+            WriteRule::IfNewer => ("newer", String::new()),
         };
-        invocation
-            .arg(generation.to_string())
-            .arg(sealed)
-            .arg(self.channel(credential));
+        let own_retry = lock(&self.unconfirmed)
+            .get(credential)
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default();
+        let mut args = vec![
+            rule.to_string(),
+            expected,
+            generation.to_string(),
+            sealed.clone(),
+            self.channel(credential),
+            own_retry,
+        ];
         if let Some(entry) = self.subject_entry(credential) {
-            invocation
-                .key(entry.index)
-                .arg(entry.hash)
-                .arg(entry.member);
+            keys.push(entry.index);
+            args.extend([entry.hash, entry.member]);
         }
-        let written: i64 = self.script(&invocation).await?;
+        let asked = if confirm {
+            self.replicas_to_confirm()
+        } else {
+            0
+        };
+        if asked == 0 {
+            let script = redis::Script::new(WRITE_SET);
+            let mut invocation = script.prepare_invoke();
+            invocation.key(keys).arg(args);
+            let written: i64 = self.script(&invocation).await?;
+            return Ok(written == 1);
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(WRITE_SET)
+            .arg(keys.len())
+            .arg(keys)
+            .arg(args)
+            .cmd("WAIT")
+            .arg(asked)
+            .arg(REPLICA_WAIT.as_millis() as u64);
+        let mut con = self.connection().await?;
+        let (written, acknowledged): (i64, i64) =
+            self.answered(within(COMMAND_TIMEOUT, pipe.query_async(&mut con)).await)?;
+        let acknowledged = acknowledged.max(0) as u32;
+        if written == 1 && acknowledged < asked {
+            lock(&self.unconfirmed).insert(credential.to_string(), (generation, sealed));
+            return Err(StoreError::NotReplicated {
+                store: self.describe(),
+                asked,
+                acknowledged,
+            });
+        }
+        lock(&self.unconfirmed).remove(credential);
         Ok(written == 1)
     }
 
@@ -636,7 +790,12 @@ impl RedisStore {
 
     /// A plain connection for a one-off check (at startup, off the service runtimes).
     async fn connect_once(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
-        within(CONNECT_TIMEOUT * 2, connect_plain(&self.clients.client()))
+        let client = self
+            .clients
+            .client()
+            .await
+            .map_err(|why| self.unavailable(&why.to_string()))?;
+        within(CONNECT_TIMEOUT * 2, connect_plain(&client))
             .await
             .map_err(|why| self.unavailable(&why.to_string()))
     }
@@ -683,11 +842,16 @@ impl RedisStore {
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2));
-        let connected = within(
-            CONNECT_TIMEOUT * 2,
-            ConnectionManager::new_with_config(self.clients.client(), config),
-        )
-        .await;
+        let connected = match self.clients.client().await {
+            Ok(client) => {
+                within(
+                    CONNECT_TIMEOUT * 2,
+                    ConnectionManager::new_with_config(client, config),
+                )
+                .await
+            }
+            Err(why) => Err(why),
+        };
         match (connected, slot.as_mut()) {
             (Ok(con), _) => {
                 *slot = Some(StoreConnection {
@@ -878,8 +1042,13 @@ async fn watch_health(
     // since, perhaps empty, even when no ping failed in between.
     let mut run_id: Option<String> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Whether the sentinels answered last time (said once per change, not every second).
+    let mut sentinels_answer = true;
     loop {
         tick.tick().await;
+        if follow_master(&clients, &health, &mut sentinels_answer).await {
+            connection = None;
+        }
         match clients.reload() {
             Reload::Unchanged => {}
             Reload::Renewed => {
@@ -894,7 +1063,11 @@ async fn watch_health(
         }
         let mut reconnected = false;
         if connection.is_none() {
-            match within(CONNECT_TIMEOUT * 2, connect_plain(&clients.client())).await {
+            let connected = match clients.client().await {
+                Ok(client) => within(CONNECT_TIMEOUT * 2, connect_plain(&client)).await,
+                Err(why) => Err(why),
+            };
+            match connected {
                 Ok(c) => {
                     connection = Some(c);
                     reconnected = true;
@@ -911,6 +1084,12 @@ async fn watch_health(
         )
         .await
         {
+            Ok(_) if !is_master(con, &health).await => {
+                // A demoted master (or a url that names a replica) takes no writes: down
+                // until the sentinels name the promoted one.
+                health.mark_down("the server answers as a replica, not as the master");
+                connection = None;
+            }
             Ok(_) => {
                 let recovered = health.mark_up();
                 // On every new connection, not only after an outage this check saw: Redis
@@ -919,26 +1098,9 @@ async fn watch_health(
                 // was missing, means the data may be gone: every credential looks, and
                 // writes its set back if it is (only over nothing or an older set).
                 if recovered || reconnected {
-                    let mut restore = redis::cmd("SET");
-                    restore.arg(&key_check_key).arg(&key_check).arg("NX");
-                    let emptied =
-                        within(COMMAND_TIMEOUT, restore.query_async::<Option<String>>(con))
-                            .await
-                            .is_ok_and(|set| set.is_some());
-                    let info = within(
-                        COMMAND_TIMEOUT,
-                        redis::cmd("INFO").arg("server").query_async::<String>(con),
-                    )
-                    .await;
-                    let now_run = info.ok().and_then(|i| {
-                        i.lines()
-                            .find_map(|l| l.trim().strip_prefix("run_id:").map(str::to_string))
-                    });
-                    let restarted = matches!((&run_id, &now_run), (Some(a), Some(b)) if a != b);
-                    if now_run.is_some() {
-                        run_id = now_run;
-                    }
-                    if recovered || emptied || restarted {
+                    let restarted =
+                        server_restarted(con, &key_check_key, &key_check, &mut run_id).await;
+                    if recovered || restarted {
                         // A server that may have lost writes settles from now, not from
                         // the next lease (see `STORE_SETTLE`).
                         let mut settle = begin_settle.prepare_invoke();
@@ -963,8 +1125,88 @@ async fn watch_health(
     }
 }
 
+/// Whether the server may have lost writes since this check last looked: it had lost the
+/// key check (put back now), or it has another run id (it restarted, or another server took
+/// over), even when no ping failed in between.
+async fn server_restarted(
+    con: &mut redis::aio::MultiplexedConnection,
+    key_check_key: &str,
+    key_check: &str,
+    run_id: &mut Option<String>,
+) -> bool {
+    let mut restore = redis::cmd("SET");
+    restore.arg(key_check_key).arg(key_check).arg("NX");
+    let emptied = within(COMMAND_TIMEOUT, restore.query_async::<Option<String>>(con))
+        .await
+        .is_ok_and(|set| set.is_some());
+    let info = within(
+        COMMAND_TIMEOUT,
+        redis::cmd("INFO").arg("server").query_async::<String>(con),
+    )
+    .await;
+    let now_run = info.ok().and_then(|i| {
+        i.lines()
+            .find_map(|l| l.trim().strip_prefix("run_id:").map(str::to_string))
+    });
+    let restarted = matches!((&*run_id, &now_run), (Some(a), Some(b)) if a != b);
+    if now_run.is_some() {
+        *run_id = now_run;
+    }
+    emptied || restarted
+}
+
+/// Where the master is now (a failover moves new connections to the promoted one): true
+/// when it moved. Sentinels that do not answer leave the master last located serving.
+async fn follow_master(clients: &RedisClients, health: &Health, answered: &mut bool) -> bool {
+    match clients.locate().await {
+        Ok(Located::Moved) => {
+            tracing::info!(store = %health.store, "the sentinels name another master; connecting to it");
+            *answered = true;
+            true
+        }
+        Ok(Located::Same) => {
+            *answered = true;
+            false
+        }
+        Err(why) => {
+            if std::mem::take(answered) {
+                tracing::warn!(store = %health.store, error = %why, "no sentinel names the master; the last one located serves on");
+            }
+            false
+        }
+    }
+}
+
+/// Whether the server is the master, by `ROLE`; notes whether it has replicas. A server that
+/// refuses `ROLE` (a managed service's restricted user) counts as the master.
+async fn is_master(con: &mut redis::aio::MultiplexedConnection, health: &Health) -> bool {
+    let role = within(
+        COMMAND_TIMEOUT,
+        redis::cmd("ROLE").query_async::<redis::Value>(con),
+    )
+    .await;
+    let Ok(redis::Value::Array(parts)) = role else {
+        return true;
+    };
+    let word = match parts.first() {
+        Some(redis::Value::BulkString(w)) => String::from_utf8_lossy(w).into_owned(),
+        Some(redis::Value::SimpleString(w)) => w.clone(),
+        _ => return true,
+    };
+    if word != "master" {
+        return false;
+    }
+    if let Some(redis::Value::Array(replicas)) = parts.get(2) {
+        health
+            .replicas
+            .store(replicas.len() as u32, Ordering::SeqCst);
+    }
+    true
+}
+
 /// Forwards change notifications from Redis to the local watches, reconnecting for as long
-/// as the process runs. The refresher also polls, so a lost message only delays a waiter.
+/// as the process runs, and to the new master when it moved. The refresher also polls, so a
+/// lost message only delays a waiter.
 async fn forward_changes(
     clients: Arc<RedisClients>,
     pattern: String,
@@ -973,14 +1215,31 @@ async fn forward_changes(
 ) {
     use futures::StreamExt;
     loop {
-        let client = clients.client();
-        let connected = tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_async_pubsub()).await;
-        if let Ok(Ok(mut pubsub)) = connected {
+        let generation = clients.generation();
+        let connected = match clients.client().await {
+            Ok(client) => tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_async_pubsub())
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(_) => None,
+        };
+        if let Some(mut pubsub) = connected {
             if pubsub.psubscribe(&pattern).await.is_ok() {
                 let mut messages = pubsub.on_message();
-                while let Some(message) = messages.next().await {
-                    if let Some(name) = channels.get(message.get_channel_name()) {
-                        local.changed(name);
+                let mut moved = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        message = messages.next() => match message {
+                            Some(message) => {
+                                if let Some(name) = channels.get(message.get_channel_name()) {
+                                    local.changed(name);
+                                }
+                            }
+                            None => break,
+                        },
+                        _ = moved.tick() => if clients.generation() != generation {
+                            break;
+                        },
                     }
                 }
             }
@@ -1032,6 +1291,7 @@ impl TokenStore for RedisStore {
                 WriteRule::IfGeneration(expected),
                 generation,
                 sealed,
+                token.refresh_token.is_some(),
             )
             .await?;
         if saved {
@@ -1044,8 +1304,15 @@ impl TokenStore for RedisStore {
 
     async fn refill(&self, credential: &str, set: &StoredSet) -> Result<bool, StoreError> {
         let sealed = seal_set(&self.sealer, set, &self.aad(credential))?;
-        self.write_set(credential, WriteRule::IfNewer, set.generation, sealed)
-            .await
+        let confirm = set.token.refresh_token.is_some();
+        self.write_set(
+            credential,
+            WriteRule::IfNewer,
+            set.generation,
+            sealed,
+            confirm,
+        )
+        .await
     }
 
     async fn remove(&self, credential: &str) -> Result<(), StoreError> {

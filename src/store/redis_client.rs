@@ -5,11 +5,11 @@
 //! certificates at the handshake only. A changed set that cannot be used (a certificate
 //! written before its key, say) is reported once and the previous set stays in use.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
@@ -48,14 +48,57 @@ pub enum Reload {
     Refused(TlsFilesError),
 }
 
+/// Where the master is: one address, or wherever the sentinels say it is now.
+enum Topology {
+    Single,
+    Sentinel {
+        sentinels: Vec<redis::ConnectionInfo>,
+        master_name: String,
+        /// The sentinel that answered last, asked first next time.
+        first: AtomicUsize,
+    },
+}
+
+/// The Redis servers bearerd talks to, resolved from the config.
+pub enum RedisTarget<'a> {
+    Url(&'a SecretString),
+    Sentinel {
+        sentinels: &'a [SecretString],
+        master_name: &'a str,
+    },
+}
+
+/// What locating the master found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Located {
+    /// Where it was (or a single server).
+    Same,
+    /// The sentinels name another master: new connections go there.
+    Moved,
+}
+
 pub struct RedisClients {
-    info: redis::ConnectionInfo,
+    topology: Topology,
+    /// The master's address and handshake (user, password, database) as last located; the
+    /// url's for a single server. `None` until the sentinels first answered.
+    master: Mutex<Option<redis::ConnectionInfo>>,
     tls: RedisTls,
-    current: ArcSwap<redis::Client>,
-    /// Counts the sets put in use; a connection built from an older one is rebuilt.
+    /// The client for new connections to the master.
+    current: ArcSwapOption<redis::Client>,
+    /// The TLS files' contents in use, for clients to other addresses (sentinels, a master
+    /// that moved).
+    certificates: Mutex<Option<redis::TlsCertificates>>,
+    /// Counts the clients put in use (renewed files, a master that moved); a connection
+    /// built from an older one is rebuilt.
     generation: AtomicU64,
     /// The TLS files as last read, and the client built from the last good set.
-    files: Watched<redis::Client>,
+    files: Watched<BuiltSet>,
+}
+
+/// A client and the certificates it was built with.
+struct BuiltSet {
+    client: Option<redis::Client>,
+    certificates: redis::TlsCertificates,
 }
 
 /// The files' bytes, read together.
@@ -102,40 +145,170 @@ impl TlsFiles {
     }
 }
 
+/// A url as the client reads it; errors never quote it (it may hold a password).
+fn connection_info(url: &SecretString, what: &str) -> Result<redis::ConnectionInfo, StoreError> {
+    redis::IntoConnectionInfo::into_connection_info(url.expose_secret().trim())
+        .map_err(|e| StoreError::Invalid(format!("redis store: unusable {what}: {:?}", e.kind())))
+}
+
 impl RedisClients {
-    /// The client for `url`, with the TLS files read now. Errors never quote the url (it may
-    /// hold a password).
-    pub fn new(url: &SecretString, tls: &RedisTls) -> Result<RedisClients, StoreError> {
-        let info = redis::IntoConnectionInfo::into_connection_info(url.expose_secret().trim())
-            .map_err(|e| {
-                StoreError::Invalid(format!("redis store: unusable url: {:?}", e.kind()))
-            })?;
-        let files = Watched::default();
-        let client = if tls.ca_file.is_none() && tls.identity.is_none() {
-            let client = redis::Client::open(info.clone()).map_err(|e| {
-                StoreError::Invalid(format!("redis store: unusable url: {:?}", e.kind()))
-            })?;
-            Arc::new(client)
-        } else {
-            let seen = files
+    /// The clients for `target`, with the TLS files read now. Nothing is sent yet (the
+    /// sentinels are first asked at the first connection).
+    pub fn new(target: RedisTarget<'_>, tls: &RedisTls) -> Result<RedisClients, StoreError> {
+        let (topology, master) = match target {
+            RedisTarget::Url(url) => (Topology::Single, Some(connection_info(url, "url")?)),
+            RedisTarget::Sentinel {
+                sentinels,
+                master_name,
+            } => {
+                let sentinels = sentinels
+                    .iter()
+                    .enumerate()
+                    .map(|(i, url)| connection_info(url, &format!("sentinels entry {}", i + 1)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let topology = Topology::Sentinel {
+                    sentinels,
+                    master_name: master_name.to_string(),
+                    first: AtomicUsize::new(0),
+                };
+                (topology, None)
+            }
+        };
+        let clients = RedisClients {
+            topology,
+            master: Mutex::new(master.clone()),
+            tls: tls.clone(),
+            current: ArcSwapOption::empty(),
+            certificates: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            files: Watched::default(),
+        };
+        if clients.has_tls_files() {
+            let seen = clients
+                .files
                 .look(TlsFiles::read(tls), TlsFiles::fingerprint, |f| {
-                    build(&info, tls, f)
+                    build(master.as_ref(), tls, f)
                 })
                 .map_err(|m| StoreError::Invalid(format!("redis store: {m}")))?;
-            Arc::clone(seen.value())
-        };
-        Ok(RedisClients {
-            info,
-            tls: tls.clone(),
-            current: ArcSwap::new(client),
-            generation: AtomicU64::new(0),
-            files,
-        })
+            clients.put_in_use(seen.value());
+        } else if let Some(info) = master {
+            let client = redis::Client::open(info).map_err(|e| {
+                StoreError::Invalid(format!("redis store: unusable url: {:?}", e.kind()))
+            })?;
+            clients.current.store(Some(Arc::new(client)));
+        }
+        Ok(clients)
     }
 
-    /// The client for new connections.
-    pub fn client(&self) -> redis::Client {
-        (**self.current.load()).clone()
+    fn put_in_use(&self, set: &BuiltSet) {
+        *lock(&self.certificates) = Some(set.certificates.clone());
+        self.current.store(set.client.clone().map(Arc::new));
+    }
+
+    /// The client for new connections to the master. With sentinels, they are asked first
+    /// when no master is known yet.
+    pub async fn client(&self) -> Result<redis::Client, RedisFailure> {
+        if let Some(client) = self.current.load_full() {
+            return Ok((*client).clone());
+        }
+        self.locate().await?;
+        self.current
+            .load_full()
+            .map(|c| (*c).clone())
+            .ok_or_else(|| RedisFailure::Refused("no master located".into()))
+    }
+
+    /// A client for another address with this store's TLS files (a sentinel, a master that
+    /// moved).
+    fn client_for(&self, info: redis::ConnectionInfo) -> Result<redis::Client, RedisFailure> {
+        let certificates = lock(&self.certificates).clone();
+        match certificates {
+            Some(c) => redis::Client::build_with_tls(info, c),
+            None => redis::Client::open(info),
+        }
+        .map_err(|e| RedisFailure::Refused(format!("unusable address: {:?}", e.kind())))
+    }
+
+    /// Asks the sentinels where the master is now (the one that answered last first); a
+    /// master that moved gets the client of new connections. A single server never moves.
+    pub async fn locate(&self) -> Result<Located, RedisFailure> {
+        let Topology::Sentinel {
+            sentinels,
+            master_name,
+            first,
+        } = &self.topology
+        else {
+            return Ok(Located::Same);
+        };
+        let start = first.load(Ordering::Relaxed);
+        let mut last_failure = RedisFailure::Refused("no sentinel configured".into());
+        for i in (0..sentinels.len()).map(|k| (start + k) % sentinels.len()) {
+            match self.ask_sentinel(&sentinels[i], master_name).await {
+                Ok(Some((host, port))) => {
+                    first.store(i, Ordering::Relaxed);
+                    return self.master_at(&sentinels[i], host, port);
+                }
+                Ok(None) => {
+                    last_failure = RedisFailure::Refused(format!(
+                        "sentinel {} knows no master named {master_name:?}",
+                        i + 1
+                    ))
+                }
+                Err(why) => {
+                    last_failure = RedisFailure::Refused(format!("sentinel {}: {why}", i + 1))
+                }
+            }
+        }
+        Err(last_failure)
+    }
+
+    async fn ask_sentinel(
+        &self,
+        sentinel: &redis::ConnectionInfo,
+        master_name: &str,
+    ) -> Result<Option<(String, u16)>, RedisFailure> {
+        let client = self.client_for(sentinel.clone())?;
+        let mut con = within(CONNECT_TIMEOUT, connect_plain(&client)).await?;
+        within(
+            COMMAND_TIMEOUT,
+            redis::cmd("SENTINEL")
+                .arg("GET-MASTER-ADDR-BY-NAME")
+                .arg(master_name)
+                .query_async(&mut con),
+        )
+        .await
+    }
+
+    /// The master is at `host:port`, reached as `sentinel` is (TLS, user, password,
+    /// database): a new address gets a new client.
+    fn master_at(
+        &self,
+        sentinel: &redis::ConnectionInfo,
+        host: String,
+        port: u16,
+    ) -> Result<Located, RedisFailure> {
+        let addr = match sentinel.addr() {
+            redis::ConnectionAddr::TcpTls { .. } => redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                tls_params: None,
+            },
+            _ => redis::ConnectionAddr::Tcp(host, port),
+        };
+        let mut master = lock(&self.master);
+        let same = master
+            .as_ref()
+            .is_some_and(|m| m.addr().to_string() == addr.to_string());
+        if same && self.current.load().is_some() {
+            return Ok(Located::Same);
+        }
+        let info = sentinel.clone().set_addr(addr);
+        let client = self.client_for(info.clone())?;
+        *master = Some(info);
+        self.current.store(Some(Arc::new(client)));
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        Ok(Located::Moved)
     }
 
     pub fn generation(&self) -> u64 {
@@ -147,19 +320,27 @@ impl RedisClients {
         self.tls.ca_file.is_some() || self.tls.identity.is_some()
     }
 
+    /// The url of the master as last located (for a rotation helper, which connects by
+    /// itself); `None` before the sentinels answered.
+    pub fn master_url(&self) -> Option<SecretString> {
+        let master = lock(&self.master).clone()?;
+        Some(SecretString::from(url_of(&master)))
+    }
+
     /// Reads the TLS files again and puts a changed, usable set in use.
     pub fn reload(&self) -> Reload {
         if !self.has_tls_files() {
             return Reload::Unchanged;
         }
+        let master = lock(&self.master).clone();
         let seen = self
             .files
             .look(TlsFiles::read(&self.tls), TlsFiles::fingerprint, |f| {
-                build(&self.info, &self.tls, f)
+                build(master.as_ref(), &self.tls, f)
             });
         match seen {
-            Ok(Seen::Renewed(client)) => {
-                self.current.store(client);
+            Ok(Seen::Renewed(set)) => {
+                self.put_in_use(&set);
                 self.generation.fetch_add(1, Ordering::SeqCst);
                 Reload::Renewed
             }
@@ -176,14 +357,46 @@ impl RedisClients {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A url that reads back as `info` (user and password percent-encoded).
+fn url_of(info: &redis::ConnectionInfo) -> String {
+    use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+    let (scheme, host, port) = match info.addr() {
+        redis::ConnectionAddr::TcpTls { host, port, .. } => ("rediss", host.clone(), *port),
+        redis::ConnectionAddr::Tcp(host, port) => ("redis", host.clone(), *port),
+        redis::ConnectionAddr::Unix(_) => ("redis", String::new(), 0),
+        // The enum is non-exhaustive; bearerd builds only the kinds above.
+        _ => ("redis", String::new(), 0),
+    };
+    let settings = info.redis_settings();
+    let enc = |s: &str| utf8_percent_encode(s, NON_ALPHANUMERIC).to_string();
+    let userinfo = match (settings.username(), settings.password()) {
+        (None, None) => String::new(),
+        (user, password) => format!(
+            "{}:{}@",
+            user.map(enc).unwrap_or_default(),
+            password.map(enc).unwrap_or_default()
+        ),
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    format!("{scheme}://{userinfo}{host}:{port}/{}", settings.db())
+}
+
 /// A client with these files, checked first as the config check does (a certificate that
 /// parses, a client certificate that matches its key), so a half-written set is refused
-/// here rather than at every handshake.
+/// here rather than at every handshake. No client before the master is located.
 fn build(
-    info: &redis::ConnectionInfo,
+    info: Option<&redis::ConnectionInfo>,
     tls: &RedisTls,
     files: TlsFiles,
-) -> Result<redis::Client, TlsFilesError> {
+) -> Result<BuiltSet, TlsFilesError> {
     // The bytes read, not the files again: they may have changed since.
     if let (Some(path), Some(ca)) = (&tls.ca_file, &files.ca) {
         crate::material::parse_ca_pem(path, ca)?;
@@ -202,11 +415,16 @@ fn build(
         },
         root_cert: files.ca,
     };
-    redis::Client::build_with_tls(info.clone(), certificates).map_err(|source| {
-        TlsFilesError::Unusable {
+    let client = info
+        .map(|info| redis::Client::build_with_tls(info.clone(), certificates.clone()))
+        .transpose()
+        .map_err(|source| TlsFilesError::Unusable {
             files: tls.describe(),
             source,
-        }
+        })?;
+    Ok(BuiltSet {
+        client,
+        certificates,
     })
 }
 
@@ -249,7 +467,7 @@ mod tests {
             }),
         };
         let url = SecretString::from("rediss://127.0.0.1:1/0".to_string());
-        let clients = RedisClients::new(&url, &tls).unwrap();
+        let clients = RedisClients::new(RedisTarget::Url(&url), &tls).unwrap();
         assert!(matches!(clients.reload(), Reload::Unchanged));
         assert_eq!(clients.generation(), 0);
 

@@ -25,7 +25,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::journal::{open_entry, seal_entry, JournalEntry};
-use super::redis_client::{connect_plain, within, RedisClients, RedisFailure, COMMAND_TIMEOUT};
+use super::redis_client::{
+    connect_plain, within, RedisClients, RedisFailure, RedisTarget, COMMAND_TIMEOUT,
+};
 use super::sealed::Sealer;
 use super::StoreError;
 use crate::config::{ClientIdentity, RedisTls};
@@ -57,8 +59,10 @@ pub struct RedisJournalTarget {
 pub struct RedisJournalReader {
     clients: Arc<RedisClients>,
     connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    /// The client generation the connection was made with: a master that moved (or renewed
+    /// TLS files) means a new connection.
+    built_from: std::sync::atomic::AtomicU64,
     sealer: Sealer,
-    url: SecretString,
     tls: RedisTls,
     key: [u8; 32],
 }
@@ -70,15 +74,14 @@ fn b64() -> base64::engine::GeneralPurpose {
 impl RedisJournalReader {
     pub(super) fn new(
         clients: Arc<RedisClients>,
-        url: &SecretString,
         tls: &RedisTls,
         key: &[u8; 32],
     ) -> RedisJournalReader {
         RedisJournalReader {
             clients,
             connection: tokio::sync::Mutex::new(None),
+            built_from: std::sync::atomic::AtomicU64::new(0),
             sealer: Sealer::new(key),
-            url: url.clone(),
             tls: tls.clone(),
             key: *key,
         }
@@ -87,7 +90,7 @@ impl RedisJournalReader {
     /// The target of one record, named by the store (`{prefix}:…:{suffix}`).
     pub(super) fn target(&self, prefix: &str, suffix: &str) -> RedisJournalTarget {
         RedisJournalTarget {
-            url: self.url.expose_secret().to_string(),
+            url: self.master_url(),
             ca_file: self.tls.ca_file.clone(),
             identity: self.tls.identity.clone(),
             key: b64().encode(self.key),
@@ -97,12 +100,40 @@ impl RedisJournalReader {
         }
     }
 
+    /// The master's url as last located (empty before it was: a helper then journals
+    /// nothing, and no lease was given either).
+    fn master_url(&self) -> String {
+        self.clients
+            .master_url()
+            .map(|u| u.expose_secret().to_string())
+            .unwrap_or_default()
+    }
+
+    /// `target` pointed at the master as it is now (it may have moved since the target was
+    /// made).
+    pub fn current(&self, target: &RedisJournalTarget) -> RedisJournalTarget {
+        RedisJournalTarget {
+            url: self.master_url(),
+            ..target.clone()
+        }
+    }
+
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        use std::sync::atomic::Ordering;
         let mut slot = self.connection.lock().await;
+        let generation = self.clients.generation();
+        if self.built_from.swap(generation, Ordering::SeqCst) != generation {
+            *slot = None;
+        }
         let mut con = match slot.as_ref() {
             Some(c) => c.clone(),
             None => {
-                let c = within(COMMAND_TIMEOUT * 2, connect_plain(&self.clients.client()))
+                let client = self
+                    .clients
+                    .client()
+                    .await
+                    .map_err(|e| unavailable(e.to_string()))?;
+                let c = within(COMMAND_TIMEOUT * 2, connect_plain(&client))
                     .await
                     .map_err(|e| unavailable(e.to_string()))?;
                 *slot = Some(c.clone());
@@ -201,8 +232,9 @@ impl RedisJournalTarget {
             ca_file: self.ca_file.clone(),
             identity: self.identity.clone(),
         };
-        let clients = RedisClients::new(&SecretString::from(self.url.clone()), &tls)?;
-        let con = within(COMMAND_TIMEOUT * 2, connect_plain(&clients.client())).await?;
+        let url = SecretString::from(self.url.clone());
+        let clients = RedisClients::new(RedisTarget::Url(&url), &tls)?;
+        let con = within(COMMAND_TIMEOUT * 2, connect_plain(&clients.client().await?)).await?;
         Ok(HelperJournalConnection {
             target: self.clone(),
             sealer: Sealer::new(&key),

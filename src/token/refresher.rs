@@ -461,9 +461,15 @@ async fn release(cred: &Credential, lease: Option<Lease>) {
     }
 }
 
+/// How long a holder goes on writing a set with a refresh token that the store (or its
+/// replicas) did not confirm, before it gives the lease up anyway.
+const CONFIRM_FOR: Duration = Duration::from_secs(30);
+
 /// Saves a token set with compare-and-set; a failure is recorded on the slot (the set is
-/// kept in memory), and a newer set that someone else saved is left as it is.
-async fn save(cred: &Credential, record: &StoredToken) {
+/// kept in memory), and a newer set that someone else saved is left as it is. True when a
+/// set with a refresh token did not reach the store, or its replicas, for a reason that may
+/// pass (see [`store_until_confirmed`]).
+async fn save(cred: &Credential, record: &StoredToken) -> bool {
     let slot = &cred.slot;
     let mut outcome = cred.save_set(record).await;
     if let (Ok(SaveOutcome::Conflict { current: None }), Some(held)) =
@@ -505,18 +511,68 @@ async fn save(cred: &Credential, record: &StoredToken) {
         Err(e) => {
             tracing::error!(credential = &*slot.name, error = %e, "could not persist the token set; it is kept in memory");
             slot.record_store_error(e.to_string());
+            return e.is_transient() && record.refresh_token.is_some();
         }
     }
+    false
 }
 
-/// Writes the new token set durably. Runs before the token is published.
+/// Writes a set that holds a refresh token again until the store confirms it (its replicas
+/// too, by `min_replicas_acked`), for at most [`CONFIRM_FOR`]; the caller holds the lease
+/// meanwhile. Released earlier, another replica could send the refresh token this set
+/// replaced, should a failover lose the write, and a strict provider revokes the grant.
+async fn store_until_confirmed(cred: &Credential, record: &StoredToken) {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(200);
+    let mut tries = 1;
+    while started.elapsed() < CONFIRM_FOR {
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(1));
+        tries += 1;
+        match cred.save_set(record).await {
+            Ok(SaveOutcome::Saved { .. }) => {
+                tracing::info!(
+                    credential = &*cred.slot.name,
+                    tries,
+                    "the token set is stored and confirmed"
+                );
+                return;
+            }
+            Ok(SaveOutcome::Conflict { current }) => {
+                tracing::warn!(
+                    credential = &*cred.slot.name,
+                    stored_generation = current.map(|c| c.generation),
+                    "a newer token set was saved meanwhile; this one is not written over it"
+                );
+                return;
+            }
+            Err(e) if e.is_transient() => {
+                // Said on the slot once the new token is out (publishing it cleared the
+                // error the first try recorded).
+                if tries == 2 {
+                    cred.slot.record_store_error(e.to_string());
+                }
+                tracing::debug!(credential = &*cred.slot.name, error = %e, "the token set is not confirmed yet; trying again under the lease");
+            }
+            Err(e) => {
+                cred.slot.record_store_error(e.to_string());
+                return;
+            }
+        }
+    }
+    tracing::error!(credential = &*cred.slot.name, tries, "the store did not confirm the token set in time; the lease goes, and the set is kept in memory (it is written back when the store looks empty)");
+}
+
+/// Writes the new token set durably. Runs before the token is published. Returns the
+/// record when it must be written again (see [`save`]).
 async fn persist(
     cred: &Credential,
     token: &IssuedToken,
     issued: SystemTime,
     lifetime: Option<Duration>,
-) {
-    save(cred, &record_of(cred, token, issued, lifetime).await).await;
+) -> Option<StoredToken> {
+    let record = record_of(cred, token, issued, lifetime).await;
+    save(cred, &record).await.then_some(record)
 }
 
 /// The store record of an issued token.
@@ -577,13 +633,12 @@ async fn attempt(cred: &Credential, trigger: Trigger) {
         (Some(s), Trigger::StepUp) => s.arm(),
         _ => Vec::new(),
     };
-    let result = while_holding(
+    let (result, unconfirmed) = while_holding(
         cred,
         &lease,
         obtain_and_persist(cred, requested_wall, &lifetime_of),
     )
     .await;
-    release(cred, lease).await;
     if let (Some(s), false) = (&step_up, asked.is_empty()) {
         s.finish(&asked, step_up_result(&result));
     }
@@ -629,6 +684,12 @@ async fn attempt(cred: &Credential, trigger: Trigger) {
         }
         Err(e) => failed(&e.kind, &e.message, e.permanent, e.retry_after),
     };
+    // The new token serves from now on; its refresh token is confirmed before the lease
+    // goes.
+    if let (Some(record), Some(_)) = (&unconfirmed, &lease) {
+        while_holding(cred, &lease, store_until_confirmed(cred, record)).await;
+    }
+    release(cred, lease).await;
     end_token_request_span(span, outcome);
     if let Some(result) = outcome {
         slot.count_attempt(trigger, result, elapsed);
@@ -705,16 +766,22 @@ fn drilled_attempt(
 
 /// One token request, and what it leaves in the store: the issued set, a rotated refresh
 /// token kept from an unusable answer, or a dropped grant's refresh token gone.
+/// The token request, and the write of what it gave; the record when it must be written
+/// again under the lease (see [`save`]).
 async fn obtain_and_persist(
     cred: &Credential,
     requested_wall: SystemTime,
     lifetime_of: &impl Fn(&IssuedToken) -> Option<Duration>,
-) -> Result<GrantOutcome, crate::oauth::GrantError> {
+) -> (
+    Result<GrantOutcome, crate::oauth::GrantError>,
+    Option<StoredToken>,
+) {
     let grant = &cred.grant;
     let result = grant.obtain().await;
+    let mut unconfirmed = None;
     match &result {
         Ok(GrantOutcome::Issued(t)) if grant.persists() => {
-            persist(cred, t, requested_wall, lifetime_of(t)).await
+            unconfirmed = persist(cred, t, requested_wall, lifetime_of(t)).await;
         }
         Err(e) if e.rotated_refresh_token.is_some() => {
             // The provider rotated but its answer was unusable: keep the new refresh
@@ -735,7 +802,9 @@ async fn obtain_and_persist(
                     .is_some_and(|d| d.bound && d.key.expose_secret() == now.key.expose_secret());
                 stored.dpop = Some(now);
             }
-            save(cred, &stored).await;
+            if save(cred, &stored).await {
+                unconfirmed = Some(stored);
+            }
         }
         Err(e) if e.drops_refresh_token() && grant.forgets_refresh_token_on_failure() => {
             // The provider dropped the grant: the stored refresh token goes too.
@@ -747,7 +816,7 @@ async fn obtain_and_persist(
         }
         _ => {}
     }
-    result
+    (result, unconfirmed)
 }
 
 /// How a step-up attempt's token request went, for the step-up's record.

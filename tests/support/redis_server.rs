@@ -14,6 +14,8 @@ pub struct RedisServer {
     /// When set, the server speaks TLS only, with this CA's server certificate, and asks
     /// every client for a certificate from it (`tls-auth-clients yes`).
     pub tls: Option<TestPki>,
+    /// A replica's master port (`--replicaof 127.0.0.1 <port>`).
+    replica_of: Option<u16>,
 }
 
 impl RedisServer {
@@ -26,7 +28,16 @@ impl RedisServer {
         Self::start_with(true)
     }
 
+    /// A replica of the server on `master_port`, once it answers (it syncs by itself).
+    pub fn start_replica_of(master_port: u16) -> RedisServer {
+        Self::start_as(false, Some(master_port))
+    }
+
     fn start_with(tls: bool) -> RedisServer {
+        Self::start_as(tls, None)
+    }
+
+    fn start_as(tls: bool, replica_of: Option<u16>) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("bearerd-redis-{}", super::rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
         let tls = tls.then(|| TestPki::generate(&dir.join("pki")));
@@ -35,6 +46,7 @@ impl RedisServer {
             child: None,
             dir,
             tls,
+            replica_of,
         };
         // The port picked can be taken by another test before redis-server binds it; then
         // that server exits, and the test must not go on against somebody else's server.
@@ -63,6 +75,9 @@ impl RedisServer {
                 .arg(&pki.ca)
                 .args(["--tls-auth-clients", "yes"]),
         };
+        if let Some(master) = self.replica_of {
+            command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        }
         let mut child = command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(["--dir", &self.dir.display().to_string()])
@@ -213,6 +228,23 @@ impl RedisServer {
         self.restart_empty();
     }
 
+    /// Whether a replica's link to its master is up (it has synced).
+    pub fn replica_synced(&self) -> bool {
+        self.connection().is_some_and(|mut con| {
+            redis::cmd("INFO")
+                .arg("replication")
+                .query::<String>(&mut con)
+                .is_ok_and(|i| i.lines().any(|l| l.trim() == "master_link_status:up"))
+        })
+    }
+
+    /// Starts an empty server on the same port, as a replica of `master_port` (a master
+    /// that died comes back as the promoted one's replica).
+    pub fn restart_empty_as_replica_of(&mut self, master_port: u16) {
+        self.replica_of = Some(master_port);
+        self.restart_empty();
+    }
+
     /// Starts an empty server on the same port.
     pub fn restart_empty(&mut self) {
         self.kill();
@@ -232,6 +264,208 @@ impl Drop for RedisServer {
             // A frozen server would not die of SIGTERM; SIGKILL always works.
             self.kill();
         }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Sentinel group on loopback: a master, one replica, and three sentinels (quorum 2) that
+/// promote the replica about a second after the master stops answering.
+pub struct SentinelGroup {
+    /// The data servers; which one is the master changes with each failover.
+    pub servers: Vec<RedisServer>,
+    pub sentinels: Vec<Sentinel>,
+}
+
+pub const MASTER_NAME: &str = "mymaster";
+
+impl SentinelGroup {
+    pub fn start() -> SentinelGroup {
+        let master = RedisServer::start();
+        let replica = RedisServer::start_replica_of(master.port);
+        let group_master = master.port;
+        let sentinels = (0..3).map(|_| Sentinel::start(group_master)).collect();
+        let group = SentinelGroup {
+            servers: vec![master, replica],
+            sentinels,
+        };
+        group.wait_settled(group_master);
+        group
+    }
+
+    /// The sentinels' urls, for `store.sentinels`.
+    pub fn urls(&self) -> Vec<String> {
+        self.sentinels
+            .iter()
+            .map(|s| format!("redis://127.0.0.1:{}", s.port))
+            .collect()
+    }
+
+    /// The master's port as the first sentinel that answers names it.
+    pub fn master_port(&self) -> Option<u16> {
+        self.sentinels.iter().find_map(|s| s.master_port())
+    }
+
+    fn index_of(&self, port: u16) -> usize {
+        self.servers.iter().position(|s| s.port == port).unwrap()
+    }
+
+    /// Until every sentinel names `master` and the master's replica has synced.
+    fn wait_settled(&self, master: u16) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let named = self
+                .sentinels
+                .iter()
+                .all(|s| s.master_port() == Some(master));
+            let synced = self
+                .servers
+                .iter()
+                .filter(|s| s.port != master)
+                .all(RedisServer::replica_synced);
+            if named && synced {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the sentinel group never settled"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `kill -9` of the master; returns once the sentinels promoted the replica, and the
+    /// dead one is back, empty, as the new master's replica and synced. Returns how long
+    /// the master was gone (kill to promotion).
+    pub fn fail_over(&mut self) -> Duration {
+        let old = self.master_port().expect("a master");
+        let killed = Instant::now();
+        let i = self.index_of(old);
+        self.servers[i].kill();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let new = loop {
+            match self.master_port() {
+                Some(p) if p != old => break p,
+                _ => {}
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no sentinel promoted the replica"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let gone = killed.elapsed();
+        self.servers[i].restart_empty_as_replica_of(new);
+        self.wait_settled(new);
+        gone
+    }
+
+    /// Freezes every replica (SIGSTOP): writes reach the master only.
+    pub fn freeze_replicas(&self) {
+        let master = self.master_port();
+        for s in self.servers.iter().filter(|s| Some(s.port) != master) {
+            s.freeze();
+        }
+    }
+
+    pub fn thaw_replicas(&self) {
+        let master = self.master_port();
+        for s in self.servers.iter().filter(|s| Some(s.port) != master) {
+            s.thaw();
+        }
+    }
+
+    /// The server that is the master now.
+    pub fn master(&self) -> &RedisServer {
+        &self.servers[self.index_of(self.master_port().expect("a master"))]
+    }
+}
+
+/// A `redis-server --sentinel` on a free loopback port, with a config file of its own (a
+/// sentinel rewrites it). Killed on drop.
+pub struct Sentinel {
+    pub port: u16,
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Sentinel {
+    fn start(master_port: u16) -> Sentinel {
+        for _ in 0..5 {
+            let dir =
+                std::env::temp_dir().join(format!("bearerd-sentinel-{}", super::rand_suffix()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let port = super::free_addr().port();
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\nsentinel down-after-milliseconds {MASTER_NAME} 1000\nsentinel failover-timeout {MASTER_NAME} 3000\nsentinel parallel-syncs {MASTER_NAME} 1\n",
+                    dir.display()
+                ),
+            )
+            .unwrap();
+            let mut child = Command::new("redis-server")
+                .arg(&conf)
+                .arg("--sentinel")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server --sentinel (scripts/setup.sh installs redis-server)");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut up = false;
+            while Instant::now() < deadline {
+                if child.try_wait().ok().flatten().is_some() {
+                    break;
+                }
+                // Only our own process counts (another test may have taken the port).
+                if sentinel_pid(port) == Some(child.id()) {
+                    up = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if up {
+                return Sentinel { port, child, dir };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        panic!("no sentinel came up on any of 5 free ports");
+    }
+
+    /// The master's port as this sentinel names it.
+    pub fn master_port(&self) -> Option<u16> {
+        let mut con = sentinel_connection(self.port)?;
+        let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
+            .arg("GET-MASTER-ADDR-BY-NAME")
+            .arg(MASTER_NAME)
+            .query(&mut con)
+            .ok()?;
+        addr.map(|(_, port)| port)
+    }
+}
+
+fn sentinel_connection(port: u16) -> Option<redis::Connection> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+    client
+        .get_connection_with_timeout(Duration::from_millis(500))
+        .ok()
+}
+
+/// The process id of whatever answers on `port`.
+fn sentinel_pid(port: u16) -> Option<u32> {
+    let mut con = sentinel_connection(port)?;
+    let info: String = redis::cmd("INFO").arg("server").query(&mut con).ok()?;
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("process_id:"))
+        .and_then(|p| p.parse().ok())
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -294,7 +294,9 @@ impl Carrier for DurableRotation {
                     key: b64().encode(key.expose_secret()),
                     credential: self.credential.clone(),
                 },
-                HelperJournal::Redis { target, .. } => JournalTarget::Redis(target.clone()),
+                HelperJournal::Redis { target, reader } => {
+                    JournalTarget::Redis(reader.current(target))
+                }
             },
             replaces,
         };
