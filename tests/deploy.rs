@@ -202,6 +202,9 @@ fn config_passes_check_in(pod: &Pod, file: &Path) {
             Some(key) => match key.as_str() {
                 "store-key" => bearerd::store::generate_key(),
                 "redis-url" => "rediss://orders:from-a-secret@redis:6380/0".into(),
+                sentinel if sentinel.starts_with("redis-sentinel-") => {
+                    format!("rediss://orders:from-a-secret@{sentinel}.redis-headless:26379")
+                }
                 _ => "from-a-secret".into(),
             },
             None => {
