@@ -1428,12 +1428,13 @@ fn telemetry_is_checked_with_its_line() {
     assert_error(&extra_key, 19, &["sample_ratio", "unknown field"]);
 }
 
-/// Sentinel and `min_replicas_acked` mistakes are located (file, line, key) and never print a
-/// url: `url` and `sentinels` together, sentinels without `master_name` (or the name without
-/// sentinels), an empty list, a sentinel entry that is not a redis url, a count out of range;
-/// a right Sentinel store passes, with entries as secret references too.
+/// Sentinel, Cluster and `min_replicas_acked` mistakes are located (file, line, key) and never
+/// print a url: two of `url`, `sentinels` and `cluster_nodes` together, sentinels without
+/// `master_name` (or the name without sentinels), an empty list, an entry that is not a redis
+/// url, a count out of range; a right Sentinel store (entries as secret references too) and
+/// a right Cluster store pass.
 #[test]
-fn redis_sentinel_mistakes_are_located() {
+fn redis_sentinel_and_cluster_mistakes_are_located() {
     let with_store = |store: &str| {
         BASE.replace(
             "[credentials.crm]",
@@ -1450,6 +1451,10 @@ fn redis_sentinel_mistakes_are_located() {
         &with_store(&format!(
             "{sentinels}\nmaster_name = \"mymaster\"\nmin_replicas_acked = 1"
         )),
+    );
+    assert_passes(
+        "cluster.toml",
+        &with_store("cluster_nodes = [\"redis://:pw@node-0:7000\", \"redis://:pw@node-1:7000\"]"),
     );
     for (store, line, needles) in [
         (
@@ -1486,6 +1491,30 @@ fn redis_sentinel_mistakes_are_located() {
             format!("{sentinels}\nmaster_name = \"m\"\nmin_replicas_acked = 99"),
             10,
             vec!["store.min_replicas_acked", "0 (do not wait) to 16"],
+        ),
+        (
+            "url = \"redis://redis.example\"\ncluster_nodes = [\"redis://:hunter2@node-0:7000\"]"
+                .to_string(),
+            9,
+            vec![
+                "store.cluster_nodes",
+                "one of `url`, `sentinels` or `cluster_nodes`",
+            ],
+        ),
+        (
+            "cluster_nodes = []".to_string(),
+            8,
+            vec!["store.cluster_nodes", "at least one"],
+        ),
+        (
+            "cluster_nodes = [\"redis://:hunter2@node-0:7000\"]\nmaster_name = \"m\"".to_string(),
+            9,
+            vec!["store.master_name", "only applies with `sentinels`"],
+        ),
+        (
+            "cluster_nodes = [\"tcp://:hunter2@node-0:7000\"]".to_string(),
+            8,
+            vec!["store.cluster_nodes", "redis:// or rediss://"],
         ),
     ] {
         let text = with_store(&store);

@@ -1367,11 +1367,19 @@ async fn an_access_token_without_a_refresh_token_is_kept_to_its_expiry_across_a_
 
 // ---- Redis with failover: Sentinel, and writes the replicas confirm ----
 
-use support::redis_server::{SentinelGroup, MASTER_NAME};
+use support::redis_server::{ClusterGroup, SentinelGroup, MASTER_NAME};
 
 impl Fleet {
-    /// A sidecar config on the Sentinel group instead of the fleet's own Redis;
-    /// `store_lines` add to `[store]`.
+    /// A sidecar config on other Redis servers than the fleet's own: `servers` replaces its
+    /// `url` line in `[store]`.
+    fn config_on(&self, servers: &str, grant_lines: &str) -> String {
+        let url_line = format!("url = \"{}\"\n", self.redis.url());
+        let config = self.config(&self.redis, &self.key, grant_lines);
+        assert!(config.contains(&url_line));
+        config.replace(&url_line, servers)
+    }
+
+    /// A sidecar config on the Sentinel group; `store_lines` add to `[store]`.
     fn sentinel_config(
         &self,
         group: &SentinelGroup,
@@ -1379,16 +1387,11 @@ impl Fleet {
         grant_lines: &str,
     ) -> String {
         let urls: Vec<String> = group.urls().iter().map(|u| format!("{u:?}")).collect();
-        let url_line = format!("url = \"{}\"\n", self.redis.url());
-        let config = self.config(&self.redis, &self.key, grant_lines);
-        assert!(config.contains(&url_line));
-        config.replace(
-            &url_line,
-            &format!(
-                "sentinels = [{}]\nmaster_name = \"{MASTER_NAME}\"\n{store_lines}",
-                urls.join(", ")
-            ),
-        )
+        let servers = format!(
+            "sentinels = [{}]\nmaster_name = \"{MASTER_NAME}\"\n{store_lines}",
+            urls.join(", ")
+        );
+        self.config_on(&servers, grant_lines)
     }
 
     async fn sentinel_sidecar(
@@ -1398,6 +1401,14 @@ impl Fleet {
         grant_lines: &str,
     ) -> Replica {
         let s = start_sidecar(&self.sentinel_config(group, store_lines, grant_lines)).await;
+        wait_ready(&self.client, &s).await;
+        s
+    }
+
+    async fn cluster_sidecar(&self, cluster: &ClusterGroup, grant_lines: &str) -> Replica {
+        let urls: Vec<String> = cluster.urls().iter().map(|u| format!("{u:?}")).collect();
+        let servers = format!("cluster_nodes = [{}]\n", urls.join(", "));
+        let s = start_sidecar(&self.config_on(&servers, grant_lines)).await;
         wait_ready(&self.client, &s).await;
         s
     }
@@ -1737,4 +1748,174 @@ async fn a_save_with_a_refresh_token_waits_for_the_replica_and_is_retried_over_i
     eprintln!(
         "save of a set with a refresh token, per write: {figures:?} (min_replicas_acked, mean)"
     );
+}
+
+/// A token set with a refresh token, for the store-level tests.
+fn stored_with_refresh_token(rt: &str) -> bearerd::store::StoredToken {
+    let now = std::time::SystemTime::now();
+    bearerd::store::StoredToken {
+        access_token: secrecy::SecretString::from(format!("at-{rt}")),
+        issued_at: now,
+        expires_at: Some(now + Duration::from_secs(600)),
+        scopes: vec![],
+        refresh_token: Some(secrecy::SecretString::from(rt.to_string())),
+        logged_out: false,
+        spent_seed: None,
+        logout: None,
+        bound_to: None,
+        registration: None,
+        dpop: None,
+    }
+}
+
+/// The Redis store on a 3-master Redis Cluster: every operation works (key check, saves
+/// with compare-and-set, leases, a per-subject credential's records, index and listing,
+/// connect flows), and every key of one credential, its subjects included, hashes to one
+/// slot (a hash tag), so the scripts that touch several keys stay atomic on one node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_store_keeps_every_key_of_a_credential_in_one_slot() {
+    use bearerd::store::{LeaseAnswer, RedisStore, RedisTarget, SaveOutcome, TokenStore};
+    let cluster = tokio::task::block_in_place(ClusterGroup::start);
+    let nodes: Vec<secrecy::SecretString> = cluster
+        .urls()
+        .into_iter()
+        .map(secrecy::SecretString::from)
+        .collect();
+    let key = bearerd::store::parse_key(&bearerd::store::generate_key()).unwrap();
+    let names = ["api", "crm", "gmail", "drive", "mail"];
+    let credentials: Vec<(&str, String)> =
+        names.iter().map(|n| (*n, format!("binding-{n}"))).collect();
+    let store = RedisStore::new(
+        RedisTarget::Cluster { nodes: &nodes },
+        &Default::default(),
+        &key,
+        "app",
+        &credentials,
+        None,
+    )
+    .unwrap();
+    store.verify_key().await.unwrap();
+    for name in names {
+        let saved = store
+            .save(name, &stored_with_refresh_token(name), None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(saved, SaveOutcome::Saved { generation: 1 }),
+            "{saved:?}"
+        );
+        let again = store
+            .save(name, &stored_with_refresh_token(name), None)
+            .await
+            .unwrap();
+        assert!(matches!(again, SaveOutcome::Conflict { .. }), "{again:?}");
+        // The lease script with its settle record: two keys, one script, one node.
+        let settling = store
+            .lease(name, Duration::from_secs(6), true)
+            .await
+            .unwrap();
+        assert!(
+            matches!(settling, LeaseAnswer::Settling { .. }),
+            "{settling:?}"
+        );
+        let lease = match store
+            .lease(name, Duration::from_secs(6), false)
+            .await
+            .unwrap()
+        {
+            LeaseAnswer::Taken(lease) => lease,
+            other => panic!("{name}: {other:?}"),
+        };
+        assert!(matches!(
+            store
+                .lease(name, Duration::from_secs(6), false)
+                .await
+                .unwrap(),
+            LeaseAnswer::Held
+        ));
+        assert!(store.renew(&lease, Duration::from_secs(6)).await.unwrap());
+        store.release(&lease).await.unwrap();
+    }
+    for subject in ["alice@example.com", "bob@example.com", "carol@example.com"] {
+        let record = format!("gmail\n{subject}");
+        let saved = store
+            .save(&record, &stored_with_refresh_token(subject), None)
+            .await
+            .unwrap();
+        assert!(matches!(saved, SaveOutcome::Saved { .. }), "{saved:?}");
+    }
+    let listed = store.list("gmail\n", None, 10).await.unwrap();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    let loaded = store.load_many(&listed).await.unwrap();
+    assert!(loaded.iter().all(Option::is_some));
+    store.remove("gmail\nbob@example.com").await.unwrap();
+    assert_eq!(store.list("gmail\n", None, 10).await.unwrap().len(), 2);
+    use bearerd::store::FlowStore;
+    store
+        .put_connect("state-1", b"flow", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.take_connect("state-1").await.unwrap().as_deref(),
+        Some(&b"flow"[..])
+    );
+    assert_eq!(store.take_connect("state-1").await.unwrap(), None);
+
+    let dump = cluster.dump();
+    let mut nodes_used = std::collections::HashSet::new();
+    for name in names {
+        let keys: Vec<&(u16, String, String)> = dump
+            .iter()
+            .filter(|(_, k, _)| k.contains(&format!("{{{name}:")))
+            .collect();
+        assert!(
+            keys.len() >= 2,
+            "{name}: its set and settle record: {keys:?}"
+        );
+        let slots: std::collections::HashSet<i64> =
+            keys.iter().map(|(_, k, _)| cluster.slot(k)).collect();
+        assert_eq!(slots.len(), 1, "{name}'s keys in one slot: {keys:?}");
+        nodes_used.insert(keys[0].0);
+    }
+    let gmail = dump
+        .iter()
+        .filter(|(_, k, _)| k.contains("{gmail:"))
+        .count();
+    assert!(
+        gmail >= 4,
+        "gmail's two subjects, its index and its settle record: {gmail}"
+    );
+    eprintln!(
+        "5 credentials' keys on {} of the 3 masters",
+        nodes_used.len()
+    );
+}
+
+/// Two sidecars on a Redis Cluster share a rotating refresh token under load (3-second
+/// tokens, a strict provider): every request succeeds, no refresh token is sent twice, and
+/// the fleet makes the token requests of about one sidecar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_on_a_redis_cluster_sends_a_rotating_refresh_token_once() {
+    let f = Fleet::start(Duration::from_secs(3)).await;
+    let cluster = tokio::task::block_in_place(ClusterGroup::start);
+    let grant_lines = f.rotating_grant("");
+    let fleet = vec![
+        f.cluster_sidecar(&cluster, &grant_lines).await,
+        f.cluster_sidecar(&cluster, &grant_lines).await,
+    ];
+    let before = f.requests();
+    let (ok, bad) = fleet_load(&fleet, 4, Duration::from_secs(9)).await;
+    support::assert_all_2xx(&bad);
+    let made = f.requests() - before;
+    eprintln!("cluster fleet: {ok} requests, {made} token requests in 9 s");
+    assert!(made >= 2, "rotations happened: {made}");
+    assert!(made <= 6, "about one sidecar's token requests: {made}");
+    f.assert_grant_alive();
+    let sets = cluster
+        .dump()
+        .into_iter()
+        .filter(|(_, k, _)| k.contains(":set:{api:"))
+        .count();
+    assert_eq!(sets, 1, "the set lives in the cluster under its hash tag");
+    drop(fleet);
 }

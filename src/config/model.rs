@@ -61,6 +61,8 @@ pub enum RedisServers {
         sentinels: Vec<SecretRef>,
         master_name: String,
     },
+    /// A Redis Cluster, found from these nodes; a credential's keys share one hash slot.
+    Cluster(Vec<SecretRef>),
 }
 
 /// What a `rediss://` connection trusts and shows, beyond the system roots. Empty for

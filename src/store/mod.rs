@@ -294,7 +294,7 @@ pub fn open(
             let resolve = |s: &crate::config::SecretRef| {
                 s.resolve().map_err(|e| StoreError::Invalid(e.to_string()))
             };
-            let (url, sentinels);
+            let (url, sentinels, nodes);
             let target = match servers {
                 crate::config::RedisServers::Url(u) => {
                     url = resolve(u)?;
@@ -309,6 +309,10 @@ pub fn open(
                         sentinels: &sentinels,
                         master_name,
                     }
+                }
+                crate::config::RedisServers::Cluster(list) => {
+                    nodes = list.iter().map(resolve).collect::<Result<Vec<_>, _>>()?;
+                    redis_client::RedisTarget::Cluster { nodes: &nodes }
                 }
             };
             let store = RedisStore::new(

@@ -29,13 +29,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use secrecy::SecretString;
 use tokio::sync::watch;
 
 use super::codec::{open_set, seal_set, Unsealed};
 use super::redis_client::{
-    connect_plain, within, Located, RedisClients, RedisFailure, RedisTarget, Reload,
+    within, Located, RedisClients, RedisConnection, RedisFailure, RedisTarget, Reload,
     COMMAND_TIMEOUT, CONNECT_TIMEOUT,
 };
 use super::redis_journal::RedisJournalReader;
@@ -75,6 +74,9 @@ mod table {
             /// secret reference) that name the master of `master_name`.
             sentinels: Option<Vec<RawSecretRef>>,
             master_name: Option<String>,
+            /// Instead of `url`: nodes of a Redis Cluster (`redis://[user:pass@]host:7000`,
+            /// each may be a secret reference); the rest of the cluster is found from them.
+            cluster_nodes: Option<Vec<RawSecretRef>>,
             /// Replicas that must have a stored refresh token before it is used (`WAIT`).
             min_replicas_acked: Option<i64>,
             /// The key namespace, so several apps can share one Redis.
@@ -143,13 +145,58 @@ mod table {
         })
     }
 
-    /// `url`, or `sentinels` with `master_name`: one of them. Whether a url asks for TLS is
-    /// known once it is read: the check step.
+    /// Redis urls listed under `key` (sentinels, cluster nodes): at least one, each checked
+    /// as `url` is.
+    fn lower_url_list(
+        map: &SourceMap,
+        key: &str,
+        list: &[RawSecretRef],
+        tls_keys: &[crate::config::Place],
+    ) -> Result<Vec<crate::config::SecretRef>, ConfigError> {
+        if list.is_empty() {
+            return Err(map.error_at(
+                key,
+                "lists no server: give at least one, e.g. [\"redis://host:26379\"]",
+            ));
+        }
+        let mut urls = Vec::with_capacity(list.len());
+        for entry in list {
+            let url = map.lower_secret(key, entry)?;
+            map.check_later(
+                key,
+                Material::RedisUrl {
+                    url: url.clone(),
+                    tls_keys: tls_keys.to_vec(),
+                },
+            );
+            urls.push(url);
+        }
+        Ok(urls)
+    }
+
+    /// `url`, `sentinels` with `master_name`, or `cluster_nodes`: one of them. Whether a url
+    /// asks for TLS is known once it is read: the check step.
     fn lower_servers(
         map: &SourceMap,
         raw: &RawRedisStore,
         tls_keys: Vec<crate::config::Place>,
     ) -> Result<RedisServers, ConfigError> {
+        if let Some(nodes) = &raw.cluster_nodes {
+            if raw.url.is_some() || raw.sentinels.is_some() {
+                return Err(map.error_at(
+                    "store.cluster_nodes",
+                    "give one of `url`, `sentinels` or `cluster_nodes`: a cluster's nodes say where every key lives",
+                ));
+            }
+            if raw.master_name.is_some() {
+                return Err(map.error_at(
+                    "store.master_name",
+                    "only applies with `sentinels` (the name the sentinels monitor the master under)",
+                ));
+            }
+            let nodes = lower_url_list(map, "store.cluster_nodes", nodes, &tls_keys)?;
+            return Ok(RedisServers::Cluster(nodes));
+        }
         match (&raw.url, &raw.sentinels, &raw.master_name) {
             (Some(_), Some(_), _) => Err(map.error_at(
                 "store.sentinels",
@@ -175,29 +222,12 @@ mod table {
                 "needs `master_name = \"mymaster\"`, the name the sentinels monitor the master under",
             )),
             (None, Some(list), Some(name)) => {
-                if list.is_empty() {
-                    return Err(map.error_at(
-                        "store.sentinels",
-                        "lists no sentinel: give at least one, e.g. [\"redis://sentinel-0:26379\"]",
-                    ));
-                }
+                let sentinels = lower_url_list(map, "store.sentinels", list, &tls_keys)?;
                 if name.trim().is_empty() || name.chars().any(char::is_whitespace) {
                     return Err(map.error_at(
                         "store.master_name",
                         format!("{name:?} is not a master name (one word, as in `sentinel monitor <name> …`)"),
                     ));
-                }
-                let mut sentinels = Vec::with_capacity(list.len());
-                for entry in list {
-                    let sentinel = map.lower_secret("store.sentinels", entry)?;
-                    map.check_later(
-                        "store.sentinels",
-                        Material::RedisUrl {
-                            url: sentinel.clone(),
-                            tls_keys: tls_keys.clone(),
-                        },
-                    );
-                    sentinels.push(sentinel);
                 }
                 Ok(RedisServers::Sentinel {
                     sentinels,
@@ -206,7 +236,7 @@ mod table {
             }
             (None, None, _) => Err(map.error_at(
                 "store.backend",
-                "the redis store needs `url = { env = \"BEARERD_REDIS_URL\" }` (redis://[user:pass@]host:port/db, or rediss:// for TLS), or `sentinels = [\"redis://host:26379\", …]` with `master_name`",
+                "the redis store needs `url = { env = \"BEARERD_REDIS_URL\" }` (redis://[user:pass@]host:port/db, or rediss:// for TLS), or `sentinels = [\"redis://host:26379\", …]` with `master_name`, or `cluster_nodes = [\"redis://host:7000\", …]`",
             )),
         }
     }
@@ -437,7 +467,7 @@ return 0
 /// The store's connection, and the TLS files' generation it was made with.
 struct StoreConnection {
     built_from: u64,
-    con: ConnectionManager,
+    con: RedisConnection,
     /// After a failed attempt with renewed files: not before then again.
     retry_at: Option<Instant>,
 }
@@ -510,6 +540,18 @@ fn unkeyed_subject_hash(subject: &str) -> String {
     hashed
 }
 
+/// A credential's key suffix as a Redis Cluster hash tag (`{name:hash}`), so every key of
+/// the credential and of its subjects (`set:{c}:s:…`, `lease:…`, `settle:{c}`,
+/// `subjects:{c}`) hashes to one slot and a script that touches several of them runs on one
+/// node. On one server the names stay as they were (records written before stay found).
+fn hash_tagged(suffix: &str, cluster: bool) -> String {
+    if cluster {
+        format!("{{{suffix}}}")
+    } else {
+        suffix.to_string()
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -530,13 +572,12 @@ impl RedisStore {
     ) -> Result<RedisStore, StoreError> {
         let clients = Arc::new(RedisClients::new(target, tls)?);
         let journal_reader = Arc::new(RedisJournalReader::new(Arc::clone(&clients), tls, key));
+        let cluster = clients.is_cluster();
         let keys = credentials
             .iter()
             .map(|(name, binding)| {
-                (
-                    name.to_string(),
-                    format!("{name}:{}", binding_hash(binding)),
-                )
+                let suffix = format!("{name}:{}", binding_hash(binding));
+                (name.to_string(), hash_tagged(&suffix, cluster))
             })
             .collect();
         Ok(RedisStore {
@@ -597,7 +638,7 @@ impl RedisStore {
         self.keys
             .get(credential)
             .cloned()
-            .unwrap_or_else(|| credential.to_string())
+            .unwrap_or_else(|| hash_tagged(credential, self.clients.is_cluster()))
     }
 
     fn set_key(&self, credential: &str) -> String {
@@ -789,13 +830,9 @@ impl RedisStore {
     }
 
     /// A plain connection for a one-off check (at startup, off the service runtimes).
-    async fn connect_once(&self) -> Result<redis::aio::MultiplexedConnection, StoreError> {
-        let client = self
-            .clients
-            .client()
-            .await
-            .map_err(|why| self.unavailable(&why.to_string()))?;
-        within(CONNECT_TIMEOUT * 2, connect_plain(&client))
+    async fn connect_once(&self) -> Result<RedisConnection, StoreError> {
+        self.clients
+            .connect(false)
             .await
             .map_err(|why| self.unavailable(&why.to_string()))
     }
@@ -820,7 +857,7 @@ impl RedisStore {
         })
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    async fn connection(&self) -> Result<RedisConnection, StoreError> {
         if let Some(down) = self.known_down() {
             return Err(down);
         }
@@ -837,21 +874,7 @@ impl RedisStore {
                 return Ok(current.con.clone());
             }
         }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let connected = match self.clients.client().await {
-            Ok(client) => {
-                within(
-                    CONNECT_TIMEOUT * 2,
-                    ConnectionManager::new_with_config(client, config),
-                )
-                .await
-            }
-            Err(why) => Err(why),
-        };
+        let connected = self.clients.connect(true).await;
         match (connected, slot.as_mut()) {
             (Ok(con), _) => {
                 *slot = Some(StoreConnection {
@@ -946,7 +969,7 @@ impl RedisStore {
     async fn read_set(
         &self,
         credential: &str,
-        con: &mut ConnectionManager,
+        con: &mut RedisConnection,
     ) -> Result<Option<StoredSet>, StoreError> {
         let sealed: Option<String> = self
             .run(
@@ -1037,7 +1060,8 @@ async fn watch_health(
     (key_check_key, key_check): (String, String),
 ) {
     let begin_settle = redis::Script::new(BEGIN_SETTLE);
-    let mut connection: Option<redis::aio::MultiplexedConnection> = None;
+    let cluster = clients.is_cluster();
+    let mut connection: Option<RedisConnection> = None;
     // The server's run id as last seen: a new one means Redis restarted (or failed over)
     // since, perhaps empty, even when no ping failed in between.
     let mut run_id: Option<String> = None;
@@ -1063,11 +1087,7 @@ async fn watch_health(
         }
         let mut reconnected = false;
         if connection.is_none() {
-            let connected = match clients.client().await {
-                Ok(client) => within(CONNECT_TIMEOUT * 2, connect_plain(&client)).await,
-                Err(why) => Err(why),
-            };
-            match connected {
+            match clients.connect(false).await {
                 Ok(c) => {
                     connection = Some(c);
                     reconnected = true;
@@ -1084,7 +1104,7 @@ async fn watch_health(
         )
         .await
         {
-            Ok(_) if !is_master(con, &health).await => {
+            Ok(_) if !is_master(con, &health, cluster).await => {
                 // A demoted master (or a url that names a replica) takes no writes: down
                 // until the sentinels name the promoted one.
                 health.mark_down("the server answers as a replica, not as the master");
@@ -1102,16 +1122,17 @@ async fn watch_health(
                         server_restarted(con, &key_check_key, &key_check, &mut run_id).await;
                     if recovered || restarted {
                         // A server that may have lost writes settles from now, not from
-                        // the next lease (see `STORE_SETTLE`).
-                        let mut settle = begin_settle.prepare_invoke();
-                        for settle_key in &settle_keys {
-                            settle.key(settle_key);
-                        }
-                        settle.arg(settle_ms());
-                        if let Err(why) =
-                            within(COMMAND_TIMEOUT, settle.invoke_async::<i64>(con)).await
-                        {
-                            tracing::warn!(store = %health.store, error = %why, "could not start the store's settle; the next lease starts it");
+                        // the next lease (see `STORE_SETTLE`). A cluster's keys live on
+                        // several nodes: one script per credential there.
+                        let group = if cluster { 1 } else { settle_keys.len().max(1) };
+                        for keys in settle_keys.chunks(group) {
+                            let mut settle = begin_settle.prepare_invoke();
+                            settle.key(keys).arg(settle_ms());
+                            if let Err(why) =
+                                within(COMMAND_TIMEOUT, settle.invoke_async::<i64>(con)).await
+                            {
+                                tracing::warn!(store = %health.store, error = %why, "could not start the store's settle; the next lease starts it");
+                            }
                         }
                         local.changed_all();
                     }
@@ -1129,7 +1150,7 @@ async fn watch_health(
 /// key check (put back now), or it has another run id (it restarted, or another server took
 /// over), even when no ping failed in between.
 async fn server_restarted(
-    con: &mut redis::aio::MultiplexedConnection,
+    con: &mut RedisConnection,
     key_check_key: &str,
     key_check: &str,
     run_id: &mut Option<String>,
@@ -1139,6 +1160,11 @@ async fn server_restarted(
     let emptied = within(COMMAND_TIMEOUT, restore.query_async::<Option<String>>(con))
         .await
         .is_ok_and(|set| set.is_some());
+    // A cluster answers INFO from every node: its nodes' restarts are seen by the lease
+    // script on the node that holds each credential (see `TAKE_LEASE`).
+    if matches!(con, RedisConnection::Cluster(_)) {
+        return emptied;
+    }
     let info = within(
         COMMAND_TIMEOUT,
         redis::cmd("INFO").arg("server").query_async::<String>(con),
@@ -1178,8 +1204,15 @@ async fn follow_master(clients: &RedisClients, health: &Health, answered: &mut b
 }
 
 /// Whether the server is the master, by `ROLE`; notes whether it has replicas. A server that
-/// refuses `ROLE` (a managed service's restricted user) counts as the master.
-async fn is_master(con: &mut redis::aio::MultiplexedConnection, health: &Health) -> bool {
+/// refuses `ROLE` (a managed service's restricted user) counts as the master. A cluster
+/// routes to its masters itself: there, the fewest replicas any master has are noted.
+async fn is_master(con: &mut RedisConnection, health: &Health, cluster: bool) -> bool {
+    if cluster {
+        if let Some(replicas) = cluster_replicas(con).await {
+            health.replicas.store(replicas, Ordering::SeqCst);
+        }
+        return true;
+    }
     let role = within(
         COMMAND_TIMEOUT,
         redis::cmd("ROLE").query_async::<redis::Value>(con),
@@ -1204,6 +1237,31 @@ async fn is_master(con: &mut redis::aio::MultiplexedConnection, health: &Health)
     true
 }
 
+/// The fewest connected replicas any master of the cluster has, by `CLUSTER NODES`.
+async fn cluster_replicas(con: &mut RedisConnection) -> Option<u32> {
+    let nodes = within(
+        COMMAND_TIMEOUT,
+        redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async::<String>(con),
+    )
+    .await
+    .ok()?;
+    // `<id> <addr> <flags> <master id> <ping> <pong> <epoch> <link> <slots…>`
+    let lines: Vec<Vec<&str>> = nodes.lines().map(|l| l.split(' ').collect()).collect();
+    let masters = lines
+        .iter()
+        .filter(|f| f.len() > 8 && f[2].contains("master") && !f[2].contains("fail"));
+    masters
+        .map(|m| {
+            lines
+                .iter()
+                .filter(|f| f.len() > 7 && f[3] == m[0] && f[7] == "connected")
+                .count() as u32
+        })
+        .min()
+}
+
 /// Forwards change notifications from Redis to the local watches, reconnecting for as long
 /// as the process runs, and to the new master when it moved. The refresher also polls, so a
 /// lost message only delays a waiter.
@@ -1223,6 +1281,10 @@ async fn forward_changes(
                 .and_then(Result::ok),
             Err(_) => None,
         };
+        if connected.is_none() {
+            // A cluster: the next node (any node hears every publication).
+            clients.next_node();
+        }
         if let Some(mut pubsub) = connected {
             if pubsub.psubscribe(&pattern).await.is_ok() {
                 let mut messages = pubsub.on_message();

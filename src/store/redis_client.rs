@@ -57,6 +57,13 @@ enum Topology {
         /// The sentinel that answered last, asked first next time.
         first: AtomicUsize,
     },
+    /// A Redis Cluster: commands go to their key's slot master (the cluster client
+    /// follows the slot map); these nodes are where it starts.
+    Cluster {
+        nodes: Vec<redis::ConnectionInfo>,
+        /// The node the change subscription tries first (the next after one that failed).
+        first: AtomicUsize,
+    },
 }
 
 /// The Redis servers bearerd talks to, resolved from the config.
@@ -66,6 +73,52 @@ pub enum RedisTarget<'a> {
         sentinels: &'a [SecretString],
         master_name: &'a str,
     },
+    Cluster {
+        nodes: &'a [SecretString],
+    },
+}
+
+/// A connection to the store's data: one server (a plain multiplexed connection, or one
+/// that reconnects by itself), or a cluster that routes each command to its slot's master.
+#[derive(Clone)]
+pub enum RedisConnection {
+    Plain(redis::aio::MultiplexedConnection),
+    Managed(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            RedisConnection::Plain(c) => c.req_packed_command(cmd),
+            RedisConnection::Managed(c) => c.req_packed_command(cmd),
+            RedisConnection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            RedisConnection::Plain(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConnection::Managed(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConnection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConnection::Plain(c) => c.get_db(),
+            RedisConnection::Managed(c) => c.get_db(),
+            RedisConnection::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// What locating the master found.
@@ -172,6 +225,21 @@ impl RedisClients {
                     first: AtomicUsize::new(0),
                 };
                 (topology, None)
+            }
+            RedisTarget::Cluster { nodes } => {
+                let nodes = nodes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, url)| connection_info(url, &format!("cluster_nodes entry {}", i + 1)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                // New connections for the subscription go to a node; the data's go
+                // through the cluster client (see `connect`).
+                let first = nodes[0].clone();
+                let topology = Topology::Cluster {
+                    nodes,
+                    first: AtomicUsize::new(0),
+                };
+                (topology, Some(first))
             }
         };
         let clients = RedisClients {
@@ -313,6 +381,69 @@ impl RedisClients {
 
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Whether the store is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.topology, Topology::Cluster { .. })
+    }
+
+    /// The cluster's seed nodes as urls (for a rotation helper); empty for one server.
+    pub fn cluster_urls(&self) -> Vec<String> {
+        match &self.topology {
+            Topology::Cluster { nodes, .. } => nodes.iter().map(url_of).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// A connection to the data: for a cluster, one that routes each command to its slot's
+    /// master; otherwise a plain one to the master, or (`managed`) one that reconnects by
+    /// itself.
+    pub async fn connect(&self, managed: bool) -> Result<RedisConnection, RedisFailure> {
+        if let Topology::Cluster { nodes, .. } = &self.topology {
+            let mut builder = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(COMMAND_TIMEOUT)
+                .retries(2);
+            if let Some(certificates) = lock(&self.certificates).clone() {
+                builder = builder.certs(certificates);
+            }
+            let client = builder.build().map_err(|e| {
+                RedisFailure::Refused(format!("unusable cluster_nodes: {:?}", e.kind()))
+            })?;
+            let con = within(CONNECT_TIMEOUT * 2, client.get_async_connection()).await?;
+            return Ok(RedisConnection::Cluster(con));
+        }
+        let client = self.client().await?;
+        if !managed {
+            let con = within(CONNECT_TIMEOUT * 2, connect_plain(&client)).await?;
+            return Ok(RedisConnection::Plain(con));
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let con = within(
+            CONNECT_TIMEOUT * 2,
+            redis::aio::ConnectionManager::new_with_config(client, config),
+        )
+        .await?;
+        Ok(RedisConnection::Managed(con))
+    }
+
+    /// A cluster's change subscription failed on its node: the next connection tries the
+    /// next node.
+    pub fn next_node(&self) {
+        let Topology::Cluster { nodes, first } = &self.topology else {
+            return;
+        };
+        let next = (first.load(Ordering::Relaxed) + 1) % nodes.len();
+        first.store(next, Ordering::Relaxed);
+        if let Ok(client) = self.client_for(nodes[next].clone()) {
+            *lock(&self.master) = Some(nodes[next].clone());
+            self.current.store(Some(Arc::new(client)));
+        }
     }
 
     /// Whether there are files to watch.

@@ -20,13 +20,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use redis::aio::MultiplexedConnection;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::journal::{open_entry, seal_entry, JournalEntry};
 use super::redis_client::{
-    connect_plain, within, RedisClients, RedisFailure, RedisTarget, COMMAND_TIMEOUT,
+    within, RedisClients, RedisConnection, RedisFailure, RedisTarget, COMMAND_TIMEOUT,
 };
 use super::sealed::Sealer;
 use super::StoreError;
@@ -46,6 +45,9 @@ return 0
 #[derive(Clone, Serialize, Deserialize)]
 pub struct RedisJournalTarget {
     url: String,
+    /// A Redis Cluster's nodes (urls); empty for one server (`url`).
+    #[serde(default)]
+    cluster_nodes: Vec<String>,
     ca_file: Option<PathBuf>,
     identity: Option<ClientIdentity>,
     /// The store key, base64.
@@ -58,7 +60,7 @@ pub struct RedisJournalTarget {
 /// The sidecar's side: reads marks and journals over a connection of its own.
 pub struct RedisJournalReader {
     clients: Arc<RedisClients>,
-    connection: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    connection: tokio::sync::Mutex<Option<RedisConnection>>,
     /// The client generation the connection was made with: a master that moved (or renewed
     /// TLS files) means a new connection.
     built_from: std::sync::atomic::AtomicU64,
@@ -91,6 +93,7 @@ impl RedisJournalReader {
     pub(super) fn target(&self, prefix: &str, suffix: &str) -> RedisJournalTarget {
         RedisJournalTarget {
             url: self.master_url(),
+            cluster_nodes: self.clients.cluster_urls(),
             ca_file: self.tls.ca_file.clone(),
             identity: self.tls.identity.clone(),
             key: b64().encode(self.key),
@@ -128,12 +131,9 @@ impl RedisJournalReader {
         let mut con = match slot.as_ref() {
             Some(c) => c.clone(),
             None => {
-                let client = self
+                let c = self
                     .clients
-                    .client()
-                    .await
-                    .map_err(|e| unavailable(e.to_string()))?;
-                let c = within(COMMAND_TIMEOUT * 2, connect_plain(&client))
+                    .connect(false)
                     .await
                     .map_err(|e| unavailable(e.to_string()))?;
                 *slot = Some(c.clone());
@@ -217,7 +217,7 @@ pub enum JournalError {
 pub struct HelperJournalConnection {
     target: RedisJournalTarget,
     sealer: Sealer,
-    con: MultiplexedConnection,
+    con: RedisConnection,
 }
 
 impl RedisJournalTarget {
@@ -233,8 +233,17 @@ impl RedisJournalTarget {
             identity: self.identity.clone(),
         };
         let url = SecretString::from(self.url.clone());
-        let clients = RedisClients::new(RedisTarget::Url(&url), &tls)?;
-        let con = within(COMMAND_TIMEOUT * 2, connect_plain(&clients.client().await?)).await?;
+        let nodes: Vec<SecretString> = self
+            .cluster_nodes
+            .iter()
+            .map(|n| SecretString::from(n.clone()))
+            .collect();
+        let target = match nodes.is_empty() {
+            true => RedisTarget::Url(&url),
+            false => RedisTarget::Cluster { nodes: &nodes },
+        };
+        let clients = RedisClients::new(target, &tls)?;
+        let con = clients.connect(false).await?;
         Ok(HelperJournalConnection {
             target: self.clone(),
             sealer: Sealer::new(&key),

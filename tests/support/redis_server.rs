@@ -16,6 +16,8 @@ pub struct RedisServer {
     pub tls: Option<TestPki>,
     /// A replica's master port (`--replicaof 127.0.0.1 <port>`).
     replica_of: Option<u16>,
+    /// A cluster node (`--cluster-enabled yes`), with its bus port.
+    cluster_bus: Option<u16>,
 }
 
 impl RedisServer {
@@ -26,6 +28,28 @@ impl RedisServer {
     /// A TLS-only server (`rediss://`) with a private CA that asks for client certificates.
     pub fn start_tls() -> RedisServer {
         Self::start_with(true)
+    }
+
+    /// A node of a Redis Cluster (not in a cluster yet: see [`ClusterGroup`]).
+    pub fn start_cluster_node() -> RedisServer {
+        let dir = std::env::temp_dir().join(format!("bearerd-redis-{}", super::rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut server = RedisServer {
+            port: 0,
+            child: None,
+            dir,
+            tls: None,
+            replica_of: None,
+            cluster_bus: None,
+        };
+        for _ in 0..5 {
+            server.port = super::free_addr().port();
+            server.cluster_bus = Some(super::free_addr().port());
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("no cluster node started on any of 5 free ports");
     }
 
     /// A replica of the server on `master_port`, once it answers (it syncs by itself).
@@ -47,6 +71,7 @@ impl RedisServer {
             dir,
             tls,
             replica_of,
+            cluster_bus: None,
         };
         // The port picked can be taken by another test before redis-server binds it; then
         // that server exits, and the test must not go on against somebody else's server.
@@ -77,6 +102,13 @@ impl RedisServer {
         };
         if let Some(master) = self.replica_of {
             command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        }
+        if let Some(bus) = self.cluster_bus {
+            command
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .args(["--cluster-port", &bus.to_string()])
+                .arg("--cluster-config-file")
+                .arg(self.dir.join(format!("nodes-{}.conf", self.port)));
         }
         let mut child = command
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -474,5 +506,60 @@ impl Drop for Sentinel {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas) on loopback, made with
+/// `redis-cli --cluster create`.
+pub struct ClusterGroup {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl ClusterGroup {
+    pub fn start() -> ClusterGroup {
+        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_cluster_node()).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli (scripts/setup.sh installs redis-server, which brings it)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let group = ClusterGroup { nodes };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !group.nodes.iter().all(|n| {
+            let info: String = n.query(redis::cmd("CLUSTER").arg("INFO"));
+            info.lines().any(|l| l.trim() == "cluster_state:ok")
+        }) {
+            assert!(Instant::now() < deadline, "the cluster never became ok");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        group
+    }
+
+    /// The nodes' urls, for `store.cluster_nodes`.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// Every key in the cluster with its value, and the port of the node holding it.
+    pub fn dump(&self) -> Vec<(u16, String, String)> {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.dump().into_iter().map(|(k, v)| (n.port, k, v)))
+            .collect()
+    }
+
+    /// The hash slot of `key`.
+    pub fn slot(&self, key: &str) -> i64 {
+        self.nodes[0].query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
     }
 }
