@@ -1367,7 +1367,7 @@ async fn an_access_token_without_a_refresh_token_is_kept_to_its_expiry_across_a_
 
 // ---- Redis with failover: Sentinel, and writes the replicas confirm ----
 
-use support::redis_server::{ClusterGroup, SentinelGroup, MASTER_NAME};
+use support::redis_server::{ClusterGroup, SentinelGroup, GROUP_PASSWORD, MASTER_NAME};
 
 impl Fleet {
     /// A sidecar config on other Redis servers than the fleet's own: `servers` replaces its
@@ -1453,7 +1453,8 @@ async fn watch_store(
     seen
 }
 
-/// Issue 23's acceptance test. Three sidecars find the master through three sentinels and
+/// Issue 23's acceptance test. Three sidecars find the master through three sentinels (every
+/// server and sentinel with a password, given in the sentinel urls) and
 /// share a rotating refresh token (3-second tokens, a provider that revokes the grant on any
 /// reuse) under 8 clients, while the master is killed (`kill -9`) at random moments and
 /// Sentinel promotes the replica each time; the dead master comes back empty as the new
@@ -1560,6 +1561,11 @@ async fn a_fleet_on_sentinel_rides_out_failovers_without_reusing_a_refresh_token
             s.status_down && s.status_up_again && s.metric_down && s.metric_up_again,
             "sidecar {i} saw the store go down and come back: {s:?}"
         );
+    }
+    // The sentinels' and the master's password (in every sentinel url) is in no log.
+    for s in &fleet {
+        let log = std::fs::read_to_string(s.dir.join("log")).unwrap();
+        assert!(!log.contains(GROUP_PASSWORD), "the Redis password in a log");
     }
     drop(fleet);
 }

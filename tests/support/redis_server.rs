@@ -18,6 +18,8 @@ pub struct RedisServer {
     replica_of: Option<u16>,
     /// A cluster node (`--cluster-enabled yes`), with its bus port.
     cluster_bus: Option<u16>,
+    /// `requirepass` (and `masterauth`, for a replica), in the url too.
+    password: Option<&'static str>,
 }
 
 impl RedisServer {
@@ -41,6 +43,7 @@ impl RedisServer {
             tls: None,
             replica_of: None,
             cluster_bus: None,
+            password: None,
         };
         for _ in 0..5 {
             server.port = super::free_addr().port();
@@ -53,15 +56,20 @@ impl RedisServer {
     }
 
     /// A replica of the server on `master_port`, once it answers (it syncs by itself).
-    pub fn start_replica_of(master_port: u16) -> RedisServer {
-        Self::start_as(false, Some(master_port))
+    pub fn start_replica_of(master_port: u16, password: Option<&'static str>) -> RedisServer {
+        Self::start_as(false, Some(master_port), password)
+    }
+
+    /// A server that asks for this password (`requirepass`).
+    pub fn start_with_password(password: &'static str) -> RedisServer {
+        Self::start_as(false, None, Some(password))
     }
 
     fn start_with(tls: bool) -> RedisServer {
-        Self::start_as(tls, None)
+        Self::start_as(tls, None, None)
     }
 
-    fn start_as(tls: bool, replica_of: Option<u16>) -> RedisServer {
+    fn start_as(tls: bool, replica_of: Option<u16>, password: Option<&'static str>) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("bearerd-redis-{}", super::rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
         let tls = tls.then(|| TestPki::generate(&dir.join("pki")));
@@ -72,6 +80,7 @@ impl RedisServer {
             tls,
             replica_of,
             cluster_bus: None,
+            password,
         };
         // The port picked can be taken by another test before redis-server binds it; then
         // that server exits, and the test must not go on against somebody else's server.
@@ -102,6 +111,9 @@ impl RedisServer {
         };
         if let Some(master) = self.replica_of {
             command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
+        }
+        if let Some(password) = self.password {
+            command.args(["--requirepass", password, "--masterauth", password]);
         }
         if let Some(bus) = self.cluster_bus {
             command
@@ -153,7 +165,8 @@ impl RedisServer {
         } else {
             "redis"
         };
-        format!("{scheme}://127.0.0.1:{}/0", self.port)
+        let auth = self.password.map_or(String::new(), |p| format!(":{p}@"));
+        format!("{scheme}://{auth}127.0.0.1:{}/0", self.port)
     }
 
     /// Runs one command (for tests that tamper with what bearerd wrote).
@@ -301,7 +314,8 @@ impl Drop for RedisServer {
 }
 
 /// A Sentinel group on loopback: a master, one replica, and three sentinels (quorum 2) that
-/// promote the replica about a second after the master stops answering.
+/// promote the replica about a second after the master stops answering. Every server and
+/// sentinel asks for [`GROUP_PASSWORD`].
 pub struct SentinelGroup {
     /// The data servers; which one is the master changes with each failover.
     pub servers: Vec<RedisServer>,
@@ -309,11 +323,12 @@ pub struct SentinelGroup {
 }
 
 pub const MASTER_NAME: &str = "mymaster";
+pub const GROUP_PASSWORD: &str = "sentinel-group-pw-5d1f";
 
 impl SentinelGroup {
     pub fn start() -> SentinelGroup {
-        let master = RedisServer::start();
-        let replica = RedisServer::start_replica_of(master.port);
+        let master = RedisServer::start_with_password(GROUP_PASSWORD);
+        let replica = RedisServer::start_replica_of(master.port, Some(GROUP_PASSWORD));
         let group_master = master.port;
         let sentinels = (0..3).map(|_| Sentinel::start(group_master)).collect();
         let group = SentinelGroup {
@@ -328,7 +343,7 @@ impl SentinelGroup {
     pub fn urls(&self) -> Vec<String> {
         self.sentinels
             .iter()
-            .map(|s| format!("redis://127.0.0.1:{}", s.port))
+            .map(|s| format!("redis://:{GROUP_PASSWORD}@127.0.0.1:{}", s.port))
             .collect()
     }
 
@@ -438,7 +453,7 @@ impl Sentinel {
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\nsentinel down-after-milliseconds {MASTER_NAME} 1000\nsentinel failover-timeout {MASTER_NAME} 3000\nsentinel parallel-syncs {MASTER_NAME} 1\n",
+                    "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\nsentinel down-after-milliseconds {MASTER_NAME} 1000\nsentinel failover-timeout {MASTER_NAME} 3000\nsentinel parallel-syncs {MASTER_NAME} 1\nrequirepass {GROUP_PASSWORD}\nsentinel auth-pass {MASTER_NAME} {GROUP_PASSWORD}\n",
                     dir.display()
                 ),
             )
@@ -486,7 +501,7 @@ impl Sentinel {
 }
 
 fn sentinel_connection(port: u16) -> Option<redis::Connection> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+    let client = redis::Client::open(format!("redis://:{GROUP_PASSWORD}@127.0.0.1:{port}")).ok()?;
     client
         .get_connection_with_timeout(Duration::from_millis(500))
         .ok()
