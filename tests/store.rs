@@ -1570,13 +1570,24 @@ async fn a_fleet_on_sentinel_rides_out_failovers_without_reusing_a_refresh_token
     drop(fleet);
 }
 
+/// Waits until `done`, for 30 s at most.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// `min_replicas_acked`: while the replica is frozen, a rotated refresh token stored on the
-/// master is not confirmed; its holder keeps the lease (nobody else sends a refresh token)
-/// and writes it again; once the replica is back, the write is confirmed and rotations go
-/// on, the grant alive. The holder's `/status` says why meanwhile.
+/// master is not confirmed; its holder keeps the lease (a refresh asked of either sidecar
+/// meanwhile sends no refresh token) and writes it again; once the replica is back, the
+/// write is confirmed and rotations go on, the grant alive. The holder's `/status` says why
+/// meanwhile. (8-second tokens: the holder waits for the replicas for at most half of what
+/// the new token has left, 4 s here, well past the checks.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rotation_is_confirmed_by_a_replica_before_its_lease_goes() {
-    let f = Fleet::start(Duration::from_secs(4)).await;
+    let f = Fleet::start(Duration::from_secs(8)).await;
     let group = tokio::task::block_in_place(SentinelGroup::start);
     let grant_lines = f.rotating_grant("");
     let fleet = vec![
@@ -1587,15 +1598,31 @@ async fn a_rotation_is_confirmed_by_a_replica_before_its_lease_goes() {
     ];
     // A first rotation with the replica there.
     let start = f.tokens.state.rotations();
-    while f.tokens.state.rotations() == start {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until("a first rotation", || f.tokens.state.rotations() > start).await;
+    // The next rotation's request is held at the provider: its sender has the lease (which
+    // the replica confirmed) when the replica freezes, and the rotated set it stores then
+    // is not confirmed.
+    f.tokens.state.set_delay(Duration::from_millis(1500));
+    let asked = f.requests();
+    until("the next refresh", || f.requests() > asked).await;
     group.freeze_replicas();
     let frozen_at = f.tokens.state.rotations();
-    while f.tokens.state.rotations() == frozen_at {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    until("the held rotation", &|| {
+        f.tokens.state.rotations() > frozen_at
+    })
+    .await;
+    f.tokens.state.set_delay(Duration::ZERO);
+    // The rotation happened; its set is on the master but not confirmed: the lease stays,
+    // and a refresh asked of either sidecar now (by an operator) does not rotate again.
+    for s in &fleet {
+        let url = format!("http://{}/credentials/api/refresh", s.admin_addr);
+        let _ = f
+            .client
+            .post(url)
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await;
     }
-    // The rotation happened; its set is on the master but not confirmed: the lease stays.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let leased = group
         .master()
@@ -1634,10 +1661,16 @@ async fn a_rotation_is_confirmed_by_a_replica_before_its_lease_goes() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Rotations go on: the other sidecar's refresh (asked above, or asked now) rotates.
     let after = f.tokens.state.rotations();
-    let (_, bad) = fleet_load(&fleet, 2, Duration::from_secs(6)).await;
+    let refresh = format!("http://{}/credentials/api/refresh", fleet[1].admin_addr);
+    let _ = f.client.post(refresh).send().await;
+    until("a rotation after the thaw", || {
+        f.tokens.state.rotations() > after
+    })
+    .await;
+    let (_, bad) = fleet_load(&fleet, 2, Duration::from_secs(3)).await;
     support::assert_all_2xx(&bad);
-    assert!(f.tokens.state.rotations() > after, "rotations go on");
     f.assert_grant_alive();
 }
 
@@ -1723,10 +1756,42 @@ async fn a_save_with_a_refresh_token_waits_for_the_replica_and_is_retried_over_i
     assert_eq!(loaded.generation, 2);
     use secrecy::ExposeSecret;
     assert_eq!(loaded.token.refresh_token.unwrap().expose_secret(), "rt-2");
-    // Another writer's set is never written over by a retry: a save that expects an older
-    // generation than the record's is a conflict.
+    // Only the retry of the same set writes over an unconfirmed write: another set at that
+    // generation (a logout's tombstone, another replica's) is a conflict, and so is a
+    // stale save once the write was confirmed.
+    group.freeze_replicas();
+    let unconfirmed = confirmed.save("api", &token("rt-3"), Some(2)).await;
+    assert!(
+        matches!(unconfirmed, Err(StoreError::NotReplicated { .. })),
+        "{unconfirmed:?}"
+    );
+    group.thaw_replicas();
+    let other_set = confirmed
+        .save("api", &token("rt-other"), Some(2))
+        .await
+        .unwrap();
+    assert!(
+        matches!(other_set, SaveOutcome::Conflict { .. }),
+        "{other_set:?}"
+    );
+    let retried = confirmed
+        .save("api", &token("rt-3"), Some(2))
+        .await
+        .unwrap();
+    assert!(
+        matches!(retried, SaveOutcome::Saved { generation: 3 }),
+        "{retried:?}"
+    );
+    let again = confirmed
+        .save("api", &token("rt-3"), Some(2))
+        .await
+        .unwrap();
+    assert!(matches!(again, SaveOutcome::Conflict { .. }), "{again:?}");
+    let stored = confirmed.load("api").await.unwrap().unwrap();
+    assert_eq!(stored.generation, 3);
+    assert_eq!(stored.token.refresh_token.unwrap().expose_secret(), "rt-3");
     let other = store(1);
-    let conflict = other.save("api", &token("rt-x"), Some(1)).await.unwrap();
+    let conflict = other.save("api", &token("rt-x"), Some(2)).await.unwrap();
     assert!(
         matches!(conflict, SaveOutcome::Conflict { .. }),
         "{conflict:?}"

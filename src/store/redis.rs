@@ -464,9 +464,34 @@ end
 return 0
 ";
 
+/// A write that holds a refresh token, sent but not confirmed by the replicas.
+struct Unconfirmed {
+    generation: u64,
+    /// Its sealed value, as the record holds it when the write went through.
+    sealed: String,
+    /// A hash of its tokens: only a retry of the same set may write over it (a logout's
+    /// tombstone at the same generation may not).
+    content: String,
+}
+
+/// A hash of what a set's tokens are, for [`Unconfirmed`].
+fn content_of(token: &StoredToken) -> String {
+    use secrecy::ExposeSecret;
+    let rt = token
+        .refresh_token
+        .as_ref()
+        .map_or("", |r| r.expose_secret());
+    super::fingerprint(&SecretString::from(format!(
+        "{}\n{rt}",
+        token.access_token.expose_secret()
+    )))
+}
+
 /// The store's connection, and the TLS files' generation it was made with.
 struct StoreConnection {
     built_from: u64,
+    /// The master moves seen when it was made: after a move it is never kept.
+    built_moves: u64,
     con: RedisConnection,
     /// After a failed attempt with renewed files: not before then again.
     retry_at: Option<Instant>,
@@ -480,9 +505,9 @@ pub struct RedisStore {
     /// `store.min_replicas_acked`: `None` is 1 once the master was seen with replicas (or
     /// is found through sentinels), else 0.
     min_replicas_acked: Option<u32>,
-    /// Per record, this holder's last write that the replicas did not confirm: its
-    /// generation and sealed value, so a retry may write over it (see [`WRITE_SET`]).
-    unconfirmed: Mutex<HashMap<String, (u64, String)>>,
+    /// Per record, this holder's last write that the replicas did not confirm, so the
+    /// retry of that same write may write over it (see [`WRITE_SET`]).
+    unconfirmed: Mutex<HashMap<String, Unconfirmed>>,
     /// Connected on first use, on the runtime that uses it; reconnects by itself, and is
     /// built again when the client's TLS files were renewed (the generation it was built
     /// from is older than the client's).
@@ -678,13 +703,17 @@ impl RedisStore {
         .into_bytes()
     }
 
-    /// How many replicas must confirm a write that holds a refresh token: as configured,
-    /// or by default 1 while the master has a replica connected (a master without one has
-    /// nothing a failover could promote with this write; the replicas' write-back after a
-    /// failover covers that case, see `STORE_SETTLE`).
+    /// How many replicas must confirm a write that holds a refresh token, or a lease for
+    /// one: as configured; by default 1 with sentinels (there are replicas by design, and a
+    /// master cut off from them must not give a lease), and otherwise 1 while the master
+    /// has a replica connected (a lone server has nothing a failover could promote).
     fn replicas_to_confirm(&self) -> u32 {
-        self.min_replicas_acked
-            .unwrap_or_else(|| self.health.replicas.load(Ordering::SeqCst).min(1))
+        self.min_replicas_acked.unwrap_or_else(|| {
+            if self.clients.follows_sentinels() {
+                return 1;
+            }
+            self.health.replicas.load(Ordering::SeqCst).min(1)
+        })
     }
 
     /// Writes a sealed set under `rule` (see [`WRITE_SET`]); true when it was written. A set
@@ -697,7 +726,7 @@ impl RedisStore {
         rule: WriteRule,
         generation: u64,
         sealed: String,
-        confirm: bool,
+        confirm: Option<String>,
     ) -> Result<bool, StoreError> {
         let mut keys = vec![self.set_key(credential)];
         let (rule, expected) = match rule {
@@ -708,8 +737,8 @@ impl RedisStore {
         };
         let own_retry = lock(&self.unconfirmed)
             .get(credential)
-            .filter(|(g, _)| *g == generation)
-            .map(|(_, s)| s.clone())
+            .filter(|u| u.generation == generation && Some(&u.content) == confirm.as_ref())
+            .map(|u| u.sealed.clone())
             .unwrap_or_default();
         let mut args = vec![
             rule.to_string(),
@@ -723,18 +752,29 @@ impl RedisStore {
             keys.push(entry.index);
             args.extend([entry.hash, entry.member]);
         }
-        let asked = if confirm {
-            self.replicas_to_confirm()
-        } else {
-            0
+        let (asked, content) = match confirm {
+            Some(content) => (self.replicas_to_confirm(), content),
+            None => (0, String::new()),
         };
         if asked == 0 {
             let script = redis::Script::new(WRITE_SET);
             let mut invocation = script.prepare_invoke();
             invocation.key(keys).arg(args);
             let written: i64 = self.script(&invocation).await?;
+            lock(&self.unconfirmed).remove(credential);
             return Ok(written == 1);
         }
+        // Noted before it goes: an answer lost after the write ran (a timeout) leaves the
+        // retry its own write to write over. A write that did not happen puts back what
+        // was noted before.
+        let previous = lock(&self.unconfirmed).insert(
+            credential.to_string(),
+            Unconfirmed {
+                generation,
+                sealed,
+                content,
+            },
+        );
         let mut pipe = redis::pipe();
         pipe.cmd("EVAL")
             .arg(WRITE_SET)
@@ -749,14 +789,17 @@ impl RedisStore {
             self.answered(within(COMMAND_TIMEOUT, pipe.query_async(&mut con)).await)?;
         let acknowledged = acknowledged.max(0) as u32;
         if written == 1 && acknowledged < asked {
-            lock(&self.unconfirmed).insert(credential.to_string(), (generation, sealed));
             return Err(StoreError::NotReplicated {
                 store: self.describe(),
                 asked,
                 acknowledged,
             });
         }
-        lock(&self.unconfirmed).remove(credential);
+        let mut unconfirmed = lock(&self.unconfirmed);
+        match (written == 1, previous) {
+            (false, Some(previous)) => unconfirmed.insert(credential.to_string(), previous),
+            _ => unconfirmed.remove(credential),
+        };
         Ok(written == 1)
     }
 
@@ -841,7 +884,12 @@ impl RedisStore {
     /// connection attempt per operation would make a refresh that may go on without the
     /// store (a client-credentials token) late. The check notices a recovery within a second.
     fn known_down(&self) -> Option<StoreError> {
-        if !self.subscribed.load(Ordering::SeqCst) || self.health.up.load(Ordering::SeqCst) {
+        // A cluster is down for the health check when any of its masters is; the others
+        // still serve their credentials.
+        if !self.subscribed.load(Ordering::SeqCst)
+            || self.health.up.load(Ordering::SeqCst)
+            || self.clients.is_cluster()
+        {
             return None;
         }
         let why = self
@@ -868,6 +916,7 @@ impl RedisStore {
             return Err(down);
         }
         let generation = self.clients.generation();
+        let moves = self.clients.moves();
         if let Some(current) = slot.as_ref() {
             let backing_off = current.retry_at.is_some_and(|at| Instant::now() < at);
             if current.built_from == generation || backing_off {
@@ -879,6 +928,7 @@ impl RedisStore {
             (Ok(con), _) => {
                 *slot = Some(StoreConnection {
                     built_from: generation,
+                    built_moves: moves,
                     con: con.clone(),
                     retry_at: None,
                 });
@@ -887,12 +937,13 @@ impl RedisStore {
             // Renewed TLS files that do not get in yet: the open connection serves on (TLS
             // checked its certificates at its handshake), and the new files are tried again
             // in a few seconds rather than by every operation in turn.
-            (Err(why), Some(current)) => {
+            (Err(why), Some(current)) if current.built_moves == moves => {
                 tracing::warn!(store = %self.health.store, error = %why, "a connection with the renewed TLS files failed; the open one serves on");
                 current.retry_at = Some(Instant::now() + RENEWED_RETRY);
                 Ok(current.con.clone())
             }
-            (Err(why), None) => Err(self.unavailable(&why.to_string())),
+            // No connection, or one to a master the sentinels no longer name.
+            (Err(why), _) => Err(self.unavailable(&why.to_string())),
         }
     }
 
@@ -1353,7 +1404,7 @@ impl TokenStore for RedisStore {
                 WriteRule::IfGeneration(expected),
                 generation,
                 sealed,
-                token.refresh_token.is_some(),
+                token.refresh_token.is_some().then(|| content_of(token)),
             )
             .await?;
         if saved {
@@ -1366,7 +1417,11 @@ impl TokenStore for RedisStore {
 
     async fn refill(&self, credential: &str, set: &StoredSet) -> Result<bool, StoreError> {
         let sealed = seal_set(&self.sealer, set, &self.aad(credential))?;
-        let confirm = set.token.refresh_token.is_some();
+        let confirm = set
+            .token
+            .refresh_token
+            .is_some()
+            .then(|| content_of(&set.token));
         self.write_set(
             credential,
             WriteRule::IfNewer,
@@ -1384,6 +1439,7 @@ impl TokenStore for RedisStore {
             invocation.key(entry.index).arg(entry.hash);
         }
         let _: i64 = self.script(&invocation).await?;
+        lock(&self.unconfirmed).remove(credential);
         // A removed record's rotation journal goes too (it only matters next to its record).
         let journal = self
             .journal_reader
@@ -1483,14 +1539,49 @@ impl TokenStore for RedisStore {
         settle_first: bool,
     ) -> Result<LeaseAnswer, StoreError> {
         let lease = Lease::new(credential, &self.owner);
-        let script = redis::Script::new(TAKE_LEASE);
-        let mut invocation = script.key(self.lease_key(credential));
-        invocation
-            .key(self.settle_key(credential))
-            .arg(&lease.holder)
-            .arg(hold_for.as_millis().max(1) as u64)
-            .arg(if settle_first { settle_ms() } else { 0 });
-        let answer: i64 = self.script(&invocation).await?;
+        let keys = [self.lease_key(credential), self.settle_key(credential)];
+        let args = [
+            lease.holder.clone(),
+            (hold_for.as_millis().max(1) as u64).to_string(),
+            (if settle_first { settle_ms() } else { 0 }).to_string(),
+        ];
+        // A lease for a refresh token that must not be sent twice (`settle_first`) counts
+        // only once the replicas have it too: a master cut off from them (its sentinels
+        // have promoted another) gives no lease.
+        let asked = if settle_first {
+            self.replicas_to_confirm()
+        } else {
+            0
+        };
+        let answer: i64 = if asked == 0 {
+            let script = redis::Script::new(TAKE_LEASE);
+            let mut invocation = script.prepare_invoke();
+            invocation.key(&keys[..]).arg(&args[..]);
+            self.script(&invocation).await?
+        } else {
+            let mut pipe = redis::pipe();
+            pipe.cmd("EVAL")
+                .arg(TAKE_LEASE)
+                .arg(keys.len())
+                .arg(&keys[..])
+                .arg(&args[..])
+                .cmd("WAIT")
+                .arg(asked)
+                .arg(REPLICA_WAIT.as_millis() as u64);
+            let mut con = self.connection().await?;
+            let (answer, acknowledged): (i64, i64) =
+                self.answered(within(COMMAND_TIMEOUT, pipe.query_async(&mut con)).await)?;
+            let acknowledged = acknowledged.max(0) as u32;
+            if answer == 1 && acknowledged < asked {
+                let _ = self.release(&lease).await;
+                return Err(StoreError::NotReplicated {
+                    store: self.describe(),
+                    asked,
+                    acknowledged,
+                });
+            }
+            answer
+        };
         Ok(match answer {
             1 => LeaseAnswer::Taken(lease),
             left if left < 0 => LeaseAnswer::Settling {

@@ -52,7 +52,8 @@ pub enum Reload {
 enum Topology {
     Single,
     Sentinel {
-        sentinels: Vec<redis::ConnectionInfo>,
+        /// Each sentinel (asked on database 0), and the master's database its url names.
+        sentinels: Vec<(redis::ConnectionInfo, i64)>,
         master_name: String,
         /// The sentinel that answered last, asked first next time.
         first: AtomicUsize,
@@ -144,6 +145,8 @@ pub struct RedisClients {
     /// Counts the clients put in use (renewed files, a master that moved); a connection
     /// built from an older one is rebuilt.
     generation: AtomicU64,
+    /// Counts the master's moves alone: a connection to a master that moved is never kept.
+    moves: AtomicU64,
     /// The TLS files as last read, and the client built from the last good set.
     files: Watched<BuiltSet>,
 }
@@ -214,11 +217,18 @@ impl RedisClients {
                 sentinels,
                 master_name,
             } => {
+                // A sentinel has no databases (it refuses SELECT): it is asked on 0, and the
+                // url's database is the master's.
                 let sentinels = sentinels
                     .iter()
                     .enumerate()
-                    .map(|(i, url)| connection_info(url, &format!("sentinels entry {}", i + 1)))
-                    .collect::<Result<Vec<_>, _>>()?;
+                    .map(|(i, url)| {
+                        let info = connection_info(url, &format!("sentinels entry {}", i + 1))?;
+                        let db = info.redis_settings().db();
+                        let settings = info.redis_settings().clone().set_db(0);
+                        Ok((info.set_redis_settings(settings), db))
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
                 let topology = Topology::Sentinel {
                     sentinels,
                     master_name: master_name.to_string(),
@@ -249,6 +259,7 @@ impl RedisClients {
             current: ArcSwapOption::empty(),
             certificates: Mutex::new(None),
             generation: AtomicU64::new(0),
+            moves: AtomicU64::new(0),
             files: Watched::default(),
         };
         if clients.has_tls_files() {
@@ -311,10 +322,11 @@ impl RedisClients {
         let start = first.load(Ordering::Relaxed);
         let mut last_failure = RedisFailure::Refused("no sentinel configured".into());
         for i in (0..sentinels.len()).map(|k| (start + k) % sentinels.len()) {
-            match self.ask_sentinel(&sentinels[i], master_name).await {
+            let (sentinel, db) = &sentinels[i];
+            match self.ask_sentinel(sentinel, master_name).await {
                 Ok(Some((host, port))) => {
                     first.store(i, Ordering::Relaxed);
-                    return self.master_at(&sentinels[i], host, port);
+                    return self.master_at(sentinel, *db, host, port);
                 }
                 Ok(None) => {
                     last_failure = RedisFailure::Refused(format!(
@@ -352,6 +364,7 @@ impl RedisClients {
     fn master_at(
         &self,
         sentinel: &redis::ConnectionInfo,
+        db: i64,
         host: String,
         port: u16,
     ) -> Result<Located, RedisFailure> {
@@ -371,16 +384,28 @@ impl RedisClients {
         if same && self.current.load().is_some() {
             return Ok(Located::Same);
         }
-        let info = sentinel.clone().set_addr(addr);
+        let settings = sentinel.redis_settings().clone().set_db(db);
+        let info = sentinel.clone().set_addr(addr).set_redis_settings(settings);
         let client = self.client_for(info.clone())?;
         *master = Some(info);
         self.current.store(Some(Arc::new(client)));
+        self.moves.fetch_add(1, Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(Located::Moved)
     }
 
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
+    }
+
+    /// How often the master moved (a failover the sentinels announced).
+    pub fn moves(&self) -> u64 {
+        self.moves.load(Ordering::SeqCst)
+    }
+
+    /// Whether the master is found through sentinels (and may move).
+    pub fn follows_sentinels(&self) -> bool {
+        matches!(self.topology, Topology::Sentinel { .. })
     }
 
     /// Whether the store is a Redis Cluster.

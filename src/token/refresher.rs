@@ -461,6 +461,43 @@ async fn release(cred: &Credential, lease: Option<Lease>) {
     }
 }
 
+/// Saves with compare-and-set; when the store lost what this replica last saw there (it
+/// restarted empty, or failed over to a replica that lacks the last writes: nothing, or an
+/// older generation), the set just obtained is the newest there is, and goes back with the
+/// generation after the one held, never a restarted count, so replicas still holding that
+/// one adopt it.
+async fn save_or_write_back(
+    cred: &Credential,
+    record: &StoredToken,
+) -> Result<SaveOutcome, crate::store::StoreError> {
+    let held = cred.stored_generation();
+    let outcome = cred.save_set(record).await;
+    let (Ok(SaveOutcome::Conflict { current }), Some(held)) = (&outcome, held) else {
+        return outcome;
+    };
+    if current.as_ref().is_some_and(|c| c.generation > held) {
+        return outcome;
+    }
+    tracing::warn!(
+        credential = &*cred.slot.name,
+        "the store lost the token set; writing it back"
+    );
+    let set = crate::store::StoredSet {
+        token: record.clone(),
+        generation: held + 1,
+    };
+    match cred.store.refill(&cred.store_key, &set).await {
+        Ok(true) => {
+            cred.hold_generation(held + 1);
+            Ok(SaveOutcome::Saved {
+                generation: held + 1,
+            })
+        }
+        Ok(false) => Ok(SaveOutcome::Conflict { current: None }),
+        Err(e) => Err(e),
+    }
+}
+
 /// How long a holder goes on writing a set with a refresh token that the store (or its
 /// replicas) did not confirm, before it gives the lease up anyway.
 const CONFIRM_FOR: Duration = Duration::from_secs(30);
@@ -471,32 +508,7 @@ const CONFIRM_FOR: Duration = Duration::from_secs(30);
 /// pass (see [`store_until_confirmed`]).
 async fn save(cred: &Credential, record: &StoredToken) -> bool {
     let slot = &cred.slot;
-    let mut outcome = cred.save_set(record).await;
-    if let (Ok(SaveOutcome::Conflict { current: None }), Some(held)) =
-        (&outcome, cred.stored_generation())
-    {
-        // The store lost the record (a shared store restarted empty): the set just
-        // obtained is the newest there is. It goes back with the generation after the one
-        // held, never a restarted count, so replicas still holding that one adopt it.
-        tracing::warn!(
-            credential = &*slot.name,
-            "the store lost the token set; writing it back"
-        );
-        let set = crate::store::StoredSet {
-            token: record.clone(),
-            generation: held + 1,
-        };
-        outcome = match cred.store.refill(&cred.store_key, &set).await {
-            Ok(true) => {
-                cred.hold_generation(held + 1);
-                Ok(SaveOutcome::Saved {
-                    generation: held + 1,
-                })
-            }
-            Ok(false) => Ok(SaveOutcome::Conflict { current: None }),
-            Err(e) => Err(e),
-        };
-    }
+    let outcome = save_or_write_back(cred, record).await;
     match outcome {
         Ok(SaveOutcome::Saved { .. }) => {}
         Ok(SaveOutcome::Conflict { current }) => {
@@ -517,19 +529,31 @@ async fn save(cred: &Credential, record: &StoredToken) -> bool {
     false
 }
 
+/// How long [`store_until_confirmed`] goes on: [`CONFIRM_FOR`], and never past half of what
+/// the new token has left, so the credential's next refresh is not held up.
+fn confirm_limit(record: &StoredToken) -> Duration {
+    let left = record
+        .expires_at
+        .and_then(|e| e.duration_since(SystemTime::now()).ok())
+        .unwrap_or(CONFIRM_FOR * 2);
+    (left / 2).clamp(Duration::from_secs(1), CONFIRM_FOR)
+}
+
 /// Writes a set that holds a refresh token again until the store confirms it (its replicas
-/// too, by `min_replicas_acked`), for at most [`CONFIRM_FOR`]; the caller holds the lease
+/// too, by `min_replicas_acked`), for at most [`confirm_limit`]; the caller holds the lease
 /// meanwhile. Released earlier, another replica could send the refresh token this set
-/// replaced, should a failover lose the write, and a strict provider revokes the grant.
+/// replaced, should a failover lose the write, and a strict provider revokes the grant. A
+/// failover to a replica that lacks the write gets it written back.
 async fn store_until_confirmed(cred: &Credential, record: &StoredToken) {
     let started = Instant::now();
+    let limit = confirm_limit(record);
     let mut pause = Duration::from_millis(200);
     let mut tries = 1;
-    while started.elapsed() < CONFIRM_FOR {
+    while started.elapsed() < limit {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(1));
         tries += 1;
-        match cred.save_set(record).await {
+        match save_or_write_back(cred, record).await {
             Ok(SaveOutcome::Saved { .. }) => {
                 tracing::info!(
                     credential = &*cred.slot.name,
@@ -560,7 +584,7 @@ async fn store_until_confirmed(cred: &Credential, record: &StoredToken) {
             }
         }
     }
-    tracing::error!(credential = &*cred.slot.name, tries, "the store did not confirm the token set in time; the lease goes, and the set is kept in memory (it is written back when the store looks empty)");
+    tracing::error!(credential = &*cred.slot.name, tries, "the store did not confirm the token set in time; the lease goes (the set is on the master, and kept in memory: it is written back if a failover loses it)");
 }
 
 /// Writes the new token set durably. Runs before the token is published. Returns the
