@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 
+#[derive(Clone)]
 pub struct TestPki {
     pub ca: PathBuf,
     pub other_ca: PathBuf,

@@ -7,6 +7,19 @@ use std::time::{Duration, Instant};
 
 use super::pki::TestPki;
 
+/// Whether a server speaks TLS, and with whose PKI.
+pub enum Tls {
+    None,
+    Own,
+    Shared(TestPki),
+}
+
+impl From<Option<TestPki>> for Tls {
+    fn from(pki: Option<TestPki>) -> Tls {
+        pki.map_or(Tls::None, Tls::Shared)
+    }
+}
+
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
@@ -56,23 +69,38 @@ impl RedisServer {
     }
 
     /// A replica of the server on `master_port`, once it answers (it syncs by itself).
-    pub fn start_replica_of(master_port: u16, password: Option<&'static str>) -> RedisServer {
-        Self::start_as(false, Some(master_port), password)
+    /// `pki`: TLS only, with that PKI (shared by a group), replication over TLS too.
+    pub fn start_replica_of(
+        master_port: u16,
+        password: Option<&'static str>,
+        pki: Option<TestPki>,
+    ) -> RedisServer {
+        Self::start_as(pki, Some(master_port), password)
     }
 
-    /// A server that asks for this password (`requirepass`).
-    pub fn start_with_password(password: &'static str) -> RedisServer {
-        Self::start_as(false, None, Some(password))
+    /// A server that asks for this password (`requirepass`); TLS only with `pki`.
+    pub fn start_with_password(password: &'static str, pki: Option<TestPki>) -> RedisServer {
+        Self::start_as(pki, None, Some(password))
     }
 
     fn start_with(tls: bool) -> RedisServer {
+        let tls = if tls { Tls::Own } else { Tls::None };
         Self::start_as(tls, None, None)
     }
 
-    fn start_as(tls: bool, replica_of: Option<u16>, password: Option<&'static str>) -> RedisServer {
+    fn start_as(
+        tls: impl Into<Tls>,
+        replica_of: Option<u16>,
+        password: Option<&'static str>,
+    ) -> RedisServer {
         let dir = std::env::temp_dir().join(format!("bearerd-redis-{}", super::rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
-        let tls = tls.then(|| TestPki::generate(&dir.join("pki")));
+        let tls = match tls.into() {
+            Tls::None => None,
+            // Its own PKI, in its own directory (removed with it).
+            Tls::Own => Some(TestPki::generate(&dir.join("pki"))),
+            Tls::Shared(pki) => Some(pki),
+        };
         let mut server = RedisServer {
             port: 0,
             child: None,
@@ -107,7 +135,11 @@ impl RedisServer {
                 .arg(&pki.server_key)
                 .arg("--tls-ca-cert-file")
                 .arg(&pki.ca)
-                .args(["--tls-auth-clients", "yes"]),
+                .args(["--tls-auth-clients", "yes", "--tls-replication", "yes"])
+                .arg("--tls-client-cert-file")
+                .arg(&pki.client_cert)
+                .arg("--tls-client-key-file")
+                .arg(&pki.client_key),
         };
         if let Some(master) = self.replica_of {
             command.args(["--replicaof", "127.0.0.1", &master.to_string()]);
@@ -268,7 +300,9 @@ impl RedisServer {
     /// A new CA, server and client certificates written over the old files (as a
     /// certificate manager renews them), and the server restarted empty with them.
     pub fn renew_pki_and_restart(&mut self) {
-        let dir = self.dir.join("pki");
+        // Over the same files: the sidecars under test read them where they were.
+        let pki = self.tls.as_ref().expect("a TLS server");
+        let dir = pki.ca.parent().unwrap().to_path_buf();
         self.tls = Some(TestPki::generate(&dir));
         self.restart_empty();
     }
@@ -320,6 +354,8 @@ pub struct SentinelGroup {
     /// The data servers; which one is the master changes with each failover.
     pub servers: Vec<RedisServer>,
     pub sentinels: Vec<Sentinel>,
+    /// TLS everywhere (servers, replication, sentinels), with one PKI.
+    pub pki: Option<TestPki>,
 }
 
 pub const MASTER_NAME: &str = "mymaster";
@@ -327,13 +363,27 @@ pub const GROUP_PASSWORD: &str = "sentinel-group-pw-5d1f";
 
 impl SentinelGroup {
     pub fn start() -> SentinelGroup {
-        let master = RedisServer::start_with_password(GROUP_PASSWORD);
-        let replica = RedisServer::start_replica_of(master.port, Some(GROUP_PASSWORD));
+        Self::start_with(None)
+    }
+
+    /// Every server and sentinel speaks TLS only, with one private CA, and asks clients for
+    /// a certificate from it.
+    pub fn start_tls() -> SentinelGroup {
+        let dir = std::env::temp_dir().join(format!("bearerd-pki-{}", super::rand_suffix()));
+        Self::start_with(Some(TestPki::generate(&dir)))
+    }
+
+    fn start_with(pki: Option<TestPki>) -> SentinelGroup {
+        let master = RedisServer::start_with_password(GROUP_PASSWORD, pki.clone());
+        let replica = RedisServer::start_replica_of(master.port, Some(GROUP_PASSWORD), pki.clone());
         let group_master = master.port;
-        let sentinels = (0..3).map(|_| Sentinel::start(group_master)).collect();
+        let sentinels = (0..3)
+            .map(|_| Sentinel::start(group_master, pki.as_ref()))
+            .collect();
         let group = SentinelGroup {
             servers: vec![master, replica],
             sentinels,
+            pki,
         };
         group.wait_settled(group_master);
         group
@@ -343,7 +393,14 @@ impl SentinelGroup {
     pub fn urls(&self) -> Vec<String> {
         self.sentinels
             .iter()
-            .map(|s| format!("redis://:{GROUP_PASSWORD}@127.0.0.1:{}", s.port))
+            .map(|s| {
+                let scheme = if self.pki.is_some() {
+                    "rediss"
+                } else {
+                    "redis"
+                };
+                format!("{scheme}://:{GROUP_PASSWORD}@127.0.0.1:{}", s.port)
+            })
             .collect()
     }
 
@@ -440,20 +497,32 @@ pub struct Sentinel {
     pub port: u16,
     child: Child,
     dir: PathBuf,
+    pki: Option<TestPki>,
 }
 
 impl Sentinel {
-    fn start(master_port: u16) -> Sentinel {
+    fn start(master_port: u16, pki: Option<&TestPki>) -> Sentinel {
         for _ in 0..5 {
             let dir =
                 std::env::temp_dir().join(format!("bearerd-sentinel-{}", super::rand_suffix()));
             std::fs::create_dir_all(&dir).unwrap();
             let port = super::free_addr().port();
             let conf = dir.join("sentinel.conf");
+            let listen = match pki {
+                None => format!("port {port}"),
+                Some(p) => format!(
+                    "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\ntls-auth-clients yes\ntls-replication yes\ntls-client-cert-file {}\ntls-client-key-file {}",
+                    p.server_cert.display(),
+                    p.server_key.display(),
+                    p.ca.display(),
+                    p.client_cert.display(),
+                    p.client_key.display()
+                ),
+            };
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\nsentinel down-after-milliseconds {MASTER_NAME} 1000\nsentinel failover-timeout {MASTER_NAME} 3000\nsentinel parallel-syncs {MASTER_NAME} 1\nrequirepass {GROUP_PASSWORD}\nsentinel auth-pass {MASTER_NAME} {GROUP_PASSWORD}\n",
+                    "{listen}\nbind 127.0.0.1\ndir {}\nsentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\nsentinel down-after-milliseconds {MASTER_NAME} 1000\nsentinel failover-timeout {MASTER_NAME} 3000\nsentinel parallel-syncs {MASTER_NAME} 1\nrequirepass {GROUP_PASSWORD}\nsentinel auth-pass {MASTER_NAME} {GROUP_PASSWORD}\n",
                     dir.display()
                 ),
             )
@@ -472,14 +541,19 @@ impl Sentinel {
                     break;
                 }
                 // Only our own process counts (another test may have taken the port).
-                if sentinel_pid(port) == Some(child.id()) {
+                if sentinel_pid(port, pki) == Some(child.id()) {
                     up = true;
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
             if up {
-                return Sentinel { port, child, dir };
+                return Sentinel {
+                    port,
+                    child,
+                    dir,
+                    pki: pki.cloned(),
+                };
             }
             let _ = child.kill();
             let _ = child.wait();
@@ -490,7 +564,7 @@ impl Sentinel {
 
     /// The master's port as this sentinel names it.
     pub fn master_port(&self) -> Option<u16> {
-        let mut con = sentinel_connection(self.port)?;
+        let mut con = sentinel_connection(self.port, self.pki.as_ref())?;
         let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
             .arg("GET-MASTER-ADDR-BY-NAME")
             .arg(MASTER_NAME)
@@ -500,16 +574,32 @@ impl Sentinel {
     }
 }
 
-fn sentinel_connection(port: u16) -> Option<redis::Connection> {
-    let client = redis::Client::open(format!("redis://:{GROUP_PASSWORD}@127.0.0.1:{port}")).ok()?;
+fn sentinel_connection(port: u16, pki: Option<&TestPki>) -> Option<redis::Connection> {
+    let client = match pki {
+        None => redis::Client::open(format!("redis://:{GROUP_PASSWORD}@127.0.0.1:{port}")).ok()?,
+        Some(pki) => {
+            let read = |p: &PathBuf| std::fs::read(p).unwrap();
+            redis::Client::build_with_tls(
+                format!("rediss://:{GROUP_PASSWORD}@127.0.0.1:{port}"),
+                redis::TlsCertificates {
+                    client_tls: Some(redis::ClientTlsConfig {
+                        client_cert: read(&pki.client_cert),
+                        client_key: read(&pki.client_key),
+                    }),
+                    root_cert: Some(read(&pki.ca)),
+                },
+            )
+            .ok()?
+        }
+    };
     client
         .get_connection_with_timeout(Duration::from_millis(500))
         .ok()
 }
 
 /// The process id of whatever answers on `port`.
-fn sentinel_pid(port: u16) -> Option<u32> {
-    let mut con = sentinel_connection(port)?;
+fn sentinel_pid(port: u16, pki: Option<&TestPki>) -> Option<u32> {
+    let mut con = sentinel_connection(port, pki)?;
     let info: String = redis::cmd("INFO").arg("server").query(&mut con).ok()?;
     info.lines()
         .find_map(|l| l.trim().strip_prefix("process_id:"))
