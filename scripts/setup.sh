@@ -15,6 +15,8 @@ command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 # The shared-store tests start their own redis-server on a free loopback port.
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# Sentinels run as `redis-server --sentinel`; a cluster is made with `redis-cli --cluster create`.
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 # The console is tested in headless Chromium (puppeteer-core drives it; nothing downloads one).
 [ -x /usr/bin/chromium ] || need+=(chromium)

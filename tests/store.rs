@@ -1682,9 +1682,7 @@ async fn a_rotation_is_confirmed_by_a_replica_before_its_lease_goes() {
 /// `min_replicas_acked = 0`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_save_with_a_refresh_token_waits_for_the_replica_and_is_retried_over_itself() {
-    use bearerd::store::{
-        RedisStore, RedisTarget, SaveOutcome, StoreError, StoredToken, TokenStore,
-    };
+    use bearerd::store::{RedisStore, RedisTarget, SaveOutcome, StoreError, TokenStore};
     let group = tokio::task::block_in_place(SentinelGroup::start);
     let sentinels: Vec<secrecy::SecretString> = group
         .urls()
@@ -1707,20 +1705,7 @@ async fn a_save_with_a_refresh_token_waits_for_the_replica_and_is_retried_over_i
         )
         .unwrap()
     };
-    let now = std::time::SystemTime::now();
-    let token = |rt: &str| StoredToken {
-        access_token: secrecy::SecretString::from(format!("at-{rt}")),
-        issued_at: now,
-        expires_at: Some(now + Duration::from_secs(600)),
-        scopes: vec![],
-        refresh_token: Some(secrecy::SecretString::from(rt.to_string())),
-        logged_out: false,
-        spent_seed: None,
-        logout: None,
-        bound_to: None,
-        registration: None,
-        dpop: None,
-    };
+    let token = stored_with_refresh_token;
     let confirmed = store(1);
     let saved = confirmed.save("api", &token("rt-1"), None).await.unwrap();
     assert!(

@@ -757,10 +757,7 @@ impl RedisStore {
             None => (0, String::new()),
         };
         if asked == 0 {
-            let script = redis::Script::new(WRITE_SET);
-            let mut invocation = script.prepare_invoke();
-            invocation.key(keys).arg(args);
-            let written: i64 = self.script(&invocation).await?;
+            let written = self.run_confirmed(WRITE_SET, &keys, &args, 0).await?;
             lock(&self.unconfirmed).remove(credential);
             return Ok(written == 1);
         }
@@ -775,9 +772,34 @@ impl RedisStore {
                 content,
             },
         );
+        let written = self.run_confirmed(WRITE_SET, &keys, &args, asked).await?;
+        let mut unconfirmed = lock(&self.unconfirmed);
+        match (written == 1, previous) {
+            (false, Some(previous)) => unconfirmed.insert(credential.to_string(), previous),
+            _ => unconfirmed.remove(credential),
+        };
+        Ok(written == 1)
+    }
+
+    /// Runs a script that writes and, in one pipeline on the same connection (so the wait
+    /// is for this write), `WAIT asked`: the script's answer, or `NotReplicated` when it
+    /// wrote (answered 1) and fewer replicas confirmed in time. `asked == 0`: the script alone.
+    async fn run_confirmed(
+        &self,
+        script: &'static str,
+        keys: &[String],
+        args: &[String],
+        asked: u32,
+    ) -> Result<i64, StoreError> {
+        if asked == 0 {
+            let script = redis::Script::new(script);
+            let mut invocation = script.prepare_invoke();
+            invocation.key(keys).arg(args);
+            return self.script(&invocation).await;
+        }
         let mut pipe = redis::pipe();
         pipe.cmd("EVAL")
-            .arg(WRITE_SET)
+            .arg(script)
             .arg(keys.len())
             .arg(keys)
             .arg(args)
@@ -785,22 +807,17 @@ impl RedisStore {
             .arg(asked)
             .arg(REPLICA_WAIT.as_millis() as u64);
         let mut con = self.connection().await?;
-        let (written, acknowledged): (i64, i64) =
+        let (answer, acknowledged): (i64, i64) =
             self.answered(within(COMMAND_TIMEOUT, pipe.query_async(&mut con)).await)?;
         let acknowledged = acknowledged.max(0) as u32;
-        if written == 1 && acknowledged < asked {
+        if answer == 1 && acknowledged < asked {
             return Err(StoreError::NotReplicated {
                 store: self.describe(),
                 asked,
                 acknowledged,
             });
         }
-        let mut unconfirmed = lock(&self.unconfirmed);
-        match (written == 1, previous) {
-            (false, Some(previous)) => unconfirmed.insert(credential.to_string(), previous),
-            _ => unconfirmed.remove(credential),
-        };
-        Ok(written == 1)
+        Ok(answer)
     }
 
     /// The index entry of a subject's record; `None` for a credential's own record.
@@ -1539,8 +1556,8 @@ impl TokenStore for RedisStore {
         settle_first: bool,
     ) -> Result<LeaseAnswer, StoreError> {
         let lease = Lease::new(credential, &self.owner);
-        let keys = [self.lease_key(credential), self.settle_key(credential)];
-        let args = [
+        let keys = vec![self.lease_key(credential), self.settle_key(credential)];
+        let args = vec![
             lease.holder.clone(),
             (hold_for.as_millis().max(1) as u64).to_string(),
             (if settle_first { settle_ms() } else { 0 }).to_string(),
@@ -1553,34 +1570,12 @@ impl TokenStore for RedisStore {
         } else {
             0
         };
-        let answer: i64 = if asked == 0 {
-            let script = redis::Script::new(TAKE_LEASE);
-            let mut invocation = script.prepare_invoke();
-            invocation.key(&keys[..]).arg(&args[..]);
-            self.script(&invocation).await?
-        } else {
-            let mut pipe = redis::pipe();
-            pipe.cmd("EVAL")
-                .arg(TAKE_LEASE)
-                .arg(keys.len())
-                .arg(&keys[..])
-                .arg(&args[..])
-                .cmd("WAIT")
-                .arg(asked)
-                .arg(REPLICA_WAIT.as_millis() as u64);
-            let mut con = self.connection().await?;
-            let (answer, acknowledged): (i64, i64) =
-                self.answered(within(COMMAND_TIMEOUT, pipe.query_async(&mut con)).await)?;
-            let acknowledged = acknowledged.max(0) as u32;
-            if answer == 1 && acknowledged < asked {
+        let answer = match self.run_confirmed(TAKE_LEASE, &keys, &args, asked).await {
+            Err(e @ StoreError::NotReplicated { .. }) => {
                 let _ = self.release(&lease).await;
-                return Err(StoreError::NotReplicated {
-                    store: self.describe(),
-                    asked,
-                    acknowledged,
-                });
+                return Err(e);
             }
-            answer
+            other => other?,
         };
         Ok(match answer {
             1 => LeaseAnswer::Taken(lease),

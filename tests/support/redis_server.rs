@@ -208,26 +208,7 @@ impl RedisServer {
     }
 
     fn connection(&self) -> Option<redis::Connection> {
-        let client = match &self.tls {
-            None => redis::Client::open(self.url()).ok()?,
-            Some(pki) => {
-                let read = |p: &PathBuf| std::fs::read(p).unwrap();
-                redis::Client::build_with_tls(
-                    self.url(),
-                    redis::TlsCertificates {
-                        client_tls: Some(redis::ClientTlsConfig {
-                            client_cert: read(&pki.client_cert),
-                            client_key: read(&pki.client_key),
-                        }),
-                        root_cert: Some(read(&pki.ca)),
-                    },
-                )
-                .ok()?
-            }
-        };
-        let mut con = client
-            .get_connection_with_timeout(Duration::from_millis(500))
-            .ok()?;
+        let mut con = client_for(&self.url(), self.tls.as_ref())?;
         redis::cmd("PING").query::<String>(&mut con).ok()?;
         Some(con)
     }
@@ -575,26 +556,9 @@ impl Sentinel {
 }
 
 fn sentinel_connection(port: u16, pki: Option<&TestPki>) -> Option<redis::Connection> {
-    let client = match pki {
-        None => redis::Client::open(format!("redis://:{GROUP_PASSWORD}@127.0.0.1:{port}")).ok()?,
-        Some(pki) => {
-            let read = |p: &PathBuf| std::fs::read(p).unwrap();
-            redis::Client::build_with_tls(
-                format!("rediss://:{GROUP_PASSWORD}@127.0.0.1:{port}"),
-                redis::TlsCertificates {
-                    client_tls: Some(redis::ClientTlsConfig {
-                        client_cert: read(&pki.client_cert),
-                        client_key: read(&pki.client_key),
-                    }),
-                    root_cert: Some(read(&pki.ca)),
-                },
-            )
-            .ok()?
-        }
-    };
-    client
-        .get_connection_with_timeout(Duration::from_millis(500))
-        .ok()
+    let scheme = if pki.is_some() { "rediss" } else { "redis" };
+    let url = format!("{scheme}://:{GROUP_PASSWORD}@127.0.0.1:{port}");
+    client_for(&url, pki)
 }
 
 /// The process id of whatever answers on `port`.
@@ -667,4 +631,29 @@ impl ClusterGroup {
     pub fn slot(&self, key: &str) -> i64 {
         self.nodes[0].query(redis::cmd("CLUSTER").arg("KEYSLOT").arg(key))
     }
+}
+
+/// A connection to `url` (half a second at most), with the PKI's CA and client certificate
+/// for a TLS server.
+fn client_for(url: &str, pki: Option<&TestPki>) -> Option<redis::Connection> {
+    let client = match pki {
+        None => redis::Client::open(url).ok()?,
+        Some(pki) => {
+            let read = |p: &PathBuf| std::fs::read(p).unwrap();
+            redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: Some(redis::ClientTlsConfig {
+                        client_cert: read(&pki.client_cert),
+                        client_key: read(&pki.client_key),
+                    }),
+                    root_cert: Some(read(&pki.ca)),
+                },
+            )
+            .ok()?
+        }
+    };
+    client
+        .get_connection_with_timeout(Duration::from_millis(500))
+        .ok()
 }
