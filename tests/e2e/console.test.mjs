@@ -32,7 +32,13 @@ const pageErrors = []; // uncaught exceptions in the page's script
 const card = (name) => `[data-credential="${name}"]`;
 // The page re-renders its cards on every event (tokens here rotate every few seconds): find
 // and click in one step inside the page, so the button cannot be swapped in between.
-const press = (selector) => page.$eval(selector, (b) => b.click());
+// (`page.$eval` is two round trips, a query then a call: a render between them left the
+// click on a detached button, seen in CI.)
+const press = (selector) => page.evaluate((sel) => {
+  const button = document.querySelector(sel);
+  if (!button) throw new Error(`nothing matches ${sel}`);
+  button.click();
+}, selector);
 const cardState = (name) => page.$eval(card(name), (e) => e.dataset.state);
 const generation = (name) => page.$eval(`${card(name)} [data-field="generation"]`, (e) => Number(e.textContent));
 
