@@ -39,6 +39,12 @@ const press = (selector) => page.evaluate((sel) => {
   if (!button) throw new Error(`nothing matches ${sel}`);
   button.click();
 }, selector);
+// The same for keyboard focus: a render keeps focus on the element with the same data-key.
+const focusOn = (selector) => page.evaluate((sel) => {
+  const target = document.querySelector(sel);
+  if (!target) throw new Error(`nothing matches ${sel}`);
+  target.focus();
+}, selector);
 const cardState = (name) => page.$eval(card(name), (e) => e.dataset.state);
 const generation = (name) => page.$eval(`${card(name)} [data-field="generation"]`, (e) => Number(e.textContent));
 
@@ -171,7 +177,7 @@ test('signing in takes the admin token once; a keyboard refresh moves the genera
   const g0 = await generation('svc');
   const button = `${card('svc')} button[data-action="refresh"]`;
   await page.waitForSelector(`${button}:not([disabled])`);
-  await page.focus(button);
+  await focusOn(button);
   await page.keyboard.press('Enter');
   await page.waitForFunction((sel, g) => Number(document.querySelector(sel)?.textContent) > g, { timeout: 20000 },
     `${card('svc')} [data-field="generation"]`, g0);
@@ -228,7 +234,8 @@ test('log out (asked twice, inline) shows logged_out; subjects list and connect 
   // Per subject: the list is empty, a connect link goes to the provider with the app's redirect.
   await press(`${card('users')} form.search button[type="submit"]`);
   await page.waitForFunction((sel) => document.querySelector(sel)?.textContent.includes('No subject matches'), {}, card('users'));
-  await page.type('#s-users', 'dave@example.com');
+  await focusOn('#s-users');
+  await page.keyboard.type('dave@example.com');
   await page.keyboard.press('Enter');
   await page.waitForSelector(`${card('users')} a.connect-url`);
   const link = new URL(await page.$eval(`${card('users')} a.connect-url`, (a) => a.href));
