@@ -1456,6 +1456,12 @@ fn redis_sentinel_and_cluster_mistakes_are_located() {
         "cluster.toml",
         &with_store("cluster_nodes = [\"redis://:pw@node-0:7000\", \"redis://:pw@node-1:7000\"]"),
     );
+    // Sentinels without a password in front of a master with one.
+    std::env::set_var("BEARERD_MASTER_PW", "hunter2");
+    assert_passes(
+        "open-sentinels.toml",
+        &with_store("sentinels = [\"redis://sentinel-0:26379\"]\nmaster_name = \"m\"\nmaster_username = \"bearerd\"\nmaster_password = { env = \"BEARERD_MASTER_PW\" }"),
+    );
     for (store, line, needles) in [
         (
             format!("url = \"redis://redis.example\"\n{sentinels}\nmaster_name = \"m\""),
@@ -1515,6 +1521,26 @@ fn redis_sentinel_and_cluster_mistakes_are_located() {
             "cluster_nodes = [\"tcp://:hunter2@node-0:7000\"]".to_string(),
             8,
             vec!["store.cluster_nodes", "redis:// or rediss://"],
+        ),
+        (
+            "url = \"redis://redis.example\"\nmaster_password = \"hunter2\"".to_string(),
+            9,
+            vec!["store.master_password", "only applies with `sentinels`"],
+        ),
+        (
+            "cluster_nodes = [\"redis://node-0:7000\"]\nmaster_username = \"u\"".to_string(),
+            9,
+            vec!["store.master_username", "only applies with `sentinels`"],
+        ),
+        (
+            format!("{sentinels}\nmaster_name = \"m\"\nmaster_username = \"bearerd\""),
+            10,
+            vec!["store.master_username", "needs `master_password"],
+        ),
+        (
+            format!("{sentinels}\nmaster_name = \"m\"\nmaster_password = {{ env = \"BEARERD_NO_SUCH_PW\" }}"),
+            10,
+            vec!["store.master_password", "BEARERD_NO_SUCH_PW"],
         ),
     ] {
         let text = with_store(&store);

@@ -1690,12 +1690,16 @@ async fn a_save_with_a_refresh_token_waits_for_the_replica_and_is_retried_over_i
         .map(secrecy::SecretString::from)
         .collect();
     let key = bearerd::store::parse_key(&bearerd::store::generate_key()).unwrap();
-    let credentials = [("api", "binding".to_string())];
+    let credentials = [
+        ("api", "binding".to_string()),
+        ("crm", "binding-crm".to_string()),
+    ];
     let store = |acked: u32| {
         RedisStore::new(
             RedisTarget::Sentinel {
                 sentinels: &sentinels,
                 master_name: MASTER_NAME,
+                master_auth: None,
             },
             &Default::default(),
             &key,
@@ -1713,8 +1717,26 @@ async fn a_save_with_a_refresh_token_waits_for_the_replica_and_is_retried_over_i
         "{saved:?}"
     );
 
+    assert!(confirmed.load("crm").await.unwrap().is_none());
     group.freeze_replicas();
-    let unconfirmed = confirmed.save("api", &token("rt-2"), Some(1)).await;
+    // While that write's WAIT holds its connection (half a second: the replica is away),
+    // another credential's load is answered: it does not queue behind the WAIT.
+    let ((unconfirmed, saved_at), (other, loaded_at)) = tokio::join!(
+        async {
+            let r = confirmed.save("api", &token("rt-2"), Some(1)).await;
+            (r, std::time::Instant::now())
+        },
+        async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let r = confirmed.load("crm").await;
+            (r, std::time::Instant::now())
+        }
+    );
+    assert!(matches!(other, Ok(None)), "{other:?}");
+    assert!(
+        loaded_at < saved_at,
+        "the other credential's load waited for the WAIT"
+    );
     assert!(
         matches!(
             unconfirmed,
@@ -1821,6 +1843,124 @@ fn stored_with_refresh_token(rt: &str) -> bearerd::store::StoredToken {
         bound_to: None,
         registration: None,
         dpop: None,
+    }
+}
+
+/// A Redis Cluster with a replica per master: a write holding a refresh token is WAITed
+/// for on its own slot's master (the pipeline of script and WAIT goes to one node), so the
+/// replica that counts is that master's: frozen, the write is not confirmed, while the
+/// other masters' replicas being frozen changes nothing. Unset, `min_replicas_acked` turns
+/// 1 once the health check saw a replica behind every master (CLUSTER NODES).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_replicas_waits_for_the_replica_of_the_credentials_master() {
+    use bearerd::store::{RedisStore, RedisTarget, SaveOutcome, StoreError, TokenStore};
+    let cluster = tokio::task::block_in_place(ClusterGroup::start_with_replicas);
+    let nodes: Vec<secrecy::SecretString> = cluster
+        .urls()
+        .into_iter()
+        .map(secrecy::SecretString::from)
+        .collect();
+    let key = bearerd::store::parse_key(&bearerd::store::generate_key()).unwrap();
+    let credentials = [("api", "binding".to_string())];
+    let store = |acked: Option<u32>| {
+        RedisStore::new(
+            RedisTarget::Cluster { nodes: &nodes },
+            &Default::default(),
+            &key,
+            "replicated",
+            &credentials,
+            acked,
+        )
+        .unwrap()
+    };
+    let confirmed = store(Some(1));
+    let saved = confirmed
+        .save("api", &stored_with_refresh_token("rt-1"), None)
+        .await
+        .unwrap();
+    assert!(
+        matches!(saved, SaveOutcome::Saved { generation: 1 }),
+        "{saved:?}"
+    );
+    let dump = cluster.dump();
+    let (master, _, _) = dump
+        .iter()
+        .find(|(_, k, _)| k.contains(":set:"))
+        .expect("the set in the cluster");
+    let own: Vec<&RedisServer> = cluster.replicas_of(*master);
+    assert_eq!(own.len(), 1, "one replica behind {master}");
+    let others: Vec<&RedisServer> = cluster
+        .nodes
+        .iter()
+        .filter(|n| n.master_port().is_some_and(|m| m != *master))
+        .collect();
+    assert_eq!(others.len(), 2);
+
+    // The other shards' replicas away: this write is confirmed all the same.
+    others.iter().for_each(|r| r.freeze());
+    let saved = confirmed
+        .save("api", &stored_with_refresh_token("rt-2"), Some(1))
+        .await;
+    others.iter().for_each(|r| r.thaw());
+    assert!(
+        matches!(saved, Ok(SaveOutcome::Saved { generation: 2 })),
+        "{saved:?}"
+    );
+    // Its own master's replica away: not confirmed.
+    own[0].freeze();
+    let unconfirmed = confirmed
+        .save("api", &stored_with_refresh_token("rt-3"), Some(2))
+        .await;
+    own[0].thaw();
+    assert!(
+        matches!(
+            unconfirmed,
+            Err(StoreError::NotReplicated {
+                asked: 1,
+                acknowledged: 0,
+                ..
+            })
+        ),
+        "{unconfirmed:?}"
+    );
+
+    // Unset: once the health check counted the replicas, the same freeze is refused too.
+    let by_default = store(None);
+    // A watch starts the store's health check (as a sidecar's refresher does).
+    let _changes = by_default.watch("api");
+    let mut expected = by_default.load("api").await.unwrap().unwrap().generation;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        // A save with the replica there first, so the connection for confirmed writes is
+        // made while every node answers (a cluster client connects to every node, and a
+        // frozen one holds a new connection up to its time limit).
+        let warm = format!("rt-warm-{expected}");
+        expected = match by_default
+            .save("api", &stored_with_refresh_token(&warm), Some(expected))
+            .await
+        {
+            Ok(SaveOutcome::Saved { generation }) => generation,
+            other => panic!("{other:?}"),
+        };
+        own[0].freeze();
+        let rt = format!("rt-default-{expected}");
+        let saved = by_default
+            .save("api", &stored_with_refresh_token(&rt), Some(expected))
+            .await;
+        own[0].thaw();
+        match saved {
+            Err(StoreError::NotReplicated { asked: 1, .. }) => break,
+            Ok(SaveOutcome::Saved { generation }) => expected = generation,
+            // The default turned 1 between the two saves: that connection was first made
+            // with the replica frozen. Again.
+            Err(StoreError::Unavailable { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "min_replicas_acked never turned 1 on a cluster with a replica per master"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
 
@@ -1992,14 +2132,56 @@ async fn a_fleet_on_sentinel_over_tls_follows_a_failover() {
         pki.client_cert.display().to_string(),
         pki.client_key.display().to_string()
     );
+    a_pair_rides_out_a_failover(&f, &mut group, &tls, Duration::from_secs(16)).await;
+}
+
+/// Sentinels that ask for no password in front of servers that do: the sentinel urls carry
+/// none, `master_password` is the master's. Two sidecars share a rotating refresh token
+/// through a `kill -9` failover (the promoted master is reached with that password too),
+/// and the password is in no log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_without_a_password_in_front_of_a_master_with_one() {
+    let f = Fleet::start(Duration::from_secs(3)).await;
+    let mut group = tokio::task::block_in_place(SentinelGroup::start_with_open_sentinels);
+    assert!(group.urls().iter().all(|u| !u.contains('@')));
+    std::env::set_var("BEARERD_TEST_MASTER_PW", GROUP_PASSWORD);
+    let master_auth = "master_password = { env = \"BEARERD_TEST_MASTER_PW\" }\n";
+    let fleet =
+        a_pair_rides_out_a_failover(&f, &mut group, master_auth, Duration::from_secs(10)).await;
+    for s in &fleet {
+        let log = std::fs::read_to_string(s.dir.join("log")).unwrap();
+        assert!(
+            !log.contains(GROUP_PASSWORD),
+            "the master's password in a log"
+        );
+    }
+}
+
+/// Two sidecars on `group` (`store_lines` added to `[store]`) share a rotating refresh
+/// token under `load_for` of load through a `kill -9` failover: every request 2xx,
+/// rotations after it, the grant alive, the set in the promoted master. Before the
+/// failover, the sidecars ask the sentinels (each once a second) over kept connections:
+/// no handshake per question (the second count's own 3 connections are taken off).
+async fn a_pair_rides_out_a_failover(
+    f: &Fleet,
+    group: &mut SentinelGroup,
+    store_lines: &str,
+    load_for: Duration,
+) -> [Replica; 2] {
     let grant_lines = f.rotating_grant("");
     let fleet = [
-        f.sentinel_sidecar(&group, &tls, &grant_lines).await,
-        f.sentinel_sidecar(&group, &tls, &grant_lines).await,
+        f.sentinel_sidecar(group, store_lines, &grant_lines).await,
+        f.sentinel_sidecar(group, store_lines, &grant_lines).await,
     ];
     let proxies = fleet.iter().map(|s| s.proxy_addr).collect();
-    let load = tokio::spawn(load_through(proxies, 2, Duration::from_secs(16)));
+    let load = tokio::spawn(load_through(proxies, 2, load_for));
+    let accepted = tokio::task::block_in_place(|| group.connections_received());
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let new = tokio::task::block_in_place(|| group.connections_received()) - accepted - 3;
+    assert!(
+        new <= 2,
+        "{new} new sentinel connections in 3 s of asking every second from 2 sidecars"
+    );
     let before = f.tokens.state.rotations();
     tokio::task::block_in_place(|| group.fail_over());
     let (ok, bad) = load.await.unwrap();
@@ -2017,4 +2199,5 @@ async fn a_fleet_on_sentinel_over_tls_follows_a_failover() {
         .filter(|(k, _)| k.contains(":set:"))
         .count();
     assert_eq!(sets, 1, "the set in the promoted master");
+    fleet
 }

@@ -51,6 +51,14 @@ pub enum StoreConfig {
     },
 }
 
+/// `master_username` and `master_password`: how the master is reached when the sentinels
+/// ask for another password, or for none.
+#[derive(Debug, Clone)]
+pub struct MasterAuth {
+    pub username: Option<String>,
+    pub password: SecretRef,
+}
+
 /// Where the Redis store's master is.
 #[derive(Debug, Clone)]
 pub enum RedisServers {
@@ -60,6 +68,8 @@ pub enum RedisServers {
     Sentinel {
         sentinels: Vec<SecretRef>,
         master_name: String,
+        /// The master's own user and password, when they are not the sentinels'.
+        master_auth: Option<MasterAuth>,
     },
     /// A Redis Cluster, found from these nodes; a credential's keys share one hash slot.
     Cluster(Vec<SecretRef>),

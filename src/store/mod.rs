@@ -34,7 +34,7 @@ pub use file::FileStore;
 pub use memory::MemoryStore;
 pub use record_key::{RecordKey, SubjectNames};
 pub use redis::RedisStore;
-pub use redis_client::{RedisFailure, RedisTarget};
+pub use redis_client::{MasterCredentials, RedisFailure, RedisTarget};
 pub use redis_journal::{
     HelperJournalConnection, JournalError, RedisJournalReader, RedisJournalTarget,
 };
@@ -294,7 +294,7 @@ pub fn open(
             let resolve = |s: &crate::config::SecretRef| {
                 s.resolve().map_err(|e| StoreError::Invalid(e.to_string()))
             };
-            let (url, sentinels, nodes);
+            let (url, sentinels, master_auth, nodes);
             let target = match servers {
                 crate::config::RedisServers::Url(u) => {
                     url = resolve(u)?;
@@ -303,11 +303,22 @@ pub fn open(
                 crate::config::RedisServers::Sentinel {
                     sentinels: list,
                     master_name,
+                    master_auth: auth,
                 } => {
                     sentinels = list.iter().map(resolve).collect::<Result<Vec<_>, _>>()?;
+                    master_auth = auth
+                        .as_ref()
+                        .map(|a| {
+                            Ok::<_, StoreError>(redis_client::MasterCredentials {
+                                username: a.username.clone(),
+                                password: resolve(&a.password)?,
+                            })
+                        })
+                        .transpose()?;
                     redis_client::RedisTarget::Sentinel {
                         sentinels: &sentinels,
                         master_name,
+                        master_auth: master_auth.as_ref(),
                     }
                 }
                 crate::config::RedisServers::Cluster(list) => {

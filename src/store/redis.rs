@@ -61,7 +61,8 @@ mod table {
     use std::path::PathBuf;
 
     use crate::config::{
-        ClientIdentity, ConfigError, Material, RedisServers, RedisTls, SourceMap, StoreConfig,
+        ClientIdentity, ConfigError, MasterAuth, Material, RedisServers, RedisTls, SourceMap,
+        StoreConfig,
     };
     use crate::material::RawSecretRef;
 
@@ -74,6 +75,10 @@ mod table {
             /// secret reference) that name the master of `master_name`.
             sentinels: Option<Vec<RawSecretRef>>,
             master_name: Option<String>,
+            /// With `sentinels`: the master's password (and user), when the sentinels' urls
+            /// carry another one or none.
+            master_password: Option<RawSecretRef>,
+            master_username: Option<String>,
             /// Instead of `url`: nodes of a Redis Cluster (`redis://[user:pass@]host:7000`,
             /// each may be a secret reference); the rest of the cluster is found from them.
             cluster_nodes: Option<Vec<RawSecretRef>>,
@@ -174,6 +179,44 @@ mod table {
         Ok(urls)
     }
 
+    /// `master_password` and `master_username`: with `sentinels` only, the user with its
+    /// password.
+    fn lower_master_auth(
+        map: &SourceMap,
+        raw: &RawRedisStore,
+    ) -> Result<Option<MasterAuth>, ConfigError> {
+        let (password, username) = (&raw.master_password, &raw.master_username);
+        if raw.sentinels.is_none() {
+            for (key, set) in [
+                ("store.master_password", password.is_some()),
+                ("store.master_username", username.is_some()),
+            ] {
+                if set {
+                    return Err(map.error_at(key, "only applies with `sentinels` (a `url` or cluster node carries its own user and password)"));
+                }
+            }
+        }
+        match (password, username) {
+            (None, None) => Ok(None),
+            (None, Some(_)) => Err(map.error_at(
+                "store.master_username",
+                "needs `master_password = { env = \"…\" }`, the password of that user",
+            )),
+            (Some(password), username) => {
+                if username.as_deref().is_some_and(|u| u.trim().is_empty()) {
+                    return Err(map.error_at(
+                        "store.master_username",
+                        "is empty: leave it out for the default user",
+                    ));
+                }
+                Ok(Some(MasterAuth {
+                    username: username.clone(),
+                    password: map.lower_secret("store.master_password", password)?,
+                }))
+            }
+        }
+    }
+
     /// `url`, `sentinels` with `master_name`, or `cluster_nodes`: one of them. Whether a url
     /// asks for TLS is known once it is read: the check step.
     fn lower_servers(
@@ -181,6 +224,7 @@ mod table {
         raw: &RawRedisStore,
         tls_keys: Vec<crate::config::Place>,
     ) -> Result<RedisServers, ConfigError> {
+        let master_auth = lower_master_auth(map, raw)?;
         if let Some(nodes) = &raw.cluster_nodes {
             if raw.url.is_some() || raw.sentinels.is_some() {
                 return Err(map.error_at(
@@ -232,6 +276,7 @@ mod table {
                 Ok(RedisServers::Sentinel {
                     sentinels,
                     master_name: name.clone(),
+                    master_auth,
                 })
             }
             (None, None, _) => Err(map.error_at(
@@ -497,6 +542,17 @@ struct StoreConnection {
     retry_at: Option<Instant>,
 }
 
+/// Which of the store's two connections a command goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// Everything but a confirmed write.
+    Data,
+    /// A write followed by `WAIT`: WAIT holds its connection until the replicas answer (up
+    /// to [`REPLICA_WAIT`] while one is away), and loads, leases and saves of every other
+    /// credential must not queue behind it.
+    Confirmed,
+}
+
 /// How long the open connection serves on after renewed TLS files failed to connect.
 const RENEWED_RETRY: Duration = Duration::from_secs(5);
 
@@ -510,8 +566,8 @@ pub struct RedisStore {
     unconfirmed: Mutex<HashMap<String, Unconfirmed>>,
     /// Connected on first use, on the runtime that uses it; reconnects by itself, and is
     /// built again when the client's TLS files were renewed (the generation it was built
-    /// from is older than the client's).
-    connection: tokio::sync::Mutex<Option<StoreConnection>>,
+    /// from is older than the client's). One per [`Lane`].
+    connections: [tokio::sync::Mutex<Option<StoreConnection>>; 2],
     sealer: Sealer,
     prefix: String,
     /// Credential name → its key suffix (`name:hash-of-binding`).
@@ -609,7 +665,7 @@ impl RedisStore {
             clients,
             min_replicas_acked,
             unconfirmed: Mutex::new(HashMap::new()),
-            connection: tokio::sync::Mutex::new(None),
+            connections: Default::default(),
             sealer: Sealer::new(key),
             prefix: prefix.to_string(),
             keys,
@@ -806,7 +862,7 @@ impl RedisStore {
             .cmd("WAIT")
             .arg(asked)
             .arg(REPLICA_WAIT.as_millis() as u64);
-        let mut con = self.connection().await?;
+        let mut con = self.connection_on(Lane::Confirmed).await?;
         let (answer, acknowledged): (i64, i64) =
             self.answered(within(COMMAND_TIMEOUT, pipe.query_async(&mut con)).await)?;
         let acknowledged = acknowledged.max(0) as u32;
@@ -922,13 +978,20 @@ impl RedisStore {
         })
     }
 
+    /// The data connection (see [`Lane`]).
     async fn connection(&self) -> Result<RedisConnection, StoreError> {
+        self.connection_on(Lane::Data).await
+    }
+
+    /// The lane's connection: the one open, or a new one after renewed TLS files or a
+    /// failover.
+    async fn connection_on(&self, lane: Lane) -> Result<RedisConnection, StoreError> {
         if let Some(down) = self.known_down() {
             return Err(down);
         }
         // Held while connecting, so concurrent first uses make one connection; whoever
         // waited looks at the health again.
-        let mut slot = self.connection.lock().await;
+        let mut slot = self.connections[lane as usize].lock().await;
         if let Some(down) = self.known_down() {
             return Err(down);
         }

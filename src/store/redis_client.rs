@@ -55,6 +55,8 @@ enum Topology {
         /// Each sentinel (asked on database 0), and the master's database its url names.
         sentinels: Vec<(redis::ConnectionInfo, i64)>,
         master_name: String,
+        /// The master's own user and password; `None`: the sentinel url's.
+        master_auth: Option<MasterCredentials>,
         /// The sentinel that answered last, asked first next time.
         first: AtomicUsize,
     },
@@ -67,12 +69,20 @@ enum Topology {
     },
 }
 
+/// The master's own user and password behind sentinels that ask for another (or none).
+#[derive(Clone)]
+pub struct MasterCredentials {
+    pub username: Option<String>,
+    pub password: SecretString,
+}
+
 /// The Redis servers bearerd talks to, resolved from the config.
 pub enum RedisTarget<'a> {
     Url(&'a SecretString),
     Sentinel {
         sentinels: &'a [SecretString],
         master_name: &'a str,
+        master_auth: Option<&'a MasterCredentials>,
     },
     Cluster {
         nodes: &'a [SecretString],
@@ -149,6 +159,17 @@ pub struct RedisClients {
     moves: AtomicU64,
     /// The TLS files as last read, and the client built from the last good set.
     files: Watched<BuiltSet>,
+    /// The connection to the sentinel that answered last, kept: the sentinels are asked
+    /// every second, and a handshake (TLS, AUTH) each time is a cost for every sidecar.
+    kept_sentinel: Mutex<Option<KeptSentinel>>,
+}
+
+/// A sentinel's connection, and the client generation it was made in (renewed TLS files
+/// or a moved master: a new one is made, as for the store's own connection).
+struct KeptSentinel {
+    index: usize,
+    generation: u64,
+    con: redis::aio::MultiplexedConnection,
 }
 
 /// A client and the certificates it was built with.
@@ -216,6 +237,7 @@ impl RedisClients {
             RedisTarget::Sentinel {
                 sentinels,
                 master_name,
+                master_auth,
             } => {
                 // A sentinel has no databases (it refuses SELECT): it is asked on 0, and the
                 // url's database is the master's.
@@ -229,9 +251,15 @@ impl RedisClients {
                         Ok((info.set_redis_settings(settings), db))
                     })
                     .collect::<Result<Vec<_>, StoreError>>()?;
+                if sentinels.is_empty() {
+                    return Err(StoreError::Invalid(
+                        "redis store: sentinels is empty".into(),
+                    ));
+                }
                 let topology = Topology::Sentinel {
                     sentinels,
                     master_name: master_name.to_string(),
+                    master_auth: master_auth.cloned(),
                     first: AtomicUsize::new(0),
                 };
                 (topology, None)
@@ -244,7 +272,9 @@ impl RedisClients {
                     .collect::<Result<Vec<_>, _>>()?;
                 // New connections for the subscription go to a node; the data's go
                 // through the cluster client (see `connect`).
-                let first = nodes[0].clone();
+                let first = nodes.first().cloned().ok_or_else(|| {
+                    StoreError::Invalid("redis store: cluster_nodes is empty".into())
+                })?;
                 let topology = Topology::Cluster {
                     nodes,
                     first: AtomicUsize::new(0),
@@ -261,6 +291,7 @@ impl RedisClients {
             generation: AtomicU64::new(0),
             moves: AtomicU64::new(0),
             files: Watched::default(),
+            kept_sentinel: Mutex::new(None),
         };
         if clients.has_tls_files() {
             let seen = clients
@@ -314,6 +345,7 @@ impl RedisClients {
         let Topology::Sentinel {
             sentinels,
             master_name,
+            master_auth,
             first,
         } = &self.topology
         else {
@@ -323,10 +355,10 @@ impl RedisClients {
         let mut last_failure = RedisFailure::Refused("no sentinel configured".into());
         for i in (0..sentinels.len()).map(|k| (start + k) % sentinels.len()) {
             let (sentinel, db) = &sentinels[i];
-            match self.ask_sentinel(sentinel, master_name).await {
+            match self.ask_sentinel(i, sentinel, master_name).await {
                 Ok(Some((host, port))) => {
                     first.store(i, Ordering::Relaxed);
-                    return self.master_at(sentinel, *db, host, port);
+                    return self.master_at(sentinel, *db, master_auth.as_ref(), (host, port));
                 }
                 Ok(None) => {
                     last_failure = RedisFailure::Refused(format!(
@@ -342,31 +374,52 @@ impl RedisClients {
         Err(last_failure)
     }
 
+    /// Sentinel `index`'s answer, over the kept connection when it is this sentinel's and
+    /// still answers, else over a new one (kept in turn).
     async fn ask_sentinel(
         &self,
+        index: usize,
         sentinel: &redis::ConnectionInfo,
         master_name: &str,
     ) -> Result<Option<(String, u16)>, RedisFailure> {
-        let client = self.client_for(sentinel.clone())?;
-        let mut con = within(CONNECT_TIMEOUT, connect_plain(&client)).await?;
-        within(
-            COMMAND_TIMEOUT,
-            redis::cmd("SENTINEL")
+        let ask = |mut con: redis::aio::MultiplexedConnection| async move {
+            let cmd = redis::cmd("SENTINEL")
                 .arg("GET-MASTER-ADDR-BY-NAME")
                 .arg(master_name)
-                .query_async(&mut con),
-        )
-        .await
+                .clone();
+            within(COMMAND_TIMEOUT, cmd.query_async(&mut con)).await
+        };
+        let generation = self.generation();
+        let kept = lock(&self.kept_sentinel)
+            .as_ref()
+            .filter(|k| k.index == index && k.generation == generation)
+            .map(|k| k.con.clone());
+        if let Some(con) = kept {
+            if let Ok(answer) = ask(con).await {
+                return Ok(answer);
+            }
+            // Gone (a restarted sentinel, a cut connection): a new one below.
+            *lock(&self.kept_sentinel) = None;
+        }
+        let client = self.client_for(sentinel.clone())?;
+        let con = within(CONNECT_TIMEOUT, connect_plain(&client)).await?;
+        let answer = ask(con.clone()).await?;
+        *lock(&self.kept_sentinel) = Some(KeptSentinel {
+            index,
+            generation,
+            con,
+        });
+        Ok(answer)
     }
 
-    /// The master is at `host:port`, reached as `sentinel` is (TLS, user, password,
-    /// database): a new address gets a new client.
+    /// The master is at `host:port`, reached as `sentinel` is (TLS, user, password), or with
+    /// its own user and password, on database `db`: a new address gets a new client.
     fn master_at(
         &self,
         sentinel: &redis::ConnectionInfo,
         db: i64,
-        host: String,
-        port: u16,
+        auth: Option<&MasterCredentials>,
+        (host, port): (String, u16),
     ) -> Result<Located, RedisFailure> {
         let addr = match sentinel.addr() {
             redis::ConnectionAddr::TcpTls { .. } => redis::ConnectionAddr::TcpTls {
@@ -384,7 +437,18 @@ impl RedisClients {
         if same && self.current.load().is_some() {
             return Ok(Located::Same);
         }
-        let settings = sentinel.redis_settings().clone().set_db(db);
+        let settings = match auth {
+            None => sentinel.redis_settings().clone().set_db(db),
+            Some(auth) => {
+                let own = redis::RedisConnectionInfo::default()
+                    .set_db(db)
+                    .set_password(auth.password.expose_secret());
+                match &auth.username {
+                    Some(user) => own.set_username(user),
+                    None => own,
+                }
+            }
+        };
         let info = sentinel.clone().set_addr(addr).set_redis_settings(settings);
         let client = self.client_for(info.clone())?;
         *master = Some(info);
@@ -647,6 +711,27 @@ mod tests {
         std::fs::remove_file(&live.1).unwrap();
         assert!(matches!(clients.reload(), Reload::Unchanged));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The config refuses empty lists, but the type is public: an empty one is an error,
+    /// not a panic.
+    #[test]
+    fn an_empty_list_of_nodes_or_sentinels_is_an_error() {
+        let none: [SecretString; 0] = [];
+        let tls = RedisTls::default();
+        let cluster = RedisClients::new(RedisTarget::Cluster { nodes: &none }, &tls);
+        assert!(
+            matches!(cluster, Err(StoreError::Invalid(m)) if m.contains("cluster_nodes is empty"))
+        );
+        let sentinel = RedisTarget::Sentinel {
+            sentinels: &none,
+            master_name: "mymaster",
+            master_auth: None,
+        };
+        let sentinel = RedisClients::new(sentinel, &tls);
+        assert!(
+            matches!(sentinel, Err(StoreError::Invalid(m)) if m.contains("sentinels is empty"))
+        );
     }
 }
 

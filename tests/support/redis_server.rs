@@ -288,6 +288,18 @@ impl RedisServer {
         self.restart_empty();
     }
 
+    /// The port of the master this server replicates, by its `INFO replication`; `None`
+    /// for a master.
+    pub fn master_port(&self) -> Option<u16> {
+        let info: String = self.query(redis::cmd("INFO").arg("replication"));
+        if !info.lines().any(|l| l.trim() == "role:slave") {
+            return None;
+        }
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix("master_port:"))
+            .and_then(|p| p.parse().ok())
+    }
+
     /// Whether a replica's link to its master is up (it has synced).
     pub fn replica_synced(&self) -> bool {
         self.connection().is_some_and(|mut con| {
@@ -337,6 +349,8 @@ pub struct SentinelGroup {
     pub sentinels: Vec<Sentinel>,
     /// TLS everywhere (servers, replication, sentinels), with one PKI.
     pub pki: Option<TestPki>,
+    /// The sentinels ask for no password (the servers still do).
+    pub open_sentinels: bool,
 }
 
 pub const MASTER_NAME: &str = "mymaster";
@@ -344,27 +358,34 @@ pub const GROUP_PASSWORD: &str = "sentinel-group-pw-5d1f";
 
 impl SentinelGroup {
     pub fn start() -> SentinelGroup {
-        Self::start_with(None)
+        Self::start_with(None, false)
+    }
+
+    /// Sentinels that ask for no password, in front of servers that ask for
+    /// [`GROUP_PASSWORD`] (`store.master_password`).
+    pub fn start_with_open_sentinels() -> SentinelGroup {
+        Self::start_with(None, true)
     }
 
     /// Every server and sentinel speaks TLS only, with one private CA, and asks clients for
     /// a certificate from it.
     pub fn start_tls() -> SentinelGroup {
         let dir = std::env::temp_dir().join(format!("bearerd-pki-{}", super::rand_suffix()));
-        Self::start_with(Some(TestPki::generate(&dir)))
+        Self::start_with(Some(TestPki::generate(&dir)), false)
     }
 
-    fn start_with(pki: Option<TestPki>) -> SentinelGroup {
+    fn start_with(pki: Option<TestPki>, open_sentinels: bool) -> SentinelGroup {
         let master = RedisServer::start_with_password(GROUP_PASSWORD, pki.clone());
         let replica = RedisServer::start_replica_of(master.port, Some(GROUP_PASSWORD), pki.clone());
         let group_master = master.port;
         let sentinels = (0..3)
-            .map(|_| Sentinel::start(group_master, pki.as_ref()))
+            .map(|_| Sentinel::start(group_master, pki.as_ref(), !open_sentinels))
             .collect();
         let group = SentinelGroup {
             servers: vec![master, replica],
             sentinels,
             pki,
+            open_sentinels,
         };
         group.wait_settled(group_master);
         group
@@ -380,7 +401,12 @@ impl SentinelGroup {
                 } else {
                     "redis"
                 };
-                format!("{scheme}://:{GROUP_PASSWORD}@127.0.0.1:{}", s.port)
+                let auth = if self.open_sentinels {
+                    String::new()
+                } else {
+                    format!(":{GROUP_PASSWORD}@")
+                };
+                format!("{scheme}://{auth}127.0.0.1:{}", s.port)
             })
             .collect()
     }
@@ -479,10 +505,12 @@ pub struct Sentinel {
     child: Child,
     dir: PathBuf,
     pki: Option<TestPki>,
+    password: Option<&'static str>,
 }
 
 impl Sentinel {
-    fn start(master_port: u16, pki: Option<&TestPki>) -> Sentinel {
+    fn start(master_port: u16, pki: Option<&TestPki>, with_password: bool) -> Sentinel {
+        let password = with_password.then_some(GROUP_PASSWORD);
         for _ in 0..5 {
             let dir =
                 std::env::temp_dir().join(format!("bearerd-sentinel-{}", super::rand_suffix()));
@@ -503,8 +531,9 @@ impl Sentinel {
             std::fs::write(
                 &conf,
                 format!(
-                    "{listen}\nbind 127.0.0.1\ndir {}\nsentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\nsentinel down-after-milliseconds {MASTER_NAME} 1000\nsentinel failover-timeout {MASTER_NAME} 3000\nsentinel parallel-syncs {MASTER_NAME} 1\nrequirepass {GROUP_PASSWORD}\nsentinel auth-pass {MASTER_NAME} {GROUP_PASSWORD}\n",
-                    dir.display()
+                    "{listen}\nbind 127.0.0.1\ndir {}\nsentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} 2\nsentinel down-after-milliseconds {MASTER_NAME} 1000\nsentinel failover-timeout {MASTER_NAME} 3000\nsentinel parallel-syncs {MASTER_NAME} 1\n{}sentinel auth-pass {MASTER_NAME} {GROUP_PASSWORD}\n",
+                    dir.display(),
+                    password.map(|p| format!("requirepass {p}\n")).unwrap_or_default()
                 ),
             )
             .unwrap();
@@ -522,7 +551,7 @@ impl Sentinel {
                     break;
                 }
                 // Only our own process counts (another test may have taken the port).
-                if sentinel_pid(port, pki) == Some(child.id()) {
+                if sentinel_pid(port, pki, password) == Some(child.id()) {
                     up = true;
                     break;
                 }
@@ -534,6 +563,7 @@ impl Sentinel {
                     child,
                     dir,
                     pki: pki.cloned(),
+                    password,
                 };
             }
             let _ = child.kill();
@@ -545,7 +575,7 @@ impl Sentinel {
 
     /// The master's port as this sentinel names it.
     pub fn master_port(&self) -> Option<u16> {
-        let mut con = sentinel_connection(self.port, self.pki.as_ref())?;
+        let mut con = sentinel_connection(self.port, self.pki.as_ref(), self.password)?;
         let addr: Option<(String, u16)> = redis::cmd("SENTINEL")
             .arg("GET-MASTER-ADDR-BY-NAME")
             .arg(MASTER_NAME)
@@ -555,15 +585,43 @@ impl Sentinel {
     }
 }
 
-fn sentinel_connection(port: u16, pki: Option<&TestPki>) -> Option<redis::Connection> {
+impl SentinelGroup {
+    /// Connections the sentinels accepted so far, summed (this call's own included).
+    pub fn connections_received(&self) -> u64 {
+        self.sentinels
+            .iter()
+            .map(Sentinel::connections_received)
+            .sum()
+    }
+}
+
+impl Sentinel {
+    /// `total_connections_received` from this sentinel's INFO (this call's own included).
+    pub fn connections_received(&self) -> u64 {
+        let mut con =
+            sentinel_connection(self.port, self.pki.as_ref(), self.password).expect("a sentinel");
+        let info: String = redis::cmd("INFO").arg("stats").query(&mut con).unwrap();
+        info.lines()
+            .find_map(|l| l.trim().strip_prefix("total_connections_received:"))
+            .and_then(|n| n.parse().ok())
+            .expect("total_connections_received in a sentinel's INFO stats")
+    }
+}
+
+fn sentinel_connection(
+    port: u16,
+    pki: Option<&TestPki>,
+    password: Option<&str>,
+) -> Option<redis::Connection> {
     let scheme = if pki.is_some() { "rediss" } else { "redis" };
-    let url = format!("{scheme}://:{GROUP_PASSWORD}@127.0.0.1:{port}");
+    let auth = password.map(|p| format!(":{p}@")).unwrap_or_default();
+    let url = format!("{scheme}://{auth}127.0.0.1:{port}");
     client_for(&url, pki)
 }
 
 /// The process id of whatever answers on `port`.
-fn sentinel_pid(port: u16, pki: Option<&TestPki>) -> Option<u32> {
-    let mut con = sentinel_connection(port, pki)?;
+fn sentinel_pid(port: u16, pki: Option<&TestPki>, password: Option<&str>) -> Option<u32> {
+    let mut con = sentinel_connection(port, pki, password)?;
     let info: String = redis::cmd("INFO").arg("server").query(&mut con).ok()?;
     info.lines()
         .find_map(|l| l.trim().strip_prefix("process_id:"))
@@ -578,15 +636,26 @@ impl Drop for Sentinel {
     }
 }
 
-/// A Redis Cluster of three masters (no replicas) on loopback, made with
-/// `redis-cli --cluster create`.
+/// A Redis Cluster of three masters (with or without a replica each) on loopback, made
+/// with `redis-cli --cluster create`.
 pub struct ClusterGroup {
     pub nodes: Vec<RedisServer>,
 }
 
 impl ClusterGroup {
     pub fn start() -> ClusterGroup {
-        let nodes: Vec<RedisServer> = (0..3).map(|_| RedisServer::start_cluster_node()).collect();
+        Self::start_with(0)
+    }
+
+    /// Three masters with a replica each, every replica synced.
+    pub fn start_with_replicas() -> ClusterGroup {
+        Self::start_with(1)
+    }
+
+    fn start_with(replicas: usize) -> ClusterGroup {
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
+            .map(|_| RedisServer::start_cluster_node())
+            .collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
@@ -594,7 +663,7 @@ impl ClusterGroup {
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli (scripts/setup.sh installs redis-server, which brings it)");
         assert!(
@@ -606,12 +675,24 @@ impl ClusterGroup {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !group.nodes.iter().all(|n| {
             let info: String = n.query(redis::cmd("CLUSTER").arg("INFO"));
-            info.lines().any(|l| l.trim() == "cluster_state:ok")
+            let synced = n.master_port().is_none() || n.replica_synced();
+            synced && info.lines().any(|l| l.trim() == "cluster_state:ok")
         }) {
-            assert!(Instant::now() < deadline, "the cluster never became ok");
+            assert!(
+                Instant::now() < deadline,
+                "the cluster never became ok with its replicas synced"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         group
+    }
+
+    /// The replicas of the master on `port`.
+    pub fn replicas_of(&self, port: u16) -> Vec<&RedisServer> {
+        self.nodes
+            .iter()
+            .filter(|n| n.master_port() == Some(port))
+            .collect()
     }
 
     /// The nodes' urls, for `store.cluster_nodes`.
@@ -619,10 +700,11 @@ impl ClusterGroup {
         self.nodes.iter().map(RedisServer::url).collect()
     }
 
-    /// Every key in the cluster with its value, and the port of the node holding it.
+    /// Every key in the cluster with its value, and the port of the master holding it.
     pub fn dump(&self) -> Vec<(u16, String, String)> {
         self.nodes
             .iter()
+            .filter(|n| n.master_port().is_none())
             .flat_map(|n| n.dump().into_iter().map(|(k, v)| (n.port, k, v)))
             .collect()
     }
