@@ -1684,12 +1684,7 @@ async fn a_rotation_is_confirmed_by_a_replica_before_its_lease_goes() {
 async fn a_save_with_a_refresh_token_waits_for_the_replica_and_is_retried_over_itself() {
     use bearerd::store::{RedisStore, RedisTarget, SaveOutcome, StoreError, TokenStore};
     let group = tokio::task::block_in_place(SentinelGroup::start);
-    let sentinels: Vec<secrecy::SecretString> = group
-        .urls()
-        .into_iter()
-        .map(secrecy::SecretString::from)
-        .collect();
-    let key = bearerd::store::parse_key(&bearerd::store::generate_key()).unwrap();
+    let (sentinels, key) = secret_urls_and_key(group.urls());
     let credentials = [
         ("api", "binding".to_string()),
         ("crm", "binding-crm".to_string()),
@@ -1829,6 +1824,13 @@ async fn a_save_with_a_refresh_token_waits_for_the_replica_and_is_retried_over_i
 }
 
 /// A token set with a refresh token, for the store-level tests.
+/// Servers' urls as the store takes them, and a fresh store key.
+fn secret_urls_and_key(urls: Vec<String>) -> (Vec<secrecy::SecretString>, [u8; 32]) {
+    let urls = urls.into_iter().map(secrecy::SecretString::from).collect();
+    let key = bearerd::store::parse_key(&bearerd::store::generate_key()).unwrap();
+    (urls, key)
+}
+
 fn stored_with_refresh_token(rt: &str) -> bearerd::store::StoredToken {
     let now = std::time::SystemTime::now();
     bearerd::store::StoredToken {
@@ -1855,12 +1857,7 @@ fn stored_with_refresh_token(rt: &str) -> bearerd::store::StoredToken {
 async fn a_cluster_with_replicas_waits_for_the_replica_of_the_credentials_master() {
     use bearerd::store::{RedisStore, RedisTarget, SaveOutcome, StoreError, TokenStore};
     let cluster = tokio::task::block_in_place(ClusterGroup::start_with_replicas);
-    let nodes: Vec<secrecy::SecretString> = cluster
-        .urls()
-        .into_iter()
-        .map(secrecy::SecretString::from)
-        .collect();
-    let key = bearerd::store::parse_key(&bearerd::store::generate_key()).unwrap();
+    let (nodes, key) = secret_urls_and_key(cluster.urls());
     let credentials = [("api", "binding".to_string())];
     let store = |acked: Option<u32>| {
         RedisStore::new(
@@ -1972,12 +1969,7 @@ async fn a_cluster_with_replicas_waits_for_the_replica_of_the_credentials_master
 async fn a_cluster_store_keeps_every_key_of_a_credential_in_one_slot() {
     use bearerd::store::{LeaseAnswer, RedisStore, RedisTarget, SaveOutcome, TokenStore};
     let cluster = tokio::task::block_in_place(ClusterGroup::start);
-    let nodes: Vec<secrecy::SecretString> = cluster
-        .urls()
-        .into_iter()
-        .map(secrecy::SecretString::from)
-        .collect();
-    let key = bearerd::store::parse_key(&bearerd::store::generate_key()).unwrap();
+    let (nodes, key) = secret_urls_and_key(cluster.urls());
     let names = ["api", "crm", "gmail", "drive", "mail"];
     let credentials: Vec<(&str, String)> =
         names.iter().map(|n| (*n, format!("binding-{n}"))).collect();
