@@ -2108,6 +2108,50 @@ async fn a_fleet_on_a_redis_cluster_sends_a_rotating_refresh_token_once() {
     drop(fleet);
 }
 
+/// A Redis Cluster failover: the master holding the credential's keys is killed (`kill
+/// -9`) and the cluster promotes its replica while two sidecars share a rotating refresh
+/// token under load: every request 2xx, no refresh token sent twice, the grant alive,
+/// rotations after the failover, the set on the promoted master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fleet_on_a_redis_cluster_rides_out_a_master_failover() {
+    let f = Fleet::start(Duration::from_secs(3)).await;
+    let mut cluster = tokio::task::block_in_place(ClusterGroup::start_with_replicas);
+    let grant_lines = f.rotating_grant("");
+    let fleet = [
+        f.cluster_sidecar(&cluster, &grant_lines).await,
+        f.cluster_sidecar(&cluster, &grant_lines).await,
+    ];
+    let proxies = fleet.iter().map(|s| s.proxy_addr).collect();
+    let load = tokio::spawn(load_through(proxies, 2, Duration::from_secs(18)));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let set_on = |cluster: &ClusterGroup| {
+        let on: Vec<u16> = cluster
+            .dump()
+            .into_iter()
+            .filter(|(_, k, _)| k.contains(":set:{api:"))
+            .map(|(port, _, _)| port)
+            .collect();
+        on
+    };
+    let holder = set_on(&cluster)[0];
+    let before = f.tokens.state.rotations();
+    let (gone, promoted) = tokio::task::block_in_place(|| cluster.fail_over(holder));
+    eprintln!("cluster failover: {holder} killed, {promoted} promoted after {gone:.1?}");
+    let (ok, bad) = load.await.unwrap();
+    eprintln!("cluster failover: {ok} requests 2xx, {} not", bad.len());
+    support::assert_all_2xx(&bad);
+    assert!(
+        f.tokens.state.rotations() > before,
+        "rotations after the failover"
+    );
+    f.assert_grant_alive();
+    assert_eq!(
+        set_on(&cluster),
+        [promoted],
+        "the set on the promoted master"
+    );
+}
+
 /// Sentinel over TLS: every server and sentinel speaks TLS only with a private CA and asks
 /// for a client certificate; two sidecars given `rediss://` sentinel urls with `ca_file`,
 /// `client_cert` and `client_key` find the master through the sentinels, share a rotating

@@ -270,6 +270,11 @@ impl RedisServer {
         self.signal("-CONT");
     }
 
+    /// Whether the process runs (it was not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     /// Kills the server at once (its data is gone: there is no persistence).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -691,8 +696,37 @@ impl ClusterGroup {
     pub fn replicas_of(&self, port: u16) -> Vec<&RedisServer> {
         self.nodes
             .iter()
-            .filter(|n| n.master_port() == Some(port))
+            .filter(|n| n.is_running() && n.master_port() == Some(port))
             .collect()
+    }
+
+    /// `kill -9` of the master on `port`; returns once the cluster promoted its replica and
+    /// every live node says `cluster_state:ok`, with how long that took and the new master.
+    pub fn fail_over(&mut self, port: u16) -> (Duration, u16) {
+        let replica = self.replicas_of(port).first().expect("a replica").port;
+        let killed = Instant::now();
+        let i = self.nodes.iter().position(|n| n.port == port).unwrap();
+        self.nodes[i].kill();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let promoted = |n: &RedisServer| {
+            let info: String = n.query(redis::cmd("INFO").arg("replication"));
+            info.lines().any(|l| l.trim() == "role:master")
+        };
+        let node = |port: u16| self.nodes.iter().find(|n| n.port == port).unwrap();
+        loop {
+            let ok = self.nodes.iter().filter(|n| n.is_running()).all(|n| {
+                let info: String = n.query(redis::cmd("CLUSTER").arg("INFO"));
+                info.lines().any(|l| l.trim() == "cluster_state:ok")
+            });
+            if ok && promoted(node(replica)) {
+                return (killed.elapsed(), replica);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster never promoted {replica} after {port} died"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The nodes' urls, for `store.cluster_nodes`.
@@ -704,7 +738,7 @@ impl ClusterGroup {
     pub fn dump(&self) -> Vec<(u16, String, String)> {
         self.nodes
             .iter()
-            .filter(|n| n.master_port().is_none())
+            .filter(|n| n.is_running() && n.master_port().is_none())
             .flat_map(|n| n.dump().into_iter().map(|(k, v)| (n.port, k, v)))
             .collect()
     }
