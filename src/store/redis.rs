@@ -379,7 +379,7 @@ return 0
 );
 
 /// How long one `WAIT` for the replicas may take (within the command's time limit).
-const REPLICA_WAIT: Duration = Duration::from_millis(500);
+pub(super) const REPLICA_WAIT: Duration = Duration::from_millis(500);
 
 /// When [`WRITE_SET`] writes.
 enum WriteRule {
@@ -556,11 +556,34 @@ enum Lane {
 /// How long the open connection serves on after renewed TLS files failed to connect.
 const RENEWED_RETRY: Duration = Duration::from_secs(5);
 
+/// How many replicas must confirm a write that holds a refresh token, or guards one (a
+/// lease, the rotation helper's in-flight mark and journal): `store.min_replicas_acked`;
+/// by default 1 with sentinels (there are replicas by design, and a master cut off from
+/// them must not give a lease), and otherwise 1 while the master has a replica connected
+/// (a lone server has nothing a failover could promote). Shared with the journal reader.
+#[derive(Clone)]
+pub(super) struct ReplicaRule {
+    configured: Option<u32>,
+    sentinels: bool,
+    /// The replicas connected to the master at the last health check (the fewest any
+    /// master has, in a cluster).
+    seen: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl ReplicaRule {
+    pub(super) fn replicas(&self) -> u32 {
+        self.configured.unwrap_or_else(|| {
+            if self.sentinels {
+                return 1;
+            }
+            self.seen.load(Ordering::SeqCst).min(1)
+        })
+    }
+}
+
 pub struct RedisStore {
     clients: Arc<RedisClients>,
-    /// `store.min_replicas_acked`: `None` is 1 once the master was seen with replicas (or
-    /// is found through sentinels), else 0.
-    min_replicas_acked: Option<u32>,
+    replica_rule: ReplicaRule,
     /// Per record, this holder's last write that the replicas did not confirm, so the
     /// retry of that same write may write over it (see [`WRITE_SET`]).
     unconfirmed: Mutex<HashMap<String, Unconfirmed>>,
@@ -568,6 +591,8 @@ pub struct RedisStore {
     /// built again when the client's TLS files were renewed (the generation it was built
     /// from is older than the client's). One per [`Lane`].
     connections: [tokio::sync::Mutex<Option<StoreConnection>>; 2],
+    /// Held for each write on [`Lane::Confirmed`] (see `run_confirmed`).
+    confirmed_turn: tokio::sync::Mutex<()>,
     sealer: Sealer,
     prefix: String,
     /// Credential name → its key suffix (`name:hash-of-binding`).
@@ -590,8 +615,8 @@ struct Health {
     store: String,
     up: AtomicBool,
     last_error: Mutex<Option<String>>,
-    /// The replicas connected to the master at the last health check.
-    replicas: std::sync::atomic::AtomicU32,
+    /// The replicas connected to the master at the last health check (the rule's).
+    replicas: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Health {
@@ -652,7 +677,17 @@ impl RedisStore {
         min_replicas_acked: Option<u32>,
     ) -> Result<RedisStore, StoreError> {
         let clients = Arc::new(RedisClients::new(target, tls)?);
-        let journal_reader = Arc::new(RedisJournalReader::new(Arc::clone(&clients), tls, key));
+        let replica_rule = ReplicaRule {
+            configured: min_replicas_acked,
+            sentinels: clients.follows_sentinels(),
+            seen: Arc::default(),
+        };
+        let journal_reader = Arc::new(RedisJournalReader::new(
+            Arc::clone(&clients),
+            tls,
+            key,
+            replica_rule.clone(),
+        ));
         let cluster = clients.is_cluster();
         let keys = credentials
             .iter()
@@ -663,9 +698,9 @@ impl RedisStore {
             .collect();
         Ok(RedisStore {
             clients,
-            min_replicas_acked,
             unconfirmed: Mutex::new(HashMap::new()),
             connections: Default::default(),
+            confirmed_turn: tokio::sync::Mutex::new(()),
             sealer: Sealer::new(key),
             prefix: prefix.to_string(),
             keys,
@@ -676,8 +711,9 @@ impl RedisStore {
                 store: format!("redis store (prefix {prefix:?})"),
                 up: AtomicBool::new(true),
                 last_error: Mutex::new(None),
-                replicas: std::sync::atomic::AtomicU32::new(0),
+                replicas: Arc::clone(&replica_rule.seen),
             }),
+            replica_rule,
             subscribed: AtomicBool::new(false),
             subject_names: SubjectNames::new(key),
             unkeyed_names: false,
@@ -759,17 +795,9 @@ impl RedisStore {
         .into_bytes()
     }
 
-    /// How many replicas must confirm a write that holds a refresh token, or a lease for
-    /// one: as configured; by default 1 with sentinels (there are replicas by design, and a
-    /// master cut off from them must not give a lease), and otherwise 1 while the master
-    /// has a replica connected (a lone server has nothing a failover could promote).
+    /// See [`ReplicaRule`].
     fn replicas_to_confirm(&self) -> u32 {
-        self.min_replicas_acked.unwrap_or_else(|| {
-            if self.clients.follows_sentinels() {
-                return 1;
-            }
-            self.health.replicas.load(Ordering::SeqCst).min(1)
-        })
+        self.replica_rule.replicas()
     }
 
     /// Writes a sealed set under `rule` (see [`WRITE_SET`]); true when it was written. A set
@@ -853,6 +881,10 @@ impl RedisStore {
             invocation.key(keys).arg(args);
             return self.script(&invocation).await;
         }
+        // One confirmed write at a time: Redis blocks a connection during its WAIT, so a
+        // second one sent behind it would wait out the first's WAIT inside its own time
+        // limit (and time out while a replica is away); here it waits its turn instead.
+        let _turn = self.confirmed_turn.lock().await;
         let mut pipe = redis::pipe();
         pipe.cmd("EVAL")
             .arg(script)
@@ -998,7 +1030,10 @@ impl RedisStore {
         let generation = self.clients.generation();
         let moves = self.clients.moves();
         if let Some(current) = slot.as_ref() {
-            let backing_off = current.retry_at.is_some_and(|at| Instant::now() < at);
+            // Backing off from renewed TLS files keeps the open connection, unless the
+            // master moved meanwhile: a connection to the old one is never kept.
+            let backing_off = current.retry_at.is_some_and(|at| Instant::now() < at)
+                && current.built_moves == moves;
             if current.built_from == generation || backing_off {
                 return Ok(current.con.clone());
             }

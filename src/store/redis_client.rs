@@ -440,7 +440,9 @@ impl RedisClients {
         let settings = match auth {
             None => sentinel.redis_settings().clone().set_db(db),
             Some(auth) => {
+                // The sentinel url's protocol (e.g. `?protocol=resp3`) holds for the master too.
                 let own = redis::RedisConnectionInfo::default()
+                    .set_protocol(sentinel.redis_settings().protocol())
                     .set_db(db)
                     .set_password(auth.password.expose_secret());
                 match &auth.username {

@@ -24,12 +24,17 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::journal::{open_entry, seal_entry, JournalEntry};
+use super::redis::{ReplicaRule, REPLICA_WAIT};
 use super::redis_client::{
     within, RedisClients, RedisConnection, RedisFailure, RedisTarget, COMMAND_TIMEOUT,
 };
 use super::sealed::Sealer;
 use super::StoreError;
 use crate::config::{ClientIdentity, RedisTls};
+
+/// More `WAIT`s after an unconfirmed journal write, before the helper goes on (each
+/// holds up the rotation's answer while a replica is away).
+const JOURNAL_WAITS: usize = 1;
 
 /// Clears the mark only when it still names this exchange's token.
 const CLEAR_IN_FLIGHT: &str = r"
@@ -55,6 +60,12 @@ pub struct RedisJournalTarget {
     journal: String,
     in_flight: String,
     aad: String,
+    /// Replicas that must have the in-flight mark before the exchange is sent, and that are
+    /// waited for after the journal write (the store's [`ReplicaRule`] when the exchange
+    /// starts). A failover that lost either, with the holder dead in the same moment, would
+    /// have the next holder send a spent refresh token.
+    #[serde(default)]
+    confirm: u32,
 }
 
 /// The sidecar's side: reads marks and journals over a connection of its own.
@@ -67,6 +78,7 @@ pub struct RedisJournalReader {
     sealer: Sealer,
     tls: RedisTls,
     key: [u8; 32],
+    replica_rule: ReplicaRule,
 }
 
 fn b64() -> base64::engine::GeneralPurpose {
@@ -78,6 +90,7 @@ impl RedisJournalReader {
         clients: Arc<RedisClients>,
         tls: &RedisTls,
         key: &[u8; 32],
+        replica_rule: ReplicaRule,
     ) -> RedisJournalReader {
         RedisJournalReader {
             clients,
@@ -86,6 +99,7 @@ impl RedisJournalReader {
             sealer: Sealer::new(key),
             tls: tls.clone(),
             key: *key,
+            replica_rule,
         }
     }
 
@@ -100,6 +114,7 @@ impl RedisJournalReader {
             journal: format!("{prefix}:journal:{suffix}"),
             in_flight: format!("{prefix}:inflight:{suffix}"),
             aad: format!("bearerd:redis-journal:{prefix}:{suffix}"),
+            confirm: self.replica_rule.replicas(),
         }
     }
 
@@ -113,10 +128,11 @@ impl RedisJournalReader {
     }
 
     /// `target` pointed at the master as it is now (it may have moved since the target was
-    /// made).
+    /// made), with the replicas to confirm as they are now.
     pub fn current(&self, target: &RedisJournalTarget) -> RedisJournalTarget {
         RedisJournalTarget {
             url: self.master_url(),
+            confirm: self.replica_rule.replicas(),
             ..target.clone()
         }
     }
@@ -253,7 +269,8 @@ impl RedisJournalTarget {
 }
 
 impl HelperJournalConnection {
-    /// Marks the exchange of the token with this fingerprint in flight, for `ttl`.
+    /// Marks the exchange of the token with this fingerprint in flight, for `ttl`: done once
+    /// the replicas asked for have the mark (else the exchange is not sent).
     pub async fn mark_in_flight(
         &mut self,
         fingerprint: &str,
@@ -264,7 +281,34 @@ impl HelperJournalConnection {
             .arg(fingerprint)
             .arg("PX")
             .arg(ttl.as_millis().max(1) as u64);
-        within(COMMAND_TIMEOUT, cmd.query_async::<()>(&mut self.con)).await
+        let acknowledged = self.write_and_wait(&cmd).await?;
+        if acknowledged < self.target.confirm {
+            return Err(RedisFailure::Refused(format!(
+                "{acknowledged} of the {} replica(s) asked for (min_replicas_acked) confirmed the in-flight mark in time",
+                self.target.confirm
+            )));
+        }
+        Ok(())
+    }
+
+    /// `write`, then `WAIT` for the replicas asked for, in one pipeline (so on the key's
+    /// node in a cluster, and for this write): how many confirmed it (0 when none are
+    /// asked for).
+    async fn write_and_wait(&mut self, write: &redis::Cmd) -> Result<u32, RedisFailure> {
+        let confirm = self.target.confirm;
+        if confirm == 0 {
+            within(COMMAND_TIMEOUT, write.query_async::<()>(&mut self.con)).await?;
+            return Ok(0);
+        }
+        let mut pipe = redis::pipe();
+        pipe.add_command(write.clone())
+            .ignore()
+            .cmd("WAIT")
+            .arg(confirm)
+            .arg(REPLICA_WAIT.as_millis() as u64);
+        let (acknowledged,): (i64,) =
+            within(COMMAND_TIMEOUT, pipe.query_async(&mut self.con)).await?;
+        Ok(acknowledged.max(0) as u32)
     }
 
     /// Journals `refresh_token`, which replaced the token with fingerprint `replaced`
@@ -286,14 +330,22 @@ impl HelperJournalConnection {
         let previous = previous.and_then(|s| open_entry(&self.sealer, aad.as_bytes(), &s));
         let entry = JournalEntry::after(previous, refresh_token, replaced);
         let sealed = seal_entry(&self.sealer, aad.as_bytes(), &entry);
-        within(
-            COMMAND_TIMEOUT,
-            redis::cmd("SET")
-                .arg(&self.target.journal)
-                .arg(sealed)
-                .query_async::<()>(&mut self.con),
-        )
-        .await
+        let mut set = redis::cmd("SET");
+        set.arg(&self.target.journal).arg(sealed);
+        let mut acknowledged = self.write_and_wait(&set).await?;
+        // The provider has answered: the token cannot be given back. Wait a little longer
+        // for the replicas (a `WAIT` covers this connection's earlier writes; the key read
+        // keeps it on the key's node in a cluster), then go on: the sidecar that asked
+        // stores the new set confirmed in turn.
+        let mut check = redis::cmd("EXISTS");
+        check.arg(&self.target.journal);
+        for _ in 0..JOURNAL_WAITS {
+            if acknowledged >= self.target.confirm {
+                break;
+            }
+            acknowledged = self.write_and_wait(&check).await?;
+        }
+        Ok(())
     }
 
     /// Clears the mark of this exchange (best effort: it runs out by itself).
