@@ -1824,7 +1824,8 @@ async fn a_save_with_a_refresh_token_waits_for_the_replica_and_is_retried_over_i
     // The rotation helper's in-flight mark is confirmed too: with the replica away, the
     // helper does not send (a failover that lost the mark while its holder died would
     // have the next holder send the same refresh token).
-    let Some(bearerd::store::HelperJournal::Redis { target, .. }) = confirmed.helper_journal("api")
+    let Some(bearerd::store::HelperJournal::Redis { target, reader }) =
+        confirmed.helper_journal("api")
     else {
         panic!("a Redis journal target");
     };
@@ -1836,6 +1837,8 @@ async fn a_save_with_a_refresh_token_waits_for_the_replica_and_is_retried_over_i
         matches!(&marked, Err(bearerd::store::RedisFailure::Refused(m)) if m.contains("0 of the 1 replica(s)")),
         "{marked:?}"
     );
+    // Not sent, so not left marked: the next try of the same token does not wait it out.
+    assert_eq!(reader.in_flight(&target, "fp-1").await.unwrap(), None);
     let mut helper = target.connect().await.unwrap();
     helper
         .mark_in_flight("fp-1", Duration::from_secs(5))

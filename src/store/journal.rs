@@ -53,6 +53,15 @@ impl JournalEntry {
         refresh_token: SecretString,
         replaced: String,
     ) -> JournalEntry {
+        // The same rotation journaled again (a retry after a write whose answer was lost):
+        // the entry as it is, chain and all.
+        if let Some(p) = &previous {
+            if p.refresh_token.expose_secret() == refresh_token.expose_secret()
+                && p.replaces.last() == Some(&replaced)
+            {
+                return previous.unwrap();
+            }
+        }
         let mut replaces = match previous {
             Some(p) if super::fingerprint(&p.refresh_token) == replaced => p.replaces,
             _ => Vec::new(),

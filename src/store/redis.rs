@@ -34,8 +34,8 @@ use tokio::sync::watch;
 
 use super::codec::{open_set, seal_set, Unsealed};
 use super::redis_client::{
-    within, Located, RedisClients, RedisConnection, RedisFailure, RedisTarget, Reload,
-    COMMAND_TIMEOUT, CONNECT_TIMEOUT,
+    within, Located, RedisClients, RedisConnection, RedisFailure, RedisTarget, Reload, ReplicaRule,
+    COMMAND_TIMEOUT, CONNECT_TIMEOUT, REPLICA_WAIT,
 };
 use super::redis_journal::RedisJournalReader;
 use super::sealed::Sealer;
@@ -378,9 +378,6 @@ return 0
 "
 );
 
-/// How long one `WAIT` for the replicas may take (within the command's time limit).
-pub(super) const REPLICA_WAIT: Duration = Duration::from_millis(500);
-
 /// When [`WRITE_SET`] writes.
 enum WriteRule {
     /// A save: the stored generation is this one (`None`: there is no record).
@@ -549,37 +546,12 @@ enum Lane {
     Data,
     /// A write followed by `WAIT`: WAIT holds its connection until the replicas answer (up
     /// to [`REPLICA_WAIT`] while one is away), and loads, leases and saves of every other
-    /// credential must not queue behind it.
+    /// credential must not queue behind it. A record's removal goes here too, after them.
     Confirmed,
 }
 
 /// How long the open connection serves on after renewed TLS files failed to connect.
 const RENEWED_RETRY: Duration = Duration::from_secs(5);
-
-/// How many replicas must confirm a write that holds a refresh token, or guards one (a
-/// lease, the rotation helper's in-flight mark and journal): `store.min_replicas_acked`;
-/// by default 1 with sentinels (there are replicas by design, and a master cut off from
-/// them must not give a lease), and otherwise 1 while the master has a replica connected
-/// (a lone server has nothing a failover could promote). Shared with the journal reader.
-#[derive(Clone)]
-pub(super) struct ReplicaRule {
-    configured: Option<u32>,
-    sentinels: bool,
-    /// The replicas connected to the master at the last health check (the fewest any
-    /// master has, in a cluster).
-    seen: Arc<std::sync::atomic::AtomicU32>,
-}
-
-impl ReplicaRule {
-    pub(super) fn replicas(&self) -> u32 {
-        self.configured.unwrap_or_else(|| {
-            if self.sentinels {
-                return 1;
-            }
-            self.seen.load(Ordering::SeqCst).min(1)
-        })
-    }
-}
 
 pub struct RedisStore {
     clients: Arc<RedisClients>,
@@ -957,6 +929,9 @@ impl RedisStore {
     /// decides whether to start without it).
     pub async fn verify_key(&self) -> Result<(), StoreError> {
         let mut con = self.connect_once().await?;
+        // The replicas as they are now, so the first lease already asks for them (the
+        // health check, which keeps the count, starts with the first watch).
+        is_master(&mut con, &self.health, self.clients.is_cluster()).await;
         let key = format!("{}:keycheck", self.prefix);
         let existing: Option<String> = self.run(redis::cmd("GET").arg(&key), &mut con).await?;
         match existing {
@@ -1075,7 +1050,15 @@ impl RedisStore {
         &self,
         script: &redis::ScriptInvocation<'_>,
     ) -> Result<T, StoreError> {
-        let mut con = self.connection().await?;
+        self.script_on(Lane::Data, script).await
+    }
+
+    async fn script_on<T: redis::FromRedisValue>(
+        &self,
+        lane: Lane,
+        script: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut con = self.connection_on(lane).await?;
         self.answered(within(COMMAND_TIMEOUT, script.invoke_async(&mut con)).await)
     }
 
@@ -1553,7 +1536,20 @@ impl TokenStore for RedisStore {
         if let Some(entry) = self.subject_entry(credential) {
             invocation.key(entry.index).arg(entry.hash);
         }
-        let _: i64 = self.script(&invocation).await?;
+        {
+            // After every write to this record already sent on either connection: one that
+            // ran out its time may still be queued there, and the removal must not run
+            // before it (a write that refills a missing record would bring it back). A
+            // keyed read on the data connection (on the record's node in a cluster) comes
+            // back once those ahead of it ran; the removal goes on the confirmed writes'
+            // connection, in turn.
+            let mut exists = redis::cmd("EXISTS");
+            exists.arg(self.set_key(credential));
+            let mut data = self.connection().await?;
+            let _: i64 = self.run(&exists, &mut data).await?;
+            let _turn = self.confirmed_turn.lock().await;
+            let _: i64 = self.script_on(Lane::Confirmed, &invocation).await?;
+        }
         lock(&self.unconfirmed).remove(credential);
         // A removed record's rotation journal goes too (it only matters next to its record).
         let journal = self

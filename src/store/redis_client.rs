@@ -737,6 +737,34 @@ mod tests {
     }
 }
 
+/// How long one `WAIT` for the replicas may take (within the command's time limit).
+pub(super) const REPLICA_WAIT: Duration = Duration::from_millis(500);
+
+/// How many replicas must confirm a write that holds a refresh token, or guards one (a
+/// lease, the rotation helper's in-flight mark and journal): `store.min_replicas_acked`;
+/// by default 1 with sentinels (there are replicas by design, and a master cut off from
+/// them must not give a lease), and otherwise 1 while the master has a replica connected
+/// (a lone server has nothing a failover could promote). Shared with the journal reader.
+#[derive(Clone)]
+pub(super) struct ReplicaRule {
+    pub(super) configured: Option<u32>,
+    pub(super) sentinels: bool,
+    /// The replicas connected to the master at the last health check (the fewest any
+    /// master has, in a cluster).
+    pub(super) seen: Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl ReplicaRule {
+    pub(super) fn replicas(&self) -> u32 {
+        self.configured.unwrap_or_else(|| {
+            if self.sentinels {
+                return 1;
+            }
+            self.seen.load(Ordering::SeqCst).min(1)
+        })
+    }
+}
+
 /// The longest one Redis command may take.
 pub(super) const COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 /// The longest a connection attempt may take.

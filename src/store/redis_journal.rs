@@ -24,9 +24,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use super::journal::{open_entry, seal_entry, JournalEntry};
-use super::redis::{ReplicaRule, REPLICA_WAIT};
 use super::redis_client::{
-    within, RedisClients, RedisConnection, RedisFailure, RedisTarget, COMMAND_TIMEOUT,
+    within, RedisClients, RedisConnection, RedisFailure, RedisTarget, ReplicaRule, COMMAND_TIMEOUT,
+    REPLICA_WAIT,
 };
 use super::sealed::Sealer;
 use super::StoreError;
@@ -283,6 +283,9 @@ impl HelperJournalConnection {
             .arg(ttl.as_millis().max(1) as u64);
         let acknowledged = self.write_and_wait(&cmd).await?;
         if acknowledged < self.target.confirm {
+            // Nothing is sent: a mark left on the master would have the next try of this
+            // very token wait it out (tens of seconds). The lease keeps others from sending.
+            self.clear_in_flight(fingerprint).await;
             return Err(RedisFailure::Refused(format!(
                 "{acknowledged} of the {} replica(s) asked for (min_replicas_acked) confirmed the in-flight mark in time",
                 self.target.confirm
@@ -343,7 +346,11 @@ impl HelperJournalConnection {
             if acknowledged >= self.target.confirm {
                 break;
             }
-            acknowledged = self.write_and_wait(&check).await?;
+            // Best effort: the journal is written; a failed wait does not write it again.
+            match self.write_and_wait(&check).await {
+                Ok(n) => acknowledged = n,
+                Err(_) => break,
+            }
         }
         Ok(())
     }

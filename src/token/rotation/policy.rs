@@ -81,4 +81,14 @@ mod tests {
         let applied = after_journal(Some(stored("rt-1")), chained);
         assert_eq!(rt_of(applied).as_deref(), Some("rt-3"));
     }
+
+    /// A helper that journals the same rotation again (its first write's answer was lost)
+    /// keeps the chain: a store still at the oldest token finds the newest.
+    #[test]
+    fn journaling_the_same_rotation_twice_keeps_the_chain() {
+        let chained = entry(Some(entry(None, "rt-2", "rt-1")), "rt-3", "rt-2");
+        let again = entry(Some(chained), "rt-3", "rt-2");
+        let applied = after_journal(Some(stored("rt-1")), again);
+        assert_eq!(rt_of(applied).as_deref(), Some("rt-3"));
+    }
 }
