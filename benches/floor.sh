@@ -47,43 +47,13 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 500); do curl -s -o /dev/null "$1" && return 0; sleep 0.02; done; echo "not up: $1" >&2; return 1; }
+# port, wait_http, start_nginx_upstream, start_nginx_proxy
+source benches/common.sh
 
 UP=$(port); TOK=$(port); NGX=$(port); HAP=$(port); BP=$(port); BD=$(port); BDA=$(port)
-mkdir -p "$work/up" "$work/px" "$work/hap"
-cat > "$work/up/nginx.conf" <<EOF
-worker_processes 1;
-pid $work/up/nginx.pid;
-error_log $work/up/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } }
-  server { listen 127.0.0.1:$TOK; location / { default_type application/json;
-    return 200 '{"access_token":"bench-token-long","token_type":"Bearer","expires_in":3600}'; } }
-}
-EOF
-"$NGINX" -c "$work/up/nginx.conf" -p "$work/up" -g 'daemon off;' & pids+=($!)
-wait_http "http://127.0.0.1:$UP/"
-
-cat > "$work/px/nginx.conf" <<EOF
-worker_processes 1;
-pid $work/px/nginx.pid;
-error_log $work/px/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream up { server 127.0.0.1:$UP; keepalive 64; }
-  server { listen 127.0.0.1:$NGX; location / {
-    proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
-    proxy_set_header Authorization "Bearer static-benchmark-token"; } }
-}
-EOF
-"$NGINX" -c "$work/px/nginx.conf" -p "$work/px" -g 'daemon off;' & NGX_MASTER=$!; pids+=($NGX_MASTER)
-wait_http "http://127.0.0.1:$NGX/"
+mkdir -p "$work/hap"
+start_nginx_upstream
+start_nginx_proxy 1
 NGX_WORKER=$(pgrep -P "$NGX_MASTER" | head -1)
 
 cat > "$work/hap/haproxy.cfg" <<EOF

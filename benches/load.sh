@@ -62,55 +62,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# port, wait_http, start_nginx_upstream, start_nginx_proxy
+source benches/common.sh
 CLK=$(getconf CLK_TCK)
 # utime+stime in ticks, summed over the given pids.
 cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
-wait_http() { for _ in $(seq 1 500); do curl -s -o /dev/null "$1" && return 0; sleep 0.02; done; echo "not up: $1" >&2; return 1; }
 
 UP=$(port); TOK=$(port); TOK2=$(port); NGX=$(port)
 # The upstream and the token endpoints: one nginx, one worker.
-mkdir -p "$work/up" "$work/px"
-cat > "$work/up/nginx.conf" <<EOF
-worker_processes 1;
-pid $work/up/nginx.pid;
-error_log $work/up/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } }
-  server { listen 127.0.0.1:$TOK; location / { default_type application/json;
-    return 200 '{"access_token":"bench-token-long","token_type":"Bearer","expires_in":3600}'; } }
-  server { listen 127.0.0.1:$TOK2; location / { default_type application/json;
-    return 200 '{"access_token":"bench-token-short","token_type":"Bearer","expires_in":2}'; } }
-}
-EOF
-"$NGINX" -c "$work/up/nginx.conf" -p "$work/up" -g 'daemon off;' & pids+=($!)
-wait_http "http://127.0.0.1:$UP/"
+start_nginx_upstream "  server { listen 127.0.0.1:$TOK2; location / { default_type application/json;
+    return 200 '{\"access_token\":\"bench-token-short\",\"token_type\":\"Bearer\",\"expires_in\":2}'; } }"
 # A Redis for the shared-store row (scripts/setup.sh installs redis-server).
 RDS=$(port)
 redis-server --port "$RDS" --bind 127.0.0.1 --save "" --appendonly no >/dev/null 2>&1 & pids+=($!)
 for _ in $(seq 1 250); do redis-cli -p "$RDS" ping >/dev/null 2>&1 && break; sleep 0.02; done
 
-start_nginx_proxy() { # $1 workers
-  cat > "$work/px/nginx.conf" <<EOF
-worker_processes $1;
-pid $work/px/nginx.pid;
-error_log $work/px/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream up { server 127.0.0.1:$UP; keepalive 64; }
-  server { listen 127.0.0.1:$NGX; location / {
-    proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
-    proxy_set_header Authorization "Bearer static-benchmark-token"; } }
-}
-EOF
-  "$NGINX" -c "$work/px/nginx.conf" -p "$work/px" -g 'daemon off;' & NGX_MASTER=$!; pids+=($NGX_MASTER)
-  wait_http "http://127.0.0.1:$NGX/"
-}
 stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 bearerd_config() { # $1 file $2 proxy port $3 admin port $4 token port $5 threads $6 work_stealing [$7 store lines]
